@@ -67,6 +67,7 @@ class EndReason(enum.StrEnum):
     LAUNCH_FAILED = "LAUNCH_FAILED"  # the provider refused to create the instances
     INFRA_FAILED = "INFRA_FAILED"  # the instance failed for a reason that is not the user's
     CANCELLED = "CANCELLED"  # the user cancelled the job
+    MIGRATED = "MIGRATED"  # spotd moved the job on purpose (to on-demand, to meet a deadline)
 
 
 class InstanceState(enum.StrEnum):
@@ -192,3 +193,5 @@ class AgentConfig:
     heartbeat_seconds: float = 0.5
     term_grace_seconds: float = 10.0
     workdir: str | None = None  # a directory to copy into the working directory
+    notice_url: str = ""  # cloud metadata base URL to poll for a notice; "" = local notice file
+    instance_dir: str = ""  # where the agent keeps its files on the instance

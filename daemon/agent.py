@@ -1,0 +1,385 @@
+"""The agent: runs one node of one attempt on an instance and reports to the daemon.
+
+``python -m spotd.agent INSTANCE_DIR`` reads ``agent.json`` (an ``AgentConfig``) and:
+
+1. restores the checkpoint directory from the checkpoint store, copies the workdir;
+2. runs ``setup`` then ``run`` with bash, in their own process group, output appended to
+   ``job.log``;
+3. heartbeats to the daemon every ``heartbeat_seconds`` with its phase, exit code, notice and the
+   next slice of ``job.log`` (the daemon acknowledges the byte offset it has stored, so a
+   reconnecting agent resends exactly what was missed and nothing twice);
+4. watches for a preemption notice (the provider's metadata URL, or a local notice file): on
+   one it reports at once, sends SIGTERM to the job, SIGKILL after the grace period, and syncs
+   the checkpoint;
+5. syncs the checkpoint directory up periodically and when the job ends;
+6. keeps running while the daemon is away, and exits only once the daemon has acknowledged the
+   final state, so a result is never lost to a daemon restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from spotd.aiokit import sleep
+from spotd.types import AgentConfig
+
+LOG_CHUNK = 256 * 1024
+MARKER = ".spotd-attempt"
+
+
+def build_env(cfg: AgentConfig, checkpoint_dir: Path) -> dict[str, str]:
+    """The job's environment: the task's envs plus spotd's and SkyPilot's names."""
+    env = dict(os.environ)
+    env.update(cfg.envs)
+    node_ips = cfg.envs.get("SPOTD_NODE_IPS", "127.0.0.1")
+    values = {
+        "JOB_ID": str(cfg.job_id),
+        "TASK_ID": cfg.task_id,
+        "ATTEMPT": str(cfg.attempt),
+        "NODE_RANK": str(cfg.node_rank),
+        "NUM_NODES": str(cfg.num_nodes),
+        "NODE_IPS": node_ips,
+        "NUM_GPUS_PER_NODE": f"{cfg.num_gpus_per_node:g}",
+    }
+    for k, v in values.items():
+        env[f"SPOTD_{k}"] = v
+        if k != "ATTEMPT":
+            env[f"SKYPILOT_{k}"] = v
+    env["SPOTD_CHECKPOINT_DIR"] = str(checkpoint_dir)
+    return env
+
+
+class CheckpointStore:
+    """A directory that outlives instances; snapshots are swapped in whole, newest attempt wins.
+
+    A sync copies the instance's checkpoint directory to a temporary sibling and renames it
+    into place under a lock, so a reader never sees half a snapshot, and an older attempt (one
+    still finishing after its replacement started) never overwrites a newer attempt's state.
+    """
+
+    def __init__(self, store: Path, attempt: int) -> None:
+        self.store = store
+        self.attempt = attempt
+
+    def _lock(self) -> Any:
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.store.parent / f".{self.store.name}.lock", "w")  # noqa: SIM115
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return f
+
+    def restore(self, into: Path) -> bool:
+        into.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            if not self.store.exists():
+                return False
+            shutil.copytree(
+                self.store, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER)
+            )
+            return True
+
+    def sync(self, source: Path) -> bool:
+        if not source.exists() or not any(source.iterdir()):
+            return False
+        tmp = self.store.parent / f".{self.store.name}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(source, tmp)
+        (tmp / MARKER).write_text(str(self.attempt))
+        with self._lock():
+            try:
+                current = int((self.store / MARKER).read_text())
+            except (FileNotFoundError, ValueError):
+                current = 0
+            if current > self.attempt:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            old = self.store.parent / f".{self.store.name}.old-{uuid.uuid4().hex[:8]}"
+            if self.store.exists():
+                os.rename(self.store, old)
+            os.rename(tmp, self.store)
+            shutil.rmtree(old, ignore_errors=True)
+        return True
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, root: Path) -> None:
+        self.cfg = cfg
+        self.root = root
+        self.work = root / "work"
+        self.checkpoint = root / "checkpoint"
+        self.log_path = root / "job.log"
+        self.state_path = root / "state.json"
+        self.phase = "starting"
+        self.exit_code: int | None = None
+        self.notice_deadline: float | None = None
+        self.acked_offset = 0
+        self.acked_phase = ""
+        self.wake = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.notice = asyncio.Event()
+        self.job: asyncio.subprocess.Process | None = None
+        self.ckpt = CheckpointStore(Path(cfg.checkpoint_store), cfg.attempt)
+        self.last_sync: float | None = None
+        saved = self._load_state()
+        if saved:  # an agent restarted on the same instance resumes its bookkeeping
+            self.acked_offset = saved.get("acked_offset", 0)
+
+    def _load_state(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.state_path.read_text())
+            return data if isinstance(data, dict) else None
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "phase": self.phase,
+                    "exit_code": self.exit_code,
+                    "notice_deadline": self.notice_deadline,
+                    "acked_offset": self.acked_offset,
+                }
+            )
+        )
+        os.replace(tmp, self.state_path)
+
+    def _set_phase(self, phase: str, exit_code: int | None = None) -> None:
+        self.phase = phase
+        self.exit_code = exit_code
+        self._save_state()
+        self.wake.set()
+
+    def _log(self, line: str) -> None:
+        with open(self.log_path, "ab") as f:
+            f.write(f"[spotd-agent] {line}\n".encode())
+
+    # -- the job ---------------------------------------------------------------------------
+
+    async def _run_script(self, script: str, env: dict[str, str]) -> int:
+        with open(self.log_path, "ab") as out:
+            self.job = await asyncio.create_subprocess_exec(
+                "bash",
+                "-c",
+                script,
+                cwd=self.work,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        rc = await self.job.wait()
+        self.job = None
+        return rc
+
+    async def _sync_loop(self) -> None:
+        while not self.stop.is_set():
+            await sleep(self.cfg.checkpoint_sync_seconds, self.stop)
+            if self.phase == "run" and not self.notice.is_set():
+                await self._sync()
+
+    async def _sync(self) -> None:
+        if await asyncio.to_thread(self.ckpt.sync, self.checkpoint):
+            self.last_sync = time.time()
+
+    async def run_job(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        if self.cfg.workdir and Path(self.cfg.workdir).is_dir() and not any(self.work.iterdir()):
+            await asyncio.to_thread(
+                shutil.copytree, self.cfg.workdir, self.work, dirs_exist_ok=True
+            )
+        restored = await asyncio.to_thread(self.ckpt.restore, self.checkpoint)
+        self._log(
+            f"attempt {self.cfg.attempt} node {self.cfg.node_rank}/{self.cfg.num_nodes}: "
+            f"checkpoint {'restored' if restored else 'empty'}"
+        )
+        env = build_env(self.cfg, self.checkpoint)
+        if self.cfg.setup and not self.notice.is_set():
+            self._set_phase("setup")
+            rc = await self._run_script(self.cfg.setup, env)
+            if self.notice.is_set():
+                return
+            if rc != 0:
+                self._log(f"setup exited with {rc}")
+                self._set_phase("setup_failed", rc)
+                return
+        if self.notice.is_set():
+            return
+        self._set_phase("run")
+        syncer = asyncio.create_task(self._sync_loop(), name="checkpoint-sync")
+        try:
+            rc = await self._run_script(self.cfg.run or "true", env)
+        finally:
+            syncer.cancel()
+        if self.notice.is_set():
+            return
+        await self._sync()
+        self._log(f"run exited with {rc}")
+        self._set_phase("exited", rc)
+
+    async def on_notice(self) -> None:
+        """Checkpoint before the machine goes: SIGTERM, grace, SIGKILL, sync."""
+        await self.notice.wait()
+        self._log(f"preemption notice: instance reclaimed at {self.notice_deadline}")
+        self.wake.set()
+        job = self.job
+        if job is not None and job.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGTERM)
+            remaining = (self.notice_deadline or time.time()) - time.time() - 1.0
+            grace = max(0.5, min(self.cfg.term_grace_seconds, remaining))
+            try:
+                await asyncio.wait_for(job.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.pid, signal.SIGKILL)
+        await self._sync()
+        self._log("checkpoint synced after notice")
+        self._set_phase("preempted", None)
+
+    async def watch_notice(self, session: aiohttp.ClientSession | None) -> None:
+        notice_file = self.root / "notice.json"
+        while not self.stop.is_set() and not self.notice.is_set():
+            deadline = await self._poll_notice(notice_file, session)
+            if deadline is not None:
+                self.notice_deadline = deadline
+                self._save_state()
+                self.notice.set()
+                return
+            await sleep(0.2, self.stop)
+
+    async def _poll_notice(
+        self, notice_file: Path, session: aiohttp.ClientSession | None
+    ) -> float | None:
+        if not self.cfg.notice_url:
+            try:
+                return float(json.loads(notice_file.read_text())["deadline"])
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                return None
+        if session is None:
+            return None
+        url = self.cfg.notice_url.rstrip("/") + "/latest/meta-data/spot/instance-action"
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                if r.status != 200:
+                    return None
+                data = json.loads(await r.text())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00")).timestamp()
+        except (KeyError, ValueError):
+            return time.time() + 120.0
+
+    # -- talking to the daemon -------------------------------------------------------------
+
+    def _partitioned(self) -> bool:
+        try:
+            until = float(json.loads((self.root / "partition.json").read_text())["until"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return False
+        return time.time() < until
+
+    async def report_loop(self, session: aiohttp.ClientSession, base: str) -> None:
+        headers = {"Authorization": f"Bearer {self.cfg.token}"}
+        while not self.stop.is_set():
+            self.wake.clear()
+            if not self._partitioned():
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                    await self._report_once(session, base, headers)
+            if self.phase in ("exited", "setup_failed", "preempted") and self._all_acked():
+                self.stop.set()
+                return
+            await sleep(self.cfg.heartbeat_seconds, self.wake, self.stop)
+
+    def _all_acked(self) -> bool:
+        size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        return self.acked_phase == self.phase and self.acked_offset >= size
+
+    async def _report_once(
+        self, session: aiohttp.ClientSession, base: str, headers: dict[str, str]
+    ) -> None:
+        chunk = b""
+        if self.log_path.exists():
+            with open(self.log_path, "rb") as f:
+                f.seek(self.acked_offset)
+                chunk = f.read(LOG_CHUNK)
+        phase = self.phase
+        body = {
+            "key": self.cfg.instance_key,
+            "phase": phase,
+            "exit_code": self.exit_code,
+            "notice_deadline": self.notice_deadline,
+            "log_offset": self.acked_offset,
+            "log_b64": base64.b64encode(chunk).decode(),
+            "checkpoint_synced_at": self.last_sync,
+        }
+        async with session.post(
+            f"{base}/agent/v1/heartbeat",
+            json=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as r:
+            if r.status != 200:
+                return
+            data = await r.json()
+        self.acked_offset = int(data.get("log_offset", self.acked_offset))
+        self.acked_phase = phase
+        self._save_state()
+        if len(chunk) == LOG_CHUNK:
+            self.wake.set()  # more log to send: go again at once
+
+
+def _session_for(url: str) -> tuple[aiohttp.ClientSession, str]:
+    if url.startswith("unix:"):
+        conn: aiohttp.BaseConnector = aiohttp.UnixConnector(path=url[len("unix:") :])
+        return aiohttp.ClientSession(connector=conn), "http://spotd"
+    return aiohttp.ClientSession(), url.rstrip("/")
+
+
+async def amain(root: Path) -> int:
+    raw = json.loads((root / "agent.json").read_text())
+    raw["secret_names"] = tuple(raw.get("secret_names") or ())
+    cfg = AgentConfig(**raw)
+    agent = Agent(cfg, root)
+    session, base = _session_for(cfg.daemon_url)
+    async with session:
+        reporter = asyncio.create_task(agent.report_loop(session, base), name="report")
+        watcher = asyncio.create_task(agent.watch_notice(session), name="notice")
+        noticer = asyncio.create_task(agent.on_notice(), name="on-notice")
+        job = asyncio.create_task(agent.run_job(), name="job")
+        await asyncio.wait({job, noticer}, return_when=asyncio.FIRST_COMPLETED)
+        if agent.notice.is_set():
+            await noticer
+        job.cancel()
+        watcher.cancel()
+        await reporter  # returns once the daemon acknowledged the final state
+        noticer.cancel()
+    return 0
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        print("usage: python -m spotd.agent INSTANCE_DIR", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(asyncio.run(amain(Path(sys.argv[1]))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The one client of the daemon's API, used by ``spotctl`` and the Python SDK.
+
+It finds the daemon the same way for both: ``$SPOTD_URL`` (+ ``$SPOTD_API_TOKEN``) for a
+remote daemon over TCP, else the unix socket ``$SPOTD_HOME/spotd.sock``; with ``autostart``, a
+local daemon is started in the background when none answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from spotd.config import Settings, load_settings
+
+
+class DaemonUnreachable(Exception):
+    """No daemon answered (and none could be started)."""
+
+
+class ApiError(Exception):
+    """The daemon refused the request; ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        if isinstance(self.details, list):
+            for d in self.details:
+                if isinstance(d, dict) and "path" in d:
+                    where = f"line {d['line']}: " if d.get("line") else ""
+                    lines.append(f"  {where}{d['path']}: {d['message']}")
+                elif isinstance(d, dict) and "field" in d:
+                    lines.append(f"  {d['field']}: {d['message']}")
+                else:
+                    lines.append(f"  {d}")
+        return "\n".join(lines)
+
+
+def start_local_daemon(settings: Settings, *, timeout: float = 20.0) -> int:
+    """Start ``spotd`` in the background for this home; returns its pid once it answers."""
+    from spotd.server import socket_alive
+
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = open(settings.home / "spotd.log", "ab")  # noqa: SIM115
+    env = dict(os.environ, SPOTD_HOME=str(settings.home))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spotd.main", "--json-logs"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        env=env,
+    )
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (settings.home / "spotd.log").read_text(errors="replace")[-2000:]
+            raise DaemonUnreachable(f"spotd exited at start (code {proc.returncode}):\n{tail}")
+        if socket_alive(settings.socket_path):
+            return proc.pid
+        time.sleep(0.1)
+    raise DaemonUnreachable(f"spotd did not answer on {settings.socket_path} within {timeout}s")
+
+
+class Client:
+    """Async client. Use as ``async with Client.connect() as c: ...``."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str | None) -> None:
+        self._session = session
+        self._base = base
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        settings: Settings | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        autostart: bool = True,
+        on_start: Any = None,
+    ) -> Client:
+        url = url or os.environ.get("SPOTD_URL")
+        if url:
+            token = token or os.environ.get("SPOTD_API_TOKEN")
+            return cls(aiohttp.ClientSession(), url.rstrip("/"), token)
+        from spotd.server import socket_alive
+
+        settings = settings or load_settings()
+        if not socket_alive(settings.socket_path):
+            if not autostart:
+                raise DaemonUnreachable(f"no spotd answers on {settings.socket_path}")
+            pid = start_local_daemon(settings)
+            if on_start:
+                on_start(pid, settings)
+        conn = aiohttp.UnixConnector(path=str(settings.socket_path))
+        return cls(aiohttp.ClientSession(connector=conn), "http://spotd", None)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            async with self._session.request(
+                method, self._base + path, headers=self._headers, **kw
+            ) as r:
+                if r.content_type == "application/json":
+                    data = await r.json()
+                else:
+                    data = await r.text()
+                if r.status >= 400:
+                    if isinstance(data, dict):
+                        raise ApiError(r.status, str(data.get("error")), data.get("details"))
+                    raise ApiError(r.status, str(data))
+                return data
+        except aiohttp.ClientConnectionError as exc:
+            raise DaemonUnreachable(f"cannot reach spotd at {self._base}: {exc}") from exc
+
+    async def stream(self, path: str, **params: Any) -> AsyncIterator[bytes]:
+        try:
+            async with self._session.get(
+                self._base + path,
+                headers=self._headers,
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+            ) as r:
+                if r.status >= 400:
+                    data = await r.json()
+                    raise ApiError(r.status, str(data.get("error")), data.get("details"))
+                async for chunk in r.content.iter_any():
+                    yield chunk
+        except aiohttp.ClientConnectionError as exc:
+            raise DaemonUnreachable(f"lost the connection to spotd: {exc}") from exc
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def launch(
+        self,
+        yaml_text: str,
+        *,
+        filename: str = "<sdk>",
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        dry_run: bool = False,
+        deadline: str | None = None,
+    ) -> Any:
+        body: dict[str, Any] = {"yaml": yaml_text, "filename": filename, "env": env or {}}
+        if name:
+            body["name"] = name
+        if dry_run:
+            body["dry_run"] = True
+        if deadline:
+            body["deadline"] = deadline
+        return await self.request("POST", "/v1/jobs", json=body)
+
+    async def jobs(self) -> Any:
+        return await self.request("GET", "/v1/jobs")
+
+    async def job(self, job_id: int) -> Any:
+        return await self.request("GET", f"/v1/jobs/{job_id}")
+
+    async def events(self, job_id: int) -> Any:
+        return await self.request("GET", f"/v1/jobs/{job_id}/events")
+
+    async def cancel(self, job_id: int) -> Any:
+        return await self.request("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def logs(self, job_id: int, *, follow: bool = False, attempt: int | None = None) -> AsyncIterator[bytes]:
+        params: dict[str, str] = {}
+        if follow:
+            params["follow"] = "1"
+        if attempt is not None:
+            params["attempt"] = str(attempt)
+        return self.stream(f"/v1/jobs/{job_id}/logs", **params)
+
+    async def wait(self, job_id: int, *, timeout: float | None = None, poll: float = 0.5) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = await self.job(job_id)
+            if job["status"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+            await asyncio.sleep(poll)
+
+    async def chaos(self, action: str, **body: Any) -> Any:
+        return await self.request("POST", f"/v1/chaos/{action}", json=body)
+
+
+TERMINAL = {
+    "SUCCEEDED",
+    "FAILED",
+    "FAILED_SETUP",
+    "FAILED_NO_RESOURCE",
+    "FAILED_CONTROLLER",
+    "CANCELLED",
+}
+
+
+def home_from_env() -> Path:
+    return load_settings().home

@@ -1,0 +1,132 @@
+"""Where a daemon keeps its data and how it listens, from the environment and a config file.
+
+Everything a daemon owns lives under ``$SPOTD_HOME`` (default ``~/.spotd``): the state database,
+the API socket, logs, checkpoints and the local provider's instances. Two daemons with different
+homes never see each other's instances (every instance is tagged with a hash of its home).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """The config file or an environment variable is invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    db_url: str
+    tcp_host: str | None = None  # TCP API is off unless a host/port is configured
+    tcp_port: int | None = None
+    api_token: str | None = None  # required for TCP; never needed on the unix socket
+    local_catalog: Path | None = None  # override of the packaged local catalog
+    observe_interval: float = 0.5  # seconds between batched provider listings
+    heartbeat_seconds: float = 0.5  # agents' heartbeat period
+    suspect_after: float = 3.0  # no heartbeat for this long: the instance is suspect
+    lost_after: float = 60.0  # no heartbeat and no provider answer: declared lost
+    checkpoint_sync_seconds: float = 5.0
+    term_grace_seconds: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / "spotd.sock"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.home / "spotd.pid"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    @property
+    def local_dir(self) -> Path:
+        return self.home / "local"
+
+    @property
+    def home_tag(self) -> str:
+        """Stable short id of this data directory, used to tag instances we own."""
+        return hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
+
+    def with_overrides(self, **kw: Any) -> Settings:
+        return replace(self, **kw)
+
+
+_FLOAT_KEYS = (
+    "observe_interval",
+    "heartbeat_seconds",
+    "suspect_after",
+    "lost_after",
+    "checkpoint_sync_seconds",
+    "term_grace_seconds",
+)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("SPOTD_HOME") or Path.home() / ".spotd").expanduser()
+
+
+def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Settings from ``$SPOTD_HOME/config.yaml`` with environment variables on top."""
+    env = dict(os.environ) if env is None else env
+    home = (home or Path(env.get("SPOTD_HOME") or Path.home() / ".spotd")).expanduser()
+    data: dict[str, Any] = {}
+    cfg = home / "config.yaml"
+    if cfg.exists():
+        try:
+            loaded = yaml.safe_load(cfg.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{cfg}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{cfg}: expected a mapping at the top level")
+        data = loaded
+    known = {"db_url", "tcp_host", "tcp_port", "api_token", "local_catalog", *_FLOAT_KEYS}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{cfg}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    db_url = env.get("SPOTD_DB_URL") or data.get("db_url") or f"sqlite:///{home / 'state.db'}"
+    tcp = env.get("SPOTD_TCP") or (
+        f"{data['tcp_host']}:{data.get('tcp_port', 8470)}" if data.get("tcp_host") else ""
+    )
+    tcp_host: str | None = None
+    tcp_port: int | None = None
+    if tcp:
+        host, _, port = tcp.rpartition(":")
+        try:
+            tcp_host, tcp_port = host or "127.0.0.1", int(port)
+        except ValueError as exc:
+            raise ConfigError(f"SPOTD_TCP must be HOST:PORT, got {tcp!r}") from exc
+    token = env.get("SPOTD_API_TOKEN") or data.get("api_token")
+    if tcp_host and not token:
+        raise ConfigError("the TCP API needs a token: set SPOTD_API_TOKEN or api_token")
+    floats: dict[str, float] = {}
+    for key in _FLOAT_KEYS:
+        raw = env.get(f"SPOTD_{key.upper()}", data.get(key))
+        if raw is not None:
+            try:
+                floats[key] = float(raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{key} must be a number, got {raw!r}") from exc
+    catalog = env.get("SPOTD_LOCAL_CATALOG") or data.get("local_catalog")
+    return Settings(
+        home=home,
+        db_url=str(db_url),
+        tcp_host=tcp_host,
+        tcp_port=tcp_port,
+        api_token=token,
+        local_catalog=Path(catalog) if catalog else None,
+        **floats,
+    )

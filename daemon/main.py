@@ -1,0 +1,42 @@
+"""``spotd``: the daemon, in the foreground (what systemd runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from spotd.config import ConfigError, load_settings
+from spotd.logconfig import configure
+from spotd.server import AlreadyRunning, run_daemon
+
+
+@click.command()
+@click.option("--home", type=click.Path(), default=None, help="Data directory ($SPOTD_HOME).")
+@click.option("--json-logs/--console-logs", default=None, help="Log format (default: by tty).")
+def main(home: str | None, json_logs: bool | None) -> None:
+    """Run the spotd controller in the foreground until SIGTERM or SIGINT."""
+    from pathlib import Path
+
+    configure(json_lines=json_logs)
+    try:
+        settings = load_settings(Path(home) if home else None)
+    except ConfigError as exc:
+        click.echo(f"spotd: {exc}", err=True)
+        sys.exit(2)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(run_daemon(settings))
+    except AlreadyRunning as exc:
+        click.echo(f"spotd: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

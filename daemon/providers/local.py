@@ -1,0 +1,264 @@
+"""The embedded default provider: an instance is a process group on this machine.
+
+Each instance is a directory ``$SPOTD_HOME/local/instances/<id>/`` holding ``meta.json`` (who
+it is, its pid and the pid's start time, so a recycled pid is never mistaken for it), the
+agent's ``agent.json``, and the agent's own files. The agent is started in a new session, so it
+and the job it runs form one process group that outlives the daemon. The directory is the
+instance's "disk": it is removed when the instance is terminated.
+
+Regions, zones and prices come from the same catalog format as the clouds, so placement and
+failover run for real on one machine. The provider also carries the test controls that chaos
+and the tests share (``preempt``, ``kill``, ``stockout``, ``partition``): they act the way a
+cloud would — a notice the agent can see, then the machine disappears — and leave their
+evidence in files, so they survive a daemon restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spotd.providers.base import (
+    TAG_KEY,
+    CapacityUnavailable,
+    InstanceSpec,
+    InvalidRequest,
+    ObservedInstance,
+)
+from spotd.types import CatalogEntry, InstanceId, InstanceState
+
+PROVIDER_NAME = "local"
+
+
+def _proc_start_ticks(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks, state letter) of a live pid, None if it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'
+    rest = raw[raw.rindex(")") + 2 :].split()
+    return int(rest[19]), rest[0]
+
+
+def _alive(pid: int, start_ticks: int) -> bool:
+    info = _proc_start_ticks(pid)
+    return info is not None and info[0] == start_ticks and info[1] not in ("Z", "X")
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class LocalProvider:
+    """Process groups grouped into configured regions and zones."""
+
+    name = PROVIDER_NAME
+
+    def __init__(
+        self,
+        root: Path,
+        catalog: Sequence[CatalogEntry],
+        *,
+        python: str = sys.executable,
+        clock: Any = time.time,
+    ) -> None:
+        self._root = root
+        self._instances = root / "instances"
+        self._instances.mkdir(parents=True, exist_ok=True)
+        self._catalog = [e for e in catalog if e.provider == PROVIDER_NAME]
+        self._python = python
+        self._clock = clock
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    # -- the provider interface -------------------------------------------------------------
+
+    def catalog(self) -> Sequence[CatalogEntry]:
+        return self._catalog
+
+    def _dir(self, instance_id: str) -> Path:
+        return self._instances / instance_id
+
+    async def launch(self, spec: InstanceSpec) -> InstanceId:
+        instance_id = InstanceId(f"local-{spec.key}")
+        d = self._dir(instance_id)
+        if (d / "meta.json").exists():
+            return instance_id  # idempotent: this key was launched already
+        if not any(
+            e.region == spec.region and e.zone == spec.zone and e.instance_type == spec.instance_type
+            for e in self._catalog
+        ):
+            raise InvalidRequest(f"{spec.instance_type} is not offered in {spec.region}/{spec.zone}")
+        until = self._stockouts().get(spec.region, 0.0)
+        if until > self._clock():
+            raise CapacityUnavailable(
+                f"no {spec.market} capacity in {spec.region} (stocked out for another "
+                f"{until - self._clock():.0f}s)"
+            )
+        d.mkdir(parents=True, exist_ok=True)
+        agent = dataclasses.replace(spec.agent, instance_dir=str(d))
+        _write_json(d / "agent.json", dataclasses.asdict(agent))
+        out = open(d / "agent.out", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._python,
+                "-m",
+                "spotd.agent",
+                str(d),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                cwd=d,
+            )
+        finally:
+            out.close()
+        info = _proc_start_ticks(proc.pid)
+        meta = {
+            "id": instance_id,
+            "key": spec.key,
+            "region": spec.region,
+            "zone": spec.zone,
+            "instance_type": spec.instance_type,
+            "market": str(spec.market),
+            "tags": dict(spec.tags),
+            "pid": proc.pid,
+            "start_ticks": info[0] if info else -1,
+            "created_at": self._clock(),
+        }
+        _write_json(d / "meta.json", meta)
+        self._children[instance_id] = proc  # keep it so asyncio reaps it when it exits
+        return instance_id
+
+    async def list_instances(self) -> Sequence[ObservedInstance]:
+        now = self._clock()
+        out: list[ObservedInstance] = []
+        for d in sorted(self._instances.iterdir()):
+            meta = _read_json(d / "meta.json")
+            if meta is None:
+                continue
+            notice = _read_json(d / "notice.json")
+            ended = _read_json(d / "ended.json")
+            alive = _alive(meta["pid"], meta["start_ticks"])
+            if alive and notice and now >= notice["deadline"]:
+                # the provider reclaims the machine when the notice runs out
+                self._reclaim(d, meta, "preempted: notice deadline reached")
+                alive = False
+                ended = _read_json(d / "ended.json")
+            if alive:
+                state = InstanceState.NOTICE if notice else InstanceState.RUNNING
+                reason = "spot interruption notice" if notice else ""
+            elif ended:
+                state = InstanceState(ended["state"])
+                reason = ended["reason"]
+            else:
+                state, reason = InstanceState.TERMINATED, "process group exited"
+            out.append(
+                ObservedInstance(
+                    id=InstanceId(meta["id"]),
+                    key=meta["key"],
+                    region=meta["region"],
+                    zone=meta["zone"],
+                    state=state,
+                    tags=meta["tags"],
+                    reason=reason,
+                    notice_deadline=notice["deadline"] if notice else None,
+                )
+            )
+        return out
+
+    async def terminate(self, instance_id: InstanceId) -> None:
+        d = self._dir(instance_id)
+        meta = _read_json(d / "meta.json")
+        if meta is None:
+            shutil.rmtree(d, ignore_errors=True)
+            return
+        if _alive(meta["pid"], meta["start_ticks"]):
+            _kill_group(meta["pid"], signal.SIGKILL)
+        proc = self._children.pop(instance_id, None)
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 2.0)
+        await asyncio.to_thread(shutil.rmtree, d, True)
+
+    async def close(self) -> None:
+        self._children.clear()
+
+    # -- test and chaos controls -------------------------------------------------------------
+
+    def _reclaim(self, d: Path, meta: dict[str, Any], reason: str) -> None:
+        _write_json(d / "ended.json", {"state": str(InstanceState.PREEMPTED), "reason": reason})
+        _kill_group(meta["pid"], signal.SIGKILL)
+
+    def _find(self, instance_id: str) -> tuple[Path, dict[str, Any]]:
+        d = self._dir(instance_id)
+        meta = _read_json(d / "meta.json")
+        if meta is None:
+            raise KeyError(f"no local instance {instance_id}")
+        return d, meta
+
+    def preempt(self, instance_id: str, *, notice_seconds: float | None = None) -> None:
+        """Reclaim an instance like a spot market would: with an advance notice, or at once."""
+        d, meta = self._find(instance_id)
+        if notice_seconds:
+            _write_json(d / "notice.json", {"deadline": self._clock() + notice_seconds})
+        else:
+            self._reclaim(d, meta, "preempted: spot capacity reclaimed without notice")
+
+    def kill(self, instance_id: str) -> None:
+        """SIGKILL the whole process group: the machine vanishes with no notice at all."""
+        d, meta = self._find(instance_id)
+        _write_json(
+            d / "ended.json",
+            {"state": str(InstanceState.PREEMPTED), "reason": "instance killed (no notice)"},
+        )
+        _kill_group(meta["pid"], signal.SIGKILL)
+
+    def partition(self, instance_id: str, *, seconds: float) -> None:
+        """Cut the instance off from the daemon: it keeps running but its heartbeats stop."""
+        d, _ = self._find(instance_id)
+        _write_json(d / "partition.json", {"until": self._clock() + seconds})
+
+    def stockout(self, region: str, *, seconds: float) -> None:
+        """Make launches in ``region`` fail with CapacityUnavailable for a while."""
+        if not any(e.region == region for e in self._catalog):
+            raise KeyError(f"no local region {region}")
+        data = self._stockouts()
+        data[region] = self._clock() + seconds
+        _write_json(self._root / "stockouts.json", data)
+
+    def _stockouts(self) -> dict[str, float]:
+        data = _read_json(self._root / "stockouts.json")
+        return dict(data) if isinstance(data, dict) else {}
+
+    def instance_ids_for_key_prefix(self, prefix: str) -> list[str]:
+        out = []
+        for d in self._instances.iterdir():
+            meta = _read_json(d / "meta.json")
+            if meta and str(meta["tags"].get(TAG_KEY, meta["key"])).startswith(prefix):
+                out.append(meta["id"])
+        return sorted(out)

@@ -1,0 +1,125 @@
+"""Assembles and runs one daemon: store, providers, controller, API listeners.
+
+This module is the composition root: the only place that wires the parts together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+from aiohttp import web
+
+from spotd.api import make_app
+from spotd.catalog import default_local_catalog, load_catalog
+from spotd.config import Settings
+from spotd.controller import Controller
+from spotd.metrics import DaemonMetrics
+from spotd.providers.base import Provider
+from spotd.providers.local import LocalProvider
+from spotd.store import AsyncStore, Store
+
+log = structlog.get_logger("spotd.daemon")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def _lock_home(settings: Settings) -> IO[str]:
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    f = open(settings.home / "spotd.lock", "a+")  # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        pid = settings.pid_path.read_text().strip() if settings.pid_path.exists() else "?"
+        raise AlreadyRunning(f"another spotd (pid {pid}) is running for {settings.home}") from exc
+    return f
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    catalog = (
+        load_catalog(settings.local_catalog) if settings.local_catalog else default_local_catalog()
+    )
+    return {"local": LocalProvider(settings.local_dir, catalog)}
+
+
+async def run_daemon(settings: Settings, *, notify: Any = None) -> None:
+    """Serve until SIGTERM/SIGINT. ``notify(state)`` is called with "READY=1" etc."""
+    lock = _lock_home(settings)
+    for d in (settings.logs_dir, settings.checkpoints_dir, settings.local_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    store = AsyncStore(Store.open(settings.db_url))
+    providers = build_providers(settings)
+    metrics = DaemonMetrics()
+    controller = Controller(settings=settings, store=store, providers=providers, metrics=metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
+    try:
+        app = make_app(settings=settings, store=store, controller=controller, metrics_=metrics)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        sock = settings.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()  # a stale socket from a killed daemon: we hold the lock, so it is ours
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, str(sock)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock, 0o600)
+        if settings.tcp_host and settings.tcp_port:
+            tcp_app = make_app(
+                settings=settings, store=store, controller=controller, metrics_=metrics, tcp=True
+            )
+            tcp_runner = web.AppRunner(tcp_app, handle_signals=False, access_log=None)
+            await tcp_runner.setup()
+            runners.append(tcp_runner)
+            await web.TCPSite(tcp_runner, settings.tcp_host, settings.tcp_port).start()
+        await controller.start()
+        settings.pid_path.write_text(str(os.getpid()))
+        log.info("spotd ready", home=str(settings.home), socket=str(sock), pid=os.getpid())
+        if notify:
+            notify("READY=1")
+        await stop.wait()
+        log.info("spotd stopping")
+        if notify:
+            notify("STOPPING=1")
+    finally:
+        await controller.shutdown()
+        for r in reversed(runners):
+            await r.cleanup()
+        for p in providers.values():
+            await p.close()
+        await store.close()
+        with contextlib.suppress(FileNotFoundError):
+            settings.socket_path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            settings.pid_path.unlink()
+        lock.close()
+
+
+def socket_alive(path: Path) -> bool:
+    import socket
+
+    if not path.exists():
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
