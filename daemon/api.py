@@ -70,6 +70,7 @@ class LaunchBody(_Body):
     dry_run: bool = False
     deadline: str | None = None  # ISO-8601 or a duration from now ("6h")
     project: str = "default"
+    base_dir: str | None = None  # the client's working directory: relative workdirs resolve here
 
 
 class ChaosTarget(_Body):
@@ -254,6 +255,11 @@ async def launch(request: web.Request) -> web.Response:
         raise ApiError(400, f"expected one task, the file has {len(tasks)} (pipelines are not "
                        "supported by spotd jobs launch)")
     task = tasks[0]
+    if task.workdir and not Path(task.workdir).expanduser().is_absolute():
+        base = Path(body.base_dir or ".")
+        task = task.model_copy(update={"workdir": str((base / task.workdir).resolve())})
+    if task.workdir and not Path(task.workdir).expanduser().is_dir():
+        raise ApiError(400, f"workdir: {task.workdir} is not a directory")
     if not task.run:
         raise ApiError(400, "`run` is required for a managed job")
     if task.service is not None:

@@ -163,7 +163,12 @@ class Client:
         dry_run: bool = False,
         deadline: str | None = None,
     ) -> Any:
-        body: dict[str, Any] = {"yaml": yaml_text, "filename": filename, "env": env or {}}
+        body: dict[str, Any] = {
+            "yaml": yaml_text,
+            "filename": filename,
+            "env": env or {},
+            "base_dir": os.getcwd(),
+        }
         if name:
             body["name"] = name
         if dry_run:

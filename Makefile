@@ -1,0 +1,40 @@
+# The two commands a user needs: `make run` (the demo) and `make test` (the tests).
+# Both install everything themselves: the venv, the package, and (for tests) PostgreSQL.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TIER   ?= fast
+PYTEST_ARGS ?=
+
+.PHONY: run test test-all venv clean bench-recovery bench-lb lint
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run: start a daemon (embedded local provider, SQLite), launch examples/train.yaml,
+## preempt it (once with a notice, once without), follow it to the end, print the job table.
+run: $(STAMP)
+	$(PY) examples/demo.py
+
+## make test: the fast tier (a few minutes). TIER=all adds the slow tiers (what CI runs).
+test: $(STAMP)
+	bash scripts/test.sh $(TIER) $(PYTEST_ARGS)
+
+test-all:
+	$(MAKE) test TIER=all
+
+bench-recovery: $(STAMP)
+	$(PY) bench/recovery.py
+
+bench-lb: $(STAMP)
+	$(PY) bench/lb.py
+
+clean:
+	rm -rf $(VENV) .spotd-demo build *.egg-info

@@ -1,0 +1,103 @@
+"""A managed job from launch to its end, through the real daemon, agents and CLI."""
+
+from __future__ import annotations
+
+import json
+
+from tests.e2e.helpers import digest_of, expected_digest, logs, train_yaml, wait_job
+
+TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}
+
+
+async def test_job_runs_to_success_on_the_cheapest_spot_zone(daemon):
+    async with daemon.client() as c:
+        plan = await c.launch(train_yaml(steps=10), filename="t.yaml", dry_run=True)
+        job = await c.launch(train_yaml(steps=10), filename="t.yaml")
+        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL, what="the end")
+        assert job["status"] == "SUCCEEDED", job
+        first = plan["candidates"][0]
+        assert (job["region"], job["zone"], job["market"]) == (
+            first["region"], first["zone"], "spot")
+        assert job["recoveries"] == 0
+        [attempt] = job["attempts"]
+        assert attempt["end_reason"] == "SUCCEEDED"
+        assert attempt["price_per_hour"] == first["price_per_hour"]
+        assert digest_of(await logs(c, job["id"])) == expected_digest(10)
+
+
+async def test_job_sees_spotd_and_skypilot_environment(daemon):
+    yaml = """
+name: envcheck
+num_nodes: 2
+resources: {cpus: 1+}
+envs: {GREETING: hello, MUST_GIVE: null}
+setup: echo "setup-ran"
+run: |
+  echo "rank=$SKYPILOT_NODE_RANK/$SKYPILOT_NUM_NODES sp=$SPOTD_NODE_RANK job=$SPOTD_JOB_ID \
+  task=$SKYPILOT_TASK_ID attempt=$SPOTD_ATTEMPT greet=$GREETING given=$MUST_GIVE \
+  ckpt=${SPOTD_CHECKPOINT_DIR:+set} ips=$(echo $SKYPILOT_NODE_IPS | wc -w)"
+"""
+    async with daemon.client() as c:
+        job = await c.launch(yaml, filename="e.yaml", env={"MUST_GIVE": "yes"})
+        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
+        assert job["status"] == "SUCCEEDED", job
+        text = await logs(c, job["id"])
+    for rank in (0, 1):
+        assert f"rank={rank}/2 sp={rank} job={job['id']} task={job['task_id']} attempt=1 " \
+               f"greet=hello given=yes ckpt=set ips=2" in text
+    assert text.count("setup-ran") == 2
+
+
+async def test_setup_failure_is_not_retried(daemon):
+    yaml = "resources: {cpus: 1+}\nsetup: exit 3\nrun: echo never\n" \
+           "job_recovery: {max_restarts_on_errors: 5}\n"
+    async with daemon.client() as c:
+        job = await c.launch(yaml, filename="s.yaml")
+        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
+    assert job["status"] == "FAILED_SETUP"
+    assert len(job["attempts"]) == 1
+    assert "setup exited with 3" in job["message"]
+
+
+async def test_user_failure_not_retried_without_restarts(daemon):
+    async with daemon.client() as c:
+        job = await c.launch(train_yaml(steps=10, extra_envs="  FAIL_AT_STEP: 3",
+                                        max_restarts=0), filename="f.yaml")
+        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
+    assert job["status"] == "FAILED"
+    assert [a["end_reason"] for a in job["attempts"]] == ["USER_FAILED"]
+    assert job["preemptions"] == 0
+
+
+async def test_user_failure_restarted_up_to_max_restarts(daemon):
+    async with daemon.client() as c:
+        job = await c.launch(train_yaml(steps=10, extra_envs="  FAIL_AT_STEP: 3",
+                                        max_restarts=2), filename="f.yaml")
+        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
+    assert job["status"] == "FAILED"
+    assert [a["end_reason"] for a in job["attempts"]] == ["USER_FAILED"] * 3
+    assert job["user_restarts"] == 2 and job["preemptions"] == 0
+
+
+async def test_cancel_terminates_instances(daemon):
+    async with daemon.client() as c:
+        job = await c.launch(train_yaml(steps=1000, step_seconds=0.1), filename="c.yaml")
+        await wait_job(c, job["id"], lambda j: j["status"] == "RUNNING")
+        await c.cancel(job["id"])
+        job = await wait_job(c, job["id"], lambda j: j["status"] == "CANCELLED")
+    assert job["attempts"][-1]["end_reason"] == "CANCELLED"
+    instances = list((daemon.home / "local" / "instances").glob("*/meta.json"))
+    assert instances == []
+
+
+def test_cli_queue_json_and_table(daemon):
+    r = daemon.spotctl("jobs", "launch", "examples/train.yaml", "-d", "-y",
+                       "--env", "TRAIN_STEPS=3", "--env", "STEP_SECONDS=0")
+    assert r.returncode == 0, r.stderr
+    r = daemon.spotctl("jobs", "queue", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    [job] = json.loads(r.stdout)
+    assert {"id", "name", "status", "recoveries", "attempts"} <= set(job)
+    assert job["name"] == "train-demo"
+    r = daemon.spotctl("jobs", "queue")
+    assert "train-demo" in r.stdout and "RECOVERIES" in r.stdout
