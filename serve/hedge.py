@@ -1,0 +1,330 @@
+"""Which replicas to launch and which to retire: the spot/on-demand mix and the zone spread.
+
+``plan_replicas`` turns the autoscaler's target into concrete launches (zone, market) and
+terminations, following SpotHedge (EuroSys'25, shipped in SkyServe as the
+``dynamic_fallback`` spot placer and ``FallbackRequestRateAutoscaler``):
+
+- **Spread.** Spot replicas go round robin over the cheapest *good* zones: each launch goes
+  to the good zone holding the fewest live spot replicas, the cheaper zone on a tie. That
+  keeps at most ceil(n / good zones) in any one zone, so one zone's preemption wave takes a
+  bounded share of the service.
+- **Bad zones.** A zone whose latest spot event is a preemption or a failed launch, less than
+  ``bad_zone_seconds`` ago, is bad: no spot launches go there. A replica that becomes READY
+  there makes it good again. When fewer than two zones would remain good, every zone is
+  reset to good (SpotHedge): spreading over one zone is no spread at all, and a zone that
+  preempted an hour ago may well have capacity again. The expiry is ours; SpotHedge keeps a
+  zone bad until the reset.
+- **Mix.** As in SkyServe, ``base_ondemand_fallback_replicas`` on-demand replicas count inside
+  the target: spot wanted = max(0, target − base) + ``num_overprovision``. With
+  ``dynamic_ondemand_fallback``, one more on-demand replica runs for every spot replica the
+  target needs that is not READY (target − base − ready spot), never more on-demand than
+  the target (overprovisioned spot is not worth an on-demand fallback). A target of 0 means
+  nothing at all: overprovision does not keep a scaled-to-zero service awake.
+- **Make before break.** On-demand replicas above that number are retired, but a READY one
+  only while READY capacity stays at or above the target: the fallback leaves once spot
+  replicas are READY again, not when they are merely launched.
+- **Victims.** Among the replicas of one market to retire: NOT_READY first (it was ready
+  and broke: least likely to serve soon), then PROVISIONING (least sunk cost), STARTING,
+  READY last; then those in bad zones, then those in the most crowded zone, then the newest.
+
+DRAINING and SHUTTING_DOWN replicas are already leaving: they are neither counted nor
+retired again. Terminal ones (PREEMPTED, FAILED_*) are history, told through
+``zone_history``. Pure: no I/O, no clock, no randomness; ``now`` is passed in.
+
+Scenarios (each is a row in ``tests/serve/test_hedge.py``), zones A < B < C by spot price:
+
+- 3 zones, target 3, overprovision 1, nothing running → 4 spot launched, A×2, B, C.
+- A2 B1 C1 running, A preempted both → A bad; the 2 replacements go to B and C.
+- A and B preempted, 3 zones → only C good: reset, every zone good again.
+- A failed a spot launch 10 min ago → A bad; 2 h ago (past bad_zone_seconds) → good;
+  preempted, then a replica READY there → good.
+- base 1, target 3 → 2 spot + 1 on-demand, always.
+- dynamic fallback, target 3: 2 of 3 spot preempted → 2 spot and 2 on-demand launched; the
+  new spot STARTING → on-demand kept; spot READY again → the 2 on-demand terminated.
+- target 3 → 1 with 3 spot (one STARTING) → the STARTING one and the newest READY go.
+- no zone sells spot → no spot launched; with dynamic fallback on-demand covers the target.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from spotd.serve.autoscaler import AutoscalePolicy
+from spotd.serve.replica_state import ReplicaId, ReplicaStatus
+from spotd.types import Market, ZoneKey
+
+DEFAULT_BAD_ZONE_SECONDS = 3600.0  # a spot crunch usually outlasts minutes; retry after an hour
+
+
+class ZoneEventKind(enum.StrEnum):
+    PREEMPTED = "PREEMPTED"  # a replica in the zone was reclaimed by the provider
+    LAUNCH_FAILED = "LAUNCH_FAILED"  # the provider refused capacity there (stockout, quota)
+    READY = "READY"  # a replica in the zone became READY: the zone works again
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneEvent:
+    """One thing that happened in a zone; the executor records these as replicas change."""
+
+    zone: ZoneKey
+    kind: ZoneEventKind
+    at: float
+    market: Market = Market.SPOT
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneOption:
+    """A zone the service's resources fit in, with prices for one replica (USD per hour)."""
+
+    zone: ZoneKey
+    spot_price: float | None  # None: the zone sells no spot capacity of this shape
+    ondemand_price: float
+    spot_available: bool = True  # False: the provider says there is no spot capacity now
+    preemption_risk: float = 0.0  # orders zones of equal spot price (lower first)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """What the planner needs to know about one replica."""
+
+    id: ReplicaId
+    zone: ZoneKey
+    market: Market
+    status: ReplicaStatus
+    launched_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    zone: ZoneKey
+    market: Market
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPlan:
+    """Launches and terminations to apply now; empty when the service is where it should be.
+
+    A terminated READY replica should be drained first (the executor's job).
+    """
+
+    launch: tuple[LaunchSpec, ...]
+    terminate: tuple[ReplicaId, ...]
+    reason: str
+    bad_zones: frozenset[ZoneKey] = frozenset()  # spot zones avoided by this plan
+
+
+def bad_zones(
+    zone_history: Iterable[ZoneEvent],
+    *,
+    now: float,
+    market: Market = Market.SPOT,
+    bad_zone_seconds: float = DEFAULT_BAD_ZONE_SECONDS,
+) -> frozenset[ZoneKey]:
+    """Zones whose latest ``market`` event up to ``now`` is a loss less than the TTL ago.
+
+    A READY event is good news and clears the zone; events after ``now`` are ignored.
+    """
+    latest: dict[ZoneKey, ZoneEvent] = {}
+    for event in sorted(zone_history, key=lambda e: e.at):
+        if event.market is market and event.at <= now:
+            latest[event.zone] = event
+    return frozenset(
+        zone
+        for zone, event in latest.items()
+        if event.kind is not ZoneEventKind.READY and now - event.at < bad_zone_seconds
+    )
+
+
+def plan_replicas(
+    target: int,
+    *,
+    zones: Sequence[ZoneOption],
+    current: Sequence[ReplicaView],
+    zone_history: Sequence[ZoneEvent],
+    policy: AutoscalePolicy,
+    now: float,
+    use_spot: bool = True,
+    bad_zone_seconds: float = DEFAULT_BAD_ZONE_SECONDS,
+) -> ReplicaPlan:
+    """Plan the launches and terminations that move ``current`` toward ``target`` replicas.
+
+    ``use_spot=False`` (a service without ``use_spot``) runs everything on-demand.
+    """
+    if target < 0:
+        raise ValueError("target must be >= 0")
+    alive = [r for r in current if r.status.is_alive]
+    spot = [r for r in alive if r.market is Market.SPOT]
+    ondemand = [r for r in alive if r.market is Market.ON_DEMAND]
+    notes: list[str] = []
+
+    # spot zones: eligible ones ranked by price, minus the bad ones (or all of them on a reset)
+    eligible = sorted(
+        (z for z in zones if z.spot_price is not None and z.spot_available),
+        key=lambda z: (z.spot_price, z.preemption_risk, str(z.zone)),
+    )
+    ranked = [z.zone for z in eligible]
+    bad: frozenset[ZoneKey] = frozenset()
+    if use_spot:
+        bad = bad_zones(zone_history, now=now, bad_zone_seconds=bad_zone_seconds) & set(ranked)
+    good = [z for z in ranked if z not in bad]
+    if bad and len(good) < 2:
+        notes.append(f"reset bad zones {_names(bad)}: fewer than 2 good zones left")
+        bad, good = frozenset(), ranked
+    elif bad:
+        notes.append(f"avoiding bad zones {_names(bad)}")
+
+    # how many of each market
+    if target == 0:
+        spot_wanted = 0
+        spot_needed = 0  # spot replicas the target itself needs (no overprovision)
+    elif use_spot:
+        spot_needed = max(0, target - policy.base_ondemand_fallback_replicas)
+        spot_wanted = spot_needed + policy.num_overprovision
+    else:
+        spot_needed = 0
+        spot_wanted = 0
+
+    launch: list[LaunchSpec] = []
+    terminate: list[ReplicaView] = []
+
+    # spot: launch into good zones, or retire the surplus
+    if len(spot) < spot_wanted:
+        missing = spot_wanted - len(spot)
+        if good:
+            placed = _spread(missing, good, Counter(r.zone for r in spot))
+            launch += [LaunchSpec(z, Market.SPOT) for z in placed]
+            notes.append(f"spot {len(spot)}/{spot_wanted}: launch {missing}")
+        else:
+            notes.append(f"spot {len(spot)}/{spot_wanted}: no zone has spot capacity")
+    elif len(spot) > spot_wanted:
+        surplus = _victims(spot, len(spot) - spot_wanted, bad)
+        terminate += surplus
+        notes.append(f"spot {len(spot)}/{spot_wanted}: retire {len(surplus)}")
+
+    retired = {r.id for r in terminate}
+    ready_spot = sum(1 for r in spot if r.status is ReplicaStatus.READY and r.id not in retired)
+
+    # on-demand: the base, plus the dynamic fallback for spot that is not READY
+    if target == 0:
+        ondemand_wanted = 0
+    elif use_spot:
+        ondemand_wanted = policy.base_ondemand_fallback_replicas
+        if policy.dynamic_ondemand_fallback:
+            gap = max(0, spot_needed - ready_spot)
+            ondemand_wanted += gap
+            if gap:
+                notes.append(f"dynamic fallback for {gap} spot not ready")
+        ondemand_wanted = min(ondemand_wanted, target)
+    else:
+        ondemand_wanted = target + policy.num_overprovision
+
+    if len(ondemand) < ondemand_wanted:
+        missing = ondemand_wanted - len(ondemand)
+        if zones:
+            launch += [
+                LaunchSpec(z, Market.ON_DEMAND)
+                for z in _ondemand_zones(
+                    missing, zones, ondemand, zone_history, now, bad_zone_seconds
+                )
+            ]
+            notes.append(f"on-demand {len(ondemand)}/{ondemand_wanted}: launch {missing}")
+        else:
+            notes.append(f"on-demand {len(ondemand)}/{ondemand_wanted}: no zone to launch in")
+    elif len(ondemand) > ondemand_wanted:
+        ready_ondemand = sum(1 for r in ondemand if r.status is ReplicaStatus.READY)
+        # make before break: a READY on-demand replica goes only if READY capacity stays >= target
+        spare_ready = max(0, ready_spot + ready_ondemand - target)
+        chosen: list[ReplicaView] = []
+        for r in _victims(ondemand, len(ondemand), frozenset()):
+            if len(chosen) == len(ondemand) - ondemand_wanted:
+                break
+            if r.status is ReplicaStatus.READY:
+                if spare_ready == 0:
+                    continue
+                spare_ready -= 1
+            chosen.append(r)
+        terminate += chosen
+        kept = len(ondemand) - ondemand_wanted - len(chosen)
+        notes.append(
+            f"on-demand {len(ondemand)}/{ondemand_wanted}: retire {len(chosen)}"
+            + (f", keep {kept} READY until spot is READY" if kept else "")
+        )
+
+    if not launch and not terminate:
+        notes.insert(0, f"steady at target {target}")
+    return ReplicaPlan(
+        launch=tuple(launch),
+        terminate=tuple(r.id for r in terminate),
+        reason="; ".join(notes),
+        bad_zones=frozenset(bad),
+    )
+
+
+def _spread(n: int, good: Sequence[ZoneKey], counts: Counter[ZoneKey]) -> list[ZoneKey]:
+    """Round robin: each launch to the good zone with the fewest replicas, cheapest first.
+
+    ``good`` is in price order. Because every launch fills the emptiest zone, no zone exceeds
+    ceil(total / len(good)) unless it already did.
+    """
+    rank = {z: i for i, z in enumerate(good)}
+    counts = Counter(counts)
+    placed = []
+    for _ in range(n):
+        zone = min(good, key=lambda z: (counts[z], rank[z]))
+        counts[zone] += 1
+        placed.append(zone)
+    return placed
+
+
+def _ondemand_zones(
+    n: int,
+    zones: Sequence[ZoneOption],
+    ondemand: Sequence[ReplicaView],
+    zone_history: Sequence[ZoneEvent],
+    now: float,
+    bad_zone_seconds: float,
+) -> list[ZoneKey]:
+    """Cheapest on-demand zones, spread, avoiding recent on-demand launch failures if it can."""
+    ranked = [z.zone for z in sorted(zones, key=lambda z: (z.ondemand_price, str(z.zone)))]
+    failed = bad_zones(
+        zone_history, now=now, market=Market.ON_DEMAND, bad_zone_seconds=bad_zone_seconds
+    )
+    usable = [z for z in ranked if z not in failed] or ranked
+    return _spread(n, usable, Counter(r.zone for r in ondemand))
+
+
+_VICTIM_ORDER = {
+    ReplicaStatus.NOT_READY: 0,
+    ReplicaStatus.PROVISIONING: 1,
+    ReplicaStatus.STARTING: 2,
+    ReplicaStatus.READY: 3,
+}
+
+
+def _victims(pool: Sequence[ReplicaView], n: int, bad: frozenset[ZoneKey]) -> list[ReplicaView]:
+    """The ``n`` replicas of ``pool`` to retire first, in order (see the module docstring)."""
+    left = list(pool)
+    counts = Counter(r.zone for r in left)
+    chosen: list[ReplicaView] = []
+    for _ in range(min(n, len(left))):
+        victim = min(
+            left,
+            key=lambda r: (
+                _VICTIM_ORDER[r.status],
+                r.zone not in bad,
+                -counts[r.zone],
+                -r.launched_at,
+                -r.id,
+            ),
+        )
+        left = [r for r in left if r is not victim]
+        counts[victim.zone] -= 1
+        chosen.append(victim)
+    return chosen
+
+
+def _names(zones: Iterable[ZoneKey]) -> str:
+    return ", ".join(sorted(str(z) for z in zones))

@@ -1,0 +1,305 @@
+"""SpotHedge planning: zone spread, bad zones and their reset, the spot/on-demand mix."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from spotd.serve.autoscaler import AutoscalePolicy
+from spotd.serve.hedge import (
+    LaunchSpec,
+    ReplicaPlan,
+    ReplicaView,
+    ZoneEvent,
+    ZoneEventKind,
+    ZoneOption,
+    bad_zones,
+    plan_replicas,
+)
+from spotd.serve.replica_state import ReplicaId
+from spotd.serve.replica_state import ReplicaStatus as S
+from spotd.types import Market, ZoneKey
+
+SPOT, OD = Market.SPOT, Market.ON_DEMAND
+NOW = 10_000.0
+
+
+def zk(letter: str) -> ZoneKey:
+    return ZoneKey("aws", "us-east-1", f"us-east-1{letter.lower()}")
+
+
+A, B, C = zk("A"), zk("B"), zk("C")
+LETTER = {A: "A", B: "B", C: "C"}
+
+# spot: A < B < C; on-demand: B < A < C
+ZONES = (
+    ZoneOption(A, spot_price=1.0, ondemand_price=3.0),
+    ZoneOption(B, spot_price=1.1, ondemand_price=2.9),
+    ZoneOption(C, spot_price=1.2, ondemand_price=3.1),
+)
+NO_SPOT = tuple(ZoneOption(z.zone, None, z.ondemand_price) for z in ZONES)
+A_SOLD_OUT = (ZoneOption(A, 1.0, 3.0, spot_available=False), *ZONES[1:])
+
+
+def r(rid: int, zone: str, status: S = S.READY, market: Market = SPOT) -> ReplicaView:
+    return ReplicaView(ReplicaId(rid), zk(zone), market, status, launched_at=float(rid))
+
+
+def ev(zone: str, kind: ZoneEventKind, ago: float, market: Market = SPOT) -> ZoneEvent:
+    return ZoneEvent(zk(zone), kind, NOW - ago, market)
+
+
+PRE, FAIL, UP = ZoneEventKind.PREEMPTED, ZoneEventKind.LAUNCH_FAILED, ZoneEventKind.READY
+DYN = {"dynamic_ondemand_fallback": True}
+
+
+def launches(plan: ReplicaPlan) -> Counter[str]:
+    return Counter(f"{LETTER[s.zone]} {s.market}" for s in plan.launch)
+
+
+# (label, target, policy overrides, zones, current, history, launches, terminate, bad zones)
+SCENARIOS = [
+    (
+        "3 zones, target 3, overprovision 1 → 4 spot across 3 zones (2,1,1)",
+        3, {"num_overprovision": 1}, ZONES, [], [],
+        {"A spot": 2, "B spot": 1, "C spot": 1}, (), "",
+    ),
+    (
+        "target 3 from nothing → one spot per zone",
+        3, {}, ZONES, [], [],
+        {"A spot": 1, "B spot": 1, "C spot": 1}, (), "",
+    ),
+    (
+        "zone A preempted → A bad, replacements go to B and C",
+        4, {}, ZONES,
+        [r(1, "A", S.PREEMPTED), r(2, "A", S.PREEMPTED), r(3, "B"), r(4, "C")],
+        [ev("A", PRE, 60), ev("A", PRE, 60)],
+        {"B spot": 1, "C spot": 1}, (), "A",
+    ),
+    (
+        "all but one zone bad → reset, every zone good again",
+        3, {}, ZONES,
+        [r(1, "A", S.PREEMPTED), r(2, "B", S.PREEMPTED), r(3, "C")],
+        [ev("A", PRE, 60), ev("B", PRE, 30)],
+        {"A spot": 1, "B spot": 1}, (), "",
+    ),
+    (
+        "a spot launch failed in A 10 min ago → A bad",
+        2, {}, ZONES, [], [ev("A", FAIL, 600)],
+        {"B spot": 1, "C spot": 1}, (), "A",
+    ),
+    (
+        "a spot launch failed in A 2 h ago → past bad_zone_seconds, A good",
+        2, {}, ZONES, [], [ev("A", FAIL, 7200)],
+        {"A spot": 1, "B spot": 1}, (), "",
+    ),
+    (
+        "A preempted, then a replica became READY there → A good",
+        2, {}, ZONES, [], [ev("A", PRE, 600), ev("A", UP, 300)],
+        {"A spot": 1, "B spot": 1}, (), "",
+    ),
+    (
+        "an on-demand launch failure does not make a zone bad for spot",
+        2, {}, ZONES, [], [ev("A", FAIL, 60, OD)],
+        {"A spot": 1, "B spot": 1}, (), "",
+    ),
+    (
+        "A has no spot capacity now → spot in B and C",
+        2, {}, A_SOLD_OUT, [], [],
+        {"B spot": 1, "C spot": 1}, (), "",
+    ),
+    (
+        "base 1, target 3 → 2 spot + 1 on-demand in the cheapest on-demand zone",
+        3, {"base_ondemand_fallback_replicas": 1}, ZONES, [], [],
+        {"A spot": 1, "B spot": 1, "B on-demand": 1}, (), "",
+    ),
+    (
+        "dynamic fallback: 2 of 3 spot lost → 2 spot and 2 on-demand launched",
+        3, DYN, ZONES,
+        [r(1, "A"), r(2, "B", S.PREEMPTED), r(3, "C", S.PREEMPTED)],
+        [ev("B", PRE, 60), ev("C", PRE, 60)],
+        {"B spot": 1, "C spot": 1, "B on-demand": 1, "A on-demand": 1}, (), "",
+    ),
+    (
+        "dynamic fallback: replacement spot still STARTING → on-demand kept",
+        3, DYN, ZONES,
+        [r(1, "A"), r(4, "B", S.STARTING), r(5, "C", S.STARTING),
+         r(6, "B", market=OD), r(7, "A", market=OD)],
+        [ev("B", PRE, 60), ev("C", PRE, 60)],
+        {}, (), "",
+    ),
+    (
+        "dynamic fallback: spot READY again → on-demand terminated, newest first",
+        3, DYN, ZONES,
+        [r(1, "A"), r(4, "B"), r(5, "C"), r(6, "B", market=OD), r(7, "A", market=OD)],
+        [ev("B", PRE, 600), ev("C", PRE, 600), ev("B", UP, 60), ev("C", UP, 60)],
+        {}, (7, 6), "",
+    ),
+    (
+        "dynamic fallback: one spot READY again → one on-demand goes",
+        3, DYN, ZONES,
+        [r(1, "A"), r(4, "B"), r(5, "C", S.STARTING),
+         r(6, "B", market=OD), r(7, "A", market=OD)],
+        [],
+        {}, (7,), "",
+    ),
+    (
+        "dynamic fallback is not spent on overprovisioned spot",
+        2, {**DYN, "num_overprovision": 1}, ZONES,
+        [r(1, "A"), r(2, "B"), r(3, "C", S.STARTING)],
+        [],
+        {}, (), "",
+    ),
+    (
+        "dynamic fallback with spot sold out everywhere → on-demand covers the target",
+        3, DYN, NO_SPOT, [], [],
+        {"B on-demand": 1, "A on-demand": 1, "C on-demand": 1}, (), "",
+    ),
+    (
+        "no spot anywhere and no fallback → nothing to launch",
+        3, {}, NO_SPOT, [], [],
+        {}, (), "",
+    ),
+    (
+        "target 3 → 1: the STARTING replica goes first, then the newest READY",
+        1, {}, ZONES, [r(1, "A"), r(2, "B"), r(3, "C", S.STARTING)], [],
+        {}, (3, 2), "",
+    ),
+    (
+        "scale down: NOT_READY goes before a newer READY",
+        2, {}, ZONES, [r(1, "A", S.NOT_READY), r(2, "B"), r(3, "C")], [],
+        {}, (1,), "",
+    ),
+    (
+        "scale down: from the most crowded zone",
+        2, {}, ZONES, [r(1, "A"), r(2, "A"), r(3, "B")], [],
+        {}, (2,), "",
+    ),
+    (
+        "scale down: from a bad zone first",
+        2, {}, ZONES, [r(1, "A"), r(2, "B"), r(3, "C")], [ev("B", PRE, 60)],
+        {}, (2,), "B",
+    ),
+    (
+        "without dynamic fallback, on-demand stays until spot is READY (make before break)",
+        2, {}, ZONES, [r(1, "A"), r(2, "B", S.STARTING), r(3, "A", market=OD)], [],
+        {}, (), "",
+    ),
+    (
+        "without dynamic fallback, on-demand goes once spot is READY",
+        2, {}, ZONES, [r(1, "A"), r(2, "B"), r(3, "A", market=OD)], [],
+        {}, (3,), "",
+    ),
+    (
+        "a not-ready on-demand replica goes even when spot is not READY",
+        2, {}, ZONES, [r(1, "A"), r(2, "B", S.STARTING), r(3, "A", S.STARTING, OD)], [],
+        {}, (3,), "",
+    ),
+    (
+        "target 0 with overprovision → everything goes (scale to zero)",
+        0, {"num_overprovision": 1, "base_ondemand_fallback_replicas": 1}, ZONES,
+        [r(1, "A"), r(2, "B", market=OD)], [],
+        {}, (1, 2), "",
+    ),
+    (
+        "DRAINING and SHUTTING_DOWN replicas are not counted nor retired again",
+        2, {}, ZONES, [r(1, "A", S.DRAINING), r(2, "B"), r(3, "C", S.SHUTTING_DOWN)], [],
+        {"A spot": 1}, (), "",
+    ),
+    (
+        "steady state → nothing to do",
+        2, {"base_ondemand_fallback_replicas": 1}, ZONES, [r(1, "A"), r(2, "B", market=OD)],
+        [],
+        {}, (), "",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "target", "overrides", "zones", "current", "history", "launch", "terminate", "bad"),
+    SCENARIOS,
+    ids=[s[0] for s in SCENARIOS],
+)
+def test_scenarios(
+    label: str,
+    target: int,
+    overrides: dict[str, object],
+    zones: tuple[ZoneOption, ...],
+    current: list[ReplicaView],
+    history: list[ZoneEvent],
+    launch: dict[str, int],
+    terminate: tuple[int, ...],
+    bad: str,
+) -> None:
+    policy = AutoscalePolicy(min_replicas=0, max_replicas=10, target_qps_per_replica=1,
+                             **overrides)
+    plan = plan_replicas(
+        target, zones=zones, current=current, zone_history=history, policy=policy, now=NOW
+    )
+    assert launches(plan) == Counter(launch), plan.reason
+    assert plan.terminate == terminate, plan.reason
+    assert plan.bad_zones == frozenset(zk(z) for z in bad)
+    assert plan.reason
+    # pure: the same inputs give the same plan
+    assert plan == plan_replicas(
+        target, zones=zones, current=current, zone_history=history, policy=policy, now=NOW
+    )
+
+
+@pytest.mark.parametrize("n_zones", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("n", range(1, 13))
+def test_spread_never_exceeds_ceil_n_over_zones(n: int, n_zones: int) -> None:
+    zones = tuple(ZoneOption(zk(chr(ord("A") + i)), 1.0 + i / 10, 3.0) for i in range(n_zones))
+    plan = plan_replicas(
+        n, zones=zones, current=(), zone_history=(),
+        policy=AutoscalePolicy(min_replicas=0, max_replicas=20, target_qps_per_replica=1),
+        now=NOW,
+    )
+    per_zone = Counter(s.zone for s in plan.launch)
+    assert sum(per_zone.values()) == n
+    assert max(per_zone.values()) <= math.ceil(n / n_zones)
+    # the cheapest zones fill first: counts never increase with the price
+    counts = [per_zone[z.zone] for z in zones]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_use_spot_false_runs_everything_on_demand() -> None:
+    plan = plan_replicas(
+        2, zones=ZONES, current=[], zone_history=[ev("B", FAIL, 60, OD)],
+        policy=AutoscalePolicy.fixed(2), now=NOW, use_spot=False,
+    )
+    # B is the cheapest on-demand zone but just refused an on-demand launch
+    assert plan.launch == (LaunchSpec(A, OD), LaunchSpec(C, OD))
+
+
+def test_reset_is_reported_in_the_reason() -> None:
+    plan = plan_replicas(
+        2, zones=ZONES, current=[], zone_history=[ev("A", PRE, 1), ev("B", PRE, 1)],
+        policy=AutoscalePolicy.fixed(2), now=NOW,
+    )
+    assert "reset" in plan.reason
+
+
+class TestBadZones:
+    def test_latest_event_wins_whatever_the_input_order(self) -> None:
+        history = [ev("A", PRE, 10), ev("A", UP, 20), ev("B", UP, 10), ev("B", PRE, 20)]
+        assert bad_zones(history, now=NOW) == {A}
+
+    def test_events_after_now_are_ignored(self) -> None:
+        assert bad_zones([ev("A", PRE, -5)], now=NOW) == frozenset()
+
+    def test_expiry_is_exclusive(self) -> None:
+        assert bad_zones([ev("A", PRE, 99.9)], now=NOW, bad_zone_seconds=100) == {A}
+        assert bad_zones([ev("A", PRE, 100)], now=NOW, bad_zone_seconds=100) == frozenset()
+
+    def test_market_is_separate(self) -> None:
+        history = [ev("A", FAIL, 10, OD), ev("B", PRE, 10)]
+        assert bad_zones(history, now=NOW, market=OD) == {A}
+        assert bad_zones(history, now=NOW) == {B}
+
+
+def test_negative_target_is_refused() -> None:
+    with pytest.raises(ValueError):
+        plan_replicas(-1, zones=ZONES, current=[], zone_history=[],
+                      policy=AutoscalePolicy.fixed(1), now=NOW)
