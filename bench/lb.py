@@ -1,0 +1,306 @@
+"""Load-balancer benchmark: spotd's LB against nginx and against no proxy at all.
+
+Starts, as separate processes on loopback:
+
+- two stub replicas (``spotd.serve.stub_replica``, uvloop, 16 tokens, no artificial delay —
+  the cheapest possible backend, so the proxy's own cost shows);
+- the spotd LB (``python -m spotd.lb``, one process, least_load);
+- nginx with ``worker_processes 1`` (one worker, like the one LB process), an ``upstream``
+  with ``keepalive 64``, ``proxy_http_version 1.1``, ``proxy_set_header Connection ""`` and
+  ``proxy_buffering off`` — config written to a temp dir (``apt-get install -y nginx`` when
+  it is missing);
+- the load generator, ``wrk`` (one thread; ``apt-get install -y wrk`` when missing), in its
+  own process. "direct" runs two wrk processes, one per replica, with half the connections
+  each (rps summed, percentiles averaged).
+
+Modes: ``json`` (POST /v1/completions, plain JSON answer) and ``sse`` (the same with
+``"stream": true``: 18 SSE events per answer). Concurrency 32 and 128, plus a one-connection
+cell per proxy that shows the latency a hop adds when nothing queues. Each cell runs a
+bounded time (5 s, ``--quick`` 2 s) after a 1 s warm-up.
+
+Everything — backends, proxy, load generator — shares this machine's cores, so absolute
+numbers are low and the ratios are what to read. RSS is the proxy's resident memory after the
+cell (nginx: master + worker).
+
+    python bench/lb.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+POST_LUA = """
+wrk.method = "POST"
+wrk.body   = '{"model":"stub-model","prompt":"hello world","max_tokens":16%s}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream replicas {{
+        server 127.0.0.1:{p1};
+        server 127.0.0.1:{p2};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        location / {{
+            proxy_pass http://replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Cell:
+    proxy: str
+    mode: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    rss_mb: float | None
+    errors: int = 0
+    rps_vs_nginx: float | None = None
+    p50_added_vs_direct_ms: float | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def ensure_tool(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
+                                  else None)
+    if path:
+        return path
+    print(f"installing {name} (apt-get install -y {name})", file=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-q", name], check=True,
+                   stdout=subprocess.DEVNULL)
+    path = shutil.which(name) or f"/usr/sbin/{name}"
+    if not os.path.exists(path):
+        raise SystemExit(f"{name} is not available")
+    return path
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return round(total / 1024, 1)
+
+
+def children(pid: int) -> list[int]:
+    out = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids = (task / "children").read_text().split()
+            out += [int(k) for k in kids]
+    return out
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> tuple[float, float, float, int]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return rps, p50, p99, errors
+
+
+def run_wrk(wrk: str, urls: list[str], conns: int, seconds: float, script: str
+            ) -> tuple[float, float, float, int]:
+    per = max(1, conns // len(urls))
+    procs = [subprocess.Popen(
+        [wrk, "-t1", f"-c{per}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s", "-s",
+         script, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for url in urls]
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 60)
+        results.append(parse_wrk(out))
+    rps = sum(r[0] for r in results)
+    p50 = sum(r[1] for r in results) / len(results)
+    p99 = sum(r[2] for r in results) / len(results)
+    return rps, p50, p99, sum(r[3] for r in results)
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 s per cell instead of 5 s")
+    ap.add_argument("--json", action="store_true", help="print the cells as a JSON list")
+    ap.add_argument("--seconds", type=float, default=None)
+    args = ap.parse_args()
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    wrk = ensure_tool("wrk")
+    nginx = ensure_tool("nginx")
+    tmp = Path(tempfile.mkdtemp(prefix="spotd-bench-lb-"))
+    procs = Procs()
+    cells: list[Cell] = []
+    try:
+        p1, p2, lb_port, lb_ctl, ng_port = (free_port() for _ in range(5))
+        for port in (p1, p2):
+            procs.start([PY, "-m", "spotd.serve.stub_replica", "--port", str(port),
+                         "--tokens", "16", "--uvloop"])
+        lb = procs.start([PY, "-m", "spotd.lb", "--port", str(lb_port), "--control-port",
+                          str(lb_ctl), "--replica", f"r1=http://127.0.0.1:{p1}",
+                          "--replica", f"r2=http://127.0.0.1:{p2}", "--log-level", "WARNING"])
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, p1=p1, p2=p2, port=ng_port))
+        ng = procs.start([nginx, "-c", str(conf), "-p", str(tmp)])
+        for port in (p1, p2, lb_port, ng_port):
+            wait_http(f"http://127.0.0.1:{port}/health")
+        scripts = {}
+        for mode, extra in (("json", ""), ("sse", ',"stream":true')):
+            scripts[mode] = str(tmp / f"{mode}.lua")
+            Path(scripts[mode]).write_text(POST_LUA % extra)
+        targets = {
+            "direct": ([f"http://127.0.0.1:{p1}/v1/completions",
+                        f"http://127.0.0.1:{p2}/v1/completions"], None),
+            "nginx": ([f"http://127.0.0.1:{ng_port}/v1/completions"], ng.pid),
+            "spotd": ([f"http://127.0.0.1:{lb_port}/v1/completions"], lb.pid),
+        }
+        for proxy, (urls, pid) in targets.items():
+            run_wrk(wrk, urls, 32, 1, scripts["json"])  # warm-up: pools, caches
+            for mode in ("json", "sse"):
+                for conns in (1, 32, 128):
+                    if conns == 1:
+                        urls_c = urls[:1]
+                        secs = min(seconds, 2.0)
+                    else:
+                        urls_c, secs = urls, seconds
+                    rps, p50, p99, errors = run_wrk(wrk, urls_c, conns, secs, scripts[mode])
+                    rss = rss_mb(children(pid)) if pid else None
+                    cells.append(Cell(proxy, mode, conns, round(rps, 1), round(p50, 3),
+                                      round(p99, 3), rss, errors))
+                    print(f"  {proxy:6} {mode:4} c={conns:<3} {rps:9.1f} rps  p50 {p50:7.3f} "
+                          f"ms  p99 {p99:7.3f} ms", file=sys.stderr)
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    by = {(c.proxy, c.mode, c.concurrency): c for c in cells}
+    for c in cells:
+        ng_cell = by.get(("nginx", c.mode, c.concurrency))
+        d_cell = by.get(("direct", c.mode, c.concurrency))
+        if ng_cell and ng_cell.rps:
+            c.rps_vs_nginx = round(c.rps / ng_cell.rps, 3)
+        if d_cell and c.proxy != "direct":
+            c.p50_added_vs_direct_ms = round(c.p50_ms - d_cell.p50_ms, 3)
+    if args.json:
+        print(json.dumps([asdict(c) for c in cells], indent=2))
+        return
+    cols = ("proxy", "mode", "concurrency", "rps", "p50_ms", "p99_ms", "rss_mb", "errors",
+            "rps_vs_nginx", "p50_added_vs_direct_ms")
+    rows = [[("-" if getattr(c, k) is None else str(getattr(c, k))) for k in cols]
+            for c in cells]
+    widths = [max(len(k), *(len(r[i]) for r in rows)) for i, k in enumerate(cols)]
+    print(f"cell: {seconds:g} s; wrk -t1; nginx worker_processes 1; spotd LB 1 process "
+          f"({os.cpu_count()} cores shared by everything)")
+    print("  ".join(k.ljust(w) for k, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    s = {k: by[k] for k in by if k[0] == "spotd"}
+    print()
+    for mode, target in (("json", 0.30), ("sse", 0.80)):
+        for conns in (32, 128):
+            c = s.get(("spotd", mode, conns))
+            if c and c.rps_vs_nginx is not None:
+                verdict = "ok" if c.rps_vs_nginx >= target else "BELOW TARGET"
+                print(f"spotd/nginx rps, {mode} c={conns}: {c.rps_vs_nginx:.2f}x "
+                      f"(target >= {target:.2f}x) {verdict}")
+    for conns in (1, 32):
+        c = s.get(("spotd", "json", conns))
+        if c and c.p50_added_vs_direct_ms is not None:
+            print(f"spotd p50 added over direct, json c={conns}: "
+                  f"{c.p50_added_vs_direct_ms:.3f} ms (target <= 2 ms at c=32)")
+    rss = max((c.rss_mb or 0) for c in s.values()) if s else 0
+    print(f"spotd RSS max: {rss} MB (target <= 80 MB)")
+
+
+if __name__ == "__main__":
+    main()

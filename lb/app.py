@@ -1,0 +1,238 @@
+"""Application factories: the proxy app and the control app.
+
+``make_app(state)`` is the data plane: every path and method is proxied. Its cleanup context
+owns the one pooled ``ClientSession`` and two background tasks (the prober that re-admits
+ejected replicas, the reporter that POSTs ejections to ``--report-url``).
+
+``make_control_app(state, token=...)`` is the control plane, served on its own port bound to
+127.0.0.1 (or mounted under ``/-/`` on the proxy port with ``control_on_proxy=True``); every
+route needs ``Authorization: Bearer <token>`` when a token is set:
+
+- ``PUT /-/replicas``  body ``[{"id", "url", "state": "READY"|"DRAINING"}]`` or
+  ``{"replicas": [...]}`` — the full set, pushed by the daemon on every change;
+  answers ``{"version": n, "replicas": [...]}``
+- ``GET /-/replicas``  ``{"version", "replicas": [{id, url, state, in_flight, ejected,
+  requests, failures}], "ejections": [{replica_id, url, reason, at}], "waiting"}``
+- ``GET /-/stats?window=60``  per-second request counts of the last ``window`` seconds
+  (``{"requests", "qps", "errors_5xx", "buckets": [{t, requests, errors_5xx}], ...}``)
+- ``GET /metrics``  Prometheus text
+- ``GET /-/health``  ``{"ok": true}``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .proxy import SESSION, STATE, proxy_handler
+from .state import LBState, MetricsCollector, parse_replicas
+
+log = logging.getLogger("spotd.lb")
+
+REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("spotd_lb_registry", CollectorRegistry)
+TOKEN: web.AppKey[str] = web.AppKey("spotd_lb_token", str)
+
+
+def _make_session(state: LBState) -> aiohttp.ClientSession:
+    cfg = state.config
+    connector = aiohttp.TCPConnector(
+        limit=cfg.pool_limit, limit_per_host=0, keepalive_timeout=cfg.keepalive_timeout,
+        ttl_dns_cache=300,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout,
+                                      sock_read=cfg.read_timeout),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        trust_env=False,
+    )
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = _make_session(app[STATE])
+    app[SESSION] = session
+    yield
+    await session.close()
+
+
+async def _probe_once(state: LBState, session: aiohttp.ClientSession) -> None:
+    cfg = state.config
+    reps = state.replicas
+    targets = [(v.id, v.url) for v in reps.views if reps.stats[v.id].ejected]
+    if not targets:
+        return
+
+    async def probe(rid: str, url: str) -> None:
+        try:
+            async with session.get(url + cfg.probe_path,
+                                   timeout=aiohttp.ClientTimeout(total=cfg.probe_timeout)) as r:
+                ok = r.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        if ok:
+            log.info("replica %s answered a probe; back in rotation", rid)
+            state.readmit(rid, url)
+
+    await asyncio.gather(*(probe(rid, url) for rid, url in targets))
+
+
+async def _prober(state: LBState, session: aiohttp.ClientSession) -> None:
+    """Probe ejected replicas every ``probe_interval`` seconds; re-admit on any answer < 500."""
+    while True:
+        await asyncio.sleep(state.config.probe_interval)
+        await _probe_once(state, session)
+
+
+async def _reporter(state: LBState, session: aiohttp.ClientSession) -> None:
+    """POST each ejection to ``report_url`` (a few tries; the daemon also has GET /-/replicas)."""
+    url = state.config.report_url
+    assert url
+    while True:
+        ev = await state.report_queue.get()
+        payload = {"lb_id": state.config.lb_id, "event": "ejected", **ev.as_json()}
+        for attempt in range(3):
+            try:
+                async with session.post(url, json=payload,
+                                        timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status < 500:
+                        break
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+
+def _supervised(name: str, coro: Awaitable[None]) -> asyncio.Task[None]:
+    async def guard() -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a background loop must never die silently
+            log.exception("lb task %s crashed", name)
+            raise
+        log.error("lb task %s exited; it should run until shutdown", name)
+
+    return asyncio.create_task(guard(), name=f"spotd-lb-{name}")
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    state, session = app[STATE], app[SESSION]
+    tasks = [_supervised("prober", _prober(state, session))]
+    if state.config.report_url:
+        tasks.append(_supervised("reporter", _reporter(state, session)))
+    yield
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
+# -- control routes ---------------------------------------------------------------------------
+
+@web.middleware
+async def _auth(request: web.Request,
+                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                ) -> web.StreamResponse:
+    token = request.app[TOKEN]
+    if token and (request.path.startswith("/-/") or request.path == "/metrics"):
+        got = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+            return web.json_response({"error": {"message": "bad or missing bearer token",
+                                                "code": 401}}, status=401)
+    return await handler(request)
+
+
+async def put_replicas(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        views = parse_replicas(await request.json())
+    except (ValueError, json.JSONDecodeError) as e:
+        return web.json_response({"error": {"message": str(e), "code": 400}}, status=400)
+    before = {v.id: v.state for v in state.replicas.views}
+    state.replicas.replace(views)
+    after = {v.id: v.state for v in views}
+    if before != after:
+        log.info("replica set v%d: %s", state.replicas.version,
+                 ", ".join(f"{k}={v.value}" for k, v in after.items()) or "(empty)")
+    return web.json_response({"version": state.replicas.version,
+                              "replicas": state.replicas.as_json()})
+
+
+async def get_replicas(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({
+        "version": state.replicas.version,
+        "replicas": state.replicas.as_json(),
+        "ejections": [e.as_json() for e in state.ejections],
+        "waiting": state.waiting,
+    })
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        window = int(request.query.get("window", "60"))
+    except ValueError:
+        return web.json_response({"error": {"message": "window must be an integer",
+                                            "code": 400}}, status=400)
+    return web.json_response(state.stats_json(window, time.time()))
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def get_health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "ready_replicas": request.app[STATE].replicas
+                              .ready_count()})
+
+
+def _add_control_routes(app: web.Application, state: LBState, token: str) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MetricsCollector(state))
+    app[REGISTRY] = registry
+    app[TOKEN] = token
+    app.router.add_put("/-/replicas", put_replicas)
+    app.router.add_get("/-/replicas", get_replicas)
+    app.router.add_get("/-/stats", get_stats)
+    app.router.add_get("/-/health", get_health)
+    app.router.add_get("/metrics", get_metrics)
+
+
+def make_control_app(state: LBState, *, token: str = "") -> web.Application:
+    """The control API for ``state`` (serve it on 127.0.0.1)."""
+    app = web.Application(middlewares=[_auth])
+    app[STATE] = state
+    _add_control_routes(app, state, token)
+    return app
+
+
+def make_app(state: LBState, *, control_on_proxy: bool = False, token: str = ""
+             ) -> web.Application:
+    """The proxy application. With ``control_on_proxy`` the control routes live under ``/-/``
+    (and ``/metrics``) on the same port, guarded by ``token``; those paths are then not
+    proxied."""
+    cfg = state.config
+    app = web.Application(client_max_size=cfg.buffer_limit + 1,
+                          middlewares=[_auth] if control_on_proxy else [])
+    app[STATE] = state
+    if control_on_proxy:
+        _add_control_routes(app, state, token)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_background_ctx)
+    return app
