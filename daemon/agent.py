@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from spotd.aiokit import sleep
 from spotd.types import AgentConfig
 

@@ -22,7 +22,6 @@ from typing import Any
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from spotd.config import Settings
 from spotd.controller import Controller, candidates_table
 from spotd.metrics import DaemonMetrics

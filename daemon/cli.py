@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
-
 from spotd.client import ApiError, Client, DaemonUnreachable
 
 T = TypeVar("T")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from spotd.config import Settings, load_settings
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
 from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
 from spotd.metrics import DaemonMetrics

@@ -1,24 +1,27 @@
-"""``spotd``: the daemon, in the foreground (what systemd runs)."""
+"""``spotd``: the daemon, in the foreground (what systemd runs); ``spotd install-units``."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import click
 
 from spotd.config import ConfigError, load_settings
 from spotd.logconfig import configure
 from spotd.server import AlreadyRunning, run_daemon
+from spotd.units import install_units_command
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--home", type=click.Path(), default=None, help="Data directory ($SPOTD_HOME).")
 @click.option("--json-logs/--console-logs", default=None, help="Log format (default: by tty).")
-def main(home: str | None, json_logs: bool | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, home: str | None, json_logs: bool | None) -> None:
     """Run the spotd controller in the foreground until SIGTERM or SIGINT."""
-    from pathlib import Path
-
+    if ctx.invoked_subcommand is not None:
+        return
     configure(json_lines=json_logs)
     try:
         settings = load_settings(Path(home) if home else None)
@@ -37,6 +40,8 @@ def main(home: str | None, json_logs: bool | None) -> None:
         click.echo(f"spotd: {exc}", err=True)
         sys.exit(1)
 
+
+main.add_command(install_units_command)
 
 if __name__ == "__main__":
     main()

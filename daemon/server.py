@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import structlog
 from aiohttp import web
-
+from spotd import sdnotify
 from spotd.api import make_app
 from spotd.catalog import default_local_catalog, load_catalog
 from spotd.config import Settings
@@ -50,8 +50,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     return {"local": LocalProvider(settings.local_dir, catalog)}
 
 
-async def run_daemon(settings: Settings, *, notify: Any = None) -> None:
-    """Serve until SIGTERM/SIGINT. ``notify(state)`` is called with "READY=1" etc."""
+async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> None:
+    """Serve until SIGTERM/SIGINT, telling systemd (``notify``) when ready and when stopping."""
     lock = _lock_home(settings)
     for d in (settings.logs_dir, settings.checkpoints_dir, settings.local_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -87,6 +87,7 @@ async def run_daemon(settings: Settings, *, notify: Any = None) -> None:
             runners.append(tcp_runner)
             await web.TCPSite(tcp_runner, settings.tcp_host, settings.tcp_port).start()
         await controller.start()
+        controller.sup.spawn("watchdog", lambda: sdnotify.watchdog_loop(controller.stop))
         settings.pid_path.write_text(str(os.getpid()))
         log.info("spotd ready", home=str(settings.home), socket=str(sock), pid=os.getpid())
         if notify:

@@ -35,6 +35,7 @@ from spotd.providers.base import (
     InvalidRequest,
     ObservedInstance,
 )
+from spotd.sdnotify import scrub_env
 from spotd.types import CatalogEntry, InstanceId, InstanceState
 
 PROVIDER_NAME = "local"
@@ -134,6 +135,7 @@ class LocalProvider:
                 stderr=out,
                 start_new_session=True,
                 cwd=d,
+                env=scrub_env(os.environ),  # a job must not think it is the systemd service
             )
         finally:
             out.close()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-
-import pytest
 
 from tests.e2e.helpers import digest_of, expected_digest, logs, train_yaml, wait_job, wait_log
 
