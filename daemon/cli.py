@@ -20,8 +20,10 @@ from rich.table import Table
 from spotd.client import ApiError, Client, DaemonUnreachable
 
 T = TypeVar("T")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output (scripts, tests) gets wide tables instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 
 def _announce(pid: int, settings: Any) -> None:

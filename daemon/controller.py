@@ -325,10 +325,12 @@ class Controller:
             self.metrics.jobs_finished.labels("FAILED_NO_RESOURCE").inc()
             return 0.0
         if isinstance(decision, strategies.Wait):
+            # waiting counts toward give_up_after, whether or not a launch failed
             await self.store.update_job_fields(
                 job.id,
                 now=now,
                 next_try_at=decision.until,
+                first_failure_at=job.first_failure_at or now,
                 message=decision.reason,
                 event=f"waiting {decision.until - now:.1f}s: {decision.reason}",
             )
@@ -542,6 +544,10 @@ class Controller:
                 now=now, started_at=job.started_at or now, failed_launches=0,
                 first_failure_at=None,
             )
+            await self.store.add_zone_event(
+                provider=attempt.provider, region=attempt.region, zone=attempt.zone,
+                kind=history.ZoneEventKind.LAUNCHED.value, at=now, detail=attempt.market,
+            )
             if job.recoveries:
                 self._observe_recovery(job, now)
         if (
@@ -643,7 +649,7 @@ class Controller:
 
     async def _end_attempt(self, aid: str, end: EndReason, detail: str, now: float) -> None:
         try:
-            await self.store.transition_attempt(
+            ended = await self.store.transition_attempt(
                 aid,
                 from_=[AttemptStatus.PROVISIONING, AttemptStatus.SETTING_UP, AttemptStatus.RUNNING],
                 to=AttemptStatus.ENDED,
@@ -653,7 +659,14 @@ class Controller:
                 end_detail=detail,
             )
         except StaleTransition:
-            pass  # already ended (a cancel racing a preemption): the first reason stands
+            return  # already ended (a cancel racing a preemption): the first reason stands
+        if ended.started_at is not None and ended.market == str(Market.SPOT):
+            # survival time in the zone: the risk model learns from it as well as from losses
+            await self.store.add_zone_event(
+                provider=ended.provider, region=ended.region, zone=ended.zone,
+                kind=history.ZoneEventKind.RAN.value, at=now,
+                detail=f"{now - ended.started_at:.1f} seconds on spot",
+            )
 
     async def _terminate_attempt(self, aid: str) -> None:
         attempt = await self.store.get_attempt(aid)

@@ -32,9 +32,9 @@ num_nodes: 2
 resources: {cpus: 1+}
 envs: {GREETING: hello, MUST_GIVE: null}
 setup: echo "setup-ran"
-run: |
-  echo "rank=$SKYPILOT_NODE_RANK/$SKYPILOT_NUM_NODES sp=$SPOTD_NODE_RANK job=$SPOTD_JOB_ID \
-  task=$SKYPILOT_TASK_ID attempt=$SPOTD_ATTEMPT greet=$GREETING given=$MUST_GIVE \
+run: >-
+  echo "rank=$SKYPILOT_NODE_RANK/$SKYPILOT_NUM_NODES sp=$SPOTD_NODE_RANK job=$SPOTD_JOB_ID
+  task=$SKYPILOT_TASK_ID attempt=$SPOTD_ATTEMPT greet=$GREETING given=$MUST_GIVE
   ckpt=${SPOTD_CHECKPOINT_DIR:+set} ips=$(echo $SKYPILOT_NODE_IPS | wc -w)"
 """
     async with daemon.client() as c:
