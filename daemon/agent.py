@@ -185,11 +185,32 @@ class Agent:
         self.job = None
         return rc
 
+    def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        """What the checkpoint directory holds now (names, sizes, mtimes): cheap to compare."""
+        out = []
+        for p in self.checkpoint.rglob("*"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            out.append((str(p.relative_to(self.checkpoint)), st.st_size, st.st_mtime_ns))
+        return tuple(sorted(out))
+
     async def _sync_loop(self) -> None:
+        """Sync the checkpoint up soon after the job writes one (at most every
+        ``checkpoint_sync_seconds``), so a preemption without notice loses at most about one
+        checkpoint interval of work, not one sync interval."""
+        synced = self._signature()
         while not self.stop.is_set():
-            await sleep(self.cfg.checkpoint_sync_seconds, self.stop)
-            if self.phase == "run" and not self.notice.is_set():
+            await sleep(min(0.25, self.cfg.checkpoint_sync_seconds), self.stop)
+            if self.phase != "run" or self.notice.is_set():
+                continue
+            if self.last_sync and time.time() - self.last_sync < self.cfg.checkpoint_sync_seconds:
+                continue
+            sig = await asyncio.to_thread(self._signature)
+            if sig != synced:
                 await self._sync()
+                synced = sig
 
     async def _sync(self) -> None:
         if await asyncio.to_thread(self.ckpt.sync, self.checkpoint):

@@ -8,6 +8,7 @@ homes never see each other's instances (every instance is tagged with a hash of 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,8 +33,11 @@ class Settings:
     heartbeat_seconds: float = 0.5  # agents' heartbeat period
     suspect_after: float = 3.0  # no heartbeat for this long: the instance is suspect
     lost_after: float = 60.0  # no heartbeat and no provider answer: declared lost
-    checkpoint_sync_seconds: float = 5.0
+    checkpoint_sync_seconds: float = 1.0  # least time between two syncs of a changed checkpoint
     term_grace_seconds: float = 10.0
+    # per-provider configuration, e.g. {"aws": {"regions": [...]}, "slurm": {...}}; the
+    # embedded "local" provider is always on unless {"local": {"enabled": false}}
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -93,7 +97,9 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         if not isinstance(loaded, dict):
             raise ConfigError(f"{cfg}: expected a mapping at the top level")
         data = loaded
-    known = {"db_url", "tcp_host", "tcp_port", "api_token", "local_catalog", *_FLOAT_KEYS}
+    known = {
+        "db_url", "tcp_host", "tcp_port", "api_token", "local_catalog", "providers", *_FLOAT_KEYS
+    }
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{cfg}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -121,6 +127,16 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{key} must be a number, got {raw!r}") from exc
     catalog = env.get("SPOTD_LOCAL_CATALOG") or data.get("local_catalog")
+    providers = data.get("providers") or {}
+    if env.get("SPOTD_PROVIDERS_JSON"):  # for tests and containers: the same shape, as JSON
+        try:
+            providers = json.loads(env["SPOTD_PROVIDERS_JSON"])
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"SPOTD_PROVIDERS_JSON is not valid JSON: {exc}") from exc
+    if not isinstance(providers, dict) or not all(
+        isinstance(v, dict) for v in providers.values()
+    ):
+        raise ConfigError("providers must map a provider name to its settings (a mapping)")
     return Settings(
         home=home,
         db_url=str(db_url),
@@ -128,5 +144,6 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         tcp_port=tcp_port,
         api_token=token,
         local_catalog=Path(catalog) if catalog else None,
+        providers=providers,
         **floats,
     )

@@ -362,7 +362,7 @@ class Controller:
             instances=nodes,
         )
         runner_ups = ", ".join(
-            f"{c.region}/{c.zone} {c.market} ${c.price_per_hour:.3f}/h"
+            f"{c.region}/{c.zone} {c.instance_type} {c.market} ${c.price_per_hour:.3f}/h"
             for c in decision.runner_ups[:3]
         )
         await self.store.transition_job(
@@ -407,7 +407,10 @@ class Controller:
                 envs=spec_env,
                 secret_names=tuple(task.secrets),
                 num_gpus_per_node=gpus,
-                daemon_url=f"unix:{self.settings.socket_path}",
+                # a provider whose instances cannot reach our unix socket says where to call
+                daemon_url=getattr(provider, "daemon_url", None)
+                or f"unix:{self.settings.socket_path}",
+                notice_url=getattr(provider, "notice_url", "") or "",
                 token=row.token,
                 checkpoint_store=str(ckpt),
                 checkpoint_sync_seconds=self.settings.checkpoint_sync_seconds,

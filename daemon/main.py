@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import click
-
 from spotd.config import ConfigError, load_settings
 from spotd.logconfig import configure
-from spotd.server import AlreadyRunning, run_daemon
+from spotd.server import AlreadyRunning, ProviderConfigError, run_daemon
 from spotd.units import install_units_command
 
 
@@ -36,7 +35,7 @@ def main(ctx: click.Context, home: str | None, json_logs: bool | None) -> None:
         runner = asyncio.run
     try:
         runner(run_daemon(settings))
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, ProviderConfigError) as exc:
         click.echo(f"spotd: {exc}", err=True)
         sys.exit(1)
 

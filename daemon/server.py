@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,11 +44,39 @@ def _lock_home(settings: Settings) -> IO[str]:
     return f
 
 
-def build_providers(settings: Settings) -> dict[str, Provider]:
+def _local(settings: Settings, cfg: dict[str, Any]) -> Provider:
     catalog = (
         load_catalog(settings.local_catalog) if settings.local_catalog else default_local_catalog()
     )
-    return {"local": LocalProvider(settings.local_dir, catalog)}
+    return LocalProvider(settings.local_dir, catalog)
+
+
+# Every backend, by the name used in config and in `infra:`. Cloud SDKs are imported inside each
+# factory, so a daemon without aioboto3 or kubernetes_asyncio still runs the others.
+PROVIDER_FACTORIES: dict[str, Callable[[Settings, dict[str, Any]], Provider]] = {
+    "local": _local,
+}
+
+
+class ProviderConfigError(Exception):
+    pass
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    """The enabled providers: local unless disabled, plus every configured one."""
+    wanted = dict(settings.providers)
+    wanted.setdefault("local", {})
+    out: dict[str, Provider] = {}
+    for name, cfg in wanted.items():
+        if cfg.get("enabled", True) is False:
+            continue
+        factory = PROVIDER_FACTORIES.get(name)
+        if factory is None:
+            raise ProviderConfigError(
+                f"unknown provider {name!r} in config (known: {sorted(PROVIDER_FACTORIES)})"
+            )
+        out[name] = factory(settings, {k: v for k, v in cfg.items() if k != "enabled"})
+    return out
 
 
 async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> None:

@@ -35,7 +35,7 @@ def spotctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def expected_digest(yaml_env: dict[str, str]) -> str:
     """The digest of an uninterrupted run, computed here without sleeping."""
     with tempfile.TemporaryDirectory() as d:
-        env = dict(os.environ, **yaml_env, STEP_SECONDS="0", SPOTD_CHECKPOINT_DIR=d)
+        env = {**os.environ, **yaml_env, "STEP_SECONDS": "0", "SPOTD_CHECKPOINT_DIR": d}
         out = subprocess.run(
             [sys.executable, str(ROOT / "examples/train.py")],
             env=env, capture_output=True, text=True, check=True,
