@@ -37,7 +37,8 @@ from spotd.aiokit import sleep
 from spotd.types import AgentConfig
 
 LOG_CHUNK = 256 * 1024
-MARKER = ".spotd-attempt"
+MARKER = ".spotd-attempt"  # which attempt wrote the snapshot
+FINAL = ".spotd-final"  # written with the last snapshot of an attempt that got a notice
 
 
 def build_env(cfg: AgentConfig, checkpoint_dir: Path) -> dict[str, str]:
@@ -86,16 +87,25 @@ class CheckpointStore:
             if not self.store.exists():
                 return False
             shutil.copytree(
-                self.store, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER)
+                self.store, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER, FINAL)
             )
             return True
 
-    def sync(self, source: Path) -> bool:
+    def final_from(self) -> int:
+        """The attempt whose notice-time snapshot is in the store (0 if none)."""
+        try:
+            return int((self.store / FINAL).read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def sync(self, source: Path, *, final: bool = False) -> bool:
         if not source.exists() or not any(source.iterdir()):
             return False
         tmp = self.store.parent / f".{self.store.name}.tmp-{uuid.uuid4().hex[:8]}"
         shutil.copytree(source, tmp)
         (tmp / MARKER).write_text(str(self.attempt))
+        if final:
+            (tmp / FINAL).write_text(str(self.attempt))
         with self._lock():
             try:
                 current = int((self.store / MARKER).read_text())
@@ -212,9 +222,19 @@ class Agent:
                 await self._sync()
                 synced = sig
 
-    async def _sync(self) -> None:
-        if await asyncio.to_thread(self.ckpt.sync, self.checkpoint):
+    async def _sync(self, *, final: bool = False) -> None:
+        if await asyncio.to_thread(self.ckpt.sync, self.checkpoint, final=final):
             self.last_sync = time.time()
+
+    async def _await_predecessor(self) -> None:
+        """After a notice the replacement starts at once, while the old attempt is still
+        checkpointing: wait (until its deadline at most) for its last snapshot to land."""
+        prev, until = self.cfg.await_final_from, self.cfg.await_final_until
+        if not prev or time.time() >= until:
+            return
+        self._log(f"waiting for attempt {prev}'s final checkpoint (until {until - time.time():.1f}s)")
+        while time.time() < until and self.ckpt.final_from() < prev and not self.stop.is_set():
+            await sleep(0.1, self.stop)
 
     async def run_job(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -222,6 +242,7 @@ class Agent:
             await asyncio.to_thread(
                 shutil.copytree, self.cfg.workdir, self.work, dirs_exist_ok=True
             )
+        await self._await_predecessor()
         restored = await asyncio.to_thread(self.ckpt.restore, self.checkpoint)
         self._log(
             f"attempt {self.cfg.attempt} node {self.cfg.node_rank}/{self.cfg.num_nodes}: "
@@ -267,7 +288,7 @@ class Agent:
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(job.pid, signal.SIGKILL)
-        await self._sync()
+        await self._sync(final=True)
         self._log("checkpoint synced after notice")
         self._set_phase("preempted", None)
 

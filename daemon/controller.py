@@ -101,6 +101,7 @@ class Controller:
         self.wakeups: dict[int, asyncio.Event] = {}
         self._tasks: dict[int, Task] = {}
         self._lost_at: dict[int, float] = {}  # when each recovering job's attempt was lost
+        self._notices: dict[str, float] = {}  # attempt id -> notice deadline, while it drains
         self.timeouts = detection.DetectionTimeouts(
             suspect_after=settings.suspect_after, lost_after=settings.lost_after
         )
@@ -391,6 +392,7 @@ class Controller:
         req = task.resource_request()
         gpus = max((o.accelerator_count for o in req.options), default=0)
         ckpt = self.settings.checkpoints_dir / job.task_id
+        await_from, await_until = await self._draining_predecessor(job.id, attempt.attempt)
         workdir = str(Path(task.workdir).expanduser()) if task.workdir else None
 
         async def one(row: Any) -> None:
@@ -417,6 +419,8 @@ class Controller:
                 heartbeat_seconds=self.settings.heartbeat_seconds,
                 term_grace_seconds=self.settings.term_grace_seconds,
                 workdir=workdir,
+                await_final_from=await_from,
+                await_final_until=await_until,
             )
             spec = InstanceSpec(
                 key=row.key,
@@ -468,6 +472,22 @@ class Controller:
             first_failure_at=fresh.first_failure_at or now,
         )
         return 0.0
+
+    async def _draining_predecessor(self, job_id: int, attempt: int) -> tuple[int, float]:
+        """The attempt preempted with a notice that may still be syncing its checkpoint."""
+        now = self.clock()
+        for prev in range(attempt - 1, 0, -1):
+            rows = await self.store.instances(attempt_id=attempt_id(job_id, prev))
+            deadlines = [r.notice_deadline for r in rows if r.notice_deadline]
+            if attempt_id(job_id, prev) in self._notices:
+                deadlines.append(self._notices[attempt_id(job_id, prev)])
+            if deadlines and max(deadlines) > now and not any(
+                r.phase in FINAL_PHASES for r in rows
+            ):
+                return prev, max(deadlines)
+            if any(r.instance_id for r in rows):
+                break  # only the last attempt that actually ran matters
+        return 0, 0.0
 
     # -- watching a running attempt --------------------------------------------------------
 
@@ -588,6 +608,8 @@ class Controller:
             kind=history.ZoneEventKind.PREEMPTED.value, at=now, detail=evidence,
         )
         await self._end_attempt(aid, EndReason.PREEMPTED, evidence, now)
+        if verdict.kind == detection.VerdictKind.NOTICE and verdict.notice_deadline:
+            self._notices[aid] = verdict.notice_deadline
         if verdict.kind != detection.VerdictKind.NOTICE:
             await self._terminate_attempt(aid)
         await self.store.transition_job(

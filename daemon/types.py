@@ -195,3 +195,5 @@ class AgentConfig:
     workdir: str | None = None  # a directory to copy into the working directory
     notice_url: str = ""  # cloud metadata base URL to poll for a notice; "" = local notice file
     instance_dir: str = ""  # where the agent keeps its files on the instance
+    await_final_from: int = 0  # attempt still checkpointing after a notice (0: none)
+    await_final_until: float = 0.0  # ...and its notice deadline: wait no longer than this
