@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -40,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import DaemonProc, kill_instance_groups  # noqa: E402
 
-STEP_SECONDS = 0.02
-CKPT_EVERY = 10
+STEP_SECONDS = 0.05
+CKPT_EVERY = 10  # a checkpoint every 0.5 s
 
 
 def job_yaml(steps: int) -> str:
@@ -96,6 +97,7 @@ async def wait_progress(c, jid: int, n: int, steps: int) -> None:
 async def run(args: argparse.Namespace) -> dict:
     home = Path(f"/tmp/spotd-bench-{os.getpid()}")
     shutil.rmtree(home, ignore_errors=True)
+    rng = random.Random(args.seed)
     d = DaemonProc(home)
     d.start()
     results: dict[str, list[float]] = {k: [] for k in
@@ -118,7 +120,8 @@ async def run(args: argparse.Namespace) -> dict:
             await wait(c, jid, lambda j: j["status"] == "RUNNING")
             for i, kind in enumerate(kinds):
                 n = i + 1
-                await wait_progress(c, jid, n, 15)
+                # preempt at a random point of the checkpoint cycle
+                await wait_progress(c, jid, n, 12 + rng.randrange(CKPT_EVERY))
                 t0 = time.time()
                 if kind == "kill":
                     await c.chaos("kill-instance", target=str(jid))
@@ -164,6 +167,7 @@ def main() -> None:
     ap.add_argument("--notice", type=float, default=5.0, help="notice length in seconds")
     ap.add_argument("--quick", action="store_true", help="5 of each kind")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     if args.quick:
         args.count = 5

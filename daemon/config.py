@@ -33,7 +33,7 @@ class Settings:
     heartbeat_seconds: float = 0.5  # agents' heartbeat period
     suspect_after: float = 3.0  # no heartbeat for this long: the instance is suspect
     lost_after: float = 60.0  # no heartbeat and no provider answer: declared lost
-    checkpoint_sync_seconds: float = 1.0  # least time between two syncs of a changed checkpoint
+    checkpoint_sync_seconds: float = 0.5  # least time between two syncs of a changed checkpoint
     term_grace_seconds: float = 10.0
     # per-provider configuration, e.g. {"aws": {"regions": [...]}, "slurm": {...}}; the
     # embedded "local" provider is always on unless {"local": {"enabled": false}}

@@ -125,11 +125,15 @@ def zone_penalties(
     half_life_seconds: float = 600.0,
     hold_seconds: float = 30.0,
     kinds: Collection[ZoneEventKind] = BLOCKING_KINDS,
+    preempted_cap: float = 0.95,
 ) -> dict[ZoneKey, float]:
-    """Per-zone penalty in [0, 1]: 1.0 (blocked) for ``hold_seconds`` after a preemption or
-    stockout, then halving every ``half_life_seconds``. Only events of ``kinds`` count (pass
-    ``{STOCKOUT}`` to price on-demand capacity, which a spot preemption says nothing about).
-    Zones without such events are absent (penalty 0)."""
+    """Per-zone penalty in [0, 1]: 1.0 (blocked) for ``hold_seconds`` after a stockout, then
+    halving every ``half_life_seconds``. A preemption weighs as much but never more than
+    ``preempted_cap``: it makes a zone expensive (cost x 1/(1-p)), not impossible — when every
+    zone was preempted recently, trying one again (a cheap, classified launch failure at worst)
+    beats waiting with capacity perhaps available. Only a launch refusal blocks outright.
+    Only events of ``kinds`` count (pass ``{STOCKOUT}`` to price on-demand capacity, which a
+    spot preemption says nothing about). Zones without such events are absent (penalty 0)."""
     evs = sorted(events, key=lambda e: e.at)
     last_launch: dict[ZoneKey, float] = {}
     for e in evs:
@@ -144,6 +148,8 @@ def zone_penalties(
         age = now - e.at
         p = 1.0 if age < hold_seconds else decay(age - hold_seconds, half_life_seconds)
         keep[e.zone] = keep.get(e.zone, 1.0) * (1.0 - p)
+        if e.kind is ZoneEventKind.PREEMPTED:
+            keep[e.zone] = max(keep[e.zone], 1.0 - preempted_cap)
     return {z: 1.0 - k for z, k in keep.items() if 1.0 - k > 1e-6}
 
 

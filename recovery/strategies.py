@@ -80,6 +80,7 @@ from spotd.types import (
     Candidate,
     CatalogEntry,
     EndReason,
+    Market,
     RecoveryStrategy,
     ResourceRequest,
 )
@@ -320,7 +321,14 @@ class _Context:
         tier = {"eager": _eager_tier, "failover": _failover_tier, "cost": _cost_tier}[mode](
             self.job
         )
-        out = [_Ranked(c, *tier(c)) for c in cands]
+        out = []
+        for c in cands:
+            rank, reason = tier(c)
+            if c.market is Market.SPOT and spot_zone.get(c.zone_key, 0.0) >= _HELD:
+                # just preempted: after everything else, but not impossible (history.py)
+                rank += 100
+                reason = f"every other zone was just preempted or refused; retrying {c.zone}"
+            out.append(_Ranked(c, rank, reason))
         out.sort(key=lambda r: r.tier)  # stable: cost order within a tier
         return out
 
@@ -352,6 +360,9 @@ class _Context:
             f"({shown}); retrying in {until - self.now:.1f}s"
         )
         return Wait(until=until, reason=reason)
+
+
+_HELD = 0.9  # a zone penalised this much was preempted or refused a launch moments ago
 
 
 def _eager_tier(job: JobView) -> Callable[[Candidate], tuple[int, str]]:

@@ -95,11 +95,20 @@ def test_falls_back_to_the_preempted_region_only_when_nothing_else_exists(
     assert reason in d.reason
 
 
-def test_waits_when_the_only_zone_was_just_preempted() -> None:
+def test_retries_the_only_zone_after_a_preemption_and_waits_only_after_a_refusal() -> None:
+    """A preemption makes a zone expensive, not impossible: with nothing else, try it again
+    (a launch is the cheapest probe of capacity); a refused launch does block it."""
     catalog = [e for e in CATALOG if e.zone == "r1a"]
     d = next_placement(
         _job("r1a", EndReason.PREEMPTED), catalog=catalog,
         history=[ev(PREEMPTED, "r1a", 100.0)], now=101.0,
+    )
+    assert isinstance(d, Relaunch) and d.candidate.zone == "r1a"
+    assert "just preempted" in d.reason
+    d = next_placement(
+        _job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=102.0),
+        catalog=catalog,
+        history=[ev(PREEMPTED, "r1a", 100.0), ev(STOCKOUT, "r1a", 102.0)], now=103.0,
     )
     assert isinstance(d, Wait)
 

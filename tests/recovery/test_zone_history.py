@@ -24,21 +24,22 @@ NOW = 10_000.0
     ("events", "expected"),
     [
         ([], {}),
-        # blocked for the 30 s hold, then halving every 600 s
-        ([(PREEMPTED, "r1a", NOW)], {"r1a": 1.0}),
+        # blocked for the 30 s hold, then halving every 600 s; a preemption never fully
+        # blocks (at most 0.95: expensive, not impossible), a stockout does
+        ([(PREEMPTED, "r1a", NOW)], {"r1a": 0.95}),
         ([(STOCKOUT, "r1a", NOW - 29)], {"r1a": 1.0}),
         ([(PREEMPTED, "r1a", NOW - 630)], {"r1a": 0.5}),
         ([(PREEMPTED, "r1a", NOW - 1230)], {"r1a": 0.25}),
         # two independent events: 1 - (1 - 0.5)(1 - 0.5)
         ([(PREEMPTED, "r1a", NOW - 630), (STOCKOUT, "r1a", NOW - 630)], {"r1a": 0.75}),
         # zones are independent
-        ([(PREEMPTED, "r1a", NOW), (STOCKOUT, "r2b", NOW - 630)], {"r1a": 1.0, "r2b": 0.5}),
+        ([(PREEMPTED, "r1a", NOW), (STOCKOUT, "r2b", NOW - 630)], {"r1a": 0.95, "r2b": 0.5}),
         # a later successful launch lifts a stockout ...
         ([(STOCKOUT, "r1a", NOW - 5), (LAUNCHED, "r1a", NOW - 1)], {}),
         # ... but not one that came after it
         ([(LAUNCHED, "r1a", NOW - 5), (STOCKOUT, "r1a", NOW - 1)], {"r1a": 1.0}),
         # ... and not a preemption
-        ([(PREEMPTED, "r1a", NOW - 5), (LAUNCHED, "r1a", NOW - 1)], {"r1a": 1.0}),
+        ([(PREEMPTED, "r1a", NOW - 5), (LAUNCHED, "r1a", NOW - 1)], {"r1a": 0.95}),
         # launches and runs never block
         ([(LAUNCHED, "r1a", NOW), (RAN, "r1a", NOW, 60.0)], {}),
         # events from the future (clock skew) count as now
