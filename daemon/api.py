@@ -157,6 +157,7 @@ def attempt_json(a: Any) -> dict[str, Any]:
         "market": a.market,
         "price_per_hour": a.price_per_hour,
         "num_nodes": a.num_nodes,
+        "created_at": a.created_at,
         "started_at": a.started_at,
         "ended_at": a.ended_at,
         "end_reason": str(a.end_reason) if a.end_reason else None,
