@@ -38,7 +38,7 @@ class DaemonProc:
 
     def __init__(self, home: Path, extra_env: dict[str, str] | None = None) -> None:
         self.home = home
-        self.env = dict(os.environ, SPOTD_HOME=str(home), **FAST_ENV, **(extra_env or {}))
+        self.env = {**os.environ, "SPOTD_HOME": str(home), **FAST_ENV, **(extra_env or {})}
         self.env.pop("SPOTD_URL", None)
         self.proc: subprocess.Popen[bytes] | None = None
 
