@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, ParamSpec, TypeVar
 
+from spotd.serve.replica_state import ReplicaStatus
 from spotd.types import (
     TERMINAL_JOB_STATUSES,
     AttemptStatus,
@@ -67,7 +68,11 @@ __all__ = [
     "InstanceRow",
     "JobRow",
     "NotFound",
+    "ReplicaRow",
     "SchemaTooNew",
+    "ServiceExists",
+    "ServiceRow",
+    "ServiceStatus",
     "StaleTransition",
     "Store",
     "StoreError",
@@ -108,6 +113,10 @@ class NotFound(StoreError, LookupError):
 
 class SchemaTooNew(StoreError):
     """The database was written by a newer spotd than this one."""
+
+
+class ServiceExists(StoreError):
+    """A live service already has that name."""
 
 
 # -- tables ------------------------------------------------------------------------------
@@ -202,6 +211,7 @@ class Event(_Table, table=True):
     kind: str  # "job.status", "attempt.status", "job.update", "preemption", ...
     message: str
     data_json: str = "{}"
+    service_id: int | None = Field(default=None, index=True)  # service events (version 2)
 
 
 class ZoneEvent(_Table, table=True):
@@ -214,6 +224,82 @@ class ZoneEvent(_Table, table=True):
     kind: str  # recovery.history.ZoneEventKind value
     at: float = Field(index=True)
     detail: str = ""
+
+
+class ServiceStatus(enum.StrEnum):
+    STARTING = "STARTING"  # accepted; no replica has been READY yet
+    READY = "READY"  # at least one replica is READY behind the load balancer
+    NO_REPLICA = "NO_REPLICA"  # none READY now (lost, or scaled to zero): the LB queues
+    SHUTTING_DOWN = "SHUTTING_DOWN"  # `serve down`: replicas and the LB are being stopped
+    DOWN = "DOWN"  # every replica and the LB are gone (terminal)
+    FAILED = "FAILED"  # the service cannot run (its LB could not start); replicas stopped
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (ServiceStatus.DOWN,)
+
+
+class Service(_Table, table=True):
+    __tablename__ = "service"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)  # unique among services that are not DOWN
+    status: str = Field(index=True)  # ServiceStatus value
+    version: int = 1  # the newest version: every new replica runs it
+    update_mode: str = "rolling"  # how the newest version replaces older ones
+    spec_json: str  # the newest version's task, secrets included
+    spec_redacted_json: str
+    created_at: float
+    ended_at: float | None = None
+    message: str = ""
+    lb_port: int  # the endpoint users call
+    lb_control_port: int  # the LB's control API (127.0.0.1)
+    lb_token: str  # bearer token of the LB's control API
+    lb_pid: int | None = None  # the LB process (its own session: it outlives the daemon)
+    lb_start_ticks: int | None = None  # so a recycled pid is never taken for the LB
+    target: int = 0  # the autoscaler's target replica count
+    upscale_since: float | None = None
+    downscale_since: float | None = None
+
+
+class ServiceVersion(_Table, table=True):
+    __tablename__ = "service_version"
+
+    service_id: int = Field(foreign_key="service.id", primary_key=True)
+    version: int = Field(primary_key=True)
+    spec_json: str
+    mode: str = "rolling"
+    created_at: float
+
+
+class Replica(_Table, table=True):
+    __tablename__ = "replica"
+
+    key: str = Field(primary_key=True)  # "s<service>-r<replica>": the instance key too
+    service_id: int = Field(foreign_key="service.id", index=True)
+    replica_id: int  # per service, increasing; never reused
+    version: int
+    status: str = Field(index=True)  # serve.replica_state.ReplicaStatus value
+    provider: str
+    region: str
+    zone: str
+    instance_type: str
+    market: str  # Market value
+    price_per_hour: float
+    port: int  # where the replica's server listens ($SPOTD_REPLICA_PORT)
+    instance_id: str | None = None  # None until the provider answered the launch
+    url: str = ""  # http://address:port once the instance runs
+    token: str = Field(unique=True)  # the agent's bearer token
+    created_at: float
+    started_at: float | None = None  # instance running (STARTING)
+    ready_at: float | None = None  # first READY
+    ended_at: float | None = None  # reached a terminal status
+    message: str = ""
+    last_heartbeat_at: float | None = None
+    phase: str | None = None  # as reported by the agent
+    exit_code: int | None = None
+    notice_deadline: float | None = None
+    log_offset: int = 0
 
 
 class SchemaVersion(_Table, table=True):
@@ -329,6 +415,7 @@ class EventRow:
     kind: str
     message: str
     data_json: str
+    service_id: int | None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -355,6 +442,71 @@ class ZoneEventRow:
         return cls(**_pick(cls, m))
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceRow:
+    id: int
+    name: str
+    status: ServiceStatus
+    version: int
+    update_mode: str
+    spec_json: str
+    spec_redacted_json: str
+    created_at: float
+    ended_at: float | None
+    message: str
+    lb_port: int
+    lb_control_port: int
+    lb_token: str
+    lb_pid: int | None
+    lb_start_ticks: int | None
+    target: int
+    upscale_since: float | None
+    downscale_since: float | None
+
+    @classmethod
+    def _from(cls, m: Mapping[Any, Any]) -> ServiceRow:
+        return cls(**{**_pick(cls, m), "status": ServiceStatus(m["status"])})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRow:
+    key: str
+    service_id: int
+    replica_id: int
+    version: int
+    status: ReplicaStatus
+    provider: str
+    region: str
+    zone: str
+    instance_type: str
+    market: Market
+    price_per_hour: float
+    port: int
+    instance_id: str | None
+    url: str
+    token: str
+    created_at: float
+    started_at: float | None
+    ready_at: float | None
+    ended_at: float | None
+    message: str
+    last_heartbeat_at: float | None
+    phase: str | None
+    exit_code: int | None
+    notice_deadline: float | None
+    log_offset: int
+
+    @classmethod
+    def _from(cls, m: Mapping[Any, Any]) -> ReplicaRow:
+        return cls(
+            **{
+                **_pick(cls, m),
+                "status": ReplicaStatus(m["status"]),
+                "market": Market(m["market"]),
+            }
+        )
+
+
 def _pick(cls: type, m: Mapping[Any, Any]) -> dict[str, Any]:
     return {f.name: m[f.name] for f in fields(cls)}
 
@@ -370,8 +522,18 @@ def _create_all(conn: Connection) -> None:
 # database runs version 1 only, which creates the tables as the models above describe them
 # today, and is stamped LATEST_VERSION; later entries (ALTER TABLE ...) run only for databases
 # stamped with an older version. So: when a model changes, append a migration here too.
+def _v2_services(conn: Connection) -> None:
+    """Services: the service, service_version and replica tables, and event.service_id."""
+    conn.exec_driver_sql("ALTER TABLE event ADD COLUMN service_id INTEGER")
+    conn.exec_driver_sql("CREATE INDEX ix_event_service_id ON event (service_id)")
+    METADATA.create_all(
+        conn, tables=[_t(Service), _t(ServiceVersion), _t(Replica)]
+    )
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _create_all),
+    (2, _v2_services),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -505,6 +667,7 @@ class Store:
         job_id: int | None = None,
         attempt_id: str | None = None,
         data: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
     ) -> EventRow:
         values = {
             "at": now,
@@ -513,6 +676,7 @@ class Store:
             "kind": kind,
             "message": message,
             "data_json": _dumps(data),
+            "service_id": service_id,
         }
         res = conn.execute(_t(Event).insert().values(**values).returning(_t(Event).c.id))
         return EventRow(id=int(res.scalar_one()), **values)  # type: ignore[arg-type]
@@ -977,6 +1141,368 @@ class Store:
         with self._read() as conn:
             return [ZoneEventRow._from(m) for m in conn.execute(q).mappings()]
 
+    # -- services and replicas ---------------------------------------------------------
+
+    def create_service(
+        self,
+        *,
+        name: str,
+        spec_json: str,
+        spec_redacted_json: str,
+        lb_port: int,
+        lb_control_port: int,
+        lb_token: str,
+        target: int,
+        now: float,
+    ) -> ServiceRow:
+        """Store a new STARTING service (version 1) and its first event.
+
+        Raises :class:`ServiceExists` while a service of that name is not DOWN.
+        """
+        st = _t(Service)
+        with self._write() as conn:
+            live = conn.execute(
+                select(st.c.id).where(
+                    st.c.name == name, st.c.status != ServiceStatus.DOWN.value
+                )
+            ).first()
+            if live is not None:
+                raise ServiceExists(f"a service named {name!r} exists (id {live.id})")
+            res = conn.execute(
+                st.insert()
+                .values(
+                    name=name, status=ServiceStatus.STARTING.value, version=1,
+                    update_mode="rolling", spec_json=spec_json,
+                    spec_redacted_json=spec_redacted_json, created_at=now, message="submitted",
+                    lb_port=lb_port, lb_control_port=lb_control_port, lb_token=lb_token,
+                    target=target,
+                )
+                .returning(st.c.id)
+            )
+            sid = int(res.scalar_one())
+            conn.execute(
+                _t(ServiceVersion).insert().values(
+                    service_id=sid, version=1, spec_json=spec_json, mode="rolling", created_at=now
+                )
+            )
+            self._event(
+                conn, kind="service.status",
+                message=f"→ STARTING: service {name!r} up, endpoint port {lb_port}",
+                now=now, service_id=sid, data={"from": None, "to": ServiceStatus.STARTING.value},
+            )
+            return self._service(conn, sid)
+
+    def get_service(self, service_id: int) -> ServiceRow | None:
+        st = _t(Service)
+        with self._read() as conn:
+            m = conn.execute(select(st).where(st.c.id == service_id)).mappings().first()
+            return None if m is None else ServiceRow._from(m)
+
+    def service_by_name(self, name: str) -> ServiceRow | None:
+        """The live service of that name, else the newest one that had it."""
+        st = _t(Service)
+        q = select(st).where(st.c.name == name).order_by(
+            (st.c.status == ServiceStatus.DOWN.value), st.c.id.desc()
+        )
+        with self._read() as conn:
+            m = conn.execute(q).mappings().first()
+            return None if m is None else ServiceRow._from(m)
+
+    def list_services(self, *, live_only: bool = False) -> list[ServiceRow]:
+        """Services, oldest first; ``live_only``: not DOWN."""
+        st = _t(Service)
+        q = select(st).order_by(st.c.id)
+        if live_only:
+            q = q.where(st.c.status != ServiceStatus.DOWN.value)
+        with self._read() as conn:
+            return [ServiceRow._from(m) for m in conn.execute(q).mappings()]
+
+    _SERVICE_SETTABLE = frozenset(
+        {"message", "lb_pid", "lb_start_ticks", "target", "upscale_since", "downscale_since",
+         "ended_at"}
+    )
+
+    def transition_service(
+        self,
+        service_id: int,
+        *,
+        from_: Collection[ServiceStatus],
+        to: ServiceStatus,
+        reason: str,
+        now: float,
+        **fields: Any,
+    ) -> ServiceRow:
+        """Compare-and-set the service's status (and ``fields``), with its event."""
+        bad = set(fields) - self._SERVICE_SETTABLE
+        if bad:
+            raise TypeError(f"not settable service fields: {sorted(bad)}")
+        values = {k: _enum_value(v) for k, v in fields.items()}
+        values.setdefault("message", reason)
+        if ServiceStatus(to).is_terminal:
+            values.setdefault("ended_at", now)
+        expected = [_enum_value(s) for s in from_]
+        st = _t(Service)
+        with self._write() as conn:
+            current = conn.execute(
+                select(st.c.status).where(st.c.id == service_id).with_for_update()
+            ).scalar_one_or_none()
+            if current is None:
+                raise NotFound(f"no service {service_id}")
+            res = conn.execute(
+                update(st)
+                .where(st.c.id == service_id, st.c.status.in_(expected))
+                .values(status=_enum_value(to), **values)
+            )
+            if res.rowcount != 1:
+                raise StaleTransition(
+                    what="service", row_id=service_id, current=current, expected=expected,
+                    to=str(to),
+                )
+            self._event(
+                conn, kind="service.status", message=f"{current} → {to}: {reason}", now=now,
+                service_id=service_id,
+                data={"from": current, "to": _enum_value(to), "fields": values},
+            )
+            return self._service(conn, service_id)
+
+    def update_service_fields(
+        self, service_id: int, *, now: float, event: str | None = None, **fields: Any
+    ) -> ServiceRow:
+        """Non-status bookkeeping (LB pid, autoscaler state). ``event``: also log it."""
+        bad = set(fields) - self._SERVICE_SETTABLE
+        if bad:
+            raise TypeError(f"not settable service fields: {sorted(bad)}")
+        st = _t(Service)
+        with self._write() as conn:
+            if fields:
+                res = conn.execute(update(st).where(st.c.id == service_id).values(**fields))
+                if res.rowcount != 1:
+                    raise NotFound(f"no service {service_id}")
+            row = self._service(conn, service_id)
+            if event is not None:
+                self._event(
+                    conn, kind="service.update", message=event, now=now, service_id=service_id,
+                    data={"fields": dict(fields)},
+                )
+            return row
+
+    def add_service_version(
+        self,
+        service_id: int,
+        *,
+        spec_json: str,
+        spec_redacted_json: str,
+        mode: str,
+        now: float,
+    ) -> ServiceRow:
+        """A new version becomes the newest: new replicas run it; ``mode`` says how the older
+        ones leave. Only a live (not SHUTTING_DOWN/DOWN/FAILED) service can be updated."""
+        st = _t(Service)
+        live = (ServiceStatus.STARTING, ServiceStatus.READY, ServiceStatus.NO_REPLICA)
+        with self._write() as conn:
+            cur = conn.execute(
+                select(st.c.status, st.c.version).where(st.c.id == service_id).with_for_update()
+            ).first()
+            if cur is None:
+                raise NotFound(f"no service {service_id}")
+            if cur.status not in {s.value for s in live}:
+                raise StaleTransition(
+                    what="service", row_id=service_id, current=cur.status,
+                    expected=[s.value for s in live], to="a new version",
+                )
+            version = int(cur.version) + 1
+            conn.execute(
+                _t(ServiceVersion).insert().values(
+                    service_id=service_id, version=version, spec_json=spec_json, mode=mode,
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                update(st).where(st.c.id == service_id).values(
+                    version=version, update_mode=mode, spec_json=spec_json,
+                    spec_redacted_json=spec_redacted_json,
+                )
+            )
+            self._event(
+                conn, kind="service.version", message=f"version {version} ({mode} update)",
+                now=now, service_id=service_id, data={"version": version, "mode": mode},
+            )
+            return self._service(conn, service_id)
+
+    def service_version_spec(self, service_id: int, version: int) -> str | None:
+        vt = _t(ServiceVersion)
+        with self._read() as conn:
+            return conn.execute(
+                select(vt.c.spec_json).where(vt.c.service_id == service_id, vt.c.version == version)
+            ).scalar_one_or_none()
+
+    @staticmethod
+    def _service(conn: Connection, service_id: int) -> ServiceRow:
+        st = _t(Service)
+        m = conn.execute(select(st).where(st.c.id == service_id)).mappings().first()
+        if m is None:
+            raise NotFound(f"no service {service_id}")
+        return ServiceRow._from(m)
+
+    def create_replica(
+        self,
+        *,
+        service_id: int,
+        version: int,
+        provider: str,
+        region: str,
+        zone: str,
+        instance_type: str,
+        market: Market | str,
+        price_per_hour: float,
+        port: int,
+        token: str,
+        now: float,
+    ) -> ReplicaRow:
+        """Write the intent for one replica (PROVISIONING, no instance id yet), before any
+        provider call. Its id is the service's highest replica id + 1 (never reused)."""
+        rt = _t(Replica)
+        market_value = Market(market).value
+        with self._write() as conn:
+            top = conn.execute(
+                select(rt.c.replica_id).where(rt.c.service_id == service_id)
+                .order_by(rt.c.replica_id.desc()).limit(1)
+            ).scalar_one_or_none()
+            rid = int(top or 0) + 1
+            key = f"s{service_id}-r{rid}"
+            conn.execute(
+                rt.insert().values(
+                    key=key, service_id=service_id, replica_id=rid, version=version,
+                    status=ReplicaStatus.PROVISIONING.value, provider=provider, region=region,
+                    zone=zone, instance_type=instance_type, market=market_value,
+                    price_per_hour=price_per_hour, port=port, token=token, created_at=now,
+                    url="", message="", log_offset=0,
+                )
+            )
+            self._event(
+                conn, kind="replica.status",
+                message=(
+                    f"→ PROVISIONING: replica {rid} (v{version}) in {provider}/{region}/{zone}, "
+                    f"{instance_type} {market_value} ${price_per_hour:.4f}/h"
+                ),
+                now=now, service_id=service_id, attempt_id=key,
+                data={"from": None, "to": ReplicaStatus.PROVISIONING.value},
+            )
+            return self._replica(conn, key)
+
+    _REPLICA_SETTABLE = frozenset(
+        {"instance_id", "url", "started_at", "ready_at", "message", "notice_deadline"}
+    )
+
+    def transition_replica(
+        self,
+        key: str,
+        *,
+        from_: Collection[ReplicaStatus],
+        to: ReplicaStatus,
+        reason: str,
+        now: float,
+        **fields: Any,
+    ) -> ReplicaRow:
+        """Compare-and-set a replica's status (and ``fields``), with its event. A terminal
+        status sets ``ended_at``."""
+        bad = set(fields) - self._REPLICA_SETTABLE
+        if bad:
+            raise TypeError(f"not settable replica fields: {sorted(bad)}")
+        values = dict(fields)
+        values.setdefault("message", reason)
+        if ReplicaStatus(to).is_terminal:
+            values["ended_at"] = now
+        expected = [_enum_value(s) for s in from_]
+        rt = _t(Replica)
+        with self._write() as conn:
+            cur = conn.execute(
+                select(rt.c.status, rt.c.service_id).where(rt.c.key == key).with_for_update()
+            ).first()
+            if cur is None:
+                raise NotFound(f"no replica {key}")
+            res = conn.execute(
+                update(rt).where(rt.c.key == key, rt.c.status.in_(expected))
+                .values(status=_enum_value(to), **values)
+            )
+            if res.rowcount != 1:
+                raise StaleTransition(
+                    what="replica", row_id=key, current=cur.status, expected=expected, to=str(to)
+                )
+            self._event(
+                conn, kind="replica.status", message=f"{cur.status} → {to}: {reason}", now=now,
+                service_id=cur.service_id, attempt_id=key,
+                data={"from": cur.status, "to": _enum_value(to)},
+            )
+            return self._replica(conn, key)
+
+    def update_replica_fields(self, key: str, **fields: Any) -> ReplicaRow:
+        bad = set(fields) - self._REPLICA_SETTABLE
+        if bad:
+            raise TypeError(f"not settable replica fields: {sorted(bad)}")
+        rt = _t(Replica)
+        with self._write() as conn:
+            res = conn.execute(update(rt).where(rt.c.key == key).values(**fields))
+            if res.rowcount != 1:
+                raise NotFound(f"no replica {key}")
+            return self._replica(conn, key)
+
+    def record_replica_heartbeat(
+        self,
+        key: str,
+        *,
+        now: float,
+        phase: str | None,
+        exit_code: int | None,
+        notice_deadline: float | None,
+        log_offset: int,
+    ) -> ReplicaRow:
+        """A replica's agent reported; None leaves a field as it was (see record_heartbeat)."""
+        values: dict[str, Any] = {"last_heartbeat_at": now, "log_offset": log_offset}
+        if phase is not None:
+            values["phase"] = phase
+        if exit_code is not None:
+            values["exit_code"] = exit_code
+        if notice_deadline is not None:
+            values["notice_deadline"] = notice_deadline
+        rt = _t(Replica)
+        with self._write() as conn:
+            res = conn.execute(update(rt).where(rt.c.key == key).values(**values))
+            if res.rowcount != 1:
+                raise NotFound(f"no replica {key}")
+            return self._replica(conn, key)
+
+    def replicas(self, *, service_id: int | None = None, live_only: bool = False) -> list[ReplicaRow]:
+        """Replicas by service and id; ``live_only``: not in a terminal status."""
+        rt = _t(Replica)
+        q = select(rt).order_by(rt.c.service_id, rt.c.replica_id)
+        if service_id is not None:
+            q = q.where(rt.c.service_id == service_id)
+        if live_only:
+            q = q.where(rt.c.status.not_in([s.value for s in ReplicaStatus if s.is_terminal]))
+        with self._read() as conn:
+            return [ReplicaRow._from(m) for m in conn.execute(q).mappings()]
+
+    def get_replica(self, key: str) -> ReplicaRow | None:
+        rt = _t(Replica)
+        with self._read() as conn:
+            m = conn.execute(select(rt).where(rt.c.key == key)).mappings().first()
+            return None if m is None else ReplicaRow._from(m)
+
+    @staticmethod
+    def _replica(conn: Connection, key: str) -> ReplicaRow:
+        rt = _t(Replica)
+        m = conn.execute(select(rt).where(rt.c.key == key)).mappings().first()
+        if m is None:
+            raise NotFound(f"no replica {key}")
+        return ReplicaRow._from(m)
+
+    def service_events(self, service_id: int, *, since_id: int = 0) -> list[EventRow]:
+        et = _t(Event)
+        q = select(et).where(et.c.service_id == service_id, et.c.id > since_id).order_by(et.c.id)
+        with self._read() as conn:
+            return [EventRow._from(m) for m in conn.execute(q).mappings()]
+
 
 def _t(model: type[SQLModel]) -> Any:
     """The Core table of a SQLModel class (typed Any: SQLModel hides ``__table__``)."""
@@ -1222,3 +1748,96 @@ class AsyncStore:
 
     async def zone_events(self, *, since: float) -> list[ZoneEventRow]:
         return await self._call(self.store.zone_events, since=since)
+
+    # services and replicas
+    async def create_service(self, **kw: Any) -> ServiceRow:
+        return await self._call(functools.partial(self.store.create_service, **kw))
+
+    async def get_service(self, service_id: int) -> ServiceRow | None:
+        return await self._call(self.store.get_service, service_id)
+
+    async def service_by_name(self, name: str) -> ServiceRow | None:
+        return await self._call(self.store.service_by_name, name)
+
+    async def list_services(self, *, live_only: bool = False) -> list[ServiceRow]:
+        return await self._call(self.store.list_services, live_only=live_only)
+
+    async def transition_service(
+        self,
+        service_id: int,
+        *,
+        from_: Collection[ServiceStatus],
+        to: ServiceStatus,
+        reason: str,
+        now: float,
+        **fields: Any,
+    ) -> ServiceRow:
+        return await self._call(
+            self.store.transition_service, service_id, from_=from_, to=to, reason=reason,
+            now=now, **fields,
+        )
+
+    async def update_service_fields(
+        self, service_id: int, *, now: float, event: str | None = None, **fields: Any
+    ) -> ServiceRow:
+        return await self._call(
+            self.store.update_service_fields, service_id, now=now, event=event, **fields
+        )
+
+    async def add_service_version(
+        self, service_id: int, *, spec_json: str, spec_redacted_json: str, mode: str, now: float
+    ) -> ServiceRow:
+        return await self._call(
+            self.store.add_service_version, service_id, spec_json=spec_json,
+            spec_redacted_json=spec_redacted_json, mode=mode, now=now,
+        )
+
+    async def service_version_spec(self, service_id: int, version: int) -> str | None:
+        return await self._call(self.store.service_version_spec, service_id, version)
+
+    async def create_replica(self, **kw: Any) -> ReplicaRow:
+        return await self._call(functools.partial(self.store.create_replica, **kw))
+
+    async def transition_replica(
+        self,
+        key: str,
+        *,
+        from_: Collection[ReplicaStatus],
+        to: ReplicaStatus,
+        reason: str,
+        now: float,
+        **fields: Any,
+    ) -> ReplicaRow:
+        return await self._call(
+            self.store.transition_replica, key, from_=from_, to=to, reason=reason, now=now,
+            **fields,
+        )
+
+    async def update_replica_fields(self, key: str, **fields: Any) -> ReplicaRow:
+        return await self._call(self.store.update_replica_fields, key, **fields)
+
+    async def record_replica_heartbeat(
+        self,
+        key: str,
+        *,
+        now: float,
+        phase: str | None,
+        exit_code: int | None,
+        notice_deadline: float | None,
+        log_offset: int,
+    ) -> ReplicaRow:
+        return await self._call(
+            self.store.record_replica_heartbeat, key, now=now, phase=phase, exit_code=exit_code,
+            notice_deadline=notice_deadline, log_offset=log_offset,
+        )
+
+    async def replicas(
+        self, *, service_id: int | None = None, live_only: bool = False
+    ) -> list[ReplicaRow]:
+        return await self._call(self.store.replicas, service_id=service_id, live_only=live_only)
+
+    async def get_replica(self, key: str) -> ReplicaRow | None:
+        return await self._call(self.store.get_replica, key)
+
+    async def service_events(self, service_id: int, *, since_id: int = 0) -> list[EventRow]:
+        return await self._call(self.store.service_events, service_id, since_id=since_id)

@@ -59,17 +59,18 @@ def test_later_migrations_run_once_on_older_databases_only(
         ran.append(2)
         conn.execute(text("create table extra_v2 (id integer primary key)"))
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, (2, v2)])
-    monkeypatch.setattr(store_mod, "LATEST_VERSION", 2)
+    nxt = store_mod.LATEST_VERSION + 1
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, (nxt, v2)])
+    monkeypatch.setattr(store_mod, "LATEST_VERSION", nxt)
     s = open_store()
-    assert s.schema_version() == 2 and ran == [2]
+    assert s.schema_version() == nxt and ran == [2]
     s.close()
     open_store()
     assert ran == [2]  # not again
     if db_url.startswith("sqlite"):
         fresh = Store.open(f"sqlite:///{tmp_path / 'fresh.db'}")
         try:
-            assert fresh.schema_version() == 2 and ran == [2]  # a fresh db is created at LATEST
+            assert fresh.schema_version() == nxt and ran == [2]  # a fresh db is created at LATEST
         finally:
             fresh.close()
 
@@ -83,13 +84,14 @@ def test_a_failed_migration_leaves_the_old_version(
         conn.execute(text("create table half_done (id integer primary key)"))
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, (2, bad)])
-    monkeypatch.setattr(store_mod, "LATEST_VERSION", 2)
+    before = store_mod.LATEST_VERSION
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, (before + 1, bad)])
+    monkeypatch.setattr(store_mod, "LATEST_VERSION", before + 1)
     with pytest.raises(RuntimeError, match="migration bug"):
         open_store()
     monkeypatch.undo()
     s = open_store()
-    assert s.schema_version() == 1
+    assert s.schema_version() == before
     with s.engine.connect() as conn:  # DDL is transactional on both backends
         assert "half_done" not in _tables(conn)
 
