@@ -122,6 +122,32 @@ class CheckpointStore:
         return True
 
 
+class _InThread:
+    """The directory store's blocking calls, awaited off the event loop (the agent awaits
+    every store alike: this one, or ``spotd.checkpoint_s3.S3CheckpointStore``)."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+
+    async def restore(self, into: Path) -> bool:
+        return await asyncio.to_thread(self.store.restore, into)
+
+    async def final_from(self) -> int:
+        return await asyncio.to_thread(self.store.final_from)
+
+    async def sync(self, source: Path, *, final: bool = False) -> bool:
+        return await asyncio.to_thread(self.store.sync, source, final=final)
+
+
+def open_checkpoint_store(cfg: AgentConfig) -> Any:
+    """A directory path, or ``s3://bucket/prefix/<task>/`` (aioboto3 is imported only then)."""
+    if cfg.checkpoint_store.startswith("s3://"):
+        from spotd.checkpoint_s3 import S3CheckpointStore
+
+        return S3CheckpointStore(cfg.checkpoint_store, cfg.attempt)
+    return _InThread(CheckpointStore(Path(cfg.checkpoint_store), cfg.attempt))
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, root: Path) -> None:
         self.cfg = cfg
@@ -139,7 +165,7 @@ class Agent:
         self.stop = asyncio.Event()
         self.notice = asyncio.Event()
         self.job: asyncio.subprocess.Process | None = None
-        self.ckpt = CheckpointStore(Path(cfg.checkpoint_store), cfg.attempt)
+        self.ckpt = open_checkpoint_store(cfg)
         self.last_sync: float | None = None
         saved = self._load_state()
         if saved:  # an agent restarted on the same instance resumes its bookkeeping
@@ -225,7 +251,7 @@ class Agent:
                 synced = sig
 
     async def _sync(self, *, final: bool = False) -> None:
-        if await asyncio.to_thread(self.ckpt.sync, self.checkpoint, final=final):
+        if await self.ckpt.sync(self.checkpoint, final=final):
             self.last_sync = time.time()
 
     async def _await_predecessor(self) -> None:
@@ -235,7 +261,9 @@ class Agent:
         if not prev or time.time() >= until:
             return
         self._log(f"waiting for attempt {prev}'s final checkpoint (until {until - time.time():.1f}s)")
-        while time.time() < until and self.ckpt.final_from() < prev and not self.stop.is_set():
+        while (
+            time.time() < until and await self.ckpt.final_from() < prev and not self.stop.is_set()
+        ):
             await sleep(0.1, self.stop)
 
     async def run_job(self) -> None:
@@ -245,7 +273,7 @@ class Agent:
                 shutil.copytree, self.cfg.workdir, self.work, dirs_exist_ok=True
             )
         await self._await_predecessor()
-        restored = await asyncio.to_thread(self.ckpt.restore, self.checkpoint)
+        restored = await self.ckpt.restore(self.checkpoint)
         self._log(
             f"attempt {self.cfg.attempt} node {self.cfg.node_rank}/{self.cfg.num_nodes}: "
             f"checkpoint {'restored' if restored else 'empty'}"
@@ -315,6 +343,8 @@ class Agent:
                 return None
         if session is None:
             return None
+        if self.cfg.notice_url.startswith("gce+"):
+            return await self._poll_gce(session, self.cfg.notice_url[len("gce+") :])
         url = self.cfg.notice_url.rstrip("/") + "/latest/meta-data/spot/instance-action"
         try:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
@@ -329,6 +359,19 @@ class Agent:
             return datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00")).timestamp()
         except (KeyError, ValueError):
             return time.time() + 120.0
+
+    async def _poll_gce(self, session: aiohttp.ClientSession, base: str) -> float | None:
+        """GCE: ``instance/preempted`` turns TRUE about 30 s before the VM is stopped."""
+        url = base.rstrip("/") + "/computeMetadata/v1/instance/preempted"
+        try:
+            async with session.get(
+                url, headers={"Metadata-Flavor": "Google"}, timeout=aiohttp.ClientTimeout(total=1)
+            ) as r:
+                if r.status != 200 or (await r.text()).strip().upper() != "TRUE":
+                    return None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        return time.time() + 30.0
 
     # -- talking to the daemon -------------------------------------------------------------
 
