@@ -51,10 +51,17 @@ def _local(settings: Settings, cfg: dict[str, Any]) -> Provider:
     return LocalProvider(settings.local_dir, catalog)
 
 
+def _aws(settings: Settings, cfg: dict[str, Any]) -> Provider:
+    from spotd.providers.aws import from_settings
+
+    return from_settings(settings, cfg)
+
+
 # Every backend, by the name used in config and in `infra:`. Cloud SDKs are imported inside each
 # factory, so a daemon without aioboto3 or kubernetes_asyncio still runs the others.
 PROVIDER_FACTORIES: dict[str, Callable[[Settings, dict[str, Any]], Provider]] = {
     "local": _local,
+    "aws": _aws,
 }
 
 
