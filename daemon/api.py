@@ -29,7 +29,7 @@ from spotd.providers.local import LocalProvider
 from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks, parse_duration
 from spotd.store import AsyncStore, StaleTransition
-from spotd.types import JobStatus
+from spotd.types import Candidate, JobStatus
 
 log = structlog.get_logger("spotd.api")
 
@@ -233,7 +233,7 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-def _plan(task: Task, controller: Controller) -> list[Any]:
+def _plan(task: Task, controller: Controller) -> list[Candidate]:
     return placement.candidates(
         task.resource_request(), controller.catalog, num_nodes=task.num_nodes
     )

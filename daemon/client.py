@@ -219,6 +219,3 @@ TERMINAL = {
     "CANCELLED",
 }
 
-
-def home_from_env() -> Path:
-    return load_settings().home

@@ -145,5 +145,5 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         api_token=token,
         local_catalog=Path(catalog) if catalog else None,
         providers=providers,
-        **floats,
+        **floats,  # type: ignore[arg-type]
     )

@@ -43,7 +43,7 @@ from spotd.providers.base import (
 )
 from spotd.recovery import detection, history, restarts, strategies
 from spotd.spec import Task
-from spotd.store import AsyncStore, StaleTransition
+from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition
 from spotd.types import (
     AgentConfig,
     AttemptStatus,
@@ -119,7 +119,7 @@ class Controller:
         for job in await self.store.active_jobs():
             self.spawn_worker(job.id)
         for name in self.providers:
-            self.sup.spawn(f"observe:{name}", lambda n=name: self._observe_loop(n))  # type: ignore[misc]
+            self.sup.spawn(f"observe:{name}", lambda n=name: self._observe_loop(n))
 
     async def shutdown(self) -> None:
         await self.sup.stop()
@@ -230,14 +230,14 @@ class Controller:
                 delay = 0.0
             await sleep(delay, wake, self.stop)
 
-    def task_of(self, job: Any) -> Task:
+    def task_of(self, job: JobRow) -> Task:
         task = self._tasks.get(job.id)
         if task is None:
             task = Task.model_validate(json.loads(job.spec_json))
             self._tasks[job.id] = task
         return task
 
-    async def _step(self, job: Any) -> float:
+    async def _step(self, job: JobRow) -> float:
         status = JobStatus(job.status)
         if status == JobStatus.CANCELLING:
             await self._cancel(job)
@@ -246,7 +246,7 @@ class Controller:
             return await self._place(job)
         return await self._watch(job)
 
-    async def _cancel(self, job: Any) -> None:
+    async def _cancel(self, job: JobRow) -> None:
         now = self.clock()
         if job.current_attempt:
             aid = attempt_id(job.id, job.current_attempt)
@@ -268,7 +268,7 @@ class Controller:
         rows = await self.store.zone_events(since=now - 24 * 3600)
         return [history.ZoneEvent.from_row(r) for r in rows]
 
-    async def _job_view(self, job: Any, task: Task, now: float) -> strategies.JobView:
+    async def _job_view(self, job: JobRow, task: Task, now: float) -> strategies.JobView:
         attempts = await self.store.attempts(job.id)
         last = attempts[-1] if attempts else None
         last_candidate = None
@@ -303,7 +303,7 @@ class Controller:
             work_done=work_done,
         )
 
-    async def _place(self, job: Any) -> float:
+    async def _place(self, job: JobRow) -> float:
         now = self.clock()
         if job.next_try_at is not None and now < job.next_try_at:
             return job.next_try_at - now
@@ -339,7 +339,7 @@ class Controller:
         return await self._launch(job, task, decision, now)
 
     async def _launch(
-        self, job: Any, task: Task, decision: strategies.Relaunch, now: float
+        self, job: JobRow, task: Task, decision: strategies.Relaunch, now: float
     ) -> float:
         cand = decision.candidate
         n = job.current_attempt + 1
@@ -382,7 +382,7 @@ class Controller:
         self.metrics.attempts.labels(cand.provider, cand.region, str(cand.market)).inc()
         return await self._launch_nodes(job, task, aid)
 
-    async def _launch_nodes(self, job: Any, task: Task, aid: str) -> float:
+    async def _launch_nodes(self, job: JobRow, task: Task, aid: str) -> float:
         """Create every node of the attempt that has no instance id yet (idempotent by key)."""
         attempt = await self.store.get_attempt(aid)
         rows = await self.store.instances(attempt_id=aid)
@@ -395,7 +395,7 @@ class Controller:
         await_from, await_until = await self._draining_predecessor(job.id, attempt.attempt)
         workdir = str(Path(task.workdir).expanduser()) if task.workdir else None
 
-        async def one(row: Any) -> None:
+        async def one(row: InstanceRow) -> None:
             agent = AgentConfig(
                 instance_key=row.key,
                 attempt_id=aid,
@@ -491,7 +491,7 @@ class Controller:
 
     # -- watching a running attempt --------------------------------------------------------
 
-    def _evidence(self, row: Any, attempt: Any, now: float) -> detection.NodeEvidence:
+    def _evidence(self, row: InstanceRow, attempt: AttemptRow, now: float) -> detection.NodeEvidence:
         obs_all = self.observations.get(attempt.provider, Observation())
         obs = obs_all.instances.get(row.key)
         covered = row.instance_id is not None and obs_all.started_at > row.created_at + 0.5
@@ -512,7 +512,7 @@ class Controller:
             agent_notice=row.notice_deadline is not None,
         )
 
-    async def _watch(self, job: Any) -> float:
+    async def _watch(self, job: JobRow) -> float:
         now = self.clock()
         task = self.task_of(job)
         aid = attempt_id(job.id, job.current_attempt)
@@ -592,13 +592,13 @@ class Controller:
             return 0.0
         return self.settings.observe_interval
 
-    def _observe_recovery(self, job: Any, now: float) -> None:
+    def _observe_recovery(self, job: JobRow, now: float) -> None:
         lost_at = self._lost_at.pop(job.id, None)
         if lost_at is not None:
             self.metrics.recovery_seconds.observe(now - lost_at)
 
     async def _preempted(
-        self, job: Any, attempt: Any, row: Any, verdict: detection.Verdict, now: float
+        self, job: JobRow, attempt: AttemptRow, row: InstanceRow, verdict: detection.Verdict, now: float
     ) -> float:
         aid = attempt.id
         evidence = verdict.evidence
@@ -627,7 +627,7 @@ class Controller:
         return 0.0
 
     async def _user_failure(
-        self, job: Any, task: Task, aid: str, row: Any, verdict: detection.Verdict, now: float
+        self, job: JobRow, task: Task, aid: str, row: InstanceRow, verdict: detection.Verdict, now: float
     ) -> float:
         code = verdict.exit_code if verdict.exit_code is not None else -1
         rec = task.job_recovery
@@ -656,7 +656,7 @@ class Controller:
         return 0.0
 
     async def _finish(
-        self, job: Any, aid: str, status: JobStatus, end: EndReason, detail: str, now: float
+        self, job: JobRow, aid: str, status: JobStatus, end: EndReason, detail: str, now: float
     ) -> float:
         await self._end_attempt(aid, end, detail, now)
         await self.store.transition_job(
