@@ -408,6 +408,7 @@ class AwsProvider:
         *,
         home_tag: str | None = None,
         disabled_reason: str | None = None,
+        session: Any = None,  # an aioboto3.Session to share (tests hook its events)
     ) -> None:
         self.config = config
         self.snapshot = [e for e in catalog if e.provider == PROVIDER_NAME]
@@ -421,7 +422,7 @@ class AwsProvider:
         self._clients: dict[str, Any] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
-        self._session: Any = None
+        self._session: Any = session
         self._disabled_listed = False
 
     def catalog(self) -> Sequence[CatalogEntry]:
