@@ -51,6 +51,12 @@ def _local(settings: Settings, cfg: dict[str, Any]) -> Provider:
     return LocalProvider(settings.local_dir, catalog)
 
 
+def _k8s(settings: Settings, cfg: dict[str, Any]) -> Provider:
+    from spotd.providers.kubernetes import KubernetesProvider  # kubernetes_asyncio: optional
+
+    return KubernetesProvider.from_config(cfg, home_tag=settings.home_tag)
+
+
 def _aws(settings: Settings, cfg: dict[str, Any]) -> Provider:
     from spotd.providers.aws import from_settings
 
@@ -61,6 +67,7 @@ def _aws(settings: Settings, cfg: dict[str, Any]) -> Provider:
 # factory, so a daemon without aioboto3 or kubernetes_asyncio still runs the others.
 PROVIDER_FACTORIES: dict[str, Callable[[Settings, dict[str, Any]], Provider]] = {
     "local": _local,
+    "k8s": _k8s,
     "aws": _aws,
 }
 
