@@ -59,8 +59,15 @@ async def wait_log(client: Any, job_id: int, needle: str, *, attempt: int | None
                    timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     text = ""
+    from spotd.client import ApiError
+
     while time.monotonic() < deadline:
-        text = await logs(client, job_id, attempt)
+        try:
+            text = await logs(client, job_id, attempt)
+        except ApiError as exc:  # the attempt does not exist yet
+            if exc.status != 404:
+                raise
+            text = ""
         if needle in text:
             return text
         await asyncio.sleep(0.1)
