@@ -573,4 +573,7 @@ def make_app(
     app.router.add_post("/v1/chaos/stockout", chaos_stockout)
     app.router.add_post("/agent/v1/heartbeat", heartbeat)
     app.router.add_get("/metrics", metrics)
+    from spotd.api_serve import register_serve_routes  # imports this module: import here
+
+    register_serve_routes(app)
     return app

@@ -398,5 +398,9 @@ def daemon_stop() -> None:
     out.print(f"stopped spotd (pid {pid})")
 
 
+from spotd.cli_serve import serve  # noqa: E402 - it reads this module's helpers when run
+
+main.add_command(serve)
+
 if __name__ == "__main__":
     main()

@@ -36,6 +36,7 @@ from spotd.providers.base import (
     TAG_JOB,
     TAG_KEY,
     TAG_NODE,
+    TAG_REPLICA,
     InstanceSpec,
     ObservedInstance,
     Provider,
@@ -177,6 +178,8 @@ class Controller:
         rows = {r.key: r for r in await self.store.instances(live_only=True)}
         attempts: dict[str, Any] = {}
         for key, obs in listed.items():
+            if TAG_REPLICA in obs.tags:
+                continue  # a service replica: spotd.services owns it (and reaps its strays)
             row = rows.get(key)
             if row is None:
                 known = await self.store.get_instance(key)

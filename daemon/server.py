@@ -18,12 +18,14 @@ import structlog
 from aiohttp import web
 from spotd import sdnotify
 from spotd.api import make_app
+from spotd.api_serve import SERVICES
 from spotd.catalog import default_local_catalog, load_catalog
 from spotd.config import Settings
 from spotd.controller import Controller
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import Provider
 from spotd.providers.local import LocalProvider
+from spotd.services import ServiceController
 from spotd.store import AsyncStore, Store
 
 log = structlog.get_logger("spotd.daemon")
@@ -102,6 +104,8 @@ async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> No
     providers = build_providers(settings)
     metrics = DaemonMetrics()
     controller = Controller(settings=settings, store=store, providers=providers, metrics=metrics)
+    services = ServiceController(settings=settings, store=store, controller=controller,
+                                 metrics=metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,6 +113,7 @@ async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> No
     runners: list[web.AppRunner] = []
     try:
         app = make_app(settings=settings, store=store, controller=controller, metrics_=metrics)
+        app[SERVICES] = services
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         runners.append(runner)
@@ -125,11 +130,13 @@ async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> No
             tcp_app = make_app(
                 settings=settings, store=store, controller=controller, metrics_=metrics, tcp=True
             )
+            tcp_app[SERVICES] = services
             tcp_runner = web.AppRunner(tcp_app, handle_signals=False, access_log=None)
             await tcp_runner.setup()
             runners.append(tcp_runner)
             await web.TCPSite(tcp_runner, settings.tcp_host, settings.tcp_port).start()
         await controller.start()
+        await services.start()
         controller.sup.spawn("watchdog", lambda: sdnotify.watchdog_loop(controller.stop))
         settings.pid_path.write_text(str(os.getpid()))
         log.info("spotd ready", home=str(settings.home), socket=str(sock), pid=os.getpid())
@@ -140,6 +147,7 @@ async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> No
         if notify:
             notify("STOPPING=1")
     finally:
+        await services.shutdown()
         await controller.shutdown()
         for r in reversed(runners):
             await r.cleanup()

@@ -57,7 +57,26 @@ def _alive(pid: int, start_ticks: int) -> bool:
     return info is not None and info[0] == start_ticks and info[1] not in ("Z", "X")
 
 
+def _child_groups(pid: int) -> set[int]:
+    """Process groups of ``pid``'s children that are not ``pid``'s own group: the agent runs
+    setup/run in a session of their own, which would otherwise outlive the "machine"."""
+    groups: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue
+        rest = raw[raw.rindex(")") + 2 :].split()
+        if int(rest[1]) == pid and int(rest[2]) != pid:
+            groups.add(int(rest[2]))
+    return groups
+
+
 def _kill_group(pgid: int, sig: int) -> None:
+    """Kill the agent's process group and its job's: everything on the instance goes."""
+    for group in _child_groups(pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
