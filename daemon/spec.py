@@ -34,6 +34,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from datetime import date, datetime, time, timedelta
 from pathlib import Path as FsPath
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -274,6 +275,14 @@ class ResourceFields(_Model):
     labels: dict[str, Annotated[str, PlainValidator(_label_value)]] = Field(default_factory=dict)
     max_hourly_cost: float | None = Field(default=None, gt=0)
 
+    def __hash__(self) -> int:
+        """Hashable so that a *set* of Resources can say "any of these" (``set_resources``).
+
+        Hashes the canonical JSON dump: equal models dump equally, so ``==`` and ``hash``
+        agree (pydantic's own frozen hash would fail on the ``labels`` dict).
+        """
+        return hash(self.model_dump_json())
+
     @model_validator(mode="after")
     def _infra_or_cloud(self) -> typing.Self:
         if self.infra is not None:
@@ -380,6 +389,10 @@ class Resources(ResourceFields):
             )
             options.extend(merged.options(entry.located_over(base)))
         return ResourceRequest(tuple(options), ordered=self.ordered is not None)
+
+
+# What ``Task.set_resources`` takes: one choice, a list (ordered) or a set (any of).
+ResourcesChoice = ResourceFields | list[Resources] | tuple[Resources, ...] | AbstractSet[Resources]
 
 
 # -- file mounts -------------------------------------------------------------------------
@@ -762,6 +775,34 @@ class Task(_Model):
             )
         return self
 
+    # -- building a task from Python (the SDK) -------------------------------------------
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | FsPath, *, env_overrides: Mapping[str, str] | None = None
+    ) -> Task:
+        """The one task of a YAML file; raises ``SpecError`` (an ``InvalidTaskError``)
+        naming every problem by key path and line."""
+        return load_task(path, env_overrides=env_overrides)
+
+    def set_resources(self, resources: ResourcesChoice) -> Task:
+        """Set the resources, SkyPilot's way; returns the task itself.
+
+        ``Resources(...)`` is used as it is; a list (or tuple) is an ordered preference,
+        stored as ``resources.ordered``; a set is "any of these, cheapest wins", stored as
+        ``resources.any_of`` (sorted, so that ``to_yaml()`` is stable). A one-element list or
+        set is that element. Entries may not have their own ``any_of``/``ordered``.
+
+        This is the one method that changes a ``Task`` in place: SkyPilot code calls
+        ``task.set_resources(...)`` without using the result, and a copy would silently
+        launch with the old resources. The new value is validated first, so the task never
+        holds resources that the YAML loader would refuse.
+        """
+        new = _resources_from(resources)
+        object.__setattr__(self, "resources", new)
+        self.__pydantic_fields_set__.add("resources")
+        return self
+
     # -- what other parts of spotd read --------------------------------------------------
 
     @property
@@ -826,6 +867,53 @@ class Task(_Model):
                 mounts[remote] = mount["source"]
         text: str = yaml.dump(data, Dumper=_BlockStyleDumper, sort_keys=False, allow_unicode=True)
         return text
+
+
+def _resources_from(value: ResourcesChoice) -> Resources:
+    """``set_resources``' argument as one ``Resources`` (see there)."""
+    if isinstance(value, Resources):
+        return value
+    if isinstance(value, ResourceFields):
+        return Resources.model_validate(value.model_dump(exclude_unset=True))
+    if isinstance(value, list | tuple):
+        key, items = "ordered", list(value)
+    elif isinstance(value, AbstractSet):
+        key, items = "any_of", sorted(value, key=lambda r: r.model_dump_json())
+    else:
+        raise TypeError(
+            f"set_resources takes Resources, a list (ordered) or a set (any of) of them, "
+            f"got {type(value).__name__}"
+        )
+    issues: list[SpecIssue] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, ResourceFields):
+            issues.append(SpecIssue(f"resources.{key}[{i}]", None,
+                                    f"expected Resources, got {type(item).__name__}", "<python>"))
+        elif isinstance(item, Resources) and (item.any_of or item.ordered):
+            issues.append(SpecIssue(f"resources.{key}[{i}]", None,
+                                    "any_of/ordered cannot be nested inside any_of/ordered",
+                                    "<python>"))
+    if not items:
+        issues.append(SpecIssue("resources", None, f"an empty {type(value).__name__} of "
+                                "Resources: give at least one", "<python>"))
+    if issues:
+        raise SpecError(issues)
+    if len(items) == 1:
+        return _resources_from(items[0])
+    entries = [
+        ResourceFields.model_validate(
+            {k: v for k, v in item.model_dump(exclude_unset=True).items()
+             if k not in ("any_of", "ordered")}
+        )
+        for item in items
+    ]
+    try:
+        return Resources.model_validate({key: entries})
+    except ValidationError as exc:
+        raise SpecError(
+            SpecIssue(f"resources.{key}", None, _message(err, ()), "<python>")
+            for err in exc.errors()
+        ) from None
 
 
 def _fields_summary(r: ResourceFields) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from spotd.errors import InvalidTaskError
+
 
 @dataclass(frozen=True, slots=True)
 class SpecIssue:
@@ -32,8 +34,11 @@ class SpecIssue:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
-class SpecError(Exception):
-    """A task YAML that cannot be used; ``issues`` lists every problem, in file order."""
+class SpecError(InvalidTaskError):
+    """A task YAML that cannot be used; ``issues`` lists every problem, in file order.
+
+    It is an ``InvalidTaskError`` (``spotd.errors``), the one type SDK callers catch.
+    """
 
     def __init__(self, issues: Iterable[SpecIssue]) -> None:
         self.issues: list[SpecIssue] = sorted(
