@@ -65,10 +65,17 @@ def _aws(settings: Settings, cfg: dict[str, Any]) -> Provider:
     return from_settings(settings, cfg)
 
 
+def _slurm(settings: Settings, cfg: dict[str, Any]) -> Provider:
+    from spotd.providers.slurm import SlurmProvider  # Slurm commands live only in there
+
+    return SlurmProvider.from_config(cfg, default_root=settings.home / "slurm")
+
+
 # Every backend, by the name used in config and in `infra:`. Cloud SDKs are imported inside each
 # factory, so a daemon without aioboto3 or kubernetes_asyncio still runs the others.
 PROVIDER_FACTORIES: dict[str, Callable[[Settings, dict[str, Any]], Provider]] = {
     "local": _local,
+    "slurm": _slurm,
     "k8s": _k8s,
     "aws": _aws,
 }
