@@ -40,7 +40,7 @@ def expected_digest(steps: int) -> str:
 
 
 async def wait_job(client: Any, job_id: int, pred: Callable[[dict[str, Any]], bool],
-                   timeout: float = 60.0, what: str = "condition") -> dict[str, Any]:
+                   timeout: float = 120.0, what: str = "condition") -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:

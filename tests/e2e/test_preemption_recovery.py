@@ -69,7 +69,7 @@ async def test_notice_starts_replacement_before_the_deadline(daemon):
         jid = job["id"]
         await _running_attempt(c, jid, 1)
         t0 = time.time()
-        notice = 6.0
+        notice = 15.0
         await c.chaos("preempt", target=str(jid), notice_seconds=notice)
         job = await _running_attempt(c, jid, 2)
         replaced_at = time.time()
