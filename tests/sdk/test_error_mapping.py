@@ -50,3 +50,16 @@ def test_rejected_task_is_an_invalid_task_with_its_issues() -> None:
 def test_timeouts_and_sync_misuse_are_also_builtin_types() -> None:
     assert issubclass(errors.WaitTimeoutError, TimeoutError)
     assert issubclass(errors.SyncCallInEventLoopError, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "unavailable"),
+    [(404, "Not Found", True), (503, "services are not enabled in this daemon", True),
+     (404, "no service 'x'", False)],
+)
+def test_missing_services_api_is_told_apart_from_a_missing_service(status, message,
+                                                                   unavailable) -> None:
+    from spotd.sdk.aio.serve import _unavailable
+
+    got = _unavailable(errors.from_api(ClientApiError(status, message)))
+    assert isinstance(got, errors.ServicesUnavailableError) is unavailable

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 import spotd
 from spotd.sdk import serve
 from spotd.sdk.errors import ConflictError, ServicesUnavailableError
@@ -71,6 +70,8 @@ def test_up_status_update_down(service: str, svc_conn: spotd.Connection) -> None
 
     with pytest.raises(ConflictError):
         serve.up(stub_service(service), connection=svc_conn)
+    replica_lines = list(serve.logs(service, replica.id, connection=svc_conn))
+    assert replica_lines and all("\n" not in line for line in replica_lines)
 
     updated = serve.update(service, stub_service(service, env="2"), mode="rolling",
                            connection=svc_conn)
@@ -83,6 +84,8 @@ def test_up_status_update_down(service: str, svc_conn: spotd.Connection) -> None
 def test_service_errors_by_type(svc_conn: spotd.Connection) -> None:
     with pytest.raises(spotd.NotFoundError, match="no service 'nope'"):
         serve.status("nope", connection=svc_conn)
+    with pytest.raises(spotd.NotFoundError, match="no service 'nope'"):
+        list(serve.logs("nope", connection=svc_conn))
     with pytest.raises(spotd.InvalidTaskError, match="no `service:` section"):
         serve.up(spotd.Task(name="job-not-service", run="echo"), connection=svc_conn)
     huge = stub_service("huge").set_resources(spotd.Resources(accelerators="A100:16"))

@@ -29,7 +29,7 @@ from spotd.spec import Task
 if TYPE_CHECKING:
     from spotd.client import Client
 
-__all__ = ["cancel", "get", "launch", "logs", "queue", "wait"]
+__all__ = ["cancel", "get", "launch", "lines_of", "logs", "queue", "wait"]
 
 DEFAULT_POLL = 0.5  # seconds between status reads in wait(); the API has no push for jobs yet
 
@@ -144,20 +144,26 @@ async def logs(
     ``attempt=N`` gives only that attempt; ``follow=True`` keeps streaming until the job
     ends. Breaking out of the loop closes the stream.
     """
+    async with resolve(connection).client() as c:
+        async for line in lines_of(c.logs(job_id, follow=follow, attempt=attempt)):
+            yield line
+
+
+async def lines_of(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Text lines (without newlines) of a byte stream split anywhere, even inside a UTF-8
+    character; the stream is closed when the caller stops early, not at garbage collection."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
-    async with resolve(connection).client() as c:
-        chunks = c.logs(job_id, follow=follow, attempt=attempt)
-        try:
-            async for chunk in chunks:
-                pending += decoder.decode(chunk)
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    yield line
-        finally:  # a caller that stops early closes the HTTP stream now, not at GC
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    try:
+        async for chunk in chunks:
+            pending += decoder.decode(chunk)
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                yield line
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
     pending += decoder.decode(b"", final=True)
     if pending:
         yield pending

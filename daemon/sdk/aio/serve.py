@@ -1,66 +1,71 @@
-"""Services from Python, async: ``up``, ``status``, ``update``, ``down``.
+"""Services from Python, async: ``up``, ``status``, ``update``, ``down``, ``logs``.
 
-They call the daemon's services API (``/v1/services``, ``spotd.api_serve``) through the one
-client, exactly as ``spotctl serve`` does. A daemon without that API (older, or one with
-services disabled) answers with ``ServicesUnavailableError``.
+The calls are ``spotd.client_serve``'s, the functions ``spotctl serve`` uses, over the one
+API client, so the SDK and the CLI send the same requests. A daemon without the services API
+(an older one, or one with services disabled) raises ``ServicesUnavailableError``.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Literal, overload
-from urllib.parse import quote
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from spotd.sdk.aio.jobs import task_yaml
+from spotd import client_serve
+from spotd.sdk.aio.jobs import lines_of, task_yaml
 from spotd.sdk.connection import Connection, resolve
 from spotd.sdk.errors import ApiError, NotFoundError, ServicesUnavailableError
 from spotd.sdk.types import ServiceStatus
 from spotd.spec import Task
 
-__all__ = ["down", "status", "up", "update"]
+if TYPE_CHECKING:
+    from spotd.client import Client
+
+__all__ = ["down", "logs", "status", "up", "update"]
 
 UpdateMode = Literal["rolling", "blue_green"]
 UPDATE_MODES = ("rolling", "blue_green")
 
 
-def _path(name: str, suffix: str = "") -> str:
-    return f"/v1/services/{quote(name, safe='')}{suffix}"
+def _unavailable(exc: ApiError) -> ApiError:
+    """A missing route (aiohttp's own bare 404) or a 503 means no services API here."""
+    if (exc.status == 404 and exc.message == "Not Found") or exc.status == 503:
+        return ServicesUnavailableError(
+            exc.status, exc.message, exc.details,
+            text=f"this spotd has no services API (/v1/services): {exc}",
+        )
+    return exc
 
 
-async def _call(connection: Connection | None, method: str, path: str, **kw: Any) -> Any:
+async def _call(connection: Connection | None, call: Callable[[Client], Awaitable[Any]]) -> Any:
     try:
         async with resolve(connection).client() as c:
-            return await c.request(method, path, **kw)
-    except NotFoundError as exc:
-        if exc.message == "Not Found":  # the route itself is missing (aiohttp's own 404)
-            raise ServicesUnavailableError(
-                exc.status, exc.message, text="this spotd has no services API (/v1/services)"
-            ) from exc
-        raise
+            return await call(c)
     except ApiError as exc:
-        if exc.status == 503:
-            raise ServicesUnavailableError(exc.status, exc.message, exc.details,
-                                           text=str(exc)) from exc
-        raise
+        mapped = _unavailable(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
 
 
-def _body(task: Task, **extra: Any) -> dict[str, Any]:
-    return {
-        "yaml": task_yaml(task),
-        "filename": f"<sdk:{task.name or 'service'}>",
-        "base_dir": os.getcwd(),  # a relative workdir means the caller's
-        **extra,
-    }
+def _filename(task: Task) -> str:
+    return f"<sdk:{task.name or 'service'}>"
 
 
 async def up(
-    task: Task, name: str | None = None, *, connection: Connection | None = None
+    task: Task,
+    name: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    connection: Connection | None = None,
 ) -> ServiceStatus:
-    """Start a service from a task with a ``service:`` section; returns it just accepted
-    (STARTING). ``name`` defaults to the task's name. ``ConflictError`` if the name is
-    taken; ``InvalidTaskError``/``NoFeasiblePlacementError`` before anything starts."""
-    body = _body(task, **({"name": name} if name else {}))
-    return ServiceStatus.from_json(await _call(connection, "POST", "/v1/services", json=body))
+    """Start a service from a task with a ``service:`` section; returns it as accepted
+    (STARTING; ``endpoint`` is where to send requests). ``name`` defaults to the task's.
+    ``ConflictError`` if the name is taken; ``InvalidTaskError`` /
+    ``NoFeasiblePlacementError`` before anything starts."""
+    text = task_yaml(task)
+    data = await _call(connection, lambda c: client_serve.serve_up(
+        c, text, filename=_filename(task), name=name, env=dict(env or {})))
+    return ServiceStatus.from_json(data)
 
 
 @overload
@@ -76,11 +81,11 @@ async def status(
 async def status(
     name: str | None = None, *, connection: Connection | None = None
 ) -> ServiceStatus | list[ServiceStatus]:
-    """The named service (``NotFoundError`` if none), or every live service."""
+    """The named service (``NotFoundError`` if none), or every service that is not DOWN."""
+    data = await _call(connection, lambda c: client_serve.serve_status(c, name))
     if name is None:
-        rows = await _call(connection, "GET", "/v1/services")
-        return [ServiceStatus.from_json(r) for r in rows]
-    return ServiceStatus.from_json(await _call(connection, "GET", _path(name)))
+        return [ServiceStatus.from_json(s) for s in data]
+    return ServiceStatus.from_json(data)
 
 
 async def update(
@@ -88,19 +93,44 @@ async def update(
     task: Task,
     *,
     mode: UpdateMode = "rolling",
+    env: Mapping[str, str] | None = None,
     connection: Connection | None = None,
 ) -> ServiceStatus:
-    """Move the service to a new version of its task: ``rolling`` (replace replicas a few at
-    a time) or ``blue_green`` (switch once the new version is ready)."""
+    """Move the service to a new version of its task: ``rolling`` (replicas replaced a few
+    at a time) or ``blue_green`` (switch once the new version is ready)."""
     if mode not in UPDATE_MODES:
         raise ValueError(f"mode must be one of {', '.join(UPDATE_MODES)}, got {mode!r}")
-    body = _body(task, mode=mode)
-    return ServiceStatus.from_json(
-        await _call(connection, "POST", _path(name, "/update"), json=body)
-    )
+    text = task_yaml(task)
+    data = await _call(connection, lambda c: client_serve.serve_update(
+        c, name, text, filename=_filename(task), mode=mode, env=dict(env or {})))
+    return ServiceStatus.from_json(data)
 
 
 async def down(name: str, *, connection: Connection | None = None) -> ServiceStatus:
     """Tear the service down (replicas drained and terminated, load balancer stopped);
-    returns it SHUTTING_DOWN. Downing a service that is already down is not an error."""
-    return ServiceStatus.from_json(await _call(connection, "POST", _path(name, "/down")))
+    returns it SHUTTING_DOWN. Downing a service that is already going down is no error."""
+    return ServiceStatus.from_json(
+        await _call(connection, lambda c: client_serve.serve_down(c, name))
+    )
+
+
+async def logs(
+    name: str,
+    replica: int | None = None,
+    *,
+    lb: bool = False,
+    follow: bool = False,
+    connection: Connection | None = None,
+) -> AsyncIterator[str]:
+    """Log lines of the service's replicas (or one ``replica``, or its load balancer with
+    ``lb=True``); ``follow=True`` keeps streaming."""
+    try:
+        async with resolve(connection).client() as c:
+            chunks = client_serve.serve_logs(c, name, replica=replica, lb=lb, follow=follow)
+            async for line in lines_of(chunks):
+                yield line
+    except NotFoundError as exc:
+        mapped = _unavailable(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
