@@ -612,9 +612,12 @@ class ServiceController:
         width = max(1, int(self.serve.qps_window))
         replicas: dict[str, Any] = {}
         try:
-            stats = await self._lb_get(svc, f"/-/stats?window={width}")
+            # whole seconds, oldest first, the filling one left out; each is stamped with its
+            # end, and one more is asked for, so the last ``width`` whole seconds stay in
+            # the window until the next read (``stats_interval`` later)
+            stats = await self._lb_get(svc, f"/-/stats?window={width + 1}")
             window = RequestWindow(
-                tuple((float(b["t"]), int(b["requests"])) for b in stats["buckets"]),
+                tuple((float(b["t"]) + 1.0, int(b["requests"])) for b in stats["buckets"]),
                 window_seconds=float(width),
             )
             state = await self._lb_get(svc, "/-/replicas")

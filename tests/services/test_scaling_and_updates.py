@@ -1,0 +1,74 @@
+"""Scaling and version changes under load (the load from a separate process): 1 → 3 → 1
+replicas on request rate, and a rolling update, each without a failed request."""
+
+from __future__ import annotations
+
+import pytest
+from spotd.client_serve import serve_status, serve_up, serve_update, wait_service
+
+from .conftest import ready, stub_yaml
+
+pytestmark = pytest.mark.slow
+
+SCALING = """replica_policy:
+    min_replicas: 1
+    max_replicas: 3
+    target_qps_per_replica: 4
+    upscale_delay_seconds: 1
+    downscale_delay_seconds: 2"""
+
+
+def live(s: dict) -> list[dict]:
+    return [r for r in s["replicas"] if r["ended_at"] is None]
+
+
+async def test_scale_1_to_3_to_1_under_load_fails_no_request(serve_daemon, load):
+    async with serve_daemon.client() as c:
+        await serve_up(c, stub_yaml(replicas=SCALING), filename="svc.yaml")
+        svc = await wait_service(c, "svc", ready(1), timeout=40, what="1 READY")
+        assert svc["target"] == 1
+        # 10 requests/s (3 replicas at 4 per replica) for 14 s, then 1.5/s (1 replica)
+        ld = load(svc["endpoint"], "--concurrency", "4", "--schedule", "10:14,1.5:16",
+                  "--max-seconds", "40", "--max-requests", "400")
+        up = await wait_service(c, "svc", ready(3), timeout=25, what="3 READY (upscale)")
+        assert up["target"] == 3
+        down = await wait_service(
+            c, "svc", lambda s: s["target"] == 1 and len(live(s)) == 1 and ready(1)(s),
+            timeout=30, what="back to 1 (downscale)",
+        )
+        result = ld.finish(timeout=45)
+        final = await serve_status(c, "svc", all_replicas=True)
+    assert result["failed"] == 0, result["errors"]
+    assert result["ok"] >= 100
+    assert len(result["by_replica"]) >= 3, "traffic reached the upscaled replicas"
+    assert {r["status"] for r in final["replicas"] if r["ended_at"]} == {"TERMINATED"}
+    assert down["status"] == "READY"
+
+
+async def test_rolling_update_under_load_fails_no_request(serve_daemon, load):
+    async with serve_daemon.client() as c:
+        await serve_up(c, stub_yaml(replicas="replicas: 2", model="m1"), filename="svc.yaml")
+        svc = await wait_service(c, "svc", ready(2), timeout=40, what="2 READY")
+        ld = load(svc["endpoint"], "--concurrency", "4", "--max-requests", "5000",
+                  "--max-seconds", "45", "--stream-every", "3", "--tokens", "4")
+        await ld.wait_done(80)
+        upd = await serve_update(c, "svc", stub_yaml(replicas="replicas: 2", model="m2"),
+                                 filename="svc-v2.yaml", mode="rolling")
+        assert upd["version"] == 2
+        done = await wait_service(
+            c, "svc", lambda s: ready(2, version=2)(s) and all(r["version"] == 2
+                                                              for r in live(s)),
+            timeout=40, what="every replica on version 2",
+        )
+        await ld.wait_done(ld.progress()["done"] + 80)
+        result = ld.finish()
+        final = await serve_status(c, "svc", all_replicas=True)
+    assert result["failed"] == 0 and result["stream_failed"] == 0, result["errors"]
+    old = [r for r in final["replicas"] if r["version"] == 1]
+    new = [r for r in final["replicas"] if r["version"] == 2]
+    served = set(result["by_replica"])
+    assert {f"r{r['id']}" for r in old} <= served and {f"r{r['id']}" for r in new} <= served
+    assert len(old) == 2 and {r["status"] for r in old} == {"TERMINATED"}
+    assert "draining" in " ".join(r["message"] for r in old) or all(
+        r["ended_at"] for r in old)
+    assert done["version"] == 2
