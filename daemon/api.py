@@ -68,6 +68,7 @@ class LaunchBody(_Body):
     env: dict[str, str] = {}
     dry_run: bool = False
     deadline: str | None = None  # ISO-8601 or a duration from now ("6h")
+    infra: str | None = None  # replaces resources.infra (`spotctl jobs launch --infra aws`)
     project: str = "default"
     base_dir: str | None = None  # the client's working directory: relative workdirs resolve here
 
@@ -239,6 +240,24 @@ def _plan(task: Task, controller: Controller) -> list[Candidate]:
     )
 
 
+def _with_infra(task: Task, infra: str) -> Task:
+    """The task with ``infra`` as its only location: the top level's, and none of its own in
+    any ``any_of``/``ordered`` entry. Re-validated, so a bad value is a 400 naming the field."""
+    data = json.loads(task.model_dump_json(exclude_unset=True))  # unset stays unset: entries
+    res = data.setdefault("resources", {})                       # still inherit from the top
+    for key in ("cloud", "region", "zone"):
+        res.pop(key, None)
+    res["infra"] = infra
+    for key in ("any_of", "ordered"):
+        for entry in res.get(key) or []:
+            for loc in ("infra", "cloud", "region", "zone"):
+                entry.pop(loc, None)
+    try:
+        return Task.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, f"--infra {infra!r}: {exc.errors()[0]['msg']}") from exc
+
+
 async def launch(request: web.Request) -> web.Response:
     body: LaunchBody = await _body(request, LaunchBody)
     ctl = request.app[CONTROLLER]
@@ -255,6 +274,8 @@ async def launch(request: web.Request) -> web.Response:
         raise ApiError(400, f"expected one task, the file has {len(tasks)} (pipelines are not "
                        "supported by spotd jobs launch)")
     task = tasks[0]
+    if body.infra:
+        task = _with_infra(task, body.infra)
     if task.workdir and not Path(task.workdir).expanduser().is_absolute():
         base = Path(body.base_dir or ".")
         task = task.model_copy(update={"workdir": str((base / task.workdir).resolve())})

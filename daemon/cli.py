@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from spotd.cli_providers import catalog, check_providers
 from spotd.client import ApiError, Client, DaemonUnreachable
 
 T = TypeVar("T")
@@ -93,10 +94,17 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.argument("files", nargs=-1, type=click.Path())
 @click.option("--env", "envs", multiple=True, help="K=V override for envs (repeatable).")
-def check(files: tuple[str, ...], envs: tuple[str, ...]) -> None:
+@click.option("--providers", is_flag=True, help="Say which providers are enabled, or why not.")
+def check(files: tuple[str, ...], envs: tuple[str, ...], providers: bool) -> None:
     """Validate task YAML files; exit non-zero if any has an error."""
+    if providers:
+        check_providers()
+        if not files:
+            return
+    if not files:
+        raise click.UsageError("give task YAML files to check, or --providers")
     from spotd.catalog import default_local_catalog
     from spotd.recovery import placement
     from spotd.spec import SpecError, check_file, load_tasks
@@ -169,10 +177,12 @@ def _plan_table(plan: dict[str, Any]) -> Table:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Print the placement and candidates; launch nothing.")
 @click.option("--deadline", default=None, help="Finish by (ISO-8601 or a duration like 6h).")
+@click.option("--infra", default=None,
+              help="Run only here, e.g. aws, aws/us-east-1, k8s, slurm (overrides resources.infra).")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def jobs_launch(
     file: str, name: str | None, envs: tuple[str, ...], detach: bool, yes: bool,
-    dry_run: bool, deadline: str | None, output: str,
+    dry_run: bool, deadline: str | None, infra: str | None, output: str,
 ) -> None:
     """Launch FILE as a managed job."""
     text = Path(file).read_text()
@@ -180,14 +190,15 @@ def jobs_launch(
 
     async def go(c: Client) -> Any:
         plan = await c.launch(text, filename=file, name=name, env=env, dry_run=True,
-                              deadline=deadline)
+                              deadline=deadline, infra=infra)
         if dry_run:
             return plan
         if output == "table":
             out.print(_plan_table(plan))
         if not yes and sys.stdin.isatty() and not click.confirm("Launch this job?", default=True):
             sys.exit(1)
-        job = await c.launch(text, filename=file, name=name, env=env, deadline=deadline)
+        job = await c.launch(text, filename=file, name=name, env=env, deadline=deadline,
+                             infra=infra)
         if detach or output == "json":
             return job
         out.print(f"Job [bold]{job['id']}[/bold] submitted; following its logs "
@@ -401,6 +412,9 @@ def daemon_stop() -> None:
 from spotd.cli_serve import serve  # noqa: E402 - it reads this module's helpers when run
 
 main.add_command(serve)
+
+main.add_command(catalog)
+
 
 if __name__ == "__main__":
     main()

@@ -161,6 +161,7 @@ class Client:
         env: dict[str, str] | None = None,
         dry_run: bool = False,
         deadline: str | None = None,
+        infra: str | None = None,
     ) -> Any:
         body: dict[str, Any] = {
             "yaml": yaml_text,
@@ -174,6 +175,8 @@ class Client:
             body["dry_run"] = True
         if deadline:
             body["deadline"] = deadline
+        if infra:
+            body["infra"] = infra
         return await self.request("POST", "/v1/jobs", json=body)
 
     async def jobs(self) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -114,6 +115,7 @@ def moto() -> Moto:
     if _MOTO is None:
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request, else
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -127,7 +129,9 @@ def moto_server(monkeypatch: pytest.MonkeyPatch) -> Moto:
     """moto on loopback, with dummy credentials in the environment (and none elsewhere)."""
     for k, v in CREDS.items():
         monkeypatch.setenv(k, v)
-    return moto()
+    m = moto()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", m.url)  # a client built without one stays on loopback
+    return m
 
 
 def aws_env(m: Moto) -> dict[str, str]:
