@@ -43,7 +43,7 @@ class ServiceUpBody(_Body):
     yaml: str = Field(min_length=1)
     filename: str = "<api>"
     name: str | None = None
-    env: dict[str, str] = {}
+    env: dict[str, str] = Field(default_factory=dict)
     base_dir: str | None = None
 
 
@@ -51,7 +51,7 @@ class ServiceUpdateBody(_Body):
     yaml: str = Field(min_length=1)
     filename: str = "<api>"
     mode: str = "rolling"
-    env: dict[str, str] = {}
+    env: dict[str, str] = Field(default_factory=dict)
     base_dir: str | None = None
 
 

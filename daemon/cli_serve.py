@@ -21,7 +21,6 @@ from spotd.client_serve import (
 )
 
 
-
 def _cli() -> Any:
     """``spotd.cli``, imported when a command runs (it imports this module to add ``serve``)."""
     import spotd.cli

@@ -114,7 +114,7 @@ class ServeSettings:
             raw = env.get(f"SPOTD_SERVE_{f.name.upper()}")
             if raw is None:
                 continue
-            kind = type(f.default)
+            kind: Any = type(f.default)
             values[f.name] = kind(raw)
         return cls(**values)
 
@@ -447,10 +447,10 @@ class ServiceController:
                 self.wake(sid)
         for key, o in mine.items():
             row = await self.store.get_replica(key)
-            if row is None or row.status.is_terminal:
-                if o.state in (InstanceState.RUNNING, InstanceState.NOTICE, InstanceState.PENDING):
-                    log.warning("reaping replica instance no live replica owns", key=key)
-                    await self._terminate(provider, o.id)
+            alive = o.state in (InstanceState.RUNNING, InstanceState.NOTICE, InstanceState.PENDING)
+            if (row is None or row.status.is_terminal) and alive:
+                log.warning("reaping replica instance no live replica owns", key=key)
+                await self._terminate(provider, o.id)
 
     # -- the per-service worker ------------------------------------------------------------
 
@@ -848,7 +848,7 @@ class ServiceController:
         ]
         env = scrub_env(os.environ)
         env["SPOTD_LB_TOKEN"] = svc.lb_token
-        out = open(path, "ab")  # noqa: SIM115 - handed to the child
+        out = open(path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local append
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.conftest import DaemonProc, kill_instance_groups
 
 ROOT = Path(__file__).resolve().parents[2]

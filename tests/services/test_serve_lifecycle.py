@@ -3,6 +3,7 @@ nothing running; bad input is a 4xx with a JSON body."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ async def test_up_example_serves_through_the_lb_and_down_removes_everything(serv
         ] + pids_matching(str(d.home / "local" / "instances"))
         if not left:
             break
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
     assert left == [], "processes left after serve down"
     assert not list((d.home / "local" / "instances").iterdir())
     async with aiohttp.ClientSession() as s:
