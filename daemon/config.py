@@ -35,6 +35,11 @@ class Settings:
     lost_after: float = 60.0  # no heartbeat and no provider answer: declared lost
     checkpoint_sync_seconds: float = 0.5  # least time between two syncs of a changed checkpoint
     term_grace_seconds: float = 10.0
+    # the idle-GPU rule (spotd.gpu): a job whose GPUs all stay below idle_gpu_threshold % for
+    # idle_gpu_minutes is flagged, or stopped with idle_gpu_action "stop"; 0 minutes: off
+    idle_gpu_minutes: float = 0.0
+    idle_gpu_threshold: float = 10.0
+    idle_gpu_action: str = "flag"
     # per-provider configuration, e.g. {"aws": {"regions": [...]}, "slurm": {...}}; the
     # embedded "local" provider is always on unless {"local": {"enabled": false}}
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -76,6 +81,8 @@ _FLOAT_KEYS = (
     "lost_after",
     "checkpoint_sync_seconds",
     "term_grace_seconds",
+    "idle_gpu_minutes",
+    "idle_gpu_threshold",
 )
 
 
@@ -98,7 +105,8 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
             raise ConfigError(f"{cfg}: expected a mapping at the top level")
         data = loaded
     known = {
-        "db_url", "tcp_host", "tcp_port", "api_token", "local_catalog", "providers", *_FLOAT_KEYS
+        "db_url", "tcp_host", "tcp_port", "api_token", "local_catalog", "providers",
+        "idle_gpu_action", *_FLOAT_KEYS
     }
     unknown = set(data) - known
     if unknown:
@@ -126,6 +134,9 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
                 floats[key] = float(raw)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{key} must be a number, got {raw!r}") from exc
+    idle_action = str(env.get("SPOTD_IDLE_GPU_ACTION") or data.get("idle_gpu_action") or "flag")
+    if idle_action not in ("flag", "stop"):
+        raise ConfigError(f"idle_gpu_action must be flag or stop, got {idle_action!r}")
     catalog = env.get("SPOTD_LOCAL_CATALOG") or data.get("local_catalog")
     providers = data.get("providers") or {}
     if env.get("SPOTD_PROVIDERS_JSON"):  # for tests and containers: the same shape, as JSON
@@ -145,5 +156,6 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         api_token=token,
         local_catalog=Path(catalog) if catalog else None,
         providers=providers,
+        idle_gpu_action=idle_action,
         **floats,  # type: ignore[arg-type]
     )

@@ -68,6 +68,8 @@ __all__ = [
     "InstanceRow",
     "JobRow",
     "NotFound",
+    "ProjectExists",
+    "ProjectRow",
     "ReplicaRow",
     "SchemaTooNew",
     "ServiceExists",
@@ -117,6 +119,10 @@ class SchemaTooNew(StoreError):
 
 class ServiceExists(StoreError):
     """A live service already has that name."""
+
+
+class ProjectExists(StoreError):
+    """A project of that name exists already."""
 
 
 # -- tables ------------------------------------------------------------------------------
@@ -199,6 +205,8 @@ class Instance(_Table, table=True):
     log_offset: int = 0  # bytes of the node's log received
     terminated: bool = Field(default=False, index=True)
     terminated_at: float | None = None
+    gpus_json: str | None = None  # the agent's latest GPU samples (version 3); "[]": no GPU
+    gpus_at: float | None = None  # when they were reported
 
 
 class Event(_Table, table=True):
@@ -302,6 +310,17 @@ class Replica(_Table, table=True):
     log_offset: int = 0
 
 
+class Project(_Table, table=True):
+    """A tenant (version 3): see spotd.tenants."""
+
+    __tablename__ = "project"
+
+    name: str = Field(primary_key=True)
+    gpu_quota: float | None = None  # None: unlimited
+    token_hash: str = Field(unique=True)  # sha256 of the project's API token
+    created_at: float
+
+
 class SchemaVersion(_Table, table=True):
     __tablename__ = "schema_version"
 
@@ -400,6 +419,8 @@ class InstanceRow:
     log_offset: int
     terminated: bool
     terminated_at: float | None
+    gpus_json: str | None = None
+    gpus_at: float | None = None
 
     @classmethod
     def _from(cls, m: Mapping[Any, Any]) -> InstanceRow:
@@ -511,6 +532,18 @@ def _pick(cls: type, m: Mapping[Any, Any]) -> dict[str, Any]:
     return {f.name: m[f.name] for f in fields(cls)}
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectRow:
+    name: str
+    gpu_quota: float | None
+    token_hash: str
+    created_at: float
+
+    @classmethod
+    def _from(cls, m: Mapping[Any, Any]) -> ProjectRow:
+        return cls(**_pick(cls, m))
+
+
 # -- migrations --------------------------------------------------------------------------
 
 
@@ -531,9 +564,17 @@ def _v2_services(conn: Connection) -> None:
     )
 
 
+def _v3_gpus_and_projects(conn: Connection) -> None:
+    """GPU telemetry on instances (instance.gpus_json, gpus_at) and the project table."""
+    conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN gpus_json TEXT")
+    conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN gpus_at FLOAT")
+    METADATA.create_all(conn, tables=[_t(Project)])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _create_all),
     (2, _v2_services),
+    (3, _v3_gpus_and_projects),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -1043,10 +1084,13 @@ class Store:
         phase: str | None,
         exit_code: int | None,
         notice_deadline: float | None,
+        gpus_json: str | None = None,
     ) -> InstanceRow:
         """An agent reported. None leaves a field as it was: an exit code or a notice, once
         reported, is not unreported by a later heartbeat that omits it."""
         values: dict[str, Any] = {"last_heartbeat_at": now}
+        if gpus_json is not None:
+            values.update(gpus_json=gpus_json, gpus_at=now)
         if phase is not None:
             values["phase"] = phase
         if exit_code is not None:
@@ -1140,6 +1184,46 @@ class Store:
         q = select(zt).where(zt.c.at >= since).order_by(zt.c.at, zt.c.id)
         with self._read() as conn:
             return [ZoneEventRow._from(m) for m in conn.execute(q).mappings()]
+
+    # -- projects (tenants) -----------------------------------------------------------
+
+    def create_project(
+        self, *, name: str, gpu_quota: float | None, token_hash: str, now: float
+    ) -> ProjectRow:
+        """Raises :class:`ProjectExists` if the name is taken."""
+        pt = _t(Project)
+        with self._write() as conn:
+            if conn.execute(select(pt.c.name).where(pt.c.name == name)).first() is not None:
+                raise ProjectExists(f"project {name!r} exists")
+            conn.execute(
+                pt.insert().values(
+                    name=name, gpu_quota=gpu_quota, token_hash=token_hash, created_at=now
+                )
+            )
+            self._event(
+                conn, kind="project.create",
+                message=f"project {name!r} created, GPU quota "
+                + ("unlimited" if gpu_quota is None else f"{gpu_quota:g}"),
+                now=now, data={"project": name, "gpu_quota": gpu_quota},
+            )
+            return ProjectRow._from(conn.execute(select(pt).where(pt.c.name == name)).mappings().one())
+
+    def get_project(self, name: str) -> ProjectRow | None:
+        pt = _t(Project)
+        with self._read() as conn:
+            m = conn.execute(select(pt).where(pt.c.name == name)).mappings().first()
+            return None if m is None else ProjectRow._from(m)
+
+    def project_by_token_hash(self, token_hash: str) -> ProjectRow | None:
+        pt = _t(Project)
+        with self._read() as conn:
+            m = conn.execute(select(pt).where(pt.c.token_hash == token_hash)).mappings().first()
+            return None if m is None else ProjectRow._from(m)
+
+    def list_projects(self) -> list[ProjectRow]:
+        pt = _t(Project)
+        with self._read() as conn:
+            return [ProjectRow._from(m) for m in conn.execute(select(pt).order_by(pt.c.name)).mappings()]
 
     # -- services and replicas ---------------------------------------------------------
 
@@ -1705,10 +1789,11 @@ class AsyncStore:
         phase: str | None,
         exit_code: int | None,
         notice_deadline: float | None,
+        gpus_json: str | None = None,
     ) -> InstanceRow:
         return await self._call(
             self.store.record_heartbeat, key, now=now, phase=phase, exit_code=exit_code,
-            notice_deadline=notice_deadline,
+            notice_deadline=notice_deadline, gpus_json=gpus_json,
         )
 
     async def set_log_offset(self, key: str, offset: int) -> InstanceRow:
@@ -1748,6 +1833,24 @@ class AsyncStore:
 
     async def zone_events(self, *, since: float) -> list[ZoneEventRow]:
         return await self._call(self.store.zone_events, since=since)
+
+    # projects
+    async def create_project(
+        self, *, name: str, gpu_quota: float | None, token_hash: str, now: float
+    ) -> ProjectRow:
+        return await self._call(
+            self.store.create_project, name=name, gpu_quota=gpu_quota, token_hash=token_hash,
+            now=now,
+        )
+
+    async def get_project(self, name: str) -> ProjectRow | None:
+        return await self._call(self.store.get_project, name)
+
+    async def project_by_token_hash(self, token_hash: str) -> ProjectRow | None:
+        return await self._call(self.store.project_by_token_hash, token_hash)
+
+    async def list_projects(self) -> list[ProjectRow]:
+        return await self._call(self.store.list_projects)
 
     # services and replicas
     async def create_service(self, **kw: Any) -> ServiceRow:
