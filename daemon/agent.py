@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 from spotd.aiokit import sleep
+from spotd.gpu import GpuReader
 from spotd.types import AgentConfig
 
 LOG_CHUNK = 256 * 1024
@@ -167,6 +168,7 @@ class Agent:
         self.job: asyncio.subprocess.Process | None = None
         self.ckpt = open_checkpoint_store(cfg)
         self.last_sync: float | None = None
+        self.gpus = GpuReader()  # no GPU (or no NVML) reads as an empty list, never an error
         saved = self._load_state()
         if saved:  # an agent restarted on the same instance resumes its bookkeeping
             self.acked_offset = saved.get("acked_offset", 0)
@@ -415,6 +417,7 @@ class Agent:
             "log_offset": self.acked_offset,
             "log_b64": base64.b64encode(chunk).decode(),
             "checkpoint_synced_at": self.last_sync,
+            "gpus": [g.to_json() for g in await self.gpus.read_async()],
         }
         async with session.post(
             f"{base}/agent/v1/heartbeat",

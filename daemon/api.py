@@ -22,13 +22,15 @@ from typing import Any
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from spotd import cost as costs
+from spotd import gpu, tenants
 from spotd.config import Settings
 from spotd.controller import Controller, candidates_table
 from spotd.metrics import DaemonMetrics
 from spotd.providers.local import LocalProvider
 from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks, parse_duration
-from spotd.store import AsyncStore, StaleTransition
+from spotd.store import AsyncStore, ProjectExists, StaleTransition
 from spotd.types import Candidate, JobStatus
 
 log = structlog.get_logger("spotd.api")
@@ -38,6 +40,9 @@ STORE = web.AppKey("store", AsyncStore)
 CONTROLLER = web.AppKey("controller", Controller)
 METRICS = web.AppKey("metrics", DaemonMetrics)
 TCP_APP = web.AppKey("tcp", bool)
+LAUNCH_LOCK = web.AppKey("launch_lock", asyncio.Lock)  # quota check + create, one at a time
+# the project a TCP request's project token limits it to (absent: admin token or unix socket)
+PROJECT_SCOPE = web.RequestKey("project_scope", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -71,6 +76,11 @@ class LaunchBody(_Body):
     infra: str | None = None  # replaces resources.infra (`spotctl jobs launch --infra aws`)
     project: str = "default"
     base_dir: str | None = None  # the client's working directory: relative workdirs resolve here
+
+
+class ProjectBody(_Body):
+    name: str
+    gpu_quota: float | None = Field(default=None, ge=0)
 
 
 class ChaosTarget(_Body):
@@ -132,15 +142,51 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
+# What a project token may do on the TCP API: its own jobs, its own costs, its own project.
+# Everything else (chaos, services, creating projects, routes added later) is admin-only.
+_PROJECT_ROUTES = frozenset(
+    {
+        ("GET", "/v1/health"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs"),
+        ("GET", "/v1/jobs/{job_id}"),
+        ("GET", "/v1/jobs/{job_id}/events"),
+        ("GET", "/v1/jobs/{job_id}/logs"),
+        ("POST", "/v1/jobs/{job_id}/cancel"),
+        ("GET", "/v1/cost"),
+        ("GET", "/v1/projects"),
+    }
+)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """TCP requests need the bearer token; the unix socket is protected by its file mode."""
+    """TCP requests need the admin token or a project's token; the unix socket is protected by
+    its file mode (whoever can open it is the admin)."""
     if request.app[TCP_APP] and not request.path.startswith("/agent/"):
         token = request.app[SETTINGS].api_token or ""
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        if token and hmac.compare_digest(given.encode(), token.encode()):
+            return await handler(request)
+        project = None
+        if given.startswith(tenants.TOKEN_PREFIX):
+            # looked up by hash: the token itself is never stored or compared
+            project = await request.app[STORE].project_by_token_hash(tenants.hash_token(given))
+        if project is None:
             return json_error(401, "missing or wrong bearer token")
+        resource = request.match_info.route.resource
+        route = (request.method, resource.canonical if resource else request.path)
+        if route not in _PROJECT_ROUTES:
+            return json_error(
+                403, f"a token of project {project.name} may use only that project's jobs and "
+                f"costs, not {request.method} {request.path}"
+            )
+        request[PROJECT_SCOPE] = project.name
     return await handler(request)
+
+
+def _scope(request: web.Request) -> str | None:
+    return request.get(PROJECT_SCOPE)
 
 
 # -- job views ---------------------------------------------------------------------------
@@ -192,7 +238,25 @@ async def job_json(store: AsyncStore, job: Any, now: float) -> dict[str, Any]:
         "zone": current.zone if current else None,
         "market": current.market if current else None,
         "attempts": [attempt_json(a) for a in attempts],
+        **await _gpu_json(store, current),
     }
+
+
+async def _gpu_json(store: AsyncStore, attempt: Any) -> dict[str, Any]:
+    """The current attempt's latest GPU samples per node, and a one-line summary."""
+    if attempt is None:
+        return {"gpus": [], "gpu_summary": "-"}
+    nodes = []
+    all_samples: list[gpu.GpuSample] | None = []
+    for r in await store.instances(attempt_id=attempt.id):
+        samples = None if r.gpus_json is None else gpu.parse_samples(json.loads(r.gpus_json))
+        nodes.append({"node": r.node_rank, "at": r.gpus_at,
+                      "gpus": None if samples is None else [s.to_json() for s in samples]})
+        if samples is None:
+            all_samples = None
+        elif all_samples is not None:
+            all_samples.extend(samples)
+    return {"gpus": nodes, "gpu_summary": gpu.summarize(all_samples if nodes else None)}
 
 
 def _job_id(request: web.Request) -> int:
@@ -204,8 +268,9 @@ def _job_id(request: web.Request) -> int:
 
 async def _get_job(request: web.Request) -> Any:
     job = await request.app[STORE].get_job(_job_id(request))
-    if job is None:
-        raise ApiError(404, f"no job {request.match_info['job_id']}")
+    scope = _scope(request)
+    if job is None or (scope is not None and job.project != scope):
+        raise ApiError(404, f"no job {request.match_info['job_id']}")  # not: "not yours"
     return job
 
 
@@ -289,6 +354,8 @@ async def launch(request: web.Request) -> web.Response:
     if not cands:
         reason = placement.explain_infeasible(task.resource_request(), ctl.catalog)
         raise ApiError(400, f"no feasible placement: {reason}")
+    project = _launch_project(request, body.project)
+    await _check_quota(request, task, project)  # early: before any file is packaged
     now = time.time()
     deadline = _deadline(body.deadline, now) if body.deadline else _task_deadline(task, now)
     if body.dry_run:
@@ -302,18 +369,62 @@ async def launch(request: web.Request) -> web.Response:
             }
         )
     settings = request.app[SETTINGS]
-    job = await store.create_job(
-        name=body.name or task.name or "job",
-        task_id_prefix=f"spotd-{settings.home_tag}-j",
-        spec_json=task.model_dump_json(),
-        spec_redacted_json=json.dumps(task.redacted()),
-        resources=task.resources_summary(),
-        submitted_at=now,
-        project=body.project,
-        deadline=deadline,
-    )
+    async with request.app[LAUNCH_LOCK]:  # no other launch between the check and the insert
+        await _check_quota(request, task, project)
+        job = await store.create_job(
+            name=body.name or task.name or "job",
+            task_id_prefix=f"spotd-{settings.home_tag}-j",
+            spec_json=task.model_dump_json(),
+            spec_redacted_json=json.dumps(task.redacted()),
+            resources=task.resources_summary(),
+            submitted_at=now,
+            project=project,
+            deadline=deadline,
+        )
     ctl.spawn_worker(job.id)
     return web.json_response(await job_json(store, job, now), status=201)
+
+
+def _launch_project(request: web.Request, asked: str) -> str:
+    scope = _scope(request)
+    if scope is None:
+        return asked
+    if asked not in (tenants.DEFAULT_PROJECT, scope):
+        raise ApiError(403, f"a token of project {scope} cannot launch into project {asked}")
+    return scope
+
+
+async def _project_use(request: web.Request, project: str) -> list[float]:
+    """GPUs reserved by each active job of ``project``."""
+    ctl = request.app[CONTROLLER]
+    return [
+        tenants.gpus_of(ctl.task_of(j))
+        for j in await request.app[STORE].active_jobs()
+        if j.project == project
+    ]
+
+
+async def _check_quota(request: web.Request, task: Task, project: str) -> None:
+    """Refuse (403, nothing created) a launch that would take ``project`` over its quota."""
+    row = await request.app[STORE].get_project(project)
+    if row is None:
+        if project == tenants.DEFAULT_PROJECT:
+            return
+        raise ApiError(404, f"no project {project!r}: create it with `spotctl project create`")
+    requested = tenants.gpus_of(task)
+    if row.gpu_quota is None or requested <= 0:
+        return
+    refusal = tenants.check_quota(
+        project=project, quota=row.gpu_quota, active=await _project_use(request, project),
+        requested=requested,
+    )
+    if refusal is not None:
+        raise ApiError(
+            403,
+            refusal.message,
+            {"project": project, "gpu_quota": refusal.quota, "gpus_in_use": refusal.in_use,
+             "active_jobs": refusal.active_jobs, "gpus_requested": refusal.requested},
+        )
 
 
 def _task_deadline(task: Task, now: float) -> float | None:
@@ -339,6 +450,9 @@ async def list_jobs(request: web.Request) -> web.Response:
             raise ApiError(400, f"unknown status: {exc}") from exc
     now = time.time()
     jobs = await store.list_jobs(statuses=statuses)
+    scope = _scope(request)
+    if scope is not None:
+        jobs = [j for j in jobs if j.project == scope]
     return web.json_response([await job_json(store, j, now) for j in jobs])
 
 
@@ -541,12 +655,19 @@ async def heartbeat(request: web.Request) -> web.Response:
     path = settings.logs_dir / row.attempt_id / f"node-{row.node_rank}.log"
     offset = await asyncio.to_thread(_append_log, path, body.log_offset, data)
     phase = body.phase if body.phase in {"starting", "setup", "run", "exited", "setup_failed", "preempted"} else None
+    gpus_json = None
+    if "gpus" in body.model_fields_set:  # an agent that says nothing about GPUs: leave as is
+        try:
+            gpus_json = json.dumps([s.to_json() for s in gpu.parse_samples(body.gpus)])
+        except ValueError as exc:  # keep the heartbeat: it matters more than telemetry
+            log.warning("bad GPU samples in heartbeat", key=body.key, error=str(exc))
     await store.record_heartbeat(
         body.key,
         now=time.time(),
         phase=phase,
         exit_code=body.exit_code,
         notice_deadline=body.notice_deadline,
+        gpus_json=gpus_json,
     )
     await store.set_log_offset(body.key, offset)
     request.app[METRICS].heartbeats.inc()
@@ -555,6 +676,76 @@ async def heartbeat(request: web.Request) -> web.Response:
     ):
         request.app[CONTROLLER].wake(row.job_id)
     return web.json_response({"log_offset": offset})
+
+
+# -- cost and projects -------------------------------------------------------------------
+
+
+async def cost(request: web.Request) -> web.Response:
+    """``GET /v1/cost?by=job|service|project|region&since=...`` (see spotd.cost)."""
+    try:
+        by = costs.CostBy(request.query.get("by", "job"))
+    except ValueError as exc:
+        raise ApiError(400, f"by must be one of {', '.join(costs.CostBy)}") from exc
+    now = time.time()
+    since = None
+    if request.query.get("since"):
+        try:
+            since = costs.parse_since(request.query["since"], now=now)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+    store = request.app[STORE]
+    index = costs.CatalogIndex(request.app[CONTROLLER].catalog)
+    scope = _scope(request)
+    usages: list[costs.Usage] = []
+    for job in await store.list_jobs():
+        if scope is not None and job.project != scope:
+            continue
+        if since is not None and job.ended_at is not None and job.ended_at < since:
+            continue
+        usages += [
+            costs.usage_from_attempt(a, job=job, index=index) for a in await store.attempts(job.id)
+        ]
+    if scope in (None, tenants.DEFAULT_PROJECT):  # services belong to the default project
+        for svc in await store.list_services():
+            usages += [
+                costs.usage_from_replica(r, service=svc.name, index=index)
+                for r in await store.replicas(service_id=svc.id)
+            ]
+    rows, total = costs.cost_report(usages, by=by, since=since, now=now)
+    return web.json_response(costs.report_json(rows, total, by=by, since=since, now=now))
+
+
+async def create_project(request: web.Request) -> web.Response:
+    body: ProjectBody = await _body(request, ProjectBody)
+    why = tenants.validate_name(body.name)
+    if why:
+        raise ApiError(400, why)
+    token = tenants.new_token()
+    try:
+        row = await request.app[STORE].create_project(
+            name=body.name, gpu_quota=body.gpu_quota, token_hash=tenants.hash_token(token),
+            now=time.time(),
+        )
+    except ProjectExists as exc:
+        raise ApiError(409, str(exc)) from exc
+    return web.json_response(
+        {"name": row.name, "gpu_quota": row.gpu_quota, "created_at": row.created_at,
+         "token": token},
+        status=201,
+    )
+
+
+async def list_projects(request: web.Request) -> web.Response:
+    scope = _scope(request)
+    out = []
+    for p in await request.app[STORE].list_projects():
+        if scope is not None and p.name != scope:
+            continue
+        use = await _project_use(request, p.name)
+        out.append({"name": p.name, "gpu_quota": p.gpu_quota, "gpus_in_use": sum(use),
+                    "active_jobs": len(use), "created_at": p.created_at})
+    return web.json_response(out)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -581,6 +772,7 @@ def make_app(
     app[CONTROLLER] = controller
     app[METRICS] = metrics_
     app[TCP_APP] = tcp
+    app[LAUNCH_LOCK] = asyncio.Lock()
     app.router.add_get("/v1/health", health)
     app.router.add_post("/v1/jobs", launch)
     app.router.add_get("/v1/jobs", list_jobs)
@@ -593,6 +785,9 @@ def make_app(
     app.router.add_post("/v1/chaos/partition", chaos_partition)
     app.router.add_post("/v1/chaos/stockout", chaos_stockout)
     app.router.add_post("/agent/v1/heartbeat", heartbeat)
+    app.router.add_get("/v1/cost", cost)
+    app.router.add_post("/v1/projects", create_project)
+    app.router.add_get("/v1/projects", list_projects)
     app.router.add_get("/metrics", metrics)
     from spotd.api_serve import register_serve_routes  # imports this module: import here
 

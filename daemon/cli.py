@@ -179,10 +179,11 @@ def _plan_table(plan: dict[str, Any]) -> Table:
 @click.option("--deadline", default=None, help="Finish by (ISO-8601 or a duration like 6h).")
 @click.option("--infra", default=None,
               help="Run only here, e.g. aws, aws/us-east-1, k8s, slurm (overrides resources.infra).")
+@click.option("-p", "--project", default=None, help="Launch into this project (default: default).")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def jobs_launch(
     file: str, name: str | None, envs: tuple[str, ...], detach: bool, yes: bool,
-    dry_run: bool, deadline: str | None, infra: str | None, output: str,
+    dry_run: bool, deadline: str | None, infra: str | None, project: str | None, output: str,
 ) -> None:
     """Launch FILE as a managed job."""
     text = Path(file).read_text()
@@ -190,7 +191,7 @@ def jobs_launch(
 
     async def go(c: Client) -> Any:
         plan = await c.launch(text, filename=file, name=name, env=env, dry_run=True,
-                              deadline=deadline, infra=infra)
+                              deadline=deadline, infra=infra, project=project)
         if dry_run:
             return plan
         if output == "table":
@@ -198,7 +199,7 @@ def jobs_launch(
         if not yes and sys.stdin.isatty() and not click.confirm("Launch this job?", default=True):
             sys.exit(1)
         job = await c.launch(text, filename=file, name=name, env=env, deadline=deadline,
-                             infra=infra)
+                             infra=infra, project=project)
         if detach or output == "json":
             return job
         out.print(f"Job [bold]{job['id']}[/bold] submitted; following its logs "
@@ -228,6 +229,7 @@ def _print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
                 "RECOVERIES", "STATUS"):
         t.add_column(col)
     if verbose:
+        t.add_column("GPUS", no_wrap=True)
         t.add_column("DETAIL")
     for j in rows:
         st = j["status"]
@@ -238,6 +240,7 @@ def _print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
             f"[{STATUS_STYLE.get(st, 'red')}]{st}[/]",
         ]
         if verbose:
+            cells.append(j.get("gpu_summary") or "-")
             cells.append(j.get("message") or "")
         t.add_row(*cells)
     out.print(t)
@@ -245,7 +248,8 @@ def _print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
 
 @jobs.command("queue")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-@click.option("-v", "--verbose", is_flag=True, help="Show the last status message.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show GPU utilisation/memory and the last status message.")
 def jobs_queue(output: str, verbose: bool) -> None:
     """List managed jobs."""
     rows = run(lambda c: c.jobs())
@@ -298,6 +302,77 @@ def jobs_cancel(job_ids: tuple[int, ...]) -> None:
 
     for j in run(go):
         out.print(f"job {j['id']}: {j['status']}")
+
+
+# -- cost and projects -------------------------------------------------------------------
+
+
+@main.command("cost")
+@click.option("--by", type=click.Choice(["job", "service", "project", "region"]), default="job",
+              show_default=True, help="One row per job, service, project or provider/region.")
+@click.option("--since", default=None,
+              help="Only time after this: a date (2025-01-31), a datetime, or a duration (7d).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def cost_cmd(by: str, since: str | None, output: str) -> None:
+    """What jobs and services cost: GPU-hours, spot vs on-demand, dollars, saving."""
+    report = run(lambda c: c.cost(by=by, since=since))
+    if output == "json":
+        out.print_json(json.dumps(report))
+        return
+    t = Table(title=f"Cost by {by}" + (f" since {since}" if since else ""))
+    for col in (by.upper(), "PLACEMENTS", "HOURS", "GPU-HOURS", "SPOT H", "ON-DEMAND H", "COST $",
+                "ON-DEMAND EQUIV $", "SAVED $", "SAVED %"):
+        t.add_column(col, justify="left" if col == by.upper() else "right")
+    for r in [*report["rows"], report["total"]]:
+        label = r["label"] if by != "job" or r["key"] == "total" else f"{r['key']} {r['label']}"
+        t.add_row(
+            f"[bold]{label}[/bold]" if r["key"] == "total" else label, str(r["placements"]),
+            f"{r['hours']:.2f}", f"{r['gpu_hours']:.2f}", f"{r['spot_hours']:.2f}",
+            f"{r['ondemand_hours']:.2f}", f"{r['dollars']:.4f}",
+            f"{r['ondemand_equivalent_dollars']:.4f}", f"{r['saving_dollars']:.4f}",
+            f"{r['saving_pct']:.0f}%",
+        )
+    out.print(t)
+
+
+@main.group()
+def project() -> None:
+    """Tenants: projects with GPU quotas and their own API tokens."""
+
+
+@project.command("create")
+@click.argument("name")
+@click.option("--gpu-quota", type=float, default=None,
+              help="Most GPUs the project's active jobs may reserve (default: unlimited).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def project_create(name: str, gpu_quota: float | None, output: str) -> None:
+    """Create project NAME and print its API token (shown only this once)."""
+    p = run(lambda c: c.create_project(name, gpu_quota=gpu_quota))
+    if output == "json":
+        out.print_json(json.dumps(p))
+        return
+    quota = "unlimited" if p["gpu_quota"] is None else f"{p['gpu_quota']:g} GPUs"
+    out.print(f"project {p['name']} created (quota {quota})")
+    out.print(f"token: {p['token']}")
+    err.print("[dim]The token is shown once: store it now (SPOTD_API_TOKEN for the TCP API).[/dim]")
+
+
+@project.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def project_list(output: str) -> None:
+    """Projects, their GPU quotas and current use."""
+    rows = run(lambda c: c.projects())
+    if output == "json":
+        out.print_json(json.dumps(rows))
+        return
+    t = Table()
+    for col in ("PROJECT", "GPU QUOTA", "GPUS IN USE", "ACTIVE JOBS", "CREATED"):
+        t.add_column(col)
+    now = time.time()
+    for p in rows:
+        t.add_row(p["name"], "unlimited" if p["gpu_quota"] is None else f"{p['gpu_quota']:g}",
+                  f"{p['gpus_in_use']:g}", str(p["active_jobs"]), _ago(p["created_at"], now))
+    out.print(t)
 
 
 # -- chaos -------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ class Client:
         dry_run: bool = False,
         deadline: str | None = None,
         infra: str | None = None,
+        project: str | None = None,
     ) -> Any:
         body: dict[str, Any] = {
             "yaml": yaml_text,
@@ -177,6 +178,8 @@ class Client:
             body["deadline"] = deadline
         if infra:
             body["infra"] = infra
+        if project:
+            body["project"] = project
         return await self.request("POST", "/v1/jobs", json=body)
 
     async def jobs(self) -> Any:
@@ -208,6 +211,18 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
             await asyncio.sleep(poll)
+
+    async def cost(self, *, by: str = "job", since: str | None = None) -> Any:
+        params = {"by": by, **({"since": since} if since else {})}
+        return await self.request("GET", "/v1/cost", params=params)
+
+    async def create_project(self, name: str, *, gpu_quota: float | None = None) -> Any:
+        return await self.request(
+            "POST", "/v1/projects", json={"name": name, "gpu_quota": gpu_quota}
+        )
+
+    async def projects(self) -> Any:
+        return await self.request("GET", "/v1/projects")
 
     async def chaos(self, action: str, **body: Any) -> Any:
         return await self.request("POST", f"/v1/chaos/{action}", json=body)

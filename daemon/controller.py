@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
+from spotd.gpu import IdleAction, IdleGpuPolicy, IdleState, IdleVerdict, idle_gpu_step, parse_samples
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import (
     TAG_ATTEMPT,
@@ -106,6 +107,11 @@ class Controller:
         self.timeouts = detection.DetectionTimeouts(
             suspect_after=settings.suspect_after, lost_after=settings.lost_after
         )
+        self.idle_gpu = IdleGpuPolicy(
+            minutes=settings.idle_gpu_minutes, threshold_pct=settings.idle_gpu_threshold,
+            action=IdleAction(settings.idle_gpu_action),
+        )
+        self._gpu_idle: dict[int, IdleState] = {}  # per job; restarts from zero with the daemon
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -576,6 +582,9 @@ class Controller:
             )
             if job.recoveries:
                 self._observe_recovery(job, now)
+        if job.status == JobStatus.RUNNING and self.idle_gpu.minutes > 0:
+            if await self._idle_gpus(job, aid, rows, now):
+                return 0.0
         if (
             job.status == JobStatus.RUNNING
             and attempt.market == str(Market.SPOT)
@@ -594,6 +603,34 @@ class Controller:
             )
             return 0.0
         return self.settings.observe_interval
+
+    async def _idle_gpus(
+        self, job: JobRow, aid: str, rows: Sequence[InstanceRow], now: float
+    ) -> bool:
+        """Apply the idle-GPU rule (decided by spotd.gpu.idle_gpu_step); True: job stopped."""
+        nodes = [None if r.gpus_json is None else parse_samples(json.loads(r.gpus_json))
+                 for r in rows]
+        verdict, self._gpu_idle[job.id] = idle_gpu_step(
+            nodes, self.idle_gpu, self._gpu_idle.get(job.id, IdleState()), now
+        )
+        if verdict not in (IdleVerdict.FLAG, IdleVerdict.STOP):
+            return False
+        p = self.idle_gpu
+        why = (f"GPUs idle: below {p.threshold_pct:g}% utilisation on every node for "
+               f"{p.minutes:g} min")
+        await self.store.add_event(kind="gpu.idle", message=why, now=now, job_id=job.id,
+                                   attempt_id=aid, data={"action": str(p.action)})
+        if verdict == IdleVerdict.FLAG:
+            await self.store.update_job_fields(job.id, now=now, message=f"flagged: {why}")
+            return False
+        await self._end_attempt(aid, EndReason.CANCELLED, why, now)
+        await self._terminate_attempt(aid)
+        await self.store.transition_job(
+            job.id, from_=[JobStatus.RUNNING], to=JobStatus.CANCELLED,
+            reason=f"stopped by the idle-GPU rule: {why}", now=now, ended_at=now,
+        )
+        self.metrics.jobs_finished.labels("CANCELLED").inc()
+        return True
 
     def _observe_recovery(self, job: JobRow, now: float) -> None:
         lost_at = self._lost_at.pop(job.id, None)
