@@ -71,7 +71,8 @@ SPOT_TERMINATION = "Server.SpotInstanceTermination"
 AGENT_ROOT = "/var/lib/spotd"  # where user-data puts the agent's files on the instance
 DEFAULT_AGENT_INSTALL = "spotd[aws]"
 USER_DATA_LIMIT = 16 * 1024  # EC2 refuses larger user-data
-DISABLED_LIST_PAUSE = 30.0  # a disabled provider's listing fails at most this often
+DISABLED_LIST_PAUSE = 3.0  # a disabled provider's listing fails at most this often (the
+# pause holds only the aws observer, and stays under the supervisor's 5 s stop timeout)
 
 # -- failure classification by error code ------------------------------------------------
 
