@@ -24,9 +24,9 @@ if [ -f "$STAMP" ] && [ -x "$PY" ]; then
   exit 0
 fi
 
-mkdir -p "$(dirname "$VENV")"
+mkdir -p "$VENV"
 # One installer at a time (two test sessions, or make and pytest, may ask at once).
-exec 9>"$VENV.lock"
+exec 9>"$VENV/.spotd-install.lock"
 flock 9
 if [ -f "$STAMP" ] && [ -x "$PY" ]; then
   echo "$PY"
