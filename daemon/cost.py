@@ -90,15 +90,15 @@ class CostRow:
             "key": self.key,
             "label": self.label,
             "placements": self.placements,
-            "hours": round(self.hours, 6),
-            "gpu_hours": round(self.gpu_hours, 6),
-            "spot_hours": round(self.spot_hours, 6),
-            "ondemand_hours": round(self.ondemand_hours, 6),
-            "dollars": round(self.dollars, 6),
-            "spot_dollars": round(self.spot_dollars, 6),
-            "ondemand_dollars": round(self.ondemand_dollars, 6),
-            "ondemand_equivalent_dollars": round(self.ondemand_equivalent_dollars, 6),
-            "saving_dollars": round(self.saving_dollars, 6),
+            "hours": self.hours,
+            "gpu_hours": self.gpu_hours,
+            "spot_hours": self.spot_hours,
+            "ondemand_hours": self.ondemand_hours,
+            "dollars": self.dollars,
+            "spot_dollars": self.spot_dollars,
+            "ondemand_dollars": self.ondemand_dollars,
+            "ondemand_equivalent_dollars": self.ondemand_equivalent_dollars,
+            "saving_dollars": self.saving_dollars,
             "saving_pct": round(self.saving_pct, 2),
             "unpriced": self.unpriced,
         }
@@ -129,7 +129,7 @@ class CatalogIndex:
 
 def _ondemand(market: Market, paid: float, entry: CatalogEntry | None) -> float | None:
     if entry is not None:
-        return entry.ondemand_price
+        return float(entry.ondemand_price)
     return paid if market == Market.ON_DEMAND else None
 
 
@@ -278,7 +278,7 @@ def parse_since(text: str, *, now: float) -> float:
         dt = datetime.fromisoformat(raw)
     except ValueError:
         try:
-            return now - parse_duration(raw)
+            return now - float(parse_duration(raw))
         except (ValueError, TypeError):
             raise ValueError(
                 f"--since must be a date (2025-01-31), a datetime, epoch seconds or a duration "

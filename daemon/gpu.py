@@ -30,7 +30,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 __all__ = [
     "FAKE_NVML_ENV",
@@ -111,9 +111,7 @@ class Nvml(Protocol):
 class _NoNvml:
     """Stands in for pynvml when nvidia-ml-py is not installed: every call fails as NVML."""
 
-    class NVMLError(Exception):
-        pass
-
+    NVMLError: type[Exception] = type("NVMLError", (Exception,), {})
     NVML_TEMPERATURE_GPU = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -132,8 +130,8 @@ def default_nvml(env: Mapping[str, str] | None = None) -> Nvml:
     try:
         import pynvml
     except ImportError:
-        return _NoNvml()  # type: ignore[return-value]
-    return pynvml  # type: ignore[return-value]
+        return _NoNvml()
+    return cast(Nvml, pynvml)
 
 
 class GpuReader:
@@ -237,7 +235,7 @@ class FakeNvml:
     on every ``nvmlDeviceGetCount``, so the devices can change under a running agent.
     """
 
-    NVMLError = FakeNvmlError
+    NVMLError: type[Exception] = FakeNvmlError
     NVML_TEMPERATURE_GPU = 0
 
     def __init__(

@@ -62,7 +62,7 @@ def hash_token(token: str) -> str:
 def gpus_of(task: Task) -> float:
     """GPUs the task reserves: nodes × the largest accelerator count it accepts."""
     per_node = max((o.accelerator_count for o in task.resource_request().options), default=0.0)
-    return float(per_node) * task.num_nodes
+    return float(per_node * task.num_nodes)
 
 
 @dataclass(frozen=True, slots=True)
