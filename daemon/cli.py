@@ -491,5 +491,10 @@ main.add_command(serve)
 main.add_command(catalog)
 
 
+from spotd.cli_simulate import simulate  # offline: needs no daemon
+
+main.add_command(simulate)
+
+
 if __name__ == "__main__":
     main()
