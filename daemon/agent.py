@@ -234,6 +234,28 @@ class Agent:
             out.append((str(p.relative_to(self.checkpoint)), st.st_size, st.st_mtime_ns))
         return tuple(sorted(out))
 
+    def _stage_files(self) -> None:
+        """Workdir and file_mounts, from the daemon's package store (never the user's disk)."""
+        from spotd.workdir import CAS_PREFIX, BlobStore, materialize
+
+        fresh = not any(self.work.iterdir())
+        store = BlobStore(Path(self.cfg.blob_store)) if self.cfg.blob_store else None
+        wd = self.cfg.workdir
+        if wd and fresh:
+            if wd.startswith(CAS_PREFIX) and store is not None:
+                n = materialize(wd, store, self.work)
+                self._log(f"workdir: {n} bytes from package {wd[len(CAS_PREFIX):][:12]}")
+            elif Path(wd).is_dir():
+                shutil.copytree(wd, self.work, dirs_exist_ok=True)
+        for remote, ref in self.cfg.file_mounts.items():
+            if store is None:
+                break
+            target = Path(remote).expanduser()
+            if not target.is_absolute():
+                target = self.work / target
+            n = materialize(ref, store, target)
+            self._log(f"file_mounts: {remote} ({n} bytes)")
+
     async def _sync_loop(self) -> None:
         """Sync the checkpoint up soon after the job writes one (at most every
         ``checkpoint_sync_seconds``), so a preemption without notice loses at most about one
@@ -270,10 +292,7 @@ class Agent:
 
     async def run_job(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        if self.cfg.workdir and Path(self.cfg.workdir).is_dir() and not any(self.work.iterdir()):
-            await asyncio.to_thread(
-                shutil.copytree, self.cfg.workdir, self.work, dirs_exist_ok=True
-            )
+        await asyncio.to_thread(self._stage_files)
         await self._await_predecessor()
         restored = await self.ckpt.restore(self.checkpoint)
         self._log(

@@ -32,6 +32,7 @@ from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks, parse_duration
 from spotd.store import AsyncStore, ProjectExists, StaleTransition
 from spotd.types import Candidate, JobStatus
+from spotd.workdir import BlobStore, HashCache, PackageError, check_mount_target, package
 
 log = structlog.get_logger("spotd.api")
 
@@ -341,11 +342,8 @@ async def launch(request: web.Request) -> web.Response:
     task = tasks[0]
     if body.infra:
         task = _with_infra(task, body.infra)
-    if task.workdir and not Path(task.workdir).expanduser().is_absolute():
-        base = Path(body.base_dir or ".")
-        task = task.model_copy(update={"workdir": str((base / task.workdir).resolve())})
-    if task.workdir and not Path(task.workdir).expanduser().is_dir():
-        raise ApiError(400, f"workdir: {task.workdir} is not a directory")
+    base = Path(body.base_dir or ".")
+    _check_files(task, base)
     if not task.run:
         raise ApiError(400, "`run` is required for a managed job")
     if task.service is not None:
@@ -369,20 +367,87 @@ async def launch(request: web.Request) -> web.Response:
             }
         )
     settings = request.app[SETTINGS]
+    try:
+        task, packed = await asyncio.to_thread(_package_files, task, base, settings.home / "cas")
+    except PackageError as exc:
+        raise ApiError(400, str(exc)) from exc
     async with request.app[LAUNCH_LOCK]:  # no other launch between the check and the insert
         await _check_quota(request, task, project)
         job = await store.create_job(
             name=body.name or task.name or "job",
             task_id_prefix=f"spotd-{settings.home_tag}-j",
-            spec_json=task.model_dump_json(),
+            spec_json=task.model_dump_json(exclude_unset=True),
             spec_redacted_json=json.dumps(task.redacted()),
             resources=task.resources_summary(),
             submitted_at=now,
             project=project,
             deadline=deadline,
         )
+    for what, p in packed:
+        await store.add_event(
+            kind="files.packaged",
+            message=(
+                f"{what}: {p.files} files, {p.bytes / 1e6:.1f} MB; transferred {p.new_files} "
+                f"files, {p.new_bytes / 1e6:.1f} MB (the rest was already in the store)"
+            ),
+            now=now,
+            job_id=job.id,
+            data={"what": what, "files": p.files, "bytes": p.bytes, "new_files": p.new_files,
+                  "new_bytes": p.new_bytes, "hashed_files": p.hashed_files},
+        )
     ctl.spawn_worker(job.id)
     return web.json_response(await job_json(store, job, now), status=201)
+
+
+def _local_source(source: str, base: Path) -> Path:
+    p = Path(source).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _check_files(task: Task, base: Path) -> None:
+    """Refuse bad paths before anything is stored or launched, naming the path."""
+    if task.workdir:
+        wd = _local_source(task.workdir, base)
+        if not wd.is_dir():
+            raise ApiError(400, f"workdir: {wd} is not a directory")
+    for remote, mount in task.file_mounts.items():
+        try:
+            check_mount_target(remote)
+        except PackageError as exc:
+            raise ApiError(400, f"file_mounts: {exc}") from exc
+        if "://" in mount.source:
+            raise ApiError(400, f"file_mounts: {remote}: {mount.source}: bucket sources are "
+                           "not supported by spotd yet (local paths are)")
+        src = _local_source(mount.source, base)
+        if not src.exists():
+            raise ApiError(400, f"file_mounts: {remote}: {src}: no such file or directory")
+        if not os.access(src, os.R_OK):
+            raise ApiError(400, f"file_mounts: {remote}: {src}: not readable")
+
+
+def _package_files(task: Task, base: Path, cas: Path) -> tuple[Task, list[tuple[str, Any]]]:
+    """Package the workdir and the mounts into the content-addressed store (see workdir.py)."""
+    if not task.workdir and not task.file_mounts:
+        return task, []
+    store = BlobStore(cas)
+    cache = HashCache(cas / "hashes.db")
+    packed: list[tuple[str, Any]] = []
+    try:
+        update: dict[str, Any] = {}
+        if task.workdir:
+            p = package(_local_source(task.workdir, base), store, cache)
+            update["workdir"] = p.ref
+            packed.append(("workdir", p))
+        if task.file_mounts:
+            mounts = {}
+            for remote, mount in task.file_mounts.items():
+                p = package(_local_source(mount.source, base), store, cache)
+                mounts[remote] = mount.model_copy(update={"source": p.ref})
+                packed.append((f"file_mounts {remote}", p))
+            update["file_mounts"] = mounts
+    finally:
+        cache.close()
+    return task.model_copy(update=update), packed
 
 
 def _launch_project(request: web.Request, asked: str) -> str:

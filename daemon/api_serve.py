@@ -180,7 +180,7 @@ async def service_up(request: web.Request) -> web.Response:
     try:
         svc = await request.app[STORE].create_service(
             name=name,
-            spec_json=task.model_dump_json(),
+            spec_json=task.model_dump_json(exclude_unset=True),
             spec_redacted_json=json.dumps(task.redacted()),
             lb_port=lb_port,
             lb_control_port=control_port,
@@ -218,7 +218,7 @@ async def update_service(request: web.Request) -> web.Response:
     _check_placeable(services, task)
     try:
         svc = await request.app[STORE].add_service_version(
-            svc.id, spec_json=task.model_dump_json(),
+            svc.id, spec_json=task.model_dump_json(exclude_unset=True),
             spec_redacted_json=json.dumps(task.redacted()), mode=body.mode, now=time.time(),
         )
     except StaleTransition as exc:

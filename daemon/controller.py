@@ -402,7 +402,8 @@ class Controller:
         gpus = max((o.accelerator_count for o in req.options), default=0)
         ckpt = self.settings.checkpoints_dir / job.task_id
         await_from, await_until = await self._draining_predecessor(job.id, attempt.attempt)
-        workdir = str(Path(task.workdir).expanduser()) if task.workdir else None
+        workdir = task.workdir  # a package reference ("cas:<sha>") made at submission
+        mounts = {remote: m.source for remote, m in task.file_mounts.items()}
 
         async def one(row: InstanceRow) -> None:
             agent = AgentConfig(
@@ -428,6 +429,8 @@ class Controller:
                 heartbeat_seconds=self.settings.heartbeat_seconds,
                 term_grace_seconds=self.settings.term_grace_seconds,
                 workdir=workdir,
+                blob_store=str(self.settings.home / "cas"),
+                file_mounts=mounts,
                 await_final_from=await_from,
                 await_final_until=await_until,
             )

@@ -19,7 +19,8 @@ pydantic error's ``loc`` is turned back into a user's key path and looked up for
 Round trip: each model dumps in the YAML syntax it was written in (``accelerators`` back to
 ``A100:8`` / ``{A100: 8, H100: 8}`` / ``[A100:8, H100:8]``, ``cpus`` back to ``4+``), so
 ``Task.model_validate(task.model_dump())`` and ``load_task(text=task.to_yaml())`` give an
-equal task. The daemon stores ``model_dump_json()`` and rebuilds the task from it.
+equal task. The daemon stores ``model_dump_json(exclude_unset=True)`` (so `any_of`/`ordered` entries keep
+inheriting the top-level fields) and rebuilds the task from it.
 
 Deadlines: ``job_recovery.deadline`` is either an absolute ``datetime`` or a ``timedelta``
 counted from the job's submission (``deadline: 6h``); ``JobRecovery.resolve_deadline(now)``

@@ -101,3 +101,15 @@ def test_cli_queue_json_and_table(daemon):
     assert job["name"] == "train-demo"
     r = daemon.spotctl("jobs", "queue")
     assert "train-demo" in r.stdout and "RECOVERIES" in r.stdout
+
+
+async def test_any_of_entries_keep_inheriting_top_level_fields(daemon):
+    """The stored task must rebuild exactly: `use_spot` at the top applies to every any_of
+    entry on every attempt (a plain model dump loses that inheritance)."""
+    yaml = ("resources:\n  use_spot: true\n  any_of:\n    - {cpus: 2}\n    - {cpus: 4}\n"
+            "run: echo ok\n")
+    async with daemon.client() as c:
+        job = await c.launch(yaml, filename="a.yaml")
+        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
+    assert job["status"] == "SUCCEEDED"
+    assert job["attempts"][0]["market"] == "spot"
