@@ -78,11 +78,18 @@ SCENARIOS = [
         {"B spot": 1, "C spot": 1}, (), "A",
     ),
     (
-        "all but one zone bad → reset, every zone good again",
+        "all but one zone bad → the replacements go to the good zone",
         3, {}, ZONES,
         [r(1, "A", S.PREEMPTED), r(2, "B", S.PREEMPTED), r(3, "C")],
         [ev("A", PRE, 60), ev("B", PRE, 30)],
-        {"A spot": 1, "B spot": 1}, (), "",
+        {"C spot": 2}, (), "AB",
+    ),
+    (
+        "every zone bad → reset, every zone good again",
+        3, {}, ZONES,
+        [r(1, "A", S.PREEMPTED), r(2, "B", S.PREEMPTED), r(3, "C", S.PREEMPTED)],
+        [ev("A", PRE, 60), ev("B", PRE, 30), ev("C", PRE, 20)],
+        {"A spot": 1, "B spot": 1, "C spot": 1}, (), "",
     ),
     (
         "a spot launch failed in A 10 min ago → A bad",
@@ -115,11 +122,11 @@ SCENARIOS = [
         {"A spot": 1, "B spot": 1, "B on-demand": 1}, (), "",
     ),
     (
-        "dynamic fallback: 2 of 3 spot lost → 2 spot and 2 on-demand launched",
+        "dynamic fallback: 2 of 3 spot lost → 2 spot (in the good zone) and 2 on-demand",
         3, DYN, ZONES,
         [r(1, "A"), r(2, "B", S.PREEMPTED), r(3, "C", S.PREEMPTED)],
         [ev("B", PRE, 60), ev("C", PRE, 60)],
-        {"B spot": 1, "C spot": 1, "B on-demand": 1, "A on-demand": 1}, (), "",
+        {"A spot": 2, "B on-demand": 1, "A on-demand": 1}, (), "BC",
     ),
     (
         "dynamic fallback: replacement spot still STARTING → on-demand kept",
@@ -127,7 +134,7 @@ SCENARIOS = [
         [r(1, "A"), r(4, "B", S.STARTING), r(5, "C", S.STARTING),
          r(6, "B", market=OD), r(7, "A", market=OD)],
         [ev("B", PRE, 60), ev("C", PRE, 60)],
-        {}, (), "",
+        {}, (), "BC",
     ),
     (
         "dynamic fallback: spot READY again → on-demand terminated, newest first",
@@ -275,7 +282,8 @@ def test_use_spot_false_runs_everything_on_demand() -> None:
 
 def test_reset_is_reported_in_the_reason() -> None:
     plan = plan_replicas(
-        2, zones=ZONES, current=[], zone_history=[ev("A", PRE, 1), ev("B", PRE, 1)],
+        2, zones=ZONES, current=[], zone_history=[ev("A", PRE, 1), ev("B", PRE, 1),
+                                                  ev("C", PRE, 1)],
         policy=AutoscalePolicy.fixed(2), now=NOW,
     )
     assert "reset" in plan.reason
