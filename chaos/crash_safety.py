@@ -53,7 +53,20 @@ run: python3 train.py
 
 
 def live_instance_pids(home: Path) -> dict[str, int]:
+    """Every live process that belongs to an instance: agents by their meta file, and any
+    process (a job, an orphan) whose working directory is inside an instance's directory."""
     out = {}
+    inst = str(home / "local" / "instances")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (cwd.startswith(inst) or " (deleted)" in cwd and inst in cwd):
+            out[f"pid {proc.name} in {cwd}"] = int(proc.name)
     for meta in (home / "local" / "instances").glob("*/meta.json"):
         try:
             m = json.loads(meta.read_text())
