@@ -225,6 +225,8 @@ class Controller:
     # -- the per-job worker ----------------------------------------------------------------
 
     async def _job_worker(self, job_id: int) -> None:
+        # every log line of this task carries the job id (contextvars are per task)
+        structlog.contextvars.bind_contextvars(job_id=job_id)
         wake = self.wakeups.setdefault(job_id, asyncio.Event())
         while not self.stop.is_set():
             wake.clear()
@@ -389,6 +391,10 @@ class Controller:
             next_try_at=None,
         )
         self.metrics.attempts.labels(cand.provider, cand.region, str(cand.market)).inc()
+        structlog.contextvars.bind_contextvars(attempt_id=aid)
+        log.info("placed", provider=cand.provider, region=cand.region, zone=cand.zone,
+                 instance_type=cand.instance_type, market=str(cand.market),
+                 price_per_hour=cand.price_per_hour, reason=decision.reason)
         return await self._launch_nodes(job, task, aid)
 
     async def _launch_nodes(self, job: JobRow, task: Task, aid: str) -> float:
@@ -645,6 +651,8 @@ class Controller:
     ) -> float:
         aid = attempt.id
         evidence = verdict.evidence
+        log.warning("attempt lost", attempt_id=aid, instance=row.key, verdict=str(verdict.kind),
+                    evidence=evidence, region=attempt.region, zone=attempt.zone)
         self.metrics.preemptions.labels(attempt.provider, attempt.region).inc()
         await self.store.add_zone_event(
             provider=attempt.provider, region=attempt.region, zone=attempt.zone,
@@ -701,6 +709,7 @@ class Controller:
     async def _finish(
         self, job: JobRow, aid: str, status: JobStatus, end: EndReason, detail: str, now: float
     ) -> float:
+        log.info("job finished", attempt_id=aid, status=str(status), detail=detail)
         await self._end_attempt(aid, end, detail, now)
         await self.store.transition_job(
             job.id,

@@ -165,3 +165,19 @@ async def test_metrics_report_jobs_and_preemptions(daemon):
     assert 'spotd_jobs{state="SUCCEEDED"} 1.0' in text
     assert "spotd_preemptions_total{" in text
     assert "spotd_recovery_seconds_count 1.0" in text
+
+
+async def test_daemon_logs_are_json_lines_with_job_and_attempt_ids(daemon):
+    import json as _json
+
+    async with daemon.client() as c:
+        job = await c.launch(train_yaml(steps=20), filename="j.yaml")
+        await wait_job(c, job["id"], lambda j: j["status"] == "RUNNING")
+        await c.chaos("preempt", target=str(job["id"]))
+        await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
+    lines = [_json.loads(line) for line in daemon.log_tail(10**7).splitlines()
+             if line.startswith("{")]
+    mine = [e for e in lines if e.get("job_id") == job["id"]]
+    events = {e["event"] for e in mine}
+    assert {"placed", "attempt lost", "job finished"} <= events
+    assert all("attempt_id" in e for e in mine if e["event"] in ("attempt lost", "job finished"))
