@@ -11,10 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: run test test-all venv clean bench-recovery bench-lb lint
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	bash scripts/bootstrap.sh $(VENV) $(PYTHON)
 
 venv: $(STAMP)
 
