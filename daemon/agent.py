@@ -239,6 +239,8 @@ class Agent:
         from spotd.workdir import CAS_PREFIX, BlobStore, materialize
 
         fresh = not any(self.work.iterdir())
+        if self.cfg.blob_store.startswith("s3://"):
+            return  # packages in S3: _stage_s3
         store = BlobStore(Path(self.cfg.blob_store)) if self.cfg.blob_store else None
         wd = self.cfg.workdir
         if wd and fresh:
@@ -250,11 +252,41 @@ class Agent:
         for remote, ref in self.cfg.file_mounts.items():
             if store is None:
                 break
+            if ref.startswith("s3://"):
+                continue  # a bucket source: _stage_s3
             target = Path(remote).expanduser()
             if not target.is_absolute():
                 target = self.work / target
             n = materialize(ref, store, target)
             self._log(f"file_mounts: {remote} ({n} bytes)")
+
+    def _mount_target(self, remote: str) -> Path:
+        target = Path(remote).expanduser()
+        return target if target.is_absolute() else self.work / target
+
+    async def _stage_s3(self, fresh: bool) -> None:
+        """Bucket sources, and packages when the daemon put them in S3 (spotd.mounts)."""
+        bucket_sources = {r: u for r, u in self.cfg.file_mounts.items() if u.startswith("s3://")}
+        in_s3 = self.cfg.blob_store.startswith("s3://")
+        if not bucket_sources and not in_s3:
+            return
+        from spotd import mounts
+        from spotd.workdir import CAS_PREFIX
+
+        endpoint = self.cfg.s3_endpoint_url or None
+        if in_s3:
+            store = mounts.S3PackageStore(self.cfg.blob_store, endpoint_url=endpoint)
+            wd = self.cfg.workdir
+            if wd and fresh and wd.startswith(CAS_PREFIX):
+                n = await store.materialize(wd, self.work)
+                self._log(f"workdir: {n} bytes from package {wd[len(CAS_PREFIX):][:12]} in S3")
+            for remote, ref in self.cfg.file_mounts.items():
+                if ref.startswith(CAS_PREFIX):
+                    n = await store.materialize(ref, self._mount_target(remote))
+                    self._log(f"file_mounts: {remote} ({n} bytes from S3)")
+        for remote, url in bucket_sources.items():
+            files, n = await mounts.download(url, self._mount_target(remote), endpoint_url=endpoint)
+            self._log(f"file_mounts: {remote} ({files} objects, {n} bytes from {url})")
 
     async def _sync_loop(self) -> None:
         """Sync the checkpoint up soon after the job writes one (at most every
@@ -292,7 +324,14 @@ class Agent:
 
     async def run_job(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._stage_files)
+        fresh = not any(self.work.iterdir())
+        try:
+            await asyncio.to_thread(self._stage_files)
+            await self._stage_s3(fresh)
+        except Exception as exc:  # noqa: BLE001 - a missing package, S3 unreachable: no job
+            self._log(f"staging workdir/file_mounts failed: {type(exc).__name__}: {exc}")
+            self._set_phase("setup_failed", 1)
+            return
         await self._await_predecessor()
         restored = await self.ckpt.restore(self.checkpoint)
         self._log(

@@ -24,6 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from spotd import cost as costs
 from spotd import gpu, tenants
+from spotd import mounts as s3src
 from spotd.config import Settings
 from spotd.controller import Controller, candidates_table
 from spotd.metrics import DaemonMetrics
@@ -344,6 +345,7 @@ async def launch(request: web.Request) -> web.Response:
         task = _with_infra(task, body.infra)
     base = Path(body.base_dir or ".")
     _check_files(task, base)
+    await _check_buckets(task, ctl)
     if not task.run:
         raise ApiError(400, "`run` is required for a managed job")
     if task.service is not None:
@@ -416,13 +418,28 @@ def _check_files(task: Task, base: Path) -> None:
         except PackageError as exc:
             raise ApiError(400, f"file_mounts: {exc}") from exc
         if "://" in mount.source:
-            raise ApiError(400, f"file_mounts: {remote}: {mount.source}: bucket sources are "
-                           "not supported by spotd yet (local paths are)")
+            continue  # a bucket: checked by _check_buckets (the spec parser allows only s3://)
         src = _local_source(mount.source, base)
         if not src.exists():
             raise ApiError(400, f"file_mounts: {remote}: {src}: no such file or directory")
         if not os.access(src, os.R_OK):
             raise ApiError(400, f"file_mounts: {remote}: {src}: not readable")
+
+
+async def _check_buckets(task: Task, ctl: Controller) -> None:
+    """Refuse s3:// sources whose bucket is missing or unreachable (spotd.mounts), naming it."""
+    sources = [(r, m.source) for r, m in task.file_mounts.items() if s3src.is_s3(m.source)]
+    if not sources:
+        return
+    opts = s3src.options_from(ctl.providers)
+    for remote, url in sources:
+        try:
+            await s3src.check_source(url, endpoint_url=opts.endpoint_url, profile=opts.profile)
+        except ImportError as exc:
+            raise ApiError(400, f"file_mounts: {remote}: {url}: aioboto3 is not installed "
+                           "(pip install 'spotd[aws]')") from exc
+        except s3src.S3Error as exc:
+            raise ApiError(400, f"file_mounts: {remote}: {exc}") from exc
 
 
 def _package_files(task: Task, base: Path, cas: Path) -> tuple[Task, list[tuple[str, Any]]]:
@@ -441,6 +458,9 @@ def _package_files(task: Task, base: Path, cas: Path) -> tuple[Task, list[tuple[
         if task.file_mounts:
             mounts = {}
             for remote, mount in task.file_mounts.items():
+                if s3src.is_s3(mount.source):
+                    mounts[remote] = mount  # downloaded by the agent on every attempt
+                    continue
                 p = package(_local_source(mount.source, base), store, cache)
                 mounts[remote] = mount.model_copy(update={"source": p.ref})
                 packed.append((f"file_mounts {remote}", p))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from spotd import mounts as s3src
 from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
 from spotd.gpu import IdleAction, IdleGpuPolicy, IdleState, IdleVerdict, idle_gpu_step, parse_samples
@@ -42,6 +43,7 @@ from spotd.providers.base import (
     ObservedInstance,
     Provider,
     ProviderError,
+    ProviderUnavailable,
 )
 from spotd.recovery import detection, history, restarts, strategies
 from spotd.spec import Task
@@ -58,6 +60,7 @@ from spotd.types import (
     Market,
     RecoveryStrategy,
 )
+from spotd.workdir import CAS_PREFIX, BlobStore
 
 log = structlog.get_logger("spotd.controller")
 
@@ -410,6 +413,14 @@ class Controller:
         await_from, await_until = await self._draining_predecessor(job.id, attempt.attempt)
         workdir = task.workdir  # a package reference ("cas:<sha>") made at submission
         mounts = {remote: m.source for remote, m in task.file_mounts.items()}
+        s3 = s3src.options_from(self.providers)
+        try:
+            blob_store = await self._package_store_for(job, provider, workdir, mounts, s3)
+        except ProviderError as exc:
+            blob_store = ""
+            failed: list[Any] = [exc]
+        else:
+            failed = []
 
         async def one(row: InstanceRow) -> None:
             agent = AgentConfig(
@@ -435,8 +446,9 @@ class Controller:
                 heartbeat_seconds=self.settings.heartbeat_seconds,
                 term_grace_seconds=self.settings.term_grace_seconds,
                 workdir=workdir,
-                blob_store=str(self.settings.home / "cas"),
+                blob_store=blob_store,
                 file_mounts=mounts,
+                s3_endpoint_url=s3.endpoint_url or "",
                 await_final_from=await_from,
                 await_final_until=await_until,
             )
@@ -459,7 +471,7 @@ class Controller:
             iid = await provider.launch(spec)
             await self.store.set_instance_id(row.key, str(iid))
 
-        results = await asyncio.gather(
+        results = failed or await asyncio.gather(
             *(one(r) for r in rows if r.instance_id is None), return_exceptions=True
         )
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -490,6 +502,37 @@ class Controller:
             first_failure_at=fresh.first_failure_at or now,
         )
         return 0.0
+
+    async def _package_store_for(
+        self, job: JobRow, provider: Any, workdir: str | None, mounts: dict[str, str],
+        s3: s3src.S3Options,
+    ) -> str:
+        """Where this attempt's agents get their packages: the daemon's local store, or, for a
+        provider with an S3 package store, that store, after uploading what it lacks
+        (spotd.mounts; a relaunch finds its packages there and uploads nothing)."""
+        local = str(self.settings.home / "cas")
+        url = getattr(getattr(provider, "config", None), "package_store_url", None)
+        refs = [r for r in [workdir, *mounts.values()] if r and r.startswith(CAS_PREFIX)]
+        if not url or not refs:
+            return local
+        remote = s3src.S3PackageStore(url, endpoint_url=s3.endpoint_url, profile=s3.profile)
+        try:
+            up = await remote.upload(refs, BlobStore(self.settings.home / "cas"))
+        except Exception as exc:  # noqa: BLE001 - S3 down, credentials gone: no attempt
+            raise ProviderUnavailable(f"uploading packages to {url}: {exc}") from exc
+        await self.store.add_event(
+            kind="files.uploaded",
+            message=(
+                f"{up.packages} packages to {url}: {up.cached_packages} already there; "
+                f"transferred {up.new_blobs} of {up.blobs} files, {up.new_bytes / 1e6:.1f} MB"
+            ),
+            now=self.clock(),
+            job_id=job.id,
+            data={"store": url, "packages": up.packages, "cached_packages": up.cached_packages,
+                  "blobs": up.blobs, "new_blobs": up.new_blobs, "new_bytes": up.new_bytes,
+                  "heads": up.heads},
+        )
+        return url
 
     async def _draining_predecessor(self, job_id: int, attempt: int) -> tuple[int, float]:
         """The attempt preempted with a notice that may still be syncing its checkpoint."""

@@ -196,6 +196,7 @@ class AgentConfig:
     notice_url: str = ""  # cloud metadata base URL to poll for a notice; "" = local notice file
     instance_dir: str = ""  # where the agent keeps its files on the instance
     blob_store: str = ""  # content-addressed store holding workdir/file_mounts packages
-    file_mounts: dict[str, str] = field(default_factory=dict)  # remote path -> "cas:<sha>"
+    file_mounts: dict[str, str] = field(default_factory=dict)  # remote path -> "cas:<sha>" or s3://
+    s3_endpoint_url: str = ""  # S3 endpoint for s3:// mounts and packages ("" = standard chain)
     await_final_from: int = 0  # attempt still checkpointing after a notice (0: none)
     await_final_until: float = 0.0  # ...and its notice deadline: wait no longer than this

@@ -154,7 +154,7 @@ class AwsConfigError(ValueError):
 _CONFIG_KEYS = {
     "regions", "endpoint_url", "profile", "image_id", "key_name", "security_group_ids",
     "subnet_by_zone", "iam_instance_profile", "daemon_url", "notice_url", "checkpoint_store",
-    "agent_install", "catalog",
+    "agent_install", "catalog", "package_store",
 }
 
 
@@ -186,6 +186,8 @@ class AwsConfig:
             daemon_url: http://10.0.0.5:8470       # how agents reach this daemon's TCP API
             notice_url: http://169.254.169.254     # the metadata service agents poll
             checkpoint_store: s3://bucket/prefix   # checkpoints at s3://bucket/prefix/<task>/
+            package_store: s3://bucket/prefix      # workdir/file_mounts packages (spotd.mounts);
+                                                   # default: <checkpoint_store>/packages
             agent_install: spotd[aws]==0.1.0       # what user-data pip-installs
             catalog: /path/to/aws.yaml             # default: refreshed copy, else the snapshot
     """
@@ -203,6 +205,14 @@ class AwsConfig:
     checkpoint_store: str | None = None
     agent_install: str = DEFAULT_AGENT_INSTALL
     catalog: str | None = None
+    package_store: str | None = None
+
+    @property
+    def package_store_url(self) -> str | None:
+        """Where agents on EC2 get workdir/file_mounts packages from (None: nowhere in S3)."""
+        if self.package_store:
+            return self.package_store
+        return f"{self.checkpoint_store}/packages" if self.checkpoint_store else None
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> AwsConfig:
@@ -219,6 +229,9 @@ class AwsConfig:
         store = raw.get("checkpoint_store")
         if store is not None and not str(store).startswith("s3://"):
             raise AwsConfigError("providers.aws.checkpoint_store: expected s3://bucket/prefix")
+        packages = raw.get("package_store")
+        if packages is not None and not str(packages).startswith("s3://"):
+            raise AwsConfigError("providers.aws.package_store: expected s3://bucket/prefix")
         groups = {
             k: [v] if isinstance(v, str) else list(v)
             for k, v in _per_region(raw.get("security_group_ids"), "security_group_ids").items()
@@ -237,6 +250,7 @@ class AwsConfig:
             checkpoint_store=str(store).rstrip("/") if store else None,
             agent_install=raw.get("agent_install") or DEFAULT_AGENT_INSTALL,
             catalog=raw.get("catalog") or None,
+            package_store=str(packages).rstrip("/") if packages else None,
         )
 
     def for_region(self, mapping: Mapping[str, Any], region: str) -> Any:
