@@ -20,7 +20,8 @@ bounded time (5 s, ``--quick`` 2 s) after a 1 s warm-up.
 
 Everything — backends, proxy, load generator — shares this machine's cores, so absolute
 numbers are low and the ratios are what to read. RSS is the proxy's resident memory after the
-cell (nginx: master + worker).
+cell (nginx: master + worker); cpu_us_per_req is the proxy's own CPU time (user + system, from
+/proc) per request served in the cell — the number a busy shared machine distorts least.
 
     python bench/lb.py [--quick] [--json]
 """
@@ -93,6 +94,7 @@ class Cell:
     p99_ms: float
     rss_mb: float | None
     errors: int = 0
+    cpu_us_per_req: float | None = None  # the proxy's own CPU time (user+sys) per request
     rps_vs_nginx: float | None = None
     p50_added_vs_direct_ms: float | None = None
 
@@ -134,6 +136,16 @@ def rss_mb(pids: list[int]) -> float:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return round(total / 1024, 1)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user + system CPU time of ``pids`` (a shared machine's load does not inflate it)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -253,10 +265,14 @@ def main() -> None:
                         secs = min(seconds, 2.0)
                     else:
                         urls_c, secs = urls, seconds
+                    cpu0 = cpu_seconds(children(pid)) if pid else 0.0
                     rps, p50, p99, errors = run_wrk(wrk, urls_c, conns, secs, scripts[mode])
                     rss = rss_mb(children(pid)) if pid else None
+                    n = rps * max(1, round(secs))
+                    cpu_us = (round(1e6 * (cpu_seconds(children(pid)) - cpu0) / n)
+                              if pid and n else None)
                     cells.append(Cell(proxy, mode, conns, round(rps, 1), round(p50, 3),
-                                      round(p99, 3), rss, errors))
+                                      round(p99, 3), rss, errors, cpu_us))
                     print(f"  {proxy:6} {mode:4} c={conns:<3} {rps:9.1f} rps  p50 {p50:7.3f} "
                           f"ms  p99 {p99:7.3f} ms", file=sys.stderr)
     finally:
@@ -275,12 +291,13 @@ def main() -> None:
         print(json.dumps([asdict(c) for c in cells], indent=2))
         return
     cols = ("proxy", "mode", "concurrency", "rps", "p50_ms", "p99_ms", "rss_mb", "errors",
-            "rps_vs_nginx", "p50_added_vs_direct_ms")
+            "cpu_us_per_req", "rps_vs_nginx", "p50_added_vs_direct_ms")
     rows = [[("-" if getattr(c, k) is None else str(getattr(c, k))) for k in cols]
             for c in cells]
     widths = [max(len(k), *(len(r[i]) for r in rows)) for i, k in enumerate(cols)]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"cell: {seconds:g} s; wrk -t1; nginx worker_processes 1; spotd LB 1 process "
-          f"({os.cpu_count()} cores shared by everything)")
+          f"({os.cpu_count()} cores shared by everything; load average at the end {load})")
     print("  ".join(k.ljust(w) for k, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))

@@ -1,7 +1,8 @@
 """Application factories: the proxy app and the control app.
 
 ``make_app(state)`` is the data plane: every path and method is proxied. Its cleanup context
-owns the one pooled ``ClientSession`` and two background tasks (the prober that re-admits
+owns the replica connection pool (``upstream.UpstreamPool``: the proxy's own HTTP/1.1 client;
+https replicas go through the ``ClientSession``), the one pooled ``ClientSession`` and two background tasks (the prober that re-admits
 ejected replicas, the reporter that POSTs ejections to ``--report-url``).
 
 ``make_control_app(state, token=...)`` is the control plane, served on its own port bound to
@@ -34,8 +35,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .proxy import SESSION, STATE, proxy_handler
+from .proxy import POOL, SESSION, STATE, proxy_handler
 from .state import LBState, MetricsCollector, parse_replicas
+from .upstream import UpstreamPool
 
 log = logging.getLogger("spotd.lb")
 
@@ -61,9 +63,15 @@ def _make_session(state: LBState) -> aiohttp.ClientSession:
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = _make_session(app[STATE])
+    state = app[STATE]
+    cfg = state.config
+    session = _make_session(state)
     app[SESSION] = session
+    pool = UpstreamPool(limit=cfg.pool_limit, keepalive_timeout=cfg.keepalive_timeout,
+                        connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
+    app[POOL] = pool
     yield
+    pool.close()
     await session.close()
 
 

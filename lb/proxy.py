@@ -13,9 +13,12 @@ Responses with a known length up to 1 MiB (and not ``text/event-stream``) are re
 sent in one write; everything else — SSE, chunked, large — is streamed chunk by chunk as it
 arrives, with no buffering beyond the socket's.
 
-Hot path notes: no logging, no per-request allocation beyond the header list and the request
-record; one pooled ``ClientSession`` (keep-alive, ``auto_decompress=False``); counters are plain
-ints turned into Prometheus text only on scrape.
+Hot path notes: no logging; http:// replicas go through the LB's own HTTP/1.1 client
+(``upstream.py``: a keep-alive pool of protocol connections, the request head built once as
+bytes from the client's raw headers, streamed answers relayed from the replica connection's
+``data_received`` to the client's transport without waking the handler per chunk); https://
+replicas through the one pooled ``ClientSession`` (``auto_decompress=False``). Counters are
+plain ints turned into Prometheus text only on scrape.
 """
 
 from __future__ import annotations
@@ -27,13 +30,26 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 from yarl import URL
 
 from .policy import RequestInfo, pick
 from .state import LBState
+from .upstream import (
+    BodySink,
+    Head,
+    UpstreamConn,
+    UpstreamConnectError,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+    host_port,
+)
 
 STATE: web.AppKey[LBState] = web.AppKey("spotd_lb_state", LBState)
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("spotd_lb_session", aiohttp.ClientSession)
+POOL: web.AppKey[UpstreamPool] = web.AppKey("spotd_lb_pool", UpstreamPool)
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the proxy sets itself.
 _DROP_REQ = frozenset({
@@ -45,7 +61,12 @@ _DROP_RESP = frozenset({
     "connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
     "proxy-connection", "proxy-authenticate", "proxy-authorization", "content-length",
 })
+_DROP_REQ_B = frozenset(h.encode() for h in _DROP_REQ)
 _BUFFER_RESPONSE_MAX = 1 << 20
+_PAUSE_ABOVE = 256 * 1024  # client write buffer above this: stop reading the replica
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# replica URL -> (host, port, b"Host: ...\r\n"), or None for the aiohttp path (https)
+_ADDRS: dict[str, tuple[str, int, bytes] | None] = {}
 _NO_EXCLUDE: frozenset[str] = frozenset()
 _PLAIN = RequestInfo()
 
@@ -98,6 +119,56 @@ def _request_headers(request: web.Request) -> list[tuple[str, str]]:
     remote = request.remote or ""
     out.append(("X-Forwarded-For", f"{prior}, {remote}" if prior else remote))
     return out
+
+
+def _request_head(request: web.Request, host_line: bytes, body: Any) -> bytes:
+    """The request line and headers for the replica, from the client's raw header bytes:
+    hop-by-hop ones (and those ``Connection`` names) dropped, ``Host`` the replica's,
+    ``X-Forwarded-For`` extended with the client's address, the body's framing set."""
+    kept: list[tuple[bytes, bytes]] = []
+    named: set[bytes] | None = None
+    prior: bytes | None = None
+    for k, v in request.raw_headers:
+        lk = k.lower()
+        if lk in _DROP_REQ_B or lk.startswith(b"proxy-"):
+            if lk == b"connection":
+                named = {t.strip().lower() for t in v.split(b",") if t.strip()}
+            elif lk == b"x-forwarded-for" and prior is None:
+                prior = v
+            continue
+        kept.append((k, v))
+    if named:
+        kept = [(k, v) for k, v in kept if k.lower() not in named]
+    parts = [request.method.encode("ascii"), b" ", request.raw_path.encode("utf-8", "surrogateescape"),
+             b" HTTP/1.1\r\n", host_line]
+    for k, v in kept:
+        parts += (k, b": ", v, b"\r\n")
+    remote = (request.remote or "").encode("utf-8", "surrogateescape")
+    parts += (b"X-Forwarded-For: ", prior + b", " + remote if prior else remote, b"\r\n")
+    if body is None:
+        if request.method in _BODY_METHODS:
+            parts.append(b"Content-Length: 0\r\n")
+    elif isinstance(body, bytes):
+        parts += (b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n")
+    else:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _replica_addr(url: str) -> tuple[str, int, bytes] | None:
+    try:
+        return _ADDRS[url]
+    except KeyError:
+        pass
+    try:
+        addr: tuple[str, int, bytes] | None = host_port(url)
+    except ValueError:
+        addr = None  # https: the aiohttp session handles it
+    if len(_ADDRS) > 4096:
+        _ADDRS.clear()
+    _ADDRS[url] = addr
+    return addr
 
 
 def _response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
@@ -196,7 +267,10 @@ async def _proxy(request: web.Request, st: LBState, session: aiohttp.ClientSessi
     reps = st.replicas
     st.budget.deposit()
     body, replayable = await _read_body(request, cfg.buffer_limit)
-    headers = _request_headers(request)
+    pool = request.app[POOL]
+    head_bytes: bytes | None = None
+    head_for: tuple[str, int, bytes] | None = None
+    headers: Any = None  # for the aiohttp path (https replicas), built when needed
     method = request.method
     raw_path = request.raw_path
     key = request.headers.get(cfg.affinity_header) if cfg.affinity_header else None
@@ -219,23 +293,45 @@ async def _proxy(request: web.Request, st: LBState, session: aiohttp.ClientSessi
         tries += 1
         rstats.in_flight += 1
         rstats.requests += 1
+        addr = _replica_addr(view.url)
+        conn: UpstreamConn | None = None
         try:
-            try:
-                upstream = await session.request(
-                    method, URL(view.url + raw_path, encoded=True), headers=headers,
-                    data=body, allow_redirects=False,
-                )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-                    aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-                # refused, timed out connecting, or reset/closed before any response byte
-                err: Exception = e
-            except aiohttp.ServerTimeoutError:
-                return _json_error(504, f"replica {rid} did not answer in time")
-            except aiohttp.ClientError as e:
-                return _json_error(502, f"replica {rid}: {type(e).__name__}: {e}")
+            if addr is not None:  # the fast path: our own HTTP/1.1 client
+                try:
+                    if head_bytes is None or head_for is not addr:
+                        head_bytes = _request_head(request, addr[2], body)
+                        head_for = addr
+                    conn = await pool.acquire(addr[0], addr[1])
+                    uhead = await conn.request(head_bytes, body, method == "HEAD")
+                except (UpstreamConnectError, UpstreamDisconnected) as e:
+                    # refused, timed out connecting, or reset/closed before any response byte
+                    err: Exception = e
+                except UpstreamTimeout:
+                    return _json_error(504, f"replica {rid} did not answer in time")
+                except UpstreamError as e:
+                    return _json_error(502, f"replica {rid}: {type(e).__name__}: {e}")
+                else:
+                    return await _relay_fast(request, conn, uhead)
             else:
-                return await _relay(request, upstream)
+                if headers is None:
+                    headers = _request_headers(request)
+                try:
+                    upstream = await session.request(
+                        method, URL(view.url + raw_path, encoded=True), headers=headers,
+                        data=body, allow_redirects=False,
+                    )
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+                        aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                    err = e
+                except aiohttp.ServerTimeoutError:
+                    return _json_error(504, f"replica {rid} did not answer in time")
+                except aiohttp.ClientError as e:
+                    return _json_error(502, f"replica {rid}: {type(e).__name__}: {e}")
+                else:
+                    return await _relay(request, upstream)
         finally:
+            if conn is not None:
+                pool.release(conn)
             rstats.in_flight -= 1
 
         # -- the attempt failed before any response byte ------------------------------------
@@ -250,6 +346,123 @@ async def _proxy(request: web.Request, st: LBState, session: aiohttp.ClientSessi
         st.metrics.retries += 1
         exclude = exclude | {rid}
         info = RequestInfo(session_key=key, exclude=exclude)
+
+
+class _ClientSink(BodySink):
+    """Writes a streamed answer's payload to the client's transport from inside the replica
+    connection's ``data_received`` (chunk-framed when the response is chunked); wakes the
+    handler only at the end, on an error, or when the client reads too slowly."""
+
+    __slots__ = ("chunked", "exc", "finished", "paused", "tr", "waiter")
+
+    def __init__(self, tr: asyncio.Transport, chunked: bool) -> None:
+        self.tr = tr
+        self.chunked = chunked
+        self.waiter: asyncio.Future[None] | None = None
+        self.finished = False
+        self.exc: BaseException | None = None
+        self.paused = False
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def data(self, pieces: list[bytes]) -> bool:
+        tr = self.tr
+        if tr.is_closing():  # the client went away
+            if self.exc is None:
+                self.exc = ConnectionResetError("client closed the connection")
+            self._wake()
+            return True
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if self.chunked:
+            tr.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            tr.write(data)
+        if tr.get_write_buffer_size() > _PAUSE_ABOVE:
+            self.paused = True
+            self._wake()
+            return True
+        return False
+
+    def done(self) -> None:
+        self.finished = True
+        self._wake()
+
+    def error(self, exc: BaseException) -> None:
+        if self.exc is None:
+            self.exc = exc
+        self._wake()
+
+
+async def _relay_fast(request: web.Request, conn: UpstreamConn, head: Head
+                      ) -> web.StreamResponse:
+    """Send the replica's answer to the client: small ones read whole and sent in one write;
+    streamed ones relayed from ``data_received`` (see ``_ClientSink``)."""
+    status = head.status
+    headers = head.headers  # hop-by-hop ones already left out
+    clen = head.length
+    method = request.method
+    if method == "HEAD" or status in (204, 304) or (
+        clen is not None and clen <= _BUFFER_RESPONSE_MAX
+        and not head.content_type.startswith("text/event-stream")
+    ):
+        try:
+            data = await conn.read_body()
+        except (UpstreamError, ConnectionError) as e:
+            return _json_error(502, f"replica failed while sending its answer: "
+                                    f"{type(e).__name__}: {e}")
+        if method == "HEAD":
+            resp = web.Response(status=status, reason=head.reason, headers=headers)
+            if clen is not None:
+                resp.headers["Content-Length"] = str(clen)
+            return resp
+        return web.Response(status=status, reason=head.reason, headers=headers, body=data)
+
+    sresp = web.StreamResponse(status=status, reason=head.reason, headers=headers)
+    if clen is not None:
+        sresp.content_length = clen
+    await sresp.prepare(request)
+    writer = sresp._payload_writer  # aiohttp's StreamWriter: we need its ``chunked`` decision
+    tr = request.transport
+    if not isinstance(writer, StreamWriter) or tr is None or tr.is_closing():
+        conn.abort()  # client gone (or an aiohttp we cannot frame for): tell the replica
+        if tr is not None:
+            tr.abort()
+        return sresp
+    writer.send_headers()
+    chunked = bool(writer.chunked)
+    # chunked in and out: the replica's chunk framing goes through as it is
+    sink = _ClientSink(tr, chunked and not head.chunked)
+    loop = asyncio.get_running_loop()
+    conn.attach(sink, chunked_out=chunked)
+    while not sink.finished and sink.exc is None:
+        if sink.paused:
+            sink.paused = False
+            try:
+                await writer.drain()
+            except ConnectionError:
+                conn.abort()
+                return sresp
+            conn.resume()
+            continue
+        sink.waiter = loop.create_future()
+        await sink.waiter
+    if sink.exc is not None:
+        conn.abort()
+        if isinstance(sink.exc, UpstreamError | ConnectionResetError) and not tr.is_closing():
+            # The replica died mid-answer. Headers are out: abort the client connection so
+            # the client sees a truncated response rather than a clean (and wrong) end.
+            tr.abort()
+        return sresp
+    try:
+        await sresp.write_eof()
+    except ConnectionError:
+        pass
+    return sresp
 
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
