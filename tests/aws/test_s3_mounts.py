@@ -316,3 +316,33 @@ async def test_aws_job_reads_packages_and_bucket_after_a_preemption_into_another
     assert len([k for k in counts.gets if k.startswith(pkg_prefix)]) == 8
     assert sorted(k for k in counts.gets if k.startswith("data/")) == [
         "data/a.txt", "data/sub/b.bin"]
+
+
+@pytest.mark.slow
+async def test_aws_daemon_refuses_a_missing_bucket_before_any_instance(
+    aws_daemon: AwsDaemon, tmp_path: Path  # noqa: F811
+) -> None:
+    missing = f"spotd-nope-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "m.yaml"
+    spec.write_text(_aws_yaml(tmp_path, tmp_path, missing, "/tmp/x"))
+    r = aws_daemon.proc.spotctl("jobs", "launch", str(spec), "--infra", "aws", "-d", "-y")
+    assert r.returncode != 0
+    assert f"bucket {missing} does not exist" in r.stderr + r.stdout, (r.stdout, r.stderr)
+    async with aws_daemon.proc.client() as c:
+        assert await c.jobs() == []
+    assert aws_daemon.ours() == []  # no EC2 instance, and no package went to S3
+    async with aioboto3.Session().client("s3", endpoint_url=aws_daemon.moto.url) as s3:
+        listed = await s3.list_objects_v2(Bucket=aws_daemon.bucket, Prefix="ckpt/packages/")
+    assert not listed.get("KeyCount"), listed
+
+
+def test_package_store_config() -> None:
+    from spotd.providers.aws import AwsConfig, AwsConfigError
+
+    assert AwsConfig.from_mapping({}).package_store_url is None  # packages stay local
+    ckpt = AwsConfig.from_mapping({"checkpoint_store": "s3://b/ck/"})
+    assert ckpt.package_store_url == "s3://b/ck/packages"
+    own = AwsConfig.from_mapping({"checkpoint_store": "s3://b/ck", "package_store": "s3://p/x/"})
+    assert own.package_store_url == "s3://p/x"
+    with pytest.raises(AwsConfigError, match="package_store"):
+        AwsConfig.from_mapping({"package_store": "gs://p/x"})
