@@ -1,18 +1,21 @@
 """Crash-safety suite: SIGKILL the daemon at random moments while jobs run and get preempted.
 
-Runs a workload of managed jobs (the deterministic example trainer), then, until every job is
-done or the kill budget is spent, repeatedly:
+Runs a workload of managed jobs (the deterministic example trainer) and one service (three
+stub replicas behind spotd's load balancer) under steady load from a separate process, then,
+until every job is done or the kill budget is spent, repeatedly:
 
   - SIGKILLs the daemon at a random moment and restarts it at once;
   - preempts a random running job's instance (with a notice, without one, or SIGKILL of its
-    process group).
+    process group), or SIGKILLs a random service replica.
 
 At the end it checks what a user would notice and prints a verdict:
 
   1. every job SUCCEEDED with the digest of an uninterrupted run;
   2. no instance process is left that the store does not know (none at all once jobs are over);
   3. never two live attempts of one job (each attempt ended before the next was created);
-  4. every daemon restart came back (socket answering) and adopted the running jobs.
+  4. every daemon restart came back (socket answering) and adopted the running jobs;
+  5. the service answered throughout: not one failed plain request (streams cut by a replica
+     kill are counted and reported, since no proxy can save a stream whose server died).
 
   python chaos/crash_safety.py            # 20 jobs, 50 daemon kills
   python chaos/crash_safety.py --quick    # 6 jobs, 10 kills (what CI runs)
@@ -28,6 +31,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import DaemonProc, kill_instance_groups  # noqa: E402
+from spotd.client_serve import serve_status, serve_up  # noqa: E402
 from tests.e2e.helpers import digest_of, expected_digest  # noqa: E402
 
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}
@@ -87,20 +92,50 @@ async def run(args: argparse.Namespace) -> list[str]:
     d = DaemonProc(home)
     d.start()
     failures: list[str] = []
+    crashed = True  # until the run completes: keep the home for inspection on an exception
     # long enough that every kill lands while jobs run (a kill cycle takes ~1-2 s)
     n = int(args.kills * 1.6 / 0.05)
     steps = {i: rng.randrange(int(0.7 * n), int(1.1 * n)) for i in range(args.jobs)}
     kills = preempts = 0
     restart_times: list[float] = []
     try:
+        load = None
+        stop_file = home / "stop-load"
         async with d.client() as c:
+            if args.service:
+                yaml_text = (ROOT / "examples/serve_stub.yaml").read_text()
+                await serve_up(c, yaml_text, filename="serve_stub.yaml", name="crash-svc")
+                deadline = time.monotonic() + 120
+                svc: dict = {}
+                while time.monotonic() < deadline:
+                    svc = await serve_status(c, "crash-svc")
+                    if sum(r["status"] == "READY" for r in svc["replicas"]) >= 3:
+                        break
+                    await asyncio.sleep(0.5)
+                else:
+                    failures.append(f"service never had 3 READY replicas: {svc}")
+                load = subprocess.Popen(
+                    [sys.executable, str(ROOT / "tests/services/loadgen.py"), svc["endpoint"],
+                     "--concurrency", "4", "--stream-every", "10", "--max-requests", "500000",
+                     "--max-seconds", str(args.max_seconds + args.finish_timeout),
+                     "--stop-file", str(stop_file)],
+                    stdout=subprocess.PIPE, text=True,
+                )
             ids = {}
             for i in range(args.jobs):
                 ids[i] = (await c.launch(job_yaml(i, steps[i]), filename=f"crash-{i}.yaml"))["id"]
         t_end = time.monotonic() + args.max_seconds
         while kills < args.kills and time.monotonic() < t_end:
             await asyncio.sleep(rng.uniform(0.2, 1.5))
-            if rng.random() < 0.5:
+            if args.service and rng.random() < 0.15:
+                async with d.client() as c:
+                    svc = await serve_status(c, "crash-svc")
+                    ready = [r for r in svc["replicas"] if r["status"] == "READY"]
+                    if len(ready) >= 3 and ready[0]["instance_id"]:
+                        victim = rng.choice(ready)
+                        await c.chaos("kill-instance", target=victim["instance_id"])
+                        preempts += 1
+            elif rng.random() < 0.5:
                 async with d.client() as c:
                     running = [j for j in await c.jobs() if j["status"] == "RUNNING"]
                     if running:
@@ -151,18 +186,37 @@ async def run(args: argparse.Namespace) -> list[str]:
                     if a["ended_at"] is None or a["ended_at"] > b["created_at"] + 1e-6:
                         failures.append(f"job {jid}: attempts {a['attempt']} and {b['attempt']} "
                                         "were live at the same time")
+        if load is not None:
+            stop_file.write_text("stop")
+            out, _ = load.communicate(timeout=60)
+            stats = json.loads(out)
+            print(f"service under load: {stats['ok']} plain and {stats['stream_ok']} streamed "
+                  f"requests answered, {stats['failed']} plain failed, "
+                  f"{stats['stream_failed']} streams cut by replica kills")
+            if stats["failed"]:
+                failures.append(f"{stats['failed']} plain requests failed: {stats['errors'][:5]}")
+            if stats["ok"] == 0:
+                failures.append("the service answered nothing")
+            async with d.client() as c:
+                await c.request("POST", "/v1/services/crash-svc/down")
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    if not live_instance_pids(home):
+                        break
+                    await asyncio.sleep(0.5)
         await asyncio.sleep(1.0)  # let the reaper terminate the last attempts' instances
         left = live_instance_pids(home)
         if left:
             failures.append(f"instance processes left after every job ended: {sorted(left)}")
         total_preemptions = sum(j["preemptions"] for j in jobs.values())
+        crashed = False
         print(f"\n{len(ids)} jobs, {kills} daemon SIGKILLs (restart median "
               f"{sorted(restart_times)[len(restart_times) // 2]:.2f}s), {preempts} chaos "
               f"injections, {total_preemptions} preemptions recovered")
     finally:
         d.stop()
         kill_instance_groups(home)
-        if not failures:
+        if not failures and not crashed:
             shutil.rmtree(home, ignore_errors=True)
         else:
             print(f"state kept for inspection in {home}", file=sys.stderr)
@@ -177,6 +231,8 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--finish-timeout", type=float, default=180.0)
     ap.add_argument("--quick", action="store_true", help="6 jobs, 10 kills")
+    ap.add_argument("--service", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run a service under load (default: yes)")
     args = ap.parse_args()
     if args.quick:
         args.jobs, args.kills = 6, 10
