@@ -100,10 +100,18 @@ class CheckpointStore:
             return 0
 
     def sync(self, source: Path, *, final: bool = False) -> bool:
-        if not source.exists() or not any(source.iterdir()):
+        empty = not source.exists() or not any(source.iterdir())
+        if empty and not final:
             return False
+        # a final sync of an empty directory still writes the markers: the replacement must
+        # learn that nothing more is coming, or it would wait for the whole notice period
         tmp = self.store.parent / f".{self.store.name}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(source, tmp)
+        if empty:
+            tmp.mkdir(parents=True)
+            if self.store.exists():  # keep what an earlier attempt left
+                shutil.copytree(self.store, tmp, dirs_exist_ok=True)
+        else:
+            shutil.copytree(source, tmp)
         (tmp / MARKER).write_text(str(self.attempt))
         if final:
             (tmp / FINAL).write_text(str(self.attempt))

@@ -136,15 +136,20 @@ class S3CheckpointStore:
         return files
 
     async def sync(self, source: Path, *, final: bool = False) -> bool:
-        """Upload a snapshot of ``source``; False if it is empty or a newer attempt owns the store."""
-        if not source.exists() or not any(source.iterdir()):
+        """Upload a snapshot of ``source``; False if it is empty (and not final) or a newer
+        attempt owns the store. A final sync of an empty directory keeps the stored files and
+        only marks them final, so a replacement waiting for it stops waiting."""
+        empty = not source.exists() or not any(source.iterdir())
+        if empty and not final:
             return False
         async with self._lock:
-            files = await asyncio.to_thread(self._scan, source)
+            files = {} if empty else await asyncio.to_thread(self._scan, source)
             async with self._client() as s3:
                 current = await self._manifest(s3)
                 if current is not None and int(current.get("attempt", 0)) > self.attempt:
                     return False
+                if empty:
+                    files = dict((current or {}).get("files", {}))
                 have = set((current or {}).get("files", {}).values())
                 for rel, sha in files.items():
                     if sha in have:

@@ -81,3 +81,19 @@ async def test_local_notice_file(tmp_path):
     assert await agent._poll_notice(tmp_path / "notice.json", None) is None
     (tmp_path / "notice.json").write_text(json.dumps({"deadline": 123.0}))
     assert await agent._poll_notice(tmp_path / "notice.json", None) == 123.0
+
+
+def test_final_sync_of_an_empty_checkpoint_still_marks_it_final(tmp_path):
+    """A notice before the job wrote any checkpoint: the replacement must not wait for the
+    whole notice period for a snapshot that will never come."""
+    from spotd.agent import CheckpointStore
+
+    empty = tmp_path / "ckpt"
+    empty.mkdir()
+    store = CheckpointStore(tmp_path / "store" / "task", attempt=2)
+    assert store.final_from() == 0
+    assert store.sync(empty) is False  # a periodic sync of nothing writes nothing
+    assert store.sync(empty, final=True) is True
+    assert store.final_from() == 2
+    assert store.restore(tmp_path / "restored") is True
+    assert list((tmp_path / "restored").iterdir()) == []

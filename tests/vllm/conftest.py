@@ -132,12 +132,32 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> No
         proc.wait(10)
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _live_members(pgid: int) -> list[int]:
+    """Members of the process group that are not zombies (a SIGKILLed engine process whose
+    parent died is reparented, and may sit as a zombie until its new parent reaps it)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            rest = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(rest[2]) == pgid and rest[0] not in ("Z", "X"):
+            out.append(int(proc.name))
+    return out
+
+
+def group_alive(pgid: int, *, wait: float = 5.0) -> bool:
+    """True if a live process of the group remains after up to ``wait`` seconds (SIGKILL is
+    delivered asynchronously: give the kernel a moment to finish the group off)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if not _live_members(pgid):
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------
