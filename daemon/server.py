@@ -124,15 +124,6 @@ async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> No
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         runners.append(runner)
-        sock = settings.socket_path
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()  # a stale socket from a killed daemon: we hold the lock, so it is ours
-        old_umask = os.umask(0o177)
-        try:
-            await web.UnixSite(runner, str(sock)).start()
-        finally:
-            os.umask(old_umask)
-        os.chmod(sock, 0o600)
         if settings.tcp_host and settings.tcp_port:
             tcp_app = make_app(
                 settings=settings, store=store, controller=controller, metrics_=metrics, tcp=True
@@ -144,6 +135,17 @@ async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> No
             await web.TCPSite(tcp_runner, settings.tcp_host, settings.tcp_port).start()
         await controller.start()
         await services.start()
+        # The unix socket last: a client that can connect finds everything started (agents
+        # that heartbeat before then simply retry).
+        sock = settings.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()  # a stale socket from a killed daemon: we hold the lock, so it is ours
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, str(sock)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock, 0o600)
         controller.sup.spawn("watchdog", lambda: sdnotify.watchdog_loop(controller.stop))
         settings.pid_path.write_text(str(os.getpid()))
         log.info("spotd ready", home=str(settings.home), socket=str(sock), pid=os.getpid())
