@@ -616,10 +616,13 @@ class ServiceController:
             # end, and one more is asked for, so the last ``width`` whole seconds stay in
             # the window until the next read (``stats_interval`` later)
             stats = await self._lb_get(svc, f"/-/stats?window={width + 1}")
-            window = RequestWindow(
-                tuple((float(b["t"]) + 1.0, int(b["requests"])) for b in stats["buckets"]),
-                window_seconds=float(width),
-            )
+            buckets = [(float(b["t"]) + 1.0, int(b["requests"])) for b in stats["buckets"]]
+            # requests held in the LB's queue (no replica ready: scaled to zero) have not been
+            # answered, so no bucket counts them yet: they are demand arriving now, and at
+            # zero replicas they must wake the service at once, not after the queue times out
+            if int(stats.get("waiting", 0)) > 0:
+                buckets.append((now, int(stats["waiting"])))
+            window = RequestWindow(tuple(buckets), window_seconds=float(width))
             state = await self._lb_get(svc, "/-/replicas")
             replicas = {r["id"]: r for r in state.get("replicas", [])}
             if any(r.get("ejected") for r in replicas.values()):

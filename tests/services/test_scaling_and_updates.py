@@ -72,3 +72,73 @@ async def test_rolling_update_under_load_fails_no_request(serve_daemon, load):
     assert "draining" in " ".join(r["message"] for r in old) or all(
         r["ended_at"] for r in old)
     assert done["version"] == 2
+
+
+async def test_blue_green_update_under_load_fails_no_request(serve_daemon, load):
+    """blue_green: the whole new set is READY before any old replica leaves."""
+    async with serve_daemon.client() as c:
+        await serve_up(c, stub_yaml(replicas="replicas: 2", model="m1"), filename="svc.yaml")
+        svc = await wait_service(c, "svc", ready(2), timeout=40, what="2 READY")
+        ld = load(svc["endpoint"], "--concurrency", "4", "--max-requests", "5000",
+                  "--max-seconds", "45", "--stream-every", "3", "--tokens", "4")
+        await ld.wait_done(80)
+        upd = await serve_update(c, "svc", stub_yaml(replicas="replicas: 2", model="m2"),
+                                 filename="svc-v2.yaml", mode="blue_green")
+        assert upd["version"] == 2
+        done = await wait_service(
+            c, "svc", lambda s: ready(2, version=2)(s) and all(r["version"] == 2
+                                                              for r in live(s)),
+            timeout=40, what="every replica on version 2",
+        )
+        await ld.wait_done(ld.progress()["done"] + 80)
+        result = ld.finish()
+        final = await serve_status(c, "svc", all_replicas=True)
+    assert result["failed"] == 0 and result["stream_failed"] == 0, result["errors"]
+    old = [r for r in final["replicas"] if r["version"] == 1]
+    new = [r for r in final["replicas"] if r["version"] == 2]
+    assert len(new) == 2 and all(r["ready_at"] for r in new)
+    # blue/green: no old replica ended before the last new one was READY
+    assert min(r["ended_at"] for r in old) >= max(r["ready_at"] for r in new) - 1e-6
+    assert done["version"] == 2
+
+
+async def test_scale_to_zero_then_a_request_wakes_it(serve_daemon, load):
+    """min_replicas 0: idle → 0 replicas; the LB holds the next request in its queue while a
+    replica cold-starts, then answers it (no error)."""
+    policy = """replica_policy:
+    min_replicas: 0
+    max_replicas: 2
+    target_qps_per_replica: 4
+    upscale_delay_seconds: 1
+    downscale_delay_seconds: 2"""
+    async with serve_daemon.client() as c:
+        await serve_up(c, stub_yaml(replicas=policy), filename="svc.yaml")
+        svc = await wait_service(c, "svc", lambda s: s["target"] == 0 and not live(s),
+                                 timeout=60, what="scaled to zero")
+        await _listening(svc["endpoint"])
+        ld = load(svc["endpoint"], "--concurrency", "1", "--max-requests", "3",
+                  "--max-seconds", "50")
+        await ld.wait_done(3, timeout=55)
+        result = ld.finish(timeout=10)
+        woke = await serve_status(c, "svc")
+    assert result["failed"] == 0 and result["ok"] == 3, result["errors"]
+    assert woke["target"] >= 1
+
+
+async def _listening(url: str, timeout: float = 15.0) -> None:
+    """The service's LB accepts connections (it may still be starting right after `up`)."""
+    import asyncio
+    import time
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, w = await asyncio.open_connection(u.hostname, u.port)
+            w.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
