@@ -73,12 +73,33 @@ def _child_groups(pid: int) -> set[int]:
 
 
 def _kill_group(pgid: int, sig: int) -> None:
-    """Kill the agent's process group and its job's: everything on the instance goes."""
-    for group in _child_groups(pgid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, sig)
+    """Kill the agent's process group and its job's: everything on the instance goes.
+
+    The agent goes first: were the job killed first, the agent could see its run exit with
+    -9 and report a user failure in the instant before its own death. The job's groups are
+    found before (once the agent is dead they are reparented and no longer its children)."""
+    children = _child_groups(pgid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+    for group in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+def _kill_orphans(d: Path) -> None:
+    """SIGKILL every process group working inside ``d``: what a launch interrupted between
+    starting the agent and recording its pid (a daemon SIGKILLed there) left behind."""
+    inside = str(d)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd").removesuffix(" (deleted)")
+        except OSError:
+            continue
+        if cwd == inside or cwd.startswith(inside + "/"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(int(proc.name)), signal.SIGKILL)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -139,6 +160,8 @@ class LocalProvider:
                 f"no {spec.market} capacity in {spec.region} (stocked out for another "
                 f"{until - self._clock():.0f}s)"
             )
+        if d.exists():
+            _kill_orphans(d)  # an earlier launch of this key died before writing meta.json
         d.mkdir(parents=True, exist_ok=True)
         agent = dataclasses.replace(spec.agent, instance_dir=str(d))
         _write_json(d / "agent.json", dataclasses.asdict(agent))
@@ -216,6 +239,7 @@ class LocalProvider:
         d = self._dir(instance_id)
         meta = _read_json(d / "meta.json")
         if meta is None:
+            _kill_orphans(d)
             shutil.rmtree(d, ignore_errors=True)
             return
         if _alive(meta["pid"], meta["start_ticks"]):

@@ -22,7 +22,8 @@ async def test_up_example_serves_through_the_lb_and_down_removes_everything(serv
     assert r.returncode == 0, r.stderr
     assert "http://127.0.0.1:" in r.stdout
     async with d.client() as c:
-        svc = await wait_service(c, "stub", ready(3), timeout=40, what="3 READY replicas")
+        svc = await wait_service(c, "stub", lambda s: ready(3)(s) and s["status"] == "READY",
+                                 timeout=40, what="3 READY replicas")
     assert svc["status"] == "READY"
     endpoint = svc["endpoint"]
     # spread over three zones, all spot (the catalog's three cheapest spot zones)
