@@ -318,9 +318,27 @@ class Controller:
 
     async def _place(self, job: JobRow) -> float:
         now = self.clock()
+        task = self.task_of(job)
+        orphan = await self.store.get_attempt(attempt_id(job.id, job.current_attempt + 1))
+        if orphan is not None and orphan.status == AttemptStatus.ENDED:
+            await self.store.update_job_fields(job.id, now=now, current_attempt=orphan.attempt)
+            return 0.0
+        if orphan is not None:
+            # A daemon killed between writing an attempt's intent and moving the job to
+            # STARTING: the intent stands (its instances may be starting already) — adopt it.
+            await self.store.transition_job(
+                job.id,
+                from_=[JobStatus.PENDING, JobStatus.RECOVERING],
+                to=JobStatus.STARTING,
+                reason=f"attempt {orphan.attempt}: resuming the launch a restart interrupted "
+                f"({orphan.provider}/{orphan.region}/{orphan.zone})",
+                now=now,
+                current_attempt=orphan.attempt,
+                next_try_at=None,
+            )
+            return await self._launch_nodes(job, task, orphan.id)
         if job.next_try_at is not None and now < job.next_try_at:
             return job.next_try_at - now
-        task = self.task_of(job)
         view = await self._job_view(job, task, now)
         decision = strategies.next_placement(
             view, catalog=self.catalog, history=await self._history(now), now=now,

@@ -86,6 +86,14 @@ def _kill_group(pgid: int, sig: int) -> None:
             os.killpg(group, sig)
 
 
+def _kill_live(meta: dict[str, Any]) -> None:
+    """SIGKILL the instance's groups only if its agent is still the process we started: a
+    dead agent's pid may have been reused (by a restarted daemon, say), and killing that
+    process group would take an innocent bystander down."""
+    if _alive(meta["pid"], meta["start_ticks"]):
+        _kill_group(meta["pid"], signal.SIGKILL)
+
+
 def _kill_orphans(d: Path) -> None:
     """SIGKILL every process group working inside ``d``: what a launch interrupted between
     starting the agent and recording its pid (a daemon SIGKILLed there) left behind."""
@@ -257,7 +265,7 @@ class LocalProvider:
 
     def _reclaim(self, d: Path, meta: dict[str, Any], reason: str) -> None:
         _write_json(d / "ended.json", {"state": str(InstanceState.PREEMPTED), "reason": reason})
-        _kill_group(meta["pid"], signal.SIGKILL)
+        _kill_live(meta)
 
     def _find(self, instance_id: str) -> tuple[Path, dict[str, Any]]:
         d = self._dir(instance_id)
@@ -281,7 +289,7 @@ class LocalProvider:
             d / "ended.json",
             {"state": str(InstanceState.PREEMPTED), "reason": "instance killed (no notice)"},
         )
-        _kill_group(meta["pid"], signal.SIGKILL)
+        _kill_live(meta)
 
     def partition(self, instance_id: str, *, seconds: float) -> None:
         """Cut the instance off from the daemon: it keeps running but its heartbeats stop."""

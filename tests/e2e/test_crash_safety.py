@@ -66,3 +66,45 @@ async def test_job_submitted_then_daemon_killed_before_launch_still_runs(daemon)
     # never two live attempts: attempts are strictly sequential
     ends = [a["ended_at"] for a in job["attempts"]]
     assert all(e is not None for e in ends)
+
+
+async def test_intent_written_but_job_not_moved_is_adopted_after_a_restart(daemon):
+    """A daemon killed between storing an attempt's intent and moving the job to STARTING:
+    the next daemon adopts the intent instead of writing attempt n+1 again (which would
+    collide with the stored one)."""
+    from spotd.store import Store
+    from spotd.types import JobStatus
+
+    async with daemon.client() as c:
+        job = await c.launch(train_yaml(steps=5), filename="i.yaml", dry_run=True)
+    daemon.kill9()
+    # stage the crash window by hand: a job in PENDING with the intent of attempt 1 stored
+    store = Store.open(f"sqlite:///{daemon.home / 'state.db'}")
+    try:
+        import json as _json
+
+        from spotd.spec import load_task
+
+        task = load_task("i.yaml", text=train_yaml(steps=5))
+        yaml_dir = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "examples")
+        task = task.model_copy(update={"workdir": yaml_dir})
+        row = store.create_job(name="intent", task_id_prefix="t-j",
+                               spec_json=task.model_dump_json(exclude_unset=True),
+                               spec_redacted_json=_json.dumps({}), resources="cpu",
+                               submitted_at=time.time())
+        cand = job["candidates"][0]
+        store.create_attempt(job_id=row.id, attempt=1, provider=cand["provider"],
+                             region=cand["region"], zone=cand["zone"],
+                             instance_type=cand["instance_type"], market=cand["market"],
+                             price_per_hour=cand["price_per_hour"], num_nodes=1,
+                             now=time.time(),
+                             instances=[{"key": f"j{row.id}-a1-n0", "node_rank": 0,
+                                         "token": "tok"}])
+        assert store.get_job(row.id).status == JobStatus.PENDING
+    finally:
+        store.close()
+    daemon.start()
+    async with daemon.client() as c:
+        done = await wait_job(c, row.id, lambda j: j["status"] in TERMINAL, timeout=60)
+    assert done["status"] == "SUCCEEDED"
+    assert len(done["attempts"]) == 1 and done["attempts"][0]["zone"] == cand["zone"]
