@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -105,8 +105,3 @@ class Supervisor:
             for t in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-
-
-async def gather_limited(aws: list[Awaitable[Any]]) -> list[Any]:
-    """Await all, returning exceptions as values (for batched provider calls)."""
-    return list(await asyncio.gather(*aws, return_exceptions=True))

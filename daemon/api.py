@@ -357,7 +357,10 @@ async def launch(request: web.Request) -> web.Response:
     project = _launch_project(request, body.project)
     await _check_quota(request, task, project)  # early: before any file is packaged
     now = time.time()
-    deadline = _deadline(body.deadline, now) if body.deadline else _task_deadline(task, now)
+    deadline = (
+        _deadline(body.deadline, now) if body.deadline
+        else task.job_recovery.resolve_deadline(now)
+    )
     if body.dry_run:
         return web.json_response(
             {
@@ -510,19 +513,6 @@ async def _check_quota(request: web.Request, task: Task, project: str) -> None:
             {"project": project, "gpu_quota": refusal.quota, "gpus_in_use": refusal.in_use,
              "active_jobs": refusal.active_jobs, "gpus_requested": refusal.requested},
         )
-
-
-def _task_deadline(task: Task, now: float) -> float | None:
-    d = getattr(task.job_recovery, "deadline", None)
-    if d is None:
-        return None
-    if isinstance(d, datetime):
-        return d.timestamp() if d.tzinfo else d.astimezone().timestamp()
-    resolve = getattr(task.job_recovery, "resolve_deadline", None)
-    if callable(resolve):
-        value = resolve(now)
-        return float(value) if value is not None else None
-    return float(d)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
