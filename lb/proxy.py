@@ -348,16 +348,55 @@ async def _proxy(request: web.Request, st: LBState, session: aiohttp.ClientSessi
         info = RequestInfo(session_key=key, exclude=exclude)
 
 
+class _RelayResponse(web.StreamResponse):
+    """A streamed answer whose bytes the relay writes to the client's transport itself.
+
+    aiohttp still decides the head at ``prepare()`` (framing, keep-alive, ``Date``), but
+    keeps it buffered instead of writing it at once, so the relay can send it with the first
+    body bytes; see ``_take_head``."""
+
+    _send_headers_immediately = False  # aiohttp >= 3.12: the head waits for the first write
+
+
+def _take_head(writer: StreamWriter) -> bytes | None:
+    """The response head aiohttp buffered at ``prepare()``, taken over by the relay (aiohttp
+    will not write it again); None where this aiohttp has written it already. The only place
+    (with ``_mark_eof``) that reads aiohttp's writer internals: a version without them gets
+    one more write per answer, not a wrong one (tests/lb/test_proxying.py checks which)."""
+    buf = getattr(writer, "_headers_buf", None)
+    if isinstance(buf, bytes) and buf and getattr(writer, "_headers_written", True) is False:
+        writer._headers_buf = None
+        writer._headers_written = True
+        return buf
+    writer.send_headers()
+    return None
+
+
+def _mark_eof(writer: StreamWriter) -> None:
+    """Tell aiohttp the relay wrote the body's end itself (``write_eof`` then writes nothing)."""
+    writer._eof = True
+
+
 class _ClientSink(BodySink):
     """Writes a streamed answer's payload to the client's transport from inside the replica
     connection's ``data_received`` (chunk-framed when the response is chunked); wakes the
-    handler only at the end, on an error, or when the client reads too slowly."""
+    handler only at the end, on an error, or when the client reads too slowly.
 
-    __slots__ = ("chunked", "exc", "finished", "paused", "tr", "waiter")
+    Writes are coalesced: the response head goes out with the first payload bytes and the
+    chunked terminator with the last ones, so a short SSE answer that arrives in one read
+    from the replica leaves in one write, as nginx sends it. When no payload is at hand the
+    head is not held back: ``flush_head`` sends it on the next loop iteration."""
 
-    def __init__(self, tr: asyncio.Transport, chunked: bool) -> None:
+    __slots__ = ("chunked", "ended", "exc", "finished", "head", "paused", "terminator", "tr",
+                 "waiter")
+
+    def __init__(self, tr: asyncio.Transport, chunked: bool, head: bytes | None,
+                 terminator: bytes) -> None:
         self.tr = tr
-        self.chunked = chunked
+        self.chunked = chunked  # frame the payload ourselves
+        self.head = head  # the response head, until it is sent
+        self.terminator = terminator  # b"0\r\n\r\n" when we end the chunked body, else b""
+        self.ended = False
         self.waiter: asyncio.Future[None] | None = None
         self.finished = False
         self.exc: BaseException | None = None
@@ -370,25 +409,46 @@ class _ClientSink(BodySink):
             if not w.done():
                 w.set_result(None)
 
-    def data(self, pieces: list[bytes]) -> bool:
+    def flush_head(self) -> None:
+        head = self.head
+        if head is not None and self.exc is None and not self.tr.is_closing():
+            self.head = None
+            self.tr.write(head)
+
+    def data(self, pieces: list[bytes], end: bool) -> bool:
         tr = self.tr
         if tr.is_closing():  # the client went away
             if self.exc is None:
                 self.exc = ConnectionResetError("client closed the connection")
             self._wake()
             return True
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        if self.chunked:
-            tr.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            tr.write(data)
-        if tr.get_write_buffer_size() > _PAUSE_ABOVE:
+        out: list[bytes] = []
+        if self.head is not None:
+            out.append(self.head)
+            self.head = None
+        if pieces:
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if self.chunked:
+                out += (b"%x\r\n" % len(data), data, b"\r\n")
+            else:
+                out.append(data)
+        if end:
+            self.ended = True
+            if self.terminator:
+                out.append(self.terminator)
+        if len(out) == 1:
+            tr.write(out[0])
+        elif out:
+            tr.write(b"".join(out))
+        if not end and tr.get_write_buffer_size() > _PAUSE_ABOVE:
             self.paused = True
             self._wake()
             return True
         return False
 
     def done(self) -> None:
+        if not self.ended and self.exc is None:
+            self.data([], True)
         self.finished = True
         self._wake()
 
@@ -422,7 +482,7 @@ async def _relay_fast(request: web.Request, conn: UpstreamConn, head: Head
             return resp
         return web.Response(status=status, reason=head.reason, headers=headers, body=data)
 
-    sresp = web.StreamResponse(status=status, reason=head.reason, headers=headers)
+    sresp = _RelayResponse(status=status, reason=head.reason, headers=headers)
     if clen is not None:
         sresp.content_length = clen
     await sresp.prepare(request)
@@ -433,12 +493,17 @@ async def _relay_fast(request: web.Request, conn: UpstreamConn, head: Head
         if tr is not None:
             tr.abort()
         return sresp
-    writer.send_headers()
+    rhead = _take_head(writer)
     chunked = bool(writer.chunked)
+    # we end the body ourselves when aiohttp let us take its head (it then writes nothing more)
+    own_end = rhead is not None
     # chunked in and out: the replica's chunk framing goes through as it is
-    sink = _ClientSink(tr, chunked and not head.chunked)
-    loop = asyncio.get_running_loop()
+    sink = _ClientSink(tr, chunked and not head.chunked, rhead,
+                       b"0\r\n\r\n" if chunked and own_end else b"")
+    loop = conn.loop  # (asyncio.get_running_loop() costs a getpid() system call)
     conn.attach(sink, chunked_out=chunked)
+    if sink.head is not None and not sink.finished:
+        loop.call_soon(sink.flush_head)  # no payload at hand: the head must not wait for one
     while not sink.finished and sink.exc is None:
         if sink.paused:
             sink.paused = False
@@ -458,6 +523,8 @@ async def _relay_fast(request: web.Request, conn: UpstreamConn, head: Head
             # the client sees a truncated response rather than a clean (and wrong) end.
             tr.abort()
         return sresp
+    if own_end:
+        _mark_eof(writer)
     try:
         await sresp.write_eof()
     except ConnectionError:

@@ -89,11 +89,14 @@ class Head:
 class BodySink:
     """Receives an answer's body from inside ``data_received`` (see ``UpstreamConn.attach``).
 
-    ``data(pieces)`` gets the payload of one upstream read (one or more ``bytes``) and
-    returns True to ask the connection to stop reading until ``resume()`` (backpressure).
+    ``data(pieces, end)`` gets the payload of one upstream read (one or more ``bytes``;
+    ``end``: the answer ends with them, so a sink can send its end marker in the same write)
+    and returns True to ask the connection to stop reading until ``resume()``
+    (backpressure). ``done()`` follows the last ``data`` call (which may not have said
+    ``end``: an answer framed by the connection's close ends without more data).
     """
 
-    def data(self, pieces: list[bytes]) -> bool:  # pragma: no cover - interface
+    def data(self, pieces: list[bytes], end: bool) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
 
     def done(self) -> None:  # pragma: no cover - interface
@@ -335,13 +338,12 @@ class UpstreamConn(asyncio.Protocol):
             pieces = [data] if data else []
         else:  # _CLOSE
             pieces = [data]
-        if pieces:
-            sink = self._sink
-            if sink is None:
-                self._pieces.extend(pieces)
-            elif sink.data(pieces) and not finished:
-                assert self.transport is not None
-                self.transport.pause_reading()
+        sink = self._sink
+        if sink is None:
+            self._pieces.extend(pieces)
+        elif (pieces or finished) and sink.data(pieces, finished) and not finished:
+            assert self.transport is not None
+            self.transport.pause_reading()
         if finished:
             self._finish_body()
 
@@ -538,13 +540,15 @@ class UpstreamConn(asyncio.Protocol):
         self._pieces = []
         self._sink = sink
         self._verbatim = chunked_out and self._framing == _CHUNKED
-        if pieces and sink.data(pieces) and not self._body_done:
-            assert self.transport is not None
-            self.transport.pause_reading()
         raw = self._raw
-        if raw:
+        if raw:  # chunked: nothing in ``pieces``; de-chunking hands the payload to ``sink``
             self._raw = []
             self._feed_body(raw[0] if len(raw) == 1 else b"".join(raw))
+        elif pieces or self._body_done:
+            end = self._body_done and self._body_exc is None
+            if sink.data(pieces, end) and not self._body_done:
+                assert self.transport is not None
+                self.transport.pause_reading()
         if self._body_done:
             if self._body_exc is not None:
                 sink.error(self._body_exc)

@@ -215,3 +215,96 @@ async def test_stats_and_metrics(make_lb: LBFactory, upstream) -> None:
     assert "spotd_lb_request_duration_seconds_count 5.0" in text
     assert 'spotd_lb_replica_in_flight{replica="a"} 0.0' in text
     assert "spotd_lb_retries_total 0.0" in text
+
+
+async def test_stream_head_is_not_held_back_until_the_first_event(make_lb: LBFactory,
+                                                                   upstream) -> None:
+    """The relay sends the head with the first payload bytes when it has them, but a replica
+    that answers with its head and then thinks (a long prefill) must not leave the client
+    without headers: they arrive while the replica has sent no event yet."""
+    release = asyncio.Event()
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await release.wait()
+        await resp.write(b"data: late\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", sse)
+    url = await upstream(app)
+    lb = await make_lb()
+    await lb.put_replicas([{"id": "a", "url": url}])
+    try:
+        r = await asyncio.wait_for(
+            lb.session.post(f"{lb.url}/v1/completions", json={"stream": True}), 10)
+    finally:
+        release.set()
+    async with r:
+        assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+        assert await r.content.read() == b"data: late\n\n"
+
+
+class _Transport:
+    """Records what the sink writes (the sink's seam is an asyncio transport)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_sink_sends_head_payload_and_terminator_in_one_write() -> None:
+    from spotd.lb.proxy import _ClientSink
+
+    tr = _Transport()
+    sink = _ClientSink(tr, True, b"HEAD\r\n\r\n", b"0\r\n\r\n")  # type: ignore[arg-type]
+    sink.data([b"data: a\n\n", b"data: b\n\n"], True)
+    sink.done()
+    assert tr.writes == [b"HEAD\r\n\r\n12\r\ndata: a\n\ndata: b\n\n\r\n0\r\n\r\n"]
+
+    tr = _Transport()
+    sink = _ClientSink(tr, False, b"HEAD\r\n\r\n", b"0\r\n\r\n")  # type: ignore[arg-type]
+    sink.data([b"5\r\nhello\r\n"], False)  # verbatim: the replica's framing passes through
+    sink.data([], True)
+    sink.flush_head()  # too late: the head went with the first bytes
+    sink.done()  # the end was written already
+    assert tr.writes == [b"HEAD\r\n\r\n5\r\nhello\r\n", b"0\r\n\r\n"]
+
+    tr = _Transport()
+    sink = _ClientSink(tr, True, b"HEAD\r\n\r\n", b"0\r\n\r\n")  # type: ignore[arg-type]
+    sink.flush_head()  # nothing at hand: the head goes alone
+    sink.done()  # an empty body that ends by the replica closing its connection
+    assert tr.writes == [b"HEAD\r\n\r\n", b"0\r\n\r\n"]
+
+
+async def test_this_aiohttp_lets_the_relay_take_the_response_head() -> None:
+    """Which path the installed aiohttp gets: the head taken over (one write per short
+    answer), not the fallback that writes it at once (correct, one more write)."""
+    from unittest import mock
+
+    from aiohttp.http_writer import StreamWriter
+    from aiohttp.test_utils import make_mocked_request
+    from spotd.lb.proxy import _RelayResponse, _take_head
+
+    protocol = mock.Mock(transport=_Transport(), _paused=False)
+    writer = StreamWriter(protocol, asyncio.get_running_loop())
+    request = make_mocked_request("POST", "/v1/completions", writer=writer,
+                                  protocol=protocol, transport=protocol.transport)
+    resp = _RelayResponse(status=200, headers={"Content-Type": "text/event-stream"})
+    assert await resp.prepare(request) is writer
+    head = _take_head(writer)
+    assert head is not None and head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert b"Transfer-Encoding: chunked\r\n" in head
+    assert protocol.transport.writes == []  # nothing written: the relay sends the head
+    await resp.write_eof()  # aiohttp does not write the taken head a second time
+    assert protocol.transport.writes == [b"0\r\n\r\n"]
