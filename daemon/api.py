@@ -32,7 +32,7 @@ from spotd.providers.local import LocalProvider
 from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks, parse_duration
 from spotd.store import AsyncStore, ProjectExists, StaleTransition
-from spotd.types import Candidate, JobStatus
+from spotd.types import Candidate, JobStatus, Market
 from spotd.workdir import BlobStore, HashCache, PackageError, check_mount_target, package
 
 log = structlog.get_logger("spotd.api")
@@ -93,6 +93,12 @@ class ChaosTarget(_Body):
 class ChaosSeconds(_Body):
     target: str
     seconds: float = Field(gt=0, le=86400)
+
+
+class ChaosStockout(_Body):
+    target: str  # a local region
+    seconds: float = Field(ge=0, le=86400)  # 0 ends the stockout now
+    market: Market | None = None  # None: both markets
 
 
 class Heartbeat(_Body):
@@ -690,12 +696,14 @@ async def chaos_partition(request: web.Request) -> web.Response:
 
 
 async def chaos_stockout(request: web.Request) -> web.Response:
-    body: ChaosSeconds = await _body(request, ChaosSeconds)
+    body: ChaosStockout = await _body(request, ChaosStockout)
     try:
-        _local(request.app[CONTROLLER]).stockout(body.target, seconds=body.seconds)
+        _local(request.app[CONTROLLER]).stockout(body.target, seconds=body.seconds,
+                                                 market=body.market)
     except KeyError as exc:
         raise ApiError(404, str(exc.args[0])) from exc
-    return web.json_response({"stocked_out": body.target, "seconds": body.seconds})
+    return web.json_response({"stocked_out": body.target, "seconds": body.seconds,
+                              "market": None if body.market is None else str(body.market)})
 
 
 # -- agents ------------------------------------------------------------------------------

@@ -406,11 +406,18 @@ def chaos_kill(target: str) -> None:
 
 @chaos.command("stockout")
 @click.argument("region")
-@click.option("--for", "seconds", type=float, default=300.0, help="How long (seconds).")
-def chaos_stockout(region: str, seconds: float) -> None:
+@click.option("--for", "seconds", type=float, default=300.0,
+              help="How long (seconds); 0 ends the stockout.")
+@click.option("--market", type=click.Choice(["spot", "on-demand"]), default=None,
+              help="Only this market (default: both).")
+def chaos_stockout(region: str, seconds: float, market: str | None) -> None:
     """Make launches in REGION fail with no capacity for a while."""
-    run(lambda c: c.chaos("stockout", target=region, seconds=seconds))
-    out.print(f"{region} stocked out for {seconds:g}s")
+    body: dict[str, Any] = {"target": region, "seconds": seconds}
+    if market:
+        body["market"] = market
+    run(lambda c: c.chaos("stockout", **body))
+    what = f"{region} ({market})" if market else region
+    out.print(f"{what} stocked out for {seconds:g}s" if seconds else f"{what}: stockout ended")
 
 
 @chaos.command("partition")

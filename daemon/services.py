@@ -267,7 +267,8 @@ class ServiceController:
         self._scalers: dict[int, AutoscaleState] = {}
         self._windows: dict[int, tuple[float, RequestWindow | None, dict[str, Any]]] = {}
         self._drain_started: dict[str, float] = {}
-        self._launch_blocked: dict[int, tuple[float, float]] = {}  # sid -> (until, backoff)
+        # (sid, market) -> (until, backoff): a market's refusals hold back that market only
+        self._launch_blocked: dict[tuple[int, Market], tuple[float, float]] = {}
         self._zone_history: list[hedge.ZoneEvent] = []
         self._tasks: dict[tuple[int, int], Task] = {}
         self._seen: dict[str, InstanceState] = {}
@@ -655,14 +656,16 @@ class ServiceController:
         by_id = {r.replica_id: r for r in rows}
         for rid in plan.terminate:
             await self._retire(by_id[rid], f"planner: {plan.reason}", now)
-        blocked_until, _ = self._launch_blocked.get(svc.id, (0.0, 0.0))
-        if plan.launch and now >= blocked_until:
-            for launch in plan.launch:
-                place = zp.places.get((launch.zone, launch.market))
-                if place is None:
-                    continue
-                if not await self._launch_new(svc, launch, place, plan.reason, now):
-                    break
+        # a refused launch stops (and backs off) launches of its own market only: a spot
+        # stockout says nothing of on-demand capacity, which is what the fallback needs then
+        refused: set[Market] = set()
+        for launch in plan.launch:
+            blocked_until, _ = self._launch_blocked.get((svc.id, launch.market), (0.0, 0.0))
+            place = zp.places.get((launch.zone, launch.market))
+            if launch.market in refused or now < blocked_until or place is None:
+                continue
+            if not await self._launch_new(svc, launch, place, plan.reason, now):
+                refused.add(launch.market)
         # older versions leave as the newest becomes READY (rolling), or all at once when
         # the newest is fully READY (blue_green)
         old = [r for r in rows if r.version < svc.version and r.status.is_alive]
@@ -770,13 +773,13 @@ class ServiceController:
             iid = await provider.launch(spec)
         except ProviderError as exc:
             self.metrics.provider_errors.labels(provider.name, "launch").inc()
-            _, backoff = self._launch_blocked.get(svc.id, (0.0, 0.0))
+            _, backoff = self._launch_blocked.get((svc.id, row.market), (0.0, 0.0))
             backoff = min(60.0, backoff * 2 if backoff else self.serve.launch_backoff)
-            self._launch_blocked[svc.id] = (self.clock() + backoff, backoff)
+            self._launch_blocked[(svc.id, row.market)] = (self.clock() + backoff, backoff)
             await self._end(row, S.FAILED_PROVISION, f"{type(exc).__name__}: {exc}",
                             self.clock(), zone_kind=hedge.ZoneEventKind.LAUNCH_FAILED)
             return False
-        self._launch_blocked.pop(svc.id, None)
+        self._launch_blocked.pop((svc.id, row.market), None)
         self._obs_at[row.key] = self.clock()
         await self.store.update_replica_fields(row.key, instance_id=str(iid))
         return True

@@ -36,7 +36,7 @@ from spotd.providers.base import (
     ObservedInstance,
 )
 from spotd.sdnotify import scrub_env
-from spotd.types import CatalogEntry, InstanceId, InstanceState
+from spotd.types import CatalogEntry, InstanceId, InstanceState, Market
 
 PROVIDER_NAME = "local"
 
@@ -110,6 +110,12 @@ def _kill_orphans(d: Path) -> None:
                 os.killpg(os.getpgid(int(proc.name)), signal.SIGKILL)
 
 
+def _stockout_key(region: str, market: Market) -> str:
+    """The key of a one-market stockout in ``stockouts.json``; a region's bare name is the key
+    of a stockout of both markets (the file's original format, still read as such)."""
+    return f"{region}:{market}"
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))
@@ -162,7 +168,9 @@ class LocalProvider:
             for e in self._catalog
         ):
             raise InvalidRequest(f"{spec.instance_type} is not offered in {spec.region}/{spec.zone}")
-        until = self._stockouts().get(spec.region, 0.0)
+        stockouts = self._stockouts()
+        until = max(stockouts.get(spec.region, 0.0),
+                    stockouts.get(_stockout_key(spec.region, spec.market), 0.0))
         if until > self._clock():
             raise CapacityUnavailable(
                 f"no {spec.market} capacity in {spec.region} (stocked out for another "
@@ -296,12 +304,17 @@ class LocalProvider:
         d, _ = self._find(instance_id)
         _write_json(d / "partition.json", {"until": self._clock() + seconds})
 
-    def stockout(self, region: str, *, seconds: float) -> None:
-        """Make launches in ``region`` fail with CapacityUnavailable for a while."""
+    def stockout(self, region: str, *, seconds: float, market: Market | None = None) -> None:
+        """Make launches in ``region`` fail with CapacityUnavailable for ``seconds``: of one
+        ``market`` only (a spot crunch, while on-demand still sells), or of both (None).
+        ``seconds=0`` ends that stockout now; a stockout of both markets and one of a single
+        market are separate, and a launch is refused while either lasts."""
         if not any(e.region == region for e in self._catalog):
             raise KeyError(f"no local region {region}")
         data = self._stockouts()
-        data[region] = self._clock() + seconds
+        data[region if market is None else _stockout_key(region, market)] = (
+            self._clock() + seconds
+        )
         _write_json(self._root / "stockouts.json", data)
 
     def _stockouts(self) -> dict[str, float]:

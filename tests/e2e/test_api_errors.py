@@ -34,6 +34,8 @@ async def _raw(daemon, method: str, path: str, **kw):
         ("POST", "/v1/chaos/preempt", {"json": {"target": "nope"}}, 404, "no live instance"),
         ("POST", "/v1/chaos/stockout", {"json": {"target": "mars", "seconds": 5}}, 404, "mars"),
         ("POST", "/v1/chaos/stockout", {"json": {"target": "x", "seconds": -1}}, 400, "invalid"),
+        ("POST", "/v1/chaos/stockout",
+         {"json": {"target": "local-east", "seconds": 5, "market": "reserved"}}, 400, "market"),
         ("POST", "/agent/v1/heartbeat", {"json": {"key": "j1-a1-n0", "phase": "run",
                                                   "log_offset": 0}}, 401, "token"),
         ("GET", "/v1/nope", {}, 404, "Not Found"),

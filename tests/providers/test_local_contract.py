@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from spotd.catalog import default_local_catalog
-from spotd.providers.base import TAG_HOME, TAG_KEY, InstanceSpec
+from spotd.providers.base import TAG_HOME, TAG_KEY, CapacityUnavailable, InstanceSpec
 from spotd.providers.local import LocalProvider
 from spotd.types import AgentConfig, InstanceId, Market
 from tests.providers.contract import ProviderContract
@@ -74,3 +76,66 @@ class TestLocalProviderContract(ProviderContract):
     pass
 
 
+# -- the stockout control ----------------------------------------------------------------
+
+
+def _in(h: LocalHarness, key: str, region: str, market: Market) -> InstanceSpec:
+    e = next(e for e in h.catalog if e.instance_type == "cpu-1" and e.region == region)
+    return dataclasses.replace(h.spec(key), region=region, zone=e.zone, market=market)
+
+
+async def _launches(provider: LocalProvider, spec: InstanceSpec) -> bool:
+    try:
+        await provider.terminate(await provider.launch(spec))
+    except CapacityUnavailable:
+        return False
+    return True
+
+
+async def test_a_spot_stockout_refuses_spot_only_in_its_region_until_it_ends(
+    harness: LocalHarness,
+) -> None:
+    now = [1000.0]
+    p = LocalProvider(harness.root, harness.catalog, clock=lambda: now[0])
+    p.stockout("local-east", seconds=60, market=Market.SPOT)
+    with pytest.raises(CapacityUnavailable, match="no spot capacity in local-east"):
+        await p.launch(_in(harness, "s-1-n0", "local-east", Market.SPOT))
+    assert await _launches(p, _in(harness, "o-1-n0", "local-east", Market.ON_DEMAND))
+    assert await _launches(p, _in(harness, "w-1-n0", "local-west", Market.SPOT))
+    # another provider object over the same root (a restarted daemon) sees it too
+    other = LocalProvider(harness.root, harness.catalog, clock=lambda: now[0])
+    assert not await _launches(other, _in(harness, "s-2-n0", "local-east", Market.SPOT))
+    now[0] += 61
+    assert await _launches(p, _in(harness, "s-3-n0", "local-east", Market.SPOT))
+
+
+async def test_seconds_zero_ends_a_stockout_of_that_market_only(harness: LocalHarness) -> None:
+    p = harness.provider
+    p.stockout("local-east", seconds=600, market=Market.SPOT)
+    p.stockout("local-east", seconds=600, market=Market.ON_DEMAND)
+    p.stockout("local-east", seconds=0, market=Market.SPOT)
+    assert await _launches(p, _in(harness, "s-1-n0", "local-east", Market.SPOT))
+    assert not await _launches(p, _in(harness, "o-1-n0", "local-east", Market.ON_DEMAND))
+
+
+async def test_a_stockout_without_a_market_refuses_both_as_before(harness: LocalHarness) -> None:
+    p = harness.provider
+    p.stockout("local-east", seconds=600)
+    for market in Market:
+        with pytest.raises(CapacityUnavailable, match=f"no {market} capacity"):
+            await p.launch(_in(harness, "b-1-n0", "local-east", market))
+    # a one-market stockout ending does not lift the stockout of both
+    p.stockout("local-east", seconds=0, market=Market.SPOT)
+    assert not await _launches(p, _in(harness, "s-1-n0", "local-east", Market.SPOT))
+    with pytest.raises(KeyError, match="mars"):
+        p.stockout("mars", seconds=5, market=Market.SPOT)
+
+
+async def test_a_stockouts_file_of_before_markets_still_refuses_both(
+    harness: LocalHarness,
+) -> None:
+    """``{region: until}`` is what a daemon of before one-market stockouts wrote."""
+    (harness.root / "stockouts.json").write_text(json.dumps({"local-west": time.time() + 600}))
+    for market in Market:
+        spec = _in(harness, "b-1-n0", "local-west", market)
+        assert not await _launches(harness.provider, spec)
