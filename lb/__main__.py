@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import sys
 
 from aiohttp import web
 
-from .app import make_app, make_control_app
+from .app import make_app, make_control_app, running_proxy, serve_proxy
 from .policy import Policy
 from .state import LBConfig, LBState, parse_replicas
 
@@ -74,29 +75,38 @@ async def serve(args: argparse.Namespace) -> None:
             {"id": r.split("=", 1)[0], "url": r.split("=", 1)[1]} for r in args.replica
         ]))
     separate = args.control_port is not None
-    app = make_app(state, control_on_proxy=not separate, token=args.token)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=args.shutdown_timeout)
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port, backlog=2048,
-                      reuse_port=args.reuse_port or None).start()
-    runners = [runner]
-    if separate:
-        crunner = web.AppRunner(make_control_app(state, token=args.token), access_log=None)
-        await crunner.setup()
-        await web.TCPSite(crunner, args.control_host, args.control_port).start()
-        runners.append(crunner)
-    log.info("spotd-lb %s: proxy on %s:%d, control on %s, policy %s", cfg.lb_id, args.host,
-             args.port, f"{args.control_host}:{args.control_port}" if separate else "/-/",
-             cfg.policy.value)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("spotd-lb shutting down")
-    for r in reversed(runners):
-        await r.cleanup()
+    async with contextlib.AsyncExitStack() as stack:
+        if separate:  # the usual case (the daemon's LBs): the proxy on the low-level server
+            proxy = await stack.enter_async_context(running_proxy(state))
+            runner: web.BaseRunner = await serve_proxy(
+                proxy, args.host, args.port, reuse_port=args.reuse_port,
+                shutdown_timeout=args.shutdown_timeout)
+            stack.push_async_callback(runner.cleanup)
+            crunner = web.AppRunner(make_control_app(state, token=args.token),
+                                    access_log=None)
+            await crunner.setup()
+            stack.push_async_callback(crunner.cleanup)
+            await web.TCPSite(crunner, args.control_host, args.control_port).start()
+        else:
+            runner = web.AppRunner(make_app(state, control_on_proxy=True, token=args.token),
+                                   access_log=None, handler_cancellation=True,
+                                   shutdown_timeout=args.shutdown_timeout)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, args.host, args.port, backlog=2048,
+                              reuse_port=args.reuse_port or None).start()
+        log.info("spotd-lb %s: proxy on %s:%d, control on %s, policy %s", cfg.lb_id,
+                 args.host, args.port,
+                 f"{args.control_host}:{args.control_port}" if separate else "/-/",
+                 cfg.policy.value)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("spotd-lb shutting down")
+        # the exit stack closes the control API, then the proxy (in-flight requests finish
+        # up to --shutdown-timeout), then the pool and session
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,14 @@
-"""Application factories: the proxy app and the control app.
+"""The proxy server and the control app.
 
-``make_app(state)`` is the data plane: every path and method is proxied. Its cleanup context
-owns the replica connection pool (``upstream.UpstreamPool``: the proxy's own HTTP/1.1 client;
-https replicas go through the ``ClientSession``), the one pooled ``ClientSession`` and two background tasks (the prober that re-admits
-ejected replicas, the reporter that POSTs ejections to ``--report-url``).
+``running_proxy(state)`` owns the data plane's resources: the replica connection pool
+(``upstream.UpstreamPool``: the proxy's own HTTP/1.1 client), the one pooled
+``ClientSession`` (https replicas, probes, reports) and two background tasks (the prober
+that re-admits ejected replicas, the reporter that POSTs ejections to ``--report-url``).
+``serve_proxy(proxy, host, port)`` serves it on aiohttp's low-level server: every path and
+method is proxied, with no application, router or middleware on the hot path (that saved
+about an eighth of the LB's CPU per streamed request, docs/design-notes.md).
+``make_app(state)`` is the same data plane as an ``Application`` with a catch-all route,
+for ``control_on_proxy`` (the control routes then share the proxy's port).
 
 ``make_control_app(state, token=...)`` is the control plane, served on its own port bound to
 127.0.0.1 (or mounted under ``/-/`` on the proxy port with ``control_on_proxy=True``); every
@@ -35,12 +40,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .proxy import POOL, SESSION, STATE, proxy_handler
+from .proxy import Proxy
 from .state import LBState, MetricsCollector, parse_replicas
 from .upstream import UpstreamPool
 
 log = logging.getLogger("spotd.lb")
 
+STATE: web.AppKey[LBState] = web.AppKey("spotd_lb_state", LBState)
+PROXY: web.AppKey[Proxy] = web.AppKey("spotd_lb_proxy", Proxy)
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("spotd_lb_registry", CollectorRegistry)
 TOKEN: web.AppKey[str] = web.AppKey("spotd_lb_token", str)
 
@@ -60,19 +67,6 @@ def _make_session(state: LBState) -> aiohttp.ClientSession:
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         trust_env=False,
     )
-
-
-async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    cfg = state.config
-    session = _make_session(state)
-    app[SESSION] = session
-    pool = UpstreamPool(limit=cfg.pool_limit, keepalive_timeout=cfg.keepalive_timeout,
-                        connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
-    app[POOL] = pool
-    yield
-    pool.close()
-    await session.close()
 
 
 async def _probe_once(state: LBState, session: aiohttp.ClientSession) -> None:
@@ -135,17 +129,42 @@ def _supervised(name: str, coro: Awaitable[None]) -> asyncio.Task[None]:
     return asyncio.create_task(guard(), name=f"spotd-lb-{name}")
 
 
-async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
-    state, session = app[STATE], app[SESSION]
+@contextlib.asynccontextmanager
+async def running_proxy(state: LBState) -> AsyncIterator[Proxy]:
+    """The data plane of ``state`` with its pool, session and background tasks, closed
+    (tasks cancelled, connections aborted) on exit."""
+    cfg = state.config
+    session = _make_session(state)
+    pool = UpstreamPool(limit=cfg.pool_limit, keepalive_timeout=cfg.keepalive_timeout,
+                        connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
     tasks = [_supervised("prober", _prober(state, session))]
-    if state.config.report_url:
+    if cfg.report_url:
         tasks.append(_supervised("reporter", _reporter(state, session)))
-    yield
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
+    try:
+        yield Proxy(state, pool, session)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        pool.close()
+        await session.close()
+
+
+async def serve_proxy(proxy: Proxy, host: str, port: int, *, reuse_port: bool = False,
+                      backlog: int = 2048, shutdown_timeout: float = 30.0
+                      ) -> web.ServerRunner:
+    """Serve ``proxy`` on ``host:port`` (port 0: any free one, see ``runner.addresses``).
+    ``await runner.cleanup()`` stops accepting and lets in-flight requests finish, up to
+    ``shutdown_timeout`` seconds. Handlers are cancelled when their client goes away (so is
+    the replica request: vLLM aborts the generation)."""
+    server = web.Server(proxy.handle, handler_cancellation=True, access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=backlog,
+                      reuse_port=reuse_port or None).start()
+    return runner
 
 
 # -- control routes ---------------------------------------------------------------------------
@@ -240,7 +259,15 @@ def make_app(state: LBState, *, control_on_proxy: bool = False, token: str = ""
     app[STATE] = state
     if control_on_proxy:
         _add_control_routes(app, state, token)
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
-    app.cleanup_ctx.append(_session_ctx)
-    app.cleanup_ctx.append(_background_ctx)
+
+    async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with running_proxy(state) as proxy:
+            app[PROXY] = proxy
+            yield
+
+    async def proxied(request: web.Request) -> web.StreamResponse:
+        return await request.app[PROXY].handle(request)
+
+    app.router.add_route("*", "/{tail:.*}", proxied)
+    app.cleanup_ctx.append(proxy_ctx)
     return app

@@ -47,9 +47,23 @@ from .upstream import (
     host_port,
 )
 
-STATE: web.AppKey[LBState] = web.AppKey("spotd_lb_state", LBState)
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("spotd_lb_session", aiohttp.ClientSession)
-POOL: web.AppKey[UpstreamPool] = web.AppKey("spotd_lb_pool", UpstreamPool)
+
+class Proxy:
+    """One LB's data plane: its state, the pool of replica connections (our HTTP/1.1
+    client), and the aiohttp session for https replicas. ``handle`` is the request handler
+    (``app.serve_proxy`` runs it on aiohttp's low-level server)."""
+
+    __slots__ = ("pool", "session", "state")
+
+    def __init__(self, state: LBState, pool: UpstreamPool,
+                 session: aiohttp.ClientSession) -> None:
+        self.state = state
+        self.pool = pool
+        self.session = session
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        return await proxy_handler(request, self)
+
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the proxy sets itself.
 _DROP_REQ = frozenset({
@@ -103,7 +117,7 @@ def _connection_tokens(value: str) -> set[str]:
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
-def _request_headers(request: web.Request) -> list[tuple[str, str]]:
+def _request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     out = []
     named: set[str] | None = None
     for k, v in request.headers.items():
@@ -121,7 +135,7 @@ def _request_headers(request: web.Request) -> list[tuple[str, str]]:
     return out
 
 
-def _request_head(request: web.Request, host_line: bytes, body: Any) -> bytes:
+def _request_head(request: web.BaseRequest, host_line: bytes, body: Any) -> bytes:
     """The request line and headers for the replica, from the client's raw header bytes:
     hop-by-hop ones (and those ``Connection`` names) dropped, ``Host`` the replica's,
     ``X-Forwarded-For`` extended with the client's address, the body's framing set."""
@@ -192,7 +206,7 @@ def _json_error(status: int, message: str, *, retry_after: int | None = None) ->
                              headers=headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> tuple[Any, bool]:
+async def _read_body(request: web.BaseRequest, limit: int) -> tuple[Any, bool]:
     """(body, replayable). Bodies up to ``limit`` bytes are read into memory."""
     if not request.body_exists:
         return None, True
@@ -238,15 +252,14 @@ async def _wait_for_replica(st: LBState, info: RequestInfo) -> str | None:
         st.waiting -= 1
 
 
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    st = app[STATE]
+async def proxy_handler(request: web.BaseRequest, proxy: Proxy) -> web.StreamResponse:
+    st = proxy.state
     m = st.metrics
     t0 = time.monotonic()
     m.in_flight += 1
     code = 499  # until we know better: the client went away
     try:
-        resp = await _proxy(request, st, app[SESSION])
+        resp = await _proxy(request, st, proxy.pool, proxy.session)
         code = resp.status
         return resp
     except asyncio.CancelledError:
@@ -261,13 +274,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         st.window.record(now, code >= 500)
 
 
-async def _proxy(request: web.Request, st: LBState, session: aiohttp.ClientSession
-                 ) -> web.StreamResponse:
+async def _proxy(request: web.BaseRequest, st: LBState, pool: UpstreamPool,
+                 session: aiohttp.ClientSession) -> web.StreamResponse:
     cfg = st.config
     reps = st.replicas
     st.budget.deposit()
     body, replayable = await _read_body(request, cfg.buffer_limit)
-    pool = request.app[POOL]
     head_bytes: bytes | None = None
     head_for: tuple[str, int, bytes] | None = None
     headers: Any = None  # for the aiohttp path (https replicas), built when needed
@@ -458,7 +470,7 @@ class _ClientSink(BodySink):
         self._wake()
 
 
-async def _relay_fast(request: web.Request, conn: UpstreamConn, head: Head
+async def _relay_fast(request: web.BaseRequest, conn: UpstreamConn, head: Head
                       ) -> web.StreamResponse:
     """Send the replica's answer to the client: small ones read whole and sent in one write;
     streamed ones relayed from ``data_received`` (see ``_ClientSink``)."""
@@ -532,7 +544,7 @@ async def _relay_fast(request: web.Request, conn: UpstreamConn, head: Head
     return sresp
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     """Send the replica's answer to the client (buffered when small, else streamed)."""
     try:
         status = upstream.status

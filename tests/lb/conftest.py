@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from spotd.lb.app import make_app, make_control_app
+from spotd.lb.app import make_control_app, running_proxy, serve_proxy
 from spotd.lb.state import LBConfig, LBState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ class LB:
     url: str
     control_url: str
     session: aiohttp.ClientSession  # a test client, not the LB's own
-    runners: list[web.AppRunner] = field(default_factory=list)
+    runners: list[web.BaseRunner] = field(default_factory=list)
 
     @property
     def auth(self) -> dict[str, str]:
@@ -77,11 +77,17 @@ LBFactory = Callable[..., Awaitable[LB]]
 @pytest.fixture
 async def make_lb() -> AsyncIterator[LBFactory]:
     made: list[LB] = []
+    stack = contextlib.AsyncExitStack()
 
     async def factory(**cfg: Any) -> LB:
+        """The LB as ``python -m spotd.lb --control-port`` runs it: the proxy on aiohttp's
+        low-level server, the control API on its own port."""
         cfg.setdefault("probe_interval", 0.2)
         state = LBState(LBConfig(**cfg), rng_seed=1)
-        runner, url = await serve_app(make_app(state), handler_cancellation=True)
+        proxy = await stack.enter_async_context(running_proxy(state))
+        runner = await serve_proxy(proxy, "127.0.0.1", 0)
+        host, port = runner.addresses[0][:2]
+        url = f"http://{host}:{port}"
         crunner, curl = await serve_app(make_control_app(state, token=TOKEN))
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         lb = LB(state, url, curl, session, [runner, crunner])
@@ -93,6 +99,7 @@ async def make_lb() -> AsyncIterator[LBFactory]:
         await lb.session.close()
         for r in lb.runners:
             await r.cleanup()
+    await stack.aclose()
 
 
 @pytest.fixture
