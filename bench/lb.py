@@ -14,16 +14,20 @@ Starts, as separate processes on loopback:
   each (rps summed, percentiles averaged).
 
 Modes: ``json`` (POST /v1/completions, plain JSON answer) and ``sse`` (the same with
-``"stream": true``: 18 SSE events per answer). Concurrency 32 and 128, plus a one-connection
-cell per proxy that shows the latency a hop adds when nothing queues. Each cell runs a
-bounded time (5 s, ``--quick`` 2 s) after a 1 s warm-up.
+``"stream": true``: 18 SSE events per answer). Concurrency 32 and 128 (closed loops: the
+machine saturates, and p50 there is queueing), a one-connection cell per proxy, and
+``json-paced``/``sse-paced``: 32 connections with a 50 ms think time each (about 600
+requests/s offered, the machine far from saturated), which show the latency a hop adds.
+Each cell runs a bounded time (4 s, ``--quick`` 2 s) after a 1 s warm-up; the cells of the
+three proxies run back to back, in a rotating order, for 3 rounds (``--quick`` 2), and the
+table gives medians (p99: the worst round; ratios: the median of per-round ratios).
 
 Everything — backends, proxy, load generator — shares this machine's cores, so absolute
 numbers are low and the ratios are what to read. RSS is the proxy's resident memory after the
 cell (nginx: master + worker); cpu_us_per_req is the proxy's own CPU time (user + system, from
 /proc) per request served in the cell — the number a busy shared machine distorts least.
 
-    python bench/lb.py [--quick] [--json]
+    python bench/lb.py [--quick] [--json] [--rounds N] [--seconds S]
 """
 
 from __future__ import annotations
@@ -221,7 +225,7 @@ class Procs:
                 p.wait(5)
 
 
-PACED_DELAY_MS = 20  # think time per connection in the paced cells (32 conns: ~1,500 req/s)
+PACED_DELAY_MS = 50  # think time per connection in the paced cells (32 conns: ~600 req/s)
 PACE_LUA = "\nfunction delay()\n    return %d\nend\n"
 
 
