@@ -7,10 +7,11 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
-from .conftest import LBFactory, wait_until
+from .conftest import LB, LBFactory, wait_until
 
 
 def echo_app() -> web.Application:
@@ -110,16 +111,19 @@ async def test_large_and_chunked_bodies_stream_both_ways(make_lb: LBFactory, ups
         assert len(await r.read()) == 3 << 20
 
 
-async def test_sse_chunks_arrive_before_the_stream_ends(make_lb: LBFactory, upstream) -> None:
-    release = asyncio.Event()
+async def _gated_sse_lb(make_lb: LBFactory, upstream: Any, release: asyncio.Event,
+                        before: list[bytes], after: list[bytes]) -> LB:
+    """An LB in front of one replica streaming ``before``, then, once ``release`` is set,
+    ``after``."""
 
     async def sse(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(b"data: first\n\n")
-        await release.wait()  # the stream cannot end until the client has seen chunk 1
-        await resp.write(b"data: second\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+        for event in before:
+            await resp.write(event)
+        await release.wait()
+        for event in after:
+            await resp.write(event)
         await resp.write_eof()
         return resp
 
@@ -128,6 +132,14 @@ async def test_sse_chunks_arrive_before_the_stream_ends(make_lb: LBFactory, upst
     url = await upstream(app)
     lb = await make_lb()
     await lb.put_replicas([{"id": "a", "url": url}])
+    return lb
+
+
+async def test_sse_chunks_arrive_before_the_stream_ends(make_lb: LBFactory, upstream) -> None:
+    release = asyncio.Event()
+    # the stream cannot end until the client has seen chunk 1
+    lb = await _gated_sse_lb(make_lb, upstream, release, [b"data: first\n\n"],
+                             [b"data: second\n\n", b"data: [DONE]\n\n"])
     async with lb.session.post(f"{lb.url}/v1/completions", json={"stream": True}) as r:
         assert r.headers["Content-Type"] == "text/event-stream"
         first = await asyncio.wait_for(r.content.readline(), 10)
@@ -223,20 +235,7 @@ async def test_stream_head_is_not_held_back_until_the_first_event(make_lb: LBFac
     that answers with its head and then thinks (a long prefill) must not leave the client
     without headers: they arrive while the replica has sent no event yet."""
     release = asyncio.Event()
-
-    async def sse(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await release.wait()
-        await resp.write(b"data: late\n\n")
-        await resp.write_eof()
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", sse)
-    url = await upstream(app)
-    lb = await make_lb()
-    await lb.put_replicas([{"id": "a", "url": url}])
+    lb = await _gated_sse_lb(make_lb, upstream, release, [], [b"data: late\n\n"])
     try:
         r = await asyncio.wait_for(
             lb.session.post(f"{lb.url}/v1/completions", json={"stream": True}), 10)
