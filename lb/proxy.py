@@ -380,7 +380,9 @@ def _take_head(writer: StreamWriter) -> bytes | None:
         writer._headers_buf = None
         writer._headers_written = True
         return buf
-    writer.send_headers()
+    send = getattr(writer, "send_headers", None)  # aiohttp < 3.12 wrote the head at prepare()
+    if send is not None:
+        send()
     return None
 
 
