@@ -15,6 +15,9 @@ Replica agents are the job agent (``spotd.agent``) unchanged, so they post to th
 - ``POST /v1/services/{name}/down``
 - ``GET /v1/services/{name}/events``
 - ``GET /v1/services/{name}/logs?replica=N|lb=1&follow=1`` → text
+- ``POST /v1/services/{name}/lb-events`` ``{lb_id, event: "ejected", replica_id, url,
+  reason, at}`` → 202: the service's LB ejected a replica (it reports through the unix
+  socket at once, so the daemon probes now instead of at its next read of the LB's stats)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import Field
@@ -37,6 +40,15 @@ from spotd.store import ReplicaRow, ServiceExists, ServiceRow, ServiceStatus, St
 SERVICES = web.AppKey("services", ServiceController)
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class LBEventBody(_Body):
+    lb_id: str = ""
+    event: Literal["ejected"]
+    replica_id: str = Field(min_length=1)
+    url: str = ""
+    reason: str = ""
+    at: float | None = None
 
 
 class ServiceUpBody(_Body):
@@ -301,6 +313,19 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def lb_event(request: web.Request) -> web.Response:
+    body: LBEventBody = await _body(request, LBEventBody)
+    svc = await _service(request)
+    _services(request).note_ejection(svc.id)
+    reason = body.reason[:200] or "no reason given"
+    await request.app[STORE].update_service_fields(
+        svc.id, now=time.time(),
+        event=f"load balancer {body.lb_id or '?'} ejected replica {body.replica_id[:40]}: "
+              f"{reason}")
+    return web.json_response({"service": svc.name, "event": body.event,
+                              "replica_id": body.replica_id}, status=202)
+
+
 def _read_from(path: Path, offsets: dict[Path, int]) -> bytes:
     if not path.exists():
         return b""
@@ -359,6 +384,7 @@ def register_serve_routes(app: web.Application) -> None:
     app.router.add_post("/v1/services/{name}/down", down_service)
     app.router.add_get("/v1/services/{name}/events", service_events)
     app.router.add_get("/v1/services/{name}/logs", service_logs)
+    app.router.add_post("/v1/services/{name}/lb-events", lb_event)
 
 
 __all__ = ["SERVICES", "register_serve_routes", "service_json"]

@@ -851,6 +851,9 @@ class ServiceController:
             "--lb-id", f"{svc.name}-lb",
             "--probe-path", probe.path if probe.post_data is None else "/",
             "--shutdown-timeout", "10",
+            # ejections are pushed to the daemon at once, through its unix API socket
+            "--report-url", f"http://spotd/v1/services/{svc.name}/lb-events",
+            "--report-unix", str(self.settings.socket_path),
         ]
         env = scrub_env(os.environ)
         env["SPOTD_LB_TOKEN"] = svc.lb_token

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-path", default="/health")
     p.add_argument("--probe-interval", type=float, default=0.5)
     p.add_argument("--report-url", default=None, help="POST ejections here")
+    p.add_argument("--report-unix", default=None, metavar="PATH",
+                   help="reach --report-url through this unix socket (the daemon's API)")
     p.add_argument("--lb-id", default="")
     p.add_argument("--reuse-port", action="store_true")
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
@@ -67,7 +69,7 @@ async def serve(args: argparse.Namespace) -> None:
         queue_timeout=args.queue_timeout, connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout or None, pool_limit=args.pool_limit,
         probe_path=args.probe_path, probe_interval=args.probe_interval,
-        report_url=args.report_url, lb_id=args.lb_id or f"lb-{os.getpid()}",
+        report_url=args.report_url, report_unix=args.report_unix, lb_id=args.lb_id or f"lb-{os.getpid()}",
     )
     state = LBState(cfg)
     if args.replica:

@@ -138,8 +138,12 @@ async def running_proxy(state: LBState) -> AsyncIterator[Proxy]:
     pool = UpstreamPool(limit=cfg.pool_limit, keepalive_timeout=cfg.keepalive_timeout,
                         connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
     tasks = [_supervised("prober", _prober(state, session))]
+    reports: aiohttp.ClientSession | None = None
     if cfg.report_url:
-        tasks.append(_supervised("reporter", _reporter(state, session)))
+        if cfg.report_unix:  # the daemon listens on its unix socket only (by default)
+            reports = aiohttp.ClientSession(connector=aiohttp.UnixConnector(cfg.report_unix),
+                                            trust_env=False)
+        tasks.append(_supervised("reporter", _reporter(state, reports or session)))
     try:
         yield Proxy(state, pool, session)
     finally:
@@ -150,6 +154,8 @@ async def running_proxy(state: LBState) -> AsyncIterator[Proxy]:
                 await t
         pool.close()
         await session.close()
+        if reports is not None:
+            await reports.close()
 
 
 async def serve_proxy(proxy: Proxy, host: str, port: int, *, reuse_port: bool = False,

@@ -284,6 +284,7 @@ class LBConfig:
     probe_path: str = "/health"
     probe_timeout: float = 1.0
     report_url: str | None = None  # POST ejections here (the daemon)
+    report_unix: str | None = None  # ... through this unix socket (the daemon's API socket)
     lb_id: str = ""
     stats_seconds: int = 600
 

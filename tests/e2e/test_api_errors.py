@@ -38,6 +38,10 @@ async def _raw(daemon, method: str, path: str, **kw):
          {"json": {"target": "local-east", "seconds": 5, "market": "reserved"}}, 400, "market"),
         ("POST", "/agent/v1/heartbeat", {"json": {"key": "j1-a1-n0", "phase": "run",
                                                   "log_offset": 0}}, 401, "token"),
+        ("POST", "/v1/services/nope/lb-events", {"json": {"event": "ejected",
+                                                          "replica_id": "1"}}, 404, "no service"),
+        ("POST", "/v1/services/nope/lb-events", {"json": {"event": "exploded",
+                                                          "replica_id": "1"}}, 400, "invalid"),
         ("GET", "/v1/nope", {}, 404, "Not Found"),
     ],
 )

@@ -78,7 +78,11 @@ async def test_readding_a_replica_clears_its_ejection_but_repeating_it_does_not(
     assert not lb.state.replicas.stats["r"].ejected
 
 
-async def test_ejections_are_posted_to_the_report_url(make_lb: LBFactory, upstream) -> None:
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+async def test_ejections_are_posted_to_the_report_url(make_lb: LBFactory, upstream,
+                                                      tmp_path, over: str) -> None:
+    """At once, not at the daemon's next read of the LB's stats; over TCP, or through the
+    daemon's unix API socket (``--report-unix``), which is all a default daemon listens on."""
     reports: list[dict[str, object]] = []
 
     async def receive(request: web.Request) -> web.Response:
@@ -87,14 +91,26 @@ async def test_ejections_are_posted_to_the_report_url(make_lb: LBFactory, upstre
 
     app = web.Application()
     app.router.add_post("/lb-events", receive)
-    daemon = await upstream(app)
     good = await upstream(ok_app("good"))
-    lb = await make_lb(report_url=f"{daemon}/lb-events", lb_id="lb-7", policy="round_robin")
+    if over == "tcp":
+        daemon = await upstream(app)
+        cfg: dict[str, object] = {"report_url": f"{daemon}/lb-events"}
+    else:
+        sock = str(tmp_path / "api.sock")
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, sock).start()
+        cfg = {"report_url": "http://spotd/lb-events", "report_unix": sock}
+    lb = await make_lb(**cfg, lb_id="lb-7", policy="round_robin")
     await lb.put_replicas([{"id": "dead", "url": f"http://127.0.0.1:{free_port()}"},
                            {"id": "good", "url": good}])
     async with lb.session.get(f"{lb.url}/x") as r:
         assert r.status == 200
-    await wait_until(lambda: len(reports) == 1)
+    try:
+        await wait_until(lambda: len(reports) == 1)
+    finally:
+        if over == "unix":
+            await runner.cleanup()
     assert reports[0]["lb_id"] == "lb-7"
     assert reports[0]["replica_id"] == "dead"
     assert reports[0]["event"] == "ejected"

@@ -48,7 +48,8 @@ async def test_lb_process_proxies_streams_and_drains_on_sigterm(stubs, separate_
         control = f"http://127.0.0.1:{cport}"
     else:
         control = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
+                            stderr=subprocess.PIPE)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
             await _wait_http(s, f"{control}/-/health", proc)

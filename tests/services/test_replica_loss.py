@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 
-from spotd.client_serve import serve_up, wait_service
+from spotd.client_serve import serve_events, serve_up, wait_service
 
 from .conftest import ready, stub_pid, stub_yaml
 
@@ -28,8 +28,11 @@ async def test_sigkill_one_of_three_replicas_under_load_fails_no_request(serve_d
         await ld.wait_done(ld.progress()["done"] + 100)
         result = ld.finish()
         after = await wait_service(c, "svc", lambda s: True, all_replicas=True)
+        events = [e["message"] for e in await serve_events(c, "svc")]
     assert result["failed"] == 0, result["errors"]
     assert result["ok"] >= 250
+    # the LB ejected the dead replica and told the daemon at once (through its unix socket)
+    assert any(f"ejected replica {victim['id']}:" in m for m in events), events
     lost = next(r for r in after["replicas"] if r["id"] == victim["id"])
     assert lost["status"] == "FAILED", lost
     assert "exited with -9" in lost["message"]
