@@ -14,6 +14,7 @@ from rich.table import Table
 from spotd.client import Client
 from spotd.client_serve import (
     serve_down,
+    serve_events,
     serve_logs,
     serve_status,
     serve_up,
@@ -194,6 +195,25 @@ def serve_down_cmd(names: tuple[str, ...]) -> None:
 
     for s in run(go):
         out.print(f"service {s['name']}: {s['status']}")
+
+
+@serve.command("events")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def serve_events_cmd(name: str, output: str) -> None:
+    """Show a service's event log: replicas launched, ready, drained, lost, ejected by the
+    load balancer, and the autoscaler's and planner's decisions, each with its reason."""
+    rows = run(lambda c: serve_events(c, name))
+    if output == "json":
+        out.print_json(json.dumps(rows))
+        return
+    t = Table()
+    for col in ("TIME", "KIND", "REPLICA", "MESSAGE"):
+        t.add_column(col)
+    for e in rows:
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"],
+                  e["replica"] or "-", e["message"])
+    out.print(t)
 
 
 @serve.command("logs")

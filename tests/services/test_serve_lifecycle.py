@@ -54,6 +54,12 @@ async def test_up_example_serves_through_the_lb_and_down_removes_everything(serv
     for rep in data["replicas"]:
         assert {"id", "status", "url", "market", "region", "zone", "version"} <= set(rep)
         assert rep["version"] == 1 and rep["url"].startswith("http://127.0.0.1:")
+    r = d.spotctl("serve", "events", "stub", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    messages = [e["message"] for e in json.loads(r.stdout)]
+    assert any(m.startswith("load balancer started") for m in messages), messages
+    table = d.spotctl("serve", "events", "stub")
+    assert table.returncode == 0 and "load balancer started" in table.stdout, table
     logs = d.spotctl("serve", "logs", "stub", "1")
     assert "listening on" in logs.stdout, logs
     async with d.client() as c:
