@@ -45,9 +45,9 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 class LBEventBody(_Body):
     lb_id: str = ""
     event: Literal["ejected"]
-    replica_id: str = Field(min_length=1)
+    replica_id: str = Field(min_length=1, max_length=64)
     url: str = ""
-    reason: str = ""
+    reason: str = ""  # an exception's text; shortened in the event
     at: float | None = None
 
 
@@ -320,8 +320,7 @@ async def lb_event(request: web.Request) -> web.Response:
     reason = body.reason[:200] or "no reason given"
     await request.app[STORE].update_service_fields(
         svc.id, now=time.time(),
-        event=f"load balancer {body.lb_id or '?'} ejected replica {body.replica_id[:40]}: "
-              f"{reason}")
+        event=f"load balancer {body.lb_id or '?'} ejected replica {body.replica_id}: {reason}")
     return web.json_response({"service": svc.name, "event": body.event,
                               "replica_id": body.replica_id}, status=202)
 

@@ -279,16 +279,21 @@ def jobs_logs(job_id: int, follow: bool, attempt: int | None) -> None:
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def jobs_events(job_id: int, output: str) -> None:
     """Show the event log of a job: every transition with its reason."""
-    rows = run(lambda c: c.events(job_id))
+    print_events(run(lambda c: c.events(job_id)), output, ("ATTEMPT", "attempt_id"))
+
+
+def print_events(rows: list[dict[str, Any]], output: str, who: tuple[str, str]) -> None:
+    """An event log as JSON or a table; ``who``: the column (title, key) naming whose event
+    it is (a job's attempt, a service's replica)."""
     if output == "json":
         out.print_json(json.dumps(rows))
         return
     t = Table()
-    for col in ("TIME", "KIND", "ATTEMPT", "MESSAGE"):
+    for col in ("TIME", "KIND", who[0], "MESSAGE"):
         t.add_column(col)
     for e in rows:
         t.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"],
-                  e["attempt_id"] or "-", e["message"])
+                  e[who[1]] or "-", e["message"])
     out.print(t)
 
 

@@ -203,17 +203,7 @@ def serve_down_cmd(names: tuple[str, ...]) -> None:
 def serve_events_cmd(name: str, output: str) -> None:
     """Show a service's event log: replicas launched, ready, drained, lost, ejected by the
     load balancer, and the autoscaler's and planner's decisions, each with its reason."""
-    rows = run(lambda c: serve_events(c, name))
-    if output == "json":
-        out.print_json(json.dumps(rows))
-        return
-    t = Table()
-    for col in ("TIME", "KIND", "REPLICA", "MESSAGE"):
-        t.add_column(col)
-    for e in rows:
-        t.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"],
-                  e["replica"] or "-", e["message"])
-    out.print(t)
+    _cli().print_events(run(lambda c: serve_events(c, name)), output, ("REPLICA", "replica"))
 
 
 @serve.command("logs")

@@ -69,7 +69,8 @@ async def serve(args: argparse.Namespace) -> None:
         queue_timeout=args.queue_timeout, connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout or None, pool_limit=args.pool_limit,
         probe_path=args.probe_path, probe_interval=args.probe_interval,
-        report_url=args.report_url, report_unix=args.report_unix, lb_id=args.lb_id or f"lb-{os.getpid()}",
+        report_url=args.report_url, report_unix=args.report_unix,
+        lb_id=args.lb_id or f"lb-{os.getpid()}",
     )
     state = LBState(cfg)
     if args.replica:

@@ -62,7 +62,25 @@ class Proxy:
         self.session = session
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        return await proxy_handler(request, self)
+        st = self.state
+        m = st.metrics
+        t0 = time.monotonic()
+        m.in_flight += 1
+        code = 499  # until we know better: the client went away
+        try:
+            resp = await _proxy(request, st, self.pool, self.session)
+            code = resp.status
+            return resp
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            code = 500
+            raise
+        finally:
+            m.in_flight -= 1
+            now = time.time()
+            m.observe(code, time.monotonic() - t0)
+            st.window.record(now, code >= 500)
 
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the proxy sets itself.
@@ -250,28 +268,6 @@ async def _wait_for_replica(st: LBState, info: RequestInfo) -> str | None:
                 return rid
     finally:
         st.waiting -= 1
-
-
-async def proxy_handler(request: web.BaseRequest, proxy: Proxy) -> web.StreamResponse:
-    st = proxy.state
-    m = st.metrics
-    t0 = time.monotonic()
-    m.in_flight += 1
-    code = 499  # until we know better: the client went away
-    try:
-        resp = await _proxy(request, st, proxy.pool, proxy.session)
-        code = resp.status
-        return resp
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        code = 500
-        raise
-    finally:
-        m.in_flight -= 1
-        now = time.time()
-        m.observe(code, time.monotonic() - t0)
-        st.window.record(now, code >= 500)
 
 
 async def _proxy(request: web.BaseRequest, st: LBState, pool: UpstreamPool,
@@ -533,8 +529,9 @@ async def _relay_fast(request: web.BaseRequest, conn: UpstreamConn, head: Head
     if sink.exc is not None:
         conn.abort()
         if isinstance(sink.exc, UpstreamError | ConnectionResetError) and not tr.is_closing():
-            # The replica died mid-answer. Headers are out: abort the client connection so
-            # the client sees a truncated response rather than a clean (and wrong) end.
+            # The replica died mid-answer (its head may be out, or held with nothing after
+            # it): abort the client connection so the client sees a truncated response
+            # rather than a clean (and wrong) end.
             tr.abort()
         return sresp
     if own_end:

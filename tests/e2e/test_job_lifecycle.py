@@ -101,6 +101,12 @@ def test_cli_queue_json_and_table(daemon):
     assert job["name"] == "train-demo"
     r = daemon.spotctl("jobs", "queue")
     assert "train-demo" in r.stdout and "RECOVERIES" in r.stdout
+    r = daemon.spotctl("jobs", "events", str(job["id"]), "-o", "json")
+    assert r.returncode == 0, r.stderr
+    events = json.loads(r.stdout)
+    assert events and {"at", "kind", "attempt_id", "message"} <= set(events[0])
+    r = daemon.spotctl("jobs", "events", str(job["id"]))
+    assert r.returncode == 0 and "ATTEMPT" in r.stdout and events[0]["kind"] in r.stdout, r
 
 
 async def test_any_of_entries_keep_inheriting_top_level_fields(daemon):

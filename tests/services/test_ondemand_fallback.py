@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from spotd.catalog import default_local_catalog
-from spotd.client import Client
 from spotd.client_serve import serve_events, serve_status, serve_up, wait_service
 
 from tests.conftest import DaemonProc
@@ -68,21 +67,6 @@ def ready_after_each_change(events: list[dict[str, Any]]) -> list[tuple[int, str
     return out
 
 
-async def watch_until(
-    c: Client, pred: Callable[[dict[str, Any]], bool], *, timeout: float, what: str,
-    poll: float = 0.1,
-) -> list[dict[str, Any]]:
-    """Every status sampled until ``pred`` holds (the last sample is the one that met it)."""
-    deadline = time.monotonic() + timeout
-    samples: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        samples.append(await serve_status(c, "svc"))
-        if pred(samples[-1]):
-            return samples
-        await asyncio.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; it is {samples[-1]}")
-
-
 async def test_spot_stocked_out_everywhere_serves_on_demand_then_moves_back_to_spot(
     serve_daemon: DaemonProc, load: Callable[..., Load]
 ) -> None:
@@ -111,8 +95,14 @@ async def test_spot_stocked_out_everywhere_serves_on_demand_then_moves_back_to_s
         for region in REGIONS:
             await c.chaos("stockout", target=region, seconds=0, market="spot")
         # spot launches back off while refused (up to 60 s): allow for the backoff reached
-        samples = await watch_until(c, only_spot, timeout=90,
-                                    what=f"{TARGET} spot READY and no on-demand left")
+        samples: list[dict[str, Any]] = []  # every status polled on the way
+
+        def back_to_spot(s: dict[str, Any]) -> bool:
+            samples.append(s)
+            return only_spot(s)
+
+        await wait_service(c, "svc", back_to_spot, timeout=90, poll=0.1,
+                           what=f"{TARGET} spot READY and no on-demand left")
         # and it stays there: the retired on-demand replicas are not relaunched
         await asyncio.sleep(2)
         steady = await serve_status(c, "svc")
