@@ -6,7 +6,7 @@
 that re-admits ejected replicas, the reporter that POSTs ejections to ``--report-url``).
 ``serve_proxy(proxy, host, port)`` serves it on aiohttp's low-level server: every path and
 method is proxied, with no application, router or middleware on the hot path (that saved
-about an eighth of the LB's CPU per streamed request, docs/design-notes.md).
+about a sixth of the LB's CPU per streamed request, docs/design-notes.md).
 ``make_app(state)`` is the same data plane as an ``Application`` with a catch-all route,
 for ``control_on_proxy`` (the control routes then share the proxy's port).
 
