@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import DaemonProc, kill_instance_groups  # noqa: E402
-from spotd.client_serve import serve_status, serve_up  # noqa: E402
+from spotd.sdk.client_serve import serve_status, serve_up  # noqa: E402
 from tests.e2e.helpers import digest_of, expected_digest  # noqa: E402
 
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from spotd.client import Client
+from spotd.sdk.client import Client
 
 
 async def _wait(c: Client, jid: int, pred: Any, timeout: float) -> dict[str, Any]:

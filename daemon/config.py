@@ -35,7 +35,7 @@ class Settings:
     lost_after: float = 60.0  # no heartbeat and no provider answer: declared lost
     checkpoint_sync_seconds: float = 0.5  # least time between two syncs of a changed checkpoint
     term_grace_seconds: float = 10.0
-    # the idle-GPU rule (spotd.gpu): a job whose GPUs all stay below idle_gpu_threshold % for
+    # the idle-GPU rule (spotd.agent.gpu): a job whose GPUs all stay below idle_gpu_threshold % for
     # idle_gpu_minutes is flagged, or stopped with idle_gpu_action "stop"; 0 minutes: off
     idle_gpu_minutes: float = 0.0
     idle_gpu_threshold: float = 10.0

@@ -10,7 +10,7 @@ import click
 from spotd.config import ConfigError, load_settings
 from spotd.logconfig import configure
 from spotd.server import AlreadyRunning, ProviderConfigError, run_daemon
-from spotd.units import install_units_command
+from spotd.ops.units import install_units_command
 
 
 @click.group(invoke_without_command=True)

@@ -16,16 +16,16 @@ from typing import IO, Any
 
 import structlog
 from aiohttp import web
-from spotd import sdnotify
-from spotd.api import make_app
-from spotd.api_serve import SERVICES
-from spotd.catalog import default_local_catalog, load_catalog
+from spotd.ops import sdnotify
+from spotd.api.jobs import make_app
+from spotd.api.services import SERVICES
+from spotd.pricing.catalog import default_local_catalog, load_catalog
 from spotd.config import Settings
-from spotd.controller import Controller
+from spotd.control.jobs import Controller
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import Provider
 from spotd.providers.local import LocalProvider
-from spotd.services import ServiceController
+from spotd.control.services import ServiceController
 from spotd.store import AsyncStore, Store
 
 log = structlog.get_logger("spotd.daemon")

@@ -70,7 +70,7 @@ async def until_step(client, job_id: int, attempt: int, step: int) -> None:
 
 
 async def main() -> None:
-    from spotd.client import Client
+    from spotd.sdk.client import Client
 
     if HOME.exists():
         subprocess.run([*SPOTCTL, "daemon", "stop"], env=ENV, capture_output=True)

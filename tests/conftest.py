@@ -83,15 +83,15 @@ class DaemonProc:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def client(self):  # noqa: ANN201 - spotd.client.Client
-        from spotd.client import Client
+    def client(self):  # noqa: ANN201 - spotd.sdk.client.Client
+        from spotd.sdk.client import Client
         from spotd.config import load_settings
 
         return Client.connect(settings=load_settings(self.home, env=self.env), autostart=False)
 
     def spotctl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "spotd.cli", *args],
+            [sys.executable, "-m", "spotd.cli.main", *args],
             env=self.env, cwd=ROOT, capture_output=True, text=True, input=input, timeout=120,
         )
 

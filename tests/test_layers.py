@@ -20,13 +20,13 @@ PACKAGES = {"daemon": "spotd", "recovery": "spotd.recovery", "serve": "spotd.ser
             "lb": "spotd.lb"}
 
 SDK_HOMES = {
-    "aioboto3": {"spotd.providers.aws", "spotd.checkpoint_s3", "spotd.agent",
-                 "spotd.workdir", "spotd.mounts"},
-    "boto3": {"spotd.providers.aws", "spotd.checkpoint_s3"},
-    "botocore": {"spotd.providers.aws", "spotd.checkpoint_s3", "spotd.agent",
-                 "spotd.workdir", "spotd.mounts"},
+    "aioboto3": {"spotd.providers.aws", "spotd.files.checkpoint_s3", "spotd.agent",
+                 "spotd.files.workdir", "spotd.files.mounts"},
+    "boto3": {"spotd.providers.aws", "spotd.files.checkpoint_s3"},
+    "botocore": {"spotd.providers.aws", "spotd.files.checkpoint_s3", "spotd.agent",
+                 "spotd.files.workdir", "spotd.files.mounts"},
     "kubernetes_asyncio": {"spotd.providers.kubernetes"},
-    "pynvml": {"spotd.gpu"},
+    "pynvml": {"spotd.agent.gpu"},
 }
 
 

@@ -49,7 +49,7 @@ from typing import Any
 
 import structlog
 import yaml
-from spotd.catalog import load_catalog, parse_catalog
+from spotd.pricing.catalog import load_catalog, parse_catalog
 from spotd.providers.base import (
     TAG_HOME,
     TAG_KEY,
@@ -186,7 +186,7 @@ class AwsConfig:
             daemon_url: http://10.0.0.5:8470       # how agents reach this daemon's TCP API
             notice_url: http://169.254.169.254     # the metadata service agents poll
             checkpoint_store: s3://bucket/prefix   # checkpoints at s3://bucket/prefix/<task>/
-            package_store: s3://bucket/prefix      # workdir/file_mounts packages (spotd.mounts);
+            package_store: s3://bucket/prefix      # workdir/file_mounts packages (spotd.files.mounts);
                                                    # default: <checkpoint_store>/packages
             agent_install: spotd[aws]==0.1.0       # what user-data pip-installs
             catalog: /path/to/aws.yaml             # default: refreshed copy, else the snapshot

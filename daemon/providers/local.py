@@ -35,7 +35,7 @@ from spotd.providers.base import (
     InvalidRequest,
     ObservedInstance,
 )
-from spotd.sdnotify import scrub_env
+from spotd.ops.sdnotify import scrub_env
 from spotd.types import CatalogEntry, InstanceId, InstanceState, Market
 
 PROVIDER_NAME = "local"

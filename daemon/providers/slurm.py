@@ -665,7 +665,7 @@ class SlurmProvider:
 
 def _command_env(slurm_conf: str | None) -> dict[str, str]:
     """The environment of every Slurm command, hence of the jobs (sbatch exports it)."""
-    from spotd.sdnotify import scrub_env
+    from spotd.ops.sdnotify import scrub_env
 
     env: dict[str, str] = dict(scrub_env(os.environ))  # a job must not think it is systemd
     if slurm_conf:

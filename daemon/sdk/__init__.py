@@ -1,7 +1,7 @@
 """The Python SDK of spotd (``import spotd`` exposes it; see ``docs/sdk.md``).
 
 - ``spotd.sdk.jobs`` / ``spotd.sdk.serve``: blocking calls, thin wrappers over
-- ``spotd.sdk.aio``: the async implementation, on the one API client ``spotd.client.Client``;
+- ``spotd.sdk.aio``: the async implementation, on the one API client ``spotd.sdk.client.Client``;
 - ``spotd.sdk.types``: frozen records for results (``Job``, ``Attempt``, ``JobHandle``,
   ``ServiceStatus``, ``Replica``);
 - ``spotd.sdk.errors``: exceptions to catch by type, mapped from the API's answers;

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from spotd.sdk.errors import DaemonUnreachableError, from_api
 
 if TYPE_CHECKING:
-    from spotd.client import Client
+    from spotd.sdk.client import Client
     from spotd.config import Settings
 
 log = logging.getLogger("spotd.sdk")
@@ -41,8 +41,8 @@ class Connection:
 
     @asynccontextmanager
     async def client(self) -> AsyncIterator[Client]:
-        """An open ``spotd.client.Client``; API refusals leave it as SDK exceptions."""
-        from spotd.client import ApiError, DaemonUnreachable
+        """An open ``spotd.sdk.client.Client``; API refusals leave it as SDK exceptions."""
+        from spotd.sdk.client import ApiError, DaemonUnreachable
 
         try:
             client = await self._connect()
@@ -57,7 +57,7 @@ class Connection:
             raise DaemonUnreachableError(str(exc)) from exc
 
     async def _connect(self) -> Client:
-        from spotd.client import Client
+        from spotd.sdk.client import Client
 
         url = self.url or (None if self.home is not None else os.environ.get("SPOTD_URL"))
         if url:
@@ -67,7 +67,7 @@ class Connection:
         return Client.connect(settings=settings, autostart=False)
 
     def _local_daemon(self) -> Settings:
-        from spotd.client import DaemonUnreachable, start_local_daemon
+        from spotd.sdk.client import DaemonUnreachable, start_local_daemon
         from spotd.config import ConfigError, load_settings
         from spotd.server import socket_alive
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from spotd.errors import InvalidTaskError, SpotdError
-from spotd.spec_errors import SpecIssue
+from spotd.spec.errors import SpecIssue
 
 if TYPE_CHECKING:
-    from spotd.client import ApiError as ClientApiError
+    from spotd.sdk.client import ApiError as ClientApiError
     from spotd.sdk.types import Job
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Typed results of the SDK: frozen records built from the daemon API's JSON.
 
-The API's JSON (``spotd.api.job_json``) is the boundary; these records are what a caller
+The API's JSON (``spotd.api.jobs.job_json``) is the boundary; these records are what a caller
 holds. ``from_json`` reads the keys it knows and ignores the rest, so a newer daemon that adds
 a field does not break an older SDK. Timestamps are epoch seconds (``float``), as the API
 sends them; durations are seconds.

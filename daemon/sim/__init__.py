@@ -9,5 +9,5 @@
 
 Nothing here re-implements a spotd policy: the simulators call the functions the daemon
 calls and only play the part of the clouds (the traces) and of the controller (the history).
-``spotctl simulate`` (``spotd.cli_simulate``) is the command line.
+``spotctl simulate`` (``spotd.sim.cli``) is the command line.
 """

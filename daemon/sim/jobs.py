@@ -182,7 +182,7 @@ def _catalog_ondemand(trace: ZoneTrace) -> float | None:
         return None
     import importlib.resources
 
-    from spotd.catalog import load_catalog  # the package's AWS snapshot
+    from spotd.pricing.catalog import load_catalog  # the package's AWS snapshot
 
     path = importlib.resources.files("spotd") / "data" / "aws_catalog.yaml"
     entries = [e for e in load_catalog(str(path)) if e.instance_type == itype]

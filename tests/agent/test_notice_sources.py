@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from spotd.agent import Agent
+from spotd.agent.main import Agent
 from spotd.types import AgentConfig
 
 
@@ -86,7 +86,7 @@ async def test_local_notice_file(tmp_path):
 def test_final_sync_of_an_empty_checkpoint_still_marks_it_final(tmp_path):
     """A notice before the job wrote any checkpoint: the replacement must not wait for the
     whole notice period for a snapshot that will never come."""
-    from spotd.agent import CheckpointStore
+    from spotd.agent.main import CheckpointStore
 
     empty = tmp_path / "ckpt"
     empty.mkdir()

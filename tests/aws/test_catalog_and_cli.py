@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from spotd.catalog import load_catalog
+from spotd.pricing.catalog import load_catalog
 from spotd.providers import aws
 from spotd.providers.aws import AwsConfig, apply_spot_quotes, load_aws_catalog, snapshot_path
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def spotctl(home: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     full = {**env, "SPOTD_HOME": str(home)}
     full.pop("SPOTD_URL", None)
-    return subprocess.run([sys.executable, "-m", "spotd.cli", *args], env=full, cwd=ROOT, check=False,
+    return subprocess.run([sys.executable, "-m", "spotd.cli.main", *args], env=full, cwd=ROOT, check=False,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import aioboto3
 import pytest
-from spotd.agent import open_checkpoint_store
-from spotd.checkpoint_s3 import S3CheckpointStore, split_url
+from spotd.agent.main import open_checkpoint_store
+from spotd.files.checkpoint_s3 import S3CheckpointStore, split_url
 from spotd.types import AgentConfig
 
 from tests.aws.motoserver import Moto, moto_server  # noqa: F401 - the fixture

@@ -20,8 +20,8 @@ from typing import Any
 import aioboto3
 import aiohttp
 import pytest
-from spotd import mounts
-from spotd.workdir import BlobStore, HashCache, package
+from spotd.files import mounts
+from spotd.files.workdir import BlobStore, HashCache, package
 
 from tests.aws.motoserver import Moto, aws_env, moto_server  # noqa: F401
 from tests.aws.test_daemon_on_moto import TERMINAL, AwsDaemon, aws_daemon  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spotd.catalog import CatalogError, default_local_catalog, load_catalog, parse_catalog
+from spotd.pricing.catalog import CatalogError, default_local_catalog, load_catalog, parse_catalog
 from spotd.types import CatalogEntry
 
 MINIMAL = """

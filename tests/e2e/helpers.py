@@ -59,7 +59,7 @@ async def wait_log(client: Any, job_id: int, needle: str, *, attempt: int | None
                    timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     text = ""
-    from spotd.client import ApiError
+    from spotd.sdk.client import ApiError
 
     while time.monotonic() < deadline:
         try:

@@ -62,7 +62,7 @@ async def test_tcp_api_needs_the_token(make_daemon):
         async with s.get(f"http://127.0.0.1:{port}/v1/jobs",
                          headers={"Authorization": "Bearer s3cret-token"}) as r:
             assert r.status == 200 and await r.json() == []
-    from spotd.client import Client
+    from spotd.sdk.client import Client
 
     async with Client.connect(url=f"http://127.0.0.1:{port}", token="s3cret-token") as c:
         job = await c.launch(train_yaml(steps=3, step_seconds=0), filename="t.yaml")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spotd.workdir import (
+from spotd.files.workdir import (
     BlobStore,
     HashCache,
     PackageError,

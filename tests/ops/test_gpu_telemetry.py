@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from spotd.gpu import FakeNvml, GpuReader, GpuSample, default_nvml, read_gpus, summarize
+from spotd.agent.gpu import FakeNvml, GpuReader, GpuSample, default_nvml, read_gpus, summarize
 
 from tests.e2e.helpers import wait_job
 from tests.ops.conftest import gpu_yaml, write_nvml

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from spotd.config import ConfigError, load_settings
-from spotd.gpu import (
+from spotd.agent.gpu import (
     GpuSample,
     IdleAction,
     IdleGpuPolicy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spotd.api import ApiError, _with_infra
+from spotd.api.jobs import ApiError, _with_infra
 from spotd.spec import load_tasks
 
 YAML = """

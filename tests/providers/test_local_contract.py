@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spotd.catalog import default_local_catalog
+from spotd.pricing.catalog import default_local_catalog
 from spotd.providers.base import TAG_HOME, TAG_KEY, CapacityUnavailable, InstanceSpec
 from spotd.providers.local import LocalProvider
 from spotd.types import AgentConfig, InstanceId, Market

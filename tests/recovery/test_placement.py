@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from spotd.catalog import default_local_catalog
+from spotd.pricing.catalog import default_local_catalog
 from spotd.recovery.placement import candidates, explain_infeasible
 from spotd.types import Market, ResourceOption, ResourceRequest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import spotd
-from spotd.client import ApiError as ClientApiError
+from spotd.sdk.client import ApiError as ClientApiError
 from spotd.sdk import errors
 
 

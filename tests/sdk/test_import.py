@@ -41,6 +41,6 @@ def test_names_are_the_sdk_and_spec_objects() -> None:
 def test_unknown_name_is_an_attribute_error_and_submodules_still_import() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         spotd.nope  # noqa: B018
-    from spotd import units  # a real submodule, found past __getattr__
+    from spotd import metrics  # a real submodule, found past __getattr__
 
-    assert units.__name__ == "spotd.units"
+    assert metrics.__name__ == "spotd.metrics"

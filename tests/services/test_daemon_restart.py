@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from spotd.client_serve import serve_status, serve_up, wait_service
+from spotd.sdk.client_serve import serve_status, serve_up, wait_service
 
 from .conftest import ready, stub_yaml
 

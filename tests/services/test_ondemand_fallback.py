@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from spotd.catalog import default_local_catalog
-from spotd.client_serve import serve_events, serve_status, serve_up, wait_service
+from spotd.pricing.catalog import default_local_catalog
+from spotd.sdk.client_serve import serve_events, serve_status, serve_up, wait_service
 
 from tests.conftest import DaemonProc
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 
-from spotd.client_serve import serve_events, serve_up, wait_service
+from spotd.sdk.client_serve import serve_events, serve_up, wait_service
 
 from .conftest import ready, stub_pid, stub_yaml
 

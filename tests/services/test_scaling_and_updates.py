@@ -5,7 +5,7 @@ failed request."""
 from __future__ import annotations
 
 import pytest
-from spotd.client_serve import serve_status, serve_up, serve_update, wait_service
+from spotd.sdk.client_serve import serve_status, serve_up, serve_update, wait_service
 
 from .conftest import ready, stub_yaml
 

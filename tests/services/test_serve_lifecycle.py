@@ -10,8 +10,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from spotd.client import ApiError
-from spotd.client_serve import serve_down, serve_logs, serve_status, serve_up, wait_service
+from spotd.sdk.client import ApiError
+from spotd.sdk.client_serve import serve_down, serve_logs, serve_status, serve_up, wait_service
 
 from .conftest import ROOT, pids_matching, ready, stub_yaml
 

@@ -55,7 +55,7 @@ def test_replica_transitions_are_compare_and_set_with_events(tmp_path: Path) -> 
 def test_migration_2_adds_services_to_a_version_1_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spotd.store as store_mod
+    import spotd.store.core as store_mod
 
     two = [m for m in store_mod.MIGRATIONS if m[0] <= 2]
     monkeypatch.setattr(store_mod, "MIGRATIONS", two)  # later migrations are not ours to test

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from spotd.cli import main
+from spotd.cli.main import main
 
 from tests.simulate.helpers import write_traces
 

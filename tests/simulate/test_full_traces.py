@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from spotd.cli import main
+from spotd.cli.main import main
 from spotd.sim.jobs import JobSetup, simulate_jobs
 from spotd.sim.serve import ServeSetup, run_policy
 from spotd.sim.traces import load_trace_dir

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from spotd.spec import parse_duration
-from spotd.spec_values import (
+from spotd.spec.values import (
     Accelerator,
     AcceleratorChoice,
     Amount,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import spotd.store as store_mod
+import spotd.store.core as store_mod
 from spotd.store import (
     LATEST_VERSION,
     AttemptRow,

@@ -1,4 +1,4 @@
-"""spotd.sdnotify speaks systemd's notify protocol to a real datagram socket."""
+"""spotd.ops.sdnotify speaks systemd's notify protocol to a real datagram socket."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import tempfile
 
 import pytest
-from spotd import sdnotify
+from spotd.ops import sdnotify
 
 from tests.systemd.conftest import NotifySocket
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from spotd import units
+from spotd.ops import units
 
 IN_CI = bool(os.environ.get("CI"))
 

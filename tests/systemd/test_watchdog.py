@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from spotd import sdnotify
+from spotd.ops import sdnotify
 
 from tests.systemd.conftest import NotifySocket
 

@@ -27,7 +27,7 @@ from spotd.sdk.types import Job, JobHandle
 from spotd.spec import Task
 
 if TYPE_CHECKING:
-    from spotd.client import Client
+    from spotd.sdk.client import Client
 
 __all__ = ["cancel", "get", "launch", "lines_of", "logs", "queue", "wait"]
 

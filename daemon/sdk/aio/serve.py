@@ -1,6 +1,6 @@
 """Services from Python, async: ``up``, ``status``, ``update``, ``down``, ``logs``.
 
-The calls are ``spotd.client_serve``'s, the functions ``spotctl serve`` uses, over the one
+The calls are ``spotd.sdk.client_serve``'s, the functions ``spotctl serve`` uses, over the one
 API client, so the SDK and the CLI send the same requests. A daemon without the services API
 (an older one, or one with services disabled) raises ``ServicesUnavailableError``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from spotd import client_serve
+from spotd.sdk import client_serve
 from spotd.sdk.aio.jobs import lines_of, task_yaml
 from spotd.sdk.connection import Connection, resolve
 from spotd.sdk.errors import ApiError, NotFoundError, ServicesUnavailableError
@@ -18,7 +18,7 @@ from spotd.sdk.types import ServiceStatus
 from spotd.spec import Task
 
 if TYPE_CHECKING:
-    from spotd.client import Client
+    from spotd.sdk.client import Client
 
 __all__ = ["down", "logs", "status", "up", "update"]
 

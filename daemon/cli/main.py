@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
-from spotd.cli_providers import catalog, check_providers
-from spotd.client import ApiError, Client, DaemonUnreachable
+from spotd.cli.providers import catalog, check_providers
+from spotd.sdk.client import ApiError, Client, DaemonUnreachable
 
 T = TypeVar("T")
 # Piped output (scripts, tests) gets wide tables instead of rich's 80-column default.
@@ -105,7 +105,7 @@ def check(files: tuple[str, ...], envs: tuple[str, ...], providers: bool) -> Non
             return
     if not files:
         raise click.UsageError("give task YAML files to check, or --providers")
-    from spotd.catalog import default_local_catalog
+    from spotd.pricing.catalog import default_local_catalog
     from spotd.recovery import placement
     from spotd.spec import SpecError, check_file, load_tasks
 
@@ -458,7 +458,7 @@ def daemon_status() -> None:
 
 @daemon.command("start")
 def daemon_start() -> None:
-    from spotd.client import start_local_daemon
+    from spotd.sdk.client import start_local_daemon
     from spotd.config import load_settings
     from spotd.server import socket_alive
 
@@ -496,14 +496,14 @@ def daemon_stop() -> None:
     out.print(f"stopped spotd (pid {pid})")
 
 
-from spotd.cli_serve import serve  # noqa: E402 - it reads this module's helpers when run
+from spotd.cli.serve import serve  # noqa: E402 - it reads this module's helpers when run
 
 main.add_command(serve)
 
 main.add_command(catalog)
 
 
-from spotd.cli_simulate import simulate  # offline: needs no daemon
+from spotd.sim.cli import simulate  # offline: needs no daemon
 
 main.add_command(simulate)
 

@@ -1,4 +1,4 @@
-"""Services in the Python SDK: functions over the one API client (``spotd.client.Client``).
+"""Services in the Python SDK: functions over the one API client (``spotd.sdk.client.Client``).
 
     async with Client.connect() as c:
         svc = await serve_up(c, Path("serve.yaml").read_text(), filename="serve.yaml")
@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from spotd.client import Client
+from spotd.sdk.client import Client
 
 
 async def serve_up(

@@ -4,7 +4,7 @@ A project is a name, an optional GPU quota and one API token. The daemon stores 
 token's SHA-256 (a leaked database does not leak tokens); the token itself is shown once, when
 the project is created. On the TCP API a project token is a narrower key than the admin token:
 it sees, launches and cancels only its own project's jobs, and reads only its own costs (see
-``spotd.api``). Jobs launched without a project token belong to ``default`` (or to the
+``spotd.api.jobs``). Jobs launched without a project token belong to ``default`` (or to the
 project the admin names), and ``default`` has no quota unless one is created for it.
 
 The quota counts GPUs *reserved* by the project's active jobs (every job not in a terminal

@@ -1,10 +1,10 @@
 """The daemon API's services routes: ``/v1/services...``, and the replica agents' heartbeats.
 
-``register_serve_routes(app)`` adds them to the daemon's application (``spotd.api.make_app``);
+``register_serve_routes(app)`` adds them to the daemon's application (``spotd.api.jobs.make_app``);
 the ``ServiceController`` is found on the ``SERVICES`` app key, which the composition root
-sets. Errors follow ``spotd.api``: ``ApiError`` → a 4xx JSON body.
+sets. Errors follow ``spotd.api.jobs``: ``ApiError`` → a 4xx JSON body.
 
-Replica agents are the job agent (``spotd.agent``) unchanged, so they post to the same
+Replica agents are the job agent (``spotd.agent.main``) unchanged, so they post to the same
 ``/agent/v1/heartbeat``; a small middleware hands the ones whose key is a replica key
 (``s<service>-r<replica>``) to the service controller and lets the job route see the rest.
 
@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import Field
-from spotd.api import STORE, ApiError, Handler, _Body, _body, json_error
-from spotd.services import UPDATE_MODES, ServiceController, autoscale_policy
+from spotd.api.jobs import STORE, ApiError, Handler, _Body, _body, json_error
+from spotd.control.services import UPDATE_MODES, ServiceController, autoscale_policy
 from spotd.spec import SpecError, Task, load_tasks
 from spotd.store import ReplicaRow, ServiceExists, ServiceRow, ServiceStatus, StaleTransition
 

@@ -4,7 +4,7 @@ The templates live here as strings (``systemd/`` at the top of the repository is
 package, so it cannot ship as package data); ``systemd/*.service`` are these templates rendered
 with the defaults, and a test keeps the two identical. Regenerate the files with::
 
-    python -m spotd.units --dir systemd --exec /usr/local/bin/spotd --python /usr/bin/python3
+    python -m spotd.ops.units --dir systemd --exec /usr/local/bin/spotd --python /usr/bin/python3
 
 What is in the units and why is explained by comments inside them, so an operator reading
 ``systemctl cat spotd`` sees the reasons next to the settings.
@@ -120,7 +120,7 @@ Wants=network-online.target
 
 [Service]
 # Type=exec: systemd reports the unit started once the process was executed. Switch to
-# Type=notify (plus WatchdogSec=) when the load balancer speaks spotd.sdnotify.
+# Type=notify (plus WatchdogSec=) when the load balancer speaks spotd.ops.sdnotify.
 Type=exec
 EnvironmentFile=-/etc/spotd/lb-%i.env
 ExecStart={python} -m spotd.lb --port %i $SPOTD_LB_ARGS

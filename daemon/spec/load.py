@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from spotd.spec_errors import SpecError, SpecIssue
+from spotd.spec.errors import SpecError, SpecIssue
 
 Path = tuple[str | int, ...]
 

@@ -12,7 +12,7 @@ them are reported at once::
     train.yaml:3: resources.acclerators: unknown key; did you mean `accelerators`?
     train.yaml:4: resources.memory: memory is GiB: 32 (exactly) or 32+ (at least), ...
 
-How: ``spotd.spec_yaml`` composes the YAML into nodes to learn the line of every key path,
+How: ``spotd.spec.load`` composes the YAML into nodes to learn the line of every key path,
 the plain data is validated by the models below (``extra="forbid"`` everywhere), and every
 pydantic error's ``loc`` is turned back into a user's key path and looked up for its line.
 
@@ -53,8 +53,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from spotd.spec_errors import SpecError, SpecIssue
-from spotd.spec_values import (
+from spotd.spec.errors import SpecError, SpecIssue
+from spotd.spec.values import (
     AcceleratorChoice,
     Amount,
     Location,
@@ -71,7 +71,7 @@ from spotd.spec_values import (
     parse_ports,
     ports_yaml_value,
 )
-from spotd.spec_yaml import Document, Path, compose_documents
+from spotd.spec.load import Document, Path, compose_documents
 from spotd.types import RecoveryStrategy, ResourceOption, ResourceRequest
 
 __all__ = [

@@ -311,7 +311,7 @@ class Replica(_Table, table=True):
 
 
 class Project(_Table, table=True):
-    """A tenant (version 3): see spotd.tenants."""
+    """A tenant (version 3): see spotd.control.quota."""
 
     __tablename__ = "project"
 

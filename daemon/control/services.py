@@ -53,7 +53,7 @@ import aiohttp
 import structlog
 from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
-from spotd.controller import Controller
+from spotd.control.jobs import Controller
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import (
     TAG_HOME,
@@ -65,7 +65,7 @@ from spotd.providers.base import (
     ProviderError,
 )
 from spotd.recovery import placement
-from spotd.sdnotify import scrub_env
+from spotd.ops.sdnotify import scrub_env
 from spotd.serve import hedge
 from spotd.serve.autoscaler import AutoscalePolicy, AutoscaleState, RequestWindow, autoscale
 from spotd.serve.replica_state import (
@@ -79,7 +79,7 @@ from spotd.spec import ServiceSpec, Task
 from spotd.store import AsyncStore, ReplicaRow, ServiceRow, ServiceStatus, StaleTransition
 from spotd.types import AgentConfig, InstanceId, InstanceState, Market, ResourceRequest, ZoneKey
 
-log = structlog.get_logger("spotd.services")
+log = structlog.get_logger("spotd.control.services")
 
 TAG_SERVICE = "spotd-service"
 S = ReplicaStatus

@@ -22,20 +22,21 @@ from typing import Any
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from spotd import cost as costs
-from spotd import gpu, tenants
-from spotd import mounts as s3src
+from spotd.pricing import cost as costs
+from spotd.agent import gpu
+from spotd.control import quota as tenants
+from spotd.files import mounts as s3src
 from spotd.config import Settings
-from spotd.controller import Controller, candidates_table
+from spotd.control.jobs import Controller, candidates_table
 from spotd.metrics import DaemonMetrics
 from spotd.providers.local import LocalProvider
 from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks, parse_duration
 from spotd.store import AsyncStore, ProjectExists, StaleTransition
 from spotd.types import Candidate, JobStatus, Market
-from spotd.workdir import BlobStore, HashCache, PackageError, check_mount_target, package
+from spotd.files.workdir import BlobStore, HashCache, PackageError, check_mount_target, package
 
-log = structlog.get_logger("spotd.api")
+log = structlog.get_logger("spotd.api.jobs")
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", AsyncStore)
@@ -436,7 +437,7 @@ def _check_files(task: Task, base: Path) -> None:
 
 
 async def _check_buckets(task: Task, ctl: Controller) -> None:
-    """Refuse s3:// sources whose bucket is missing or unreachable (spotd.mounts), naming it."""
+    """Refuse s3:// sources whose bucket is missing or unreachable (spotd.files.mounts), naming it."""
     sources = [(r, m.source) for r, m in task.file_mounts.items() if s3src.is_s3(m.source)]
     if not sources:
         return
@@ -765,7 +766,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def cost(request: web.Request) -> web.Response:
-    """``GET /v1/cost?by=job|service|project|region&since=...`` (see spotd.cost)."""
+    """``GET /v1/cost?by=job|service|project|region&since=...`` (see spotd.pricing.cost)."""
     try:
         by = costs.CostBy(request.query.get("by", "job"))
     except ValueError as exc:
@@ -872,7 +873,7 @@ def make_app(
     app.router.add_post("/v1/projects", create_project)
     app.router.add_get("/v1/projects", list_projects)
     app.router.add_get("/metrics", metrics)
-    from spotd.api_serve import register_serve_routes  # imports this module: import here
+    from spotd.api.services import register_serve_routes  # imports this module: import here
 
     register_serve_routes(app)
     return app

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import structlog
 from spotd.aiokit import sleep
 
-log = structlog.get_logger("spotd.sdnotify")
+log = structlog.get_logger("spotd.ops.sdnotify")
 
 #: Variables systemd hands to the service itself. Children (job agents, user code) must not
 #: inherit them: with ``NotifyAccess=main`` their messages are refused and logged as noise, and a

@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 from spotd.aiokit import sleep
-from spotd.gpu import GpuReader
+from spotd.agent.gpu import GpuReader
 from spotd.types import AgentConfig
 
 LOG_CHUNK = 256 * 1024
@@ -133,7 +133,7 @@ class CheckpointStore:
 
 class _InThread:
     """The directory store's blocking calls, awaited off the event loop (the agent awaits
-    every store alike: this one, or ``spotd.checkpoint_s3.S3CheckpointStore``)."""
+    every store alike: this one, or ``spotd.files.checkpoint_s3.S3CheckpointStore``)."""
 
     def __init__(self, store: CheckpointStore) -> None:
         self.store = store
@@ -151,7 +151,7 @@ class _InThread:
 def open_checkpoint_store(cfg: AgentConfig) -> Any:
     """A directory path, or ``s3://bucket/prefix/<task>/`` (aioboto3 is imported only then)."""
     if cfg.checkpoint_store.startswith("s3://"):
-        from spotd.checkpoint_s3 import S3CheckpointStore
+        from spotd.files.checkpoint_s3 import S3CheckpointStore
 
         return S3CheckpointStore(cfg.checkpoint_store, cfg.attempt)
     return _InThread(CheckpointStore(Path(cfg.checkpoint_store), cfg.attempt))
@@ -244,7 +244,7 @@ class Agent:
 
     def _stage_files(self) -> None:
         """Workdir and file_mounts, from the daemon's package store (never the user's disk)."""
-        from spotd.workdir import CAS_PREFIX, BlobStore, materialize
+        from spotd.files.workdir import CAS_PREFIX, BlobStore, materialize
 
         fresh = not any(self.work.iterdir())
         if self.cfg.blob_store.startswith("s3://"):
@@ -273,13 +273,13 @@ class Agent:
         return target if target.is_absolute() else self.work / target
 
     async def _stage_s3(self, fresh: bool) -> None:
-        """Bucket sources, and packages when the daemon put them in S3 (spotd.mounts)."""
+        """Bucket sources, and packages when the daemon put them in S3 (spotd.files.mounts)."""
         bucket_sources = {r: u for r, u in self.cfg.file_mounts.items() if u.startswith("s3://")}
         in_s3 = self.cfg.blob_store.startswith("s3://")
         if not bucket_sources and not in_s3:
             return
-        from spotd import mounts
-        from spotd.workdir import CAS_PREFIX
+        from spotd.files import mounts
+        from spotd.files.workdir import CAS_PREFIX
 
         endpoint = self.cfg.s3_endpoint_url or None
         if in_s3:

@@ -13,7 +13,7 @@ path, a prefix a directory tree under it (``s3://b/data`` holding ``data/x/y.bin
 ``/remote/x/y.bin``).
 
 **The S3 package store.** Workdirs and local mounts are packaged at submission into the
-daemon's local content-addressed store (``spotd.workdir``), whatever the provider. When an
+daemon's local content-addressed store (``spotd.files.workdir``), whatever the provider. When an
 attempt is launched on a provider that has an S3 package store (``providers.aws.package_store``,
 by default ``<checkpoint_store>/packages``), the controller uploads the attempt's packages
 there first (:meth:`S3PackageStore.upload`) and gives the agent ``blob_store = s3://...``;
@@ -29,7 +29,7 @@ one changed file uploads that one blob and the new manifest. The counts go into 
 Credentials, region and endpoint: the daemon uses the aws provider's ``endpoint_url`` and
 ``profile`` when one is configured, else the standard chain (``AWS_ENDPOINT_URL`` for moto);
 agents get that endpoint in ``AgentConfig.s3_endpoint_url`` ("" = the standard chain: on EC2
-the instance profile, as for the S3 checkpoint store in ``spotd.checkpoint_s3``).
+the instance profile, as for the S3 checkpoint store in ``spotd.files.checkpoint_s3``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from spotd.checkpoint_s3 import split_url
-from spotd.workdir import CAS_PREFIX, BlobStore, PackageError
+from spotd.files.checkpoint_s3 import split_url
+from spotd.files.workdir import CAS_PREFIX, BlobStore, PackageError
 
 S3_SCHEME = "s3://"
 CHECK_TIMEOUT = 20.0  # seconds a launch waits on S3 before refusing
@@ -234,7 +234,7 @@ class UploadResult:
 
 
 class S3PackageStore:
-    """Packages of ``spotd.workdir`` in S3 (see the module docstring)."""
+    """Packages of ``spotd.files.workdir`` in S3 (see the module docstring)."""
 
     def __init__(self, url: str, *, endpoint_url: str | None = None,
                  profile: str | None = None) -> None:
@@ -294,7 +294,7 @@ class S3PackageStore:
         return UploadResult(len(shas), cached, blobs, new_blobs, new_bytes, heads)
 
     async def materialize(self, ref: str, dest: Path) -> int:
-        """``spotd.workdir.materialize`` from S3: write the package at ``dest``; bytes written."""
+        """``spotd.files.workdir.materialize`` from S3: write the package at ``dest``; bytes written."""
         if not ref.startswith(CAS_PREFIX):
             raise PackageError(f"not a package reference: {ref!r}")
         async with self._client() as s3:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from spotd import mounts as s3src
+from spotd.files import mounts as s3src
 from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
-from spotd.gpu import IdleAction, IdleGpuPolicy, IdleState, IdleVerdict, idle_gpu_step, parse_samples
+from spotd.agent.gpu import IdleAction, IdleGpuPolicy, IdleState, IdleVerdict, idle_gpu_step, parse_samples
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import (
     TAG_ATTEMPT,
@@ -59,9 +59,9 @@ from spotd.types import (
     Market,
     RecoveryStrategy,
 )
-from spotd.workdir import CAS_PREFIX, BlobStore
+from spotd.files.workdir import CAS_PREFIX, BlobStore
 
-log = structlog.get_logger("spotd.controller")
+log = structlog.get_logger("spotd.control.jobs")
 
 FINAL_PHASES = ("exited", "setup_failed", "preempted")
 
@@ -187,7 +187,7 @@ class Controller:
         attempts: dict[str, Any] = {}
         for key, obs in listed.items():
             if TAG_REPLICA in obs.tags:
-                continue  # a service replica: spotd.services owns it (and reaps its strays)
+                continue  # a service replica: spotd.control.services owns it (and reaps its strays)
             row = rows.get(key)
             if row is None:
                 known = await self.store.get_instance(key)
@@ -526,7 +526,7 @@ class Controller:
     ) -> str:
         """Where this attempt's agents get their packages: the daemon's local store, or, for a
         provider with an S3 package store, that store, after uploading what it lacks
-        (spotd.mounts; a relaunch finds its packages there and uploads nothing)."""
+        (spotd.files.mounts; a relaunch finds its packages there and uploads nothing)."""
         local = str(self.settings.home / "cas")
         url = getattr(getattr(provider, "config", None), "package_store_url", None)
         refs = [r for r in [workdir, *mounts.values()] if r and r.startswith(CAS_PREFIX)]
@@ -676,7 +676,7 @@ class Controller:
     async def _idle_gpus(
         self, job: JobRow, aid: str, rows: Sequence[InstanceRow], now: float
     ) -> bool:
-        """Apply the idle-GPU rule (decided by spotd.gpu.idle_gpu_step); True: job stopped."""
+        """Apply the idle-GPU rule (decided by spotd.agent.gpu.idle_gpu_step); True: job stopped."""
         nodes = [None if r.gpus_json is None else parse_samples(json.loads(r.gpus_json))
                  for r in rows]
         verdict, self._gpu_idle[job.id] = idle_gpu_step(

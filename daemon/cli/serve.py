@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 from rich.table import Table
-from spotd.client import Client
-from spotd.client_serve import (
+from spotd.sdk.client import Client
+from spotd.sdk.client_serve import (
     serve_down,
     serve_events,
     serve_logs,
@@ -23,10 +23,10 @@ from spotd.client_serve import (
 
 
 def _cli() -> Any:
-    """``spotd.cli``, imported when a command runs (it imports this module to add ``serve``)."""
-    import spotd.cli
+    """``spotd.cli.main``, imported when a command runs (it imports this module to add ``serve``)."""
+    import spotd.cli.main
 
-    return spotd.cli
+    return spotd.cli.main
 
 
 def run(fn: Any) -> Any:

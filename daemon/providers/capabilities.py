@@ -1,0 +1,76 @@
+"""What a provider can do beyond the Provider protocol, each as a small Protocol.
+
+A provider declares a capability by having its members; callers ask with ``isinstance`` against
+these runtime-checkable Protocols, never with ``getattr`` or by a provider's name. The contract
+suite (tests/providers) runs a capability's tests for exactly the backends that declare it.
+
+- ``AgentEndpoint``: instances run spotd's agent, which must be told where the daemon is and
+  where the provider's interruption notices come from (AWS, Kubernetes, Slurm; the local
+  provider's agents use the daemon's unix socket and read notices from files).
+- ``PackageStore``: workdirs and mounts travel through a store the instance can read (an
+  ``s3://`` prefix on AWS).
+- ``Chaos``: the test controls of a provider whose instances we own end to end (the local
+  provider): reclaim one like a spot market would, kill it, cut it off, or stock out a region.
+- ``Disableable``: a configured backend that can be present but switched off, with the reason
+  (AWS without credentials).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from spotd.types import Market
+
+
+@runtime_checkable
+class AgentEndpoint(Protocol):
+    """Instances whose agents must be told how to reach the daemon and the notice source."""
+
+    @property
+    def daemon_url(self) -> str | None:
+        """The daemon's TCP API as agents reach it; None: the daemon's unix socket."""
+        ...
+
+    @property
+    def notice_url(self) -> str:
+        """Where the agent polls for interruption notices ('' when notices come otherwise)."""
+        ...
+
+
+@runtime_checkable
+class PackageStore(Protocol):
+    """Workdirs and mount sources travel to instances through an object store."""
+
+    @property
+    def package_store_url(self) -> str | None:
+        """An ``s3://bucket/prefix`` the instances can read, or None when none is configured."""
+        ...
+
+
+@runtime_checkable
+class Chaos(Protocol):
+    """Test controls over instances this daemon owns end to end."""
+
+    def preempt(self, instance_id: str, *, notice_seconds: float | None = None) -> None:
+        """Reclaim it like a spot market would: after an advance notice, or at once."""
+        ...
+
+    def kill(self, instance_id: str) -> None:
+        """The machine vanishes with no notice at all."""
+        ...
+
+    def partition(self, instance_id: str, *, seconds: float) -> None:
+        """It keeps running, but the daemon stops hearing from it for ``seconds``."""
+        ...
+
+    def stockout(self, region: str, *, seconds: float, market: Market | None = None) -> None:
+        """Launches in ``region`` (of one market, or both) fail for ``seconds``; 0 ends it."""
+        ...
+
+
+@runtime_checkable
+class Disableable(Protocol):
+    """A configured backend that may be switched off; the reason is shown to the operator."""
+
+    @property
+    def disabled_reason(self) -> str | None: ...
