@@ -1,4 +1,4 @@
-"""The roots of the exceptions spotd raises to a caller, kept in a leaf module.
+"""The roots of the exceptions spotd raises to a caller, and the issue record they carry.
 
 They live here, not in the SDK, because the core raises one of them itself: a task file that
 does not validate raises ``spotd.spec.errors.SpecError``, which *is* an ``InvalidTaskError``.
@@ -6,16 +6,36 @@ That way ``except spotd.InvalidTaskError`` catches a bad task wherever it is fou
 ``Task.from_yaml`` on the caller's machine, or by the daemon when it refuses a launch.
 The rest of the SDK's errors (mapped from the API's answers) are in ``spotd.sdk.errors``.
 
-Stdlib only: ``spotd.spec.errors`` is imported by the API and the CLI for its cheapness.
+``SpecIssue`` is defined here too, because ``InvalidTaskError.issues`` holds them whether the
+spec found the problems (``spotd.spec``) or the daemon's answer listed them (the SDK). This
+module is the leaf: stdlib only, importing nothing of spotd, so that everything else may
+import it and it imports nothing back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-if TYPE_CHECKING:
-    from spotd.spec.errors import SpecIssue
+
+@dataclass(frozen=True, slots=True)
+class SpecIssue:
+    """One problem in a task YAML.
+
+    ``path`` is the key path as a user would write it (``resources.accelerators``,
+    ``resources.any_of[1].cpus``, ``file_mounts["/data"].mode``), empty for the whole file.
+    ``line`` is 1-based, None when the problem has no place in the text (a missing file).
+    The message never contains a secret's value.
+    """
+
+    path: str
+    line: int | None
+    message: str
+    file: str = "<string>"
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
 class SpotdError(Exception):

@@ -1,116 +1,130 @@
-"""YAML documents with a line number for every key path.
+"""Task files read into models, with every problem of every document reported at once.
 
-PyYAML's ``safe_load`` throws the positions away, and pydantic only knows key paths, so a
-message like "resources.accelerators: bad syntax" would leave the user hunting through the
-file. Here each document is composed into nodes first; the nodes give every key its line, and
-the same nodes are then constructed into plain Python data for validation. Paths are tuples of
-keys (``str``) and list indices (``int``), exactly the shape of a pydantic error ``loc``.
+The steps, for each ``---`` document of the text:
+
+1. ``spotd.spec.documents`` composes the YAML, learning the line of every key path and the
+   keys written twice (an issue each);
+2. the plain data is prepared: ``resources.job_recovery`` hoisted to the top level,
+   ``--env K=V`` overrides applied (a declared secret is set, else an env);
+3. the model validates it, and ``spotd.spec.issues`` turns each pydantic error into a
+   ``SpecIssue`` with the user's key path and line.
+
+Any issue in any document raises one ``SpecError`` listing them all. The model class is a
+parameter, not an import: ``Task.from_yaml`` reads with this module, so it must not import
+``spotd.spec.task``; ``spotd.spec.check`` binds it to ``Task`` for everyone else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path as FsPath
+from typing import Any, TypeVar
 
-import yaml
+from pydantic import BaseModel, ValidationError
+
+from spotd.spec.documents import Document, compose_documents
 from spotd.spec.errors import SpecError, SpecIssue
+from spotd.spec.issues import describe, format_path, issues_from
+from spotd.spec.job_recovery import hoist_job_recovery
 
-Path = tuple[str | int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    """One YAML document: its data, the line of each key path, and problems seen on the way.
-
-    ``lines[()]`` is the document's first line. ``duplicates`` lists the paths of keys written
-    twice in one mapping (YAML keeps the last silently; a task file doing that is a mistake).
-    """
-
-    data: Any
-    lines: Mapping[Path, int]
-    duplicates: tuple[Path, ...] = ()
-
-    def line_of(self, path: Path) -> int | None:
-        """The line of ``path``, or of its nearest ancestor that has one."""
-        for n in range(len(path), -1, -1):
-            line = self.lines.get(path[:n])
-            if line is not None:
-                return line
-        return None
+M = TypeVar("M", bound=BaseModel)
 
 
-def key_text(node: yaml.Node) -> str:
-    """A mapping key as the user wrote it (``on`` stays ``on``, not ``True``)."""
-    return str(node.value) if isinstance(node, yaml.ScalarNode) else "<complex key>"
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, str]) -> dict[str, Any]:
+    """``--env K=V``: sets a declared secret, else sets (or adds) an env, as SkyPilot does."""
+    if not overrides:
+        return data
+    out = dict(data)
+    secrets = out.get("secrets")
+    envs = out.get("envs")
+    secrets = dict(secrets) if isinstance(secrets, dict) else secrets
+    envs = dict(envs) if isinstance(envs, dict) else ({} if envs is None else envs)
+    for key, value in overrides.items():
+        if isinstance(secrets, dict) and key in secrets:
+            secrets[key] = value
+        elif isinstance(envs, dict):
+            envs[key] = value
+    out["envs"] = envs
+    if secrets is not None:
+        out["secrets"] = secrets
+    return out
 
 
-def _walk(
-    node: yaml.Node,
-    path: Path,
-    lines: dict[Path, int],
-    duplicates: list[Path],
-    active: set[int],
-) -> None:
-    # `active` guards against recursive aliases (&a [*a]); a plain shared anchor is walked
-    # once per place it is used, which is what a user reading the file expects.
-    if id(node) in active:
-        return
-    active.add(id(node))
+def _model_from(
+    model: type[M], doc: Document, *, file: str, overrides: Mapping[str, str]
+) -> M | list[SpecIssue]:
+    issues = [
+        SpecIssue(
+            format_path(p),
+            doc.line_of(p),
+            "key given twice (YAML would silently keep the last one)",
+            file,
+        )
+        for p in doc.duplicates
+    ]
+    if not isinstance(doc.data, dict):
+        issues.append(
+            SpecIssue(
+                "",
+                doc.line_of(()),
+                f"a task is a mapping of keys (name, resources, run, ...), got "
+                f"{describe(doc.data)}",
+                file,
+            )
+        )
+        return issues
+    data, hoisted = hoist_job_recovery(doc.data)
+    data = apply_overrides(data, overrides)
     try:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, value_node in node.value:
-                key = key_text(key_node)
-                child = (*path, key)
-                if key in seen:
-                    duplicates.append(child)
-                else:
-                    seen.add(key)
-                # a key's line is where the key is written; its value may start below it
-                lines[child] = key_node.start_mark.line + 1
-                _walk(value_node, child, lines, duplicates, active)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                child = (*path, i)
-                lines[child] = item.start_mark.line + 1
-                _walk(item, child, lines, duplicates, active)
-    finally:
-        active.discard(id(node))
+        result = model.model_validate(data)
+    except ValidationError as exc:
+        issues += issues_from(exc, root=model, data=data, doc=doc, file=file, hoisted=hoisted)
+    return issues or result
 
 
-def _yaml_issue(exc: yaml.YAMLError, file: str) -> SpecIssue:
-    line: int | None = None
-    text = str(exc)
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        parts = [p for p in (exc.context, exc.problem) if p]
-        text = ", ".join(parts) or text
-        start = exc.context_mark
-        if start is not None and line is not None and start.line + 1 != line:
-            text += f" (the construct began on line {start.line + 1})"
-    return SpecIssue("", line, f"malformed YAML: {text}", file)
+def load_models(
+    model: type[M],
+    source: str | FsPath,
+    *,
+    env_overrides: Mapping[str, str] | None = None,
+    text: str | None = None,
+) -> list[M]:
+    """Every document of a task file as a ``model``; see ``spotd.spec.check.load_tasks``."""
+    file = str(source)
+    if text is None:
+        try:
+            text = FsPath(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError([SpecIssue("", None, f"cannot read the file: {exc}", file)]) from exc
+    docs = [d for d in compose_documents(text, file=file) if d.data is not None]
+    if len(docs) > 1 and isinstance(docs[0].data, dict) and set(docs[0].data) <= {"name"}:
+        docs = docs[1:]
+    if not docs:
+        raise SpecError([SpecIssue("", 1, "the file holds no task", file)])
+    results: list[M] = []
+    issues: list[SpecIssue] = []
+    for doc in docs:
+        result = _model_from(model, doc, file=file, overrides=env_overrides or {})
+        if isinstance(result, list):
+            issues += result
+        else:
+            results.append(result)
+    if issues:
+        raise SpecError(issues)
+    return results
 
 
-def compose_documents(text: str, *, file: str) -> list[Document]:
-    """Every document of ``text`` with its lines; raises ``SpecError`` on malformed YAML."""
-    loader = yaml.SafeLoader(text)
-    docs: list[Document] = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:  # pragma: no cover - check_node said there is one
-                break
-            # construct_document flattens merge keys (<<: *base) in the node itself, so the
-            # walk below sees the merged keys and their lines
-            data = loader.construct_document(node)
-            lines: dict[Path, int] = {(): node.start_mark.line + 1}
-            duplicates: list[Path] = []
-            _walk(node, (), lines, duplicates, set())
-            docs.append(Document(data, lines, tuple(duplicates)))
-    except yaml.YAMLError as exc:
-        raise SpecError([_yaml_issue(exc, file)]) from exc
-    finally:
-        loader.dispose()
-    return docs
+def load_model(
+    model: type[M],
+    source: str | FsPath,
+    *,
+    env_overrides: Mapping[str, str] | None = None,
+    text: str | None = None,
+) -> M:
+    """The one document of a task file as a ``model``; several documents are an error."""
+    results = load_models(model, source, env_overrides=env_overrides, text=text)
+    if len(results) != 1:
+        raise SpecError(
+            [SpecIssue("", 1, f"expected one task, the file has {len(results)}", str(source))]
+        )
+    return results[0]

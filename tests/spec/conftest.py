@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from spotd.spec import SpecError, SpecIssue, Task, load_task
 
 DATA = Path(__file__).resolve().parent / "data"

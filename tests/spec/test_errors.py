@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spotd.spec import SpecError, check_file, load_task, load_tasks
 
+from spotd.spec import SpecError, check_file, load_task, load_tasks
 from tests.spec.conftest import issues_of
 
 # (yaml, path, line, phrase); each YAML has exactly one problem

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from spotd.spec import LoadBalancingPolicy, check_file, load_task, load_tasks
 from spotd.types import RecoveryStrategy
-
 from tests.spec.conftest import DATA, EXAMPLE_OVERRIDES
 
 

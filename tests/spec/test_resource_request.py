@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from spotd.types import ResourceOption, ResourceRequest
 
+from spotd.spec import Resources
+from spotd.spec.resources import summary as summary_of
+from spotd.types import ResourceOption, ResourceRequest
 from tests.spec.conftest import task_of
 
 
@@ -60,7 +62,8 @@ def _brief(o: ResourceOption) -> tuple[Any, ...]:
             "  infra: aws/us-east-1\n  any_of:\n    - accelerators: {A100: 8, H100: 8}\n"
             "    - accelerators: L4\n      zone: us-east-1b\n",
             False,
-            [("aws", "us-east-1", None, "A100", 8, False), ("aws", "us-east-1", None, "H100", 8, False),
+            [("aws", "us-east-1", None, "A100", 8, False),
+             ("aws", "us-east-1", None, "H100", 8, False),
              ("aws", "us-east-1", "us-east-1b", "L4", 1, False)],
             id="accelerator-choice-inside-an-entry",
         ),
@@ -127,3 +130,36 @@ def test_no_resources_is_one_unconstrained_option() -> None:
 )  # fmt: skip
 def test_resources_summary(yaml_text: str, summary: str) -> None:
     assert task_of(yaml_text).resources_summary() == summary
+
+
+@pytest.mark.parametrize(
+    ("resources", "text"),
+    [
+        pytest.param(Resources(), "cpu", id="nothing-asked"),
+        pytest.param(Resources(instance_type="m5.large"), "m5.large", id="instance-type"),
+        pytest.param(
+            Resources(accelerators={"A100": 8, "H100": 8}), "{A100:8, H100:8}", id="choice"
+        ),
+        pytest.param(
+            Resources.model_validate(
+                {
+                    "any_of": [
+                        {"infra": "aws", "accelerators": "A100:8"},
+                        {"infra": "k8s", "accelerators": "H100:8", "use_spot": True},
+                    ]
+                }
+            ),
+            "aws:A100:8 | k8s:H100:8 [spot]",
+            id="any-of-spot-in-one-entry",
+        ),
+        pytest.param(
+            Resources.model_validate(
+                {"cpus": "4+", "ordered": [{"infra": "aws/us-east-1"}, {"cloud": "kubernetes"}]}
+            ),
+            "aws/us-east-1:cpus=4 > k8s:cpus=4",
+            id="ordered-entries-inherit-cpus",
+        ),
+    ],
+)
+def test_summary_of_resources(resources: Resources, text: str) -> None:
+    assert summary_of(resources) == text

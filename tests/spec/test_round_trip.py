@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from spotd.spec import REDACTED, Task, load_task, load_tasks
 
+from spotd.spec import REDACTED, Task, load_task, load_tasks
 from tests.spec.conftest import DATA, EXAMPLE_OVERRIDES, task_of
 
 ALL_TASKS = [

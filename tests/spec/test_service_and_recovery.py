@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from spotd.spec import JobRecovery, LoadBalancingPolicy, ReplicaPolicy
 from spotd.types import RecoveryStrategy
-
 from tests.spec.conftest import task_of
 
 
@@ -36,8 +36,10 @@ def test_replicas_and_replica_policy(service: str, policy: ReplicaPolicy) -> Non
 
 @pytest.mark.parametrize(
     ("written", "policy"),
-    [("round_robin", LoadBalancingPolicy.ROUND_ROBIN), ("least_load", LoadBalancingPolicy.LEAST_LOAD),
-     ("power_of_two", LoadBalancingPolicy.POWER_OF_TWO), ("Power-Of-Two", LoadBalancingPolicy.POWER_OF_TWO),
+    [("round_robin", LoadBalancingPolicy.ROUND_ROBIN),
+     ("least_load", LoadBalancingPolicy.LEAST_LOAD),
+     ("power_of_two", LoadBalancingPolicy.POWER_OF_TWO),
+     ("Power-Of-Two", LoadBalancingPolicy.POWER_OF_TWO),
      ("power_of_two_choices", LoadBalancingPolicy.POWER_OF_TWO)],
 )  # fmt: skip
 def test_load_balancing_policy_names(written: str, policy: LoadBalancingPolicy) -> None:

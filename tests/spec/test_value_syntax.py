@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from spotd.spec import parse_duration
 from spotd.spec.values import (
     Accelerator,
