@@ -1,38 +1,46 @@
 """The state store: tables, frozen rows, migrations and compare-and-set transitions over
 SQLite or PostgreSQL, and the async facade the daemon uses.
 
-Import from here; the modules inside are the package's own business.
+Import from here; the modules inside are the package's own business:
+
+- ``tables`` (the SQLModel tables) and ``rows`` (the frozen rows handed out);
+- ``migrations`` (schema versions and the runner that applies them at open);
+- ``cas`` (the one compare-and-set helper every status change goes through, and the event
+  written with it);
+- ``base`` (connections and transactions), then one part of :class:`Store` per resource:
+  ``jobs``, ``instances``, ``services``, ``events``, ``projects``, joined in ``store``;
+- ``aio`` (:class:`AsyncStore`, the same methods as coroutines on one store thread).
 """
 
 from __future__ import annotations
 
-from spotd.store.core import (
-    AsyncStore,
-    Attempt,
-    AttemptRow,
-    Event,
-    EventRow,
-    Instance,
-    InstanceRow,
-    Job,
-    JobRow,
-    LATEST_VERSION,
-    MIGRATIONS,
+from spotd.store.aio import AsyncStore
+from spotd.store.errors import (
     NotFound,
     ProjectExists,
-    ReplicaRow,
     SchemaTooNew,
     ServiceExists,
+    StaleTransition,
+    StoreError,
+)
+from spotd.store.migrations import LATEST_VERSION, MIGRATIONS
+from spotd.store.rows import (
+    AttemptRow,
+    EventRow,
+    InstanceRow,
+    JobRow,
+    ProjectRow,
+    ReplicaRow,
     ServiceRow,
     ServiceStatus,
-    StaleTransition,
-    Store,
-    StoreError,
-    ZoneEvent,
     ZoneEventRow,
 )
+from spotd.store.store import Store
+from spotd.store.tables import Attempt, Event, Instance, Job, ZoneEvent
 
 __all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
     "AsyncStore",
     "Attempt",
     "AttemptRow",
@@ -42,10 +50,9 @@ __all__ = [
     "InstanceRow",
     "Job",
     "JobRow",
-    "LATEST_VERSION",
-    "MIGRATIONS",
     "NotFound",
     "ProjectExists",
+    "ProjectRow",
     "ReplicaRow",
     "SchemaTooNew",
     "ServiceExists",

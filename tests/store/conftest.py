@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from spotd.store import Store
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
+
+from spotd.store import Store
 
 PG_ENV = "SPOTD_TEST_PG_URL"
 PG_HOWTO = f"export {PG_ENV}=$(bash scripts/pg.sh start)"
@@ -28,7 +29,9 @@ def pg_admin() -> Iterator[tuple[Engine, str]]:
     base = os.environ.get(PG_ENV)
     if not base:
         if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {PG_ENV} is not: the postgres store tests must run ({PG_HOWTO})")
+            pytest.fail(
+                f"CI is set but {PG_ENV} is not: the postgres store tests must run ({PG_HOWTO})"
+            )
         pytest.skip(f"PostgreSQL not configured: {PG_HOWTO} to run these")
     name = f"spotd_test_{secrets.token_hex(4)}"
     server = create_engine(base, isolation_level="AUTOCOMMIT")
@@ -55,8 +58,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with engine.connect() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     try:
-        yield make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
+        yield (
+            make_url(url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
         )
     finally:
         with engine.connect() as conn:
@@ -109,7 +114,9 @@ def make_job(store: Store, clock: FakeClock) -> Callable[..., object]:
             "name": name,
             "task_id_prefix": "spotd-abcd-j",
             "spec_json": '{"run": "python train.py", "secrets": {"HF_TOKEN": "hf_secret"}}',
-            "spec_redacted_json": '{"run": "python train.py", "secrets": {"HF_TOKEN": "<redacted>"}}',
+            "spec_redacted_json": (
+                '{"run": "python train.py", "secrets": {"HF_TOKEN": "<redacted>"}}'
+            ),
             "resources": "1x A100 (spot)",
             "submitted_at": clock(),
         }

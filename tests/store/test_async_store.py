@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import pytest
+
 from spotd.store import AsyncStore, StaleTransition, Store
 from spotd.types import AttemptStatus, EndReason, JobStatus
 
@@ -14,29 +15,56 @@ from spotd.types import AttemptStatus, EndReason, JobStatus
 async def test_async_store_runs_a_job_from_the_loop(db_url: str, clock: Any) -> None:
     store = await AsyncStore.open(db_url)
     try:
-        job = await store.create_job(name="a", task_id_prefix="spotd-h-j", spec_json="{}",
-                                     spec_redacted_json="{}", resources="cpu",
-                                     submitted_at=clock())
+        job = await store.create_job(
+            name="a",
+            task_id_prefix="spotd-h-j",
+            spec_json="{}",
+            spec_redacted_json="{}",
+            resources="cpu",
+            submitted_at=clock(),
+        )
         a = await store.create_attempt(
-            job_id=job.id, attempt=1, provider="local", region="r", zone="z",
-            instance_type="cpu.small", market="spot", price_per_hour=0.01, num_nodes=1,
-            now=clock(), instances=[{"key": "k", "node_rank": 0, "token": "tok"}])
-        await store.transition_job(job.id, from_=[JobStatus.PENDING], to=JobStatus.STARTING,
-                                   reason="attempt 1", now=clock.tick(), current_attempt=1)
+            job_id=job.id,
+            attempt=1,
+            provider="local",
+            region="r",
+            zone="z",
+            instance_type="cpu.small",
+            market="spot",
+            price_per_hour=0.01,
+            num_nodes=1,
+            now=clock(),
+            instances=[{"key": "k", "node_rank": 0, "token": "tok"}],
+        )
+        await store.transition_job(
+            job.id,
+            from_=[JobStatus.PENDING],
+            to=JobStatus.STARTING,
+            reason="attempt 1",
+            now=clock.tick(),
+            current_attempt=1,
+        )
         await store.set_instance_id("k", "pid-1")
-        await store.record_heartbeat("k", now=clock.tick(), phase="run", exit_code=None,
-                                     notice_deadline=None)
+        await store.record_heartbeat(
+            "k", now=clock.tick(), phase="run", exit_code=None, notice_deadline=None
+        )
         await store.set_log_offset("k", 10)
         assert (await store.instance_by_token("tok")).log_offset == 10  # type: ignore[union-attr]
-        await store.transition_attempt(a.id, from_=[AttemptStatus.PROVISIONING],
-                                       to=AttemptStatus.ENDED, reason="x", now=clock.tick(),
-                                       end_reason=EndReason.SUCCEEDED)
+        await store.transition_attempt(
+            a.id,
+            from_=[AttemptStatus.PROVISIONING],
+            to=AttemptStatus.ENDED,
+            reason="x",
+            now=clock.tick(),
+            end_reason=EndReason.SUCCEEDED,
+        )
         await store.mark_instance_terminated("k", now=clock())
         assert await store.instances(live_only=True) == []
         await store.update_job_fields(job.id, now=clock(), work_done_seconds=12.5)
         await store.add_event(kind="note", message="hello", now=clock(), job_id=job.id)
-        await store.add_zone_event(provider="local", region="r", zone="z", kind="PREEMPTED",
-                                   at=clock())
+        await store.add_zone_event(
+            provider="local", region="r", zone="z", kind="PREEMPTED", at=clock()
+        )
         assert len(await store.zone_events(since=0)) == 1
         assert (await store.get_attempt(a.id)).end_reason is EndReason.SUCCEEDED  # type: ignore[union-attr]
         assert [x.attempt for x in await store.attempts(job.id)] == [1]
@@ -47,8 +75,13 @@ async def test_async_store_runs_a_job_from_the_loop(db_url: str, clock: Any) -> 
         assert got is not None and got.work_done_seconds == 12.5
         assert (await store.events(job_id=job.id))[-1].message == "hello"
         with pytest.raises(StaleTransition):
-            await store.transition_job(job.id, from_=[JobStatus.PENDING],
-                                       to=JobStatus.STARTING, reason="again", now=clock())
+            await store.transition_job(
+                job.id,
+                from_=[JobStatus.PENDING],
+                to=JobStatus.STARTING,
+                reason="again",
+                now=clock(),
+            )
     finally:
         await store.close()
 
@@ -74,9 +107,14 @@ async def test_calls_run_one_at_a_time_on_one_thread_off_the_loop(
     monkeypatch.setattr(Store, "get_job", spy)
     astore = AsyncStore(store)
     try:
-        job = await astore.create_job(name="a", task_id_prefix="p-j", spec_json="{}",
-                                      spec_redacted_json="{}", resources="cpu",
-                                      submitted_at=clock())
+        job = await astore.create_job(
+            name="a",
+            task_id_prefix="p-j",
+            spec_json="{}",
+            spec_redacted_json="{}",
+            resources="cpu",
+            submitted_at=clock(),
+        )
         rows = await asyncio.gather(*(astore.get_job(job.id) for _ in range(20)))
     finally:
         await astore.close()
@@ -89,17 +127,37 @@ async def test_calls_run_one_at_a_time_on_one_thread_off_the_loop(
 async def test_racing_transitions_from_the_loop_one_wins(db_url: str, clock: Any) -> None:
     store = await AsyncStore.open(db_url)
     try:
-        job = await store.create_job(name="a", task_id_prefix="p-j", spec_json="{}",
-                                     spec_redacted_json="{}", resources="cpu",
-                                     submitted_at=clock())
+        job = await store.create_job(
+            name="a",
+            task_id_prefix="p-j",
+            spec_json="{}",
+            spec_redacted_json="{}",
+            resources="cpu",
+            submitted_at=clock(),
+        )
         # the controller places the job while the API cancels it
         results = await asyncio.gather(
-            store.transition_job(job.id, from_=[JobStatus.PENDING], to=JobStatus.STARTING,
-                                 reason="attempt 1", now=clock()),
-            store.transition_job(job.id, from_=[JobStatus.PENDING, JobStatus.STARTING],
-                                 to=JobStatus.CANCELLING, reason="cancel", now=clock()),
-            store.transition_job(job.id, from_=[JobStatus.PENDING], to=JobStatus.STARTING,
-                                 reason="attempt 1 (dup)", now=clock()),
+            store.transition_job(
+                job.id,
+                from_=[JobStatus.PENDING],
+                to=JobStatus.STARTING,
+                reason="attempt 1",
+                now=clock(),
+            ),
+            store.transition_job(
+                job.id,
+                from_=[JobStatus.PENDING, JobStatus.STARTING],
+                to=JobStatus.CANCELLING,
+                reason="cancel",
+                now=clock(),
+            ),
+            store.transition_job(
+                job.id,
+                from_=[JobStatus.PENDING],
+                to=JobStatus.STARTING,
+                reason="attempt 1 (dup)",
+                now=clock(),
+            ),
             return_exceptions=True,
         )
         assert [type(r).__name__ for r in results] == ["JobRow", "JobRow", "StaleTransition"]

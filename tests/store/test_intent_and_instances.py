@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
+
+import spotd.store.jobs as store_jobs
 from spotd.store import NotFound, Store, StoreError
 from spotd.types import EndReason
-from sqlalchemy.exc import IntegrityError
 
 
 def test_create_attempt_writes_the_intent_before_any_provider_id(
@@ -19,8 +21,9 @@ def test_create_attempt_writes_the_intent_before_any_provider_id(
     assert [r.key for r in rows] == [f"j{job.id}-a1-n{i}" for i in range(3)]
     assert [r.node_rank for r in rows] == [0, 1, 2]
     assert all(r.instance_id is None and not r.terminated and r.state == "PENDING" for r in rows)
-    assert all((r.provider, r.region, r.zone) == ("local", "local-east", "local-east-a")
-               for r in rows)
+    assert all(
+        (r.provider, r.region, r.zone) == ("local", "local-east", "local-east-a") for r in rows
+    )
     assert all(r.job_id == job.id and r.created_at == a.created_at for r in rows)
     ev = store.events(job_id=job.id)[-1]
     assert ev.kind == "attempt.status" and ev.attempt_id == a.id
@@ -30,8 +33,10 @@ def test_create_attempt_writes_the_intent_before_any_provider_id(
 def test_create_attempt_is_all_or_nothing(store: Store, make_job: Any, make_attempt: Any) -> None:
     job = make_job()
     n_events = len(store.events())
-    dup = [{"key": "same", "node_rank": 0, "token": "t0"}, {"key": "same", "node_rank": 1,
-                                                             "token": "t1"}]
+    dup = [
+        {"key": "same", "node_rank": 0, "token": "t0"},
+        {"key": "same", "node_rank": 1, "token": "t1"},
+    ]
     with pytest.raises(IntegrityError):
         make_attempt(job.id, instances=dup)
     assert store.get_attempt(f"j{job.id}-a1") is None
@@ -50,7 +55,7 @@ def test_create_attempt_rolls_back_when_its_event_fails(
     def broken(*a: Any, **kw: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(Store, "_event", staticmethod(broken))
+    monkeypatch.setattr(store_jobs, "write_event", broken)  # where create_attempt finds it
     with pytest.raises(RuntimeError):
         make_attempt(job.id)
     monkeypatch.undo()
@@ -89,27 +94,33 @@ def test_set_instance_id_is_idempotent_and_a_different_id_is_loud(
         store.set_instance_id("j1-a9-n9", "i-x")
 
 
-def test_heartbeat_updates_and_never_unreports(store: Store, make_job: Any, make_attempt: Any,
-                                               clock: Any) -> None:
+def test_heartbeat_updates_and_never_unreports(
+    store: Store, make_job: Any, make_attempt: Any, clock: Any
+) -> None:
     a = make_attempt(make_job().id)
     key = store.instances(attempt_id=a.id)[1].key
-    r = store.record_heartbeat(key, now=clock.tick(), phase="setup", exit_code=None,
-                               notice_deadline=None)
+    r = store.record_heartbeat(
+        key, now=clock.tick(), phase="setup", exit_code=None, notice_deadline=None
+    )
     assert (r.last_heartbeat_at, r.phase, r.exit_code) == (clock(), "setup", None)
     deadline = clock() + 120
-    r = store.record_heartbeat(key, now=clock.tick(), phase="run", exit_code=None,
-                               notice_deadline=deadline)
+    r = store.record_heartbeat(
+        key, now=clock.tick(), phase="run", exit_code=None, notice_deadline=deadline
+    )
     assert r.phase == "run" and r.notice_deadline == deadline
-    r = store.record_heartbeat(key, now=clock.tick(), phase="exited", exit_code=3,
-                               notice_deadline=None)
+    r = store.record_heartbeat(
+        key, now=clock.tick(), phase="exited", exit_code=3, notice_deadline=None
+    )
     assert (r.phase, r.exit_code, r.notice_deadline) == ("exited", 3, deadline)
-    r = store.record_heartbeat(key, now=clock.tick(), phase=None, exit_code=None,
-                               notice_deadline=None)
+    r = store.record_heartbeat(
+        key, now=clock.tick(), phase=None, exit_code=None, notice_deadline=None
+    )
     assert (r.phase, r.exit_code, r.last_heartbeat_at) == ("exited", 3, clock())
     assert store.get_instance(key) == r
     with pytest.raises(NotFound):
-        store.record_heartbeat("nope", now=clock(), phase="run", exit_code=None,
-                               notice_deadline=None)
+        store.record_heartbeat(
+            "nope", now=clock(), phase="run", exit_code=None, notice_deadline=None
+        )
 
 
 def test_log_offset(store: Store, make_job: Any, make_attempt: Any) -> None:
@@ -129,8 +140,9 @@ def test_token_lookup(store: Store, make_job: Any, make_attempt: Any) -> None:
     assert store.instance_by_token("") is None
 
 
-def test_terminated_instances_leave_the_live_set(store: Store, make_job: Any,
-                                                 make_attempt: Any, clock: Any) -> None:
+def test_terminated_instances_leave_the_live_set(
+    store: Store, make_job: Any, make_attempt: Any, clock: Any
+) -> None:
     j1, j2 = make_job(), make_job()
     a1, a2 = make_attempt(j1.id), make_attempt(j2.id, nodes=1)
     assert len(store.instances(live_only=True)) == 3
@@ -148,8 +160,9 @@ def test_terminated_instances_leave_the_live_set(store: Store, make_job: Any,
         store.mark_instance_terminated("nope", now=t)
 
 
-def test_rows_are_frozen_snapshots(store: Store, make_job: Any, make_attempt: Any,
-                                   clock: Any) -> None:
+def test_rows_are_frozen_snapshots(
+    store: Store, make_job: Any, make_attempt: Any, clock: Any
+) -> None:
     job = make_job()
     a = make_attempt(job.id)
     with pytest.raises(AttributeError):

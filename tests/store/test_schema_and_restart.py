@@ -9,27 +9,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import spotd.store.core as store_mod
+from sqlalchemy import Connection, text
+
+import spotd.store.migrations as migrations_mod
+import spotd.store.tables as tables_mod
 from spotd.store import (
     LATEST_VERSION,
     AttemptRow,
     EventRow,
     InstanceRow,
     JobRow,
+    ProjectRow,
+    ReplicaRow,
     SchemaTooNew,
+    ServiceRow,
     StaleTransition,
     Store,
     ZoneEventRow,
 )
 from spotd.types import JobStatus
-from sqlalchemy import Connection, text
 
 
 def test_reopen_is_idempotent(open_store: Callable[[], Store], clock: Any) -> None:
     s1 = open_store()
     assert s1.schema_version() == LATEST_VERSION
-    job = s1.create_job(name="a", task_id_prefix="p-j", spec_json="{}", spec_redacted_json="{}",
-                        resources="cpu", submitted_at=clock())
+    job = s1.create_job(
+        name="a",
+        task_id_prefix="p-j",
+        spec_json="{}",
+        spec_redacted_json="{}",
+        resources="cpu",
+        submitted_at=clock(),
+    )
     s1.close()
     s2 = open_store()
     s3 = open_store()
@@ -59,9 +70,9 @@ def test_later_migrations_run_once_on_older_databases_only(
         ran.append(2)
         conn.execute(text("create table extra_v2 (id integer primary key)"))
 
-    nxt = store_mod.LATEST_VERSION + 1
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, (nxt, v2)])
-    monkeypatch.setattr(store_mod, "LATEST_VERSION", nxt)
+    nxt = migrations_mod.LATEST_VERSION + 1
+    monkeypatch.setattr(migrations_mod, "MIGRATIONS", [*migrations_mod.MIGRATIONS, (nxt, v2)])
+    monkeypatch.setattr(migrations_mod, "LATEST_VERSION", nxt)
     s = open_store()
     assert s.schema_version() == nxt and ran == [2]
     s.close()
@@ -84,9 +95,11 @@ def test_a_failed_migration_leaves_the_old_version(
         conn.execute(text("create table half_done (id integer primary key)"))
         raise RuntimeError("migration bug")
 
-    before = store_mod.LATEST_VERSION
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, (before + 1, bad)])
-    monkeypatch.setattr(store_mod, "LATEST_VERSION", before + 1)
+    before = migrations_mod.LATEST_VERSION
+    monkeypatch.setattr(
+        migrations_mod, "MIGRATIONS", [*migrations_mod.MIGRATIONS, (before + 1, bad)]
+    )
+    monkeypatch.setattr(migrations_mod, "LATEST_VERSION", before + 1)
     with pytest.raises(RuntimeError, match="migration bug"):
         open_store()
     monkeypatch.undo()
@@ -125,18 +138,46 @@ def test_everything_survives_close_and_reopen(
     open_store: Callable[[], Store], make_job: Any, make_attempt: Any, clock: Any
 ) -> None:
     s1 = open_store()
-    job = s1.create_job(name="persist", task_id_prefix="spotd-h-j", spec_json='{"run":"x"}',
-                        spec_redacted_json='{"run":"x"}', resources="1x T4", submitted_at=clock(),
-                        project="research", deadline=clock() + 3600.25)
-    job = s1.transition_job(job.id, from_=[JobStatus.PENDING], to=JobStatus.STARTING,
-                            reason="attempt 1", now=clock.tick(0.123456), current_attempt=1)
-    a = s1.create_attempt(job_id=job.id, attempt=1, provider="aws", region="us-east-1",
-                          zone="us-east-1a", instance_type="g4dn.xlarge", market="spot",
-                          price_per_hour=0.1578, num_nodes=1, now=clock(),
-                          instances=[{"key": "k0", "node_rank": 0, "token": "secret-token"}])
+    job = s1.create_job(
+        name="persist",
+        task_id_prefix="spotd-h-j",
+        spec_json='{"run":"x"}',
+        spec_redacted_json='{"run":"x"}',
+        resources="1x T4",
+        submitted_at=clock(),
+        project="research",
+        deadline=clock() + 3600.25,
+    )
+    job = s1.transition_job(
+        job.id,
+        from_=[JobStatus.PENDING],
+        to=JobStatus.STARTING,
+        reason="attempt 1",
+        now=clock.tick(0.123456),
+        current_attempt=1,
+    )
+    a = s1.create_attempt(
+        job_id=job.id,
+        attempt=1,
+        provider="aws",
+        region="us-east-1",
+        zone="us-east-1a",
+        instance_type="g4dn.xlarge",
+        market="spot",
+        price_per_hour=0.1578,
+        num_nodes=1,
+        now=clock(),
+        instances=[{"key": "k0", "node_rank": 0, "token": "secret-token"}],
+    )
     inst = s1.set_instance_id("k0", "i-0123")
-    z = s1.add_zone_event(provider="aws", region="us-east-1", zone="us-east-1a",
-                          kind="PREEMPTED", at=clock(), detail="spot interruption")
+    z = s1.add_zone_event(
+        provider="aws",
+        region="us-east-1",
+        zone="us-east-1a",
+        kind="PREEMPTED",
+        at=clock(),
+        detail="spot interruption",
+    )
     events = s1.events()
     s1.close()
 
@@ -151,15 +192,23 @@ def test_everything_survives_close_and_reopen(
 
 
 def test_rows_mirror_their_tables(store: Store) -> None:
-    pairs = [(JobRow, store_mod.Job), (AttemptRow, store_mod.Attempt),
-             (InstanceRow, store_mod.Instance), (EventRow, store_mod.Event),
-             (ZoneEventRow, store_mod.ZoneEvent)]
+    pairs = [
+        (JobRow, tables_mod.Job),
+        (AttemptRow, tables_mod.Attempt),
+        (InstanceRow, tables_mod.Instance),
+        (EventRow, tables_mod.Event),
+        (ZoneEventRow, tables_mod.ZoneEvent),
+        (ServiceRow, tables_mod.Service),
+        (ReplicaRow, tables_mod.Replica),
+        (ProjectRow, tables_mod.Project),
+    ]
     for row, table in pairs:
         assert {f.name for f in dataclasses.fields(row)} == set(table.model_fields), row
 
 
-def test_enums_are_stored_as_their_string_values(store: Store, make_job: Any, make_attempt: Any,
-                                                 clock: Any) -> None:
+def test_enums_are_stored_as_their_string_values(
+    store: Store, make_job: Any, make_attempt: Any, clock: Any
+) -> None:
     job = make_job()
     make_attempt(job.id, market="on-demand")
     with store.engine.connect() as conn:
@@ -168,28 +217,53 @@ def test_enums_are_stored_as_their_string_values(store: Store, make_job: Any, ma
         assert tuple(m) == ("on-demand", "PROVISIONING")
 
 
-def test_two_stores_on_one_database_see_each_other(open_store: Callable[[], Store],
-                                                   clock: Any) -> None:
+def test_two_stores_on_one_database_see_each_other(
+    open_store: Callable[[], Store], clock: Any
+) -> None:
     """A restarted daemon (or a second reader) opens the same file while the first is open."""
     a, b = open_store(), open_store()
-    job = a.create_job(name="x", task_id_prefix="p-j", spec_json="{}", spec_redacted_json="{}",
-                       resources="cpu", submitted_at=clock())
+    job = a.create_job(
+        name="x",
+        task_id_prefix="p-j",
+        spec_json="{}",
+        spec_redacted_json="{}",
+        resources="cpu",
+        submitted_at=clock(),
+    )
     assert b.get_job(job.id) == job
-    b.transition_job(job.id, from_=[JobStatus.PENDING], to=JobStatus.CANCELLING,
-                     reason="cancel from the API", now=clock.tick())
+    b.transition_job(
+        job.id,
+        from_=[JobStatus.PENDING],
+        to=JobStatus.CANCELLING,
+        reason="cancel from the API",
+        now=clock.tick(),
+    )
     with pytest.raises(StaleTransition, match="CANCELLING"):
-        a.transition_job(job.id, from_=[JobStatus.PENDING], to=JobStatus.STARTING,
-                         reason="attempt 1", now=clock.tick())
+        a.transition_job(
+            job.id,
+            from_=[JobStatus.PENDING],
+            to=JobStatus.STARTING,
+            reason="attempt 1",
+            now=clock.tick(),
+        )
     assert [e.message.split(":")[0] for e in a.events(job_id=job.id)] == [
-        "→ PENDING", "PENDING → CANCELLING"]
+        "→ PENDING",
+        "PENDING → CANCELLING",
+    ]
 
 
 def test_racing_writers_exactly_one_wins(open_store: Callable[[], Store], clock: Any) -> None:
     """Eight stores race the same CAS from eight threads: one wins, seven get StaleTransition
     (never 'database is locked'), and exactly one event is written."""
     stores = [open_store() for _ in range(8)]
-    job = stores[0].create_job(name="race", task_id_prefix="p-j", spec_json="{}",
-                               spec_redacted_json="{}", resources="cpu", submitted_at=clock())
+    job = stores[0].create_job(
+        name="race",
+        task_id_prefix="p-j",
+        spec_json="{}",
+        spec_redacted_json="{}",
+        resources="cpu",
+        submitted_at=clock(),
+    )
     barrier = threading.Barrier(len(stores), timeout=30)
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -197,8 +271,14 @@ def test_racing_writers_exactly_one_wins(open_store: Callable[[], Store], clock:
     def attempt(i: int, s: Store) -> None:
         barrier.wait()
         try:
-            s.transition_job(job.id, from_=[JobStatus.PENDING], to=JobStatus.STARTING,
-                             reason=f"writer {i}", now=clock(), current_attempt=1)
+            s.transition_job(
+                job.id,
+                from_=[JobStatus.PENDING],
+                to=JobStatus.STARTING,
+                reason=f"writer {i}",
+                now=clock(),
+                current_attempt=1,
+            )
             out = "won"
         except StaleTransition:
             out = "stale"

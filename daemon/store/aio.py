@@ -1,0 +1,153 @@
+"""The store for the event loop: every call runs on one dedicated store thread.
+
+One thread, so calls run one at a time in the order they were made (SQLite has one writer
+anyway) and the loop never blocks on disk or network I/O. This is the daemon's one place where
+a thread is allowed.
+
+The coroutine methods are not written out: each is one line, ``get_job =
+_offload(Store.get_job)``, whose type mypy derives from the :class:`Store` method (same
+parameters, result awaited), so a change to a ``Store`` signature reaches every ``await
+astore.…`` call site without a copy to keep in step. The method is looked up on the wrapped
+store when the call is made, so what runs is whatever ``store.get_job`` is then.
+
+(The ``Store`` methods that take ``**fields`` declare ``self`` positional-only, ``self, /``:
+otherwise ``self`` could be passed by keyword into ``**fields``, and mypy refuses to drop it
+from the signature.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
+
+from spotd.store.store import Store
+
+__all__ = ["AsyncStore"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Offload(Generic[P, R]):
+    """A :class:`Store` method, offered on :class:`AsyncStore` as a coroutine method."""
+
+    def __init__(self, method: Callable[Concatenate[Store, P], R]) -> None:
+        self._name = method.__name__
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type[AsyncStore]) -> Self: ...
+
+    @overload
+    def __get__(
+        self, obj: AsyncStore, owner: type[AsyncStore]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    def __get__(
+        self, obj: AsyncStore | None, owner: type[AsyncStore]
+    ) -> Self | Callable[P, Coroutine[Any, Any, R]]:
+        if obj is None:
+            return self
+        name = self._name
+        astore = obj
+
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            method: Callable[P, R] = getattr(astore.store, name)
+            return await astore._call(method, *args, **kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = self.__doc__
+        return call
+
+
+_offload = _Offload
+
+
+class AsyncStore:
+    """:class:`Store` for the event loop: every call runs on one dedicated store thread."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotd-store")
+
+    @classmethod
+    async def open(cls, url: str) -> AsyncStore:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotd-store")
+        try:
+            store = await asyncio.get_running_loop().run_in_executor(executor, Store.open, url)
+        finally:
+            executor.shutdown(wait=False)
+        return cls(store)
+
+    async def _call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, call)
+
+    async def close(self) -> None:
+        try:
+            await self._call(self.store.close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    schema_version = _offload(Store.schema_version)
+
+    # jobs and attempts
+    create_job = _offload(Store.create_job)
+    get_job = _offload(Store.get_job)
+    require_job = _offload(Store.require_job)
+    list_jobs = _offload(Store.list_jobs)
+    active_jobs = _offload(Store.active_jobs)
+    transition_job = _offload(Store.transition_job)
+    update_job_fields = _offload(Store.update_job_fields)
+    create_attempt = _offload(Store.create_attempt)
+    transition_attempt = _offload(Store.transition_attempt)
+    attempts = _offload(Store.attempts)
+    get_attempt = _offload(Store.get_attempt)
+    require_attempt = _offload(Store.require_attempt)
+
+    # instances
+    set_instance_id = _offload(Store.set_instance_id)
+    instances = _offload(Store.instances)
+    get_instance = _offload(Store.get_instance)
+    require_instance = _offload(Store.require_instance)
+    instance_by_token = _offload(Store.instance_by_token)
+    record_heartbeat = _offload(Store.record_heartbeat)
+    set_log_offset = _offload(Store.set_log_offset)
+    mark_instance_terminated = _offload(Store.mark_instance_terminated)
+
+    # events and zone history
+    add_event = _offload(Store.add_event)
+    events = _offload(Store.events)
+    service_events = _offload(Store.service_events)
+    add_zone_event = _offload(Store.add_zone_event)
+    zone_events = _offload(Store.zone_events)
+
+    # projects
+    create_project = _offload(Store.create_project)
+    get_project = _offload(Store.get_project)
+    project_by_token_hash = _offload(Store.project_by_token_hash)
+    list_projects = _offload(Store.list_projects)
+
+    # services and replicas
+    create_service = _offload(Store.create_service)
+    get_service = _offload(Store.get_service)
+    require_service = _offload(Store.require_service)
+    service_by_name = _offload(Store.service_by_name)
+    list_services = _offload(Store.list_services)
+    transition_service = _offload(Store.transition_service)
+    update_service_fields = _offload(Store.update_service_fields)
+    add_service_version = _offload(Store.add_service_version)
+    service_version_spec = _offload(Store.service_version_spec)
+    create_replica = _offload(Store.create_replica)
+    transition_replica = _offload(Store.transition_replica)
+    update_replica_fields = _offload(Store.update_replica_fields)
+    record_replica_heartbeat = _offload(Store.record_replica_heartbeat)
+    replicas = _offload(Store.replicas)
+    get_replica = _offload(Store.get_replica)
+    require_replica = _offload(Store.require_replica)

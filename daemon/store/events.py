@@ -1,0 +1,88 @@
+"""The event log and the zone history.
+
+Events are written by the store itself beside every change (see :mod:`spotd.store.cas`);
+:meth:`EventStore.add_event` is for what happens outside a row change (a note from the
+controller). Zone events feed ``spotd.recovery.history``: where capacity was lost, and when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from spotd.store.base import StoreBase
+from spotd.store.cas import enum_value, write_event
+from spotd.store.rows import EventRow, ZoneEventRow
+from spotd.store.tables import Event, ZoneEvent, table_of
+
+__all__ = ["EventStore"]
+
+
+class EventStore(StoreBase):
+    """The events and zone-history part of :class:`~spotd.store.Store`."""
+
+    def add_event(
+        self,
+        *,
+        kind: str,
+        message: str,
+        now: float,
+        job_id: int | None = None,
+        attempt_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> EventRow:
+        with self._write() as conn:
+            return write_event(
+                conn,
+                kind=kind,
+                message=message,
+                now=now,
+                job_id=job_id,
+                attempt_id=attempt_id,
+                data=data,
+            )
+
+    def events(
+        self, *, job_id: int | None = None, since_id: int = 0, limit: int | None = None
+    ) -> list[EventRow]:
+        """Events in the order they were written; ``since_id`` for tailing."""
+        et = table_of(Event)
+        q = select(et).where(et.c.id > since_id).order_by(et.c.id)
+        if job_id is not None:
+            q = q.where(et.c.job_id == job_id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read() as conn:
+            return [EventRow.from_mapping(m) for m in conn.execute(q).mappings()]
+
+    def service_events(self, service_id: int, *, since_id: int = 0) -> list[EventRow]:
+        """The service's events and its replicas', in the order they were written."""
+        et = table_of(Event)
+        q = select(et).where(et.c.service_id == service_id, et.c.id > since_id).order_by(et.c.id)
+        with self._read() as conn:
+            return [EventRow.from_mapping(m) for m in conn.execute(q).mappings()]
+
+    def add_zone_event(
+        self, *, provider: str, region: str, zone: str, kind: str, at: float, detail: str = ""
+    ) -> ZoneEventRow:
+        values = {
+            "provider": provider,
+            "region": region,
+            "zone": zone,
+            "kind": enum_value(kind),
+            "at": at,
+            "detail": detail,
+        }
+        zt = table_of(ZoneEvent)
+        with self._write() as conn:
+            res = conn.execute(zt.insert().values(**values).returning(zt.c.id))
+            return ZoneEventRow.from_mapping({"id": int(res.scalar_one()), **values})
+
+    def zone_events(self, *, since: float) -> list[ZoneEventRow]:
+        """Zone history at or after ``since``, oldest first."""
+        zt = table_of(ZoneEvent)
+        q = select(zt).where(zt.c.at >= since).order_by(zt.c.at, zt.c.id)
+        with self._read() as conn:
+            return [ZoneEventRow.from_mapping(m) for m in conn.execute(q).mappings()]

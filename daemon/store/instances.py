@@ -1,0 +1,127 @@
+"""Instances: the nodes of an attempt, keyed by our idempotency key (``j<job>-a<n>-n<rank>``).
+
+The row exists before the provider is asked (see ``create_attempt``); the provider's id comes
+later through :meth:`InstanceStore.set_instance_id`, and the agent's reports through
+:meth:`InstanceStore.record_heartbeat`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+
+from spotd.store.base import StoreBase
+from spotd.store.cas import Subject, enum_value, fetch, set_fields
+from spotd.store.errors import StoreError
+from spotd.store.rows import InstanceRow
+from spotd.store.tables import Instance, table_of
+from spotd.types import InstanceState
+
+__all__ = ["INSTANCES", "InstanceStore"]
+
+INSTANCES = Subject(
+    what="instance",
+    table=table_of(Instance),
+    key="key",
+    row=InstanceRow.from_mapping,
+    links=(("job_id", "job_id"), ("attempt_id", "attempt_id")),
+)
+
+
+class InstanceStore(StoreBase):
+    """The instances part of :class:`~spotd.store.Store`."""
+
+    def set_instance_id(
+        self, key: str, instance_id: str, *, state: str | None = None
+    ) -> InstanceRow:
+        """Record the provider's id for our key. Idempotent; a *different* id fails loudly."""
+        it = INSTANCES.table
+        with self._write() as conn:
+            row = fetch(conn, INSTANCES, key, for_update=True)
+            if row.instance_id is not None and row.instance_id != instance_id:
+                raise StoreError(
+                    f"instance {key} already has provider id {row.instance_id}, got {instance_id}"
+                )
+            values: dict[str, Any] = {"instance_id": instance_id}
+            if state is not None:
+                values["state"] = enum_value(state)
+            conn.execute(update(it).where(it.c.key == key).values(**values))
+            return fetch(conn, INSTANCES, key)
+
+    def instances(
+        self,
+        *,
+        attempt_id: str | None = None,
+        job_id: int | None = None,
+        live_only: bool = False,
+    ) -> list[InstanceRow]:
+        """Instance rows ordered by attempt and node rank; ``live_only``: not terminated."""
+        it = INSTANCES.table
+        q = select(it).order_by(it.c.job_id, it.c.attempt_id, it.c.node_rank)
+        if attempt_id is not None:
+            q = q.where(it.c.attempt_id == attempt_id)
+        if job_id is not None:
+            q = q.where(it.c.job_id == job_id)
+        if live_only:
+            q = q.where(it.c.terminated.is_(False))
+        with self._read() as conn:
+            return [InstanceRow.from_mapping(m) for m in conn.execute(q).mappings()]
+
+    def get_instance(self, key: str) -> InstanceRow | None:
+        return self._get(INSTANCES, key)
+
+    def require_instance(self, key: str) -> InstanceRow:
+        """The instance; :class:`NotFound` ("no instance j7-a2-n0") if there is none."""
+        return self._require(INSTANCES, key)
+
+    def instance_by_token(self, token: str) -> InstanceRow | None:
+        if not token:
+            return None
+        it = INSTANCES.table
+        with self._read() as conn:
+            m = conn.execute(select(it).where(it.c.token == token)).mappings().first()
+            return None if m is None else InstanceRow.from_mapping(m)
+
+    def record_heartbeat(
+        self,
+        key: str,
+        *,
+        now: float,
+        phase: str | None,
+        exit_code: int | None,
+        notice_deadline: float | None,
+        gpus_json: str | None = None,
+    ) -> InstanceRow:
+        """An agent reported. None leaves a field as it was: an exit code or a notice, once
+        reported, is not unreported by a later heartbeat that omits it."""
+        values: dict[str, Any] = {"last_heartbeat_at": now}
+        if gpus_json is not None:
+            values.update(gpus_json=gpus_json, gpus_at=now)
+        if phase is not None:
+            values["phase"] = phase
+        if exit_code is not None:
+            values["exit_code"] = exit_code
+        if notice_deadline is not None:
+            values["notice_deadline"] = notice_deadline
+        with self._write() as conn:
+            return set_fields(conn, INSTANCES, key, values)
+
+    def set_log_offset(self, key: str, offset: int) -> InstanceRow:
+        with self._write() as conn:
+            return set_fields(conn, INSTANCES, key, {"log_offset": offset})
+
+    def mark_instance_terminated(self, key: str, *, now: float) -> InstanceRow:
+        """Idempotent: the first call's time stands."""
+        it = INSTANCES.table
+        with self._write() as conn:
+            row = fetch(conn, INSTANCES, key, for_update=True)
+            if not row.terminated:
+                conn.execute(
+                    update(it)
+                    .where(it.c.key == key)
+                    .values(
+                        terminated=True, terminated_at=now, state=InstanceState.TERMINATED.value
+                    )
+                )
+            return fetch(conn, INSTANCES, key)

@@ -1,0 +1,308 @@
+"""Jobs and their attempts.
+
+A job's status and an attempt's status change only through :func:`~spotd.store.cas.compare_and_set`
+(``transition_job`` / ``transition_attempt``). ``create_attempt`` writes the *intent* — the
+attempt and one instance row per node, ``instance_id`` still None — in one transaction before
+any provider call: a daemon killed mid-launch finds rows without an instance id and finishes the
+launch, idempotent by key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+
+from spotd.store.base import StoreBase
+from spotd.store.cas import (
+    Note,
+    Subject,
+    checked_fields,
+    compare_and_set,
+    enum_value,
+    fetch,
+    set_fields,
+    write_event,
+)
+from spotd.store.rows import AttemptRow, JobRow
+from spotd.store.tables import Attempt, Instance, Job, table_of
+from spotd.types import (
+    TERMINAL_JOB_STATUSES,
+    AttemptStatus,
+    EndReason,
+    InstanceState,
+    JobStatus,
+    Market,
+)
+
+__all__ = ["ATTEMPTS", "JOBS", "JobStore"]
+
+JOBS = Subject(
+    what="job",
+    table=table_of(Job),
+    key="id",
+    row=JobRow.from_mapping,
+    links=(("job_id", "id"),),
+    settable=frozenset(Job.model_fields) - {"id", "status", "task_id"},
+)
+ATTEMPTS = Subject(
+    what="attempt",
+    table=table_of(Attempt),
+    key="id",
+    row=AttemptRow.from_mapping,
+    links=(("job_id", "job_id"), ("attempt_id", "id")),
+)
+
+
+class JobStore(StoreBase):
+    """The jobs and attempts part of :class:`~spotd.store.Store`."""
+
+    def create_job(
+        self,
+        *,
+        name: str,
+        task_id_prefix: str,
+        spec_json: str,
+        spec_redacted_json: str,
+        resources: str,
+        submitted_at: float,
+        project: str = "default",
+        deadline: float | None = None,
+    ) -> JobRow:
+        """Store a new PENDING job and its first event.
+
+        ``task_id`` is ``task_id_prefix + str(id)``, e.g. prefix "spotd-1a2b-j" gives
+        "spotd-1a2b-j7": it needs the id, so it is set in the same transaction as the insert.
+        """
+        jt = JOBS.table
+        with self._write() as conn:
+            res = conn.execute(
+                jt.insert()
+                .values(
+                    name=name,
+                    task_id=f"pending-{uuid.uuid4().hex}",
+                    status=JobStatus.PENDING.value,
+                    spec_json=spec_json,
+                    spec_redacted_json=spec_redacted_json,
+                    resources=resources,
+                    project=project,
+                    submitted_at=submitted_at,
+                    deadline=deadline,
+                    message="submitted",
+                )
+                .returning(jt.c.id)
+            )
+            job_id = int(res.scalar_one())
+            conn.execute(
+                jt.update().where(jt.c.id == job_id).values(task_id=f"{task_id_prefix}{job_id}")
+            )
+            write_event(
+                conn,
+                kind="job.status",
+                message=f"→ PENDING: submitted {name!r} ({resources})",
+                now=submitted_at,
+                job_id=job_id,
+                data={"from": None, "to": JobStatus.PENDING.value},
+            )
+            return fetch(conn, JOBS, job_id)
+
+    def get_job(self, job_id: int) -> JobRow | None:
+        return self._get(JOBS, job_id)
+
+    def require_job(self, job_id: int) -> JobRow:
+        """The job; :class:`NotFound` ("no job 7") if there is none."""
+        return self._require(JOBS, job_id)
+
+    def list_jobs(
+        self, *, statuses: Collection[JobStatus] | None = None, limit: int | None = None
+    ) -> list[JobRow]:
+        """Jobs, newest first, optionally only those in ``statuses``."""
+        jt = JOBS.table
+        q = select(jt).order_by(jt.c.id.desc())
+        if statuses is not None:
+            q = q.where(jt.c.status.in_([enum_value(s) for s in statuses]))
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read() as conn:
+            return [JobRow.from_mapping(m) for m in conn.execute(q).mappings()]
+
+    def active_jobs(self) -> list[JobRow]:
+        """Jobs not in a terminal status, oldest first (the order workers are started in)."""
+        jt = JOBS.table
+        q = (
+            select(jt)
+            .where(jt.c.status.not_in([s.value for s in TERMINAL_JOB_STATUSES]))
+            .order_by(jt.c.id)
+        )
+        with self._read() as conn:
+            return [JobRow.from_mapping(m) for m in conn.execute(q).mappings()]
+
+    def transition_job(
+        self,
+        /,
+        job_id: int,
+        *,
+        from_: Collection[JobStatus],
+        to: JobStatus,
+        reason: str,
+        now: float,
+        **fields: Any,
+    ) -> JobRow:
+        """Compare-and-set the job's status, set ``fields`` too, and write the event.
+
+        ``message`` defaults to ``reason``. Raises :class:`StaleTransition` (nothing written)
+        if the job is not in one of ``from_``; :class:`NotFound` if there is no such job.
+        """
+        values = checked_fields(JOBS, fields)
+        values.setdefault("message", reason)
+        with self._write() as conn:
+            return compare_and_set(
+                conn,
+                JOBS,
+                job_id,
+                from_=from_,
+                to=to,
+                reason=reason,
+                now=now,
+                values=values,
+                data={"fields": values},
+            )
+
+    def update_job_fields(
+        self, /, job_id: int, *, now: float, event: str | None = None, **fields: Any
+    ) -> JobRow:
+        """Non-status bookkeeping (counters, next_try_at, message). ``event``: also log it."""
+        values = checked_fields(JOBS, fields)
+        note = None if event is None else Note(event, now)
+        with self._write() as conn:
+            return set_fields(conn, JOBS, job_id, values, note=note)
+
+    # -- attempts ----------------------------------------------------------------------
+
+    def create_attempt(
+        self,
+        *,
+        job_id: int,
+        attempt: int,
+        provider: str,
+        region: str,
+        zone: str,
+        instance_type: str,
+        market: Market | str,
+        price_per_hour: float,
+        num_nodes: int,
+        now: float,
+        instances: Sequence[Mapping[str, Any]],
+    ) -> AttemptRow:
+        """Write the intent: the attempt (PROVISIONING) and its instance rows, atomically.
+
+        ``instances``: one ``{"key", "node_rank", "token"}`` per node, ``instance_id`` unset
+        until :meth:`set_instance_id`. Called before any provider call.
+        """
+        aid = f"j{job_id}-a{attempt}"
+        market_value = Market(market).value
+        with self._write() as conn:
+            conn.execute(
+                ATTEMPTS.table.insert().values(
+                    id=aid,
+                    job_id=job_id,
+                    attempt=attempt,
+                    status=AttemptStatus.PROVISIONING.value,
+                    provider=provider,
+                    region=region,
+                    zone=zone,
+                    instance_type=instance_type,
+                    market=market_value,
+                    price_per_hour=price_per_hour,
+                    num_nodes=num_nodes,
+                    created_at=now,
+                    end_detail="",
+                )
+            )
+            if instances:
+                conn.execute(
+                    table_of(Instance).insert(),
+                    [
+                        {
+                            "key": i["key"],
+                            "attempt_id": aid,
+                            "job_id": job_id,
+                            "node_rank": int(i["node_rank"]),
+                            "provider": provider,
+                            "instance_id": None,
+                            "region": region,
+                            "zone": zone,
+                            "state": InstanceState.PENDING.value,
+                            "token": i["token"],
+                            "created_at": now,
+                            "log_offset": 0,
+                            "terminated": False,
+                        }
+                        for i in instances
+                    ],
+                )
+            write_event(
+                conn,
+                kind="attempt.status",
+                message=(
+                    f"→ PROVISIONING: attempt {attempt} in {provider}/{region}/{zone}, "
+                    f"{num_nodes}x {instance_type} {market_value} ${price_per_hour:.4f}/h"
+                ),
+                now=now,
+                job_id=job_id,
+                attempt_id=aid,
+                data={"from": None, "to": AttemptStatus.PROVISIONING.value},
+            )
+            return fetch(conn, ATTEMPTS, aid)
+
+    def transition_attempt(
+        self,
+        attempt_id: str,
+        *,
+        from_: Collection[AttemptStatus],
+        to: AttemptStatus,
+        reason: str,
+        now: float,
+        end_reason: EndReason | None = None,
+        end_detail: str = "",
+    ) -> AttemptRow:
+        """Compare-and-set the attempt's status and write the event.
+
+        Reaching RUNNING sets ``started_at`` (once); reaching ENDED sets ``ended_at`` and needs
+        an ``end_reason``: an attempt never ends without saying why.
+        """
+        if (to == AttemptStatus.ENDED) != (end_reason is not None):
+            raise ValueError("end_reason is required when, and only when, an attempt ENDs")
+        values: dict[str, Any] = {}
+        if to == AttemptStatus.RUNNING:  # the first start stands
+            values["started_at"] = func.coalesce(ATTEMPTS.table.c.started_at, now)
+        if to == AttemptStatus.ENDED:
+            values.update(ended_at=now, end_reason=enum_value(end_reason), end_detail=end_detail)
+        with self._write() as conn:
+            return compare_and_set(
+                conn,
+                ATTEMPTS,
+                attempt_id,
+                from_=from_,
+                to=to,
+                reason=reason,
+                now=now,
+                values=values,
+                data={"end_reason": values.get("end_reason")},
+            )
+
+    def attempts(self, job_id: int) -> list[AttemptRow]:
+        """The job's attempts, first to last."""
+        at = ATTEMPTS.table
+        with self._read() as conn:
+            rows = conn.execute(select(at).where(at.c.job_id == job_id).order_by(at.c.attempt))
+            return [AttemptRow.from_mapping(m) for m in rows.mappings()]
+
+    def get_attempt(self, attempt_id: str) -> AttemptRow | None:
+        return self._get(ATTEMPTS, attempt_id)
+
+    def require_attempt(self, attempt_id: str) -> AttemptRow:
+        """The attempt; :class:`NotFound` ("no attempt j7-a2") if there is none."""
+        return self._require(ATTEMPTS, attempt_id)

@@ -1,0 +1,96 @@
+"""Schema versions: the ordered migrations and the runner that applies them at open.
+
+``MIGRATIONS`` is ``(version, migrate(connection))`` in order, applied inside the one
+transaction that opens the store. A fresh database runs version 1 only, which creates the
+tables as :mod:`spotd.store.tables` describes them today, and is stamped ``LATEST_VERSION``;
+the later entries (``ALTER TABLE …``) run only for databases stamped with an older version.
+So: when a model changes, append a migration here too.
+
+:func:`migrate` reads ``MIGRATIONS`` and ``LATEST_VERSION`` from this module when it runs, so
+a test that patches them here sees the runner use its list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, inspect, select
+
+from spotd.store.errors import SchemaTooNew
+from spotd.store.tables import (
+    METADATA,
+    Project,
+    Replica,
+    SchemaVersion,
+    Service,
+    ServiceVersion,
+    table_of,
+)
+
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "current_version", "migrate"]
+
+
+def _create_all(conn: Connection) -> None:
+    METADATA.create_all(conn)
+
+
+def _v2_services(conn: Connection) -> None:
+    """Services: the service, service_version and replica tables, and event.service_id."""
+    conn.exec_driver_sql("ALTER TABLE event ADD COLUMN service_id INTEGER")
+    conn.exec_driver_sql("CREATE INDEX ix_event_service_id ON event (service_id)")
+    METADATA.create_all(
+        conn, tables=[table_of(Service), table_of(ServiceVersion), table_of(Replica)]
+    )
+
+
+def _v3_gpus_and_projects(conn: Connection) -> None:
+    """GPU telemetry on instances (instance.gpus_json, gpus_at) and the project table."""
+    conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN gpus_json TEXT")
+    conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN gpus_at FLOAT")
+    METADATA.create_all(conn, tables=[table_of(Project)])
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _create_all),
+    (2, _v2_services),
+    (3, _v3_gpus_and_projects),
+]
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+_PG_MIGRATION_LOCK = 0x5B07D  # pg_advisory_xact_lock key: one migrator at a time
+
+
+def current_version(conn: Connection) -> int:
+    """The version the database is stamped with; 0 for a database spotd never opened."""
+    if not inspect(conn).has_table(SchemaVersion.__tablename__):
+        return 0
+    v = conn.execute(select(table_of(SchemaVersion).c.version)).scalars().all()
+    return max(v, default=0)
+
+
+def migrate(conn: Connection, *, where: str) -> None:
+    """Bring the database on ``conn`` (inside a write transaction) to ``LATEST_VERSION``.
+
+    Raises :class:`SchemaTooNew` if a newer spotd wrote it; ``where`` names the database in
+    that message (password hidden). On PostgreSQL an advisory lock makes concurrent openers
+    migrate one after the other; the second then finds the work done.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+    current = current_version(conn)
+    if current > LATEST_VERSION:
+        raise SchemaTooNew(
+            f"the database {where} has schema version {current}, newer than this spotd knows "
+            f"({LATEST_VERSION}): upgrade spotd, or point it at another database"
+        )
+    if current == LATEST_VERSION:
+        return
+    if current == 0:
+        MIGRATIONS[0][1](conn)  # a fresh database: the current shape at once
+    else:
+        for version, step in MIGRATIONS:
+            if version > current:
+                step(conn)
+    stamp = table_of(SchemaVersion)
+    conn.execute(stamp.delete())
+    conn.execute(stamp.insert().values(version=LATEST_VERSION))

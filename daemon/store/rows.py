@@ -1,0 +1,255 @@
+"""Rows as the store hands them out: frozen snapshots detached from any session.
+
+Enum columns come back as their enums (the database holds the string value); every row
+mirrors its table field for field (a test holds them to it).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from spotd.serve.replica_state import ReplicaStatus
+from spotd.types import TERMINAL_JOB_STATUSES, AttemptStatus, EndReason, JobStatus, Market
+
+__all__ = [
+    "AttemptRow",
+    "EventRow",
+    "InstanceRow",
+    "JobRow",
+    "ProjectRow",
+    "ReplicaRow",
+    "ServiceRow",
+    "ServiceStatus",
+    "ZoneEventRow",
+]
+
+
+class ServiceStatus(enum.StrEnum):
+    STARTING = "STARTING"  # accepted; no replica has been READY yet
+    READY = "READY"  # at least one replica is READY behind the load balancer
+    NO_REPLICA = "NO_REPLICA"  # none READY now (lost, or scaled to zero): the LB queues
+    SHUTTING_DOWN = "SHUTTING_DOWN"  # `serve down`: replicas and the LB are being stopped
+    DOWN = "DOWN"  # every replica and the LB are gone (terminal)
+    FAILED = "FAILED"  # the service cannot run (its LB could not start); replicas stopped
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (ServiceStatus.DOWN,)
+
+
+def _pick(cls: type, m: Mapping[Any, Any]) -> dict[str, Any]:
+    return {f.name: m[f.name] for f in fields(cls)}
+
+
+def _opt(kind: type[enum.StrEnum], value: str | None) -> Any:
+    return None if value is None else kind(value)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: int
+    name: str
+    task_id: str
+    status: JobStatus
+    spec_json: str
+    spec_redacted_json: str
+    resources: str
+    project: str
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+    recoveries: int
+    preemptions: int
+    user_restarts: int
+    infra_failures: int
+    current_attempt: int
+    message: str
+    failed_launches: int
+    first_failure_at: float | None
+    next_try_at: float | None
+    work_done_seconds: float
+    deadline: float | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_JOB_STATUSES
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> JobRow:
+        return cls(**{**_pick(cls, m), "status": JobStatus(m["status"])})
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    id: str
+    job_id: int
+    attempt: int
+    status: AttemptStatus
+    provider: str
+    region: str
+    zone: str
+    instance_type: str
+    market: Market
+    price_per_hour: float
+    num_nodes: int
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    end_reason: EndReason | None
+    end_detail: str
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> AttemptRow:
+        return cls(
+            **{
+                **_pick(cls, m),
+                "status": AttemptStatus(m["status"]),
+                "market": Market(m["market"]),
+                "end_reason": _opt(EndReason, m["end_reason"]),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    key: str
+    attempt_id: str
+    job_id: int
+    node_rank: int
+    provider: str
+    instance_id: str | None
+    region: str
+    zone: str
+    state: str
+    token: str
+    created_at: float
+    last_heartbeat_at: float | None
+    phase: str | None
+    exit_code: int | None
+    notice_deadline: float | None
+    log_offset: int
+    terminated: bool
+    terminated_at: float | None
+    gpus_json: str | None = None
+    gpus_at: float | None = None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> InstanceRow:
+        return cls(**{**_pick(cls, m), "terminated": bool(m["terminated"])})
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    id: int
+    at: float
+    job_id: int | None
+    attempt_id: str | None
+    kind: str
+    message: str
+    data_json: str
+    service_id: int | None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.data_json or "{}")
+        return loaded
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> EventRow:
+        return cls(**_pick(cls, m))
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneEventRow:
+    id: int
+    provider: str
+    region: str
+    zone: str
+    kind: str
+    at: float
+    detail: str
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> ZoneEventRow:
+        return cls(**_pick(cls, m))
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRow:
+    id: int
+    name: str
+    status: ServiceStatus
+    version: int
+    update_mode: str
+    spec_json: str
+    spec_redacted_json: str
+    created_at: float
+    ended_at: float | None
+    message: str
+    lb_port: int
+    lb_control_port: int
+    lb_token: str
+    lb_pid: int | None
+    lb_start_ticks: int | None
+    target: int
+    upscale_since: float | None
+    downscale_since: float | None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> ServiceRow:
+        return cls(**{**_pick(cls, m), "status": ServiceStatus(m["status"])})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRow:
+    key: str
+    service_id: int
+    replica_id: int
+    version: int
+    status: ReplicaStatus
+    provider: str
+    region: str
+    zone: str
+    instance_type: str
+    market: Market
+    price_per_hour: float
+    port: int
+    instance_id: str | None
+    url: str
+    token: str
+    created_at: float
+    started_at: float | None
+    ready_at: float | None
+    ended_at: float | None
+    message: str
+    last_heartbeat_at: float | None
+    phase: str | None
+    exit_code: int | None
+    notice_deadline: float | None
+    log_offset: int
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> ReplicaRow:
+        return cls(
+            **{
+                **_pick(cls, m),
+                "status": ReplicaStatus(m["status"]),
+                "market": Market(m["market"]),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRow:
+    name: str
+    gpu_quota: float | None
+    token_hash: str
+    created_at: float
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> ProjectRow:
+        return cls(**_pick(cls, m))
