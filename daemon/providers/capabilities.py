@@ -8,15 +8,22 @@ suite (tests/providers) runs a capability's tests for exactly the backends that 
   where the provider's interruption notices come from (AWS, Kubernetes, Slurm; the local
   provider's agents use the daemon's unix socket and read notices from files).
 - ``PackageStore``: workdirs and mounts travel through a store the instance can read (an
-  ``s3://`` prefix on AWS).
+  ``s3://`` prefix on AWS), which the daemon reaches with the provider's own S3 settings.
 - ``Chaos``: the test controls of a provider whose instances we own end to end (the local
   provider): reclaim one like a spot market would, kill it, cut it off, or stock out a region.
 - ``Disableable``: a configured backend that can be present but switched off, with the reason
   (AWS without credentials).
+- ``AdvanceNotices``: the provider's own listing reports an instance in NOTICE, with a deadline,
+  before it goes (Kubernetes: a DisruptionTarget condition or a terminating pod; local: a chaos
+  notice). On AWS and Slurm the notice reaches only the agent on the instance (the metadata
+  service, a signal), so their listings never say NOTICE and they do not declare it.
+
+Which backend declares which is a table in tests/providers/test_capabilities.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from spotd.types import Market
@@ -37,6 +44,19 @@ class AgentEndpoint(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectStore:
+    """How the daemon's own S3 client reaches a provider's object store.
+
+    The daemon uploads packages there, and reads ``s3://`` mount sources, with the endpoint and
+    credential profile the provider is configured with (moto or LocalStack in tests).
+    """
+
+    endpoint_url: str | None = None  # None: AWS itself
+    profile: str | None = None  # None: the standard credential chain
+    package_store_url: str | None = None  # s3://bucket/prefix, or None: packages stay local
+
+
 @runtime_checkable
 class PackageStore(Protocol):
     """Workdirs and mount sources travel to instances through an object store."""
@@ -44,6 +64,11 @@ class PackageStore(Protocol):
     @property
     def package_store_url(self) -> str | None:
         """An ``s3://bucket/prefix`` the instances can read, or None when none is configured."""
+        ...
+
+    @property
+    def object_store(self) -> ObjectStore:
+        """The store as the daemon's S3 client reaches it."""
         ...
 
 
@@ -74,3 +99,13 @@ class Disableable(Protocol):
 
     @property
     def disabled_reason(self) -> str | None: ...
+
+
+@runtime_checkable
+class AdvanceNotices(Protocol):
+    """The listing itself reports NOTICE (with ``notice_deadline``) before an instance goes."""
+
+    @property
+    def notice_source(self) -> str:
+        """Where the listing's notices come from, in the operator's words."""
+        ...

@@ -35,7 +35,7 @@ from spotd.providers.base import (
     InvalidRequest,
     ObservedInstance,
 )
-from spotd.ops.sdnotify import scrub_env
+from spotd.providers.childenv import child_env
 from spotd.types import CatalogEntry, InstanceId, InstanceState, Market
 
 PROVIDER_NAME = "local"
@@ -130,9 +130,15 @@ def _read_json(path: Path) -> Any:
 
 
 class LocalProvider:
-    """Process groups grouped into configured regions and zones."""
+    """Process groups grouped into configured regions and zones.
+
+    Capabilities: ``Chaos`` (``preempt``, ``kill``, ``partition``, ``stockout``) and
+    ``AdvanceNotices`` (a chaos notice is listed as NOTICE until its deadline). Not an
+    ``AgentEndpoint``: its agents use the daemon's unix socket and read notices from files.
+    """
 
     name = PROVIDER_NAME
+    notice_source = "a chaos notice (notice.json in the instance's directory)"
 
     def __init__(
         self,
@@ -164,13 +170,19 @@ class LocalProvider:
         if (d / "meta.json").exists():
             return instance_id  # idempotent: this key was launched already
         if not any(
-            e.region == spec.region and e.zone == spec.zone and e.instance_type == spec.instance_type
+            e.region == spec.region
+            and e.zone == spec.zone
+            and e.instance_type == spec.instance_type
             for e in self._catalog
         ):
-            raise InvalidRequest(f"{spec.instance_type} is not offered in {spec.region}/{spec.zone}")
+            raise InvalidRequest(
+                f"{spec.instance_type} is not offered in {spec.region}/{spec.zone}"
+            )
         stockouts = self._stockouts()
-        until = max(stockouts.get(spec.region, 0.0),
-                    stockouts.get(_stockout_key(spec.region, spec.market), 0.0))
+        until = max(
+            stockouts.get(spec.region, 0.0),
+            stockouts.get(_stockout_key(spec.region, spec.market), 0.0),
+        )
         if until > self._clock():
             raise CapacityUnavailable(
                 f"no {spec.market} capacity in {spec.region} (stocked out for another "
@@ -181,7 +193,7 @@ class LocalProvider:
         d.mkdir(parents=True, exist_ok=True)
         agent = dataclasses.replace(spec.agent, instance_dir=str(d))
         _write_json(d / "agent.json", dataclasses.asdict(agent))
-        out = open(d / "agent.out", "ab")  # noqa: SIM115 - handed to the child
+        out = open(d / "agent.out", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._python,
@@ -193,7 +205,7 @@ class LocalProvider:
                 stderr=out,
                 start_new_session=True,
                 cwd=d,
-                env=scrub_env(os.environ),  # a job must not think it is the systemd service
+                env=child_env(os.environ),  # a job must not think it is the systemd service
             )
         finally:
             out.close()
@@ -312,9 +324,7 @@ class LocalProvider:
         if not any(e.region == region for e in self._catalog):
             raise KeyError(f"no local region {region}")
         data = self._stockouts()
-        data[region if market is None else _stockout_key(region, market)] = (
-            self._clock() + seconds
-        )
+        data[region if market is None else _stockout_key(region, market)] = self._clock() + seconds
         _write_json(self._root / "stockouts.json", data)
 
     def _stockouts(self) -> dict[str, float]:

@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any, Self
 
 import aioboto3
+
 from spotd.providers.aws import agent_from_user_data
 from spotd.providers.base import TAG_HOME, TAG_KEY
 
 
 class InstancePlayer:
-    def __init__(self, *, url: str, home_tag: str, regions: tuple[str, ...], root: Path,
-                 env: dict[str, str]) -> None:
+    def __init__(
+        self, *, url: str, home_tag: str, regions: tuple[str, ...], root: Path, env: dict[str, str]
+    ) -> None:
         self.url = url
         self.home_tag = home_tag
         self.regions = regions
@@ -58,7 +60,8 @@ class InstancePlayer:
         async with contextlib.AsyncExitStack() as stack:
             clients = {
                 r: await stack.enter_async_context(
-                    session.client("ec2", region_name=r, endpoint_url=self.url))
+                    session.client("ec2", region_name=r, endpoint_url=self.url)
+                )
                 for r in self.regions
             }
             while True:
@@ -68,7 +71,8 @@ class InstancePlayer:
 
     async def _tick(self, ec2: Any, region: str) -> None:
         r = await ec2.describe_instances(
-            Filters=[{"Name": f"tag:{TAG_HOME}", "Values": [self.home_tag]}])
+            Filters=[{"Name": f"tag:{TAG_HOME}", "Values": [self.home_tag]}]
+        )
         for inst in (i for res in r["Reservations"] for i in res["Instances"]):
             iid, state = inst["InstanceId"], inst["State"]["Name"]
             if state == "running" and iid not in self.agents:
@@ -87,8 +91,13 @@ class InstancePlayer:
         out = open(d / "agent.out", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.agents[iid] = subprocess.Popen(
-                [sys.executable, "-m", "spotd.agent", str(d)], cwd=d, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                [sys.executable, "-m", "spotd.agent", str(d)],
+                cwd=d,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
         finally:
             out.close()

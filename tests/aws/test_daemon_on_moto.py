@@ -24,11 +24,11 @@ from typing import Any
 
 import aioboto3
 import pytest
+
 from spotd.config import load_settings
 from spotd.providers.aws import AwsConfig, AwsProvider, load_aws_catalog
 from spotd.providers.base import TAG_HOME, TAG_KEY, InstanceSpec
 from spotd.types import AgentConfig, Market
-
 from tests.aws.motoserver import AMI, Moto, aws_env, moto_server  # noqa: F401
 from tests.aws.player import InstancePlayer
 from tests.conftest import DaemonProc
@@ -55,14 +55,18 @@ class AwsDaemon:
         self.bucket = f"spotd-ckpt-{uuid.uuid4().hex[:8]}"
         port = free_port()
         self.aws_cfg = {
-            "regions": list(REGIONS), "endpoint_url": m.url, "image_id": AMI,
-            "daemon_url": f"http://127.0.0.1:{port}", "notice_url": "http://127.0.0.1:9",
+            "regions": list(REGIONS),
+            "endpoint_url": m.url,
+            "image_id": AMI,
+            "daemon_url": f"http://127.0.0.1:{port}",
+            "notice_url": "http://127.0.0.1:9",
             "checkpoint_store": f"s3://{self.bucket}/ckpt",
         }
         home = Path(f"/tmp/spotd-a{os.getpid()}-{time.monotonic_ns() % 10**9}")
         self.env = {
             **aws_env(m),
-            "SPOTD_TCP": f"127.0.0.1:{port}", "SPOTD_API_TOKEN": "t0ken",
+            "SPOTD_TCP": f"127.0.0.1:{port}",
+            "SPOTD_API_TOKEN": "t0ken",
             "SPOTD_OBSERVE_INTERVAL": "0.3",
             "SPOTD_PROVIDERS_JSON": json.dumps({"aws": self.aws_cfg}),
         }
@@ -72,13 +76,22 @@ class AwsDaemon:
         self.agent_env = aws_env(m)
 
     def player(self) -> InstancePlayer:
-        return InstancePlayer(url=self.moto.url, home_tag=self.home_tag, regions=REGIONS,
-                              root=self.agents_root, env=self.agent_env)
+        return InstancePlayer(
+            url=self.moto.url,
+            home_tag=self.home_tag,
+            regions=REGIONS,
+            root=self.agents_root,
+            env=self.agent_env,
+        )
 
     def ours(self) -> list[tuple[str, Any]]:
         """(region, moto instance) for every instance tagged with this daemon's home."""
-        return [(r, i) for r in REGIONS for i in self.moto.instances(r)
-                if tags(i).get(TAG_HOME) == self.home_tag]
+        return [
+            (r, i)
+            for r in REGIONS
+            for i in self.moto.instances(r)
+            if tags(i).get(TAG_HOME) == self.home_tag
+        ]
 
     def by_key(self, key: str) -> list[tuple[str, Any]]:
         return [(r, i) for r, i in self.ours() if tags(i).get(TAG_KEY) == key]
@@ -132,11 +145,26 @@ async def eventually(pred: Any, *, timeout: float, what: str) -> Any:
 async def test_tagged_instances_unknown_to_the_store_are_reaped(aws_daemon: AwsDaemon) -> None:
     cfg = AwsConfig.from_mapping(aws_daemon.aws_cfg)
     stray_maker = AwsProvider(cfg, load_aws_catalog(cfg, None))
-    agent = AgentConfig(instance_key="j999-a1-n0", attempt_id="j999-a1", job_id=999,
-                        task_id="t", attempt=1, node_rank=0, num_nodes=1, setup=None, run="true")
-    spec = InstanceSpec(key="j999-a1-n0", region="us-east-1", zone="us-east-1b",
-                        instance_type="g4dn.xlarge", market=Market.SPOT, agent=agent,
-                        tags={TAG_HOME: aws_daemon.home_tag, TAG_KEY: "j999-a1-n0"})
+    agent = AgentConfig(
+        instance_key="j999-a1-n0",
+        attempt_id="j999-a1",
+        job_id=999,
+        task_id="t",
+        attempt=1,
+        node_rank=0,
+        num_nodes=1,
+        setup=None,
+        run="true",
+    )
+    spec = InstanceSpec(
+        key="j999-a1-n0",
+        region="us-east-1",
+        zone="us-east-1b",
+        instance_type="g4dn.xlarge",
+        market=Market.SPOT,
+        agent=agent,
+        tags={TAG_HOME: aws_daemon.home_tag, TAG_KEY: "j999-a1-n0"},
+    )
     try:
         await stray_maker.launch(spec)
     finally:
@@ -156,22 +184,28 @@ async def test_spot_interruption_recovers_into_the_next_cheapest_region(
     r = aws_daemon.proc.spotctl("jobs", "launch", str(spec_path), "--dry-run", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert {c["provider"] for c in json.loads(r.stdout)["candidates"]} == {"local", "aws"}
-    r = aws_daemon.proc.spotctl("jobs", "launch", str(spec_path), "--infra", "aws",
-                                "--dry-run", "-o", "json")
+    r = aws_daemon.proc.spotctl(
+        "jobs", "launch", str(spec_path), "--infra", "aws", "--dry-run", "-o", "json"
+    )
     plan = json.loads(r.stdout)["candidates"]
     assert {c["provider"] for c in plan} == {"aws"}
     by_price = list(dict.fromkeys(c["region"] for c in plan if c["market"] == "spot"))
     async with aws_daemon.player():
-        r = aws_daemon.proc.spotctl("jobs", "launch", str(spec_path), "--infra", "aws",
-                                    "-d", "-y", "-o", "json")
+        r = aws_daemon.proc.spotctl(
+            "jobs", "launch", str(spec_path), "--infra", "aws", "-d", "-y", "-o", "json"
+        )
         assert r.returncode == 0, r.stderr
         jid = json.loads(r.stdout)["id"]
         async with aws_daemon.proc.client() as c:
-            job = await wait_job(c, jid, lambda j: j["status"] == "RUNNING", timeout=60,
-                                 what="attempt 1 running")
+            job = await wait_job(
+                c, jid, lambda j: j["status"] == "RUNNING", timeout=60, what="attempt 1 running"
+            )
             first = job["attempts"][0]
             assert (first["provider"], first["region"], first["market"]) == (
-                "aws", by_price[0], "spot")
+                "aws",
+                by_price[0],
+                "spot",
+            )
             await wait_log(c, jid, "step 10 ", attempt=1)
             manifest = f"ckpt/{job['task_id']}/manifest.json"
             async with aioboto3.Session().client("s3") as s3:
@@ -184,8 +218,9 @@ async def test_spot_interruption_recovers_into_the_next_cheapest_region(
             assert listed.get("KeyCount"), "no checkpoint manifest in S3"
             [(region, inst)] = aws_daemon.by_key(f"j{jid}-a1-n0")
             aws_daemon.moto.stage_spot_interruption(region, inst.id)
-            job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=90,
-                                 what="the job to finish")
+            job = await wait_job(
+                c, jid, lambda j: j["status"] in TERMINAL, timeout=90, what="the job to finish"
+            )
             text = await logs(c, jid)
     assert job["status"] == "SUCCEEDED", job
     assert job["preemptions"] == 1 and len(job["attempts"]) == 2
@@ -212,8 +247,9 @@ async def test_daemon_killed_between_intent_and_create_relaunches_without_duplic
     assert len(aws_daemon.ours()) == 1
     aws_daemon.proc.start()
     async with aws_daemon.player(), aws_daemon.proc.client() as c:
-        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL, timeout=60,
-                             what="the job to finish")
+        job = await wait_job(
+            c, job["id"], lambda j: j["status"] in TERMINAL, timeout=60, what="the job to finish"
+        )
         text = await logs(c, job["id"])
     assert job["status"] == "SUCCEEDED", job
     assert len(job["attempts"]) == 1

@@ -19,6 +19,7 @@ from typing import Any
 
 import aioboto3
 import pytest
+
 from spotd.providers import aws
 from spotd.providers.aws import AwsConfig, AwsProvider, client_token, load_aws_catalog
 from spotd.providers.base import (
@@ -34,7 +35,6 @@ from spotd.providers.base import (
     QuotaExceeded,
 )
 from spotd.types import AgentConfig, InstanceState, Market
-
 from tests.aws.motoserver import AMI, NO_CREDS_UNSET, Moto, moto_server  # noqa: F401
 
 pytestmark = pytest.mark.aws
@@ -44,9 +44,13 @@ REGIONS = ("us-west-2", "us-east-1", "eu-west-1")
 
 def make_config(m: Moto, **kw: Any) -> AwsConfig:
     base: dict[str, Any] = {
-        "regions": REGIONS, "endpoint_url": m.url, "image_id": {"*": AMI},
-        "daemon_url": "http://10.0.0.5:8470", "checkpoint_store": "s3://spotd-ckpt/jobs",
-        "subnet_by_zone": {}, "key_name": None,
+        "regions": REGIONS,
+        "endpoint_url": m.url,
+        "image_id": {"*": AMI},
+        "daemon_url": "http://10.0.0.5:8470",
+        "checkpoint_store": "s3://spotd-ckpt/jobs",
+        "subnet_by_zone": {},
+        "key_name": None,
     }
     base.update(kw)
     return AwsConfig(**base)
@@ -71,30 +75,59 @@ class Fixture:
         self.providers.append(p)
         return p
 
-    def spec(self, key: str, *, market: Market = Market.SPOT, region: str = "us-west-2",
-             zone: str = "us-west-2b", instance_type: str = "g4dn.xlarge") -> InstanceSpec:
+    def spec(
+        self,
+        key: str,
+        *,
+        market: Market = Market.SPOT,
+        region: str = "us-west-2",
+        zone: str = "us-west-2b",
+        instance_type: str = "g4dn.xlarge",
+    ) -> InstanceSpec:
         agent = AgentConfig(
-            instance_key=key, attempt_id=key.rsplit("-", 1)[0], job_id=7, task_id="spotd-t-j7",
-            attempt=2, node_rank=0, num_nodes=1, setup="echo setup", run="python train.py",
-            envs={"LR": "0.1"}, daemon_url="http://10.0.0.5:8470", token="tok-" + key,
+            instance_key=key,
+            attempt_id=key.rsplit("-", 1)[0],
+            job_id=7,
+            task_id="spotd-t-j7",
+            attempt=2,
+            node_rank=0,
+            num_nodes=1,
+            setup="echo setup",
+            run="python train.py",
+            envs={"LR": "0.1"},
+            daemon_url="http://10.0.0.5:8470",
+            token="tok-" + key,
             checkpoint_store="/home/u/.spotd/checkpoints/spotd-t-j7",
         )
-        tags = {TAG_HOME: self.home, TAG_JOB: "7", TAG_ATTEMPT: "j7-a2", TAG_NODE: "0",
-                TAG_KEY: key}
-        return InstanceSpec(key=key, region=region, zone=zone, instance_type=instance_type,
-                            market=market, tags=tags, agent=agent)
+        tags = {
+            TAG_HOME: self.home,
+            TAG_JOB: "7",
+            TAG_ATTEMPT: "j7-a2",
+            TAG_NODE: "0",
+            TAG_KEY: key,
+        }
+        return InstanceSpec(
+            key=key,
+            region=region,
+            zone=zone,
+            instance_type=instance_type,
+            market=market,
+            tags=tags,
+            agent=agent,
+        )
 
     async def describe(self, region: str, **kw: Any) -> list[dict[str, Any]]:
-        async with aioboto3.Session().client("ec2", region_name=region,
-                                             endpoint_url=self.moto.url) as ec2:
+        async with aioboto3.Session().client(
+            "ec2", region_name=region, endpoint_url=self.moto.url
+        ) as ec2:
             r = await ec2.describe_instances(**kw)
         return [i for res in r["Reservations"] for i in res["Instances"]]
 
     async def user_data(self, region: str, instance_id: str) -> str:
-        async with aioboto3.Session().client("ec2", region_name=region,
-                                             endpoint_url=self.moto.url) as ec2:
-            r = await ec2.describe_instance_attribute(InstanceId=instance_id,
-                                                      Attribute="userData")
+        async with aioboto3.Session().client(
+            "ec2", region_name=region, endpoint_url=self.moto.url
+        ) as ec2:
+            r = await ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
         return base64.b64decode(r["UserData"]["Value"]).decode()
 
 
@@ -129,7 +162,8 @@ async def test_spot_launch_is_tagged_tokened_and_bootstrapped(fx: Fixture) -> No
 
 async def test_on_demand_launch_has_no_spot_market(fx: Fixture) -> None:
     iid = await fx.provider.launch(
-        fx.spec("j7-a2-n1", market=Market.ON_DEMAND, region="us-east-1", zone="us-east-1a"))
+        fx.spec("j7-a2-n1", market=Market.ON_DEMAND, region="us-east-1", zone="us-east-1a")
+    )
     [inst] = await fx.describe("us-east-1", InstanceIds=[iid])
     assert "InstanceLifecycle" not in inst
     [obs] = [o for o in await fx.provider.list_instances() if o.id == iid]
@@ -138,10 +172,20 @@ async def test_on_demand_launch_has_no_spot_market(fx: Fixture) -> None:
 
 def test_user_data_is_valid_bash_and_within_the_limit(tmp_path: Path) -> None:
     agent = AgentConfig(
-        instance_key="j1-a1-n0", attempt_id="j1-a1", job_id=1, task_id="t", attempt=1,
-        node_rank=0, num_nodes=1, setup="pip install -r req.txt", run="python train.py 'a b'",
-        daemon_url="http://10.0.0.5:8470", token="secret-token", checkpoint_store="s3://b/p/t/",
-        instance_dir="/var/lib/spotd/j1-a1-n0", notice_url="http://169.254.169.254",
+        instance_key="j1-a1-n0",
+        attempt_id="j1-a1",
+        job_id=1,
+        task_id="t",
+        attempt=1,
+        node_rank=0,
+        num_nodes=1,
+        setup="pip install -r req.txt",
+        run="python train.py 'a b'",
+        daemon_url="http://10.0.0.5:8470",
+        token="secret-token",
+        checkpoint_store="s3://b/p/t/",
+        instance_dir="/var/lib/spotd/j1-a1-n0",
+        notice_url="http://169.254.169.254",
     )
     script = aws.render_user_data(agent, install="spotd[aws]==0.1.0")
     (tmp_path / "ud.sh").write_text(script)
@@ -149,8 +193,17 @@ def test_user_data_is_valid_bash_and_within_the_limit(tmp_path: Path) -> None:
     assert script.startswith("#!/bin/bash\n") and len(script) < aws.USER_DATA_LIMIT
     assert "systemd-run" in script and "'spotd[aws]==0.1.0'" in script
     assert aws.agent_from_user_data(script)["token"] == "secret-token"
-    big = AgentConfig(instance_key="k", attempt_id="a", job_id=1, task_id="t", attempt=1,
-                      node_rank=0, num_nodes=1, setup=None, run=os.urandom(12_000).hex())
+    big = AgentConfig(
+        instance_key="k",
+        attempt_id="a",
+        job_id=1,
+        task_id="t",
+        attempt=1,
+        node_rank=0,
+        num_nodes=1,
+        setup=None,
+        run=os.urandom(12_000).hex(),
+    )
     with pytest.raises(InvalidRequest, match="16 KiB"):
         aws.render_user_data(big, install="spotd")
 
@@ -173,9 +226,13 @@ async def test_relaunch_after_a_crash_between_intent_and_create_finds_the_instan
     fx.calls.clear()
     assert await restarted.launch(spec) == first
     assert "RunInstances" not in fx.calls
-    mine = await fx.describe("us-west-2", Filters=[
-        {"Name": f"tag:{TAG_HOME}", "Values": [fx.home]},
-        {"Name": f"tag:{TAG_KEY}", "Values": [spec.key]}])
+    mine = await fx.describe(
+        "us-west-2",
+        Filters=[
+            {"Name": f"tag:{TAG_HOME}", "Values": [fx.home]},
+            {"Name": f"tag:{TAG_KEY}", "Values": [spec.key]},
+        ],
+    )
     assert [i["InstanceId"] for i in mine] == [first]
 
 
@@ -233,8 +290,9 @@ def test_classification_table(code: str, status: int, kind: type[Exception]) -> 
 
 
 async def test_unreachable_endpoint_is_provider_unavailable(fx: Fixture) -> None:
-    p = AwsProvider(make_config(fx.moto, endpoint_url="http://127.0.0.1:9"), fx.catalog,
-                    home_tag=fx.home)
+    p = AwsProvider(
+        make_config(fx.moto, endpoint_url="http://127.0.0.1:9"), fx.catalog, home_tag=fx.home
+    )
     fx.providers.append(p)
     with pytest.raises(ProviderUnavailable):
         await p.list_instances()
@@ -242,15 +300,19 @@ async def test_unreachable_endpoint_is_provider_unavailable(fx: Fixture) -> None
 
 async def test_launch_refuses_what_the_catalog_does_not_offer(fx: Fixture) -> None:
     with pytest.raises(InvalidRequest, match="not offered"):
-        await fx.provider.launch(fx.spec("j7-a2-n0", instance_type="p5.48xlarge",
-                                         region="eu-west-1", zone="eu-west-1a"))
+        await fx.provider.launch(
+            fx.spec("j7-a2-n0", instance_type="p5.48xlarge", region="eu-west-1", zone="eu-west-1a")
+        )
     with pytest.raises(InvalidRequest, match="not configured"):
-        await fx.provider.launch(fx.spec("j7-a2-n0", region="ap-northeast-1",
-                                         zone="ap-northeast-1a"))
+        await fx.provider.launch(
+            fx.spec("j7-a2-n0", region="ap-northeast-1", zone="ap-northeast-1a")
+        )
 
 
 async def test_without_credentials_aws_is_disabled_with_a_reason(
-    moto_server: Moto, monkeypatch: pytest.MonkeyPatch, tmp_path: Path  # noqa: F811
+    moto_server: Moto,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     for k in NO_CREDS_UNSET:
         monkeypatch.delenv(k, raising=False)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+
 from spotd.types import AgentConfig
 
 pytestmark = pytest.mark.aws
@@ -92,19 +93,36 @@ async def until(pred: Any, what: str, timeout: float = 20.0) -> Any:
 
 async def test_the_agent_reports_the_metadata_notice(loopback: Loopback, tmp_path: Path) -> None:
     cfg = AgentConfig(
-        instance_key="j1-a1-n0", attempt_id="j1-a1", job_id=1, task_id="t", attempt=1,
-        node_rank=0, num_nodes=1, setup=None, run=f"{sys.executable} -c '{JOB}'",
-        daemon_url=loopback.url, notice_url=loopback.url, token="agent-token",
-        checkpoint_store=str(tmp_path / "store"), heartbeat_seconds=0.2, term_grace_seconds=5,
+        instance_key="j1-a1-n0",
+        attempt_id="j1-a1",
+        job_id=1,
+        task_id="t",
+        attempt=1,
+        node_rank=0,
+        num_nodes=1,
+        setup=None,
+        run=f"{sys.executable} -c '{JOB}'",
+        daemon_url=loopback.url,
+        notice_url=loopback.url,
+        token="agent-token",
+        checkpoint_store=str(tmp_path / "store"),
+        heartbeat_seconds=0.2,
+        term_grace_seconds=5,
         instance_dir=str(tmp_path / "inst"),
     )
     inst = tmp_path / "inst"
     inst.mkdir()
     (inst / "agent.json").write_text(json.dumps(asdict(cfg)))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "spotd.agent", str(inst), cwd=inst,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True)
+        sys.executable,
+        "-m",
+        "spotd.agent",
+        str(inst),
+        cwd=inst,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         await until(lambda: any(h["phase"] == "run" for h in loopback.heartbeats), "run phase")
         assert all(h["notice_deadline"] is None for h in loopback.heartbeats)
@@ -112,10 +130,13 @@ async def test_the_agent_reports_the_metadata_notice(loopback: Loopback, tmp_pat
         loopback.action = {"action": "terminate", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
         noticed = await until(
             lambda: next((h for h in loopback.heartbeats if h["notice_deadline"]), None),
-            "a heartbeat carrying the notice")
+            "a heartbeat carrying the notice",
+        )
         assert noticed["notice_deadline"] == pytest.approx(when.timestamp(), abs=1)
-        await until(lambda: any(h["phase"] == "preempted" for h in loopback.heartbeats),
-                    "the preempted phase after the checkpoint")
+        await until(
+            lambda: any(h["phase"] == "preempted" for h in loopback.heartbeats),
+            "the preempted phase after the checkpoint",
+        )
         assert (tmp_path / "store" / "saved").read_text() == "on SIGTERM"
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import aioboto3
 import pytest
+
 from spotd.agent.main import open_checkpoint_store
 from spotd.files.checkpoint_s3 import S3CheckpointStore, split_url
 from spotd.types import AgentConfig
-
 from tests.aws.motoserver import Moto, moto_server  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.aws
@@ -41,8 +41,9 @@ def write(root: Path, files: dict[str, bytes]) -> None:
 
 
 def read(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_split_url() -> None:
@@ -105,9 +106,18 @@ async def test_a_notice_snapshot_is_marked_final(bucket: str, tmp_path: Path) ->
 
 async def test_the_agent_picks_the_store_by_scheme(bucket: str, tmp_path: Path) -> None:
     def cfg(store: str) -> AgentConfig:
-        return AgentConfig(instance_key="j1-a1-n0", attempt_id="j1-a1", job_id=1, task_id="t",
-                           attempt=1, node_rank=0, num_nodes=1, setup=None, run="true",
-                           checkpoint_store=store)
+        return AgentConfig(
+            instance_key="j1-a1-n0",
+            attempt_id="j1-a1",
+            job_id=1,
+            task_id="t",
+            attempt=1,
+            node_rank=0,
+            num_nodes=1,
+            setup=None,
+            run="true",
+            checkpoint_store=store,
+        )
 
     s3 = open_checkpoint_store(cfg(f"s3://{bucket}/p/t/"))
     assert isinstance(s3, S3CheckpointStore)

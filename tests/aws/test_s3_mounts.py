@@ -20,9 +20,9 @@ from typing import Any
 import aioboto3
 import aiohttp
 import pytest
+
 from spotd.files import mounts
 from spotd.files.workdir import BlobStore, HashCache, package
-
 from tests.aws.motoserver import Moto, aws_env, moto_server  # noqa: F401
 from tests.aws.test_daemon_on_moto import TERMINAL, AwsDaemon, aws_daemon  # noqa: F401
 from tests.conftest import DaemonProc, kill_instance_groups
@@ -101,12 +101,14 @@ async def test_check_source_names_the_bucket(moto_server: Moto) -> None:  # noqa
     with pytest.raises(mounts.S3Error, match=f"no object or prefix 'dat' in bucket {bucket}"):
         await mounts.check_source(f"s3://{bucket}/dat")  # a prefix of names is not a directory
     with pytest.raises(mounts.S3Error, match=f"cannot reach bucket {bucket}"):
-        await mounts.check_source(f"s3://{bucket}/data", endpoint_url="http://127.0.0.1:9",
-                                  timeout=5)
+        await mounts.check_source(
+            f"s3://{bucket}/data", endpoint_url="http://127.0.0.1:9", timeout=5
+        )
 
 
 async def test_download_a_prefix_into_a_tree_and_an_object_into_a_file(
-    moto_server: Moto, tmp_path: Path  # noqa: F811
+    moto_server: Moto,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     bucket = await make_bucket(moto_server, DATA)
     n, size = await mounts.download(f"s3://{bucket}/data/", tmp_path / "tree")
@@ -119,7 +121,8 @@ async def test_download_a_prefix_into_a_tree_and_an_object_into_a_file(
 
 
 async def test_package_store_uploads_only_what_s3_lacks(
-    moto_server: Moto, tmp_path: Path  # noqa: F811
+    moto_server: Moto,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     bucket = await make_bucket(moto_server, {})
     src = tmp_path / "wd"
@@ -186,7 +189,8 @@ file_mounts:
     source: s3://{bucket}/data/a.txt
     mode: COPY
 run: |
-  echo "a=$(cat {target}/data/a.txt) b=$(tail -c 4 {target}/data/sub/b.bin) one=$(cat {target}/one.txt) attempt=$SPOTD_ATTEMPT"
+  AB="a=$(cat {target}/data/a.txt) b=$(tail -c 4 {target}/data/sub/b.bin)"
+  echo "$AB one=$(cat {target}/one.txt) attempt=$SPOTD_ATTEMPT"
   rm -rf {target}  # the next attempt must fetch it again
   if [ "$SPOTD_ATTEMPT" = 1 ]; then sleep 60; fi
 """
@@ -195,14 +199,16 @@ run: |
 async def _post(d: DaemonProc, yaml: str) -> tuple[int, Any]:
     conn = aiohttp.UnixConnector(path=str(d.socket))
     body = {"yaml": yaml, "base_dir": "/tmp"}
-    async with aiohttp.ClientSession(connector=conn) as s, s.post(
-        "http://spotd/v1/jobs", json=body
-    ) as r:
+    async with (
+        aiohttp.ClientSession(connector=conn) as s,
+        s.post("http://spotd/v1/jobs", json=body) as r,
+    ):
         return r.status, await r.json()
 
 
 async def test_local_job_reads_a_bucket_on_every_attempt(
-    local_daemon: DaemonProc, moto_server: Moto  # noqa: F811
+    local_daemon: DaemonProc,
+    moto_server: Moto,  # noqa: F811
 ) -> None:
     bucket = await make_bucket(moto_server, DATA)
     target = f"/tmp/spotd-s3m-{uuid.uuid4().hex[:8]}"
@@ -218,12 +224,14 @@ async def test_local_job_reads_a_bucket_on_every_attempt(
     assert "a=alpha b=beta one=alpha attempt=2" in text
     # each attempt fetched the prefix (2 objects) and the one file from the bucket
     assert sorted(k for k in counts.gets if k.startswith("data/")) == sorted(
-        ["data/a.txt", "data/sub/b.bin", "data/a.txt"] * 2)
+        ["data/a.txt", "data/sub/b.bin", "data/a.txt"] * 2
+    )
     assert f"objects, 10 bytes from s3://{bucket}/data" in text
 
 
 async def test_missing_bucket_is_refused_before_anything_launches(
-    local_daemon: DaemonProc, moto_server: Moto  # noqa: F811
+    local_daemon: DaemonProc,
+    moto_server: Moto,  # noqa: F811
 ) -> None:
     bucket = await make_bucket(moto_server, DATA)
     missing = f"spotd-nope-{uuid.uuid4().hex[:8]}"
@@ -231,8 +239,10 @@ async def test_missing_bucket_is_refused_before_anything_launches(
         (_mount_yaml(missing, "/tmp/x"), f"bucket {missing} does not exist"),
         (f"file_mounts: {{/tmp/x: s3://{bucket}/nothing-here}}\nrun: x\n", "nothing-here"),
         (f"file_mounts: {{/tmp/x: gs://{bucket}/data}}\nrun: x\n", "not supported by spotd"),
-        (f"file_mounts: {{/tmp/x: {{source: s3://{bucket}/data, mode: MOUNT}}}}\nrun: x\n",
-         "not supported by spotd"),
+        (
+            f"file_mounts: {{/tmp/x: {{source: s3://{bucket}/data, mode: MOUNT}}}}\nrun: x\n",
+            "not supported by spotd",
+        ),
     ]:
         status, body = await _post(local_daemon, yaml)
         assert status == 400 and needle in json.dumps(body), body
@@ -257,7 +267,8 @@ file_mounts:
 job_recovery:
   strategy: EAGER_NEXT_REGION
 run: |
-  echo "code=$(cat code.txt) local=$(cat {target}/local/in.txt) bucket=$(cat {target}/bucket/a.txt) attempt=$SPOTD_ATTEMPT"
+  CL="code=$(cat code.txt) local=$(cat {target}/local/in.txt)"
+  echo "$CL bucket=$(cat {target}/bucket/a.txt) attempt=$SPOTD_ATTEMPT"
   rm -rf {target}  # the next attempt must fetch it again
   if [ "$SPOTD_ATTEMPT" = 1 ]; then sleep 60; fi
 """
@@ -265,7 +276,8 @@ run: |
 
 @pytest.mark.slow
 async def test_aws_job_reads_packages_and_bucket_after_a_preemption_into_another_region(
-    aws_daemon: AwsDaemon, tmp_path: Path  # noqa: F811
+    aws_daemon: AwsDaemon,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     m = aws_daemon.moto
     bucket = await make_bucket(m, DATA)
@@ -281,18 +293,21 @@ async def test_aws_job_reads_packages_and_bucket_after_a_preemption_into_another
     pkg_prefix = "ckpt/packages/blobs/"
     with counting_s3() as counts:
         async with aws_daemon.player(), aws_daemon.proc.client() as c:
-            job = await c.launch(_aws_yaml(wd, data, bucket, target), filename="a.yaml",
-                                 infra="aws")
+            job = await c.launch(
+                _aws_yaml(wd, data, bucket, target), filename="a.yaml", infra="aws"
+            )
             jid = job["id"]
-            await wait_log(c, jid, "code=v1 local=local-1 bucket=alpha attempt=1", attempt=1,
-                           timeout=60)
+            await wait_log(
+                c, jid, "code=v1 local=local-1 bucket=alpha attempt=1", attempt=1, timeout=60
+            )
             first_puts = [k for k in counts.puts if k.startswith(pkg_prefix)]
             counts.clear()
             (wd / "code.txt").write_text("v2")  # edits after submission are not seen
             [(region, inst)] = aws_daemon.by_key(f"j{jid}-a1-n0")
             m.stage_spot_interruption(region, inst.id)
-            job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=90,
-                                 what="the job to finish")
+            job = await wait_job(
+                c, jid, lambda j: j["status"] in TERMINAL, timeout=90, what="the job to finish"
+            )
             text = await logs(c, jid)
             events = await c.events(jid)
     assert job["status"] == "SUCCEEDED", job
@@ -315,12 +330,15 @@ async def test_aws_job_reads_packages_and_bucket_after_a_preemption_into_another
     # ...and its agent read them (2 manifests + 6 blobs) and the bucket (2 objects) from S3
     assert len([k for k in counts.gets if k.startswith(pkg_prefix)]) == 8
     assert sorted(k for k in counts.gets if k.startswith("data/")) == [
-        "data/a.txt", "data/sub/b.bin"]
+        "data/a.txt",
+        "data/sub/b.bin",
+    ]
 
 
 @pytest.mark.slow
 async def test_aws_daemon_refuses_a_missing_bucket_before_any_instance(
-    aws_daemon: AwsDaemon, tmp_path: Path  # noqa: F811
+    aws_daemon: AwsDaemon,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     missing = f"spotd-nope-{uuid.uuid4().hex[:8]}"
     spec = tmp_path / "m.yaml"

@@ -55,8 +55,8 @@ class K8sEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if raw.query.get("watch") in ("True", "1"):
             raw = raw.clone(rel_url=raw.rel_url.update_query(watch="true"))
         path = raw.path.rstrip("/")
-        if path == "/api/v1/namespaces" or path.count("/") == 4 and path.startswith(
-            "/api/v1/namespaces/"
+        if path == "/api/v1/namespaces" or (
+            path.count("/") == 4 and path.startswith("/api/v1/namespaces/")
         ):
             return await self._namespaces(raw, path)
         return await super().__call__(raw)  # type: ignore[no-any-return]
@@ -70,7 +70,8 @@ class K8sEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             name = body["metadata"]["name"]
             if name in store:
                 return aiohttp.web.json_response(
-                    {"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+                    {"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409
+                )
             store[name] = body
             return aiohttp.web.json_response(body, status=201)
         name = path.rsplit("/", 1)[-1]
@@ -133,7 +134,8 @@ class Cluster:
     async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> int:
         async with self.session.patch(
             f"{self.url}/api/v1/namespaces/{namespace}/pods/{name}",
-            json=patch, headers={"User-Agent": "kmock-test-kubelet"},
+            json=patch,
+            headers={"User-Agent": "kmock-test-kubelet"},
         ) as r:
             return r.status
 
@@ -187,10 +189,16 @@ class FakeKubelet:
                 if self.on_start is not None:
                     await self.on_start(pod)
                 await self.cluster.patch_pod_status(
-                    str(key[0]), str(key[1]),
-                    {"phase": "Running", "podIP": "127.0.0.1",
-                     "conditions": [{"type": "PodScheduled", "status": "True"},
-                                    {"type": "Ready", "status": "True"}]},
+                    str(key[0]),
+                    str(key[1]),
+                    {
+                        "phase": "Running",
+                        "podIP": "127.0.0.1",
+                        "conditions": [
+                            {"type": "PodScheduled", "status": "True"},
+                            {"type": "Ready", "status": "True"},
+                        ],
+                    },
                 )
             await asyncio.sleep(self.interval)
 

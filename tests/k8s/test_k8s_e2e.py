@@ -51,10 +51,17 @@ class LocalKubelet(FakeKubelet):
         d.mkdir(parents=True, exist_ok=True)
         cfg["instance_dir"] = str(d)  # the container's emptyDir
         (d / "agent.json").write_text(json.dumps(cfg))
-        out = open(d / "agent.out", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
+        out = open(d / "agent.out", "ab")  # noqa: SIM115 - handed to the child
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "spotd.agent", str(d), stdout=out, stderr=out,
-            stdin=asyncio.subprocess.DEVNULL, start_new_session=True, cwd=d,
+            sys.executable,
+            "-m",
+            "spotd.agent",
+            str(d),
+            stdout=out,
+            stderr=out,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=d,
         )
         out.close()
         self.pgids[meta["name"]] = proc.pid
@@ -71,18 +78,28 @@ class LocalKubelet(FakeKubelet):
 
 def providers_json(url: str) -> str:
     types = [{"name": "cpu-1", "vcpus": 1, "memory_gb": 4, "ondemand": 0.05}]
-    return json.dumps({
-        "local": {"enabled": False},
-        "k8s": {
-            "watch_seconds": 10,
-            "regions": {
-                "k8s-east": {"host": url, "namespace": "east", "spot": "karpenter",
-                             "instance_types": [{**types[0], "spot": 0.02}]},
-                "k8s-west": {"host": url, "namespace": "west", "spot": "karpenter",
-                             "instance_types": [{**types[0], "spot": 0.03}]},
+    return json.dumps(
+        {
+            "local": {"enabled": False},
+            "k8s": {
+                "watch_seconds": 10,
+                "regions": {
+                    "k8s-east": {
+                        "host": url,
+                        "namespace": "east",
+                        "spot": "karpenter",
+                        "instance_types": [{**types[0], "spot": 0.02}],
+                    },
+                    "k8s-west": {
+                        "host": url,
+                        "namespace": "west",
+                        "spot": "karpenter",
+                        "instance_types": [{**types[0], "spot": 0.03}],
+                    },
+                },
             },
-        },
-    })
+        }
+    )
 
 
 @pytest.fixture
@@ -118,10 +135,15 @@ async def test_job_runs_on_pods_and_survives_a_node_reclaim(
         assert cluster.pod("east", pod) is not None
         # the node is reclaimed: the pod fails with NodeShutdown and its processes die
         kubelet.lose_node(pod)
-        assert await cluster.patch_pod_status(
-            "east", pod, {"phase": "Failed", "reason": "NodeShutdown"}) == 200
-        job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=90,
-                             what="the job to finish")
+        assert (
+            await cluster.patch_pod_status(
+                "east", pod, {"phase": "Failed", "reason": "NodeShutdown"}
+            )
+            == 200
+        )
+        job = await wait_job(
+            c, jid, lambda j: j["status"] in TERMINAL, timeout=90, what="the job to finish"
+        )
         text = await logs(c, jid)
     assert job["status"] == "SUCCEEDED", (job, daemon.log_tail())
     assert job["preemptions"] == 1
@@ -130,6 +152,7 @@ async def test_job_runs_on_pods_and_survives_a_node_reclaim(
     assert "resumed from step" in text
     # the ended attempt's pod is deleted by spotd's reaping
     deadline = time.monotonic() + 20
-    while cluster.pod("east", pod) is not None and time.monotonic() < deadline:
+    # the cluster's state is polled: there is no event to wait on (hence ASYNC110)
+    while cluster.pod("east", pod) is not None and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     assert cluster.pod("east", pod) is None

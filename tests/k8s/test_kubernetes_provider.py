@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from spotd.providers.base import (
     TAG_HOME,
     InvalidRequest,
@@ -17,7 +18,6 @@ from spotd.providers.base import (
 )
 from spotd.providers.kubernetes import KubernetesProvider, parse_config
 from spotd.types import InstanceState, Market
-
 from tests.k8s.kmock_env import Cluster, FakeKubelet, kmock
 from tests.providers.contract import eventually, finder
 from tests.providers.test_k8s_contract import HOME_TAG, spec_for
@@ -32,12 +32,17 @@ def config(url: str, *, regions: tuple[str, ...] = ("east",), **extra: Any) -> d
                 "host": url,
                 "namespace": f"ns-{r}",
                 "spot": "gke" if r == "east" else "karpenter",
-                "instance_types": [{"name": "cpu-1", "vcpus": 1, "memory_gb": 4,
-                                    "ondemand": 0.05, "spot": 0.02}],
-                "gpu_types": {"A100": {
-                    "counts": [1, 2], "ondemand_per_gpu": 3.0, "spot_per_gpu": 1.0,
-                    "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
-                }},
+                "instance_types": [
+                    {"name": "cpu-1", "vcpus": 1, "memory_gb": 4, "ondemand": 0.05, "spot": 0.02}
+                ],
+                "gpu_types": {
+                    "A100": {
+                        "counts": [1, 2],
+                        "ondemand_per_gpu": 3.0,
+                        "spot_per_gpu": 1.0,
+                        "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
+                    }
+                },
             }
             for r in regions
         },
@@ -55,8 +60,9 @@ async def providers() -> AsyncIterator[list[KubernetesProvider]]:
         await p.close()
 
 
-def make(providers: list[KubernetesProvider], cfg: dict[str, Any],
-         home: str = HOME_TAG) -> KubernetesProvider:
+def make(
+    providers: list[KubernetesProvider], cfg: dict[str, Any], home: str = HOME_TAG
+) -> KubernetesProvider:
     p = KubernetesProvider(parse_config(cfg), home_tag=home)
     providers.append(p)
     return p
@@ -75,8 +81,12 @@ async def test_gpu_spot_pod_shape(cluster: Cluster, providers: list[KubernetesPr
         "cloud.google.com/gke-spot": "true",
         "cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
     }
-    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
-            "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert {
+        "key": "cloud.google.com/gke-spot",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoSchedule",
+    } in pod["spec"]["tolerations"]
     assert pod["metadata"]["labels"][TAG_HOME] == HOME_TAG
     assert json.loads(pod["metadata"]["annotations"]["spotd.dev/tags"])["spotd-key"] == "j1-a1-n0"
     assert "-m spotd.agent" in c["command"][-1]
@@ -133,18 +143,27 @@ async def test_watch_feeds_status_without_relisting(
 ) -> None:
     p = make(providers, config(cluster.url, watch_seconds=60))
     iid = await p.launch(spec_for("j4-a1-n0", region="east"))
-    await eventually(finder(p, "j4-a1-n0"),
-                     lambda o: o is not None and o.state == InstanceState.RUNNING)
+    await eventually(
+        finder(p, "j4-a1-n0"), lambda o: o is not None and o.state == InstanceState.RUNNING
+    )
     lists = len(cluster.lists())
     for _ in range(20):
         await p.list_instances()
     assert len(cluster.lists()) == lists, "a live watch must serve listings from its cache"
     assert cluster.watches(), "the status came through a watch"
     name = iid.split("/")[1]
-    await cluster.patch_pod_status("ns-east", name, {"conditions": [
-        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]})
-    obs = await eventually(finder(p, "j4-a1-n0"),
-                           lambda o: o is not None and o.state == InstanceState.NOTICE)
+    await cluster.patch_pod_status(
+        "ns-east",
+        name,
+        {
+            "conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
+            ]
+        },
+    )
+    obs = await eventually(
+        finder(p, "j4-a1-n0"), lambda o: o is not None and o.state == InstanceState.NOTICE
+    )
     assert obs is not None and obs.notice_deadline is not None
     assert len(cluster.lists()) == lists
 
@@ -155,11 +174,13 @@ async def test_pod_deleted_behind_our_back_is_preempted(
 ) -> None:
     p = make(providers, config(cluster.url, watch=watch))
     iid = await p.launch(spec_for("j5-a1-n0", region="east"))
-    await eventually(finder(p, "j5-a1-n0"),
-                     lambda o: o is not None and o.state == InstanceState.RUNNING)
+    await eventually(
+        finder(p, "j5-a1-n0"), lambda o: o is not None and o.state == InstanceState.RUNNING
+    )
     assert await cluster.delete_pod("ns-east", iid.split("/")[1]) == 200
-    obs = await eventually(finder(p, "j5-a1-n0"),
-                           lambda o: o is not None and o.state == InstanceState.PREEMPTED)
+    obs = await eventually(
+        finder(p, "j5-a1-n0"), lambda o: o is not None and o.state == InstanceState.PREEMPTED
+    )
     assert obs is not None and obs.reason == "pod deleted"
 
 
@@ -168,17 +189,23 @@ async def test_pod_deleted_behind_our_back_is_preempted(
     [("Failed", "Evicted"), ("Failed", "Preempted"), ("Failed", "Terminated")],
 )
 async def test_failed_pod_with_a_reclaim_reason_is_preempted(
-    cluster: Cluster, kubelet: FakeKubelet, providers: list[KubernetesProvider],
-    status: str, reason: str,
+    cluster: Cluster,
+    kubelet: FakeKubelet,
+    providers: list[KubernetesProvider],
+    status: str,
+    reason: str,
 ) -> None:
     p = make(providers, config(cluster.url))
     iid = await p.launch(spec_for("j6-a1-n0", region="east"))
-    await eventually(finder(p, "j6-a1-n0"),
-                     lambda o: o is not None and o.state == InstanceState.RUNNING)
-    await cluster.patch_pod_status("ns-east", iid.split("/")[1],
-                                   {"phase": status, "reason": reason})
-    obs = await eventually(finder(p, "j6-a1-n0"),
-                           lambda o: o is not None and o.state == InstanceState.PREEMPTED)
+    await eventually(
+        finder(p, "j6-a1-n0"), lambda o: o is not None and o.state == InstanceState.RUNNING
+    )
+    await cluster.patch_pod_status(
+        "ns-east", iid.split("/")[1], {"phase": status, "reason": reason}
+    )
+    obs = await eventually(
+        finder(p, "j6-a1-n0"), lambda o: o is not None and o.state == InstanceState.PREEMPTED
+    )
     assert obs is not None and obs.reason.startswith(reason)
 
 
@@ -212,30 +239,58 @@ async def test_relaunch_after_restart_finds_the_pod(
     first = await make(providers, cfg).launch(spec_for("j9-a1-n0", region="east"))
     again = await make(providers, cfg).launch(spec_for("j9-a1-n0", region="east"))
     assert first == again
-    assert len([r for r in cluster.requests()
-                if r.action == kmock.action.CREATE and r.resource.plural == "pods"]) == 2
+    assert (
+        len(
+            [
+                r
+                for r in cluster.requests()
+                if r.action == kmock.action.CREATE and r.resource.plural == "pods"
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.parametrize(
     ("status", "message", "error"),
     [
-        (403, ('pods "spotd-j1-a1-n0" is forbidden: exceeded quota: spotd-gpu-quota, '
-               "requested: requests.nvidia.com/gpu=2, used: requests.nvidia.com/gpu=8, "
-               "limited: requests.nvidia.com/gpu=8"), QuotaExceeded),
-        (422, 'Pod "spotd-j1-a1-n0" is invalid: spec.containers[0].image: Required value',
-         InvalidRequest),
+        (
+            403,
+            (
+                'pods "spotd-j1-a1-n0" is forbidden: exceeded quota: spotd-gpu-quota, '
+                "requested: requests.nvidia.com/gpu=2, used: requests.nvidia.com/gpu=8, "
+                "limited: requests.nvidia.com/gpu=8"
+            ),
+            QuotaExceeded,
+        ),
+        (
+            422,
+            'Pod "spotd-j1-a1-n0" is invalid: spec.containers[0].image: Required value',
+            InvalidRequest,
+        ),
         (500, "etcdserver: request timed out", ProviderUnavailable),
     ],
     ids=["quota", "invalid", "server-error"],
 )
 async def test_launch_errors_are_classified(
-    cluster: Cluster, providers: list[KubernetesProvider], status: int, message: str,
+    cluster: Cluster,
+    providers: list[KubernetesProvider],
+    status: int,
+    message: str,
     error: type,
 ) -> None:
-    cluster.km[kmock.action.CREATE, kmock.resource("v1/pods")] << status << {
-        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status,
-        "reason": "Forbidden" if status == 403 else "Invalid", "message": message,
-    }
+    (
+        cluster.km[kmock.action.CREATE, kmock.resource("v1/pods")]
+        << status
+        << {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "code": status,
+            "reason": "Forbidden" if status == 403 else "Invalid",
+            "message": message,
+        }
+    )
     p = make(providers, config(cluster.url))
     with pytest.raises(error):
         await p.launch(spec_for("j1-a1-n0", region="east", instance_type="a100-2"))

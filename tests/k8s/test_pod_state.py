@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from kubernetes_asyncio.client.rest import ApiException
+
+import tests.k8s.kmock_env  # noqa: F401 - skips (or fails under CI=1) without the k8s deps
 from spotd.providers.base import (
     InvalidRequest,
     ProviderUnavailable,
@@ -18,8 +20,6 @@ from spotd.providers.base import (
 )
 from spotd.providers.kubernetes import classify, label_value, pod_name, pod_state
 from spotd.types import InstanceState
-
-import tests.k8s.kmock_env  # noqa: F401 - skips (or fails under CI=1) without the k8s deps
 
 pytestmark = pytest.mark.k8s
 
@@ -32,8 +32,14 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def pod(phase: str | None = "Running", *, reason: str = "", conditions: list[Any] | None = None,
-        deletion: float | None = None, grace: int = 30) -> dict[str, Any]:
+def pod(
+    phase: str | None = "Running",
+    *,
+    reason: str = "",
+    conditions: list[Any] | None = None,
+    deletion: float | None = None,
+    grace: int = 30,
+) -> dict[str, Any]:
     status: dict[str, Any] = {"conditions": conditions or []}
     if phase:
         status["phase"] = phase
@@ -53,34 +59,74 @@ def disruption(at: float | None, reason: str = "TerminationByKubelet") -> dict[s
 
 
 def unschedulable(at: float) -> dict[str, Any]:
-    return {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "lastTransitionTime": _iso(at), "message": "0/3 nodes have nvidia.com/gpu"}
+    return {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "lastTransitionTime": _iso(at),
+        "message": "0/3 nodes have nvidia.com/gpu",
+    }
 
 
 CASES = [
     # (what, pod, deleting, state, deadline)
     ("no status yet", pod(None), False, InstanceState.PENDING, None),
     ("pending", pod("Pending"), False, InstanceState.PENDING, None),
-    ("unschedulable briefly", pod("Pending", conditions=[unschedulable(NOW - 60)]), False,
-     InstanceState.PENDING, None),
-    ("unschedulable too long", pod("Pending", conditions=[unschedulable(NOW - 301)]), False,
-     InstanceState.TERMINATED, None),
+    (
+        "unschedulable briefly",
+        pod("Pending", conditions=[unschedulable(NOW - 60)]),
+        False,
+        InstanceState.PENDING,
+        None,
+    ),
+    (
+        "unschedulable too long",
+        pod("Pending", conditions=[unschedulable(NOW - 301)]),
+        False,
+        InstanceState.TERMINATED,
+        None,
+    ),
     ("running", pod("Running"), False, InstanceState.RUNNING, None),
-    ("disruption target", pod("Running", conditions=[disruption(NOW - 10)]), False,
-     InstanceState.NOTICE, NOW + 20),
-    ("disruption, 120 s grace", pod("Running", conditions=[disruption(NOW)], grace=120), False,
-     InstanceState.NOTICE, NOW + 120),
-    ("disruption without a time", pod("Running", conditions=[disruption(None)]), False,
-     InstanceState.NOTICE, NOW - 5 + 30),
-    ("deleted by someone else", pod("Running", deletion=NOW + 25), False,
-     InstanceState.NOTICE, NOW + 25),
+    (
+        "disruption target",
+        pod("Running", conditions=[disruption(NOW - 10)]),
+        False,
+        InstanceState.NOTICE,
+        NOW + 20,
+    ),
+    (
+        "disruption, 120 s grace",
+        pod("Running", conditions=[disruption(NOW)], grace=120),
+        False,
+        InstanceState.NOTICE,
+        NOW + 120,
+    ),
+    (
+        "disruption without a time",
+        pod("Running", conditions=[disruption(None)]),
+        False,
+        InstanceState.NOTICE,
+        NOW - 5 + 30,
+    ),
+    (
+        "deleted by someone else",
+        pod("Running", deletion=NOW + 25),
+        False,
+        InstanceState.NOTICE,
+        NOW + 25,
+    ),
     ("deleted by spotd", pod("Running", deletion=NOW + 25), True, InstanceState.TERMINATED, None),
     ("evicted", pod("Failed", reason="Evicted"), False, InstanceState.PREEMPTED, None),
     ("preempted", pod("Failed", reason="Preempted"), False, InstanceState.PREEMPTED, None),
     ("node shutdown", pod("Failed", reason="NodeShutdown"), False, InstanceState.PREEMPTED, None),
     ("terminated", pod("Failed", reason="Terminated"), False, InstanceState.PREEMPTED, None),
-    ("failed after disruption", pod("Failed", conditions=[disruption(NOW)]), False,
-     InstanceState.PREEMPTED, None),
+    (
+        "failed after disruption",
+        pod("Failed", conditions=[disruption(NOW)]),
+        False,
+        InstanceState.PREEMPTED,
+        None,
+    ),
     ("node lost", pod("Running", reason="NodeLost"), False, InstanceState.PREEMPTED, None),
     ("failed otherwise", pod("Failed", reason="Error"), False, InstanceState.TERMINATED, None),
     ("completed", pod("Succeeded"), False, InstanceState.TERMINATED, None),
@@ -88,12 +134,15 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("what", "p", "deleting", "state", "deadline"), CASES,
-                         ids=[c[0] for c in CASES])
-def test_pod_state(what: str, p: dict[str, Any], deleting: bool, state: InstanceState,
-                   deadline: float | None) -> None:
-    view = pod_state(p, now=NOW, first_seen=lambda _what: NOW - 5,
-                     unschedulable_seconds=300, deleting=deleting)
+@pytest.mark.parametrize(
+    ("what", "p", "deleting", "state", "deadline"), CASES, ids=[c[0] for c in CASES]
+)
+def test_pod_state(
+    what: str, p: dict[str, Any], deleting: bool, state: InstanceState, deadline: float | None
+) -> None:
+    view = pod_state(
+        p, now=NOW, first_seen=lambda _what: NOW - 5, unschedulable_seconds=300, deleting=deleting
+    )
     assert view.state == state, view
     if deadline is not None:
         assert view.notice_deadline == pytest.approx(deadline)
@@ -110,11 +159,19 @@ def api_error(status: int, message: str = "") -> ApiException:
 @pytest.mark.parametrize(
     ("exc", "kind"),
     [
-        (api_error(403, 'pods "p" is forbidden: exceeded quota: spotd-gpu-quota, requested: '
-                        "requests.nvidia.com/gpu=2, used: 4, limited: 4"), QuotaExceeded),
+        (
+            api_error(
+                403,
+                'pods "p" is forbidden: exceeded quota: spotd-gpu-quota, requested: '
+                "requests.nvidia.com/gpu=2, used: 4, limited: 4",
+            ),
+            QuotaExceeded,
+        ),
         (api_error(403, 'pods is forbidden: User "x" cannot create resource'), InvalidRequest),
-        (api_error(422, "Pod is invalid: spec.containers[0].image: Required value"),
-         InvalidRequest),
+        (
+            api_error(422, "Pod is invalid: spec.containers[0].image: Required value"),
+            InvalidRequest,
+        ),
         (api_error(400, "bad"), InvalidRequest),
         (api_error(404, 'namespaces "nope" not found'), InvalidRequest),
         (api_error(401, "Unauthorized"), ProviderUnavailable),

@@ -1,9 +1,10 @@
 """The AWS provider passes the provider contract against moto on loopback (EC2 wire protocol).
 
 EC2's two-minute interruption notice is not part of the EC2 API: it appears in the instance
-metadata service, which the agent polls, so ``supports_notice`` is False here and the notice
-path has its own test (``tests/aws/test_metadata_notice.py``). A preemption is staged on moto's
-backend the way RECIPES.md describes (terminated with ``Server.SpotInstanceTermination``).
+metadata service, which the agent polls, so the provider does not declare ``AdvanceNotices``
+and the notice path has its own test (``tests/aws/test_metadata_notice.py``). A preemption is
+staged on moto's backend the way RECIPES.md describes (terminated with
+``Server.SpotInstanceTermination``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+
 from spotd.providers.aws import AwsConfig, AwsProvider, load_aws_catalog
 from spotd.providers.base import TAG_HOME, TAG_KEY, InstanceSpec
 from spotd.types import AgentConfig, InstanceId, Market
-
 from tests.aws.motoserver import AMI, Moto, moto_server  # noqa: F401 - the fixture
 from tests.providers.contract import ProviderContract
 
@@ -25,36 +26,50 @@ REGIONS = ("us-east-1", "us-west-2")
 
 
 class AwsHarness:
-    supports_notice = False
-
     def __init__(self, m: Moto) -> None:
         self.moto = m
         self.home_tag = f"contract-{uuid.uuid4().hex[:8]}"  # moto is shared: keep tests apart
         self.config = AwsConfig(
-            regions=REGIONS, endpoint_url=m.url, image_id={"*": AMI},
-            daemon_url="http://127.0.0.1:9", checkpoint_store="s3://spotd-contract/ckpt",
+            regions=REGIONS,
+            endpoint_url=m.url,
+            image_id={"*": AMI},
+            daemon_url="http://127.0.0.1:9",
+            checkpoint_store="s3://spotd-contract/ckpt",
         )
         self.catalog = load_aws_catalog(self.config, None)
         self.provider = AwsProvider(self.config, self.catalog, home_tag=self.home_tag)
         self.others: list[AwsProvider] = []
 
     def spec(self, key: str) -> InstanceSpec:
-        e = next(e for e in self.catalog
-                 if e.instance_type == "g4dn.xlarge" and e.region == "us-west-2")
-        agent = AgentConfig(
-            instance_key=key, attempt_id=key.rsplit("-", 1)[0], job_id=1, task_id="t",
-            attempt=1, node_rank=0, num_nodes=1, setup=None, run="sleep 600",
-            daemon_url="http://127.0.0.1:9", token="x", checkpoint_store="/nowhere",
+        e = next(
+            e for e in self.catalog if e.instance_type == "g4dn.xlarge" and e.region == "us-west-2"
         )
-        return InstanceSpec(key=key, region=e.region, zone=e.zone, instance_type=e.instance_type,
-                            market=Market.SPOT, tags={TAG_HOME: self.home_tag, TAG_KEY: key},
-                            agent=agent)
+        agent = AgentConfig(
+            instance_key=key,
+            attempt_id=key.rsplit("-", 1)[0],
+            job_id=1,
+            task_id="t",
+            attempt=1,
+            node_rank=0,
+            num_nodes=1,
+            setup=None,
+            run="sleep 600",
+            daemon_url="http://127.0.0.1:9",
+            token="x",
+            checkpoint_store="/nowhere",
+        )
+        return InstanceSpec(
+            key=key,
+            region=e.region,
+            zone=e.zone,
+            instance_type=e.instance_type,
+            market=Market.SPOT,
+            tags={TAG_HOME: self.home_tag, TAG_KEY: key},
+            agent=agent,
+        )
 
     async def preempt(self, instance_id: InstanceId) -> None:
         self.moto.stage_spot_interruption("us-west-2", instance_id)
-
-    async def notice(self, instance_id: InstanceId, seconds: float) -> None:
-        raise AssertionError("EC2 notices come through the instance metadata service")
 
     async def new_provider(self) -> AwsProvider:
         return AwsProvider(self.config, self.catalog, home_tag=self.home_tag)

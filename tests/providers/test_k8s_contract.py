@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+
 from spotd.providers.base import TAG_HOME, TAG_KEY, InstanceSpec
 from spotd.providers.kubernetes import KubernetesProvider, parse_config
 from spotd.types import AgentConfig, InstanceId, Market
-
 from tests.k8s.kmock_env import Cluster, FakeKubelet, kmock_cluster
-from tests.providers.contract import ProviderContract
+from tests.providers.contract import NoticeContract, ProviderContract
 
 pytestmark = pytest.mark.k8s
 
@@ -44,19 +44,40 @@ def k8s_config(url: str, **extra: object) -> dict[str, object]:
     }
 
 
-def spec_for(key: str, *, instance_type: str = "cpu-1", market: Market = Market.SPOT,
-             region: str = "kmock-a", home: str = HOME_TAG) -> InstanceSpec:
+def spec_for(
+    key: str,
+    *,
+    instance_type: str = "cpu-1",
+    market: Market = Market.SPOT,
+    region: str = "kmock-a",
+    home: str = HOME_TAG,
+) -> InstanceSpec:
     agent = AgentConfig(
-        instance_key=key, attempt_id=key.rsplit("-", 1)[0], job_id=1, task_id="t",
-        attempt=1, node_rank=0, num_nodes=1, setup=None, run="sleep 600",
-        daemon_url="http://127.0.0.1:1", token="secret-token", checkpoint_store="/tmp/ckpt/t",
+        instance_key=key,
+        attempt_id=key.rsplit("-", 1)[0],
+        job_id=1,
+        task_id="t",
+        attempt=1,
+        node_rank=0,
+        num_nodes=1,
+        setup=None,
+        run="sleep 600",
+        daemon_url="http://127.0.0.1:1",
+        token="secret-token",
+        checkpoint_store="/tmp/ckpt/t",
     )
-    return InstanceSpec(key=key, region=region, zone=region, instance_type=instance_type,
-                        market=market, tags={TAG_HOME: home, TAG_KEY: key}, agent=agent)
+    return InstanceSpec(
+        key=key,
+        region=region,
+        zone=region,
+        instance_type=instance_type,
+        market=market,
+        tags={TAG_HOME: home, TAG_KEY: key},
+        agent=agent,
+    )
 
 
 class K8sHarness:
-    supports_notice = True  # a DisruptionTarget condition on a still-running pod
     home_tag = HOME_TAG
 
     def __init__(self, cluster: Cluster) -> None:
@@ -70,20 +91,31 @@ class K8sHarness:
 
     async def preempt(self, instance_id: InstanceId) -> None:
         name = instance_id.split("/", 1)[1]
-        status = {"phase": "Failed", "reason": "NodeShutdown",
-                  "message": "Pod was terminated in response to imminent node shutdown."}
+        status = {
+            "phase": "Failed",
+            "reason": "NodeShutdown",
+            "message": "Pod was terminated in response to imminent node shutdown.",
+        }
         assert await self.cluster.patch_pod_status(NAMESPACE, name, status) == 200
 
     async def notice(self, instance_id: InstanceId, seconds: float) -> None:
+        """A DisruptionTarget condition on a still-running pod."""
         # the kubelet's graceful node shutdown (a spot reclaim) marks the pod first; the
         # deadline is the condition's time plus the pod's grace period (30 s here)
         name = instance_id.split("/", 1)[1]
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        status = {"phase": "Running", "conditions": [
-            {"type": "Ready", "status": "True"},
-            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
-             "lastTransitionTime": now},
-        ]}
+        status = {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "True"},
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "TerminationByKubelet",
+                    "lastTransitionTime": now,
+                },
+            ],
+        }
         assert await self.cluster.patch_pod_status(NAMESPACE, name, status) == 200
 
     async def new_provider(self) -> KubernetesProvider:
@@ -113,20 +145,23 @@ async def harness() -> AsyncIterator[K8sHarness]:
             await kubelet.stop()
 
 
-class TestK8sProviderContract(ProviderContract):
+class TestK8sProviderContract(ProviderContract, NoticeContract):
     async def test_notice_deadline_is_the_grace_period(self, harness: K8sHarness) -> None:
         """Beyond the contract: the NOTICE deadline is the condition time + grace (30 s)."""
         from spotd.types import InstanceState
-
         from tests.providers.contract import eventually, finder
 
         spec = harness.spec("c8-a1-n0")
         iid = await harness.provider.launch(spec)
-        await eventually(finder(harness.provider, spec.key),
-                         lambda o: o is not None and o.state == InstanceState.RUNNING)
+        await eventually(
+            finder(harness.provider, spec.key),
+            lambda o: o is not None and o.state == InstanceState.RUNNING,
+        )
         t0 = time.time()
         await harness.notice(iid, 30)
-        obs = await eventually(finder(harness.provider, spec.key),
-                               lambda o: o is not None and o.state == InstanceState.NOTICE)
+        obs = await eventually(
+            finder(harness.provider, spec.key),
+            lambda o: o is not None and o.state == InstanceState.NOTICE,
+        )
         assert obs is not None and obs.notice_deadline is not None
         assert t0 + 28 <= obs.notice_deadline <= time.time() + 31

@@ -17,13 +17,12 @@ from spotd.pricing.catalog import default_local_catalog
 from spotd.providers.base import TAG_HOME, TAG_KEY, CapacityUnavailable, InstanceSpec
 from spotd.providers.local import LocalProvider
 from spotd.types import AgentConfig, InstanceId, Market
-from tests.providers.contract import ProviderContract
+from tests.providers.contract import NoticeContract, ProviderContract
 
 HOME_TAG = "contract-home"
 
 
 class LocalHarness:
-    supports_notice = True
     home_tag = HOME_TAG
 
     def __init__(self, root: Path) -> None:
@@ -34,14 +33,28 @@ class LocalHarness:
     def spec(self, key: str) -> InstanceSpec:
         e = next(e for e in self.catalog if e.instance_type == "cpu-1")
         agent = AgentConfig(
-            instance_key=key, attempt_id=key.rsplit("-", 1)[0], job_id=1, task_id="t",
-            attempt=1, node_rank=0, num_nodes=1, setup=None, run="sleep 600",
-            daemon_url=f"unix:{self.root}/no-daemon.sock", token="x",
+            instance_key=key,
+            attempt_id=key.rsplit("-", 1)[0],
+            job_id=1,
+            task_id="t",
+            attempt=1,
+            node_rank=0,
+            num_nodes=1,
+            setup=None,
+            run="sleep 600",
+            daemon_url=f"unix:{self.root}/no-daemon.sock",
+            token="x",
             checkpoint_store=str(self.root / "ckpt"),
         )
-        return InstanceSpec(key=key, region=e.region, zone=e.zone, instance_type=e.instance_type,
-                            market=Market.SPOT, tags={TAG_HOME: HOME_TAG, TAG_KEY: key},
-                            agent=agent)
+        return InstanceSpec(
+            key=key,
+            region=e.region,
+            zone=e.zone,
+            instance_type=e.instance_type,
+            market=Market.SPOT,
+            tags={TAG_HOME: HOME_TAG, TAG_KEY: key},
+            agent=agent,
+        )
 
     async def preempt(self, instance_id: InstanceId) -> None:
         self.provider.preempt(instance_id)
@@ -72,7 +85,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[LocalHarness]:
     await asyncio.sleep(0)
 
 
-class TestLocalProviderContract(ProviderContract):
+class TestLocalProviderContract(ProviderContract, NoticeContract):
     pass
 
 

@@ -2,8 +2,8 @@
 
 A preemption is staged the way a machine is lost on a real cluster: the node is taken DOWN
 (Slurm ends the job as NODE_FAIL), and brought back once that has been seen, so that the next
-test has a node to run on. Slurm gives a provider no advance notice, so the notice test is
-skipped (``supports_notice = False``).
+test has a node to run on. Slurm gives a provider no advance notice (it does not declare
+``AdvanceNotices``), so the notice contract is not part of this suite.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from spotd.providers.base import TAG_HOME, TAG_KEY, InstanceSpec
 from spotd.providers.slurm import SlurmProvider, parse_partitions
 from spotd.types import AgentConfig, InstanceId, InstanceState, Market
-
 from tests.providers.contract import ProviderContract
 from tests.slurm.cluster import PARTITIONS, SlurmCluster, slurm_cluster  # noqa: F401
 
@@ -27,8 +27,6 @@ pytestmark = pytest.mark.slurm
 
 
 class SlurmHarness:
-    supports_notice = False
-
     def __init__(self, root: Path, cluster: SlurmCluster) -> None:
         self.root = root
         self.cluster = cluster
@@ -37,21 +35,37 @@ class SlurmHarness:
 
     def _make(self) -> SlurmProvider:
         return SlurmProvider(
-            root=self.root, partitions=parse_partitions(PARTITIONS), python=sys.executable,
+            root=self.root,
+            partitions=parse_partitions(PARTITIONS),
+            python=sys.executable,
             command_timeout=30,
         )
 
     def spec(self, key: str) -> InstanceSpec:
         e = next(e for e in self.provider.catalog() if e.region == "debug")
         agent = AgentConfig(
-            instance_key=key, attempt_id=key.rsplit("-", 1)[0], job_id=1, task_id="t",
-            attempt=1, node_rank=0, num_nodes=1, setup=None, run="sleep 600",
-            daemon_url=f"unix:{self.root}/no-daemon.sock", token="x",
+            instance_key=key,
+            attempt_id=key.rsplit("-", 1)[0],
+            job_id=1,
+            task_id="t",
+            attempt=1,
+            node_rank=0,
+            num_nodes=1,
+            setup=None,
+            run="sleep 600",
+            daemon_url=f"unix:{self.root}/no-daemon.sock",
+            token="x",
             checkpoint_store=str(self.root / "ckpt"),
         )
-        return InstanceSpec(key=key, region=e.region, zone=e.zone, instance_type=e.instance_type,
-                            market=Market.SPOT, tags={TAG_HOME: self.home_tag, TAG_KEY: key},
-                            agent=agent)
+        return InstanceSpec(
+            key=key,
+            region=e.region,
+            zone=e.zone,
+            instance_type=e.instance_type,
+            market=Market.SPOT,
+            tags={TAG_HOME: self.home_tag, TAG_KEY: key},
+            agent=agent,
+        )
 
     async def preempt(self, instance_id: InstanceId) -> None:
         """Node DOWN until Slurm reports the job lost, then the node comes back."""
@@ -67,9 +81,6 @@ class SlurmHarness:
         finally:
             await asyncio.to_thread(self.cluster.node_resume)
 
-    async def notice(self, instance_id: InstanceId, seconds: float) -> None:
-        raise NotImplementedError("Slurm gives a provider no advance notice")
-
     async def new_provider(self) -> SlurmProvider:
         return self._make()
 
@@ -84,7 +95,8 @@ class SlurmHarness:
 
 @pytest.fixture
 async def harness(
-    tmp_path: Path, slurm_cluster: SlurmCluster  # noqa: F811
+    tmp_path: Path,
+    slurm_cluster: SlurmCluster,  # noqa: F811
 ) -> AsyncIterator[SlurmHarness]:
     h = SlurmHarness(tmp_path, slurm_cluster)
     yield h

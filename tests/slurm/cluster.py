@@ -84,8 +84,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         _unavailable(f"{SCRIPT} start failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
     cluster = SlurmCluster(
         node=NODE,
-        started_here=res.stdout.strip().endswith("started")
-        and "already" not in res.stdout,
+        started_here=res.stdout.strip().endswith("started") and "already" not in res.stdout,
         start_seconds=time.monotonic() - t0,
     )
     cluster.node_resume()  # a node left DOWN by an interrupted run is brought back

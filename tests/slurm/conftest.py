@@ -11,16 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from spotd.providers.slurm import SlurmProvider, parse_partitions
 
+from spotd.providers.slurm import SlurmProvider, parse_partitions
 from tests.conftest import DaemonProc
 from tests.slurm.cluster import PARTITIONS, SlurmCluster, slurm_cluster  # noqa: F401
 
 
 def slurm_providers_json(**extra: object) -> str:
-    return json.dumps(
-        {"local": {"enabled": False}, "slurm": {"partitions": PARTITIONS, **extra}}
-    )
+    return json.dumps({"local": {"enabled": False}, "slurm": {"partitions": PARTITIONS, **extra}})
 
 
 def cancel_jobs_of(root: Path, home_tag: str) -> None:

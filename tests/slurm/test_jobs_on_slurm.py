@@ -33,8 +33,9 @@ async def test_job_runs_to_completion_on_slurm(slurm_daemon):
         plan = await c.launch(slurm_train_yaml(steps=steps), filename="t.yaml", dry_run=True)
         assert {x["provider"] for x in plan["candidates"]} == {"slurm"}
         job = await c.launch(slurm_train_yaml(steps=steps), filename="t.yaml")
-        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL, timeout=90,
-                             what="the end")
+        job = await wait_job(
+            c, job["id"], lambda j: j["status"] in TERMINAL, timeout=90, what="the end"
+        )
         text = await logs(c, job["id"])
     assert job["status"] == "SUCCEEDED", (job, slurm_daemon.log_tail())
     [attempt] = job["attempts"]
@@ -49,20 +50,25 @@ async def test_node_down_is_detected_and_the_job_relaunched(slurm_daemon, slurm_
     async with slurm_daemon.client() as c:
         job = await c.launch(slurm_train_yaml(steps=steps, step_seconds=0.1), filename="p.yaml")
         jid = job["id"]
-        await wait_job(c, jid, lambda j: j["status"] == "RUNNING", timeout=60,
-                       what="attempt 1 running")
+        await wait_job(
+            c, jid, lambda j: j["status"] == "RUNNING", timeout=60, what="attempt 1 running"
+        )
         await wait_log(c, jid, "(checkpoint)", attempt=1, timeout=60)
         t0 = time.monotonic()
         await asyncio.to_thread(slurm_cluster.node_down)
         try:
-            job = await wait_job(c, jid, lambda j: j["preemptions"] >= 1, timeout=30,
-                                 what="the preemption to be detected")
+            job = await wait_job(
+                c,
+                jid,
+                lambda j: j["preemptions"] >= 1,
+                timeout=30,
+                what="the preemption to be detected",
+            )
             detected = time.monotonic() - t0
         finally:
             # one node: it must come back for the relaunch to run anywhere
             await asyncio.to_thread(slurm_cluster.node_resume)
-        job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=120,
-                             what="the end")
+        job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=120, what="the end")
         text = await logs(c, jid)
     assert job["status"] == "SUCCEEDED", (job, slurm_daemon.log_tail())
     assert digest_of(text) == expected_digest(steps)
@@ -74,7 +80,11 @@ async def test_node_down_is_detected_and_the_job_relaunched(slurm_daemon, slurm_
     assert rest and rest[-1]["end_reason"] == "SUCCEEDED"
     assert all(a["provider"] == "slurm" for a in job["attempts"])
     # EAGER_NEXT_REGION: the relaunch left the partition that lost its node
-    assert rest[0]["region"] != first["region"], [(a["region"], a["end_reason"]) for a in job["attempts"]]
-    print(f"slurm preemption noticed in {detected:.2f}s; attempts:",
-          [(a["region"], a["end_reason"]) for a in job["attempts"]])
+    assert rest[0]["region"] != first["region"], [
+        (a["region"], a["end_reason"]) for a in job["attempts"]
+    ]
+    print(
+        f"slurm preemption noticed in {detected:.2f}s; attempts:",
+        [(a["region"], a["end_reason"]) for a in job["attempts"]],
+    )
     assert detected < 10, f"the preemption took {detected:.1f}s to be noticed"
