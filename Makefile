@@ -1,5 +1,6 @@
 # The two commands a user needs: `make run` (the demo) and `make test` (the tests).
 # Both install everything themselves: the venv, the package, and (for tests) PostgreSQL.
+# `make lint` is what CI runs before the tests: ruff, mypy --strict, import-linter contracts.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,6 +20,12 @@ venv: $(STAMP)
 ## preempt it (once with a notice, once without), follow it to the end, print the job table.
 run: $(STAMP)
 	$(PY) examples/demo.py
+
+## make lint: ruff check, ruff format --check, mypy --strict over the package, lint-imports
+## (the contracts in .importlinter). scripts/lint.sh says why mypy and import-linter read a
+## shadow tree in build/lint/.
+lint: $(STAMP)
+	bash scripts/lint.sh
 
 ## make test: the fast tier (a few minutes). TIER=all adds the slow tiers (what CI runs).
 test: $(STAMP)

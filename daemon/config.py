@@ -35,8 +35,9 @@ class Settings:
     lost_after: float = 60.0  # no heartbeat and no provider answer: declared lost
     checkpoint_sync_seconds: float = 0.5  # least time between two syncs of a changed checkpoint
     term_grace_seconds: float = 10.0
-    # the idle-GPU rule (spotd.agent.gpu): a job whose GPUs all stay below idle_gpu_threshold % for
-    # idle_gpu_minutes is flagged, or stopped with idle_gpu_action "stop"; 0 minutes: off
+    # the idle-GPU rule (spotd.telemetry.idle): a job whose GPUs all stay below
+    # idle_gpu_threshold % for idle_gpu_minutes is flagged, or stopped with idle_gpu_action
+    # "stop"; 0 minutes: off
     idle_gpu_minutes: float = 0.0
     idle_gpu_threshold: float = 10.0
     idle_gpu_action: str = "flag"
@@ -105,8 +106,14 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
             raise ConfigError(f"{cfg}: expected a mapping at the top level")
         data = loaded
     known = {
-        "db_url", "tcp_host", "tcp_port", "api_token", "local_catalog", "providers",
-        "idle_gpu_action", *_FLOAT_KEYS
+        "db_url",
+        "tcp_host",
+        "tcp_port",
+        "api_token",
+        "local_catalog",
+        "providers",
+        "idle_gpu_action",
+        *_FLOAT_KEYS,
     }
     unknown = set(data) - known
     if unknown:
@@ -144,9 +151,7 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
             providers = json.loads(env["SPOTD_PROVIDERS_JSON"])
         except json.JSONDecodeError as exc:
             raise ConfigError(f"SPOTD_PROVIDERS_JSON is not valid JSON: {exc}") from exc
-    if not isinstance(providers, dict) or not all(
-        isinstance(v, dict) for v in providers.values()
-    ):
+    if not isinstance(providers, dict) or not all(isinstance(v, dict) for v in providers.values()):
         raise ConfigError("providers must map a provider name to its settings (a mapping)")
     return Settings(
         home=home,

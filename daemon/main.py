@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+
 from spotd.config import ConfigError, load_settings
 from spotd.logconfig import configure
-from spotd.server import AlreadyRunning, ProviderConfigError, run_daemon
 from spotd.ops.units import install_units_command
+from spotd.server import AlreadyRunning, ProviderConfigError, run_daemon
 
 
 @click.group(invoke_without_command=True)
@@ -28,16 +30,20 @@ def main(ctx: click.Context, home: str | None, json_logs: bool | None) -> None:
         click.echo(f"spotd: {exc}", err=True)
         sys.exit(2)
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(run_daemon(settings))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run_daemon(settings))
     except (AlreadyRunning, ProviderConfigError) as exc:
         click.echo(f"spotd: {exc}", err=True)
         sys.exit(1)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop where it is installed (the ``fast`` extra), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 main.add_command(install_units_command)

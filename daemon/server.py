@@ -10,22 +10,23 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import IO, Any
 
 import structlog
 from aiohttp import web
-from spotd.ops import sdnotify
-from spotd.api.jobs import make_app
+
+from spotd.api.app import make_app
 from spotd.api.services import SERVICES
-from spotd.pricing.catalog import default_local_catalog, load_catalog
 from spotd.config import Settings
 from spotd.control.jobs import Controller
+from spotd.control.services import ServiceController
 from spotd.metrics import DaemonMetrics
+from spotd.ops import sdnotify
+from spotd.pricing.catalog import default_local_catalog, load_catalog
 from spotd.providers.base import Provider
 from spotd.providers.local import LocalProvider
-from spotd.control.services import ServiceController
 from spotd.store import AsyncStore, Store
 
 log = structlog.get_logger("spotd.daemon")
@@ -71,14 +72,15 @@ def _slurm(settings: Settings, cfg: dict[str, Any]) -> Provider:
     return SlurmProvider.from_config(cfg, default_root=settings.home / "slurm")
 
 
+# Builds one backend from the daemon's settings and its `providers.<name>` config section.
+ProviderFactory = Callable[[Settings, dict[str, Any]], Provider]
+
 # Every backend, by the name used in config and in `infra:`. Cloud SDKs are imported inside each
-# factory, so a daemon without aioboto3 or kubernetes_asyncio still runs the others.
-PROVIDER_FACTORIES: dict[str, Callable[[Settings, dict[str, Any]], Provider]] = {
-    "local": _local,
-    "slurm": _slurm,
-    "k8s": _k8s,
-    "aws": _aws,
-}
+# factory, so a daemon without aioboto3 or kubernetes_asyncio still runs the others. A table,
+# not a chain of ifs on names: `spotctl providers` checks the same factories the daemon runs.
+PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = MappingProxyType(
+    {"local": _local, "slurm": _slurm, "k8s": _k8s, "aws": _aws}
+)
 
 
 class ProviderConfigError(Exception):
@@ -102,7 +104,9 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     return out
 
 
-async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> None:
+async def run_daemon(
+    settings: Settings, *, notify: Callable[[str], object] | None = sdnotify.notify
+) -> None:
     """Serve until SIGTERM/SIGINT, telling systemd (``notify``) when ready and when stopping."""
     lock = _lock_home(settings)
     for d in (settings.logs_dir, settings.checkpoints_dir, settings.local_dir):
@@ -111,8 +115,9 @@ async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> No
     providers = build_providers(settings)
     metrics = DaemonMetrics()
     controller = Controller(settings=settings, store=store, providers=providers, metrics=metrics)
-    services = ServiceController(settings=settings, store=store, controller=controller,
-                                 metrics=metrics)
+    services = ServiceController(
+        settings=settings, store=store, observer=controller.observer, metrics=metrics
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,19 +173,3 @@ async def run_daemon(settings: Settings, *, notify: Any = sdnotify.notify) -> No
         with contextlib.suppress(FileNotFoundError):
             settings.pid_path.unlink()
         lock.close()
-
-
-def socket_alive(path: Path) -> bool:
-    import socket
-
-    if not path.exists():
-        return False
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.settimeout(1.0)
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates the project's virtual environment on a fresh machine: installs Debian's venv support
-# if this Python lacks it, then the package with its test extras. Usage: bootstrap.sh VENV PYTHON
+# if this Python lacks it, then the package with its test and dev extras (pytest and friends;
+# ruff, mypy, import-linter and the type stubs mypy --strict needs, for `make lint`).
+# Usage: bootstrap.sh VENV PYTHON
 set -euo pipefail
 venv="${1:-.venv}"
 python="${2:-python3}"
@@ -16,5 +18,5 @@ if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepi
 fi
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q -U pip
-"$venv/bin/python" -m pip install -q -e '.[test]'
+"$venv/bin/python" -m pip install -q -e '.[test,dev]'
 touch "$venv/.installed"

@@ -47,7 +47,7 @@ class DaemonProc:
         return self.home / "spotd.sock"
 
     def start(self, timeout: float = 20.0) -> None:
-        from spotd.server import socket_alive
+        from spotd.sdk.local import socket_alive
 
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "spotd.log", "ab")  # noqa: SIM115

@@ -21,25 +21,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import signal
 import sys
 import time
-import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store
 from spotd.aiokit import sleep
-from spotd.agent.gpu import GpuReader
+from spotd.files import mounts
+from spotd.files.workdir import CAS_PREFIX, BlobStore, materialize
+from spotd.telemetry.gpu import GpuReader
 from spotd.types import AgentConfig
 
+__all__ = ["Agent", "CheckpointStore", "amain", "build_env", "main", "open_checkpoint_store"]
+
 LOG_CHUNK = 256 * 1024
-MARKER = ".spotd-attempt"  # which attempt wrote the snapshot
-FINAL = ".spotd-final"  # written with the last snapshot of an attempt that got a notice
 
 
 def build_env(cfg: AgentConfig, checkpoint_dir: Path) -> dict[str, str]:
@@ -62,99 +65,6 @@ def build_env(cfg: AgentConfig, checkpoint_dir: Path) -> dict[str, str]:
             env[f"SKYPILOT_{k}"] = v
     env["SPOTD_CHECKPOINT_DIR"] = str(checkpoint_dir)
     return env
-
-
-class CheckpointStore:
-    """A directory that outlives instances; snapshots are swapped in whole, newest attempt wins.
-
-    A sync copies the instance's checkpoint directory to a temporary sibling and renames it
-    into place under a lock, so a reader never sees half a snapshot, and an older attempt (one
-    still finishing after its replacement started) never overwrites a newer attempt's state.
-    """
-
-    def __init__(self, store: Path, attempt: int) -> None:
-        self.store = store
-        self.attempt = attempt
-
-    def _lock(self) -> Any:
-        self.store.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.store.parent / f".{self.store.name}.lock", "w")  # noqa: SIM115
-        fcntl.flock(f, fcntl.LOCK_EX)
-        return f
-
-    def restore(self, into: Path) -> bool:
-        into.mkdir(parents=True, exist_ok=True)
-        with self._lock():
-            if not self.store.exists():
-                return False
-            shutil.copytree(
-                self.store, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER, FINAL)
-            )
-            return True
-
-    def final_from(self) -> int:
-        """The attempt whose notice-time snapshot is in the store (0 if none)."""
-        try:
-            return int((self.store / FINAL).read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def sync(self, source: Path, *, final: bool = False) -> bool:
-        empty = not source.exists() or not any(source.iterdir())
-        if empty and not final:
-            return False
-        # a final sync of an empty directory still writes the markers: the replacement must
-        # learn that nothing more is coming, or it would wait for the whole notice period
-        tmp = self.store.parent / f".{self.store.name}.tmp-{uuid.uuid4().hex[:8]}"
-        if empty:
-            tmp.mkdir(parents=True)
-            if self.store.exists():  # keep what an earlier attempt left
-                shutil.copytree(self.store, tmp, dirs_exist_ok=True)
-        else:
-            shutil.copytree(source, tmp)
-        (tmp / MARKER).write_text(str(self.attempt))
-        if final:
-            (tmp / FINAL).write_text(str(self.attempt))
-        with self._lock():
-            try:
-                current = int((self.store / MARKER).read_text())
-            except (FileNotFoundError, ValueError):
-                current = 0
-            if current > self.attempt:
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-            old = self.store.parent / f".{self.store.name}.old-{uuid.uuid4().hex[:8]}"
-            if self.store.exists():
-                os.rename(self.store, old)
-            os.rename(tmp, self.store)
-            shutil.rmtree(old, ignore_errors=True)
-        return True
-
-
-class _InThread:
-    """The directory store's blocking calls, awaited off the event loop (the agent awaits
-    every store alike: this one, or ``spotd.files.checkpoint_s3.S3CheckpointStore``)."""
-
-    def __init__(self, store: CheckpointStore) -> None:
-        self.store = store
-
-    async def restore(self, into: Path) -> bool:
-        return await asyncio.to_thread(self.store.restore, into)
-
-    async def final_from(self) -> int:
-        return await asyncio.to_thread(self.store.final_from)
-
-    async def sync(self, source: Path, *, final: bool = False) -> bool:
-        return await asyncio.to_thread(self.store.sync, source, final=final)
-
-
-def open_checkpoint_store(cfg: AgentConfig) -> Any:
-    """A directory path, or ``s3://bucket/prefix/<task>/`` (aioboto3 is imported only then)."""
-    if cfg.checkpoint_store.startswith("s3://"):
-        from spotd.files.checkpoint_s3 import S3CheckpointStore
-
-        return S3CheckpointStore(cfg.checkpoint_store, cfg.attempt)
-    return _InThread(CheckpointStore(Path(cfg.checkpoint_store), cfg.attempt))
 
 
 class Agent:
@@ -215,7 +125,8 @@ class Agent:
     # -- the job ---------------------------------------------------------------------------
 
     async def _run_script(self, script: str, env: dict[str, str]) -> int:
-        with open(self.log_path, "ab") as out:
+        # the child's stdout: a local file opened for append, which does not block
+        with open(self.log_path, "ab") as out:  # noqa: ASYNC230
             self.job = await asyncio.create_subprocess_exec(
                 "bash",
                 "-c",
@@ -244,8 +155,6 @@ class Agent:
 
     def _stage_files(self) -> None:
         """Workdir and file_mounts, from the daemon's package store (never the user's disk)."""
-        from spotd.files.workdir import CAS_PREFIX, BlobStore, materialize
-
         fresh = not any(self.work.iterdir())
         if self.cfg.blob_store.startswith("s3://"):
             return  # packages in S3: _stage_s3
@@ -254,7 +163,7 @@ class Agent:
         if wd and fresh:
             if wd.startswith(CAS_PREFIX) and store is not None:
                 n = materialize(wd, store, self.work)
-                self._log(f"workdir: {n} bytes from package {wd[len(CAS_PREFIX):][:12]}")
+                self._log(f"workdir: {n} bytes from package {wd[len(CAS_PREFIX) :][:12]}")
             elif Path(wd).is_dir():
                 shutil.copytree(wd, self.work, dirs_exist_ok=True)
         for remote, ref in self.cfg.file_mounts.items():
@@ -278,16 +187,13 @@ class Agent:
         in_s3 = self.cfg.blob_store.startswith("s3://")
         if not bucket_sources and not in_s3:
             return
-        from spotd.files import mounts
-        from spotd.files.workdir import CAS_PREFIX
-
         endpoint = self.cfg.s3_endpoint_url or None
         if in_s3:
             store = mounts.S3PackageStore(self.cfg.blob_store, endpoint_url=endpoint)
             wd = self.cfg.workdir
             if wd and fresh and wd.startswith(CAS_PREFIX):
                 n = await store.materialize(wd, self.work)
-                self._log(f"workdir: {n} bytes from package {wd[len(CAS_PREFIX):][:12]} in S3")
+                self._log(f"workdir: {n} bytes from package {wd[len(CAS_PREFIX) :][:12]} in S3")
             for remote, ref in self.cfg.file_mounts.items():
                 if ref.startswith(CAS_PREFIX):
                     n = await store.materialize(ref, self._mount_target(remote))
@@ -324,7 +230,9 @@ class Agent:
         prev, until = self.cfg.await_final_from, self.cfg.await_final_until
         if not prev or time.time() >= until:
             return
-        self._log(f"waiting for attempt {prev}'s final checkpoint (until {until - time.time():.1f}s)")
+        self._log(
+            f"waiting for attempt {prev}'s final checkpoint (until {until - time.time():.1f}s)"
+        )
         while (
             time.time() < until and await self.ckpt.final_from() < prev and not self.stop.is_set()
         ):
@@ -421,8 +329,6 @@ class Agent:
                 data = json.loads(await r.text())
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
-        from datetime import datetime
-
         try:
             return datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00")).timestamp()
         except (KeyError, ValueError):
@@ -466,14 +372,18 @@ class Agent:
         size = self.log_path.stat().st_size if self.log_path.exists() else 0
         return self.acked_phase == self.phase and self.acked_offset >= size
 
+    def _unacked_log(self) -> bytes:
+        """Up to LOG_CHUNK bytes of the log past what the daemon acknowledged."""
+        if not self.log_path.exists():
+            return b""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.acked_offset)
+            return f.read(LOG_CHUNK)
+
     async def _report_once(
         self, session: aiohttp.ClientSession, base: str, headers: dict[str, str]
     ) -> None:
-        chunk = b""
-        if self.log_path.exists():
-            with open(self.log_path, "rb") as f:
-                f.seek(self.acked_offset)
-                chunk = f.read(LOG_CHUNK)
+        chunk = await asyncio.to_thread(self._unacked_log)
         phase = self.phase
         body = {
             "key": self.cfg.instance_key,

@@ -1,8 +1,8 @@
 """The checkpoint store on S3 (``s3://bucket/prefix/<task_id>/``), for agents on cloud instances.
 
-It keeps the semantics of the local directory store in ``spotd.agent.main``: a reader never sees
-half a snapshot, an older attempt never overwrites a newer attempt's snapshot, and a snapshot
-taken after a notice is marked *final* so that the replacement can wait for it.
+It keeps the semantics of the local directory store in ``spotd.agent.checkpoints``: a reader
+never sees half a snapshot, an older attempt never overwrites a newer attempt's snapshot, and a
+snapshot taken after a notice is marked *final* so that the replacement can wait for it.
 
 Layout under the task's prefix::
 
@@ -57,7 +57,8 @@ def _sha256(path: Path) -> str:
 
 
 class S3CheckpointStore:
-    """The async twin of ``spotd.agent.main.CheckpointStore``: ``restore``, ``final_from``, ``sync``."""
+    """The async twin of ``spotd.agent.checkpoints.CheckpointStore``: ``restore``, ``final_from``,
+    ``sync``."""
 
     def __init__(self, url: str, attempt: int, *, session: Any = None) -> None:
         self.bucket, self.prefix = split_url(url)

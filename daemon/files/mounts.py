@@ -91,8 +91,9 @@ def options_from(providers: Mapping[str, Any]) -> S3Options:
     )
 
 
-def client(*, endpoint_url: str | None = None, profile: str | None = None,
-           session: Any = None) -> Any:
+def client(
+    *, endpoint_url: str | None = None, profile: str | None = None, session: Any = None
+) -> Any:
     """An aioboto3 S3 client (an async context manager), bounded timeouts and retries."""
     import aioboto3
     from aiobotocore.config import AioConfig
@@ -100,10 +101,12 @@ def client(*, endpoint_url: str | None = None, profile: str | None = None,
     if session is None:
         session = aioboto3.Session(profile_name=profile) if profile else aioboto3.Session()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    cfg = AioConfig(connect_timeout=5, read_timeout=30,
-                    retries={"max_attempts": 3, "mode": "standard"})
-    return session.client("s3", region_name=region or None, endpoint_url=endpoint_url or None,
-                          config=cfg)
+    cfg = AioConfig(
+        connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"}
+    )
+    return session.client(
+        "s3", region_name=region or None, endpoint_url=endpoint_url or None, config=cfg
+    )
 
 
 def _code(exc: Any) -> str:
@@ -113,8 +116,13 @@ def _code(exc: Any) -> str:
 # -- bucket sources ----------------------------------------------------------------------------
 
 
-async def check_source(url: str, *, endpoint_url: str | None = None, profile: str | None = None,
-                       timeout: float = CHECK_TIMEOUT) -> None:
+async def check_source(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    timeout: float = CHECK_TIMEOUT,
+) -> None:
     """Refuse (S3Error naming the bucket) a source whose bucket is missing or unreachable, or
     whose key names neither an object nor a non-empty prefix."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -189,8 +197,9 @@ async def _bounded(jobs: Iterable[Callable[[], Awaitable[int]]]) -> list[int]:
     return list(await asyncio.gather(*(one(j) for j in jobs)))
 
 
-async def download(url: str, dest: Path, *, endpoint_url: str | None = None,
-                   profile: str | None = None) -> tuple[int, int]:
+async def download(
+    url: str, dest: Path, *, endpoint_url: str | None = None, profile: str | None = None
+) -> tuple[int, int]:
     """Copy ``url`` to ``dest``: an object to a file, a prefix to a directory tree.
     Returns (objects, bytes)."""
     from botocore.exceptions import ClientError
@@ -207,8 +216,9 @@ async def download(url: str, dest: Path, *, endpoint_url: str | None = None,
                 return 1, await _get_to(s3, bucket, key, dest)
         prefix = f"{key}/" if key else ""
         keys: list[tuple[str, str]] = []
-        async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                      Prefix=prefix):
+        async for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
             for obj in page.get("Contents", []):
                 rel = _safe_rel(obj["Key"][len(prefix) :])
                 if rel is not None and not obj["Key"].endswith("/"):
@@ -236,8 +246,9 @@ class UploadResult:
 class S3PackageStore:
     """Packages of ``spotd.files.workdir`` in S3 (see the module docstring)."""
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None,
-                 profile: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, endpoint_url: str | None = None, profile: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.bucket, self.prefix = split_url(self.url)
         self.endpoint_url = endpoint_url
@@ -289,12 +300,14 @@ class S3PackageStore:
                 new_blobs += len(sent)
                 new_bytes += sum(sent)
                 # the commit point: only now does the package exist in S3
-                await s3.put_object(Bucket=self.bucket, Key=self.key(manifest_sha),
-                                    Body=path.read_bytes())
+                await s3.put_object(
+                    Bucket=self.bucket, Key=self.key(manifest_sha), Body=path.read_bytes()
+                )
         return UploadResult(len(shas), cached, blobs, new_blobs, new_bytes, heads)
 
     async def materialize(self, ref: str, dest: Path) -> int:
-        """``spotd.files.workdir.materialize`` from S3: write the package at ``dest``; bytes written."""
+        """``spotd.files.workdir.materialize`` from S3: write the package at ``dest``; bytes
+        written."""
         if not ref.startswith(CAS_PREFIX):
             raise PackageError(f"not a package reference: {ref!r}")
         async with self._client() as s3:

@@ -28,8 +28,22 @@ IGNORE_FILES = (".gitignore", ".spotdignore")
 ALWAYS_IGNORED = (".git/",)
 # remote paths a mount may never write into
 SYSTEM_DIRS = (
-    "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/root",
-    "/run", "/sbin", "/sys", "/usr", "/var", "/home",
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var",
+    "/home",
 )
 
 
@@ -173,8 +187,9 @@ def package(source: Path, store: BlobStore, cache: HashCache) -> PackResult:
             if store.put_file(path, sha):
                 new_files += 1
                 new_bytes += st.st_size
-        entries.append({"path": rel, "sha": sha, "mode": stat.S_IMODE(st.st_mode),
-                        "size": st.st_size})
+        entries.append(
+            {"path": rel, "sha": sha, "mode": stat.S_IMODE(st.st_mode), "size": st.st_size}
+        )
         total += st.st_size
     manifest = {"kind": "file" if source.is_file() else "dir", "files": entries}
     sha = store.put_bytes(json.dumps(manifest, sort_keys=True).encode())

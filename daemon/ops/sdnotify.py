@@ -27,6 +27,7 @@ import socket
 from collections.abc import Mapping
 
 import structlog
+
 from spotd.aiokit import sleep
 
 log = structlog.get_logger("spotd.ops.sdnotify")

@@ -37,19 +37,21 @@ from __future__ import annotations
 import importlib.resources
 import math
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
 import yaml
+
 from spotd.types import CatalogEntry
 
 __all__ = ["CatalogError", "default_local_catalog", "load_catalog", "parse_catalog"]
 
-_REGION_KEYS = {"zones"}
-_ZONE_KEYS = {"spot_multiplier"}
-_TYPE_KEYS = {"name", "vcpus", "memory_gb", "accelerator", "accelerator_count", "prices"}
-_PRICE_KEYS = {"ondemand", "spot", "zones"}
-_ZONE_PRICE_KEYS = {"ondemand", "spot"}
+_REGION_KEYS = frozenset({"zones"})
+_ZONE_KEYS = frozenset({"spot_multiplier"})
+_TYPE_KEYS = frozenset({"name", "vcpus", "memory_gb", "accelerator", "accelerator_count", "prices"})
+_PRICE_KEYS = frozenset({"ondemand", "spot", "zones"})
+_ZONE_PRICE_KEYS = frozenset({"ondemand", "spot"})
 
 
 class CatalogError(ValueError):
@@ -111,7 +113,9 @@ class _Doc:
             f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}"
         )
 
-    def mapping(self, value: Any, where: str, allowed: set[str] | None = None) -> Mapping[str, Any]:
+    def mapping(
+        self, value: Any, where: str, allowed: AbstractSet[str] | None = None
+    ) -> Mapping[str, Any]:
         if not isinstance(value, Mapping):
             raise self.fail(where, f"expected a mapping, got {_kind(value)}")
         for k in value:

@@ -22,8 +22,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from spotd.spec import parse_duration
 from spotd.types import CatalogEntry, EndReason, Market
 
 __all__ = [
@@ -116,10 +118,11 @@ class CatalogIndex:
             self._region.setdefault((e.provider, e.region, e.instance_type), e)
             self._type.setdefault((e.provider, e.instance_type), e)
 
-    def entry(self, provider: str, region: str, zone: str, instance_type: str) -> CatalogEntry | None:
-        return (
-            self._zone.get((provider, region, zone, instance_type))
-            or self._region.get((provider, region, instance_type))
+    def entry(
+        self, provider: str, region: str, zone: str, instance_type: str
+    ) -> CatalogEntry | None:
+        return self._zone.get((provider, region, zone, instance_type)) or self._region.get(
+            (provider, region, instance_type)
         )
 
     def gpus(self, provider: str, instance_type: str) -> float:
@@ -139,9 +142,15 @@ def usage_from_attempt(attempt: Any, *, job: Any, index: CatalogIndex) -> Usage:
     entry = index.entry(attempt.provider, attempt.region, attempt.zone, attempt.instance_type)
     failed = attempt.end_reason == EndReason.LAUNCH_FAILED
     return Usage(
-        job_id=int(job.id), job_name=str(job.name), service=None, project=str(job.project),
-        provider=attempt.provider, region=attempt.region, instance_type=attempt.instance_type,
-        market=market, price_per_hour=float(attempt.price_per_hour),
+        job_id=int(job.id),
+        job_name=str(job.name),
+        service=None,
+        project=str(job.project),
+        provider=attempt.provider,
+        region=attempt.region,
+        instance_type=attempt.instance_type,
+        market=market,
+        price_per_hour=float(attempt.price_per_hour),
         ondemand_price_per_hour=_ondemand(market, float(attempt.price_per_hour), entry),
         gpus_per_node=index.gpus(attempt.provider, attempt.instance_type),
         nodes=int(attempt.num_nodes),
@@ -157,9 +166,15 @@ def usage_from_replica(
     market = Market(replica.market)
     entry = index.entry(replica.provider, replica.region, replica.zone, replica.instance_type)
     return Usage(
-        job_id=None, job_name="", service=service, project=project,
-        provider=replica.provider, region=replica.region, instance_type=replica.instance_type,
-        market=market, price_per_hour=float(replica.price_per_hour),
+        job_id=None,
+        job_name="",
+        service=service,
+        project=project,
+        provider=replica.provider,
+        region=replica.region,
+        instance_type=replica.instance_type,
+        market=market,
+        price_per_hour=float(replica.price_per_hour),
         ondemand_price_per_hour=_ondemand(market, float(replica.price_per_hour), entry),
         gpus_per_node=index.gpus(replica.provider, replica.instance_type),
         nodes=1,
@@ -219,11 +234,19 @@ class _Acc:
     def row(self, key: str) -> CostRow:
         dollars = self.spot_dollars + self.ondemand_dollars
         return CostRow(
-            key=key, label=self.label, placements=self.placements, hours=self.hours,
-            gpu_hours=self.gpu_hours, spot_hours=self.spot_hours,
-            ondemand_hours=self.ondemand_hours, dollars=dollars, spot_dollars=self.spot_dollars,
-            ondemand_dollars=self.ondemand_dollars, ondemand_equivalent_dollars=self.equivalent,
-            saving_dollars=self.equivalent - dollars, unpriced=self.unpriced,
+            key=key,
+            label=self.label,
+            placements=self.placements,
+            hours=self.hours,
+            gpu_hours=self.gpu_hours,
+            spot_hours=self.spot_hours,
+            ondemand_hours=self.ondemand_hours,
+            dollars=dollars,
+            spot_dollars=self.spot_dollars,
+            ondemand_dollars=self.ondemand_dollars,
+            ondemand_equivalent_dollars=self.equivalent,
+            saving_dollars=self.equivalent - dollars,
+            unpriced=self.unpriced,
         )
 
 
@@ -265,10 +288,6 @@ def report_json(
 def parse_since(text: str, *, now: float) -> float:
     """``--since``: a date or datetime (ISO-8601, local time unless it says otherwise), epoch
     seconds, or a duration back from ``now`` (``7d``, ``12h``). Raises ``ValueError``."""
-    from datetime import datetime
-
-    from spotd.spec import parse_duration
-
     raw = text.strip()
     try:
         return float(raw)

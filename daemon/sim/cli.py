@@ -15,26 +15,44 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+
 from spotd.sim import jobs as sim_jobs
 from spotd.sim import report
 from spotd.sim import serve as sim_serve
 from spotd.sim.traces import TraceError, load_trace_dir
 
-_WIDTH = None if sys.stdout.isatty() else 200
-out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+
+def _console(*, stderr: bool = False) -> Console:
+    """A console for one print: wide when piped, so tables are not wrapped for a file."""
+    width = None if sys.stdout.isatty() else 200
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
 
 _TRACE = click.option(
-    "--trace", "trace_dir", required=True, type=click.Path(exists=True, file_okay=False),
+    "--trace",
+    "trace_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
     help="Folder of per-zone trace files (e.g. traces/availability/serving/AWS1).",
 )
 _OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-_PLOT = click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-                     help="Write a PNG of one window (needs matplotlib: spotd[sim]).")
-_PLOT_WINDOW = click.option("--plot-window", type=int, default=0, show_default=True,
-                            help="Which window the plot shows.")
-_SEED = click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seeds the window offsets (drawn as the SpotHedge artifact draws them).")
+_PLOT = click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a PNG of one window (needs matplotlib: spotd[sim]).",
+)
+_PLOT_WINDOW = click.option(
+    "--plot-window", type=int, default=0, show_default=True, help="Which window the plot shows."
+)
+_SEED = click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds the window offsets (drawn as the SpotHedge artifact draws them).",
+)
 
 
 def _print_table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
@@ -43,10 +61,10 @@ def _print_table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str
         table.add_column(header, justify="left" if header == "policy" else "right")
     for row in rows:
         table.add_row(*(_fmt(key, row[key]) for key, _ in columns))
-    out.print(table)
+    _console().print(table)
 
 
-_FRACTIONS = {"availability", "min_availability", "cost_vs_ondemand"}
+_FRACTIONS = frozenset({"availability", "min_availability", "cost_vs_ondemand"})
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -66,43 +84,96 @@ def simulate() -> None:
 
 @simulate.command("serve")
 @_TRACE
-@click.option("--policy", "policies", multiple=True,
-              type=click.Choice(list(sim_serve.POLICY_NAMES)),
-              help="Repeat to choose; default: all.")
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    type=click.Choice(list(sim_serve.POLICY_NAMES)),
+    help="Repeat to choose; default: all.",
+)
 @click.option("--target", type=int, default=3, show_default=True, help="READY replicas wanted.")
 @click.option("--tick-seconds", type=float, default=30.0, show_default=True)
-@click.option("--window-ticks", type=int, default=2880, show_default=True,
-              help="Ticks per window (2880 x 30 s = 24 h).")
+@click.option(
+    "--window-ticks",
+    type=int,
+    default=2880,
+    show_default=True,
+    help="Ticks per window (2880 x 30 s = 24 h).",
+)
 @click.option("--windows", type=int, default=10, show_default=True)
 @_SEED
-@click.option("--cold-start-seconds", type=float, default=120.0, show_default=True,
-              help="Launch to READY.")
-@click.option("--ondemand-cost", type=float, default=3.0, show_default=True,
-              help="Cost of an on-demand replica-tick, in spot replica-ticks.")
-@click.option("--overprovision", type=int, default=1, show_default=True,
-              help="Extra spot replicas (spotd, spothedge).")
-@click.option("--bad-zone-seconds", type=float, default=3600.0, show_default=True,
-              help="spotd: how long a preempted / refusing zone stays bad.")
-@click.option("--risk/--no-risk", default=True, show_default=True,
-              help="spotd: rank zones by the learned preemption risk.")
-@click.option("--notice-seconds", type=float, default=0.0, show_default=True,
-              help="Advance warning of a preemption (EC2 gives 120 s; the paper assumes none).")
+@click.option(
+    "--cold-start-seconds", type=float, default=120.0, show_default=True, help="Launch to READY."
+)
+@click.option(
+    "--ondemand-cost",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="Cost of an on-demand replica-tick, in spot replica-ticks.",
+)
+@click.option(
+    "--overprovision",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Extra spot replicas (spotd, spothedge).",
+)
+@click.option(
+    "--bad-zone-seconds",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="spotd: how long a preempted / refusing zone stays bad.",
+)
+@click.option(
+    "--risk/--no-risk",
+    default=True,
+    show_default=True,
+    help="spotd: rank zones by the learned preemption risk.",
+)
+@click.option(
+    "--notice-seconds",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Advance warning of a preemption (EC2 gives 120 s; the paper assumes none).",
+)
 @_OUTPUT
 @_PLOT
 @_PLOT_WINDOW
 def serve_cmd(
-    trace_dir: str, policies: tuple[str, ...], target: int, tick_seconds: float,
-    window_ticks: int, windows: int, seed: int, cold_start_seconds: float,
-    ondemand_cost: float, overprovision: int, bad_zone_seconds: float, risk: bool,
-    notice_seconds: float, output: str, plot_path: str | None, plot_window: int,
+    trace_dir: str,
+    policies: tuple[str, ...],
+    target: int,
+    tick_seconds: float,
+    window_ticks: int,
+    windows: int,
+    seed: int,
+    cold_start_seconds: float,
+    ondemand_cost: float,
+    overprovision: int,
+    bad_zone_seconds: float,
+    risk: bool,
+    notice_seconds: float,
+    output: str,
+    plot_path: str | None,
+    plot_window: int,
 ) -> None:
     """Services: READY availability and cost of each placement policy (SpotHedge's setup)."""
     try:
         setup = sim_serve.ServeSetup(
-            target=target, tick_seconds=tick_seconds, window_ticks=window_ticks,
-            windows=windows, seed=seed, cold_start_seconds=cold_start_seconds,
-            ondemand_cost=ondemand_cost, overprovision=overprovision,
-            bad_zone_seconds=bad_zone_seconds, use_risk=risk, notice_seconds=notice_seconds,
+            target=target,
+            tick_seconds=tick_seconds,
+            window_ticks=window_ticks,
+            windows=windows,
+            seed=seed,
+            cold_start_seconds=cold_start_seconds,
+            ondemand_cost=ondemand_cost,
+            overprovision=overprovision,
+            bad_zone_seconds=bad_zone_seconds,
+            use_risk=risk,
+            notice_seconds=notice_seconds,
         )
         traces = load_trace_dir(trace_dir)
         started = time.monotonic()
@@ -113,7 +184,7 @@ def serve_cmd(
         raise click.ClickException(str(exc)) from exc
     rows = report.serve_rows(results)
     if output == "json":
-        out.print_json(json.dumps(rows))
+        _console().print_json(json.dumps(rows))
     else:
         zones = ", ".join(t.zone.zone for t in traces)
         _print_table(
@@ -121,54 +192,110 @@ def serve_cmd(
             f"{window_ticks} x {tick_seconds:g} s, cold start {cold_start_seconds:g} s, "
             f"seed {seed} ({time.monotonic() - started:.1f} s)",
             rows,
-            [("policy", "policy"), ("availability", "availability"),
-             ("min_availability", "worst window"), ("cost_vs_ondemand", "cost vs on-demand"),
-             ("cost", "cost (replica-h)"), ("preemptions", "preemptions"),
-             ("launch_failures", "failed launches")],
+            [
+                ("policy", "policy"),
+                ("availability", "availability"),
+                ("min_availability", "worst window"),
+                ("cost_vs_ondemand", "cost vs on-demand"),
+                ("cost", "cost (replica-h)"),
+                ("preemptions", "preemptions"),
+                ("launch_failures", "failed launches"),
+            ],
         )
     if plot_path:
-        _plot(lambda: report.plot_serve(results, setup, plot_path, window=plot_window,
-                                         title=f"{Path(trace_dir).name}, window {plot_window}"))
+        _plot(
+            lambda: report.plot_serve(
+                results,
+                setup,
+                plot_path,
+                window=plot_window,
+                title=f"{Path(trace_dir).name}, window {plot_window}",
+            )
+        )
 
 
 @simulate.command("jobs")
 @_TRACE
-@click.option("--policy", "policies", multiple=True,
-              type=click.Choice(list(sim_jobs.JOB_POLICY_NAMES)),
-              help="Repeat to choose; default: all.")
-@click.option("--job-hours", type=float, default=48.0, show_default=True,
-              help="Work the job needs.")
-@click.option("--deadline-hours", type=float, default=52.0, show_default=True,
-              help="Deadline, after submission.")
-@click.option("--checkpoint-seconds", type=float, default=600.0, show_default=True,
-              help="Progress between checkpoints (0: continuous).")
-@click.option("--restart-overhead-seconds", type=float, default=720.0, show_default=True,
-              help="Billed time without progress on every (re)launch.")
-@click.option("--nodes", type=int, default=1, show_default=True,
-              help="Instances the job needs at once.")
-@click.option("--windows", type=int, default=10, show_default=True,
-              help="Submission times (seeded).")
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    type=click.Choice(list(sim_jobs.JOB_POLICY_NAMES)),
+    help="Repeat to choose; default: all.",
+)
+@click.option(
+    "--job-hours", type=float, default=48.0, show_default=True, help="Work the job needs."
+)
+@click.option(
+    "--deadline-hours",
+    type=float,
+    default=52.0,
+    show_default=True,
+    help="Deadline, after submission.",
+)
+@click.option(
+    "--checkpoint-seconds",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Progress between checkpoints (0: continuous).",
+)
+@click.option(
+    "--restart-overhead-seconds",
+    type=float,
+    default=720.0,
+    show_default=True,
+    help="Billed time without progress on every (re)launch.",
+)
+@click.option(
+    "--nodes", type=int, default=1, show_default=True, help="Instances the job needs at once."
+)
+@click.option(
+    "--windows", type=int, default=10, show_default=True, help="Submission times (seeded)."
+)
 @_SEED
-@click.option("--tick-seconds", type=float, default=None,
-              help="Simulation step [default: the trace's finest gap].")
-@click.option("--ondemand-price", type=float, default=None,
-              help="On-demand USD/h [default: catalog price when the trace has prices, else 3].")
+@click.option(
+    "--tick-seconds",
+    type=float,
+    default=None,
+    help="Simulation step [default: the trace's finest gap].",
+)
+@click.option(
+    "--ondemand-price",
+    type=float,
+    default=None,
+    help="On-demand USD/h [default: catalog price when the trace has prices, else 3].",
+)
 @_OUTPUT
 @_PLOT
 @_PLOT_WINDOW
 def jobs_cmd(
-    trace_dir: str, policies: tuple[str, ...], job_hours: float, deadline_hours: float,
-    checkpoint_seconds: float, restart_overhead_seconds: float, nodes: int, windows: int,
-    seed: int, tick_seconds: float | None, ondemand_price: float | None, output: str,
-    plot_path: str | None, plot_window: int,
+    trace_dir: str,
+    policies: tuple[str, ...],
+    job_hours: float,
+    deadline_hours: float,
+    checkpoint_seconds: float,
+    restart_overhead_seconds: float,
+    nodes: int,
+    windows: int,
+    seed: int,
+    tick_seconds: float | None,
+    ondemand_price: float | None,
+    output: str,
+    plot_path: str | None,
+    plot_window: int,
 ) -> None:
     """Managed jobs: cost and deadline misses of each recovery strategy."""
     try:
         setup = sim_jobs.JobSetup(
-            job_hours=job_hours, deadline_hours=deadline_hours,
+            job_hours=job_hours,
+            deadline_hours=deadline_hours,
             checkpoint_seconds=checkpoint_seconds,
-            restart_overhead_seconds=restart_overhead_seconds, num_nodes=nodes,
-            windows=windows, seed=seed, tick_seconds=tick_seconds,
+            restart_overhead_seconds=restart_overhead_seconds,
+            num_nodes=nodes,
+            windows=windows,
+            seed=seed,
+            tick_seconds=tick_seconds,
             ondemand_price=ondemand_price,
         )
         traces = load_trace_dir(trace_dir)
@@ -181,10 +308,11 @@ def jobs_cmd(
         raise click.ClickException(str(exc)) from exc
     rows = report.job_rows(results)
     if output == "json":
-        out.print_json(json.dumps(rows))
+        _console().print_json(json.dumps(rows))
     else:
         prices = (
-            f"trace spot prices, on-demand ${pricing.ondemand:g}/h" if pricing.real
+            f"trace spot prices, on-demand ${pricing.ondemand:g}/h"
+            if pricing.real
             else f"spot 1 / on-demand {pricing.ondemand:g} per hour"
         )
         _print_table(
@@ -192,13 +320,26 @@ def jobs_cmd(
             f"checkpoint {checkpoint_seconds:g} s, restart {restart_overhead_seconds:g} s, "
             f"{windows} windows, seed {seed}; {prices} ({time.monotonic() - started:.1f} s)",
             rows,
-            [("policy", "policy"), ("cost", "cost"), ("cost_vs_ondemand", "cost vs on-demand"),
-             ("deadline_misses", "deadline misses"), ("preemptions", "preemptions"),
-             ("time_lost_hours", "time lost (h)"), ("finish_hours", "finish (h)")],
+            [
+                ("policy", "policy"),
+                ("cost", "cost"),
+                ("cost_vs_ondemand", "cost vs on-demand"),
+                ("deadline_misses", "deadline misses"),
+                ("preemptions", "preemptions"),
+                ("time_lost_hours", "time lost (h)"),
+                ("finish_hours", "finish (h)"),
+            ],
         )
     if plot_path:
-        _plot(lambda: report.plot_jobs(results, setup, plot_path, window=plot_window,
-                                        title=f"{Path(trace_dir).name}, window {plot_window}"))
+        _plot(
+            lambda: report.plot_jobs(
+                results,
+                setup,
+                plot_path,
+                window=plot_window,
+                title=f"{Path(trace_dir).name}, window {plot_window}",
+            )
+        )
 
 
 def _plot(make: Any) -> None:
@@ -206,4 +347,4 @@ def _plot(make: Any) -> None:
         path = make()
     except (RuntimeError, IndexError) as exc:
         raise click.ClickException(str(exc)) from exc
-    err.print(f"wrote {path}")
+    _console(stderr=True).print(f"wrote {path}")

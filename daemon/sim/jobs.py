@@ -35,12 +35,15 @@ the package's AWS catalog price of the matching instance type, ``p3.2xlarge`` fo
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from spotd.pricing.catalog import load_catalog
 from spotd.recovery import history as rhist
 from spotd.recovery import strategies
 from spotd.sim.traces import LegacyRandom, TraceError, ZoneTrace
@@ -65,16 +68,18 @@ __all__ = [
     "simulate_jobs",
 ]
 
-# trace shape -> AWS instance type, to price on-demand from the package catalog
 _MEMORY_SECONDS = 24 * 3600.0
-_SHAPES = {"v100_1": "p3.2xlarge", "intel_64": "r5.16xlarge"}
+# trace shape -> AWS instance type, to price on-demand from the package catalog
+_SHAPES: Mapping[str, str] = MappingProxyType({"v100_1": "p3.2xlarge", "intel_64": "r5.16xlarge"})
 
-JOB_POLICIES: dict[str, RecoveryStrategy | None] = {
-    "eager-next-region": RecoveryStrategy.EAGER_NEXT_REGION,
-    "failover": RecoveryStrategy.FAILOVER,
-    "deadline": RecoveryStrategy.DEADLINE,
-    "on-demand": None,
-}
+JOB_POLICIES: Mapping[str, RecoveryStrategy | None] = MappingProxyType(
+    {
+        "eager-next-region": RecoveryStrategy.EAGER_NEXT_REGION,
+        "failover": RecoveryStrategy.FAILOVER,
+        "deadline": RecoveryStrategy.DEADLINE,
+        "on-demand": None,
+    }
+)
 JOB_POLICY_NAMES: tuple[str, ...] = (*JOB_POLICIES, "omniscient")
 
 
@@ -180,10 +185,7 @@ def _catalog_ondemand(trace: ZoneTrace) -> float | None:
     itype = _SHAPES.get(trace.shape)
     if itype is None:
         return None
-    import importlib.resources
-
-    from spotd.pricing.catalog import load_catalog  # the package's AWS snapshot
-
+    # the package's AWS snapshot
     path = importlib.resources.files("spotd") / "data" / "aws_catalog.yaml"
     entries = [e for e in load_catalog(str(path)) if e.instance_type == itype]
     in_region = [e.ondemand_price for e in entries if e.region == trace.zone.region]
@@ -232,14 +234,19 @@ def run_job(
     try:
         strategy = JOB_POLICIES[policy]
     except KeyError:
-        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(JOB_POLICY_NAMES)}") from None
+        raise ValueError(
+            f"unknown policy {policy!r}; known: {', '.join(JOB_POLICY_NAMES)}"
+        ) from None
     rng = rng or random.Random(0)
     dt = setup.tick_seconds or min(t.gap_seconds for t in traces)
     shape = traces[0].shape
     zone_of = {t.zone: i for i, t in enumerate(traces)}
     use_spot = strategy is not None
     request = _request(setup, shape, use_spot=use_spot)
-    L, O, K = setup.work_seconds, setup.restart_overhead_seconds, setup.checkpoint_seconds
+    # the paper's names: work L, restart overhead O, checkpoint interval K
+    L = setup.work_seconds
+    O = setup.restart_overhead_seconds  # noqa: E741
+    K = setup.checkpoint_seconds
     deadline = setup.deadline_seconds if strategy is RecoveryStrategy.DEADLINE else None
     margin = max(30.0, dt)
     horizon = setup.deadline_seconds + L + 2 * O + 24 * 3600.0  # long enough for on-demand
@@ -250,9 +257,15 @@ def run_job(
     def catalog(now: float) -> list[CatalogEntry]:
         return [
             CatalogEntry(
-                provider=t.zone.provider, region=t.zone.region, zone=t.zone.zone,
-                instance_type=shape, vcpus=8, memory_gb=61, accelerator=None,
-                accelerator_count=0, ondemand_price=pricing.ondemand,
+                provider=t.zone.provider,
+                region=t.zone.region,
+                zone=t.zone.zone,
+                instance_type=shape,
+                vcpus=8,
+                memory_gb=61,
+                accelerator=None,
+                accelerator_count=0,
+                ondemand_price=pricing.ondemand,
                 spot_price=pricing.spot_at(i, t, offset_seconds + now),
             )
             for i, t in enumerate(traces)
@@ -291,8 +304,11 @@ def run_job(
     def end(a: _Attempt, reason: EndReason, now: float) -> None:
         nonlocal attempt, last, last_end
         if a.candidate.market is Market.SPOT:
-            history.append(rhist.ZoneEvent(a.candidate.zone_key, rhist.ZoneEventKind.RAN, now,
-                                           seconds=now - a.started))
+            history.append(
+                rhist.ZoneEvent(
+                    a.candidate.zone_key, rhist.ZoneEventKind.RAN, now, seconds=now - a.started
+                )
+            )
         attempt, last, last_end = None, a.candidate, reason
 
     now = 0.0
@@ -302,8 +318,9 @@ def run_job(
                 preemptions += 1
                 lost += live
                 live = 0.0
-                history.append(rhist.ZoneEvent(attempt.candidate.zone_key,
-                                               rhist.ZoneEventKind.PREEMPTED, now))
+                history.append(
+                    rhist.ZoneEvent(attempt.candidate.zone_key, rhist.ZoneEventKind.PREEMPTED, now)
+                )
                 end(attempt, EndReason.PREEMPTED, now)
             elif strategies.should_switch_to_ondemand(view(now), now=now):
                 saved, live = saved + live, 0.0  # the agent checkpoints on the way out
@@ -334,8 +351,11 @@ def run_job(
         # the tick: bill, then overhead, then progress
         if attempt is not None:
             spot = attempt.candidate.market is Market.SPOT
-            price = pricing.spot_at(attempt.zone, traces[attempt.zone], offset_seconds + now) \
-                if spot else pricing.ondemand
+            price = (
+                pricing.spot_at(attempt.zone, traces[attempt.zone], offset_seconds + now)
+                if spot
+                else pricing.ondemand
+            )
             left = dt
             used_overhead = min(attempt.overhead_left, left)
             attempt.overhead_left -= used_overhead
@@ -343,7 +363,7 @@ def run_job(
             left -= used_overhead
             work = min(left, L - saved - live)
             live += work
-            if K > 0 and live >= K or K == 0:
+            if (K > 0 and live >= K) or K == 0:
                 saved, live = saved + live, 0.0
             billed = used_overhead + work if saved + live >= L else dt
             cost += price * setup.num_nodes * billed  # USD-seconds: exact for whole ticks
@@ -399,7 +419,9 @@ def _omniscient(
         left -= take
         if left <= 0:
             break
-    return JobRun(offset, need, False, cost / 3600.0, od_cost, 0, 0, 0.0, 0.0, spot_s, need - spot_s)
+    return JobRun(
+        offset, need, False, cost / 3600.0, od_cost, 0, 0, 0.0, 0.0, spot_s, need - spot_s
+    )
 
 
 def simulate_jobs(

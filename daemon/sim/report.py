@@ -56,9 +56,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "plotting needs matplotlib: pip install 'spotd[sim]'"
-        ) from exc
+        raise RuntimeError("plotting needs matplotlib: pip install 'spotd[sim]'") from exc
     return plt
 
 
@@ -76,15 +74,26 @@ def plot_serve(
     hours = [t * setup.tick_seconds / 3600.0 for t in range(setup.window_ticks)]
     for i, r in enumerate(results):
         w = r.windows[window]
-        ax_ready.step(hours, [x + 0.06 * (i - len(results) / 2) for x in w.ready], where="post",
-                      lw=1.0, label=f"{r.policy} (avail {w.availability:.3f})")
-        ax_cost.plot(hours, w.cumulative_cost, lw=1.2,
-                     label=f"{r.policy} ({w.cost_vs_ondemand:.2f}x on-demand)")
+        ax_ready.step(
+            hours,
+            [x + 0.06 * (i - len(results) / 2) for x in w.ready],
+            where="post",
+            lw=1.0,
+            label=f"{r.policy} (avail {w.availability:.3f})",
+        )
+        ax_cost.plot(
+            hours,
+            w.cumulative_cost,
+            lw=1.2,
+            label=f"{r.policy} ({w.cost_vs_ondemand:.2f}x on-demand)",
+        )
     ax_ready.axhline(setup.target, color="black", lw=0.6, ls=":")
     ax_ready.set_ylabel("READY replicas")
     ax_ready.legend(fontsize=7, ncol=3, loc="lower right")
     ax_cost.set_ylabel("cumulative cost\n(replica-hours, spot 1 / on-demand 3)")
-    ax_cost.set_xlabel(f"hours into window {window} (offset tick {results[0].windows[window].offset})")
+    ax_cost.set_xlabel(
+        f"hours into window {window} (offset tick {results[0].windows[window].offset})"
+    )
     ax_cost.legend(fontsize=7, ncol=2, loc="upper left")
     fig.suptitle(title or "spotctl simulate serve")
     fig.tight_layout()
@@ -95,7 +104,11 @@ def plot_serve(
 
 
 def plot_jobs(
-    results: Sequence[JobResult], setup: JobSetup, path: str | Path, *, window: int = 0,
+    results: Sequence[JobResult],
+    setup: JobSetup,
+    path: str | Path,
+    *,
+    window: int = 0,
     title: str = "",
 ) -> Path:
     """Job progress and cumulative cost over one window, one line per policy."""
@@ -107,8 +120,12 @@ def plot_jobs(
             continue
         hours = [t / 3600.0 for t, _, _ in run.timeline]
         ax_p.plot(hours, [p for _, p, _ in run.timeline], lw=1.2, label=r.policy)
-        ax_c.plot(hours, [c for _, _, c in run.timeline], lw=1.2,
-                  label=f"{r.policy} ({run.cost / run.ondemand_cost:.2f}x on-demand)")
+        ax_c.plot(
+            hours,
+            [c for _, _, c in run.timeline],
+            lw=1.2,
+            label=f"{r.policy} ({run.cost / run.ondemand_cost:.2f}x on-demand)",
+        )
     for ax in (ax_p, ax_c):
         ax.axvline(setup.deadline_hours, color="black", lw=0.6, ls=":")
     ax_p.set_ylabel("progress")

@@ -167,9 +167,7 @@ class LegacyRandom:
                 return low + v
 
 
-def window_offsets(
-    length_ticks: int, window_ticks: int, windows: int, *, seed: int
-) -> list[int]:
+def window_offsets(length_ticks: int, window_ticks: int, windows: int, *, seed: int) -> list[int]:
     """``windows`` start ticks in ``[0, length - window)``, drawn as the SpotHedge artifact
     draws them (``np.random.seed(seed)``; ``randint(0, length - window)`` per window)."""
     if window_ticks >= length_ticks:

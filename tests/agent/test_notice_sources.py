@@ -17,8 +17,16 @@ from spotd.types import AgentConfig
 
 def _agent(tmp_path: Path, notice_url: str) -> Agent:
     cfg = AgentConfig(
-        instance_key="j1-a1-n0", attempt_id="j1-a1", job_id=1, task_id="t", attempt=1,
-        node_rank=0, num_nodes=1, setup=None, run="true", notice_url=notice_url,
+        instance_key="j1-a1-n0",
+        attempt_id="j1-a1",
+        job_id=1,
+        task_id="t",
+        attempt=1,
+        node_rank=0,
+        num_nodes=1,
+        setup=None,
+        run="true",
+        notice_url=notice_url,
         checkpoint_store=str(tmp_path / "store"),
     )
     return Agent(cfg, tmp_path)
@@ -49,9 +57,11 @@ async def _serve(routes: dict[str, web.Response]) -> tuple[_Server, dict[str, bo
 
 
 async def test_gce_preempted_metadata(tmp_path):
-    server, state = await _serve({
-        "/computeMetadata/v1/instance/preempted": web.Response(text="TRUE"),
-    })
+    server, state = await _serve(
+        {
+            "/computeMetadata/v1/instance/preempted": web.Response(text="TRUE"),
+        }
+    )
     agent = _agent(tmp_path, f"gce+http://127.0.0.1:{server.port}")
     async with aiohttp.ClientSession() as s:
         assert await agent._poll_notice(tmp_path / "notice.json", s) is None
@@ -63,10 +73,13 @@ async def test_gce_preempted_metadata(tmp_path):
 
 async def test_ec2_instance_action_metadata(tmp_path):
     when = "2030-01-01T00:02:00Z"
-    server, state = await _serve({
-        "/latest/meta-data/spot/instance-action":
-            web.json_response({"action": "terminate", "time": when}),
-    })
+    server, state = await _serve(
+        {
+            "/latest/meta-data/spot/instance-action": web.json_response(
+                {"action": "terminate", "time": when}
+            ),
+        }
+    )
     agent = _agent(tmp_path, f"http://127.0.0.1:{server.port}")
     async with aiohttp.ClientSession() as s:
         assert await agent._poll_notice(tmp_path / "notice.json", s) is None
@@ -86,7 +99,7 @@ async def test_local_notice_file(tmp_path):
 def test_final_sync_of_an_empty_checkpoint_still_marks_it_final(tmp_path):
     """A notice before the job wrote any checkpoint: the replacement must not wait for the
     whole notice period for a snapshot that will never come."""
-    from spotd.agent.main import CheckpointStore
+    from spotd.agent.checkpoints import CheckpointStore
 
     empty = tmp_path / "ckpt"
     empty.mkdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from spotd.pricing.catalog import CatalogError, default_local_catalog, load_catalog, parse_catalog
 from spotd.types import CatalogEntry
 
@@ -75,8 +76,14 @@ def test_local_catalog_offers_cpu_and_simulated_gpu_types(
 
 
 def test_local_spot_is_cheapest_in_east_then_central_then_west_for_every_type() -> None:
-    order = ["local-east-a", "local-east-b", "local-central-a", "local-central-b",
-             "local-west-a", "local-west-b"]
+    order = [
+        "local-east-a",
+        "local-east-b",
+        "local-central-a",
+        "local-central-b",
+        "local-west-a",
+        "local-west-b",
+    ]
     cat = default_local_catalog()
     for t in {e.instance_type for e in cat}:
         prices = {e.zone: e.spot_price for e in cat if e.instance_type == t and e.spot_price}
@@ -109,7 +116,9 @@ def test_load_catalog_reads_a_file(tmp_path: Path) -> None:
         ("r2-a", "gpu", 3.0, None),  # spot left out: on-demand only
     ],
 )
-def test_prices_per_zone(zone: str, instance_type: str, ondemand: float, spot: float | None) -> None:
+def test_prices_per_zone(
+    zone: str, instance_type: str, ondemand: float, spot: float | None
+) -> None:
     e = _by_key(parse_catalog(MINIMAL))[(zone, instance_type)]
     assert (e.ondemand_price, e.spot_price) == (ondemand, spot)
 
@@ -122,8 +131,16 @@ def test_a_region_left_out_of_prices_does_not_offer_the_type() -> None:
 def test_entry_fields() -> None:
     e = _by_key(parse_catalog(MINIMAL))[("r2-b", "gpu")]
     assert e == CatalogEntry(
-        provider="test", region="r2", zone="r2-b", instance_type="gpu", vcpus=8, memory_gb=64,
-        accelerator="A100", accelerator_count=1, ondemand_price=3.0, spot_price=None,
+        provider="test",
+        region="r2",
+        zone="r2-b",
+        instance_type="gpu",
+        vcpus=8,
+        memory_gb=64,
+        accelerator="A100",
+        accelerator_count=1,
+        ondemand_price=3.0,
+        spot_price=None,
     )
 
 
@@ -158,7 +175,10 @@ def _mutate(old: str, new: str) -> str:
         (_mutate("name: gpu", "name: small"), "instance type 'small' is listed twice"),
         (_mutate("zones: [r1-a, r1-b]", "zones: [r1-a, r2-a]"), "zone 'r2-a' is listed in two"),
         (_mutate("zones: [r1-a, r1-b]", "zones: []"), "a region needs at least one zone"),
-        (_mutate("    accelerator: A100\n", ""), "accelerator_count is set but accelerator is null"),
+        (
+            _mutate("    accelerator: A100\n", ""),
+            "accelerator_count is set but accelerator is null",
+        ),
         (_mutate("spot_multiplier: 2", "spot_multiplier: 0"), "spot_multiplier: expected a pos"),
         (_mutate("r2: {ondemand: 3.0}", "r2: {spot: 1.0}"), "missing required key 'ondemand'"),
         (MINIMAL + "\n---\n" + MINIMAL, "provider 'test' appears in more than one document"),

@@ -23,7 +23,7 @@ def store(tmp_path: Path) -> BlobStore:
 
 
 @pytest.fixture
-def cache(tmp_path: Path):  # noqa: ANN201
+def cache(tmp_path: Path):
     c = HashCache(tmp_path / "hashes.db")
     yield c
     c.close()
@@ -38,11 +38,19 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_round_trip_respects_ignore_files(tmp_path, store, cache):
-    src = _tree(tmp_path / "src", {
-        "train.py": "print(1)", "data/a.txt": "a", "ckpt/big.bin": "x" * 100,
-        "notes.log": "log", ".git/HEAD": "ref", ".gitignore": "*.log\n",
-        ".spotdignore": "ckpt/\n", "sub/keep.log.txt": "kept",
-    })
+    src = _tree(
+        tmp_path / "src",
+        {
+            "train.py": "print(1)",
+            "data/a.txt": "a",
+            "ckpt/big.bin": "x" * 100,
+            "notes.log": "log",
+            ".git/HEAD": "ref",
+            ".gitignore": "*.log\n",
+            ".spotdignore": "ckpt/\n",
+            "sub/keep.log.txt": "kept",
+        },
+    )
     os.chmod(src / "train.py", 0o755)
     p = package(src, store, cache)
     out = tmp_path / "out"
@@ -80,9 +88,20 @@ def test_missing_source_names_the_path(tmp_path, store, cache):
 
 @pytest.mark.parametrize(
     ("target", "ok"),
-    [("/data", True), ("/tmp/x", True), ("~/data", True), ("rel/dir", True),
-     ("/home/me/data", True), ("/etc", False), ("/etc/ssh", False), ("/usr/local/lib", False),
-     ("/", False), ("/var", False), ("/home", False), ("/proc/self", False)],
+    [
+        ("/data", True),
+        ("/tmp/x", True),
+        ("~/data", True),
+        ("rel/dir", True),
+        ("/home/me/data", True),
+        ("/etc", False),
+        ("/etc/ssh", False),
+        ("/usr/local/lib", False),
+        ("/", False),
+        ("/var", False),
+        ("/home", False),
+        ("/proc/self", False),
+    ],
 )
 def test_mount_targets(target, ok):
     if ok:

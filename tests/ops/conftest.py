@@ -29,7 +29,7 @@ def gpu_yaml(*, gpus: str = "T4:1", run: str = "sleep 60", nodes: int = 1) -> st
 
 
 def write_nvml(path: Path, data: dict[str, Any]) -> None:
-    """What the fake NVML of every agent reports from now on (spotd.agent.gpu.FakeNvml)."""
+    """What the fake NVML of every agent reports from now on (spotd.telemetry.gpu.FakeNvml)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)

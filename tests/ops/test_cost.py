@@ -7,10 +7,17 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from spotd.pricing.catalog import default_local_catalog
-from spotd.pricing.cost import CatalogIndex, CostBy, Usage, cost_report, parse_since, usage_from_attempt
-from spotd.types import EndReason, Market
 
+from spotd.pricing.catalog import default_local_catalog
+from spotd.pricing.cost import (
+    CatalogIndex,
+    CostBy,
+    Usage,
+    cost_report,
+    parse_since,
+    usage_from_attempt,
+)
+from spotd.types import EndReason, Market
 from tests.e2e.helpers import wait_job
 from tests.ops.conftest import TERMINAL
 

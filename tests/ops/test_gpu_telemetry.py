@@ -5,23 +5,40 @@ from __future__ import annotations
 import json
 
 import pytest
-from spotd.agent.gpu import FakeNvml, GpuReader, GpuSample, default_nvml, read_gpus, summarize
 
+from spotd.telemetry.gpu import FakeNvml, GpuReader, GpuSample, default_nvml, read_gpus, summarize
 from tests.e2e.helpers import wait_job
 from tests.ops.conftest import gpu_yaml, write_nvml
 
-A100 = {"name": "NVIDIA A100-SXM4-80GB", "util": 87, "mem_used_mib": 30822.4,
-        "mem_total_mib": 81920, "temp": 61}
+A100 = {
+    "name": "NVIDIA A100-SXM4-80GB",
+    "util": 87,
+    "mem_used_mib": 30822.4,
+    "mem_total_mib": 81920,
+    "temp": 61,
+}
 
 
 def test_reader_turns_nvml_devices_into_samples() -> None:
     fake = FakeNvml([A100, {**A100, "util": 13, "mem_used_mib": 1024, "temp": 48}])
     samples = read_gpus(fake)
     assert samples == [
-        GpuSample(index=0, name="NVIDIA A100-SXM4-80GB", utilization_pct=87.0,
-                  memory_used_mib=30822.4, memory_total_mib=81920.0, temperature_c=61.0),
-        GpuSample(index=1, name="NVIDIA A100-SXM4-80GB", utilization_pct=13.0,
-                  memory_used_mib=1024.0, memory_total_mib=81920.0, temperature_c=48.0),
+        GpuSample(
+            index=0,
+            name="NVIDIA A100-SXM4-80GB",
+            utilization_pct=87.0,
+            memory_used_mib=30822.4,
+            memory_total_mib=81920.0,
+            temperature_c=61.0,
+        ),
+        GpuSample(
+            index=1,
+            name="NVIDIA A100-SXM4-80GB",
+            utilization_pct=13.0,
+            memory_used_mib=1024.0,
+            memory_total_mib=81920.0,
+            temperature_c=48.0,
+        ),
     ]
     assert summarize(samples) == "2x A100-SXM4-80GB util 50% mem 31.1/160.0 GiB 61°C"
     assert [GpuSample.from_json(s.to_json()) for s in samples] == samples
@@ -71,8 +88,13 @@ async def test_agent_reports_gpus_and_queue_shows_them(make_daemon, tmp_path) ->
     d = make_daemon(SPOTD_FAKE_NVML=str(nvml))
     async with d.client() as c:
         job = await c.launch(gpu_yaml(gpus="A100:1"), filename="g.yaml")
-        job = await wait_job(c, job["id"], lambda j: j["gpu_summary"].startswith("2x"),
-                             timeout=30, what="GPU samples")
+        job = await wait_job(
+            c,
+            job["id"],
+            lambda j: j["gpu_summary"].startswith("2x"),
+            timeout=30,
+            what="GPU samples",
+        )
         [node] = job["gpus"]
         assert node["node"] == 0 and node["at"] is not None
         assert [g["utilization_pct"] for g in node["gpus"]] == [87.0, 13.0]
@@ -81,7 +103,9 @@ async def test_agent_reports_gpus_and_queue_shows_them(make_daemon, tmp_path) ->
         await wait_job(c, job["id"], lambda j: "util 99%" in j["gpu_summary"], timeout=20)
         r = d.spotctl("jobs", "queue", "-v")
         assert r.returncode == 0, r.stderr
-        assert "GPUS" in r.stdout and "1x A100-SXM4-80GB util 99% mem 30.1/80.0 GiB 61°C" in r.stdout
+        assert (
+            "GPUS" in r.stdout and "1x A100-SXM4-80GB util 99% mem 30.1/80.0 GiB 61°C" in r.stdout
+        )
         await c.cancel(job["id"])
 
 

@@ -6,10 +6,10 @@ import json
 
 import aiohttp
 import pytest
+
+from spotd.control.quota import check_quota, gpus_of, hash_token, new_token, validate_name
 from spotd.sdk.client import ApiError, Client
 from spotd.spec import load_tasks
-from spotd.control.quota import check_quota, gpus_of, hash_token, new_token, validate_name
-
 from tests.e2e.helpers import wait_job
 from tests.ops.conftest import TERMINAL, free_port, gpu_yaml
 

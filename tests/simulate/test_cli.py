@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from spotd.cli.main import main
 
+from spotd.cli.main import main
 from tests.simulate.helpers import write_traces
 
 
@@ -16,13 +16,30 @@ def _json(output: str) -> list[dict[str, object]]:
 
 
 def test_jobs_json(tmp_path: Path) -> None:
-    write_traces(tmp_path / "t", {"us-east-1a": [1] * 2000, "us-west-2a": [0] * 2000},
-                 gap_seconds=60)
-    result = CliRunner().invoke(main, [
-        "simulate", "jobs", "--trace", str(tmp_path / "t"), "--job-hours", "2",
-        "--deadline-hours", "3", "--windows", "2", "--restart-overhead-seconds", "0",
-        "--checkpoint-seconds", "0", "-o", "json",
-    ])
+    write_traces(
+        tmp_path / "t", {"us-east-1a": [1] * 2000, "us-west-2a": [0] * 2000}, gap_seconds=60
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "jobs",
+            "--trace",
+            str(tmp_path / "t"),
+            "--job-hours",
+            "2",
+            "--deadline-hours",
+            "3",
+            "--windows",
+            "2",
+            "--restart-overhead-seconds",
+            "0",
+            "--checkpoint-seconds",
+            "0",
+            "-o",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = {r["policy"]: r for r in _json(result.output)}
     assert set(rows) == {"eager-next-region", "failover", "deadline", "on-demand", "omniscient"}
@@ -32,12 +49,24 @@ def test_jobs_json(tmp_path: Path) -> None:
 
 
 def test_serve_table(tmp_path: Path) -> None:
-    write_traces(tmp_path / "t", {"us-east-1a": [4] * 40, "us-west-2a": [4] * 40},
-                 gap_seconds=30)
-    result = CliRunner().invoke(main, [
-        "simulate", "serve", "--trace", str(tmp_path / "t"), "--window-ticks", "20",
-        "--windows", "1", "--policy", "round-robin", "--policy", "on-demand",
-    ])
+    write_traces(tmp_path / "t", {"us-east-1a": [4] * 40, "us-west-2a": [4] * 40}, gap_seconds=30)
+    result = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "serve",
+            "--trace",
+            str(tmp_path / "t"),
+            "--window-ticks",
+            "20",
+            "--windows",
+            "1",
+            "--policy",
+            "round-robin",
+            "--policy",
+            "on-demand",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "round-robin" in result.output and "on-demand" in result.output
     assert "0.3333" in result.output  # 3 spot replica-ticks per 9 on-demand

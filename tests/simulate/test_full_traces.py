@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from spotd.cli.main import main
 from spotd.sim.jobs import JobSetup, simulate_jobs
 from spotd.sim.serve import ServeSetup, run_policy
@@ -62,11 +63,27 @@ def test_jobs_on_the_v100_trace() -> None:
 @pytest.mark.slow
 def test_cli_json_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "serve.png"
-    result = CliRunner().invoke(main, [
-        "simulate", "serve", "--trace", str(SERVING / "AWS1"), "--windows", "1",
-        "--window-ticks", "600", "--policy", "spotd", "--policy", "on-demand",
-        "-o", "json", "--plot", str(png),
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "serve",
+            "--trace",
+            str(SERVING / "AWS1"),
+            "--windows",
+            "1",
+            "--window-ticks",
+            "600",
+            "--policy",
+            "spotd",
+            "--policy",
+            "on-demand",
+            "-o",
+            "json",
+            "--plot",
+            str(png),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output[: result.output.rindex("]") + 1])
     assert [r["policy"] for r in rows] == ["spotd", "on-demand"]

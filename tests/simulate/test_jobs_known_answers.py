@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spotd.sim.jobs import JobSetup, pricing_for, run_job, simulate_jobs
 
+from spotd.sim.jobs import JobSetup, pricing_for, run_job, simulate_jobs
 from tests.simulate.helpers import write_traces
 
 MINUTES = 40 * 60  # 40 h of one-minute points
@@ -23,12 +23,16 @@ def outage(start_min: int, end_min: int) -> list[int]:
 @pytest.fixture
 def all_down(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Both zones up for the first hour, down 3 h (longer than the job's 2 h slack), up again."""
-    return write_traces(tmp_path / "down", {"us-east-1a": outage(60, 240),
-                                             "us-west-2a": outage(60, 240)}, gap_seconds=60)
+    return write_traces(
+        tmp_path / "down",
+        {"us-east-1a": outage(60, 240), "us-west-2a": outage(60, 240)},
+        gap_seconds=60,
+    )
 
 
-SLACK_2H = JobSetup(job_hours=4, deadline_hours=6, checkpoint_seconds=0,
-                    restart_overhead_seconds=0, windows=1)
+SLACK_2H = JobSetup(
+    job_hours=4, deadline_hours=6, checkpoint_seconds=0, restart_overhead_seconds=0, windows=1
+)
 
 
 def run(policy: str, traces, setup: JobSetup = SLACK_2H):  # type: ignore[no-untyped-def]
@@ -74,8 +78,13 @@ def test_lost_progress_is_what_the_last_checkpoint_did_not_save(tmp_path: Path) 
     # restart 6 min, then checkpoints at 20 and 40 min of progress; preempted at 50 min with
     # 44 min done: 4 min lost; two launches fail (50, 51 min) and the job is back at 52 min
     traces = write_traces(tmp_path / "t", {"us-east-1a": outage(50, 52)}, gap_seconds=60)
-    setup = JobSetup(job_hours=2, deadline_hours=10, checkpoint_seconds=1200,
-                     restart_overhead_seconds=360, windows=1)
+    setup = JobSetup(
+        job_hours=2,
+        deadline_hours=10,
+        checkpoint_seconds=1200,
+        restart_overhead_seconds=360,
+        windows=1,
+    )
     r = run("failover", traces, setup)
     assert r.preemptions == 1
     assert r.lost_seconds == 4 * 60
@@ -90,21 +99,37 @@ def test_deadline_never_misses_what_on_demand_meets(tmp_path: Path) -> None:
     # flapping zones (20 min up, 20 down, out of phase by 10) and a tight deadline
     flap_a = [1 if (m // 20) % 2 == 0 else 0 for m in range(MINUTES)]
     flap_b = [1 if ((m + 10) // 20) % 2 == 0 else 0 for m in range(MINUTES)]
-    traces = write_traces(tmp_path / "flap", {"us-east-1a": flap_a, "us-west-2a": flap_b},
-                          gap_seconds=60)
+    traces = write_traces(
+        tmp_path / "flap", {"us-east-1a": flap_a, "us-west-2a": flap_b}, gap_seconds=60
+    )
     for slack_h in (0.25, 0.5, 1, 2):
-        setup = JobSetup(job_hours=6, deadline_hours=6 + slack_h, checkpoint_seconds=900,
-                         restart_overhead_seconds=300, windows=5)
+        setup = JobSetup(
+            job_hours=6,
+            deadline_hours=6 + slack_h,
+            checkpoint_seconds=900,
+            restart_overhead_seconds=300,
+            windows=5,
+        )
         by = {r.policy: r for r in simulate_jobs(traces, setup, ["deadline", "on-demand"])}
         assert by["on-demand"].deadline_misses == 0
         assert by["deadline"].deadline_misses == 0, slack_h
 
 
 def test_real_prices_bill_the_trace_price(tmp_path: Path) -> None:
-    traces = write_traces(tmp_path / "p", {"us-east-1a": [1] * 600}, gap_seconds=60,
-                          prices={"us-east-1a": [0.5] * 600})
-    setup = JobSetup(job_hours=1, deadline_hours=8, checkpoint_seconds=0,
-                     restart_overhead_seconds=0, windows=1, ondemand_price=2.0)
+    traces = write_traces(
+        tmp_path / "p",
+        {"us-east-1a": [1] * 600},
+        gap_seconds=60,
+        prices={"us-east-1a": [0.5] * 600},
+    )
+    setup = JobSetup(
+        job_hours=1,
+        deadline_hours=8,
+        checkpoint_seconds=0,
+        restart_overhead_seconds=0,
+        windows=1,
+        ondemand_price=2.0,
+    )
     pricing = pricing_for(traces, setup)
     assert pricing.real and pricing.ondemand == 2.0
     r = run_job("eager-next-region", traces, setup, offset_seconds=0.0, pricing=pricing)

@@ -10,6 +10,7 @@ import random
 from fractions import Fraction
 
 import pytest
+
 from spotd.serve import hedge
 from spotd.sim.serve import (
     EvenSpreadPolicy,
@@ -21,7 +22,6 @@ from spotd.sim.serve import (
     omniscient_window,
     run_window,
 )
-
 from tests.simulate.helpers import alternating, zone
 
 A, B, C = zone("a"), zone("b"), zone("c")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from spotd.sim.traces import (
     LegacyRandom,
     TraceError,
@@ -14,7 +15,6 @@ from spotd.sim.traces import (
     zone_key_of,
 )
 from spotd.types import ZoneKey
-
 from tests.simulate.helpers import write_traces
 
 
@@ -44,10 +44,10 @@ def test_resampling_reads_the_gap(tmp_path: Path) -> None:
 
 def test_bad_files_name_themselves(tmp_path: Path) -> None:
     (tmp_path / "us-east-1a_x.json").write_text(json.dumps({"data": [1]}))
-    with pytest.raises(TraceError, match="us-east-1a_x.json"):
+    with pytest.raises(TraceError, match=r"us-east-1a_x\.json"):
         load_trace_dir(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TraceError, match="no \\*.json"):
+    with pytest.raises(TraceError, match=r"no \*.json"):
         load_trace_dir(tmp_path / "empty")
 
 
@@ -63,7 +63,16 @@ def test_offsets_are_numpys_legacy_draws() -> None:
     # numpy.random.RandomState(0).randint(0, 28680) ten times: the SpotHedge artifact's AWS1
     # windows (31,560 ticks - 2,880)
     assert window_offsets(31560, 2880, 10, seed=0) == [
-        2732, 10799, 9845, 19648, 13123, 21243, 9225, 24275, 20757, 22258,
+        2732,
+        10799,
+        9845,
+        19648,
+        13123,
+        21243,
+        9225,
+        24275,
+        20757,
+        22258,
     ]
 
 

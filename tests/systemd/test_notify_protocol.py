@@ -8,8 +8,8 @@ import struct
 import tempfile
 
 import pytest
-from spotd.ops import sdnotify
 
+from spotd.ops import sdnotify
 from tests.systemd.conftest import NotifySocket
 
 

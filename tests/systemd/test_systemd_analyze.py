@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from spotd.ops import units
 
 IN_CI = bool(os.environ.get("CI"))

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from spotd.ops import units
 
+from spotd.ops import units
 from tests.systemd.units_text import settings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_files_in_systemd_are_the_rendered_defaults() -> None:
-    """Edit the templates in spotd/units.py, then regenerate: python -m spotd.ops.units --dir systemd
-    --exec /usr/local/bin/spotd --python /usr/bin/python3."""
+    """Edit the templates in spotd/ops/units.py, then regenerate:
+    python -m spotd.ops.units --dir systemd --exec /usr/local/bin/spotd \
+    --python /usr/bin/python3."""
     rendered = units.render_units()
     on_disk = {p.name: p.read_text() for p in (REPO / "systemd").glob("*.service")}
     assert on_disk == rendered

@@ -7,8 +7,8 @@ import os
 import time
 
 import pytest
-from spotd.ops import sdnotify
 
+from spotd.ops import sdnotify
 from tests.systemd.conftest import NotifySocket
 
 ME = str(os.getpid())
@@ -73,7 +73,7 @@ async def test_a_wedged_event_loop_stops_the_pings(notify_socket: NotifySocket) 
     assert await _recv(notify_socket) == "WATCHDOG=1"
     notify_socket.drain()
     # A blocking call on the loop (deliberately): 5 ping periods without a turn of the loop.
-    time.sleep(0.5)  # noqa: ASYNC251
+    time.sleep(0.5)
     assert notify_socket.drain() == []
     assert await _recv(notify_socket) == "WATCHDOG=1"  # the loop turns again: pings resume
     stop.set()

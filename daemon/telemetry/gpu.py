@@ -1,7 +1,13 @@
-"""GPU telemetry: the pynvml adapter, and the idle-GPU rule.
+"""GPU telemetry: what a GPU reports (:class:`GpuSample`), and the pynvml adapter that reads it.
+
+Two sides use this module. The agent, on an instance, reads its GPUs with :class:`GpuReader`
+and sends the samples with every heartbeat; the daemon parses them back
+(:func:`parse_samples`), shows them (:func:`summarize`) and feeds them to the idle-GPU rule
+(``spotd.telemetry.idle``). Neither side imports the other: both import this module.
 
 This is the only module that imports ``pynvml`` (the import happens inside
-:func:`default_nvml`, so a daemon or agent without ``nvidia-ml-py`` installed still starts).
+:func:`default_nvml`, so a daemon or agent without ``nvidia-ml-py`` installed still starts,
+and the daemon, which only parses samples, never loads it).
 
 The seam is the small part of NVML the adapter calls, :class:`Nvml`: ``pynvml`` itself satisfies
 it, and so does :class:`FakeNvml`, which tests hand to :class:`GpuReader` directly or, for agents
@@ -9,26 +15,15 @@ running as separate processes, through ``$SPOTD_FAKE_NVML`` (a JSON file read on
 so a test can change what the "GPUs" report while a job runs). Every NVML failure — no driver,
 no library, no device — reads as "no GPU": an empty sample list, never an error, because a CPU
 instance is as normal as a GPU one.
-
-The idle-GPU rule is pure (:func:`idle_gpu_step`): a job's latest samples, the policy, the
-rule's state and ``now`` in; a verdict and the new state out. The controller applies it.
-Example with ``minutes=10``, ``threshold_pct=5``:
-
-- t=0: every GPU of every node at 0–4% → ``idle_since=0``, verdict ``IDLE``;
-- t=300: one GPU at 60% → state reset, verdict ``BUSY``;
-- t=400..1000: all at 2% again → idle since 400; at t=1000 (10 min) verdict ``FLAG``
-  (or ``STOP`` with ``action="stop"``), once: later steps say ``IDLE`` until a GPU gets busy.
-- a node that reports no GPU, or has not reported yet, never makes a job idle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -37,13 +32,8 @@ __all__ = [
     "FakeNvml",
     "GpuReader",
     "GpuSample",
-    "IdleAction",
-    "IdleGpuPolicy",
-    "IdleState",
-    "IdleVerdict",
     "Nvml",
     "default_nvml",
-    "idle_gpu_step",
     "parse_samples",
     "read_gpus",
     "summarize",
@@ -239,7 +229,10 @@ class FakeNvml:
     NVML_TEMPERATURE_GPU = 0
 
     def __init__(
-        self, devices: Sequence[Mapping[str, Any]] = (), *, error: str | None = None,
+        self,
+        devices: Sequence[Mapping[str, Any]] = (),
+        *,
+        error: str | None = None,
         path: Path | None = None,
     ) -> None:
         self.devices = [dict(d) for d in devices]
@@ -319,57 +312,3 @@ def summarize(samples: Sequence[GpuSample] | None) -> str:
     names = {s.name.removeprefix("NVIDIA ") for s in samples}
     name = names.pop() if len(names) == 1 else "GPU"
     return f"{n}x {name} util {util:.0f}% mem {used:.1f}/{total:.1f} GiB {hottest:.0f}°C"
-
-
-# -- the idle-GPU rule -------------------------------------------------------------------
-
-
-class IdleAction(enum.StrEnum):
-    FLAG = "flag"  # note it on the job (message and an event); the job keeps running
-    STOP = "stop"  # also stop the job: its instances are terminated
-
-
-class IdleVerdict(enum.StrEnum):
-    NO_DATA = "NO_DATA"  # a node has not reported, or reports no GPU: the rule does not apply
-    BUSY = "BUSY"  # some GPU is at or above the threshold
-    IDLE = "IDLE"  # every GPU is below the threshold, not yet for long enough (or already acted)
-    FLAG = "FLAG"  # idle for the whole window: flag the job now
-    STOP = "STOP"  # idle for the whole window: stop the job now
-
-
-@dataclass(frozen=True, slots=True)
-class IdleGpuPolicy:
-    """From the daemon's config (``idle_gpu_minutes`` etc.), not the task: it is not a
-    SkyPilot key. ``minutes <= 0`` turns the rule off."""
-
-    minutes: float
-    threshold_pct: float = 10.0
-    action: IdleAction = IdleAction.FLAG
-
-    @property
-    def window_seconds(self) -> float:
-        return self.minutes * 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class IdleState:
-    idle_since: float | None = None  # since when every GPU has been below the threshold
-    acted: bool = False  # the verdict for this idle stretch was given already
-
-
-def idle_gpu_step(
-    nodes: Sequence[Sequence[GpuSample] | None],
-    policy: IdleGpuPolicy,
-    state: IdleState,
-    now: float,
-) -> tuple[IdleVerdict, IdleState]:
-    """Decide on a job's GPUs from every node's latest samples (None: not reported yet)."""
-    if policy.minutes <= 0 or not nodes or any(not n for n in nodes):
-        return IdleVerdict.NO_DATA, IdleState()
-    if any(s.utilization_pct >= policy.threshold_pct for n in nodes for s in n or ()):
-        return IdleVerdict.BUSY, IdleState()
-    since = state.idle_since if state.idle_since is not None else now
-    if state.acted or now - since < policy.window_seconds:
-        return IdleVerdict.IDLE, replace(state, idle_since=since)
-    verdict = IdleVerdict.STOP if policy.action == IdleAction.STOP else IdleVerdict.FLAG
-    return verdict, IdleState(idle_since=since, acted=True)

@@ -1,0 +1,128 @@
+"""Where a job's checkpoints outlive its instances: a directory, or S3.
+
+The agent restores the checkpoint directory from the store before ``run``, syncs it up
+periodically, on a notice (a *final* snapshot) and when the job ends. Both stores keep the
+same promises: a reader never sees half a snapshot, an older attempt never overwrites a newer
+attempt's snapshot, and a final snapshot is marked so the replacement can wait for it.
+
+:class:`CheckpointStore` is the directory store (the embedded local provider, shared volumes);
+``spotd.files.checkpoint_s3.S3CheckpointStore`` the S3 one. The agent awaits either through
+:class:`AsyncCheckpointStore` (:func:`open_checkpoint_store` picks by URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import IO, Protocol
+
+from spotd.files.checkpoint_s3 import S3CheckpointStore
+from spotd.types import AgentConfig
+
+__all__ = ["FINAL", "MARKER", "AsyncCheckpointStore", "CheckpointStore", "open_checkpoint_store"]
+
+MARKER = ".spotd-attempt"  # which attempt wrote the snapshot
+FINAL = ".spotd-final"  # written with the last snapshot of an attempt that got a notice
+
+
+class CheckpointStore:
+    """A directory that outlives instances; snapshots are swapped in whole, newest attempt wins.
+
+    A sync copies the instance's checkpoint directory to a temporary sibling and renames it
+    into place under a lock, so a reader never sees half a snapshot, and an older attempt (one
+    still finishing after its replacement started) never overwrites a newer attempt's state.
+    """
+
+    def __init__(self, store: Path, attempt: int) -> None:
+        self.store = store
+        self.attempt = attempt
+
+    def _lock(self) -> IO[str]:
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.store.parent / f".{self.store.name}.lock", "w")  # noqa: SIM115
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return f
+
+    def restore(self, into: Path) -> bool:
+        into.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            if not self.store.exists():
+                return False
+            shutil.copytree(
+                self.store, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER, FINAL)
+            )
+            return True
+
+    def final_from(self) -> int:
+        """The attempt whose notice-time snapshot is in the store (0 if none)."""
+        try:
+            return int((self.store / FINAL).read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def sync(self, source: Path, *, final: bool = False) -> bool:
+        empty = not source.exists() or not any(source.iterdir())
+        if empty and not final:
+            return False
+        # a final sync of an empty directory still writes the markers: the replacement must
+        # learn that nothing more is coming, or it would wait for the whole notice period
+        tmp = self.store.parent / f".{self.store.name}.tmp-{uuid.uuid4().hex[:8]}"
+        if empty:
+            tmp.mkdir(parents=True)
+            if self.store.exists():  # keep what an earlier attempt left
+                shutil.copytree(self.store, tmp, dirs_exist_ok=True)
+        else:
+            shutil.copytree(source, tmp)
+        (tmp / MARKER).write_text(str(self.attempt))
+        if final:
+            (tmp / FINAL).write_text(str(self.attempt))
+        with self._lock():
+            try:
+                current = int((self.store / MARKER).read_text())
+            except (FileNotFoundError, ValueError):
+                current = 0
+            if current > self.attempt:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            old = self.store.parent / f".{self.store.name}.old-{uuid.uuid4().hex[:8]}"
+            if self.store.exists():
+                os.rename(self.store, old)
+            os.rename(tmp, self.store)
+            shutil.rmtree(old, ignore_errors=True)
+        return True
+
+
+class AsyncCheckpointStore(Protocol):
+    """What the agent awaits, whichever store holds the checkpoints."""
+
+    async def restore(self, into: Path) -> bool: ...
+    async def final_from(self) -> int: ...
+    async def sync(self, source: Path, *, final: bool = False) -> bool: ...
+
+
+class _InThread:
+    """The directory store's blocking calls, awaited off the event loop (the agent awaits
+    every store alike: this one, or ``spotd.files.checkpoint_s3.S3CheckpointStore``)."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+
+    async def restore(self, into: Path) -> bool:
+        return await asyncio.to_thread(self.store.restore, into)
+
+    async def final_from(self) -> int:
+        return await asyncio.to_thread(self.store.final_from)
+
+    async def sync(self, source: Path, *, final: bool = False) -> bool:
+        return await asyncio.to_thread(self.store.sync, source, final=final)
+
+
+def open_checkpoint_store(cfg: AgentConfig) -> AsyncCheckpointStore:
+    """A directory path, or ``s3://bucket/prefix/<task>/`` (aioboto3 is imported only then)."""
+    if cfg.checkpoint_store.startswith("s3://"):
+        return S3CheckpointStore(cfg.checkpoint_store, cfg.attempt)
+    return _InThread(CheckpointStore(Path(cfg.checkpoint_store), cfg.attempt))
