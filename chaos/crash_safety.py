@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -39,8 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import DaemonProc, kill_instance_groups  # noqa: E402
 from spotd.sdk.client_serve import serve_status, serve_up  # noqa: E402
+from tests.conftest import DaemonProc, kill_instance_groups  # noqa: E402
 from tests.e2e.helpers import digest_of, expected_digest  # noqa: E402
 
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}
@@ -50,7 +51,7 @@ def job_yaml(i: int, steps: int) -> str:
     return f"""
 name: crash-{i}
 resources: {{cpus: 1+, use_spot: true}}
-workdir: {ROOT / 'examples'}
+workdir: {ROOT / "examples"}
 envs: {{TRAIN_STEPS: {steps}, STEP_SECONDS: 0.05, CKPT_EVERY: 5}}
 job_recovery: {{strategy: EAGER_NEXT_REGION, give_up_after: 10m}}
 run: python3 train.py
@@ -70,7 +71,7 @@ def live_instance_pids(home: Path) -> dict[str, int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and (cwd.startswith(inst) or " (deleted)" in cwd and inst in cwd):
+        if state != "Z" and (cwd.startswith(inst) or (" (deleted)" in cwd and inst in cwd)):
             out[f"pid {proc.name} in {cwd}"] = int(proc.name)
     for meta in (home / "local" / "instances").glob("*/meta.json"):
         try:
@@ -115,11 +116,23 @@ async def run(args: argparse.Namespace) -> list[str]:
                 else:
                     failures.append(f"service never had 3 READY replicas: {svc}")
                 load = subprocess.Popen(
-                    [sys.executable, str(ROOT / "tests/services/loadgen.py"), svc["endpoint"],
-                     "--concurrency", "4", "--stream-every", "10", "--max-requests", "500000",
-                     "--max-seconds", str(args.max_seconds + args.finish_timeout),
-                     "--stop-file", str(stop_file)],
-                    stdout=subprocess.PIPE, text=True,
+                    [
+                        sys.executable,
+                        str(ROOT / "tests/services/loadgen.py"),
+                        svc["endpoint"],
+                        "--concurrency",
+                        "4",
+                        "--stream-every",
+                        "10",
+                        "--max-requests",
+                        "500000",
+                        "--max-seconds",
+                        str(args.max_seconds + args.finish_timeout),
+                        "--stop-file",
+                        str(stop_file),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
                 )
             ids = {}
             for i in range(args.jobs):
@@ -143,14 +156,17 @@ async def run(args: argparse.Namespace) -> list[str]:
                         kind = rng.choice(["notice", "preempt", "kill"])
                         try:
                             if kind == "notice":
-                                await c.chaos("preempt", target=str(j["id"]),
-                                              notice_seconds=rng.choice([2, 5]))
+                                await c.chaos(
+                                    "preempt",
+                                    target=str(j["id"]),
+                                    notice_seconds=rng.choice([2, 5]),
+                                )
                             elif kind == "preempt":
                                 await c.chaos("preempt", target=str(j["id"]))
                             else:
                                 await c.chaos("kill-instance", target=str(j["id"]))
                             preempts += 1
-                        except Exception as exc:  # the instance may be gone already: fine
+                        except Exception as exc:  # noqa: BLE001 - the instance may be gone already
                             print(f"  (chaos on job {j['id']} skipped: {exc})", file=sys.stderr)
             await asyncio.sleep(rng.uniform(0.0, 0.8))
             d.kill9()
@@ -160,8 +176,11 @@ async def run(args: argparse.Namespace) -> list[str]:
             restart_times.append(time.monotonic() - t0)
             async with d.client() as c:
                 done = sum(1 for j in await c.jobs() if j["status"] in TERMINAL)
-            print(f"kill {kills:2d}: restarted in {restart_times[-1]:.2f}s; "
-                  f"{done}/{args.jobs} jobs done; {preempts} preemptions so far", file=sys.stderr)
+            print(
+                f"kill {kills:2d}: restarted in {restart_times[-1]:.2f}s; "
+                f"{done}/{args.jobs} jobs done; {preempts} preemptions so far",
+                file=sys.stderr,
+            )
             if done == args.jobs:
                 break
         async with d.client() as c:
@@ -179,20 +198,25 @@ async def run(args: argparse.Namespace) -> list[str]:
                     continue
                 text = b"".join([x async for x in c.logs(jid)]).decode(errors="replace")
                 if digest_of(text) != expected_digest(steps[i]):
-                    failures.append(f"job {jid}: wrong digest after {job['preemptions']} "
-                                    f"preemptions")
+                    failures.append(
+                        f"job {jid}: wrong digest after {job['preemptions']} preemptions"
+                    )
                 atts = job["attempts"]
-                for a, b in zip(atts, atts[1:], strict=False):
+                for a, b in itertools.pairwise(atts):
                     if a["ended_at"] is None or a["ended_at"] > b["created_at"] + 1e-6:
-                        failures.append(f"job {jid}: attempts {a['attempt']} and {b['attempt']} "
-                                        "were live at the same time")
+                        failures.append(
+                            f"job {jid}: attempts {a['attempt']} and {b['attempt']} "
+                            "were live at the same time"
+                        )
         if load is not None:
             stop_file.write_text("stop")
             out, _ = load.communicate(timeout=60)
             stats = json.loads(out)
-            print(f"service under load: {stats['ok']} plain and {stats['stream_ok']} streamed "
-                  f"requests answered, {stats['failed']} plain failed, "
-                  f"{stats['stream_failed']} streams cut by replica kills")
+            print(
+                f"service under load: {stats['ok']} plain and {stats['stream_ok']} streamed "
+                f"requests answered, {stats['failed']} plain failed, "
+                f"{stats['stream_failed']} streams cut by replica kills"
+            )
             if stats["failed"]:
                 failures.append(f"{stats['failed']} plain requests failed: {stats['errors'][:5]}")
             if stats["ok"] == 0:
@@ -210,9 +234,11 @@ async def run(args: argparse.Namespace) -> list[str]:
             failures.append(f"instance processes left after every job ended: {sorted(left)}")
         total_preemptions = sum(j["preemptions"] for j in jobs.values())
         crashed = False
-        print(f"\n{len(ids)} jobs, {kills} daemon SIGKILLs (restart median "
-              f"{sorted(restart_times)[len(restart_times) // 2]:.2f}s), {preempts} chaos "
-              f"injections, {total_preemptions} preemptions recovered")
+        print(
+            f"\n{len(ids)} jobs, {kills} daemon SIGKILLs (restart median "
+            f"{sorted(restart_times)[len(restart_times) // 2]:.2f}s), {preempts} chaos "
+            f"injections, {total_preemptions} preemptions recovered"
+        )
     finally:
         d.stop()
         kill_instance_groups(home)
@@ -231,8 +257,12 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--finish-timeout", type=float, default=180.0)
     ap.add_argument("--quick", action="store_true", help="6 jobs, 10 kills")
-    ap.add_argument("--service", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run a service under load (default: yes)")
+    ap.add_argument(
+        "--service",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run a service under load (default: yes)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.jobs, args.kills = 6, 10
@@ -240,8 +270,10 @@ def main() -> None:
     if failures:
         print("FAIL:\n  " + "\n  ".join(failures))
         sys.exit(1)
-    print("PASS: every job finished with its correct result; no leaked instance; "
-          "no overlapping attempts")
+    print(
+        "PASS: every job finished with its correct result; no leaked instance; "
+        "no overlapping attempts"
+    )
 
 
 if __name__ == "__main__":

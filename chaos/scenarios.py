@@ -51,12 +51,18 @@ async def preempt_storm(c: Client, jid: int, count: int, seed: int, timeout: flo
         else:
             await c.chaos("kill-instance", target=str(jid))
         job = await _wait(
-            c, jid,
-            lambda j: j["status"] in ("SUCCEEDED",) or (len(j["attempts"]) > n and j["status"] == "RUNNING"),
+            c,
+            jid,
+            lambda j, n=n: (
+                j["status"] in ("SUCCEEDED",)
+                or (len(j["attempts"]) > n and j["status"] == "RUNNING")
+            ),
             timeout,
         )
-        print(f"[{i + 1}/{count}] {kind:8s} {job['attempts'][n - 1]['region']} -> "
-              f"{job['region']} ({job['status']}) in {time.monotonic() - t0:.1f}s")
+        print(
+            f"[{i + 1}/{count}] {kind:8s} {job['attempts'][n - 1]['region']} -> "
+            f"{job['region']} ({job['status']}) in {time.monotonic() - t0:.1f}s"
+        )
         if job["status"] == "SUCCEEDED":
             break
 
@@ -73,10 +79,14 @@ async def stockout_cascade(c: Client, jid: int, timeout: float) -> None:
         await c.chaos("stockout", target=r, seconds=120)
     n = len(job["attempts"])
     await c.chaos("preempt", target=str(jid))
-    job = await _wait(c, jid, lambda j: len(j["attempts"]) > n and j["status"] == "RUNNING", timeout)
+    job = await _wait(
+        c, jid, lambda j: len(j["attempts"]) > n and j["status"] == "RUNNING", timeout
+    )
     ok = job["region"] == target
-    print(f"stocked out {regions[:-1]}; job landed in {job['region']} (expected {target}): "
-          f"{'OK' if ok else 'FAIL'}")
+    print(
+        f"stocked out {regions[:-1]}; job landed in {job['region']} (expected {target}): "
+        f"{'OK' if ok else 'FAIL'}"
+    )
     if not ok:
         raise SystemExit(1)
 
@@ -92,8 +102,10 @@ async def partition(c: Client, jid: int, seconds: float, timeout: float) -> None
     await asyncio.sleep(seconds + 2)
     job = await c.job(jid)
     ok = len(job["attempts"]) == n
-    print(f"partitioned {seconds:g}s: attempts {n} -> {len(job['attempts'])}: "
-          f"{'OK (not replaced)' if ok else 'FAIL (replaced a live instance)'}")
+    print(
+        f"partitioned {seconds:g}s: attempts {n} -> {len(job['attempts'])}: "
+        f"{'OK (not replaced)' if ok else 'FAIL (replaced a live instance)'}"
+    )
     if not ok:
         raise SystemExit(1)
 

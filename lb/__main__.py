@@ -28,24 +28,46 @@ log = logging.getLogger("spotd.lb")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m spotd.lb", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m spotd.lb",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--host", default="127.0.0.1", help="proxy bind address")
     p.add_argument("--port", type=int, required=True, help="proxy port")
-    p.add_argument("--control-port", type=int, default=None,
-                   help="control API port on 127.0.0.1 (default: under /-/ on --port)")
+    p.add_argument(
+        "--control-port",
+        type=int,
+        default=None,
+        help="control API port on 127.0.0.1 (default: under /-/ on --port)",
+    )
     p.add_argument("--control-host", default="127.0.0.1")
-    p.add_argument("--token", default=os.environ.get("SPOTD_LB_TOKEN", ""),
-                   help="bearer token for the control API (env SPOTD_LB_TOKEN)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("SPOTD_LB_TOKEN", ""),
+        help="bearer token for the control API (env SPOTD_LB_TOKEN)",
+    )
     p.add_argument("--policy", choices=[x.value for x in Policy], default=Policy.LEAST_LOAD.value)
-    p.add_argument("--affinity-header", default="X-Session-Id",
-                   help="consistent-hash requests carrying this header ('' to disable)")
-    p.add_argument("--replica", action="append", default=[], metavar="ID=URL",
-                   help="initial READY replica (repeatable); the daemon's PUTs replace them")
+    p.add_argument(
+        "--affinity-header",
+        default="X-Session-Id",
+        help="consistent-hash requests carrying this header ('' to disable)",
+    )
+    p.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        metavar="ID=URL",
+        help="initial READY replica (repeatable); the daemon's PUTs replace them",
+    )
     p.add_argument("--max-tries", type=int, default=3)
     p.add_argument("--retry-ratio", type=float, default=0.2)
-    p.add_argument("--queue-size", type=int, default=256,
-                   help="requests held while no replica is ready (0: answer 503 at once)")
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=256,
+        help="requests held while no replica is ready (0: answer 503 at once)",
+    )
     p.add_argument("--queue-timeout", type=float, default=30.0)
     p.add_argument("--connect-timeout", type=float, default=3.0)
     p.add_argument("--read-timeout", type=float, default=600.0)
@@ -53,8 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-path", default="/health")
     p.add_argument("--probe-interval", type=float, default=0.5)
     p.add_argument("--report-url", default=None, help="POST ejections here")
-    p.add_argument("--report-unix", default=None, metavar="PATH",
-                   help="reach --report-url through this unix socket (the daemon's API)")
+    p.add_argument(
+        "--report-unix",
+        default=None,
+        metavar="PATH",
+        help="reach --report-url through this unix socket (the daemon's API)",
+    )
     p.add_argument("--lb-id", default="")
     p.add_argument("--reuse-port", action="store_true")
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
@@ -64,44 +90,64 @@ def _parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> None:
     cfg = LBConfig(
-        policy=Policy(args.policy), affinity_header=args.affinity_header,
-        max_tries=args.max_tries, retry_ratio=args.retry_ratio, queue_size=args.queue_size,
-        queue_timeout=args.queue_timeout, connect_timeout=args.connect_timeout,
-        read_timeout=args.read_timeout or None, pool_limit=args.pool_limit,
-        probe_path=args.probe_path, probe_interval=args.probe_interval,
-        report_url=args.report_url, report_unix=args.report_unix,
+        policy=Policy(args.policy),
+        affinity_header=args.affinity_header,
+        max_tries=args.max_tries,
+        retry_ratio=args.retry_ratio,
+        queue_size=args.queue_size,
+        queue_timeout=args.queue_timeout,
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout or None,
+        pool_limit=args.pool_limit,
+        probe_path=args.probe_path,
+        probe_interval=args.probe_interval,
+        report_url=args.report_url,
+        report_unix=args.report_unix,
         lb_id=args.lb_id or f"lb-{os.getpid()}",
     )
     state = LBState(cfg)
     if args.replica:
-        state.replicas.replace(parse_replicas([
-            {"id": r.split("=", 1)[0], "url": r.split("=", 1)[1]} for r in args.replica
-        ]))
+        state.replicas.replace(
+            parse_replicas(
+                [{"id": r.split("=", 1)[0], "url": r.split("=", 1)[1]} for r in args.replica]
+            )
+        )
     separate = args.control_port is not None
     async with contextlib.AsyncExitStack() as stack:
         if separate:  # the usual case (the daemon's LBs): the proxy on the low-level server
             proxy = await stack.enter_async_context(running_proxy(state))
             runner: web.BaseRunner = await serve_proxy(
-                proxy, args.host, args.port, reuse_port=args.reuse_port,
-                shutdown_timeout=args.shutdown_timeout)
+                proxy,
+                args.host,
+                args.port,
+                reuse_port=args.reuse_port,
+                shutdown_timeout=args.shutdown_timeout,
+            )
             stack.push_async_callback(runner.cleanup)
-            crunner = web.AppRunner(make_control_app(state, token=args.token),
-                                    access_log=None)
+            crunner = web.AppRunner(make_control_app(state, token=args.token), access_log=None)
             await crunner.setup()
             stack.push_async_callback(crunner.cleanup)
             await web.TCPSite(crunner, args.control_host, args.control_port).start()
         else:
-            runner = web.AppRunner(make_app(state, control_on_proxy=True, token=args.token),
-                                   access_log=None, handler_cancellation=True,
-                                   shutdown_timeout=args.shutdown_timeout)
+            runner = web.AppRunner(
+                make_app(state, control_on_proxy=True, token=args.token),
+                access_log=None,
+                handler_cancellation=True,
+                shutdown_timeout=args.shutdown_timeout,
+            )
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, args.host, args.port, backlog=2048,
-                              reuse_port=args.reuse_port or None).start()
-        log.info("spotd-lb %s: proxy on %s:%d, control on %s, policy %s", cfg.lb_id,
-                 args.host, args.port,
-                 f"{args.control_host}:{args.control_port}" if separate else "/-/",
-                 cfg.policy.value)
+            await web.TCPSite(
+                runner, args.host, args.port, backlog=2048, reuse_port=args.reuse_port or None
+            ).start()
+        log.info(
+            "spotd-lb %s: proxy on %s:%d, control on %s, policy %s",
+            cfg.lb_id,
+            args.host,
+            args.port,
+            f"{args.control_host}:{args.control_port}" if separate else "/-/",
+            cfg.policy.value,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,8 +160,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     try:
         import uvloop
     except ImportError:

@@ -40,6 +40,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .control import LbEvent, ReplicaSetAck, ReplicasReport
 from .proxy import Proxy
 from .state import LBState, MetricsCollector, parse_replicas
 from .upstream import UpstreamPool
@@ -55,13 +56,16 @@ TOKEN: web.AppKey[str] = web.AppKey("spotd_lb_token", str)
 def _make_session(state: LBState) -> aiohttp.ClientSession:
     cfg = state.config
     connector = aiohttp.TCPConnector(
-        limit=cfg.pool_limit, limit_per_host=0, keepalive_timeout=cfg.keepalive_timeout,
+        limit=cfg.pool_limit,
+        limit_per_host=0,
+        keepalive_timeout=cfg.keepalive_timeout,
         ttl_dns_cache=300,
     )
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout,
-                                      sock_read=cfg.read_timeout),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout
+        ),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -78,8 +82,9 @@ async def _probe_once(state: LBState, session: aiohttp.ClientSession) -> None:
 
     async def probe(rid: str, url: str) -> None:
         try:
-            async with session.get(url + cfg.probe_path,
-                                   timeout=aiohttp.ClientTimeout(total=cfg.probe_timeout)) as r:
+            async with session.get(
+                url + cfg.probe_path, timeout=aiohttp.ClientTimeout(total=cfg.probe_timeout)
+            ) as r:
                 ok = r.status < 500
         except (aiohttp.ClientError, TimeoutError):
             ok = False
@@ -103,11 +108,12 @@ async def _reporter(state: LBState, session: aiohttp.ClientSession) -> None:
     assert url
     while True:
         ev = await state.report_queue.get()
-        payload = {"lb_id": state.config.lb_id, "event": "ejected", **ev.as_json()}
+        payload = LbEvent(lb_id=state.config.lb_id, ejection=ev).to_json()
         for attempt in range(3):
             try:
-                async with session.post(url, json=payload,
-                                        timeout=aiohttp.ClientTimeout(total=2)) as r:
+                async with session.post(
+                    url, json=payload, timeout=aiohttp.ClientTimeout(total=2)
+                ) as r:
                     if r.status < 500:
                         break
             except (aiohttp.ClientError, TimeoutError):
@@ -135,14 +141,19 @@ async def running_proxy(state: LBState) -> AsyncIterator[Proxy]:
     (tasks cancelled, connections aborted) on exit."""
     cfg = state.config
     session = _make_session(state)
-    pool = UpstreamPool(limit=cfg.pool_limit, keepalive_timeout=cfg.keepalive_timeout,
-                        connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
+    pool = UpstreamPool(
+        limit=cfg.pool_limit,
+        keepalive_timeout=cfg.keepalive_timeout,
+        connect_timeout=cfg.connect_timeout,
+        read_timeout=cfg.read_timeout,
+    )
     tasks = [_supervised("prober", _prober(state, session))]
     reports: aiohttp.ClientSession | None = None
     if cfg.report_url:
         if cfg.report_unix:  # the daemon listens on its unix socket only (by default)
-            reports = aiohttp.ClientSession(connector=aiohttp.UnixConnector(cfg.report_unix),
-                                            trust_env=False)
+            reports = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(cfg.report_unix), trust_env=False
+            )
         tasks.append(_supervised("reporter", _reporter(state, reports or session)))
     try:
         yield Proxy(state, pool, session)
@@ -158,9 +169,15 @@ async def running_proxy(state: LBState) -> AsyncIterator[Proxy]:
             await reports.close()
 
 
-async def serve_proxy(proxy: Proxy, host: str, port: int, *, reuse_port: bool = False,
-                      backlog: int = 2048, shutdown_timeout: float = 30.0
-                      ) -> web.ServerRunner:
+async def serve_proxy(
+    proxy: Proxy,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    backlog: int = 2048,
+    shutdown_timeout: float = 30.0,
+) -> web.ServerRunner:
     """Serve ``proxy`` on ``host:port`` (port 0: any free one, see ``runner.addresses``).
     ``await runner.cleanup()`` stops accepting and lets in-flight requests finish, up to
     ``shutdown_timeout`` seconds. Handlers are cancelled when their client goes away (so is
@@ -168,23 +185,24 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, *, reuse_port: bool = 
     server = web.Server(proxy.handle, handler_cancellation=True, access_log=None)
     runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=backlog,
-                      reuse_port=reuse_port or None).start()
+    await web.TCPSite(runner, host, port, backlog=backlog, reuse_port=reuse_port or None).start()
     return runner
 
 
 # -- control routes ---------------------------------------------------------------------------
 
+
 @web.middleware
-async def _auth(request: web.Request,
-                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                ) -> web.StreamResponse:
+async def _auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     token = request.app[TOKEN]
     if token and (request.path.startswith("/-/") or request.path == "/metrics"):
         got = request.headers.get("Authorization", "")
         if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-            return web.json_response({"error": {"message": "bad or missing bearer token",
-                                                "code": 401}}, status=401)
+            return web.json_response(
+                {"error": {"message": "bad or missing bearer token", "code": 401}}, status=401
+            )
     return await handler(request)
 
 
@@ -198,20 +216,24 @@ async def put_replicas(request: web.Request) -> web.Response:
     state.replicas.replace(views)
     after = {v.id: v.state for v in views}
     if before != after:
-        log.info("replica set v%d: %s", state.replicas.version,
-                 ", ".join(f"{k}={v.value}" for k, v in after.items()) or "(empty)")
-    return web.json_response({"version": state.replicas.version,
-                              "replicas": state.replicas.as_json()})
+        log.info(
+            "replica set v%d: %s",
+            state.replicas.version,
+            ", ".join(f"{k}={v.value}" for k, v in after.items()) or "(empty)",
+        )
+    ack = ReplicaSetAck(version=state.replicas.version, replicas=state.replicas.reports())
+    return web.json_response(ack.to_json())
 
 
 async def get_replicas(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({
-        "version": state.replicas.version,
-        "replicas": state.replicas.as_json(),
-        "ejections": [e.as_json() for e in state.ejections],
-        "waiting": state.waiting,
-    })
+    report = ReplicasReport(
+        version=state.replicas.version,
+        replicas=state.replicas.reports(),
+        ejections=tuple(state.ejections),
+        waiting=state.waiting,
+    )
+    return web.json_response(report.to_json())
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -219,9 +241,10 @@ async def get_stats(request: web.Request) -> web.Response:
     try:
         window = int(request.query.get("window", "60"))
     except ValueError:
-        return web.json_response({"error": {"message": "window must be an integer",
-                                            "code": 400}}, status=400)
-    return web.json_response(state.stats_json(window, time.time()))
+        return web.json_response(
+            {"error": {"message": "window must be an integer", "code": 400}}, status=400
+        )
+    return web.json_response(state.stats_report(window, time.time()).to_json())
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -230,8 +253,9 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True, "ready_replicas": request.app[STATE].replicas
-                              .ready_count()})
+    return web.json_response(
+        {"ok": True, "ready_replicas": request.app[STATE].replicas.ready_count()}
+    )
 
 
 def _add_control_routes(app: web.Application, state: LBState, token: str) -> None:
@@ -254,14 +278,14 @@ def make_control_app(state: LBState, *, token: str = "") -> web.Application:
     return app
 
 
-def make_app(state: LBState, *, control_on_proxy: bool = False, token: str = ""
-             ) -> web.Application:
+def make_app(state: LBState, *, control_on_proxy: bool = False, token: str = "") -> web.Application:
     """The proxy application. With ``control_on_proxy`` the control routes live under ``/-/``
     (and ``/metrics``) on the same port, guarded by ``token``; those paths are then not
     proxied."""
     cfg = state.config
-    app = web.Application(client_max_size=cfg.buffer_limit + 1,
-                          middlewares=[_auth] if control_on_proxy else [])
+    app = web.Application(
+        client_max_size=cfg.buffer_limit + 1, middlewares=[_auth] if control_on_proxy else []
+    )
     app[STATE] = state
     if control_on_proxy:
         _add_control_routes(app, state, token)

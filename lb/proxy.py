@@ -55,8 +55,7 @@ class Proxy:
 
     __slots__ = ("pool", "session", "state")
 
-    def __init__(self, state: LBState, pool: UpstreamPool,
-                 session: aiohttp.ClientSession) -> None:
+    def __init__(self, state: LBState, pool: UpstreamPool, session: aiohttp.ClientSession) -> None:
         self.state = state
         self.pool = pool
         self.session = session
@@ -84,15 +83,39 @@ class Proxy:
 
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the proxy sets itself.
-_DROP_REQ = frozenset({
-    "connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-    "proxy-connection", "proxy-authenticate", "proxy-authorization", "host", "content-length",
-    "expect", "x-forwarded-for",
-})
-_DROP_RESP = frozenset({
-    "connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-    "proxy-connection", "proxy-authenticate", "proxy-authorization", "content-length",
-})
+_DROP_REQ = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "host",
+        "content-length",
+        "expect",
+        "x-forwarded-for",
+    }
+)
+_DROP_RESP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "content-length",
+    }
+)
 _DROP_REQ_B = frozenset(h.encode() for h in _DROP_REQ)
 _BUFFER_RESPONSE_MAX = 1 << 20
 _PAUSE_ABOVE = 256 * 1024  # client write buffer above this: stop reading the replica
@@ -171,8 +194,13 @@ def _request_head(request: web.BaseRequest, host_line: bytes, body: Any) -> byte
         kept.append((k, v))
     if named:
         kept = [(k, v) for k, v in kept if k.lower() not in named]
-    parts = [request.method.encode("ascii"), b" ", request.raw_path.encode("utf-8", "surrogateescape"),
-             b" HTTP/1.1\r\n", host_line]
+    parts = [
+        request.method.encode("ascii"),
+        b" ",
+        request.raw_path.encode("utf-8", "surrogateescape"),
+        b" HTTP/1.1\r\n",
+        host_line,
+    ]
     for k, v in kept:
         parts += (k, b": ", v, b"\r\n")
     remote = (request.remote or "").encode("utf-8", "surrogateescape")
@@ -220,8 +248,9 @@ def _response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
 
 def _json_error(status: int, message: str, *, retry_after: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response({"error": {"message": message, "code": status}}, status=status,
-                             headers=headers)
+    return web.json_response(
+        {"error": {"message": message, "code": status}}, status=status, headers=headers
+    )
 
 
 async def _read_body(request: web.BaseRequest, limit: int) -> tuple[Any, bool]:
@@ -270,8 +299,9 @@ async def _wait_for_replica(st: LBState, info: RequestInfo) -> str | None:
         st.waiting -= 1
 
 
-async def _proxy(request: web.BaseRequest, st: LBState, pool: UpstreamPool,
-                 session: aiohttp.ClientSession) -> web.StreamResponse:
+async def _proxy(
+    request: web.BaseRequest, st: LBState, pool: UpstreamPool, session: aiohttp.ClientSession
+) -> web.StreamResponse:
     cfg = st.config
     reps = st.replicas
     st.budget.deposit()
@@ -325,11 +355,18 @@ async def _proxy(request: web.BaseRequest, st: LBState, pool: UpstreamPool,
                     headers = _request_headers(request)
                 try:
                     upstream = await session.request(
-                        method, URL(view.url + raw_path, encoded=True), headers=headers,
-                        data=body, allow_redirects=False,
+                        method,
+                        URL(view.url + raw_path, encoded=True),
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
                     )
-                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-                        aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                except (
+                    aiohttp.ClientConnectorError,
+                    aiohttp.ConnectionTimeoutError,
+                    aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError,
+                ) as e:
                     err = e
                 except aiohttp.ServerTimeoutError:
                     return _json_error(504, f"replica {rid} did not answer in time")
@@ -349,8 +386,9 @@ async def _proxy(request: web.BaseRequest, st: LBState, pool: UpstreamPool,
         if not (replayable or not body.started) or tries >= cfg.max_tries:
             return _json_error(502, f"replica {rid} failed: {last_error}")
         if not st.budget.withdraw():
-            return _json_error(502, f"replica {rid} failed and the retry budget is spent: "
-                                    f"{last_error}")
+            return _json_error(
+                502, f"replica {rid} failed and the retry budget is spent: {last_error}"
+            )
         st.metrics.retries += 1
         exclude = exclude | {rid}
         info = RequestInfo(session_key=key, exclude=exclude)
@@ -397,11 +435,21 @@ class _ClientSink(BodySink):
     from the replica leaves in one write, as nginx sends it. When no payload is at hand the
     head is not held back: ``flush_head`` sends it on the next loop iteration."""
 
-    __slots__ = ("chunked", "ended", "exc", "finished", "head", "paused", "terminator", "tr",
-                 "waiter")
+    __slots__ = (
+        "chunked",
+        "ended",
+        "exc",
+        "finished",
+        "head",
+        "paused",
+        "terminator",
+        "tr",
+        "waiter",
+    )
 
-    def __init__(self, tr: asyncio.Transport, chunked: bool, head: bytes | None,
-                 terminator: bytes) -> None:
+    def __init__(
+        self, tr: asyncio.Transport, chunked: bool, head: bytes | None, terminator: bytes
+    ) -> None:
         self.tr = tr
         self.chunked = chunked  # frame the payload ourselves
         self.head = head  # the response head, until it is sent
@@ -468,23 +516,30 @@ class _ClientSink(BodySink):
         self._wake()
 
 
-async def _relay_fast(request: web.BaseRequest, conn: UpstreamConn, head: Head
-                      ) -> web.StreamResponse:
+async def _relay_fast(
+    request: web.BaseRequest, conn: UpstreamConn, head: Head
+) -> web.StreamResponse:
     """Send the replica's answer to the client: small ones read whole and sent in one write;
     streamed ones relayed from ``data_received`` (see ``_ClientSink``)."""
     status = head.status
     headers = head.headers  # hop-by-hop ones already left out
     clen = head.length
     method = request.method
-    if method == "HEAD" or status in (204, 304) or (
-        clen is not None and clen <= _BUFFER_RESPONSE_MAX
-        and not head.content_type.startswith("text/event-stream")
+    if (
+        method == "HEAD"
+        or status in (204, 304)
+        or (
+            clen is not None
+            and clen <= _BUFFER_RESPONSE_MAX
+            and not head.content_type.startswith("text/event-stream")
+        )
     ):
         try:
             data = await conn.read_body()
         except (UpstreamError, ConnectionError) as e:
-            return _json_error(502, f"replica failed while sending its answer: "
-                                    f"{type(e).__name__}: {e}")
+            return _json_error(
+                502, f"replica failed while sending its answer: {type(e).__name__}: {e}"
+            )
         if method == "HEAD":
             resp = web.Response(status=status, reason=head.reason, headers=headers)
             if clen is not None:
@@ -508,8 +563,9 @@ async def _relay_fast(request: web.BaseRequest, conn: UpstreamConn, head: Head
     # we end the body ourselves when aiohttp let us take its head (it then writes nothing more)
     own_end = rhead is not None
     # chunked in and out: the replica's chunk framing goes through as it is
-    sink = _ClientSink(tr, chunked and not head.chunked, rhead,
-                       b"0\r\n\r\n" if chunked and own_end else b"")
+    sink = _ClientSink(
+        tr, chunked and not head.chunked, rhead, b"0\r\n\r\n" if chunked and own_end else b""
+    )
     loop = conn.loop  # (asyncio.get_running_loop() costs a getpid() system call)
     conn.attach(sink, chunked_out=chunked)
     if sink.head is not None and not sink.finished:
@@ -549,22 +605,27 @@ async def _relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> 
         status = upstream.status
         headers = _response_headers(upstream)
         clen = upstream.content_length
-        if request.method == "HEAD" or status in (204, 304) or (
-            clen is not None and clen <= _BUFFER_RESPONSE_MAX
-            and not upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        if (
+            request.method == "HEAD"
+            or status in (204, 304)
+            or (
+                clen is not None
+                and clen <= _BUFFER_RESPONSE_MAX
+                and not upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+            )
         ):
             try:
                 data = await upstream.read()
             except (TimeoutError, aiohttp.ClientError) as e:
-                return _json_error(502, f"replica failed while sending its answer: "
-                                        f"{type(e).__name__}: {e}")
+                return _json_error(
+                    502, f"replica failed while sending its answer: {type(e).__name__}: {e}"
+                )
             if request.method == "HEAD":
                 resp = web.Response(status=status, reason=upstream.reason, headers=headers)
                 if clen is not None:
                     resp.headers["Content-Length"] = str(clen)
                 return resp
-            return web.Response(status=status, reason=upstream.reason, headers=headers,
-                                body=data)
+            return web.Response(status=status, reason=upstream.reason, headers=headers, body=data)
 
         sresp = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
         if clen is not None:

@@ -25,7 +25,7 @@ import asyncio
 import bisect
 import collections
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,19 +36,17 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .control import (
+    READY,
+    Ejection,
+    ReplicaReport,
+    StatsBucket,
+    StatsReport,
+    parse_replica_set,
+)
 from .policy import Policy, PolicyState, ReplicaState, ReplicaStats, ReplicaView
 
-
-@dataclass(frozen=True, slots=True)
-class Ejection:
-    replica_id: str
-    url: str
-    reason: str  # e.g. "ClientConnectorError: Connect call failed"
-    at: float  # unix time
-
-    def as_json(self) -> dict[str, Any]:
-        return {"replica_id": self.replica_id, "url": self.url, "reason": self.reason,
-                "at": self.at}
+__all__ = ["Ejection", "LBConfig", "LBState", "ReplicaSet", "parse_replicas"]
 
 
 class ReplicaSet:
@@ -98,19 +96,25 @@ class ReplicaSet:
 
     def ready_count(self) -> int:
         return sum(
-            1 for v in self.views
-            if v.state is ReplicaState.READY and not self.stats[v.id].ejected
+            1 for v in self.views if v.state is ReplicaState.READY and not self.stats[v.id].ejected
         )
 
-    def as_json(self) -> list[dict[str, Any]]:
+    def reports(self) -> tuple[ReplicaReport, ...]:
         out = []
         for v in self.views:
             st = self.stats[v.id]
-            out.append({
-                "id": v.id, "url": v.url, "state": v.state.value, "in_flight": st.in_flight,
-                "ejected": st.ejected, "requests": st.requests, "failures": st.failures,
-            })
-        return out
+            out.append(
+                ReplicaReport(
+                    id=v.id,
+                    url=v.url,
+                    state=v.state.value,
+                    in_flight=st.in_flight,
+                    ejected=st.ejected,
+                    requests=st.requests,
+                    failures=st.failures,
+                )
+            )
+        return tuple(out)
 
 
 class RetryBudget:
@@ -121,8 +125,9 @@ class RetryBudget:
     a long quiet period cannot bank a retry storm. (Finagle's and Envoy's retry budgets.)
     """
 
-    def __init__(self, ratio: float = 0.2, min_per_second: float = 10.0,
-                 cap: float = 100.0) -> None:
+    def __init__(
+        self, ratio: float = 0.2, min_per_second: float = 10.0, cap: float = 100.0
+    ) -> None:
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.cap = cap
@@ -188,8 +193,24 @@ class Window:
         return out
 
 
-LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                  10.0, 30.0, 60.0, 120.0)
+LATENCY_BOUNDS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
 
 
 class Metrics:
@@ -224,8 +245,9 @@ class MetricsCollector:
     def collect(self) -> Iterator[Metric]:
         st = self._state
         m = st.metrics
-        c = CounterMetricFamily("spotd_lb_requests", "Proxied requests by HTTP status",
-                                labels=["code"])
+        c = CounterMetricFamily(
+            "spotd_lb_requests", "Proxied requests by HTTP status", labels=["code"]
+        )
         for code, n in sorted(m.by_code.items()):
             c.add_metric([str(code)], n)
         yield c
@@ -236,27 +258,38 @@ class MetricsCollector:
             buckets.append((repr(bound), acc))
         acc += m.lat_counts[-1]
         buckets.append(("+Inf", acc))
-        yield HistogramMetricFamily("spotd_lb_request_duration_seconds",
-                                    "Time from request received to response finished",
-                                    buckets=buckets, sum_value=m.lat_sum)
-        yield CounterMetricFamily("spotd_lb_retries", "Requests re-sent to another replica",
-                                  value=m.retries)
-        yield CounterMetricFamily("spotd_lb_retry_budget_exhausted",
-                                  "Retries refused by the retry budget",
-                                  value=st.budget.exhausted)
-        yield CounterMetricFamily("spotd_lb_ejections", "Replicas ejected on connection errors",
-                                  value=m.ejections)
-        yield CounterMetricFamily("spotd_lb_queued", "Requests that waited for a replica",
-                                  value=m.queued)
-        yield CounterMetricFamily("spotd_lb_rejected_no_replica",
-                                  "Requests answered 503 for want of a replica",
-                                  value=m.rejected)
-        yield GaugeMetricFamily("spotd_lb_in_flight", "Requests being proxied",
-                                value=m.in_flight)
-        g = GaugeMetricFamily("spotd_lb_replica_in_flight", "In-flight requests per replica",
-                              labels=["replica"])
-        e = GaugeMetricFamily("spotd_lb_replica_ejected", "1 if the replica is ejected",
-                              labels=["replica"])
+        yield HistogramMetricFamily(
+            "spotd_lb_request_duration_seconds",
+            "Time from request received to response finished",
+            buckets=buckets,
+            sum_value=m.lat_sum,
+        )
+        yield CounterMetricFamily(
+            "spotd_lb_retries", "Requests re-sent to another replica", value=m.retries
+        )
+        yield CounterMetricFamily(
+            "spotd_lb_retry_budget_exhausted",
+            "Retries refused by the retry budget",
+            value=st.budget.exhausted,
+        )
+        yield CounterMetricFamily(
+            "spotd_lb_ejections", "Replicas ejected on connection errors", value=m.ejections
+        )
+        yield CounterMetricFamily(
+            "spotd_lb_queued", "Requests that waited for a replica", value=m.queued
+        )
+        yield CounterMetricFamily(
+            "spotd_lb_rejected_no_replica",
+            "Requests answered 503 for want of a replica",
+            value=m.rejected,
+        )
+        yield GaugeMetricFamily("spotd_lb_in_flight", "Requests being proxied", value=m.in_flight)
+        g = GaugeMetricFamily(
+            "spotd_lb_replica_in_flight", "In-flight requests per replica", labels=["replica"]
+        )
+        e = GaugeMetricFamily(
+            "spotd_lb_replica_ejected", "1 if the replica is ejected", labels=["replica"]
+        )
         for v in st.replicas.views:
             rs = st.replicas.stats[v.id]
             g.add_metric([v.id], rs.in_flight)
@@ -295,8 +328,13 @@ class LBConfig:
 class LBState:
     """Everything one LB application holds."""
 
-    def __init__(self, config: LBConfig, *, rng_seed: int | None = None,
-                 on_eject: Callable[[Ejection], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: LBConfig,
+        *,
+        rng_seed: int | None = None,
+        on_eject: Callable[[Ejection], None] | None = None,
+    ) -> None:
         import random
 
         self.config = config
@@ -334,50 +372,29 @@ class LBState:
             st.ejected = False
             self.replicas.notify()
 
-    def stats_json(self, window: int, now: float) -> dict[str, Any]:
+    def stats_report(self, window: int, now: float) -> StatsReport:
         b = self.replicas
-        buckets = self.window.buckets(now, window)
-        total = sum(c for _, c, _ in buckets)
-        errors = sum(e for _, _, e in buckets)
-        return {
-            "lb_id": self.config.lb_id,
-            "now": now,
-            "window_seconds": len(buckets),
-            "requests": total,
-            "errors_5xx": errors,
-            "qps": total / len(buckets),
-            "buckets": [{"t": t, "requests": c, "errors_5xx": e} for t, c, e in buckets],
-            "in_flight": self.metrics.in_flight,
-            "waiting": self.waiting,
-            "replicas": {v.id: b.stats[v.id].in_flight for v in b.views},
-        }
+        return StatsReport(
+            lb_id=self.config.lb_id,
+            now=now,
+            buckets=tuple(StatsBucket(t, c, e) for t, c, e in self.window.buckets(now, window)),
+            in_flight=self.metrics.in_flight,
+            waiting=self.waiting,
+            replicas={v.id: b.stats[v.id].in_flight for v in b.views},
+        )
 
 
 def parse_replicas(body: Any) -> list[ReplicaView]:
-    """``[{id, url, state}]`` or ``{"replicas": [...]}`` -> views; ValueError when malformed.
+    """The pushed set (``control.parse_replica_set``) as the views the policy picks from.
 
     ``state`` READY (default) or DRAINING; any other state (e.g. NOT_READY) is kept as
     DRAINING-like: present for its in-flight requests, never picked.
     """
-    if isinstance(body, Mapping):
-        body = body.get("replicas")
-    if not isinstance(body, list):
-        raise ValueError("expected a list of replicas or {\"replicas\": [...]}")  # noqa: TRY004
-    out: list[ReplicaView] = []
-    seen: set[str] = set()
-    for item in body:
-        if not isinstance(item, Mapping):
-            raise ValueError("each replica must be an object")  # noqa: TRY004
-        rid, url = item.get("id"), item.get("url")
-        if not isinstance(rid, str | int) or not isinstance(url, str) or not url:
-            raise ValueError("each replica needs a string id and url")
-        rid = str(rid)
-        if rid in seen:
-            raise ValueError(f"duplicate replica id {rid}")
-        seen.add(rid)
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"replica {rid}: url must be http(s)://host:port")
-        raw_state = str(item.get("state", "READY")).upper()
-        state = ReplicaState.READY if raw_state == "READY" else ReplicaState.DRAINING
-        out.append(ReplicaView(id=rid, url=url.rstrip("/"), state=state))
-    return out
+    return [
+        ReplicaView(
+            id=e.id,
+            url=e.url.rstrip("/"),
+            state=ReplicaState.READY if e.state == READY else ReplicaState.DRAINING,
+        )
+        for e in parse_replica_set(body)
+    ]

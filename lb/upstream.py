@@ -41,10 +41,21 @@ _PAUSE_ABOVE = 256 * 1024  # client write buffer above this: stop reading the re
 
 # Hop-by-hop response headers (RFC 9110 §7.6.1) and the ones the server side sets itself;
 # ``Head.headers`` leaves them (and ``proxy-*``, and those ``Connection`` names) out.
-DROP_RESP = frozenset({
-    "connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-    "proxy-connection", "proxy-authenticate", "proxy-authorization", "content-length",
-})
+DROP_RESP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "content-length",
+    }
+)
 _SPECIAL_RESP = DROP_RESP | {"content-type"}
 
 # framing of an answer's body
@@ -76,11 +87,19 @@ class UpstreamProtocolError(UpstreamError):
 class Head:
     __slots__ = ("chunked", "content_type", "headers", "length", "reason", "status")
 
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
-                 length: int | None, chunked: bool, content_type: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        length: int | None,
+        chunked: bool,
+        content_type: str,
+    ) -> None:
         self.status = status
         self.reason = reason
-        self.headers = headers  # end-to-end ones only; decoded like aiohttp (utf-8, surrogateescape)
+        # end-to-end ones only; decoded like aiohttp (utf-8, surrogateescape)
+        self.headers = headers
         self.length = length  # Content-Length, when given and not chunked
         self.chunked = chunked
         self.content_type = content_type
@@ -156,19 +175,26 @@ class UpstreamConn(asyncio.Protocol):
             return
         if self._head_fut is not None and not self._head_fut.done():
             if self._got_bytes:
-                self._head_fut.set_exception(UpstreamProtocolError(
-                    "connection closed in the middle of the response head"))
+                self._head_fut.set_exception(
+                    UpstreamProtocolError("connection closed in the middle of the response head")
+                )
             else:
-                self._head_fut.set_exception(UpstreamDisconnected(
-                    f"replica closed the connection before answering"
-                    f"{': ' + str(exc) if exc else ''}"))
+                self._head_fut.set_exception(
+                    UpstreamDisconnected(
+                        f"replica closed the connection before answering"
+                        f"{': ' + str(exc) if exc else ''}"
+                    )
+                )
             return
         if not self._body_done:
             if self._framing == _CLOSE and exc is None:
                 self._finish_body()
             else:
-                self._fail_body(ConnectionResetError(
-                    f"replica closed the connection mid-answer{': ' + str(exc) if exc else ''}"))
+                self._fail_body(
+                    ConnectionResetError(
+                        f"replica closed the connection mid-answer{': ' + str(exc) if exc else ''}"
+                    )
+                )
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -226,7 +252,7 @@ class UpstreamConn(asyncio.Protocol):
                     raise UpstreamProtocolError("response head too large")
                 return None
             lines = buf[:end].split(b"\r\n")
-            rest = buf[end + 4:]
+            rest = buf[end + 4 :]
             status_line = lines[0]
             parts = status_line.split(b" ", 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
@@ -246,7 +272,7 @@ class UpstreamConn(asyncio.Protocol):
             close = http10
             ctype = ""
             named: set[str] | None = None
-            text = buf[len(status_line) + 2:end].decode("utf-8", "surrogateescape")
+            text = buf[len(status_line) + 2 : end].decode("utf-8", "surrogateescape")
             for line in text.split("\r\n") if text else ():
                 name, colon, value = line.partition(":")
                 name = name.strip()
@@ -386,7 +412,7 @@ class UpstreamConn(asyncio.Protocol):
                 start = i + 2
                 end = start + size
                 if end + 2 <= n:  # the whole chunk is here
-                    if data[end:end + 2] != b"\r\n":
+                    if data[end : end + 2] != b"\r\n":
                         raise UpstreamProtocolError("chunk not followed by CRLF")
                     if not verbatim:
                         out.append(data[start:end])
@@ -399,7 +425,7 @@ class UpstreamConn(asyncio.Protocol):
                 take = self._left
                 take = min(take, n - pos)
                 if not verbatim:
-                    out.append(data[pos:pos + take] if (pos or take != n) else data)
+                    out.append(data[pos : pos + take] if (pos or take != n) else data)
                 pos += take
                 self._left -= take
                 if self._left == 0:
@@ -516,8 +542,13 @@ class UpstreamConn(asyncio.Protocol):
             tr.abort()
             raise
 
-    async def _send_stream(self, tr: asyncio.Transport, head: bytes,
-                           body: AsyncIterable[bytes], fut: asyncio.Future[Head]) -> None:
+    async def _send_stream(
+        self,
+        tr: asyncio.Transport,
+        head: bytes,
+        body: AsyncIterable[bytes],
+        fut: asyncio.Future[Head],
+    ) -> None:
         tr.write(head)
         async for chunk in body:
             if fut.done() or self.closed:  # answered (or gone) before the body was sent
@@ -585,8 +616,14 @@ class UpstreamConn(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections per (host, port), at most ``limit`` open in all."""
 
-    def __init__(self, *, limit: int = 1024, keepalive_timeout: float = 30.0,
-                 connect_timeout: float = 3.0, read_timeout: float | None = 600.0) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int = 1024,
+        keepalive_timeout: float = 30.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float | None = 600.0,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.limit = limit
         self.keepalive_timeout = keepalive_timeout
@@ -620,7 +657,8 @@ class UpstreamPool:
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(lambda: UpstreamConn(self, key), host, port),
-                self.connect_timeout)
+                self.connect_timeout,
+            )
         except TimeoutError:
             self._count_closed()
             raise UpstreamConnectError(

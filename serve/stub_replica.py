@@ -40,8 +40,16 @@ _DONE = b"data: [DONE]\n\n"
 
 
 class Stub:
-    def __init__(self, *, replica_id: str, model: str, tokens: int, latency_ms: float,
-                 token_delay_ms: float, max_running: int) -> None:
+    def __init__(
+        self,
+        *,
+        replica_id: str,
+        model: str,
+        tokens: int,
+        latency_ms: float,
+        token_delay_ms: float,
+        max_running: int,
+    ) -> None:
         self.replica_id = replica_id
         self.model = model
         self.tokens = tokens
@@ -63,8 +71,9 @@ STUB: web.AppKey[Stub] = web.AppKey("stub", Stub)
 
 def _count_prompt_tokens(body: dict[str, Any]) -> int:
     if "messages" in body:
-        text = " ".join(str(m.get("content", "")) for m in body.get("messages") or []
-                        if isinstance(m, dict))
+        text = " ".join(
+            str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, dict)
+        )
     else:
         p = body.get("prompt", "")
         text = " ".join(map(str, p)) if isinstance(p, list) else str(p)
@@ -100,10 +109,11 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
     try:
         body = json.loads(raw) if raw else {}
         if not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")  # noqa: TRY004
+            raise ValueError("body must be a JSON object")
     except ValueError as e:
-        return web.json_response({"object": "error", "message": str(e), "code": 400},
-                                 status=400, headers=stub._hdr)
+        return web.json_response(
+            {"object": "error", "message": str(e), "code": 400}, status=400, headers=stub._hdr
+        )
     n = body.get("max_tokens") or body.get("max_completion_tokens") or stub.tokens
     n = max(0, int(n))
     stream = bool(body.get("stream"))
@@ -111,8 +121,11 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{digest}"
     model = str(body.get("model") or stub.model)
     prompt_tokens = _count_prompt_tokens(body)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-             "total_tokens": prompt_tokens + n}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": n,
+        "total_tokens": prompt_tokens + n,
+    }
     await _slot(stub)
     stub.running += 1
     stub.served += 1
@@ -121,25 +134,37 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
             await _sleep(stub.latency + stub.token_delay * n)
             text = "".join(f" t{i}" for i in range(n))
             if chat:
-                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant",
-                                          "content": text}, "finish_reason": "length",
-                                          "logprobs": None}
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length",
+                    "logprobs": None,
+                }
                 obj = "chat.completion"
             else:
-                choice = {"index": 0, "text": text, "logprobs": None,
-                          "finish_reason": "length"}
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
                 obj = "text_completion"
             stub.success += 1
             return web.json_response(
-                {"id": rid, "object": obj, "created": stub.created, "model": model,
-                 "choices": [choice], "usage": usage}, headers=stub._hdr)
+                {
+                    "id": rid,
+                    "object": obj,
+                    "created": stub.created,
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage,
+                },
+                headers=stub._hdr,
+            )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        resp = web.StreamResponse(headers={**stub._hdr, "Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={**stub._hdr, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         await _sleep(stub.latency)
-        async for chunk in _chunks(stub, rid=rid, model=model, n=n, chat=chat,
-                                   usage=usage if include_usage else None):
+        async for chunk in _chunks(
+            stub, rid=rid, model=model, n=n, chat=chat, usage=usage if include_usage else None
+        ):
             await resp.write(chunk)
         stub.success += 1
         await resp.write_eof()
@@ -150,8 +175,9 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
             stub._slots.release()
 
 
-async def _chunks(stub: Stub, *, rid: str, model: str, n: int, chat: bool,
-                  usage: dict[str, int] | None) -> AsyncIterator[bytes]:
+async def _chunks(
+    stub: Stub, *, rid: str, model: str, n: int, chat: bool, usage: dict[str, int] | None
+) -> AsyncIterator[bytes]:
     obj = "chat.completion.chunk" if chat else "text_completion"
     head = {"id": rid, "object": obj, "created": stub.created, "model": model}
 
@@ -159,18 +185,36 @@ async def _chunks(stub: Stub, *, rid: str, model: str, n: int, chat: bool,
         return b"data: " + json.dumps({**head, "choices": [choice], **extra}).encode() + b"\n\n"
 
     if chat:
-        yield event({"index": 0, "delta": {"role": "assistant", "content": ""},
-                     "logprobs": None, "finish_reason": None})
+        yield event(
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        )
     for i in range(n):
         if i:
             await _sleep(stub.token_delay)
         last = i == n - 1
         if chat:
-            yield event({"index": 0, "delta": {"content": f" t{i}"}, "logprobs": None,
-                         "finish_reason": "length" if last else None})
+            yield event(
+                {
+                    "index": 0,
+                    "delta": {"content": f" t{i}"},
+                    "logprobs": None,
+                    "finish_reason": "length" if last else None,
+                }
+            )
         else:
-            yield event({"index": 0, "text": f" t{i}", "logprobs": None,
-                         "finish_reason": "length" if last else None})
+            yield event(
+                {
+                    "index": 0,
+                    "text": f" t{i}",
+                    "logprobs": None,
+                    "finish_reason": "length" if last else None,
+                }
+            )
     if usage is not None:
         yield b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n"
     yield _DONE
@@ -183,9 +227,23 @@ async def health(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     stub = request.app[STUB]
-    return web.json_response({"object": "list", "data": [
-        {"id": stub.model, "object": "model", "created": stub.created, "owned_by": "spotd-stub",
-         "root": stub.model, "parent": None, "max_model_len": 2048}]}, headers=stub._hdr)
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": stub.model,
+                    "object": "model",
+                    "created": stub.created,
+                    "owned_by": "spotd-stub",
+                    "root": stub.model,
+                    "parent": None,
+                    "max_model_len": 2048,
+                }
+            ],
+        },
+        headers=stub._hdr,
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -205,18 +263,24 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE vllm:request_success_total counter\n"
         f"vllm:request_success_total{label} {float(stub.success)}\n"
     )
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers=stub._hdr)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers=stub._hdr)
 
 
 async def echo(request: web.Request) -> web.Response:
     stub = request.app[STUB]
     body = await request.read()
-    return web.json_response({
-        "replica": stub.replica_id, "method": request.method, "path": request.path,
-        "query": request.query_string, "headers": dict(request.headers),
-        "body_len": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
-    }, headers=stub._hdr)
+    return web.json_response(
+        {
+            "replica": stub.replica_id,
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "headers": dict(request.headers),
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        },
+        headers=stub._hdr,
+    )
 
 
 def make_app(stub: Stub) -> web.Application:
@@ -232,9 +296,14 @@ def make_app(stub: Stub) -> web.Application:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    stub = Stub(replica_id=args.id or str(args.port), model=args.model, tokens=args.tokens,
-                latency_ms=args.latency_ms, token_delay_ms=args.token_delay_ms,
-                max_running=args.max_running)
+    stub = Stub(
+        replica_id=args.id or str(args.port),
+        model=args.model,
+        tokens=args.tokens,
+        latency_ms=args.latency_ms,
+        token_delay_ms=args.token_delay_ms,
+        max_running=args.max_running,
+    )
     runner = web.AppRunner(make_app(stub), access_log=None, shutdown_timeout=args.grace)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024)
@@ -252,9 +321,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m spotd.serve.stub_replica",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m spotd.serve.stub_replica",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--id", default="", help="replica id for X-Replica-Id (default: the port)")

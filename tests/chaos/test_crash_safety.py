@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def test_crash_safety_quick() -> None:
     r = subprocess.run(
         [sys.executable, str(ROOT / "chaos/crash_safety.py"), "--quick"],
-        capture_output=True, text=True, timeout=580, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=580,
+        cwd=ROOT,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "PASS" in r.stdout

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+
 from spotd.lb.app import make_control_app, running_proxy, serve_proxy
 from spotd.lb.state import LBConfig, LBState
 
@@ -56,8 +57,9 @@ class LB:
         return {"Authorization": f"Bearer {TOKEN}"}
 
     async def put_replicas(self, replicas: list[dict[str, Any]]) -> dict[str, Any]:
-        async with self.session.put(f"{self.control_url}/-/replicas", json=replicas,
-                                    headers=self.auth) as r:
+        async with self.session.put(
+            f"{self.control_url}/-/replicas", json=replicas, headers=self.auth
+        ) as r:
             assert r.status == 200, await r.text()
             return await r.json()  # type: ignore[no-any-return]
 
@@ -125,9 +127,19 @@ class StubProc:
         self.id = replica_id or f"r{self.port}"
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spotd.serve.stub_replica", "--port", str(self.port),
-             "--id", self.id, *args],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "spotd.serve.stub_replica",
+                "--port",
+                str(self.port),
+                "--id",
+                self.id,
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def wait_ready(self, timeout: float = 15.0) -> None:

@@ -22,8 +22,9 @@ def gated_app(name: str, gate: asyncio.Event, served: list[str]) -> web.Applicat
     return app
 
 
-async def test_draining_replica_finishes_in_flight_and_gets_nothing_new(make_lb: LBFactory,
-                                                                        upstream) -> None:
+async def test_draining_replica_finishes_in_flight_and_gets_nothing_new(
+    make_lb: LBFactory, upstream
+) -> None:
     gate = asyncio.Event()
     served: list[str] = []
     a = await upstream(gated_app("a", gate, served))
@@ -49,8 +50,7 @@ async def test_draining_replica_finishes_in_flight_and_gets_nothing_new(make_lb:
     assert rows["a"]["state"] == "DRAINING"
 
 
-async def test_requests_wait_for_the_first_replica_to_appear(make_lb: LBFactory,
-                                                             upstream) -> None:
+async def test_requests_wait_for_the_first_replica_to_appear(make_lb: LBFactory, upstream) -> None:
     served: list[str] = []
     url = await upstream(gated_app("late", asyncio.Event(), served))
     lb = await make_lb(queue_size=8, queue_timeout=30)
@@ -67,8 +67,7 @@ async def test_requests_wait_for_the_first_replica_to_appear(make_lb: LBFactory,
     assert lb.state.waiting == 0
 
 
-async def test_queue_timeout_and_queue_full_answer_503_with_retry_after(make_lb: LBFactory
-                                                                        ) -> None:
+async def test_queue_timeout_and_queue_full_answer_503_with_retry_after(make_lb: LBFactory) -> None:
     lb = await make_lb(queue_size=2, queue_timeout=0.5, retry_after=7)
 
     async def get() -> tuple[int, str | None, dict[str, object]]:

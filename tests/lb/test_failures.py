@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 from aiohttp import web
+
 from spotd.lb.state import Ejection
 
 from .conftest import LBFactory, free_port, wait_until
@@ -22,8 +23,9 @@ def ok_app(name: str) -> web.Application:
     return app
 
 
-async def test_closed_port_is_retried_on_another_replica_and_ejected(make_lb: LBFactory,
-                                                                     upstream) -> None:
+async def test_closed_port_is_retried_on_another_replica_and_ejected(
+    make_lb: LBFactory, upstream
+) -> None:
     good = await upstream(ok_app("good"))
     dead = f"http://127.0.0.1:{free_port()}"
     seen: list[Ejection] = []
@@ -44,8 +46,7 @@ async def test_closed_port_is_retried_on_another_replica_and_ejected(make_lb: LB
     assert lb.state.metrics.by_code == {200: 20}
 
 
-async def test_ejected_replica_returns_when_a_probe_succeeds(make_lb: LBFactory,
-                                                             upstream) -> None:
+async def test_ejected_replica_returns_when_a_probe_succeeds(make_lb: LBFactory, upstream) -> None:
     port = free_port()
     lb = await make_lb(queue_size=0)
     await lb.put_replicas([{"id": "r", "url": f"http://127.0.0.1:{port}"}])
@@ -65,7 +66,8 @@ async def test_ejected_replica_returns_when_a_probe_succeeds(make_lb: LBFactory,
 
 
 async def test_readding_a_replica_clears_its_ejection_but_repeating_it_does_not(
-        make_lb: LBFactory) -> None:
+    make_lb: LBFactory,
+) -> None:
     lb = await make_lb(queue_size=0, probe_interval=3600)
     dead = {"id": "r", "url": f"http://127.0.0.1:{free_port()}"}
     await lb.put_replicas([dead])
@@ -79,8 +81,9 @@ async def test_readding_a_replica_clears_its_ejection_but_repeating_it_does_not(
 
 
 @pytest.mark.parametrize("over", ["tcp", "unix"])
-async def test_ejections_are_posted_to_the_report_url(make_lb: LBFactory, upstream,
-                                                      tmp_path, over: str) -> None:
+async def test_ejections_are_posted_to_the_report_url(
+    make_lb: LBFactory, upstream, tmp_path, over: str
+) -> None:
     """At once, not at the daemon's next read of the LB's stats; over TCP, or through the
     daemon's unix API socket (``--report-unix``), which is all a default daemon listens on."""
     reports: list[dict[str, object]] = []
@@ -102,8 +105,9 @@ async def test_ejections_are_posted_to_the_report_url(make_lb: LBFactory, upstre
         await web.UnixSite(runner, sock).start()
         cfg = {"report_url": "http://spotd/lb-events", "report_unix": sock}
     lb = await make_lb(**cfg, lb_id="lb-7", policy="round_robin")
-    await lb.put_replicas([{"id": "dead", "url": f"http://127.0.0.1:{free_port()}"},
-                           {"id": "good", "url": good}])
+    await lb.put_replicas(
+        [{"id": "dead", "url": f"http://127.0.0.1:{free_port()}"}, {"id": "good", "url": good}]
+    )
     async with lb.session.get(f"{lb.url}/x") as r:
         assert r.status == 200
     try:
@@ -116,8 +120,7 @@ async def test_ejections_are_posted_to_the_report_url(make_lb: LBFactory, upstre
     assert reports[0]["event"] == "ejected"
 
 
-async def test_reset_before_response_is_retried_elsewhere(make_lb: LBFactory,
-                                                          upstream) -> None:
+async def test_reset_before_response_is_retried_elsewhere(make_lb: LBFactory, upstream) -> None:
     async def slam(request: web.Request) -> web.Response:
         await request.read()
         assert request.transport is not None
@@ -136,16 +139,18 @@ async def test_reset_before_response_is_retried_elsewhere(make_lb: LBFactory,
     assert lb.in_flight() == {"bad": 0, "good": 0}
 
 
-async def test_replica_dying_mid_stream_truncates_and_is_not_retried(make_lb: LBFactory,
-                                                                     stubs) -> None:
+async def test_replica_dying_mid_stream_truncates_and_is_not_retried(
+    make_lb: LBFactory, stubs
+) -> None:
     dying, other = stubs(2, "--tokens", "200", "--token-delay-ms", "20")
     lb = await make_lb(policy="round_robin")
     await lb.put_replicas([dying.as_replica(), other.as_replica()])
     lb.state.policy_state.cursor = 0  # first request -> the first replica
     got = b""
     with pytest.raises(aiohttp.ClientPayloadError):
-        async with lb.session.post(f"{lb.url}/v1/completions",
-                                   json={"prompt": "p", "stream": True}) as r:
+        async with lb.session.post(
+            f"{lb.url}/v1/completions", json={"prompt": "p", "stream": True}
+        ) as r:
             assert r.status == 200
             assert r.headers["X-Replica-Id"] == dying.id
             got += await r.content.readuntil(b"\n\n")  # the stream has started
@@ -162,7 +167,8 @@ async def test_replica_dying_mid_stream_truncates_and_is_not_retried(make_lb: LB
 
 
 async def test_in_flight_returns_to_zero_after_success_error_and_disconnect(
-        make_lb: LBFactory, stubs, upstream) -> None:
+    make_lb: LBFactory, stubs, upstream
+) -> None:
     (stub,) = stubs(1, "--tokens", "500", "--token-delay-ms", "10")
 
     async def boom(request: web.Request) -> web.Response:

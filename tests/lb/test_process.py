@@ -18,8 +18,9 @@ from .conftest import ROOT, free_port
 TOKEN = "proc-token"
 
 
-async def _wait_http(session: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes],
-                     timeout: float = 20.0) -> None:
+async def _wait_http(
+    session: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
@@ -35,34 +36,49 @@ async def _wait_http(session: aiohttp.ClientSession, url: str, proc: subprocess.
     raise AssertionError(f"{url} did not answer")
 
 
-@pytest.mark.parametrize("separate_control", [True, False], ids=["control-port", "control-on-proxy"])
-async def test_lb_process_proxies_streams_and_drains_on_sigterm(stubs, separate_control: bool
-                                                                 ) -> None:
+@pytest.mark.parametrize(
+    "separate_control", [True, False], ids=["control-port", "control-on-proxy"]
+)
+async def test_lb_process_proxies_streams_and_drains_on_sigterm(
+    stubs, separate_control: bool
+) -> None:
     (stub,) = stubs(1, "--tokens", "10", "--token-delay-ms", "50")
     port = free_port()
-    args = [sys.executable, "-m", "spotd.lb", "--port", str(port), "--token", TOKEN,
-            "--replica", f"{stub.id}={stub.url}", "--shutdown-timeout", "10"]
+    args = [
+        sys.executable,
+        "-m",
+        "spotd.lb",
+        "--port",
+        str(port),
+        "--token",
+        TOKEN,
+        "--replica",
+        f"{stub.id}={stub.url}",
+        "--shutdown-timeout",
+        "10",
+    ]
     if separate_control:
         cport = free_port()
         args += ["--control-port", str(cport)]
         control = f"http://127.0.0.1:{cport}"
     else:
         control = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
             await _wait_http(s, f"{control}/-/health", proc)
             async with s.get(f"{control}/-/replicas") as r:
                 assert r.status == 401  # the control API needs the token, on either port
-            async with s.post(f"http://127.0.0.1:{port}/v1/completions",
-                              json={"prompt": "hi", "max_tokens": 3}) as r:
+            async with s.post(
+                f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "hi", "max_tokens": 3}
+            ) as r:
                 assert r.status == 200
                 assert (await r.json())["choices"][0]["text"] == " t0 t1 t2"
             # a stream of 10 tokens x 50 ms is in flight when SIGTERM arrives: it finishes
             events: list[bytes] = []
-            async with s.post(f"http://127.0.0.1:{port}/v1/completions",
-                              json={"prompt": "hi", "stream": True}) as r:
+            async with s.post(
+                f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "hi", "stream": True}
+            ) as r:
                 assert r.status == 200
                 first = await r.content.readline()
                 proc.send_signal(signal.SIGTERM)

@@ -18,12 +18,22 @@ def echo_app() -> web.Application:
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
         return web.json_response(
-            {"method": request.method, "path": request.path, "query": request.query_string,
-             "headers": {k.lower(): v for k, v in request.headers.items()},
-             "chunked": request.headers.get("Transfer-Encoding") == "chunked",
-             "body_len": len(body), "sha": hashlib.sha256(body).hexdigest()},
-            headers={"X-Upstream": "yes", "Keep-Alive": "timeout=5", "Proxy-Thing": "x",
-                     "Set-Cookie": "a=1"})
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "chunked": request.headers.get("Transfer-Encoding") == "chunked",
+                "body_len": len(body),
+                "sha": hashlib.sha256(body).hexdigest(),
+            },
+            headers={
+                "X-Upstream": "yes",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Thing": "x",
+                "Set-Cookie": "a=1",
+            },
+        )
 
     async def big(request: web.Request) -> web.Response:
         return web.Response(body=b"x" * (3 << 20), content_type="application/octet-stream")
@@ -38,15 +48,17 @@ def echo_app() -> web.Application:
     return app
 
 
-async def test_every_method_path_query_and_body_reach_the_replica(make_lb: LBFactory,
-                                                                  upstream) -> None:
+async def test_every_method_path_query_and_body_reach_the_replica(
+    make_lb: LBFactory, upstream
+) -> None:
     url = await upstream(echo_app())
     lb = await make_lb()
     await lb.put_replicas([{"id": "a", "url": url}])
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
         body = f"payload for {method}".encode() if method not in ("GET", "OPTIONS") else b""
-        async with lb.session.request(method, f"{lb.url}/v1/x%20y/z?b=2&a=1",
-                                      data=body or None) as r:
+        async with lb.session.request(
+            method, f"{lb.url}/v1/x%20y/z?b=2&a=1", data=body or None
+        ) as r:
             assert r.status == 200
             got = await r.json()
         assert got["method"] == method
@@ -68,15 +80,24 @@ async def test_head_keeps_the_replicas_content_length(make_lb: LBFactory, upstre
         assert await r.read() == b""
 
 
-async def test_hop_by_hop_headers_are_stripped_and_x_forwarded_for_set(make_lb: LBFactory,
-                                                                       upstream) -> None:
+async def test_hop_by_hop_headers_are_stripped_and_x_forwarded_for_set(
+    make_lb: LBFactory, upstream
+) -> None:
     url = await upstream(echo_app())
     lb = await make_lb()
     await lb.put_replicas([{"id": "a", "url": url}])
-    headers = {"X-Custom": "kept", "Authorization": "Bearer user", "Keep-Alive": "timeout=9",
-               "Proxy-Authorization": "secret", "TE": "trailers", "Upgrade": "h2c",
-               "Connection": "keep-alive, X-Private", "X-Private": "hop",
-               "X-Forwarded-For": "10.1.2.3", "Accept-Encoding": "gzip"}
+    headers = {
+        "X-Custom": "kept",
+        "Authorization": "Bearer user",
+        "Keep-Alive": "timeout=9",
+        "Proxy-Authorization": "secret",
+        "TE": "trailers",
+        "Upgrade": "h2c",
+        "Connection": "keep-alive, X-Private",
+        "X-Private": "hop",
+        "X-Forwarded-For": "10.1.2.3",
+        "Accept-Encoding": "gzip",
+    }
     async with lb.session.post(f"{lb.url}/h", data=b"abc", headers=headers) as r:
         got = (await r.json())["headers"]
         assert r.headers["X-Upstream"] == "yes"
@@ -99,7 +120,7 @@ async def test_large_and_chunked_bodies_stream_both_ways(make_lb: LBFactory, ups
 
     async def chunks() -> AsyncIterator[bytes]:
         for i in range(0, len(big), 65536):
-            yield big[i:i + 65536]
+            yield big[i : i + 65536]
 
     for data in (big, chunks()):
         async with lb.session.post(f"{lb.url}/upload", data=data) as r:
@@ -111,8 +132,13 @@ async def test_large_and_chunked_bodies_stream_both_ways(make_lb: LBFactory, ups
         assert len(await r.read()) == 3 << 20
 
 
-async def _gated_sse_lb(make_lb: LBFactory, upstream: Any, release: asyncio.Event,
-                        before: list[bytes], after: list[bytes]) -> LB:
+async def _gated_sse_lb(
+    make_lb: LBFactory,
+    upstream: Any,
+    release: asyncio.Event,
+    before: list[bytes],
+    after: list[bytes],
+) -> LB:
     """An LB in front of one replica streaming ``before``, then, once ``release`` is set,
     ``after``."""
 
@@ -138,8 +164,9 @@ async def _gated_sse_lb(make_lb: LBFactory, upstream: Any, release: asyncio.Even
 async def test_sse_chunks_arrive_before_the_stream_ends(make_lb: LBFactory, upstream) -> None:
     release = asyncio.Event()
     # the stream cannot end until the client has seen chunk 1
-    lb = await _gated_sse_lb(make_lb, upstream, release, [b"data: first\n\n"],
-                             [b"data: second\n\n", b"data: [DONE]\n\n"])
+    lb = await _gated_sse_lb(
+        make_lb, upstream, release, [b"data: first\n\n"], [b"data: second\n\n", b"data: [DONE]\n\n"]
+    )
     async with lb.session.post(f"{lb.url}/v1/completions", json={"stream": True}) as r:
         assert r.headers["Content-Type"] == "text/event-stream"
         first = await asyncio.wait_for(r.content.readline(), 10)
@@ -154,10 +181,14 @@ async def test_stub_replica_stream_through_the_lb(make_lb: LBFactory, stubs) -> 
     lb = await make_lb()
     await lb.put_replicas([stub.as_replica()])
     events = []
-    async with lb.session.post(f"{lb.url}/v1/chat/completions",
-                               json={"messages": [{"role": "user", "content": "hi"}],
-                                     "stream": True, "stream_options": {"include_usage": True}}
-                               ) as r:
+    async with lb.session.post(
+        f"{lb.url}/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as r:
         async for line in r.content:
             if line.startswith(b"data: "):
                 events.append(line[6:].strip())
@@ -192,17 +223,24 @@ async def test_control_api_needs_the_token_and_validates(make_lb: LBFactory) -> 
     lb = await make_lb()
     async with lb.session.get(f"{lb.control_url}/-/replicas") as r:
         assert r.status == 401
-    async with lb.session.put(f"{lb.control_url}/-/replicas", json=[{"id": "a"}],
-                              headers=lb.auth) as r:
+    async with lb.session.put(
+        f"{lb.control_url}/-/replicas", json=[{"id": "a"}], headers=lb.auth
+    ) as r:
         assert r.status == 400
-    async with lb.session.put(f"{lb.control_url}/-/replicas", data=b"{nope",
-                              headers=lb.auth) as r:
+    async with lb.session.put(f"{lb.control_url}/-/replicas", data=b"{nope", headers=lb.auth) as r:
         assert r.status == 400
-    body = await lb.put_replicas({"replicas": [  # type: ignore[arg-type]
-        {"id": "a", "url": "http://127.0.0.1:1/", "state": "READY"},
-        {"id": "b", "url": "http://127.0.0.1:2", "state": "DRAINING"}]})
+    body = await lb.put_replicas(
+        {
+            "replicas": [  # type: ignore[arg-type]
+                {"id": "a", "url": "http://127.0.0.1:1/", "state": "READY"},
+                {"id": "b", "url": "http://127.0.0.1:2", "state": "DRAINING"},
+            ]
+        }
+    )
     assert [(r["id"], r["url"], r["state"]) for r in body["replicas"]] == [
-        ("a", "http://127.0.0.1:1", "READY"), ("b", "http://127.0.0.1:2", "DRAINING")]
+        ("a", "http://127.0.0.1:1", "READY"),
+        ("b", "http://127.0.0.1:2", "DRAINING"),
+    ]
 
 
 async def test_stats_and_metrics(make_lb: LBFactory, upstream) -> None:
@@ -229,8 +267,9 @@ async def test_stats_and_metrics(make_lb: LBFactory, upstream) -> None:
     assert "spotd_lb_retries_total 0.0" in text
 
 
-async def test_stream_head_is_not_held_back_until_the_first_event(make_lb: LBFactory,
-                                                                   upstream) -> None:
+async def test_stream_head_is_not_held_back_until_the_first_event(
+    make_lb: LBFactory, upstream
+) -> None:
     """The relay sends the head with the first payload bytes when it has them, but a replica
     that answers with its head and then thinks (a long prefill) must not leave the client
     without headers: they arrive while the replica has sent no event yet."""
@@ -238,7 +277,8 @@ async def test_stream_head_is_not_held_back_until_the_first_event(make_lb: LBFac
     lb = await _gated_sse_lb(make_lb, upstream, release, [], [b"data: late\n\n"])
     try:
         r = await asyncio.wait_for(
-            lb.session.post(f"{lb.url}/v1/completions", json={"stream": True}), 10)
+            lb.session.post(f"{lb.url}/v1/completions", json={"stream": True}), 10
+        )
     finally:
         release.set()
     async with r:
@@ -293,12 +333,14 @@ async def test_this_aiohttp_lets_the_relay_take_the_response_head() -> None:
 
     from aiohttp.http_writer import StreamWriter
     from aiohttp.test_utils import make_mocked_request
+
     from spotd.lb.proxy import _RelayResponse, _take_head
 
     protocol = mock.Mock(transport=_Transport(), _paused=False)
     writer = StreamWriter(protocol, asyncio.get_running_loop())
-    request = make_mocked_request("POST", "/v1/completions", writer=writer,
-                                  protocol=protocol, transport=protocol.transport)
+    request = make_mocked_request(
+        "POST", "/v1/completions", writer=writer, protocol=protocol, transport=protocol.transport
+    )
     resp = _RelayResponse(status=200, headers={"Content-Type": "text/event-stream"})
     assert await resp.prepare(request) is writer
     head = _take_head(writer)

@@ -16,7 +16,8 @@ CONCURRENCY = 16
 
 
 async def test_sigkill_one_of_three_replicas_under_load_loses_no_request(
-        make_lb: LBFactory, stubs) -> None:
+    make_lb: LBFactory, stubs
+) -> None:
     replicas = stubs(3, "--latency-ms", "2", "--tokens", "4")
     lb = await make_lb()  # least_load, default retry budget
     await lb.put_replicas([r.as_replica() for r in replicas])
@@ -32,8 +33,9 @@ async def test_sigkill_one_of_three_replicas_under_load_loses_no_request(
         while done < MAX_REQUESTS and time.monotonic() < deadline:
             done += 1
             try:
-                async with session.post(f"{lb.url}/v1/completions",
-                                        json={"prompt": "x", "max_tokens": 4}) as r:
+                async with session.post(
+                    f"{lb.url}/v1/completions", json={"prompt": "x", "max_tokens": 4}
+                ) as r:
                     body = await r.json()
                     if r.status != 200:
                         failures.append(f"{r.status} {body}")
@@ -49,14 +51,13 @@ async def test_sigkill_one_of_three_replicas_under_load_loses_no_request(
         victim.kill9()
         killed.set()
 
-    async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
         await asyncio.gather(killer(), *(worker(session) for _ in range(CONCURRENCY)))
     assert killed.is_set()
     assert failures == []
     assert done >= MAX_REQUESTS // 2  # the load went on well past the kill
     assert set(by_replica) == {r.id for r in replicas}
-    state = (await lb.get_replicas())
+    state = await lb.get_replicas()
     rows = {r["id"]: r for r in state["replicas"]}
     assert rows[victim.id]["ejected"] is True
     assert [e["replica_id"] for e in state["ejections"]] == [victim.id]

@@ -24,19 +24,23 @@ async def test_openai_endpoints_are_deterministic(stubs) -> None:
                 bodies.append(await r.json())
         assert bodies[0] == bodies[1]
         assert bodies[0]["choices"][0]["text"] == " t0 t1 t2"
-        assert bodies[0]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3,
-                                      "total_tokens": 6}
-        async with s.post("/v1/chat/completions",
-                          json={"messages": [{"role": "user", "content": "hi"}],
-                                "max_tokens": 2}) as r:
+        assert bodies[0]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+        async with s.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        ) as r:
             chat = await r.json()
         assert chat["object"] == "chat.completion"
         assert chat["choices"][0]["message"]["content"] == " t0 t1"
-        async with s.post("/v1/completions", json={"prompt": "x", "stream": True,
-                                                   "max_tokens": 2}) as r:
+        async with s.post(
+            "/v1/completions", json={"prompt": "x", "stream": True, "max_tokens": 2}
+        ) as r:
             assert r.headers["Content-Type"] == "text/event-stream"
-            events = [line[6:].strip() for line in (await r.read()).split(b"\n")
-                      if line.startswith(b"data: ")]
+            events = [
+                line[6:].strip()
+                for line in (await r.read()).split(b"\n")
+                if line.startswith(b"data: ")
+            ]
         assert events[-1] == b"[DONE]"
         assert [json.loads(e)["choices"][0]["text"] for e in events[:-1]] == [" t0", " t1"]
         async with s.get("/metrics") as r:
@@ -48,6 +52,7 @@ async def test_openai_endpoints_are_deterministic(stubs) -> None:
 async def test_metrics_count_running_and_waiting(stubs) -> None:
     (stub,) = stubs(1, "--max-running", "1", "--latency-ms", "300")
     async with aiohttp.ClientSession(stub.url) as s:
+
         async def complete() -> int:
             async with s.post("/v1/completions", json={"prompt": "x"}) as r:
                 return r.status
@@ -70,8 +75,10 @@ async def test_metrics_count_running_and_waiting(stubs) -> None:
 
 async def test_sigterm_finishes_in_flight_then_exits(stubs) -> None:
     (stub,) = stubs(1, "--tokens", "20", "--token-delay-ms", "25")
-    async with aiohttp.ClientSession() as s, s.post(f"{stub.url}/v1/completions",
-                      json={"prompt": "x", "stream": True}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{stub.url}/v1/completions", json={"prompt": "x", "stream": True}) as r,
+    ):
         await r.content.readuntil(b"\n\n")
         stub.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.1)

@@ -64,13 +64,29 @@ async def raw() -> AsyncIterator[Callable[..., asyncio.Future[RawReplica]]]:
         rep.server.close()
 
 
-SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n")
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    b"Transfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n"
+)
 
 
 def split_chunks(_: bytes) -> Script:
-    return [SSE_HEAD, b"5;ext=1\r\nhel", 0.02, b"lo\r", 0.02, b"\n", 0.02, b"6", 0.02,
-            b"\r\n world\r\n", 0.02, b"0\r\nX-Trailer: 1\r\n", 0.02, b"\r\n"]
+    return [
+        SSE_HEAD,
+        b"5;ext=1\r\nhel",
+        0.02,
+        b"lo\r",
+        0.02,
+        b"\n",
+        0.02,
+        b"6",
+        0.02,
+        b"\r\n world\r\n",
+        0.02,
+        b"0\r\nX-Trailer: 1\r\n",
+        0.02,
+        b"\r\n",
+    ]
 
 
 async def test_chunk_framing_split_anywhere_streams_and_reuses(make_lb: LBFactory, raw) -> None:
@@ -103,13 +119,17 @@ async def test_http10_client_gets_the_payload_unframed(make_lb: LBFactory, raw) 
     assert body == b"hello world"
 
 
-async def test_close_delimited_body_interim_1xx_and_connection_close(make_lb: LBFactory,
-                                                                    raw) -> None:
-    until_close = await raw(lambda _: [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n",
-                                       b"abc", 0.02, b"def"], close_after=True)
+async def test_close_delimited_body_interim_1xx_and_connection_close(
+    make_lb: LBFactory, raw
+) -> None:
+    until_close = await raw(
+        lambda _: [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", b"abc", 0.02, b"def"],
+        close_after=True,
+    )
     final = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-    interim = await raw(lambda _: [b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n", 0.02,
-                                   final], close_after=True)
+    interim = await raw(
+        lambda _: [b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n", 0.02, final], close_after=True
+    )
     lb = await make_lb()
     await lb.put_replicas([{"id": "a", "url": until_close.url}])
     for _ in range(2):
@@ -128,8 +148,7 @@ async def test_close_delimited_body_interim_1xx_and_connection_close(make_lb: LB
     assert lb.in_flight() == {"b": 0}
 
 
-async def test_silent_replica_times_out_504_and_garbage_is_502(make_lb: LBFactory,
-                                                               raw) -> None:
+async def test_silent_replica_times_out_504_and_garbage_is_502(make_lb: LBFactory, raw) -> None:
     silent = await raw(lambda _: [5.0])
     garbage = await raw(lambda _: [b"SMTP ready\r\n\r\n"])
     lb = await make_lb(read_timeout=0.3)
@@ -147,8 +166,7 @@ async def test_silent_replica_times_out_504_and_garbage_is_502(make_lb: LBFactor
 async def test_replica_dies_mid_chunk_client_sees_truncation(make_lb: LBFactory, raw) -> None:
     import aiohttp
 
-    rep = await raw(lambda _: [SSE_HEAD, b"5\r\nhello\r\n", 0.05, b"10\r\npart"],
-                    close_after=True)
+    rep = await raw(lambda _: [SSE_HEAD, b"5\r\nhello\r\n", 0.05, b"10\r\npart"], close_after=True)
     lb = await make_lb()
     await lb.put_replicas([{"id": "a", "url": rep.url}])
     with pytest.raises(aiohttp.ClientPayloadError):

@@ -27,9 +27,16 @@ def entry(
     provider: str = PROVIDER,
 ) -> CatalogEntry:
     return CatalogEntry(
-        provider=provider, region=region, zone=zone, instance_type=instance_type, vcpus=vcpus,
-        memory_gb=memory_gb, accelerator=accelerator, accelerator_count=accelerator_count,
-        ondemand_price=ondemand, spot_price=spot,
+        provider=provider,
+        region=region,
+        zone=zone,
+        instance_type=instance_type,
+        vcpus=vcpus,
+        memory_gb=memory_gb,
+        accelerator=accelerator,
+        accelerator_count=accelerator_count,
+        ondemand_price=ondemand,
+        spot_price=spot,
     )
 
 
@@ -38,8 +45,15 @@ def three_regions(instance_type: str = "cpu-1", scale: float = 1.0) -> list[Cata
     out = []
     for r in ("r1", "r2", "r3"):
         for z, m in (("a", 1.0), ("b", 1.05)):
-            out.append(entry(r, f"{r}{z}", instance_type, ondemand=ONDEMAND[r] * scale,
-                             spot=round(SPOT[r] * m * scale, 6)))
+            out.append(
+                entry(
+                    r,
+                    f"{r}{z}",
+                    instance_type,
+                    ondemand=ONDEMAND[r] * scale,
+                    spot=round(SPOT[r] * m * scale, 6),
+                )
+            )
     return out
 
 

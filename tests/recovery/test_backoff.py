@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from spotd.recovery.strategies import (
     GiveUp,
     JobView,
@@ -12,7 +13,6 @@ from spotd.recovery.strategies import (
     next_placement,
 )
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
-
 from tests.recovery.helpers import STOCKOUT, ev, req, three_regions
 
 CATALOG = three_regions()
@@ -78,12 +78,19 @@ def _stocked_out(at: float) -> list:
     ],
 )
 def test_wait_or_give_up_when_every_zone_is_blocked(
-    now: float, first_failure_at: float | None, give_up_after: float,
+    now: float,
+    first_failure_at: float | None,
+    give_up_after: float,
     expected: tuple[str, float | None],
 ) -> None:
     history = _stocked_out(now - 1.0)
-    d = next_placement(_job(6, first_failure_at, give_up_after), catalog=CATALOG,
-                       history=history, now=now, jitter=0.5)
+    d = next_placement(
+        _job(6, first_failure_at, give_up_after),
+        catalog=CATALOG,
+        history=history,
+        now=now,
+        jitter=0.5,
+    )
     kind, until = expected
     if kind == "wait":
         assert isinstance(d, Wait), d
@@ -109,8 +116,7 @@ def test_blocked_zones_come_back_after_the_hold() -> None:
 def test_jitter_spreads_jobs_that_failed_together() -> None:
     history = _stocked_out(100.0)
     untils = {
-        next_placement(_job(4, 100.0), catalog=CATALOG, history=history, now=101.0,
-                       jitter=j).until  # type: ignore[union-attr]
+        next_placement(_job(4, 100.0), catalog=CATALOG, history=history, now=101.0, jitter=j).until  # type: ignore[union-attr]
         for j in (0.0, 0.25, 0.5, 0.75)
     }
     assert len(untils) == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from spotd.recovery.strategies import (
     JobView,
     Relaunch,
@@ -13,7 +14,6 @@ from spotd.recovery.strategies import (
     should_switch_to_ondemand,
 )
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
-
 from tests.recovery.helpers import STOCKOUT, entry, ev, req, three_regions
 
 CATALOG = three_regions()
@@ -66,7 +66,9 @@ def test_market_choice(
     deadline: float, expected: float, now: float, work: float, market: Market, reason: str
 ) -> None:
     d = next_placement(
-        _job(deadline=deadline, expected=expected, work=work), catalog=CATALOG, history=[],
+        _job(deadline=deadline, expected=expected, work=work),
+        catalog=CATALOG,
+        history=[],
         now=now,
     )
     assert isinstance(d, Relaunch), d
@@ -95,8 +97,12 @@ def test_no_spot_sold_for_the_request_means_on_demand() -> None:
 
 def test_after_a_preemption_spot_leaves_the_region() -> None:
     last = Candidate("p", "r1", "r1a", "cpu-1", Market.SPOT, 0.1, 0.1)
-    d = next_placement(_job(work=1_000, last=last, last_end=EndReason.PREEMPTED),
-                       catalog=CATALOG, history=[], now=1_000)
+    d = next_placement(
+        _job(work=1_000, last=last, last_end=EndReason.PREEMPTED),
+        catalog=CATALOG,
+        history=[],
+        now=1_000,
+    )
     assert isinstance(d, Relaunch)
     assert (d.candidate.region, d.candidate.market) == ("r2", Market.SPOT)
 
@@ -109,12 +115,20 @@ def test_waits_for_spot_while_ahead_but_not_past_the_switch_to_on_demand() -> No
     """With spot stocked out everywhere and room to wait, Uniform Progress idles; the wait
     ends no later than when the line would send the job to on-demand."""
     job = JobView(
-        strategy=RecoveryStrategy.DEADLINE, request=req(use_spot=True), num_nodes=1,
-        submitted_at=0.0, deadline=10_000.0, expected_duration=9_000.0, work_done=0.0,
-        restart_overhead=20.0, safety_margin=30.0, failed_launches=10,
+        strategy=RecoveryStrategy.DEADLINE,
+        request=req(use_spot=True),
+        num_nodes=1,
+        submitted_at=0.0,
+        deadline=10_000.0,
+        expected_duration=9_000.0,
+        work_done=0.0,
+        restart_overhead=20.0,
+        safety_margin=30.0,
+        failed_launches=10,
     )
-    d = next_placement(job, catalog=CATALOG, history=_all_spot_stocked_out(0.0), now=0.0,
-                       jitter=0.99)
+    d = next_placement(
+        job, catalog=CATALOG, history=_all_spot_stocked_out(0.0), now=0.0, jitter=0.99
+    )
     assert isinstance(d, Wait), d
     line_flips = 20.0 / 9_000.0 * 10_000.0  # work_done + overhead == expected * elapsed
     assert d.until == pytest.approx(line_flips)
@@ -123,8 +137,9 @@ def test_waits_for_spot_while_ahead_but_not_past_the_switch_to_on_demand() -> No
 
 def test_waits_are_bounded_by_the_slack_rule_too() -> None:
     job = _job(deadline=5_200.0, expected=5_000.0, failed_launches=10)
-    d = next_placement(job, catalog=CATALOG, history=_all_spot_stocked_out(0.0), now=0.0,
-                       jitter=0.99)
+    d = next_placement(
+        job, catalog=CATALOG, history=_all_spot_stocked_out(0.0), now=0.0, jitter=0.99
+    )
     assert isinstance(d, Wait)
     slack_flips = 5_200.0 - 5_000.0 - 2 * 60.0 - 30.0  # 50 s, before the line (62.4 s)
     assert d.until == pytest.approx(slack_flips)
@@ -136,8 +151,12 @@ def test_waits_are_bounded_by_the_slack_rule_too() -> None:
 def test_without_a_deadline_it_behaves_as_eager_next_region() -> None:
     last = Candidate("p", "r1", "r1a", "cpu-1", Market.SPOT, 0.1, 0.1)
     for kw in ({"deadline": None}, {"expected": None}):
-        d = next_placement(_job(last=last, last_end=EndReason.PREEMPTED, **kw),
-                           catalog=CATALOG, history=[], now=100.0)
+        d = next_placement(
+            _job(last=last, last_end=EndReason.PREEMPTED, **kw),
+            catalog=CATALOG,
+            history=[],
+            now=100.0,
+        )
         assert isinstance(d, Relaunch)
         assert (d.candidate.zone, d.candidate.market) == ("r2a", Market.SPOT)
 

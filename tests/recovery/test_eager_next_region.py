@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from spotd.recovery.history import ZoneEvent
 from spotd.recovery.strategies import GiveUp, JobView, Relaunch, Wait, next_placement
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
-
 from tests.recovery.helpers import (
     LAUNCHED,
     PREEMPTED,
@@ -100,15 +100,18 @@ def test_retries_the_only_zone_after_a_preemption_and_waits_only_after_a_refusal
     (a launch is the cheapest probe of capacity); a refused launch does block it."""
     catalog = [e for e in CATALOG if e.zone == "r1a"]
     d = next_placement(
-        _job("r1a", EndReason.PREEMPTED), catalog=catalog,
-        history=[ev(PREEMPTED, "r1a", 100.0)], now=101.0,
+        _job("r1a", EndReason.PREEMPTED),
+        catalog=catalog,
+        history=[ev(PREEMPTED, "r1a", 100.0)],
+        now=101.0,
     )
     assert isinstance(d, Relaunch) and d.candidate.zone == "r1a"
     assert "just preempted" in d.reason
     d = next_placement(
         _job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=102.0),
         catalog=catalog,
-        history=[ev(PREEMPTED, "r1a", 100.0), ev(STOCKOUT, "r1a", 102.0)], now=103.0,
+        history=[ev(PREEMPTED, "r1a", 100.0), ev(STOCKOUT, "r1a", 102.0)],
+        now=103.0,
     )
     assert isinstance(d, Wait)
 
@@ -116,25 +119,38 @@ def test_retries_the_only_zone_after_a_preemption_and_waits_only_after_a_refusal
 def test_a_failed_launch_after_a_preemption_does_not_go_back() -> None:
     """r1a preempted, r2a refuses the launch: next is r2b, not r1b (which is cheaper)."""
     history = [ev(PREEMPTED, "r1a", 100.0), ev(STOCKOUT, "r2a", 101.0)]
-    d = _place(_job("r2a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=101.0),
-               history, 102.0)
+    d = _place(
+        _job("r2a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=101.0),
+        history,
+        102.0,
+    )
     assert d.candidate.zone == "r2b"
     history.append(ev(STOCKOUT, "r2b", 102.0))
-    d = _place(_job("r2b", EndReason.LAUNCH_FAILED, failed_launches=2, first_failure_at=101.0),
-               history, 103.0)
+    d = _place(
+        _job("r2b", EndReason.LAUNCH_FAILED, failed_launches=2, first_failure_at=101.0),
+        history,
+        103.0,
+    )
     assert d.candidate.zone == "r3a"
 
 
 def test_a_failed_launch_skips_only_the_zone() -> None:
-    d = _place(_job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=5.0),
-               [ev(STOCKOUT, "r1a", 5.0)], 6.0)
+    d = _place(
+        _job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=5.0),
+        [ev(STOCKOUT, "r1a", 5.0)],
+        6.0,
+    )
     assert d.candidate.zone == "r1b"
 
 
 def test_a_failed_launch_retries_the_zone_when_nothing_else_exists() -> None:
     catalog = [e for e in CATALOG if e.zone == "r1a"]
-    d = _place(_job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=5.0),
-               [ev(STOCKOUT, "r1a", 5.0)], 60.0, catalog)
+    d = _place(
+        _job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=5.0),
+        [ev(STOCKOUT, "r1a", 5.0)],
+        60.0,
+        catalog,
+    )
     assert d.candidate.zone == "r1a" and "retrying" in d.reason
 
 
@@ -168,10 +184,14 @@ def test_never_feasible_request_gives_up_at_once() -> None:
     job = JobView(
         strategy=RecoveryStrategy.EAGER_NEXT_REGION,
         request=req(accelerator="A100", accelerator_count=16, use_spot=True),
-        num_nodes=1, submitted_at=0.0,
+        num_nodes=1,
+        submitted_at=0.0,
     )
-    d = next_placement(job, catalog=CATALOG + [entry("r1", "r1a", "g", accelerator="A100",
-                                                      accelerator_count=8)],
-                       history=[], now=0.0)
+    d = next_placement(
+        job,
+        catalog=[*CATALOG, entry("r1", "r1a", "g", accelerator="A100", accelerator_count=8)],
+        history=[],
+        now=0.0,
+    )
     assert isinstance(d, GiveUp)
     assert "no instance type offers A100:16; largest A100 count is 8 (g)" in d.reason

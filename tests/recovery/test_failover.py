@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from spotd.recovery.strategies import JobView, Relaunch, next_placement
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
-
 from tests.recovery.helpers import PREEMPTED, STOCKOUT, ev, req, three_regions
 
 CATALOG = three_regions()
@@ -37,20 +37,26 @@ def _job(last: str | None, end: EndReason | None) -> JobView:
         # the block has partly decayed: still the same zone first, although r1a is cheaper
         ("r2a", EndReason.PREEMPTED, [(PREEMPTED, "r2a", NOW - 700)], "r2a", "the same zone"),
         # the whole region refuses launches: the cheapest other region
-        ("r2a", EndReason.LAUNCH_FAILED, [(STOCKOUT, "r2a", NOW), (STOCKOUT, "r2b", NOW)],
-         "r1a", "cheapest other region"),
+        (
+            "r2a",
+            EndReason.LAUNCH_FAILED,
+            [(STOCKOUT, "r2a", NOW), (STOCKOUT, "r2b", NOW)],
+            "r1a",
+            "cheapest other region",
+        ),
         ("r3b", EndReason.LAUNCH_FAILED, [(STOCKOUT, "r3b", NOW)], "r3a", "another zone of r3"),
         # a user failure restarts in place
         ("r3b", EndReason.USER_FAILED, [], "r3b", "the same zone"),
     ],
 )
 def test_failover_order(
-    last: str | None, end: EndReason | None, history: list[tuple[Any, str, float]],
-    expected: str, reason: str,
+    last: str | None,
+    end: EndReason | None,
+    history: list[tuple[Any, str, float]],
+    expected: str,
+    reason: str,
 ) -> None:
-    d = next_placement(
-        _job(last, end), catalog=CATALOG, history=[ev(*h) for h in history], now=NOW
-    )
+    d = next_placement(_job(last, end), catalog=CATALOG, history=[ev(*h) for h in history], now=NOW)
     assert isinstance(d, Relaunch), d
     assert d.candidate.zone == expected
     assert reason in d.reason
@@ -58,7 +64,8 @@ def test_failover_order(
 
 def test_other_regions_follow_in_cost_order() -> None:
     history = [ev(STOCKOUT, "r3a", NOW), ev(STOCKOUT, "r3b", NOW)]
-    d = next_placement(_job("r3a", EndReason.LAUNCH_FAILED), catalog=CATALOG, history=history,
-                       now=NOW)
+    d = next_placement(
+        _job("r3a", EndReason.LAUNCH_FAILED), catalog=CATALOG, history=history, now=NOW
+    )
     assert isinstance(d, Relaunch)
     assert [d.candidate.zone, *(c.zone for c in d.runner_ups)] == ["r1a", "r1b", "r2a", "r2b"]

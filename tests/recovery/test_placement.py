@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from spotd.pricing.catalog import default_local_catalog
 from spotd.recovery.placement import candidates, explain_infeasible
 from spotd.types import Market, ResourceOption, ResourceRequest
-
 from tests.recovery.helpers import entry, req, three_regions, zk
 
 LOCAL = default_local_catalog()
@@ -22,8 +22,10 @@ LOCAL = default_local_catalog()
         # on-demand is cheapest in local-central (a and b tie; names break the tie)
         ({"cpus": 1}, ("local-central-a", "cpu-1", Market.ON_DEMAND, 0.0466)),
         ({"cpus": 2, "use_spot": True}, ("local-east-a", "cpu-2", Market.SPOT, 0.0288)),
-        ({"cpus": 2, "cpus_plus": False, "use_spot": True},
-         ("local-east-a", "cpu-2", Market.SPOT, 0.0288)),
+        (
+            {"cpus": 2, "cpus_plus": False, "use_spot": True},
+            ("local-east-a", "cpu-2", Market.SPOT, 0.0288),
+        ),
         # 4+ vCPUs: cpu-4, not the T4 machine that also has 4 vCPUs
         ({"cpus": 4, "use_spot": True}, ("local-east-a", "cpu-4", Market.SPOT, 0.0576)),
         ({"memory_gb": 16, "use_spot": True}, ("local-east-a", "cpu-4", Market.SPOT, 0.0576)),
@@ -31,21 +33,44 @@ LOCAL = default_local_catalog()
         ({"memory_gb": 20, "use_spot": True}, ("local-east-a", "mem-4", Market.SPOT, 0.0756)),
         ({"memory_per_cpu": 8, "use_spot": True}, ("local-east-a", "mem-4", Market.SPOT, 0.0756)),
         # accelerator names are case-insensitive; counts are exact
-        ({"accelerator": "a100", "accelerator_count": 8, "use_spot": True},
-         ("local-east-a", "sim-a100-8", Market.SPOT, 9.8319)),
-        ({"accelerator": "A100", "accelerator_count": 1},
-         ("local-central-a", "sim-a100-1", Market.ON_DEMAND, 3.5628)),
-        ({"accelerator": "H100", "accelerator_count": 8, "region": "local-west", "use_spot": True},
-         ("local-west-a", "sim-h100-8", Market.SPOT, 44.244)),
-        ({"instance_type": "cpu-4", "use_spot": True}, ("local-east-a", "cpu-4", Market.SPOT, 0.0576)),
+        (
+            {"accelerator": "a100", "accelerator_count": 8, "use_spot": True},
+            ("local-east-a", "sim-a100-8", Market.SPOT, 9.8319),
+        ),
+        (
+            {"accelerator": "A100", "accelerator_count": 1},
+            ("local-central-a", "sim-a100-1", Market.ON_DEMAND, 3.5628),
+        ),
+        (
+            {
+                "accelerator": "H100",
+                "accelerator_count": 8,
+                "region": "local-west",
+                "use_spot": True,
+            },
+            ("local-west-a", "sim-h100-8", Market.SPOT, 44.244),
+        ),
+        (
+            {"instance_type": "cpu-4", "use_spot": True},
+            ("local-east-a", "cpu-4", Market.SPOT, 0.0576),
+        ),
         # naming an instance type lifts the CPU-only default
-        ({"instance_type": "sim-t4-1", "use_spot": True},
-         ("local-east-a", "sim-t4-1", Market.SPOT, 0.1578)),
-        ({"region": "local-west", "use_spot": True}, ("local-west-a", "cpu-1", Market.SPOT, 0.0216)),
-        ({"zone": "local-central-b", "use_spot": True},
-         ("local-central-b", "cpu-1", Market.SPOT, 0.01911)),
-        ({"provider": "local", "cpus": 8, "use_spot": True},
-         ("local-east-a", "cpu-8", Market.SPOT, 0.1152)),
+        (
+            {"instance_type": "sim-t4-1", "use_spot": True},
+            ("local-east-a", "sim-t4-1", Market.SPOT, 0.1578),
+        ),
+        (
+            {"region": "local-west", "use_spot": True},
+            ("local-west-a", "cpu-1", Market.SPOT, 0.0216),
+        ),
+        (
+            {"zone": "local-central-b", "use_spot": True},
+            ("local-central-b", "cpu-1", Market.SPOT, 0.01911),
+        ),
+        (
+            {"provider": "local", "cpus": 8, "use_spot": True},
+            ("local-east-a", "cpu-8", Market.SPOT, 0.1152),
+        ),
     ],
 )
 def test_first_candidate(request_kw: dict[str, Any], first: tuple[str, str, Market, float]) -> None:
@@ -114,7 +139,9 @@ def test_zone_without_spot_is_not_a_spot_candidate() -> None:
 def test_price_cap_is_per_node() -> None:
     cands = candidates(req(cpus=1, use_spot=True, max_hourly_cost=0.016), LOCAL, num_nodes=4)
     assert {(c.zone, c.instance_type) for c in cands} == {
-        ("local-east-a", "cpu-1"), ("local-east-b", "cpu-1")}
+        ("local-east-a", "cpu-1"),
+        ("local-east-b", "cpu-1"),
+    }
 
 
 def test_num_nodes_scales_expected_cost_not_list_price() -> None:
@@ -154,7 +181,8 @@ def test_risk_and_blocking_reorder_spot_zones(
     risk: dict[str, float], blocked: dict[str, float], expected_order: list[str]
 ) -> None:
     cands = candidates(
-        req(use_spot=True), three_regions(),
+        req(use_spot=True),
+        three_regions(),
         risk={zk(z): v for z, v in risk.items()},
         blocked={zk(z): v for z, v in blocked.items()},
     )
@@ -163,8 +191,11 @@ def test_risk_and_blocking_reorder_spot_zones(
 
 def test_expected_cost_formula() -> None:
     [c] = candidates(
-        req(use_spot=True, zone="r2a"), three_regions(), num_nodes=2,
-        risk={zk("r2a"): 0.5}, blocked={zk("r2a"): 0.2},
+        req(use_spot=True, zone="r2a"),
+        three_regions(),
+        num_nodes=2,
+        risk={zk("r2a"): 0.5},
+        blocked={zk("r2a"): 0.2},
     )
     assert c.expected_cost == pytest.approx(0.20 * 2 * 1.5 / 0.8)
 
@@ -233,13 +264,23 @@ def test_a_placement_accepted_by_two_options_is_listed_once_under_the_first() ->
 
 
 def test_ties_are_broken_by_names_whatever_the_catalog_order() -> None:
-    cat = [entry("r2", "r2b"), entry("r1", "r1b"), entry("r2", "r2a"), entry("r1", "r1a"),
-           entry("r1", "r1a", "cpu-0")]
+    cat = [
+        entry("r2", "r2b"),
+        entry("r1", "r1b"),
+        entry("r2", "r2a"),
+        entry("r1", "r1a"),
+        entry("r1", "r1a", "cpu-0"),
+    ]
     forward = candidates(req(use_spot=True), cat)
     backward = candidates(req(use_spot=True), list(reversed(cat)))
     assert forward == backward
     assert [(c.zone, c.instance_type) for c in forward] == [
-        ("r1a", "cpu-0"), ("r1a", "cpu-1"), ("r1b", "cpu-1"), ("r2a", "cpu-1"), ("r2b", "cpu-1")]
+        ("r1a", "cpu-0"),
+        ("r1a", "cpu-1"),
+        ("r1b", "cpu-1"),
+        ("r2a", "cpu-1"),
+        ("r2b", "cpu-1"),
+    ]
 
 
 # -- explaining infeasible requests ---------------------------------------------------------
@@ -248,44 +289,85 @@ def test_ties_are_broken_by_names_whatever_the_catalog_order() -> None:
 @pytest.mark.parametrize(
     ("request_kw", "expected"),
     [
-        ({"accelerator": "A100", "accelerator_count": 16},
-         "no instance type offers A100:16; largest A100 count is 8 (sim-a100-8)"),
-        ({"accelerator": "a100", "accelerator_count": 4},
-         "no instance type offers A100:4; A100 counts offered: 1 (sim-a100-1), 8 (sim-a100-8)"),
-        ({"accelerator": "V100", "accelerator_count": 1},
-         "no instance type offers accelerator 'V100' (known: A100, H100, T4)"),
-        ({"region": "us-east-9", "provider": "local"},
-         "no region 'us-east-9' for provider local (known: local-central, local-east, local-west)"),
+        (
+            {"accelerator": "A100", "accelerator_count": 16},
+            "no instance type offers A100:16; largest A100 count is 8 (sim-a100-8)",
+        ),
+        (
+            {"accelerator": "a100", "accelerator_count": 4},
+            "no instance type offers A100:4; A100 counts offered: 1 (sim-a100-1), 8 (sim-a100-8)",
+        ),
+        (
+            {"accelerator": "V100", "accelerator_count": 1},
+            "no instance type offers accelerator 'V100' (known: A100, H100, T4)",
+        ),
+        (
+            {"region": "us-east-9", "provider": "local"},
+            "no region 'us-east-9' for provider local (known: local-central, "
+            "local-east, local-west)",
+        ),
         ({"provider": "aws"}, "no provider 'aws' in the catalog (known: local)"),
-        ({"region": "local-east", "zone": "local-west-a"},
-         "no zone 'local-west-a' in region local-east (known: local-east-a, local-east-b)"),
+        (
+            {"region": "local-east", "zone": "local-west-a"},
+            "no zone 'local-west-a' in region local-east (known: local-east-a, local-east-b)",
+        ),
         ({"instance_type": "cpu-16"}, "no instance type 'cpu-16' (known: cpu-1, cpu-2, cpu-4,"),
         ({"cpus": 64}, "no matching instance type has 64+ vCPUs; the largest has 8 (cpu-8)"),
-        ({"cpus": 3, "cpus_plus": False},
-         "no matching instance type has exactly 3 vCPUs (offered: 1 (cpu-1), 2 (cpu-2), 4 (cpu-4)"),
-        ({"memory_gb": 512}, "no matching instance type has 512+ GiB of memory; the largest has 32"),
-        ({"memory_per_cpu": 16}, "no matching instance type has 16+ GiB per vCPU; the most is 8 (mem-4)"),
-        ({"accelerator": "H100", "accelerator_count": 8, "region": "local-central"},
-         "no instance type offers accelerator 'H100' in local-central (known: A100, T4)"),
-        ({"instance_type": "sim-h100-8", "zone": "local-west-b", "use_spot": True},
-         "no spot capacity for sim-h100-8 in local-west-b; on-demand is sold (use_spot: false)"),
-        ({"accelerator": "H100", "accelerator_count": 8, "use_spot": True, "max_hourly_cost": 10},
-         ("the cheapest match, sim-h100-8 spot in local-east/local-east-a, costs $29.4960/h "
-          "per node, above max_hourly_cost $10")),
-        ({"instance_type": "sim-t4-1", "accelerator": "A100", "accelerator_count": 1},
-         "sim-t4-1 offers T4, not A100"),
+        (
+            {"cpus": 3, "cpus_plus": False},
+            "no matching instance type has exactly 3 vCPUs (offered: 1 (cpu-1), 2 "
+            "(cpu-2), 4 (cpu-4)",
+        ),
+        (
+            {"memory_gb": 512},
+            "no matching instance type has 512+ GiB of memory; the largest has 32",
+        ),
+        (
+            {"memory_per_cpu": 16},
+            "no matching instance type has 16+ GiB per vCPU; the most is 8 (mem-4)",
+        ),
+        (
+            {"accelerator": "H100", "accelerator_count": 8, "region": "local-central"},
+            "no instance type offers accelerator 'H100' in local-central (known: A100, T4)",
+        ),
+        (
+            {"instance_type": "sim-h100-8", "zone": "local-west-b", "use_spot": True},
+            "no spot capacity for sim-h100-8 in local-west-b; on-demand is sold (use_spot: false)",
+        ),
+        (
+            {
+                "accelerator": "H100",
+                "accelerator_count": 8,
+                "use_spot": True,
+                "max_hourly_cost": 10,
+            },
+            (
+                "the cheapest match, sim-h100-8 spot in local-east/local-east-a, costs $29.4960/h "
+                "per node, above max_hourly_cost $10"
+            ),
+        ),
+        (
+            {"instance_type": "sim-t4-1", "accelerator": "A100", "accelerator_count": 1},
+            "sim-t4-1 offers T4, not A100",
+        ),
     ],
 )
-def test_explain_infeasible_names_the_closest_thing(request_kw: dict[str, Any], expected: str) -> None:
+def test_explain_infeasible_names_the_closest_thing(
+    request_kw: dict[str, Any], expected: str
+) -> None:
     request = req(**request_kw)
     assert candidates(request, LOCAL) == []
-    assert explain_infeasible(request, LOCAL).startswith(expected), explain_infeasible(request, LOCAL)
+    assert explain_infeasible(request, LOCAL).startswith(expected), explain_infeasible(
+        request, LOCAL
+    )
 
 
 def test_explain_infeasible_reports_each_option() -> None:
     request = ResourceRequest(
-        (ResourceOption(accelerator="A100", accelerator_count=16),
-         ResourceOption(accelerator="B200", accelerator_count=8))
+        (
+            ResourceOption(accelerator="A100", accelerator_count=16),
+            ResourceOption(accelerator="B200", accelerator_count=8),
+        )
     )
     why = explain_infeasible(request, LOCAL)
     assert why.startswith("option 1 (A100:16, on-demand): no instance type offers A100:16")
@@ -298,8 +380,12 @@ def test_explain_infeasible_reports_each_option() -> None:
         ([], req(), "the catalog is empty: no provider offers anything"),
         (three_regions(), ResourceRequest(()), "the request has no resource options"),
         (three_regions(), req(use_spot=True), "feasible: spot has 6 placement(s)"),
-        ([entry("r1", "r1a", "g", accelerator="T4", accelerator_count=1)], req(cpus=1),
-         "no CPU-only instance type; request an accelerator (known: T4) or name an instance_type"),
+        (
+            [entry("r1", "r1a", "g", accelerator="T4", accelerator_count=1)],
+            req(cpus=1),
+            "no CPU-only instance type; request an accelerator (known: T4) or name "
+            "an instance_type",
+        ),
     ],
 )
 def test_explain_edge_cases(catalog: list, request_: ResourceRequest, expected: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from spotd.recovery.restarts import Fail, Restart, on_job_exit
 
 
@@ -25,8 +26,12 @@ from spotd.recovery.restarts import Fail, Restart, on_job_exit
 def test_on_job_exit(
     exit_code: int, max_restarts: int, codes: list[int], so_far: int, expected: type
 ) -> None:
-    d = on_job_exit(exit_code, max_restarts_on_errors=max_restarts,
-                    recover_on_exit_codes=codes, user_restarts_so_far=so_far)
+    d = on_job_exit(
+        exit_code,
+        max_restarts_on_errors=max_restarts,
+        recover_on_exit_codes=codes,
+        user_restarts_so_far=so_far,
+    )
     assert isinstance(d, expected), d
 
 
@@ -37,8 +42,9 @@ def test_on_job_exit(
 def test_only_ordinary_errors_count_towards_the_limit(
     exit_code: int, codes: list[int], counts: bool
 ) -> None:
-    d = on_job_exit(exit_code, max_restarts_on_errors=3, recover_on_exit_codes=codes,
-                    user_restarts_so_far=0)
+    d = on_job_exit(
+        exit_code, max_restarts_on_errors=3, recover_on_exit_codes=codes, user_restarts_so_far=0
+    )
     assert isinstance(d, Restart) and d.counts is counts
 
 
@@ -50,14 +56,17 @@ def test_only_ordinary_errors_count_towards_the_limit(
     ],
 )
 def test_fail_says_why(max_restarts: int, so_far: int, text: str) -> None:
-    d = on_job_exit(1, max_restarts_on_errors=max_restarts, recover_on_exit_codes=[],
-                    user_restarts_so_far=so_far)
+    d = on_job_exit(
+        1,
+        max_restarts_on_errors=max_restarts,
+        recover_on_exit_codes=[],
+        user_restarts_so_far=so_far,
+    )
     assert isinstance(d, Fail) and d.reason == text
 
 
 def test_restart_says_which() -> None:
-    d = on_job_exit(1, max_restarts_on_errors=3, recover_on_exit_codes=[],
-                    user_restarts_so_far=1)
+    d = on_job_exit(1, max_restarts_on_errors=3, recover_on_exit_codes=[], user_restarts_so_far=1)
     assert isinstance(d, Restart) and d.reason == "restart 2 of 3 on errors"
 
 

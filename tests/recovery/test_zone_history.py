@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from spotd.recovery.history import (
     ZoneEvent,
     ZoneEventKind,
@@ -14,7 +15,6 @@ from spotd.recovery.history import (
     zone_penalties,
 )
 from spotd.types import ZoneKey
-
 from tests.recovery.helpers import LAUNCHED, PREEMPTED, RAN, STOCKOUT, ev, zk
 
 NOW = 10_000.0
@@ -58,8 +58,9 @@ def test_zone_penalties_can_count_only_stockouts() -> None:
 
 
 def test_zone_penalties_parameters() -> None:
-    got = zone_penalties([ev(PREEMPTED, "r1a", NOW - 100)], NOW, half_life_seconds=100,
-                         hold_seconds=0)
+    got = zone_penalties(
+        [ev(PREEMPTED, "r1a", NOW - 100)], NOW, half_life_seconds=100, hold_seconds=0
+    )
     assert got == pytest.approx({zk("r1a"): 0.5})
 
 
@@ -104,8 +105,7 @@ def test_preemption_risk(events: list[tuple[Any, ...]], expected: float | None) 
 
 def test_more_preemptions_mean_more_risk() -> None:
     risks = [
-        preemption_risk([ev(PREEMPTED, "r1a", NOW)] * n, NOW).get(zk("r1a"), 0.0)
-        for n in range(6)
+        preemption_risk([ev(PREEMPTED, "r1a", NOW)] * n, NOW).get(zk("r1a"), 0.0) for n in range(6)
     ]
     assert risks == sorted(risks) and risks[0] == 0.0 and risks[-1] > risks[1]
 
@@ -123,14 +123,22 @@ class _Row:
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
-        (_Row("local", "e", "e-a", "PREEMPTED", 5.0, "notice"),
-         ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.PREEMPTED, 5.0, detail="notice")),
-        (_Row("local", "e", "e-a", "RAN", 5.0, "3600 spot"),
-         ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.RAN, 5.0, 3600.0, "3600 spot")),
-        (_Row("local", "e", "e-a", "RAN", 5.0, "12.5s"),
-         ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.RAN, 5.0, 12.5, "12.5s")),
-        (_Row("local", "e", "e-a", "RAN", 5.0, "garbage"),
-         ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.RAN, 5.0, 0.0, "garbage")),
+        (
+            _Row("local", "e", "e-a", "PREEMPTED", 5.0, "notice"),
+            ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.PREEMPTED, 5.0, detail="notice"),
+        ),
+        (
+            _Row("local", "e", "e-a", "RAN", 5.0, "3600 spot"),
+            ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.RAN, 5.0, 3600.0, "3600 spot"),
+        ),
+        (
+            _Row("local", "e", "e-a", "RAN", 5.0, "12.5s"),
+            ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.RAN, 5.0, 12.5, "12.5s"),
+        ),
+        (
+            _Row("local", "e", "e-a", "RAN", 5.0, "garbage"),
+            ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.RAN, 5.0, 0.0, "garbage"),
+        ),
     ],
 )
 def test_from_row(row: _Row, expected: ZoneEvent) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from spotd.serve.autoscaler import (
     AutoscalePolicy,
     AutoscaleState,
@@ -55,64 +56,86 @@ def simulate(
 SCENARIOS = [
     (
         "QPS rises to 3x target at t=0: stays 1 until t=300, 3 at t=300",
-        {}, 1, [(-1e9, 1), (0, 3)],
+        {},
+        1,
+        [(-1e9, 1), (0, 3)],
         [(0, 1), (150, 1), (299, 1), (300, 3), (600, 3)],
     ),
     (
         "a dip to the current target at t=150 restarts the upscale clock",
-        {}, 1, [(-1e9, 1), (0, 3), (150, 1), (160, 3)],
+        {},
+        1,
+        [(-1e9, 1), (0, 3), (150, 1), (160, 3)],
         [(300, 1), (459, 1), (460, 3)],
     ),
     (
         "QPS rises further while the upscale is pending: it fires on time, to the new value",
-        {}, 1, [(-1e9, 1), (0, 3), (100, 5)],
+        {},
+        1,
+        [(-1e9, 1), (0, 3), (100, 5)],
         [(299, 1), (300, 5)],
     ),
     (
         "QPS drops at t=0: downscale only at t=1200",
-        {}, 3, [(-1e9, 3), (0, 1)],
+        {},
+        3,
+        [(-1e9, 3), (0, 1)],
         [(0, 3), (600, 3), (1199, 3), (1200, 1)],
     ),
     (
         "a spike back to the current target at t=600 restarts the downscale clock",
-        {}, 3, [(-1e9, 3), (0, 1), (600, 3), (700, 1)],
+        {},
+        3,
+        [(-1e9, 3), (0, 1), (600, 3), (700, 1)],
         [(1200, 3), (1899, 3), (1900, 1)],
     ),
     (
         "min 0, no traffic from t=0 on: 0 at t=1200 (scale to zero)",
-        {"min_replicas": 0}, 1, [(-1e9, 1), (0, 0)],
+        {"min_replicas": 0},
+        1,
+        [(-1e9, 1), (0, 0)],
         [(1199, 1), (1200, 0), (1400, 0)],
     ),
     (
         "at zero, traffic at t=1500: 1 at once, then upscale as usual",
-        {"min_replicas": 0}, 0, [(-1e9, 0), (1500, 3)],
+        {"min_replicas": 0},
+        0,
+        [(-1e9, 0), (1500, 3)],
         [(1499, 0), (1500, 1), (1799, 1), (1800, 3)],
     ),
     (
         "QPS far above max: clamped to max_replicas",
-        {}, 1, [(-1e9, 1), (0, 100)],
+        {},
+        1,
+        [(-1e9, 1), (0, 100)],
         [(299, 1), (300, 10)],
     ),
     (
         "no traffic with min 2: never below 2",
-        {"min_replicas": 2}, 2, [(-1e9, 0)],
+        {"min_replicas": 2},
+        2,
+        [(-1e9, 0)],
         [(0, 2), (5000, 2)],
     ),
     (
         "fixed replicas: 3, whatever the traffic",
-        {"min_replicas": 3, "max_replicas": 3, "target_qps_per_replica": None}, 3,
+        {"min_replicas": 3, "max_replicas": 3, "target_qps_per_replica": None},
+        3,
         [(-1e9, 0), (0, 100), (2000, 0)],
         [(1000, 3), (4000, 3)],
     ),
     (
         "zero delays follow the traffic at once",
-        {"upscale_delay_seconds": 0, "downscale_delay_seconds": 0}, 1,
+        {"upscale_delay_seconds": 0, "downscale_delay_seconds": 0},
+        1,
         [(-1e9, 1), (0, 4), (10, 2)],
         [(0, 4), (10, 2)],
     ),
     (
         "fractional target QPS: 2.5 qps at 0.5 per replica → 5",
-        {"target_qps_per_replica": 0.5}, 1, [(-1e9, 0.5), (0, 2.5)],
+        {"target_qps_per_replica": 0.5},
+        1,
+        [(-1e9, 0.5), (0, 2.5)],
         [(299, 1), (300, 5)],
     ),
 ]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+
 from spotd.serve.replica_state import (
     ALLOWED_TRANSITIONS,
     InvalidReplicaTransition,
@@ -55,10 +56,28 @@ SCENARIOS = [
     ),
     (
         "back to READY and down again: the failure clock restarts",
-        [(1, True), (200, False), (210, False), (220, False), (230, True),
-         (400, False), (410, False), (420, False), (570, False)],
-        [S.READY, S.READY, S.READY, S.NOT_READY, S.READY,
-         S.READY, S.READY, S.NOT_READY, S.NOT_READY],
+        [
+            (1, True),
+            (200, False),
+            (210, False),
+            (220, False),
+            (230, True),
+            (400, False),
+            (410, False),
+            (420, False),
+            (570, False),
+        ],
+        [
+            S.READY,
+            S.READY,
+            S.READY,
+            S.NOT_READY,
+            S.READY,
+            S.READY,
+            S.READY,
+            S.NOT_READY,
+            S.NOT_READY,
+        ],
     ),
 ]
 
@@ -80,7 +99,9 @@ def test_probe_scenarios(label: str, probes: list[tuple[float, bool]], expected:
     assert statuses == expected
     # a transition is reported exactly when the status changes, and names the new status
     previous = [S.STARTING, *statuses[:-1]]
-    assert moves == [new if new != old else None for old, new in zip(previous, statuses)]
+    assert moves == [
+        new if new != old else None for old, new in zip(previous, statuses, strict=True)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,15 @@ SERVE_ENV = {
 }
 
 
-def stub_yaml(*, name: str = "svc", replicas: str = "replicas: 3", latency_ms: int = 20,
-              token_delay_ms: int = 0, model: str = "m1", extra_envs: str = "") -> str:
+def stub_yaml(
+    *,
+    name: str = "svc",
+    replicas: str = "replicas: 3",
+    latency_ms: int = 20,
+    token_delay_ms: int = 0,
+    model: str = "m1",
+    extra_envs: str = "",
+) -> str:
     return f"""
 name: {name}
 resources:
@@ -82,9 +89,20 @@ class Load:
         self.stop_file = tmp / f"stop-{time.monotonic_ns()}"
         self.progress_file = tmp / f"progress-{time.monotonic_ns()}.json"
         self.proc = subprocess.Popen(
-            [sys.executable, str(LOADGEN), url, "--stop-file", str(self.stop_file),
-             "--progress-file", str(self.progress_file), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            [
+                sys.executable,
+                str(LOADGEN),
+                url,
+                "--stop-file",
+                str(self.stop_file),
+                "--progress-file",
+                str(self.progress_file),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
 
     def progress(self) -> dict[str, Any]:
@@ -170,7 +188,11 @@ def load(tmp_path: Path) -> Iterator[Callable[..., Load]]:
 
 def ready(n: int, *, version: int | None = None) -> Callable[[dict[str, Any]], bool]:
     def pred(s: dict[str, Any]) -> bool:
-        rs = [r for r in s["replicas"] if r["status"] == "READY"
-              and (version is None or r["version"] == version)]
+        rs = [
+            r
+            for r in s["replicas"]
+            if r["status"] == "READY" and (version is None or r["version"] == version)
+        ]
         return len(rs) == n
+
     return pred

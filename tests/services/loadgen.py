@@ -39,9 +39,11 @@ class Load:
         self.by_replica: dict[str, int] = {}
         self.models: dict[str, int] = {}
         self.start = time.monotonic()
-        self.schedule = [
-            (float(r), float(s)) for r, s in (p.split(":") for p in args.schedule.split(",") if p)
-        ] if args.schedule else []
+        self.schedule = (
+            [(float(r), float(s)) for r, s in (p.split(":") for p in args.schedule.split(",") if p)]
+            if args.schedule
+            else []
+        )
 
     def stopping(self) -> bool:
         if self.sent >= self.args.max_requests:
@@ -70,7 +72,9 @@ class Load:
         else:
             self.failed += 1
         if len(self.errors) < 30:
-            self.errors.append(f"{time.monotonic() - self.start:.2f}s {'stream ' if stream else ''}{why}")
+            self.errors.append(
+                f"{time.monotonic() - self.start:.2f}s {'stream ' if stream else ''}{why}"
+            )
 
     async def one(self, session: aiohttp.ClientSession, n: int) -> None:
         stream = self.args.stream_every > 0 and n % self.args.stream_every == 0
@@ -94,7 +98,8 @@ class Load:
                             if data.get("choices"):
                                 chunks += 1
                                 self.models[data.get("model", "?")] = (
-                                    self.models.get(data.get("model", "?"), 0) + 1)
+                                    self.models.get(data.get("model", "?"), 0) + 1
+                                )
                     if not done or chunks != tokens:
                         self.fail(stream, f"stream cut: {chunks} tokens, done={done} ({rid})")
                         return
@@ -105,7 +110,9 @@ class Load:
                     if got != tokens:
                         self.fail(stream, f"{got} tokens instead of {tokens} ({rid})")
                         return
-                    self.models[data.get("model", "?")] = self.models.get(data.get("model", "?"), 0) + 1
+                    self.models[data.get("model", "?")] = (
+                        self.models.get(data.get("model", "?"), 0) + 1
+                    )
                     self.ok += 1
                 self.by_replica[rid] = self.by_replica.get(rid, 0) + 1
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -128,19 +135,30 @@ class Load:
         while True:
             if self.args.progress_file:
                 tmp = self.args.progress_file + ".tmp"
-                with open(tmp, "w") as f:  # noqa: ASYNC230 - a tiny local file
-                    json.dump({"done": self.ok + self.failed + self.stream_ok + self.stream_failed,
-                               "ok": self.ok + self.stream_ok,
-                               "failed": self.failed + self.stream_failed,
-                               "by_replica": self.by_replica}, f)
+                with open(tmp, "w") as f:
+                    json.dump(
+                        {
+                            "done": self.ok + self.failed + self.stream_ok + self.stream_failed,
+                            "ok": self.ok + self.stream_ok,
+                            "failed": self.failed + self.stream_failed,
+                            "by_replica": self.by_replica,
+                        },
+                        f,
+                    )
                 os.replace(tmp, self.args.progress_file)
             await asyncio.sleep(0.1)
 
     def result(self) -> dict[str, Any]:
-        return {"ok": self.ok, "failed": self.failed, "stream_ok": self.stream_ok,
-                "stream_failed": self.stream_failed, "errors": self.errors,
-                "by_replica": self.by_replica, "models": self.models,
-                "seconds": round(time.monotonic() - self.start, 2)}
+        return {
+            "ok": self.ok,
+            "failed": self.failed,
+            "stream_ok": self.stream_ok,
+            "stream_failed": self.stream_failed,
+            "errors": self.errors,
+            "by_replica": self.by_replica,
+            "models": self.models,
+            "seconds": round(time.monotonic() - self.start, 2),
+        }
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,7 +171,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(load.worker(session) for _ in range(args.concurrency)))
         progress.cancel()
     if args.progress_file:
-        with open(args.progress_file, "w") as f:  # noqa: ASYNC230 - once, at the end
+        with open(args.progress_file, "w") as f:
             json.dump({"done": load.sent, "finished": True}, f)
     return load.result()
 

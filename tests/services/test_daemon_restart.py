@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from spotd.sdk.client_serve import serve_status, serve_up, wait_service
 
 from .conftest import ready, stub_yaml
@@ -18,8 +19,9 @@ async def test_kill9_daemon_readopts_the_service_while_it_keeps_serving(serve_da
     async with d.client() as c:
         await serve_up(c, stub_yaml(replicas="replicas: 2"), filename="svc.yaml")
         before = await wait_service(c, "svc", ready(2), timeout=40, what="2 READY")
-    ld = load(before["endpoint"], "--concurrency", "4", "--max-requests", "5000",
-              "--max-seconds", "45")
+    ld = load(
+        before["endpoint"], "--concurrency", "4", "--max-requests", "5000", "--max-seconds", "45"
+    )
     await ld.wait_done(50)
     d.kill9()
     served = ld.progress()["done"]
@@ -33,8 +35,11 @@ async def test_kill9_daemon_readopts_the_service_while_it_keeps_serving(serve_da
         victim = after["replicas"][0]
         await c.chaos("kill-instance", target=victim["instance_id"])
         await wait_service(
-            c, "svc", lambda s: ready(2)(s) and victim["id"] not in
-            {r["id"] for r in s["replicas"]}, timeout=30, what="replacement after restart",
+            c,
+            "svc",
+            lambda s: ready(2)(s) and victim["id"] not in {r["id"] for r in s["replicas"]},
+            timeout=30,
+            what="replacement after restart",
         )
         await ld.wait_done(ld.progress()["done"] + 50)
         result = ld.finish()

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from spotd.pricing.catalog import default_local_catalog
 from spotd.sdk.client_serve import serve_events, serve_status, serve_up, wait_service
-
 from tests.conftest import DaemonProc
 
 from .conftest import Load, stub_yaml
@@ -72,25 +72,34 @@ async def test_spot_stocked_out_everywhere_serves_on_demand_then_moves_back_to_s
 ) -> None:
     async with serve_daemon.client() as c:
         for region in REGIONS:
-            out = serve_daemon.spotctl("chaos", "stockout", region, "--for", "600",
-                                       "--market", "spot")
+            out = serve_daemon.spotctl(
+                "chaos", "stockout", region, "--for", "600", "--market", "spot"
+            )
             assert out.returncode == 0 and f"{region} (spot) stocked out" in out.stdout, out
         await serve_up(c, stub_yaml(replicas=FALLBACK), filename="svc.yaml")
-        up = await wait_service(c, "svc", lambda s: len(ready_of(s, "on-demand")) == TARGET,
-                                timeout=60, what=f"{TARGET} on-demand READY")
+        up = await wait_service(
+            c,
+            "svc",
+            lambda s: len(ready_of(s, "on-demand")) == TARGET,
+            timeout=60,
+            what=f"{TARGET} on-demand READY",
+        )
         # what `spotctl serve status -o json` tells the user: READY, on on-demand capacity
         shown = serve_daemon.spotctl("serve", "status", "svc", "-o", "json")
         assert shown.returncode == 0, shown.stderr
         status = json.loads(shown.stdout)
         assert status["status"] == "READY"
-        assert [r["market"] for r in status["replicas"] if r["status"] == "READY"] == \
-            ["on-demand"] * TARGET
+        assert [r["market"] for r in status["replicas"] if r["status"] == "READY"] == [
+            "on-demand"
+        ] * TARGET
         refused = await serve_status(c, "svc", all_replicas=True)
-        assert any(r["market"] == "spot" and r["status"] == "FAILED_PROVISION"
-                   for r in refused["replicas"]), "spot was tried (and refused) first"
+        assert any(
+            r["market"] == "spot" and r["status"] == "FAILED_PROVISION" for r in refused["replicas"]
+        ), "spot was tried (and refused) first"
 
-        ld = load(up["endpoint"], "--concurrency", "4", "--max-requests", "20000",
-                  "--max-seconds", "110")
+        ld = load(
+            up["endpoint"], "--concurrency", "4", "--max-requests", "20000", "--max-seconds", "110"
+        )
         await ld.wait_done(40)
         for region in REGIONS:
             await c.chaos("stockout", target=region, seconds=0, market="spot")
@@ -101,8 +110,14 @@ async def test_spot_stocked_out_everywhere_serves_on_demand_then_moves_back_to_s
             samples.append(s)
             return only_spot(s)
 
-        await wait_service(c, "svc", back_to_spot, timeout=90, poll=0.1,
-                           what=f"{TARGET} spot READY and no on-demand left")
+        await wait_service(
+            c,
+            "svc",
+            back_to_spot,
+            timeout=90,
+            poll=0.1,
+            what=f"{TARGET} spot READY and no on-demand left",
+        )
         # and it stays there: the retired on-demand replicas are not relaunched
         await asyncio.sleep(2)
         steady = await serve_status(c, "svc")
@@ -127,9 +142,11 @@ async def test_spot_stocked_out_everywhere_serves_on_demand_then_moves_back_to_s
     for r in on_demand:
         assert (r["key"], "READY", "DRAINING") in drained, changes
     # ... nor did any status the user polled meanwhile
-    dips = [(s["ready_replicas"], [(r["id"], r["market"], r["status"])
-                                   for r in s["replicas"]])
-            for s in samples if s["ready_replicas"] < TARGET or s["status"] != "READY"]
+    dips = [
+        (s["ready_replicas"], [(r["id"], r["market"], r["status"]) for r in s["replicas"]])
+        for s in samples
+        if s["ready_replicas"] < TARGET or s["status"] != "READY"
+    ]
     assert not dips, dips
     assert len(on_demand) == TARGET and {r["status"] for r in on_demand} == {"TERMINATED"}
     assert len(spot) == TARGET
@@ -143,10 +160,12 @@ async def test_preempted_spot_replica_is_covered_on_demand_until_its_replacement
     async with serve_daemon.client() as c:
         await serve_up(c, stub_yaml(replicas=FALLBACK), filename="svc.yaml")
         # at start the spot replicas are not READY either: on-demand covers them, then goes
-        svc = await wait_service(c, "svc", only_spot, timeout=60,
-                                 what=f"{TARGET} spot READY, nothing else")
-        ld = load(svc["endpoint"], "--concurrency", "4", "--max-requests", "20000",
-                  "--max-seconds", "90")
+        svc = await wait_service(
+            c, "svc", only_spot, timeout=60, what=f"{TARGET} spot READY, nothing else"
+        )
+        ld = load(
+            svc["endpoint"], "--concurrency", "4", "--max-requests", "20000", "--max-seconds", "90"
+        )
         await ld.wait_done(40)
         victim = svc["replicas"][0]
         t_preempt = time.time()
@@ -154,14 +173,26 @@ async def test_preempted_spot_replica_is_covered_on_demand_until_its_replacement
         assert r["preempted"] == [victim["instance_id"]]
 
         def covered(s: dict[str, Any]) -> bool:
-            return any(x["market"] == "on-demand" and x["created_at"] >= t_preempt
-                       for x in s["replicas"])
+            return any(
+                x["market"] == "on-demand" and x["created_at"] >= t_preempt for x in s["replicas"]
+            )
 
-        await wait_service(c, "svc", covered, timeout=30, poll=0.1,
-                           what="an on-demand fallback launched", all_replicas=True)
-        back = await wait_service(c, "svc", lambda s: only_spot(s) and victim["id"] not in
-                                  {x["id"] for x in s["replicas"]}, timeout=60,
-                                  what="back to spot only")
+        await wait_service(
+            c,
+            "svc",
+            covered,
+            timeout=30,
+            poll=0.1,
+            what="an on-demand fallback launched",
+            all_replicas=True,
+        )
+        back = await wait_service(
+            c,
+            "svc",
+            lambda s: only_spot(s) and victim["id"] not in {x["id"] for x in s["replicas"]},
+            timeout=60,
+            what="back to spot only",
+        )
         await ld.wait_done(ld.progress()["done"] + 40)
         result = ld.finish()
         final = await serve_status(c, "svc", all_replicas=True)
@@ -170,8 +201,9 @@ async def test_preempted_spot_replica_is_covered_on_demand_until_its_replacement
     assert result["failed"] == 0, result["errors"]
     by_id = {x["id"]: x for x in final["replicas"]}
     assert by_id[victim["id"]]["status"] == "PREEMPTED"
-    fallback = [x for x in final["replicas"]
-                if x["market"] == "on-demand" and x["created_at"] >= t_preempt]
+    fallback = [
+        x for x in final["replicas"] if x["market"] == "on-demand" and x["created_at"] >= t_preempt
+    ]
     replacement = [x for x in back["replicas"] if x["created_at"] >= t_preempt]
     assert len(fallback) == 1, fallback
     assert len(replacement) == 1 and replacement[0]["market"] == "spot"
@@ -182,6 +214,9 @@ async def test_preempted_spot_replica_is_covered_on_demand_until_its_replacement
     changes = [(key, old, new) for _, key, old, new in ready_after_each_change(events)]
     came = changes.index((replacement[0]["key"], "STARTING", "READY"))
     launched = changes.index((fallback[0]["key"], "", "PROVISIONING"))
-    left = next(i for i, (key, _, new) in enumerate(changes)
-                if key == fallback[0]["key"] and new in ("DRAINING", "SHUTTING_DOWN"))
+    left = next(
+        i
+        for i, (key, _, new) in enumerate(changes)
+        if key == fallback[0]["key"] and new in ("DRAINING", "SHUTTING_DOWN")
+    )
     assert launched < came < left, changes[launched:]

@@ -17,13 +17,17 @@ async def test_sigkill_one_of_three_replicas_under_load_fails_no_request(serve_d
         await serve_up(c, stub_yaml(latency_ms=20), filename="svc.yaml")
         svc = await wait_service(c, "svc", ready(3), timeout=40, what="3 READY")
         victim = svc["replicas"][0]
-        ld = load(svc["endpoint"], "--concurrency", "6", "--max-requests", "4000",
-                  "--max-seconds", "40")
+        ld = load(
+            svc["endpoint"], "--concurrency", "6", "--max-requests", "4000", "--max-seconds", "40"
+        )
         await ld.wait_done(150)
         os.kill(stub_pid(victim["port"]), signal.SIGKILL)
         svc = await wait_service(
-            c, "svc", lambda s: ready(3)(s) and victim["id"] not in
-            {r["id"] for r in s["replicas"]}, timeout=30, what="a replacement READY",
+            c,
+            "svc",
+            lambda s: ready(3)(s) and victim["id"] not in {r["id"] for r in s["replicas"]},
+            timeout=30,
+            what="a replacement READY",
         )
         await ld.wait_done(ld.progress()["done"] + 100)
         result = ld.finish()
@@ -47,19 +51,39 @@ async def test_preempted_with_notice_drains_streams_and_replaces_at_once(serve_d
         svc = await wait_service(c, "svc", ready(3), timeout=40, what="3 READY")
         victim = svc["replicas"][1]
         # every other request streams 8 tokens over ~0.3 s: some are mid-stream at the notice
-        ld = load(svc["endpoint"], "--concurrency", "8", "--max-requests", "3000",
-                  "--max-seconds", "40", "--stream-every", "2", "--tokens", "8")
+        ld = load(
+            svc["endpoint"],
+            "--concurrency",
+            "8",
+            "--max-requests",
+            "3000",
+            "--max-seconds",
+            "40",
+            "--stream-every",
+            "2",
+            "--tokens",
+            "8",
+        )
         await ld.wait_done(60)
         r = await c.chaos("preempt", target=victim["instance_id"], notice_seconds=8)
         assert r["preempted"] == [victim["instance_id"]]
         svc = await wait_service(
-            c, "svc", lambda s: any(x["id"] == victim["id"] and x["status"] == "DRAINING"
-                                    for x in s["replicas"]) or victim["id"] not in
-            {x["id"] for x in s["replicas"]}, timeout=10, poll=0.05, what="DRAINING",
+            c,
+            "svc",
+            lambda s: (
+                any(x["id"] == victim["id"] and x["status"] == "DRAINING" for x in s["replicas"])
+                or victim["id"] not in {x["id"] for x in s["replicas"]}
+            ),
+            timeout=10,
+            poll=0.05,
+            what="DRAINING",
         )
         svc = await wait_service(
-            c, "svc", lambda s: ready(3)(s) and victim["id"] not in
-            {x["id"] for x in s["replicas"]}, timeout=30, what="replacement READY",
+            c,
+            "svc",
+            lambda s: ready(3)(s) and victim["id"] not in {x["id"] for x in s["replicas"]},
+            timeout=30,
+            what="replacement READY",
         )
         await ld.wait_done(ld.progress()["done"] + 60)
         result = ld.finish()

@@ -5,6 +5,7 @@ failed request."""
 from __future__ import annotations
 
 import pytest
+
 from spotd.sdk.client_serve import serve_status, serve_up, serve_update, wait_service
 
 from .conftest import ready, stub_yaml
@@ -29,13 +30,25 @@ async def test_scale_1_to_3_to_1_under_load_fails_no_request(serve_daemon, load)
         svc = await wait_service(c, "svc", ready(1), timeout=40, what="1 READY")
         assert svc["target"] == 1
         # 10 requests/s (3 replicas at 4 per replica) for 14 s, then 1.5/s (1 replica)
-        ld = load(svc["endpoint"], "--concurrency", "4", "--schedule", "10:14,1.5:16",
-                  "--max-seconds", "40", "--max-requests", "400")
+        ld = load(
+            svc["endpoint"],
+            "--concurrency",
+            "4",
+            "--schedule",
+            "10:14,1.5:16",
+            "--max-seconds",
+            "40",
+            "--max-requests",
+            "400",
+        )
         up = await wait_service(c, "svc", ready(3), timeout=25, what="3 READY (upscale)")
         assert up["target"] == 3
         down = await wait_service(
-            c, "svc", lambda s: s["target"] == 1 and len(live(s)) == 1 and ready(1)(s),
-            timeout=30, what="back to 1 (downscale)",
+            c,
+            "svc",
+            lambda s: s["target"] == 1 and len(live(s)) == 1 and ready(1)(s),
+            timeout=30,
+            what="back to 1 (downscale)",
         )
         result = ld.finish(timeout=45)
         final = await serve_status(c, "svc", all_replicas=True)
@@ -53,16 +66,34 @@ async def test_update_under_load_fails_no_request(serve_daemon, load, mode):
     async with serve_daemon.client() as c:
         await serve_up(c, stub_yaml(replicas="replicas: 2", model="m1"), filename="svc.yaml")
         svc = await wait_service(c, "svc", ready(2), timeout=40, what="2 READY")
-        ld = load(svc["endpoint"], "--concurrency", "4", "--max-requests", "5000",
-                  "--max-seconds", "45", "--stream-every", "3", "--tokens", "4")
+        ld = load(
+            svc["endpoint"],
+            "--concurrency",
+            "4",
+            "--max-requests",
+            "5000",
+            "--max-seconds",
+            "45",
+            "--stream-every",
+            "3",
+            "--tokens",
+            "4",
+        )
         await ld.wait_done(80)
-        upd = await serve_update(c, "svc", stub_yaml(replicas="replicas: 2", model="m2"),
-                                 filename="svc-v2.yaml", mode=mode)
+        upd = await serve_update(
+            c,
+            "svc",
+            stub_yaml(replicas="replicas: 2", model="m2"),
+            filename="svc-v2.yaml",
+            mode=mode,
+        )
         assert upd["version"] == 2
         done = await wait_service(
-            c, "svc", lambda s: ready(2, version=2)(s) and all(r["version"] == 2
-                                                              for r in live(s)),
-            timeout=40, what="every replica on version 2",
+            c,
+            "svc",
+            lambda s: ready(2, version=2)(s) and all(r["version"] == 2 for r in live(s)),
+            timeout=40,
+            what="every replica on version 2",
         )
         await ld.wait_done(ld.progress()["done"] + 80)
         result = ld.finish()
@@ -90,11 +121,13 @@ async def test_scale_to_zero_then_a_request_wakes_it(serve_daemon, load):
     downscale_delay_seconds: 2"""
     async with serve_daemon.client() as c:
         await serve_up(c, stub_yaml(replicas=policy), filename="svc.yaml")
-        svc = await wait_service(c, "svc", lambda s: s["target"] == 0 and not live(s),
-                                 timeout=60, what="scaled to zero")
+        svc = await wait_service(
+            c, "svc", lambda s: s["target"] == 0 and not live(s), timeout=60, what="scaled to zero"
+        )
         await _listening(svc["endpoint"])
-        ld = load(svc["endpoint"], "--concurrency", "1", "--max-requests", "3",
-                  "--max-seconds", "50")
+        ld = load(
+            svc["endpoint"], "--concurrency", "1", "--max-requests", "3", "--max-seconds", "50"
+        )
         await ld.wait_done(3, timeout=55)
         result = ld.finish(timeout=10)
         woke = await serve_status(c, "svc")

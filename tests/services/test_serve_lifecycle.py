@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
 from spotd.sdk.client import ApiError
 from spotd.sdk.client_serve import serve_down, serve_logs, serve_status, serve_up, wait_service
 
@@ -22,8 +23,13 @@ async def test_up_example_serves_through_the_lb_and_down_removes_everything(serv
     assert r.returncode == 0, r.stderr
     assert "http://127.0.0.1:" in r.stdout
     async with d.client() as c:
-        svc = await wait_service(c, "stub", lambda s: ready(3)(s) and s["status"] == "READY",
-                                 timeout=40, what="3 READY replicas")
+        svc = await wait_service(
+            c,
+            "stub",
+            lambda s: ready(3)(s) and s["status"] == "READY",
+            timeout=40,
+            what="3 READY replicas",
+        )
     assert svc["status"] == "READY"
     endpoint = svc["endpoint"]
     # spread over three zones, all spot (the catalog's three cheapest spot zones)
@@ -33,14 +39,16 @@ async def test_up_example_serves_through_the_lb_and_down_removes_everything(serv
     seen: set[str] = set()
     async with aiohttp.ClientSession() as s:
         for i in range(30):
-            async with s.post(f"{endpoint}/v1/completions",
-                              json={"prompt": f"p{i}", "max_tokens": 3}) as resp:
+            async with s.post(
+                f"{endpoint}/v1/completions", json={"prompt": f"p{i}", "max_tokens": 3}
+            ) as resp:
                 assert resp.status == 200
                 assert (await resp.json())["usage"]["completion_tokens"] == 3
                 seen.add(resp.headers["X-Replica-Id"])
-        async with s.post(f"{endpoint}/v1/chat/completions",
-                          json={"messages": [{"role": "user", "content": "hi"}],
-                                "stream": True, "max_tokens": 5}) as resp:
+        async with s.post(
+            f"{endpoint}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 5},
+        ) as resp:
             body = await resp.text()
             assert resp.status == 200 and body.rstrip().endswith("data: [DONE]")
     assert len(seen) == 3, seen
@@ -72,14 +80,17 @@ async def test_up_example_serves_through_the_lb_and_down_removes_everything(serv
     r = d.spotctl("serve", "down", "stub")
     assert r.returncode == 0, r.stderr
     async with d.client() as c:
-        svc = await wait_service(c, "stub", lambda s: s["status"] == "DOWN", timeout=20,
-                                 all_replicas=True)
+        svc = await wait_service(
+            c, "stub", lambda s: s["status"] == "DOWN", timeout=20, all_replicas=True
+        )
     assert {rep["status"] for rep in svc["replicas"]} == {"TERMINATED"}
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = pids_matching("spotd.lb", f"--port {data['lb']['port']} ") + [
-            p for port in ports for p in pids_matching("stub_replica", f"--port {port} ")
-        ] + pids_matching(str(d.home / "local" / "instances"))
+        left = (
+            pids_matching("spotd.lb", f"--port {data['lb']['port']} ")
+            + [p for port in ports for p in pids_matching("stub_replica", f"--port {port} ")]
+            + pids_matching(str(d.home / "local" / "instances"))
+        )
         if not left:
             break
         await asyncio.sleep(0.1)
@@ -100,8 +111,9 @@ async def test_bad_input_is_a_4xx_with_a_json_body(serve_daemon):
             await serve_up(c, "service: [1, 2\n", filename="broken.yaml")
         assert e.value.status == 400
         with pytest.raises(ApiError) as e:
-            await serve_up(c, stub_yaml().replace("path: /health", "path: health"),
-                           filename="x.yaml")
+            await serve_up(
+                c, stub_yaml().replace("path: /health", "path: health"), filename="x.yaml"
+            )
         assert e.value.status == 400 and e.value.details
         with pytest.raises(ApiError) as e:
             await serve_status(c, "nope")
@@ -110,8 +122,9 @@ async def test_bad_input_is_a_4xx_with_a_json_body(serve_daemon):
             await serve_down(c, "nope")
         assert e.value.status == 404
         with pytest.raises(ApiError) as e:
-            await c.request("POST", "/v1/services/nope/update",
-                            json={"yaml": stub_yaml(), "mode": "sideways"})
+            await c.request(
+                "POST", "/v1/services/nope/update", json={"yaml": stub_yaml(), "mode": "sideways"}
+            )
         assert e.value.status == 400
         with pytest.raises(ApiError) as e:
             await c.request("POST", "/v1/services", json={"yaml": 3})

@@ -1,0 +1,119 @@
+"""The one place an ``AgentConfig`` is built, for a job's node and for a service replica alike.
+
+What differs between the two is said by the caller, in two small records: who the agent is
+(``AgentIdentity``) and which files it stages (``AgentFiles``). Everything else — the task's
+programs and environment, where the daemon and the notices are, the daemon's timings — comes
+from the task, the provider's capabilities and the settings here, so the two cannot drift.
+
+Where the agent reports: a provider that declares ``AgentEndpoint`` says so (its instances
+cannot reach our unix socket); any other provider's instances run on this machine and use the
+daemon's socket (and a replica there gets the daemon's Python first on ``PATH``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spotd.config import Settings
+from spotd.providers.base import Provider
+from spotd.providers.capabilities import AgentEndpoint
+from spotd.spec import Task
+from spotd.types import AgentConfig
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """Who an agent is; the program sees these as ``SPOTD_JOB_ID``, ``SPOTD_TASK_ID``, ..."""
+
+    instance_key: str  # the instance's idempotency key ("j3-a2-n0", "s1-r4")
+    attempt_id: str  # a job's attempt; a replica is its own single attempt (its key)
+    job_id: int  # 0 for a service replica: it belongs to no job
+    task_id: str  # stable across a job's attempts
+    attempt: int = 1
+    node_rank: int = 0
+    num_nodes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFiles:
+    """What the agent stages before the program starts, and where its checkpoints go."""
+
+    checkpoint_store: str
+    workdir: str | None = None  # "cas:<sha>" (a package) or a directory on this machine
+    blob_store: str = ""  # the package store the refs are read from
+    file_mounts: Mapping[str, str] = field(default_factory=dict)
+    s3_endpoint_url: str = ""
+    await_final_from: int = 0  # a predecessor still checkpointing after a notice (0: none)
+    await_final_until: float = 0.0
+
+
+def shares_this_machine(provider: Provider) -> bool:
+    """Instances that reach the daemon's unix socket run here (the local provider)."""
+    return not isinstance(provider, AgentEndpoint)
+
+
+def daemon_python_path(task: Task) -> dict[str, str]:
+    """``PATH`` with the daemon's Python first, unless the task sets its own ``PATH``: on this
+    machine a program that runs ``python -m spotd...`` then finds the daemon's spotd."""
+    if "PATH" in task.envs or "PATH" in task.secrets:
+        return {}
+    bindir = str(Path(sys.executable).parent)
+    return {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+def endpoints(provider: Provider, socket_path: Path) -> tuple[str, str]:
+    """(where the agent calls the daemon, where it polls for notices)."""
+    if isinstance(provider, AgentEndpoint):
+        return provider.daemon_url or f"unix:{socket_path}", provider.notice_url or ""
+    return f"unix:{socket_path}", ""
+
+
+def gpus_per_node(task: Task) -> float:
+    """The most accelerators any of the task's resource options asks for."""
+    return max((o.accelerator_count for o in task.resource_request().options), default=0)
+
+
+def build_agent_config(
+    *,
+    settings: Settings,
+    provider: Provider,
+    task: Task,
+    who: AgentIdentity,
+    token: str,
+    files: AgentFiles,
+    envs: Mapping[str, str] | None = None,
+) -> AgentConfig:
+    """The agent's config: the task's envs and secrets, then ``envs`` (spotd's own names)."""
+    env = dict(task.envs) | dict(task.secrets) | dict(envs or {})
+    daemon_url, notice_url = endpoints(provider, settings.socket_path)
+    return AgentConfig(
+        instance_key=who.instance_key,
+        attempt_id=who.attempt_id,
+        job_id=who.job_id,
+        task_id=who.task_id,
+        attempt=who.attempt,
+        node_rank=who.node_rank,
+        num_nodes=who.num_nodes,
+        setup=task.setup,
+        run=task.run,
+        envs=env,
+        secret_names=tuple(task.secrets),
+        num_gpus_per_node=gpus_per_node(task),
+        daemon_url=daemon_url,
+        notice_url=notice_url,
+        token=token,
+        checkpoint_store=files.checkpoint_store,
+        checkpoint_sync_seconds=settings.checkpoint_sync_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        term_grace_seconds=settings.term_grace_seconds,
+        workdir=files.workdir,
+        blob_store=files.blob_store,
+        file_mounts=dict(files.file_mounts),
+        s3_endpoint_url=files.s3_endpoint_url,
+        await_final_from=files.await_final_from,
+        await_final_until=files.await_final_until,
+    )

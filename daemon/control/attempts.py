@@ -1,0 +1,343 @@
+"""A job's attempts on the providers: launching their nodes, ending them, reaping leftovers.
+
+An attempt is one try at running a job somewhere: its row and its nodes' instance rows are
+written (the intent) before any provider call, so ``launch_nodes`` is idempotent by key — it
+creates exactly the nodes that have no instance id yet, and a daemon restarted mid-launch
+simply calls it again. Ending an attempt records why (the first reason stands when a cancel
+races a preemption) and, for spot, how long it survived in its zone.
+
+The reaper runs on every listing of a provider: it terminates tagged instances the store does
+not know (a leak), and the instances of ended attempts — except one that got a preemption
+notice and is still syncing its checkpoint before the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from spotd.config import Settings
+from spotd.control.agent_config import AgentFiles, AgentIdentity, build_agent_config
+from spotd.control.observer import Observation
+from spotd.control.packages import package_store_for
+from spotd.files import mounts as s3src
+from spotd.metrics import DaemonMetrics
+from spotd.providers.base import (
+    TAG_ATTEMPT,
+    TAG_HOME,
+    TAG_JOB,
+    TAG_KEY,
+    TAG_NODE,
+    TAG_REPLICA,
+    InstanceSpec,
+    ObservedInstance,
+    Provider,
+    ProviderError,
+)
+from spotd.recovery import detection, history, strategies
+from spotd.spec import Task
+from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition
+from spotd.types import (
+    AttemptStatus,
+    Candidate,
+    EndReason,
+    InstanceId,
+    InstanceState,
+    Market,
+    RecoveryStrategy,
+)
+
+log = structlog.get_logger("spotd.control.attempts")
+
+FINAL_PHASES = ("exited", "setup_failed", "preempted")
+
+
+def attempt_id(job_id: int, attempt: int) -> str:
+    return f"j{job_id}-a{attempt}"
+
+
+def instance_key(job_id: int, attempt: int, node: int) -> str:
+    return f"j{job_id}-a{attempt}-n{node}"
+
+
+def node_evidence(row: InstanceRow, listing: Observation, now: float) -> detection.NodeEvidence:
+    """What the agent and the provider's latest listing say about one node."""
+    obs = listing.instances.get(row.key)
+    covered = row.instance_id is not None and listing.covers(row.created_at)
+    if obs is not None:
+        state: InstanceState | None = obs.state
+    elif covered:
+        state = None  # listed after it was created, and not there: gone
+    else:
+        state = InstanceState.PENDING
+    return detection.NodeEvidence(
+        provider_state=state,
+        provider_reason=obs.reason if obs else ("not listed by the provider" if covered else ""),
+        notice_deadline=(obs.notice_deadline if obs else None) or row.notice_deadline,
+        last_heartbeat_at=row.last_heartbeat_at,
+        started_at=row.created_at,
+        phase=row.phase,
+        exit_code=row.exit_code,
+        agent_notice=row.notice_deadline is not None,
+    )
+
+
+def job_view(
+    job: JobRow, task: Task, attempts: Sequence[AttemptRow], now: float
+) -> strategies.JobView:
+    """What the placement strategies know of a job: its request, its last placement and how
+    it ended, its failures so far, and the work done (time run, launch failures excluded)."""
+    last = attempts[-1] if attempts else None
+    last_candidate = None
+    if last is not None:
+        last_candidate = Candidate(
+            provider=last.provider,
+            region=last.region,
+            zone=last.zone,
+            instance_type=last.instance_type,
+            market=Market(last.market),
+            price_per_hour=last.price_per_hour,
+            expected_cost=last.price_per_hour,
+        )
+    work_done = sum(
+        (a.ended_at or now) - a.started_at
+        for a in attempts
+        if a.started_at is not None and a.end_reason != EndReason.LAUNCH_FAILED
+    )
+    recovery = task.job_recovery
+    return strategies.JobView(
+        strategy=RecoveryStrategy(recovery.strategy),
+        request=task.resource_request(),
+        num_nodes=task.num_nodes,
+        submitted_at=job.submitted_at,
+        last=last_candidate,
+        last_end=EndReason(last.end_reason) if last and last.end_reason else None,
+        failed_launches=job.failed_launches,
+        first_failure_at=job.first_failure_at,
+        give_up_after=recovery.give_up_after_seconds,
+        deadline=job.deadline,
+        expected_duration=recovery.expected_duration_seconds,
+        work_done=work_done,
+    )
+
+
+class Attempts:
+    """The provider-facing half of the job controller; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: AsyncStore,
+        providers: Mapping[str, Provider],
+        metrics: DaemonMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.providers = providers
+        self.metrics = metrics
+        self.clock = clock
+        self.notices: dict[str, float] = {}  # attempt id -> notice deadline, while it drains
+
+    async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
+        """Create every node of the attempt that has no instance id yet. On a provider's
+        refusal the attempt is ended (a stockout recorded for its zone) and the refusal is
+        returned, in words; None when every node launched."""
+        attempt = await self.store.require_attempt(aid)
+        rows = await self.store.instances(attempt_id=aid)
+        provider = self.providers[attempt.provider]
+        node_ips = {"SPOTD_NODE_IPS": "\n".join("127.0.0.1" for _ in rows)}
+        await_from, await_until = await self.draining_predecessor(job.id, attempt.attempt)
+        workdir = task.workdir  # a package reference ("cas:<sha>") made at submission
+        mounts = {remote: m.source for remote, m in task.file_mounts.items()}
+        s3 = s3src.options_from(self.providers)
+        try:
+            blob_store = await package_store_for(
+                settings=self.settings,
+                store=self.store,
+                provider=provider,
+                refs=[workdir, *mounts.values()],
+                s3=s3,
+                job_id=job.id,
+                clock=self.clock,
+            )
+        except ProviderError as exc:
+            blob_store = ""
+            failed: list[Any] = [exc]
+        else:
+            failed = []
+        files = AgentFiles(
+            checkpoint_store=str(self.settings.checkpoints_dir / job.task_id),
+            workdir=workdir,
+            blob_store=blob_store,
+            file_mounts=mounts,
+            s3_endpoint_url=s3.endpoint_url or "",
+            await_final_from=await_from,
+            await_final_until=await_until,
+        )
+
+        async def one(row: InstanceRow) -> None:
+            who = AgentIdentity(
+                instance_key=row.key,
+                attempt_id=aid,
+                job_id=job.id,
+                task_id=job.task_id,
+                attempt=attempt.attempt,
+                node_rank=row.node_rank,
+                num_nodes=len(rows),
+            )
+            agent = build_agent_config(
+                settings=self.settings,
+                provider=provider,
+                task=task,
+                who=who,
+                token=row.token,
+                files=files,
+                envs=node_ips,
+            )
+            spec = InstanceSpec(
+                key=row.key,
+                region=attempt.region,
+                zone=attempt.zone,
+                instance_type=attempt.instance_type,
+                market=Market(attempt.market),
+                tags={
+                    TAG_HOME: self.settings.home_tag,
+                    TAG_JOB: str(job.id),
+                    TAG_ATTEMPT: aid,
+                    TAG_NODE: str(row.node_rank),
+                    TAG_KEY: row.key,
+                },
+                agent=agent,
+            )
+            self.metrics.provider_calls.labels(provider.name, "launch").inc()
+            iid = await provider.launch(spec)
+            await self.store.set_instance_id(row.key, str(iid))
+
+        results = failed or await asyncio.gather(
+            *(one(r) for r in rows if r.instance_id is None), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if not errors:
+            return None
+        for e in errors:
+            if not isinstance(e, ProviderError):
+                raise e
+        now = self.clock()
+        err = errors[0]
+        self.metrics.provider_errors.labels(provider.name, "launch").inc()
+        detail = f"{type(err).__name__}: {err}"
+        await self.store.add_zone_event(
+            provider=attempt.provider,
+            region=attempt.region,
+            zone=attempt.zone,
+            kind=history.ZoneEventKind.STOCKOUT.value,
+            at=now,
+            detail=detail,
+        )
+        await self.end(aid, EndReason.LAUNCH_FAILED, detail, now)
+        await self.terminate(aid)
+        return detail
+
+    async def draining_predecessor(self, job_id: int, attempt: int) -> tuple[int, float]:
+        """The attempt preempted with a notice that may still be syncing its checkpoint."""
+        now = self.clock()
+        for prev in range(attempt - 1, 0, -1):
+            rows = await self.store.instances(attempt_id=attempt_id(job_id, prev))
+            deadlines = [r.notice_deadline for r in rows if r.notice_deadline]
+            if attempt_id(job_id, prev) in self.notices:
+                deadlines.append(self.notices[attempt_id(job_id, prev)])
+            if (
+                deadlines
+                and max(deadlines) > now
+                and not any(r.phase in FINAL_PHASES for r in rows)
+            ):
+                return prev, max(deadlines)
+            if any(r.instance_id for r in rows):
+                break  # only the last attempt that actually ran matters
+        return 0, 0.0
+
+    async def end(self, aid: str, end: EndReason, detail: str, now: float) -> None:
+        try:
+            ended = await self.store.transition_attempt(
+                aid,
+                from_=[AttemptStatus.PROVISIONING, AttemptStatus.SETTING_UP, AttemptStatus.RUNNING],
+                to=AttemptStatus.ENDED,
+                reason=f"{end}: {detail}",
+                now=now,
+                end_reason=end,
+                end_detail=detail,
+            )
+        except StaleTransition:
+            return  # already ended (a cancel racing a preemption): the first reason stands
+        if ended.started_at is not None and ended.market == str(Market.SPOT):
+            # survival time in the zone: the risk model learns from it as well as from losses
+            await self.store.add_zone_event(
+                provider=ended.provider,
+                region=ended.region,
+                zone=ended.zone,
+                kind=history.ZoneEventKind.RAN.value,
+                at=now,
+                detail=f"{now - ended.started_at:.1f} seconds on spot",
+            )
+
+    async def terminate(self, aid: str) -> None:
+        """Terminate the attempt's live instances; a refusal is left to the reaper."""
+        attempt = await self.store.require_attempt(aid)
+        provider = self.providers[attempt.provider]
+        now = self.clock()
+        for row in await self.store.instances(attempt_id=aid, live_only=True):
+            if row.instance_id is not None:
+                try:
+                    await provider.terminate(InstanceId(row.instance_id))
+                except ProviderError as exc:
+                    log.warning("terminate failed; the reaper retries", key=row.key, error=str(exc))
+                    continue
+            await self.store.mark_instance_terminated(row.key, now=now)
+
+    async def reap(self, provider_name: str, listed: Mapping[str, ObservedInstance]) -> None:
+        """Terminate what we do not know, and what ended attempts no longer need."""
+        provider = self.providers[provider_name]
+        now = self.clock()
+        rows = {r.key: r for r in await self.store.instances(live_only=True)}
+        for key, obs in listed.items():
+            if TAG_REPLICA in obs.tags:
+                continue  # a service replica: the service controller owns it (and its strays)
+            if key in rows:
+                continue
+            if await self.store.get_instance(key) is None:
+                log.warning("reaping unknown instance", instance=obs.id, key=key)
+                await self.store.add_event(
+                    kind="instance.leak",
+                    message=f"terminated {obs.id}: tagged as ours but not in the store",
+                    now=now,
+                )
+            await provider.terminate(obs.id)
+        attempts: dict[str, Any] = {}
+        for key, row in rows.items():
+            if row.provider != provider_name:
+                continue
+            if row.attempt_id not in attempts:
+                attempts[row.attempt_id] = await self.store.get_attempt(row.attempt_id)
+            attempt = attempts[row.attempt_id]
+            if attempt is None or attempt.status != AttemptStatus.ENDED:
+                continue
+            seen = listed.get(key)
+            alive = seen is not None and seen.state in (InstanceState.RUNNING, InstanceState.NOTICE)
+            draining = (
+                alive
+                and attempt.end_reason == EndReason.PREEMPTED
+                and seen is not None
+                and seen.notice_deadline is not None
+                and now < seen.notice_deadline
+                and row.phase not in FINAL_PHASES
+            )
+            if draining:
+                continue  # let the agent checkpoint until its notice runs out
+            if row.instance_id is not None and seen is not None:
+                await provider.terminate(InstanceId(row.instance_id))
+            await self.store.mark_instance_terminated(key, now=now)

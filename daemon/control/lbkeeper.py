@@ -1,0 +1,245 @@
+"""Each service's load balancer: started, adopted after a daemon restart, told the replica set,
+read for its counts, and stopped.
+
+A service's data plane is one ``python -m spotd.lb`` process in its own session, so it keeps
+serving while the daemon restarts; the store keeps its pid and the pid's start time, and a
+restarted daemon that finds that very process alive adopts it (and pushes the set again). The
+wire format is ``spotd.lb.control``'s typed records, shared with the LB.
+
+The replica set is pushed when it changes (never polled by the LB): the last set the LB
+acknowledged is remembered per service, and an unchanged set is not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from spotd.aiokit import sleep
+from spotd.config import Settings
+from spotd.control.serve_config import ServeSettings
+from spotd.lb.control import (
+    DRAINING,
+    NOT_READY,
+    READY,
+    ReplicaEntry,
+    ReplicasReport,
+    StatsReport,
+    replica_set_json,
+)
+from spotd.ops.sdnotify import scrub_env
+from spotd.serve.replica_state import ReplicaStatus
+from spotd.spec import ServiceSpec
+from spotd.store import AsyncStore, ReplicaRow, ServiceRow
+
+log = structlog.get_logger("spotd.control.lbkeeper")
+
+S = ReplicaStatus
+# what the LB is told about each status; the others are not in its set at all
+LB_STATE = {S.READY: READY, S.NOT_READY: NOT_READY, S.DRAINING: DRAINING}
+# what a failed read of the LB raises (it is away, or answered something else)
+LB_ERRORS = (aiohttp.ClientError, TimeoutError, KeyError, ValueError, TypeError)
+
+
+def start_ticks(pid: int) -> int | None:
+    """The pid's start time in clock ticks (None if no such live process)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    rest = raw[raw.rindex(")") + 2 :].split()
+    if rest[0] in ("Z", "X"):
+        return None
+    return int(rest[19])
+
+
+def alive(pid: int | None, ticks: int | None) -> bool:
+    return pid is not None and ticks is not None and start_ticks(pid) == ticks
+
+
+def replica_set(rows: Sequence[ReplicaRow]) -> list[ReplicaEntry]:
+    """The set the LB should hold: replicas with a URL that are READY, NOT_READY or DRAINING."""
+    return [
+        ReplicaEntry(id=str(r.replica_id), url=r.url, state=LB_STATE[r.status])
+        for r in rows
+        if r.status in LB_STATE and r.url
+    ]
+
+
+class LbKeeper:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        serve: ServeSettings,
+        store: AsyncStore,
+        session: Callable[[], aiohttp.ClientSession],
+        stop: asyncio.Event,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.serve = serve
+        self.store = store
+        self._session = session
+        self._stop = stop
+        self._clock = clock
+        self._pushed: dict[int, list[ReplicaEntry]] = {}
+        self._children: dict[int, asyncio.subprocess.Process] = {}
+
+    def endpoint(self, svc: ServiceRow) -> str:
+        host = "127.0.0.1" if self.serve.lb_host in ("0.0.0.0", "::", "") else self.serve.lb_host
+        return f"http://{host}:{svc.lb_port}"
+
+    def log_path(self, svc: ServiceRow) -> Path:
+        return self.settings.logs_dir / f"s{svc.id}" / "lb.log"
+
+    def forget(self, service_id: int) -> None:
+        """Push the whole set next time (the LB restarted, or the service went)."""
+        self._pushed.pop(service_id, None)
+
+    async def get(self, svc: ServiceRow, path: str) -> Any:
+        async with self._session().get(
+            f"http://127.0.0.1:{svc.lb_control_port}{path}",
+            headers={"Authorization": f"Bearer {svc.lb_token}"},
+            timeout=aiohttp.ClientTimeout(total=2),
+        ) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def replicas(self, svc: ServiceRow) -> ReplicasReport:
+        """The LB's view of its replicas; raises one of ``LB_ERRORS`` when it cannot tell."""
+        return ReplicasReport.from_json(await self.get(svc, "/-/replicas"))
+
+    async def stats(self, svc: ServiceRow, window: int) -> StatsReport:
+        """The last ``window`` whole seconds of request counts; raises one of ``LB_ERRORS``."""
+        return StatsReport.from_json(await self.get(svc, f"/-/stats?window={window}"))
+
+    async def in_flight(self, svc: ServiceRow) -> Mapping[str, int] | None:
+        """Requests in flight per replica id; None when the LB is away."""
+        try:
+            report = await self.replicas(svc)
+        except LB_ERRORS:
+            return None
+        return {r.id: r.in_flight for r in report.replicas}
+
+    async def ensure(self, svc: ServiceRow, spec: ServiceSpec) -> None:
+        """Adopt the service's LB if it runs, else start it (on the same ports)."""
+        if alive(svc.lb_pid, svc.lb_start_ticks):
+            return
+        probe = spec.readiness_probe
+        path = self.log_path(svc)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "spotd.lb",
+            "--host",
+            self.serve.lb_host,
+            "--port",
+            str(svc.lb_port),
+            "--control-port",
+            str(svc.lb_control_port),
+            "--policy",
+            str(spec.load_balancing_policy),
+            "--lb-id",
+            f"{svc.name}-lb",
+            "--probe-path",
+            probe.path if probe.post_data is None else "/",
+            "--shutdown-timeout",
+            "10",
+            # ejections are pushed to the daemon at once, through its unix API socket
+            "--report-url",
+            f"http://spotd/v1/services/{svc.name}/lb-events",
+            "--report-unix",
+            str(self.settings.socket_path),
+        ]
+        env = scrub_env(os.environ)
+        env["SPOTD_LB_TOKEN"] = svc.lb_token
+        out = open(path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local append
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env=env,
+            )
+        finally:
+            out.close()
+        self._children[svc.id] = proc
+        ticks = start_ticks(proc.pid)
+        await self.store.update_service_fields(
+            svc.id,
+            now=self._clock(),
+            lb_pid=proc.pid,
+            lb_start_ticks=ticks,
+            event=f"load balancer started (pid {proc.pid}) on port {svc.lb_port}",
+        )
+        self.forget(svc.id)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if proc.returncode is not None:
+                log.error(
+                    "the load balancer exited at start", service=svc.name, code=proc.returncode
+                )
+                return
+            try:
+                await self.get(svc, "/-/health")
+                return
+            except (aiohttp.ClientError, TimeoutError):
+                await sleep(0.05, self._stop)
+
+    async def push(self, svc: ServiceRow, rows: Sequence[ReplicaRow]) -> None:
+        """Send the LB the replica set if it changed since the last push it acknowledged."""
+        want = replica_set(rows)
+        if self._pushed.get(svc.id) == want:
+            return
+        try:
+            async with self._session().put(
+                f"http://127.0.0.1:{svc.lb_control_port}/-/replicas",
+                json=replica_set_json(want),
+                headers={"Authorization": f"Bearer {svc.lb_token}"},
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as r:
+                r.raise_for_status()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot push the replica set", service=svc.name, error=str(exc))
+            self.forget(svc.id)
+            return
+        self._pushed[svc.id] = want
+        log.info(
+            "replica set pushed",
+            service=svc.name,
+            replicas=", ".join(f"{x.id}={x.state}" for x in want) or "(none)",
+        )
+
+    async def stop(self, svc: ServiceRow) -> None:
+        """SIGTERM the LB's process group (SIGKILL after 5 s); forget its set."""
+        self.forget(svc.id)
+        pid, ticks = svc.lb_pid, svc.lb_start_ticks
+        if not alive(pid, ticks):
+            return
+        assert pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and alive(pid, ticks):  # noqa: ASYNC110 - polls /proc
+            await asyncio.sleep(0.05)
+        if alive(pid, ticks):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        child = self._children.pop(svc.id, None)
+        if child is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(child.wait(), 2.0)

@@ -1,0 +1,24 @@
+"""Agents' logs as the daemon keeps them: appended in order, resent chunks written once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def append_log(path: Path, offset: int, data: bytes) -> int:
+    """Write ``data`` that starts at byte ``offset``; returns the new acknowledged size.
+
+    A chunk that overlaps what is there already is written from where the file ends; one that
+    starts past the end (a gap) is not written, and the returned size asks the agent to resend
+    from there.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = path.stat().st_size if path.exists() else 0
+    if offset > size:
+        return size
+    skip = size - offset
+    if skip < len(data):
+        with open(path, "ab") as f:
+            f.write(data[skip:])
+        size += len(data) - skip
+    return size

@@ -1,0 +1,62 @@
+"""Where an attempt's agents read their packages (workdir and file_mounts).
+
+Packages are made at submission into the daemon's content-addressed store (``<home>/cas``).
+Agents on this machine read that store directly. A provider that declares ``PackageStore``
+(AWS with an ``s3://`` prefix) has instances that cannot: before the launch, the packages
+the attempt needs are uploaded there (only what the store lacks: a relaunch finds them and
+uploads nothing), and the agents read S3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from spotd.config import Settings
+from spotd.files import mounts as s3src
+from spotd.files.workdir import CAS_PREFIX, BlobStore
+from spotd.providers.base import Provider, ProviderUnavailable
+from spotd.providers.capabilities import PackageStore
+from spotd.store import AsyncStore
+
+
+async def package_store_for(
+    *,
+    settings: Settings,
+    store: AsyncStore,
+    provider: Provider,
+    refs: Iterable[str | None],
+    s3: s3src.S3Options,
+    job_id: int,
+    clock: Callable[[], float],
+) -> str:
+    """The store URL (or directory) for the agents; raises ProviderUnavailable when the
+    upload fails (S3 down, credentials gone), so no attempt starts without its files."""
+    local = settings.home / "cas"
+    url = provider.package_store_url if isinstance(provider, PackageStore) else None
+    packages = [r for r in refs if r and r.startswith(CAS_PREFIX)]
+    if not url or not packages:
+        return str(local)
+    remote = s3src.S3PackageStore(url, endpoint_url=s3.endpoint_url, profile=s3.profile)
+    try:
+        up = await remote.upload(packages, BlobStore(local))
+    except Exception as exc:
+        raise ProviderUnavailable(f"uploading packages to {url}: {exc}") from exc
+    await store.add_event(
+        kind="files.uploaded",
+        message=(
+            f"{up.packages} packages to {url}: {up.cached_packages} already there; "
+            f"transferred {up.new_blobs} of {up.blobs} files, {up.new_bytes / 1e6:.1f} MB"
+        ),
+        now=clock(),
+        job_id=job_id,
+        data={
+            "store": url,
+            "packages": up.packages,
+            "cached_packages": up.cached_packages,
+            "blobs": up.blobs,
+            "new_blobs": up.new_blobs,
+            "new_bytes": up.new_bytes,
+            "heads": up.heads,
+        },
+    )
+    return url

@@ -1,0 +1,40 @@
+"""One supervised worker per object (a job, a service), each with its own wake-up event.
+
+Events for one object are handled in order by its worker; different objects run in parallel
+(kopf's queueing, in small). ``wake`` makes a worker look again at once instead of at its next
+period; a worker that returns (its object is finished) is forgotten, and ``spawn`` starts a new
+one if the object comes back to life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from spotd.aiokit import Supervisor
+
+Work = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+class Workers:
+    """Workers named ``<kind>:<id>`` on one supervisor."""
+
+    def __init__(self, sup: Supervisor, kind: str) -> None:
+        self._sup = sup
+        self._kind = kind
+        self._wakeups: dict[int, asyncio.Event] = {}
+
+    def spawn(self, oid: int, work: Work) -> None:
+        """Start ``work(wake_event)`` for ``oid`` unless its worker is running already."""
+        wake = self._wakeups.setdefault(oid, asyncio.Event())
+
+        def forget() -> None:
+            self._wakeups.pop(oid, None)
+
+        self._sup.spawn(f"{self._kind}:{oid}", lambda: work(wake), forever=False, on_exit=forget)
+
+    def wake(self, oid: int) -> None:
+        ev = self._wakeups.get(oid)
+        if ev is not None:
+            ev.set()
