@@ -1,8 +1,8 @@
 """The daemon API's services routes: ``/v1/services...``, and the replica agents' heartbeats.
 
-``register_serve_routes(app)`` adds them to the daemon's application (``spotd.api.jobs.make_app``);
-the ``ServiceController`` is found on the ``SERVICES`` app key, which the composition root
-sets. Errors follow ``spotd.api.jobs``: ``ApiError`` → a 4xx JSON body.
+``add_routes(app)`` adds them to the daemon's application (``spotd.api.app.make_app``); the
+``ServiceController`` is found on the ``SERVICES`` app key, which the composition root sets.
+Errors follow ``spotd.api.common``: ``ApiError`` → a 4xx JSON body.
 
 Replica agents are the job agent (``spotd.agent.main``) unchanged, so they post to the same
 ``/agent/v1/heartbeat``; a small middleware hands the ones whose key is a replica key
@@ -32,17 +32,25 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import Field
-from spotd.api.jobs import STORE, ApiError, Handler, _Body, _body, json_error
+
+from spotd.api.common import (
+    SERVICES,
+    STORE,
+    ApiError,
+    Body,
+    Handler,
+    flag,
+    json_error,
+    read_body,
+)
 from spotd.control.services import UPDATE_MODES, ServiceController, autoscale_policy
 from spotd.spec import SpecError, Task, load_tasks
 from spotd.store import ReplicaRow, ServiceExists, ServiceRow, ServiceStatus, StaleTransition
 
-SERVICES = web.AppKey("services", ServiceController)
-
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
-class LBEventBody(_Body):
+class LBEventBody(Body):
     lb_id: str = ""
     event: Literal["ejected"]
     replica_id: str = Field(min_length=1, max_length=64)
@@ -51,7 +59,7 @@ class LBEventBody(_Body):
     at: float | None = None
 
 
-class ServiceUpBody(_Body):
+class ServiceUpBody(Body):
     yaml: str = Field(min_length=1)
     filename: str = "<api>"
     name: str | None = None
@@ -59,7 +67,7 @@ class ServiceUpBody(_Body):
     base_dir: str | None = None
 
 
-class ServiceUpdateBody(_Body):
+class ServiceUpdateBody(Body):
     yaml: str = Field(min_length=1)
     filename: str = "<api>"
     mode: str = "rolling"
@@ -96,7 +104,7 @@ async def service_json(
     services: ServiceController, svc: ServiceRow, *, all_replicas: bool = False
 ) -> dict[str, Any]:
     rows = await services.store.replicas(service_id=svc.id, live_only=not all_replicas)
-    task = services.task_of(svc)
+    task = Task.model_validate(json.loads(svc.spec_json))  # the row's: no controller cache
     spec = task.service
     assert spec is not None
     policy = autoscale_policy(spec)
@@ -137,18 +145,21 @@ def _parse(body: ServiceUpBody | ServiceUpdateBody) -> Task:
         tasks = load_tasks(body.filename, text=body.yaml, env_overrides=body.env)
     except SpecError as exc:
         raise ApiError(
-            400, "invalid service YAML",
+            400,
+            "invalid service YAML",
             [{"path": i.path, "line": i.line, "message": i.message} for i in exc.issues],
         ) from exc
     if len(tasks) != 1:
         raise ApiError(400, f"expected one task, the file has {len(tasks)}")
     task = tasks[0]
     if task.service is None:
-        raise ApiError(400, "the task has no `service:` section (a managed job? use "
-                       "`spotctl jobs launch`)")
+        raise ApiError(
+            400, "the task has no `service:` section (a managed job? use `spotctl jobs launch`)"
+        )
     if not task.run:
-        raise ApiError(400, "`run` is required: it starts the replica's server on "
-                       "$SPOTD_REPLICA_PORT")
+        raise ApiError(
+            400, "`run` is required: it starts the replica's server on $SPOTD_REPLICA_PORT"
+        )
     if task.num_nodes != 1:
         raise ApiError(400, "a service replica runs on one node (num_nodes: 1)")
     if task.workdir and not Path(task.workdir).expanduser().is_absolute():
@@ -172,12 +183,8 @@ async def _service(request: web.Request) -> ServiceRow:
     return svc
 
 
-def _flag(request: web.Request, key: str) -> bool:
-    return request.query.get(key, "").lower() in ("1", "true", "yes")
-
-
 async def service_up(request: web.Request) -> web.Response:
-    body: ServiceUpBody = await _body(request, ServiceUpBody)
+    body: ServiceUpBody = await read_body(request, ServiceUpBody)
     services = _services(request)
     task = _parse(body)
     name = (body.name or task.name or "").strip().lower()
@@ -208,20 +215,18 @@ async def service_up(request: web.Request) -> web.Response:
 
 async def list_services(request: web.Request) -> web.Response:
     services = _services(request)
-    rows = await request.app[STORE].list_services(live_only=not _flag(request, "all"))
+    rows = await request.app[STORE].list_services(live_only=not flag(request, "all"))
     return web.json_response([await service_json(services, s) for s in rows])
 
 
 async def get_service(request: web.Request) -> web.Response:
     services = _services(request)
     svc = await _service(request)
-    return web.json_response(
-        await service_json(services, svc, all_replicas=_flag(request, "all"))
-    )
+    return web.json_response(await service_json(services, svc, all_replicas=flag(request, "all")))
 
 
 async def update_service(request: web.Request) -> web.Response:
-    body: ServiceUpdateBody = await _body(request, ServiceUpdateBody)
+    body: ServiceUpdateBody = await read_body(request, ServiceUpdateBody)
     services = _services(request)
     if body.mode not in UPDATE_MODES:
         raise ApiError(400, f"mode must be one of {', '.join(UPDATE_MODES)}, got {body.mode!r}")
@@ -230,12 +235,14 @@ async def update_service(request: web.Request) -> web.Response:
     _check_placeable(services, task)
     try:
         svc = await request.app[STORE].add_service_version(
-            svc.id, spec_json=task.model_dump_json(exclude_unset=True),
-            spec_redacted_json=json.dumps(task.redacted()), mode=body.mode, now=time.time(),
+            svc.id,
+            spec_json=task.model_dump_json(exclude_unset=True),
+            spec_redacted_json=json.dumps(task.redacted()),
+            mode=body.mode,
+            now=time.time(),
         )
     except StaleTransition as exc:
-        raise ApiError(409, f"service {svc.name!r} is {exc.current}: it cannot be updated") \
-            from exc
+        raise ApiError(409, f"service {svc.name!r} is {exc.current}: it cannot be updated") from exc
     services.wake(svc.id)
     return web.json_response(await service_json(services, svc))
 
@@ -247,8 +254,11 @@ async def down_service(request: web.Request) -> web.Response:
         return web.json_response(await service_json(services, svc))
     try:
         svc = await request.app[STORE].transition_service(
-            svc.id, from_=[svc.status], to=ServiceStatus.SHUTTING_DOWN,
-            reason="serve down requested", now=time.time(),
+            svc.id,
+            from_=[svc.status],
+            to=ServiceStatus.SHUTTING_DOWN,
+            reason="serve down requested",
+            now=time.time(),
         )
     except StaleTransition:
         fresh = await request.app[STORE].get_service(svc.id)
@@ -262,10 +272,12 @@ async def down_service(request: web.Request) -> web.Response:
 async def service_events(request: web.Request) -> web.Response:
     svc = await _service(request)
     events = await request.app[STORE].service_events(svc.id)
-    return web.json_response([
-        {"id": e.id, "at": e.at, "kind": e.kind, "replica": e.attempt_id, "message": e.message}
-        for e in events
-    ])
+    return web.json_response(
+        [
+            {"id": e.id, "at": e.at, "kind": e.kind, "replica": e.attempt_id, "message": e.message}
+            for e in events
+        ]
+    )
 
 
 async def service_logs(request: web.Request) -> web.StreamResponse:
@@ -273,7 +285,7 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
     ``?follow=1`` keeps streaming until the replica (or the service) ends."""
     services = _services(request)
     svc = await _service(request)
-    follow = _flag(request, "follow")
+    follow = flag(request, "follow")
     only = request.query.get("replica")
     if only is not None and not only.isdigit():
         raise ApiError(400, "replica must be a number")
@@ -281,13 +293,18 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
     rows = await store.replicas(service_id=svc.id)
     if only is not None and int(only) not in {r.replica_id for r in rows}:
         raise ApiError(404, f"service {svc.name!r} has no replica {only}")
-    if _flag(request, "lb"):
+    if flag(request, "lb"):
         files = [("", services.lb_log(svc))]
     elif only is not None:
         files = [("", services.replica_log(svc, int(only)))]
     else:
-        files = [(f"=== replica {r.replica_id} (v{r.version}, {r.status}) ===\n",
-                  services.replica_log(svc, r.replica_id)) for r in rows]
+        files = [
+            (
+                f"=== replica {r.replica_id} (v{r.version}, {r.status}) ===\n",
+                services.replica_log(svc, r.replica_id),
+            )
+            for r in rows
+        ]
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
     offsets: dict[Path, int] = {}
@@ -314,15 +331,18 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def lb_event(request: web.Request) -> web.Response:
-    body: LBEventBody = await _body(request, LBEventBody)
+    body: LBEventBody = await read_body(request, LBEventBody)
     svc = await _service(request)
     _services(request).note_ejection(svc.id)
     reason = body.reason[:200] or "no reason given"
     await request.app[STORE].update_service_fields(
-        svc.id, now=time.time(),
-        event=f"load balancer {body.lb_id or '?'} ejected replica {body.replica_id}: {reason}")
-    return web.json_response({"service": svc.name, "event": body.event,
-                              "replica_id": body.replica_id}, status=202)
+        svc.id,
+        now=time.time(),
+        event=f"load balancer {body.lb_id or '?'} ejected replica {body.replica_id}: {reason}",
+    )
+    return web.json_response(
+        {"service": svc.name, "event": body.event, "replica_id": body.replica_id}, status=202
+    )
 
 
 def _read_from(path: Path, offsets: dict[Path, int]) -> bytes:
@@ -373,7 +393,7 @@ async def replica_heartbeats(request: web.Request, handler: Handler) -> web.Stre
     return web.json_response({"log_offset": acked})
 
 
-def register_serve_routes(app: web.Application) -> None:
+def add_routes(app: web.Application) -> None:
     """Add the services routes and the replica heartbeat middleware to the daemon's app."""
     app.middlewares.append(replica_heartbeats)
     app.router.add_post("/v1/services", service_up)
@@ -386,4 +406,4 @@ def register_serve_routes(app: web.Application) -> None:
     app.router.add_post("/v1/services/{name}/lb-events", lb_event)
 
 
-__all__ = ["SERVICES", "register_serve_routes", "service_json"]
+__all__ = ["SERVICES", "add_routes", "service_json"]

@@ -1,0 +1,1 @@
+"""``spotctl``: ``spotd.cli.main`` assembles the command groups, one module each."""

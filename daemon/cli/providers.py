@@ -8,24 +8,24 @@ what a daemon started now would do. No daemon is needed.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-_WIDTH = None if sys.stdout.isatty() else 200
-out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+from spotd.cli.common import err, out, print_json
+from spotd.providers.capabilities import Disableable
+
+__all__ = ["built_providers", "catalog", "check_providers"]
 
 
 def _settings() -> Any:
     import logging
 
     import structlog
+
     from spotd.config import ConfigError, load_settings
 
     # the factories log what the daemon should log; here the one-line reasons say it
@@ -38,10 +38,12 @@ def _settings() -> Any:
         sys.exit(2)
 
 
-def built_providers(settings: Any, only: str | None = None) -> Iterator[tuple[str, Any, str | None]]:
+def built_providers(
+    settings: Any, only: str | None = None
+) -> Iterator[tuple[str, Any, str | None]]:
     """(name, provider or None, why it is not usable or None) for every provider in the config
     (``local`` always), or for ``only``, built with its defaults if the config leaves it out."""
-    from spotd.server import PROVIDER_FACTORIES
+    from spotd.server import PROVIDER_FACTORIES  # the whole daemon: only when a command runs
 
     wanted: dict[str, dict[str, Any]] = dict(settings.providers)
     wanted.setdefault("local", {})
@@ -62,7 +64,8 @@ def built_providers(settings: Any, only: str | None = None) -> Iterator[tuple[st
             yield name, None, f"{type(exc).__name__}: {first}"
             continue
         try:
-            yield name, provider, getattr(provider, "disabled_reason", None)
+            off = provider.disabled_reason if isinstance(provider, Disableable) else None
+            yield name, provider, off
         finally:
             asyncio.run(provider.close())
 
@@ -76,8 +79,11 @@ def check_providers() -> None:
         entries = provider.catalog()
         regions = {e.region for e in entries}
         types = {e.instance_type for e in entries}
-        out.print(f"{name}: enabled ({len(types)} instance types in {len(regions)} "
-                  f"region{'s' if len(regions) != 1 else ''})", markup=False)
+        out.print(
+            f"{name}: enabled ({len(types)} instance types in {len(regions)} "
+            f"region{'s' if len(regions) != 1 else ''})",
+            markup=False,
+        )
 
 
 def _gpu_filter(gpu: str | None) -> tuple[str | None, float | None]:
@@ -87,8 +93,9 @@ def _gpu_filter(gpu: str | None) -> tuple[str | None, float | None]:
     try:
         return name.lower(), float(count) if count else None
     except ValueError as exc:
-        raise click.BadParameter(f"expected NAME or NAME:COUNT, got {gpu!r}", param_hint="--gpu") \
-            from exc
+        raise click.BadParameter(
+            f"expected NAME or NAME:COUNT, got {gpu!r}", param_hint="--gpu"
+        ) from exc
 
 
 @click.group()
@@ -119,36 +126,66 @@ def catalog_show(gpu: str | None, provider: str | None, output: str) -> None:
             if count_want is not None and e.accelerator_count != count_want:
                 continue
             key = (e.provider, e.region, e.instance_type)
-            row = rows.setdefault(key, {
-                "provider": e.provider, "region": e.region, "instance_type": e.instance_type,
-                "accelerator": e.accelerator, "accelerator_count": e.accelerator_count,
-                "vcpus": e.vcpus, "memory_gb": e.memory_gb, "spot_price": None,
-                "spot_zone": None, "ondemand_price": e.ondemand_price,
-            })
+            row = rows.setdefault(
+                key,
+                {
+                    "provider": e.provider,
+                    "region": e.region,
+                    "instance_type": e.instance_type,
+                    "accelerator": e.accelerator,
+                    "accelerator_count": e.accelerator_count,
+                    "vcpus": e.vcpus,
+                    "memory_gb": e.memory_gb,
+                    "spot_price": None,
+                    "spot_zone": None,
+                    "ondemand_price": e.ondemand_price,
+                },
+            )
             row["ondemand_price"] = min(row["ondemand_price"], e.ondemand_price)
             if e.spot_price is not None and (
                 row["spot_price"] is None or e.spot_price < row["spot_price"]
             ):
                 row["spot_price"], row["spot_zone"] = e.spot_price, e.zone
-    ordered = sorted(rows.values(), key=lambda r: (
-        r["accelerator"] or "~", r["accelerator_count"],
-        r["spot_price"] if r["spot_price"] is not None else r["ondemand_price"],
-        r["provider"], r["region"]))
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (
+            r["accelerator"] or "~",
+            r["accelerator_count"],
+            r["spot_price"] if r["spot_price"] is not None else r["ondemand_price"],
+            r["provider"],
+            r["region"],
+        ),
+    )
     for n in notes:
         err.print(n, markup=False)
     if output == "json":
-        out.print_json(json.dumps(ordered))
+        print_json(ordered)
         return
     t = Table()
-    for col in ("PROVIDER", "INSTANCE TYPE", "GPU", "vCPUs", "MEM GiB", "REGION",
-                "SPOT $/h (zone)", "ON-DEMAND $/h"):
+    for col in (
+        "PROVIDER",
+        "INSTANCE TYPE",
+        "GPU",
+        "vCPUs",
+        "MEM GiB",
+        "REGION",
+        "SPOT $/h (zone)",
+        "ON-DEMAND $/h",
+    ):
         t.add_column(col)
     for r in ordered:
         acc = f"{r['accelerator']}:{r['accelerator_count']:g}" if r["accelerator"] else "-"
-        spot = (f"{r['spot_price']:.4f} ({r['spot_zone']})" if r["spot_price"] is not None
-                else "-")
-        t.add_row(r["provider"], r["instance_type"], acc, f"{r['vcpus']:g}",
-                  f"{r['memory_gb']:g}", r["region"], spot, f"{r['ondemand_price']:.4f}")
+        spot = f"{r['spot_price']:.4f} ({r['spot_zone']})" if r["spot_price"] is not None else "-"
+        t.add_row(
+            r["provider"],
+            r["instance_type"],
+            acc,
+            f"{r['vcpus']:g}",
+            f"{r['memory_gb']:g}",
+            r["region"],
+            spot,
+            f"{r['ondemand_price']:.4f}",
+        )
     out.print(t)
     if not ordered:
         err.print("no instance type matches")

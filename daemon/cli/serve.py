@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Group, RenderableType
+from rich.live import Live
 from rich.table import Table
-from spotd.sdk.client import Client
+
+from spotd.cli.common import ago, err, out, parse_env, print_events, print_json, run
 from spotd.sdk.client_serve import (
     serve_down,
     serve_events,
@@ -21,44 +23,28 @@ from spotd.sdk.client_serve import (
     serve_update,
 )
 
+if TYPE_CHECKING:
+    from spotd.sdk.client import Client
 
-def _cli() -> Any:
-    """``spotd.cli.main``, imported when a command runs (it imports this module to add ``serve``)."""
-    import spotd.cli.main
+__all__ = ["serve"]
 
-    return spotd.cli.main
-
-
-def run(fn: Any) -> Any:
-    return _cli().run(fn)
-
-
-def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
-    result: dict[str, str] = _cli()._parse_env(pairs)
-    return result
-
-
-def _ago(ts: float | None, now: float) -> str:
-    text: str = _cli()._ago(ts, now)
-    return text
-
-
-class _Console:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(getattr(_cli(), self.name), attr)
-
-
-out = _Console("out")
-err = _Console("err")
-
-SERVICE_STYLE = {"READY": "green", "STARTING": "yellow", "NO_REPLICA": "magenta",
-                 "SHUTTING_DOWN": "dim", "DOWN": "dim"}
-REPLICA_STYLE = {"READY": "green", "STARTING": "yellow", "PROVISIONING": "yellow",
-                 "NOT_READY": "magenta", "DRAINING": "cyan", "SHUTTING_DOWN": "dim",
-                 "TERMINATED": "dim", "PREEMPTED": "magenta"}
+SERVICE_STYLE = {
+    "READY": "green",
+    "STARTING": "yellow",
+    "NO_REPLICA": "magenta",
+    "SHUTTING_DOWN": "dim",
+    "DOWN": "dim",
+}
+REPLICA_STYLE = {
+    "READY": "green",
+    "STARTING": "yellow",
+    "PROVISIONING": "yellow",
+    "NOT_READY": "magenta",
+    "DRAINING": "cyan",
+    "SHUTTING_DOWN": "dim",
+    "TERMINATED": "dim",
+    "PREEMPTED": "magenta",
+}
 
 
 @click.group()
@@ -68,18 +54,22 @@ def serve() -> None:
 
 @serve.command("up")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("-n", "--service-name", "name", default=None, help="Service name (default: the task's name).")
+@click.option(
+    "-n", "--service-name", "name", default=None, help="Service name (default: the task's name)."
+)
 @click.option("--env", "envs", multiple=True, help="K=V override for envs (repeatable).")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def serve_up_cmd(file: str, name: str | None, envs: tuple[str, ...], output: str) -> None:
     """Start a service from FILE (a task with a `service:` section)."""
     text = Path(file).read_text()
-    svc = run(lambda c: serve_up(c, text, filename=file, name=name, env=_parse_env(envs)))
+    svc = run(lambda c: serve_up(c, text, filename=file, name=name, env=parse_env(envs)))
     if output == "json":
-        out.print_json(json.dumps(svc))
+        print_json(svc)
         return
-    out.print(f"Service [bold]{svc['name']}[/bold] is starting: {svc['target']} replica(s), "
-              f"endpoint [bold]{svc['endpoint']}[/bold]")
+    out.print(
+        f"Service [bold]{svc['name']}[/bold] is starting: {svc['target']} replica(s), "
+        f"endpoint [bold]{svc['endpoint']}[/bold]"
+    )
     out.print(f"  spotctl serve status {svc['name']} --watch    # follow the replicas")
     out.print(f"  curl {svc['endpoint']}/v1/models")
 
@@ -88,21 +78,25 @@ def serve_up_cmd(file: str, name: str | None, envs: tuple[str, ...], output: str
 @click.argument("name", required=False)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @click.option("-w", "--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
-@click.option("-v", "--verbose", "--all", "verbose", is_flag=True,
-              help="Also ended replicas, and each replica's last message.")
+@click.option(
+    "-v",
+    "--verbose",
+    "--all",
+    "verbose",
+    is_flag=True,
+    help="Also ended replicas, and each replica's last message.",
+)
 def serve_status_cmd(name: str | None, output: str, watch: bool, verbose: bool) -> None:
     """Show services and their replicas."""
     if output == "json":
         data = run(lambda c: serve_status(c, name, all_replicas=verbose))
-        out.print_json(json.dumps(data))
+        print_json(data)
         return
     if not watch:
         _print(run(lambda c: serve_status(c, name, all_replicas=verbose)), verbose)
         return
 
     async def loop(c: Client) -> None:
-        from rich.live import Live
-
         with Live(console=out, refresh_per_second=2) as live:
             while True:
                 data = await serve_status(c, name, all_replicas=verbose)
@@ -115,11 +109,9 @@ def serve_status_cmd(name: str | None, output: str, watch: bool, verbose: bool) 
         pass
 
 
-def _tables(data: Any, verbose: bool) -> Any:
-    from rich.console import Group
-
+def _tables(data: Any, verbose: bool) -> RenderableType:
     services = data if isinstance(data, list) else [data]
-    parts: list[Any] = [_services_table(services)]
+    parts: list[RenderableType] = [_services_table(services)]
     for s in services:
         if s["replicas"]:
             parts.append(_replicas_table(s, verbose))
@@ -142,10 +134,14 @@ def _services_table(services: list[dict[str, Any]]) -> Table:
     for s in services:
         st = s["status"]
         t.add_row(
-            s["name"], str(s["version"]), _ago(s["created_at"], now).removesuffix(" ago"),
+            s["name"],
+            str(s["version"]),
+            ago(s["created_at"], now).removesuffix(" ago"),
             f"[{SERVICE_STYLE.get(st, 'red')}]{st}[/]",
             f"{s['ready_replicas']}/{len([r for r in s['replicas'] if r['ended_at'] is None])}",
-            str(s["target"]), f"{s['price_per_hour']:.3f}", s["endpoint"],
+            str(s["target"]),
+            f"{s['price_per_hour']:.3f}",
+            s["endpoint"],
         )
     return t
 
@@ -160,9 +156,15 @@ def _replicas_table(s: dict[str, Any], verbose: bool) -> Table:
         t.add_column(col)
     for r in s["replicas"]:
         st = r["status"]
-        cells = [str(r["id"]), str(r["version"]), f"{r['region']}/{r['zone']}", r["market"],
-                 r["url"] or "-", _ago(r["created_at"], now),
-                 f"[{REPLICA_STYLE.get(st, 'red')}]{st}[/]"]
+        cells = [
+            str(r["id"]),
+            str(r["version"]),
+            f"{r['region']}/{r['zone']}",
+            r["market"],
+            r["url"] or "-",
+            ago(r["created_at"], now),
+            f"[{REPLICA_STYLE.get(st, 'red')}]{st}[/]",
+        ]
         if verbose:
             cells.append(r["message"])
         t.add_row(*cells)
@@ -172,17 +174,19 @@ def _replicas_table(s: dict[str, Any], verbose: bool) -> Table:
 @serve.command("update")
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--mode", type=click.Choice(["rolling", "blue_green"]), default="rolling",
-              help="rolling: old replicas leave one by one as new ones become READY; "
-              "blue_green: all at once when the new set is READY.")
+@click.option(
+    "--mode",
+    type=click.Choice(["rolling", "blue_green"]),
+    default="rolling",
+    help="rolling: old replicas leave one by one as new ones become READY; "
+    "blue_green: all at once when the new set is READY.",
+)
 @click.option("--env", "envs", multiple=True, help="K=V override for envs (repeatable).")
 def serve_update_cmd(name: str, file: str, mode: str, envs: tuple[str, ...]) -> None:
     """Move service NAME to a new version from FILE without dropping requests."""
     text = Path(file).read_text()
-    svc = run(lambda c: serve_update(c, name, text, filename=file, mode=mode,
-                                     env=_parse_env(envs)))
-    out.print(f"Service [bold]{svc['name']}[/bold]: version {svc['version']} rolling out "
-              f"({mode}).")
+    svc = run(lambda c: serve_update(c, name, text, filename=file, mode=mode, env=parse_env(envs)))
+    out.print(f"Service [bold]{svc['name']}[/bold]: version {svc['version']} rolling out ({mode}).")
 
 
 @serve.command("down")
@@ -203,7 +207,7 @@ def serve_down_cmd(names: tuple[str, ...]) -> None:
 def serve_events_cmd(name: str, output: str) -> None:
     """Show a service's event log: replicas launched, ready, drained, lost, ejected by the
     load balancer, and the autoscaler's and planner's decisions, each with its reason."""
-    _cli().print_events(run(lambda c: serve_events(c, name)), output, ("REPLICA", "replica"))
+    print_events(run(lambda c: serve_events(c, name)), output, ("REPLICA", "replica"))
 
 
 @serve.command("logs")

@@ -24,8 +24,7 @@ def _refuse_in_loop(what: str, instead: str) -> None:
     except RuntimeError:
         return
     raise SyncCallInEventLoopError(
-        f"spotd.{what}() blocks and was called inside a running event loop; "
-        f"there, use {instead}"
+        f"spotd.{what}() blocks and was called inside a running event loop; there, use {instead}"
     )
 
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+
 from spotd.config import Settings, load_settings
+from spotd.sdk.local import DaemonUnreachable, socket_alive, start_local_daemon
 
-
-class DaemonUnreachable(Exception):
-    """No daemon answered (and none could be started)."""
+__all__ = ["TERMINAL", "ApiError", "Client", "DaemonUnreachable", "start_local_daemon"]
 
 
 class ApiError(Exception):
@@ -46,33 +44,6 @@ class ApiError(Exception):
         return "\n".join(lines)
 
 
-def start_local_daemon(settings: Settings, *, timeout: float = 20.0) -> int:
-    """Start ``spotd`` in the background for this home; returns its pid once it answers."""
-    from spotd.server import socket_alive
-
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log = open(settings.home / "spotd.log", "ab")  # noqa: SIM115
-    env = dict(os.environ, SPOTD_HOME=str(settings.home))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spotd.main", "--json-logs"],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-        env=env,
-    )
-    log.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = (settings.home / "spotd.log").read_text(errors="replace")[-2000:]
-            raise DaemonUnreachable(f"spotd exited at start (code {proc.returncode}):\n{tail}")
-        if socket_alive(settings.socket_path):
-            return proc.pid
-        time.sleep(0.1)
-    raise DaemonUnreachable(f"spotd did not answer on {settings.socket_path} within {timeout}s")
-
-
 class Client:
     """Async client. Use as ``async with Client.connect() as c: ...``."""
 
@@ -89,14 +60,12 @@ class Client:
         url: str | None = None,
         token: str | None = None,
         autostart: bool = True,
-        on_start: Any = None,
+        on_start: Callable[[int, Settings], None] | None = None,
     ) -> Client:
         url = url or os.environ.get("SPOTD_URL")
         if url:
             token = token or os.environ.get("SPOTD_API_TOKEN")
             return cls(aiohttp.ClientSession(), url.rstrip("/"), token)
-        from spotd.server import socket_alive
-
         settings = settings or load_settings()
         if not socket_alive(settings.socket_path):
             if not autostart:
@@ -163,6 +132,9 @@ class Client:
         infra: str | None = None,
         project: str | None = None,
     ) -> Any:
+        """One request for a launch and its dry run: the job with the ``plan`` it was stored
+        from (``{name, resources, num_nodes, candidates}``), or with ``dry_run`` the plan
+        alone; nothing is stored then."""
         body: dict[str, Any] = {
             "yaml": yaml_text,
             "filename": filename,
@@ -193,7 +165,9 @@ class Client:
     async def cancel(self, job_id: int) -> Any:
         return await self.request("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def logs(self, job_id: int, *, follow: bool = False, attempt: int | None = None) -> AsyncIterator[bytes]:
+    def logs(
+        self, job_id: int, *, follow: bool = False, attempt: int | None = None
+    ) -> AsyncIterator[bytes]:
         params: dict[str, str] = {}
         if follow:
             params["follow"] = "1"
@@ -235,4 +209,3 @@ TERMINAL = {
     "FAILED_CONTROLLER",
     "CANCELLED",
 }
-

@@ -1,9 +1,9 @@
 """Services in the Python SDK: functions over the one API client (``spotd.sdk.client.Client``).
 
-    async with Client.connect() as c:
-        svc = await serve_up(c, Path("serve.yaml").read_text(), filename="serve.yaml")
-        await wait_service(c, svc["name"], lambda s: s["ready_replicas"] >= 3)
-        print(svc["endpoint"])
+async with Client.connect() as c:
+    svc = await serve_up(c, Path("serve.yaml").read_text(), filename="serve.yaml")
+    await wait_service(c, svc["name"], lambda s: s["ready_replicas"] >= 3)
+    print(svc["endpoint"])
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from spotd.sdk.client import Client
+if TYPE_CHECKING:
+    from spotd.sdk.client import Client
 
 
 async def serve_up(
@@ -26,7 +27,10 @@ async def serve_up(
     env: dict[str, str] | None = None,
 ) -> Any:
     body: dict[str, Any] = {
-        "yaml": yaml_text, "filename": filename, "env": env or {}, "base_dir": os.getcwd(),
+        "yaml": yaml_text,
+        "filename": filename,
+        "env": env or {},
+        "base_dir": os.getcwd(),
     }
     if name:
         body["name"] = name
@@ -50,8 +54,13 @@ async def serve_update(
     mode: str = "rolling",
     env: dict[str, str] | None = None,
 ) -> Any:
-    body = {"yaml": yaml_text, "filename": filename, "mode": mode, "env": env or {},
-            "base_dir": os.getcwd()}
+    body = {
+        "yaml": yaml_text,
+        "filename": filename,
+        "mode": mode,
+        "env": env or {},
+        "base_dir": os.getcwd(),
+    }
     return await c.request("POST", f"/v1/services/{name}/update", json=body)
 
 
@@ -94,5 +103,6 @@ async def wait_service(
         if pred(svc):
             return svc
         await asyncio.sleep(poll)
-    raise TimeoutError(f"service {name}: timed out after {timeout}s waiting for {what}; "
-                       f"it is {svc}")
+    raise TimeoutError(
+        f"service {name}: timed out after {timeout}s waiting for {what}; it is {svc}"
+    )

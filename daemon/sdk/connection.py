@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from spotd.sdk.errors import DaemonUnreachableError, from_api
 
 if TYPE_CHECKING:
-    from spotd.sdk.client import Client
     from spotd.config import Settings
+    from spotd.sdk.client import Client
 
 log = logging.getLogger("spotd.sdk")
 
@@ -67,9 +67,8 @@ class Connection:
         return Client.connect(settings=settings, autostart=False)
 
     def _local_daemon(self) -> Settings:
-        from spotd.sdk.client import DaemonUnreachable, start_local_daemon
         from spotd.config import ConfigError, load_settings
-        from spotd.server import socket_alive
+        from spotd.sdk.local import DaemonUnreachable, socket_alive, start_local_daemon
 
         try:
             settings = load_settings(Path(self.home) if self.home is not None else None)
@@ -82,7 +81,9 @@ class Connection:
         pid = start_local_daemon(settings)
         log.info(
             "No daemon was running: started spotd in the background (pid %d, home %s, log %s)",
-            pid, settings.home, settings.home / "spotd.log",
+            pid,
+            settings.home,
+            settings.home / "spotd.log",
         )
         return settings
 

@@ -11,9 +11,16 @@ from typing import Any
 ROOT_TRAIN = "examples"
 
 
-def train_yaml(*, steps: int = 30, step_seconds: float = 0.05, ckpt_every: int = 5,
-               extra_envs: str = "", recovery: str = "EAGER_NEXT_REGION",
-               max_restarts: int = 0, name: str = "train") -> str:
+def train_yaml(
+    *,
+    steps: int = 30,
+    step_seconds: float = 0.05,
+    ckpt_every: int = 5,
+    extra_envs: str = "",
+    recovery: str = "EAGER_NEXT_REGION",
+    max_restarts: int = 0,
+    name: str = "train",
+) -> str:
     return f"""
 name: {name}
 resources:
@@ -39,8 +46,13 @@ def expected_digest(steps: int) -> str:
     return state
 
 
-async def wait_job(client: Any, job_id: int, pred: Callable[[dict[str, Any]], bool],
-                   timeout: float = 120.0, what: str = "condition") -> dict[str, Any]:
+async def wait_job(
+    client: Any,
+    job_id: int,
+    pred: Callable[[dict[str, Any]], bool],
+    timeout: float = 120.0,
+    what: str = "condition",
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -55,8 +67,9 @@ async def logs(client: Any, job_id: int, attempt: int | None = None) -> str:
     return b"".join([c async for c in client.logs(job_id, attempt=attempt)]).decode()
 
 
-async def wait_log(client: Any, job_id: int, needle: str, *, attempt: int | None = None,
-                   timeout: float = 60.0) -> str:
+async def wait_log(
+    client: Any, job_id: int, needle: str, *, attempt: int | None = None, timeout: float = 60.0
+) -> str:
     deadline = time.monotonic() + timeout
     text = ""
     from spotd.sdk.client import ApiError

@@ -10,9 +10,11 @@ from tests.e2e.helpers import train_yaml, wait_job
 
 async def _raw(daemon, method: str, path: str, **kw):
     conn = aiohttp.UnixConnector(path=str(daemon.socket))
-    async with aiohttp.ClientSession(connector=conn) as s:
-        async with s.request(method, "http://spotd" + path, **kw) as r:
-            return r.status, await r.json()
+    async with (
+        aiohttp.ClientSession(connector=conn) as s,
+        s.request(method, "http://spotd" + path, **kw) as r,
+    ):
+        return r.status, await r.json()
 
 
 @pytest.mark.parametrize(
@@ -22,10 +24,20 @@ async def _raw(daemon, method: str, path: str, **kw):
         ("POST", "/v1/jobs", {"json": [1, 2]}, 400, "JSON object"),
         ("POST", "/v1/jobs", {"json": {"yaml": "run: x", "bogus": 1}}, 400, "invalid request"),
         ("POST", "/v1/jobs", {"json": {"yaml": "run: [unclosed"}}, 400, "invalid task YAML"),
-        ("POST", "/v1/jobs", {"json": {"yaml": "resources: {acclerators: A100}\nrun: x"}}, 400,
-         "invalid task YAML"),
-        ("POST", "/v1/jobs", {"json": {"yaml": "resources: {accelerators: A100:16}\nrun: x"}},
-         400, "no feasible placement"),
+        (
+            "POST",
+            "/v1/jobs",
+            {"json": {"yaml": "resources: {acclerators: A100}\nrun: x"}},
+            400,
+            "invalid task YAML",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            {"json": {"yaml": "resources: {accelerators: A100:16}\nrun: x"}},
+            400,
+            "no feasible placement",
+        ),
         ("POST", "/v1/jobs", {"json": {"yaml": "name: x"}}, 400, "run"),
         ("GET", "/v1/jobs/12345", {}, 404, "no job"),
         ("GET", "/v1/jobs/abc", {}, 400, "number"),
@@ -34,14 +46,34 @@ async def _raw(daemon, method: str, path: str, **kw):
         ("POST", "/v1/chaos/preempt", {"json": {"target": "nope"}}, 404, "no live instance"),
         ("POST", "/v1/chaos/stockout", {"json": {"target": "mars", "seconds": 5}}, 404, "mars"),
         ("POST", "/v1/chaos/stockout", {"json": {"target": "x", "seconds": -1}}, 400, "invalid"),
-        ("POST", "/v1/chaos/stockout",
-         {"json": {"target": "local-east", "seconds": 5, "market": "reserved"}}, 400, "market"),
-        ("POST", "/agent/v1/heartbeat", {"json": {"key": "j1-a1-n0", "phase": "run",
-                                                  "log_offset": 0}}, 401, "token"),
-        ("POST", "/v1/services/nope/lb-events", {"json": {"event": "ejected",
-                                                          "replica_id": "1"}}, 404, "no service"),
-        ("POST", "/v1/services/nope/lb-events", {"json": {"event": "exploded",
-                                                          "replica_id": "1"}}, 400, "invalid"),
+        (
+            "POST",
+            "/v1/chaos/stockout",
+            {"json": {"target": "local-east", "seconds": 5, "market": "reserved"}},
+            400,
+            "market",
+        ),
+        (
+            "POST",
+            "/agent/v1/heartbeat",
+            {"json": {"key": "j1-a1-n0", "phase": "run", "log_offset": 0}},
+            401,
+            "token",
+        ),
+        (
+            "POST",
+            "/v1/services/nope/lb-events",
+            {"json": {"event": "ejected", "replica_id": "1"}},
+            404,
+            "no service",
+        ),
+        (
+            "POST",
+            "/v1/services/nope/lb-events",
+            {"json": {"event": "exploded", "replica_id": "1"}},
+            400,
+            "invalid",
+        ),
         ("GET", "/v1/nope", {}, 404, "Not Found"),
     ],
 )
@@ -52,8 +84,12 @@ async def test_bad_requests_get_4xx_json(daemon, method, path, kw, status, phras
 
 
 async def test_yaml_error_names_key_and_line(daemon):
-    got, body = await _raw(daemon, "POST", "/v1/jobs", json={
-        "yaml": "name: x\nresources:\n  acclerators: A100:1\nrun: echo\n"})
+    got, body = await _raw(
+        daemon,
+        "POST",
+        "/v1/jobs",
+        json={"yaml": "name: x\nresources:\n  acclerators: A100:1\nrun: echo\n"},
+    )
     assert got == 400
     [issue] = body["details"]
     assert issue["line"] == 3 and "accelerators" in issue["message"]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.e2e.helpers import digest_of, expected_digest, logs, train_yaml, wait_job, wait_log
 
@@ -29,25 +30,42 @@ async def test_kill9_daemon_readopts_running_jobs_and_reaps_unknown(daemon):
     # a stray instance the store has never heard of, tagged as ours
     stray_dir = daemon.home / "local" / "instances" / "local-j999-a1-n0"
     stray_dir.mkdir(parents=True)
-    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
-                             start_new_session=True)
-    stat = open(f"/proc/{stray.pid}/stat").read()
-    ticks = int(stat[stat.rindex(")") + 2:].split()[19])
-    home_tag = __import__("spotd.config", fromlist=["x"]).load_settings(
-        daemon.home, env=daemon.env).home_tag
-    (stray_dir / "meta.json").write_text(json.dumps({
-        "id": "local-j999-a1-n0", "key": "j999-a1-n0", "region": "x", "zone": "x",
-        "instance_type": "cpu-1", "market": "spot",
-        "tags": {"spotd-home": home_tag, "spotd-key": "j999-a1-n0"},
-        "pid": stray.pid, "start_ticks": ticks, "created_at": time.time()}))
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
+    )
+    stat = Path(f"/proc/{stray.pid}/stat").read_text()
+    ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+    home_tag = (
+        __import__("spotd.config", fromlist=["x"])
+        .load_settings(daemon.home, env=daemon.env)
+        .home_tag
+    )
+    (stray_dir / "meta.json").write_text(
+        json.dumps(
+            {
+                "id": "local-j999-a1-n0",
+                "key": "j999-a1-n0",
+                "region": "x",
+                "zone": "x",
+                "instance_type": "cpu-1",
+                "market": "spot",
+                "tags": {"spotd-home": home_tag, "spotd-key": "j999-a1-n0"},
+                "pid": stray.pid,
+                "start_ticks": ticks,
+                "created_at": time.time(),
+            }
+        )
+    )
     time.sleep(1.0)  # the jobs keep running without the daemon
     for pid in pids_before.values():
         os.kill(pid, 0)  # still alive
     daemon.start()
     async with daemon.client() as c:
-        jobs = [await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=60) for jid in ids]
+        jobs = [
+            await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=60) for jid in ids
+        ]
         texts = [await logs(c, jid) for jid in ids]
-    for job, text in zip(jobs, texts):
+    for job, text in zip(jobs, texts, strict=True):
         assert job["status"] == "SUCCEEDED", job
         assert len(job["attempts"]) == 1, "re-adopted, not relaunched"
         assert digest_of(text) == expected_digest(steps)
@@ -88,18 +106,28 @@ async def test_intent_written_but_job_not_moved_is_adopted_after_a_restart(daemo
         task = load_task("i.yaml", text=train_yaml(steps=5))
         yaml_dir = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "examples")
         task = task.model_copy(update={"workdir": yaml_dir})
-        row = store.create_job(name="intent", task_id_prefix="t-j",
-                               spec_json=task.model_dump_json(exclude_unset=True),
-                               spec_redacted_json=_json.dumps({}), resources="cpu",
-                               submitted_at=time.time())
+        row = store.create_job(
+            name="intent",
+            task_id_prefix="t-j",
+            spec_json=task.model_dump_json(exclude_unset=True),
+            spec_redacted_json=_json.dumps({}),
+            resources="cpu",
+            submitted_at=time.time(),
+        )
         cand = job["candidates"][0]
-        store.create_attempt(job_id=row.id, attempt=1, provider=cand["provider"],
-                             region=cand["region"], zone=cand["zone"],
-                             instance_type=cand["instance_type"], market=cand["market"],
-                             price_per_hour=cand["price_per_hour"], num_nodes=1,
-                             now=time.time(),
-                             instances=[{"key": f"j{row.id}-a1-n0", "node_rank": 0,
-                                         "token": "tok"}])
+        store.create_attempt(
+            job_id=row.id,
+            attempt=1,
+            provider=cand["provider"],
+            region=cand["region"],
+            zone=cand["zone"],
+            instance_type=cand["instance_type"],
+            market=cand["market"],
+            price_per_hour=cand["price_per_hour"],
+            num_nodes=1,
+            now=time.time(),
+            instances=[{"key": f"j{row.id}-a1-n0", "node_rank": 0, "token": "tok"}],
+        )
         assert store.get_job(row.id).status == JobStatus.PENDING
     finally:
         store.close()

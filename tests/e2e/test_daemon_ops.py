@@ -56,11 +56,13 @@ async def test_tcp_api_needs_the_token(make_daemon):
     async with aiohttp.ClientSession() as s:
         async with s.get(f"http://127.0.0.1:{port}/v1/jobs") as r:
             assert r.status == 401
-        async with s.get(f"http://127.0.0.1:{port}/v1/jobs",
-                         headers={"Authorization": "Bearer wrong"}) as r:
+        async with s.get(
+            f"http://127.0.0.1:{port}/v1/jobs", headers={"Authorization": "Bearer wrong"}
+        ) as r:
             assert r.status == 401
-        async with s.get(f"http://127.0.0.1:{port}/v1/jobs",
-                         headers={"Authorization": "Bearer s3cret-token"}) as r:
+        async with s.get(
+            f"http://127.0.0.1:{port}/v1/jobs", headers={"Authorization": "Bearer s3cret-token"}
+        ) as r:
             assert r.status == 200 and await r.json() == []
     from spotd.sdk.client import Client
 
@@ -140,8 +142,10 @@ async def test_silent_instance_is_declared_lost_only_after_the_lost_timeout(make
 
 async def test_secrets_never_appear_in_outputs(daemon):
     secret = "hunter2-very-secret-value"
-    yaml = ("resources: {cpus: 1+}\nsecrets: {API_KEY: null}\n"
-            "run: test \"$API_KEY\" = " + secret + " && echo key-ok\n")
+    yaml = (
+        "resources: {cpus: 1+}\nsecrets: {API_KEY: null}\n"
+        'run: test "$API_KEY" = ' + secret + " && echo key-ok\n"
+    )
     async with daemon.client() as c:
         job = await c.launch(yaml, filename="s.yaml", env={"API_KEY": secret})
         job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
@@ -175,8 +179,9 @@ async def test_daemon_logs_are_json_lines_with_job_and_attempt_ids(daemon):
         await wait_job(c, job["id"], lambda j: j["status"] == "RUNNING")
         await c.chaos("preempt", target=str(job["id"]))
         await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
-    lines = [_json.loads(line) for line in daemon.log_tail(10**7).splitlines()
-             if line.startswith("{")]
+    lines = [
+        _json.loads(line) for line in daemon.log_tail(10**7).splitlines() if line.startswith("{")
+    ]
     mine = [e for e in lines if e.get("job_id") == job["id"]]
     events = {e["event"] for e in mine}
     assert {"placed", "attempt lost", "job finished"} <= events

@@ -11,15 +11,16 @@ from tests.e2e.helpers import logs, wait_job, wait_log
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}
 
 
-def _yaml(workdir, data) -> str:  # noqa: ANN001
+def _yaml(workdir, data) -> str:
+    mount = f"/tmp/spotd-e2e-mount-{id(data)}/data"
     return f"""
 name: files
 resources: {{cpus: 1+, use_spot: true}}
 workdir: {workdir}
 file_mounts:
-  /tmp/spotd-e2e-mount-{id(data)}/data: {data}
+  {mount}: {data}
 run: |
-  echo "code=$(cat code.txt) data=$(cat /tmp/spotd-e2e-mount-{id(data)}/data/input.txt) attempt=$SPOTD_ATTEMPT"
+  echo "code=$(cat code.txt) data=$(cat {mount}/input.txt) attempt=$SPOTD_ATTEMPT"
   test -e ignored.log && echo LEAKED-IGNORED
   sleep 2
 """
@@ -74,11 +75,13 @@ async def test_relaunch_with_one_changed_file_transfers_only_it(daemon, tmp_path
     assert "\n7\n" in text  # the job saw the changed file
 
 
-async def _post(daemon, yaml: str):  # noqa: ANN202
+async def _post(daemon, yaml: str):
     conn = aiohttp.UnixConnector(path=str(daemon.socket))
-    async with aiohttp.ClientSession(connector=conn) as s:
-        async with s.post("http://spotd/v1/jobs", json={"yaml": yaml, "base_dir": "/tmp"}) as r:
-            return r.status, await r.json()
+    async with (
+        aiohttp.ClientSession(connector=conn) as s,
+        s.post("http://spotd/v1/jobs", json={"yaml": yaml, "base_dir": "/tmp"}) as r,
+    ):
+        return r.status, await r.json()
 
 
 async def test_bad_paths_are_refused_before_anything_launches(daemon, tmp_path):

@@ -17,7 +17,10 @@ async def test_job_runs_to_success_on_the_cheapest_spot_zone(daemon):
         assert job["status"] == "SUCCEEDED", job
         first = plan["candidates"][0]
         assert (job["region"], job["zone"], job["market"]) == (
-            first["region"], first["zone"], "spot")
+            first["region"],
+            first["zone"],
+            "spot",
+        )
         assert job["recoveries"] == 0
         [attempt] = job["attempts"]
         assert attempt["end_reason"] == "SUCCEEDED"
@@ -43,14 +46,18 @@ run: >-
         assert job["status"] == "SUCCEEDED", job
         text = await logs(c, job["id"])
     for rank in (0, 1):
-        assert f"rank={rank}/2 sp={rank} job={job['id']} task={job['task_id']} attempt=1 " \
-               f"greet=hello given=yes ckpt=set ips=2" in text
+        assert (
+            f"rank={rank}/2 sp={rank} job={job['id']} task={job['task_id']} attempt=1 "
+            f"greet=hello given=yes ckpt=set ips=2" in text
+        )
     assert text.count("setup-ran") == 2
 
 
 async def test_setup_failure_is_not_retried(daemon):
-    yaml = "resources: {cpus: 1+}\nsetup: exit 3\nrun: echo never\n" \
-           "job_recovery: {max_restarts_on_errors: 5}\n"
+    yaml = (
+        "resources: {cpus: 1+}\nsetup: exit 3\nrun: echo never\n"
+        "job_recovery: {max_restarts_on_errors: 5}\n"
+    )
     async with daemon.client() as c:
         job = await c.launch(yaml, filename="s.yaml")
         job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
@@ -61,8 +68,9 @@ async def test_setup_failure_is_not_retried(daemon):
 
 async def test_user_failure_not_retried_without_restarts(daemon):
     async with daemon.client() as c:
-        job = await c.launch(train_yaml(steps=10, extra_envs="  FAIL_AT_STEP: 3",
-                                        max_restarts=0), filename="f.yaml")
+        job = await c.launch(
+            train_yaml(steps=10, extra_envs="  FAIL_AT_STEP: 3", max_restarts=0), filename="f.yaml"
+        )
         job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
     assert job["status"] == "FAILED"
     assert [a["end_reason"] for a in job["attempts"]] == ["USER_FAILED"]
@@ -71,8 +79,9 @@ async def test_user_failure_not_retried_without_restarts(daemon):
 
 async def test_user_failure_restarted_up_to_max_restarts(daemon):
     async with daemon.client() as c:
-        job = await c.launch(train_yaml(steps=10, extra_envs="  FAIL_AT_STEP: 3",
-                                        max_restarts=2), filename="f.yaml")
+        job = await c.launch(
+            train_yaml(steps=10, extra_envs="  FAIL_AT_STEP: 3", max_restarts=2), filename="f.yaml"
+        )
         job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
     assert job["status"] == "FAILED"
     assert [a["end_reason"] for a in job["attempts"]] == ["USER_FAILED"] * 3
@@ -91,8 +100,17 @@ async def test_cancel_terminates_instances(daemon):
 
 
 def test_cli_queue_json_and_table(daemon):
-    r = daemon.spotctl("jobs", "launch", "examples/train.yaml", "-d", "-y",
-                       "--env", "TRAIN_STEPS=3", "--env", "STEP_SECONDS=0")
+    r = daemon.spotctl(
+        "jobs",
+        "launch",
+        "examples/train.yaml",
+        "-d",
+        "-y",
+        "--env",
+        "TRAIN_STEPS=3",
+        "--env",
+        "STEP_SECONDS=0",
+    )
     assert r.returncode == 0, r.stderr
     r = daemon.spotctl("jobs", "queue", "-o", "json")
     assert r.returncode == 0, r.stderr
@@ -112,10 +130,59 @@ def test_cli_queue_json_and_table(daemon):
 async def test_any_of_entries_keep_inheriting_top_level_fields(daemon):
     """The stored task must rebuild exactly: `use_spot` at the top applies to every any_of
     entry on every attempt (a plain model dump loses that inheritance)."""
-    yaml = ("resources:\n  use_spot: true\n  any_of:\n    - {cpus: 2}\n    - {cpus: 4}\n"
-            "run: echo ok\n")
+    yaml = (
+        "resources:\n  use_spot: true\n  any_of:\n    - {cpus: 2}\n    - {cpus: 4}\nrun: echo ok\n"
+    )
     async with daemon.client() as c:
         job = await c.launch(yaml, filename="a.yaml")
         job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL)
     assert job["status"] == "SUCCEEDED"
     assert job["attempts"][0]["market"] == "spot"
+
+
+async def test_cli_launch_is_one_request_and_prints_the_plan_it_used(daemon):
+    r = daemon.spotctl(
+        "jobs",
+        "launch",
+        "examples/train.yaml",
+        "-d",
+        "-y",
+        "--env",
+        "TRAIN_STEPS=1",
+        "--env",
+        "STEP_SECONDS=0",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Placement for train-demo" in r.stdout and "chosen" in r.stdout
+    assert "Job submitted: id" in r.stdout
+    r = daemon.spotctl(
+        "jobs",
+        "launch",
+        "examples/train.yaml",
+        "-d",
+        "-y",
+        "-o",
+        "json",
+        "--env",
+        "TRAIN_STEPS=1",
+        "--env",
+        "STEP_SECONDS=0",
+    )
+    answer = json.loads(r.stdout)
+    assert answer["name"] == answer["plan"]["name"] == "train-demo"
+    assert answer["plan"]["candidates"][0]["market"] == "spot"
+    async with daemon.client() as c:
+        metrics = await c.request("GET", "/metrics")
+    assert _launch_requests(metrics, code=201) == 2
+    assert _launch_requests(metrics, code=200) == 0, "a dry run went first"
+
+
+def _launch_requests(metrics: str, *, code: int) -> float:
+    for line in metrics.splitlines():
+        if (
+            line.startswith("spotd_api_requests_total{")
+            and f'code="{code}"' in line
+            and 'route="/v1/jobs"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

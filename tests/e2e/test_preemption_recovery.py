@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from tests.e2e.helpers import digest_of, expected_digest, logs, train_yaml, wait_job, wait_log
@@ -11,7 +12,9 @@ TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCEL
 
 async def _running_attempt(c, job_id: int, n: int) -> dict:
     return await wait_job(
-        c, job_id, lambda j: len(j["attempts"]) >= n and j["status"] == "RUNNING",
+        c,
+        job_id,
+        lambda j: len(j["attempts"]) >= n and j["status"] == "RUNNING",
         what=f"attempt {n} running",
     )
 
@@ -52,7 +55,7 @@ async def test_three_preemptions_finish_with_the_uninterrupted_digest(daemon):
     assert ends.count("PREEMPTED") == 3 and ends[-1] == "SUCCEEDED"
     # each relaunch left the region that was just preempted
     real = [a for a in job["attempts"] if a["end_reason"] != "LAUNCH_FAILED"]
-    for prev, nxt in zip(real, real[1:]):
+    for prev, nxt in itertools.pairwise(real):
         assert nxt["region"] != prev["region"], [(a["region"], a["end_reason"]) for a in real]
     # the first relaunch went to the cheapest region that was not blocked
     assert real[1]["region"] == next(r for r in regions_by_price if r != real[0]["region"])
@@ -94,8 +97,7 @@ async def test_partitioned_instance_is_not_replaced(daemon):
 
 
 async def test_stockout_everywhere_waits_then_gives_up(daemon):
-    yaml = train_yaml(steps=5).replace(
-        "job_recovery:\n", "job_recovery:\n  give_up_after: 3s\n")
+    yaml = train_yaml(steps=5).replace("job_recovery:\n", "job_recovery:\n  give_up_after: 3s\n")
     async with daemon.client() as c:
         plan = await c.launch(yaml, filename="g.yaml", dry_run=True)
         for r in {cand["region"] for cand in plan["candidates"]}:

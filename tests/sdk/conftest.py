@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import spotd
 
+import spotd
 from tests.conftest import DaemonProc, kill_instance_groups
 
 

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import pytest
+
 import spotd
-from spotd.sdk.client import ApiError as ClientApiError
 from spotd.sdk import errors
+from spotd.sdk.client import ApiError as ClientApiError
 
 
 @pytest.mark.parametrize(
     ("status", "message", "details", "expected"),
     [
-        (400, "invalid task YAML",
-         [{"path": "resources.acclerators", "line": 3, "message": "unknown key"}],
-         errors.TaskRejectedError),
+        (
+            400,
+            "invalid task YAML",
+            [{"path": "resources.acclerators", "line": 3, "message": "unknown key"}],
+            errors.TaskRejectedError,
+        ),
         (400, "`run` is required for a managed job", None, errors.TaskRejectedError),
         (400, "workdir: /nope is not a directory", None, errors.TaskRejectedError),
-        (400, "this task has a `service:` section: use `spotctl serve up`", None,
-         errors.TaskRejectedError),
-        (400, "no feasible placement: no instance type offers A100:16", None,
-         errors.NoFeasiblePlacementError),
+        (
+            400,
+            "this task has a `service:` section: use `spotctl serve up`",
+            None,
+            errors.TaskRejectedError,
+        ),
+        (
+            400,
+            "no feasible placement: no instance type offers A100:16",
+            None,
+            errors.NoFeasiblePlacementError,
+        ),
         (429, "too many jobs for project ml", None, errors.QuotaExceededError),
         (400, "quota of 4 GPUs for project ml reached", None, errors.QuotaExceededError),
         (404, "no job 7", None, errors.NotFoundError),
@@ -38,8 +50,11 @@ def test_status_and_message_pick_the_type(status, message, details, expected) ->
 
 
 def test_rejected_task_is_an_invalid_task_with_its_issues() -> None:
-    raw = ClientApiError(400, "invalid task YAML", [
-        {"path": "resources.acclerators", "line": 3, "message": "unknown key"}])
+    raw = ClientApiError(
+        400,
+        "invalid task YAML",
+        [{"path": "resources.acclerators", "line": 3, "message": "unknown key"}],
+    )
     got = errors.from_api(raw)
     assert isinstance(got, spotd.InvalidTaskError)
     [issue] = got.issues
@@ -54,11 +69,15 @@ def test_timeouts_and_sync_misuse_are_also_builtin_types() -> None:
 
 @pytest.mark.parametrize(
     ("status", "message", "unavailable"),
-    [(404, "Not Found", True), (503, "services are not enabled in this daemon", True),
-     (404, "no service 'x'", False)],
+    [
+        (404, "Not Found", True),
+        (503, "services are not enabled in this daemon", True),
+        (404, "no service 'x'", False),
+    ],
 )
-def test_missing_services_api_is_told_apart_from_a_missing_service(status, message,
-                                                                   unavailable) -> None:
+def test_missing_services_api_is_told_apart_from_a_missing_service(
+    status, message, unavailable
+) -> None:
     from spotd.sdk.aio.serve import _unavailable
 
     got = _unavailable(errors.from_api(ClientApiError(status, message)))

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 import spotd
 from spotd.sdk.errors import ConflictError, SyncCallInEventLoopError
 from spotd.types import AttemptStatus, EndReason, JobStatus
-
 from tests.sdk.conftest import short_home
 
 FAST = 0.1  # poll interval for wait() in tests
@@ -38,8 +38,9 @@ def test_launch_then_wait_gives_a_typed_succeeded_job(conn: spotd.Connection) ->
 
 
 def test_launch_without_detach_waits_for_the_end(conn: spotd.Connection) -> None:
-    handle = spotd.jobs.launch(echo_task("attached"), "renamed", detach=False, poll=FAST,
-                               connection=conn)
+    handle = spotd.jobs.launch(
+        echo_task("attached"), "renamed", detach=False, poll=FAST, connection=conn
+    )
     assert handle.name == "renamed" and handle.job.status is JobStatus.SUCCEEDED
 
 
@@ -48,9 +49,7 @@ def test_logs_are_an_iterator_of_lines(conn: spotd.Connection) -> None:
     handle = spotd.jobs.launch(echo_task("logs", run), connection=conn)
     followed = list(spotd.jobs.logs(handle.id, follow=True, connection=conn))  # to the end
     assert followed[0].startswith("=== attempt 1: local/")
-    assert [line for line in followed if line.startswith("line-")] == [
-        "line-1", "line-2", "line-3"
-    ]
+    assert [line for line in followed if line.startswith("line-")] == ["line-1", "line-2", "line-3"]
     assert not any("\n" in line for line in followed)
     only_first = list(spotd.jobs.logs(handle.id, attempt=1, connection=conn))
     assert only_first == followed
@@ -168,8 +167,9 @@ async def test_async_twin_launches_streams_and_waits(conn: spotd.Connection) -> 
         await spotd.aio.jobs.get(987654, connection=conn)
 
 
-def test_relative_workdir_resolves_against_the_callers_cwd(conn, tmp_path: Path,
-                                                          monkeypatch) -> None:
+def test_relative_workdir_resolves_against_the_callers_cwd(
+    conn, tmp_path: Path, monkeypatch
+) -> None:
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "hello.txt").write_text("from the workdir\n")
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,12 @@ def test_quickstart_launches_a_job_from_python(daemon) -> None:
     env = dict(daemon.env)  # SPOTD_HOME of the test daemon, no SPOTD_URL
     r = subprocess.run(
         [sys.executable, "examples/sdk_quickstart.py"],
-        check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "  any_of:\n" in r.stdout  # the set of Resources, as YAML

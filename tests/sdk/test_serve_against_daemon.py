@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 import spotd
 from spotd.sdk import serve
 from spotd.sdk.errors import ConflictError, ServicesUnavailableError
@@ -29,14 +30,16 @@ def stub_service(name: str, *, env: str = "1") -> spotd.Task:
         name=name,
         run="python3 -m spotd.serve.stub_replica --port $SPOTD_REPLICA_PORT",
         envs={"GENERATION": env},
-        service=spotd.Service(readiness_probe={"path": "/health", "initial_delay_seconds": 30},
-                              replicas=1),
+        service=spotd.Service(
+            readiness_probe={"path": "/health", "initial_delay_seconds": 30}, replicas=1
+        ),
     )
     return task.set_resources(spotd.Resources(cpus="1+"))
 
 
-def wait_ready(name: str, conn: spotd.Connection, *, version: int = 1,
-               timeout: float = 60) -> spotd.ServiceStatus:
+def wait_ready(
+    name: str, conn: spotd.Connection, *, version: int = 1, timeout: float = 60
+) -> spotd.ServiceStatus:
     deadline = time.monotonic() + timeout
     svc = serve.status(name, connection=conn)
     while time.monotonic() < deadline:
@@ -73,8 +76,9 @@ def test_up_status_update_down(service: str, svc_conn: spotd.Connection) -> None
     replica_lines = list(serve.logs(service, replica.id, connection=svc_conn))
     assert replica_lines and all("\n" not in line for line in replica_lines)
 
-    updated = serve.update(service, stub_service(service, env="2"), mode="rolling",
-                           connection=svc_conn)
+    updated = serve.update(
+        service, stub_service(service, env="2"), mode="rolling", connection=svc_conn
+    )
     assert updated.version == 2
     wait_ready(service, svc_conn, version=2)
 

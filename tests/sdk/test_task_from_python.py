@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 import spotd
 from spotd.spec import SpecError, Task, load_task
 
@@ -33,8 +34,9 @@ def test_python_task_is_the_spec_model_and_round_trips(tmp_path: Path) -> None:
     assert "run: |" in task.to_yaml()  # multi-line commands dump as the block users write
 
 
-A100, H100 = spotd.Resources(accelerators="A100:8"), spotd.Resources(
-    accelerators="H100:8", use_spot=True
+A100, H100 = (
+    spotd.Resources(accelerators="A100:8"),
+    spotd.Resources(accelerators="H100:8", use_spot=True),
 )
 
 
@@ -57,7 +59,8 @@ def test_list_is_ordered_and_set_is_any_of(given, key: str, ordered: bool, tmp_p
     request = task.resource_request()
     assert request.ordered is ordered
     assert [(o.accelerator, o.use_spot) for o in request.options] == [
-        ("A100", False), ("H100", True)
+        ("A100", False),
+        ("H100", True),
     ]
     assert f"  {key}:\n" in task.to_yaml()
     assert _round_trip(task, tmp_path) == task
@@ -92,7 +95,7 @@ def test_nested_choice_in_a_choice_is_an_invalid_task() -> None:
     assert "resources.ordered[1]: any_of/ordered cannot be nested" in str(err.value)
     with pytest.raises(spotd.InvalidTaskError, match="give at least one"):
         spotd.Task(run="echo").set_resources([])
-    with pytest.raises(TypeError, match="a list .ordered. or a set"):
+    with pytest.raises(TypeError, match=r"a list .ordered. or a set"):
         spotd.Task(run="echo").set_resources("A100:8")  # type: ignore[arg-type]
 
 
@@ -106,7 +109,8 @@ def test_bad_yaml_file_raises_invalid_task_error_with_key_path_and_line(tmp_path
     assert f"{bad}:3: resources.acclerators: unknown key; did you mean `accelerators`?" in text
     assert f"{bad}:4: resources.memory:" in text
     assert [(i.path, i.line) for i in err.value.issues] == [
-        ("resources.acclerators", 3), ("resources.memory", 4)
+        ("resources.acclerators", 3),
+        ("resources.memory", 4),
     ]
 
 

@@ -3,7 +3,9 @@
 ::
 
     task = spotd.Task(name="train", run="python train.py", workdir=".")
-    task.set_resources({spotd.Resources(accelerators="A100:8"), spotd.Resources(accelerators="H100:8")})
+    task.set_resources(
+        {spotd.Resources(accelerators="A100:8"), spotd.Resources(accelerators="H100:8")}
+    )
     handle = await spotd.aio.jobs.launch(task)
     async for line in spotd.aio.jobs.logs(handle.id, follow=True):
         print(line)
@@ -68,7 +70,10 @@ async def launch(
     text = task_yaml(task)
     async with resolve(connection).client() as c:
         data = await c.launch(
-            text, filename=f"<sdk:{task.name or 'task'}>", name=name, env=dict(env or {}),
+            text,
+            filename=f"<sdk:{task.name or 'task'}>",
+            name=name,
+            env=dict(env or {}),
             deadline=deadline,
         )
         job = Job.from_json(data)

@@ -30,7 +30,9 @@ def _unavailable(exc: ApiError) -> ApiError:
     """A missing route (aiohttp's own bare 404) or a 503 means no services API here."""
     if (exc.status == 404 and exc.message == "Not Found") or exc.status == 503:
         return ServicesUnavailableError(
-            exc.status, exc.message, exc.details,
+            exc.status,
+            exc.message,
+            exc.details,
             text=f"this spotd has no services API (/v1/services): {exc}",
         )
     return exc
@@ -63,8 +65,12 @@ async def up(
     ``ConflictError`` if the name is taken; ``InvalidTaskError`` /
     ``NoFeasiblePlacementError`` before anything starts."""
     text = task_yaml(task)
-    data = await _call(connection, lambda c: client_serve.serve_up(
-        c, text, filename=_filename(task), name=name, env=dict(env or {})))
+    data = await _call(
+        connection,
+        lambda c: client_serve.serve_up(
+            c, text, filename=_filename(task), name=name, env=dict(env or {})
+        ),
+    )
     return ServiceStatus.from_json(data)
 
 
@@ -101,8 +107,12 @@ async def update(
     if mode not in UPDATE_MODES:
         raise ValueError(f"mode must be one of {', '.join(UPDATE_MODES)}, got {mode!r}")
     text = task_yaml(task)
-    data = await _call(connection, lambda c: client_serve.serve_update(
-        c, name, text, filename=_filename(task), mode=mode, env=dict(env or {})))
+    data = await _call(
+        connection,
+        lambda c: client_serve.serve_update(
+            c, name, text, filename=_filename(task), mode=mode, env=dict(env or {})
+        ),
+    )
     return ServiceStatus.from_json(data)
 
 

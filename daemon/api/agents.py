@@ -1,0 +1,95 @@
+"""The job agents' heartbeat: ``POST /agent/v1/heartbeat``.
+
+An agent (``spotd.agent.main``) posts its phase, exit code, any interruption notice, GPU
+samples and the next slice of its node's log, with the per-instance token the daemon gave it.
+The log slice starts at ``log_offset``: the answer says how much the daemon holds, so a slice
+lost on the way is sent again and one sent twice is written once. Replica agents post to the
+same path; ``spotd.api.services`` takes theirs before this handler sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import Field
+
+from spotd.api.common import (
+    CONTROLLER,
+    METRICS,
+    SETTINGS,
+    STORE,
+    ApiError,
+    Body,
+    json_error,
+    read_body,
+)
+from spotd.control.logs import append_log
+from spotd.telemetry import gpu
+
+__all__ = ["Heartbeat", "add_routes"]
+
+log = structlog.get_logger("spotd.api.agents")
+
+_PHASES = frozenset({"starting", "setup", "run", "exited", "setup_failed", "preempted"})
+
+
+class Heartbeat(Body):
+    key: str
+    phase: str
+    exit_code: int | None = None
+    notice_deadline: float | None = None
+    log_offset: int = Field(ge=0)
+    log_b64: str = ""
+    checkpoint_synced_at: float | None = None
+    gpus: list[dict[str, Any]] = Field(default_factory=list)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    body = await read_body(request, Heartbeat)
+    store = request.app[STORE]
+    row = await store.get_instance(body.key)
+    if row is None or not token or not hmac.compare_digest(row.token.encode(), token.encode()):
+        return json_error(401, "unknown instance or wrong agent token")
+    try:
+        data = base64.b64decode(body.log_b64, validate=True)
+    except ValueError as exc:
+        raise ApiError(400, f"log_b64 is not base64: {exc}") from exc
+    settings = request.app[SETTINGS]
+    path = settings.logs_dir / row.attempt_id / f"node-{row.node_rank}.log"
+    offset = await asyncio.to_thread(append_log, path, body.log_offset, data)
+    phase = body.phase if body.phase in _PHASES else None
+    gpus_json = None
+    if "gpus" in body.model_fields_set:  # an agent that says nothing about GPUs: leave as is
+        try:
+            gpus_json = json.dumps([s.to_json() for s in gpu.parse_samples(body.gpus)])
+        except ValueError as exc:  # keep the heartbeat: it matters more than telemetry
+            log.warning("bad GPU samples in heartbeat", key=body.key, error=str(exc))
+    await store.record_heartbeat(
+        body.key,
+        now=time.time(),
+        phase=phase,
+        exit_code=body.exit_code,
+        notice_deadline=body.notice_deadline,
+        gpus_json=gpus_json,
+    )
+    await store.set_log_offset(body.key, offset)
+    request.app[METRICS].heartbeats.inc()
+    if (
+        phase != row.phase
+        or body.exit_code != row.exit_code
+        or (body.notice_deadline is not None and row.notice_deadline is None)
+    ):
+        request.app[CONTROLLER].wake(row.job_id)
+    return web.json_response({"log_offset": offset})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/agent/v1/heartbeat", heartbeat)

@@ -1,0 +1,152 @@
+"""The daemon's HTTP API (aiohttp): the application, its middlewares, who may call what.
+
+Built the aiohttp way: state on ``web.AppKey``s (``spotd.api.common``), no module-level
+singletons, the application separate from where it listens (the unix socket, and TCP with a
+bearer token when configured). Each resource is its own module that adds its routes:
+
+- ``jobs``: launch (and its dry run), list, get, events, cancel
+- ``logs``: a job's logs, streamed
+- ``agents``: the job agents' heartbeat
+- ``chaos``: failure injection through providers that have test controls
+- ``cost`` and ``projects``: what was spent, and the tenants with their quotas
+- ``ops``: health and Prometheus metrics
+- ``services``: ``/v1/services...`` and the replica agents' heartbeats
+
+Every error a client can cause is a 4xx with a JSON body ``{"error": ..., "details": ...}``;
+a 500 means a bug, and it too is JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+import structlog
+from aiohttp import web
+
+from spotd.api import agents, chaos, cost, jobs, logs, ops, projects, services
+from spotd.api.common import (
+    CONTROLLER,
+    LAUNCH_LOCK,
+    METRICS,
+    PROJECT_SCOPE,
+    SETTINGS,
+    STORE,
+    TCP_APP,
+    ApiError,
+    Handler,
+    json_error,
+)
+from spotd.config import Settings
+from spotd.control import quota
+from spotd.control.jobs import Controller
+from spotd.control.submit import NotPermitted, Refused, UnknownProject
+from spotd.metrics import DaemonMetrics
+from spotd.store import AsyncStore
+
+__all__ = ["make_app", "refusal_status"]
+
+log = structlog.get_logger("spotd.api")
+
+
+def refusal_status(exc: Refused) -> int:
+    """The HTTP status of a launch the use case refused: 403 for what the caller may not do
+    (a quota included), 404 for a project that does not exist, 400 for a bad request."""
+    if isinstance(exc, NotPermitted):
+        return 403
+    if isinstance(exc, UnknownProject):
+        return 404
+    return 400
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    route = (
+        request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    )
+    try:
+        resp = await handler(request)
+    except ApiError as exc:
+        resp = json_error(exc.status, exc.message, exc.details)
+    except Refused as exc:
+        resp = json_error(refusal_status(exc), exc.message, exc.details)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        resp = json_error(exc.status, exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # A bug: keep the daemon up, tell the client, keep the traceback in the log.
+        log.exception("unhandled error in API handler", path=request.path)
+        resp = json_error(500, "internal error in spotd; see the daemon log")
+    metrics.api_requests.labels(route, str(resp.status)).inc()
+    return resp
+
+
+# What a project token may do on the TCP API: its own jobs, its own costs, its own project.
+# Everything else (chaos, services, creating projects, routes added later) is admin-only.
+_PROJECT_ROUTES = frozenset(
+    {
+        ("GET", "/v1/health"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs"),
+        ("GET", "/v1/jobs/{job_id}"),
+        ("GET", "/v1/jobs/{job_id}/events"),
+        ("GET", "/v1/jobs/{job_id}/logs"),
+        ("POST", "/v1/jobs/{job_id}/cancel"),
+        ("GET", "/v1/cost"),
+        ("GET", "/v1/projects"),
+    }
+)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """TCP requests need the admin token or a project's token; the unix socket is protected by
+    its file mode (whoever can open it is the admin)."""
+    if request.app[TCP_APP] and not request.path.startswith("/agent/"):
+        token = request.app[SETTINGS].api_token or ""
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if token and hmac.compare_digest(given.encode(), token.encode()):
+            return await handler(request)
+        project = None
+        if given.startswith(quota.TOKEN_PREFIX):
+            # looked up by hash: the token itself is never stored or compared
+            project = await request.app[STORE].project_by_token_hash(quota.hash_token(given))
+        if project is None:
+            return json_error(401, "missing or wrong bearer token")
+        resource = request.match_info.route.resource
+        route = (request.method, resource.canonical if resource else request.path)
+        if route not in _PROJECT_ROUTES:
+            return json_error(
+                403,
+                f"a token of project {project.name} may use only that project's jobs and "
+                f"costs, not {request.method} {request.path}",
+            )
+        request[PROJECT_SCOPE] = project.name
+    return await handler(request)
+
+
+def make_app(
+    *,
+    settings: Settings,
+    store: AsyncStore,
+    controller: Controller,
+    metrics_: DaemonMetrics,
+    tcp: bool = False,
+) -> web.Application:
+    """One listener's application; the composition root sets ``SERVICES`` on it."""
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=16 << 20
+    )
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[CONTROLLER] = controller
+    app[METRICS] = metrics_
+    app[TCP_APP] = tcp
+    app[LAUNCH_LOCK] = asyncio.Lock()
+    for resource in (ops, jobs, logs, chaos, agents, cost, projects, services):
+        resource.add_routes(app)
+    return app

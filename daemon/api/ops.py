@@ -1,0 +1,37 @@
+"""For operators and monitors: ``GET /v1/health`` and ``GET /metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+
+from spotd.api.common import CONTROLLER, METRICS, SETTINGS, STORE
+from spotd.types import JobStatus
+
+__all__ = ["add_routes"]
+
+
+async def health(request: web.Request) -> web.Response:
+    """Alive, with the daemon's pid, home and the names of its supervised tasks."""
+    s = request.app[SETTINGS]
+    ctl = request.app[CONTROLLER]
+    return web.json_response(
+        {"ok": True, "pid": os.getpid(), "home": str(s.home), "tasks": ctl.sup.names()}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The daemon's metrics, with the job-state gauges counted from the store at scrape time."""
+    m = request.app[METRICS]
+    counts: dict[str, int] = {}
+    for j in await request.app[STORE].list_jobs():
+        counts[str(j.status)] = counts.get(str(j.status), 0) + 1
+    for s in JobStatus:
+        m.jobs_by_state.labels(str(s)).set(counts.get(str(s), 0))
+    return web.Response(body=m.render(), content_type="text/plain")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/metrics", metrics)

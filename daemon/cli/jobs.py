@@ -1,0 +1,230 @@
+"""``spotctl jobs launch|queue|logs|events|cancel``: managed jobs.
+
+``jobs launch`` sends one request: the daemon plans the job, stores it, and answers with the
+job and the plan it used, which is printed as the placement table. ``--dry-run`` sends the
+same request with ``dry_run`` set and prints the plan alone. Only a person at a terminal who
+did not pass ``-y`` is shown the plan before anything is stored, to confirm it: that costs a
+dry run first.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+
+from spotd.cli.common import ago, dur, out, parse_env, print_events, print_json, run
+
+if TYPE_CHECKING:
+    from spotd.sdk.client import Client
+
+__all__ = ["jobs", "plan_table", "print_jobs"]
+
+STATUS_STYLE = {
+    "SUCCEEDED": "green",
+    "RUNNING": "cyan",
+    "STARTING": "yellow",
+    "PENDING": "yellow",
+    "RECOVERING": "magenta",
+    "CANCELLED": "dim",
+    "CANCELLING": "dim",
+}
+_PLAN_ROWS = 8  # the chosen placement and the next seven
+
+
+@click.group()
+def jobs() -> None:
+    """Managed jobs: launched on the cheapest place that fits, recovered on preemption."""
+
+
+def plan_table(plan: dict[str, Any]) -> Table:
+    """The API's plan (``{name, resources, num_nodes, candidates}``) as a placement table."""
+    t = Table(
+        title=f"Placement for {plan.get('name') or 'job'} ({plan['resources']}, "
+        f"{plan['num_nodes']} node{'s' if plan['num_nodes'] != 1 else ''})"
+    )
+    for col in ("", "provider", "region", "zone", "instance type", "market", "$/h per node"):
+        t.add_column(col)
+    for i, c in enumerate(plan["candidates"][:_PLAN_ROWS]):
+        t.add_row(
+            "chosen" if i == 0 else f"#{i + 1}",
+            c["provider"],
+            c["region"],
+            c["zone"],
+            c["instance_type"],
+            c["market"],
+            f"{c['price_per_hour']:.3f}",
+        )
+    return t
+
+
+@jobs.command("launch")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-n", "--name", default=None, help="Job name (default: the task's name).")
+@click.option("--env", "envs", multiple=True, help="K=V override for envs (repeatable).")
+@click.option("-d", "--detach", is_flag=True, help="Print the job id and return.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Print the placement and candidates; launch nothing.")
+@click.option("--deadline", default=None, help="Finish by (ISO-8601 or a duration like 6h).")
+@click.option(
+    "--infra",
+    default=None,
+    help="Run only here, e.g. aws, aws/us-east-1, k8s, slurm (overrides resources.infra).",
+)
+@click.option("-p", "--project", default=None, help="Launch into this project (default: default).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def jobs_launch(
+    file: str,
+    name: str | None,
+    envs: tuple[str, ...],
+    detach: bool,
+    yes: bool,
+    dry_run: bool,
+    deadline: str | None,
+    infra: str | None,
+    project: str | None,
+    output: str,
+) -> None:
+    """Launch FILE as a managed job."""
+    text = Path(file).read_text()
+    env = parse_env(envs)
+    confirm = not dry_run and not yes and sys.stdin.isatty()
+
+    def request(c: Client, *, dry: bool) -> Awaitable[Any]:
+        return c.launch(
+            text,
+            filename=file,
+            name=name,
+            env=env,
+            dry_run=dry,
+            deadline=deadline,
+            infra=infra,
+            project=project,
+        )
+
+    async def go(c: Client) -> Any:
+        if dry_run:
+            return await request(c, dry=True)
+        if confirm:
+            plan = await request(c, dry=True)
+            if output == "table":
+                out.print(plan_table(plan))
+            if not click.confirm("Launch this job?", default=True):
+                sys.exit(1)
+        job = await request(c, dry=False)
+        if output == "table" and not confirm:
+            out.print(plan_table(job["plan"]))
+        if detach or output == "json":
+            return job
+        out.print(
+            f"Job [bold]{job['id']}[/bold] submitted; following its logs "
+            f"(Ctrl-C stops following, the job keeps running)."
+        )
+        async for chunk in c.logs(job["id"], follow=True):
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+        return await c.job(job["id"])
+
+    result = run(go)
+    if output == "json":
+        print_json(result)
+    elif dry_run:
+        out.print(plan_table(result))
+    elif detach:
+        out.print(f"Job submitted: id {result['id']}")
+    else:
+        print_jobs([result])
+        if result["status"] != "SUCCEEDED":
+            sys.exit(1)
+
+
+def print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
+    now = time.time()
+    t = Table()
+    for col in (
+        "ID",
+        "NAME",
+        "RESOURCES",
+        "REGION/ZONE",
+        "MARKET",
+        "SUBMITTED",
+        "DURATION",
+        "RECOVERIES",
+        "STATUS",
+    ):
+        t.add_column(col)
+    if verbose:
+        t.add_column("GPUS", no_wrap=True)
+        t.add_column("DETAIL")
+    for j in rows:
+        st = j["status"]
+        cells = [
+            str(j["id"]),
+            j["name"] or "-",
+            j["resources"],
+            f"{j['region']}/{j['zone']}" if j["region"] else "-",
+            j["market"] or "-",
+            ago(j["submitted_at"], now),
+            dur(j["duration"]),
+            str(j["recoveries"]),
+            f"[{STATUS_STYLE.get(st, 'red')}]{st}[/]",
+        ]
+        if verbose:
+            cells.append(j.get("gpu_summary") or "-")
+            cells.append(j.get("message") or "")
+        t.add_row(*cells)
+    out.print(t)
+
+
+@jobs.command("queue")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show GPU utilisation/memory and the last status message."
+)
+def jobs_queue(output: str, verbose: bool) -> None:
+    """List managed jobs."""
+    rows = run(lambda c: c.jobs())
+    if output == "json":
+        print_json(rows)
+    else:
+        print_jobs(rows, verbose)
+
+
+@jobs.command("logs")
+@click.argument("job_id", type=int)
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
+@click.option("--attempt", type=int, default=None, help="Only this attempt (1-based).")
+def jobs_logs(job_id: int, follow: bool, attempt: int | None) -> None:
+    """Print a job's logs, every attempt labelled."""
+
+    async def go(c: Client) -> None:
+        async for chunk in c.logs(job_id, follow=follow, attempt=attempt):
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+
+    run(go)
+
+
+@jobs.command("events")
+@click.argument("job_id", type=int)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def jobs_events(job_id: int, output: str) -> None:
+    """Show the event log of a job: every transition with its reason."""
+    print_events(run(lambda c: c.events(job_id)), output, ("ATTEMPT", "attempt_id"))
+
+
+@jobs.command("cancel")
+@click.argument("job_ids", type=int, nargs=-1, required=True)
+def jobs_cancel(job_ids: tuple[int, ...]) -> None:
+    """Cancel jobs: their instances are terminated."""
+
+    async def go(c: Client) -> list[Any]:
+        return [await c.cancel(j) for j in job_ids]
+
+    for j in run(go):
+        out.print(f"job {j['id']}: {j['status']}")

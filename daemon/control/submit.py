@@ -1,0 +1,401 @@
+"""The one launch request: a task submission becomes a ``Plan``, and the plan becomes a job.
+
+``plan_submission`` does everything that can refuse a launch, in the order a user meets the
+problems: the YAML and its one task, ``--infra``, local paths and buckets, ``run`` and no
+``service:``, a feasible placement, the project the caller may launch into, its GPU quota, the
+deadline. It writes nothing. ``submit`` applies a plan: it packages the files, checks the quota
+again under the launch lock (another launch may have come in between), stores the job and
+starts its worker.
+
+A dry run is ``plan_submission`` alone, so the candidates a user is shown are those of the plan
+that a launch of the same request applies. Refusals are ``Refused`` exceptions whose class says
+what kind of refusal it is; the API maps each class to an HTTP status.
+
+Example, project ``ml`` with quota 8 and a job of ``A100:4`` active: a job of ``A100:2`` × 2
+is accepted (8 of 8); another one is refused by ``plan_submission`` with ``QuotaExceeded``
+("project ml: GPU quota 8, 8 in use by 2 active jobs; this job asks for 4"), before any of its
+files is packaged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from spotd.config import Settings
+from spotd.control import quota
+from spotd.files import mounts as s3src
+from spotd.files.workdir import BlobStore, HashCache, PackageError, PackResult, check_mount_target
+from spotd.files.workdir import package as package_path
+from spotd.providers.base import Provider
+from spotd.recovery import placement
+from spotd.spec import SpecError, Task, load_tasks, parse_duration
+from spotd.store import AsyncStore, JobRow
+from spotd.types import Candidate, CatalogEntry
+
+__all__ = [
+    "InvalidRequest",
+    "LaunchRequest",
+    "NotPermitted",
+    "Plan",
+    "QuotaExceeded",
+    "Refused",
+    "UnknownProject",
+    "check_buckets",
+    "check_files",
+    "check_quota",
+    "check_runnable",
+    "launch_project",
+    "package_files",
+    "parse_deadline",
+    "parse_task",
+    "place",
+    "plan_submission",
+    "reserved_gpus",
+    "submit",
+    "with_infra",
+]
+
+
+class Refused(Exception):
+    """A launch the daemon will not accept; nothing was stored or started."""
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(Refused):
+    """The request itself is wrong: bad YAML, a missing path, no feasible placement."""
+
+
+class NotPermitted(Refused):
+    """The caller may not do this: a project token launching into another project."""
+
+
+class QuotaExceeded(NotPermitted):
+    """The job would take its project over its GPU quota."""
+
+
+class UnknownProject(Refused):
+    """The request names a project that does not exist."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchRequest:
+    """What a client asks for: the task's YAML and how to read it."""
+
+    yaml: str
+    filename: str = "<api>"
+    name: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    deadline: str | None = None  # ISO-8601 or a duration from now ("6h")
+    infra: str | None = None  # replaces resources.infra (`spotctl jobs launch --infra aws`)
+    project: str = quota.DEFAULT_PROJECT
+    base_dir: str | None = None  # the client's working directory: relative paths resolve here
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """A launch that passed every check: what ``submit`` stores, and what a dry run shows."""
+
+    task: Task
+    name: str | None  # the request's name, else the task's
+    project: str
+    deadline: float | None
+    candidates: tuple[Candidate, ...]  # cheapest first; the job's first attempt takes [0]
+    base_dir: Path
+    now: float
+
+
+# -- the pure steps ----------------------------------------------------------------------
+
+
+def parse_task(req: LaunchRequest) -> Task:
+    """The request's one task, with ``--infra`` applied."""
+    try:
+        tasks = load_tasks(req.filename, text=req.yaml, env_overrides=dict(req.env))
+    except SpecError as exc:
+        raise InvalidRequest(
+            "invalid task YAML",
+            [{"path": i.path, "line": i.line, "message": i.message} for i in exc.issues],
+        ) from exc
+    if len(tasks) != 1:
+        raise InvalidRequest(
+            f"expected one task, the file has {len(tasks)} (pipelines are not "
+            "supported by spotd jobs launch)"
+        )
+    return with_infra(tasks[0], req.infra) if req.infra else tasks[0]
+
+
+def with_infra(task: Task, infra: str) -> Task:
+    """The task with ``infra`` as its only location: the top level's, and none of its own in
+    any ``any_of``/``ordered`` entry. Re-validated, so a bad value is refused naming the flag."""
+    data = json.loads(task.model_dump_json(exclude_unset=True))  # unset stays unset: entries
+    res = data.setdefault("resources", {})  # still inherit from the top
+    for key in ("cloud", "region", "zone"):
+        res.pop(key, None)
+    res["infra"] = infra
+    for key in ("any_of", "ordered"):
+        for entry in res.get(key) or []:
+            for loc in ("infra", "cloud", "region", "zone"):
+                entry.pop(loc, None)
+    try:
+        return Task.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(f"--infra {infra!r}: {exc.errors()[0]['msg']}") from exc
+
+
+def check_runnable(task: Task) -> None:
+    """A managed job needs ``run``; a task with ``service:`` is a service, not a job."""
+    if not task.run:
+        raise InvalidRequest("`run` is required for a managed job")
+    if task.service is not None:
+        raise InvalidRequest("this task has a `service:` section: use `spotctl serve up`")
+
+
+def place(task: Task, catalog: Sequence[CatalogEntry]) -> tuple[Candidate, ...]:
+    """Every feasible placement, cheapest first; refused (naming why) when there is none."""
+    request = task.resource_request()
+    cands = placement.candidates(request, catalog, num_nodes=task.num_nodes)
+    if not cands:
+        reason = placement.explain_infeasible(request, catalog)
+        raise InvalidRequest(f"no feasible placement: {reason}")
+    return tuple(cands)
+
+
+def launch_project(asked: str, scope: str | None) -> str:
+    """The project a job goes to: a project token launches only into its own project (asking
+    for ``default`` means "mine"); the admin launches wherever it asks."""
+    if scope is None:
+        return asked
+    if asked not in (quota.DEFAULT_PROJECT, scope):
+        raise NotPermitted(f"a token of project {scope} cannot launch into project {asked}")
+    return scope
+
+
+def parse_deadline(raw: str, now: float) -> float:
+    """A duration from ``now`` ("6h") or an ISO-8601 time (local time when it has no zone)."""
+    try:
+        return now + parse_duration(raw)
+    except (ValueError, TypeError):
+        pass
+    try:
+        dt = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"deadline must be a duration (6h) or ISO-8601, got {raw!r}") from exc
+    return dt.timestamp() if dt.tzinfo else dt.astimezone().timestamp()
+
+
+def _local_source(source: str, base: Path) -> Path:
+    p = Path(source).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def check_files(task: Task, base: Path) -> None:
+    """Refuse bad local paths before anything is stored or launched, naming the path."""
+    if task.workdir:
+        wd = _local_source(task.workdir, base)
+        if not wd.is_dir():
+            raise InvalidRequest(f"workdir: {wd} is not a directory")
+    for remote, mount in task.file_mounts.items():
+        try:
+            check_mount_target(remote)
+        except PackageError as exc:
+            raise InvalidRequest(f"file_mounts: {exc}") from exc
+        if "://" in mount.source:
+            continue  # a bucket: checked by check_buckets (the spec parser allows only s3://)
+        src = _local_source(mount.source, base)
+        if not src.exists():
+            raise InvalidRequest(f"file_mounts: {remote}: {src}: no such file or directory")
+        if not os.access(src, os.R_OK):
+            raise InvalidRequest(f"file_mounts: {remote}: {src}: not readable")
+
+
+# -- the steps that read -----------------------------------------------------------------
+
+
+async def check_buckets(task: Task, providers: Mapping[str, Provider]) -> None:
+    """Refuse s3:// sources whose bucket is missing or unreachable, naming it."""
+    sources = [(r, m.source) for r, m in task.file_mounts.items() if s3src.is_s3(m.source)]
+    if not sources:
+        return
+    opts = s3src.options_from(providers)
+    for remote, url in sources:
+        try:
+            await s3src.check_source(url, endpoint_url=opts.endpoint_url, profile=opts.profile)
+        except ImportError as exc:
+            raise InvalidRequest(
+                f"file_mounts: {remote}: {url}: aioboto3 is not installed "
+                "(pip install 'spotd[aws]')"
+            ) from exc
+        except s3src.S3Error as exc:
+            raise InvalidRequest(f"file_mounts: {remote}: {exc}") from exc
+
+
+async def reserved_gpus(store: AsyncStore, project: str) -> list[float]:
+    """GPUs reserved by each active job of ``project``, read from the jobs' stored specs."""
+    return [
+        quota.gpus_of(Task.model_validate(json.loads(j.spec_json)))
+        for j in await store.active_jobs()
+        if j.project == project
+    ]
+
+
+async def check_quota(store: AsyncStore, task: Task, project: str) -> None:
+    """Refuse a launch that would take ``project`` over its quota (or names no project)."""
+    row = await store.get_project(project)
+    if row is None:
+        if project == quota.DEFAULT_PROJECT:
+            return
+        raise UnknownProject(f"no project {project!r}: create it with `spotctl project create`")
+    requested = quota.gpus_of(task)
+    if row.gpu_quota is None or requested <= 0:
+        return
+    refusal = quota.check_quota(
+        project=project,
+        quota=row.gpu_quota,
+        active=await reserved_gpus(store, project),
+        requested=requested,
+    )
+    if refusal is not None:
+        raise QuotaExceeded(
+            refusal.message,
+            {
+                "project": project,
+                "gpu_quota": refusal.quota,
+                "gpus_in_use": refusal.in_use,
+                "active_jobs": refusal.active_jobs,
+                "gpus_requested": refusal.requested,
+            },
+        )
+
+
+async def plan_submission(
+    req: LaunchRequest,
+    *,
+    scope: str | None,
+    catalog: Sequence[CatalogEntry],
+    providers: Mapping[str, Provider],
+    store: AsyncStore,
+    now: float,
+) -> Plan:
+    """Every check a launch passes, in order; the plan a dry run shows and a launch applies.
+
+    ``scope``: the project a project token limits the caller to (None: the admin).
+    """
+    task = parse_task(req)
+    base = Path(req.base_dir or ".")
+    check_files(task, base)
+    await check_buckets(task, providers)
+    check_runnable(task)
+    cands = place(task, catalog)
+    project = launch_project(req.project, scope)
+    await check_quota(store, task, project)  # early: before any file is packaged
+    deadline = (
+        parse_deadline(req.deadline, now)
+        if req.deadline
+        else task.job_recovery.resolve_deadline(now)
+    )
+    return Plan(
+        task=task,
+        name=req.name or task.name,
+        project=project,
+        deadline=deadline,
+        candidates=cands,
+        base_dir=base,
+        now=now,
+    )
+
+
+# -- applying a plan ---------------------------------------------------------------------
+
+
+def package_files(task: Task, base: Path, cas: Path) -> tuple[Task, list[tuple[str, PackResult]]]:
+    """Package the workdir and the local mounts into the content-addressed store
+    (``spotd.files.workdir``); the task that comes back names the packages instead."""
+    if not task.workdir and not task.file_mounts:
+        return task, []
+    blobs = BlobStore(cas)
+    cache = HashCache(cas / "hashes.db")
+    packed: list[tuple[str, PackResult]] = []
+    try:
+        update: dict[str, Any] = {}
+        if task.workdir:
+            p = package_path(_local_source(task.workdir, base), blobs, cache)
+            update["workdir"] = p.ref
+            packed.append(("workdir", p))
+        if task.file_mounts:
+            mounts = {}
+            for remote, mount in task.file_mounts.items():
+                if s3src.is_s3(mount.source):
+                    mounts[remote] = mount  # downloaded by the agent on every attempt
+                    continue
+                p = package_path(_local_source(mount.source, base), blobs, cache)
+                mounts[remote] = mount.model_copy(update={"source": p.ref})
+                packed.append((f"file_mounts {remote}", p))
+            update["file_mounts"] = mounts
+    finally:
+        cache.close()
+    return task.model_copy(update=update), packed
+
+
+async def submit(
+    plan: Plan,
+    *,
+    settings: Settings,
+    store: AsyncStore,
+    lock: asyncio.Lock,
+    start: Callable[[int], None],
+) -> JobRow:
+    """Store the planned job and ``start`` its worker.
+
+    ``lock`` makes the quota check and the insert one step: no other launch between them.
+    """
+    try:
+        task, packed = await asyncio.to_thread(
+            package_files, plan.task, plan.base_dir, settings.home / "cas"
+        )
+    except PackageError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    async with lock:
+        await check_quota(store, task, plan.project)
+        job = await store.create_job(
+            name=plan.name or "job",
+            task_id_prefix=f"spotd-{settings.home_tag}-j",
+            spec_json=task.model_dump_json(exclude_unset=True),
+            spec_redacted_json=json.dumps(task.redacted()),
+            resources=task.resources_summary(),
+            submitted_at=plan.now,
+            project=plan.project,
+            deadline=plan.deadline,
+        )
+    for what, p in packed:
+        await store.add_event(
+            kind="files.packaged",
+            message=(
+                f"{what}: {p.files} files, {p.bytes / 1e6:.1f} MB; transferred {p.new_files} "
+                f"files, {p.new_bytes / 1e6:.1f} MB (the rest was already in the store)"
+            ),
+            now=plan.now,
+            job_id=job.id,
+            data={
+                "what": what,
+                "files": p.files,
+                "bytes": p.bytes,
+                "new_files": p.new_files,
+                "new_bytes": p.new_bytes,
+                "hashed_files": p.hashed_files,
+            },
+        )
+    start(job.id)
+    return job
