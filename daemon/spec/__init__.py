@@ -16,20 +16,22 @@ The modules, from the bottom up (each imports only those above it in this list):
 
 - ``errors``: ``SpecError`` (all the issues of a file) and ``SpecIssue``;
 - ``values``: the small syntaxes inside scalars (``A100:8``, ``4+``, ``6h``, ``aws/us-east-1``);
-- ``documents``: YAML composed with the line of every key path;
+- ``documents``: YAML composed with the line of every key path, within ``YamlLimits``;
 - ``issues``: pydantic's errors turned into issues with the user's key paths and phrases;
 - ``fields``: the models' base class and shared validators;
 - ``resources``, ``service``, ``job_recovery``: the sections of a task;
 - ``load``: text -> documents -> validated models, all issues at once;
 - ``task``: ``Task``, the document as a whole (envs, secrets, file mounts, the YAML dump);
-- ``check``: ``load_tasks``, ``load_task``, ``check_file``.
+- ``check``: ``load_tasks``, ``load_task``, ``check_file``, and ``load_tasks_bounded`` (the
+  daemon's: off the event loop, with a time limit).
 
 Import from here; the modules inside are the package's own business.
 """
 
 from __future__ import annotations
 
-from spotd.spec.check import check_file, load_task, load_tasks
+from spotd.spec.check import LOAD_TIMEOUT_S, check_file, load_task, load_tasks, load_tasks_bounded
+from spotd.spec.documents import DEFAULT_LIMITS, YamlLimits
 from spotd.spec.errors import SpecError, SpecIssue
 from spotd.spec.job_recovery import JobRecovery
 from spotd.spec.resources import Resources
@@ -38,6 +40,8 @@ from spotd.spec.task import REDACTED, Task
 from spotd.spec.values import parse_duration
 
 __all__ = [
+    "DEFAULT_LIMITS",
+    "LOAD_TIMEOUT_S",
     "REDACTED",
     "JobRecovery",
     "LoadBalancingPolicy",
@@ -47,8 +51,10 @@ __all__ = [
     "SpecError",
     "SpecIssue",
     "Task",
+    "YamlLimits",
     "check_file",
     "load_task",
     "load_tasks",
+    "load_tasks_bounded",
     "parse_duration",
 ]

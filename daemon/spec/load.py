@@ -2,8 +2,9 @@
 
 The steps, for each ``---`` document of the text:
 
-1. ``spotd.spec.documents`` composes the YAML, learning the line of every key path and the
-   keys written twice (an issue each);
+1. ``spotd.spec.documents`` composes the YAML within ``YamlLimits`` (size, documents,
+   aliases, depth, expanded values), learning the line of every key path and the keys
+   written twice (an issue each);
 2. the plain data is prepared: ``resources.job_recovery`` hoisted to the top level,
    ``--env K=V`` overrides applied (a declared secret is set, else an env);
 3. the model validates it, and ``spotd.spec.issues`` turns each pydantic error into a
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from spotd.spec.documents import Document, compose_documents
+from spotd.spec.documents import DEFAULT_LIMITS, Document, YamlLimits, compose_documents
 from spotd.spec.errors import SpecError, SpecIssue
 from spotd.spec.issues import describe, format_path, issues_from
 from spotd.spec.job_recovery import hoist_job_recovery
@@ -82,21 +83,29 @@ def _model_from(
     return issues or result
 
 
+def _read(path: FsPath, *, file: str, limits: YamlLimits) -> str:
+    # one character past the limit is enough for compose_documents to refuse the size, and a
+    # huge file is never read whole; text mode keeps read_text's newline translation
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.read(limits.max_bytes + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([SpecIssue("", None, f"cannot read the file: {exc}", file)]) from exc
+
+
 def load_models(
     model: type[M],
     source: str | FsPath,
     *,
     env_overrides: Mapping[str, str] | None = None,
     text: str | None = None,
+    limits: YamlLimits = DEFAULT_LIMITS,
 ) -> list[M]:
     """Every document of a task file as a ``model``; see ``spotd.spec.check.load_tasks``."""
     file = str(source)
     if text is None:
-        try:
-            text = FsPath(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError([SpecIssue("", None, f"cannot read the file: {exc}", file)]) from exc
-    docs = [d for d in compose_documents(text, file=file) if d.data is not None]
+        text = _read(FsPath(source), file=file, limits=limits)
+    docs = [d for d in compose_documents(text, file=file, limits=limits) if d.data is not None]
     if len(docs) > 1 and isinstance(docs[0].data, dict) and set(docs[0].data) <= {"name"}:
         docs = docs[1:]
     if not docs:
@@ -120,9 +129,10 @@ def load_model(
     *,
     env_overrides: Mapping[str, str] | None = None,
     text: str | None = None,
+    limits: YamlLimits = DEFAULT_LIMITS,
 ) -> M:
     """The one document of a task file as a ``model``; several documents are an error."""
-    results = load_models(model, source, env_overrides=env_overrides, text=text)
+    results = load_models(model, source, env_overrides=env_overrides, text=text, limits=limits)
     if len(results) != 1:
         raise SpecError(
             [SpecIssue("", 1, f"expected one task, the file has {len(results)}", str(source))]
