@@ -44,7 +44,7 @@ from spotd.api.common import (
     read_body,
 )
 from spotd.control.services import UPDATE_MODES, ServiceController, autoscale_policy
-from spotd.spec import SpecError, Task, load_tasks
+from spotd.spec import SpecError, Task, load_tasks_bounded
 from spotd.store import ReplicaRow, ServiceExists, ServiceRow, ServiceStatus, StaleTransition
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -140,9 +140,9 @@ def _services(request: web.Request) -> ServiceController:
     return services
 
 
-def _parse(body: ServiceUpBody | ServiceUpdateBody) -> Task:
-    try:
-        tasks = load_tasks(body.filename, text=body.yaml, env_overrides=body.env)
+async def _parse(body: ServiceUpBody | ServiceUpdateBody) -> Task:
+    try:  # off the event loop, under the spec's limits (see parse_task in control.submit)
+        tasks = await load_tasks_bounded(body.filename, text=body.yaml, env_overrides=body.env)
     except SpecError as exc:
         raise ApiError(
             400,
@@ -186,7 +186,7 @@ async def _service(request: web.Request) -> ServiceRow:
 async def service_up(request: web.Request) -> web.Response:
     body: ServiceUpBody = await read_body(request, ServiceUpBody)
     services = _services(request)
-    task = _parse(body)
+    task = await _parse(body)
     name = (body.name or task.name or "").strip().lower()
     if not name:
         raise ApiError(400, "the service needs a name: give `name:` in the YAML or -n NAME")
@@ -231,7 +231,7 @@ async def update_service(request: web.Request) -> web.Response:
     if body.mode not in UPDATE_MODES:
         raise ApiError(400, f"mode must be one of {', '.join(UPDATE_MODES)}, got {body.mode!r}")
     svc = await _service(request)
-    task = _parse(body)
+    task = await _parse(body)
     _check_placeable(services, task)
     try:
         svc = await request.app[STORE].add_service_version(

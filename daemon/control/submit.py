@@ -37,7 +37,7 @@ from spotd.files.workdir import BlobStore, HashCache, PackageError, PackResult, 
 from spotd.files.workdir import package as package_path
 from spotd.providers.base import Provider
 from spotd.recovery import placement
-from spotd.spec import SpecError, Task, load_tasks, parse_duration
+from spotd.spec import SpecError, Task, load_tasks_bounded, parse_duration
 from spotd.store import AsyncStore, JobRow
 from spotd.types import Candidate, CatalogEntry
 
@@ -120,10 +120,13 @@ class Plan:
 # -- the pure steps ----------------------------------------------------------------------
 
 
-def parse_task(req: LaunchRequest) -> Task:
-    """The request's one task, with ``--infra`` applied."""
+async def parse_task(req: LaunchRequest) -> Task:
+    """The request's one task, with ``--infra`` applied.
+
+    The YAML is read off the event loop, under the spec's size/alias/depth limits and a time
+    limit, so a hostile file costs the daemon a refusal, not its answers to everyone else."""
     try:
-        tasks = load_tasks(req.filename, text=req.yaml, env_overrides=dict(req.env))
+        tasks = await load_tasks_bounded(req.filename, text=req.yaml, env_overrides=dict(req.env))
     except SpecError as exc:
         raise InvalidRequest(
             "invalid task YAML",
@@ -293,7 +296,7 @@ async def plan_submission(
 
     ``scope``: the project a project token limits the caller to (None: the admin).
     """
-    task = parse_task(req)
+    task = await parse_task(req)
     base = Path(req.base_dir or ".")
     check_files(task, base)
     await check_buckets(task, providers)

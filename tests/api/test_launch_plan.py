@@ -45,15 +45,19 @@ NOW = 1_700_000_000.0
         ("run: x", "aws//x", "--infra 'aws//x'"),
     ],
 )
-def test_a_task_that_cannot_be_read_is_invalid(yaml: str, infra: str | None, phrase: str) -> None:
+async def test_a_task_that_cannot_be_read_is_invalid(
+    yaml: str, infra: str | None, phrase: str
+) -> None:
     with pytest.raises(InvalidRequest) as exc:
-        parse_task(LaunchRequest(yaml=yaml, infra=infra))
+        await parse_task(LaunchRequest(yaml=yaml, infra=infra))
     assert phrase in exc.value.message
 
 
-def test_yaml_issues_come_with_key_path_and_line() -> None:
+async def test_yaml_issues_come_with_key_path_and_line() -> None:
     with pytest.raises(InvalidRequest) as exc:
-        parse_task(LaunchRequest(yaml="name: x\nresources:\n  acclerators: A100:1\nrun: echo\n"))
+        await parse_task(
+            LaunchRequest(yaml="name: x\nresources:\n  acclerators: A100:1\nrun: echo\n")
+        )
     [issue] = exc.value.details
     assert issue["line"] == 3 and "accelerators" in issue["message"]
 
