@@ -84,6 +84,24 @@ class RecoveryStrategy(enum.StrEnum):
     DEADLINE = "DEADLINE"  # finish by a deadline at least cost (Uniform Progress)
 
 
+class ZoneEventKind(enum.StrEnum):
+    """What happened in a zone: the one vocabulary of the job controller's placement
+    (``recovery.history``), the replica planner (``serve.hedge``) and the store's zone-event
+    table, which keeps the values. The job controller (for attempts) and the replica executor
+    (for replicas) write the same kinds for the same happenings, so each learns from the
+    other's events.
+
+    A launch the provider refused is stored as ``"STOCKOUT"`` (its spelling since the first
+    schema, which existing rows keep), although any refusal counts: capacity, quota, a bad
+    request — the name says what the controllers actually saw.
+    """
+
+    PREEMPTED = "PREEMPTED"  # an instance there was taken back (notice, provider, lost)
+    LAUNCH_FAILED = "STOCKOUT"  # the provider refused a launch there (any ProviderError)
+    LAUNCHED = "LAUNCHED"  # a launch there came up: a job's run started, a replica got READY
+    RAN = "RAN"  # a spot instance there ran ``seconds`` and then ended (any reason)
+
+
 @dataclass(frozen=True, slots=True)
 class ZoneKey:
     """One failure domain: a zone of a region of a provider."""

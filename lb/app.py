@@ -1,7 +1,7 @@
 """The proxy server and the control app.
 
 ``running_proxy(state)`` owns the data plane's resources: the replica connection pool
-(``upstream.UpstreamPool``: the proxy's own HTTP/1.1 client), the one pooled
+(``pool.UpstreamPool``: the proxy's own HTTP/1.1 client), the one pooled
 ``ClientSession`` (https replicas, probes, reports) and two background tasks (the prober
 that re-admits ejected replicas, the reporter that POSTs ejections to ``--report-url``).
 ``serve_proxy(proxy, host, port)`` serves it on aiohttp's low-level server: every path and
@@ -41,9 +41,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .control import LbEvent, ReplicaSetAck, ReplicasReport
+from .pool import UpstreamPool
 from .proxy import Proxy
 from .state import LBState, MetricsCollector, parse_replicas
-from .upstream import UpstreamPool
 
 log = logging.getLogger("spotd.lb")
 

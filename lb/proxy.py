@@ -14,11 +14,12 @@ sent in one write; everything else — SSE, chunked, large — is streamed chunk
 arrives, with no buffering beyond the socket's.
 
 Hot path notes: no logging; http:// replicas go through the LB's own HTTP/1.1 client
-(``upstream.py``: a keep-alive pool of protocol connections, the request head built once as
-bytes from the client's raw headers, streamed answers relayed from the replica connection's
-``data_received`` to the client's transport without waking the handler per chunk); https://
-replicas through the one pooled ``ClientSession`` (``auto_decompress=False``). Counters are
-plain ints turned into Prometheus text only on scrape.
+(``pool.py`` and ``upstream.py``: a keep-alive pool of protocol connections, ``http1.py``
+reading what they receive; the request head built once as bytes from the client's raw
+headers, streamed answers relayed from the replica connection's ``data_received`` to the
+client's transport without waking the handler per chunk); https:// replicas through the one
+pooled ``ClientSession`` (``auto_decompress=False``). Counters are plain ints turned into
+Prometheus text only on scrape.
 """
 
 from __future__ import annotations
@@ -33,19 +34,19 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 from yarl import URL
 
-from .policy import RequestInfo, pick
-from .state import LBState
-from .upstream import (
-    BodySink,
+from .http1 import (
+    DROP_RESP,
     Head,
-    UpstreamConn,
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamError,
-    UpstreamPool,
     UpstreamTimeout,
     host_port,
 )
+from .policy import RequestInfo, pick
+from .pool import UpstreamPool
+from .state import LBState
+from .upstream import BodySink, UpstreamConn
 
 
 class Proxy:
@@ -99,21 +100,6 @@ _DROP_REQ = frozenset(
         "content-length",
         "expect",
         "x-forwarded-for",
-    }
-)
-_DROP_RESP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "content-length",
     }
 )
 _DROP_REQ_B = frozenset(h.encode() for h in _DROP_REQ)
@@ -236,7 +222,7 @@ def _response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
     named: set[str] | None = None
     for k, v in resp.headers.items():
         lk = k.lower()
-        if lk in _DROP_RESP or lk.startswith("proxy-"):
+        if lk in DROP_RESP or lk.startswith("proxy-"):
             if lk == "connection":
                 named = _connection_tokens(v)
             continue

@@ -1,5 +1,5 @@
-"""A minimal HTTP/1.1 client for the proxy's hot path: a keep-alive pool of ``asyncio.Protocol``
-connections to the replicas, and a body relay that runs inside ``data_received``.
+"""The LB's own HTTP/1.1 client connection: one keep-alive ``asyncio.Protocol`` connection
+to a replica, and the body relay that runs inside its ``data_received``.
 
 Why not ``aiohttp.ClientSession`` here: under load most of the LB's time went to the client's
 per-request machinery (request object, header multidicts, tracing, timers) and, for streamed
@@ -9,17 +9,20 @@ per SSE event. Here a streamed answer is relayed from the upstream connection's
 read, no task wake-up — which is what nginx does with ``proxy_buffering off``. (The aiohttp
 session still does the probes and the ejection reports, where cost does not matter.)
 
-What it does: ``Host`` from the replica URL, request head built from the client's raw header
-bytes (the caller filters hop-by-hop ones), bodies as ``bytes`` (``Content-Length``) or an
-async iterator (``Transfer-Encoding: chunked``, flow-controlled); answers framed by
-``Content-Length``, ``chunked`` (de-chunked: the payload is re-framed by the server side) or
-connection close; 1xx interim answers skipped; ``HEAD``/204/304 have no body. Connections are
-reused when the answer was complete, the replica did not say ``Connection: close`` and nothing
-extra arrived; idle ones expire after ``keepalive_timeout`` or when the replica closes them.
+What it does: the request head is built by the caller from the client's raw header bytes
+(hop-by-hop ones filtered, ``Host`` from ``http1.host_port``); bodies go out as ``bytes``
+(``Content-Length``) or an async iterator (``Transfer-Encoding: chunked``, flow-controlled).
+What the replica sends is read by ``http1``: answers framed by ``Content-Length``, ``chunked``
+(de-chunked: the payload is re-framed by the server side, or passed through verbatim) or
+connection close; 1xx interim answers skipped; ``HEAD``/204/304 have no body. A connection is
+reused (``pool.UpstreamPool``) when the answer was complete, the replica did not say
+``Connection: close`` and nothing extra arrived; idle ones expire after ``keepalive_timeout``
+or when the replica closes them.
 
-Errors, for the retry rule (``proxy.py``):
+Errors, for the retry rule (``proxy.py``), all from ``http1``:
 
-- ``UpstreamConnectError``: refused, unreachable or timed out connecting — nothing was sent;
+- ``UpstreamConnectError``: refused, unreachable or timed out connecting — nothing was sent
+  (raised by the pool);
 - ``UpstreamDisconnected``: the connection closed or reset before any response byte;
 - ``UpstreamTimeout``: no byte for ``read_timeout`` seconds (before or after the head);
 - ``UpstreamProtocolError``: the replica sent something that is not HTTP/1.x.
@@ -31,78 +34,36 @@ Once the head has arrived, a failure reaches the body consumer (``BodySink.error
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import AsyncIterable
-from typing import Any
+from typing import Any, Protocol
 
-_HEAD_MAX = 64 * 1024  # bytes of status line + headers
-_CHUNK_LINE_MAX = 4096
-_PAUSE_ABOVE = 256 * 1024  # client write buffer above this: stop reading the replica
-
-# Hop-by-hop response headers (RFC 9110 §7.6.1) and the ones the server side sets itself;
-# ``Head.headers`` leaves them (and ``proxy-*``, and those ``Connection`` names) out.
-DROP_RESP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "content-length",
-    }
+from .http1 import (
+    CHUNKED,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    ChunkDecoder,
+    Head,
+    UpstreamDisconnected,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    parse_head,
 )
-_SPECIAL_RESP = DROP_RESP | {"content-type"}
 
-# framing of an answer's body
-_NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
-# chunked decoder states
-_C_SIZE, _C_DATA, _C_CRLF, _C_TRAILER = 0, 1, 2, 3
+__all__ = ["BodySink", "ConnOwner", "UpstreamConn"]
 
 
-class UpstreamError(Exception):
-    pass
+class ConnOwner(Protocol):
+    """What a connection needs from its pool (``pool.UpstreamPool``)."""
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
 
-class UpstreamConnectError(UpstreamError):
-    """Could not connect (refused, unreachable, timed out): the request reached nobody."""
+    @property
+    def read_timeout(self) -> float | None: ...
 
-
-class UpstreamDisconnected(UpstreamError):
-    """Closed or reset before any response byte."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """No byte from the replica for ``read_timeout`` seconds."""
-
-
-class UpstreamProtocolError(UpstreamError):
-    """The replica's answer is not valid HTTP/1.x."""
-
-
-class Head:
-    __slots__ = ("chunked", "content_type", "headers", "length", "reason", "status")
-
-    def __init__(
-        self,
-        status: int,
-        reason: str,
-        headers: list[tuple[str, str]],
-        length: int | None,
-        chunked: bool,
-        content_type: str,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        # end-to-end ones only; decoded like aiohttp (utf-8, surrogateescape)
-        self.headers = headers
-        self.length = length  # Content-Length, when given and not chunked
-        self.chunked = chunked
-        self.content_type = content_type
+    def lost(self, conn: UpstreamConn) -> None:
+        """The connection closed: count it out, and out of the idle list if it was there."""
 
 
 class BodySink:
@@ -128,13 +89,14 @@ class BodySink:
 class UpstreamConn(asyncio.Protocol):
     """One keep-alive connection to one replica; one request at a time."""
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: ConnOwner, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self._chunks = ChunkDecoder()  # reset when a chunked answer begins
         self._reset_request()
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -142,13 +104,10 @@ class UpstreamConn(asyncio.Protocol):
     def _reset_request(self) -> None:
         self._head_fut: asyncio.Future[Head] | None = None
         self._hbuf = b""
-        self._framing = _NONE
-        self._left = 0  # _LENGTH: payload bytes still to come; _C_DATA/_C_CRLF: bytes left
-        self._cstate = _C_SIZE
-        self._pending = b""
+        self._framing = NO_BODY
+        self._left = 0  # LENGTH: payload bytes still to come
         self._pieces: list[bytes] = []  # payload received before a sink was attached
         self._raw: list[bytes] = []  # chunked bytes received before a sink was attached
-        self._verbatim = False  # chunked in, chunked out: pass the framing through
         self._sink: BodySink | None = None
         self._body_done = False
         self._body_exc: BaseException | None = None
@@ -166,7 +125,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool._lost(self)
+        self.pool.lost(self)
         self._cancel_timer()
         w = self._drain_waiter
         if w is not None and not w.done():
@@ -187,7 +146,7 @@ class UpstreamConn(asyncio.Protocol):
                 )
             return
         if not self._body_done:
-            if self._framing == _CLOSE and exc is None:
+            if self._framing == UNTIL_CLOSE and exc is None:
                 self._finish_body()
             else:
                 self._fail_body(
@@ -222,114 +181,38 @@ class UpstreamConn(asyncio.Protocol):
             return
         self._got_bytes = True
         self._last_read = self.loop.time()
-        if self._head_fut is not None:
-            self._hbuf += data
+        fut = self._head_fut
+        if fut is not None:
+            buf = self._hbuf = self._hbuf + data
             try:
-                rest = self._parse_head()
+                head = parse_head(buf, head_request=self._head_req)
             except UpstreamProtocolError as e:
                 self._in_request = False
-                fut = self._head_fut
                 self._head_fut = None
                 assert self.transport is not None
                 self.transport.abort()
-                if fut is not None and not fut.done():
+                if not fut.done():
                     fut.set_exception(e)
                 return
-            if self._head_fut is not None:  # head incomplete
+            if head is None:  # head incomplete
                 return
+            self._hbuf = b""
+            self._framing = framing = head.framing
+            if framing == CHUNKED:
+                self._chunks.reset()
+            elif framing == LENGTH:
+                self._left = head.length or 0
+            self.reusable = head.keep_alive
+            self._head_fut = None
+            if framing == NO_BODY or (framing == LENGTH and head.length == 0):
+                self._finish_body()
+            if not fut.done():
+                fut.set_result(head)
+            rest = buf[head.size :]
             if not rest or self._body_done:
                 return
             data = rest
         self._feed_body(data)
-
-    # -- the head ---------------------------------------------------------------------
-    def _parse_head(self) -> bytes | None:
-        while True:
-            buf = self._hbuf
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > _HEAD_MAX:
-                    raise UpstreamProtocolError("response head too large")
-                return None
-            lines = buf[:end].split(b"\r\n")
-            rest = buf[end + 4 :]
-            status_line = lines[0]
-            parts = status_line.split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
-                raise UpstreamProtocolError(f"bad status line {status_line[:80]!r}")
-            try:
-                status = int(parts[1])
-            except ValueError:
-                raise UpstreamProtocolError(f"bad status line {status_line[:80]!r}") from None
-            if 100 <= status < 200 and status != 101:  # interim answer (100, 103): skip it
-                self._hbuf = rest
-                continue
-            http10 = parts[0] == b"HTTP/1.0"
-            reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
-            headers: list[tuple[str, str]] = []
-            length: int | None = None
-            chunked = False
-            close = http10
-            ctype = ""
-            named: set[str] | None = None
-            text = buf[len(status_line) + 2 : end].decode("utf-8", "surrogateescape")
-            for line in text.split("\r\n") if text else ():
-                name, colon, value = line.partition(":")
-                name = name.strip()
-                if not colon or not name:
-                    raise UpstreamProtocolError(f"bad header line {line[:80]!r}")
-                value = value.strip()
-                lname = name.lower()
-                if lname in _SPECIAL_RESP:
-                    if lname == "content-type":
-                        ctype = value
-                    elif lname == "content-length":
-                        try:
-                            length = int(value)
-                        except ValueError:
-                            raise UpstreamProtocolError("bad Content-Length") from None
-                    elif lname == "transfer-encoding":
-                        if "chunked" in value.lower():
-                            chunked = True
-                    elif lname == "connection":
-                        v = value.lower()
-                        if "close" in v:
-                            close = True
-                        elif http10 and "keep-alive" in v:
-                            close = False
-                        named = {t.strip() for t in v.split(",") if t.strip()}
-                    if lname in DROP_RESP:
-                        continue
-                elif lname.startswith("proxy-"):
-                    continue
-                headers.append((name, value))
-            if named:
-                headers = [(k, v) for k, v in headers if k.lower() not in named]
-            if status == 101:
-                raise UpstreamProtocolError("protocol upgrades are not proxied")
-            if chunked:
-                length = None
-            self._hbuf = b""
-            if self._head_req or status in (204, 304):
-                self._framing = _NONE
-            elif chunked:
-                self._framing = _CHUNKED
-                self._cstate = _C_SIZE
-            elif length is not None:
-                self._framing = _LENGTH
-                self._left = length
-            else:
-                self._framing = _CLOSE
-                close = True
-            self.reusable = not close
-            fut = self._head_fut
-            self._head_fut = None
-            if self._framing == _NONE or (self._framing == _LENGTH and length == 0):
-                self._finish_body()
-            assert fut is not None
-            if not fut.done():
-                fut.set_result(Head(status, reason, headers, length, chunked, ctype))
-            return rest
 
     # -- the body ---------------------------------------------------------------------
     def _feed_body(self, data: bytes) -> None:
@@ -338,20 +221,22 @@ class UpstreamConn(asyncio.Protocol):
             return
         framing = self._framing
         finished = False
-        if framing == _CHUNKED:
+        if framing == CHUNKED:
             if self._sink is None:
                 self._raw.append(data)
                 return
             pieces: list[bytes] = []
             try:
-                finished = self._dechunk(data, pieces)
+                finished = self._chunks.feed(data, pieces)
             except UpstreamProtocolError as e:
                 self.reusable = False
                 assert self.transport is not None
                 self.transport.abort()
                 self._fail_body(e)
                 return
-        elif framing == _LENGTH:
+            if finished and self._chunks.extra:
+                self.reusable = False  # more than the answer: do not trust this connection
+        elif framing == LENGTH:
             left = self._left
             if len(data) >= left:
                 if len(data) > left:
@@ -362,7 +247,7 @@ class UpstreamConn(asyncio.Protocol):
             else:
                 self._left = left - len(data)
             pieces = [data] if data else []
-        else:  # _CLOSE
+        else:  # UNTIL_CLOSE
             pieces = [data]
         sink = self._sink
         if sink is None:
@@ -372,90 +257,6 @@ class UpstreamConn(asyncio.Protocol):
             self.transport.pause_reading()
         if finished:
             self._finish_body()
-
-    def _dechunk(self, data: bytes, out: list[bytes]) -> bool:
-        """Walk the chunk framing of ``data``; True at the last chunk. ``out`` gets the payload
-        (or, verbatim, the framed bytes up to but not including the last chunk)."""
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
-        verbatim = self._verbatim
-        pos = 0
-        n = len(data)
-        finished = False
-        keep = 0 if self._cstate == _C_TRAILER else n  # verbatim: bytes of ``data`` to pass on
-        while pos < n:
-            st = self._cstate
-            if st == _C_SIZE:
-                i = data.find(b"\r\n", pos)
-                if i < 0:
-                    self._pending = data[pos:]
-                    if len(self._pending) > _CHUNK_LINE_MAX:
-                        raise UpstreamProtocolError("chunk size line too long")
-                    keep = pos
-                    break
-                try:
-                    size = int(data[pos:i], 16)
-                except ValueError:
-                    line = data[pos:i].split(b";", 1)[0]
-                    try:
-                        size = int(line, 16)
-                    except ValueError:
-                        raise UpstreamProtocolError(f"bad chunk size {line[:40]!r}") from None
-                if size < 0:
-                    raise UpstreamProtocolError("bad chunk size")
-                if size == 0:
-                    keep = pos
-                    pos = i + 2
-                    self._cstate = _C_TRAILER
-                    continue
-                start = i + 2
-                end = start + size
-                if end + 2 <= n:  # the whole chunk is here
-                    if data[end : end + 2] != b"\r\n":
-                        raise UpstreamProtocolError("chunk not followed by CRLF")
-                    if not verbatim:
-                        out.append(data[start:end])
-                    pos = end + 2
-                    continue
-                self._cstate = _C_DATA
-                self._left = size
-                pos = start
-            elif st == _C_DATA:
-                take = self._left
-                take = min(take, n - pos)
-                if not verbatim:
-                    out.append(data[pos : pos + take] if (pos or take != n) else data)
-                pos += take
-                self._left -= take
-                if self._left == 0:
-                    self._cstate = _C_CRLF
-                    self._left = 2
-            elif st == _C_CRLF:
-                take = min(self._left, n - pos)
-                pos += take
-                self._left -= take
-                if self._left == 0:
-                    self._cstate = _C_SIZE
-            else:  # _C_TRAILER: "\r\n" at once, or trailer lines then "\r\n"
-                if data.startswith(b"\r\n", pos):
-                    pos += 2
-                else:
-                    i = data.find(b"\r\n\r\n", pos)
-                    if i < 0:
-                        self._pending = data[pos:]
-                        if len(self._pending) > _HEAD_MAX:
-                            raise UpstreamProtocolError("trailers too large")
-                        keep = min(keep, pos)
-                        break
-                    pos = i + 4
-                if pos < n:
-                    self.reusable = False
-                finished = True
-                break
-        if verbatim and keep:
-            out.append(data if keep == n else data[:keep])
-        return finished
 
     def _finish_body(self) -> None:
         self._body_done = True
@@ -570,7 +371,7 @@ class UpstreamConn(asyncio.Protocol):
         pieces = self._pieces
         self._pieces = []
         self._sink = sink
-        self._verbatim = chunked_out and self._framing == _CHUNKED
+        self._chunks.verbatim = chunked_out and self._framing == CHUNKED
         raw = self._raw
         if raw:  # chunked: nothing in ``pieces``; de-chunking hands the payload to ``sink``
             self._raw = []
@@ -611,116 +412,3 @@ class UpstreamConn(asyncio.Protocol):
         self._cancel_timer()
         if self.transport is not None:
             self.transport.abort()
-
-
-class UpstreamPool:
-    """Keep-alive connections per (host, port), at most ``limit`` open in all."""
-
-    def __init__(
-        self,
-        *,
-        limit: int = 1024,
-        keepalive_timeout: float = 30.0,
-        connect_timeout: float = 3.0,
-        read_timeout: float | None = 600.0,
-    ) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.limit = limit
-        self.keepalive_timeout = keepalive_timeout
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self._idle: dict[tuple[str, int], list[UpstreamConn]] = {}
-        self._open = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._closing = False
-
-    async def acquire(self, host: str, port: int) -> UpstreamConn:
-        key = (host, port)
-        idle = self._idle.get(key)
-        if idle:
-            now = self.loop.time()
-            while idle:
-                c = idle.pop()
-                if not c.closed and now - c.idle_since < self.keepalive_timeout:
-                    return c
-                c.abort()
-        while self._open >= self.limit:
-            if not self._evict_idle():
-                w = self.loop.create_future()
-                self._waiters.append(w)
-                try:
-                    await w
-                finally:
-                    if not w.done():
-                        w.cancel()
-        self._open += 1
-        try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamConn(self, key), host, port),
-                self.connect_timeout,
-            )
-        except TimeoutError:
-            self._count_closed()
-            raise UpstreamConnectError(
-                f"timed out connecting to {host}:{port} after {self.connect_timeout:g} s"
-            ) from None
-        except OSError as e:
-            self._count_closed()
-            raise UpstreamConnectError(f"cannot connect to {host}:{port}: {e}") from e
-        except BaseException:
-            self._count_closed()
-            raise
-        return conn
-
-    def release(self, conn: UpstreamConn) -> None:
-        """Back to the pool when the answer was complete and the replica keeps it open."""
-        if conn.closed:
-            return
-        if not conn.reusable or not conn.body_done or self._closing:
-            conn.abort()
-            return
-        conn.idle_since = self.loop.time()
-        self._idle.setdefault(conn.key, []).append(conn)
-
-    def _evict_idle(self) -> bool:
-        for conns in self._idle.values():
-            if conns:
-                conns.pop(0).abort()
-                return True
-        return False
-
-    def _count_closed(self) -> None:
-        self._open -= 1
-        while self._waiters:
-            w = self._waiters.popleft()
-            if not w.done():
-                w.set_result(None)
-                break
-
-    def _lost(self, conn: UpstreamConn) -> None:
-        self._count_closed()
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def close(self) -> None:
-        self._closing = True
-        for conns in self._idle.values():
-            for c in conns:
-                c.abort()
-        self._idle.clear()
-
-
-def host_port(url: str) -> tuple[str, int, bytes]:
-    """``http://h:p`` -> (h, p, b"Host: h:p\\r\\n"). ValueError for anything but http://."""
-    from yarl import URL
-
-    u = URL(url)
-    if u.scheme != "http" or not u.raw_host:
-        raise ValueError(f"only http:// replicas take the fast path, not {url}")
-    host = u.raw_host
-    port = u.port or 80
-    shown = f"[{host}]" if ":" in host else host
-    if u.explicit_port and port != 80:
-        shown = f"{shown}:{port}"
-    return host, port, f"Host: {shown}\r\n".encode("ascii")

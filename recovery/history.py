@@ -1,15 +1,17 @@
 """What happened in each zone, and what it says about placing the next attempt there.
 
-The controller records one ``ZoneEvent`` per preemption, stockout (a launch the provider
-refused), successful launch and finished run. Three pure summaries feed the optimizer:
+The controller records one ``ZoneEvent`` per preemption, failed launch (one the provider
+refused: a stockout, a quota), successful launch and finished run, in the shared vocabulary
+``spotd.types.ZoneEventKind``. Three pure summaries feed the optimizer:
 
-``zone_penalties`` — short memory, "don't go back right now". A preempted or stocked-out zone
-    is blocked outright (penalty 1.0) for ``hold_seconds``; after that the penalty halves every
-    ``half_life_seconds``. The optimizer divides the zone's cost by (1 - penalty), so the zone
-    returns to the ranking gradually: ten minutes after the hold it costs twice its price,
-    twenty minutes after 4/3. Several events combine as independent chances of trouble:
-    1 - prod(1 - p_i). A later successful launch (LAUNCHED) in the zone lifts its *stockout*
-    penalties: capacity is back. Preemption penalties stay.
+``zone_penalties`` — short memory, "don't go back right now". A zone that was preempted or
+    refused a launch (LAUNCH_FAILED) is blocked outright (penalty 1.0) for ``hold_seconds``;
+    after that the penalty halves every ``half_life_seconds``. The optimizer divides the
+    zone's cost by (1 - penalty), so the zone returns to the ranking gradually: ten minutes
+    after the hold it costs twice its price, twenty minutes after 4/3. Several events combine
+    as independent chances of trouble: 1 - prod(1 - p_i). A later successful launch
+    (LAUNCHED) in the zone lifts its *failed launch* penalties: capacity is back. Preemption
+    penalties stay.
 
 ``region_penalties`` — the same decay for whole regions after a preemption, capped below 1 so
     it ranks a region down but never excludes it. EAGER_NEXT_REGION uses it: spot capacity is
@@ -29,19 +31,17 @@ refused), successful launch and finished run. Three pure summaries feed the opti
 
 from __future__ import annotations
 
-import enum
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from spotd.types import ZoneKey
+from spotd.types import ZoneEventKind, ZoneKey
 
 __all__ = [
     "BLOCKING_KINDS",
     "ZoneEvent",
-    "ZoneEventKind",
     "ZoneEventRowLike",
     "decay",
     "penalties_by_zone",
@@ -51,16 +51,9 @@ __all__ = [
 ]
 
 
-class ZoneEventKind(enum.StrEnum):
-    PREEMPTED = "PREEMPTED"  # an attempt's instance was taken back (notice, provider, lost)
-    STOCKOUT = "STOCKOUT"  # the provider refused a launch here (capacity, quota)
-    LAUNCHED = "LAUNCHED"  # a launch here succeeded: capacity exists
-    RAN = "RAN"  # an instance here ran ``seconds`` and then ended (any reason)
-
-
 # the kinds that block a zone for a while
 BLOCKING_KINDS: frozenset[ZoneEventKind] = frozenset(
-    {ZoneEventKind.PREEMPTED, ZoneEventKind.STOCKOUT}
+    {ZoneEventKind.PREEMPTED, ZoneEventKind.LAUNCH_FAILED}
 )
 
 
@@ -127,13 +120,14 @@ def zone_penalties(
     kinds: Collection[ZoneEventKind] = BLOCKING_KINDS,
     preempted_cap: float = 0.95,
 ) -> dict[ZoneKey, float]:
-    """Per-zone penalty in [0, 1]: 1.0 (blocked) for ``hold_seconds`` after a stockout, then
-    halving every ``half_life_seconds``. A preemption weighs as much but never more than
+    """Per-zone penalty in [0, 1]: 1.0 (blocked) for ``hold_seconds`` after a failed launch,
+    then halving every ``half_life_seconds``. A preemption weighs as much but never more than
     ``preempted_cap``: it makes a zone expensive (cost x 1/(1-p)), not impossible — when every
     zone was preempted recently, trying one again (a cheap, classified launch failure at worst)
     beats waiting with capacity perhaps available. Only a launch refusal blocks outright.
-    Only events of ``kinds`` count (pass ``{STOCKOUT}`` to price on-demand capacity, which a
-    spot preemption says nothing about). Zones without such events are absent (penalty 0)."""
+    Only events of ``kinds`` count (pass ``{LAUNCH_FAILED}`` to price on-demand capacity,
+    which a spot preemption says nothing about). Zones without such events are absent
+    (penalty 0)."""
     evs = sorted(events, key=lambda e: e.at)
     last_launch: dict[ZoneKey, float] = {}
     for e in evs:
@@ -143,7 +137,7 @@ def zone_penalties(
     for e in evs:
         if e.kind not in kinds or e.kind not in BLOCKING_KINDS:
             continue
-        if e.kind is ZoneEventKind.STOCKOUT and last_launch.get(e.zone, -math.inf) > e.at:
+        if e.kind is ZoneEventKind.LAUNCH_FAILED and last_launch.get(e.zone, -math.inf) > e.at:
             continue  # a launch there succeeded since: capacity is back
         age = now - e.at
         p = 1.0 if age < hold_seconds else decay(age - hold_seconds, half_life_seconds)

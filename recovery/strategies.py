@@ -83,6 +83,7 @@ from spotd.types import (
     Market,
     RecoveryStrategy,
     ResourceRequest,
+    ZoneEventKind,
 )
 
 __all__ = [
@@ -298,7 +299,7 @@ class _Context:
             self.now,
             half_life_seconds=t.half_life_seconds,
             hold_seconds=t.hold_seconds,
-            kinds={hist.ZoneEventKind.STOCKOUT},
+            kinds={ZoneEventKind.LAUNCH_FAILED},
         )
         if regional:
             regions = hist.region_penalties(

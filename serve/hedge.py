@@ -10,12 +10,12 @@ terminations, following SpotHedge (EuroSys'25, shipped in SkyServe as the
   bounded share of the service.
 - **Bad zones.** A zone whose latest spot event is a preemption or a failed launch, less than
   ``bad_zone_seconds`` ago, is bad: no spot launches go there. A replica that becomes READY
-  there makes it good again. When no zone would remain good, every zone is reset to good
-  (as SpotHedge's own artifact does; its paper says "fewer than two", but resetting while
-  one good zone is left sends launches into zones that just failed — replaying the
-  SpotHedge traces through ``spotctl simulate`` showed thousands of failed launches a day
-  and more on-demand fallback, at lower availability). The expiry is ours; SpotHedge keeps a
-  zone bad until the reset.
+  there (a LAUNCHED event) makes it good again. When no zone would remain good, every zone
+  is reset to good (as SpotHedge's own artifact does; its paper says "fewer than two", but
+  resetting while one good zone is left sends launches into zones that just failed —
+  replaying the SpotHedge traces through ``spotctl simulate`` showed thousands of failed
+  launches a day and more on-demand fallback, at lower availability). The expiry is ours;
+  SpotHedge keeps a zone bad until the reset.
 - **Mix.** As in SkyServe, ``base_ondemand_fallback_replicas`` on-demand replicas count inside
   the target: spot wanted = max(0, target − base) + ``num_overprovision``. With
   ``dynamic_ondemand_fallback``, one more on-demand replica runs for every spot replica the
@@ -50,22 +50,23 @@ Scenarios (each is a row in ``tests/serve/test_hedge.py``), zones A < B < C by s
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from spotd.serve.autoscaler import AutoscalePolicy
 from spotd.serve.replica_state import ReplicaId, ReplicaStatus
-from spotd.types import Market, ZoneKey
+from spotd.types import Market, ZoneEventKind, ZoneKey
 
 DEFAULT_BAD_ZONE_SECONDS = 3600.0  # a spot crunch usually outlasts minutes; retry after an hour
 
 
-class ZoneEventKind(enum.StrEnum):
-    PREEMPTED = "PREEMPTED"  # a replica in the zone was reclaimed by the provider
-    LAUNCH_FAILED = "LAUNCH_FAILED"  # the provider refused capacity there (stockout, quota)
-    READY = "READY"  # a replica in the zone became READY: the zone works again
+# the zone events the planner reads: a loss makes a zone bad, a launch that came up (a replica
+# READY there) makes it good again; RAN (a survival time) says neither
+ZONE_LOSSES: frozenset[ZoneEventKind] = frozenset(
+    {ZoneEventKind.PREEMPTED, ZoneEventKind.LAUNCH_FAILED}
+)
+PLANNER_KINDS: frozenset[ZoneEventKind] = ZONE_LOSSES | {ZoneEventKind.LAUNCHED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,16 +129,17 @@ def bad_zones(
 ) -> frozenset[ZoneKey]:
     """Zones whose latest ``market`` event up to ``now`` is a loss less than the TTL ago.
 
-    A READY event is good news and clears the zone; events after ``now`` are ignored.
+    A LAUNCHED event is good news and clears the zone; events after ``now`` and kinds the
+    planner does not read (RAN) are ignored.
     """
     latest: dict[ZoneKey, ZoneEvent] = {}
     for event in sorted(zone_history, key=lambda e: e.at):
-        if event.market is market and event.at <= now:
+        if event.market is market and event.at <= now and event.kind in PLANNER_KINDS:
             latest[event.zone] = event
     return frozenset(
         zone
         for zone, event in latest.items()
-        if event.kind is not ZoneEventKind.READY and now - event.at < bad_zone_seconds
+        if event.kind in ZONE_LOSSES and now - event.at < bad_zone_seconds
     )
 
 

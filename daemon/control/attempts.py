@@ -37,7 +37,7 @@ from spotd.providers.base import (
     Provider,
     ProviderError,
 )
-from spotd.recovery import detection, history, strategies
+from spotd.recovery import detection, strategies
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition
 from spotd.types import (
@@ -48,6 +48,7 @@ from spotd.types import (
     InstanceState,
     Market,
     RecoveryStrategy,
+    ZoneEventKind,
 )
 
 log = structlog.get_logger("spotd.control.attempts")
@@ -235,7 +236,7 @@ class Attempts:
             provider=attempt.provider,
             region=attempt.region,
             zone=attempt.zone,
-            kind=history.ZoneEventKind.STOCKOUT.value,
+            kind=ZoneEventKind.LAUNCH_FAILED.value,
             at=now,
             detail=detail,
         )
@@ -280,7 +281,7 @@ class Attempts:
                 provider=ended.provider,
                 region=ended.region,
                 zone=ended.zone,
-                kind=history.ZoneEventKind.RAN.value,
+                kind=ZoneEventKind.RAN.value,
                 at=now,
                 detail=f"{now - ended.started_at:.1f} seconds on spot",
             )

@@ -15,9 +15,9 @@ from typing import Protocol
 
 from spotd.control.lbkeeper import LbKeeper
 from spotd.control.serve_config import ServeSettings
-from spotd.serve import hedge
 from spotd.serve.replica_state import ReplicaStatus
 from spotd.store import AsyncStore, ReplicaRow, ServiceRow
+from spotd.types import ZoneEventKind
 
 S = ReplicaStatus
 
@@ -29,7 +29,7 @@ class ReplicaEnder(Protocol):
 
     async def push(self, svc: ServiceRow) -> None: ...
 
-    async def zone_event(self, row: ReplicaRow, kind: hedge.ZoneEventKind, now: float) -> None: ...
+    async def zone_event(self, row: ReplicaRow, kind: ZoneEventKind, now: float) -> None: ...
 
 
 class Drainer:
@@ -52,7 +52,7 @@ class Drainer:
             return
         if row.notice_deadline is None:
             await self._store.update_replica_fields(row.key, notice_deadline=deadline)
-        await self._owner.zone_event(row, hedge.ZoneEventKind.PREEMPTED, now)
+        await self._owner.zone_event(row, ZoneEventKind.PREEMPTED, now)
         left = max(0.0, deadline - now)
         if row.status in (S.READY, S.NOT_READY):
             await self._store.transition_replica(

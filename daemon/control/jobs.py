@@ -50,6 +50,7 @@ from spotd.types import (
     InstanceState,
     JobStatus,
     Market,
+    ZoneEventKind,
 )
 
 log = structlog.get_logger("spotd.control.jobs")
@@ -454,7 +455,7 @@ class Controller:
                 provider=attempt.provider,
                 region=attempt.region,
                 zone=attempt.zone,
-                kind=history.ZoneEventKind.LAUNCHED.value,
+                kind=ZoneEventKind.LAUNCHED.value,
                 at=now,
                 detail=attempt.market,
             )
@@ -506,7 +507,7 @@ class Controller:
             provider=attempt.provider,
             region=attempt.region,
             zone=attempt.zone,
-            kind=history.ZoneEventKind.PREEMPTED.value,
+            kind=ZoneEventKind.PREEMPTED.value,
             at=now,
             detail=evidence,
         )

@@ -18,10 +18,10 @@ import aiohttp
 
 from spotd.aiokit import sleep
 from spotd.control.serve_config import LIVE_SERVICE, ServeSettings
-from spotd.serve.hedge import ZoneEventKind
 from spotd.serve.replica_state import PROBED_STATUSES, ProbeState, ReplicaStatus, probe_step
 from spotd.spec import ServiceSpec, Task
 from spotd.store import AsyncStore, ReplicaRow, ServiceRow, StaleTransition
+from spotd.types import ZoneEventKind
 
 S = ReplicaStatus
 
@@ -151,5 +151,5 @@ class Prober:
                 **fields,
             )
             if moved == S.READY:
-                await self._owner.zone_event(row, ZoneEventKind.READY, now)
+                await self._owner.zone_event(row, ZoneEventKind.LAUNCHED, now)
         self._owner.wake(svc.id)

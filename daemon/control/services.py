@@ -95,7 +95,7 @@ from spotd.store import (
     ServiceStatus,
     StaleTransition,
 )
-from spotd.types import CatalogEntry, InstanceId, InstanceState, Market, ZoneKey
+from spotd.types import CatalogEntry, InstanceId, InstanceState, Market, ZoneEventKind, ZoneKey
 
 __all__ = ["UPDATE_MODES", "ServeSettings", "ServiceController", "autoscale_policy"]
 
@@ -365,7 +365,7 @@ class ServiceController:
         )
         match judge_replica(row, obs, covered=covered, verdict=verdict):
             case End(status, reason, zone_preempted):
-                kind = hedge.ZoneEventKind.PREEMPTED if zone_preempted else None
+                kind = ZoneEventKind.PREEMPTED if zone_preempted else None
                 await self.end(row, status, reason, now, zone_kind=kind)
             case Notice(deadline):
                 await self.drainer.notice(row, deadline, now)
@@ -397,7 +397,7 @@ class ServiceController:
         reason: str,
         now: float,
         *,
-        zone_kind: hedge.ZoneEventKind | None = None,
+        zone_kind: ZoneEventKind | None = None,
     ) -> None:
         """Move a replica to a terminal status and terminate its instance (if any)."""
         await self.store.transition_replica(
@@ -534,7 +534,7 @@ class ServiceController:
                 S.FAILED_PROVISION,
                 f"{type(exc).__name__}: {exc}",
                 self.clock(),
-                zone_kind=hedge.ZoneEventKind.LAUNCH_FAILED,
+                zone_kind=ZoneEventKind.LAUNCH_FAILED,
             )
             return False
         self.backoff.launched(svc.id, row.market)
@@ -585,5 +585,5 @@ class ServiceController:
         )
         self.scaler.forget(svc.id)
 
-    async def zone_event(self, row: ReplicaRow, kind: hedge.ZoneEventKind, now: float) -> None:
+    async def zone_event(self, row: ReplicaRow, kind: ZoneEventKind, now: float) -> None:
         await self.zones.record(row, kind, now)

@@ -11,8 +11,8 @@ Each zone of the trace folder is one placement in the catalog; at every tick:
    (MIGRATED) after a final checkpoint;
 3. a job without an attempt asks ``spotd.recovery.strategies.next_placement`` — the function
    the daemon's controller calls — with the zone history the controller would have recorded
-   (LAUNCHED, STOCKOUT, PREEMPTED, RAN). A spot launch into a zone the trace shows empty
-   *fails* (STOCKOUT) and the job asks again at the next tick; ``Wait`` is honoured to the
+   (LAUNCHED, LAUNCH_FAILED, PREEMPTED, RAN). A spot launch into a zone the trace shows empty
+   *fails* (LAUNCH_FAILED) and the job asks again at the next tick; ``Wait`` is honoured to the
    tick; ``GiveUp`` ends the run;
 4. the attempt is billed for the tick and makes progress after its restart overhead.
 
@@ -55,6 +55,7 @@ from spotd.types import (
     RecoveryStrategy,
     ResourceOption,
     ResourceRequest,
+    ZoneEventKind,
 )
 
 __all__ = [
@@ -306,7 +307,7 @@ def run_job(
         if a.candidate.market is Market.SPOT:
             history.append(
                 rhist.ZoneEvent(
-                    a.candidate.zone_key, rhist.ZoneEventKind.RAN, now, seconds=now - a.started
+                    a.candidate.zone_key, ZoneEventKind.RAN, now, seconds=now - a.started
                 )
             )
         attempt, last, last_end = None, a.candidate, reason
@@ -319,7 +320,7 @@ def run_job(
                 lost += live
                 live = 0.0
                 history.append(
-                    rhist.ZoneEvent(attempt.candidate.zone_key, rhist.ZoneEventKind.PREEMPTED, now)
+                    rhist.ZoneEvent(attempt.candidate.zone_key, ZoneEventKind.PREEMPTED, now)
                 )
                 end(attempt, EndReason.PREEMPTED, now)
             elif strategies.should_switch_to_ondemand(view(now), now=now):
@@ -342,10 +343,10 @@ def run_job(
                     failures += 1
                     failed += 1
                     first_failure = now if first_failure is None else first_failure
-                    history.append(rhist.ZoneEvent(c.zone_key, rhist.ZoneEventKind.STOCKOUT, now))
+                    history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCH_FAILED, now))
                     last, last_end = c, EndReason.LAUNCH_FAILED
                 else:
-                    history.append(rhist.ZoneEvent(c.zone_key, rhist.ZoneEventKind.LAUNCHED, now))
+                    history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCHED, now))
                     attempt = _Attempt(c, z, now, O)
                     failed, first_failure = 0, None
         # the tick: bill, then overhead, then progress

@@ -29,7 +29,7 @@ Policies (``POLICIES``):
 ``spotd``
     spotd's own planner, ``spotd.serve.hedge.plan_replicas``, called as the daemon calls it:
     ``replicas: 3`` with ``dynamic_ondemand_fallback`` and ``num_overprovision`` 1, the zone
-    history it would have recorded (PREEMPTED / LAUNCH_FAILED / READY), and the per-zone
+    history it would have recorded (PREEMPTED / LAUNCH_FAILED / LAUNCHED), and the per-zone
     preemption risk that ``spotd.recovery.history.preemption_risk`` learns from preemptions and
     survival times (the zone's ``preemption_risk``).
 ``spothedge``

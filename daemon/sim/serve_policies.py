@@ -27,7 +27,7 @@ from spotd.sim.serve_model import (
     SimReplica,
     TickView,
 )
-from spotd.types import Market, ZoneKey
+from spotd.types import Market, ZoneEventKind, ZoneKey
 
 __all__ = [
     "POLICIES",
@@ -71,24 +71,19 @@ class SpotdPolicy:
             if e.market is not Market.SPOT:
                 continue
             if e.kind is SimEventKind.PREEMPTED:
-                self.zone_history.append(
-                    hedge.ZoneEvent(e.zone, hedge.ZoneEventKind.PREEMPTED, e.at)
-                )
+                self.zone_history.append(hedge.ZoneEvent(e.zone, ZoneEventKind.PREEMPTED, e.at))
+                self.risk_history.append(rhist.ZoneEvent(e.zone, ZoneEventKind.PREEMPTED, e.at))
                 self.risk_history.append(
-                    rhist.ZoneEvent(e.zone, rhist.ZoneEventKind.PREEMPTED, e.at)
-                )
-                self.risk_history.append(
-                    rhist.ZoneEvent(e.zone, rhist.ZoneEventKind.RAN, e.at, seconds=e.ran_seconds)
+                    rhist.ZoneEvent(e.zone, ZoneEventKind.RAN, e.at, seconds=e.ran_seconds)
                 )
             elif e.kind is SimEventKind.LAUNCH_FAILED:
-                self.zone_history.append(
-                    hedge.ZoneEvent(e.zone, hedge.ZoneEventKind.LAUNCH_FAILED, e.at)
-                )
+                self.zone_history.append(hedge.ZoneEvent(e.zone, ZoneEventKind.LAUNCH_FAILED, e.at))
             elif e.kind is SimEventKind.READY:
-                self.zone_history.append(hedge.ZoneEvent(e.zone, hedge.ZoneEventKind.READY, e.at))
+                # a replica READY in the zone: the daemon's prober records LAUNCHED
+                self.zone_history.append(hedge.ZoneEvent(e.zone, ZoneEventKind.LAUNCHED, e.at))
             elif e.kind is SimEventKind.TERMINATED:
                 self.risk_history.append(
-                    rhist.ZoneEvent(e.zone, rhist.ZoneEventKind.RAN, e.at, seconds=e.ran_seconds)
+                    rhist.ZoneEvent(e.zone, ZoneEventKind.RAN, e.at, seconds=e.ran_seconds)
                 )
 
     def decide(self, view: TickView) -> Decision:

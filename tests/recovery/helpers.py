@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from spotd.recovery.history import ZoneEvent, ZoneEventKind
-from spotd.types import CatalogEntry, ResourceOption, ResourceRequest, ZoneKey
+from spotd.recovery.history import ZoneEvent
+from spotd.types import CatalogEntry, ResourceOption, ResourceRequest, ZoneEventKind, ZoneKey
 
 PROVIDER = "p"
 # spot: r1 < r2 < r3, zone b 5% dearer than zone a; on-demand: r2 < r1 < r3
@@ -71,6 +71,6 @@ def ev(kind: ZoneEventKind, zone: str, at: float, seconds: float = 0.0) -> ZoneE
 
 
 PREEMPTED = ZoneEventKind.PREEMPTED
-STOCKOUT = ZoneEventKind.STOCKOUT
+LAUNCH_FAILED = ZoneEventKind.LAUNCH_FAILED
 LAUNCHED = ZoneEventKind.LAUNCHED
 RAN = ZoneEventKind.RAN

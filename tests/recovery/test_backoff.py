@@ -13,7 +13,7 @@ from spotd.recovery.strategies import (
     next_placement,
 )
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
-from tests.recovery.helpers import STOCKOUT, ev, req, three_regions
+from tests.recovery.helpers import LAUNCH_FAILED, ev, req, three_regions
 
 CATALOG = three_regions()
 ZONES = ("r1a", "r1b", "r2a", "r2b", "r3a", "r3b")
@@ -60,7 +60,7 @@ def _job(failed: int, first_failure_at: float | None, give_up_after: float = 600
 
 
 def _stocked_out(at: float) -> list:
-    return [ev(STOCKOUT, z, at) for z in ZONES]
+    return [ev(LAUNCH_FAILED, z, at) for z in ZONES]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from spotd.recovery.strategies import (
     should_switch_to_ondemand,
 )
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
-from tests.recovery.helpers import STOCKOUT, entry, ev, req, three_regions
+from tests.recovery.helpers import LAUNCH_FAILED, entry, ev, req, three_regions
 
 CATALOG = three_regions()
 
@@ -108,7 +108,7 @@ def test_after_a_preemption_spot_leaves_the_region() -> None:
 
 
 def _all_spot_stocked_out(at: float) -> list:
-    return [ev(STOCKOUT, z, at) for z in ("r1a", "r1b", "r2a", "r2b", "r3a", "r3b")]
+    return [ev(LAUNCH_FAILED, z, at) for z in ("r1a", "r1b", "r2a", "r2b", "r3a", "r3b")]
 
 
 def test_waits_for_spot_while_ahead_but_not_past_the_switch_to_on_demand() -> None:

@@ -10,9 +10,9 @@ from spotd.recovery.history import ZoneEvent
 from spotd.recovery.strategies import GiveUp, JobView, Relaunch, Wait, next_placement
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
 from tests.recovery.helpers import (
+    LAUNCH_FAILED,
     LAUNCHED,
     PREEMPTED,
-    STOCKOUT,
     entry,
     ev,
     req,
@@ -81,7 +81,7 @@ def test_the_region_is_left_even_without_any_history(end: EndReason) -> None:
         # nothing outside r1: another zone of r1 first
         (["r1a", "r1b"], [], "r1b", "another zone"),
         # r2 exists but is stocked out right now: still r1b before r1a
-        (["r1a", "r1b", "r2a"], [(STOCKOUT, "r2a", 99.0)], "r1b", "another zone"),
+        (["r1a", "r1b", "r2a"], [(LAUNCH_FAILED, "r2a", 99.0)], "r1b", "another zone"),
         # only the preempted zone itself is left, and its block has decayed
         (["r1a"], [(PREEMPTED, "r1a", -3600.0)], "r1a", "back to r1/r1a"),
     ],
@@ -110,7 +110,7 @@ def test_retries_the_only_zone_after_a_preemption_and_waits_only_after_a_refusal
     d = next_placement(
         _job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=102.0),
         catalog=catalog,
-        history=[ev(PREEMPTED, "r1a", 100.0), ev(STOCKOUT, "r1a", 102.0)],
+        history=[ev(PREEMPTED, "r1a", 100.0), ev(LAUNCH_FAILED, "r1a", 102.0)],
         now=103.0,
     )
     assert isinstance(d, Wait)
@@ -118,14 +118,14 @@ def test_retries_the_only_zone_after_a_preemption_and_waits_only_after_a_refusal
 
 def test_a_failed_launch_after_a_preemption_does_not_go_back() -> None:
     """r1a preempted, r2a refuses the launch: next is r2b, not r1b (which is cheaper)."""
-    history = [ev(PREEMPTED, "r1a", 100.0), ev(STOCKOUT, "r2a", 101.0)]
+    history = [ev(PREEMPTED, "r1a", 100.0), ev(LAUNCH_FAILED, "r2a", 101.0)]
     d = _place(
         _job("r2a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=101.0),
         history,
         102.0,
     )
     assert d.candidate.zone == "r2b"
-    history.append(ev(STOCKOUT, "r2b", 102.0))
+    history.append(ev(LAUNCH_FAILED, "r2b", 102.0))
     d = _place(
         _job("r2b", EndReason.LAUNCH_FAILED, failed_launches=2, first_failure_at=101.0),
         history,
@@ -137,7 +137,7 @@ def test_a_failed_launch_after_a_preemption_does_not_go_back() -> None:
 def test_a_failed_launch_skips_only_the_zone() -> None:
     d = _place(
         _job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=5.0),
-        [ev(STOCKOUT, "r1a", 5.0)],
+        [ev(LAUNCH_FAILED, "r1a", 5.0)],
         6.0,
     )
     assert d.candidate.zone == "r1b"
@@ -147,7 +147,7 @@ def test_a_failed_launch_retries_the_zone_when_nothing_else_exists() -> None:
     catalog = [e for e in CATALOG if e.zone == "r1a"]
     d = _place(
         _job("r1a", EndReason.LAUNCH_FAILED, failed_launches=1, first_failure_at=5.0),
-        [ev(STOCKOUT, "r1a", 5.0)],
+        [ev(LAUNCH_FAILED, "r1a", 5.0)],
         60.0,
         catalog,
     )
@@ -169,7 +169,7 @@ def test_another_jobs_recent_preemption_ranks_the_region_down() -> None:
 
 
 def test_a_successful_launch_lifts_a_stockout() -> None:
-    history = [ev(STOCKOUT, "r1a", 100.0), ev(LAUNCHED, "r1a", 101.0)]
+    history = [ev(LAUNCH_FAILED, "r1a", 100.0), ev(LAUNCHED, "r1a", 101.0)]
     assert _place(_job(), history, 102.0).candidate.zone == "r1a"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from spotd.recovery.strategies import JobView, Relaunch, next_placement
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
-from tests.recovery.helpers import PREEMPTED, STOCKOUT, ev, req, three_regions
+from tests.recovery.helpers import LAUNCH_FAILED, PREEMPTED, ev, req, three_regions
 
 CATALOG = three_regions()
 NOW = 1000.0
@@ -40,11 +40,17 @@ def _job(last: str | None, end: EndReason | None) -> JobView:
         (
             "r2a",
             EndReason.LAUNCH_FAILED,
-            [(STOCKOUT, "r2a", NOW), (STOCKOUT, "r2b", NOW)],
+            [(LAUNCH_FAILED, "r2a", NOW), (LAUNCH_FAILED, "r2b", NOW)],
             "r1a",
             "cheapest other region",
         ),
-        ("r3b", EndReason.LAUNCH_FAILED, [(STOCKOUT, "r3b", NOW)], "r3a", "another zone of r3"),
+        (
+            "r3b",
+            EndReason.LAUNCH_FAILED,
+            [(LAUNCH_FAILED, "r3b", NOW)],
+            "r3a",
+            "another zone of r3",
+        ),
         # a user failure restarts in place
         ("r3b", EndReason.USER_FAILED, [], "r3b", "the same zone"),
     ],
@@ -63,7 +69,7 @@ def test_failover_order(
 
 
 def test_other_regions_follow_in_cost_order() -> None:
-    history = [ev(STOCKOUT, "r3a", NOW), ev(STOCKOUT, "r3b", NOW)]
+    history = [ev(LAUNCH_FAILED, "r3a", NOW), ev(LAUNCH_FAILED, "r3b", NOW)]
     d = next_placement(
         _job("r3a", EndReason.LAUNCH_FAILED), catalog=CATALOG, history=history, now=NOW
     )

@@ -9,13 +9,12 @@ import pytest
 
 from spotd.recovery.history import (
     ZoneEvent,
-    ZoneEventKind,
     preemption_risk,
     region_penalties,
     zone_penalties,
 )
-from spotd.types import ZoneKey
-from tests.recovery.helpers import LAUNCHED, PREEMPTED, RAN, STOCKOUT, ev, zk
+from spotd.types import ZoneEventKind, ZoneKey
+from tests.recovery.helpers import LAUNCH_FAILED, LAUNCHED, PREEMPTED, RAN, ev, zk
 
 NOW = 10_000.0
 
@@ -27,23 +26,23 @@ NOW = 10_000.0
         # blocked for the 30 s hold, then halving every 600 s; a preemption never fully
         # blocks (at most 0.95: expensive, not impossible), a stockout does
         ([(PREEMPTED, "r1a", NOW)], {"r1a": 0.95}),
-        ([(STOCKOUT, "r1a", NOW - 29)], {"r1a": 1.0}),
+        ([(LAUNCH_FAILED, "r1a", NOW - 29)], {"r1a": 1.0}),
         ([(PREEMPTED, "r1a", NOW - 630)], {"r1a": 0.5}),
         ([(PREEMPTED, "r1a", NOW - 1230)], {"r1a": 0.25}),
         # two independent events: 1 - (1 - 0.5)(1 - 0.5)
-        ([(PREEMPTED, "r1a", NOW - 630), (STOCKOUT, "r1a", NOW - 630)], {"r1a": 0.75}),
+        ([(PREEMPTED, "r1a", NOW - 630), (LAUNCH_FAILED, "r1a", NOW - 630)], {"r1a": 0.75}),
         # zones are independent
-        ([(PREEMPTED, "r1a", NOW), (STOCKOUT, "r2b", NOW - 630)], {"r1a": 0.95, "r2b": 0.5}),
+        ([(PREEMPTED, "r1a", NOW), (LAUNCH_FAILED, "r2b", NOW - 630)], {"r1a": 0.95, "r2b": 0.5}),
         # a later successful launch lifts a stockout ...
-        ([(STOCKOUT, "r1a", NOW - 5), (LAUNCHED, "r1a", NOW - 1)], {}),
+        ([(LAUNCH_FAILED, "r1a", NOW - 5), (LAUNCHED, "r1a", NOW - 1)], {}),
         # ... but not one that came after it
-        ([(LAUNCHED, "r1a", NOW - 5), (STOCKOUT, "r1a", NOW - 1)], {"r1a": 1.0}),
+        ([(LAUNCHED, "r1a", NOW - 5), (LAUNCH_FAILED, "r1a", NOW - 1)], {"r1a": 1.0}),
         # ... and not a preemption
         ([(PREEMPTED, "r1a", NOW - 5), (LAUNCHED, "r1a", NOW - 1)], {"r1a": 0.95}),
         # launches and runs never block
         ([(LAUNCHED, "r1a", NOW), (RAN, "r1a", NOW, 60.0)], {}),
         # events from the future (clock skew) count as now
-        ([(STOCKOUT, "r1a", NOW + 50)], {"r1a": 1.0}),
+        ([(LAUNCH_FAILED, "r1a", NOW + 50)], {"r1a": 1.0}),
     ],
 )
 def test_zone_penalties(events: list[tuple[Any, ...]], expected: dict[str, float]) -> None:
@@ -52,8 +51,8 @@ def test_zone_penalties(events: list[tuple[Any, ...]], expected: dict[str, float
 
 
 def test_zone_penalties_can_count_only_stockouts() -> None:
-    events = [ev(PREEMPTED, "r1a", NOW), ev(STOCKOUT, "r2a", NOW)]
-    got = zone_penalties(events, NOW, kinds={ZoneEventKind.STOCKOUT})
+    events = [ev(PREEMPTED, "r1a", NOW), ev(LAUNCH_FAILED, "r2a", NOW)]
+    got = zone_penalties(events, NOW, kinds={ZoneEventKind.LAUNCH_FAILED})
     assert got == {zk("r2a"): 1.0}
 
 
@@ -70,7 +69,7 @@ def test_zone_penalties_parameters() -> None:
         ([(PREEMPTED, "r1a", NOW)], {"r1": 0.9}),  # capped: ranked down, never excluded
         ([(PREEMPTED, "r1a", NOW - 600)], {"r1": 0.5}),
         ([(PREEMPTED, "r1a", NOW - 600), (PREEMPTED, "r1b", NOW - 600)], {"r1": 0.75}),
-        ([(STOCKOUT, "r1a", NOW)], {}),  # stockouts are per zone
+        ([(LAUNCH_FAILED, "r1a", NOW)], {}),  # stockouts are per zone
         ([(PREEMPTED, "r1a", NOW - 100_000)], {}),  # fully decayed
     ],
 )
@@ -92,7 +91,7 @@ def test_region_penalties(events: list[tuple[Any, ...]], expected: dict[str, flo
         ([(PREEMPTED, "r1a", NOW), (RAN, "r1a", NOW, 10 * 3600.0)], None),
         # survival without preemptions: nothing to add
         ([(RAN, "r1a", NOW, 3600.0)], None),
-        ([(STOCKOUT, "r1a", NOW)], None),
+        ([(LAUNCH_FAILED, "r1a", NOW)], None),
     ],
 )
 def test_preemption_risk(events: list[tuple[Any, ...]], expected: float | None) -> None:
@@ -126,6 +125,19 @@ class _Row:
         (
             _Row("local", "e", "e-a", "PREEMPTED", 5.0, "notice"),
             ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.PREEMPTED, 5.0, detail="notice"),
+        ),
+        (  # the table keeps a failed launch's first spelling
+            _Row("local", "e", "e-a", "STOCKOUT", 5.0, "CapacityError"),
+            ZoneEvent(
+                ZoneKey("local", "e", "e-a"),
+                ZoneEventKind.LAUNCH_FAILED,
+                5.0,
+                detail="CapacityError",
+            ),
+        ),
+        (
+            _Row("local", "e", "e-a", "LAUNCHED", 5.0, "spot"),
+            ZoneEvent(ZoneKey("local", "e", "e-a"), ZoneEventKind.LAUNCHED, 5.0, detail="spot"),
         ),
         (
             _Row("local", "e", "e-a", "RAN", 5.0, "3600 spot"),

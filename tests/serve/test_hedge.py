@@ -13,14 +13,13 @@ from spotd.serve.hedge import (
     ReplicaPlan,
     ReplicaView,
     ZoneEvent,
-    ZoneEventKind,
     ZoneOption,
     bad_zones,
     plan_replicas,
 )
 from spotd.serve.replica_state import ReplicaId
 from spotd.serve.replica_state import ReplicaStatus as S
-from spotd.types import Market, ZoneKey
+from spotd.types import Market, ZoneEventKind, ZoneKey
 
 SPOT, OD = Market.SPOT, Market.ON_DEMAND
 NOW = 10_000.0
@@ -51,7 +50,7 @@ def ev(zone: str, kind: ZoneEventKind, ago: float, market: Market = SPOT) -> Zon
     return ZoneEvent(zk(zone), kind, NOW - ago, market)
 
 
-PRE, FAIL, UP = ZoneEventKind.PREEMPTED, ZoneEventKind.LAUNCH_FAILED, ZoneEventKind.READY
+PRE, FAIL, UP = ZoneEventKind.PREEMPTED, ZoneEventKind.LAUNCH_FAILED, ZoneEventKind.LAUNCHED
 DYN = {"dynamic_ondemand_fallback": True}
 
 
@@ -470,6 +469,22 @@ class TestBadZones:
         history = [ev("A", FAIL, 10, OD), ev("B", PRE, 10)]
         assert bad_zones(history, now=NOW, market=OD) == {A}
         assert bad_zones(history, now=NOW) == {B}
+
+    @pytest.mark.parametrize(
+        ("history", "bad"),
+        [
+            # a survival time (RAN) says nothing about launching there: the loss before it stands
+            ([ev("A", PRE, 20), ev("A", ZoneEventKind.RAN, 10)], {"A"}),
+            ([ev("A", FAIL, 20), ev("A", ZoneEventKind.RAN, 10)], {"A"}),
+            # ...and neither does it make a zone bad on its own
+            ([ev("A", ZoneEventKind.RAN, 10)], set()),
+            # a launch that came up after the RAN still clears the zone
+            ([ev("A", PRE, 30), ev("A", ZoneEventKind.RAN, 20), ev("A", UP, 10)], set()),
+        ],
+    )
+    def test_ran_events_are_not_read(self, history: list[ZoneEvent], bad: set[str]) -> None:
+        want = {zk(z) for z in bad}
+        assert bad_zones(history, now=NOW) == want
 
 
 def test_negative_target_is_refused() -> None:
