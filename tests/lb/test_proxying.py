@@ -303,7 +303,7 @@ class _Transport:
 
 
 def test_sink_sends_head_payload_and_terminator_in_one_write() -> None:
-    from spotd.lb.proxy import _ClientSink
+    from spotd.lb.relay import _ClientSink
 
     tr = _Transport()
     sink = _ClientSink(tr, True, b"HEAD\r\n\r\n", b"0\r\n\r\n")  # type: ignore[arg-type]
@@ -334,7 +334,7 @@ async def test_this_aiohttp_lets_the_relay_take_the_response_head() -> None:
     from aiohttp.http_writer import StreamWriter
     from aiohttp.test_utils import make_mocked_request
 
-    from spotd.lb.proxy import _RelayResponse, _take_head
+    from spotd.lb.relay import _RelayResponse, _take_head
 
     protocol = mock.Mock(transport=_Transport(), _paused=False)
     writer = StreamWriter(protocol, asyncio.get_running_loop())
