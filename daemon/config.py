@@ -28,6 +28,13 @@ class Settings:
     tcp_host: str | None = None  # TCP API is off unless a host/port is configured
     tcp_port: int | None = None
     api_token: str | None = None  # required for TCP; never needed on the unix socket
+    # TLS for the TCP API (spotd.ops.tls): the certificate (chain) and key the daemon serves,
+    # and the CA that signed them, which agents reporting over TCP verify the daemon against.
+    # Without TLS the TCP API listens only on loopback unless allow_plaintext_tcp says otherwise.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    allow_plaintext_tcp: bool = False
     local_catalog: Path | None = None  # override of the packaged local catalog
     observe_interval: float = 0.5  # seconds between batched provider listings
     heartbeat_seconds: float = 0.5  # agents' heartbeat period
@@ -87,6 +94,31 @@ _FLOAT_KEYS = (
 )
 
 
+_TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
+_BOOL_WORDS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("", "0", "false", "no", "off"), False),
+}
+
+
+def _tls_settings(data: dict[str, Any], env: dict[str, str], home: Path) -> dict[str, Any]:
+    """TLS paths (relative ones are under ``home``, where config.yaml is) and the plaintext
+    opt-in, from ``SPOTD_TLS_CERT``/``_KEY``/``_CA``, ``SPOTD_ALLOW_PLAINTEXT_TCP`` or the file."""
+    out: dict[str, Any] = {}
+    for key in _TLS_KEYS:
+        raw = env.get(f"SPOTD_{key.upper()}") or data.get(key)
+        if raw:
+            out[key] = home / Path(str(raw)).expanduser()
+    if bool(out.get("tls_cert")) != bool(out.get("tls_key")):
+        raise ConfigError("TLS needs both tls_cert and tls_key (SPOTD_TLS_CERT, SPOTD_TLS_KEY)")
+    raw_allow = env.get("SPOTD_ALLOW_PLAINTEXT_TCP", data.get("allow_plaintext_tcp", False))
+    allow = _BOOL_WORDS.get(raw_allow.strip().lower()) if isinstance(raw_allow, str) else raw_allow
+    if not isinstance(allow, bool):
+        raise ConfigError(f"allow_plaintext_tcp must be true or false, got {raw_allow!r}")
+    out["allow_plaintext_tcp"] = allow
+    return out
+
+
 def default_home() -> Path:
     return Path(os.environ.get("SPOTD_HOME") or Path.home() / ".spotd").expanduser()
 
@@ -110,6 +142,8 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         "tcp_host",
         "tcp_port",
         "api_token",
+        *_TLS_KEYS,
+        "allow_plaintext_tcp",
         "local_catalog",
         "providers",
         "idle_gpu_action",
@@ -133,6 +167,7 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
     token = env.get("SPOTD_API_TOKEN") or data.get("api_token")
     if tcp_host and not token:
         raise ConfigError("the TCP API needs a token: set SPOTD_API_TOKEN or api_token")
+    tls = _tls_settings(data, env, home)
     floats: dict[str, float] = {}
     for key in _FLOAT_KEYS:
         raw = env.get(f"SPOTD_{key.upper()}", data.get(key))
@@ -159,6 +194,7 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         tcp_host=tcp_host,
         tcp_port=tcp_port,
         api_token=token,
+        **tls,
         local_catalog=Path(catalog) if catalog else None,
         providers=providers,
         idle_gpu_action=idle_action,

@@ -1,4 +1,5 @@
-"""``spotd``: the daemon, in the foreground (what systemd runs); ``spotd install-units``."""
+"""``spotd``: the daemon, in the foreground (what systemd runs); ``spotd install-units``;
+``spotd tls init`` (a private CA and the TCP API's certificate)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import click
 
 from spotd.config import ConfigError, load_settings
 from spotd.logconfig import configure
+from spotd.ops.tls_init import HOME_META, tls_command
 from spotd.ops.units import install_units_command
-from spotd.server import AlreadyRunning, ProviderConfigError, run_daemon
+from spotd.server import AlreadyRunning, ProviderConfigError, TransportError, run_daemon
 
 
 @click.group(invoke_without_command=True)
@@ -22,6 +24,8 @@ from spotd.server import AlreadyRunning, ProviderConfigError, run_daemon
 def main(ctx: click.Context, home: str | None, json_logs: bool | None) -> None:
     """Run the spotd controller in the foreground until SIGTERM or SIGINT."""
     if ctx.invoked_subcommand is not None:
+        if home:  # `spotd --home DIR tls init` writes under that home
+            ctx.meta[HOME_META] = Path(home)
         return
     configure(json_lines=json_logs)
     try:
@@ -32,6 +36,9 @@ def main(ctx: click.Context, home: str | None, json_logs: bool | None) -> None:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run_daemon(settings))
+    except TransportError as exc:  # a config the daemon refuses: like a ConfigError
+        click.echo(f"spotd: {exc}", err=True)
+        sys.exit(2)
     except (AlreadyRunning, ProviderConfigError) as exc:
         click.echo(f"spotd: {exc}", err=True)
         sys.exit(1)
@@ -47,6 +54,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 main.add_command(install_units_command)
+main.add_command(tls_command)
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import ssl
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import IO, Any
@@ -24,6 +25,7 @@ from spotd.control.jobs import Controller
 from spotd.control.services import ServiceController
 from spotd.metrics import DaemonMetrics
 from spotd.ops import sdnotify
+from spotd.ops.tls import TlsError, client_context, plaintext_refusal, server_context
 from spotd.pricing.catalog import default_local_catalog, load_catalog
 from spotd.providers.base import Provider
 from spotd.providers.local import LocalProvider
@@ -34,6 +36,32 @@ log = structlog.get_logger("spotd.daemon")
 
 class AlreadyRunning(Exception):
     pass
+
+
+class TransportError(Exception):
+    """The TCP API cannot listen as configured: TLS files unusable, or plaintext refused."""
+
+
+def tcp_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TCP API's TLS context, None for plaintext (loopback, or explicitly allowed), or
+    ``TransportError``: checked before anything starts, so a refused config changes nothing."""
+    if not (settings.tcp_host and settings.tcp_port):
+        return None
+    refusal = plaintext_refusal(
+        settings.tcp_host,
+        tls=settings.tls_cert is not None,
+        allow_plaintext=settings.allow_plaintext_tcp,
+    )
+    if refusal:
+        raise TransportError(refusal)
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        if settings.tls_ca is not None:  # agents get it: unreadable is an error now, not then
+            client_context(ca_file=settings.tls_ca)
+        return server_context(settings.tls_cert, settings.tls_key)
+    except TlsError as exc:
+        raise TransportError(str(exc)) from exc
 
 
 def _lock_home(settings: Settings) -> IO[str]:
@@ -108,6 +136,7 @@ async def run_daemon(
     settings: Settings, *, notify: Callable[[str], object] | None = sdnotify.notify
 ) -> None:
     """Serve until SIGTERM/SIGINT, telling systemd (``notify``) when ready and when stopping."""
+    tls = tcp_tls(settings)
     lock = _lock_home(settings)
     for d in (settings.logs_dir, settings.checkpoints_dir, settings.local_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -137,7 +166,16 @@ async def run_daemon(
             tcp_runner = web.AppRunner(tcp_app, handle_signals=False, access_log=None)
             await tcp_runner.setup()
             runners.append(tcp_runner)
-            await web.TCPSite(tcp_runner, settings.tcp_host, settings.tcp_port).start()
+            # One TCP site: with TLS configured there is no plaintext listener at all.
+            await web.TCPSite(
+                tcp_runner, settings.tcp_host, settings.tcp_port, ssl_context=tls
+            ).start()
+            log.info(
+                "TCP API listening",
+                host=settings.tcp_host,
+                port=settings.tcp_port,
+                tls=tls is not None,
+            )
         await controller.start()
         await services.start()
         # The unix socket last: a client that can connect finds everything started (agents

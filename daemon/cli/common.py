@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -25,7 +26,17 @@ from spotd.sdk.local import DaemonUnreachable
 if TYPE_CHECKING:
     from spotd.sdk.client import Client
 
-__all__ = ["ago", "dur", "err", "out", "parse_env", "print_events", "print_json", "run"]
+__all__ = [
+    "DaemonTarget",
+    "ago",
+    "dur",
+    "err",
+    "out",
+    "parse_env",
+    "print_events",
+    "print_json",
+    "run",
+]
 
 T = TypeVar("T")
 # Piped output (scripts, tests) gets wide tables instead of rich's 80-column default.
@@ -41,13 +52,25 @@ def _announce(pid: int, settings: Settings) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DaemonTarget:
+    """``spotctl --url/--ca-file``: a daemon over TCP instead of the local socket (None: the
+    environment decides, as the SDK's ``Connection()`` does)."""
+
+    url: str | None = None
+    ca_file: str | None = None
+
+
 def run(fn: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``fn`` with a client of the daemon (started if none runs); exit 1 when the daemon
-    refuses, 3 when it cannot be reached."""
+    refuses, 3 when it cannot be reached or its certificate is not trusted."""
     from spotd.sdk.client import ApiError, Client  # aiohttp: only for commands that call
 
+    ctx = click.get_current_context(silent=True)
+    target = (ctx.find_object(DaemonTarget) if ctx else None) or DaemonTarget()
+
     async def go() -> T:
-        async with Client.connect(on_start=_announce) as c:
+        async with Client.connect(url=target.url, ca_file=target.ca_file, on_start=_announce) as c:
             return await fn(c)
 
     try:

@@ -17,6 +17,7 @@ import click
 
 from spotd.cli.chaos import chaos
 from spotd.cli.check import check
+from spotd.cli.common import DaemonTarget
 from spotd.cli.daemon import daemon
 from spotd.cli.jobs import jobs
 from spotd.cli.projects import cost_cmd, project
@@ -28,8 +29,26 @@ __all__ = ["main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option(
+    "--url",
+    envvar="SPOTD_URL",
+    default=None,
+    metavar="URL",
+    help="A daemon over TCP, https://HOST:PORT (or http:// on loopback), with the token in "
+    "$SPOTD_API_TOKEN [$SPOTD_URL; default: the local daemon's socket].",
+)
+@click.option(
+    "--ca-file",
+    envvar="SPOTD_CA_FILE",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The CA certificate that signed the daemon's certificate, for https:// URLs "
+    "(`spotd tls init` prints its path) [$SPOTD_CA_FILE; default: the system's CAs].",
+)
+@click.pass_context
+def main(ctx: click.Context, url: str | None, ca_file: str | None) -> None:
     """spotd client: managed jobs and services on spot capacity."""
+    ctx.obj = DaemonTarget(url=url or None, ca_file=ca_file or None)
 
 
 for command in (check, jobs, cost_cmd, project, chaos, daemon, serve, catalog, simulate):

@@ -3,6 +3,11 @@
 It finds the daemon the same way for both: ``$SPOTD_URL`` (+ ``$SPOTD_API_TOKEN``) for a
 remote daemon over TCP, else the unix socket ``$SPOTD_HOME/spotd.sock``; with ``autostart``, a
 local daemon is started in the background when none answers.
+
+An ``https://`` URL is verified, chain and host name, against the CA in ``ca_file`` (or
+``$SPOTD_CA_FILE``; ``spotd tls init`` makes one), else against the system's CAs. A certificate
+that does not verify is an ``UntrustedDaemon``, with a message that says what to pass, not a
+traceback: the request is never sent, so the token never reaches an impostor.
 """
 
 from __future__ import annotations
@@ -12,13 +17,23 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from spotd.config import Settings, load_settings
-from spotd.sdk.local import DaemonUnreachable, socket_alive, start_local_daemon
+from spotd.ops.tls import TlsError, client_context
+from spotd.sdk.local import DaemonUnreachable, UntrustedDaemon, socket_alive, start_local_daemon
 
-__all__ = ["TERMINAL", "ApiError", "Client", "DaemonUnreachable", "start_local_daemon"]
+__all__ = [
+    "TERMINAL",
+    "ApiError",
+    "Client",
+    "DaemonUnreachable",
+    "UntrustedDaemon",
+    "start_local_daemon",
+    "untrusted_message",
+]
 
 
 class ApiError(Exception):
@@ -44,13 +59,55 @@ class ApiError(Exception):
         return "\n".join(lines)
 
 
+def untrusted_message(base: str, reason: str, ca_file: str | None) -> str:
+    """What to tell someone whose client refused the daemon's certificate, and what to do."""
+    trusted = f"the CA in {ca_file}" if ca_file else "the system's CAs (no --ca-file given)"
+    if "mismatch" in reason.lower():  # "Hostname mismatch" / "IP address mismatch"
+        fix = (
+            "connect with a name or address the certificate holds, or issue one that holds "
+            "this one (spotd tls init --hosts NAME,... --force on the daemon's host)"
+        )
+    else:
+        fix = (
+            "pass the CA that signed the daemon's certificate with --ca-file FILE or "
+            "SPOTD_CA_FILE (spotd tls init prints its path)"
+        )
+    return (
+        f"the TLS certificate of spotd at {base} is not trusted: {reason} (checked against "
+        f"{trusted}); {fix}"
+    )
+
+
+def _tcp_session(url: str, ca_file: str | None) -> aiohttp.ClientSession:
+    scheme = urlsplit(url).scheme
+    if scheme == "http":
+        return aiohttp.ClientSession()
+    if scheme != "https":
+        raise DaemonUnreachable(f"a daemon URL is http://HOST:PORT or https://HOST:PORT, not {url}")
+    try:
+        ctx = client_context(ca_file=ca_file)
+    except TlsError as exc:
+        raise DaemonUnreachable(str(exc)) from exc
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
+
+
 class Client:
     """Async client. Use as ``async with Client.connect() as c: ...``."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, token: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        token: str | None,
+        *,
+        ca_file: str | None = None,
+        tcp: bool = False,
+    ) -> None:
         self._session = session
         self._base = base
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ca_file = ca_file
+        self._plaintext_tcp = tcp and base.startswith("http://")
 
     @classmethod
     def connect(
@@ -59,13 +116,15 @@ class Client:
         settings: Settings | None = None,
         url: str | None = None,
         token: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
         autostart: bool = True,
         on_start: Callable[[int, Settings], None] | None = None,
     ) -> Client:
         url = url or os.environ.get("SPOTD_URL")
         if url:
             token = token or os.environ.get("SPOTD_API_TOKEN")
-            return cls(aiohttp.ClientSession(), url.rstrip("/"), token)
+            ca = os.fspath(ca_file) if ca_file else os.environ.get("SPOTD_CA_FILE") or None
+            return cls(_tcp_session(url, ca), url.rstrip("/"), token, ca_file=ca, tcp=True)
         settings = settings or load_settings()
         if not socket_alive(settings.socket_path):
             if not autostart:
@@ -100,7 +159,7 @@ class Client:
                     raise ApiError(r.status, str(data))
                 return data
         except aiohttp.ClientConnectionError as exc:
-            raise DaemonUnreachable(f"cannot reach spotd at {self._base}: {exc}") from exc
+            raise self._unreachable(exc, "cannot reach spotd at") from exc
 
     async def stream(self, path: str, **params: Any) -> AsyncIterator[bytes]:
         try:
@@ -116,7 +175,24 @@ class Client:
                 async for chunk in r.content.iter_any():
                     yield chunk
         except aiohttp.ClientConnectionError as exc:
-            raise DaemonUnreachable(f"lost the connection to spotd: {exc}") from exc
+            raise self._unreachable(exc, "lost the connection to spotd at") from exc
+
+    def _unreachable(self, exc: aiohttp.ClientConnectionError, what: str) -> DaemonUnreachable:
+        """The connection failure as the error a person reads: a certificate this client does
+        not trust, a TLS handshake that failed, or a daemon that is not there."""
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            cert_error = exc.certificate_error
+            reason = getattr(cert_error, "verify_message", "") or str(cert_error)
+            return UntrustedDaemon(untrusted_message(self._base, reason, self._ca_file))
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return DaemonUnreachable(
+                f"TLS with spotd at {self._base} failed ({exc}): does the daemon serve TLS on "
+                "that port (tls_cert and tls_key in its config)?"
+            )
+        hint = ""
+        if isinstance(exc, aiohttp.ServerDisconnectedError) and self._plaintext_tcp:
+            hint = " (if the daemon serves TLS on that port, use an https:// URL)"
+        return DaemonUnreachable(f"{what} {self._base}: {exc}{hint}")
 
     # -- jobs ------------------------------------------------------------------------------
 

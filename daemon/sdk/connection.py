@@ -1,8 +1,9 @@
 """Where the SDK finds the daemon: the same rules as ``spotctl``, through the same client.
 
 ``Connection()`` with no arguments means what ``spotctl`` does: ``$SPOTD_URL`` (+
-``$SPOTD_API_TOKEN``) for a daemon over TCP, else the unix socket ``$SPOTD_HOME/spotd.sock``
-(``~/.spotd`` by default), starting a local daemon in the background when none answers.
+``$SPOTD_API_TOKEN``, and ``$SPOTD_CA_FILE`` for an ``https://`` URL) for a daemon over TCP,
+else the unix socket ``$SPOTD_HOME/spotd.sock`` (``~/.spotd`` by default), starting a local
+daemon in the background when none answers.
 Pass one explicitly to talk to another home or URL, or to forbid the autostart::
 
     spotd.jobs.queue(connection=spotd.Connection(home="/srv/spotd", autostart=False))
@@ -37,6 +38,7 @@ class Connection:
     home: str | os.PathLike[str] | None = None  # a local daemon's $SPOTD_HOME
     url: str | None = None  # a remote daemon (TCP); overrides home
     token: str | None = None  # bearer token for url (default $SPOTD_API_TOKEN)
+    ca_file: str | os.PathLike[str] | None = None  # CA for an https:// url ($SPOTD_CA_FILE)
     autostart: bool = True  # start a local daemon when none answers
 
     @asynccontextmanager
@@ -61,7 +63,7 @@ class Connection:
 
         url = self.url or (None if self.home is not None else os.environ.get("SPOTD_URL"))
         if url:
-            return Client.connect(url=url, token=self.token)
+            return Client.connect(url=url, token=self.token, ca_file=self.ca_file)
         # Finding (and maybe starting) a local daemon blocks for up to seconds: not on the loop.
         settings = await asyncio.to_thread(self._local_daemon)
         return Client.connect(settings=settings, autostart=False)

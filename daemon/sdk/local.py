@@ -15,11 +15,16 @@ from pathlib import Path
 
 from spotd.config import Settings
 
-__all__ = ["DaemonUnreachable", "socket_alive", "start_local_daemon"]
+__all__ = ["DaemonUnreachable", "UntrustedDaemon", "socket_alive", "start_local_daemon"]
 
 
 class DaemonUnreachable(Exception):
     """No daemon answered (and none could be started)."""
+
+
+class UntrustedDaemon(DaemonUnreachable):
+    """The daemon's TLS certificate did not verify against the CA this client trusts; no
+    request (and no token) was sent."""
 
 
 def socket_alive(path: Path) -> bool:
