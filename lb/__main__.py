@@ -6,6 +6,11 @@ not given). Several such processes may serve one service (``--reuse-port`` lets 
 port); each keeps its own statistics and takes the same replica pushes.
 
 SIGTERM/SIGINT: stop accepting, let in-flight requests finish (``--shutdown-timeout``), exit.
+
+The control API decides where the LB sends traffic, so it is never open to whoever reaches a
+port: without ``--token`` the LB starts only with a separate ``--control-port`` on a loopback
+``--control-host`` (what the daemon's own LBs use); a control API on the proxy port, or on
+another address, needs a token (``control_refusal``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -25,6 +31,35 @@ from .policy import Policy
 from .state import LBConfig, LBState, parse_replicas
 
 log = logging.getLogger("spotd.lb")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name may resolve anywhere
+
+
+def control_refusal(*, token: str, control_port: int | None, control_host: str) -> str | None:
+    """Why this LB must not start, or None. Without a token the control API (which replaces
+    the replica set) must be reachable only from this machine: a separate port on loopback.
+
+    Examples: no token, ``--control-port 9001`` on 127.0.0.1 -> None (the daemon's LBs); no
+    token and no ``--control-port`` -> refused (``PUT /-/replicas`` on the public proxy port);
+    no token, ``--control-host 0.0.0.0`` -> refused; any of them with a token -> None."""
+    if token:
+        return None
+    fix = "pass --token (or SPOTD_LB_TOKEN), or a --control-port on a loopback --control-host"
+    if control_port is None:
+        return (
+            "refusing to serve the control API on the proxy port without a token "
+            f"(anyone who reaches the proxy could repoint its traffic): {fix}"
+        )
+    if not _is_loopback(control_host):
+        return f"refusing to serve the control API on {control_host} without a token: {fix}"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,6 +195,12 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    refusal = control_refusal(
+        token=args.token, control_port=args.control_port, control_host=args.control_host
+    )
+    if refusal:
+        print(f"spotd-lb: {refusal}", file=sys.stderr)
+        raise SystemExit(2)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
