@@ -20,6 +20,7 @@ internals, which may not import the SDK). Errors: see ``spotd.sdk.errors``.
 from __future__ import annotations
 
 import importlib
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,33 +43,37 @@ if TYPE_CHECKING:
     from spotd.spec import ServiceSpec as Service
     from spotd.spec import Task as Task
 
-_MODULES = {
-    "jobs": "spotd.sdk.jobs",
-    "aio": "spotd.sdk.aio",
-}
-_NAMES = {
-    "Task": ("spotd.spec", "Task"),
-    "Resources": ("spotd.spec", "Resources"),
-    "Service": ("spotd.spec", "ServiceSpec"),
-    "Connection": ("spotd.sdk.connection", "Connection"),
-    "Job": ("spotd.sdk.types", "Job"),
-    "JobHandle": ("spotd.sdk.types", "JobHandle"),
-    "ServiceStatus": ("spotd.sdk.types", "ServiceStatus"),
-    "SpotdError": ("spotd.errors", "SpotdError"),
-    "InvalidTaskError": ("spotd.errors", "InvalidTaskError"),
-    **{
-        name: ("spotd.sdk.errors", name)
-        for name in (
-            "ApiError",
-            "DaemonUnreachableError",
-            "JobFailedError",
-            "NoFeasiblePlacementError",
-            "NotFoundError",
-            "QuotaExceededError",
-            "WaitTimeoutError",
-        )
-    },
-}
+_MODULES = MappingProxyType(
+    {
+        "jobs": "spotd.sdk.jobs",
+        "aio": "spotd.sdk.aio",
+    }
+)
+_NAMES = MappingProxyType(
+    {
+        "Task": ("spotd.spec", "Task"),
+        "Resources": ("spotd.spec", "Resources"),
+        "Service": ("spotd.spec", "ServiceSpec"),
+        "Connection": ("spotd.sdk.connection", "Connection"),
+        "Job": ("spotd.sdk.types", "Job"),
+        "JobHandle": ("spotd.sdk.types", "JobHandle"),
+        "ServiceStatus": ("spotd.sdk.types", "ServiceStatus"),
+        "SpotdError": ("spotd.errors", "SpotdError"),
+        "InvalidTaskError": ("spotd.errors", "InvalidTaskError"),
+        **{
+            name: ("spotd.sdk.errors", name)
+            for name in (
+                "ApiError",
+                "DaemonUnreachableError",
+                "JobFailedError",
+                "NoFeasiblePlacementError",
+                "NotFoundError",
+                "QuotaExceededError",
+                "WaitTimeoutError",
+            )
+        },
+    }
+)
 
 __all__ = [
     "ApiError",

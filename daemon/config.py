@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -95,10 +96,12 @@ _FLOAT_KEYS = (
 
 
 _TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
-_BOOL_WORDS = {
-    **dict.fromkeys(("1", "true", "yes", "on"), True),
-    **dict.fromkeys(("", "0", "false", "no", "off"), False),
-}
+_BOOL_WORDS = MappingProxyType(
+    {
+        **dict.fromkeys(("1", "true", "yes", "on"), True),
+        **dict.fromkeys(("", "0", "false", "no", "off"), False),
+    }
+)
 
 
 def _tls_settings(data: dict[str, Any], env: dict[str, str], home: Path) -> dict[str, Any]:

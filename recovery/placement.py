@@ -36,13 +36,14 @@ import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from spotd.types import Candidate, CatalogEntry, Market, ResourceOption, ResourceRequest, ZoneKey
 
 __all__ = ["candidates", "explain_infeasible", "option_label"]
 
 _EPS = 1e-9
-_NO_RISK: Mapping[ZoneKey, float] = {}
+_NO_RISK: Mapping[ZoneKey, float] = MappingProxyType({})
 
 
 def candidates(

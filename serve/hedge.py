@@ -53,6 +53,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from spotd.serve.autoscaler import AutoscalePolicy
 from spotd.serve.replica_state import ReplicaId, ReplicaStatus
@@ -301,12 +302,14 @@ def _ondemand_zones(
     return _spread(n, usable, Counter(r.zone for r in ondemand))
 
 
-_VICTIM_ORDER = {
-    ReplicaStatus.NOT_READY: 0,
-    ReplicaStatus.PROVISIONING: 1,
-    ReplicaStatus.STARTING: 2,
-    ReplicaStatus.READY: 3,
-}
+_VICTIM_ORDER = MappingProxyType(
+    {
+        ReplicaStatus.NOT_READY: 0,
+        ReplicaStatus.PROVISIONING: 1,
+        ReplicaStatus.STARTING: 2,
+        ReplicaStatus.READY: 3,
+    }
+)
 
 
 def _victims(pool: Sequence[ReplicaView], n: int, bad: frozenset[ZoneKey]) -> list[ReplicaView]:

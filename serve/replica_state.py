@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import NewType
 
 ReplicaId = NewType("ReplicaId", int)  # per service, increasing: a higher id is a newer replica
@@ -87,22 +88,25 @@ PROBED_STATUSES = frozenset({ReplicaStatus.STARTING, ReplicaStatus.READY, Replic
 _S = ReplicaStatus
 _LOSSES = frozenset({_S.PREEMPTED, _S.FAILED})  # can happen to any replica that has instances
 
-ALLOWED_TRANSITIONS: Mapping[ReplicaStatus, frozenset[ReplicaStatus]] = {
-    # scale-down before boot skips draining: there is nothing in flight to finish
-    _S.PROVISIONING: frozenset({_S.STARTING, _S.FAILED_PROVISION, _S.SHUTTING_DOWN}) | _LOSSES,
-    _S.STARTING: frozenset({_S.READY, _S.FAILED_PROBE, _S.SHUTTING_DOWN}) | _LOSSES,
-    # READY may skip DRAINING when the user forces `serve down` without a grace period
-    _S.READY: frozenset({_S.NOT_READY, _S.DRAINING, _S.SHUTTING_DOWN}) | _LOSSES,
-    _S.NOT_READY: frozenset({_S.READY, _S.FAILED_PROBE, _S.DRAINING, _S.SHUTTING_DOWN}) | _LOSSES,
-    _S.DRAINING: frozenset({_S.SHUTTING_DOWN}) | _LOSSES,
-    # FAILED here is SkyServe's FAILED_CLEANUP: termination itself failed, a human must look
-    _S.SHUTTING_DOWN: frozenset({_S.TERMINATED, _S.FAILED}),
-    _S.TERMINATED: frozenset(),
-    _S.PREEMPTED: frozenset(),
-    _S.FAILED_PROVISION: frozenset(),
-    _S.FAILED_PROBE: frozenset(),
-    _S.FAILED: frozenset(),
-}
+ALLOWED_TRANSITIONS: Mapping[ReplicaStatus, frozenset[ReplicaStatus]] = MappingProxyType(
+    {
+        # scale-down before boot skips draining: there is nothing in flight to finish
+        _S.PROVISIONING: frozenset({_S.STARTING, _S.FAILED_PROVISION, _S.SHUTTING_DOWN}) | _LOSSES,
+        _S.STARTING: frozenset({_S.READY, _S.FAILED_PROBE, _S.SHUTTING_DOWN}) | _LOSSES,
+        # READY may skip DRAINING when the user forces `serve down` without a grace period
+        _S.READY: frozenset({_S.NOT_READY, _S.DRAINING, _S.SHUTTING_DOWN}) | _LOSSES,
+        _S.NOT_READY: frozenset({_S.READY, _S.FAILED_PROBE, _S.DRAINING, _S.SHUTTING_DOWN})
+        | _LOSSES,
+        _S.DRAINING: frozenset({_S.SHUTTING_DOWN}) | _LOSSES,
+        # FAILED here is SkyServe's FAILED_CLEANUP: termination itself failed, a human must look
+        _S.SHUTTING_DOWN: frozenset({_S.TERMINATED, _S.FAILED}),
+        _S.TERMINATED: frozenset(),
+        _S.PREEMPTED: frozenset(),
+        _S.FAILED_PROVISION: frozenset(),
+        _S.FAILED_PROBE: frozenset(),
+        _S.FAILED: frozenset(),
+    }
+)
 
 
 class InvalidReplicaTransition(ValueError):

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from spotd.serve.replica_state import ReplicaId, ReplicaStatus
 
 S = ReplicaStatus
-RETIRE_ORDER = {S.PROVISIONING: 0, S.STARTING: 1, S.NOT_READY: 2, S.READY: 3}
+RETIRE_ORDER = MappingProxyType({S.PROVISIONING: 0, S.STARTING: 1, S.NOT_READY: 2, S.READY: 3})
 
 
 @dataclass(frozen=True, slots=True)

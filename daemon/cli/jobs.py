@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,15 +26,17 @@ if TYPE_CHECKING:
 
 __all__ = ["jobs", "plan_table", "print_jobs"]
 
-STATUS_STYLE = {
-    "SUCCEEDED": "green",
-    "RUNNING": "cyan",
-    "STARTING": "yellow",
-    "PENDING": "yellow",
-    "RECOVERING": "magenta",
-    "CANCELLED": "dim",
-    "CANCELLING": "dim",
-}
+STATUS_STYLE = MappingProxyType(
+    {
+        "SUCCEEDED": "green",
+        "RUNNING": "cyan",
+        "STARTING": "yellow",
+        "PENDING": "yellow",
+        "RECOVERING": "magenta",
+        "CANCELLED": "dim",
+        "CANCELLING": "dim",
+    }
+)
 _PLAN_ROWS = 8  # the chosen placement and the next seven
 
 

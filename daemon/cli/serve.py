@@ -6,6 +6,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -28,23 +29,27 @@ if TYPE_CHECKING:
 
 __all__ = ["serve"]
 
-SERVICE_STYLE = {
-    "READY": "green",
-    "STARTING": "yellow",
-    "NO_REPLICA": "magenta",
-    "SHUTTING_DOWN": "dim",
-    "DOWN": "dim",
-}
-REPLICA_STYLE = {
-    "READY": "green",
-    "STARTING": "yellow",
-    "PROVISIONING": "yellow",
-    "NOT_READY": "magenta",
-    "DRAINING": "cyan",
-    "SHUTTING_DOWN": "dim",
-    "TERMINATED": "dim",
-    "PREEMPTED": "magenta",
-}
+SERVICE_STYLE = MappingProxyType(
+    {
+        "READY": "green",
+        "STARTING": "yellow",
+        "NO_REPLICA": "magenta",
+        "SHUTTING_DOWN": "dim",
+        "DOWN": "dim",
+    }
+)
+REPLICA_STYLE = MappingProxyType(
+    {
+        "READY": "green",
+        "STARTING": "yellow",
+        "PROVISIONING": "yellow",
+        "NOT_READY": "magenta",
+        "DRAINING": "cyan",
+        "SHUTTING_DOWN": "dim",
+        "TERMINATED": "dim",
+        "PREEMPTED": "magenta",
+    }
+)
 
 
 @click.group()

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -46,7 +47,7 @@ log = structlog.get_logger("spotd.control.lbkeeper")
 
 S = ReplicaStatus
 # what the LB is told about each status; the others are not in its set at all
-LB_STATE = {S.READY: READY, S.NOT_READY: NOT_READY, S.DRAINING: DRAINING}
+LB_STATE = MappingProxyType({S.READY: READY, S.NOT_READY: NOT_READY, S.DRAINING: DRAINING})
 # what a failed read of the LB raises (it is away, or answered something else)
 LB_ERRORS = (aiohttp.ClientError, TimeoutError, KeyError, ValueError, TypeError)
 

@@ -277,11 +277,13 @@ class Client:
         return await self.request("POST", f"/v1/chaos/{action}", json=body)
 
 
-TERMINAL = {
-    "SUCCEEDED",
-    "FAILED",
-    "FAILED_SETUP",
-    "FAILED_NO_RESOURCE",
-    "FAILED_CONTROLLER",
-    "CANCELLED",
-}
+TERMINAL = frozenset(
+    {
+        "SUCCEEDED",
+        "FAILED",
+        "FAILED_SETUP",
+        "FAILED_NO_RESOURCE",
+        "FAILED_CONTROLLER",
+        "CANCELLED",
+    }
+)
