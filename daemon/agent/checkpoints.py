@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from spotd.files.checkpoint_s3 import S3CheckpointStore
+from spotd.files.private import PRIVATE_DIR
 from spotd.types import AgentConfig
 
 __all__ = ["FINAL", "MARKER", "AsyncCheckpointStore", "CheckpointStore", "open_checkpoint_store"]
@@ -77,6 +78,8 @@ class CheckpointStore:
                 shutil.copytree(self.store, tmp, dirs_exist_ok=True)
         else:
             shutil.copytree(source, tmp)
+        # a snapshot may hold anything the job saved (keys, tokens): only its user reads it
+        os.chmod(tmp, PRIVATE_DIR)
         (tmp / MARKER).write_text(str(self.attempt))
         if final:
             (tmp / FINAL).write_text(str(self.attempt))

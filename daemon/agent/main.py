@@ -4,7 +4,8 @@
 
 1. restores the checkpoint directory from the checkpoint store, copies the workdir;
 2. runs ``setup`` then ``run`` with bash, in their own process group, output appended to
-   ``job.log``;
+   ``job.log`` (0600), with an environment built from an allowlist (``spotd.agent.environment``:
+   the task's envs and secrets, spotd's names and a small base, never the agent's whole);
 3. heartbeats to the daemon every ``heartbeat_seconds`` with its phase, exit code, notice and the
    next slice of ``job.log`` (the daemon acknowledges the byte offset it has stored, so a
    reconnecting agent resends exactly what was missed and nothing twice);
@@ -34,8 +35,10 @@ from typing import Any
 import aiohttp
 
 from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store
+from spotd.agent.environment import build_env
 from spotd.aiokit import sleep
 from spotd.files import mounts
+from spotd.files.private import open_private_append, private_dir, write_private_json
 from spotd.files.workdir import CAS_PREFIX, BlobStore, materialize
 from spotd.telemetry.gpu import GpuReader
 from spotd.types import AgentConfig
@@ -43,28 +46,6 @@ from spotd.types import AgentConfig
 __all__ = ["Agent", "CheckpointStore", "amain", "build_env", "main", "open_checkpoint_store"]
 
 LOG_CHUNK = 256 * 1024
-
-
-def build_env(cfg: AgentConfig, checkpoint_dir: Path) -> dict[str, str]:
-    """The job's environment: the task's envs plus spotd's and SkyPilot's names."""
-    env = dict(os.environ)
-    env.update(cfg.envs)
-    node_ips = cfg.envs.get("SPOTD_NODE_IPS", "127.0.0.1")
-    values = {
-        "JOB_ID": str(cfg.job_id),
-        "TASK_ID": cfg.task_id,
-        "ATTEMPT": str(cfg.attempt),
-        "NODE_RANK": str(cfg.node_rank),
-        "NUM_NODES": str(cfg.num_nodes),
-        "NODE_IPS": node_ips,
-        "NUM_GPUS_PER_NODE": f"{cfg.num_gpus_per_node:g}",
-    }
-    for k, v in values.items():
-        env[f"SPOTD_{k}"] = v
-        if k != "ATTEMPT":
-            env[f"SKYPILOT_{k}"] = v
-    env["SPOTD_CHECKPOINT_DIR"] = str(checkpoint_dir)
-    return env
 
 
 class Agent:
@@ -99,18 +80,15 @@ class Agent:
             return None
 
     def _save_state(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "phase": self.phase,
-                    "exit_code": self.exit_code,
-                    "notice_deadline": self.notice_deadline,
-                    "acked_offset": self.acked_offset,
-                }
-            )
+        write_private_json(
+            self.state_path,
+            {
+                "phase": self.phase,
+                "exit_code": self.exit_code,
+                "notice_deadline": self.notice_deadline,
+                "acked_offset": self.acked_offset,
+            },
         )
-        os.replace(tmp, self.state_path)
 
     def _set_phase(self, phase: str, exit_code: int | None = None) -> None:
         self.phase = phase
@@ -119,14 +97,14 @@ class Agent:
         self.wake.set()
 
     def _log(self, line: str) -> None:
-        with open(self.log_path, "ab") as f:
+        with open_private_append(self.log_path) as f:  # the job's output may print a secret
             f.write(f"[spotd-agent] {line}\n".encode())
 
     # -- the job ---------------------------------------------------------------------------
 
     async def _run_script(self, script: str, env: dict[str, str]) -> int:
         # the child's stdout: a local file opened for append, which does not block
-        with open(self.log_path, "ab") as out:  # noqa: ASYNC230
+        with open_private_append(self.log_path) as out:
             self.job = await asyncio.create_subprocess_exec(
                 "bash",
                 "-c",
@@ -254,7 +232,7 @@ class Agent:
             f"attempt {self.cfg.attempt} node {self.cfg.node_rank}/{self.cfg.num_nodes}: "
             f"checkpoint {'restored' if restored else 'empty'}"
         )
-        env = build_env(self.cfg, self.checkpoint)
+        env = build_env(self.cfg, self.checkpoint, os.environ)
         if self.cfg.setup and not self.notice.is_set():
             self._set_phase("setup")
             rc = await self._run_script(self.cfg.setup, env)
@@ -419,6 +397,11 @@ def _session_for(url: str) -> tuple[aiohttp.ClientSession, str]:
 
 
 async def amain(root: Path) -> int:
+    # the instance's directory holds the agent's config (its token, the task's secrets), the
+    # job's log and its files: the provider made it private; narrow it here too, for a
+    # machine that did not (an emptyDir a container may not be allowed to chmod: tolerated)
+    with contextlib.suppress(OSError):
+        private_dir(root)
     raw = json.loads((root / "agent.json").read_text())
     raw["secret_names"] = tuple(raw.get("secret_names") or ())
     cfg = AgentConfig(**raw)

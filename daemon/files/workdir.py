@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pathspec
 
+from spotd.files.private import private_dir
+
 CAS_PREFIX = "cas:"
 IGNORE_FILES = (".gitignore", ".spotdignore")
 ALWAYS_IGNORED = (".git/",)
@@ -70,8 +72,10 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "blobs").mkdir(parents=True, exist_ok=True)
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        # packages are the users' directories (a workdir may hold a .env or a key): private
+        private_dir(root / "blobs")
+        private_dir(root / "tmp")
+        private_dir(root)
 
     def path(self, sha: str) -> Path:
         return self.root / "blobs" / sha[:2] / sha

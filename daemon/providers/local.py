@@ -2,9 +2,11 @@
 
 Each instance is a directory ``$SPOTD_HOME/local/instances/<id>/`` holding ``meta.json`` (who
 it is, its pid and the pid's start time, so a recycled pid is never mistaken for it), the
-agent's ``agent.json``, and the agent's own files. The agent is started in a new session, so it
-and the job it runs form one process group that outlives the daemon. The directory is the
-instance's "disk": it is removed when the instance is terminated.
+agent's ``agent.json``, and the agent's own files; it is 0700 and what is written there 0600
+(the agent's token and the task's secrets are in ``agent.json``). The agent is started in a
+new session, so it and the job it runs form one process group that outlives the daemon, with
+an environment from an allowlist, never the daemon's. The directory is the instance's "disk":
+it is removed when the instance is terminated.
 
 Regions, zones and prices come from the same catalog format as the clouds, so placement and
 failover run for real on one machine. The provider also carries the test controls that chaos
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spotd.files.private import open_private_append, private_dir, write_private_json
 from spotd.providers.base import (
     TAG_KEY,
     CapacityUnavailable,
@@ -35,7 +38,7 @@ from spotd.providers.base import (
     InvalidRequest,
     ObservedInstance,
 )
-from spotd.providers.childenv import child_env
+from spotd.providers.childenv import agent_environment, uses_s3
 from spotd.types import CatalogEntry, InstanceId, InstanceState, Market
 
 PROVIDER_NAME = "local"
@@ -116,12 +119,6 @@ def _stockout_key(region: str, market: Market) -> str:
     return f"{region}:{market}"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -150,7 +147,10 @@ class LocalProvider:
     ) -> None:
         self._root = root
         self._instances = root / "instances"
-        self._instances.mkdir(parents=True, exist_ok=True)
+        # every instance's directory holds its agent's token and its task's secrets: 0700
+        # all the way down from here, narrowed if an older spotd made them wider
+        private_dir(root)
+        private_dir(self._instances)
         self._catalog = [e for e in catalog if e.provider == PROVIDER_NAME]
         self._python = python
         self._clock = clock
@@ -190,10 +190,10 @@ class LocalProvider:
             )
         if d.exists():
             _kill_orphans(d)  # an earlier launch of this key died before writing meta.json
-        d.mkdir(parents=True, exist_ok=True)
+        private_dir(d)
         agent = dataclasses.replace(spec.agent, instance_dir=str(d))
-        _write_json(d / "agent.json", dataclasses.asdict(agent))
-        out = open(d / "agent.out", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
+        write_private_json(d / "agent.json", dataclasses.asdict(agent))
+        out = open_private_append(d / "agent.out")  # handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._python,
@@ -205,7 +205,9 @@ class LocalProvider:
                 stderr=out,
                 start_new_session=True,
                 cwd=d,
-                env=child_env(os.environ),  # a job must not think it is the systemd service
+                # an allowlist, never the daemon's whole environment (its tokens, its cloud
+                # credentials): the agent's job would see them
+                env=agent_environment(os.environ, s3=uses_s3(agent)),
             )
         finally:
             out.close()
@@ -222,7 +224,7 @@ class LocalProvider:
             "start_ticks": info[0] if info else -1,
             "created_at": self._clock(),
         }
-        _write_json(d / "meta.json", meta)
+        write_private_json(d / "meta.json", meta)
         self._children[instance_id] = proc  # keep it so asyncio reaps it when it exits
         return instance_id
 
@@ -284,7 +286,9 @@ class LocalProvider:
     # -- test and chaos controls -------------------------------------------------------------
 
     def _reclaim(self, d: Path, meta: dict[str, Any], reason: str) -> None:
-        _write_json(d / "ended.json", {"state": str(InstanceState.PREEMPTED), "reason": reason})
+        write_private_json(
+            d / "ended.json", {"state": str(InstanceState.PREEMPTED), "reason": reason}
+        )
         _kill_live(meta)
 
     def _find(self, instance_id: str) -> tuple[Path, dict[str, Any]]:
@@ -298,14 +302,14 @@ class LocalProvider:
         """Reclaim an instance like a spot market would: with an advance notice, or at once."""
         d, meta = self._find(instance_id)
         if notice_seconds:
-            _write_json(d / "notice.json", {"deadline": self._clock() + notice_seconds})
+            write_private_json(d / "notice.json", {"deadline": self._clock() + notice_seconds})
         else:
             self._reclaim(d, meta, "preempted: spot capacity reclaimed without notice")
 
     def kill(self, instance_id: str) -> None:
         """SIGKILL the whole process group: the machine vanishes with no notice at all."""
         d, meta = self._find(instance_id)
-        _write_json(
+        write_private_json(
             d / "ended.json",
             {"state": str(InstanceState.PREEMPTED), "reason": "instance killed (no notice)"},
         )
@@ -314,7 +318,7 @@ class LocalProvider:
     def partition(self, instance_id: str, *, seconds: float) -> None:
         """Cut the instance off from the daemon: it keeps running but its heartbeats stop."""
         d, _ = self._find(instance_id)
-        _write_json(d / "partition.json", {"until": self._clock() + seconds})
+        write_private_json(d / "partition.json", {"until": self._clock() + seconds})
 
     def stockout(self, region: str, *, seconds: float, market: Market | None = None) -> None:
         """Make launches in ``region`` fail with CapacityUnavailable for ``seconds``: of one
@@ -325,7 +329,7 @@ class LocalProvider:
             raise KeyError(f"no local region {region}")
         data = self._stockouts()
         data[region if market is None else _stockout_key(region, market)] = self._clock() + seconds
-        _write_json(self._root / "stockouts.json", data)
+        write_private_json(self._root / "stockouts.json", data)
 
     def _stockouts(self) -> dict[str, float]:
         data = _read_json(self._root / "stockouts.json")

@@ -63,7 +63,9 @@ if ! [ -x /opt/spotd/bin/python ]; then
   python3 -m venv /opt/spotd
   /opt/spotd/bin/pip install --quiet {shlex.quote(install)}
 fi
+umask 077  # agent.json holds the agent's token and the task's secrets: 0600 from birth
 echo {blob} | base64 -d | gunzip > {d}/agent.json
+umask 022
 chmod 600 {d}/agent.json
 systemd-run --unit=spotd-agent-{agent.instance_key} --property=Restart=on-failure \\
   --working-directory={d} /opt/spotd/bin/python -m spotd.agent {d}

@@ -208,8 +208,11 @@ def build_manifests(
     # PID 1 is this shell: it forwards the kubelet's SIGTERM to the agent as a notice file
     # with the deadline the kubelet will keep (grace period), then waits for the agent.
     script = (
-        f'D={AGENT_DIR}; mkdir -p "$D" && cp {AGENT_SECRET_MOUNT}/agent.json "$D/agent.json"'
-        f' || exit 1; {region.python} -m spotd.agent "$D" & A=$!; '
+        # the agent's config holds its token and the task's secrets: 0600 in a 0700 directory
+        # (a non-root container may not chmod the emptyDir's mount point: tolerated)
+        f'D={AGENT_DIR}; mkdir -p "$D" || exit 1; chmod 700 "$D" 2>/dev/null; '
+        f'(umask 077 && cp {AGENT_SECRET_MOUNT}/agent.json "$D/agent.json") || exit 1; '
+        f'{region.python} -m spotd.agent "$D" & A=$!; '
         f'trap \'printf "{{\\"deadline\\": %s}}" $(( $(date +%s) + {max(grace - 1, 1)} ))'
         f' > "$D/notice.json"\' TERM; '
         "while kill -0 $A 2>/dev/null; do wait $A; done; wait $A"

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from spotd.files.private import write_private_json
+
 
 def _hostnames(nodelist: str) -> list[str]:
     """Expand a Slurm node list ("gpu[01-03],cpu7"), with scontrol when it is there."""
@@ -77,9 +79,7 @@ def node_entry(job_dir: Path, env: Mapping[str, str]) -> Path:
         envs = dict(cfg.get("envs") or {})
         envs["SPOTD_NODE_IPS"] = "\n".join(_address(h) for h in hosts)
         cfg["envs"] = envs
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cfg))
-        os.replace(tmp, path)
+        write_private_json(path, cfg)  # it holds the agent's token and the task's secrets
     return node_dir
 
 

@@ -17,7 +17,8 @@ How the provider maps spotd onto Slurm
              --partition P --nodes N ... --wrap "python -m spotd.providers.slurm node DIR"
 
   ``DIR`` (under ``state_dir``, which must be on storage shared with the compute nodes; on one
-  machine the daemon's home) holds one ``n<rank>/agent.json`` per node. The wrapper picks the
+  machine the daemon's home) holds one ``n<rank>/agent.json`` per node (0600 in directories
+  of mode 0700: it holds the agent's token and the task's secrets). The wrapper picks the
   node's file from ``SLURM_NODEID``, fills ``SPOTD_NODE_IPS`` from ``SLURM_JOB_NODELIST``, and
   execs the unmodified agent (``python -m spotd.agent DIR/n<rank>``). With ``N > 1`` the
   controller still calls ``launch`` once per node: each call writes its node's config, the
@@ -74,7 +75,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -83,6 +83,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from spotd.files.private import private_dir, write_private_json
 from spotd.providers.base import (
     TAG_HOME,
     TAG_KEY,
@@ -92,7 +93,7 @@ from spotd.providers.base import (
     ObservedInstance,
     ProviderUnavailable,
 )
-from spotd.providers.childenv import child_env
+from spotd.providers.childenv import agent_environment, uses_s3
 from spotd.providers.slurm.config import PROVIDER_NAME, Partition, parse_config
 from spotd.providers.slurm.jobs import (
     JOB_PREFIX,
@@ -109,6 +110,8 @@ from spotd.providers.slurm.jobs import (
 from spotd.types import CatalogEntry, InstanceId, InstanceState, Market
 
 GANG_WAIT_SECONDS = 30.0  # how long one node's launch waits for the other nodes' configs
+# the daemon's variables that Slurm's own commands read (cluster, defaults of sbatch's options)
+SLURM_COMMAND_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_", "SQUEUE_", "SCANCEL_")
 
 
 class SlurmProvider:
@@ -140,6 +143,7 @@ class SlurmProvider:
         self.daemon_url = daemon_url
         self._timeout = command_timeout
         self._sbatch_args = tuple(sbatch_args)
+        self._slurm_conf = slurm_conf
         self._env = command_env(slurm_conf)
         self._json: bool | None = None  # does this squeue speak --json? (learned on first use)
         self._submit_lock = asyncio.Lock()
@@ -159,7 +163,7 @@ class SlurmProvider:
 
     # -- running the commands -------------------------------------------------------------
 
-    async def _run(self, *argv: str) -> tuple[int, str, str]:
+    async def _run(self, *argv: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
         """(exit status, stdout, stderr) of one Slurm command, bounded by the timeout."""
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -167,7 +171,7 @@ class SlurmProvider:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env,
+                env=dict(env if env is not None else self._env),
             )
         except FileNotFoundError as exc:
             raise ProviderUnavailable(f"{argv[0]} is not installed here (not on PATH)") from exc
@@ -246,11 +250,12 @@ class SlurmProvider:
             os.replace(tmp, link)
 
     def _write_node_config(self, node_dir: Path, spec: InstanceSpec) -> None:
-        node_dir.mkdir(parents=True, exist_ok=True)
+        """``agent.json`` (the agent's token, the task's secrets) on the shared storage: 0600,
+        from its creation, in the attempt's directory and the node's, both 0700."""
+        private_dir(node_dir.parent)
+        private_dir(node_dir)
         agent = dataclasses.replace(spec.agent, instance_dir=str(node_dir))
-        tmp = node_dir / "agent.json.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(agent)))
-        os.replace(tmp, node_dir / "agent.json")
+        write_private_json(node_dir / "agent.json", dataclasses.asdict(agent))
 
     async def _wait_for_gang(self, job_dir: Path, n: int) -> None:
         """Until every node of the attempt has written its config (they launch concurrently)."""
@@ -294,7 +299,10 @@ class SlurmProvider:
             python=self._python,
             extra_args=self._sbatch_args,
         )
-        rc, out, err = await self._run(*argv)
+        if uses_s3(spec.agent):  # sbatch exports its environment: this agent needs the chain
+            rc, out, err = await self._run(*argv, env=command_env(self._slurm_conf, s3=True))
+        else:
+            rc, out, err = await self._run(*argv)
         if rc != 0:
             raise classify_error("sbatch", err)
         job_id = out.strip().split(";")[0]  # "--parsable" prints "id" or "id;cluster"
@@ -355,9 +363,13 @@ class SlurmProvider:
         return None
 
 
-def command_env(slurm_conf: str | None) -> dict[str, str]:
-    """The environment of every Slurm command, hence of the jobs (sbatch exports it)."""
-    env = child_env(os.environ)  # a job must not think it is the systemd service
+def command_env(slurm_conf: str | None, *, s3: bool = False) -> dict[str, str]:
+    """The environment of every Slurm command, hence of the agents (sbatch exports it).
+
+    An allowlist of the daemon's (``spotd.providers.childenv``), never all of it: what an
+    agent needs, and the variables Slurm's commands read (``SLURM_*``, ``SBATCH_*``, ...),
+    with ``s3`` the AWS chain for an agent that reads S3."""
+    env = agent_environment(os.environ, s3=s3, prefixes=SLURM_COMMAND_PREFIXES)
     if slurm_conf:
         env["SLURM_CONF"] = slurm_conf
     return env
