@@ -120,13 +120,13 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
 
 
 def ensure_tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
-                                  else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+    )
     if path:
         return path
     print(f"installing {name} (apt-get install -y {name})", file=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-q", name], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", name], check=True, stdout=subprocess.DEVNULL)
     path = shutil.which(name) or f"/usr/sbin/{name}"
     if not os.path.exists(path):
         raise SystemExit(f"{name} is not available")
@@ -186,13 +186,30 @@ def parse_wrk(out: str) -> tuple[float, float, float, int]:
     return rps, p50, p99, errors
 
 
-def run_wrk(wrk: str, urls: list[str], conns: int, seconds: float, script: str
-            ) -> tuple[float, float, float, int]:
+def run_wrk(
+    wrk: str, urls: list[str], conns: int, seconds: float, script: str
+) -> tuple[float, float, float, int]:
     per = max(1, conns // len(urls))
-    procs = [subprocess.Popen(
-        [wrk, "-t1", f"-c{per}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s", "-s",
-         script, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for url in urls]
+    procs = [
+        subprocess.Popen(
+            [
+                wrk,
+                "-t1",
+                f"-c{per}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "--timeout",
+                "10s",
+                "-s",
+                script,
+                url,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for url in urls
+    ]
     results = []
     for p in procs:
         out, _ = p.communicate(timeout=seconds + 60)
@@ -208,8 +225,9 @@ class Procs:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+        p = subprocess.Popen(
+            args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw
+        )  # type: ignore[call-overload]
         self.procs.append(p)
         return p
 
@@ -237,18 +255,23 @@ def _aggregate(runs: list[Cell]) -> Cell:
     """One cell from the same cell's rounds: medians of rps, p50, CPU; the worst p99."""
     first = runs[0]
     cpu = [c.cpu_us_per_req for c in runs if c.cpu_us_per_req is not None]
-    return Cell(first.proxy, first.mode, first.concurrency,
-                round(_median([c.rps for c in runs]), 1),
-                round(_median([c.p50_ms for c in runs]), 3),
-                round(max(c.p99_ms for c in runs), 3),
-                max((c.rss_mb or 0.0) for c in runs) if first.rss_mb is not None else None,
-                sum(c.errors for c in runs),
-                round(_median(cpu)) if cpu else None)
+    return Cell(
+        first.proxy,
+        first.mode,
+        first.concurrency,
+        round(_median([c.rps for c in runs]), 1),
+        round(_median([c.p50_ms for c in runs]), 3),
+        round(max(c.p99_ms for c in runs), 3),
+        max((c.rss_mb or 0.0) for c in runs) if first.rss_mb is not None else None,
+        sum(c.errors for c in runs),
+        round(_median(cpu)) if cpu else None,
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s cells")
     ap.add_argument("--json", action="store_true", help="print the cells as a JSON list")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per cell")
@@ -264,11 +287,35 @@ def main() -> None:
     try:
         p1, p2, lb_port, lb_ctl, ng_port = (free_port() for _ in range(5))
         for port in (p1, p2):
-            procs.start([PY, "-m", "spotd.serve.stub_replica", "--port", str(port),
-                         "--tokens", "16", "--uvloop"])
-        lb = procs.start([PY, "-m", "spotd.lb", "--port", str(lb_port), "--control-port",
-                          str(lb_ctl), "--replica", f"r1=http://127.0.0.1:{p1}",
-                          "--replica", f"r2=http://127.0.0.1:{p2}", "--log-level", "WARNING"])
+            procs.start(
+                [
+                    PY,
+                    "-m",
+                    "spotd.serve.stub_replica",
+                    "--port",
+                    str(port),
+                    "--tokens",
+                    "16",
+                    "--uvloop",
+                ]
+            )
+        lb = procs.start(
+            [
+                PY,
+                "-m",
+                "spotd.lb",
+                "--port",
+                str(lb_port),
+                "--control-port",
+                str(lb_ctl),
+                "--replica",
+                f"r1=http://127.0.0.1:{p1}",
+                "--replica",
+                f"r2=http://127.0.0.1:{p2}",
+                "--log-level",
+                "WARNING",
+            ]
+        )
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, p1=p1, p2=p2, port=ng_port))
         ng = procs.start([nginx, "-c", str(conf), "-p", str(tmp)])
@@ -279,11 +326,12 @@ def main() -> None:
             scripts[mode] = str(tmp / f"{mode}.lua")
             Path(scripts[mode]).write_text(POST_LUA % extra)
             scripts[f"{mode}-paced"] = str(tmp / f"{mode}-paced.lua")
-            Path(scripts[f"{mode}-paced"]).write_text(POST_LUA % extra
-                                                      + PACE_LUA % PACED_DELAY_MS)
+            Path(scripts[f"{mode}-paced"]).write_text(POST_LUA % extra + PACE_LUA % PACED_DELAY_MS)
         targets = {
-            "direct": ([f"http://127.0.0.1:{p1}/v1/completions",
-                        f"http://127.0.0.1:{p2}/v1/completions"], None),
+            "direct": (
+                [f"http://127.0.0.1:{p1}/v1/completions", f"http://127.0.0.1:{p2}/v1/completions"],
+                None,
+            ),
             "nginx": ([f"http://127.0.0.1:{ng_port}/v1/completions"], ng.pid),
             "spotd": ([f"http://127.0.0.1:{lb_port}/v1/completions"], lb.pid),
         }
@@ -307,20 +355,37 @@ def main() -> None:
                     rps, p50, p99, errors = run_wrk(wrk, urls_c, conns, secs, scripts[mode])
                     rss = rss_mb(children(pid)) if pid else None
                     n = rps * max(1, round(secs))
-                    cpu_us = (round(1e6 * (cpu_seconds(children(pid)) - cpu0) / n)
-                              if pid and n else None)
+                    cpu_us = (
+                        round(1e6 * (cpu_seconds(children(pid)) - cpu0) / n) if pid and n else None
+                    )
                     runs.setdefault((proxy, mode, conns), []).append(
-                        Cell(proxy, mode, conns, round(rps, 1), round(p50, 3), round(p99, 3),
-                             rss, errors, cpu_us))
-                    print(f"  round {rnd + 1}/{rounds} {proxy:6} {mode:10} c={conns:<3} "
-                          f"{rps:9.1f} rps  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms",
-                          file=sys.stderr)
+                        Cell(
+                            proxy,
+                            mode,
+                            conns,
+                            round(rps, 1),
+                            round(p50, 3),
+                            round(p99, 3),
+                            rss,
+                            errors,
+                            cpu_us,
+                        )
+                    )
+                    print(
+                        f"  round {rnd + 1}/{rounds} {proxy:6} {mode:10} c={conns:<3} "
+                        f"{rps:9.1f} rps  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms",
+                        file=sys.stderr,
+                    )
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    cells = [_aggregate(runs[(proxy, mode, conns)]) for proxy in targets
-             for mode, conns in grid if (proxy, mode, conns) in runs]
+    cells = [
+        _aggregate(runs[(proxy, mode, conns)])
+        for proxy in targets
+        for mode, conns in grid
+        if (proxy, mode, conns) in runs
+    ]
     by = {(c.proxy, c.mode, c.concurrency): c for c in cells}
     for c in cells:
         key = (c.mode, c.concurrency)
@@ -328,25 +393,38 @@ def main() -> None:
         ng_runs = runs.get(("nginx", *key))
         d_runs = runs.get(("direct", *key))
         if ng_runs:  # the median of the rounds' ratios: each round's cells ran side by side
-            c.rps_vs_nginx = round(_median([a.rps / b.rps for a, b in zip(mine, ng_runs,
-                                                                          strict=True)
-                                            if b.rps]), 3)
+            c.rps_vs_nginx = round(
+                _median([a.rps / b.rps for a, b in zip(mine, ng_runs, strict=True) if b.rps]), 3
+            )
         if d_runs and c.proxy != "direct":
-            c.p50_added_vs_direct_ms = round(_median(
-                [a.p50_ms - b.p50_ms for a, b in zip(mine, d_runs, strict=True)]), 3)
+            c.p50_added_vs_direct_ms = round(
+                _median([a.p50_ms - b.p50_ms for a, b in zip(mine, d_runs, strict=True)]), 3
+            )
     if args.json:
         print(json.dumps([asdict(c) for c in cells], indent=2))
         return
-    cols = ("proxy", "mode", "concurrency", "rps", "p50_ms", "p99_ms", "rss_mb", "errors",
-            "cpu_us_per_req", "rps_vs_nginx", "p50_added_vs_direct_ms")
-    rows = [[("-" if getattr(c, k) is None else str(getattr(c, k))) for k in cols]
-            for c in cells]
+    cols = (
+        "proxy",
+        "mode",
+        "concurrency",
+        "rps",
+        "p50_ms",
+        "p99_ms",
+        "rss_mb",
+        "errors",
+        "cpu_us_per_req",
+        "rps_vs_nginx",
+        "p50_added_vs_direct_ms",
+    )
+    rows = [[("-" if getattr(c, k) is None else str(getattr(c, k))) for k in cols] for c in cells]
     widths = [max(len(k), *(len(r[i]) for r in rows)) for i, k in enumerate(cols)]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{rounds} rounds of {seconds:g} s cells (medians; p99: the worst round); wrk -t1; "
-          f"nginx worker_processes 1; spotd LB 1 process; *-paced: {PACED_DELAY_MS} ms think "
-          f"time per connection ({os.cpu_count()} cores shared by everything; load average "
-          f"at the end {load})")
+    print(
+        f"{rounds} rounds of {seconds:g} s cells (medians; p99: the worst round); wrk -t1; "
+        f"nginx worker_processes 1; spotd LB 1 process; *-paced: {PACED_DELAY_MS} ms think "
+        f"time per connection ({os.cpu_count()} cores shared by everything; load average "
+        f"at the end {load})"
+    )
     print("  ".join(k.ljust(w) for k, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
@@ -357,15 +435,20 @@ def main() -> None:
             sc = s.get(("spotd", mode, conns))
             if sc and sc.rps_vs_nginx is not None:
                 verdict = "ok" if sc.rps_vs_nginx >= target else "BELOW TARGET"
-                print(f"spotd/nginx rps, {mode} c={conns}: {sc.rps_vs_nginx:.2f}x "
-                      f"(target >= {target:.2f}x) {verdict}")
+                print(
+                    f"spotd/nginx rps, {mode} c={conns}: {sc.rps_vs_nginx:.2f}x "
+                    f"(target >= {target:.2f}x) {verdict}"
+                )
     for mode, conns in (("json", 1), ("json", 32), ("json-paced", 32), ("sse-paced", 32)):
         sc = s.get(("spotd", mode, conns))
         if sc and sc.p50_added_vs_direct_ms is not None:
-            verdict = ("" if conns == 1 else " ok" if sc.p50_added_vs_direct_ms <= 2.0
-                       else " ABOVE TARGET")
-            print(f"spotd p50 added over direct, {mode} c={conns}: "
-                  f"{sc.p50_added_vs_direct_ms:.3f} ms (target <= 2 ms at c=32){verdict}")
+            verdict = (
+                "" if conns == 1 else " ok" if sc.p50_added_vs_direct_ms <= 2.0 else " ABOVE TARGET"
+            )
+            print(
+                f"spotd p50 added over direct, {mode} c={conns}: "
+                f"{sc.p50_added_vs_direct_ms:.3f} ms (target <= 2 ms at c=32){verdict}"
+            )
     rss = max((c.rss_mb or 0) for c in s.values()) if s else 0
     print(f"spotd RSS max: {rss} MB (target <= 80 MB)")
 

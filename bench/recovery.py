@@ -49,7 +49,7 @@ def job_yaml(steps: int) -> str:
     return f"""
 name: bench-recovery
 resources: {{cpus: 1+, use_spot: true}}
-workdir: {ROOT / 'examples'}
+workdir: {ROOT / "examples"}
 envs: {{TRAIN_STEPS: {steps}, STEP_SECONDS: {STEP_SECONDS}, CKPT_EVERY: {CKPT_EVERY},
         VERBOSE_STEPS: "1"}}
 run: python3 train.py
@@ -100,10 +100,18 @@ async def run(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     d = DaemonProc(home)
     d.start()
-    results: dict[str, list[float]] = {k: [] for k in
-                                       ("kill_detect", "kill_running", "notice_running",
-                                        "notice_margin", "lost_steps_kill", "lost_steps_notice",
-                                        "fresh_launch")}
+    results: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "kill_detect",
+            "kill_running",
+            "notice_running",
+            "notice_margin",
+            "lost_steps_kill",
+            "lost_steps_notice",
+            "fresh_launch",
+        )
+    }
     try:
         async with d.client() as c:
             kinds = ["kill"] * args.count + ["notice"] * args.count
@@ -127,10 +135,13 @@ async def run(args: argparse.Namespace) -> dict:
                     await c.chaos("kill-instance", target=str(jid))
                 else:
                     await c.chaos("preempt", target=str(jid), notice_seconds=args.notice)
-                job = await wait(c, jid, lambda j: j["attempts"][n - 1]["ended_at"] is not None)
+                job = await wait(
+                    c, jid, lambda j, n=n: j["attempts"][n - 1]["ended_at"] is not None
+                )
                 detected = job["attempts"][n - 1]["ended_at"] - t0
-                job = await wait(c, jid, lambda j: len(j["attempts"]) > n
-                                 and j["status"] == "RUNNING")
+                job = await wait(
+                    c, jid, lambda j, n=n: len(j["attempts"]) > n and j["status"] == "RUNNING"
+                )
                 running = time.time() - t0
                 if kind == "kill":
                     results["kill_detect"].append(detected)
@@ -151,8 +162,11 @@ async def run(args: argparse.Namespace) -> dict:
                 resumed = int(m.group(1)) if m else 0
                 lost = max(0, (max(executed) if executed else 0) - resumed)
                 results[f"lost_steps_{kind}"].append(float(lost))
-                print(f"  {kind:6s} #{n:2d}: detected {detected:5.2f}s  running {running:5.2f}s"
-                      f"  lost {lost} steps", file=sys.stderr)
+                print(
+                    f"  {kind:6s} #{n:2d}: detected {detected:5.2f}s  running {running:5.2f}s"
+                    f"  lost {lost} steps",
+                    file=sys.stderr,
+                )
             await c.cancel(jid)
     finally:
         d.stop()
@@ -176,28 +190,50 @@ def main() -> None:
         ("reference: fresh launch -> running (s)", r["fresh_launch"], "(cold start)"),
         ("(a) kill -> detected (s)", r["kill_detect"], "<= 1 s median"),
         ("(b) kill -> running again (s)", r["kill_running"], "<= 3 s median"),
-        ("(c) notice -> replacement running (s)", r["notice_running"],
-         f"< notice ({args.notice:g} s)"),
+        (
+            "(c) notice -> replacement running (s)",
+            r["notice_running"],
+            f"< notice ({args.notice:g} s)",
+        ),
         ("(d) work lost, kill (steps)", r["lost_steps_kill"], f"<= {CKPT_EVERY} (1 ckpt)"),
         ("(d) work lost, notice (steps)", r["lost_steps_notice"], f"<= {CKPT_EVERY} (1 ckpt)"),
     ]
     table = [
-        {"metric": name, "n": len(xs), "median": statistics.median(xs) if xs else None,
-         "p95": pct(xs, 0.95), "max": max(xs) if xs else None, "target": target}
+        {
+            "metric": name,
+            "n": len(xs),
+            "median": statistics.median(xs) if xs else None,
+            "p95": pct(xs, 0.95),
+            "max": max(xs) if xs else None,
+            "target": target,
+        }
         for name, xs, target in rows
     ]
     before = sum(1 for m in r["notice_margin"] if m > 0)
     if args.json:
-        print(json.dumps({"rows": table, "notice_replaced_before_deadline": before,
-                          "notice_count": len(r["notice_margin"]), "raw": r}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "rows": table,
+                    "notice_replaced_before_deadline": before,
+                    "notice_count": len(r["notice_margin"]),
+                    "raw": r,
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"\nspotd recovery benchmark: {args.count} preemptions of each kind, local provider, "
-          f"step {STEP_SECONDS}s, checkpoint every {CKPT_EVERY} steps\n")
+    print(
+        f"\nspotd recovery benchmark: {args.count} preemptions of each kind, local provider, "
+        f"step {STEP_SECONDS}s, checkpoint every {CKPT_EVERY} steps\n"
+    )
     print(f"| {'metric':40s} | {'n':>3s} | {'median':>7s} | {'p95':>7s} | {'max':>7s} | target |")
     print(f"|{'-' * 42}|{'-' * 5}|{'-' * 9}|{'-' * 9}|{'-' * 9}|--------|")
     for t in table:
-        print(f"| {t['metric']:40s} | {t['n']:3d} | {t['median']:7.2f} | {t['p95']:7.2f} | "
-              f"{t['max']:7.2f} | {t['target']} |")
+        print(
+            f"| {t['metric']:40s} | {t['n']:3d} | {t['median']:7.2f} | {t['p95']:7.2f} | "
+            f"{t['max']:7.2f} | {t['target']} |"
+        )
     print(f"\nreplacement running before the notice deadline: {before}/{len(r['notice_margin'])}")
 
 

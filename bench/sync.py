@@ -35,12 +35,12 @@ def make_workdir(root: Path, size_mb: int, files: int) -> None:
     (root / "train.py").write_text("print('ok')\n")
 
 
-async def launch(c, wd: Path) -> dict:  # noqa: ANN001
+async def launch(c, wd: Path) -> dict:
     yaml = f"resources: {{cpus: 1+}}\nworkdir: {wd}\nrun: 'true'\n"
     t0 = time.perf_counter()
     job = await c.launch(yaml, filename="sync.yaml")
     submit = time.perf_counter() - t0
-    ev = [e for e in await c.events(job["id"]) if e["kind"] == "files.packaged"][0]
+    ev = next(e for e in await c.events(job["id"]) if e["kind"] == "files.packaged")
     return {"submit_s": submit, "message": ev["message"], "job": job["id"]}
 
 
@@ -56,8 +56,13 @@ async def run(args: argparse.Namespace) -> list[dict]:
     home = Path(f"/tmp/spotd-bsync-{os.getpid()}")
     d = DaemonProc(home)
     d.start()
-    rows = [{"launch": "reference: full copy (cp -r)", "submit_s": naive,
-             "transferred": f"{args.files + 1} files, {args.size_mb} MB"}]
+    rows = [
+        {
+            "launch": "reference: full copy (cp -r)",
+            "submit_s": naive,
+            "transferred": f"{args.files + 1} files, {args.size_mb} MB",
+        }
+    ]
     try:
         async with d.client() as c:
             cold = await launch(c, wd)
@@ -66,10 +71,18 @@ async def run(args: argparse.Namespace) -> list[dict]:
                 f.seek(1000)
                 f.write(b"one changed byte range")
             changed = await launch(c, wd)
-            for name, r in (("1st launch (cold store)", cold), ("2nd launch, unchanged", warm),
-                            ("3rd launch, 1 file changed", changed)):
-                rows.append({"launch": name, "submit_s": r["submit_s"],
-                             "transferred": r["message"].split("; ")[1]})
+            for name, r in (
+                ("1st launch (cold store)", cold),
+                ("2nd launch, unchanged", warm),
+                ("3rd launch, 1 file changed", changed),
+            ):
+                rows.append(
+                    {
+                        "launch": name,
+                        "submit_s": r["submit_s"],
+                        "transferred": r["message"].split("; ")[1],
+                    }
+                )
             for r in (cold, warm, changed):
                 await c.wait(r["job"], timeout=120)
     finally:

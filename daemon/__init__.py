@@ -12,8 +12,8 @@ directly, never pay for them::
     print(spotd.jobs.wait(handle.id).status)
 
 ``Task``, ``Resources`` and ``Service`` are the very pydantic models ``spotctl`` validates task
-YAML with (``spotd.spec``). ``spotd.jobs`` blocks; ``spotd.aio.jobs`` is its async twin. Services are
-``spotd.sdk.serve`` / ``spotd.aio.serve`` (``spotd.serve`` is the package of the service
+YAML with (``spotd.spec``). ``spotd.jobs`` blocks; ``spotd.aio.jobs`` is its async twin. Services
+are ``spotd.sdk.serve`` / ``spotd.aio.serve`` (``spotd.serve`` is the package of the service
 internals, which may not import the SDK). Errors: see ``spotd.sdk.errors``.
 """
 

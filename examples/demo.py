@@ -38,7 +38,10 @@ def expected_digest(yaml_env: dict[str, str]) -> str:
         env = {**os.environ, **yaml_env, "STEP_SECONDS": "0", "SPOTD_CHECKPOINT_DIR": d}
         out = subprocess.run(
             [sys.executable, str(ROOT / "examples/train.py")],
-            env=env, capture_output=True, text=True, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     return next(line.split()[1] for line in out.splitlines() if line.startswith("DIGEST"))
 
@@ -86,7 +89,11 @@ async def main() -> None:
     async with Client.connect(autostart=False) as c:
         launched = subprocess.run(
             [*SPOTCTL, "jobs", "launch", "examples/train.yaml", "-d", "-y", "-o", "json"],
-            env=ENV, cwd=ROOT, check=True, text=True, capture_output=True,
+            env=ENV,
+            cwd=ROOT,
+            check=True,
+            text=True,
+            capture_output=True,
         )
         import json
 
@@ -103,10 +110,11 @@ async def main() -> None:
             args = ["chaos", "preempt", str(job_id)] + (["--notice", str(notice)] if notice else [])
             t0 = time.monotonic()
             spotctl(*args)
+            had = len(before["attempts"])
             job = await wait_for(
-                c, job_id,
-                lambda j, a=len(before["attempts"]): len(j["attempts"]) > a
-                and j["status"] == "RUNNING",
+                c,
+                job_id,
+                lambda j, a=had: len(j["attempts"]) > a and j["status"] == "RUNNING",
                 "the relaunch",
             )
             print(
@@ -128,17 +136,22 @@ async def main() -> None:
 
     import yaml
 
-    envs = {k: str(v) for k, v in yaml.safe_load((ROOT / "examples/train.yaml").read_text())["envs"].items()}
+    task = yaml.safe_load((ROOT / "examples/train.yaml").read_text())
+    envs = {k: str(v) for k, v in task["envs"].items()}
     want = expected_digest(envs)
     got = next((ln.split()[1] for ln in logs.splitlines() if ln.startswith("DIGEST")), None)
     say("Result")
-    print(f"status {job['status']} after {job['preemptions']} preemptions, "
-          f"{len(job['attempts'])} attempts")
+    print(
+        f"status {job['status']} after {job['preemptions']} preemptions, "
+        f"{len(job['attempts'])} attempts"
+    )
     print(f"digest {got}\nexpect {want} (uninterrupted run)")
     spotctl("daemon", "stop")
     if job["status"] != "SUCCEEDED" or got != want:
         raise SystemExit("demo FAILED: the job did not finish with the uninterrupted digest")
-    print("\033[1;32mOK: survived two preemptions with the same result as an uninterrupted run\033[0m")
+    print(
+        "\033[1;32mOK: survived two preemptions with the same result as an uninterrupted run\033[0m"
+    )
 
 
 if __name__ == "__main__":

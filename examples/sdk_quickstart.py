@@ -56,8 +56,9 @@ def launch_service() -> None:
         name="sdk-quickstart-svc",
         # a stand-in for vLLM: the OpenAI endpoints, on the port spotd gives each replica
         run="python3 -m spotd.serve.stub_replica --port $SPOTD_REPLICA_PORT",
-        service=spotd.Service(readiness_probe={"path": "/health", "initial_delay_seconds": 30},
-                              replicas=2),
+        service=spotd.Service(
+            readiness_probe={"path": "/health", "initial_delay_seconds": 30}, replicas=2
+        ),
     )
     task.set_resources(spotd.Resources(cpus="1+", use_spot=True))
     try:

@@ -41,8 +41,11 @@ def load() -> tuple[int, str]:
 
 step, state = load()
 attempt = os.environ.get("SPOTD_ATTEMPT", "?")
-print(f"attempt {attempt}: {'resumed from step ' + str(step) if step else 'starting at step 0'}"
-      f" of {STEPS}", flush=True)
+print(
+    f"attempt {attempt}: {'resumed from step ' + str(step) if step else 'starting at step 0'}"
+    f" of {STEPS}",
+    flush=True,
+)
 
 
 def on_term(signum, frame):

@@ -53,7 +53,11 @@ class DaemonProc:
         log = open(self.home / "spotd.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spotd.main", "--json-logs"],
-            env=self.env, stdout=log, stderr=log, start_new_session=True, cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=ROOT,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -83,16 +87,21 @@ class DaemonProc:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def client(self):  # noqa: ANN201 - spotd.sdk.client.Client
-        from spotd.sdk.client import Client
+    def client(self):
         from spotd.config import load_settings
+        from spotd.sdk.client import Client
 
         return Client.connect(settings=load_settings(self.home, env=self.env), autostart=False)
 
     def spotctl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "spotd.cli.main", *args],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, input=input, timeout=120,
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
         )
 
 

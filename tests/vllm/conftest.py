@@ -59,15 +59,20 @@ def in_ci() -> bool:
 def unavailable(reason: str) -> None:
     """No vLLM environment: fail under CI (a skip must not pass as green), skip elsewhere."""
     if in_ci():
-        pytest.fail(f"vLLM tier cannot run (CI is set, so this fails rather than skips): "
-                    f"{reason}", pytrace=False)
+        pytest.fail(
+            f"vLLM tier cannot run (CI is set, so this fails rather than skips): {reason}",
+            pytrace=False,
+        )
     pytest.skip(f"vLLM tier unavailable: {reason}")
 
 
 def tail(text: str, n: int = 3000) -> str:
     """The end of a log, without pip's noise about find-links folders it skips."""
-    lines = [ln for ln in text.splitlines()
-             if "is ignored: it is neither a file nor a directory" not in ln]
+    lines = [
+        ln
+        for ln in text.splitlines()
+        if "is ignored: it is neither a file nor a directory" not in ln
+    ]
     return "\n".join(lines)[-n:]
 
 
@@ -88,11 +93,21 @@ def low_free_port(used: set[int]) -> int:
     raise RuntimeError("no free port in 20000-32000")
 
 
-def http_json(method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None,
-              timeout: float = 30.0) -> tuple[int, Any]:
+def http_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={
-        "Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             raw = r.read()
@@ -108,8 +123,9 @@ def http_json(method: str, url: str, body: Any = None, *, headers: dict[str, str
 
 def http_ok(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bool:
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
-                                    timeout=timeout) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=timeout
+        ) as r:
             r.read()
             return bool(r.status == 200)
     except (OSError, urllib.error.URLError):
@@ -173,17 +189,25 @@ def vllm_python() -> str:
         return given
     t0 = time.monotonic()
     try:
-        r = subprocess.run(["bash", str(ROOT / "scripts" / "vllm_env.sh")], check=False,
-                           cwd=ROOT, capture_output=True, text=True,
-                           timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "vllm_env.sh")],
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
-        unavailable(f"scripts/vllm_env.sh did not finish in {INSTALL_TIMEOUT_S:.0f} s:\n"
-                    f"{tail(err or '')}")
+        unavailable(
+            f"scripts/vllm_env.sh did not finish in {INSTALL_TIMEOUT_S:.0f} s:\n{tail(err or '')}"
+        )
         raise  # unreachable: unavailable() always raises
     if r.returncode != 0:
-        unavailable(f"scripts/vllm_env.sh failed (exit {r.returncode}); its stderr ends:\n"
-                    f"{tail(r.stderr)}")
+        unavailable(
+            f"scripts/vllm_env.sh failed (exit {r.returncode}); its stderr ends:\n{tail(r.stderr)}"
+        )
     lines = r.stdout.strip().splitlines()
     python = lines[-1] if lines else ""
     if not python or not os.access(python, os.X_OK):
@@ -216,10 +240,16 @@ def tiny_model(vllm_python: str) -> Iterator[Path]:
 
 def build_tiny_model(vllm_python: str, out: Path) -> Path:
     t0 = time.monotonic()
-    r = subprocess.run([vllm_python, str(HERE / "tiny_model.py"), str(out)], check=False,
-                       cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    r = subprocess.run(
+        [vllm_python, str(HERE / "tiny_model.py"), str(out)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+    )
     assert r.returncode == 0, f"tiny model build failed:\n{tail(r.stdout + r.stderr)}"
     TIMINGS["tiny model build"] = time.monotonic() - t0
     return out
@@ -261,24 +291,46 @@ class Replica:
 
     def command(self) -> list[str]:
         return [
-            self.python, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(self.model), "--served-model-name", MODEL_NAME,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--max-model-len", "256", "--dtype", "float32", "--enforce-eager",
-            "--kv-cache-memory-bytes", "67108864", "--seed", "0",
+            self.python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model),
+            "--served-model-name",
+            MODEL_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            "256",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--kv-cache-memory-bytes",
+            "67108864",
+            "--seed",
+            "0",
         ]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         for k in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
             env.pop(k, None)
-        env.update({
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "VLLM_CPU_OMP_THREADS_BIND": str(self.core), "OMP_NUM_THREADS": "1",
-            "VLLM_CACHE_ROOT": str(vllm_cache_root(self.python, self.workdir)),
-            "HF_HOME": str(self.workdir / "hf-home"), "TOKENIZERS_PARALLELISM": "false",
-        })
+        env.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1",
+                "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                "VLLM_CPU_OMP_THREADS_BIND": str(self.core),
+                "OMP_NUM_THREADS": "1",
+                "VLLM_CACHE_ROOT": str(vllm_cache_root(self.python, self.workdir)),
+                "HF_HOME": str(self.workdir / "hf-home"),
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )
         return env
 
     def start(self) -> None:
@@ -286,32 +338,39 @@ class Replica:
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== start {self.starts + 1}: {' '.join(self.command())}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.command(), env=self.env(), cwd=self.workdir,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=self.env(),
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pgid = self.proc.pid
         self.starts += 1
 
     def log_tail(self, n: int = 4000) -> str:
-        return tail(self.log_path.read_text(errors="replace"), n) if self.log_path.exists() \
-            else ""
+        return tail(self.log_path.read_text(errors="replace"), n) if self.log_path.exists() else ""
 
     def wait_ready(self, timeout: float = REPLICA_START_TIMEOUT_S) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM replica {self.id} exited {self.proc.returncode} "
-                                   f"while starting:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"vLLM replica {self.id} exited {self.proc.returncode} "
+                    f"while starting:\n{self.log_tail()}"
+                )
             if http_ok(f"{self.url}/health") and http_ok(f"{self.url}/v1/models"):
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"vLLM replica {self.id} not ready after {timeout:.0f} s:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"vLLM replica {self.id} not ready after {timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None \
-            and http_ok(f"{self.url}/health")
+        return self.proc is not None and self.proc.poll() is None and http_ok(f"{self.url}/health")
 
     def kill9_group(self) -> None:
         """SIGKILL the replica's whole process group (API server and any engine processes)."""
@@ -346,11 +405,19 @@ def vllm_replicas(vllm_python: str, tiny_model: Path) -> Iterator[ReplicaSet]:
 def _replicas(vllm_python: str, tiny_model: Path, workdir: Path) -> Iterator[ReplicaSet]:
     cores = sorted(os.sched_getaffinity(0)) or [0]
     used: set[int] = set()
-    rs = ReplicaSet([
-        Replica(id=f"vllm-{i}", port=low_free_port(used), core=cores[i % len(cores)],
-                workdir=workdir, python=vllm_python, model=tiny_model)
-        for i in range(2)
-    ])
+    rs = ReplicaSet(
+        [
+            Replica(
+                id=f"vllm-{i}",
+                port=low_free_port(used),
+                core=cores[i % len(cores)],
+                workdir=workdir,
+                python=vllm_python,
+                model=tiny_model,
+            )
+            for i in range(2)
+        ]
+    )
     t0 = time.monotonic()
     try:
         for r in rs.replicas:  # both at once: about as fast as one
@@ -420,10 +487,27 @@ def _lb(workdir: Path) -> Iterator[LBProc]:
     log_path = workdir / "lb.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "spotd.lb", "--port", str(port), "--control-port", str(cport),
-             "--token", LB_TOKEN, "--probe-interval", "0.5", "--lb-id", "vllm-tier"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "spotd.lb",
+                "--port",
+                str(port),
+                "--control-port",
+                str(cport),
+                "--token",
+                LB_TOKEN,
+                "--probe-interval",
+                "0.5",
+                "--lb-id",
+                "vllm-tier",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     lb = LBProc(port, cport, log_path, proc)
     try:
         deadline = time.monotonic() + 30
@@ -453,8 +537,9 @@ def vllm_service(vllm_replicas: ReplicaSet, spotd_lb: LBProc) -> Service:
     spotd_lb.put_replicas([r.as_replica() for r in vllm_replicas.replicas])
     deadline = time.monotonic() + 30
     while not all(not row["ejected"] for row in spotd_lb.replicas().values()):
-        assert time.monotonic() < deadline, f"LB keeps a live replica ejected: " \
-                                            f"{spotd_lb.replicas()}"
+        assert time.monotonic() < deadline, (
+            f"LB keeps a live replica ejected: {spotd_lb.replicas()}"
+        )
         time.sleep(0.2)
     return Service(spotd_lb, vllm_replicas.replicas)
 

@@ -39,8 +39,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         while sent < args.requests and time.monotonic() < deadline:
             i = sent
             sent += 1
-            body = {"model": args.model, "prompt": f"request {i} from worker {w}:",
-                    "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True}
+            body = {
+                "model": args.model,
+                "prompt": f"request {i} from worker {w}:",
+                "max_tokens": args.max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            }
             t = time.monotonic()
             try:
                 async with session.post(f"{args.url}/v1/completions", json=body) as r:
@@ -62,21 +67,31 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
     async with aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(limit=args.concurrency)) as session:
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=args.concurrency)
+    ) as session:
         await asyncio.gather(*(worker(session, w) for w in range(args.concurrency)))
     elapsed = time.monotonic() - t0
     latencies.sort()
 
     def pct(p: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 4) \
-            if latencies else None
+        return (
+            round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 4)
+            if latencies
+            else None
+        )
 
     return {
-        "sent": sent, "ok": ok, "failed": len(failures), "failures": failures[:20],
-        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-        "seconds": round(elapsed, 3), "requests_per_s": round(ok / elapsed, 2) if elapsed else 0,
+        "sent": sent,
+        "ok": ok,
+        "failed": len(failures),
+        "failures": failures[:20],
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(ok / elapsed, 2) if elapsed else 0,
         "completion_tokens_per_s": round(completion_tokens / elapsed, 1) if elapsed else 0,
-        "p50_s": pct(0.5), "p99_s": pct(0.99),
+        "p50_s": pct(0.5),
+        "p99_s": pct(0.99),
     }
 
 

@@ -23,16 +23,27 @@ MESSAGES = [
 
 
 def completion(base: str, model: str, **extra: Any) -> dict[str, Any]:
-    body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
-            "ignore_eos": True, **extra}
+    body = {
+        "model": model,
+        "prompt": PROMPT,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "ignore_eos": True,
+        **extra,
+    }
     status, data = http_json("POST", f"{base}/v1/completions", body, timeout=60)
     assert status == 200, data
     return data  # type: ignore[no-any-return]
 
 
 def chat(base: str, model: str) -> dict[str, Any]:
-    body = {"model": model, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0,
-            "ignore_eos": True}
+    body = {
+        "model": model,
+        "messages": MESSAGES,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     status, data = http_json("POST", f"{base}/v1/chat/completions", body, timeout=60)
     assert status == 200, data
     return data  # type: ignore[no-any-return]
@@ -40,15 +51,19 @@ def chat(base: str, model: str) -> dict[str, Any]:
 
 def sse(url: str, body: dict[str, Any]) -> tuple[str, list[str]]:
     """POST and read a server-sent-event answer: (content type, the `data:` payloads)."""
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     events: list[str] = []
     with urllib.request.urlopen(req, timeout=60) as r:
         ctype = r.headers.get("Content-Type", "")
         for raw in r:
             line = raw.decode().rstrip("\r\n")
             if line.startswith("data:"):
-                events.append(line[len("data:"):].strip())
+                events.append(line[len("data:") :].strip())
     return ctype, events
 
 
@@ -79,9 +94,15 @@ def test_completion_through_lb_is_the_direct_answer(vllm_service: Service) -> No
 
 def test_streamed_completion_through_lb(vllm_service: Service) -> None:
     plain = completion(vllm_service.replicas[0].url, vllm_service.model)
-    body = {"model": vllm_service.model, "prompt": PROMPT, "max_tokens": MAX_TOKENS,
-            "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": vllm_service.model,
+        "prompt": PROMPT,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     ctype, events = sse(f"{vllm_service.url}/v1/completions", body)
     assert ctype.startswith("text/event-stream"), ctype
     assert events[-1] == "[DONE]", events[-3:]
@@ -113,14 +134,21 @@ def test_chat_completion_through_lb_is_the_direct_answer(vllm_service: Service) 
 
 def test_streamed_chat_completion_through_lb(vllm_service: Service) -> None:
     plain = chat(vllm_service.replicas[1].url, vllm_service.model)
-    body = {"model": vllm_service.model, "messages": MESSAGES, "max_tokens": MAX_TOKENS,
-            "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": vllm_service.model,
+        "messages": MESSAGES,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     ctype, events = sse(f"{vllm_service.url}/v1/chat/completions", body)
     assert ctype.startswith("text/event-stream"), ctype
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    text = "".join(c["choices"][0]["delta"].get("content") or ""
-                   for c in chunks if c.get("choices"))
+    text = "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices")
+    )
     assert text == plain["choices"][0]["message"]["content"]
     assert [c["usage"] for c in chunks if c.get("usage")][-1]["completion_tokens"] == MAX_TOKENS

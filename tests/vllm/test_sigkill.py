@@ -29,12 +29,28 @@ def test_sigkill_one_replica_under_load_loses_no_plain_request(vllm_service: Ser
     victim, survivor = vllm_service.replicas
     before = vllm_service.lb.replicas()
     load = subprocess.Popen(
-        [sys.executable, str(HERE / "load.py"), "--url", vllm_service.url,
-         "--model", vllm_service.model, "--requests", str(MAX_REQUESTS),
-         "--seconds", str(MAX_SECONDS), "--concurrency", str(CONCURRENCY),
-         "--max-tokens", str(MAX_TOKENS)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            str(HERE / "load.py"),
+            "--url",
+            vllm_service.url,
+            "--model",
+            vllm_service.model,
+            "--requests",
+            str(MAX_REQUESTS),
+            "--seconds",
+            str(MAX_SECONDS),
+            "--concurrency",
+            str(CONCURRENCY),
+            "--max-tokens",
+            str(MAX_TOKENS),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     answered_at_kill = None
     kill_t = None
     result = None
@@ -48,7 +64,7 @@ def test_sigkill_one_replica_under_load_loses_no_plain_request(vllm_service: Ser
                     kill_t = time.monotonic()
                     answered_at_kill = n
             elif line.startswith("result "):
-                result = json.loads(line[len("result "):])
+                result = json.loads(line[len("result ") :])
         load.wait(30)
     finally:
         if load.poll() is None:
@@ -83,6 +99,8 @@ def test_sigkill_one_replica_under_load_loses_no_plain_request(vllm_service: Ser
     assert victim_share > 0, (before, after)  # it did serve load before it died
     assert survivor_share >= result["ok"] - victim_share, (before, after, result)
     assert kill_t is not None
-    print(f"load: {result}; kill after {answered_at_kill} answers, "
-          f"{time.monotonic() - kill_t:.1f} s of load after the kill (incl. drain); "
-          f"attempts cut off by the kill and retried: {after[victim.id]['failures']}")
+    print(
+        f"load: {result}; kill after {answered_at_kill} answers, "
+        f"{time.monotonic() - kill_t:.1f} s of load after the kill (incl. drain); "
+        f"attempts cut off by the kill and retried: {after[victim.id]['failures']}"
+    )

@@ -39,8 +39,15 @@ CHAT_TEMPLATE = (
 SPECIAL = ["<s>", "</s>", "<unk>", "<pad>"]
 
 
-def build(out: Path, *, vocab_size: int = 512, hidden: int = 64, heads: int = 2,
-          layers: int = 2, seed: int = 0) -> Path:
+def build(
+    out: Path,
+    *,
+    vocab_size: int = 512,
+    hidden: int = 64,
+    heads: int = 2,
+    layers: int = 2,
+    seed: int = 0,
+) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -50,23 +57,37 @@ def build(out: Path, *, vocab_size: int = 512, hidden: int = 64, heads: int = 2,
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", chat_template=CHAT_TEMPLATE, model_max_length=256,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=256,
     )
     fast.save_pretrained(out)
 
     assert hidden // heads >= 32, "vLLM's CPU attention needs a head size of 32 or more"
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=256, bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=False, torch_dtype="float32",
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=256,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
@@ -75,10 +96,17 @@ def build(out: Path, *, vocab_size: int = 512, hidden: int = 64, heads: int = 2,
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)
     model.save_pretrained(out, safe_serialization=True)
-    (out / "spotd-tiny-model.json").write_text(json.dumps({
-        "vocab_size": len(fast), "hidden": hidden, "heads": heads, "layers": layers,
-        "seed": seed,
-    }))
+    (out / "spotd-tiny-model.json").write_text(
+        json.dumps(
+            {
+                "vocab_size": len(fast),
+                "hidden": hidden,
+                "heads": heads,
+                "layers": layers,
+                "seed": seed,
+            }
+        )
+    )
     return out
 
 
