@@ -2,19 +2,24 @@
 
 ``plan_submission`` does everything that can refuse a launch, in the order a user meets the
 problems: the YAML and its one task, ``--infra``, local paths and buckets, ``run`` and no
-``service:``, a feasible placement, the project the caller may launch into, its GPU quota, the
-deadline. It writes nothing. ``submit`` applies a plan: it packages the files, checks the quota
-again under the launch lock (another launch may have come in between), stores the job and
-starts its worker.
+``service:``, a feasible placement on real capacity (``spotd.pricing.catalog.real_capacity``:
+the local provider's simulated types only when asked for or when nothing else is enabled), the
+project the caller may launch into, its limits, the deadline. It writes nothing. ``submit``
+applies a plan: it packages the files, then stores the job with
+``Store.create_job_within_quota``, which checks the project's limits again and inserts in one
+transaction (another launch, on any listener or any daemon sharing the database, may have come
+in between), and starts its worker.
 
 A dry run is ``plan_submission`` alone, so the candidates a user is shown are those of the plan
 that a launch of the same request applies. Refusals are ``Refused`` exceptions whose class says
 what kind of refusal it is; the API maps each class to an HTTP status.
 
-Example, project ``ml`` with quota 8 and a job of ``A100:4`` active: a job of ``A100:2`` × 2
-is accepted (8 of 8); another one is refused by ``plan_submission`` with ``QuotaExceeded``
-("project ml: GPU quota 8, 8 in use by 2 active jobs; this job asks for 4"), before any of its
-files is packaged.
+The GPUs a job reserves are counted from its placements (``spotd.control.quota.job_gpus``):
+``instance_type: sim-a100-8`` reserves 8 per node though it names no accelerator. Example,
+project ``ml`` with quota 8 and a job of ``A100:4`` active: a job of ``A100:2`` × 2 is accepted
+(8 of 8); another one is refused by ``plan_submission`` with ``QuotaExceeded`` ("project ml:
+GPU quota 8, 8 in use by 2 active jobs; this job asks for 4"), before any of its files is
+packaged.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,10 +40,11 @@ from spotd.control import quota
 from spotd.files import mounts as s3src
 from spotd.files.workdir import BlobStore, HashCache, PackageError, PackResult, check_mount_target
 from spotd.files.workdir import package as package_path
+from spotd.pricing.catalog import real_capacity
 from spotd.providers.base import Provider
 from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks_bounded, parse_duration
-from spotd.store import AsyncStore, JobRow
+from spotd.store import AsyncStore, JobRow, OverQuota
 from spotd.types import Candidate, CatalogEntry
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "plan_submission",
     "reserved_gpus",
     "submit",
+    "usable_catalog",
     "with_infra",
 ]
 
@@ -83,7 +90,7 @@ class NotPermitted(Refused):
 
 
 class QuotaExceeded(NotPermitted):
-    """The job would take its project over its GPU quota."""
+    """The job would take its project over one of its limits (GPUs, jobs, nodes per job)."""
 
 
 class UnknownProject(Refused):
@@ -113,6 +120,7 @@ class Plan:
     project: str
     deadline: float | None
     candidates: tuple[Candidate, ...]  # cheapest first; the job's first attempt takes [0]
+    gpus: float  # reserved against the project's quota while the job is active
     base_dir: Path
     now: float
 
@@ -166,14 +174,40 @@ def check_runnable(task: Task) -> None:
         raise InvalidRequest("this task has a `service:` section: use `spotctl serve up`")
 
 
-def place(task: Task, catalog: Sequence[CatalogEntry]) -> tuple[Candidate, ...]:
-    """Every feasible placement, cheapest first; refused (naming why) when there is none."""
+def usable_catalog(
+    task: Task, catalog: Sequence[CatalogEntry], *, enabled_providers: Collection[str]
+) -> list[CatalogEntry]:
+    """What the task may be placed on: ``catalog`` less simulated capacity, unless the task
+    asks for it or no real provider is enabled (``spotd.pricing.catalog.real_capacity``)."""
+    return real_capacity(
+        catalog, request=task.resource_request(), enabled_providers=enabled_providers
+    )
+
+
+def place(
+    task: Task, catalog: Sequence[CatalogEntry], *, enabled_providers: Collection[str]
+) -> tuple[Candidate, ...]:
+    """Every feasible placement, cheapest first; refused (naming why) when there is none.
+
+    With AWS enabled, ``accelerators: A100:8`` is placed on ``p4d.24xlarge``, never on the
+    local provider's ``sim-a100-8``; ``instance_type: sim-t4-1``, which only the local
+    provider has, is refused with a message that says so and how to ask for it.
+    """
     request = task.resource_request()
-    cands = placement.candidates(request, catalog, num_nodes=task.num_nodes)
-    if not cands:
-        reason = placement.explain_infeasible(request, catalog)
-        raise InvalidRequest(f"no feasible placement: {reason}")
-    return tuple(cands)
+    usable = usable_catalog(task, catalog, enabled_providers=enabled_providers)
+    cands = placement.candidates(request, usable, num_nodes=task.num_nodes)
+    if cands:
+        return tuple(cands)
+    simulated = placement.candidates(request, catalog, num_nodes=task.num_nodes)
+    if simulated:
+        types = ", ".join(sorted({c.instance_type for c in simulated}))
+        raise InvalidRequest(
+            "no feasible placement on real capacity: only the local provider's simulated "
+            f"types fit ({types}); to run the job as processes on the daemon's host, say "
+            "`infra: local` (or --infra local)"
+        )
+    reason = placement.explain_infeasible(request, usable)
+    raise InvalidRequest(f"no feasible placement: {reason}")
 
 
 def launch_project(asked: str, scope: str | None) -> str:
@@ -246,41 +280,24 @@ async def check_buckets(task: Task, providers: Mapping[str, Provider]) -> None:
 
 
 async def reserved_gpus(store: AsyncStore, project: str) -> list[float]:
-    """GPUs reserved by each active job of ``project``, read from the jobs' stored specs."""
-    return [
-        quota.gpus_of(Task.model_validate(json.loads(j.spec_json)))
-        for j in await store.active_jobs()
-        if j.project == project
-    ]
+    """GPUs reserved by each active job of ``project`` (``Store.project_usage`` sums them,
+    services included)."""
+    return [j.gpus for j in await store.active_jobs() if j.project == project]
 
 
-async def check_quota(store: AsyncStore, task: Task, project: str) -> None:
-    """Refuse a launch that would take ``project`` over its quota (or names no project)."""
+async def check_quota(store: AsyncStore, project: str, ask: quota.Ask) -> None:
+    """Refuse a launch that would take ``project`` over its limits (or names no project).
+
+    An early answer, before any file is packaged; ``submit`` decides again, atomically.
+    """
     row = await store.get_project(project)
     if row is None:
         if project == quota.DEFAULT_PROJECT:
             return
         raise UnknownProject(f"no project {project!r}: create it with `spotctl project create`")
-    requested = quota.gpus_of(task)
-    if row.gpu_quota is None or requested <= 0:
-        return
-    refusal = quota.check_quota(
-        project=project,
-        quota=row.gpu_quota,
-        active=await reserved_gpus(store, project),
-        requested=requested,
-    )
+    refusal = quota.admit(row, await store.project_usage(project), ask)
     if refusal is not None:
-        raise QuotaExceeded(
-            refusal.message,
-            {
-                "project": project,
-                "gpu_quota": refusal.quota,
-                "gpus_in_use": refusal.in_use,
-                "active_jobs": refusal.active_jobs,
-                "gpus_requested": refusal.requested,
-            },
-        )
+        raise QuotaExceeded(refusal.message, refusal.details)
 
 
 async def plan_submission(
@@ -301,9 +318,15 @@ async def plan_submission(
     check_files(task, base)
     await check_buckets(task, providers)
     check_runnable(task)
-    cands = place(task, catalog)
+    enabled = providers.keys()
+    cands = place(task, catalog, enabled_providers=enabled)
+    gpus = quota.job_gpus(
+        task.resource_request(),
+        usable_catalog(task, catalog, enabled_providers=enabled),
+        num_nodes=task.num_nodes,
+    )
     project = launch_project(req.project, scope)
-    await check_quota(store, task, project)  # early: before any file is packaged
+    await check_quota(store, project, quota.Ask(gpus=gpus, nodes=task.num_nodes))
     deadline = (
         parse_deadline(req.deadline, now)
         if req.deadline
@@ -315,6 +338,7 @@ async def plan_submission(
         project=project,
         deadline=deadline,
         candidates=cands,
+        gpus=gpus,
         base_dir=base,
         now=now,
     )
@@ -357,12 +381,15 @@ async def submit(
     *,
     settings: Settings,
     store: AsyncStore,
-    lock: asyncio.Lock,
     start: Callable[[int], None],
+    lock: object = None,
 ) -> JobRow:
     """Store the planned job and ``start`` its worker.
 
-    ``lock`` makes the quota check and the insert one step: no other launch between them.
+    The project's limits are checked again in the transaction that inserts the job
+    (``Store.create_job_within_quota``), so two launches cannot both take the last GPUs, on
+    one listener or across several. ``lock`` is ignored (the per-listener asyncio lock that
+    used to guard this): it goes once the API stops passing it.
     """
     try:
         task, packed = await asyncio.to_thread(
@@ -370,9 +397,9 @@ async def submit(
         )
     except PackageError as exc:
         raise InvalidRequest(str(exc)) from exc
-    async with lock:
-        await check_quota(store, task, plan.project)
-        job = await store.create_job(
+    try:
+        job = await store.create_job_within_quota(
+            admit=quota.job_admission(gpus=plan.gpus, nodes=task.num_nodes),
             name=plan.name or "job",
             task_id_prefix=f"spotd-{settings.home_tag}-j",
             spec_json=task.model_dump_json(exclude_unset=True),
@@ -381,7 +408,10 @@ async def submit(
             submitted_at=plan.now,
             project=plan.project,
             deadline=plan.deadline,
+            gpus=plan.gpus,
         )
+    except OverQuota as exc:
+        raise QuotaExceeded(exc.message, exc.details) from exc
     for what, p in packed:
         await store.add_event(
             kind="files.packaged",

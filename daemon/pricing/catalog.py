@@ -30,22 +30,38 @@ every zone of that region. The result is a flat ``list[CatalogEntry]``, one per
 The same format carries cloud snapshots (AWS later), so the loader is strict: unknown keys,
 unknown regions or zones, duplicate names and non-numeric prices are errors that name the file
 and the place in it, rather than a catalog that silently offers less than it should.
+
+The ``local`` provider's catalog is *simulated*: its "instances" are processes on the daemon's
+host, its GPUs and prices are made up. :func:`real_capacity` keeps it from competing with real
+capacity (see there); cost reports mark what it "cost" as simulated.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from spotd.types import CatalogEntry
+from spotd.types import CatalogEntry, ResourceRequest
 
-__all__ = ["CatalogError", "default_local_catalog", "load_catalog", "parse_catalog"]
+__all__ = [
+    "SIMULATED_PROVIDERS",
+    "CatalogError",
+    "default_local_catalog",
+    "is_simulated",
+    "load_catalog",
+    "parse_catalog",
+    "real_capacity",
+]
+
+# Providers whose capacity is made up: the local provider runs "instances" as processes on the
+# daemon's host, with the GPUs and prices its catalog invents.
+SIMULATED_PROVIDERS: frozenset[str] = frozenset({"local"})
 
 _REGION_KEYS = frozenset({"zones"})
 _ZONE_KEYS = frozenset({"spot_multiplier"})
@@ -56,6 +72,49 @@ _ZONE_PRICE_KEYS = frozenset({"ondemand", "spot"})
 
 class CatalogError(ValueError):
     """A catalog file that cannot be used; the message names the file and the offending key."""
+
+
+def is_simulated(provider: str) -> bool:
+    """Whether ``provider``'s capacity is simulated (the local provider's)."""
+    return provider in SIMULATED_PROVIDERS
+
+
+def real_capacity(
+    catalog: Sequence[CatalogEntry],
+    *,
+    request: ResourceRequest,
+    enabled_providers: Collection[str],
+) -> list[CatalogEntry]:
+    """The part of ``catalog`` a placement of ``request`` may choose from.
+
+    Simulated capacity never competes with real capacity: the local provider's entries stay
+    only when the task names that provider itself (``infra: local``, ``--infra local``, in any
+    of its options) or when no real provider (aws, k8s, slurm) is enabled — then the local
+    provider is all there is, as on a laptop or in the tests. Otherwise its made-up prices,
+    lower than any cloud's, would place ``accelerators: A100:8, use_spot: true`` on
+    ``sim-a100-8``: a GPU job run as a process on the daemon's host and billed at invented
+    prices. A configured provider counts as enabled even when it is disabled for a while
+    (AWS without credentials): a credentials outage must not move GPU jobs onto the daemon's
+    host.
+
+    ========================  ========================  =====================
+    enabled providers         providers the task names  local entries kept
+    ========================  ========================  =====================
+    local                     (none)                    yes: nothing real
+    local, aws                (none)                    no
+    local, aws                local                     yes: asked for
+    local, aws                aws, local (any_of)       yes: asked for
+    local, k8s / slurm        (none)                    no
+    ========================  ========================  =====================
+
+    Used by the launch (``spotd.control.submit``) and by every later placement of the same
+    job, so a relaunch never lands where the first launch could not have.
+    """
+    named = {o.provider for o in request.options if o.provider}
+    real_enabled = any(not is_simulated(p) for p in enabled_providers)
+    if not real_enabled or any(is_simulated(p) for p in named):
+        return list(catalog)
+    return [e for e in catalog if not is_simulated(e.provider)]
 
 
 def load_catalog(path: str | Path) -> list[CatalogEntry]:

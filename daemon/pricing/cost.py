@@ -15,6 +15,14 @@ Example: 3 h of one ``sim-a100-1`` on spot at $0.60/h where on-demand is $2.00/h
 on-demand would have cost $6.00, so the saving is $4.20 (70%). On-demand hours save nothing.
 When the catalog no longer lists the instance type, the on-demand price is unknown: that
 placement's saving counts as 0 and it is counted in ``unpriced``.
+
+Simulated placements (the local provider's: processes on the daemon's host at made-up prices,
+``spotd.pricing.catalog.is_simulated``) are summed like the others, so a test or a laptop
+still sees its numbers, but never pass for money spent: each row says how many of its dollars
+are simulated (``simulated_dollars``) and whether all of them are (``simulated``), and the
+report carries a note saying so. Example: a job that ran 1 h on ``sim-a100-8`` at $9.83/h and
+then 1 h on ``p4d.24xlarge`` at $13.76/h is one row of $23.59 with ``simulated_dollars``
+9.83 and ``simulated`` false; a row of ``local/local-east`` is ``simulated`` true.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from spotd.pricing.catalog import is_simulated
 from spotd.spec import parse_duration
 from spotd.types import CatalogEntry, EndReason, Market
 
@@ -34,6 +43,9 @@ __all__ = [
     "CostRow",
     "Usage",
     "cost_report",
+    "parse_since",
+    "report_json",
+    "simulated_note",
     "usage_from_attempt",
     "usage_from_replica",
 ]
@@ -65,6 +77,11 @@ class Usage:
     start: float | None  # None: it never got a machine (costs nothing)
     end: float | None  # None: still running
 
+    @property
+    def simulated(self) -> bool:
+        """A placement on simulated capacity: its price was made up."""
+        return is_simulated(self.provider)
+
 
 @dataclass(frozen=True, slots=True)
 class CostRow:
@@ -81,6 +98,13 @@ class CostRow:
     ondemand_equivalent_dollars: float  # the same hours at the on-demand price
     saving_dollars: float
     unpriced: int  # placements whose on-demand price is unknown
+    simulated_placements: int = 0  # placements on simulated capacity (made-up prices)
+    simulated_dollars: float = 0.0  # the part of ``dollars`` those made up
+
+    @property
+    def simulated(self) -> bool:
+        """Every placement of the row was simulated: none of its dollars were spent."""
+        return self.placements > 0 and self.simulated_placements == self.placements
 
     @property
     def saving_pct(self) -> float:
@@ -103,6 +127,9 @@ class CostRow:
             "saving_dollars": self.saving_dollars,
             "saving_pct": round(self.saving_pct, 2),
             "unpriced": self.unpriced,
+            "simulated": self.simulated,
+            "simulated_placements": self.simulated_placements,
+            "simulated_dollars": self.simulated_dollars,
         }
 
 
@@ -213,10 +240,15 @@ class _Acc:
     ondemand_dollars: float = 0.0
     equivalent: float = 0.0
     unpriced: int = 0
+    simulated_placements: int = 0
+    simulated_dollars: float = 0.0
 
     def add(self, u: Usage, hours: float) -> None:
         paid = hours * u.price_per_hour
         self.placements += 1
+        if u.simulated:
+            self.simulated_placements += 1
+            self.simulated_dollars += paid
         self.hours += hours
         self.gpu_hours += hours * u.gpus_per_node
         if u.market == Market.SPOT:
@@ -247,6 +279,8 @@ class _Acc:
             ondemand_equivalent_dollars=self.equivalent,
             saving_dollars=self.equivalent - dollars,
             unpriced=self.unpriced,
+            simulated_placements=self.simulated_placements,
+            simulated_dollars=self.simulated_dollars,
         )
 
 
@@ -273,6 +307,17 @@ def cost_report(
     return rows, total.row("total")
 
 
+def simulated_note(total: CostRow) -> str | None:
+    """What a reader must know when simulated placements are in the report; None if none."""
+    if total.simulated_placements == 0:
+        return None
+    share = "all" if total.simulated else f"${total.simulated_dollars:.4f}"
+    return (
+        f"simulated: {share} of these costs are the local provider's made-up prices "
+        "(processes on the daemon's host), not money spent"
+    )
+
+
 def report_json(
     rows: Sequence[CostRow], total: CostRow, *, by: CostBy, since: float | None, now: float
 ) -> Mapping[str, Any]:
@@ -282,6 +327,7 @@ def report_json(
         "until": now,
         "rows": [r.to_json() for r in rows],
         "total": total.to_json(),
+        "note": simulated_note(total),
     }
 
 

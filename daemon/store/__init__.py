@@ -17,6 +17,7 @@ from __future__ import annotations
 from spotd.store.aio import AsyncStore
 from spotd.store.errors import (
     NotFound,
+    OverQuota,
     ProjectExists,
     SchemaTooNew,
     ServiceExists,
@@ -24,12 +25,15 @@ from spotd.store.errors import (
     StoreError,
 )
 from spotd.store.migrations import LATEST_VERSION, MIGRATIONS
+from spotd.store.projects import LIMITS as PROJECT_LIMITS
+from spotd.store.projects import Admit
 from spotd.store.rows import (
     AttemptRow,
     EventRow,
     InstanceRow,
     JobRow,
     ProjectRow,
+    ProjectUsage,
     ReplicaRow,
     ServiceRow,
     ServiceStatus,
@@ -41,6 +45,8 @@ from spotd.store.tables import Attempt, Event, Instance, Job, ZoneEvent
 __all__ = [
     "LATEST_VERSION",
     "MIGRATIONS",
+    "PROJECT_LIMITS",
+    "Admit",
     "AsyncStore",
     "Attempt",
     "AttemptRow",
@@ -51,8 +57,10 @@ __all__ = [
     "Job",
     "JobRow",
     "NotFound",
+    "OverQuota",
     "ProjectExists",
     "ProjectRow",
+    "ProjectUsage",
     "ReplicaRow",
     "SchemaTooNew",
     "ServiceExists",

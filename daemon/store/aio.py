@@ -99,6 +99,7 @@ class AsyncStore:
 
     # jobs and attempts
     create_job = _offload(Store.create_job)
+    create_job_within_quota = _offload(Store.create_job_within_quota)
     get_job = _offload(Store.get_job)
     require_job = _offload(Store.require_job)
     list_jobs = _offload(Store.list_jobs)
@@ -130,6 +131,8 @@ class AsyncStore:
 
     # projects
     create_project = _offload(Store.create_project)
+    update_project = _offload(Store.update_project)
+    project_usage = _offload(Store.project_usage)
     get_project = _offload(Store.get_project)
     project_by_token_hash = _offload(Store.project_by_token_hash)
     list_projects = _offload(Store.list_projects)

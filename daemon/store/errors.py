@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from typing import Any
 
 
 class StoreError(Exception):
@@ -43,3 +44,16 @@ class ServiceExists(StoreError):
 
 class ProjectExists(StoreError):
     """A project of that name exists already."""
+
+
+class OverQuota(StoreError):
+    """A job or service was not inserted: it would take its project over one of its limits.
+
+    Raised by ``create_job_within_quota`` / ``create_service`` with what the caller's
+    ``admit`` decided (``spotd.control.quota``): the message for the user and the numbers.
+    """
+
+    def __init__(self, message: str, details: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details)

@@ -5,6 +5,10 @@ A job's status and an attempt's status change only through :func:`~spotd.store.c
 attempt and one instance row per node, ``instance_id`` still None — in one transaction before
 any provider call: a daemon killed mid-launch finds rows without an instance id and finishes the
 launch, idempotent by key.
+
+``create_job_within_quota`` is the launch's insert: the project's limits are checked and the
+job inserted in one transaction (see :mod:`spotd.store.projects`), so no number of listeners
+or daemons can take a project over its quota between the check and the insert.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import (
@@ -26,6 +30,7 @@ from spotd.store.cas import (
     set_fields,
     write_event,
 )
+from spotd.store.projects import Admit, admitted
 from spotd.store.rows import AttemptRow, JobRow
 from spotd.store.tables import Attempt, Instance, Job, table_of
 from spotd.types import (
@@ -45,7 +50,8 @@ JOBS = Subject(
     key="id",
     row=JobRow.from_mapping,
     links=(("job_id", "id"),),
-    settable=frozenset(Job.model_fields) - {"id", "status", "task_id"},
+    # gpus: the reservation is written once, by the insert that admitted the job
+    settable=frozenset(Job.model_fields) - {"id", "status", "task_id", "gpus"},
 )
 ATTEMPTS = Subject(
     what="attempt",
@@ -70,43 +76,62 @@ class JobStore(StoreBase):
         submitted_at: float,
         project: str = "default",
         deadline: float | None = None,
+        gpus: float = 0.0,
     ) -> JobRow:
-        """Store a new PENDING job and its first event.
+        """Store a new PENDING job and its first event, whatever its project's limits.
 
         ``task_id`` is ``task_id_prefix + str(id)``, e.g. prefix "spotd-1a2b-j" gives
         "spotd-1a2b-j7": it needs the id, so it is set in the same transaction as the insert.
+        ``gpus``: what it reserves against its project's quota while it is active.
         """
-        jt = JOBS.table
         with self._write() as conn:
-            res = conn.execute(
-                jt.insert()
-                .values(
-                    name=name,
-                    task_id=f"pending-{uuid.uuid4().hex}",
-                    status=JobStatus.PENDING.value,
-                    spec_json=spec_json,
-                    spec_redacted_json=spec_redacted_json,
-                    resources=resources,
-                    project=project,
-                    submitted_at=submitted_at,
-                    deadline=deadline,
-                    message="submitted",
-                )
-                .returning(jt.c.id)
-            )
-            job_id = int(res.scalar_one())
-            conn.execute(
-                jt.update().where(jt.c.id == job_id).values(task_id=f"{task_id_prefix}{job_id}")
-            )
-            write_event(
+            return _insert_job(
                 conn,
-                kind="job.status",
-                message=f"→ PENDING: submitted {name!r} ({resources})",
-                now=submitted_at,
-                job_id=job_id,
-                data={"from": None, "to": JobStatus.PENDING.value},
+                name=name,
+                task_id_prefix=task_id_prefix,
+                spec_json=spec_json,
+                spec_redacted_json=spec_redacted_json,
+                resources=resources,
+                submitted_at=submitted_at,
+                project=project,
+                deadline=deadline,
+                gpus=gpus,
             )
-            return fetch(conn, JOBS, job_id)
+
+    def create_job_within_quota(
+        self,
+        *,
+        admit: Admit,
+        name: str,
+        task_id_prefix: str,
+        spec_json: str,
+        spec_redacted_json: str,
+        resources: str,
+        submitted_at: float,
+        project: str = "default",
+        deadline: float | None = None,
+        gpus: float = 0.0,
+    ) -> JobRow:
+        """:meth:`create_job`, admitted by ``admit`` in the same transaction.
+
+        The project's row is locked and what it holds is read, ``admit`` decides, and the job
+        is inserted before anyone else may decide for that project; if ``admit`` refuses, its
+        :class:`OverQuota` is raised and nothing is written.
+        """
+        with self._write() as conn:
+            admitted(conn, project, admit)
+            return _insert_job(
+                conn,
+                name=name,
+                task_id_prefix=task_id_prefix,
+                spec_json=spec_json,
+                spec_redacted_json=spec_redacted_json,
+                resources=resources,
+                submitted_at=submitted_at,
+                project=project,
+                deadline=deadline,
+                gpus=gpus,
+            )
 
     def get_job(self, job_id: int) -> JobRow | None:
         return self._get(JOBS, job_id)
@@ -306,3 +331,47 @@ class JobStore(StoreBase):
     def require_attempt(self, attempt_id: str) -> AttemptRow:
         """The attempt; :class:`NotFound` ("no attempt j7-a2") if there is none."""
         return self._require(ATTEMPTS, attempt_id)
+
+
+def _insert_job(
+    conn: Connection,
+    *,
+    name: str,
+    task_id_prefix: str,
+    spec_json: str,
+    spec_redacted_json: str,
+    resources: str,
+    submitted_at: float,
+    project: str,
+    deadline: float | None,
+    gpus: float,
+) -> JobRow:
+    jt = JOBS.table
+    res = conn.execute(
+        jt.insert()
+        .values(
+            name=name,
+            task_id=f"pending-{uuid.uuid4().hex}",
+            status=JobStatus.PENDING.value,
+            spec_json=spec_json,
+            spec_redacted_json=spec_redacted_json,
+            resources=resources,
+            project=project,
+            submitted_at=submitted_at,
+            deadline=deadline,
+            gpus=gpus,
+            message="submitted",
+        )
+        .returning(jt.c.id)
+    )
+    job_id = int(res.scalar_one())
+    conn.execute(jt.update().where(jt.c.id == job_id).values(task_id=f"{task_id_prefix}{job_id}"))
+    write_event(
+        conn,
+        kind="job.status",
+        message=f"→ PENDING: submitted {name!r} ({resources})",
+        now=submitted_at,
+        job_id=job_id,
+        data={"from": None, "to": JobStatus.PENDING.value, "project": project, "gpus": gpus},
+    )
+    return fetch(conn, JOBS, job_id)

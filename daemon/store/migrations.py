@@ -12,13 +12,17 @@ a test that patches them here sees the runner use its list.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
-from sqlalchemy import Connection, inspect, select
+from pydantic import ValidationError
+from sqlalchemy import Connection, inspect, select, update
 
+from spotd.spec import Task
 from spotd.store.errors import SchemaTooNew
 from spotd.store.tables import (
     METADATA,
+    Job,
     Project,
     Replica,
     SchemaVersion,
@@ -26,6 +30,7 @@ from spotd.store.tables import (
     ServiceVersion,
     table_of,
 )
+from spotd.types import TERMINAL_JOB_STATUSES
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "current_version", "migrate"]
 
@@ -50,10 +55,54 @@ def _v3_gpus_and_projects(conn: Connection) -> None:
     METADATA.create_all(conn, tables=[table_of(Project)])
 
 
+def _v4_project_limits(conn: Connection) -> None:
+    """Quotas that hold: the GPUs each job and service reserves (job.gpus, service.gpus),
+    services in a project (service.project), and the project's other limits.
+
+    Jobs active across the upgrade get the reservation the old rule gave them, read from
+    their stored task: the largest accelerator count it names × num_nodes. (The new rule needs
+    the catalog, which a migration does not have, so a job that named only ``instance_type:``
+    reserves nothing until it ends; every job launched after the upgrade is counted from its
+    placements.) Existing services belong to ``default`` and reserve nothing.
+    """
+    for ddl in (
+        "ALTER TABLE job ADD COLUMN gpus FLOAT NOT NULL DEFAULT 0",
+        "CREATE INDEX ix_job_project ON job (project)",
+        "ALTER TABLE service ADD COLUMN project VARCHAR NOT NULL DEFAULT 'default'",
+        "ALTER TABLE service ADD COLUMN gpus FLOAT NOT NULL DEFAULT 0",
+        "CREATE INDEX ix_service_project ON service (project)",
+        "ALTER TABLE project ADD COLUMN max_jobs INTEGER",
+        "ALTER TABLE project ADD COLUMN max_nodes_per_job INTEGER",
+        "ALTER TABLE project ADD COLUMN max_services INTEGER",
+    ):
+        conn.exec_driver_sql(ddl)
+    jt = table_of(Job)
+    active = conn.execute(
+        select(jt.c.id, jt.c.spec_json).where(
+            jt.c.status.not_in([s.value for s in TERMINAL_JOB_STATUSES])
+        )
+    ).all()
+    for job_id, spec_json in active:
+        gpus = _old_rule_gpus(spec_json)
+        if gpus:
+            conn.execute(update(jt).where(jt.c.id == job_id).values(gpus=gpus))
+
+
+def _old_rule_gpus(spec_json: str) -> float:
+    """What the quota counted before version 4: accelerators named × nodes (0 if unreadable)."""
+    try:
+        task = Task.model_validate(json.loads(spec_json))
+    except (ValueError, ValidationError):
+        return 0.0
+    per_node = max((o.accelerator_count for o in task.resource_request().options), default=0.0)
+    return float(per_node * task.num_nodes)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _create_all),
     (2, _v2_services),
     (3, _v3_gpus_and_projects),
+    (4, _v4_project_limits),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -21,6 +21,7 @@ __all__ = [
     "InstanceRow",
     "JobRow",
     "ProjectRow",
+    "ProjectUsage",
     "ReplicaRow",
     "ServiceRow",
     "ServiceStatus",
@@ -73,6 +74,7 @@ class JobRow:
     next_try_at: float | None
     work_done_seconds: float
     deadline: float | None
+    gpus: float  # reserved against the project's quota while the job is active
 
     @property
     def is_terminal(self) -> bool:
@@ -198,6 +200,8 @@ class ServiceRow:
     target: int
     upscale_since: float | None
     downscale_since: float | None
+    project: str
+    gpus: float  # reserved against the project's quota while the service is live
 
     @classmethod
     def from_mapping(cls, m: Mapping[Any, Any]) -> ServiceRow:
@@ -245,11 +249,31 @@ class ReplicaRow:
 
 @dataclass(frozen=True, slots=True)
 class ProjectRow:
+    """A tenant and its limits; every limit None means unlimited."""
+
     name: str
     gpu_quota: float | None
     token_hash: str
     created_at: float
+    max_jobs: int | None
+    max_nodes_per_job: int | None
+    max_services: int | None
 
     @classmethod
     def from_mapping(cls, m: Mapping[Any, Any]) -> ProjectRow:
         return cls(**_pick(cls, m))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProjectUsage:
+    """What a project holds now: its active jobs and live services, and the GPUs they reserve.
+
+    Not a table: read from the job and service rows, in the transaction that admits the next
+    one (see ``Store.create_job_within_quota``).
+    """
+
+    gpus: float = 0.0  # reserved by active jobs and live services
+    jobs: int = 0  # active jobs (not in a terminal status)
+    gpu_jobs: int = 0  # ... of which reserve GPUs
+    services: int = 0  # live services (neither DOWN nor FAILED)
+    gpu_services: int = 0  # ... of which reserve GPUs

@@ -25,6 +25,7 @@ from spotd.store.cas import (
     write_event,
 )
 from spotd.store.errors import ServiceExists, StaleTransition
+from spotd.store.projects import Admit, admitted
 from spotd.store.rows import ReplicaRow, ServiceRow, ServiceStatus
 from spotd.store.tables import Replica, Service, ServiceVersion, table_of
 from spotd.types import Market
@@ -78,10 +79,16 @@ class ServiceStore(StoreBase):
         lb_token: str,
         target: int,
         now: float,
+        project: str = "default",
+        gpus: float = 0.0,
+        admit: Admit | None = None,
     ) -> ServiceRow:
         """Store a new STARTING service (version 1) and its first event.
 
-        Raises :class:`ServiceExists` while a service of that name is not DOWN.
+        Raises :class:`ServiceExists` while a service of that name is not DOWN. ``gpus``: what
+        it reserves against ``project``'s quota while it is live; ``admit``, when given,
+        decides in the same transaction whether the project may take it (see
+        :mod:`spotd.store.projects`) and :class:`OverQuota` is raised if it may not.
         """
         st = SERVICES.table
         with self._write() as conn:
@@ -90,6 +97,8 @@ class ServiceStore(StoreBase):
             ).first()
             if live is not None:
                 raise ServiceExists(f"a service named {name!r} exists (id {live.id})")
+            if admit is not None:
+                admitted(conn, project, admit)
             res = conn.execute(
                 st.insert()
                 .values(
@@ -105,6 +114,8 @@ class ServiceStore(StoreBase):
                     lb_control_port=lb_control_port,
                     lb_token=lb_token,
                     target=target,
+                    project=project,
+                    gpus=gpus,
                 )
                 .returning(st.c.id)
             )

@@ -35,7 +35,7 @@ class Job(_Table, table=True):
     spec_json: str  # the full task, secrets included: what the agents get
     spec_redacted_json: str  # the task with secret values masked: what users see
     resources: str = ""
-    project: str = "default"
+    project: str = Field(default="default", index=True)
     submitted_at: float
     started_at: float | None = None
     ended_at: float | None = None
@@ -50,6 +50,7 @@ class Job(_Table, table=True):
     next_try_at: float | None = None
     work_done_seconds: float = 0.0
     deadline: float | None = None
+    gpus: float = 0.0  # GPUs reserved against the project's quota while active (version 4)
 
 
 class Attempt(_Table, table=True):
@@ -144,6 +145,8 @@ class Service(_Table, table=True):
     target: int = 0  # the autoscaler's target replica count
     upscale_since: float | None = None
     downscale_since: float | None = None
+    project: str = Field(default="default", index=True)  # the tenant it belongs to (version 4)
+    gpus: float = 0.0  # GPUs reserved against the project's quota while live (version 4)
 
 
 class ServiceVersion(_Table, table=True):
@@ -195,6 +198,9 @@ class Project(_Table, table=True):
     gpu_quota: float | None = None  # None: unlimited
     token_hash: str = Field(unique=True)  # sha256 of the project's API token
     created_at: float
+    max_jobs: int | None = None  # active jobs at once (version 4); None: unlimited
+    max_nodes_per_job: int | None = None  # num_nodes of one job (version 4); None: unlimited
+    max_services: int | None = None  # live services at once (version 4); None: unlimited
 
 
 class SchemaVersion(_Table, table=True):

@@ -3,8 +3,8 @@ property that matters most: a launch stores exactly the plan its dry run showed.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from spotd.control.submit import (
 )
 from spotd.pricing.catalog import default_local_catalog
 from spotd.spec import load_task
+from spotd.store import AsyncStore
 
 CATALOG = default_local_catalog()
 NOW = 1_700_000_000.0
@@ -76,12 +77,18 @@ def test_only_a_runnable_job_is_a_managed_job(yaml: str, phrase: str) -> None:
 
 def test_placement_is_cheapest_first_or_refused_naming_why() -> None:
     cands = place(
-        load_task("t.yaml", text="resources: {cpus: 1+, use_spot: true}\nrun: x"), CATALOG
+        load_task("t.yaml", text="resources: {cpus: 1+, use_spot: true}\nrun: x"),
+        CATALOG,
+        enabled_providers=["local"],
     )
     assert len(cands) > 1
     assert [c.expected_cost for c in cands] == sorted(c.expected_cost for c in cands)
     with pytest.raises(InvalidRequest, match=r"no feasible placement: .*A100"):
-        place(load_task("t.yaml", text="resources: {accelerators: A100:16}\nrun: x"), CATALOG)
+        place(
+            load_task("t.yaml", text="resources: {accelerators: A100:16}\nrun: x"),
+            CATALOG,
+            enabled_providers=["local"],
+        )
 
 
 @pytest.mark.parametrize(
@@ -171,42 +178,24 @@ def test_each_kind_of_refusal_has_its_http_status(refusal: Refused, status: int)
 # -- plan and submit against a store in memory -------------------------------------------
 
 
-@dataclass
-class _Project:
-    name: str
-    gpu_quota: float | None
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    """A real store on a SQLite file: the use case's inserts are the store's own."""
+    s = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
-@dataclass
-class _Job:
-    id: int
-    project: str
-    spec_json: str
-
-
-@dataclass
-class FakeStore:
-    """The few store calls the use case makes."""
-
-    projects: dict[str, _Project] = field(default_factory=dict)
-    jobs: list[_Job] = field(default_factory=list)
-    created: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    async def get_project(self, name: str) -> _Project | None:
-        return self.projects.get(name)
-
-    async def active_jobs(self) -> list[_Job]:
-        return list(self.jobs)
-
-    async def create_job(self, **kw: Any) -> _Job:
-        self.created.append(kw)
-        job = _Job(id=len(self.jobs) + 1, project=kw["project"], spec_json=kw["spec_json"])
-        self.jobs.append(job)
-        return job
-
-    async def add_event(self, **kw: Any) -> None:
-        self.events.append(kw)
+async def _project(store: AsyncStore, name: str, **limits: Any) -> None:
+    await store.create_project(
+        name=name,
+        gpu_quota=limits.pop("gpu_quota", None),
+        token_hash=f"hash-{name}",
+        now=NOW,
+        **limits,
+    )
 
 
 @dataclass(frozen=True)
@@ -218,45 +207,48 @@ class _Settings:
 GPU_JOB = "resources: {accelerators: T4:1, use_spot: true}\nrun: x\n"
 
 
-async def _plan(store: FakeStore, yaml: str, **kw: Any) -> Plan:
+async def _plan(store: AsyncStore, yaml: str, **kw: Any) -> Plan:
     req = LaunchRequest(yaml=yaml, **kw)
     return await plan_submission(
         req, scope=None, catalog=CATALOG, providers={}, store=store, now=NOW
     )
 
 
-async def _submit(plan: Plan, store: FakeStore, home: Path, started: list[int]) -> Any:
-    return await submit(
-        plan, settings=_Settings(home), store=store, lock=asyncio.Lock(), start=started.append
-    )
+async def _submit(plan: Plan, store: AsyncStore, home: Path, started: list[int]) -> Any:
+    return await submit(plan, settings=_Settings(home), store=store, start=started.append)
 
 
-async def test_a_launch_stores_the_plan_its_dry_run_showed(tmp_path: Path) -> None:
-    store = FakeStore()
+async def test_a_launch_stores_the_plan_its_dry_run_showed(
+    store: AsyncStore, tmp_path: Path
+) -> None:
     dry = await _plan(store, GPU_JOB, name="mine", deadline="2h")
     plan = await _plan(store, GPU_JOB, name="mine", deadline="2h")
     assert plan == dry  # same request, same store: the same plan
     started: list[int] = []
     job = await _submit(plan, store, tmp_path, started)
-    [created] = store.created
-    assert started == [job.id]
-    stored = (created["name"], created["project"], created["deadline"], created["submitted_at"])
+    [created] = await store.list_jobs()
+    assert started == [job.id] == [created.id]
+    stored = (created.name, created.project, created.deadline, created.submitted_at)
     assert stored == ("mine", "default", NOW + 7200, NOW)
-    assert created["resources"] == plan.task.resources_summary()
+    assert created.resources == plan.task.resources_summary()
+    assert created.gpus == plan.gpus == 1  # sim-t4-1: one T4
 
 
-async def test_quota_is_checked_when_planning_and_again_when_storing(tmp_path: Path) -> None:
-    store = FakeStore(projects={"ml": _Project("ml", gpu_quota=1)})
+async def test_quota_is_checked_when_planning_and_again_when_storing(
+    store: AsyncStore, tmp_path: Path
+) -> None:
+    await _project(store, "ml", gpu_quota=1)
     first = await _plan(store, GPU_JOB, project="ml")
     second = await _plan(store, GPU_JOB, project="ml")  # planned while nothing is active
     await _submit(first, store, tmp_path, [])
     with pytest.raises(QuotaExceeded, match="project ml: GPU quota 1, 1 in use by 1 active job"):
         await _submit(second, store, tmp_path, [])
-    assert len(store.created) == 1
+    assert len(await store.list_jobs()) == 1
     with pytest.raises(QuotaExceeded) as exc:
         await _plan(store, GPU_JOB, project="ml")
     assert exc.value.details == {
         "project": "ml",
+        "limit": "gpu_quota",
         "gpu_quota": 1,
         "gpus_in_use": 1.0,
         "active_jobs": 1,
@@ -264,8 +256,32 @@ async def test_quota_is_checked_when_planning_and_again_when_storing(tmp_path: P
     }
 
 
-async def test_an_unknown_project_is_refused_but_default_needs_no_row() -> None:
-    store = FakeStore()
+@pytest.mark.parametrize(
+    ("limits", "yaml", "phrase"),
+    [
+        ({"max_nodes_per_job": 2}, "num_nodes: 3\nrun: x\n", "at most 2 nodes per job"),
+        ({"max_jobs": 1}, "run: x\n", "at most 1 active jobs, 1 active"),
+        ({"gpu_quota": 8}, "resources: {instance_type: sim-a100-8}\nrun: x\n", "GPU quota 8"),
+    ],
+)
+async def test_every_limit_is_refused_when_planning_and_when_storing(
+    store: AsyncStore, tmp_path: Path, limits: dict[str, Any], yaml: str, phrase: str
+) -> None:
+    """One job is in; the admin then sets the limit: a job planned before is refused by the
+    store's insert, and a new plan is refused too."""
+    await _project(store, "ml")
+    running = await _plan(store, yaml, project="ml")
+    planned = await _plan(store, yaml, project="ml")
+    await _submit(running, store, tmp_path, [])
+    await store.update_project("ml", now=NOW, **limits)
+    with pytest.raises(QuotaExceeded, match=phrase):
+        await _submit(planned, store, tmp_path, [])
+    with pytest.raises(QuotaExceeded, match=phrase):
+        await _plan(store, yaml, project="ml")
+    assert len(await store.list_jobs()) == 1
+
+
+async def test_an_unknown_project_is_refused_but_default_needs_no_row(store: AsyncStore) -> None:
     assert (await _plan(store, GPU_JOB)).project == "default"
     with pytest.raises(UnknownProject, match="no project 'ml': create it"):
         await _plan(store, GPU_JOB, project="ml")

@@ -1,15 +1,28 @@
-"""Tenants: GPU quotas refused at launch with quota and use, and project tokens over TCP."""
+"""Tenants: quotas refused at launch with quota and use, and project tokens over TCP."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import aiohttp
 import pytest
 
-from spotd.control.quota import check_quota, gpus_of, hash_token, new_token, validate_name
+from spotd.control.quota import (
+    Ask,
+    admit,
+    check_quota,
+    hash_token,
+    job_gpus,
+    new_token,
+    service_gpus,
+    service_reservation,
+    validate_name,
+)
+from spotd.pricing.catalog import default_local_catalog
 from spotd.sdk.client import ApiError, Client
 from spotd.spec import load_tasks
+from spotd.store import ProjectRow, ProjectUsage
 from tests.e2e.helpers import wait_job
 from tests.ops.conftest import TERMINAL, free_port, gpu_yaml
 
@@ -26,7 +39,7 @@ from tests.ops.conftest import TERMINAL, free_port, gpu_yaml
         (0, [], 1, True),
     ],
 )
-def test_check_quota(quota, active, requested, refused) -> None:  # noqa: ANN001
+def test_check_quota(quota, active, requested, refused) -> None:
     got = check_quota(project="ml", quota=quota, active=active, requested=requested)
     assert (got is not None) == refused
     if got is not None:
@@ -39,14 +52,112 @@ def test_refusal_says_quota_and_use() -> None:
     assert got.message == "project ml: GPU quota 8, 8 in use by 2 active jobs; this job asks for 1"
 
 
+CATALOG = default_local_catalog()
+
+
 @pytest.mark.parametrize(
     ("resources", "nodes", "gpus"),
-    [("{accelerators: 'A100:8'}", 1, 8), ("{accelerators: 'T4:1'}", 2, 2),
-     ("{accelerators: {A100: 8, H100: 4}}", 1, 8), ("{cpus: 2+}", 3, 0)],
+    [
+        ("{accelerators: 'A100:8'}", 1, 8),
+        ("{accelerators: 'T4:1'}", 2, 2),
+        ("{accelerators: {A100: 8, H100: 4}}", 1, 8),
+        ("{cpus: 2+}", 3, 0),
+        # counted from the instance type, not from `accelerators:` alone
+        ("{instance_type: sim-a100-8}", 1, 8),
+        ("{instance_type: sim-a100-8}", 2, 16),
+        ("{instance_type: cpu-4}", 4, 0),
+        # the most of any placement a relaunch may take, though the cheapest is smaller
+        ("{any_of: [{accelerators: 'A100:1'}, {accelerators: 'A100:8'}]}", 2, 16),
+        ("{ordered: [{accelerators: 'T4:1'}, {instance_type: sim-h100-8}]}", 1, 8),
+    ],
 )
 def test_gpus_reserved_by_a_task(resources: str, nodes: int, gpus: float) -> None:
     [task] = load_tasks("t.yaml", text=f"num_nodes: {nodes}\nresources: {resources}\nrun: x\n")
-    assert gpus_of(task) == gpus
+    assert job_gpus(task.resource_request(), CATALOG, num_nodes=nodes) == gpus
+
+
+def test_gpus_reserved_by_a_service() -> None:
+    [task] = load_tasks("t.yaml", text="resources: {accelerators: 'T4:1'}\nrun: x\n")
+    assert service_gpus(task.resource_request(), CATALOG, max_replicas=3) == 3
+
+
+@pytest.mark.parametrize(
+    ("service", "gpus"),
+    [
+        ("{readiness_probe: /, replicas: 2}", 16),
+        ("{readiness_probe: /, replica_policy: {min_replicas: 1, max_replicas: 3, "
+         "target_qps_per_replica: 5}}", 24),
+        ("{readiness_probe: /, replica_policy: {min_replicas: 1, num_overprovision: 1}}", 16),
+    ],
+)  # fmt: skip
+def test_gpus_reserved_by_a_service_task(service: str, gpus: float) -> None:
+    [task] = load_tasks(
+        "t.yaml", text=f"resources: {{instance_type: sim-a100-8}}\nservice: {service}\nrun: x\n"
+    )
+    assert service_reservation(task, CATALOG, enabled_providers=["local"]) == gpus
+
+
+def _project(**limits: Any) -> ProjectRow:
+    base = dict.fromkeys(("gpu_quota", "max_jobs", "max_nodes_per_job", "max_services"))
+    return ProjectRow(name="ml", token_hash="h", created_at=0.0, **{**base, **limits})
+
+
+@pytest.mark.parametrize(
+    ("limits", "usage", "ask", "refused"),
+    [
+        ({}, ProjectUsage(gpus=64, jobs=9), Ask(gpus=8, nodes=16), None),  # no limits
+        ({"max_nodes_per_job": 4}, ProjectUsage(), Ask(gpus=0, nodes=4), None),
+        (
+            {"max_nodes_per_job": 4},
+            ProjectUsage(),
+            Ask(gpus=0, nodes=8),
+            "project ml: at most 4 nodes per job; this job asks for 8",
+        ),
+        ({"max_jobs": 2}, ProjectUsage(jobs=1), Ask(gpus=0), None),
+        (
+            {"max_jobs": 2},
+            ProjectUsage(jobs=2),
+            Ask(gpus=0),
+            "project ml: at most 2 active jobs, 2 active; this job would exceed it",
+        ),
+        ({"max_jobs": 2}, ProjectUsage(jobs=2, services=5), Ask(gpus=0, service=True), None),
+        (
+            {"max_services": 1},
+            ProjectUsage(services=1),
+            Ask(gpus=0, service=True),
+            "project ml: at most 1 live services, 1 live; this service would exceed it",
+        ),
+        ({"max_services": 1}, ProjectUsage(services=1), Ask(gpus=0), None),  # a job
+        ({"gpu_quota": 8}, ProjectUsage(gpus=4, jobs=1, gpu_jobs=1), Ask(gpus=4), None),
+        ({"gpu_quota": 8}, ProjectUsage(gpus=8, jobs=3, gpu_jobs=2), Ask(gpus=0), None),
+        (
+            {"gpu_quota": 8},
+            ProjectUsage(gpus=6, jobs=1, gpu_jobs=1, services=1, gpu_services=1),
+            Ask(gpus=4),
+            "project ml: GPU quota 8, 6 in use by 1 active job and 1 service; this job asks for 4",
+        ),
+        (
+            {"gpu_quota": 8},
+            ProjectUsage(gpus=8, jobs=1, gpu_jobs=1),
+            Ask(gpus=1, service=True),
+            "project ml: GPU quota 8, 8 in use by 1 active job; this service asks for 1",
+        ),
+        # the first limit broken is the answer: nodes, then jobs, then GPUs
+        (
+            {"max_nodes_per_job": 1, "max_jobs": 0, "gpu_quota": 0},
+            ProjectUsage(),
+            Ask(gpus=8, nodes=2),
+            "at most 1 nodes per job",
+        ),
+        ({"max_jobs": 0, "gpu_quota": 0}, ProjectUsage(), Ask(gpus=8), "at most 0 active jobs"),
+    ],
+)
+def test_admit(limits, usage, ask, refused) -> None:
+    got = admit(_project(**limits), usage, ask)
+    assert (got is None) == (refused is None)
+    if got is not None:
+        assert refused in got.message
+    assert admit(None, usage, ask) is None  # a project without a row has no limits
 
 
 def test_tokens_and_names() -> None:
@@ -62,19 +173,22 @@ async def test_launch_over_quota_is_refused_and_creates_nothing(daemon) -> None:
     assert "project ml created (quota 2 GPUs)" in r.stdout and "token: spotdp_" in r.stdout
     async with daemon.client() as c:
         first = await c.launch(gpu_yaml(gpus="T4:1"), filename="g.yaml", project="ml")
-        cpu = await c.launch("resources: {cpus: 1+}\nrun: sleep 60\n", filename="c.yaml",
-                             project="ml")
+        cpu = await c.launch(
+            "resources: {cpus: 1+}\nrun: sleep 60\n", filename="c.yaml", project="ml"
+        )
         with pytest.raises(ApiError) as refused:
             await c.launch(gpu_yaml(gpus="T4:1", nodes=2), filename="g.yaml", project="ml")
         assert refused.value.status == 403
         assert refused.value.message == (
-            "project ml: GPU quota 2, 1 in use by 1 active job; this job asks for 2")
+            "project ml: GPU quota 2, 1 in use by 1 active job; this job asks for 2"
+        )
         assert refused.value.details["gpus_in_use"] == 1
         assert len(await c.jobs()) == 2  # nothing was created
         # the CLI says the same, and exits non-zero
         (daemon.home / "g.yaml").write_text(gpu_yaml(gpus="T4:1", nodes=2))
-        r = daemon.spotctl("jobs", "launch", "-y", "-d", "--project", "ml",
-                           str(daemon.home / "g.yaml"))
+        r = daemon.spotctl(
+            "jobs", "launch", "-y", "-d", "--project", "ml", str(daemon.home / "g.yaml")
+        )
         assert r.returncode == 1 and "GPU quota 2, 1 in use" in r.stderr
         assert len(await c.jobs()) == 2
         # other projects are not limited by ml's quota; unknown projects are refused
@@ -82,8 +196,15 @@ async def test_launch_over_quota_is_refused_and_creates_nothing(daemon) -> None:
         with pytest.raises(ApiError, match="no project 'nope'"):
             await c.launch(gpu_yaml(), filename="g.yaml", project="nope")
         listed = json.loads(daemon.spotctl("project", "list", "-o", "json").stdout)
-        assert listed == [{"name": "ml", "gpu_quota": 2.0, "gpus_in_use": 1.0,
-                           "active_jobs": 2, "created_at": listed[0]["created_at"]}]
+        assert listed == [
+            {
+                "name": "ml",
+                "gpu_quota": 2.0,
+                "gpus_in_use": 1.0,
+                "active_jobs": 2,
+                "created_at": listed[0]["created_at"],
+            }
+        ]
         # a job that ends gives its GPUs back
         await c.cancel(first["id"])
         await wait_job(c, first["id"], lambda j: j["status"] in TERMINAL, timeout=30)
@@ -102,8 +223,10 @@ async def test_project_tokens_isolate_projects_over_tcp(make_daemon) -> None:
         ml = (await admin.create_project("ml", gpu_quota=4))["token"]
         web = (await admin.create_project("web"))["token"]
         admin_job = await admin.launch("resources: {cpus: 1+}\nrun: sleep 60\n", filename="a.yaml")
-    async with Client.connect(url=url, token=ml) as c_ml, \
-            Client.connect(url=url, token=web) as c_web:
+    async with (
+        Client.connect(url=url, token=ml) as c_ml,
+        Client.connect(url=url, token=web) as c_web,
+    ):
         ml_job = await c_ml.launch(gpu_yaml(gpus="T4:1"), filename="g.yaml")
         assert ml_job["project"] == "ml"  # the token's project, without asking
         web_job = await c_web.launch("resources: {cpus: 1+}\nrun: sleep 60\n", filename="w.yaml")
