@@ -33,6 +33,7 @@ from spotd.control.idle_gpu import IdleGpuRule
 from spotd.control.observer import FleetObserver, Observation, changed_keys
 from spotd.control.workers import Workers
 from spotd.metrics import DaemonMetrics
+from spotd.pricing.catalog import real_capacity
 from spotd.providers.base import (
     TAG_JOB,
     ObservedInstance,
@@ -232,7 +233,11 @@ class Controller:
         view = await self._job_view(job, task, now)
         decision = strategies.next_placement(
             view,
-            catalog=self.catalog,
+            catalog=real_capacity(  # a relaunch follows the launch's rule: no simulated GPUs
+                self.catalog,
+                request=task.resource_request(),
+                enabled_providers=self.providers.keys(),
+            ),
             history=await self._history(now),
             now=now,
             jitter=self.rng.random(),

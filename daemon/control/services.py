@@ -78,6 +78,7 @@ from spotd.control.serve_config import (
 from spotd.control.workers import Workers
 from spotd.control.zone_history import ReplicaZoneHistory
 from spotd.metrics import DaemonMetrics
+from spotd.pricing.catalog import real_capacity
 from spotd.providers.base import (
     TAG_REPLICA,
     ObservedInstance,
@@ -232,7 +233,9 @@ class ServiceController:
         """Where the task's replicas fit, in both markets (on-demand is the fallback)."""
         request = task.resource_request()
         use_spot = zones.wants_spot(request)
-        catalog = self.catalog
+        catalog = real_capacity(
+            self.catalog, request=request, enabled_providers=self.providers.keys()
+        )
         spot = placement.candidates(request, catalog) if use_spot else []
         ondemand = placement.candidates(zones.ondemand_request(request), catalog)
         return zones.zone_plan([*spot, *ondemand], use_spot=use_spot)

@@ -203,11 +203,6 @@ async def test_a_daemon_with_aws_never_offers_the_simulated_a100(
 
 
 @pytest.mark.aws
-@pytest.mark.xfail(
-    strict=True,
-    reason="the job controller's placement (control/jobs.py, next_placement's catalog) does not "
-    "yet filter with real_capacity; remove this marker when it does",
-)
 async def test_a_daemon_with_aws_places_the_job_itself_on_aws(
     aws_and_local_daemon: DaemonProc,
 ) -> None:
