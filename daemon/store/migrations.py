@@ -98,12 +98,12 @@ def _old_rule_gpus(spec_json: str) -> float:
     return float(per_node * task.num_nodes)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _create_all),
     (2, _v2_services),
     (3, _v3_gpus_and_projects),
     (4, _v4_project_limits),
-]
+)
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _PG_MIGRATION_LOCK = 0x5B07D  # pg_advisory_xact_lock key: one migrator at a time
