@@ -4,7 +4,8 @@ An agent (``spotd.agent.main``) posts its phase, exit code, any interruption not
 samples and the next slice of its node's log, with the per-instance token the daemon gave it.
 The log slice starts at ``log_offset``: the answer says how much the daemon holds, so a slice
 lost on the way is sent again and one sent twice is written once. Replica agents post to the
-same path; ``spotd.api.services`` takes theirs before this handler sees them.
+same path (the agent is the same program); their keys (``s<service>-r<replica>``) go to the
+service controller, after the same checks of the body.
 """
 
 from __future__ import annotations
@@ -23,17 +24,20 @@ from pydantic import Field
 from spotd.api.common import (
     CONTROLLER,
     METRICS,
+    SERVICES,
     SETTINGS,
     STORE,
     ApiError,
     Body,
+    EpochSeconds,
     json_error,
     read_body,
 )
+from spotd.api.routes import AGENT, Route
 from spotd.control.logs import append_log
 from spotd.telemetry import gpu
 
-__all__ = ["Heartbeat", "add_routes"]
+__all__ = ["ROUTES", "Heartbeat"]
 
 log = structlog.get_logger("spotd.api.agents")
 
@@ -41,27 +45,49 @@ _PHASES = frozenset({"starting", "setup", "run", "exited", "setup_failed", "pree
 
 
 class Heartbeat(Body):
-    key: str
-    phase: str
-    exit_code: int | None = None
-    notice_deadline: float | None = None
-    log_offset: int = Field(ge=0)
+    """What an agent reports every few seconds (``spotd.agent.main``)."""
+
+    key: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")  # j<job>-a<n>-n<rank>, s<svc>-r<n>
+    phase: str = Field(max_length=32)  # unknown phases are ignored (a newer agent)
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    notice_deadline: EpochSeconds | None = None
+    log_offset: int = Field(ge=0, le=2**63 - 1)
     log_b64: str = ""
-    checkpoint_synced_at: float | None = None
-    gpus: list[dict[str, Any]] = Field(default_factory=list)
+    checkpoint_synced_at: EpochSeconds | None = None
+    gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+
+
+def _log_data(body: Heartbeat) -> bytes:
+    try:
+        return base64.b64decode(body.log_b64, validate=True)
+    except ValueError as exc:
+        raise ApiError(400, f"log_b64 is not base64: {exc}") from exc
 
 
 async def heartbeat(request: web.Request) -> web.Response:
+    """An agent's phase, exit code, notice, GPU samples and the next slice of its log; the
+    answer says how much of the log the daemon holds."""
     token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     body = await read_body(request, Heartbeat)
+    services = request.app.get(SERVICES)
+    if services is not None and body.key.startswith("s"):
+        acked = await services.replica_heartbeat(
+            key=body.key,
+            token=token,
+            phase=body.phase or None,
+            exit_code=body.exit_code,
+            notice_deadline=body.notice_deadline,
+            log_offset=body.log_offset,
+            log_data=_log_data(body),
+        )
+        if acked is None:
+            return json_error(401, "unknown replica or wrong agent token")
+        return web.json_response({"log_offset": acked})
     store = request.app[STORE]
     row = await store.get_instance(body.key)
     if row is None or not token or not hmac.compare_digest(row.token.encode(), token.encode()):
         return json_error(401, "unknown instance or wrong agent token")
-    try:
-        data = base64.b64decode(body.log_b64, validate=True)
-    except ValueError as exc:
-        raise ApiError(400, f"log_b64 is not base64: {exc}") from exc
+    data = _log_data(body)
     settings = request.app[SETTINGS]
     path = settings.logs_dir / row.attempt_id / f"node-{row.node_rank}.log"
     offset = await asyncio.to_thread(append_log, path, body.log_offset, data)
@@ -91,5 +117,14 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response({"log_offset": offset})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/agent/v1/heartbeat", heartbeat)
+ROUTES = (
+    Route(
+        "POST",
+        "/agent/v1/heartbeat",
+        heartbeat,
+        "An agent's heartbeat (jobs' and replicas')",
+        "agents",
+        body=Heartbeat,
+        callers=AGENT,
+    ),
+)

@@ -2,7 +2,10 @@
 
 Built the aiohttp way: state on ``web.AppKey``s (``spotd.api.common``), no module-level
 singletons, the application separate from where it listens (the unix socket, and TCP with a
-bearer token when configured). Each resource is its own module that adds its routes:
+bearer token when configured). Each resource is its own module that declares its routes
+(``ROUTES``, rows of ``spotd.api.routes.Route``); ``ROUTE_TABLE`` here is all of them, and the
+one source of what the API is: ``make_app`` registers it, the auth middleware lets each caller
+(admin, project, agent) through by it, and ``GET /v1/openapi.json`` describes it:
 
 - ``jobs``: launch (and its dry run), list, get, events, cancel
 - ``logs``: a job's logs, streamed
@@ -10,7 +13,8 @@ bearer token when configured). Each resource is its own module that adds its rou
 - ``chaos``: failure injection through providers that have test controls
 - ``cost`` and ``projects``: what was spent, and the tenants with their quotas
 - ``ops``: health and Prometheus metrics
-- ``services``: ``/v1/services...`` and the replica agents' heartbeats
+- ``services``: ``/v1/services...``
+- ``openapi``: the OpenAPI document of this table
 
 Every error a client can cause is a 4xx with a JSON body ``{"error": ..., "details": ...}``;
 a 500 means a bug, and it too is JSON.
@@ -20,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Mapping
 
 import structlog
 from aiohttp import web
 
-from spotd.api import agents, chaos, cost, jobs, logs, ops, projects, services
+from spotd.api import agents, chaos, cost, jobs, logs, openapi, ops, projects, services
 from spotd.api.common import (
     CONTROLLER,
     LAUNCH_LOCK,
@@ -37,6 +42,7 @@ from spotd.api.common import (
     Handler,
     json_error,
 )
+from spotd.api.routes import Caller, Route
 from spotd.config import Settings
 from spotd.control import quota
 from spotd.control.jobs import Controller
@@ -44,9 +50,23 @@ from spotd.control.submit import NotPermitted, Refused, UnknownProject
 from spotd.metrics import DaemonMetrics
 from spotd.store import AsyncStore
 
-__all__ = ["make_app", "refusal_status"]
+__all__ = ["ROUTE_TABLE", "make_app", "refusal_status"]
 
 log = structlog.get_logger("spotd.api")
+
+ROUTE_TABLE: tuple[Route, ...] = (
+    *ops.ROUTES,
+    *openapi.ROUTES,
+    *jobs.ROUTES,
+    *logs.ROUTES,
+    *chaos.ROUTES,
+    *agents.ROUTES,
+    *cost.ROUTES,
+    *projects.ROUTES,
+    *services.ROUTES,
+)
+# the table by (method, path), for the auth middleware
+ROUTES_BY_KEY = web.AppKey("routes_by_key", Mapping[tuple[str, str], Route])
 
 
 def refusal_status(exc: Refused) -> int:
@@ -85,47 +105,41 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
-# What a project token may do on the TCP API: its own jobs, its own costs, its own project.
-# Everything else (chaos, services, creating projects, routes added later) is admin-only.
-_PROJECT_ROUTES = frozenset(
-    {
-        ("GET", "/v1/health"),
-        ("POST", "/v1/jobs"),
-        ("GET", "/v1/jobs"),
-        ("GET", "/v1/jobs/{job_id}"),
-        ("GET", "/v1/jobs/{job_id}/events"),
-        ("GET", "/v1/jobs/{job_id}/logs"),
-        ("POST", "/v1/jobs/{job_id}/cancel"),
-        ("GET", "/v1/cost"),
-        ("GET", "/v1/projects"),
-    }
-)
+def _route(request: web.Request) -> Route | None:
+    """The table's row for this request (HEAD is GET's); None: no such route."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    method = "GET" if request.method == "HEAD" else request.method
+    return request.app[ROUTES_BY_KEY].get((method, resource.canonical))
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """TCP requests need the admin token or a project's token; the unix socket is protected by
-    its file mode (whoever can open it is the admin)."""
-    if request.app[TCP_APP] and not request.path.startswith("/agent/"):
-        token = request.app[SETTINGS].api_token or ""
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if token and hmac.compare_digest(given.encode(), token.encode()):
-            return await handler(request)
-        project = None
-        if given.startswith(quota.TOKEN_PREFIX):
-            # looked up by hash: the token itself is never stored or compared
-            project = await request.app[STORE].project_by_token_hash(quota.hash_token(given))
-        if project is None:
-            return json_error(401, "missing or wrong bearer token")
-        resource = request.match_info.route.resource
-        route = (request.method, resource.canonical if resource else request.path)
-        if route not in _PROJECT_ROUTES:
-            return json_error(
-                403,
-                f"a token of project {project.name} may use only that project's jobs and "
-                f"costs, not {request.method} {request.path}",
-            )
-        request[PROJECT_SCOPE] = project.name
+    """TCP requests need the admin token or a project's token (agents' routes: the agent's own,
+    which their handler checks); the unix socket is protected by its file mode (whoever can
+    open it is the admin). A project token may call only the routes whose callers include
+    ``Caller.PROJECT``; unknown routes and routes added later are the admin's."""
+    route = _route(request)
+    if not request.app[TCP_APP] or (route is not None and Caller.AGENT in route.callers):
+        return await handler(request)
+    token = request.app[SETTINGS].api_token or ""
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if token and hmac.compare_digest(given.encode(), token.encode()):
+        return await handler(request)
+    project = None
+    if given.startswith(quota.TOKEN_PREFIX):
+        # looked up by hash: the token itself is never stored or compared
+        project = await request.app[STORE].project_by_token_hash(quota.hash_token(given))
+    if project is None:
+        return json_error(401, "missing or wrong bearer token")
+    if route is None or Caller.PROJECT not in route.callers:
+        return json_error(
+            403,
+            f"a token of project {project.name} may use only that project's jobs and "
+            f"costs, not {request.method} {request.path}",
+        )
+    request[PROJECT_SCOPE] = project.name
     return await handler(request)
 
 
@@ -136,8 +150,13 @@ def make_app(
     controller: Controller,
     metrics_: DaemonMetrics,
     tcp: bool = False,
+    callers: frozenset[Caller] | None = None,
 ) -> web.Application:
-    """One listener's application; the composition root sets ``SERVICES`` on it."""
+    """One listener's application; the composition root sets ``SERVICES`` on it.
+
+    ``callers`` limits it to the routes those callers may call (a listener for agents only:
+    ``spotd.api.routes.AGENT``); None serves the whole table."""
+    table = tuple(r for r in ROUTE_TABLE if callers is None or r.callers & callers)
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=16 << 20
     )
@@ -147,6 +166,11 @@ def make_app(
     app[METRICS] = metrics_
     app[TCP_APP] = tcp
     app[LAUNCH_LOCK] = asyncio.Lock()
-    for resource in (ops, jobs, logs, chaos, agents, cost, projects, services):
-        resource.add_routes(app)
+    app[ROUTES_BY_KEY] = {r.key: r for r in table}
+    app[openapi.OPENAPI] = openapi.document(table)
+    for route in table:
+        if route.method == "GET":  # with HEAD, as aiohttp's add_get does
+            app.router.add_get(route.path, route.handler)
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
     return app

@@ -8,42 +8,58 @@ is a job id (its node 0: preempting one node loses the whole attempt) or an inst
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from spotd.api.common import CONTROLLER, STORE, ApiError, Body, read_body
+from spotd.api.params import parse_id
+from spotd.api.routes import Route
 from spotd.control.jobs import Controller
 from spotd.providers.capabilities import Chaos
 from spotd.types import Market
 
-__all__ = ["add_routes"]
+__all__ = ["ROUTES"]
 
 _NO_CHAOS = "chaos controls need the local provider"
 
 
+# a job id, or an instance's id or key, or a region
+Target = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/-]+$")
+]
+DAY = 86400.0
+
+
 class ChaosTarget(Body):
-    target: str
-    notice_seconds: float | None = Field(default=None, ge=0)
+    target: Target
+    notice_seconds: float | None = Field(default=None, ge=0, le=DAY)
 
 
 class ChaosSeconds(Body):
-    target: str
-    seconds: float = Field(gt=0, le=86400)
+    target: Target
+    seconds: float = Field(gt=0, le=DAY)
 
 
 class ChaosStockout(Body):
-    target: str  # a local region
-    seconds: float = Field(ge=0, le=86400)  # 0 ends the stockout now
+    target: Target  # a local region
+    seconds: float = Field(ge=0, le=DAY)  # 0 ends the stockout now
     market: Market | None = None  # None: both markets
+
+
+def _job_target(target: str) -> int | None:
+    """The job id ``target`` is, if it is one (digits: a 400 when out of range)."""
+    return parse_id(target, "target job id") if target.isdigit() else None
 
 
 def _target(ctl: Controller, target: str) -> tuple[Chaos, str]:
     """The live instance ``target`` names, and its provider's test controls."""
-    if target.isdigit():
-        found = ctl.instances_of_job(int(target))
+    job_id = _job_target(target)
+    if job_id is not None:
+        found = ctl.instances_of_job(job_id)
         if not found:
-            raise ApiError(404, f"job {target} has no live instance")
+            raise ApiError(404, f"job {job_id} has no live instance")
         provider, instance = found[0]  # node 0
     else:
         hit = ctl.provider_for_instance(target)
@@ -56,6 +72,7 @@ def _target(ctl: Controller, target: str) -> tuple[Chaos, str]:
 
 
 async def chaos_preempt(request: web.Request) -> web.Response:
+    """Preempt the target's instance, with an advance notice of ``notice_seconds`` if given."""
     body = await read_body(request, ChaosTarget)
     provider, iid = _target(request.app[CONTROLLER], body.target)
     provider.preempt(iid, notice_seconds=body.notice_seconds)
@@ -64,12 +81,13 @@ async def chaos_preempt(request: web.Request) -> web.Response:
         message=f"chaos: preempt {iid}"
         + (f" with a {body.notice_seconds:g}s notice" if body.notice_seconds else " (no notice)"),
         now=time.time(),
-        job_id=int(body.target) if body.target.isdigit() else None,
+        job_id=_job_target(body.target),
     )
     return web.json_response({"preempted": [iid], "notice_seconds": body.notice_seconds})
 
 
 async def chaos_kill(request: web.Request) -> web.Response:
+    """Kill the target's instance (its processes end; the provider still lists it)."""
     body = await read_body(request, ChaosTarget)
     provider, iid = _target(request.app[CONTROLLER], body.target)
     provider.kill(iid)
@@ -77,6 +95,7 @@ async def chaos_kill(request: web.Request) -> web.Response:
 
 
 async def chaos_partition(request: web.Request) -> web.Response:
+    """Cut the target's instance off from the daemon for ``seconds``."""
     body = await read_body(request, ChaosSeconds)
     provider, iid = _target(request.app[CONTROLLER], body.target)
     provider.partition(iid, seconds=body.seconds)
@@ -108,8 +127,41 @@ async def chaos_stockout(request: web.Request) -> web.Response:
     )
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chaos/preempt", chaos_preempt)
-    app.router.add_post("/v1/chaos/kill-instance", chaos_kill)
-    app.router.add_post("/v1/chaos/partition", chaos_partition)
-    app.router.add_post("/v1/chaos/stockout", chaos_stockout)
+ROUTES = (
+    Route(
+        "POST",
+        "/v1/chaos/preempt",
+        chaos_preempt,
+        "Preempt an instance",
+        "chaos",
+        body=ChaosTarget,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/v1/chaos/kill-instance",
+        chaos_kill,
+        "Kill an instance",
+        "chaos",
+        body=ChaosTarget,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/v1/chaos/partition",
+        chaos_partition,
+        "Partition an instance from the daemon",
+        "chaos",
+        body=ChaosSeconds,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/v1/chaos/stockout",
+        chaos_stockout,
+        "Stock out a region",
+        "chaos",
+        body=ChaosStockout,
+        errors=(404,),
+    ),
+)

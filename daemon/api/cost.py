@@ -8,29 +8,39 @@ groups them. A project token sees only its project's jobs (and the services, whi
 
 from __future__ import annotations
 
+import math
 import time
 
 from aiohttp import web
 
 from spotd.api.common import CONTROLLER, STORE, ApiError, scope
+from spotd.api.params import QueryChoice, QueryText
+from spotd.api.routes import TENANT, Route
 from spotd.control import quota
 from spotd.pricing import cost as costs
 
-__all__ = ["add_routes"]
+__all__ = ["ROUTES"]
+
+
+BY = QueryChoice("by", "how to group the spend", tuple(str(b) for b in costs.CostBy), "job")
+SINCE = QueryText(
+    "since", "only spend after this: a date, a datetime, epoch seconds or a duration back (7d)"
+)
 
 
 async def cost(request: web.Request) -> web.Response:
-    try:
-        by = costs.CostBy(request.query.get("by", "job"))
-    except ValueError as exc:
-        raise ApiError(400, f"by must be one of {', '.join(costs.CostBy)}") from exc
+    """What was spent, grouped ``?by=``, ``?since=`` a moment."""
+    by = costs.CostBy(BY.parse(request))
     now = time.time()
     since = None
-    if request.query.get("since"):
+    raw_since = SINCE.parse(request)
+    if raw_since is not None:
         try:
-            since = costs.parse_since(request.query["since"], now=now)
-        except ValueError as exc:
+            since = costs.parse_since(raw_since, now=now)
+        except (ValueError, OverflowError) as exc:
             raise ApiError(400, str(exc)) from exc
+        if not math.isfinite(since):
+            raise ApiError(400, f"since must be a finite moment, got {raw_since!r}")
     store = request.app[STORE]
     index = costs.CatalogIndex(request.app[CONTROLLER].catalog)
     limit = scope(request)
@@ -53,5 +63,6 @@ async def cost(request: web.Request) -> web.Response:
     return web.json_response(costs.report_json(rows, total, by=by, since=since, now=now))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/cost", cost)
+ROUTES = (
+    Route("GET", "/v1/cost", cost, "What was spent", "cost", params=(BY, SINCE), callers=TENANT),
+)

@@ -22,27 +22,45 @@ from spotd.api.common import (
     STORE,
     ApiError,
     Body,
+    LineText,
+    PathText,
     read_body,
     scope,
 )
+from spotd.api.params import PathId, QueryList
+from spotd.api.routes import TENANT, Route
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
 from spotd.store import AsyncStore, AttemptRow, JobRow, StaleTransition
 from spotd.telemetry import gpu
 from spotd.types import Candidate, JobStatus
 
-__all__ = ["LaunchBody", "add_routes", "attempt_json", "job_json", "plan_json", "requested_job"]
+__all__ = [
+    "JOB_ID",
+    "ROUTES",
+    "LaunchBody",
+    "attempt_json",
+    "job_json",
+    "plan_json",
+    "requested_job",
+]
+
+JOB_ID = PathId("job_id", "job id")
 
 
 class LaunchBody(Body):
-    yaml: str = Field(min_length=1)
-    filename: str = "<api>"
-    name: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    """A task to launch (or, with ``dry_run``, only to plan)."""
+
+    yaml: str = Field(min_length=1)  # its size is bounded by the spec's loader (YamlLimits)
+    filename: PathText = "<api>"
+    name: LineText | None = None
+    env: dict[str, str] = Field(default_factory=dict, max_length=1024)
     dry_run: bool = False
-    deadline: str | None = None  # ISO-8601 or a duration from now ("6h")
-    infra: str | None = None  # replaces resources.infra (`spotctl jobs launch --infra aws`)
-    project: str = "default"
-    base_dir: str | None = None  # the client's working directory: relative workdirs resolve here
+    deadline: str | None = Field(default=None, max_length=64)  # ISO-8601 or a duration ("6h")
+    infra: LineText | None = None  # replaces resources.infra (`spotctl jobs launch --infra aws`)
+    project: str = Field(default="default", max_length=64)
+    base_dir: PathText | None = (
+        None  # the client's working directory: relative workdirs resolve here
+    )
 
 
 # -- views -------------------------------------------------------------------------------
@@ -147,17 +165,16 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 async def requested_job(request: web.Request) -> JobRow:
     """The job named in the path; 404 also when a project token asks for another project's."""
-    raw = request.match_info["job_id"]
-    if not raw.isdigit():
-        raise ApiError(400, f"job id must be a number, got {raw!r}")
-    job = await request.app[STORE].get_job(int(raw))
+    job_id = JOB_ID.parse(request)
+    job = await request.app[STORE].get_job(job_id)
     limit = scope(request)
     if job is None or (limit is not None and job.project != limit):
-        raise ApiError(404, f"no job {raw}")  # not: "not yours"
+        raise ApiError(404, f"no job {job_id}")  # not: "not yours"
     return job
 
 
 async def launch(request: web.Request) -> web.Response:
+    """Plan the task's placement; store and start it unless ``dry_run`` (then: the plan)."""
     body = await read_body(request, LaunchBody)
     ctl = request.app[CONTROLLER]
     store = request.app[STORE]
@@ -194,13 +211,10 @@ async def launch(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
+    """Every job (a project token: its project's), optionally only those in ``?status=``."""
     store = request.app[STORE]
-    statuses = None
-    if "status" in request.query:
-        try:
-            statuses = [JobStatus(s.strip().upper()) for s in request.query["status"].split(",")]
-        except ValueError as exc:
-            raise ApiError(400, f"unknown status: {exc}") from exc
+    wanted = STATUS.parse(request)
+    statuses = None if wanted is None else [JobStatus(s) for s in wanted]
     now = time.time()
     jobs = await store.list_jobs(statuses=statuses)
     limit = scope(request)
@@ -210,11 +224,13 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
+    """The job, with its attempts and its current GPU samples."""
     job = await requested_job(request)
     return web.json_response(await job_json(request.app[STORE], job, time.time()))
 
 
 async def job_events(request: web.Request) -> web.Response:
+    """The job's events, oldest first."""
     job = await requested_job(request)
     events = await request.app[STORE].events(job_id=job.id)
     return web.json_response(
@@ -232,6 +248,7 @@ async def job_events(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
+    """Ask the job's worker to cancel it; 409 when it has already ended."""
     job = await requested_job(request)
     store = request.app[STORE]
     if JobStatus(job.status).is_terminal:
@@ -252,9 +269,51 @@ async def cancel_job(request: web.Request) -> web.Response:
     return web.json_response(await job_json(store, job, time.time()))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/jobs", launch)
-    app.router.add_get("/v1/jobs", list_jobs)
-    app.router.add_get("/v1/jobs/{job_id}", get_job)
-    app.router.add_get("/v1/jobs/{job_id}/events", job_events)
-    app.router.add_post("/v1/jobs/{job_id}/cancel", cancel_job)
+STATUS = QueryList(
+    "status", "only jobs in these states, comma-separated", tuple(str(s) for s in JobStatus)
+)
+
+ROUTES = (
+    Route(
+        "POST",
+        "/v1/jobs",
+        launch,
+        "Launch a job, or plan it (dry_run)",
+        "jobs",
+        body=LaunchBody,
+        callers=TENANT,
+        ok=(200, 201),
+        errors=(403, 404),
+    ),
+    Route("GET", "/v1/jobs", list_jobs, "List jobs", "jobs", params=(STATUS,), callers=TENANT),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}",
+        get_job,
+        "A job, with its attempts",
+        "jobs",
+        params=(JOB_ID,),
+        callers=TENANT,
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}/events",
+        job_events,
+        "A job's events",
+        "jobs",
+        params=(JOB_ID,),
+        callers=TENANT,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/v1/jobs/{job_id}/cancel",
+        cancel_job,
+        "Cancel a job",
+        "jobs",
+        params=(JOB_ID,),
+        callers=TENANT,
+        errors=(404, 409),
+    ),
+)

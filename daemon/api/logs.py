@@ -14,11 +14,13 @@ from pathlib import Path
 from aiohttp import web
 
 from spotd.api.common import SETTINGS, STORE, ApiError
-from spotd.api.jobs import requested_job
+from spotd.api.jobs import JOB_ID, requested_job
+from spotd.api.params import QueryFlag, QueryInt
+from spotd.api.routes import TENANT, Route
 from spotd.config import Settings
 from spotd.types import JobStatus
 
-__all__ = ["add_routes"]
+__all__ = ["ROUTES"]
 
 
 def _log_files(settings: Settings, job_id: int, attempt: int) -> list[Path]:
@@ -43,19 +45,17 @@ def _drain(files: list[Path], offsets: dict[Path, int]) -> bytes:
 
 async def job_logs(request: web.Request) -> web.StreamResponse:
     """Logs of every attempt in order (or of ``?attempt=N``); ``?follow=1`` streams to the end."""
+    follow = FOLLOW.parse(request)
+    only = ATTEMPT.parse(request)
     job = await requested_job(request)
     settings = request.app[SETTINGS]
     store = request.app[STORE]
-    follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
-    only = request.query.get("attempt")
-    if only is not None and not only.isdigit():
-        raise ApiError(400, "attempt must be a number")
     attempts = await store.attempts(job.id)
-    if only is not None and not 1 <= int(only) <= len(attempts):
+    if only is not None and not only <= len(attempts):
         raise ApiError(404, f"job {job.id} has no attempt {only} (it has {len(attempts)})")
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
-    attempt = int(only) if only else 1
+    attempt = only or 1
     offsets: dict[Path, int] = {}
     headed: set[int] = set()
     while True:
@@ -87,5 +87,19 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/jobs/{job_id}/logs", job_logs)
+FOLLOW = QueryFlag("follow", "keep streaming until the job (or the attempt) ends")
+ATTEMPT = QueryInt("attempt", "only this attempt's log (1 is the first)")
+
+ROUTES = (
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}/logs",
+        job_logs,
+        "A job's logs, every attempt in order (text)",
+        "logs",
+        params=(JOB_ID, FOLLOW, ATTEMPT),
+        callers=TENANT,
+        errors=(404,),
+        text=True,
+    ),
+)

@@ -7,9 +7,10 @@ import os
 from aiohttp import web
 
 from spotd.api.common import CONTROLLER, METRICS, SETTINGS, STORE
+from spotd.api.routes import TENANT, Route
 from spotd.types import JobStatus
 
-__all__ = ["add_routes"]
+__all__ = ["ROUTES"]
 
 
 async def health(request: web.Request) -> web.Response:
@@ -32,6 +33,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=m.render(), content_type="text/plain")
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/health", health)
-    app.router.add_get("/metrics", metrics)
+ROUTES = (
+    Route("GET", "/v1/health", health, "Is the daemon alive", "ops", callers=TENANT),
+    Route("GET", "/metrics", metrics, "Prometheus metrics (text)", "ops", text=True),
+)

@@ -13,19 +13,21 @@ from aiohttp import web
 from pydantic import Field
 
 from spotd.api.common import STORE, ApiError, Body, read_body, scope
+from spotd.api.routes import TENANT, Route
 from spotd.control import quota
 from spotd.control.submit import reserved_gpus
 from spotd.store import ProjectExists
 
-__all__ = ["add_routes"]
+__all__ = ["ROUTES"]
 
 
 class ProjectBody(Body):
-    name: str
-    gpu_quota: float | None = Field(default=None, ge=0)
+    name: str = Field(max_length=64)  # and quota.validate_name's pattern
+    gpu_quota: float | None = Field(default=None, ge=0, le=1_000_000)
 
 
 async def create_project(request: web.Request) -> web.Response:
+    """A new project; its token is in this answer and nowhere else."""
     body = await read_body(request, ProjectBody)
     why = quota.validate_name(body.name)
     if why:
@@ -52,6 +54,7 @@ async def create_project(request: web.Request) -> web.Response:
 
 
 async def list_projects(request: web.Request) -> web.Response:
+    """Every project (a project token: its own), with the GPUs its active jobs reserve."""
     limit = scope(request)
     store = request.app[STORE]
     out = []
@@ -71,6 +74,16 @@ async def list_projects(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/projects", create_project)
-    app.router.add_get("/v1/projects", list_projects)
+ROUTES = (
+    Route(
+        "POST",
+        "/v1/projects",
+        create_project,
+        "Create a project",
+        "projects",
+        body=ProjectBody,
+        ok=(201,),
+        errors=(409,),
+    ),
+    Route("GET", "/v1/projects", list_projects, "List projects", "projects", callers=TENANT),
+)

@@ -5,8 +5,8 @@
 Errors follow ``spotd.api.common``: ``ApiError`` → a 4xx JSON body.
 
 Replica agents are the job agent (``spotd.agent.main``) unchanged, so they post to the same
-``/agent/v1/heartbeat``; a small middleware hands the ones whose key is a replica key
-(``s<service>-r<replica>``) to the service controller and lets the job route see the rest.
+``/agent/v1/heartbeat``; ``spotd.api.agents`` hands the ones whose key is a replica key
+(``s<service>-r<replica>``) to the service controller.
 
 - ``POST /v1/services`` ``{yaml, filename, name?, env?, base_dir?}`` → 201 the service
 - ``GET /v1/services`` → every service that is not DOWN (``?all=1``: those too)
@@ -23,8 +23,8 @@ Replica agents are the job agent (``spotd.agent.main``) unchanged, so they post 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
+import re
 import secrets
 import time
 from pathlib import Path
@@ -38,41 +38,52 @@ from spotd.api.common import (
     STORE,
     ApiError,
     Body,
-    Handler,
-    flag,
-    json_error,
+    EpochSeconds,
+    LineText,
+    PathText,
     read_body,
 )
+from spotd.api.params import PathName, QueryFlag, QueryInt
+from spotd.api.routes import Route
 from spotd.control.services import UPDATE_MODES, ServiceController, autoscale_policy
 from spotd.spec import SpecError, Task, load_tasks_bounded
 from spotd.store import ReplicaRow, ServiceExists, ServiceRow, ServiceStatus, StaleTransition
 
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+# A service's name: it names the LB, log folders and the endpoint, so one short DNS-like label.
+NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+NAME_HINT = "1-63 lowercase letters, digits and '-', starting with a letter or digit"
+SERVICE_NAME = PathName("name", "service name", NAME_PATTERN, NAME_HINT)
 
 
 class LBEventBody(Body):
-    lb_id: str = ""
+    """What a service's LB reports at once (``spotd.lb.control.LbEvent``)."""
+
+    lb_id: LineText = ""
     event: Literal["ejected"]
     replica_id: str = Field(min_length=1, max_length=64)
-    url: str = ""
-    reason: str = ""  # an exception's text; shortened in the event
-    at: float | None = None
+    url: str = Field(default="", max_length=2048)
+    reason: str = Field(default="", max_length=4096)  # an exception's text; shortened
+    at: EpochSeconds | None = None
 
 
 class ServiceUpBody(Body):
-    yaml: str = Field(min_length=1)
-    filename: str = "<api>"
-    name: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    base_dir: str | None = None
+    """A service to start."""
+
+    yaml: str = Field(min_length=1)  # its size is bounded by the spec's loader (YamlLimits)
+    filename: PathText = "<api>"
+    name: str | None = Field(default=None, max_length=64)
+    env: dict[str, str] = Field(default_factory=dict, max_length=1024)
+    base_dir: PathText | None = None
 
 
 class ServiceUpdateBody(Body):
+    """A new version of a service's task, and how to roll it out."""
+
     yaml: str = Field(min_length=1)
-    filename: str = "<api>"
-    mode: str = "rolling"
-    env: dict[str, str] = Field(default_factory=dict)
-    base_dir: str | None = None
+    filename: PathText = "<api>"
+    mode: str = Field(default="rolling", max_length=32)
+    env: dict[str, str] = Field(default_factory=dict, max_length=1024)
+    base_dir: PathText | None = None
 
 
 # -- views -------------------------------------------------------------------------------
@@ -162,11 +173,17 @@ async def _parse(body: ServiceUpBody | ServiceUpdateBody) -> Task:
         )
     if task.num_nodes != 1:
         raise ApiError(400, "a service replica runs on one node (num_nodes: 1)")
-    if task.workdir and not Path(task.workdir).expanduser().is_absolute():
-        base = Path(body.base_dir or ".")
-        task = task.model_copy(update={"workdir": str((base / task.workdir).resolve())})
-    if task.workdir and not Path(task.workdir).expanduser().is_dir():
-        raise ApiError(400, f"workdir: {task.workdir} is not a directory")
+    if task.workdir:
+        try:
+            workdir = Path(task.workdir).expanduser()
+            if not workdir.is_absolute():
+                workdir = (Path(body.base_dir or ".") / workdir).resolve()
+                task = task.model_copy(update={"workdir": str(workdir)})
+            found = workdir.is_dir()
+        except (OSError, RuntimeError, ValueError):  # ~nosuchuser, a NUL, a loop of links
+            found = False
+        if not found:
+            raise ApiError(400, f"workdir: {task.workdir} is not a directory")
     return task
 
 
@@ -176,7 +193,7 @@ def _check_placeable(services: ServiceController, task: Task) -> None:
 
 
 async def _service(request: web.Request) -> ServiceRow:
-    name = request.match_info["name"]
+    name = SERVICE_NAME.parse(request)
     svc = await request.app[STORE].service_by_name(name)
     if svc is None:
         raise ApiError(404, f"no service {name!r}")
@@ -184,14 +201,15 @@ async def _service(request: web.Request) -> ServiceRow:
 
 
 async def service_up(request: web.Request) -> web.Response:
+    """Start a service: its LB, then its replicas."""
     body: ServiceUpBody = await read_body(request, ServiceUpBody)
     services = _services(request)
     task = await _parse(body)
     name = (body.name or task.name or "").strip().lower()
     if not name:
         raise ApiError(400, "the service needs a name: give `name:` in the YAML or -n NAME")
-    if set(name) - _NAME_CHARS or name.startswith("-"):
-        raise ApiError(400, f"service name {name!r}: use lowercase letters, digits and '-'")
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ApiError(400, f"service name {name[:80]!r}: use {NAME_HINT}")
     _check_placeable(services, task)
     lb_port, control_port = await services.allocate_lb_ports()
     spec = task.service
@@ -214,18 +232,22 @@ async def service_up(request: web.Request) -> web.Response:
 
 
 async def list_services(request: web.Request) -> web.Response:
+    """Every service that is not DOWN (``?all=1``: those too)."""
     services = _services(request)
-    rows = await request.app[STORE].list_services(live_only=not flag(request, "all"))
+    rows = await request.app[STORE].list_services(live_only=not ALL.parse(request))
     return web.json_response([await service_json(services, s) for s in rows])
 
 
 async def get_service(request: web.Request) -> web.Response:
+    """The service and its live replicas (``?all=1``: ended ones too)."""
+    all_replicas = ALL.parse(request)
     services = _services(request)
     svc = await _service(request)
-    return web.json_response(await service_json(services, svc, all_replicas=flag(request, "all")))
+    return web.json_response(await service_json(services, svc, all_replicas=all_replicas))
 
 
 async def update_service(request: web.Request) -> web.Response:
+    """Roll out a new version of the service's task (``rolling`` or ``blue_green``)."""
     body: ServiceUpdateBody = await read_body(request, ServiceUpdateBody)
     services = _services(request)
     if body.mode not in UPDATE_MODES:
@@ -248,6 +270,7 @@ async def update_service(request: web.Request) -> web.Response:
 
 
 async def down_service(request: web.Request) -> web.Response:
+    """Shut the service down: replicas, then its LB."""
     services = _services(request)
     svc = await _service(request)
     if svc.status in (ServiceStatus.DOWN, ServiceStatus.SHUTTING_DOWN):
@@ -270,6 +293,7 @@ async def down_service(request: web.Request) -> web.Response:
 
 
 async def service_events(request: web.Request) -> web.Response:
+    """The service's events, oldest first."""
     svc = await _service(request)
     events = await request.app[STORE].service_events(svc.id)
     return web.json_response(
@@ -283,20 +307,19 @@ async def service_events(request: web.Request) -> web.Response:
 async def service_logs(request: web.Request) -> web.StreamResponse:
     """One replica's log (``?replica=N``), the LB's (``?lb=1``), or every replica's in turn;
     ``?follow=1`` keeps streaming until the replica (or the service) ends."""
+    follow = FOLLOW.parse(request)
+    lb = LB.parse(request)
+    only = REPLICA.parse(request)
     services = _services(request)
     svc = await _service(request)
-    follow = flag(request, "follow")
-    only = request.query.get("replica")
-    if only is not None and not only.isdigit():
-        raise ApiError(400, "replica must be a number")
     store = request.app[STORE]
     rows = await store.replicas(service_id=svc.id)
-    if only is not None and int(only) not in {r.replica_id for r in rows}:
+    if only is not None and only not in {r.replica_id for r in rows}:
         raise ApiError(404, f"service {svc.name!r} has no replica {only}")
-    if flag(request, "lb"):
+    if lb:
         files = [("", services.lb_log(svc))]
     elif only is not None:
-        files = [("", services.replica_log(svc, int(only)))]
+        files = [("", services.replica_log(svc, only))]
     else:
         files = [
             (
@@ -331,6 +354,7 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def lb_event(request: web.Request) -> web.Response:
+    """The service's LB ejected a replica: record it, and probe the replicas now."""
     body: LBEventBody = await read_body(request, LBEventBody)
     svc = await _service(request)
     _services(request).note_ejection(svc.id)
@@ -355,55 +379,89 @@ def _read_from(path: Path, offsets: dict[Path, int]) -> bytes:
     return data
 
 
-# -- replica agents ----------------------------------------------------------------------
+ALL = QueryFlag("all", "include what has ended (services that are DOWN, ended replicas)")
+FOLLOW = QueryFlag("follow", "keep streaming until the replica (or the service) ends")
+LB = QueryFlag("lb", "the load balancer's log instead of the replicas'")
+REPLICA = QueryInt("replica", "only this replica's log")
 
+ROUTES = (
+    Route(
+        "POST",
+        "/v1/services",
+        service_up,
+        "Start a service",
+        "services",
+        body=ServiceUpBody,
+        ok=(201,),
+        errors=(409, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/services",
+        list_services,
+        "List services",
+        "services",
+        params=(ALL,),
+        errors=(503,),
+    ),
+    Route(
+        "GET",
+        "/v1/services/{name}",
+        get_service,
+        "A service, with its replicas",
+        "services",
+        params=(SERVICE_NAME, ALL),
+        errors=(404, 503),
+    ),
+    Route(
+        "POST",
+        "/v1/services/{name}/update",
+        update_service,
+        "Update a service to a new version",
+        "services",
+        body=ServiceUpdateBody,
+        params=(SERVICE_NAME,),
+        errors=(404, 409, 503),
+    ),
+    Route(
+        "POST",
+        "/v1/services/{name}/down",
+        down_service,
+        "Shut a service down",
+        "services",
+        params=(SERVICE_NAME,),
+        errors=(404, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/services/{name}/events",
+        service_events,
+        "A service's events",
+        "services",
+        params=(SERVICE_NAME,),
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        "/v1/services/{name}/logs",
+        service_logs,
+        "A service's logs (text)",
+        "services",
+        params=(SERVICE_NAME, FOLLOW, LB, REPLICA),
+        errors=(404, 503),
+        text=True,
+    ),
+    Route(
+        "POST",
+        "/v1/services/{name}/lb-events",
+        lb_event,
+        "An LB's report of an ejected replica",
+        "services",
+        body=LBEventBody,
+        params=(SERVICE_NAME,),
+        ok=(202,),
+        errors=(404, 503),
+    ),
+)
 
-@web.middleware
-async def replica_heartbeats(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Heartbeats from replica agents go to the service controller; job agents' pass on."""
-    services = request.app.get(SERVICES)
-    if services is None or request.path != "/agent/v1/heartbeat" or request.method != "POST":
-        return await handler(request)
-    try:
-        raw = await request.json()  # the body is cached: the job handler can read it again
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return await handler(request)
-    key = raw.get("key") if isinstance(raw, dict) else None
-    if not isinstance(key, str) or not key.startswith("s"):
-        return await handler(request)
-    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    try:
-        data = base64.b64decode(str(raw.get("log_b64", "")), validate=True)
-        offset = int(raw.get("log_offset", 0))
-        exit_code = raw.get("exit_code")
-        notice = raw.get("notice_deadline")
-        acked = await services.replica_heartbeat(
-            key=key,
-            token=token,
-            phase=str(raw["phase"]) if raw.get("phase") else None,
-            exit_code=int(exit_code) if exit_code is not None else None,
-            notice_deadline=float(notice) if notice is not None else None,
-            log_offset=max(0, offset),
-            log_data=data,
-        )
-    except (ValueError, TypeError) as exc:
-        return json_error(400, f"invalid heartbeat: {exc}")
-    if acked is None:
-        return json_error(401, "unknown replica or wrong agent token")
-    return web.json_response({"log_offset": acked})
-
-
-def add_routes(app: web.Application) -> None:
-    """Add the services routes and the replica heartbeat middleware to the daemon's app."""
-    app.middlewares.append(replica_heartbeats)
-    app.router.add_post("/v1/services", service_up)
-    app.router.add_get("/v1/services", list_services)
-    app.router.add_get("/v1/services/{name}", get_service)
-    app.router.add_post("/v1/services/{name}/update", update_service)
-    app.router.add_post("/v1/services/{name}/down", down_service)
-    app.router.add_get("/v1/services/{name}/events", service_events)
-    app.router.add_get("/v1/services/{name}/logs", service_logs)
-    app.router.add_post("/v1/services/{name}/lb-events", lb_event)
-
-
-__all__ = ["SERVICES", "add_routes", "service_json"]
+__all__ = ["ROUTES", "SERVICES", "SERVICE_NAME", "service_json"]

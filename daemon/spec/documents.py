@@ -20,6 +20,7 @@ level; the alias count alone does not). ``YamlLimits`` holds the bounds; going p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ class YamlLimits:
 
 
 DEFAULT_LIMITS = YamlLimits()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Refused(Exception):
@@ -156,6 +158,16 @@ class _BoundedLoader(yaml.SafeLoader):
                 None, None, f"cannot read this {kind} value: {exc}", node.start_mark
             ) from exc
 
+    def construct_scalar(self, node: yaml.ScalarNode | yaml.MappingNode) -> Any:
+        # "\uDCFF" escapes to a lone surrogate, which is no character: no message, file or
+        # environment can hold it (encoding it fails), so it is refused here, with its line
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a \\u escape of a lone surrogate is not a character", node.start_mark
+            )
+        return value
+
     def _add_values(self, n: int, line: int | None) -> None:
         self.values += n
         if self.values > self.limits.max_values:
@@ -241,7 +253,10 @@ def compose_documents(
     too_big = _size_issue(text, limits, file)
     if too_big is not None:
         raise SpecError([too_big])
-    loader = _BoundedLoader(text, limits)
+    try:
+        loader = _BoundedLoader(text, limits)
+    except yaml.YAMLError as exc:  # the reader refuses control characters before any parsing
+        raise SpecError([_yaml_issue(exc, file)]) from exc
     docs: list[Document] = []
     try:
         while loader.check_node():
