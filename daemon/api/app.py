@@ -32,7 +32,6 @@ from aiohttp import web
 from spotd.api import agents, chaos, cost, jobs, logs, openapi, ops, projects, services
 from spotd.api.common import (
     CONTROLLER,
-    LAUNCH_LOCK,
     METRICS,
     PROJECT_SCOPE,
     SETTINGS,
@@ -165,7 +164,6 @@ def make_app(
     app[CONTROLLER] = controller
     app[METRICS] = metrics_
     app[TCP_APP] = tcp
-    app[LAUNCH_LOCK] = asyncio.Lock()
     app[ROUTES_BY_KEY] = {r.key: r for r in table}
     app[openapi.OPENAPI] = openapi.document(table)
     for route in table:

@@ -13,7 +13,6 @@ Path and query parameters are parsed by ``spotd.api.params``.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -30,7 +29,6 @@ from spotd.store import AsyncStore
 
 __all__ = [
     "CONTROLLER",
-    "LAUNCH_LOCK",
     "MAX_EPOCH",
     "METRICS",
     "PROJECT_SCOPE",
@@ -55,7 +53,6 @@ CONTROLLER = web.AppKey("controller", Controller)
 SERVICES = web.AppKey("services", ServiceController)  # set by the composition root
 METRICS = web.AppKey("metrics", DaemonMetrics)
 TCP_APP = web.AppKey("tcp", bool)
-LAUNCH_LOCK = web.AppKey("launch_lock", asyncio.Lock)  # quota check + create, one at a time
 # the project a TCP request's project token limits it to (absent: admin token or unix socket)
 PROJECT_SCOPE = web.RequestKey("project_scope", str)
 

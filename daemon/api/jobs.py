@@ -17,7 +17,6 @@ from pydantic import Field
 
 from spotd.api.common import (
     CONTROLLER,
-    LAUNCH_LOCK,
     SETTINGS,
     STORE,
     ApiError,
@@ -202,7 +201,6 @@ async def launch(request: web.Request) -> web.Response:
         plan,
         settings=request.app[SETTINGS],
         store=store,
-        lock=request.app[LAUNCH_LOCK],
         start=ctl.spawn_worker,
     )
     return web.json_response(

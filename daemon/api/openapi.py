@@ -25,13 +25,18 @@ __all__ = ["OPENAPI", "ROUTES", "document"]
 OPENAPI = web.AppKey("openapi", dict)  # the document make_app built from its table
 
 _REF = "#/components/schemas/{model}"
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "Every refusal (4xx) and every bug (500): a message, and details if any "
-    "(for a bad body: a list of {field, message}; for bad task YAML: {path, line, message}).",
-    "properties": {"error": {"type": "string"}, "details": {}},
-    "required": ["error"],
-}
+
+
+def error_schema() -> dict[str, Any]:
+    """The shape of every refusal, a new dict each time (each document owns its own)."""
+    return {
+        "type": "object",
+        "description": "Every refusal (4xx) and every bug (500): a message, and details if any "
+        "(for a bad body: a list of {field, message}; for bad task YAML: {path, line, message}).",
+        "properties": {"error": {"type": "string"}, "details": {}},
+        "required": ["error"],
+    }
+
 
 _DESCRIPTION = """\
 The spotd daemon's API. On the unix socket (mode 0600) every caller is the admin. On TCP each
@@ -110,7 +115,7 @@ def _operation(route: Route) -> dict[str, Any]:
 def document(routes: Sequence[Route]) -> dict[str, Any]:
     """The OpenAPI document of ``routes``; raises ``ValueError`` if two routes share a method
     and path, or two models a name with different schemas."""
-    schemas: dict[str, dict[str, Any]] = {"Error": ERROR_SCHEMA}
+    schemas: dict[str, dict[str, Any]] = {"Error": error_schema()}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         ops = paths.setdefault(route.path, {})

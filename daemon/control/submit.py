@@ -382,14 +382,13 @@ async def submit(
     settings: Settings,
     store: AsyncStore,
     start: Callable[[int], None],
-    lock: object = None,
 ) -> JobRow:
     """Store the planned job and ``start`` its worker.
 
     The project's limits are checked again in the transaction that inserts the job
     (``Store.create_job_within_quota``), so two launches cannot both take the last GPUs, on
-    one listener or across several. ``lock`` is ignored (the per-listener asyncio lock that
-    used to guard this): it goes once the API stops passing it.
+    one listener or across several (an in-process lock could not: it was one per listener, and
+    means nothing to a second daemon on the same database).
     """
     try:
         task, packed = await asyncio.to_thread(
