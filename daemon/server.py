@@ -1,16 +1,25 @@
 """Assembles and runs one daemon: store, providers, controller, API listeners.
 
 This module is the composition root: the only place that wires the parts together.
+
+The daemon's home is private: ``$SPOTD_HOME`` and every directory the daemon makes in it are
+0700 (``spotd.files.private``), since they hold the state database, agents' configs with their
+tokens and the task's secrets, and the jobs' logs. File modes do not keep out processes of the
+daemon's own user, such as its jobs on the local provider: those could read the admin token
+from ``/proc/<daemon pid>/environ`` (or attach a debugger) if the daemon stayed dumpable, so
+it makes itself non-dumpable before anything else (``forbid_inspection``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
 import ssl
+import sys
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import IO, Any
@@ -23,6 +32,7 @@ from spotd.api.services import SERVICES
 from spotd.config import Settings
 from spotd.control.jobs import Controller
 from spotd.control.services import ServiceController
+from spotd.files.private import private_dir
 from spotd.metrics import DaemonMetrics
 from spotd.ops import sdnotify
 from spotd.ops.tls import TlsError, client_context, plaintext_refusal, server_context
@@ -64,8 +74,32 @@ def tcp_tls(settings: Settings) -> ssl.SSLContext | None:
         raise TransportError(str(exc)) from exc
 
 
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+PR_GET_DUMPABLE = 3
+
+
+def forbid_inspection() -> bool:
+    """Make this process non-dumpable (Linux; elsewhere a no-op): its ``/proc/<pid>/environ``,
+    ``mem`` and ``fd``s then belong to root, and ptrace needs CAP_SYS_PTRACE, so a process of
+    the same user (a job on the local provider) cannot read the API token from the daemon's
+    environment or memory. No core dumps either (they would hold the same). Children are
+    unaffected: ``execve`` makes them dumpable again. Returns whether it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            log.warning("prctl(PR_SET_DUMPABLE, 0) failed", error=os.strerror(err))
+            return False
+        return bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError) as exc:  # no libc with prctl (a static or odd build)
+        log.warning("cannot make the daemon non-dumpable", error=str(exc))
+        return False
+
+
 def _lock_home(settings: Settings) -> IO[str]:
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(settings.home)
     f = open(settings.home / "spotd.lock", "a+")  # noqa: SIM115 - held for the daemon's life
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -137,9 +171,10 @@ async def run_daemon(
 ) -> None:
     """Serve until SIGTERM/SIGINT, telling systemd (``notify``) when ready and when stopping."""
     tls = tcp_tls(settings)
+    sealed = forbid_inspection()
     lock = _lock_home(settings)
     for d in (settings.logs_dir, settings.checkpoints_dir, settings.local_dir):
-        d.mkdir(parents=True, exist_ok=True)
+        private_dir(d)
     store = AsyncStore(Store.open(settings.db_url))
     providers = build_providers(settings)
     metrics = DaemonMetrics()
@@ -191,7 +226,13 @@ async def run_daemon(
         os.chmod(sock, 0o600)
         controller.sup.spawn("watchdog", lambda: sdnotify.watchdog_loop(controller.stop))
         settings.pid_path.write_text(str(os.getpid()))
-        log.info("spotd ready", home=str(settings.home), socket=str(sock), pid=os.getpid())
+        log.info(
+            "spotd ready",
+            home=str(settings.home),
+            socket=str(sock),
+            pid=os.getpid(),
+            non_dumpable=sealed,
+        )
         if notify:
             notify("READY=1")
         await stop.wait()

@@ -204,7 +204,10 @@ class AgentConfig:
     envs: dict[str, str] = field(default_factory=dict)
     secret_names: tuple[str, ...] = ()
     num_gpus_per_node: float = 0
-    daemon_url: str = ""  # "unix:/path/to/sock" or "http://host:port"
+    daemon_url: str = ""  # "unix:/path/to/sock", "http://host:port" or "https://host:port"
+    # The CA that signed the daemon's TLS certificate (public PEM text, not a secret): with an
+    # https daemon_url the agent trusts this CA only; "" = the system's trust store.
+    daemon_ca_pem: str = ""
     token: str = ""  # per-instance bearer token for the agent API
     checkpoint_store: str = ""  # where checkpoints outlive instances (dir or s3:// URL)
     checkpoint_sync_seconds: float = 30.0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from spotd.files.checkpoint_s3 import S3CheckpointStore
-from spotd.files.private import PRIVATE_DIR
+from spotd.files.private import PRIVATE_DIR, private_dir
 from spotd.types import AgentConfig
 
 __all__ = ["FINAL", "MARKER", "AsyncCheckpointStore", "CheckpointStore", "open_checkpoint_store"]
@@ -43,7 +43,8 @@ class CheckpointStore:
         self.attempt = attempt
 
     def _lock(self) -> IO[str]:
-        self.store.parent.mkdir(parents=True, exist_ok=True)
+        if not self.store.parent.is_dir():  # made here: private (one that exists is the admin's)
+            private_dir(self.store.parent)
         f = open(self.store.parent / f".{self.store.name}.lock", "w")  # noqa: SIM115
         fcntl.flock(f, fcntl.LOCK_EX)
         return f

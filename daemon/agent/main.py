@@ -9,12 +9,15 @@
 3. heartbeats to the daemon every ``heartbeat_seconds`` with its phase, exit code, notice and the
    next slice of ``job.log`` (the daemon acknowledges the byte offset it has stored, so a
    reconnecting agent resends exactly what was missed and nothing twice);
-4. watches for a preemption notice (the provider's metadata URL, or a local notice file): on
-   one it reports at once, sends SIGTERM to the job, SIGKILL after the grace period, and syncs
-   the checkpoint;
+4. watches for a preemption notice (the provider's metadata URL — EC2's with IMDSv2 session
+   tokens, ``spotd.agent.imds`` — or a local notice file): on one it reports at once, sends
+   SIGTERM to the job, SIGKILL after the grace period, and syncs the checkpoint;
 5. syncs the checkpoint directory up periodically and when the job ends;
 6. keeps running while the daemon is away, and exits only once the daemon has acknowledged the
    final state, so a result is never lost to a daemon restart.
+
+A daemon reached over https whose certificate does not verify (``spotd.agent.transport``) is
+not "away": the agent stops the job and exits with ``UNTRUSTED_EXIT``, sending it nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import aiohttp
 
 from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store
 from spotd.agent.environment import build_env
+from spotd.agent.imds import Imds
+from spotd.agent.transport import UNTRUSTED_EXIT, DaemonUntrusted, daemon_session, untrusted
 from spotd.aiokit import sleep
 from spotd.files import mounts
 from spotd.files.private import open_private_append, private_dir, write_private_json
@@ -68,6 +73,8 @@ class Agent:
         self.ckpt = open_checkpoint_store(cfg)
         self.last_sync: float | None = None
         self.gpus = GpuReader()  # no GPU (or no NVML) reads as an empty list, never an error
+        ec2 = bool(cfg.notice_url) and not cfg.notice_url.startswith("gce+")
+        self.imds = Imds(cfg.notice_url, say=self._log) if ec2 else None
         saved = self._load_state()
         if saved:  # an agent restarted on the same instance resumes its bookkeeping
             self.acked_offset = saved.get("acked_offset", 0)
@@ -256,6 +263,13 @@ class Agent:
         self._log(f"run exited with {rc}")
         self._set_phase("exited", rc)
 
+    def kill_job(self) -> None:
+        """SIGKILL what is left of the job's process group (the agent is leaving)."""
+        job = self.job
+        if job is not None and job.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGKILL)
+
     async def on_notice(self) -> None:
         """Checkpoint before the machine goes: SIGTERM, grace, SIGKILL, sync."""
         await self.notice.wait()
@@ -297,14 +311,13 @@ class Agent:
                 return None
         if session is None:
             return None
-        if self.cfg.notice_url.startswith("gce+"):
+        if self.imds is None:
             return await self._poll_gce(session, self.cfg.notice_url[len("gce+") :])
-        url = self.cfg.notice_url.rstrip("/") + "/latest/meta-data/spot/instance-action"
         try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
-                if r.status != 200:
-                    return None
-                data = json.loads(await r.text())
+            status, text = await self.imds.get(session, "/latest/meta-data/spot/instance-action")
+            if status != 200:
+                return None
+            data = json.loads(text)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
         try:
@@ -335,12 +348,18 @@ class Agent:
         return time.time() < until
 
     async def report_loop(self, session: aiohttp.ClientSession, base: str) -> None:
+        """Heartbeat until the daemon has acknowledged the final state. A daemon away is
+        retried for ever; one whose certificate does not verify raises ``DaemonUntrusted``."""
         headers = {"Authorization": f"Bearer {self.cfg.token}"}
         while not self.stop.is_set():
             self.wake.clear()
             if not self._partitioned():
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                try:
                     await self._report_once(session, base, headers)
+                except aiohttp.ClientConnectorCertificateError as exc:
+                    raise untrusted(self.cfg, exc) from exc
+                except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                    pass  # the daemon is away (restarting, partitioned): the next beat retries
             if self.phase in ("exited", "setup_failed", "preempted") and self._all_acked():
                 self.stop.set()
                 return
@@ -389,13 +408,6 @@ class Agent:
             self.wake.set()  # more log to send: go again at once
 
 
-def _session_for(url: str) -> tuple[aiohttp.ClientSession, str]:
-    if url.startswith("unix:"):
-        conn: aiohttp.BaseConnector = aiohttp.UnixConnector(path=url[len("unix:") :])
-        return aiohttp.ClientSession(connector=conn), "http://spotd"
-    return aiohttp.ClientSession(), url.rstrip("/")
-
-
 async def amain(root: Path) -> int:
     # the instance's directory holds the agent's config (its token, the task's secrets), the
     # job's log and its files: the provider made it private; narrow it here too, for a
@@ -406,19 +418,38 @@ async def amain(root: Path) -> int:
     raw["secret_names"] = tuple(raw.get("secret_names") or ())
     cfg = AgentConfig(**raw)
     agent = Agent(cfg, root)
-    session, base = _session_for(cfg.daemon_url)
-    async with session:
+    try:
+        return await _serve(agent)
+    except DaemonUntrusted as exc:
+        agent._log(str(exc))
+        print(f"spotd-agent: {exc}", file=sys.stderr, flush=True)
+        return UNTRUSTED_EXIT
+
+
+async def _serve(agent: Agent) -> int:
+    """Run the job, watch for notices and report, until the daemon has the final state."""
+    session, base = daemon_session(agent.cfg)
+    # the metadata service is link-local plain HTTP: never the daemon's session, or its CA
+    async with session, aiohttp.ClientSession() as metadata:
         reporter = asyncio.create_task(agent.report_loop(session, base), name="report")
-        watcher = asyncio.create_task(agent.watch_notice(session), name="notice")
+        watcher = asyncio.create_task(agent.watch_notice(metadata), name="notice")
         noticer = asyncio.create_task(agent.on_notice(), name="on-notice")
         job = asyncio.create_task(agent.run_job(), name="job")
-        await asyncio.wait({job, noticer}, return_when=asyncio.FIRST_COMPLETED)
-        if agent.notice.is_set():
-            await noticer
-        job.cancel()
-        watcher.cancel()
-        await reporter  # returns once the daemon acknowledged the final state
-        noticer.cancel()
+        try:
+            await asyncio.wait({job, noticer, reporter}, return_when=asyncio.FIRST_COMPLETED)
+            if reporter.done():
+                reporter.result()  # ended before the job: an untrusted daemon, raised here
+            if agent.notice.is_set():
+                await noticer
+            job.cancel()
+            watcher.cancel()
+            await reporter  # returns once the daemon acknowledged the final state
+        finally:
+            tasks = (job, watcher, noticer, reporter)
+            for task in tasks:
+                task.cancel()
+            agent.kill_job()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return 0
 
 

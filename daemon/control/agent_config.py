@@ -7,7 +7,9 @@ from the task, the provider's capabilities and the settings here, so the two can
 
 Where the agent reports: a provider that declares ``AgentEndpoint`` says so (its instances
 cannot reach our unix socket); any other provider's instances run on this machine and use the
-daemon's socket (and a replica there gets the daemon's Python first on ``PATH``).
+daemon's socket (and a replica there gets the daemon's Python first on ``PATH``). An agent
+that calls an https ``daemon_url`` is handed the CA of the daemon's certificate (``tls_ca``),
+so it verifies whom it reports to (and sends its token) with no system trust store involved.
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ def endpoints(provider: Provider, socket_path: Path) -> tuple[str, str]:
     return f"unix:{socket_path}", ""
 
 
+def daemon_ca_pem(settings: Settings, daemon_url: str) -> str:
+    """The CA an agent checks the daemon's certificate against: ``tls_ca``'s PEM text when the
+    agent calls the daemon over https (a certificate is public: it may travel in user-data);
+    "" otherwise (a unix socket or plain http has no certificate, and an https URL without
+    ``tls_ca`` is verified against the instance's system trust store)."""
+    if not daemon_url.startswith("https://") or settings.tls_ca is None:
+        return ""
+    return settings.tls_ca.read_text()
+
+
 def gpus_per_node(task: Task) -> float:
     """The most accelerators any of the task's resource options asks for."""
     return max((o.accelerator_count for o in task.resource_request().options), default=0)
@@ -104,6 +116,7 @@ def build_agent_config(
         secret_names=tuple(task.secrets),
         num_gpus_per_node=gpus_per_node(task),
         daemon_url=daemon_url,
+        daemon_ca_pem=daemon_ca_pem(settings, daemon_url),
         notice_url=notice_url,
         token=token,
         checkpoint_store=files.checkpoint_store,

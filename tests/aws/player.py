@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -32,9 +33,17 @@ from spotd.providers.base import TAG_HOME, TAG_KEY
 
 class InstancePlayer:
     def __init__(
-        self, *, url: str, home_tag: str, regions: tuple[str, ...], root: Path, env: dict[str, str]
+        self,
+        *,
+        url: str,
+        home_tag: str,
+        regions: tuple[str, ...],
+        root: Path,
+        env: dict[str, str],
+        rewrite: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.url = url
+        self.rewrite = rewrite  # a test's change to what the user-data carried (a forged CA)
         self.home_tag = home_tag
         self.regions = regions
         self.root = root
@@ -87,6 +96,8 @@ class InstancePlayer:
         d = self.root / cfg["instance_key"]
         d.mkdir(parents=True, exist_ok=True)
         cfg["instance_dir"] = str(d)
+        if self.rewrite is not None:
+            cfg = self.rewrite(cfg)
         (d / "agent.json").write_text(json.dumps(cfg))
         out = open(d / "agent.out", "ab")  # noqa: SIM115 - handed to the child
         try:

@@ -180,10 +180,11 @@ async def test_spot_interruption_recovers_into_the_next_cheapest_region(
     steps = 60
     spec_path = tmp_path / "train.yaml"
     spec_path.write_text(job_yaml(steps))
-    # --dry-run lists the candidates of every enabled provider, with prices
+    # --dry-run lists the candidates, with prices: with a cloud enabled, the local provider's
+    # simulated types are not among them unless the task asks for `infra: local` (issue #14)
     r = aws_daemon.proc.spotctl("jobs", "launch", str(spec_path), "--dry-run", "-o", "json")
     assert r.returncode == 0, r.stderr
-    assert {c["provider"] for c in json.loads(r.stdout)["candidates"]} == {"local", "aws"}
+    assert {c["provider"] for c in json.loads(r.stdout)["candidates"]} == {"aws"}
     r = aws_daemon.proc.spotctl(
         "jobs", "launch", str(spec_path), "--infra", "aws", "--dry-run", "-o", "json"
     )

@@ -150,6 +150,10 @@ async def test_spot_launch_is_tagged_tokened_and_bootstrapped(fx: Fixture) -> No
     assert inst["InstanceType"] == "g4dn.xlarge"
     assert inst["Placement"]["AvailabilityZone"] == "us-west-2b"
     assert inst["ClientToken"] == client_token(spec) == f"spotd-{fx.home}-j7-a2-n0"
+    # IMDSv2 only: a metadata GET without a session token is refused on the instance
+    options = inst["MetadataOptions"]
+    assert (options["HttpTokens"], options["HttpEndpoint"]) == ("required", "enabled")
+    assert options["HttpPutResponseHopLimit"] == 1
     script = await fx.user_data("us-west-2", iid)
     agent = aws.agent_from_user_data(script)
     assert agent["daemon_url"] == "http://10.0.0.5:8470"

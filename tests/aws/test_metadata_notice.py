@@ -5,6 +5,10 @@ EC2 announces a spot interruption two minutes ahead in the instance metadata ser
 does not model it. Here a small HTTP server on loopback plays ``169.254.169.254`` and another
 plays the daemon's heartbeat endpoint; a real agent process polls the first and must report
 the notice to the second, with EC2's deadline, then stop the job and checkpoint.
+
+The metadata service plays an instance launched as spotd launches them, with IMDSv2 required
+(``HttpTokens=required``): a GET without a valid session token is answered 401, as EC2 does, so
+the agent sees the notice only if it does the token exchange (``PUT /latest/api/token``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -25,6 +30,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from spotd.agent.imds import TOKEN_HEADER, TTL_HEADER
 from spotd.types import AgentConfig
 
 pytestmark = pytest.mark.aws
@@ -48,7 +54,12 @@ class Loopback:
         self.action: dict[str, str] | None = None
         self.heartbeats: list[dict[str, Any]] = []
         self.sizes = 0
+        self.tokens: dict[str, float] = {}  # IMDSv2 session token -> when it expires
+        self.ttls: list[int] = []  # the lifetimes the agent asked for
+        self.refused = 0  # GETs answered 401: no token, or not one of ours
+        self.served = 0  # GETs with a valid token
         app = web.Application()
+        app.router.add_put("/latest/api/token", self.token)
         app.router.add_get("/latest/meta-data/spot/instance-action", self.instance_action)
         app.router.add_post("/agent/v1/heartbeat", self.heartbeat)
         self.runner = web.AppRunner(app, access_log=None)
@@ -61,7 +72,25 @@ class Loopback:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
 
+    async def token(self, request: web.Request) -> web.Response:
+        """IMDSv2: a session token for the TTL asked (1 s to 6 h), else 400 as EC2 answers."""
+        try:
+            ttl = int(request.headers[TTL_HEADER])
+        except (KeyError, ValueError):
+            return web.Response(status=400, text="Bad Request")
+        if not 1 <= ttl <= 21600:
+            return web.Response(status=400, text="Bad Request")
+        self.ttls.append(ttl)
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = time.time() + ttl
+        return web.Response(text=token)
+
     async def instance_action(self, request: web.Request) -> web.Response:
+        token = request.headers.get(TOKEN_HEADER, "")
+        if self.tokens.get(token, 0.0) <= time.time():  # HttpTokens=required
+            self.refused += 1
+            return web.Response(status=401, text="Unauthorized")
+        self.served += 1
         if self.action is None:
             return web.Response(status=404, text="Not Found")
         return web.json_response(self.action)
@@ -91,7 +120,9 @@ async def until(pred: Any, what: str, timeout: float = 20.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_the_agent_reports_the_metadata_notice(loopback: Loopback, tmp_path: Path) -> None:
+async def test_the_agent_reports_the_metadata_notice_with_imdsv2(
+    loopback: Loopback, tmp_path: Path
+) -> None:
     cfg = AgentConfig(
         instance_key="j1-a1-n0",
         attempt_id="j1-a1",
@@ -139,6 +170,9 @@ async def test_the_agent_reports_the_metadata_notice(loopback: Loopback, tmp_pat
         )
         assert (tmp_path / "store" / "saved").read_text() == "on SIGTERM"
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+        # one token for the agent's whole life (six hours asked), on every poll: none refused
+        assert loopback.ttls == [21600]
+        assert loopback.refused == 0 and loopback.served > 1
     finally:
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from spotd.providers.aws import AwsConfig, run_instances_request
+from spotd.providers.aws import AwsConfig, AwsConfigError, run_instances_request
 from spotd.providers.base import TAG_HOME, TAG_KEY, InstanceSpec
 from spotd.types import AgentConfig, Market
 
@@ -114,3 +114,29 @@ def test_instance_and_volumes_carry_the_tags_and_a_name() -> None:
     assert by_type["instance"] == by_type["volume"]
     tags = {t["Key"]: t["Value"] for t in by_type["instance"]}
     assert tags == {TAG_HOME: "h", TAG_KEY: "j1-a1-n0", "Name": "spotd-j1-a1-n0"}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        # the agent runs in the instance's own network namespace: one hop is enough
+        ({}, {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1}),
+        # jobs that run containers needing the instance role: one hop more
+        (
+            {"imds_hop_limit": 2},
+            {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+        ),
+    ],
+)
+def test_instances_require_imdsv2(cfg: dict[str, Any], expected: dict[str, Any]) -> None:
+    for market in Market:
+        kw = run_instances_request(
+            spec(market), AwsConfig.from_mapping(cfg), image="ami-1", token="t", user_data=""
+        )
+        assert kw["MetadataOptions"] == expected
+
+
+@pytest.mark.parametrize("hops", [0, 65, -1, "2", True, 1.5, None])
+def test_a_hop_limit_ec2_would_refuse_is_a_config_error(hops: object) -> None:
+    with pytest.raises(AwsConfigError, match="imds_hop_limit"):
+        AwsConfig.from_mapping({"imds_hop_limit": hops})

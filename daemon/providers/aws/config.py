@@ -31,6 +31,7 @@ _CONFIG_KEYS = frozenset(
         "agent_install",
         "catalog",
         "package_store",
+        "imds_hop_limit",
     }
 )
 
@@ -68,6 +69,13 @@ class AwsConfig:
                                                # <checkpoint_store>/packages)
         agent_install: spotd[aws]==0.1.0       # what user-data pip-installs
         catalog: /path/to/aws.yaml             # default: refreshed copy, else the snapshot
+        imds_hop_limit: 1                      # IMDSv2 token hops (2: containers need tokens)
+
+    Instances require IMDSv2 session tokens. ``imds_hop_limit`` is how many network hops the
+    token's answer may travel: 1 (the default) reaches the instance's own network namespace,
+    where user-data runs the agent, and no further, so a container on a bridge network (one
+    more hop) gets no token and cannot read the instance role's credentials. Set 2 when jobs
+    run containers that need the role (AWS's advice for container hosts).
     """
 
     regions: tuple[str, ...] = ()
@@ -84,6 +92,7 @@ class AwsConfig:
     agent_install: str = DEFAULT_AGENT_INSTALL
     catalog: str | None = None
     package_store: str | None = None
+    imds_hop_limit: int = 1
 
     @property
     def package_store_url(self) -> str | None:
@@ -109,6 +118,9 @@ class AwsConfig:
         packages = raw.get("package_store")
         if packages is not None and not str(packages).startswith("s3://"):
             raise AwsConfigError("providers.aws.package_store: expected s3://bucket/prefix")
+        hops = raw.get("imds_hop_limit", 1)
+        if isinstance(hops, bool) or not isinstance(hops, int) or not 1 <= hops <= 64:
+            raise AwsConfigError("providers.aws.imds_hop_limit: expected a whole number, 1 to 64")
         groups = {
             k: [v] if isinstance(v, str) else list(v)
             for k, v in _per_region(raw.get("security_group_ids"), "security_group_ids").items()
@@ -128,6 +140,7 @@ class AwsConfig:
             agent_install=raw.get("agent_install") or DEFAULT_AGENT_INSTALL,
             catalog=raw.get("catalog") or None,
             package_store=str(packages).rstrip("/") if packages else None,
+            imds_hop_limit=hops,
         )
 
     def for_region(self, mapping: Mapping[str, Any], region: str) -> Any:

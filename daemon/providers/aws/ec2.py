@@ -128,12 +128,23 @@ def observe(inst: Mapping[str, Any], region: str) -> ObservedInstance | None:
     )
 
 
+def metadata_options(config: AwsConfig) -> dict[str, Any]:
+    """IMDSv2 only: a metadata GET without a session token is refused (the agent does the
+    token exchange, ``spotd.agent.imds``), and the token's answer goes ``imds_hop_limit``
+    hops at most (1: this instance's own network namespace, see ``AwsConfig``)."""
+    return {
+        "HttpTokens": "required",
+        "HttpEndpoint": "enabled",
+        "HttpPutResponseHopLimit": config.imds_hop_limit,
+    }
+
+
 def run_instances_request(
     spec: InstanceSpec, config: AwsConfig, *, image: str, token: str, user_data: str
 ) -> dict[str, Any]:
     """The ``RunInstances`` arguments for one node: tagged (instance and volume), placed in the
-    spec's zone, spot one-time where the spec asks for spot, and terminated (never stopped)
-    when the agent's machine shuts down."""
+    spec's zone, spot one-time where the spec asks for spot, terminated (never stopped) when
+    the agent's machine shuts down, and with IMDSv2 required (``metadata_options``)."""
     tags = [{"Key": k, "Value": str(v)} for k, v in spec.tags.items()]
     tags.append({"Key": "Name", "Value": f"spotd-{spec.key}"})
     kw: dict[str, Any] = {
@@ -148,8 +159,7 @@ def run_instances_request(
             {"ResourceType": "instance", "Tags": tags},
             {"ResourceType": "volume", "Tags": tags},
         ],
-        # The agent polls the metadata service without an IMDSv2 session token.
-        "MetadataOptions": {"HttpTokens": "optional", "HttpEndpoint": "enabled"},
+        "MetadataOptions": metadata_options(config),
         "InstanceInitiatedShutdownBehavior": "terminate",
     }
     if spec.market == Market.SPOT:

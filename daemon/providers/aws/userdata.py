@@ -14,6 +14,9 @@ from typing import Any
 from spotd.providers.base import TAG_HOME, InstanceSpec, InvalidRequest
 from spotd.types import AgentConfig
 
+# the agent's exit status for a daemon it cannot verify (spotd.agent.transport.UNTRUSTED_EXIT;
+# providers do not import the agent, so the number is repeated here and a test compares them)
+UNTRUSTED_EXIT = 3
 AGENT_ROOT = "/var/lib/spotd"  # where user-data puts the agent's files on the instance
 USER_DATA_LIMIT = 16 * 1024  # EC2 refuses larger user-data
 
@@ -44,7 +47,8 @@ def agent_for_instance(
 
 def render_user_data(agent: AgentConfig, *, install: str) -> str:
     """The bash script EC2 runs as root on first boot: install spotd, write the agent's config,
-    start the agent as a systemd unit (restarted if it crashes; it resumes from its state file).
+    start the agent as a systemd unit (restarted if it crashes; it resumes from its state file;
+    not when it exits because the daemon's certificate does not verify: that would not change).
 
     The agent config (job scripts, envs and the per-instance token) is embedded gzip+base64.
     """
@@ -68,6 +72,7 @@ echo {blob} | base64 -d | gunzip > {d}/agent.json
 umask 022
 chmod 600 {d}/agent.json
 systemd-run --unit=spotd-agent-{agent.instance_key} --property=Restart=on-failure \\
+  --property=RestartPreventExitStatus={UNTRUSTED_EXIT} \\
   --working-directory={d} /opt/spotd/bin/python -m spotd.agent {d}
 """
     if len(script.encode()) > USER_DATA_LIMIT:
