@@ -36,7 +36,17 @@ class Settings:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     allow_plaintext_tcp: bool = False
+    # the agents' listener (spotd.server): only the agent routes, on ``agent_socket_path``
+    # always, and on TCP when agent_host/agent_port are set (the same TLS rules as tcp_host)
+    agent_host: str | None = None
+    agent_port: int | None = None
+    # the URL agents on remote backends reach that TCP listener at (its bind address may be
+    # 0.0.0.0); default: http(s)://agent_host:agent_port
+    agent_url: str | None = None
     local_catalog: Path | None = None  # override of the packaged local catalog
+    # directories on the daemon's host under which the admin may name workdir/file_mounts
+    # sources (the daemon packs them); none by default: clients upload their files
+    file_roots: tuple[Path, ...] = ()
     observe_interval: float = 0.5  # seconds between batched provider listings
     heartbeat_seconds: float = 0.5  # agents' heartbeat period
     suspect_after: float = 3.0  # no heartbeat for this long: the instance is suspect
@@ -49,6 +59,13 @@ class Settings:
     idle_gpu_minutes: float = 0.0
     idle_gpu_threshold: float = 10.0
     idle_gpu_action: str = "flag"
+    # retention (spotd.control.retention), in days; 0 keeps forever. Events and zone events
+    # older than this are deleted; so are the attempt logs of jobs that ended this long ago.
+    # Zone events younger than a day are always kept: placement reads a day of history.
+    retention_events_days: float = 30.0
+    retention_zone_events_days: float = 14.0
+    retention_logs_days: float = 14.0
+    retention_interval: float = 3600.0  # seconds between two retention passes
     # per-provider configuration, e.g. {"aws": {"regions": [...]}, "slurm": {...}}; the
     # embedded "local" provider is always on unless {"local": {"enabled": false}}
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -57,6 +74,11 @@ class Settings:
     @property
     def socket_path(self) -> Path:
         return self.home / "spotd.sock"
+
+    @property
+    def agent_socket_path(self) -> Path:
+        """The agents' socket: mode 0666, serving only the agent routes (their own token)."""
+        return self.home / "agent.sock"
 
     @property
     def pid_path(self) -> Path:
@@ -92,6 +114,10 @@ _FLOAT_KEYS = (
     "term_grace_seconds",
     "idle_gpu_minutes",
     "idle_gpu_threshold",
+    "retention_events_days",
+    "retention_zone_events_days",
+    "retention_logs_days",
+    "retention_interval",
 )
 
 
@@ -122,6 +148,41 @@ def _tls_settings(data: dict[str, Any], env: dict[str, str], home: Path) -> dict
     return out
 
 
+def _agent_listener(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """The agents' TCP listener, from ``SPOTD_AGENT_TCP`` (HOST:PORT) or agent_host/agent_port,
+    and the URL agents are told to call it at (``SPOTD_AGENT_URL`` or agent_url)."""
+    raw = env.get("SPOTD_AGENT_TCP") or (
+        f"{data['agent_host']}:{data.get('agent_port', 8471)}" if data.get("agent_host") else ""
+    )
+    out: dict[str, Any] = {}
+    if raw:
+        host, _, port = str(raw).rpartition(":")
+        try:
+            out["agent_host"], out["agent_port"] = host or "127.0.0.1", int(port)
+        except ValueError as exc:
+            raise ConfigError(f"SPOTD_AGENT_TCP must be HOST:PORT, got {raw!r}") from exc
+    url = env.get("SPOTD_AGENT_URL") or data.get("agent_url")
+    if url:
+        if not str(url).startswith(("http://", "https://")):
+            raise ConfigError(f"agent_url must be an http(s):// URL, got {url!r}")
+        out["agent_url"] = str(url).rstrip("/")
+    return out
+
+
+def _file_roots(env: dict[str, str], data: dict[str, Any]) -> tuple[Path, ...]:
+    """``SPOTD_FILE_ROOTS`` (paths joined by ``:``) or the file's ``file_roots`` (a list of
+    absolute paths), resolved: a source is allowed if it resolves under one of them."""
+    raw = env.get("SPOTD_FILE_ROOTS")
+    items: Any = raw.split(os.pathsep) if raw else data.get("file_roots") or []
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        raise ConfigError("file_roots must be a list of absolute paths")
+    roots = tuple(Path(i).expanduser() for i in items if i)
+    relative = [str(r) for r in roots if not r.is_absolute()]
+    if relative:
+        raise ConfigError(f"file_roots must be absolute paths, got {relative}")
+    return tuple(r.resolve() for r in roots)
+
+
 def default_home() -> Path:
     return Path(os.environ.get("SPOTD_HOME") or Path.home() / ".spotd").expanduser()
 
@@ -147,7 +208,11 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         "api_token",
         *_TLS_KEYS,
         "allow_plaintext_tcp",
+        "agent_host",
+        "agent_port",
+        "agent_url",
         "local_catalog",
+        "file_roots",
         "providers",
         "idle_gpu_action",
         *_FLOAT_KEYS,
@@ -167,6 +232,7 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
             tcp_host, tcp_port = host or "127.0.0.1", int(port)
         except ValueError as exc:
             raise ConfigError(f"SPOTD_TCP must be HOST:PORT, got {tcp!r}") from exc
+    agent = _agent_listener(data, env)
     token = env.get("SPOTD_API_TOKEN") or data.get("api_token")
     if tcp_host and not token:
         raise ConfigError("the TCP API needs a token: set SPOTD_API_TOKEN or api_token")
@@ -179,10 +245,13 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
                 floats[key] = float(raw)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{key} must be a number, got {raw!r}") from exc
+            if key.startswith("retention_") and not floats[key] >= 0:
+                raise ConfigError(f"{key} must be 0 (keep forever) or more, got {raw!r}")
     idle_action = str(env.get("SPOTD_IDLE_GPU_ACTION") or data.get("idle_gpu_action") or "flag")
     if idle_action not in ("flag", "stop"):
         raise ConfigError(f"idle_gpu_action must be flag or stop, got {idle_action!r}")
     catalog = env.get("SPOTD_LOCAL_CATALOG") or data.get("local_catalog")
+    file_roots = _file_roots(env, data)
     providers = data.get("providers") or {}
     if env.get("SPOTD_PROVIDERS_JSON"):  # for tests and containers: the same shape, as JSON
         try:
@@ -198,7 +267,9 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         tcp_port=tcp_port,
         api_token=token,
         **tls,
+        **agent,
         local_catalog=Path(catalog) if catalog else None,
+        file_roots=file_roots,
         providers=providers,
         idle_gpu_action=idle_action,
         **floats,  # type: ignore[arg-type]

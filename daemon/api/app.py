@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import structlog
 from aiohttp import web
 
-from spotd.api import agents, chaos, cost, jobs, logs, openapi, ops, projects, services
+from spotd.api import agents, chaos, cost, files, jobs, logs, openapi, ops, projects, services
 from spotd.api.common import (
     CONTROLLER,
     METRICS,
@@ -57,6 +57,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
     *ops.ROUTES,
     *openapi.ROUTES,
     *jobs.ROUTES,
+    *files.ROUTES,
     *logs.ROUTES,
     *chaos.ROUTES,
     *agents.ROUTES,
@@ -66,6 +67,8 @@ ROUTE_TABLE: tuple[Route, ...] = (
 )
 # the table by (method, path), for the auth middleware
 ROUTES_BY_KEY = web.AppKey("routes_by_key", Mapping[tuple[str, str], Route])
+# whose routes a listener serves (None: everyone's), for the auth middleware
+LISTENER_CALLERS: web.AppKey[frozenset[Caller] | None] = web.AppKey("listener_callers")
 
 
 def refusal_status(exc: Refused) -> int:
@@ -122,6 +125,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     route = _route(request)
     if not request.app[TCP_APP] or (route is not None and Caller.AGENT in route.callers):
         return await handler(request)
+    if route is None and request.app[LISTENER_CALLERS] is not None:
+        return await handler(request)  # a listener for some callers: the rest does not exist
     token = request.app[SETTINGS].api_token or ""
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if token and hmac.compare_digest(given.encode(), token.encode()):
@@ -165,6 +170,7 @@ def make_app(
     app[METRICS] = metrics_
     app[TCP_APP] = tcp
     app[ROUTES_BY_KEY] = {r.key: r for r in table}
+    app[LISTENER_CALLERS] = callers
     app[openapi.OPENAPI] = openapi.document(table)
     for route in table:
         if route.method == "GET":  # with HEAD, as aiohttp's add_get does

@@ -26,9 +26,11 @@ from spotd.api.common import (
     read_body,
     scope,
 )
+from spotd.api.files import Sha256
 from spotd.api.params import PathId, QueryList
 from spotd.api.routes import TENANT, Route
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
+from spotd.providers.local_tenancy import LocalTenancy
 from spotd.store import AsyncStore, AttemptRow, JobRow, StaleTransition
 from spotd.telemetry import gpu
 from spotd.types import Candidate, JobStatus
@@ -57,9 +59,10 @@ class LaunchBody(Body):
     deadline: str | None = Field(default=None, max_length=64)  # ISO-8601 or a duration ("6h")
     infra: LineText | None = None  # replaces resources.infra (`spotctl jobs launch --infra aws`)
     project: str = Field(default="default", max_length=64)
-    base_dir: PathText | None = (
-        None  # the client's working directory: relative workdirs resolve here
-    )
+    # the admin's paths on the daemon's host (under file_roots) resolve here when relative
+    base_dir: PathText | None = None
+    # what the client uploaded (/v1/blobs): "workdir" or a mount target -> the manifest's sha256
+    packages: dict[PathText, Sha256] = Field(default_factory=dict, max_length=1024)
 
 
 # -- views -------------------------------------------------------------------------------
@@ -186,6 +189,7 @@ async def launch(request: web.Request) -> web.Response:
         infra=body.infra,
         project=body.project,
         base_dir=body.base_dir,
+        packages=body.packages,
     )
     plan = await plan_submission(
         req,
@@ -194,6 +198,9 @@ async def launch(request: web.Request) -> web.Response:
         providers=ctl.providers,
         store=store,
         now=time.time(),
+        file_roots=request.app[SETTINGS].file_roots,
+        blob_store=request.app[SETTINGS].home / "cas",
+        local_tenancy=LocalTenancy.from_config(request.app[SETTINGS].providers.get("local", {})),
     )
     if body.dry_run:
         return web.json_response({"dry_run": True, **plan_json(plan)})

@@ -38,7 +38,7 @@ class Route:
     or parameters can also answer 400, every route on TCP 401/403 — the document adds those.
     """
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "PATCH", "PUT"]
     path: str
     handler: Handler
     summary: str

@@ -1,7 +1,9 @@
 """``spotctl jobs launch|queue|logs|events|cancel``: managed jobs.
 
-``jobs launch`` sends one request: the daemon plans the job, stores it, and answers with the
-job and the plan it used, which is printed as the placement table. ``--dry-run`` sends the
+``jobs launch`` first uploads the task's workdir and local file_mounts (only the files the
+daemon lacks: ``spotd.sdk.uploads``; a progress bar when that is more than a few MB), then
+sends one request: the daemon plans the job, stores it, and answers with the job and the plan
+it used, which is printed as the placement table. ``--dry-run`` sends the
 same request with ``dry_run`` set and prints the plan alone. Only a person at a terminal who
 did not pass ``-y`` is shown the plan before anything is stored, to confirm it: that costs a
 dry run first.
@@ -17,14 +19,23 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
-from spotd.cli.common import ago, dur, out, parse_env, print_events, print_json, run
+from spotd.cli.common import ago, dur, err, out, parse_env, print_events, print_json, run
+from spotd.sdk.uploads import SourceError
 
 if TYPE_CHECKING:
     from spotd.sdk.client import Client
 
-__all__ = ["jobs", "plan_table", "print_jobs"]
+__all__ = ["jobs", "plan_table", "print_jobs", "upload_line"]
 
 STATUS_STYLE = MappingProxyType(
     {
@@ -38,6 +49,7 @@ STATUS_STYLE = MappingProxyType(
     }
 )
 _PLAN_ROWS = 8  # the chosen placement and the next seven
+_BAR_BYTES = 8 << 20  # uploads larger than this show a progress bar
 
 
 @click.group()
@@ -80,6 +92,12 @@ def plan_table(plan: dict[str, Any]) -> Table:
     help="Run only here, e.g. aws, aws/us-east-1, k8s, slurm (overrides resources.infra).",
 )
 @click.option("-p", "--project", default=None, help="Launch into this project (default: default).")
+@click.option(
+    "--host-paths",
+    is_flag=True,
+    help="workdir/file_mounts name paths on the daemon's host, not uploaded (the admin's, "
+    "under the daemon's file_roots).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def jobs_launch(
     file: str,
@@ -91,12 +109,14 @@ def jobs_launch(
     deadline: str | None,
     infra: str | None,
     project: str | None,
+    host_paths: bool,
     output: str,
 ) -> None:
     """Launch FILE as a managed job."""
     text = Path(file).read_text()
     env = parse_env(envs)
     confirm = not dry_run and not yes and sys.stdin.isatty()
+    bar = _UploadBar(enabled=output == "table" and err.is_terminal)
 
     def request(c: Client, *, dry: bool) -> Awaitable[Any]:
         return c.launch(
@@ -108,6 +128,8 @@ def jobs_launch(
             deadline=deadline,
             infra=infra,
             project=project,
+            host_paths=host_paths,
+            progress=bar.update,
         )
 
     async def go(c: Client) -> Any:
@@ -120,6 +142,9 @@ def jobs_launch(
             if not click.confirm("Launch this job?", default=True):
                 sys.exit(1)
         job = await request(c, dry=False)
+        bar.close()
+        if output == "table" and "upload" in job:
+            out.print(upload_line(job["upload"]))
         if output == "table" and not confirm:
             out.print(plan_table(job["plan"]))
         if detach or output == "json":
@@ -133,7 +158,13 @@ def jobs_launch(
             sys.stdout.flush()
         return await c.job(job["id"])
 
-    result = run(go)
+    try:
+        result = run(go)
+    except SourceError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True)
+        sys.exit(1)
+    finally:
+        bar.close()
     if output == "json":
         print_json(result)
     elif dry_run:
@@ -144,6 +175,47 @@ def jobs_launch(
         print_jobs([result])
         if result["status"] != "SUCCEEDED":
             sys.exit(1)
+
+
+def upload_line(report: dict[str, Any]) -> str:
+    """What a launch's files cost, from the SDK's ``upload`` report."""
+    return (
+        f"Files: {report['files']} in {report['packages']} package(s), "
+        f"{report['bytes'] / 1e6:.1f} MB; uploaded {report['uploaded_blobs']} of "
+        f"{report['blobs']} blobs, {report['uploaded_bytes'] / 1e6:.1f} MB (the daemon had "
+        "the rest)"
+    )
+
+
+class _UploadBar:
+    """A rich progress bar for an upload, shown only once it is worth watching."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def update(self, sent: int, total: int) -> None:
+        if not self._enabled or total < _BAR_BYTES:
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("uploading"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=err,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("upload", total=total)
+        assert self._task is not None
+        self._progress.update(self._task, completed=sent)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:

@@ -1,5 +1,12 @@
 """The one launch request: a task submission becomes a ``Plan``, and the plan becomes a job.
 
+Files come from the client: ``spotctl`` and the SDK upload the workdir and local file_mounts
+as packages (``spotd.api.files``) and the request names each by its manifest (``packages``:
+``workdir`` or the mount's target → sha). A source the request does not name that way is a
+path on the daemon's host: refused to a project token, and to the admin unless it resolves
+(symlinks followed) under one of the config's ``file_roots`` (none by default), e.g. a project
+token's ``workdir: /root/.aws`` is a 403, whatever exists there.
+
 ``plan_submission`` does everything that can refuse a launch, in the order a user meets the
 problems: the YAML and its one task, ``--infra``, local paths and buckets, ``run`` and no
 ``service:``, a feasible placement on real capacity (``spotd.pricing.catalog.real_capacity``:
@@ -26,22 +33,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from spotd.config import Settings
 from spotd.control import quota
+from spotd.control.refusals import (
+    InvalidRequest,
+    NotPermitted,
+    QuotaExceeded,
+    Refused,
+    UnknownProject,
+)
+from spotd.control.sources import Uploaded, check_files, check_sources, package_files, packed_event
 from spotd.files import mounts as s3src
-from spotd.files.workdir import BlobStore, HashCache, PackageError, PackResult, check_mount_target
-from spotd.files.workdir import package as package_path
+from spotd.files.workdir import BlobStore, PackageError
 from spotd.pricing.catalog import real_capacity
 from spotd.providers.base import Provider
+from spotd.providers.local_tenancy import LocalTenancy, local_refusal
 from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks_bounded, parse_duration
 from spotd.store import AsyncStore, JobRow, OverQuota
@@ -59,6 +72,7 @@ __all__ = [
     "check_files",
     "check_quota",
     "check_runnable",
+    "check_sources",
     "launch_project",
     "package_files",
     "parse_deadline",
@@ -72,31 +86,6 @@ __all__ = [
 ]
 
 
-class Refused(Exception):
-    """A launch the daemon will not accept; nothing was stored or started."""
-
-    def __init__(self, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-
-class InvalidRequest(Refused):
-    """The request itself is wrong: bad YAML, a missing path, no feasible placement."""
-
-
-class NotPermitted(Refused):
-    """The caller may not do this: a project token launching into another project."""
-
-
-class QuotaExceeded(NotPermitted):
-    """The job would take its project over one of its limits (GPUs, jobs, nodes per job)."""
-
-
-class UnknownProject(Refused):
-    """The request names a project that does not exist."""
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LaunchRequest:
     """What a client asks for: the task's YAML and how to read it."""
@@ -108,7 +97,9 @@ class LaunchRequest:
     deadline: str | None = None  # ISO-8601 or a duration from now ("6h")
     infra: str | None = None  # replaces resources.infra (`spotctl jobs launch --infra aws`)
     project: str = quota.DEFAULT_PROJECT
-    base_dir: str | None = None  # the client's working directory: relative paths resolve here
+    base_dir: str | None = None  # the admin's daemon-host paths: relative ones resolve here
+    # the packages the client uploaded: "workdir" or a mount target → the manifest's sha256
+    packages: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +114,8 @@ class Plan:
     gpus: float  # reserved against the project's quota while the job is active
     base_dir: Path
     now: float
+    uploaded: Mapping[str, Uploaded] = field(default_factory=dict)  # by "workdir"/mount target
+    file_roots: tuple[Path, ...] = ()  # where the admin's daemon-host sources may be
 
 
 # -- the pure steps ----------------------------------------------------------------------
@@ -233,31 +226,6 @@ def parse_deadline(raw: str, now: float) -> float:
     return dt.timestamp() if dt.tzinfo else dt.astimezone().timestamp()
 
 
-def _local_source(source: str, base: Path) -> Path:
-    p = Path(source).expanduser()
-    return p if p.is_absolute() else (base / p).resolve()
-
-
-def check_files(task: Task, base: Path) -> None:
-    """Refuse bad local paths before anything is stored or launched, naming the path."""
-    if task.workdir:
-        wd = _local_source(task.workdir, base)
-        if not wd.is_dir():
-            raise InvalidRequest(f"workdir: {wd} is not a directory")
-    for remote, mount in task.file_mounts.items():
-        try:
-            check_mount_target(remote)
-        except PackageError as exc:
-            raise InvalidRequest(f"file_mounts: {exc}") from exc
-        if "://" in mount.source:
-            continue  # a bucket: checked by check_buckets (the spec parser allows only s3://)
-        src = _local_source(mount.source, base)
-        if not src.exists():
-            raise InvalidRequest(f"file_mounts: {remote}: {src}: no such file or directory")
-        if not os.access(src, os.R_OK):
-            raise InvalidRequest(f"file_mounts: {remote}: {src}: not readable")
-
-
 # -- the steps that read -----------------------------------------------------------------
 
 
@@ -308,24 +276,50 @@ async def plan_submission(
     providers: Mapping[str, Provider],
     store: AsyncStore,
     now: float,
+    file_roots: Sequence[Path] = (),
+    blob_store: Path | None = None,
+    local_tenancy: LocalTenancy | None = None,
 ) -> Plan:
     """Every check a launch passes, in order; the plan a dry run shows and a launch applies.
 
     ``scope``: the project a project token limits the caller to (None: the admin).
+    ``file_roots``: where the admin's daemon-host sources may be; ``blob_store``: the
+    content store (``<home>/cas``) the client's uploads are in; ``local_tenancy``: which
+    projects the admin lets run on the daemon's own host (the local provider).
     """
     task = await parse_task(req)
     base = Path(req.base_dir or ".")
-    check_files(task, base)
+    blobs = None if blob_store is None else BlobStore(blob_store)
+    uploaded = await asyncio.to_thread(
+        check_sources,
+        task,
+        packages=req.packages,
+        scope=scope,
+        file_roots=file_roots,
+        base=base,
+        blobs=blobs,
+    )
     await check_buckets(task, providers)
     check_runnable(task)
-    enabled = providers.keys()
-    cands = place(task, catalog, enabled_providers=enabled)
+    project = launch_project(req.project, scope)
+    enabled = set(providers)
+    barred = local_refusal(project, local_tenancy) if local_tenancy else None
+    if barred and "local" in enabled:
+        enabled.discard("local")
+        catalog = [e for e in catalog if e.provider != "local"]
+        if not enabled:
+            raise NotPermitted(barred)
+    try:
+        cands = place(task, catalog, enabled_providers=enabled)
+    except InvalidRequest as exc:
+        if barred:  # what is left does not fit: say why the local provider was not a choice
+            raise NotPermitted(f"{exc.message}; {barred}") from exc
+        raise
     gpus = quota.job_gpus(
         task.resource_request(),
         usable_catalog(task, catalog, enabled_providers=enabled),
         num_nodes=task.num_nodes,
     )
-    project = launch_project(req.project, scope)
     await check_quota(store, project, quota.Ask(gpus=gpus, nodes=task.num_nodes))
     deadline = (
         parse_deadline(req.deadline, now)
@@ -341,39 +335,12 @@ async def plan_submission(
         gpus=gpus,
         base_dir=base,
         now=now,
+        uploaded=uploaded,
+        file_roots=tuple(file_roots),
     )
 
 
 # -- applying a plan ---------------------------------------------------------------------
-
-
-def package_files(task: Task, base: Path, cas: Path) -> tuple[Task, list[tuple[str, PackResult]]]:
-    """Package the workdir and the local mounts into the content-addressed store
-    (``spotd.files.workdir``); the task that comes back names the packages instead."""
-    if not task.workdir and not task.file_mounts:
-        return task, []
-    blobs = BlobStore(cas)
-    cache = HashCache(cas / "hashes.db")
-    packed: list[tuple[str, PackResult]] = []
-    try:
-        update: dict[str, Any] = {}
-        if task.workdir:
-            p = package_path(_local_source(task.workdir, base), blobs, cache)
-            update["workdir"] = p.ref
-            packed.append(("workdir", p))
-        if task.file_mounts:
-            mounts = {}
-            for remote, mount in task.file_mounts.items():
-                if s3src.is_s3(mount.source):
-                    mounts[remote] = mount  # downloaded by the agent on every attempt
-                    continue
-                p = package_path(_local_source(mount.source, base), blobs, cache)
-                mounts[remote] = mount.model_copy(update={"source": p.ref})
-                packed.append((f"file_mounts {remote}", p))
-            update["file_mounts"] = mounts
-    finally:
-        cache.close()
-    return task.model_copy(update=update), packed
 
 
 async def submit(
@@ -392,7 +359,12 @@ async def submit(
     """
     try:
         task, packed = await asyncio.to_thread(
-            package_files, plan.task, plan.base_dir, settings.home / "cas"
+            package_files,
+            plan.task,
+            plan.base_dir,
+            settings.home / "cas",
+            uploaded=plan.uploaded,
+            file_roots=plan.file_roots,
         )
     except PackageError as exc:
         raise InvalidRequest(str(exc)) from exc
@@ -412,22 +384,9 @@ async def submit(
     except OverQuota as exc:
         raise QuotaExceeded(exc.message, exc.details) from exc
     for what, p in packed:
+        message, data = packed_event(what, p)
         await store.add_event(
-            kind="files.packaged",
-            message=(
-                f"{what}: {p.files} files, {p.bytes / 1e6:.1f} MB; transferred {p.new_files} "
-                f"files, {p.new_bytes / 1e6:.1f} MB (the rest was already in the store)"
-            ),
-            now=plan.now,
-            job_id=job.id,
-            data={
-                "what": what,
-                "files": p.files,
-                "bytes": p.bytes,
-                "new_files": p.new_files,
-                "new_bytes": p.new_bytes,
-                "hashed_files": p.hashed_files,
-            },
+            kind="files.packaged", message=message, now=plan.now, job_id=job.id, data=data
         )
     start(job.id)
     return job

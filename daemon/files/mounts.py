@@ -35,7 +35,6 @@ the instance profile, as for the S3 checkpoint store in ``spotd.files.checkpoint
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -45,7 +44,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from spotd.files.checkpoint_s3 import split_url
-from spotd.files.workdir import CAS_PREFIX, BlobStore, PackageError
+from spotd.files.workdir import CAS_PREFIX, BlobStore, Entry, PackageError, parse_manifest
 
 S3_SCHEME = "s3://"
 CHECK_TIMEOUT = 20.0  # seconds a launch waits on S3 before refusing
@@ -284,8 +283,7 @@ class S3PackageStore:
                 path = local.path(manifest_sha)
                 if not path.exists():
                     raise S3Error(f"package {manifest_sha[:12]} is not in the local store")
-                manifest = json.loads(path.read_bytes())
-                entries = {e["sha"]: int(e["size"]) for e in manifest["files"]}
+                entries = {e.sha: e.size for e in local.read_manifest(manifest_sha).files}
                 blobs += len(entries)
                 heads += len(entries)
 
@@ -314,18 +312,18 @@ class S3PackageStore:
             obj = await s3.get_object(Bucket=self.bucket, Key=self.key(ref[len(CAS_PREFIX) :]))
             body = obj["Body"]
             try:
-                manifest = json.loads(await body.read())
+                manifest = parse_manifest(await body.read())  # no path leaves dest
             finally:
                 body.close()
-            if manifest["kind"] == "file":
-                [entry] = manifest["files"]
+            if manifest.kind == "file":
+                [entry] = manifest.files
                 targets = [(entry, dest)]
             else:
-                targets = [(e, dest / e["path"]) for e in manifest["files"]]
+                targets = [(e, dest / e.path) for e in manifest.files]
 
-            async def one(entry: dict[str, Any], target: Path) -> int:
-                n = await _get_to(s3, self.bucket, self.key(entry["sha"]), target)
-                os.chmod(target, entry["mode"])
+            async def one(entry: Entry, target: Path) -> int:
+                n = await _get_to(s3, self.bucket, self.key(entry.sha), target)
+                os.chmod(target, entry.mode)
                 return n
 
             sizes = await _bounded(partial(one, e, t) for e, t in targets)

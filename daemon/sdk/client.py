@@ -16,6 +16,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,14 @@ import aiohttp
 from spotd.config import Settings, load_settings
 from spotd.ops.tls import TlsError, client_context
 from spotd.sdk.local import DaemonUnreachable, UntrustedDaemon, socket_alive, start_local_daemon
+from spotd.sdk.uploads import (
+    Progress,
+    UploadReport,
+    default_cache_path,
+    local_sources,
+    pack_sources,
+    upload_packages,
+)
 
 __all__ = [
     "TERMINAL",
@@ -207,16 +216,24 @@ class Client:
         deadline: str | None = None,
         infra: str | None = None,
         project: str | None = None,
+        host_paths: bool = False,
+        progress: Progress | None = None,
     ) -> Any:
         """One request for a launch and its dry run: the job with the ``plan`` it was stored
         from (``{name, resources, num_nodes, candidates}``), or with ``dry_run`` the plan
-        alone; nothing is stored then."""
-        body: dict[str, Any] = {
-            "yaml": yaml_text,
-            "filename": filename,
-            "env": env or {},
-            "base_dir": os.getcwd(),
-        }
+        alone; nothing is stored then.
+
+        The task's workdir and local file_mounts are uploaded first (``upload_files``; the
+        answer's ``upload`` says what travelled). ``host_paths`` names them as paths on the
+        daemon's host instead (the admin's, under the daemon's ``file_roots``)."""
+        body: dict[str, Any] = {"yaml": yaml_text, "filename": filename, "env": env or {}}
+        report = None
+        if host_paths:
+            body["base_dir"] = os.getcwd()
+        else:
+            sources = local_sources(yaml_text, filename=filename, env=env or {}, base=Path.cwd())
+            if sources:
+                body["packages"], report = await self.upload_files(sources, progress=progress)
         if name:
             body["name"] = name
         if dry_run:
@@ -227,7 +244,20 @@ class Client:
             body["infra"] = infra
         if project:
             body["project"] = project
-        return await self.request("POST", "/v1/jobs", json=body)
+        answer = await self.request("POST", "/v1/jobs", json=body)
+        if report is not None and isinstance(answer, dict):
+            answer["upload"] = report.as_json()
+        return answer
+
+    async def upload_files(
+        self, sources: dict[str, Path], *, progress: Progress | None = None
+    ) -> tuple[dict[str, str], UploadReport]:
+        """Pack ``sources`` ("workdir" or a mount target → a local path) here and upload what
+        the daemon lacks (``spotd.sdk.uploads``); the manifests by source, and what travelled.
+        Raises ``SourceError`` for a source that is missing or unreadable."""
+        packs = await asyncio.to_thread(pack_sources, sources, default_cache_path())
+        report = await upload_packages(self, packs, progress=progress)
+        return {key: p.manifest_sha for key, p in packs.items()}, report
 
     async def jobs(self) -> Any:
         return await self.request("GET", "/v1/jobs")
@@ -265,13 +295,35 @@ class Client:
         params = {"by": by, **({"since": since} if since else {})}
         return await self.request("GET", "/v1/cost", params=params)
 
-    async def create_project(self, name: str, *, gpu_quota: float | None = None) -> Any:
-        return await self.request(
-            "POST", "/v1/projects", json={"name": name, "gpu_quota": gpu_quota}
-        )
+    async def create_project(
+        self,
+        name: str,
+        *,
+        gpu_quota: float | None = None,
+        max_jobs: int | None = None,
+        max_nodes_per_job: int | None = None,
+        max_services: int | None = None,
+    ) -> Any:
+        """A new project (its token is in the answer, and only there); None: unlimited."""
+        body = {
+            "name": name,
+            "gpu_quota": gpu_quota,
+            "max_jobs": max_jobs,
+            "max_nodes_per_job": max_nodes_per_job,
+            "max_services": max_services,
+        }
+        return await self.request("POST", "/v1/projects", json=body)
+
+    async def update_project(self, name: str, **limits: float | None) -> Any:
+        """Change the limits given (``gpu_quota``, ``max_jobs``, ``max_nodes_per_job``,
+        ``max_services``; None: unlimited); the others stay."""
+        return await self.request("PATCH", f"/v1/projects/{name}", json=limits)
 
     async def projects(self) -> Any:
         return await self.request("GET", "/v1/projects")
+
+    async def project(self, name: str) -> Any:
+        return await self.request("GET", f"/v1/projects/{name}")
 
     async def chaos(self, action: str, **body: Any) -> Any:
         return await self.request("POST", f"/v1/chaos/{action}", json=body)

@@ -109,7 +109,7 @@ def test_a_listener_for_agents_serves_only_their_routes(tmp_path: Path) -> None:
         callers=frozenset({Caller.AGENT}),
     )
     served = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
-    assert served == {("POST", "/agent/v1/heartbeat")}
+    assert served == AGENT_ROUTES
 
 
 def test_the_document_has_every_route_and_nothing_else() -> None:
@@ -145,15 +145,23 @@ def test_schemathesis_reads_every_operation() -> None:
     assert len(results) == len(ROUTE_TABLE)
 
 
-def test_project_tokens_may_call_what_they_could_and_the_document() -> None:
+# what agents may call with their own credentials (and nothing else)
+AGENT_ROUTES = {("POST", "/agent/v1/heartbeat"), ("POST", "/agent/v1/bootstrap")}
+# what project tokens gained since the route table: the document, and uploading their files
+PROJECT_ROUTES_ADDED = {
+    ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/blobs/missing"),
+    ("PUT", "/v1/blobs/{sha256}"),
+}
+
+
+def test_project_tokens_may_call_what_they_could_the_document_and_uploads() -> None:
     tenant = {r.key for r in ROUTE_TABLE if Caller.PROJECT in r.callers}
-    assert tenant == PROJECT_ROUTES_BEFORE | {("GET", "/v1/openapi.json")}
+    assert tenant == PROJECT_ROUTES_BEFORE | PROJECT_ROUTES_ADDED
 
 
-def test_only_the_heartbeat_takes_no_api_token() -> None:
-    assert [r.key for r in ROUTE_TABLE if Caller.AGENT in r.callers] == [
-        ("POST", "/agent/v1/heartbeat")
-    ]
+def test_only_the_agent_routes_take_no_api_token() -> None:
+    assert {r.key for r in ROUTE_TABLE if Caller.AGENT in r.callers} == AGENT_ROUTES
 
 
 # -- who may call: the middleware reads the table ----------------------------------------

@@ -1,4 +1,7 @@
-"""A job's code and data reach every attempt from the daemon's package store."""
+"""A job's code and data reach every attempt from the daemon's package store.
+
+The client uploads them (``spotd.sdk.uploads``); daemon-host paths are the admin's, under the
+daemon's ``file_roots`` (the last test)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import uuid
 import aiohttp
 
 from tests.e2e.helpers import logs, wait_job, wait_log
+from tests.ops.conftest import make_daemon  # noqa: F401 - the fixture
 
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}
 
@@ -70,8 +74,11 @@ async def test_relaunch_with_one_changed_file_transfers_only_it(daemon, tmp_path
             ev = [e for e in await c.events(j["id"]) if e["kind"] == "files.packaged"]
             stats.append(ev[0]["message"])
         text = await logs(c, second["id"])
-    assert "transferred 30 files" in stats[0]
-    assert "transferred 1 files" in stats[1]
+    # the client sent every file and the manifest, then the changed file and the new manifest
+    assert (first["upload"]["files"], first["upload"]["uploaded_blobs"]) == (30, 31)
+    assert (second["upload"]["files"], second["upload"]["uploaded_blobs"]) == (30, 2)
+    assert second["upload"]["uploaded_bytes"] < first["upload"]["uploaded_bytes"] / 5
+    assert all("30 files" in m and "uploaded by the client" in m for m in stats), stats
     assert "\n7\n" in text  # the job saw the changed file
 
 
@@ -84,18 +91,22 @@ async def _post(daemon, yaml: str):
         return r.status, await r.json()
 
 
-async def test_bad_paths_are_refused_before_anything_launches(daemon, tmp_path):
+async def test_bad_paths_are_refused_before_anything_launches(make_daemon, tmp_path):  # noqa: F811
+    # daemon-host paths, named by the admin under the daemon's file_roots
+    daemon = make_daemon(SPOTD_FILE_ROOTS=str(tmp_path))
     missing = f"spotd-missing-{uuid.uuid4().hex[:12]}"
     cases = [
-        (f"workdir: {tmp_path}/missing\nrun: x\n", "missing"),
-        (f"file_mounts: {{/tmp/x: {tmp_path}/nope}}\nrun: x\n", "nope"),
-        (f"file_mounts: {{/etc/ssh: {tmp_path}}}\nrun: x\n", "/etc/ssh"),
+        (f"workdir: {tmp_path}/missing\nrun: x\n", 400, "missing"),
+        (f"file_mounts: {{/tmp/x: {tmp_path}/nope}}\nrun: x\n", 400, "nope"),
+        (f"file_mounts: {{/etc/ssh: {tmp_path}}}\nrun: x\n", 400, "/etc/ssh"),
         # a bucket that does not exist (or, without AWS credentials here, cannot be read):
         # refused with the bucket in the message; tests/aws/test_s3_mounts.py pins it on moto
-        (f"file_mounts: {{/tmp/x: s3://{missing}/p}}\nrun: x\n", f"s3://{missing}/p"),
+        (f"file_mounts: {{/tmp/x: s3://{missing}/p}}\nrun: x\n", 400, f"s3://{missing}/p"),
+        # outside the roots: not the admin's to name either
+        (f"workdir: {tmp_path.parent}\nrun: x\n", 403, "outside its file_roots"),
     ]
-    for yaml, needle in cases:
+    for yaml, status_wanted, needle in cases:
         status, body = await _post(daemon, yaml)
-        assert status == 400 and needle in body["error"], body
+        assert status == status_wanted and needle in body["error"], body
     async with daemon.client() as c:
         assert await c.jobs() == []
