@@ -8,6 +8,19 @@ tokens and the task's secrets, and the jobs' logs. File modes do not keep out pr
 daemon's own user, such as its jobs on the local provider: those could read the admin token
 from ``/proc/<daemon pid>/environ`` (or attach a debugger) if the daemon stayed dumpable, so
 it makes itself non-dumpable before anything else (``forbid_inspection``).
+
+Agents have a listener of their own that serves only the agent routes (``make_app(callers=
+AGENT)``): the unix socket ``$SPOTD_HOME/agent.sock`` (0666: the agent's per-instance token is
+what authenticates it there) and, with ``agent_host``/``agent_port``, TCP under the same TLS
+rules as the main TCP API. Local agents call that socket, remote agents the TCP listener when
+it is configured. The main listeners still serve the agent routes too: agents launched before
+an upgrade keep reporting there, and the routes give nothing to a caller without an agent's
+token, so an admin listener gains nothing by refusing them.
+
+With ``providers.local.run_as_project_users`` jobs on this host run as other users, who must
+reach ``agent.sock``: the home is then 0711 (they may pass through it, not list it), every file
+in it is narrowed to 0600 at start and the daemon's umask is 077, so the socket and their own
+instance directories (``spotd.providers.local``) are all they can open there.
 """
 
 from __future__ import annotations
@@ -19,8 +32,10 @@ import fcntl
 import os
 import signal
 import ssl
+import stat
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
@@ -28,6 +43,7 @@ import structlog
 from aiohttp import web
 
 from spotd.api.app import make_app
+from spotd.api.routes import AGENT
 from spotd.api.services import SERVICES
 from spotd.config import Settings
 from spotd.control.jobs import Controller
@@ -39,6 +55,7 @@ from spotd.ops.tls import TlsError, client_context, plaintext_refusal, server_co
 from spotd.pricing.catalog import default_local_catalog, load_catalog
 from spotd.providers.base import Provider
 from spotd.providers.local import LocalProvider
+from spotd.providers.local_tenancy import LocalTenancy, TenancyError, privilege_refusal
 from spotd.store import AsyncStore, Store
 
 log = structlog.get_logger("spotd.daemon")
@@ -57,8 +74,20 @@ def tcp_tls(settings: Settings) -> ssl.SSLContext | None:
     ``TransportError``: checked before anything starts, so a refused config changes nothing."""
     if not (settings.tcp_host and settings.tcp_port):
         return None
+    return _tls_for(settings, settings.tcp_host)
+
+
+def agent_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The agents' TCP listener's TLS context: the same certificate and the same refusal of
+    plaintext off loopback as the main TCP API (agents send their tokens over it)."""
+    if not (settings.agent_host and settings.agent_port):
+        return None
+    return _tls_for(settings, settings.agent_host)
+
+
+def _tls_for(settings: Settings, host: str) -> ssl.SSLContext | None:
     refusal = plaintext_refusal(
-        settings.tcp_host,
+        host,
         tls=settings.tls_cert is not None,
         allow_plaintext=settings.allow_plaintext_tcp,
     )
@@ -98,6 +127,30 @@ def forbid_inspection() -> bool:
         return False
 
 
+def local_tenancy(settings: Settings) -> LocalTenancy:
+    """The local provider's tenancy rules, checked before anything starts: a daemon that must
+    run projects as their own users but cannot switch users refuses to start, saying so."""
+    try:
+        tenancy = LocalTenancy.from_config(settings.providers.get("local", {}))
+    except TenancyError as exc:
+        raise ProviderConfigError(str(exc)) from exc
+    refusal = privilege_refusal(tenancy)
+    if refusal:
+        raise ProviderConfigError(refusal)
+    return tenancy
+
+
+def open_home_to_project_users(home: Path) -> None:
+    """Let project users reach ``agent.sock`` and nothing else of the home: the home 0711, its
+    files 0600 (the database, the config with its token, the logs), new files private."""
+    os.umask(0o077)
+    os.chmod(home, 0o711)
+    for entry in home.iterdir():
+        st = entry.lstat()
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(entry, stat.S_IMODE(st.st_mode) & 0o700)
+
+
 def _lock_home(settings: Settings) -> IO[str]:
     private_dir(settings.home)
     f = open(settings.home / "spotd.lock", "a+")  # noqa: SIM115 - held for the daemon's life
@@ -113,7 +166,11 @@ def _local(settings: Settings, cfg: dict[str, Any]) -> Provider:
     catalog = (
         load_catalog(settings.local_catalog) if settings.local_catalog else default_local_catalog()
     )
-    return LocalProvider(settings.local_dir, catalog)
+    try:
+        tenancy = LocalTenancy.from_config(cfg)
+    except TenancyError as exc:
+        raise ProviderConfigError(str(exc)) from exc
+    return LocalProvider(settings.local_dir, catalog, tenancy=tenancy)
 
 
 def _k8s(settings: Settings, cfg: dict[str, Any]) -> Provider:
@@ -166,15 +223,32 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     return out
 
 
+async def _agent_socket(runner: web.AppRunner, path: Path) -> None:
+    """The agents' unix socket, 0666: anyone who can reach it may connect; only an agent's
+    token gets an answer from its routes."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # stale, from a killed daemon: we hold the home's lock
+    old_umask = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o666)
+
+
 async def run_daemon(
     settings: Settings, *, notify: Callable[[str], object] | None = sdnotify.notify
 ) -> None:
     """Serve until SIGTERM/SIGINT, telling systemd (``notify``) when ready and when stopping."""
     tls = tcp_tls(settings)
+    tls_agents = agent_tls(settings)
+    tenancy = local_tenancy(settings)
     sealed = forbid_inspection()
     lock = _lock_home(settings)
     for d in (settings.logs_dir, settings.checkpoints_dir, settings.local_dir):
         private_dir(d)
+    if tenancy.run_as_project_users:
+        open_home_to_project_users(settings.home)
     store = AsyncStore(Store.open(settings.db_url))
     providers = build_providers(settings)
     metrics = DaemonMetrics()
@@ -211,6 +285,28 @@ async def run_daemon(
                 port=settings.tcp_port,
                 tls=tls is not None,
             )
+        agent_app = make_app(
+            settings=settings,
+            store=store,
+            controller=controller,
+            metrics_=metrics,
+            tcp=True,
+            callers=AGENT,
+        )
+        agent_app[SERVICES] = services
+        agent_runner = web.AppRunner(agent_app, handle_signals=False, access_log=None)
+        await agent_runner.setup()
+        runners.append(agent_runner)
+        if settings.agent_host and settings.agent_port:
+            await web.TCPSite(
+                agent_runner, settings.agent_host, settings.agent_port, ssl_context=tls_agents
+            ).start()
+            log.info(
+                "agent listener on TCP",
+                host=settings.agent_host,
+                port=settings.agent_port,
+                tls=tls_agents is not None,
+            )
         await controller.start()
         await services.start()
         # The unix socket last: a client that can connect finds everything started (agents
@@ -224,6 +320,7 @@ async def run_daemon(
         finally:
             os.umask(old_umask)
         os.chmod(sock, 0o600)
+        await _agent_socket(agent_runner, settings.agent_socket_path)
         controller.sup.spawn("watchdog", lambda: sdnotify.watchdog_loop(controller.stop))
         settings.pid_path.write_text(str(os.getpid()))
         log.info(
@@ -247,8 +344,7 @@ async def run_daemon(
         for p in providers.values():
             await p.close()
         await store.close()
-        with contextlib.suppress(FileNotFoundError):
-            settings.socket_path.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            settings.pid_path.unlink()
+        for path in (settings.socket_path, settings.agent_socket_path, settings.pid_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         lock.close()

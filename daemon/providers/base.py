@@ -22,6 +22,7 @@ TAG_ATTEMPT = "spotd-attempt"
 TAG_NODE = "spotd-node"
 TAG_KEY = "spotd-key"
 TAG_REPLICA = "spotd-replica"
+TAG_PROJECT = "spotd-project"  # whose job: on the local provider, who it runs as
 
 
 class ProviderError(Exception):

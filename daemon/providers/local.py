@@ -8,6 +8,15 @@ new session, so it and the job it runs form one process group that outlives the 
 an environment from an allowlist, never the daemon's. The directory is the instance's "disk":
 it is removed when the instance is terminated.
 
+Tenancy (``spotd.providers.local_tenancy``, the admin's ``providers.local`` section): a
+project not in ``projects`` is refused; with ``run_as_project_users`` each project's agent and
+job run as ``spotd-p-<project>`` (``setpriv``), the instance directory is that user's (0700),
+and so is the project's checkpoint directory ``local/checkpoints/<user>/``. What the daemon
+trusts about an instance (``meta.json`` with the pid it kills, ``ended.json``) then lives in
+``local/state/<id>/``, root's, never in a directory the job could write; the directories a
+project user must pass through (``local/``, ``instances/``, ``checkpoints/``) are 0711:
+traversable, not listable.
+
 Regions, zones and prices come from the same catalog format as the clouds, so placement and
 failover run for real on one machine. The provider also carries the test controls that chaos
 and the tests share (``preempt``, ``kill``, ``stockout``, ``partition``): they act the way a
@@ -22,9 +31,11 @@ import contextlib
 import dataclasses
 import json
 import os
+import pwd
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,15 +44,26 @@ from typing import Any
 from spotd.files.private import open_private_append, private_dir, write_private_json
 from spotd.providers.base import (
     TAG_KEY,
+    TAG_PROJECT,
     CapacityUnavailable,
     InstanceSpec,
     InvalidRequest,
     ObservedInstance,
 )
 from spotd.providers.childenv import agent_environment, uses_s3
+from spotd.providers.local_tenancy import (
+    DEFAULT_PROJECT,
+    LocalTenancy,
+    TenancyError,
+    as_user,
+    ensure_user,
+    local_refusal,
+    project_user,
+)
 from spotd.types import CatalogEntry, InstanceId, InstanceState, Market
 
 PROVIDER_NAME = "local"
+TRAVERSE_DIR = 0o711  # a project user may pass through, not list
 
 
 def _proc_start_ticks(pid: int) -> tuple[int, str] | None:
@@ -119,6 +141,40 @@ def _stockout_key(region: str, market: Market) -> str:
     return f"{region}:{market}"
 
 
+def _write_owned_json(path: Path, data: Any, owner: pwd.struct_passwd) -> None:
+    """``data`` as ``path``, 0600 and ``owner``'s from birth: chowned through the descriptor
+    before it is renamed into place, so a job that owns the directory cannot swap in a link
+    and have root chown something else."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        os.fchown(fd, owner.pw_uid, owner.pw_gid)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _blob_store_for_project_user(agent: Any) -> str:
+    """The package store an agent running as a project user may be handed: the daemon's own
+    (``$SPOTD_HOME/cas``, 0700) it cannot read, so a task that stages files from it is refused
+    (an S3 store, or no staged files at all, is fine)."""
+    store = str(agent.blob_store)
+    if not store or store.startswith("s3://"):
+        return store
+    refs = (agent.workdir or "", *agent.file_mounts.values())
+    if any(r.startswith("cas:") for r in refs):
+        raise InvalidRequest(
+            "a workdir or file mounts from the daemon's package store cannot run on the local "
+            "provider with run_as_project_users yet (its users cannot read $SPOTD_HOME/cas); "
+            "use an S3 package store or no workdir"
+        )
+    return ""
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -144,15 +200,23 @@ class LocalProvider:
         *,
         python: str = sys.executable,
         clock: Any = time.time,
+        tenancy: LocalTenancy | None = None,
     ) -> None:
         self._root = root
         self._instances = root / "instances"
+        self._tenancy = tenancy or LocalTenancy()
         # every instance's directory holds its agent's token and its task's secrets: 0700
-        # all the way down from here, narrowed if an older spotd made them wider
+        # all the way down from here, narrowed if an older spotd made them wider; with a user
+        # per project, the way down is 0711 and each instance's directory is its user's 0700
         private_dir(root)
         private_dir(self._instances)
+        if self._tenancy.run_as_project_users:
+            private_dir(self._root / "state")
+            private_dir(self._root / "checkpoints")
+            for d in (root, self._instances, self._root / "checkpoints"):
+                os.chmod(d, TRAVERSE_DIR)
         self._catalog = [e for e in catalog if e.provider == PROVIDER_NAME]
-        self._python = python
+        self._python = self._tenancy.python or python
         self._clock = clock
         self._children: dict[str, asyncio.subprocess.Process] = {}
 
@@ -164,10 +228,21 @@ class LocalProvider:
     def _dir(self, instance_id: str) -> Path:
         return self._instances / instance_id
 
+    def _state(self, d: Path) -> Path:
+        """Where the daemon's own records of instance ``d`` are: in it, or (with a user per
+        project, whose jobs own ``d``) in a directory of root's beside it."""
+        return self._root / "state" / d.name if self._tenancy.run_as_project_users else d
+
+    def _owner(self, project: str) -> pwd.struct_passwd | None:
+        """The user a project's processes run as; None: the daemon's own."""
+        if not self._tenancy.run_as_project_users:
+            return None
+        return ensure_user(project_user(project))
+
     async def launch(self, spec: InstanceSpec) -> InstanceId:
         instance_id = InstanceId(f"local-{spec.key}")
         d = self._dir(instance_id)
-        if (d / "meta.json").exists():
+        if (self._state(d) / "meta.json").exists():
             return instance_id  # idempotent: this key was launched already
         if not any(
             e.region == spec.region
@@ -178,6 +253,10 @@ class LocalProvider:
             raise InvalidRequest(
                 f"{spec.instance_type} is not offered in {spec.region}/{spec.zone}"
             )
+        project = spec.tags.get(TAG_PROJECT, DEFAULT_PROJECT)
+        refusal = local_refusal(project, self._tenancy)
+        if refusal:
+            raise InvalidRequest(refusal)
         stockouts = self._stockouts()
         until = max(
             stockouts.get(spec.region, 0.0),
@@ -188,14 +267,37 @@ class LocalProvider:
                 f"no {spec.market} capacity in {spec.region} (stocked out for another "
                 f"{until - self._clock():.0f}s)"
             )
+        try:
+            owner = await asyncio.to_thread(self._owner, project)
+        except TenancyError as exc:
+            raise InvalidRequest(str(exc)) from exc
         if d.exists():
             _kill_orphans(d)  # an earlier launch of this key died before writing meta.json
+            if owner is not None:  # what a job's user left there is not to be trusted
+                await asyncio.to_thread(shutil.rmtree, d, True)
         private_dir(d)
         agent = dataclasses.replace(spec.agent, instance_dir=str(d))
-        write_private_json(d / "agent.json", dataclasses.asdict(agent))
-        out = open_private_append(d / "agent.out")  # handed to the child
+        env = agent_environment(os.environ, s3=uses_s3(agent))
+        prefix: tuple[str, ...] = ()
+        if owner is None:
+            write_private_json(d / "agent.json", dataclasses.asdict(agent))
+            out = open_private_append(d / "agent.out")  # handed to the child
+        else:
+            agent = dataclasses.replace(
+                agent,
+                checkpoint_store=self._checkpoints(agent, owner),
+                blob_store=_blob_store_for_project_user(agent),
+            )
+            _write_owned_json(d / "agent.json", dataclasses.asdict(agent), owner)
+            out = open_private_append(d / "agent.out")
+            os.fchown(out.fileno(), owner.pw_uid, owner.pw_gid)
+            os.chown(d, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+            private_dir(self._state(d))
+            env |= {"HOME": str(d), "USER": owner.pw_name, "LOGNAME": owner.pw_name}
+            prefix = as_user(owner)
         try:
             proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 self._python,
                 "-m",
                 "spotd.agent",
@@ -207,7 +309,7 @@ class LocalProvider:
                 cwd=d,
                 # an allowlist, never the daemon's whole environment (its tokens, its cloud
                 # credentials): the agent's job would see them
-                env=agent_environment(os.environ, s3=uses_s3(agent)),
+                env=env,
             )
         finally:
             out.close()
@@ -224,25 +326,36 @@ class LocalProvider:
             "start_ticks": info[0] if info else -1,
             "created_at": self._clock(),
         }
-        write_private_json(d / "meta.json", meta)
+        write_private_json(self._state(d) / "meta.json", meta)
         self._children[instance_id] = proc  # keep it so asyncio reaps it when it exits
         return instance_id
+
+    def _checkpoints(self, agent: Any, owner: pwd.struct_passwd) -> str:
+        """The job's checkpoint store in its project user's own directory (the daemon's
+        ``checkpoints/`` is 0700, and the agent locks beside the store): an S3 store as is."""
+        if str(agent.checkpoint_store).startswith("s3://") or not agent.checkpoint_store:
+            return str(agent.checkpoint_store)
+        mine = self._root / "checkpoints" / owner.pw_name
+        if not mine.exists():
+            private_dir(mine)
+            os.chown(mine, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+        return str(mine / Path(agent.checkpoint_store).name)
 
     async def list_instances(self) -> Sequence[ObservedInstance]:
         now = self._clock()
         out: list[ObservedInstance] = []
         for d in sorted(self._instances.iterdir()):
-            meta = _read_json(d / "meta.json")
+            meta = _read_json(self._state(d) / "meta.json")
             if meta is None:
                 continue
             notice = _read_json(d / "notice.json")
-            ended = _read_json(d / "ended.json")
+            ended = _read_json(self._state(d) / "ended.json")
             alive = _alive(meta["pid"], meta["start_ticks"])
             if alive and notice and now >= notice["deadline"]:
                 # the provider reclaims the machine when the notice runs out
                 self._reclaim(d, meta, "preempted: notice deadline reached")
                 alive = False
-                ended = _read_json(d / "ended.json")
+                ended = _read_json(self._state(d) / "ended.json")
             if alive:
                 state = InstanceState.NOTICE if notice else InstanceState.RUNNING
                 reason = "spot interruption notice" if notice else ""
@@ -267,7 +380,7 @@ class LocalProvider:
 
     async def terminate(self, instance_id: InstanceId) -> None:
         d = self._dir(instance_id)
-        meta = _read_json(d / "meta.json")
+        meta = _read_json(self._state(d) / "meta.json")
         if meta is None:
             _kill_orphans(d)
             shutil.rmtree(d, ignore_errors=True)
@@ -279,6 +392,8 @@ class LocalProvider:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 2.0)
         await asyncio.to_thread(shutil.rmtree, d, True)
+        if self._state(d) != d:
+            await asyncio.to_thread(shutil.rmtree, self._state(d), True)
 
     async def close(self) -> None:
         self._children.clear()
@@ -287,13 +402,13 @@ class LocalProvider:
 
     def _reclaim(self, d: Path, meta: dict[str, Any], reason: str) -> None:
         write_private_json(
-            d / "ended.json", {"state": str(InstanceState.PREEMPTED), "reason": reason}
+            self._state(d) / "ended.json", {"state": str(InstanceState.PREEMPTED), "reason": reason}
         )
         _kill_live(meta)
 
     def _find(self, instance_id: str) -> tuple[Path, dict[str, Any]]:
         d = self._dir(instance_id)
-        meta = _read_json(d / "meta.json")
+        meta = _read_json(self._state(d) / "meta.json")
         if meta is None:
             raise KeyError(f"no local instance {instance_id}")
         return d, meta
@@ -302,7 +417,7 @@ class LocalProvider:
         """Reclaim an instance like a spot market would: with an advance notice, or at once."""
         d, meta = self._find(instance_id)
         if notice_seconds:
-            write_private_json(d / "notice.json", {"deadline": self._clock() + notice_seconds})
+            self._tell(d, "notice.json", {"deadline": self._clock() + notice_seconds})
         else:
             self._reclaim(d, meta, "preempted: spot capacity reclaimed without notice")
 
@@ -310,7 +425,7 @@ class LocalProvider:
         """SIGKILL the whole process group: the machine vanishes with no notice at all."""
         d, meta = self._find(instance_id)
         write_private_json(
-            d / "ended.json",
+            self._state(d) / "ended.json",
             {"state": str(InstanceState.PREEMPTED), "reason": "instance killed (no notice)"},
         )
         _kill_live(meta)
@@ -318,7 +433,15 @@ class LocalProvider:
     def partition(self, instance_id: str, *, seconds: float) -> None:
         """Cut the instance off from the daemon: it keeps running but its heartbeats stop."""
         d, _ = self._find(instance_id)
-        write_private_json(d / "partition.json", {"until": self._clock() + seconds})
+        self._tell(d, "partition.json", {"until": self._clock() + seconds})
+
+    def _tell(self, d: Path, name: str, data: Any) -> None:
+        """Write a file the instance's agent reads, as the directory's owner's."""
+        st = d.stat()
+        if st.st_uid == os.geteuid():
+            write_private_json(d / name, data)
+        else:
+            _write_owned_json(d / name, data, pwd.getpwuid(st.st_uid))
 
     def stockout(self, region: str, *, seconds: float, market: Market | None = None) -> None:
         """Make launches in ``region`` fail with CapacityUnavailable for ``seconds``: of one
@@ -338,7 +461,7 @@ class LocalProvider:
     def instance_ids_for_key_prefix(self, prefix: str) -> list[str]:
         out = []
         for d in self._instances.iterdir():
-            meta = _read_json(d / "meta.json")
+            meta = _read_json(self._state(d) / "meta.json")
             if meta and str(meta["tags"].get(TAG_KEY, meta["key"])).startswith(prefix):
                 out.append(meta["id"])
         return sorted(out)
