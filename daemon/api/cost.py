@@ -2,8 +2,7 @@
 
 Every attempt of every job and every replica of every service becomes a ``Usage``
 (``spotd.pricing.cost``), priced against the catalog the controller holds now; the report
-groups them. A project token sees only its project's jobs (and the services, which belong to
-``default``, only when that is its project).
+groups them. A project token sees only its project's jobs and services.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from aiohttp import web
 from spotd.api.common import CONTROLLER, STORE, ApiError, scope
 from spotd.api.params import QueryChoice, QueryText
 from spotd.api.routes import TENANT, Route
-from spotd.control import quota
 from spotd.pricing import cost as costs
 
 __all__ = ["ROUTES"]
@@ -53,12 +51,13 @@ async def cost(request: web.Request) -> web.Response:
         usages += [
             costs.usage_from_attempt(a, job=job, index=index) for a in await store.attempts(job.id)
         ]
-    if limit in (None, quota.DEFAULT_PROJECT):  # services belong to the default project
-        for svc in await store.list_services():
-            usages += [
-                costs.usage_from_replica(r, service=svc.name, index=index)
-                for r in await store.replicas(service_id=svc.id)
-            ]
+    for svc in await store.list_services():
+        if limit is not None and svc.project != limit:
+            continue
+        usages += [
+            costs.usage_from_replica(r, service=svc.name, project=svc.project, index=index)
+            for r in await store.replicas(service_id=svc.id)
+        ]
     rows, total = costs.cost_report(usages, by=by, since=since, now=now)
     return web.json_response(costs.report_json(rows, total, by=by, since=since, now=now))
 

@@ -63,11 +63,20 @@ def serve() -> None:
     "-n", "--service-name", "name", default=None, help="Service name (default: the task's name)."
 )
 @click.option("--env", "envs", multiple=True, help="K=V override for envs (repeatable).")
+@click.option(
+    "--project",
+    default=None,
+    help="The project the service belongs to and reserves its GPUs from (default: default).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-def serve_up_cmd(file: str, name: str | None, envs: tuple[str, ...], output: str) -> None:
+def serve_up_cmd(
+    file: str, name: str | None, envs: tuple[str, ...], project: str | None, output: str
+) -> None:
     """Start a service from FILE (a task with a `service:` section)."""
     text = Path(file).read_text()
-    svc = run(lambda c: serve_up(c, text, filename=file, name=name, env=parse_env(envs)))
+    svc = run(
+        lambda c: serve_up(c, text, filename=file, name=name, env=parse_env(envs), project=project)
+    )
     if output == "json":
         print_json(svc)
         return

@@ -25,6 +25,7 @@ async def serve_up(
     filename: str = "<sdk>",
     name: str | None = None,
     env: dict[str, str] | None = None,
+    project: str | None = None,
 ) -> Any:
     body: dict[str, Any] = {
         "yaml": yaml_text,
@@ -34,6 +35,8 @@ async def serve_up(
     }
     if name:
         body["name"] = name
+    if project:
+        body["project"] = project
     return await c.request("POST", "/v1/services", json=body)
 
 

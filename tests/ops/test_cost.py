@@ -248,5 +248,8 @@ async def test_finished_job_cost_shows_in_spotctl(daemon) -> None:
     assert [r["key"] for r in by_region["rows"]] == [f"local/{attempt['region']}"]
     later = json.loads(daemon.spotctl("cost", "--since", "2999-01-01", "-o", "json").stdout)
     assert later["rows"] == [] and later["total"]["dollars"] == 0
+    assert data["total"]["simulated"] and row["simulated"]  # sim-t4-1: a made-up price
+    assert data["note"] and "not money spent" in data["note"]
     table = daemon.spotctl("cost", "--by", "project")
     assert table.returncode == 0 and "default" in table.stdout and "SAVED" in table.stdout
+    assert "(simulated)" in table.stdout and "not money spent" in " ".join(table.stderr.split())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -21,6 +22,7 @@ from spotd.control.quota import (
 )
 from spotd.pricing.catalog import default_local_catalog
 from spotd.sdk.client import ApiError, Client
+from spotd.sdk.client_serve import serve_down, serve_up
 from spotd.spec import load_tasks
 from spotd.store import ProjectRow, ProjectUsage
 from tests.e2e.helpers import wait_job
@@ -200,8 +202,12 @@ async def test_launch_over_quota_is_refused_and_creates_nothing(daemon) -> None:
             {
                 "name": "ml",
                 "gpu_quota": 2.0,
+                "max_jobs": None,
+                "max_nodes_per_job": None,
+                "max_services": None,
                 "gpus_in_use": 1.0,
                 "active_jobs": 2,
+                "live_services": 0,
                 "created_at": listed[0]["created_at"],
             }
         ]
@@ -253,12 +259,49 @@ async def test_project_tokens_isolate_projects_over_tcp(make_daemon) -> None:
         cancelled = await c_web.cancel(web_job["id"])
         assert cancelled["status"] in ("CANCELLING", "CANCELLED")
         assert {r["key"] for r in (await c_ml.cost(by="project"))["rows"]} <= {"ml"}
+        # services: the admin starts one for ml and one in default; ml's token sees its own
+        async with Client.connect(url=url, token="admin-s3cret") as admin:
+            mine = await serve_up(admin, SERVICE, name="mlsvc", project="ml")
+            theirs = await serve_up(admin, SERVICE, name="defsvc")
+            assert (mine["project"], theirs["project"]) == ("ml", "default")
+            by_service = await _cost_when(admin, lambda keys: {"mlsvc", "defsvc"} <= keys)
+            assert {r["key"] for r in by_service["rows"]} >= {"mlsvc", "defsvc"}
+            by_project = await admin.cost(by="project")
+            assert "ml" in {r["key"] for r in by_project["rows"]}
+        seen = {r["key"] for r in (await c_ml.cost(by="service"))["rows"]}
+        assert seen == {"mlsvc"}
+        assert {r["key"] for r in (await c_ml.cost(by="project"))["rows"]} == {"ml"}
+        with pytest.raises(ApiError) as e:  # services stay the admin's to manage
+            await serve_down(c_ml, "mlsvc")
+        assert e.value.status == 403
     async with aiohttp.ClientSession() as s:
         for token in ("spotdp_forged", "", "admin-s3cretX"):
             async with s.get(f"{url}/v1/jobs", headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 401
     async with Client.connect(url=url, token="admin-s3cret") as admin:
+        for name in ("mlsvc", "defsvc"):
+            await serve_down(admin, name)
         assert {j["project"] for j in await admin.jobs()} == {"default", "ml", "web"}
         for j in await admin.jobs():
             if j["status"] not in TERMINAL and j["status"] != "CANCELLING":
                 await admin.cancel(j["id"])
+
+
+SERVICE = """
+resources: {cpus: 1+}
+service:
+  readiness_probe: {path: /health, initial_delay_seconds: 30}
+  replicas: 1
+run: exec python -m spotd.serve.stub_replica --port $SPOTD_REPLICA_PORT --id r$SPOTD_REPLICA_ID
+"""
+
+
+async def _cost_when(c: Client, ok: Any, *, timeout: float = 20) -> Any:
+    """The cost report by service, once ``ok(keys)``: a replica counts once it has started."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        report = await c.cost(by="service")
+        if ok({r["key"] for r in report["rows"]}):
+            return report
+        assert asyncio.get_running_loop().time() < deadline, report
+        await asyncio.sleep(0.2)
