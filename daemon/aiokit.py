@@ -92,6 +92,8 @@ class Supervisor:
                     continue
                 return
         finally:
+            if self._tasks.get(name) is asyncio.current_task():
+                del self._tasks[name]  # a finished job's or service's task is not kept
             if on_exit is not None:
                 on_exit()
 

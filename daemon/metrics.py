@@ -45,6 +45,9 @@ class DaemonMetrics:
         self.api_requests = Counter(
             "spotd_api_requests_total", "API requests", ["route", "code"], registry=r
         )
+        self.log_followers = Gauge(
+            "spotd_log_followers", "Log streams being followed (?follow=1) right now", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

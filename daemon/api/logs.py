@@ -4,23 +4,60 @@ The agents' heartbeats append each node's output to ``logs/j<job>-a<attempt>/nod
 (``spotd.api.agents``); this route reads those files. Every attempt gets a header line naming
 where it ran, so a preempted job's log reads as one story: attempt 1 in one zone, attempt 2
 in the next, each node's lines prefixed by the node when there are several.
+
+A follower (``?follow=1``) ends when its client goes away: every poll first checks that the
+connection is still open (a closed socket is seen at once, a write into one raises), and on
+TCP the connection gets keep-alive probes, so a peer that vanished without closing (a laptop
+gone to sleep) is noticed within about a minute, though the log is quiet and nothing is
+written. ``spotd_log_followers`` in ``/metrics`` counts the followers running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import web
 
-from spotd.api.common import SETTINGS, STORE, ApiError
+from spotd.api.common import METRICS, SETTINGS, STORE, ApiError
 from spotd.api.jobs import JOB_ID, requested_job
 from spotd.api.params import QueryFlag, QueryInt
 from spotd.api.routes import TENANT, Route
 from spotd.config import Settings
 from spotd.types import JobStatus
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "client_gone", "following"]
+
+POLL_SECONDS = 0.2
+# TCP keep-alive of a follow: first probe after 30 s of silence, then every 10 s, 3 unanswered
+# probes and the connection is dropped (the kernel's default waits two hours)
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 30), (socket.TCP_KEEPINTVL, 10), (socket.TCP_KEEPCNT, 3))
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client of a streamed response closed the connection (or it was lost)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+@contextlib.contextmanager
+def following(request: web.Request) -> Iterator[None]:
+    """Count a follower in ``spotd_log_followers`` while it runs; probe a TCP peer's liveness."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for opt, value in KEEPALIVE:
+                sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+    gauge = request.app[METRICS].log_followers
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
 
 
 def _log_files(settings: Settings, job_id: int, attempt: int) -> list[Path]:
@@ -48,19 +85,37 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     follow = FOLLOW.parse(request)
     only = ATTEMPT.parse(request)
     job = await requested_job(request)
-    settings = request.app[SETTINGS]
-    store = request.app[STORE]
-    attempts = await store.attempts(job.id)
+    attempts = await request.app[STORE].attempts(job.id)
     if only is not None and not only <= len(attempts):
         raise ApiError(404, f"job {job.id} has no attempt {only} (it has {len(attempts)})")
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
+    with following(request) if follow else contextlib.nullcontext():
+        try:
+            await _stream(request, resp, job.id, only=only, follow=follow)
+            if not client_gone(request):
+                await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-write: nothing more to send
+    return resp
+
+
+async def _stream(
+    request: web.Request,
+    resp: web.StreamResponse,
+    job_id: int,
+    *,
+    only: int | None,
+    follow: bool,
+) -> None:
+    settings = request.app[SETTINGS]
+    store = request.app[STORE]
     attempt = only or 1
     offsets: dict[Path, int] = {}
     headed: set[int] = set()
-    while True:
-        attempts = await store.attempts(job.id)
-        fresh = await store.get_job(job.id)
+    while not client_gone(request):
+        attempts = await store.attempts(job_id)
+        fresh = await store.get_job(job_id)
         ended = fresh is None or JobStatus(fresh.status).is_terminal
         if attempt <= len(attempts):
             a = attempts[attempt - 1]
@@ -70,7 +125,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
                     f"=== attempt {a.attempt}: {a.provider}/{a.region}/{a.zone} "
                     f"{a.instance_type} {a.market} ===\n".encode()
                 )
-            data = await asyncio.to_thread(_drain, _log_files(settings, job.id, attempt), offsets)
+            data = await asyncio.to_thread(_drain, _log_files(settings, job_id, attempt), offsets)
             if data:
                 await resp.write(data)
                 continue
@@ -81,10 +136,8 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
         else:
             done = only is not None
         if not follow or done or ended:
-            break
-        await asyncio.sleep(0.2)
-    await resp.write_eof()
-    return resp
+            return
+        await asyncio.sleep(POLL_SECONDS)
 
 
 FOLLOW = QueryFlag("follow", "keep streaming until the job (or the attempt) ends")

@@ -8,7 +8,8 @@ Replica agents are the job agent (``spotd.agent.main``) unchanged, so they post 
 ``/agent/v1/heartbeat``; ``spotd.api.agents`` hands the ones whose key is a replica key
 (``s<service>-r<replica>``) to the service controller.
 
-- ``POST /v1/services`` ``{yaml, filename, name?, env?, base_dir?}`` → 201 the service
+- ``POST /v1/services`` ``{yaml, filename, name?, env?, base_dir?, project?}`` → 201 the
+  service; 403 when it would take its project over a limit (its GPUs, its live services)
 - ``GET /v1/services`` → every service that is not DOWN (``?all=1``: those too)
 - ``GET /v1/services/{name}`` → the service (``?all=1``: ended replicas too)
 - ``POST /v1/services/{name}/update`` ``{yaml, filename, mode: rolling|blue_green}``
@@ -23,6 +24,7 @@ Replica agents are the job agent (``spotd.agent.main``) unchanged, so they post 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -42,12 +44,24 @@ from spotd.api.common import (
     LineText,
     PathText,
     read_body,
+    scope,
 )
+from spotd.api.logs import client_gone, following
 from spotd.api.params import PathName, QueryFlag, QueryInt
 from spotd.api.routes import Route
+from spotd.control import quota
 from spotd.control.services import UPDATE_MODES, ServiceController, autoscale_policy
+from spotd.control.submit import launch_project
 from spotd.spec import SpecError, Task, load_tasks_bounded
-from spotd.store import ReplicaRow, ServiceExists, ServiceRow, ServiceStatus, StaleTransition
+from spotd.store import (
+    AsyncStore,
+    OverQuota,
+    ReplicaRow,
+    ServiceExists,
+    ServiceRow,
+    ServiceStatus,
+    StaleTransition,
+)
 
 # A service's name: it names the LB, log folders and the endpoint, so one short DNS-like label.
 NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
@@ -74,6 +88,8 @@ class ServiceUpBody(Body):
     name: str | None = Field(default=None, max_length=64)
     env: dict[str, str] = Field(default_factory=dict, max_length=1024)
     base_dir: PathText | None = None
+    # the project the service belongs to and reserves its GPUs from (default: ``default``)
+    project: str | None = Field(default=None, max_length=64)
 
 
 class ServiceUpdateBody(Body):
@@ -123,6 +139,8 @@ async def service_json(
     return {
         "id": svc.id,
         "name": svc.name,
+        "project": svc.project,
+        "gpus": svc.gpus,
         "status": str(svc.status),
         "endpoint": services.endpoint(svc),
         "version": svc.version,
@@ -200,10 +218,22 @@ async def _service(request: web.Request) -> ServiceRow:
     return svc
 
 
+async def _service_project(store: AsyncStore, body: ServiceUpBody, limit: str | None) -> str:
+    """The project a new service belongs to: as a job's (``launch_project``), and it exists."""
+    name = launch_project(body.project or quota.DEFAULT_PROJECT, limit)
+    if name != quota.DEFAULT_PROJECT and await store.get_project(name) is None:
+        why = quota.validate_name(name)
+        raise ApiError(404, why or f"no project {name!r}: create it with `spotctl project create`")
+    return name
+
+
 async def service_up(request: web.Request) -> web.Response:
-    """Start a service: its LB, then its replicas."""
+    """Start a service: its LB, then its replicas. It reserves its GPUs (as many replicas as
+    it may run) from its project's quota; a project over a limit is refused with a 403."""
     body: ServiceUpBody = await read_body(request, ServiceUpBody)
     services = _services(request)
+    store = request.app[STORE]
+    project = await _service_project(store, body, scope(request))
     task = await _parse(body)
     name = (body.name or task.name or "").strip().lower()
     if not name:
@@ -211,11 +241,14 @@ async def service_up(request: web.Request) -> web.Response:
     if not re.fullmatch(NAME_PATTERN, name):
         raise ApiError(400, f"service name {name[:80]!r}: use {NAME_HINT}")
     _check_placeable(services, task)
+    gpus = quota.service_reservation(
+        task, services.catalog, enabled_providers=services.providers.keys()
+    )
     lb_port, control_port = await services.allocate_lb_ports()
     spec = task.service
     assert spec is not None
     try:
-        svc = await request.app[STORE].create_service(
+        svc = await store.create_service(
             name=name,
             spec_json=task.model_dump_json(exclude_unset=True),
             spec_redacted_json=json.dumps(task.redacted()),
@@ -224,9 +257,14 @@ async def service_up(request: web.Request) -> web.Response:
             lb_token=secrets.token_urlsafe(24),
             target=autoscale_policy(spec).min_replicas,
             now=time.time(),
+            project=project,
+            gpus=gpus,
+            admit=quota.service_admission(gpus=gpus),
         )
     except ServiceExists as exc:
         raise ApiError(409, str(exc)) from exc
+    except OverQuota as exc:  # as a job's refusal: the message and the numbers
+        raise ApiError(403, exc.message, exc.details) from exc
     services.spawn(svc.id)
     return web.json_response(await service_json(services, svc), status=201)
 
@@ -335,21 +373,27 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
         if head:
             await resp.write(head.encode())
         await resp.write(await asyncio.to_thread(_read_from, path, offsets))
-    while follow:
-        fresh = await store.get_service(svc.id)
-        if fresh is None or fresh.status == ServiceStatus.DOWN:
-            break
-        if only is not None:
-            r = await store.get_replica(f"s{svc.id}-r{only}")
-            if r is None or r.status.is_terminal:
-                await resp.write(await asyncio.to_thread(_read_from, files[0][1], offsets))
-                break
-        for _, path in files[-1:]:
-            data = await asyncio.to_thread(_read_from, path, offsets)
-            if data:
-                await resp.write(data)
-        await asyncio.sleep(0.2)
-    await resp.write_eof()
+    with following(request) if follow else contextlib.nullcontext():
+        try:
+            while follow and not client_gone(request):  # a follower ends with its client
+                fresh = await store.get_service(svc.id)
+                if fresh is None or fresh.status == ServiceStatus.DOWN:
+                    break
+                if only is not None:
+                    r = await store.get_replica(f"s{svc.id}-r{only}")
+                    if r is None or r.status.is_terminal:
+                        tail = await asyncio.to_thread(_read_from, files[0][1], offsets)
+                        await resp.write(tail)
+                        break
+                for _, path in files[-1:]:
+                    data = await asyncio.to_thread(_read_from, path, offsets)
+                    if data:
+                        await resp.write(data)
+                await asyncio.sleep(0.2)
+        except ConnectionResetError:
+            return resp  # the client went away mid-write
+    if not client_gone(request):
+        await resp.write_eof()
     return resp
 
 
@@ -393,7 +437,7 @@ ROUTES = (
         "services",
         body=ServiceUpBody,
         ok=(201,),
-        errors=(409, 503),
+        errors=(403, 404, 409, 503),
     ),
     Route(
         "GET",

@@ -45,6 +45,14 @@ class Drainer:
     def forget(self, key: str) -> None:
         self._started.pop(key, None)
 
+    def forget_service(self, service_id: int) -> None:
+        prefix = f"s{service_id}-r"
+        for key in [k for k in self._started if k.startswith(prefix)]:
+            del self._started[key]
+
+    def size(self) -> int:
+        return len(self._started)
+
     async def notice(self, row: ReplicaRow, deadline: float, now: float) -> None:
         """A preemption notice: stop sending it requests, let in-flight ones finish, and let
         the planner replace it in this very step (a DRAINING replica is not capacity)."""

@@ -21,7 +21,13 @@ class IdleGpuRule:
     def __init__(self, *, store: AsyncStore, policy: IdleGpuPolicy) -> None:
         self.policy = policy
         self._store = store
-        self._states: dict[int, IdleState] = {}  # per job
+        self._states: dict[int, IdleState] = {}  # per running job; ``forget`` at its end
+
+    def forget(self, job_id: int) -> None:
+        self._states.pop(job_id, None)
+
+    def size(self) -> int:
+        return len(self._states)
 
     async def check(
         self, job_id: int, aid: str, rows: Sequence[InstanceRow], now: float

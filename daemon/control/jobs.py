@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import random
 import secrets
 import time
@@ -30,7 +29,9 @@ from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
 from spotd.control.attempts import Attempts, attempt_id, instance_key, job_view, node_evidence
 from spotd.control.idle_gpu import IdleGpuRule
+from spotd.control.memory import JobMemory
 from spotd.control.observer import FleetObserver, Observation, changed_keys
+from spotd.control.retention import ZONE_HISTORY_SECONDS, Retention
 from spotd.control.workers import Workers
 from spotd.metrics import DaemonMetrics
 from spotd.pricing.catalog import real_capacity
@@ -55,8 +56,6 @@ from spotd.types import (
 )
 
 log = structlog.get_logger("spotd.control.jobs")
-
-FINAL_PHASES = ("exited", "setup_failed", "preempted")
 
 
 def job_of_key(key: str) -> int | None:
@@ -95,8 +94,8 @@ class Controller:
         self.attempts = Attempts(
             settings=settings, store=store, providers=self.providers, metrics=metrics, clock=clock
         )
-        self._tasks: dict[int, Task] = {}
-        self._lost_at: dict[int, float] = {}  # when each recovering job's attempt was lost
+        self.memory = JobMemory()  # per active job; dropped by ``_forget`` when it ends
+        self.retention = Retention(settings=settings, store=store, stop=self.stop, clock=clock)
         self.timeouts = detection.DetectionTimeouts(
             suspect_after=settings.suspect_after, lost_after=settings.lost_after
         )
@@ -123,6 +122,7 @@ class Controller:
             self.spawn_worker(job.id)
         for name in self.providers:
             self.sup.spawn(f"observe:{name}", functools.partial(self._observe_loop, name))
+        self.sup.spawn("retention", self.retention.run)
 
     async def shutdown(self) -> None:
         await self.sup.stop()
@@ -157,6 +157,7 @@ class Controller:
             wake.clear()
             job = await self.store.get_job(job_id)
             if job is None or JobStatus(job.status).is_terminal:
+                self._forget(job_id)
                 return
             try:
                 delay = await self._step(job)
@@ -166,12 +167,14 @@ class Controller:
                 delay = 0.0
             await sleep(delay, wake, self.stop)
 
+    def _forget(self, job_id: int) -> None:
+        """The job is over: drop what was kept in memory for it."""
+        self.memory.forget(job_id)
+        self.idle.forget(job_id)
+        self.attempts.forget_job(job_id)
+
     def task_of(self, job: JobRow) -> Task:
-        task = self._tasks.get(job.id)
-        if task is None:
-            task = Task.model_validate(json.loads(job.spec_json))
-            self._tasks[job.id] = task
-        return task
+        return self.memory.task(job)
 
     async def _step(self, job: JobRow) -> float:
         status = JobStatus(job.status)
@@ -201,7 +204,7 @@ class Controller:
     # -- placement -------------------------------------------------------------------------
 
     async def _history(self, now: float) -> list[history.ZoneEvent]:
-        rows = await self.store.zone_events(since=now - 24 * 3600)
+        rows = await self.store.zone_events(since=now - ZONE_HISTORY_SECONDS)
         return [history.ZoneEvent.from_row(r) for r in rows]
 
     async def _job_view(self, job: JobRow, task: Task, now: float) -> strategies.JobView:
@@ -464,8 +467,9 @@ class Controller:
                 at=now,
                 detail=attempt.market,
             )
-            if job.recoveries:
-                self._observe_recovery(job, now)
+            lost_at = self.memory.recovered(job.id)
+            if job.recoveries and lost_at is not None:
+                self.metrics.recovery_seconds.observe(now - lost_at)
 
     async def _idle_gpus(
         self, job: JobRow, aid: str, rows: Sequence[InstanceRow], now: float
@@ -486,11 +490,6 @@ class Controller:
         )
         self.metrics.jobs_finished.labels("CANCELLED").inc()
         return True
-
-    def _observe_recovery(self, job: JobRow, now: float) -> None:
-        lost_at = self._lost_at.pop(job.id, None)
-        if lost_at is not None:
-            self.metrics.recovery_seconds.observe(now - lost_at)
 
     async def _preempted(
         self, job: JobRow, attempt: AttemptRow, node: w.NodeReport, now: float
@@ -533,7 +532,7 @@ class Controller:
             failed_launches=0,
             first_failure_at=None,
         )
-        self._lost_at[job.id] = now
+        self.memory.lost(job.id, now)
         return 0.0
 
     async def _user_failure(

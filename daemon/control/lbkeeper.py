@@ -108,6 +108,9 @@ class LbKeeper:
         """Push the whole set next time (the LB restarted, or the service went)."""
         self._pushed.pop(service_id, None)
 
+    def size(self) -> int:
+        return len(self._pushed) + len(self._children)
+
     async def get(self, svc: ServiceRow, path: str) -> Any:
         async with self._session().get(
             f"http://127.0.0.1:{svc.lb_control_port}{path}",
@@ -228,8 +231,12 @@ class LbKeeper:
     async def stop(self, svc: ServiceRow) -> None:
         """SIGTERM the LB's process group (SIGKILL after 5 s); forget its set."""
         self.forget(svc.id)
+        child = self._children.pop(svc.id, None)  # gone either way once this returns
         pid, ticks = svc.lb_pid, svc.lb_start_ticks
         if not alive(pid, ticks):
+            if child is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(child.wait(), 2.0)  # reap an LB that died itself
             return
         assert pid is not None
         with contextlib.suppress(ProcessLookupError):
@@ -240,7 +247,6 @@ class LbKeeper:
         if alive(pid, ticks):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-        child = self._children.pop(svc.id, None)
         if child is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(child.wait(), 2.0)

@@ -66,6 +66,14 @@ class Prober:
     def forget(self, key: str) -> None:
         self._states.pop(key, None)
 
+    def forget_service(self, service_id: int) -> None:
+        prefix = f"s{service_id}-r"
+        for key in [k for k in self._states if k.startswith(prefix)]:
+            del self._states[key]
+
+    def size(self) -> int:
+        return len(self._states) + len(self._probing) + len(self._tasks)
+
     def cancel(self) -> None:
         for t in list(self._tasks):
             t.cancel()

@@ -102,3 +102,10 @@ class LaunchBackoff:
 
     def launched(self, service_id: int, market: Market) -> None:
         self._blocked.pop((service_id, market), None)
+
+    def forget(self, service_id: int) -> None:
+        for market in Market:
+            self._blocked.pop((service_id, market), None)
+
+    def size(self) -> int:
+        return len(self._blocked)

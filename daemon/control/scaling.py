@@ -43,6 +43,9 @@ class Scaler:
         self._states.pop(service_id, None)
         self._windows.pop(service_id, None)
 
+    def size(self) -> int:
+        return len(self._states) + len(self._windows)
+
     async def target(self, svc: ServiceRow, spec: ServiceSpec, now: float) -> int:
         """The autoscaler's target now; a changed target is stored with its event."""
         policy = autoscale_policy(spec)

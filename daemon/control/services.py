@@ -55,6 +55,7 @@ from spotd.config import Settings
 from spotd.control.draining import Drainer
 from spotd.control.lbkeeper import LbKeeper
 from spotd.control.logs import append_log
+from spotd.control.memory import ServiceMemory
 from spotd.control.observer import FleetObserver, Observation, changed_keys
 from spotd.control.ports import PortAllocator
 from spotd.control.prober import Prober
@@ -162,8 +163,7 @@ class ServiceController:
         self.timeouts = replica_timeouts(
             suspect_after=settings.suspect_after, lost_after=settings.lost_after
         )
-        self._tasks: dict[tuple[int, int], Task] = {}
-        self._obs_at: dict[str, float] = {}
+        self.memory = ServiceMemory()  # per live service and replica; see control.memory
 
     @property
     def providers(self) -> dict[str, Provider]:
@@ -211,23 +211,15 @@ class ServiceController:
     # -- entry points for the API ----------------------------------------------------------
 
     def task_of(self, svc: ServiceRow, version: int | None = None) -> Task:
-        v = svc.version if version is None else version
-        task = self._tasks.get((svc.id, v))
-        if task is None and v == svc.version:
-            task = Task.model_validate(json.loads(svc.spec_json))
-            self._tasks[(svc.id, v)] = task
-        if task is None:
-            raise KeyError(f"version {v} of service {svc.id} is not loaded")
-        return task
+        return self.memory.task(svc, version)
 
     async def task_version(self, svc: ServiceRow, version: int) -> Task:
         try:
-            return self.task_of(svc, version)
+            return self.memory.task(svc, version)
         except KeyError:
             raw = await self.store.service_version_spec(svc.id, version)
             task = Task.model_validate(json.loads(raw or svc.spec_json))
-            self._tasks[(svc.id, version)] = task
-            return task
+            return self.memory.keep(svc.id, version, task)
 
     def plan_for(self, task: Task) -> zones.ZonePlan:
         """Where the task's replicas fit, in both markets (on-demand is the fallback)."""
@@ -300,7 +292,7 @@ class ServiceController:
             return None, False
         obs = listing.instances.get(row.key)
         covered = row.instance_id is not None and listing.covers(row.created_at)
-        launched_at = self._obs_at.get(row.key)
+        launched_at = self.memory.launched_at(row.key)
         if launched_at is not None:
             covered = covered and listing.covers(launched_at)
         return obs, covered
@@ -327,6 +319,7 @@ class ServiceController:
             wake.clear()
             svc = await self.store.get_service(sid)
             if svc is None or svc.status == ServiceStatus.DOWN:
+                self._forget(sid)
                 return
             try:
                 delay = await self._step(svc)
@@ -352,6 +345,7 @@ class ServiceController:
         assert spec is not None
         target = await self.scaler.target(svc, spec, now)
         await self._reconcile(svc, rows, target, now)
+        self.memory.keep_versions(svc.id, {svc.version, *(r.version for r in rows)})
         await self.push(svc)
         await self.drainer.finish(svc, now)
         await self._service_status(svc, now)
@@ -408,6 +402,7 @@ class ServiceController:
         )
         self.prober.forget(row.key)
         self.drainer.forget(row.key)
+        self.memory.replica_gone(row.key)
         if zone_kind is not None:
             await self.zone_event(row, zone_kind, now)
         if row.instance_id is not None:
@@ -541,11 +536,9 @@ class ServiceController:
             )
             return False
         self.backoff.launched(svc.id, row.market)
-        self._obs_at[row.key] = self.clock()
+        self.memory.launched(row.key, self.clock())
         await self.store.update_replica_fields(row.key, instance_id=str(iid))
         return True
-
-    # -- draining --------------------------------------------------------------------------
 
     # -- the load balancer -----------------------------------------------------------------
 
@@ -586,7 +579,16 @@ class ServiceController:
             reason="every replica and the load balancer are gone",
             now=self.clock(),
         )
-        self.scaler.forget(svc.id)
+        self._forget(svc.id)
+
+    def _forget(self, sid: int) -> None:
+        """The service is DOWN: drop what was kept in memory for it and its replicas."""
+        self.memory.forget(sid)
+        self.scaler.forget(sid)
+        self.backoff.forget(sid)
+        self.lbs.forget(sid)
+        self.prober.forget_service(sid)
+        self.drainer.forget_service(sid)
 
     async def zone_event(self, row: ReplicaRow, kind: ZoneEventKind, now: float) -> None:
         await self.zones.record(row, kind, now)

@@ -34,6 +34,9 @@ class Workers:
 
         self._sup.spawn(f"{self._kind}:{oid}", lambda: work(wake), forever=False, on_exit=forget)
 
+    def size(self) -> int:
+        return len(self._wakeups)
+
     def wake(self, oid: int) -> None:
         ev = self._wakeups.get(oid)
         if ev is not None:

@@ -3,6 +3,11 @@
 Events are written by the store itself beside every change (see :mod:`spotd.store.cas`);
 :meth:`EventStore.add_event` is for what happens outside a row change (a note from the
 controller). Zone events feed ``spotd.recovery.history``: where capacity was lost, and when.
+
+Neither table is kept forever: ``prune_events`` and ``prune_zone_events`` delete rows older
+than a cutoff, at most ``limit`` per call (one short transaction each), and the retention loop
+(``spotd.control.retention``) calls them until a call deletes less than a full batch — so the
+writer lock is never held for long, and other store calls run between two batches.
 """
 
 from __future__ import annotations
@@ -10,14 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import enum_value, write_event
 from spotd.store.rows import EventRow, ZoneEventRow
 from spotd.store.tables import Event, ZoneEvent, table_of
 
-__all__ = ["EventStore"]
+__all__ = ["PRUNE_BATCH", "EventStore"]
+
+PRUNE_BATCH = 5000  # rows deleted per statement: a bounded write lock
 
 
 class EventStore(StoreBase):
@@ -86,3 +93,17 @@ class EventStore(StoreBase):
         q = select(zt).where(zt.c.at >= since).order_by(zt.c.at, zt.c.id)
         with self._read() as conn:
             return [ZoneEventRow.from_mapping(m) for m in conn.execute(q).mappings()]
+
+    def prune_events(self, *, before: float, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to ``limit`` of the oldest events written before ``before``; how many."""
+        return self._prune(table_of(Event), before=before, limit=limit)
+
+    def prune_zone_events(self, *, before: float, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to ``limit`` of the oldest zone events before ``before``; how many."""
+        return self._prune(table_of(ZoneEvent), before=before, limit=limit)
+
+    def _prune(self, table: Table, *, before: float, limit: int) -> int:
+        oldest = select(table.c.id).where(table.c.at < before).order_by(table.c.id).limit(limit)
+        with self._write() as conn:
+            res = conn.execute(table.delete().where(table.c.id.in_(oldest.scalar_subquery())))
+            return int(res.rowcount)

@@ -164,6 +164,18 @@ class JobStore(StoreBase):
         with self._read() as conn:
             return [JobRow.from_mapping(m) for m in conn.execute(q).mappings()]
 
+    def jobs_ended_before(self, job_ids: Collection[int], *, before: float) -> list[int]:
+        """Those of ``job_ids`` that reached a terminal status before ``before`` (retention
+        deletes their attempt logs)."""
+        jt = JOBS.table
+        q = select(jt.c.id).where(
+            jt.c.id.in_(list(job_ids)),
+            jt.c.status.in_([s.value for s in TERMINAL_JOB_STATUSES]),
+            func.coalesce(jt.c.ended_at, jt.c.submitted_at) < before,
+        )
+        with self._read() as conn:
+            return sorted(int(i) for i in conn.execute(q).scalars())
+
     def transition_job(
         self,
         /,
