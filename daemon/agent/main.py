@@ -1,6 +1,8 @@
 """The agent: runs one node of one attempt on an instance and reports to the daemon.
 
-``python -m spotd.agent INSTANCE_DIR`` reads ``agent.json`` (an ``AgentConfig``) and:
+``python -m spotd.agent INSTANCE_DIR`` reads ``agent.json`` (an ``AgentConfig``; on an instance
+whose user-data carried only a bootstrap token, it first fetches it: ``spotd.agent.bootstrap``)
+and:
 
 1. restores the checkpoint directory from the checkpoint store, copies the workdir;
 2. runs ``setup`` then ``run`` with bash, in their own process group, output appended to
@@ -37,6 +39,7 @@ from typing import Any
 
 import aiohttp
 
+from spotd.agent.bootstrap import BOOTSTRAP_REFUSED_EXIT, BootstrapRefused, bootstrap_if_needed
 from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store
 from spotd.agent.environment import build_env
 from spotd.agent.imds import Imds
@@ -414,6 +417,17 @@ async def amain(root: Path) -> int:
     # machine that did not (an emptyDir a container may not be allowed to chmod: tolerated)
     with contextlib.suppress(OSError):
         private_dir(root)
+
+    def say(line: str) -> None:
+        with open_private_append(root / "job.log") as f:
+            f.write(f"[spotd-agent] {line}\n".encode())
+
+    try:
+        await bootstrap_if_needed(root, say=say)
+    except (BootstrapRefused, DaemonUntrusted) as exc:
+        say(str(exc))
+        print(f"spotd-agent: {exc}", file=sys.stderr, flush=True)
+        return BOOTSTRAP_REFUSED_EXIT if isinstance(exc, BootstrapRefused) else UNTRUSTED_EXIT
     raw = json.loads((root / "agent.json").read_text())
     raw["secret_names"] = tuple(raw.get("secret_names") or ())
     cfg = AgentConfig(**raw)

@@ -1,4 +1,9 @@
-"""The job agents' heartbeat: ``POST /agent/v1/heartbeat``.
+"""The job agents' routes: ``POST /agent/v1/bootstrap`` and ``POST /agent/v1/heartbeat``.
+
+An agent on an instance that was handed only a one-time bootstrap token
+(``spotd.providers.aws.bootstrap``) trades it once for its config — the task's secrets and its
+long-lived agent token included — over the daemon's TLS listener; a replay, a forged or an
+expired token is refused (401) and the config is not handed out again.
 
 An agent (``spotd.agent.main``) posts its phase, exit code, any interruption notice, GPU
 samples and the next slice of its node's log, with the per-instance token the daemon gave it.
@@ -35,9 +40,10 @@ from spotd.api.common import (
 )
 from spotd.api.routes import AGENT, Route
 from spotd.control.logs import append_log
+from spotd.providers.aws.bootstrap import BOOTSTRAP_PATH, check_bootstrap
 from spotd.telemetry import gpu
 
-__all__ = ["ROUTES", "Heartbeat"]
+__all__ = ["ROUTES", "Bootstrap", "Heartbeat"]
 
 log = structlog.get_logger("spotd.api.agents")
 
@@ -55,6 +61,44 @@ class Heartbeat(Body):
     log_b64: str = ""
     checkpoint_synced_at: EpochSeconds | None = None
     gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+
+
+class Bootstrap(Body):
+    """Which instance's config the agent asks for; the token is in ``Authorization``."""
+
+    key: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
+
+
+async def bootstrap(request: web.Request) -> web.Response:
+    """The agent's config, once, for the instance's bootstrap token."""
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    body = await read_body(request, Bootstrap)
+    store = request.app[STORE]
+    row = await store.get_instance(body.key)
+    now = time.time()
+    verdict = check_bootstrap(
+        token,
+        key=body.key,
+        agent_token=None if row is None else row.token,
+        bootstrapped_at=None if row is None else row.bootstrapped_at,
+        holds_config=row is not None and row.agent_json is not None,
+        now=now,
+    )
+    if verdict.ok:
+        held = await store.take_agent_config(body.key, now=now)
+        if held is not None:
+            log.info("agent bootstrapped", key=body.key)
+            return web.json_response({"config": json.loads(held)})
+        verdict = check_bootstrap(  # another request took it between the read and the take
+            token,
+            key=body.key,
+            agent_token=row.token if row else None,
+            bootstrapped_at=now,
+            holds_config=False,
+            now=now,
+        )
+    log.warning("agent bootstrap refused", key=body.key, reason=verdict.reason)
+    return json_error(verdict.status, verdict.reason)
 
 
 def _log_data(body: Heartbeat) -> bytes:
@@ -118,6 +162,15 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 ROUTES = (
+    Route(
+        "POST",
+        BOOTSTRAP_PATH,
+        bootstrap,
+        "An agent's one fetch of its config, with the instance's one-time bootstrap token",
+        "agents",
+        body=Bootstrap,
+        callers=AGENT,
+    ),
     Route(
         "POST",
         "/agent/v1/heartbeat",

@@ -5,20 +5,25 @@ What differs between the two is said by the caller, in two small records: who th
 programs and environment, where the daemon and the notices are, the daemon's timings — comes
 from the task, the provider's capabilities and the settings here, so the two cannot drift.
 
-Where the agent reports: a provider that declares ``AgentEndpoint`` says so (its instances
-cannot reach our unix socket); any other provider's instances run on this machine and use the
-daemon's socket (and a replica there gets the daemon's Python first on ``PATH``). An agent
+Where the agent reports: the agents' listener, which serves only the agent routes. A provider
+that declares ``AgentEndpoint`` has instances that cannot reach our unix sockets: they call the
+agents' TCP listener when one is configured (``agent_url``, or ``agent_host:agent_port``), else
+the provider's own ``daemon_url``. Any other provider's instances run on this machine and use
+the agents' socket ``agent.sock`` (and a replica there gets the daemon's Python first on
+``PATH``). An agent
 that calls an https ``daemon_url`` is handed the CA of the daemon's certificate (``tls_ca``),
 so it verifies whom it reports to (and sends its token) with no system trust store involved.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from spotd.config import Settings
 from spotd.providers.base import Provider
@@ -53,6 +58,26 @@ class AgentFiles:
     await_final_until: float = 0.0
 
 
+@runtime_checkable
+class BootstrapsAgents(Protocol):
+    """A provider whose instances fetch their config from the daemon once, with a one-time
+    bootstrap token, instead of finding it in what the provider hands them (AWS: user-data is
+    readable for the instance's whole life). The daemon holds the config as the instance runs
+    it (``held_config``) until the agent takes it (``POST /agent/v1/bootstrap``)."""
+
+    def instance_agent(self, agent: AgentConfig) -> AgentConfig:
+        """The config as the agent runs it on this provider's instances."""
+        ...
+
+
+def held_config(provider: Provider, agent: AgentConfig) -> str | None:
+    """The JSON the daemon holds for the agent's bootstrap; None: the provider hands the
+    config over itself."""
+    if not isinstance(provider, BootstrapsAgents):
+        return None
+    return json.dumps(asdict(provider.instance_agent(agent)))
+
+
 def shares_this_machine(provider: Provider) -> bool:
     """Instances that reach the daemon's unix socket run here (the local provider)."""
     return not isinstance(provider, AgentEndpoint)
@@ -67,11 +92,26 @@ def daemon_python_path(task: Task) -> dict[str, str]:
     return {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
 
-def endpoints(provider: Provider, socket_path: Path) -> tuple[str, str]:
+def agent_listener_url(settings: Settings) -> str | None:
+    """Where remote agents reach the agents' TCP listener, None when there is none."""
+    if settings.agent_url:
+        return settings.agent_url
+    if not (settings.agent_host and settings.agent_port):
+        return None
+    if settings.agent_host in ("0.0.0.0", "::"):  # every interface: no address to hand out
+        return None
+    scheme = "https" if settings.tls_cert is not None else "http"
+    host = f"[{settings.agent_host}]" if ":" in settings.agent_host else settings.agent_host
+    return f"{scheme}://{host}:{settings.agent_port}"
+
+
+def endpoints(provider: Provider, settings: Settings) -> tuple[str, str]:
     """(where the agent calls the daemon, where it polls for notices)."""
+    local = f"unix:{settings.agent_socket_path}"
     if isinstance(provider, AgentEndpoint):
-        return provider.daemon_url or f"unix:{socket_path}", provider.notice_url or ""
-    return f"unix:{socket_path}", ""
+        remote = agent_listener_url(settings) or provider.daemon_url or local
+        return remote, provider.notice_url or ""
+    return local, ""
 
 
 def daemon_ca_pem(settings: Settings, daemon_url: str) -> str:
@@ -101,7 +141,7 @@ def build_agent_config(
 ) -> AgentConfig:
     """The agent's config: the task's envs and secrets, then ``envs`` (spotd's own names)."""
     env = dict(task.envs) | dict(task.secrets) | dict(envs or {})
-    daemon_url, notice_url = endpoints(provider, settings.socket_path)
+    daemon_url, notice_url = endpoints(provider, settings)
     return AgentConfig(
         instance_key=who.instance_key,
         attempt_id=who.attempt_id,

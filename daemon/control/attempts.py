@@ -20,7 +20,12 @@ from typing import Any
 import structlog
 
 from spotd.config import Settings
-from spotd.control.agent_config import AgentFiles, AgentIdentity, build_agent_config
+from spotd.control.agent_config import (
+    AgentFiles,
+    AgentIdentity,
+    build_agent_config,
+    held_config,
+)
 from spotd.control.observer import Observation
 from spotd.control.packages import package_store_for
 from spotd.files import mounts as s3src
@@ -31,6 +36,7 @@ from spotd.providers.base import (
     TAG_JOB,
     TAG_KEY,
     TAG_NODE,
+    TAG_PROJECT,
     TAG_REPLICA,
     InstanceSpec,
     ObservedInstance,
@@ -144,6 +150,12 @@ class Attempts:
         self.clock = clock
         self.notices: dict[str, float] = {}  # attempt id -> notice deadline, while it drains
 
+    def forget_job(self, job_id: int) -> None:
+        """The job ended: no later attempt will wait for one of its attempts to drain."""
+        prefix = attempt_id(job_id, 0)[:-1]  # "j7-a"
+        for aid in [a for a in self.notices if a.startswith(prefix)]:
+            del self.notices[aid]
+
     async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
         """Create every node of the attempt that has no instance id yet. On a provider's
         refusal the attempt is ended (a stockout recorded for its zone) and the refusal is
@@ -200,6 +212,9 @@ class Attempts:
                 files=files,
                 envs=node_ips,
             )
+            held = held_config(provider, agent)  # fetched once by the agent (bootstrap)
+            if held is not None:
+                await self.store.hold_agent_config(row.key, held)
             spec = InstanceSpec(
                 key=row.key,
                 region=attempt.region,
@@ -212,6 +227,7 @@ class Attempts:
                     TAG_ATTEMPT: aid,
                     TAG_NODE: str(row.node_rank),
                     TAG_KEY: row.key,
+                    TAG_PROJECT: job.project,
                 },
                 agent=agent,
             )
@@ -247,6 +263,8 @@ class Attempts:
     async def draining_predecessor(self, job_id: int, attempt: int) -> tuple[int, float]:
         """The attempt preempted with a notice that may still be syncing its checkpoint."""
         now = self.clock()
+        for gone in [a for a, deadline in self.notices.items() if deadline <= now]:
+            del self.notices[gone]  # a notice that ran out holds nobody back
         for prev in range(attempt - 1, 0, -1):
             rows = await self.store.instances(attempt_id=attempt_id(job_id, prev))
             deadlines = [r.notice_deadline for r in rows if r.notice_deadline]

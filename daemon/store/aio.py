@@ -104,6 +104,7 @@ class AsyncStore:
     require_job = _offload(Store.require_job)
     list_jobs = _offload(Store.list_jobs)
     active_jobs = _offload(Store.active_jobs)
+    jobs_ended_before = _offload(Store.jobs_ended_before)
     transition_job = _offload(Store.transition_job)
     update_job_fields = _offload(Store.update_job_fields)
     create_attempt = _offload(Store.create_attempt)
@@ -118,6 +119,8 @@ class AsyncStore:
     get_instance = _offload(Store.get_instance)
     require_instance = _offload(Store.require_instance)
     instance_by_token = _offload(Store.instance_by_token)
+    hold_agent_config = _offload(Store.hold_agent_config)
+    take_agent_config = _offload(Store.take_agent_config)
     record_heartbeat = _offload(Store.record_heartbeat)
     set_log_offset = _offload(Store.set_log_offset)
     mark_instance_terminated = _offload(Store.mark_instance_terminated)
@@ -128,6 +131,8 @@ class AsyncStore:
     service_events = _offload(Store.service_events)
     add_zone_event = _offload(Store.add_zone_event)
     zone_events = _offload(Store.zone_events)
+    prune_events = _offload(Store.prune_events)
+    prune_zone_events = _offload(Store.prune_zone_events)
 
     # projects
     create_project = _offload(Store.create_project)

@@ -83,6 +83,31 @@ class InstanceStore(StoreBase):
             m = conn.execute(select(it).where(it.c.token == token)).mappings().first()
             return None if m is None else InstanceRow.from_mapping(m)
 
+    def hold_agent_config(self, key: str, agent_json: str) -> InstanceRow:
+        """Keep the agent's config (JSON) for the instance's bootstrap. Not once the bootstrap
+        happened: a relaunch of the same node finds the instance, which has its config."""
+        it = INSTANCES.table
+        with self._write() as conn:
+            conn.execute(
+                update(it)
+                .where(it.c.key == key, it.c.bootstrapped_at.is_(None))
+                .values(agent_json=agent_json)
+            )
+            return fetch(conn, INSTANCES, key)
+
+    def take_agent_config(self, key: str, *, now: float) -> str | None:
+        """The held config, handed out once: the same transaction marks the bootstrap used and
+        drops the copy (the secrets stay in the task's spec only). None: already taken."""
+        it = INSTANCES.table
+        with self._write() as conn:
+            row = fetch(conn, INSTANCES, key, for_update=True)
+            if row.bootstrapped_at is not None or row.agent_json is None:
+                return None
+            conn.execute(
+                update(it).where(it.c.key == key).values(bootstrapped_at=now, agent_json=None)
+            )
+            return row.agent_json
+
     def record_heartbeat(
         self,
         key: str,
@@ -112,7 +137,8 @@ class InstanceStore(StoreBase):
             return set_fields(conn, INSTANCES, key, {"log_offset": offset})
 
     def mark_instance_terminated(self, key: str, *, now: float) -> InstanceRow:
-        """Idempotent: the first call's time stands."""
+        """Idempotent: the first call's time stands. A config held for a bootstrap that never
+        came is dropped."""
         it = INSTANCES.table
         with self._write() as conn:
             row = fetch(conn, INSTANCES, key, for_update=True)
@@ -121,7 +147,10 @@ class InstanceStore(StoreBase):
                     update(it)
                     .where(it.c.key == key)
                     .values(
-                        terminated=True, terminated_at=now, state=InstanceState.TERMINATED.value
+                        terminated=True,
+                        terminated_at=now,
+                        state=InstanceState.TERMINATED.value,
+                        agent_json=None,  # a config never fetched is not kept past the instance
                     )
                 )
             return fetch(conn, INSTANCES, key)

@@ -88,6 +88,12 @@ def _v4_project_limits(conn: Connection) -> None:
             conn.execute(update(jt).where(jt.c.id == job_id).values(gpus=gpus))
 
 
+def _v5_event_age_index(conn: Connection) -> None:
+    """Retention deletes events by age (``spotd.control.retention``): index event.at, so each
+    bounded batch finds its rows without scanning the table."""
+    conn.exec_driver_sql("CREATE INDEX ix_event_at ON event (at)")
+
+
 def _old_rule_gpus(spec_json: str) -> float:
     """What the quota counted before version 4: accelerators named × nodes (0 if unreadable)."""
     try:
@@ -98,11 +104,20 @@ def _old_rule_gpus(spec_json: str) -> float:
     return float(per_node * task.num_nodes)
 
 
+def _v6_agent_bootstrap(conn: Connection) -> None:
+    """The agent config held for an instance's one bootstrap, and when it was used
+    (instance.agent_json, instance.bootstrapped_at)."""
+    conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN agent_json TEXT")
+    conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN bootstrapped_at FLOAT")
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _create_all),
     (2, _v2_services),
     (3, _v3_gpus_and_projects),
     (4, _v4_project_limits),
+    (5, _v5_event_age_index),
+    (6, _v6_agent_bootstrap),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

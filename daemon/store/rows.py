@@ -138,6 +138,8 @@ class InstanceRow:
     terminated_at: float | None
     gpus_json: str | None = None
     gpus_at: float | None = None
+    agent_json: str | None = None  # the config held for the bootstrap; None once used
+    bootstrapped_at: float | None = None
 
     @classmethod
     def from_mapping(cls, m: Mapping[Any, Any]) -> InstanceRow:

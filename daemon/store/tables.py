@@ -97,13 +97,16 @@ class Instance(_Table, table=True):
     terminated_at: float | None = None
     gpus_json: str | None = None  # the agent's latest GPU samples (version 3); "[]": no GPU
     gpus_at: float | None = None  # when they were reported
+    # the agent's config, held for the instance's one bootstrap (version 6; None once used)
+    agent_json: str | None = None
+    bootstrapped_at: float | None = None  # when its bootstrap token was used
 
 
 class Event(_Table, table=True):
     __tablename__ = "event"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: float
+    at: float = Field(index=True)  # retention deletes by age (version 5)
     job_id: int | None = Field(default=None, index=True)  # no FK: the log outlives anything
     attempt_id: str | None = None
     kind: str  # "job.status", "attempt.status", "job.update", "preemption", ...

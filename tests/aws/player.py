@@ -2,8 +2,9 @@
 
 moto creates instance *records*; nothing boots and no user-data runs. So for every instance of
 the daemon's that moto reports running, the player reads the instance's own user-data over the
-EC2 API (``DescribeInstanceAttribute``), decodes the agent config that the user-data script
-would have written, and starts ``python -m spotd.agent`` on this machine with it — the one
+EC2 API (``DescribeInstanceAttribute``), decodes what the user-data script would have written
+(a job's node: the bootstrap the agent trades for its config; a replica: the agent config),
+and starts ``python -m spotd.agent`` on this machine with it — the one
 change being the instance directory (``/var/lib/spotd/<key>`` becomes a temporary directory).
 When moto reports the instance shutting down or terminated — because the daemon terminated it
 or a test staged a spot interruption — the player SIGKILLs the agent's process group: the
@@ -28,7 +29,8 @@ from typing import Any, Self
 import aioboto3
 
 from spotd.providers.aws import agent_from_user_data
-from spotd.providers.base import TAG_HOME, TAG_KEY
+from spotd.providers.aws.bootstrap import BOOTSTRAP_FILE
+from spotd.providers.base import TAG_ATTEMPT, TAG_HOME, TAG_JOB, TAG_KEY
 
 
 class InstancePlayer:
@@ -86,19 +88,25 @@ class InstancePlayer:
             iid, state = inst["InstanceId"], inst["State"]["Name"]
             if state == "running" and iid not in self.agents:
                 ud = await ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
-                self._boot(iid, base64.b64decode(ud["UserData"]["Value"]).decode())
-                self.keys[iid] = {t["Key"]: t["Value"] for t in inst["Tags"]}[TAG_KEY]
+                tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+                self._boot(iid, base64.b64decode(ud["UserData"]["Value"]).decode(), tags)
+                self.keys[iid] = tags[TAG_KEY]
             elif state in ("shutting-down", "terminated", "stopping", "stopped"):
                 self._kill(iid)
 
-    def _boot(self, iid: str, user_data: str) -> None:
+    def _boot(self, iid: str, user_data: str, tags: dict[str, str]) -> None:
         cfg = agent_from_user_data(user_data)
+        # a job's node carries only a bootstrap (the agent fetches its config from the daemon);
+        # a test's rewrite still sees which job and attempt the instance belongs to
+        boot = "bootstrap_token" in cfg
+        if boot:
+            cfg = {**cfg, "job_id": int(tags[TAG_JOB]), "attempt_id": tags[TAG_ATTEMPT]}
         d = self.root / cfg["instance_key"]
         d.mkdir(parents=True, exist_ok=True)
         cfg["instance_dir"] = str(d)
         if self.rewrite is not None:
             cfg = self.rewrite(cfg)
-        (d / "agent.json").write_text(json.dumps(cfg))
+        (d / (BOOTSTRAP_FILE if boot else "agent.json")).write_text(json.dumps(cfg))
         out = open(d / "agent.out", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.agents[iid] = subprocess.Popen(

@@ -10,6 +10,7 @@ cannot run user-data (the script is checked with ``bash -n`` and decoded back in
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import subprocess
 import uuid
@@ -155,8 +156,14 @@ async def test_spot_launch_is_tagged_tokened_and_bootstrapped(fx: Fixture) -> No
     assert (options["HttpTokens"], options["HttpEndpoint"]) == ("required", "enabled")
     assert options["HttpPutResponseHopLimit"] == 1
     script = await fx.user_data("us-west-2", iid)
-    agent = aws.agent_from_user_data(script)
-    assert agent["daemon_url"] == "http://10.0.0.5:8470"
+    # a job's node: user-data carries a one-time bootstrap token, no secret and no agent token
+    boot = aws.agent_from_user_data(script)
+    assert set(boot) == {"daemon_url", "daemon_ca_pem", "instance_key", "bootstrap_token"}
+    assert boot["daemon_url"] == "http://10.0.0.5:8470"
+    assert boot["instance_key"] == "j7-a2-n0"
+    assert "tok-j7-a2-n0" not in script and "python train.py" not in script
+    # the config the daemon holds for that bootstrap is the one the instance runs
+    agent = dataclasses.asdict(fx.provider.instance_agent(spec.agent))
     assert agent["token"] == "tok-j7-a2-n0"
     assert agent["notice_url"] == "http://169.254.169.254"
     assert agent["checkpoint_store"] == "s3://spotd-ckpt/jobs/spotd-t-j7/"

@@ -30,16 +30,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
+from spotd.providers.aws.bootstrap import issue_token
 from spotd.providers.aws.catalog import load_aws_catalog
 from spotd.providers.aws.config import PROVIDER_NAME, AwsConfig
 from spotd.providers.aws.ec2 import from_client_error, observe, run_instances_request
-from spotd.providers.aws.userdata import agent_for_instance, client_token, render_user_data
+from spotd.providers.aws.userdata import (
+    agent_for_instance,
+    client_token,
+    render_bootstrap_user_data,
+    render_user_data,
+)
 from spotd.providers.base import (
     TAG_HOME,
     TAG_KEY,
@@ -49,7 +56,7 @@ from spotd.providers.base import (
     ProviderUnavailable,
 )
 from spotd.providers.capabilities import ObjectStore
-from spotd.types import CatalogEntry, InstanceId, InstanceState
+from spotd.types import AgentConfig, CatalogEntry, InstanceId, InstanceState
 
 log = structlog.get_logger("spotd.providers.aws")
 
@@ -226,17 +233,12 @@ class AwsProvider:
         if found:  # launched before a crash: the same instance, never a second one
             live = [o for o in found if o.state in (InstanceState.PENDING, InstanceState.RUNNING)]
             return (live or found)[0].id
-        agent = agent_for_instance(
-            spec.agent,
-            notice_url=self.config.notice_url,
-            checkpoint_store=self.config.checkpoint_store,
-        )
         kw = run_instances_request(
             spec,
             self.config,
             image=image,
             token=client_token(spec),
-            user_data=render_user_data(agent, install=self.config.agent_install),
+            user_data=self._user_data(spec.agent),
         )
         resp = await self._call(spec.region, "run_instances", **kw)
         iid = InstanceId(resp["Instances"][0]["InstanceId"])
@@ -251,6 +253,26 @@ class AwsProvider:
             market=str(spec.market),
         )
         return iid
+
+    def instance_agent(self, agent: AgentConfig) -> AgentConfig:
+        """The agent's config as it runs on an EC2 instance (``agent_for_instance``): what the
+        daemon holds for the instance's bootstrap. Idempotent."""
+        return agent_for_instance(
+            agent,
+            notice_url=self.config.notice_url,
+            checkpoint_store=self.config.checkpoint_store,
+        )
+
+    def _user_data(self, agent: AgentConfig) -> str:
+        """A job's node gets a one-time bootstrap token (the daemon holds its config: see
+        ``spotd.control.agent_config.BootstrapsAgents``); a service replica, whose config the
+        daemon does not hold, still gets it embedded."""
+        agent = self.instance_agent(agent)
+        install = self.config.agent_install
+        if not agent.job_id:
+            return render_user_data(agent, install=install)
+        token = issue_token(agent.token, key=agent.instance_key, now=time.time())
+        return render_bootstrap_user_data(agent, bootstrap_token=token, install=install)
 
     async def list_instances(self) -> Sequence[ObservedInstance]:
         if self.disabled_reason:

@@ -11,6 +11,7 @@ import json
 import shlex
 from typing import Any
 
+from spotd.providers.aws.bootstrap import BOOTSTRAP_FILE, BOOTSTRAP_REFUSED_EXIT
 from spotd.providers.base import TAG_HOME, InstanceSpec, InvalidRequest
 from spotd.types import AgentConfig
 
@@ -45,46 +46,92 @@ def agent_for_instance(
     )
 
 
-def render_user_data(agent: AgentConfig, *, install: str) -> str:
-    """The bash script EC2 runs as root on first boot: install spotd, write the agent's config,
-    start the agent as a systemd unit (restarted if it crashes; it resumes from its state file;
-    not when it exits because the daemon's certificate does not verify: that would not change).
+def _blob(data: dict[str, Any]) -> str:
+    return base64.b64encode(gzip.compress(json.dumps(data).encode(), mtime=0)).decode()
 
-    The agent config (job scripts, envs and the per-instance token) is embedded gzip+base64.
+
+def _script(agent: AgentConfig, *, install: str, file: str, blob: str, what: str) -> str:
+    """The bash EC2 runs as root on first boot: install spotd, write ``file`` 0600 in the
+    instance directory, start the agent.
+
+    Under systemd the agent is a transient unit, restarted if it crashes (it resumes from its
+    state file), not when it exits because the daemon's certificate does not verify or the
+    daemon refused its bootstrap token (a restart would not change either). Without systemd
+    (a container, a minimal image: no ``systemd-run``, or no systemd running) it is started
+    once with nohup, its output in ``agent.out``, and not restarted.
     """
-    blob = base64.b64encode(
-        gzip.compress(json.dumps(dataclasses.asdict(agent)).encode(), mtime=0)
-    ).decode()
+    key = agent.instance_key
     d = shlex.quote(agent.instance_dir)
+    py = "/opt/spotd/bin/python"
     script = f"""#!/bin/bash
-# spotd agent bootstrap for {agent.instance_key} (EC2 user-data; runs once, as root)
+# spotd agent bootstrap for {key} (EC2 user-data; runs once, as root)
 set -euo pipefail
 exec >>/var/log/spotd-bootstrap.log 2>&1
 mkdir -p {d}
 chmod 700 {d}
-if ! [ -x /opt/spotd/bin/python ]; then
+if ! [ -x {py} ]; then
   command -v python3 >/dev/null || (dnf install -y python3 || apt-get install -y python3-venv)
   python3 -m venv /opt/spotd
   /opt/spotd/bin/pip install --quiet {shlex.quote(install)}
 fi
-umask 077  # agent.json holds the agent's token and the task's secrets: 0600 from birth
-echo {blob} | base64 -d | gunzip > {d}/agent.json
+umask 077  # {what}: 0600 from birth
+echo {blob} | base64 -d | gunzip > {d}/{file}
 umask 022
-chmod 600 {d}/agent.json
-systemd-run --unit=spotd-agent-{agent.instance_key} --property=Restart=on-failure \\
-  --property=RestartPreventExitStatus={UNTRUSTED_EXIT} \\
-  --working-directory={d} /opt/spotd/bin/python -m spotd.agent {d}
+chmod 600 {d}/{file}
+if command -v systemd-run >/dev/null && [ -d /run/systemd/system ]; then
+  systemd-run --unit=spotd-agent-{shlex.quote(key)} --property=Restart=on-failure \\
+    --property=RestartPreventExitStatus={UNTRUSTED_EXIT} \\
+    --property=RestartPreventExitStatus={BOOTSTRAP_REFUSED_EXIT} \\
+    --working-directory={d} {py} -m spotd.agent {d}
+else
+  cd {d}
+  nohup {py} -m spotd.agent {d} >>{d}/agent.out 2>&1 </dev/null &
+fi
 """
     if len(script.encode()) > USER_DATA_LIMIT:
         raise InvalidRequest(
-            f"user-data for {agent.instance_key} is {len(script.encode())} bytes, over EC2's "
+            f"user-data for {key} is {len(script.encode())} bytes, over EC2's "
             f"16 KiB: shorten the task's setup/run/envs"
         )
     return script
 
 
+def render_user_data(agent: AgentConfig, *, install: str) -> str:
+    """User-data that carries the agent's whole config, gzip+base64 (the job's scripts, envs,
+    secrets and the per-instance token). Only for agents the daemon holds no config for (a
+    service replica): a job's node gets ``render_bootstrap_user_data``."""
+    return _script(
+        agent,
+        install=install,
+        file="agent.json",
+        blob=_blob(dataclasses.asdict(agent)),
+        what="agent.json holds the agent's token and the task's secrets",
+    )
+
+
+def render_bootstrap_user_data(agent: AgentConfig, *, bootstrap_token: str, install: str) -> str:
+    """User-data that carries no secret: where the daemon is, its CA, the instance's key and a
+    one-time bootstrap token (``spotd.providers.aws.bootstrap``) the agent trades for its
+    config over TLS."""
+    boot = {
+        "daemon_url": agent.daemon_url,
+        "daemon_ca_pem": agent.daemon_ca_pem,
+        "instance_key": agent.instance_key,
+        "bootstrap_token": bootstrap_token,
+    }
+    return _script(
+        agent,
+        install=install,
+        file=BOOTSTRAP_FILE,
+        blob=_blob(boot),
+        what="the bootstrap token is good once, but only the agent should use it",
+    )
+
+
 def agent_from_user_data(script: str) -> dict[str, Any]:
-    """The agent config embedded by ``render_user_data`` (for tests that play the instance)."""
+    """What the user-data embeds: the agent config of ``render_user_data``, or the bootstrap of
+    ``render_bootstrap_user_data`` (it has ``bootstrap_token``): for tests that play the
+    instance."""
     for line in script.splitlines():
         if line.startswith("echo ") and "| base64 -d | gunzip" in line:
             blob = line.split()[1]
