@@ -53,6 +53,7 @@ from spotd.metrics import DaemonMetrics
 from spotd.ops import sdnotify
 from spotd.ops.tls import TlsError, client_context, plaintext_refusal, server_context
 from spotd.pricing.catalog import default_local_catalog, load_catalog
+from spotd.providers.allowlist import allowlist_errors
 from spotd.providers.base import Provider
 from spotd.providers.local import LocalProvider
 from spotd.providers.local_tenancy import LocalTenancy, TenancyError, privilege_refusal
@@ -130,6 +131,9 @@ def forbid_inspection() -> bool:
 def local_tenancy(settings: Settings) -> LocalTenancy:
     """The local provider's tenancy rules, checked before anything starts: a daemon that must
     run projects as their own users but cannot switch users refuses to start, saying so."""
+    errors = allowlist_errors(settings.providers)  # local's and slurm's `projects`
+    if errors:
+        raise ProviderConfigError("; ".join(errors))
     try:
         tenancy = LocalTenancy.from_config(settings.providers.get("local", {}))
     except TenancyError as exc:

@@ -30,7 +30,6 @@ from spotd.api.files import Sha256
 from spotd.api.params import PathId, QueryList
 from spotd.api.routes import TENANT, Route
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
-from spotd.providers.local_tenancy import LocalTenancy
 from spotd.store import AsyncStore, AttemptRow, JobRow, StaleTransition
 from spotd.telemetry import gpu
 from spotd.types import Candidate, JobStatus
@@ -200,7 +199,7 @@ async def launch(request: web.Request) -> web.Response:
         now=time.time(),
         file_roots=request.app[SETTINGS].file_roots,
         blob_store=request.app[SETTINGS].home / "cas",
-        local_tenancy=LocalTenancy.from_config(request.app[SETTINGS].providers.get("local", {})),
+        provider_configs=request.app[SETTINGS].providers,
     )
     if body.dry_run:
         return web.json_response({"dry_run": True, **plan_json(plan)})

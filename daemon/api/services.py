@@ -205,9 +205,15 @@ async def _parse(body: ServiceUpBody | ServiceUpdateBody) -> Task:
     return task
 
 
-def _check_placeable(services: ServiceController, task: Task) -> None:
-    if not services.plan_for(task).zones:
-        raise ApiError(400, "no feasible placement for the replicas' resources")
+def _check_placeable(services: ServiceController, task: Task, project: str) -> None:
+    if services.plan_for(task, project).zones:
+        return
+    barred = [why for p, why in services.barred(project).items() if p in services.providers]
+    if barred:  # only a provider the admin bars the project from could have placed them
+        raise ApiError(
+            403, f"no feasible placement for the replicas' resources; {'; '.join(barred)}"
+        )
+    raise ApiError(400, "no feasible placement for the replicas' resources")
 
 
 async def _service(request: web.Request) -> ServiceRow:
@@ -240,7 +246,7 @@ async def service_up(request: web.Request) -> web.Response:
         raise ApiError(400, "the service needs a name: give `name:` in the YAML or -n NAME")
     if not re.fullmatch(NAME_PATTERN, name):
         raise ApiError(400, f"service name {name[:80]!r}: use {NAME_HINT}")
-    _check_placeable(services, task)
+    _check_placeable(services, task, project)
     gpus = quota.service_reservation(
         task, services.catalog, enabled_providers=services.providers.keys()
     )
@@ -292,7 +298,7 @@ async def update_service(request: web.Request) -> web.Response:
         raise ApiError(400, f"mode must be one of {', '.join(UPDATE_MODES)}, got {body.mode!r}")
     svc = await _service(request)
     task = await _parse(body)
-    _check_placeable(services, task)
+    _check_placeable(services, task, svc.project)
     try:
         svc = await request.app[STORE].add_service_version(
             svc.id,

@@ -32,9 +32,9 @@ from spotd.control.idle_gpu import IdleGpuRule
 from spotd.control.memory import JobMemory
 from spotd.control.observer import FleetObserver, Observation, changed_keys
 from spotd.control.retention import ZONE_HISTORY_SECONDS, Retention
+from spotd.control.submit import placeable_catalog
 from spotd.control.workers import Workers
 from spotd.metrics import DaemonMetrics
-from spotd.pricing.catalog import real_capacity
 from spotd.providers.base import (
     TAG_JOB,
     ObservedInstance,
@@ -210,6 +210,11 @@ class Controller:
     async def _job_view(self, job: JobRow, task: Task, now: float) -> strategies.JobView:
         return job_view(job, task, await self.store.attempts(job.id), now)
 
+    def placeable(self, project: str, task: Task) -> list[CatalogEntry]:
+        """What a relaunch may choose from: what the launch could (``placeable_catalog``)."""
+        cfg = self.settings.providers
+        return placeable_catalog(task, self.catalog, project, enabled=self.providers, configs=cfg)
+
     async def _place(self, job: JobRow) -> float:
         now = self.clock()
         task = self.task_of(job)
@@ -236,11 +241,7 @@ class Controller:
         view = await self._job_view(job, task, now)
         decision = strategies.next_placement(
             view,
-            catalog=real_capacity(  # a relaunch follows the launch's rule: no simulated GPUs
-                self.catalog,
-                request=task.resource_request(),
-                enabled_providers=self.providers.keys(),
-            ),
+            catalog=self.placeable(job.project, task),
             history=await self._history(now),
             now=now,
             jitter=self.rng.random(),

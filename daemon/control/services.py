@@ -80,6 +80,7 @@ from spotd.control.workers import Workers
 from spotd.control.zone_history import ReplicaZoneHistory
 from spotd.metrics import DaemonMetrics
 from spotd.pricing.catalog import real_capacity
+from spotd.providers.allowlist import barred_providers, without_barred
 from spotd.providers.base import (
     TAG_REPLICA,
     ObservedInstance,
@@ -221,12 +222,17 @@ class ServiceController:
             task = Task.model_validate(json.loads(raw or svc.spec_json))
             return self.memory.keep(svc.id, version, task)
 
-    def plan_for(self, task: Task) -> zones.ZonePlan:
-        """Where the task's replicas fit, in both markets (on-demand is the fallback)."""
+    def barred(self, project: str) -> dict[str, str]:
+        """The providers ``project`` may not run on, and why (``spotd.providers.allowlist``)."""
+        return barred_providers(project, self.settings.providers)
+
+    def plan_for(self, task: Task, project: str) -> zones.ZonePlan:
+        """Where ``project``'s replicas fit, in both markets (on-demand is the fallback)."""
         request = task.resource_request()
         use_spot = zones.wants_spot(request)
-        catalog = real_capacity(
-            self.catalog, request=request, enabled_providers=self.providers.keys()
+        catalog = without_barred(
+            real_capacity(self.catalog, request=request, enabled_providers=self.providers.keys()),
+            self.barred(project),
         )
         spot = placement.candidates(request, catalog) if use_spot else []
         ondemand = placement.candidates(zones.ondemand_request(request), catalog)
@@ -441,7 +447,7 @@ class ServiceController:
             for r in newest
             if r.status.is_alive
         ]
-        zp = self.plan_for(task)
+        zp = self.plan_for(task, svc.project)
         plan = hedge.plan_replicas(
             target,
             zones=zp.zones,

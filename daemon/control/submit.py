@@ -37,6 +37,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -53,8 +54,8 @@ from spotd.control.sources import Uploaded, check_files, check_sources, package_
 from spotd.files import mounts as s3src
 from spotd.files.workdir import BlobStore, PackageError
 from spotd.pricing.catalog import real_capacity
+from spotd.providers.allowlist import barred_providers, without_barred
 from spotd.providers.base import Provider
-from spotd.providers.local_tenancy import LocalTenancy, local_refusal
 from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks_bounded, parse_duration
 from spotd.store import AsyncStore, JobRow, OverQuota
@@ -78,6 +79,7 @@ __all__ = [
     "parse_deadline",
     "parse_task",
     "place",
+    "placeable_catalog",
     "plan_submission",
     "reserved_gpus",
     "submit",
@@ -175,6 +177,22 @@ def usable_catalog(
     return real_capacity(
         catalog, request=task.resource_request(), enabled_providers=enabled_providers
     )
+
+
+def placeable_catalog(
+    task: Task,
+    catalog: Sequence[CatalogEntry],
+    project: str,
+    *,
+    enabled: Collection[str],
+    configs: Mapping[str, Mapping[str, Any]],
+) -> list[CatalogEntry]:
+    """What a placement of ``project``'s ``task`` may choose from, at launch and at every
+    relaunch (``spotd.control.jobs``): ``usable_catalog`` less the providers the admin bars
+    the project from (``spotd.providers.allowlist``, the config's ``providers`` = ``configs``).
+    """
+    usable = usable_catalog(task, catalog, enabled_providers=enabled)
+    return without_barred(usable, barred_providers(project, configs))
 
 
 def place(
@@ -278,14 +296,16 @@ async def plan_submission(
     now: float,
     file_roots: Sequence[Path] = (),
     blob_store: Path | None = None,
-    local_tenancy: LocalTenancy | None = None,
+    provider_configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Plan:
     """Every check a launch passes, in order; the plan a dry run shows and a launch applies.
 
     ``scope``: the project a project token limits the caller to (None: the admin).
     ``file_roots``: where the admin's daemon-host sources may be; ``blob_store``: the
-    content store (``<home>/cas``) the client's uploads are in; ``local_tenancy``: which
-    projects the admin lets run on the daemon's own host (the local provider).
+    content store (``<home>/cas``) the client's uploads are in; ``provider_configs``: the
+    config's ``providers`` section, whose allowlists (``spotd.providers.allowlist``) say which
+    projects may run on the operator's own machines (local, slurm): a barred provider's
+    capacity is no choice, and a launch that only it could place is a 403 naming the setting.
     """
     task = await parse_task(req)
     base = Path(req.base_dir or ".")
@@ -302,18 +322,23 @@ async def plan_submission(
     await check_buckets(task, providers)
     check_runnable(task)
     project = launch_project(req.project, scope)
+    # every configured provider still counts as enabled for real_capacity: being barred from
+    # Slurm must not make the local provider's simulated GPUs a choice
     enabled = set(providers)
-    barred = local_refusal(project, local_tenancy) if local_tenancy else None
-    if barred and "local" in enabled:
-        enabled.discard("local")
-        catalog = [e for e in catalog if e.provider != "local"]
-        if not enabled:
-            raise NotPermitted(barred)
+    barred = {
+        p: why
+        for p, why in barred_providers(project, provider_configs or {}).items()
+        if p in enabled
+    }
+    if barred:
+        catalog = without_barred(catalog, barred)
+        if not enabled - barred.keys():
+            raise NotPermitted("; ".join(barred.values()))
     try:
         cands = place(task, catalog, enabled_providers=enabled)
     except InvalidRequest as exc:
-        if barred:  # what is left does not fit: say why the local provider was not a choice
-            raise NotPermitted(f"{exc.message}; {barred}") from exc
+        if barred:  # what is left does not fit: say why the barred providers were no choice
+            raise NotPermitted(f"{exc.message}; {'; '.join(barred.values())}") from exc
         raise
     gpus = quota.job_gpus(
         task.resource_request(),

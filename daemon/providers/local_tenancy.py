@@ -5,7 +5,8 @@ config section ``providers.local`` decide what a project may do there:
 
 - ``projects: [names]`` — the projects allowed on the local provider; the admin's ``default``
   project always is (existing setups and demos keep working). Unset: every project (as before).
-  ``local_refusal`` says why a project is refused, naming the setting.
+  ``local_refusal`` says why a project is refused, naming the setting. The same rule holds for
+  Slurm and is applied at every placement: ``spotd.providers.allowlist``.
 - ``run_as_project_users: true`` — each project's agent and job run as its own unprivileged
   system user, ``spotd-p-<project>`` (``project_user``), created on first use with
   ``useradd --system`` (``ensure_user``), started through ``setpriv`` (``as_user``), in an
@@ -33,6 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spotd.providers.allowlist import (
+    DEFAULT_PROJECT,
+    AllowlistError,
+    allowed_projects,
+    provider_refusal,
+)
+
 __all__ = [
     "DEFAULT_PROJECT",
     "LocalTenancy",
@@ -44,7 +52,6 @@ __all__ = [
     "project_user",
 ]
 
-DEFAULT_PROJECT = "default"  # the admin's project (spotd.control.quota.DEFAULT_PROJECT)
 USER_PREFIX = "spotd-p-"
 _MAX_USER = 32  # useradd's limit on a user name
 _UNSAFE = re.compile(r"[^a-z0-9_-]")
@@ -66,11 +73,10 @@ class LocalTenancy:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> LocalTenancy:
-        raw = cfg.get("projects", cfg.get("allow_projects"))
-        if raw is not None and (
-            not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw)
-        ):
-            raise TenancyError(f"providers.local.projects must be a list of names, got {raw!r}")
+        try:
+            projects = allowed_projects("local", cfg)
+        except AllowlistError as exc:
+            raise TenancyError(str(exc)) from None
         run_as = cfg.get("run_as_project_users", False)
         if not isinstance(run_as, bool):
             raise TenancyError(
@@ -80,21 +86,17 @@ class LocalTenancy:
         if python is not None and not isinstance(python, str):
             raise TenancyError(f"providers.local.python must be a path, got {python!r}")
         return cls(
-            projects=None if raw is None else frozenset(raw),
+            projects=projects,
             run_as_project_users=run_as,
             python=python or None,
         )
 
 
 def local_refusal(project: str, tenancy: LocalTenancy) -> str | None:
-    """Why ``project`` may not run on the local provider, or None when it may."""
-    if tenancy.projects is None or project == DEFAULT_PROJECT or project in tenancy.projects:
-        return None
-    allowed = ", ".join(sorted(tenancy.projects | {DEFAULT_PROJECT}))
-    return (
-        f"project {project} may not run on the local provider (the daemon's own host): the "
-        f"admin allows only {allowed} there (providers.local.projects in config.yaml)"
-    )
+    """Why ``project`` may not run on the local provider, or None when it may (the rule of
+    every provider on the operator's own machines: ``spotd.providers.allowlist``)."""
+    cfg = {} if tenancy.projects is None else {"projects": sorted(tenancy.projects)}
+    return provider_refusal(project, "local", cfg)
 
 
 def project_user(project: str) -> str:

@@ -75,6 +75,9 @@ _TOP_KEYS = frozenset(
         "slurm_conf",
         "command_timeout",
         "sbatch_args",
+        # which projects may run here: read by every placement (spotd.providers.allowlist)
+        "projects",
+        "allow_projects",
     }
 )
 
