@@ -295,7 +295,8 @@ def jobs_events(job_id: int, output: str) -> None:
 
 @jobs.command("cancel")
 @click.argument("job_ids", type=int, nargs=-1, required=True)
-def jobs_cancel(job_ids: tuple[int, ...]) -> None:
+@click.option("-y", "--yes", is_flag=True, help="Accepted for SkyPilot habits; spotd never asks.")
+def jobs_cancel(job_ids: tuple[int, ...], yes: bool) -> None:
     """Cancel jobs: their instances are terminated."""
 
     async def go(c: Client) -> list[Any]:

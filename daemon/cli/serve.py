@@ -68,9 +68,15 @@ def serve() -> None:
     default=None,
     help="The project the service belongs to and reserves its GPUs from (default: default).",
 )
+@click.option("-y", "--yes", is_flag=True, help="Accepted for SkyPilot habits; spotd never asks.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def serve_up_cmd(
-    file: str, name: str | None, envs: tuple[str, ...], project: str | None, output: str
+    file: str,
+    name: str | None,
+    envs: tuple[str, ...],
+    project: str | None,
+    output: str,
+    yes: bool,
 ) -> None:
     """Start a service from FILE (a task with a `service:` section)."""
     text = Path(file).read_text()
@@ -196,7 +202,8 @@ def _replicas_table(s: dict[str, Any], verbose: bool) -> Table:
     "blue_green: all at once when the new set is READY.",
 )
 @click.option("--env", "envs", multiple=True, help="K=V override for envs (repeatable).")
-def serve_update_cmd(name: str, file: str, mode: str, envs: tuple[str, ...]) -> None:
+@click.option("-y", "--yes", is_flag=True, help="Accepted for SkyPilot habits; spotd never asks.")
+def serve_update_cmd(name: str, file: str, mode: str, envs: tuple[str, ...], yes: bool) -> None:
     """Move service NAME to a new version from FILE without dropping requests."""
     text = Path(file).read_text()
     svc = run(lambda c: serve_update(c, name, text, filename=file, mode=mode, env=parse_env(envs)))
@@ -205,7 +212,8 @@ def serve_update_cmd(name: str, file: str, mode: str, envs: tuple[str, ...]) -> 
 
 @serve.command("down")
 @click.argument("names", nargs=-1, required=True)
-def serve_down_cmd(names: tuple[str, ...]) -> None:
+@click.option("-y", "--yes", is_flag=True, help="Accepted for SkyPilot habits; spotd never asks.")
+def serve_down_cmd(names: tuple[str, ...], yes: bool) -> None:
     """Tear down services: every replica and the load balancer are stopped."""
 
     async def go(c: Client) -> list[Any]:

@@ -22,15 +22,24 @@ The modules, from the bottom up (each imports only those above it in this list):
 - ``resources``, ``service``, ``job_recovery``: the sections of a task;
 - ``load``: text -> documents -> validated models, all issues at once;
 - ``task``: ``Task``, the document as a whole (envs, secrets, file mounts, the YAML dump);
-- ``check``: ``load_tasks``, ``load_task``, ``check_file``, and ``load_tasks_bounded`` (the
-  daemon's: off the event loop, with a time limit).
+- ``check``: ``load_tasks``, ``load_task``, ``check_file``, ``review_file`` (``spotctl
+  check``'s: notes and warnings for what is due or unsupported at launch), and
+  ``load_tasks_bounded`` (the daemon's: off the event loop, with a time limit).
 
 Import from here; the modules inside are the package's own business.
 """
 
 from __future__ import annotations
 
-from spotd.spec.check import LOAD_TIMEOUT_S, check_file, load_task, load_tasks, load_tasks_bounded
+from spotd.spec.check import (
+    LOAD_TIMEOUT_S,
+    Review,
+    check_file,
+    load_task,
+    load_tasks,
+    load_tasks_bounded,
+    review_file,
+)
 from spotd.spec.documents import DEFAULT_LIMITS, YamlLimits
 from spotd.spec.errors import SpecError, SpecIssue
 from spotd.spec.job_recovery import JobRecovery
@@ -47,6 +56,7 @@ __all__ = [
     "LoadBalancingPolicy",
     "ReplicaPolicy",
     "Resources",
+    "Review",
     "ServiceSpec",
     "SpecError",
     "SpecIssue",
@@ -57,4 +67,5 @@ __all__ = [
     "load_tasks",
     "load_tasks_bounded",
     "parse_duration",
+    "review_file",
 ]

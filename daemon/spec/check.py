@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
+from typing import Any
 
 from spotd.spec.documents import DEFAULT_LIMITS, YamlLimits
 from spotd.spec.errors import SpecError, SpecIssue
-from spotd.spec.load import load_model, load_models
+from spotd.spec.fields import CHECKING
+from spotd.spec.issues import format_path
+from spotd.spec.load import load_documents, load_model, load_models
 from spotd.spec.task import Task
+from spotd.spec.values import Path
 
 LOAD_TIMEOUT_S = 10.0  # what an API request waits for its task file to be read
 
@@ -93,3 +98,73 @@ def check_file(
     except SpecError as exc:
         return list(exc.issues)
     return []
+
+
+@dataclass
+class Review:
+    """What ``spotctl check`` says of a file: its tasks (read as check reads them), its
+    errors (the file cannot be used), and its notes and warnings (it is valid, but something
+    is due at launch, or cannot be honoured or placed yet). Notes and warnings are
+    ``SpecIssue``s whose message starts with ``note:`` or ``warning:``."""
+
+    tasks: list[Task] = field(default_factory=list)
+    errors: list[SpecIssue] = field(default_factory=list)
+    notes: list[SpecIssue] = field(default_factory=list)
+
+
+def _due_at_launch(data: Any) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    if isinstance(data, dict):
+        for section in ("envs", "secrets"):
+            values = data.get(section)
+            if isinstance(values, dict):
+                found += [(section, str(k)) for k, v in values.items() if v is None]
+    return found
+
+
+def review_file(
+    path: str | FsPath,
+    *,
+    env_overrides: Mapping[str, str] | None = None,
+    text: str | None = None,
+    limits: YamlLimits = DEFAULT_LIMITS,
+) -> Review:
+    """``spotctl check``'s reading of a file; never raises for bad input.
+
+    It validates without placing: an env or secret with a null value is valid (a note: it is
+    due at launch), and what launch refuses only because spotd lacks it yet (a cloud spotd
+    has no provider for, a storage object, a pool, a docker image, a config override) is a
+    warning, not an error. Everything else ``load_tasks`` refuses is an error here too.
+    """
+    file = str(path)
+    try:
+        loaded = load_documents(
+            Task,
+            path,
+            env_overrides=env_overrides,
+            text=text,
+            limits=limits,
+            context={CHECKING: True},
+        )
+    except SpecError as exc:
+        return Review(errors=list(exc.issues))
+    review = Review(tasks=[t for _, t in loaded])
+    overrides = env_overrides or {}
+    for doc, task in loaded:
+        for section, name in _due_at_launch(doc.data):
+            if name in overrides:
+                continue
+            due: Path = (section, name)
+            review.notes.append(
+                SpecIssue(
+                    format_path(due),
+                    doc.line_of(due),
+                    f"note: no value here: due at launch (--env {name}=VALUE)",
+                    file,
+                )
+            )
+        for at, message in task.advisories():
+            review.notes.append(
+                SpecIssue(format_path(at), doc.line_of(at), f"warning: {message}", file)
+            )
+    return review

@@ -13,7 +13,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from spotd.spec.values import Path, SyntaxProblem, parse_duration
@@ -38,6 +38,18 @@ def not_supported(*keys: str, hint: str = "") -> Mapping[str, str]:
     return types.MappingProxyType(
         {k: "not supported by spotd" + (f" ({hint})" if hint else "") for k in keys}
     )
+
+
+# The validation context ``spotctl check`` reads with (``{CHECKING: True}``): what launch refuses
+# only because spotd lacks it yet (another cloud, a storage object, a pool, a docker image)
+# is kept in the model, and ``Task.advisories()`` turns it into a warning instead.
+CHECKING = "spotd_checking"
+
+
+def checking(info: ValidationInfo | None) -> bool:
+    """Whether this validation is ``spotctl check``'s (see ``CHECKING``), not a launch's."""
+    context = info.context if info is not None else None
+    return isinstance(context, Mapping) and bool(context.get(CHECKING))
 
 
 def spotd_error(message: str, at: Path = ()) -> PydanticCustomError:

@@ -52,7 +52,12 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, str]) -> dict[
 
 
 def _model_from(
-    model: type[M], doc: Document, *, file: str, overrides: Mapping[str, str]
+    model: type[M],
+    doc: Document,
+    *,
+    file: str,
+    overrides: Mapping[str, str],
+    context: Mapping[str, Any] | None = None,
 ) -> M | list[SpecIssue]:
     issues = [
         SpecIssue(
@@ -77,7 +82,7 @@ def _model_from(
     data, hoisted = hoist_job_recovery(doc.data)
     data = apply_overrides(data, overrides)
     try:
-        result = model.model_validate(data)
+        result = model.model_validate(data, context=context)
     except ValidationError as exc:
         issues += issues_from(exc, root=model, data=data, doc=doc, file=file, hoisted=hoisted)
     return issues or result
@@ -102,6 +107,21 @@ def load_models(
     limits: YamlLimits = DEFAULT_LIMITS,
 ) -> list[M]:
     """Every document of a task file as a ``model``; see ``spotd.spec.check.load_tasks``."""
+    loaded = load_documents(model, source, env_overrides=env_overrides, text=text, limits=limits)
+    return [m for _, m in loaded]
+
+
+def load_documents(
+    model: type[M],
+    source: str | FsPath,
+    *,
+    env_overrides: Mapping[str, str] | None = None,
+    text: str | None = None,
+    limits: YamlLimits = DEFAULT_LIMITS,
+    context: Mapping[str, Any] | None = None,
+) -> list[tuple[Document, M]]:
+    """``load_models``, each model with its document (its data and lines); ``context`` is
+    the validation context (``spotd.spec.fields.CHECKING``)."""
     file = str(source)
     if text is None:
         text = _read(FsPath(source), file=file, limits=limits)
@@ -110,14 +130,14 @@ def load_models(
         docs = docs[1:]
     if not docs:
         raise SpecError([SpecIssue("", 1, "the file holds no task", file)])
-    results: list[M] = []
+    results: list[tuple[Document, M]] = []
     issues: list[SpecIssue] = []
     for doc in docs:
-        result = _model_from(model, doc, file=file, overrides=env_overrides or {})
+        result = _model_from(model, doc, file=file, overrides=env_overrides or {}, context=context)
         if isinstance(result, list):
             issues += result
         else:
-            results.append(result)
+            results.append((doc, result))
     if issues:
         raise SpecError(issues)
     return results

@@ -23,21 +23,38 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, PlainSerializer, PlainValidator, ValidationError, model_validator
+from pydantic import (
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from spotd.spec.errors import SpecError, SpecIssue
-from spotd.spec.fields import SpecModel, label_value, not_supported, spotd_error, syntax
+from spotd.spec.fields import (
+    SpecModel,
+    checking,
+    label_value,
+    not_supported,
+    spotd_error,
+    syntax,
+)
 from spotd.spec.issues import message
 from spotd.spec.values import (
     AcceleratorChoice,
     Amount,
     Location,
     Memory,
+    Path,
     SyntaxProblem,
+    is_other_cloud,
     number_text,
     parse_accelerators,
     parse_cloud,
     parse_cpus,
+    parse_disk_size,
     parse_infra,
     parse_memory,
     parse_ports,
@@ -46,28 +63,47 @@ from spotd.spec.values import (
 from spotd.types import ResourceOption, ResourceRequest
 
 
-def _v_cloud(value: Any) -> str | None:
+def _v_cloud(value: Any, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise spotd_error("expected a cloud name such as aws, kubernetes, slurm or local")
     try:
-        parse_cloud(value)
+        parse_cloud(value, others=checking(info))
     except SyntaxProblem as exc:
         raise spotd_error(str(exc)) from None
     return value.strip().lower()
 
 
-def _v_infra(value: Any) -> str | None:
+def _v_infra(value: Any, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise spotd_error("infra is a string: CLOUD[/REGION[/ZONE]], e.g. aws/us-east-1")
     try:
-        parse_infra(value)
+        parse_infra(value, others=checking(info))
     except SyntaxProblem as exc:
         raise spotd_error(str(exc)) from None
     return value.strip()
+
+
+DISK_TIERS = ("low", "medium", "high", "ultra", "best")
+NETWORK_TIERS = ("standard", "best")
+
+
+def _tier(name: str, tiers: tuple[str, ...]) -> Any:
+    def validate(value: Any) -> str | None:
+        if value is None:
+            return None
+        text = str(value).strip().lower()
+        if text not in tiers:
+            raise spotd_error(f"{name} is one of {', '.join(tiers)}; got `{value}`")
+        return text
+
+    return validate
+
+
+DOCKER_PREFIX = "docker:"
 
 
 AcceleratorsField = Annotated[
@@ -95,8 +131,6 @@ _RESOURCE_NOT_SUPPORTED: Mapping[str, str] = types.MappingProxyType(
     {
         **not_supported(
             "autostop",
-            "network_tier",
-            "disk_tier",
             "priority",
             "accelerator_args",
             "volumes",
@@ -132,7 +166,9 @@ class ResourceFields(SpecModel):
     cpus: CpusField = None
     memory: MemoryField = None
     use_spot: bool | None = None
-    disk_size: int | None = Field(default=None, ge=1)
+    disk_size: Annotated[int | None, PlainValidator(syntax(parse_disk_size))] = None
+    disk_tier: Annotated[str | None, PlainValidator(_tier("disk_tier", DISK_TIERS))] = None
+    network_tier: Annotated[str | None, PlainValidator(_tier("network_tier", NETWORK_TIERS))] = None
     ports: PortsField = ()
     image_id: str | dict[str, str] | None = None
     labels: dict[str, Annotated[str, PlainValidator(label_value)]] = Field(default_factory=dict)
@@ -145,6 +181,61 @@ class ResourceFields(SpecModel):
         agree (pydantic's own frozen hash would fail on the ``labels`` dict).
         """
         return hash(self.model_dump_json())
+
+    @model_validator(mode="after")
+    def _docker_needs_containers(self, info: ValidationInfo) -> typing.Self:
+        if self.docker_image is not None and not checking(info):
+            raise spotd_error(
+                f"image_id `{DOCKER_PREFIX}{self.docker_image}`: running a task in a container "
+                "is not supported by spotd yet (no enabled backend runs containers); "
+                "drop image_id, or install what the image has in `setup`",
+                ("image_id",),
+            )
+        return self
+
+    @property
+    def docker_image(self) -> str | None:
+        """The image of ``image_id: docker:IMAGE``; None for a machine image (or none)."""
+        images = self.image_id.values() if isinstance(self.image_id, dict) else [self.image_id]
+        for image in images:
+            if image is not None and image.strip().lower().startswith(DOCKER_PREFIX):
+                return image.strip()[len(DOCKER_PREFIX) :].strip()
+        return None
+
+    def advisories(self) -> list[tuple[Path, str]]:
+        """What ``spotctl check`` warns about in these fields (paths relative to them):
+        what spotd reads but cannot honour, or what launch refuses only for now."""
+        found: list[tuple[Path, str]] = []
+        for key, raw in (("infra", self.infra), ("cloud", self.cloud)):
+            cloud = raw.split("/")[0].strip() if raw else ""
+            if cloud and is_other_cloud(cloud):
+                found.append(
+                    (
+                        (key,),
+                        f"spotd has no provider for `{cloud.lower()}`: nothing can be placed "
+                        f"there (providers: aws, kubernetes, slurm, local)",
+                    )
+                )
+        if self.docker_image is not None:
+            found.append(
+                (
+                    ("image_id",),
+                    f"docker image `{self.docker_image}`: running in a container is not "
+                    "supported yet; launch refuses it",
+                )
+            )
+        if self.disk_tier is not None:
+            found.append(
+                (("disk_tier",), f"disk_tier {self.disk_tier} is not honoured yet: default disk")
+            )
+        if self.network_tier is not None:
+            found.append(
+                (
+                    ("network_tier",),
+                    f"network_tier {self.network_tier} is not honoured yet: default network",
+                )
+            )
+        return found
 
     @model_validator(mode="after")
     def _infra_or_cloud(self) -> typing.Self:
@@ -161,8 +252,8 @@ class ResourceFields(SpecModel):
     def location(self) -> Location:
         """Where this asks to run, with spotd's provider names (``kubernetes`` -> ``k8s``)."""
         if self.infra is not None:
-            return parse_infra(self.infra)
-        provider = parse_cloud(self.cloud) if self.cloud is not None else None
+            return parse_infra(self.infra, others=True)
+        provider = parse_cloud(self.cloud, others=True) if self.cloud is not None else None
         return Location(provider, self.region, self.zone)
 
     def located_over(self, base: Location) -> Location:
@@ -253,6 +344,14 @@ class Resources(ResourceFields):
             )
             options.extend(merged.options(entry.located_over(base)))
         return ResourceRequest(tuple(options), ordered=self.ordered is not None)
+
+    def all_advisories(self) -> list[tuple[Path, str]]:
+        """``advisories()`` of these fields and of every ``any_of``/``ordered`` entry."""
+        found = list(self.advisories())
+        for key in ("any_of", "ordered"):
+            for i, entry in enumerate(getattr(self, key) or []):
+                found += [((key, i, *at), text) for at, text in entry.advisories()]
+        return found
 
 
 # What ``Task.set_resources`` takes: one choice, a list (ordered) or a set (any of).

@@ -6,6 +6,11 @@ checks: environment names must be valid, an env with a null value must be suppli
 (``--env NAME=VALUE``), a name is an env or a secret but not both, file mounts are copied
 (local paths or ``s3://``), remote paths are absolute.
 
+``spotctl check`` reads with the ``CHECKING`` validation context (``spotd.spec.fields``): a
+null env is then valid (due at launch), and what launch refuses only because spotd lacks it yet
+(a cloud without a provider, a storage object, ``pool:``, ``image_id: docker:...``, a
+``config:`` override) is kept in the model and reported by ``Task.advisories()`` as a warning.
+
 Secrets never leave through the model's own views: ``repr`` leaves them out, ``redacted()``
 and ``to_yaml(redact=True)`` replace their values with ``<redacted>``.
 
@@ -24,15 +29,15 @@ from pathlib import Path as FsPath
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, PlainValidator, field_validator, model_validator
+from pydantic import Field, PlainValidator, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from spotd.spec.fields import SpecModel, not_supported, spotd_error
+from spotd.spec.fields import SpecModel, checking, not_supported, spotd_error
 from spotd.spec.job_recovery import JobRecovery, hoist_job_recovery
 from spotd.spec.load import load_model
 from spotd.spec.resources import Resources, ResourcesChoice, resources_from, summary
 from spotd.spec.service import ServiceSpec
-from spotd.spec.values import format_duration
+from spotd.spec.values import Path, format_duration
 from spotd.types import ResourceRequest
 
 REDACTED = "<redacted>"
@@ -49,12 +54,15 @@ def _env_name(value: Any) -> str:
     return name
 
 
-def _env_value(value: Any) -> str:
+def _env_value(value: Any, info: ValidationInfo) -> str:
     """Scalars become strings the way SkyPilot makes them (``str(v)``: ``true`` -> ``True``).
 
-    A null value is a variable the user must supply at launch time. The message never
-    repeats the value: it may be a secret.
+    A null value is a variable the user must supply at launch time: an error at launch, and
+    for ``spotctl check`` (which notes it) an empty string. The message never repeats the
+    value: it may be a secret.
     """
+    if value is None and checking(info):
+        return ""
     if value is None:
         raise PydanticCustomError(
             "spotd_missing_env",
@@ -72,41 +80,57 @@ EnvValue = Annotated[str, PlainValidator(_env_value)]
 # -- file mounts -------------------------------------------------------------------------
 
 
-def _v_mount_mode(value: Any) -> Literal["COPY"]:
+MountMode = Literal["COPY", "MOUNT", "MOUNT_CACHED"]
+# SkyPilot's storage backends (``store:``); spotd copies from s3 only, so far
+STORES = ("s3", "gcs", "azure", "r2", "ibm", "oci", "nebius", "cos")
+
+
+def _v_mount_mode(value: Any, info: ValidationInfo) -> MountMode:
     text = str(value).strip().upper() if value is not None else "COPY"
     if text == "COPY":
         return "COPY"
+    if text == "MOUNT" and checking(info):
+        return "MOUNT"
+    if text == "MOUNT_CACHED" and checking(info):
+        return "MOUNT_CACHED"
     if text in ("MOUNT", "MOUNT_CACHED"):
         raise spotd_error(f"mode {text} is not supported by spotd: file mounts are copied (COPY)")
-    raise spotd_error(f"unknown mode `{value}`; spotd supports COPY")
+    raise spotd_error(
+        f"unknown mode `{value}`; spotd supports COPY (SkyPilot: MOUNT, MOUNT_CACHED)"
+    )
 
 
-def _v_store(value: Any) -> str | None:
+def _v_store(value: Any, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     text = str(value).strip().lower()
-    if text == "s3":
-        return "s3"
-    raise spotd_error(f"store `{value}` is not supported by spotd (supported: s3)")
+    if text == "s3" or (text in STORES and checking(info)):
+        return text
+    if text in STORES:
+        raise spotd_error(f"store `{value}` is not supported by spotd (supported: s3)")
+    raise spotd_error(f"unknown store `{value}` (SkyPilot's: {', '.join(STORES)})")
 
 
 class FileMount(SpecModel):
     """One ``file_mounts`` entry: a local path or an ``s3://`` URL, copied onto each node.
 
-    The short form ``/remote: ./local`` is the same as ``{source: ./local}``.
+    The short form ``/remote: ./local`` is the same as ``{source: ./local}``. SkyPilot's
+    storage objects (a bucket by ``name``, ``mode: MOUNT | MOUNT_CACHED``, ``store: gcs``,
+    ``source: gs://...``, ``persistent``) are read too, so that ``spotctl check`` can warn
+    about them (``is_storage_object``); launch refuses them until spotd creates buckets.
     """
 
     special_keys: ClassVar[Mapping[str, str]] = not_supported(
-        "name",
-        "persistent",
         "config",
         "_bucket_sub_path",
         "_force_delete",
         hint="spotd does not create buckets",
     )
 
-    source: str
-    mode: Annotated[Literal["COPY"], PlainValidator(_v_mount_mode)] = "COPY"
+    source: str = ""
+    name: str | None = None
+    persistent: bool | None = None
+    mode: Annotated[MountMode, PlainValidator(_v_mount_mode)] = "COPY"
     store: Annotated[str | None, PlainValidator(_v_store)] = None
 
     @model_validator(mode="before")
@@ -116,21 +140,42 @@ class FileMount(SpecModel):
 
     @field_validator("source")
     @classmethod
-    def _local_or_s3(cls, source: str) -> str:
+    def _local_or_s3(cls, source: str, info: ValidationInfo) -> str:
         scheme, sep, rest = source.partition("://")
         if not source.strip():
             raise spotd_error("source is empty")
-        if sep and scheme.lower() != "s3":
+        if sep and scheme.lower() != "s3" and not checking(info):
             raise spotd_error(
                 f"`{scheme}://` sources are not supported by spotd (local paths and s3:// only)"
             )
         if sep and not rest.strip("/"):
-            raise spotd_error("an s3:// source needs a bucket: s3://bucket/prefix")
+            raise spotd_error(f"a {scheme}:// source needs a bucket: {scheme}://bucket/prefix")
         return source
+
+    @model_validator(mode="after")
+    def _a_source_or_a_bucket(self, info: ValidationInfo) -> typing.Self:
+        if not self.source and self.name is None:
+            raise spotd_error("required key is missing", ("source",))
+        for key in ("name", "persistent"):
+            if getattr(self, key) is not None and not checking(info):
+                raise spotd_error("not supported by spotd (spotd does not create buckets)", (key,))
+        return self
 
     @property
     def is_s3(self) -> bool:
         return self.source.lower().startswith("s3://")
+
+    @property
+    def is_storage_object(self) -> bool:
+        """A SkyPilot storage object spotd cannot serve yet (launch refuses it)."""
+        scheme, sep, _ = self.source.partition("://")
+        return (
+            self.name is not None
+            or self.persistent is not None
+            or self.mode != "COPY"
+            or self.store not in (None, "s3")
+            or bool(sep and scheme.lower() != "s3")
+        )
 
 
 def _remote_path(value: Any) -> str:
@@ -159,16 +204,34 @@ _BlockStyleDumper.add_representer(str, _represent_str)
 
 _TOP_NOT_SUPPORTED = not_supported(
     "volumes",
-    "config",
     "event_callback",
     "experimental",
     "inputs",
     "outputs",
-    "pool",
     "file_mounts_mapping",
     "_user_specified_yaml",
     "_metadata",
 )
+
+# ``config:`` overrides spotd reads and has no use for: it runs no controller VM
+_IGNORED_CONFIG = ("jobs.controller", "serve.controller")
+
+
+def config_findings(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(ignored, unsupported) dotted keys of a task's ``config:`` overrides.
+
+    A section is ignored when it holds only ``controller`` (spotd has no controller VM);
+    anything else is an override spotd does not have.
+    """
+    ignored: list[str] = []
+    unsupported: list[str] = []
+    for key, value in config.items():
+        inner = value if isinstance(value, dict) else {}
+        if inner and all(f"{key}.{k}" in _IGNORED_CONFIG for k in inner):
+            ignored += [f"{key}.{k}" for k in inner]
+        else:
+            unsupported.append(str(key))
+    return ignored, unsupported
 
 
 class Task(SpecModel):
@@ -187,6 +250,29 @@ class Task(SpecModel):
     run: str | None = None
     service: ServiceSpec | None = None
     job_recovery: JobRecovery = Field(default_factory=JobRecovery)
+    pool: dict[str, Any] | str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pool")
+    @classmethod
+    def _no_pools_yet(cls, pool: Any, info: ValidationInfo) -> Any:
+        if pool is not None and not checking(info):
+            raise spotd_error(
+                "pools are not supported by spotd yet (SkyPilot's `pool:`); "
+                "launch the job without it"
+            )
+        return pool
+
+    @field_validator("config")
+    @classmethod
+    def _config_spotd_has(cls, config: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _, unsupported = config_findings(config)
+        if unsupported and not checking(info):
+            raise spotd_error(
+                f"config override `{unsupported[0]}` is not supported by spotd "
+                f"(it reads only {', '.join(_IGNORED_CONFIG)}, which it has no use for)"
+            )
+        return config
 
     @model_validator(mode="before")
     @classmethod
@@ -197,7 +283,7 @@ class Task(SpecModel):
             return data
         data, _ = hoist_job_recovery(data)
         data = dict(data)
-        for key in ("resources", "envs", "secrets", "file_mounts", "job_recovery"):
+        for key in ("resources", "envs", "secrets", "file_mounts", "job_recovery", "config"):
             if key in data and data[key] is None:
                 data[key] = {}
         return data
@@ -211,6 +297,31 @@ class Task(SpecModel):
                 ("secrets", both[0]),
             )
         return self
+
+    def advisories(self) -> list[tuple[Path, str]]:
+        """What ``spotctl check`` warns about: keys spotd reads but cannot honour, and what
+        launch refuses only because spotd lacks it yet (other clouds, storage objects,
+        pools, docker images, config overrides). Paths are the user's keys."""
+        found = [(("resources", *at), text) for at, text in self.resources.all_advisories()]
+        for remote, mount in self.file_mounts.items():
+            if mount.is_storage_object:
+                found.append(
+                    (
+                        ("file_mounts", remote),
+                        "storage objects are not supported yet (spotd copies local paths and "
+                        "s3:// with mode COPY); launch refuses it",
+                    )
+                )
+        if self.pool is not None:
+            found.append((("pool",), "pools are not supported yet; launch refuses it"))
+        ignored, unsupported = config_findings(self.config)
+        for key in unsupported:
+            found.append(
+                (("config", key), "config override not supported by spotd; launch refuses it")
+            )
+        for key in ignored:
+            found.append((("config", *key.split(".")), "ignored: spotd runs no controller VM"))
+        return found
 
     # -- building a task from Python (the SDK) -------------------------------------------
 

@@ -416,13 +416,26 @@ def provider_names() -> tuple[str, ...]:
     return tuple(name for name, _ in _PROVIDERS)
 
 
-def parse_cloud(name: str, at: Path = ()) -> str:
-    """A cloud name -> spotd's provider name (``Kubernetes`` -> ``k8s``)."""
+def is_other_cloud(name: str) -> bool:
+    """A cloud SkyPilot knows (``gcp``, ``azure``, ``lambda``...) that spotd has no provider
+    for."""
+    return name.strip().lower() in _OTHER_SKYPILOT_CLOUDS
+
+
+def parse_cloud(name: str, at: Path = (), *, others: bool = False) -> str:
+    """A cloud name -> spotd's provider name (``Kubernetes`` -> ``k8s``).
+
+    ``others``: a cloud SkyPilot knows but spotd has no provider for (``gcp``) is returned as
+    it is (lower case) instead of refused; ``spotctl check`` reads files that way, and warns
+    that nothing can be placed there.
+    """
     lowered = name.strip().lower()
     for spelling, provider in _PROVIDERS:
         if lowered == spelling:
             return provider
     supported = ", ".join(provider_names())
+    if lowered in _OTHER_SKYPILOT_CLOUDS and others:
+        return lowered
     if lowered in _OTHER_SKYPILOT_CLOUDS:
         raise SyntaxProblem(
             f"cloud `{name}` is not supported by spotd (supported: {supported})", at
@@ -439,10 +452,11 @@ class Location:
     zone: str | None = None
 
 
-def parse_infra(text: str) -> Location:
+def parse_infra(text: str, *, others: bool = False) -> Location:
     """SkyPilot's ``infra:``: ``aws``, ``aws/us-east-1``, ``aws/us-east-1/us-east-1a``,
     ``k8s/my-context`` (the context is the region; it may itself contain ``/``),
     ``slurm/partition``, ``local/local-east``; ``*`` stands for any cloud or region.
+    ``others`` as in ``parse_cloud``.
     """
     parts = text.strip().split("/")
     if any(not p.strip() for p in parts):
@@ -450,7 +464,7 @@ def parse_infra(text: str) -> Location:
             f"infra is CLOUD, CLOUD/REGION or CLOUD/REGION/ZONE, got `{_shown(text)}`"
         )
     parts = [p.strip() for p in parts]
-    provider = None if parts[0] == "*" else parse_cloud(parts[0])
+    provider = None if parts[0] == "*" else parse_cloud(parts[0], others=others)
     rest = parts[1:]
     if provider == "k8s":
         # Kubernetes contexts (EKS ARNs, GKE names) contain slashes: the whole rest is one
@@ -503,3 +517,33 @@ def parse_ports(value: Any) -> tuple[str, ...]:
 
 def ports_yaml_value(ports: tuple[str, ...]) -> list[int | str]:
     return [int(p) if p.isdigit() else p for p in ports]
+
+
+# -- disk size ---------------------------------------------------------------------------
+
+_DISK_UNITS = (("tb", 1024.0), ("t", 1024.0), ("gb", 1.0), ("g", 1.0))
+_DISK_HELP = "disk_size is GB: 256, 256GB or 1TB"
+
+
+def parse_disk_size(value: Any) -> int | None:
+    """``256`` / ``"256"`` / ``"256GB"`` / ``"1TB"`` -> whole GB (SkyPilot's units); > 0."""
+    if value is None:
+        return None
+    if _is_number(value):
+        gb = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        factor = 1.0
+        for unit, size in _DISK_UNITS:
+            if text.endswith(unit):
+                text, factor = text[: -len(unit)], size
+                break
+        x = _positive(text)
+        if x is None:
+            raise SyntaxProblem(f"{_DISK_HELP}; got `{_shown(value)}`")
+        gb = x * factor
+    else:
+        raise SyntaxProblem(f"{_DISK_HELP}; got {_shown(value)}")
+    if not (math.isfinite(gb) and gb >= 1 and gb.is_integer()):
+        raise SyntaxProblem(f"{_DISK_HELP}, a whole number of GB >= 1; got `{_shown(value)}`")
+    return int(gb)

@@ -375,8 +375,8 @@ ONE_PROBLEM = [
         "run: echo\nservice:\n  readiness_probe: /\n  tls: {keyfile: k}\n",
         "service.tls",
         4,
-        "not supported by spotd",
-        id="tls-unsupported",
+        "tls needs both `keyfile` and `certfile` (`certfile` is missing)",
+        id="tls-half-configured",
     ),
     pytest.param(
         "run: echo\nresources: 4\n",

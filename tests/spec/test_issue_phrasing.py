@@ -161,7 +161,7 @@ def test_model_at(loc: Path, model: type[BaseModel] | None) -> None:
             id="typo-of-yaml-alias",
         ),
         pytest.param(("volumes",), "not supported by spotd", id="skypilot-key"),
-        pytest.param(("service", "tls"), "not supported by spotd", id="skyserve-key"),
+        pytest.param(("service", "pool"), "not supported by spotd", id="skyserve-key"),
         pytest.param(
             ("resources", "any_of", 0, "ordered"),
             "any_of/ordered cannot be nested inside any_of/ordered",
