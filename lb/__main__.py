@@ -11,6 +11,16 @@ The control API decides where the LB sends traffic, so it is never open to whoev
 port: without ``--token`` the LB starts only with a separate ``--control-port`` on a loopback
 ``--control-host`` (what the daemon's own LBs use); a control API on the proxy port, or on
 another address, needs a token (``control_refusal``).
+
+Endpoint security (what a service's ``tls:`` and ``api_keys_env`` turn on):
+
+- ``--tls-cert FILE --tls-key FILE``: the proxy port speaks TLS (1.2 or later) only; there is
+  no plaintext listener on it. A separate ``--control-port`` stays plain HTTP on loopback.
+- client API keys: ``--api-keys-file PATH`` (one key per line, mode 0600) and/or
+  ``SPOTD_LB_API_KEYS`` (comma-separated; how the daemon passes them), replaced later by
+  ``PUT /-/api-keys`` without a restart. Clients send ``Authorization: Bearer <key>`` (or
+  the ``--api-key-header``); a missing or wrong key is answered 401 and never proxied. The
+  header is removed before forwarding unless ``--forward-api-key``.
 """
 
 from __future__ import annotations
@@ -22,11 +32,13 @@ import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 
 from aiohttp import web
 
-from .app import make_app, make_control_app, running_proxy, serve_proxy
+from .app import make_app, make_control_app, running_proxy, serve_proxy, server_tls
+from .auth import read_keys_file
 from .policy import Policy
 from .state import LBConfig, LBState, parse_replicas
 
@@ -116,6 +128,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="reach --report-url through this unix socket (the daemon's API)",
     )
+    p.add_argument("--tls-cert", default=None, metavar="FILE", help="serve the proxy over TLS")
+    p.add_argument("--tls-key", default=None, metavar="FILE", help="the --tls-cert's key")
+    p.add_argument(
+        "--api-keys-file",
+        default=None,
+        metavar="PATH",
+        help="client API keys, one a line (mode 0600); also env SPOTD_LB_API_KEYS (a,b,...)",
+    )
+    p.add_argument(
+        "--api-key-header",
+        default="Authorization",
+        help="where clients send their key (Authorization: Bearer <key>, or this header)",
+    )
+    p.add_argument(
+        "--forward-api-key",
+        action="store_true",
+        help="keep the key's header on requests to replicas (default: removed)",
+    )
     p.add_argument("--lb-id", default="")
     p.add_argument("--reuse-port", action="store_true")
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
@@ -123,7 +153,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(args: argparse.Namespace) -> None:
+def tls_refusal(cert: str | None, key: str | None) -> str | None:
+    """Why the TLS options cannot be used, or None (both given, or neither)."""
+    if bool(cert) != bool(key):
+        return "--tls-cert and --tls-key go together: give both, or neither"
+    return None
+
+
+def initial_keys(args: argparse.Namespace, env: dict[str, str] | None = None) -> list[str]:
+    """The client keys to start with: ``--api-keys-file`` and ``SPOTD_LB_API_KEYS``."""
+    env = dict(os.environ) if env is None else env
+    keys = [k for k in env.get("SPOTD_LB_API_KEYS", "").split(",") if k.strip()]
+    if args.api_keys_file:
+        keys += read_keys_file(args.api_keys_file)
+    return keys
+
+
+async def serve(args: argparse.Namespace, tls: ssl.SSLContext | None = None) -> None:
     cfg = LBConfig(
         policy=Policy(args.policy),
         affinity_header=args.affinity_header,
@@ -141,6 +187,10 @@ async def serve(args: argparse.Namespace) -> None:
         lb_id=args.lb_id or f"lb-{os.getpid()}",
     )
     state = LBState(cfg)
+    state.api_keys.replace(
+        initial_keys(args), header=args.api_key_header, forward=args.forward_api_key
+    )
+    os.environ.pop("SPOTD_LB_API_KEYS", None)  # not left for anything this process starts
     if args.replica:
         state.replicas.replace(
             parse_replicas(
@@ -157,6 +207,7 @@ async def serve(args: argparse.Namespace) -> None:
                 args.port,
                 reuse_port=args.reuse_port,
                 shutdown_timeout=args.shutdown_timeout,
+                ssl_context=tls,
             )
             stack.push_async_callback(runner.cleanup)
             crunner = web.AppRunner(make_control_app(state, token=args.token), access_log=None)
@@ -173,15 +224,22 @@ async def serve(args: argparse.Namespace) -> None:
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(
-                runner, args.host, args.port, backlog=2048, reuse_port=args.reuse_port or None
+                runner,
+                args.host,
+                args.port,
+                backlog=2048,
+                reuse_port=args.reuse_port or None,
+                ssl_context=tls,
             ).start()
         log.info(
-            "spotd-lb %s: proxy on %s:%d, control on %s, policy %s",
+            "spotd-lb %s: proxy on %s://%s:%d, control on %s, policy %s, %d API key(s)",
             cfg.lb_id,
+            "https" if tls else "http",
             args.host,
             args.port,
             f"{args.control_host}:{args.control_port}" if separate else "/-/",
             cfg.policy.value,
+            state.api_keys.count,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -198,9 +256,18 @@ def main(argv: list[str] | None = None) -> None:
     refusal = control_refusal(
         token=args.token, control_port=args.control_port, control_host=args.control_host
     )
+    refusal = refusal or tls_refusal(args.tls_cert, args.tls_key)
     if refusal:
         print(f"spotd-lb: {refusal}", file=sys.stderr)
         raise SystemExit(2)
+    tls: ssl.SSLContext | None = None
+    try:  # a bad file is a start-up error, said plainly (not a traceback from the loop)
+        if args.tls_cert:
+            tls = server_tls(args.tls_cert, args.tls_key)
+        initial_keys(args)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        print(f"spotd-lb: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -209,9 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args))
+        asyncio.run(serve(args, tls))
     else:
-        uvloop.run(serve(args))
+        uvloop.run(serve(args, tls))
 
 
 if __name__ == "__main__":

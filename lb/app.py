@@ -21,6 +21,10 @@ route needs ``Authorization: Bearer <token>`` when a token is set:
   requests, failures}], "ejections": [{replica_id, url, reason, at}], "waiting"}``
 - ``GET /-/stats?window=60``  per-second request counts of the last ``window`` seconds
   (``{"requests", "qps", "errors_5xx", "buckets": [{t, requests, errors_5xx}], ...}``)
+- ``PUT /-/api-keys``  body ``{"keys": [...], "header": "Authorization", "forward": false}``
+  — the client API keys (the whole set; ``[]`` turns them off), replaced at once: a key
+  rotation is one PUT, no restart; answers ``{"version", "count", "header", "forward"}``
+  (``GET /-/api-keys`` the same), never the keys
 - ``GET /metrics``  Prometheus text
 - ``GET /-/health``  ``{"ok": true}``
 """
@@ -32,6 +36,7 @@ import contextlib
 import hmac
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -40,7 +45,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .control import LbEvent, ReplicaSetAck, ReplicasReport
+from .control import ApiKeyAck, ApiKeySet, LbEvent, ReplicaSetAck, ReplicasReport
 from .pool import UpstreamPool
 from .proxy import Proxy
 from .state import LBState, MetricsCollector, parse_replicas
@@ -177,16 +182,29 @@ async def serve_proxy(
     reuse_port: bool = False,
     backlog: int = 2048,
     shutdown_timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> web.ServerRunner:
     """Serve ``proxy`` on ``host:port`` (port 0: any free one, see ``runner.addresses``).
     ``await runner.cleanup()`` stops accepting and lets in-flight requests finish, up to
     ``shutdown_timeout`` seconds. Handlers are cancelled when their client goes away (so is
-    the replica request: vLLM aborts the generation)."""
+    the replica request: vLLM aborts the generation). With ``ssl_context`` the port speaks
+    TLS only (``server_tls``): a plaintext request gets no HTTP answer."""
     server = web.Server(proxy.handle, handler_cancellation=True, access_log=None)
     runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=backlog, reuse_port=reuse_port or None).start()
+    await web.TCPSite(
+        runner, host, port, backlog=backlog, reuse_port=reuse_port or None, ssl_context=ssl_context
+    ).start()
     return runner
+
+
+def server_tls(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """The proxy's TLS context: TLS 1.2 or later, the service's certificate chain and key."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 # -- control routes ---------------------------------------------------------------------------
@@ -236,6 +254,26 @@ async def get_replicas(request: web.Request) -> web.Response:
     return web.json_response(report.to_json())
 
 
+def _keys_ack(state: LBState) -> ApiKeyAck:
+    k = state.api_keys
+    return ApiKeyAck(version=k.version, count=k.count, header=k.header, forward=k.forward)
+
+
+async def put_api_keys(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        body = ApiKeySet.from_json(await request.json())
+        state.api_keys.replace(body.keys, header=body.header, forward=body.forward)
+    except (ValueError, json.JSONDecodeError) as e:
+        return web.json_response({"error": {"message": str(e), "code": 400}}, status=400)
+    log.info("API keys v%d: %d key(s)", state.api_keys.version, state.api_keys.count)
+    return web.json_response(_keys_ack(state).to_json())
+
+
+async def get_api_keys(request: web.Request) -> web.Response:
+    return web.json_response(_keys_ack(request.app[STATE]).to_json())
+
+
 async def get_stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
@@ -266,6 +304,8 @@ def _add_control_routes(app: web.Application, state: LBState, token: str) -> Non
     app.router.add_put("/-/replicas", put_replicas)
     app.router.add_get("/-/replicas", get_replicas)
     app.router.add_get("/-/stats", get_stats)
+    app.router.add_put("/-/api-keys", put_api_keys)
+    app.router.add_get("/-/api-keys", get_api_keys)
     app.router.add_get("/-/health", get_health)
     app.router.add_get("/metrics", get_metrics)
 

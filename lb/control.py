@@ -11,6 +11,9 @@ malformed body.
 - ``GET /-/replicas``: a ``ReplicasReport`` (the set with per-replica ``ReplicaReport``
   counters, recent ``Ejection``s, and the requests waiting for a replica).
 - ``GET /-/stats?window=N``: a ``StatsReport`` with per-second ``StatsBucket``s.
+- ``PUT /-/api-keys``: an ``ApiKeySet`` (the whole set of client keys, the header they come
+  in, whether it is forwarded; an empty set turns keys off); the answer is an ``ApiKeyAck``
+  (never the keys). ``GET /-/api-keys`` answers the same ``ApiKeyAck``.
 - ``POST <report-url>`` (the daemon's ``/v1/services/{name}/lb-events``): an ``LbEvent``.
 """
 
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ApiKeyAck",
+    "ApiKeySet",
     "Ejection",
     "LbEvent",
     "ReplicaEntry",
@@ -252,3 +257,62 @@ class LbEvent:
         if raw.get("event") != "ejected":
             raise ValueError(f"unknown LB event {raw.get('event')!r}")
         return cls(lb_id=str(raw.get("lb_id", "")), ejection=Ejection.from_json(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeySet:
+    """The client API keys an LB accepts (``PUT /-/api-keys``); it replaces the whole set.
+
+    ``header`` is where clients send a key (``Authorization`` means ``Bearer <key>``);
+    ``forward`` keeps that header on the request to the replica (off: removed). The keys are
+    secrets: ``repr`` leaves them out."""
+
+    keys: tuple[str, ...] = ()
+    header: str = "Authorization"
+    forward: bool = False
+
+    def __repr__(self) -> str:
+        return f"ApiKeySet(keys=<{len(self.keys)}>, header={self.header!r}, forward={self.forward})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "header": self.header, "forward": self.forward}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ApiKeySet:
+        if not isinstance(raw, Mapping):
+            raise ValueError('expected {"keys": [...], "header": ..., "forward": ...}')
+        keys = raw.get("keys", [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError("keys must be a list of strings")
+        header = raw.get("header", "Authorization")
+        forward = raw.get("forward", False)
+        if not isinstance(header, str) or not isinstance(forward, bool):
+            raise ValueError("header must be a string and forward a boolean")
+        return cls(keys=tuple(keys), header=header, forward=forward)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyAck:
+    """What the LB holds after a PUT (or on a GET): how many keys, never the keys."""
+
+    version: int
+    count: int
+    header: str
+    forward: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "count": self.count,
+            "header": self.header,
+            "forward": self.forward,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ApiKeyAck:
+        return cls(
+            version=int(raw["version"]),
+            count=int(raw["count"]),
+            header=str(raw.get("header", "Authorization")),
+            forward=bool(raw.get("forward", False)),
+        )

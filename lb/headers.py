@@ -42,12 +42,14 @@ def connection_tokens(value: str) -> set[str]:
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
-def request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
+def request_headers(request: web.BaseRequest, drop: str | None = None) -> list[tuple[str, str]]:
+    """The headers for an https replica; ``drop`` (lower case) is one more to leave out
+    (the client's API key)."""
     out = []
     named: set[str] | None = None
     for k, v in request.headers.items():
         lk = k.lower()
-        if lk in _DROP_REQ or lk.startswith("proxy-"):
+        if lk in _DROP_REQ or lk.startswith("proxy-") or lk == drop:
             if lk == "connection":
                 named = connection_tokens(v)
             continue
@@ -60,16 +62,19 @@ def request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     return out
 
 
-def request_head(request: web.BaseRequest, host_line: bytes, body: Any) -> bytes:
+def request_head(
+    request: web.BaseRequest, host_line: bytes, body: Any, drop: bytes | None = None
+) -> bytes:
     """The request line and headers for the replica, from the client's raw header bytes:
     hop-by-hop ones (and those ``Connection`` names) dropped, ``Host`` the replica's,
-    ``X-Forwarded-For`` extended with the client's address, the body's framing set."""
+    ``X-Forwarded-For`` extended with the client's address, the body's framing set.
+    ``drop`` (lower case) is one more header to leave out (the client's API key)."""
     kept: list[tuple[bytes, bytes]] = []
     named: set[bytes] | None = None
     prior: bytes | None = None
     for k, v in request.raw_headers:
         lk = k.lower()
-        if lk in _DROP_REQ_B or lk.startswith(b"proxy-"):
+        if lk in _DROP_REQ_B or lk.startswith(b"proxy-") or lk == drop:
             if lk == b"connection":
                 named = {t.strip().lower() for t in v.split(b",") if t.strip()}
             elif lk == b"x-forwarded-for" and prior is None:

@@ -69,6 +69,11 @@ class Proxy:
         m.in_flight += 1
         code = 499  # until we know better: the client went away
         try:
+            keys = st.api_keys
+            if keys.enabled and not keys.allows(request.headers):
+                m.unauthorized += 1
+                code = 401
+                return _unauthorized(keys.header)
             resp = await _proxy(request, st, self.pool, self.session, self.addrs)
             code = resp.status
             return resp
@@ -82,6 +87,14 @@ class Proxy:
             now = time.time()
             m.observe(code, time.monotonic() - t0)
             st.window.record(now, code >= 500)
+
+
+def _unauthorized(header: str) -> web.Response:
+    how = "Authorization: Bearer <key>" if header.lower() == "authorization" else header
+    resp = json_error(401, f"missing or invalid API key (send {how})")
+    if header.lower() == "authorization":
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="spotd"'
+    return resp
 
 
 _NO_EXCLUDE: frozenset[str] = frozenset()
@@ -196,6 +209,8 @@ async def _proxy(
     headers: Any = None  # for the aiohttp path (https replicas), built when needed
     method = request.method
     raw_path = request.raw_path
+    keys = st.api_keys  # the key's header is left out unless forwarded (drop is then None)
+    drop, drop_b = keys.drop, keys.drop_b
     key = request.headers.get(cfg.affinity_header) if cfg.affinity_header else None
     info = _PLAIN if key is None else RequestInfo(session_key=key)
     exclude = _NO_EXCLUDE
@@ -222,7 +237,7 @@ async def _proxy(
             if addr is not None:  # the fast path: our own HTTP/1.1 client
                 try:
                     if head_bytes is None or head_for is not addr:
-                        head_bytes = request_head(request, addr[2], body)
+                        head_bytes = request_head(request, addr[2], body, drop_b)
                         head_for = addr
                     conn = await pool.acquire(addr[0], addr[1])
                     uhead = await conn.request(head_bytes, body, method == "HEAD")
@@ -237,7 +252,7 @@ async def _proxy(
                     return await relay_fast(request, conn, uhead)
             else:
                 if headers is None:
-                    headers = request_headers(request)
+                    headers = request_headers(request, drop)
                 try:
                     upstream = await session.request(
                         method,

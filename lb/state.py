@@ -36,6 +36,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .auth import ApiKeyGuard
 from .control import (
     READY,
     Ejection,
@@ -228,6 +229,7 @@ class Metrics:
         self.ejections = 0
         self.queued = 0  # requests that waited for a replica
         self.rejected = 0  # 503s for want of a replica (queue full, timeout, no queue)
+        self.unauthorized = 0  # 401s: no valid client API key
         self.in_flight = 0  # requests inside the proxy handler
 
     def observe(self, code: int, seconds: float) -> None:
@@ -282,6 +284,11 @@ class MetricsCollector:
             "spotd_lb_rejected_no_replica",
             "Requests answered 503 for want of a replica",
             value=m.rejected,
+        )
+        yield CounterMetricFamily(
+            "spotd_lb_unauthorized",
+            "Requests answered 401 for want of a valid API key",
+            value=m.unauthorized,
         )
         yield GaugeMetricFamily("spotd_lb_in_flight", "Requests being proxied", value=m.in_flight)
         g = GaugeMetricFamily(
@@ -339,6 +346,7 @@ class LBState:
 
         self.config = config
         self.replicas = ReplicaSet()
+        self.api_keys = ApiKeyGuard()  # client keys; empty (off) until set
         self.policy_state = PolicyState(rng=random.Random(rng_seed))
         self.budget = RetryBudget(config.retry_ratio, config.retry_min_per_second)
         self.window = Window(config.stats_seconds)

@@ -28,6 +28,7 @@ import contextlib
 import json
 import re
 import secrets
+import ssl
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -50,8 +51,10 @@ from spotd.api.logs import client_gone, following
 from spotd.api.params import PathName, QueryFlag, QueryInt
 from spotd.api.routes import Route
 from spotd.control import quota
+from spotd.control.lbkeeper import api_keys_of
 from spotd.control.services import UPDATE_MODES, ServiceController, autoscale_policy
 from spotd.control.submit import launch_project
+from spotd.lb.auth import parse_keys
 from spotd.spec import SpecError, Task, load_tasks_bounded
 from spotd.store import (
     AsyncStore,
@@ -202,7 +205,58 @@ async def _parse(body: ServiceUpBody | ServiceUpdateBody) -> Task:
             found = False
         if not found:
             raise ApiError(400, f"workdir: {task.workdir} is not a directory")
-    return task
+    return await _endpoint_security(task, body.base_dir)
+
+
+def _tls_files(certfile: str, keyfile: str) -> str | None:
+    """Why the LB could not serve HTTPS with these files, or None (read as the LB will)."""
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+async def _endpoint_security(task: Task, base_dir: str | None) -> Task:
+    """The service's ``tls`` files resolved (``~``, relative to the YAML's folder) and
+    checked, and its API keys found: a service is refused at ``up``/``update`` rather than
+    left with an LB that cannot start or a key setting that names nothing."""
+    spec = task.service
+    assert spec is not None
+    if spec.api_keys_env:
+        name = spec.api_keys_env
+        if name not in task.secrets and name not in task.envs:
+            raise ApiError(
+                400,
+                f"service.api_keys_env: no secret or env named {name} "
+                f"(add `secrets: {{{name}: null}}` and give it with --env {name}=KEY1,KEY2)",
+            )
+        try:
+            parse_keys((task.secrets.get(name) or task.envs.get(name) or "").split(","))
+        except ValueError as exc:
+            raise ApiError(400, f"service.api_keys_env: {name}: {exc}") from None
+        if not api_keys_of(task).keys:
+            raise ApiError(
+                400,
+                f"service.api_keys_env: {name} holds no key (give --env {name}=KEY1,KEY2)",
+            )
+    if spec.tls is None:
+        return task
+    base = Path(base_dir or ".")
+    paths: dict[str, str] = {}
+    for field in ("certfile", "keyfile"):
+        raw = getattr(spec.tls, field)
+        try:
+            p = Path(raw).expanduser()
+            paths[field] = str(p if p.is_absolute() else (base / p).resolve())
+        except (OSError, RuntimeError, ValueError):
+            raise ApiError(400, f"service.tls.{field}: {raw} is not a usable path") from None
+    why = await asyncio.to_thread(_tls_files, paths["certfile"], paths["keyfile"])
+    if why:
+        raise ApiError(400, f"service.tls: cannot serve HTTPS with these files: {why}")
+    tls = spec.tls.model_copy(update=paths)
+    return task.model_copy(update={"service": spec.model_copy(update={"tls": tls})})
 
 
 def _check_placeable(services: ServiceController, task: Task, project: str) -> None:

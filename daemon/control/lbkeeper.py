@@ -8,6 +8,13 @@ wire format is ``spotd.lb.control``'s typed records, shared with the LB.
 
 The replica set is pushed when it changes (never polled by the LB): the last set the LB
 acknowledged is remembered per service, and an unchanged set is not sent again.
+
+Endpoint security (the service section's ``tls`` and ``api_keys_env``): the LB is started
+with the service's certificate and key (``--tls-cert``/``--tls-key``: its port is HTTPS only)
+and its client API keys (in its environment, never on its command line). The keys are pushed
+again (``PUT /-/api-keys``) whenever the service's newest version asks for other keys, so a
+``serve update`` with new keys rotates them without restarting the LB: the old keys stop
+working as soon as the update is accepted. The TLS files are read when the LB starts.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+from pydantic import ValidationError
 
 from spotd.aiokit import sleep
 from spotd.config import Settings
@@ -33,6 +41,7 @@ from spotd.lb.control import (
     DRAINING,
     NOT_READY,
     READY,
+    ApiKeySet,
     ReplicaEntry,
     ReplicasReport,
     StatsReport,
@@ -40,7 +49,7 @@ from spotd.lb.control import (
 )
 from spotd.ops.sdnotify import scrub_env
 from spotd.serve.replica_state import ReplicaStatus
-from spotd.spec import ServiceSpec
+from spotd.spec import ServiceSpec, Task
 from spotd.store import AsyncStore, ReplicaRow, ServiceRow
 
 log = structlog.get_logger("spotd.control.lbkeeper")
@@ -77,6 +86,20 @@ def replica_set(rows: Sequence[ReplicaRow]) -> list[ReplicaEntry]:
     ]
 
 
+def api_keys_of(task: Task) -> ApiKeySet:
+    """The client keys the task's service asks for: the comma-separated value of the secret
+    (or env) ``api_keys_env`` names; no keys (``ApiKeySet()``) without one."""
+    spec = task.service
+    if spec is None or not spec.api_keys_env:
+        return ApiKeySet()
+    name = spec.api_keys_env
+    raw = task.secrets.get(name)
+    if raw is None:
+        raw = task.envs.get(name)
+    keys = tuple(dict.fromkeys(k.strip() for k in (raw or "").split(",") if k.strip()))
+    return ApiKeySet(keys=keys, header=spec.api_key_header, forward=spec.forward_api_key)
+
+
 class LbKeeper:
     def __init__(
         self,
@@ -95,11 +118,27 @@ class LbKeeper:
         self._stop = stop
         self._clock = clock
         self._pushed: dict[int, list[ReplicaEntry]] = {}
+        self._keys_pushed: dict[int, ApiKeySet] = {}
+        self._tasks: dict[int, tuple[int, Task]] = {}  # service id -> (version, its task)
         self._children: dict[int, asyncio.subprocess.Process] = {}
+
+    def task(self, svc: ServiceRow) -> Task | None:
+        """The task of the service's newest version (parsed once per version)."""
+        held = self._tasks.get(svc.id)
+        if held is not None and held[0] == svc.version:
+            return held[1]
+        try:
+            task = Task.model_validate_json(svc.spec_json)
+        except ValidationError:
+            return None
+        self._tasks[svc.id] = (svc.version, task)
+        return task
 
     def endpoint(self, svc: ServiceRow) -> str:
         host = "127.0.0.1" if self.serve.lb_host in ("0.0.0.0", "::", "") else self.serve.lb_host
-        return f"http://{host}:{svc.lb_port}"
+        task = self.task(svc)
+        tls = task is not None and task.service is not None and task.service.tls is not None
+        return f"{'https' if tls else 'http'}://{host}:{svc.lb_port}"
 
     def log_path(self, svc: ServiceRow) -> Path:
         return self.settings.logs_dir / f"s{svc.id}" / "lb.log"
@@ -107,6 +146,8 @@ class LbKeeper:
     def forget(self, service_id: int) -> None:
         """Push the whole set next time (the LB restarted, or the service went)."""
         self._pushed.pop(service_id, None)
+        self._keys_pushed.pop(service_id, None)
+        self._tasks.pop(service_id, None)
 
     def size(self) -> int:
         return len(self._pushed) + len(self._children)
@@ -137,8 +178,12 @@ class LbKeeper:
         return {r.id: r.in_flight for r in report.replicas}
 
     async def ensure(self, svc: ServiceRow, spec: ServiceSpec) -> None:
-        """Adopt the service's LB if it runs, else start it (on the same ports)."""
+        """Adopt the service's LB if it runs, else start it (on the same ports); either way
+        make sure it holds the client API keys the newest version asks for."""
+        task = self.task(svc)
+        keys = api_keys_of(task) if task is not None else ApiKeySet()
         if alive(svc.lb_pid, svc.lb_start_ticks):
+            await self.push_keys(svc, keys)
             return
         probe = spec.readiness_probe
         path = self.log_path(svc)
@@ -167,8 +212,16 @@ class LbKeeper:
             "--report-unix",
             str(self.settings.socket_path),
         ]
+        if spec.tls is not None:
+            cmd += ["--tls-cert", spec.tls.certfile, "--tls-key", spec.tls.keyfile]
+        cmd += ["--api-key-header", keys.header]
+        if keys.forward:
+            cmd.append("--forward-api-key")
         env = scrub_env(os.environ)
         env["SPOTD_LB_TOKEN"] = svc.lb_token
+        env.pop("SPOTD_LB_API_KEYS", None)
+        if keys.keys:  # in its environment (readable by its user only), not in its argv
+            env["SPOTD_LB_API_KEYS"] = ",".join(keys.keys)
         out = open(path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local append
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -200,9 +253,30 @@ class LbKeeper:
                 return
             try:
                 await self.get(svc, "/-/health")
-                return
             except (aiohttp.ClientError, TimeoutError):
                 await sleep(0.05, self._stop)
+            else:
+                self._keys_pushed[svc.id] = keys  # it started with them
+                return
+
+    async def push_keys(self, svc: ServiceRow, keys: ApiKeySet) -> None:
+        """Send the LB its client API keys if they differ from the last ones it took."""
+        if self._keys_pushed.get(svc.id) == keys:
+            return
+        try:
+            async with self._session().put(
+                f"http://127.0.0.1:{svc.lb_control_port}/-/api-keys",
+                json=keys.to_json(),
+                headers={"Authorization": f"Bearer {svc.lb_token}"},
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as r:
+                r.raise_for_status()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot push the API keys", service=svc.name, error=str(exc))
+            self._keys_pushed.pop(svc.id, None)
+            return
+        self._keys_pushed[svc.id] = keys
+        log.info("API keys pushed", service=svc.name, keys=len(keys.keys))
 
     async def push(self, svc: ServiceRow, rows: Sequence[ReplicaRow]) -> None:
         """Send the LB the replica set if it changed since the last push it acknowledged."""

@@ -3,13 +3,30 @@
 ``readiness_probe`` says when a replica is ready (a path, or a mapping with SkyServe's
 defaults); ``replicas: N`` (a fixed count) or ``replica_policy`` (bounds and the QPS target
 to autoscale on) says how many; ``load_balancing_policy`` how requests are spread. SkyServe
-keys spotd has no use for (``tls``, ``pool`` ...) are refused by name.
+keys spotd has no use for (``pool``, ``workers`` ...) are refused by name.
+
+Endpoint security, both enforced by the service's load balancer:
+
+- ``tls: {keyfile: PATH, certfile: PATH}`` (SkyServe's keys): the LB serves HTTPS (TLS 1.2+)
+  with this certificate chain and key, and nothing in plain text on its port. Paths are read
+  on the daemon's host, where the LB runs (``~`` expanded; a relative path is relative to
+  the YAML's folder).
+- API keys: ``api_keys_env: NAME`` names a variable of the task's ``secrets:`` (or ``envs:``)
+  whose value is a comma-separated list of keys, so the keys stay out of the YAML; leave it
+  null in the file (``secrets: {NAME: null}``) and give it with ``--env NAME=k1,k2`` at
+  ``spotctl serve up``. Clients send ``Authorization: Bearer <key>`` (or the header named by
+  ``api_key_header``, whose whole value is the key); a missing or wrong key is answered
+  401 by the LB. The header is removed before the request reaches a replica unless
+  ``forward_api_key: true``. Rotation: ``spotctl serve update`` with the new list (old and
+  new together for a grace period, then the new alone); the LB swaps its keys when the
+  update is accepted, without a restart.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -78,6 +95,33 @@ class ReadinessProbe(SpecModel):
         return path
 
 
+class TlsSpec(SpecModel):
+    """``tls``: the certificate chain and private key the LB serves HTTPS with (PEM files)."""
+
+    keyfile: str = Field(min_length=1)
+    certfile: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _both(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            missing = [k for k in ("keyfile", "certfile") if not data.get(k)]
+            if len(missing) == 1:
+                raise spotd_error(
+                    f"tls needs both `keyfile` and `certfile` (`{missing[0]}` is missing): "
+                    "the LB cannot serve HTTPS with half of them"
+                )
+            if len(missing) == 2 and not (set(data) - {"keyfile", "certfile"}):
+                raise spotd_error("tls needs `keyfile` and `certfile` (PEM files)")
+        elif data is not None:
+            raise spotd_error("tls is a mapping: {keyfile: PATH, certfile: PATH}")
+        return data
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+
 class ReplicaPolicy(SpecModel):
     """SkyServe's ``replica_policy``; ``max_replicas`` None means ``min_replicas``."""
 
@@ -115,7 +159,7 @@ class ServiceSpec(SpecModel):
     other; ``policy()`` gives the one to use either way (a fixed N is min = max = N)."""
 
     special_keys: ClassVar[Mapping[str, str]] = not_supported(
-        "tls", "pool", "workers", "external_load_balancer"
+        "pool", "workers", "external_load_balancer"
     )
 
     readiness_probe: ReadinessProbe
@@ -125,6 +169,28 @@ class ServiceSpec(SpecModel):
         LoadBalancingPolicy, PlainValidator(_v_lb_policy), PlainSerializer(enum_value)
     ] = LoadBalancingPolicy.LEAST_LOAD
     ports: int | None = Field(default=None, ge=1, le=65535)
+    tls: TlsSpec | None = None
+    # the secret (or env) holding the client API keys, comma-separated; None: no keys
+    api_keys_env: str | None = None
+    api_key_header: str = "Authorization"
+    forward_api_key: bool = False
+
+    @field_validator("api_keys_env")
+    @classmethod
+    def _keys_env(cls, name: str | None) -> str | None:
+        if name is not None and not _ENV_NAME.fullmatch(name):
+            raise spotd_error(
+                f"api_keys_env names a variable of `secrets:` or `envs:`, got `{name}` "
+                "(the keys themselves do not go in the YAML)"
+            )
+        return name
+
+    @field_validator("api_key_header")
+    @classmethod
+    def _header(cls, name: str) -> str:
+        if not _HEADER_NAME.fullmatch(name):
+            raise spotd_error(f"api_key_header must be an HTTP header name, got `{name}`")
+        return name
 
     @model_validator(mode="after")
     def _replicas_or_policy(self) -> typing.Self:
