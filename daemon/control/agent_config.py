@@ -139,8 +139,14 @@ def build_agent_config(
     files: AgentFiles,
     envs: Mapping[str, str] | None = None,
 ) -> AgentConfig:
-    """The agent's config: the task's envs and secrets, then ``envs`` (spotd's own names)."""
+    """The agent's config: the task's envs and secrets, then ``envs`` (spotd's own names).
+
+    A service's client API keys (the variable its ``api_keys_env`` names) are the load
+    balancer's to check, never the replicas' to read: that variable is left out."""
     env = dict(task.envs) | dict(task.secrets) | dict(envs or {})
+    keys_env = task.service.api_keys_env if task.service is not None else None
+    if keys_env:
+        env.pop(keys_env, None)
     daemon_url, notice_url = endpoints(provider, settings)
     return AgentConfig(
         instance_key=who.instance_key,
