@@ -27,10 +27,25 @@ FAST_ENV = {
 
 
 def kill_instance_groups(home: Path) -> None:
-    """Kill every local instance process group left under a home (test hygiene)."""
-    for meta in (home / "local" / "instances").glob("*/meta.json"):
+    """Kill everything a test's daemon left running under ``home`` (test hygiene): every local
+    instance's process group, and any other process that names the home in its command line
+    or environment: the services' load balancers (they outlive the daemon by design) and jobs
+    that left their agent's process group."""
+    for meta in [
+        *(home / "local" / "instances").glob("*/meta.json"),
+        *(home / "local" / "state").glob("*/meta.json"),
+    ]:
         with contextlib.suppress(Exception):
             os.killpg(json.loads(meta.read_text())["pid"], signal.SIGKILL)
+    # the home itself or a path inside it (not another home that merely starts the same way)
+    needles = (str(home).encode() + b"/", str(home).encode() + b"\0")
+    for proc in Path("/proc").glob("[0-9]*"):
+        if int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            seen = (proc / "cmdline").read_bytes() + b"\0" + (proc / "environ").read_bytes()
+            if any(n in seen for n in needles):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 class DaemonProc:
