@@ -117,7 +117,7 @@ def catalog_show(gpu: str | None, provider: str | None, output: str) -> None:
         if p is None:
             notes.append(f"{name}: disabled: {reason}")
             continue
-        entries = getattr(p, "snapshot", None) if reason else p.catalog()
+        entries = p.snapshot if reason and isinstance(p, Disableable) else p.catalog()
         if reason:
             notes.append(f"{name}: disabled: {reason} (showing its snapshot)")
         for e in entries or []:

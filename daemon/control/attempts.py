@@ -27,8 +27,7 @@ from spotd.control.agent_config import (
     held_config,
 )
 from spotd.control.observer import Observation
-from spotd.control.packages import package_store_for
-from spotd.files import mounts as s3src
+from spotd.control.packages import package_store_for, s3_options
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import (
     TAG_ATTEMPT,
@@ -167,7 +166,7 @@ class Attempts:
         await_from, await_until = await self.draining_predecessor(job.id, attempt.attempt)
         workdir = task.workdir  # a package reference ("cas:<sha>") made at submission
         mounts = {remote: m.source for remote, m in task.file_mounts.items()}
-        s3 = s3src.options_from(self.providers)
+        s3 = s3_options(self.providers.values())
         try:
             blob_store = await package_store_for(
                 settings=self.settings,

@@ -19,6 +19,20 @@ from spotd.providers.capabilities import PackageStore
 from spotd.store import AsyncStore
 
 
+def s3_options(providers: Iterable[Provider]) -> s3src.S3Options:
+    """Where the daemon's own S3 calls go: the object store of the provider that declares
+    ``PackageStore`` (the aws provider's endpoint and profile), else the standard chain."""
+    for p in providers:
+        if isinstance(p, PackageStore):
+            o = p.object_store
+            return s3src.S3Options(
+                endpoint_url=o.endpoint_url or None,
+                profile=o.profile or None,
+                package_store=o.package_store_url or None,
+            )
+    return s3src.S3Options()
+
+
 async def package_store_for(
     *,
     settings: Settings,

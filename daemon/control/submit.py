@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from spotd.config import Settings
 from spotd.control import quota
+from spotd.control.packages import s3_options
 from spotd.control.refusals import (
     InvalidRequest,
     NotPermitted,
@@ -252,7 +253,7 @@ async def check_buckets(task: Task, providers: Mapping[str, Provider]) -> None:
     sources = [(r, m.source) for r, m in task.file_mounts.items() if s3src.is_s3(m.source)]
     if not sources:
         return
-    opts = s3src.options_from(providers)
+    opts = s3_options(providers.values())
     for remote, url in sources:
         try:
             await s3src.check_source(url, endpoint_url=opts.endpoint_url, profile=opts.profile)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -76,18 +76,6 @@ class S3Options:
     endpoint_url: str | None = None
     profile: str | None = None
     package_store: str | None = None  # s3://bucket/prefix, or None: packages stay local
-
-
-def options_from(providers: Mapping[str, Any]) -> S3Options:
-    """The options of the configured aws provider (duck-typed: ``.config``), if any."""
-    cfg = getattr(providers.get("aws"), "config", None)
-    if cfg is None:
-        return S3Options()
-    return S3Options(
-        endpoint_url=getattr(cfg, "endpoint_url", None) or None,
-        profile=getattr(cfg, "profile", None) or None,
-        package_store=getattr(cfg, "package_store_url", None) or None,
-    )
 
 
 def client(

@@ -23,10 +23,11 @@ Which backend declares which is a table in tests/providers/test_capabilities.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from spotd.types import Market
+from spotd.types import CatalogEntry, Market
 
 
 @runtime_checkable
@@ -99,6 +100,11 @@ class Disableable(Protocol):
 
     @property
     def disabled_reason(self) -> str | None: ...
+
+    @property
+    def snapshot(self) -> Sequence[CatalogEntry]:
+        """What it would offer when enabled (its packaged catalog), shown while it is off."""
+        ...
 
 
 @runtime_checkable
