@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -245,8 +246,10 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
                 floats[key] = float(raw)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{key} must be a number, got {raw!r}") from exc
-            if key.startswith("retention_") and not floats[key] >= 0:
-                raise ConfigError(f"{key} must be 0 (keep forever) or more, got {raw!r}")
+            if not math.isfinite(floats[key]):  # nan would disable every comparison, inf a loop
+                raise ConfigError(f"{key} must be a finite number, got {raw!r}")
+            if not floats[key] >= 0:
+                raise ConfigError(f"{key} must be 0 or more, got {raw!r}")
     idle_action = str(env.get("SPOTD_IDLE_GPU_ACTION") or data.get("idle_gpu_action") or "flag")
     if idle_action not in ("flag", "stop"):
         raise ConfigError(f"idle_gpu_action must be flag or stop, got {idle_action!r}")

@@ -84,6 +84,23 @@ def test_retention_settings_from_the_environment(tmp_path: Path) -> None:
         load_settings(tmp_path, env={"SPOTD_RETENTION_LOGS_DAYS": "-1"})
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "phrase"),
+    [
+        ("SPOTD_OBSERVE_INTERVAL", "nan", "finite"),
+        ("SPOTD_LOST_AFTER", "inf", "finite"),
+        ("SPOTD_RETENTION_EVENTS_DAYS", "Infinity", "finite"),
+        ("SPOTD_HEARTBEAT_SECONDS", "-0.5", "0 or more"),
+        ("SPOTD_SUSPECT_AFTER", "soon", "a number"),
+    ],
+)
+def test_numeric_settings_are_finite_and_not_negative(
+    tmp_path: Path, variable: str, value: str, phrase: str
+) -> None:
+    with pytest.raises(ConfigError, match=phrase):
+        load_settings(tmp_path, env={variable: value})
+
+
 # -- an abandoned follower ends -------------------------------------------------------------
 
 
