@@ -43,7 +43,6 @@ from typing import Any
 
 from spotd.files.private import open_private_append, private_dir, write_private_json
 from spotd.providers.base import (
-    TAG_KEY,
     TAG_PROJECT,
     CapacityUnavailable,
     InstanceSpec,
@@ -457,11 +456,3 @@ class LocalProvider:
     def _stockouts(self) -> dict[str, float]:
         data = _read_json(self._root / "stockouts.json")
         return dict(data) if isinstance(data, dict) else {}
-
-    def instance_ids_for_key_prefix(self, prefix: str) -> list[str]:
-        out = []
-        for d in self._instances.iterdir():
-            meta = _read_json(self._state(d) / "meta.json")
-            if meta and str(meta["tags"].get(TAG_KEY, meta["key"])).startswith(prefix):
-                out.append(meta["id"])
-        return sorted(out)
