@@ -19,7 +19,7 @@ of ``A100:2`` × 2 is admitted (8), a third of ``T4:1`` is refused with "project
 
 The decision is :func:`admit`, a pure function of the project's row, what it holds and what
 the newcomer asks; the store runs it inside the transaction that inserts the newcomer
-(``Store.create_job_within_quota``), through :func:`job_admission` / :func:`service_admission`.
+(``Store.create_job``), through :func:`job_admission` / :func:`service_admission`.
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def _admission(ask: Ask) -> Admit:
 
 
 def job_admission(*, gpus: float, nodes: int) -> Admit:
-    """The ``admit`` that ``Store.create_job_within_quota`` runs for a job."""
+    """The ``admit`` that ``Store.create_job`` runs for a job."""
     return _admission(Ask(gpus=gpus, nodes=nodes))
 
 

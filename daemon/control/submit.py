@@ -13,7 +13,7 @@ problems: the YAML and its one task, ``--infra``, local paths and buckets, ``run
 the local provider's simulated types only when asked for or when nothing else is enabled), the
 project the caller may launch into, its limits, the deadline. It writes nothing. ``submit``
 applies a plan: it packages the files, then stores the job with
-``Store.create_job_within_quota``, which checks the project's limits again and inserts in one
+``Store.create_job``, which checks the project's limits again and inserts in one
 transaction (another launch, on any listener or any daemon sharing the database, may have come
 in between), and starts its worker.
 
@@ -379,7 +379,7 @@ async def submit(
     """Store the planned job and ``start`` its worker.
 
     The project's limits are checked again in the transaction that inserts the job
-    (``Store.create_job_within_quota``), so two launches cannot both take the last GPUs, on
+    (``Store.create_job``), so two launches cannot both take the last GPUs, on
     one listener or across several (an in-process lock could not: it was one per listener, and
     means nothing to a second daemon on the same database).
     """
@@ -395,7 +395,7 @@ async def submit(
     except PackageError as exc:
         raise InvalidRequest(str(exc)) from exc
     try:
-        job = await store.create_job_within_quota(
+        job = await store.create_job(
             admit=quota.job_admission(gpus=plan.gpus, nodes=task.num_nodes),
             name=plan.name or "job",
             task_id_prefix=f"spotd-{settings.home_tag}-j",

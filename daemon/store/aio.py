@@ -99,7 +99,6 @@ class AsyncStore:
 
     # jobs and attempts
     create_job = _offload(Store.create_job)
-    create_job_within_quota = _offload(Store.create_job_within_quota)
     get_job = _offload(Store.get_job)
     require_job = _offload(Store.require_job)
     list_jobs = _offload(Store.list_jobs)

@@ -49,7 +49,7 @@ class ProjectExists(StoreError):
 class OverQuota(StoreError):
     """A job or service was not inserted: it would take its project over one of its limits.
 
-    Raised by ``create_job_within_quota`` / ``create_service`` with what the caller's
+    Raised by ``create_job`` / ``create_service`` with what the caller's
     ``admit`` decided (``spotd.control.quota``): the message for the user and the numbers.
     """
 

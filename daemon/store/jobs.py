@@ -6,7 +6,7 @@ attempt and one instance row per node, ``instance_id`` still None — in one tra
 any provider call: a daemon killed mid-launch finds rows without an instance id and finishes the
 launch, idempotent by key.
 
-``create_job_within_quota`` is the launch's insert: the project's limits are checked and the
+``create_job`` is the launch's insert: the project's limits are checked and the
 job inserted in one transaction (see :mod:`spotd.store.projects`), so no number of listeners
 or daemons can take a project over its quota between the check and the insert.
 """
@@ -77,49 +77,22 @@ class JobStore(StoreBase):
         project: str = "default",
         deadline: float | None = None,
         gpus: float = 0.0,
+        admit: Admit | None = None,
     ) -> JobRow:
-        """Store a new PENDING job and its first event, whatever its project's limits.
+        """Store a new PENDING job and its first event.
+
+        ``admit`` (a launch passes one): the project's row is locked and what it holds is read,
+        ``admit`` decides, and the job is inserted before anyone else may decide for that
+        project; if it refuses, its :class:`OverQuota` is raised and nothing is written.
+        Without it the project's limits are not consulted (migrations, tests, adoption).
 
         ``task_id`` is ``task_id_prefix + str(id)``, e.g. prefix "spotd-1a2b-j" gives
         "spotd-1a2b-j7": it needs the id, so it is set in the same transaction as the insert.
         ``gpus``: what it reserves against its project's quota while it is active.
         """
         with self._write() as conn:
-            return _insert_job(
-                conn,
-                name=name,
-                task_id_prefix=task_id_prefix,
-                spec_json=spec_json,
-                spec_redacted_json=spec_redacted_json,
-                resources=resources,
-                submitted_at=submitted_at,
-                project=project,
-                deadline=deadline,
-                gpus=gpus,
-            )
-
-    def create_job_within_quota(
-        self,
-        *,
-        admit: Admit,
-        name: str,
-        task_id_prefix: str,
-        spec_json: str,
-        spec_redacted_json: str,
-        resources: str,
-        submitted_at: float,
-        project: str = "default",
-        deadline: float | None = None,
-        gpus: float = 0.0,
-    ) -> JobRow:
-        """:meth:`create_job`, admitted by ``admit`` in the same transaction.
-
-        The project's row is locked and what it holds is read, ``admit`` decides, and the job
-        is inserted before anyone else may decide for that project; if ``admit`` refuses, its
-        :class:`OverQuota` is raised and nothing is written.
-        """
-        with self._write() as conn:
-            admitted(conn, project, admit)
+            if admit is not None:
+                admitted(conn, project, admit)
             return _insert_job(
                 conn,
                 name=name,

@@ -2,7 +2,7 @@
 
 Quota decisions live in ``spotd.control.quota``; the store keeps the rows and makes the check
 and the insert one transaction. :func:`admitted` is that transaction's first half, shared by
-``create_job_within_quota`` and ``create_service``: it locks the project's row, reads what the
+``create_job`` (given ``admit``) and ``create_service``: it locks the project's row, reads what the
 project holds, and asks the caller's ``admit``, so two launches of one project — through two
 listeners, two daemons on one PostgreSQL, or two stores on one SQLite file — are decided one
 after the other, each seeing the other's row:

@@ -271,7 +271,7 @@ class ProjectUsage:
     """What a project holds now: its active jobs and live services, and the GPUs they reserve.
 
     Not a table: read from the job and service rows, in the transaction that admits the next
-    one (see ``Store.create_job_within_quota``).
+    one (see ``Store.create_job``).
     """
 
     gpus: float = 0.0  # reserved by active jobs and live services

@@ -107,7 +107,7 @@ def test_racing_stores_never_overshoot(
     def launch(s: Store) -> None:
         barrier.wait()
         try:
-            s.create_job_within_quota(
+            s.create_job(
                 admit=quota.job_admission(gpus=1, nodes=1),
                 name="race",
                 task_id_prefix="p-j",

@@ -1,5 +1,5 @@
 """Project limits in the store: what a project holds, and the check and insert in one
-transaction (``create_job_within_quota``, ``create_service(admit=...)``); schema version 4."""
+transaction (``create_job``, ``create_service(admit=...)``); schema version 4."""
 
 from __future__ import annotations
 
@@ -95,13 +95,13 @@ def _refuse_over(quota: float, gpus: float) -> Callable[[ProjectRow | None, Proj
 
 def test_within_quota_inserts_or_refuses_writing_nothing(store: Store, clock: Any) -> None:
     _project(store, clock)
-    job = store.create_job_within_quota(
+    job = store.create_job(
         admit=_refuse_over(8, 8), **JOB, submitted_at=clock(), project="ml", gpus=8
     )
     assert (job.project, job.gpus, job.status) == ("ml", 8, JobStatus.PENDING)
     events_before = len(store.events())
     with pytest.raises(OverQuota, match=r"over: 8.0 \+ 1") as exc:
-        store.create_job_within_quota(
+        store.create_job(
             admit=_refuse_over(8, 1), **JOB, submitted_at=clock(), project="ml", gpus=1
         )
     assert exc.value.details == {"in_use": 8.0}
@@ -115,7 +115,7 @@ def test_admit_sees_no_row_for_a_project_without_one(store: Store, clock: Any) -
     def admit(row: ProjectRow | None, usage: ProjectUsage) -> None:
         seen.append(row)
 
-    store.create_job_within_quota(admit=admit, **JOB, submitted_at=clock(), project="default")
+    store.create_job(admit=admit, **JOB, submitted_at=clock(), project="default")
     assert seen == [None]
 
 
