@@ -1,0 +1,1 @@
+"""The web dashboard the daemon serves: jobs, preemptions, services, fleet and cost."""
