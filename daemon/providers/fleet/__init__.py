@@ -1,0 +1,1 @@
+"""The fleet provider: instances as in-process records, for scale benchmarks, chaos and tests."""
