@@ -1,0 +1,195 @@
+"""Who may see and do what, in-process: sessions from a token or a one-time link, CSRF on every
+action, the unix socket as the admin, and the API's own bearer tokens untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spotd.dashboard.auth import Identity, LoginLinks, Sessions, origin_allowed
+from spotd.types import JobStatus
+
+from .conftest import ADMIN_TOKEN, Dash, seed_job
+
+
+async def test_signed_out_pages_lead_to_the_login_page(dash: Dash) -> None:
+    for path in ("/dashboard/", "/dashboard/fleet", "/dashboard/jobs/1", "/dashboard/cost"):
+        r = await dash.tcp.get(path, allow_redirects=False)
+        assert (r.status, r.headers["Location"]) == (303, "/dashboard/login"), path
+    r = await dash.tcp.get("/dashboard/live/")
+    assert r.status == 401  # a stream is not redirected
+
+
+@pytest.mark.parametrize(
+    ("token", "origin", "status", "says"),
+    [
+        ("wrong", "self", 401, "That token is not valid here."),
+        ("", "self", 401, "That token is not valid here."),
+        (ADMIN_TOKEN, "http://evil.example", 403, "Sign in from this page."),
+        (ADMIN_TOKEN, None, 403, "Sign in from this page."),
+        (ADMIN_TOKEN, "null", 403, "Sign in from this page."),
+    ],
+)
+async def test_a_refused_sign_in_gets_the_login_page_back(
+    dash: Dash, token: str, origin: str | None, status: int, says: str
+) -> None:
+    headers = {} if origin is None else {"Origin": dash.origin if origin == "self" else origin}
+    r = await dash.tcp.post(
+        "/dashboard/login", data={"token": token}, headers=headers, allow_redirects=False
+    )
+    assert r.status == status
+    html = await r.text()
+    assert says in html and 'name="token"' in html
+    assert "spotd_dashboard" not in r.cookies
+
+
+async def test_the_session_cookie_is_httponly_and_strict(dash: Dash) -> None:
+    r = await dash.tcp.post(
+        "/dashboard/login",
+        data={"token": ADMIN_TOKEN},
+        headers={"Origin": dash.origin},
+        allow_redirects=False,
+    )
+    morsel = r.cookies["spotd_dashboard"]
+    assert morsel["httponly"] and morsel["samesite"] == "Strict" and morsel["path"] == "/dashboard"
+    assert not morsel["secure"]  # plain HTTP on loopback; with TLS the cookie is Secure
+
+
+async def test_actions_need_this_origin_and_the_session_csrf_token(dash: Dash) -> None:
+    job = seed_job(dash.store.store)
+    csrf = await dash.sign_in()
+    url = f"/dashboard/jobs/{job.id}/cancel"
+    cases = [
+        ({"Origin": dash.origin}, {}),  # no CSRF token
+        ({"Origin": dash.origin}, {"csrf": "guess"}),
+        ({"Origin": "http://evil.example"}, {"csrf": csrf}),
+        ({}, {"csrf": csrf}),  # no Origin
+    ]
+    for headers, form in cases:
+        r = await dash.tcp.post(url, data=form, headers=headers, allow_redirects=False)
+        assert r.status == 403, (headers, form)
+    assert (await dash.store.get_job(job.id)).status == JobStatus.PENDING  # type: ignore[union-attr]
+    r = await dash.tcp.post(
+        url, data={"csrf": csrf}, headers={"Origin": dash.origin}, allow_redirects=False
+    )
+    assert r.status == 303 and "cancelling" in r.headers["Location"]
+    assert (await dash.store.get_job(job.id)).status == JobStatus.CANCELLING  # type: ignore[union-attr]
+
+
+async def test_a_session_does_not_open_the_api(dash: Dash) -> None:
+    await dash.sign_in()
+    assert (await dash.tcp.get("/v1/jobs")).status == 401, "the API wants its bearer token"
+    ok = await dash.tcp.get("/v1/jobs", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert ok.status == 200
+
+
+async def test_the_unix_socket_is_the_admin_and_gets_a_link_to_the_tcp_listener(
+    dash: Dash,
+) -> None:
+    assert (await dash.unix.get("/dashboard/")).status == 200
+    r = await dash.unix.post("/dashboard/login-link")
+    body = await r.json()
+    assert body["who"] == "admin"
+    assert body["url"] == "http://127.0.0.1:1" + body["path"]
+    # the link is redeemed on the TCP listener, once
+    first = await dash.tcp.get(body["path"], allow_redirects=False)
+    assert first.status == 200 and "spotd_dashboard" in first.cookies
+    assert "Signed in" in await first.text()
+    again = await dash.tcp.get(body["path"], allow_redirects=False)
+    assert again.status == 401 and "used already or has expired" in await again.text()
+
+
+async def test_a_link_over_tcp_speaks_for_its_token(dash: Dash) -> None:
+    assert (await dash.tcp.post("/dashboard/login-link")).status == 401
+    r = await dash.tcp.post(
+        "/dashboard/login-link", headers={"Authorization": f"Bearer {dash.project_token}"}
+    )
+    body = await r.json()
+    assert body["who"] == "project alpha"
+    mine = seed_job(dash.store.store, project="alpha")
+    seed_job(dash.store.store, project="default")
+    await dash.tcp.get(body["path"])
+    html = await (await dash.tcp.get("/dashboard/")).text()
+    assert f'data-job="{mine.id}"' in html and html.count("<tr data-job=") == 1
+
+
+async def test_the_live_stream_sends_the_parts_that_changed(dash: Dash) -> None:
+    dash.dashboard.live_interval = 0.05
+    job = seed_job(dash.store.store)
+    r = await dash.unix.get(f"/dashboard/live/jobs/{job.id}")
+    assert r.headers["Content-Type"] == "text/event-stream"
+
+    async def next_update() -> dict[str, object]:
+        lines: list[str] = []
+        while True:
+            line = (await r.content.readline()).decode().rstrip("\n")
+            if line == "" and lines:
+                break
+            if line:
+                lines.append(line)
+        assert lines[0] == "event: update", lines
+        return json.loads(lines[1].removeprefix("data: "))  # type: ignore[no-any-return]
+
+    first = await next_update()
+    assert set(first["parts"]) == {"job_summary", "timeline", "preemptions", "events", "log"}  # type: ignore[arg-type]
+    await dash.store.transition_job(
+        job.id, from_=[JobStatus.PENDING], to=JobStatus.CANCELLING, reason="test", now=1e6
+    )
+    # the next updates carry what changed: the status (and its event), never the log again
+    for _ in range(50):
+        update = await next_update()
+        parts = update["parts"]
+        assert isinstance(parts, dict) and "log" not in parts
+        if "CANCELLING" in parts.get("job_summary", ""):
+            break
+    else:
+        raise AssertionError("the status change never came")
+    r.close()
+    assert (await dash.unix.get("/dashboard/live/jobs/77")).status == 404
+
+
+# -- the session store and the links, on their own -----------------------------------------
+
+
+def test_sessions_are_bounded_in_number_and_time() -> None:
+    s = Sessions(max_sessions=2, session_ttl=10, session_max_age=100)
+    a = s.create(Identity(), now=0)
+    b = s.create(Identity("p"), now=1)
+    assert s.get(a.id, now=2) is not None  # a used: b is now the least recently used
+    c = s.create(Identity(), now=3)
+    assert len(s) == 2 and s.get(b.id, now=3) is None
+    assert s.get(c.id, now=12) is not None  # 9 s idle: alive, and used again
+    assert s.get(a.id, now=13) is None  # idle 11 s > ttl 10
+    for t in range(20, 101, 9):  # kept busy, it still ends at its max age
+        assert s.get(c.id, now=t) is not None
+    assert s.get(c.id, now=104) is None
+
+
+def test_login_links_are_single_use_short_lived_and_bounded() -> None:
+    links = LoginLinks(ttl=60, max_pending=2)
+    code = links.issue(Identity("p"), now=0)
+    assert links.redeem(code, now=59) == Identity("p")
+    assert links.redeem(code, now=59) is None
+    late = links.issue(Identity(), now=0)
+    assert links.redeem(late, now=61) is None
+    first, _, _ = (links.issue(Identity(), now=0) for _ in range(3))
+    assert len(links) == 2 and links.redeem(first, now=1) is None
+
+
+@pytest.mark.parametrize(
+    ("origin", "ok"),
+    [
+        ("http://127.0.0.1:8470", True),
+        ("http://127.0.0.1:8470/", True),
+        ("HTTP://127.0.0.1:8470", True),
+        ("https://127.0.0.1:8470", False),
+        ("http://127.0.0.1:8471", False),
+        ("http://evil.example", False),
+        ("null", False),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_origin_must_be_this_listener(origin: str | None, ok: bool) -> None:
+    assert origin_allowed(origin, scheme="http", host="127.0.0.1:8470") is ok
