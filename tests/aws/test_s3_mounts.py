@@ -239,9 +239,9 @@ async def test_missing_bucket_is_refused_before_anything_launches(
         (_mount_yaml(missing, "/tmp/x"), f"bucket {missing} does not exist"),
         (f"file_mounts: {{/tmp/x: s3://{bucket}/nothing-here}}\nrun: x\n", "nothing-here"),
         (f"file_mounts: {{/tmp/x: gs://{bucket}/data}}\nrun: x\n", "not supported by spotd"),
-        (
-            f"file_mounts: {{/tmp/x: {{source: s3://{bucket}/data, mode: MOUNT}}}}\nrun: x\n",
-            "not supported by spotd",
+        (  # a bucket to mount (a storage object) must exist too
+            f"file_mounts: {{/tmp/x: {{source: s3://{missing}, mode: MOUNT}}}}\nrun: x\n",
+            f"bucket {missing} does not exist",
         ),
     ]:
         status, body = await _post(local_daemon, yaml)
