@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,10 +28,11 @@ from spotd.api.common import (
     scope,
 )
 from spotd.api.files import Sha256
-from spotd.api.params import PathId, QueryList
+from spotd.api.params import PathId, QueryInt, QueryList
 from spotd.api.routes import TENANT, Route
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
-from spotd.store import AsyncStore, AttemptRow, JobRow, StaleTransition
+from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition
+from spotd.store.jobs import JobPage
 from spotd.telemetry import gpu
 from spotd.types import Candidate, JobStatus
 
@@ -40,6 +42,7 @@ __all__ = [
     "LaunchBody",
     "attempt_json",
     "job_json",
+    "job_view",
     "plan_json",
     "requested_job",
 ]
@@ -89,6 +92,14 @@ def attempt_json(a: AttemptRow) -> dict[str, Any]:
 
 async def job_json(store: AsyncStore, job: JobRow, now: float) -> dict[str, Any]:
     attempts = await store.attempts(job.id)
+    nodes = await store.instances(attempt_id=attempts[-1].id) if attempts else []
+    return job_view(job, attempts, nodes, now)
+
+
+def job_view(
+    job: JobRow, attempts: Sequence[AttemptRow], nodes: Sequence[InstanceRow], now: float
+) -> dict[str, Any]:
+    """A job as the API shows it: ``attempts`` first to last, ``nodes`` the current one's."""
     current = attempts[-1] if attempts else None
     end = job.ended_at or now
     return {
@@ -113,17 +124,17 @@ async def job_json(store: AsyncStore, job: JobRow, now: float) -> dict[str, Any]
         "zone": current.zone if current else None,
         "market": current.market if current else None,
         "attempts": [attempt_json(a) for a in attempts],
-        **await _gpu_json(store, current),
+        **_gpu_json(current, nodes),
     }
 
 
-async def _gpu_json(store: AsyncStore, attempt: AttemptRow | None) -> dict[str, Any]:
+def _gpu_json(attempt: AttemptRow | None, rows: Sequence[InstanceRow]) -> dict[str, Any]:
     """The current attempt's latest GPU samples per node, and a one-line summary."""
     if attempt is None:
         return {"gpus": [], "gpu_summary": "-"}
     nodes = []
     all_samples: list[gpu.GpuSample] | None = []
-    for r in await store.instances(attempt_id=attempt.id):
+    for r in rows:
         samples = None if r.gpus_json is None else gpu.parse_samples(json.loads(r.gpus_json))
         nodes.append(
             {
@@ -146,8 +157,9 @@ def candidate_json(c: Candidate) -> dict[str, Any]:
         "zone": c.zone,
         "instance_type": c.instance_type,
         "market": str(c.market),
-        "price_per_hour": round(c.price_per_hour, 4),
-        "expected_cost": round(c.expected_cost, 4),
+        # six places: live spot quotes and per-node shares are finer than the catalog's cents
+        "price_per_hour": round(c.price_per_hour, 6),
+        "expected_cost": round(c.expected_cost, 6),
     }
 
 
@@ -215,16 +227,31 @@ async def launch(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    """Every job (a project token: its project's), optionally only those in ``?status=``."""
-    store = request.app[STORE]
+    """Jobs newest first (a project token: its project's), optionally only those in
+    ``?status=``. Without ``?limit=`` every job, as before; with it one page, and a ``Link``
+    header (``rel="next"``) naming the next page while older jobs remain."""
     wanted = STATUS.parse(request)
-    statuses = None if wanted is None else [JobStatus(s) for s in wanted]
+    limit = LIMIT.parse(request)
+    page = await request.app[STORE].job_page(
+        statuses=None if wanted is None else [JobStatus(s) for s in wanted],
+        project=scope(request),
+        limit=limit,
+        before=BEFORE.parse(request),
+    )
     now = time.time()
-    jobs = await store.list_jobs(statuses=statuses)
-    limit = scope(request)
-    if limit is not None:
-        jobs = [j for j in jobs if j.project == limit]
-    return web.json_response([await job_json(store, j, now) for j in jobs])
+    body = [
+        job_view(j, page.attempts.get(j.id, []), _current_nodes(page, j.id), now) for j in page.jobs
+    ]
+    headers = {}
+    if page.more and page.jobs:
+        query = {**request.query, "before": str(page.jobs[-1].id)}
+        headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
+    return web.json_response(body, headers=headers)
+
+
+def _current_nodes(page: JobPage, job_id: int) -> list[InstanceRow]:
+    attempts = page.attempts.get(job_id)
+    return list(page.nodes.get(attempts[-1].id, [])) if attempts else []
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -276,6 +303,13 @@ async def cancel_job(request: web.Request) -> web.Response:
 STATUS = QueryList(
     "status", "only jobs in these states, comma-separated", tuple(str(s) for s in JobStatus)
 )
+MAX_PAGE = 1000
+LIMIT = QueryInt(
+    "limit",
+    f"at most this many jobs (up to {MAX_PAGE}); the Link header names the next page",
+    le=MAX_PAGE,
+)
+BEFORE = QueryInt("before", "only jobs with a smaller id (the cursor of the next page)")
 
 ROUTES = (
     Route(
@@ -289,7 +323,15 @@ ROUTES = (
         ok=(200, 201),
         errors=(403, 404),
     ),
-    Route("GET", "/v1/jobs", list_jobs, "List jobs", "jobs", params=(STATUS,), callers=TENANT),
+    Route(
+        "GET",
+        "/v1/jobs",
+        list_jobs,
+        "List jobs, newest first (every job, or one page with ?limit)",
+        "jobs",
+        params=(STATUS, LIMIT, BEFORE),
+        callers=TENANT,
+    ),
     Route(
         "GET",
         "/v1/jobs/{job_id}",

@@ -1,7 +1,7 @@
 """``spotctl jobs launch|queue|logs|events|cancel``: managed jobs.
 
 ``jobs launch`` first uploads the task's workdir and local file_mounts (only the files the
-daemon lacks: ``spotd.sdk.uploads``; a progress bar when that is more than a few MB), then
+daemon lacks: ``spotd.sdk.uploads``; progress on stderr: ``spotd.cli.progress``), then
 sends one request: the daemon plans the job, stores it, and answers with the job and the plan
 it used, which is printed as the placement table. ``--dry-run`` sends the
 same request with ``dry_run`` set and prints the plan alone. Only a person at a terminal who
@@ -19,23 +19,18 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from spotd.cli.common import ago, dur, err, out, parse_env, print_events, print_json, run
-from spotd.sdk.uploads import SourceError
+from spotd.cli.progress import FilesProgress, progress_mode, upload_line
+from spotd.sdk.uploads import SourceError, local_sources
 
 if TYPE_CHECKING:
     from spotd.sdk.client import Client
 
-__all__ = ["jobs", "plan_table", "print_jobs", "upload_line"]
+__all__ = ["jobs", "plan_table", "print_jobs"]
+
+QUEUE_PAGE = 100  # `jobs queue` shows this many newest jobs unless told otherwise
 
 STATUS_STYLE = MappingProxyType(
     {
@@ -49,7 +44,6 @@ STATUS_STYLE = MappingProxyType(
     }
 )
 _PLAN_ROWS = 8  # the chosen placement and the next seven
-_BAR_BYTES = 8 << 20  # uploads larger than this show a progress bar
 
 
 @click.group()
@@ -116,7 +110,7 @@ def jobs_launch(
     text = Path(file).read_text()
     env = parse_env(envs)
     confirm = not dry_run and not yes and sys.stdin.isatty()
-    bar = _UploadBar(enabled=output == "table" and err.is_terminal)
+    bar = FilesProgress(err, progress_mode(err, output))
 
     def request(c: Client, *, dry: bool) -> Awaitable[Any]:
         return c.launch(
@@ -133,6 +127,8 @@ def jobs_launch(
         )
 
     async def go(c: Client) -> Any:
+        if not host_paths:
+            bar.packing(list(local_sources(text, filename=file, env=env, base=Path.cwd())))
         if dry_run:
             return await request(c, dry=True)
         if confirm:
@@ -175,47 +171,6 @@ def jobs_launch(
         print_jobs([result])
         if result["status"] != "SUCCEEDED":
             sys.exit(1)
-
-
-def upload_line(report: dict[str, Any]) -> str:
-    """What a launch's files cost, from the SDK's ``upload`` report."""
-    return (
-        f"Files: {report['files']} in {report['packages']} package(s), "
-        f"{report['bytes'] / 1e6:.1f} MB; uploaded {report['uploaded_blobs']} of "
-        f"{report['blobs']} blobs, {report['uploaded_bytes'] / 1e6:.1f} MB (the daemon had "
-        "the rest)"
-    )
-
-
-class _UploadBar:
-    """A rich progress bar for an upload, shown only once it is worth watching."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self._enabled = enabled
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
-
-    def update(self, sent: int, total: int) -> None:
-        if not self._enabled or total < _BAR_BYTES:
-            return
-        if self._progress is None:
-            self._progress = Progress(
-                TextColumn("uploading"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=err,
-                transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("upload", total=total)
-        assert self._task is not None
-        self._progress.update(self._task, completed=sent)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 def print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
@@ -261,13 +216,27 @@ def print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
 @click.option(
     "-v", "--verbose", is_flag=True, help="Show GPU utilisation/memory and the last status message."
 )
-def jobs_queue(output: str, verbose: bool) -> None:
-    """List managed jobs."""
-    rows = run(lambda c: c.jobs())
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"Show the newest N jobs; 0: every job [default: {QUEUE_PAGE} for the table, every "
+    "job with -o json].",
+)
+def jobs_queue(output: str, verbose: bool, limit: int | None) -> None:
+    """List managed jobs, newest first."""
+    limit = (QUEUE_PAGE if output == "table" else 0) if limit is None else limit
+    if limit:
+        rows, more = run(lambda c: c.job_page(limit=limit))
+    else:
+        rows, more = run(lambda c: c.jobs()), None
     if output == "json":
         print_json(rows)
-    else:
-        print_jobs(rows, verbose)
+        return
+    print_jobs(rows, verbose)
+    if more is not None:
+        err.print(f"[dim]the newest {len(rows)} jobs; --limit 0 lists every one[/]")
 
 
 @jobs.command("logs")

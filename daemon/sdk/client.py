@@ -154,6 +154,11 @@ class Client:
         await self._session.close()
 
     async def request(self, method: str, path: str, **kw: Any) -> Any:
+        data, _ = await self._exchange(method, path, **kw)
+        return data
+
+    async def _exchange(self, method: str, path: str, **kw: Any) -> tuple[Any, Any]:
+        """(the answer's body, its ``links``: the parsed ``Link`` header)."""
         try:
             async with self._session.request(
                 method, self._base + path, headers=self._headers, **kw
@@ -166,7 +171,7 @@ class Client:
                     if isinstance(data, dict):
                         raise ApiError(r.status, str(data.get("error")), data.get("details"))
                     raise ApiError(r.status, str(data))
-                return data
+                return data, r.links
         except aiohttp.ClientConnectionError as exc:
             raise self._unreachable(exc, "cannot reach spotd at") from exc
 
@@ -259,8 +264,31 @@ class Client:
         report = await upload_packages(self, packs, progress=progress)
         return {key: p.manifest_sha for key, p in packs.items()}, report
 
-    async def jobs(self) -> Any:
-        return await self.request("GET", "/v1/jobs")
+    async def jobs(self, *, status: str | None = None, page_size: int = 500) -> Any:
+        """Every job, newest first (``status``: only those, comma-separated), read a page at
+        a time."""
+        rows: list[Any] = []
+        before = None
+        while True:
+            page, before = await self.job_page(limit=page_size, before=before, status=status)
+            rows.extend(page)
+            if before is None:
+                return rows
+
+    async def job_page(
+        self, *, limit: int, before: int | None = None, status: str | None = None
+    ) -> tuple[list[Any], int | None]:
+        """Up to ``limit`` jobs older than job ``before`` (newest first), and the cursor of the
+        next page (None: no job is older)."""
+        params = {"limit": str(limit)}
+        if before is not None:
+            params["before"] = str(before)
+        if status:
+            params["status"] = status
+        data, links = await self._exchange("GET", "/v1/jobs", params=params)
+        nxt = links.get("next")
+        cursor = nxt["url"].query.get("before") if nxt else None
+        return list(data), int(cursor) if cursor else None
 
     async def job(self, job_id: int) -> Any:
         return await self.request("GET", f"/v1/jobs/{job_id}")

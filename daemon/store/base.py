@@ -110,6 +110,12 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     try:
         cur.execute("PRAGMA journal_mode=WAL")
+        # WAL with NORMAL: a commit no longer waits for an fsync (about 400 commits/s on this
+        # kind of disk with FULL, the default, against tens of thousands): still atomic and
+        # consistent, and a daemon killed with -9 loses nothing; only an OS crash or a power
+        # loss may roll back the last commits, and the adoption at start-up (unknown tagged
+        # instances are reaped) covers an intent lost that way.
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
     finally:

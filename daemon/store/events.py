@@ -87,10 +87,11 @@ class EventStore(StoreBase):
             res = conn.execute(zt.insert().values(**values).returning(zt.c.id))
             return ZoneEventRow.from_mapping({"id": int(res.scalar_one()), **values})
 
-    def zone_events(self, *, since: float) -> list[ZoneEventRow]:
-        """Zone history at or after ``since``, oldest first."""
+    def zone_events(self, *, since: float, after_id: int = 0) -> list[ZoneEventRow]:
+        """Zone history at or after ``since``, oldest first; ``after_id``: only rows written
+        after that one (what a reader that kept the rest asks for)."""
         zt = table_of(ZoneEvent)
-        q = select(zt).where(zt.c.at >= since).order_by(zt.c.at, zt.c.id)
+        q = select(zt).where(zt.c.at >= since, zt.c.id > after_id).order_by(zt.c.at, zt.c.id)
         with self._read() as conn:
             return [ZoneEventRow.from_mapping(m) for m in conn.execute(q).mappings()]
 

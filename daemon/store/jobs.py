@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import ColumnElement, Connection, func, select
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import (
@@ -31,7 +32,7 @@ from spotd.store.cas import (
     write_event,
 )
 from spotd.store.projects import Admit, admitted
-from spotd.store.rows import AttemptRow, JobRow
+from spotd.store.rows import AttemptRow, InstanceRow, JobRow
 from spotd.store.tables import Attempt, Instance, Job, table_of
 from spotd.types import (
     TERMINAL_JOB_STATUSES,
@@ -42,7 +43,22 @@ from spotd.types import (
     Market,
 )
 
-__all__ = ["ATTEMPTS", "JOBS", "JobStore"]
+__all__ = ["ATTEMPTS", "JOBS", "JobPage", "JobStore"]
+
+
+MAX_BOUND_IDS = 1000  # a page's job ids go to the database as parameters up to this many
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of jobs, newest first, with what a listing shows of each: three queries in
+    all, however many jobs (``JobStore.job_page``)."""
+
+    jobs: list[JobRow]
+    attempts: Mapping[int, list[AttemptRow]] = field(default_factory=dict)  # by job, in order
+    nodes: Mapping[str, list[InstanceRow]] = field(default_factory=dict)  # by current attempt
+    more: bool = False  # jobs older than the last one remain (ask again with ``before``)
+
 
 JOBS = Subject(
     what="job",
@@ -125,6 +141,98 @@ class JobStore(StoreBase):
             q = q.limit(limit)
         with self._read() as conn:
             return [JobRow.from_mapping(m) for m in conn.execute(q).mappings()]
+
+    def job_page(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        project: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> JobPage:
+        """Jobs newest first (only ``statuses``, only ``project``'s, only ids below ``before``,
+        at most ``limit``), their attempts and their current attempts' instances: one query
+        each, in one read, so a listing costs the same three statements at 10 or 10,000 jobs."""
+        jt, at, it = JOBS.table, ATTEMPTS.table, table_of(Instance)
+        q = select(jt).order_by(jt.c.id.desc())
+        if statuses is not None:
+            q = q.where(jt.c.status.in_([enum_value(s) for s in statuses]))
+        if project is not None:
+            q = q.where(jt.c.project == project)
+        if before is not None:
+            q = q.where(jt.c.id < before)
+        if limit is not None:
+            q = q.limit(limit + 1)  # one more: whether another page follows
+        with self._read() as conn:
+            jobs = [JobRow.from_mapping(m) for m in conn.execute(q).mappings()]
+            more = limit is not None and len(jobs) > limit
+            jobs = jobs[:limit] if limit is not None else jobs
+            if not jobs:
+                return JobPage(jobs=[], more=False)
+            ids = {j.id for j in jobs}
+            attempts: dict[int, list[AttemptRow]] = {}
+            rows = conn.execute(
+                select(at).where(_of_jobs(at.c.job_id, jobs)).order_by(at.c.job_id, at.c.attempt)
+            )
+            for m in rows.mappings():
+                a = AttemptRow.from_mapping(m)
+                if a.job_id in ids:
+                    attempts.setdefault(a.job_id, []).append(a)
+            current = {v[-1].id for v in attempts.values()}
+            nodes: dict[str, list[InstanceRow]] = {}
+            rows = conn.execute(
+                select(it)
+                .where(_of_jobs(it.c.job_id, jobs))
+                .order_by(it.c.attempt_id, it.c.node_rank)
+            )
+            for m in rows.mappings():
+                if m["attempt_id"] in current:
+                    nodes.setdefault(m["attempt_id"], []).append(InstanceRow.from_mapping(m))
+        return JobPage(jobs=jobs, attempts=attempts, nodes=nodes, more=more)
+
+    def live_instance_keys(self) -> set[str]:
+        """The keys of every instance not yet marked terminated (the reaper's "do we know
+        it"), as one column: not ten thousand rows built twice a second."""
+        it = table_of(Instance)
+        with self._read() as conn:
+            return set(conn.execute(select(it.c.key).where(it.c.terminated.is_(False))).scalars())
+
+    def recorded_instance_keys(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` the store has a row for (live or terminated)."""
+        it = table_of(Instance)
+        wanted = sorted(keys)
+        out: set[str] = set()
+        with self._read() as conn:
+            for i in range(0, len(wanted), MAX_BOUND_IDS):
+                chunk = wanted[i : i + MAX_BOUND_IDS]
+                out.update(conn.execute(select(it.c.key).where(it.c.key.in_(chunk))).scalars())
+        return out
+
+    def ended_attempts_live_nodes(self, provider: str) -> list[tuple[AttemptRow, InstanceRow]]:
+        """(attempt, node) for each node not yet marked terminated of an ended attempt on
+        ``provider``: what the reaper must still finish off, in one query (not one per live
+        instance and tick)."""
+        at, it = ATTEMPTS.table, table_of(Instance)
+        q = (
+            select(at, it)
+            .join(it, it.c.attempt_id == at.c.id)
+            .where(
+                at.c.status == AttemptStatus.ENDED.value,
+                at.c.provider == provider,
+                it.c.terminated.is_(False),
+            )
+            .order_by(it.c.key)
+        )
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        na = len(at.c)
+        return [
+            (
+                AttemptRow.from_mapping(dict(zip(at.c.keys(), r[:na], strict=True))),
+                InstanceRow.from_mapping(dict(zip(it.c.keys(), r[na:], strict=True))),
+            )
+            for r in rows
+        ]
 
     def active_jobs(self) -> list[JobRow]:
         """Jobs not in a terminal status, oldest first (the order workers are started in)."""
@@ -316,6 +424,14 @@ class JobStore(StoreBase):
     def require_attempt(self, attempt_id: str) -> AttemptRow:
         """The attempt; :class:`NotFound` ("no attempt j7-a2") if there is none."""
         return self._require(ATTEMPTS, attempt_id)
+
+
+def _of_jobs(column: ColumnElement[int], jobs: Sequence[JobRow]) -> ColumnElement[bool]:
+    """``column`` names one of ``jobs`` (newest first): a page's ids as parameters, a long
+    listing's as their range (not 10,000 parameters; the caller drops what is not theirs)."""
+    if len(jobs) <= MAX_BOUND_IDS:
+        return column.in_(sorted(j.id for j in jobs))
+    return column.between(jobs[-1].id, jobs[0].id)
 
 
 def _insert_job(
