@@ -45,7 +45,8 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
     Needs ``deadline`` and ``expected_duration``; without them it behaves as
     EAGER_NEXT_REGION. Both markets are considered whatever ``use_spot`` says. With
     ``remaining_work = expected_duration - work_done`` and
-    ``slack = (deadline - now) - remaining_work``, a (re)launch goes to spot only if
+    ``slack = (deadline - now) - remaining_work``, a (re)launch goes to spot (or waits for
+    it) if
 
         slack - 2 * restart_overhead >= safety_margin   (this launch, and one more later to
                                                           fall back to on-demand, both fit)
@@ -54,13 +55,54 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
                                     (on or ahead of the uniform-progress line, allowed to
                                      trail it by the one launch being decided)
 
-    and to on-demand otherwise. When spot is allowed but none is available the job waits
+    and otherwise to on-demand, unless it may take a risk (below). When spot is allowed but
+    none is available the job waits
     (spot capacity usually comes back) until the earlier of the backoff and the moment either
     rule would switch it to on-demand. Once the deadline cannot be met at all it goes to
     on-demand, which finishes soonest. ``should_switch_to_ondemand`` is the same rule for a
     spot attempt that is running (one restart to pay): switch once
     ``slack - restart_overhead < safety_margin``, unless even that would miss the deadline, in
-    which case the restart would only make it later. A job on on-demand is never moved back.
+    which case the restart would only make it later.
+
+    Taking risks (the paper's rule 5): behind the line, a (re)launch still goes to spot while
+    the slack rule allows it and some spot zone did not just refuse a launch or lose an
+    instance (a refusal costs seconds: the executor asks again at once); only when every
+    zone did, on-demand. Spot refusals do not keep the job off on-demand: when every zone's
+    on-demand is ranked out by them, the on-demand launch is tried anyway (an on-demand
+    refusal then makes the job wait).
+
+    Back to spot: ``should_return_to_spot`` is asked while an on-demand attempt runs. It moves
+    the job back to spot once all hold:
+
+        work_done >= expected_duration * elapsed_fraction   (on or ahead of the line)
+        slack - 2 * restart_overhead >= safety_margin        (the launch rule's slack)
+        remaining_work > 2 * restart_overhead                (enough work left to pay for it)
+        work_done comes from checkpoints                     (the relaunch resumes from it;
+                                                              with wall time only, leaving
+                                                              could lose everything since
+                                                              the last save)
+        some spot zone is not blocked by a refusal in the last ``hold_seconds``
+
+    Hysteresis: the job went to on-demand trailing the line by more than one restart and
+    leaves it on the line, so one restart of work separates the two rules whatever the real
+    restart costs (a declared ``restart_overhead`` longer than the real one would otherwise
+    let a job flap at the boundary). The paper waits longer, for ``cp(t) >= ep(t + 2d)``:
+    its policy knows when spot is available, so its returns never fail, but staying on
+    on-demand behind the line is what costs most here: on-demand gains on the line only at
+    ``1 - expected_duration / (deadline - submitted_at)`` seconds per second (1/13 for the
+    paper's 48 h job due in 52 h). ``spotctl simulate jobs`` compared thresholds on the
+    traces in ``traces/`` (docs/simulate.md). A job on the line passes the launch rule, so
+    the job the rule sends back is placed on spot. The executor ends the on-demand attempt at
+    its next checkpoint (nothing is lost) and places the job again; if every spot zone
+    refuses, the job waits while the line allows and returns to on-demand when it does not
+    (one on-demand restart lost). For a 5000 s job due at 10000 s with 60 s restarts (the
+    line: 0.5 s of work per second):
+
+        t=2000  spot preempted with 900 s saved; the line asks 1000, and every spot zone just
+                refused a launch -> on-demand (60 s restart, work resumes at t=2060)
+        t=2200  1040 s saved, 1100 asked: behind -> stay
+        t=2320  1160 s saved, 1160 asked: on the line; slack 10000 - 2320 - 3840 = 3840 >=
+                2 * 60 + 30 -> back to spot at the next checkpoint
 
 Backoff: ``backoff_seconds(failed_launches, jitter)`` = min(cap, base * 2**n) scaled by
 ``0.5 + jitter / 2`` ("equal jitter": never below half, so there is no hot loop, and jobs that
@@ -95,6 +137,7 @@ __all__ = [
     "Wait",
     "backoff_seconds",
     "next_placement",
+    "should_return_to_spot",
     "should_switch_to_ondemand",
 ]
 
@@ -117,7 +160,8 @@ class JobView:
     give_up_after: float = math.inf  # seconds after first_failure_at to stop trying
     deadline: float | None = None  # epoch seconds (DEADLINE strategy)
     expected_duration: float | None = None  # seconds of work the job needs in total
-    work_done: float = 0.0  # seconds of progress already made (run / checkpointed)
+    work_done: float = 0.0  # seconds of progress already made (checkpointed, or run)
+    progress_from_checkpoints: bool = False  # work_done is what the last checkpoint holds
     restart_overhead: float = 60.0  # seconds one (re)launch costs before work resumes
     safety_margin: float = 30.0  # slack kept in reserve before the deadline forces on-demand
 
@@ -212,6 +256,32 @@ def should_switch_to_ondemand(job: JobView, *, now: float) -> bool:
     return 0.0 <= after_switch < job.safety_margin
 
 
+def should_return_to_spot(
+    job: JobView,
+    *,
+    catalog: Sequence[CatalogEntry],
+    history: Sequence[hist.ZoneEvent],
+    now: float,
+    tuning: Tuning = _DEFAULT_TUNING,
+) -> bool:
+    """For a running on-demand attempt of a DEADLINE job: is it far enough ahead of the
+    uniform-progress line to go back to spot? See the module docstring (hysteresis rule)."""
+    if job.strategy is not RecoveryStrategy.DEADLINE or not _has_deadline(job):
+        return False
+    assert job.expected_duration is not None
+    if not job.progress_from_checkpoints:
+        return False
+    overhead = job.restart_overhead
+    if _remaining_work(job) <= 2 * overhead:
+        return False
+    if job.work_done < job.expected_duration * _elapsed(job, now):
+        return False
+    if _slack(job, now) - 2 * overhead < job.safety_margin:
+        return False
+    ctx = _Context(job, catalog, history, now, 0.5, tuning, None)
+    return bool(ctx.ranked(_with_market(job.request, spot=True), mode="eager"))
+
+
 # -- internals -----------------------------------------------------------------------------
 
 
@@ -234,6 +304,13 @@ def _progress(job: JobView) -> float:
     if job.expected_duration <= 0:
         return 1.0
     return min(1.0, max(0.0, job.work_done / job.expected_duration))
+
+
+def _ahead(job: JobView, now: float) -> bool:
+    """On or ahead of the uniform-progress line, allowed to trail it by one restart."""
+    assert job.expected_duration is not None
+    line = job.expected_duration * _elapsed(job, now)
+    return job.work_done + job.restart_overhead + 1e-9 >= line
 
 
 def _elapsed(job: JobView, now: float) -> float:
@@ -418,17 +495,31 @@ def _failover_tier(job: JobView) -> Callable[[Candidate], tuple[int, str]]:
     return tier
 
 
+def _untouched(ctx: _Context, spot_req: ResourceRequest) -> list[_Ranked]:
+    """Spot placements, best first, in zones that did not just refuse a launch or lose an
+    instance (a region's recent losses rank its zones down but do not rule them out)."""
+    held = {r.candidate.zone_key for r in ctx.ranked(spot_req, mode="cost") if r.tier >= 100}
+    return [r for r in ctx.ranked(spot_req, mode="eager") if r.candidate.zone_key not in held]
+
+
 def _deadline(ctx: _Context) -> Decision:
     job, now = ctx.job, ctx.now
     assert job.deadline is not None and job.expected_duration is not None
     slack = _slack(job, now)
     progress, elapsed = _progress(job), _elapsed(job, now)
     spot_slack = slack - 2 * job.restart_overhead
-    ahead = job.work_done + job.restart_overhead + 1e-9 >= job.expected_duration * elapsed
+    ahead = _ahead(job, now)
     line = f"{progress:.0%} done at {elapsed:.0%} of the time"
     spot_req = _with_market(job.request, spot=True)
     od_req = _with_market(job.request, spot=False)
     spot_exists = bool(placement.candidates(spot_req, ctx.catalog))
+    if spot_slack >= job.safety_margin and not ahead and spot_exists:
+        # Taking risks: behind the line, spot still wins if a zone may have capacity (one
+        # that did not just refuse us or lose us an instance); a refusal costs seconds.
+        fresh = _untouched(ctx, spot_req)
+        if fresh:
+            prefix = f"deadline: spot though behind the line ({line}), while slack allows; "
+            return ctx.relaunch(fresh, prefix)
     if spot_slack >= job.safety_margin and ahead and spot_exists:
         ranked = ctx.ranked(spot_req, mode="eager")
         prefix = f"deadline: spot ({spot_slack:.0f}s spare slack, {line}); "
@@ -452,6 +543,15 @@ def _deadline(ctx: _Context) -> Decision:
     else:
         why = f"only {spot_slack:.0f}s spare slack, below the {job.safety_margin:g}s margin"
     ranked = ctx.ranked(od_req, mode="cost")
+    last = job.last
+    if not ranked and last is not None and last.market is Market.SPOT:
+        # The refusals that block every zone are the spot market's (the last one was): they
+        # say little about on-demand, where the deadline is kept. An on-demand refusal makes
+        # ``last`` on-demand, so this never loops on refused on-demand launches.
+        ranked = [
+            _Ranked(c, 0, "on-demand despite the spot refusals")
+            for c in placement.candidates(od_req, ctx.catalog, num_nodes=job.num_nodes)
+        ]
     if not ranked:
         return ctx.wait(od_req, f"deadline: on-demand ({why}); ")
     return ctx.relaunch(ranked, f"deadline: on-demand ({why}); ")

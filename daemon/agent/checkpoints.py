@@ -1,7 +1,10 @@
 """Where a job's checkpoints outlive its instances: a directory, or S3.
 
 The agent restores the checkpoint directory from the store before ``run``, syncs it up
-periodically, on a notice (a *final* snapshot) and when the job ends. Both stores keep the
+periodically, on a notice (a *final* snapshot) and when the job ends. A job may say how far
+its checkpoint got in a file ``spotd-progress`` beside it (``0.42``, ``42%``, ``420/1000``):
+the agent reports that with each sync, and the DEADLINE strategy paces itself by it
+(``spotd.control.deadline``). Both stores keep the
 same promises: a reader never sees half a snapshot, an older attempt never overwrites a newer
 attempt's snapshot, and a final snapshot is marked so the replacement can wait for it.
 
@@ -24,10 +27,49 @@ from spotd.files.checkpoint_s3 import S3CheckpointStore
 from spotd.files.private import PRIVATE_DIR, private_dir
 from spotd.types import AgentConfig
 
-__all__ = ["FINAL", "MARKER", "AsyncCheckpointStore", "CheckpointStore", "open_checkpoint_store"]
+__all__ = [
+    "FINAL",
+    "MARKER",
+    "PROGRESS",
+    "AsyncCheckpointStore",
+    "CheckpointStore",
+    "open_checkpoint_store",
+    "parse_progress",
+    "read_progress",
+]
 
 MARKER = ".spotd-attempt"  # which attempt wrote the snapshot
 FINAL = ".spotd-final"  # written with the last snapshot of an attempt that got a notice
+PROGRESS = "spotd-progress"  # the job's own: how far the checkpoint beside it got
+
+
+def parse_progress(text: str) -> float | None:
+    """``0.42``, ``42%`` or ``420/1000`` (steps done / total) as a fraction in [0, 1]; None
+    for anything else (an empty or half-written file is not progress)."""
+    text = text.strip()
+    try:
+        if text.endswith("%"):
+            value = float(text[:-1]) / 100.0
+        elif "/" in text:
+            done, total = (float(x) for x in text.split("/", 1))
+            value = done / total if total > 0 else -1.0
+        else:
+            value = float(text)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def read_progress(directory: Path) -> float | None:
+    """The progress the job wrote beside its checkpoint (``PROGRESS``), if it writes one.
+
+    The agent reads it just *before* a sync, so the snapshot it reports on holds at least
+    that much progress: the daemon never counts work that a relaunch would not find.
+    """
+    try:
+        return parse_progress((directory / PROGRESS).read_text()[:64])
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, PermissionError):
+        return None
 
 
 class CheckpointStore:

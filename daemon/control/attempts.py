@@ -28,6 +28,8 @@ from spotd.control.agent_config import (
 )
 from spotd.control.observer import Observation
 from spotd.control.packages import package_store_for, s3_options
+from spotd.control.retention import ZONE_HISTORY_SECONDS
+from spotd.control.zone_cache import ZoneHistoryCache
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import (
     TAG_ATTEMPT,
@@ -59,6 +61,7 @@ from spotd.types import (
 log = structlog.get_logger("spotd.control.attempts")
 
 FINAL_PHASES = ("exited", "setup_failed", "preempted")
+GONE = (InstanceState.PREEMPTED, InstanceState.TERMINATED)  # listed, but no longer running
 
 
 def attempt_id(job_id: int, attempt: int) -> str:
@@ -95,7 +98,7 @@ def job_view(
     job: JobRow, task: Task, attempts: Sequence[AttemptRow], now: float
 ) -> strategies.JobView:
     """What the placement strategies know of a job: its request, its last placement and how
-    it ended, its failures so far, and the work done (time run, launch failures excluded)."""
+    it ended, its failures so far, and the work done (checkpointed, else time run)."""
     last = attempts[-1] if attempts else None
     last_candidate = None
     if last is not None:
@@ -108,7 +111,10 @@ def job_view(
             price_per_hour=last.price_per_hour,
             expected_cost=last.price_per_hour,
         )
-    work_done = sum(
+    # progress: what the last checkpoint says (spotd.control.deadline); without one, the
+    # time the attempts ran (launch failures excluded), which overstates what a preemption lost
+    from_checkpoints = job.work_done_seconds > 0
+    work_done = job.work_done_seconds or sum(
         (a.ended_at or now) - a.started_at
         for a in attempts
         if a.started_at is not None and a.end_reason != EndReason.LAUNCH_FAILED
@@ -127,6 +133,9 @@ def job_view(
         deadline=job.deadline,
         expected_duration=recovery.expected_duration_seconds,
         work_done=work_done,
+        progress_from_checkpoints=from_checkpoints,
+        restart_overhead=recovery.restart_overhead_seconds,
+        safety_margin=recovery.safety_margin_seconds,
     )
 
 
@@ -148,6 +157,7 @@ class Attempts:
         self.metrics = metrics
         self.clock = clock
         self.notices: dict[str, float] = {}  # attempt id -> notice deadline, while it drains
+        self.zone_history = ZoneHistoryCache(store, window=ZONE_HISTORY_SECONDS)  # placement's
 
     def forget_job(self, job_id: int) -> None:
         """The job ended: no later attempt will wait for one of its attempts to drain."""
@@ -321,11 +331,16 @@ class Attempts:
         """Terminate what we do not know, and what ended attempts no longer need."""
         provider = self.providers[provider_name]
         now = self.clock()
-        rows = {r.key: r for r in await self.store.instances(live_only=True)}
-        for key, obs in listed.items():
-            if TAG_REPLICA in obs.tags:
-                continue  # a service replica: the service controller owns it (and its strays)
-            if key in rows:
+        known = await self.store.live_instance_keys()
+        # a service replica's instance is the service controller's (and so are its strays)
+        strays = {k: o for k, o in listed.items() if k not in known and TAG_REPLICA not in o.tags}
+        # ours, already terminated, and listed as gone: terminating it again every tick (a
+        # provider keeps ended instances listed a while) only queues calls ahead of the news
+        done = await self.store.recorded_instance_keys(
+            [k for k, o in strays.items() if o.state in GONE]
+        )
+        for key, obs in strays.items():
+            if key in done:
                 continue
             if await self.store.get_instance(key) is None:
                 log.warning("reaping unknown instance", instance=obs.id, key=key)
@@ -335,15 +350,8 @@ class Attempts:
                     now=now,
                 )
             await provider.terminate(obs.id)
-        attempts: dict[str, Any] = {}
-        for key, row in rows.items():
-            if row.provider != provider_name:
-                continue
-            if row.attempt_id not in attempts:
-                attempts[row.attempt_id] = await self.store.get_attempt(row.attempt_id)
-            attempt = attempts[row.attempt_id]
-            if attempt is None or attempt.status != AttemptStatus.ENDED:
-                continue
+        for attempt, row in await self.store.ended_attempts_live_nodes(provider_name):
+            key = row.key
             seen = listed.get(key)
             alive = seen is not None and seen.state in (InstanceState.RUNNING, InstanceState.NOTICE)
             draining = (

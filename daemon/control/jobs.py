@@ -28,18 +28,17 @@ import structlog
 from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
 from spotd.control.attempts import Attempts, attempt_id, instance_key, job_view, node_evidence
+from spotd.control.deadline import Deadline
 from spotd.control.idle_gpu import IdleGpuRule
 from spotd.control.memory import JobMemory
 from spotd.control.observer import FleetObserver, Observation, changed_keys
-from spotd.control.retention import ZONE_HISTORY_SECONDS, Retention
+from spotd.control.prices import PriceRefresher
+from spotd.control.recheck import recheck_in
+from spotd.control.retention import Retention
 from spotd.control.submit import placeable_catalog
 from spotd.control.workers import Workers
 from spotd.metrics import DaemonMetrics
-from spotd.providers.base import (
-    TAG_JOB,
-    ObservedInstance,
-    Provider,
-)
+from spotd.providers.base import TAG_JOB, ObservedInstance, Provider
 from spotd.recovery import detection, history, restarts, strategies
 from spotd.recovery import watch as w
 from spotd.spec import Task
@@ -51,7 +50,6 @@ from spotd.types import (
     EndReason,
     InstanceState,
     JobStatus,
-    Market,
     ZoneEventKind,
 )
 
@@ -95,6 +93,14 @@ class Controller:
             settings=settings, store=store, providers=self.providers, metrics=metrics, clock=clock
         )
         self.memory = JobMemory()  # per active job; dropped by ``_forget`` when it ends
+        self.deadline = Deadline(
+            store=store,
+            attempts=self.attempts,
+            job_view=self._job_view,
+            placeable=self.placeable,
+            history=self._history,
+        )
+        self.prices = PriceRefresher(providers=self.providers, stop=self.stop, clock=clock)
         self.retention = Retention(settings=settings, store=store, stop=self.stop, clock=clock)
         self.timeouts = detection.DetectionTimeouts(
             suspect_after=settings.suspect_after, lost_after=settings.lost_after
@@ -112,7 +118,8 @@ class Controller:
 
     @property
     def catalog(self) -> list[CatalogEntry]:
-        return [e for p in self.providers.values() for e in p.catalog()]
+        """Every provider's catalog, at the spot prices of the moment (``control.prices``)."""
+        return self.prices.live([e for p in self.providers.values() for e in p.catalog()])
 
     async def start(self) -> None:
         """Adopt what the providers report, then start the observers and the job workers."""
@@ -123,6 +130,7 @@ class Controller:
         for name in self.providers:
             self.sup.spawn(f"observe:{name}", functools.partial(self._observe_loop, name))
         self.sup.spawn("retention", self.retention.run)
+        await self.prices.start(self.sup)
 
     async def shutdown(self) -> None:
         await self.sup.stop()
@@ -141,12 +149,12 @@ class Controller:
             await sleep(self.settings.observe_interval, self.stop)
 
     async def _on_listing(self, provider: str, previous: Observation, current: Observation) -> None:
-        """Reap what no job needs, then wake the jobs whose instances changed."""
-        await self.attempts.reap(provider, current.instances)
+        """Wake the jobs whose instances changed (news first), then reap what none needs."""
         for key in changed_keys(previous, current):
             job_id = job_of_key(key)
             if job_id is not None:
                 self.wake(job_id)
+        await self.attempts.reap(provider, current.instances)
 
     # -- the per-job worker ----------------------------------------------------------------
 
@@ -172,6 +180,7 @@ class Controller:
         self.memory.forget(job_id)
         self.idle.forget(job_id)
         self.attempts.forget_job(job_id)
+        self.deadline.forget(job_id)
 
     def task_of(self, job: JobRow) -> Task:
         return self.memory.task(job)
@@ -204,8 +213,7 @@ class Controller:
     # -- placement -------------------------------------------------------------------------
 
     async def _history(self, now: float) -> list[history.ZoneEvent]:
-        rows = await self.store.zone_events(since=now - ZONE_HISTORY_SECONDS)
-        return [history.ZoneEvent.from_row(r) for r in rows]
+        return await self.attempts.zone_history.read(now)  # kept, and topped up from the store
 
     async def _job_view(self, job: JobRow, task: Task, now: float) -> strategies.JobView:
         return job_view(job, task, await self.store.attempts(job.id), now)
@@ -404,25 +412,10 @@ class Controller:
         running = job.status == JobStatus.RUNNING
         if running and self.idle.policy.minutes > 0 and await self._idle_gpus(job, aid, rows, now):
             return 0.0
-        if (
-            job.status == JobStatus.RUNNING
-            and attempt.market == str(Market.SPOT)
-            and strategies.should_switch_to_ondemand(await self._job_view(job, task, now), now=now)
-        ):
-            await self.attempts.end(
-                aid, EndReason.MIGRATED, "deadline: the remaining slack requires on-demand", now
-            )
-            await self.attempts.terminate(aid)
-            await self.store.transition_job(
-                job.id,
-                from_=[JobStatus.RUNNING],
-                to=JobStatus.RECOVERING,
-                reason="moving to on-demand: the remaining slack no longer allows spot",
-                now=now,
-                recoveries=job.recoveries + 1,
-            )
+        if await self.deadline.move(job, task, attempt, now):
             return 0.0
-        return self.settings.observe_interval
+        floor = self.settings.observe_interval
+        return recheck_in(job, rows, listing, now=now, timeouts=self.timeouts, floor=floor)
 
     async def _progress(
         self, job: JobRow, attempt: AttemptRow, seen: w.KeepWatching, now: float
@@ -590,6 +583,11 @@ class Controller:
         return 0.0
 
     # -- entry points for the API ----------------------------------------------------------
+
+    async def checkpointed(self, job_id: int, attempt: int, fraction: float, at: float) -> None:
+        """An agent reported its last checkpoint's progress (``spotd.control.deadline``)."""
+        if await self.deadline.checkpointed(job_id, self.task_of, attempt, fraction, at):
+            self.wake(job_id)
 
     def provider_for_instance(self, key_or_id: str) -> tuple[Provider, ObservedInstance] | None:
         return self.observer.find(key_or_id)

@@ -8,12 +8,15 @@ Each zone of the trace folder is one placement in the catalog; at every tick:
 1. a spot attempt in a zone whose trace shows fewer than ``num_nodes`` instances is
    *preempted*: the progress since the last checkpoint is lost;
 2. a DEADLINE job on spot asks ``should_switch_to_ondemand``; if so the attempt ends
-   (MIGRATED) after a final checkpoint;
+   (MIGRATED) after a final checkpoint. On on-demand it asks ``should_return_to_spot``; once
+   that holds, the attempt ends (MIGRATED) at the next checkpoint, as the controller ends it
+   (``spotd.control.deadline``);
 3. a job without an attempt asks ``spotd.recovery.strategies.next_placement`` — the function
    the daemon's controller calls — with the zone history the controller would have recorded
    (LAUNCHED, LAUNCH_FAILED, PREEMPTED, RAN). A spot launch into a zone the trace shows empty
-   *fails* (LAUNCH_FAILED) and the job asks again at the next tick; ``Wait`` is honoured to the
-   tick; ``GiveUp`` ends the run;
+   *fails* (LAUNCH_FAILED) and the job asks again at once, within the tick, as the controller
+   does (a refusal takes seconds): another zone, on-demand, or a wait; ``Wait`` is honoured
+   to the tick; ``GiveUp`` ends the run;
 4. the attempt is billed for the tick and makes progress after its restart overhead.
 
 ``JobView.work_done`` is the checkpointed progress (what a relaunch resumes from), so the
@@ -21,11 +24,14 @@ slack the DEADLINE rule computes is the slack the job really has. Its ``safety_m
 at least one tick: the simulator looks once per tick, as the controller looks once per
 observe interval.
 
-Policies: ``eager-next-region``, ``failover``, ``deadline`` (Uniform Progress) — the
+Policies: ``eager-next-region``, ``failover``, ``deadline`` (spotd's Uniform Progress) — the
 strategies of ``RecoveryStrategy`` —, ``on-demand`` (``next_placement`` with ``use_spot:
-false``), and ``omniscient``, a hindsight lower bound: the cheapest ``job_hours`` plus one
-restart overhead of ticks before the deadline, each priced at the cheapest spot zone the trace
-shows available then (on-demand where none is), as if preemptions cost nothing.
+false``), ``greedy`` and ``uniform-progress`` ("Can't Be Late"'s baselines as its artifact
+defines them, ``spotd.sim.cant_be_late``, with exact knowledge of spot availability, through
+the same trace, prices, checkpoints and restarts), and ``omniscient``, a hindsight lower
+bound: the cheapest ``job_hours`` plus one restart overhead of ticks before the deadline,
+each priced at the cheapest spot zone the trace shows available then (on-demand where none
+is), as if preemptions cost nothing.
 
 Prices: a trace with ``prices`` is billed at its spot price per tick (zones of the folder
 without prices at the mean of those with them) and on-demand at ``ondemand_price`` (by default
@@ -46,6 +52,7 @@ from types import MappingProxyType
 from spotd.pricing.catalog import load_catalog
 from spotd.recovery import history as rhist
 from spotd.recovery import strategies
+from spotd.sim.cant_be_late import PAPER_POLICIES, TickView
 from spotd.sim.traces import LegacyRandom, TraceError, ZoneTrace
 from spotd.types import (
     Candidate,
@@ -81,7 +88,7 @@ JOB_POLICIES: Mapping[str, RecoveryStrategy | None] = MappingProxyType(
         "on-demand": None,
     }
 )
-JOB_POLICY_NAMES: tuple[str, ...] = (*JOB_POLICIES, "omniscient")
+JOB_POLICY_NAMES: tuple[str, ...] = (*JOB_POLICIES, *PAPER_POLICIES, "omniscient")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,8 @@ class JobRun:
     ondemand_seconds: float
     timeline: tuple[tuple[float, float, float], ...] = field(repr=False, default=())
     # (seconds, progress fraction, cumulative cost) at every tick
+    attempts: tuple[tuple[float, Market], ...] = field(repr=False, default=())
+    # (seconds, market) of every attempt that started, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,165 +241,260 @@ def run_job(
     """Run the job once, submitted ``offset_seconds`` into the trace."""
     if policy == "omniscient":
         return _omniscient(traces, setup, offset_seconds, pricing)
-    try:
-        strategy = JOB_POLICIES[policy]
-    except KeyError:
-        raise ValueError(
-            f"unknown policy {policy!r}; known: {', '.join(JOB_POLICY_NAMES)}"
-        ) from None
-    rng = rng or random.Random(0)
-    dt = setup.tick_seconds or min(t.gap_seconds for t in traces)
-    shape = traces[0].shape
-    zone_of = {t.zone: i for i, t in enumerate(traces)}
-    use_spot = strategy is not None
-    request = _request(setup, shape, use_spot=use_spot)
-    # the paper's names: work L, restart overhead O, checkpoint interval K
-    L = setup.work_seconds
-    O = setup.restart_overhead_seconds  # noqa: E741
-    K = setup.checkpoint_seconds
-    deadline = setup.deadline_seconds if strategy is RecoveryStrategy.DEADLINE else None
-    margin = max(30.0, dt)
-    horizon = setup.deadline_seconds + L + 2 * O + 24 * 3600.0  # long enough for on-demand
+    if policy not in JOB_POLICIES and policy not in PAPER_POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(JOB_POLICY_NAMES)}")
+    return _Run(policy, traces, setup, offset_seconds, pricing, rng or random.Random(0)).run()
 
-    def avail(zone: int, now: float) -> bool:
-        return bool(traces[zone].available_at(offset_seconds + now) >= setup.num_nodes)
 
-    def catalog(now: float) -> list[CatalogEntry]:
+class _Run:
+    """One job in one window; ``run`` is the tick loop of the module docstring."""
+
+    def __init__(
+        self,
+        policy: str,
+        traces: Sequence[ZoneTrace],
+        setup: JobSetup,
+        offset: float,
+        pricing: Pricing,
+        rng: random.Random,
+    ) -> None:
+        self.policy, self.traces, self.setup, self.offset = policy, traces, setup, offset
+        self.pricing, self.rng = pricing, rng
+        self.paper = PAPER_POLICIES.get(policy)
+        self.strategy = JOB_POLICIES.get(policy)
+        self.dt = setup.tick_seconds or min(t.gap_seconds for t in traces)
+        self.shape = traces[0].shape
+        self.zone_of = {t.zone: i for i, t in enumerate(traces)}
+        self.request = _request(setup, self.shape, use_spot=self.strategy is not None)
+        # the paper's names: work L, restart overhead O, checkpoint interval K
+        self.L = setup.work_seconds
+        self.O = setup.restart_overhead_seconds
+        self.K = setup.checkpoint_seconds
+        deadline = self.strategy is RecoveryStrategy.DEADLINE
+        self.deadline = setup.deadline_seconds if deadline else None
+        self.margin = max(30.0, self.dt)
+        self.history: deque[rhist.ZoneEvent] = deque()
+        self.attempt: _Attempt | None = None
+        self.last: Candidate | None = None
+        self.last_end: EndReason | None = None
+        self.failed = 0
+        self.first_failure: float | None = None
+        self.next_try = 0.0
+        self.back_to_spot = False  # DEADLINE on on-demand: leave at the next checkpoint
+        self.saved = self.live = 0.0  # checkpointed progress, progress since the checkpoint
+        self.cost = self.lost = self.overhead = self.spot_s = self.od_s = 0.0
+        self.preemptions = self.failures = 0
+        self.finished: float | None = None
+        self.started: list[tuple[float, Market]] = []
+
+    def avail(self, zone: int, now: float) -> bool:
+        trace = self.traces[zone]
+        return bool(trace.available_at(self.offset + now) >= self.setup.num_nodes)
+
+    def catalog(self, now: float) -> list[CatalogEntry]:
         return [
             CatalogEntry(
                 provider=t.zone.provider,
                 region=t.zone.region,
                 zone=t.zone.zone,
-                instance_type=shape,
+                instance_type=self.shape,
                 vcpus=8,
                 memory_gb=61,
                 accelerator=None,
                 accelerator_count=0,
-                ondemand_price=pricing.ondemand,
-                spot_price=pricing.spot_at(i, t, offset_seconds + now),
+                ondemand_price=self.pricing.ondemand,
+                spot_price=self.pricing.spot_at(i, t, self.offset + now),
             )
-            for i, t in enumerate(traces)
+            for i, t in enumerate(self.traces)
         ]
 
-    history: deque[rhist.ZoneEvent] = deque()
-    attempt: _Attempt | None = None
-    last: Candidate | None = None
-    last_end: EndReason | None = None
-    failed = 0
-    first_failure: float | None = None
-    next_try = 0.0
-    saved = live = 0.0  # checkpointed progress, progress since the last checkpoint
-    cost = lost = overhead = spot_s = od_s = 0.0
-    preemptions = failures = 0
-    finished: float | None = None
-    timeline: list[tuple[float, float, float]] = []
-
-    def view(now: float) -> strategies.JobView:
+    def view(self) -> strategies.JobView:
         return strategies.JobView(
-            strategy=strategy or RecoveryStrategy.EAGER_NEXT_REGION,
-            request=request,
-            num_nodes=setup.num_nodes,
+            strategy=self.strategy or RecoveryStrategy.EAGER_NEXT_REGION,
+            request=self.request,
+            num_nodes=self.setup.num_nodes,
             submitted_at=0.0,
-            last=last,
-            last_end=last_end,
-            failed_launches=failed,
-            first_failure_at=first_failure,
-            deadline=deadline,
-            expected_duration=L if deadline is not None else None,
-            work_done=saved,
-            restart_overhead=O,
-            safety_margin=margin,
+            last=self.last,
+            last_end=self.last_end,
+            failed_launches=self.failed,
+            first_failure_at=self.first_failure,
+            deadline=self.deadline,
+            expected_duration=self.L if self.deadline is not None else None,
+            work_done=self.saved,
+            progress_from_checkpoints=True,
+            restart_overhead=self.O,
+            safety_margin=self.margin,
         )
 
-    def end(a: _Attempt, reason: EndReason, now: float) -> None:
-        nonlocal attempt, last, last_end
+    def end(self, reason: EndReason, now: float) -> None:
+        a = self.attempt
+        assert a is not None
         if a.candidate.market is Market.SPOT:
-            history.append(
-                rhist.ZoneEvent(
-                    a.candidate.zone_key, ZoneEventKind.RAN, now, seconds=now - a.started
-                )
+            seconds = now - a.started
+            self.history.append(
+                rhist.ZoneEvent(a.candidate.zone_key, ZoneEventKind.RAN, now, seconds=seconds)
             )
-        attempt, last, last_end = None, a.candidate, reason
+        if reason is EndReason.PREEMPTED:
+            self.preemptions += 1
+            self.lost += self.live
+            self.history.append(rhist.ZoneEvent(a.candidate.zone_key, ZoneEventKind.PREEMPTED, now))
+        else:  # a move the job chose: the agent checkpoints on the way out
+            self.saved += self.live
+        self.live = 0.0
+        self.attempt, self.last, self.last_end = None, a.candidate, reason
+        self.back_to_spot = False
 
-    now = 0.0
-    while now < horizon and finished is None:
-        if attempt is not None and attempt.candidate.market is Market.SPOT:
-            if not avail(attempt.zone, now):
-                preemptions += 1
-                lost += live
-                live = 0.0
-                history.append(
-                    rhist.ZoneEvent(attempt.candidate.zone_key, ZoneEventKind.PREEMPTED, now)
+    def start(self, c: Candidate, now: float) -> None:
+        self.history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCHED, now))
+        self.attempt = _Attempt(c, self.zone_of[c.zone_key], now, self.O)
+        self.started.append((now, c.market))
+        self.failed, self.first_failure = 0, None
+
+    def spotd_step(self, now: float) -> None:
+        """What the controller does at one observe interval (module docstring, 2-3)."""
+        a = self.attempt
+        if a is not None and self.strategy is RecoveryStrategy.DEADLINE:
+            if a.candidate.market is Market.SPOT:
+                if strategies.should_switch_to_ondemand(self.view(), now=now):
+                    self.end(EndReason.MIGRATED, now)
+            elif not self.back_to_spot:
+                self.back_to_spot = strategies.should_return_to_spot(
+                    self.view(), catalog=self.catalog(now), history=list(self.history), now=now
                 )
-                end(attempt, EndReason.PREEMPTED, now)
-            elif strategies.should_switch_to_ondemand(view(now), now=now):
-                saved, live = saved + live, 0.0  # the agent checkpoints on the way out
-                end(attempt, EndReason.MIGRATED, now)
-        if attempt is None and now >= next_try:
-            while history and history[0].at < now - _MEMORY_SECONDS:
-                history.popleft()  # the controller reads the last 24 h of zone events
-            decision = strategies.next_placement(
-                view(now), catalog=catalog(now), history=list(history), now=now, jitter=rng.random()
+            if self.back_to_spot and self.live == 0.0 and a.overhead_left <= 0.0:
+                self.end(EndReason.MIGRATED, now)  # at a checkpoint: nothing is lost
+        if self.attempt is not None:
+            return
+        while self.history and self.history[0].at < now - _MEMORY_SECONDS:
+            self.history.popleft()  # the controller reads the last 24 h of zone events
+        # A refused launch takes seconds and the controller asks again at once: within the
+        # tick, until a launch succeeds, the job waits or no zone is left to refuse.
+        for _ in range(len(self.traces) + 2):
+            if self.attempt is not None or now < self.next_try or not self.place(now):
+                return
+
+    def place(self, now: float) -> bool:
+        """Ask ``next_placement`` once and act; True when a launch was refused."""
+        decision = strategies.next_placement(
+            self.view(),
+            catalog=self.catalog(now),
+            history=list(self.history),
+            now=now,
+            jitter=self.rng.random(),
+        )
+        if isinstance(decision, strategies.GiveUp):
+            self.next_try = math.inf
+        elif isinstance(decision, strategies.Wait):
+            self.next_try = decision.until
+        else:
+            c = decision.candidate
+            if c.market is Market.SPOT and not self.avail(self.zone_of[c.zone_key], now):
+                self.failures += 1
+                self.failed += 1
+                self.first_failure = now if self.first_failure is None else self.first_failure
+                self.history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCH_FAILED, now))
+                self.last, self.last_end = c, EndReason.LAUNCH_FAILED
+                return True
+            self.start(c, now)
+        return False
+
+    def paper_step(self, now: float) -> None:
+        """The artifact's rules (``spotd.sim.cant_be_late``) with an exact ``has_spot``."""
+        assert self.paper is not None
+        a = self.attempt
+        up = [i for i in range(len(self.traces)) if self.avail(i, now)]
+        want = self.paper(
+            TickView(
+                t=now,
+                gap=self.dt,
+                market=a.candidate.market if a else None,
+                overhead_left=a.overhead_left if a else 0.0,
+                has_spot=bool(up),
+                progress=self.saved + self.live,
+                work=self.L,
+                deadline=self.setup.deadline_seconds,
+                restart=self.O,
             )
-            if isinstance(decision, strategies.GiveUp):
-                break
-            if isinstance(decision, strategies.Wait):
-                next_try = decision.until
+        )
+        if a is not None and a.candidate.market is want:
+            return
+        if a is not None:
+            self.end(EndReason.MIGRATED, now)
+        if want is None:
+            return
+        catalog = self.catalog(now)
+        if want is Market.SPOT:
+            zone = min(up, key=lambda i: (catalog[i].spot_price or 0.0, i))
+            price = catalog[zone].spot_price or 0.0
+        else:
+            zone, price = 0, self.pricing.ondemand
+        e = catalog[zone]
+        self.start(
+            Candidate(e.provider, e.region, e.zone, e.instance_type, want, price, price), now
+        )
+
+    def tick(self, now: float) -> None:
+        """Bill the tick, then pay overhead, then make progress."""
+        a = self.attempt
+        if a is None:
+            return
+        spot = a.candidate.market is Market.SPOT
+        price = (
+            self.pricing.spot_at(a.zone, self.traces[a.zone], self.offset + now)
+            if spot
+            else self.pricing.ondemand
+        )
+        used_overhead = min(a.overhead_left, self.dt)
+        a.overhead_left -= used_overhead
+        self.overhead += used_overhead
+        work = min(self.dt - used_overhead, self.L - self.saved - self.live)
+        self.live += work
+        if self.K == 0 or self.live >= self.K:
+            self.saved, self.live = self.saved + self.live, 0.0
+        done = self.saved + self.live >= self.L - 1e-9
+        billed = used_overhead + work if done else self.dt
+        self.cost += price * self.setup.num_nodes * billed  # USD-seconds: exact for whole ticks
+        if spot:
+            self.spot_s += billed
+        else:
+            self.od_s += billed
+        if done:
+            self.finished = now + used_overhead + work
+
+    def run(self) -> JobRun:
+        setup, L, O = self.setup, self.L, self.O  # noqa: E741
+        horizon = setup.deadline_seconds + L + 2 * O + 24 * 3600.0  # long enough for on-demand
+        timeline: list[tuple[float, float, float]] = []
+        now = 0.0
+        while now < horizon and self.finished is None:
+            a = self.attempt
+            if a is not None and a.candidate.market is Market.SPOT and not self.avail(a.zone, now):
+                self.end(EndReason.PREEMPTED, now)
+            if self.paper is not None:
+                self.paper_step(now)
             else:
-                c = decision.candidate
-                z = zone_of[c.zone_key]
-                if c.market is Market.SPOT and not avail(z, now):
-                    failures += 1
-                    failed += 1
-                    first_failure = now if first_failure is None else first_failure
-                    history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCH_FAILED, now))
-                    last, last_end = c, EndReason.LAUNCH_FAILED
-                else:
-                    history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCHED, now))
-                    attempt = _Attempt(c, z, now, O)
-                    failed, first_failure = 0, None
-        # the tick: bill, then overhead, then progress
-        if attempt is not None:
-            spot = attempt.candidate.market is Market.SPOT
-            price = (
-                pricing.spot_at(attempt.zone, traces[attempt.zone], offset_seconds + now)
-                if spot
-                else pricing.ondemand
-            )
-            left = dt
-            used_overhead = min(attempt.overhead_left, left)
-            attempt.overhead_left -= used_overhead
-            overhead += used_overhead
-            left -= used_overhead
-            work = min(left, L - saved - live)
-            live += work
-            if (K > 0 and live >= K) or K == 0:
-                saved, live = saved + live, 0.0
-            billed = used_overhead + work if saved + live >= L else dt
-            cost += price * setup.num_nodes * billed  # USD-seconds: exact for whole ticks
-            if spot:
-                spot_s += billed
-            else:
-                od_s += billed
-            if saved + live >= L - 1e-9:
-                finished = now + used_overhead + work
-        now += dt
-        timeline.append((now, min(1.0, (saved + live) / L), cost / 3600.0))
-    od_cost = pricing.ondemand * setup.num_nodes * (L + O) / 3600.0
-    return JobRun(
-        offset_seconds=offset_seconds,
-        finished_at=finished,
-        missed=finished is None or finished > setup.deadline_seconds + 1e-6,
-        cost=cost / 3600.0,
-        ondemand_cost=od_cost,
-        preemptions=preemptions,
-        launch_failures=failures,
-        lost_seconds=lost,
-        overhead_seconds=overhead,
-        spot_seconds=spot_s,
-        ondemand_seconds=od_s,
-        timeline=tuple(timeline),
-    )
+                self.spotd_step(now)
+                if self.next_try == math.inf:
+                    break  # GiveUp
+            self.tick(now)
+            now += self.dt
+            timeline.append((now, min(1.0, (self.saved + self.live) / L), self.cost / 3600.0))
+        od_cost = self.pricing.ondemand * setup.num_nodes * (L + O) / 3600.0
+        return JobRun(
+            offset_seconds=self.offset,
+            finished_at=self.finished,
+            missed=self.finished is None or self.finished > setup.deadline_seconds + 1e-6,
+            cost=self.cost / 3600.0,
+            ondemand_cost=od_cost,
+            preemptions=self.preemptions,
+            launch_failures=self.failures,
+            lost_seconds=self.lost,
+            overhead_seconds=self.overhead,
+            spot_seconds=self.spot_s,
+            ondemand_seconds=self.od_s,
+            timeline=tuple(timeline),
+            attempts=tuple(self.started),
+        )
 
 
 def _omniscient(

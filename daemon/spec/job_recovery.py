@@ -96,7 +96,9 @@ class JobRecovery(SpecModel):
     user's program fails; preemptions are always recovered). spotd adds ``deadline``,
     ``expected_duration`` (the compute time the job needs; the DEADLINE strategy requires it
     to know its slack) and ``give_up_after`` (how long to keep looking for capacity before
-    ``FAILED_NO_RESOURCE``). Durations are stored in seconds under ``*seconds`` names; the
+    ``FAILED_NO_RESOURCE``); for DEADLINE, ``restart_overhead`` (what one relaunch costs before
+    the work resumes: boot, setup, restore; default 1m) and ``safety_margin`` (slack kept in
+    reserve; default 30s). Durations are stored in seconds under ``*seconds`` names; the
     YAML names (``give_up_after: 1h``) and the stored names are both accepted.
     """
 
@@ -119,6 +121,17 @@ class JobRecovery(SpecModel):
         default=3600.0,
         validation_alias=AliasChoices("give_up_after", "give_up_after_seconds"),
         serialization_alias="give_up_after",
+    )
+    # DEADLINE: what one (re)launch costs before work resumes, and the slack kept in reserve
+    restart_overhead_seconds: Annotated[float, PlainValidator(seconds(allow_zero=True))] = Field(
+        default=60.0,
+        validation_alias=AliasChoices("restart_overhead", "restart_overhead_seconds"),
+        serialization_alias="restart_overhead",
+    )
+    safety_margin_seconds: Annotated[float, PlainValidator(seconds(allow_zero=True))] = Field(
+        default=30.0,
+        validation_alias=AliasChoices("safety_margin", "safety_margin_seconds"),
+        serialization_alias="safety_margin",
     )
 
     @model_validator(mode="before")

@@ -11,6 +11,7 @@ from spotd.recovery.strategies import (
     Relaunch,
     Wait,
     next_placement,
+    should_return_to_spot,
     should_switch_to_ondemand,
 )
 from spotd.types import Candidate, EndReason, Market, RecoveryStrategy
@@ -50,8 +51,9 @@ def _job(
         (10_000, 5_000, 4_000, 2_000, Market.SPOT, "40% done at 40% of the time"),
         # behind the line by less than one restart overhead: still spot
         (10_000, 5_000, 4_000, 1_950, Market.SPOT, "deadline: spot"),
-        # behind the line by more than one restart overhead: on-demand
-        (10_000, 5_000, 4_000, 1_900, Market.ON_DEMAND, "behind the uniform-progress line"),
+        # behind the line by more than one restart overhead: spot still, while a zone may
+        # have capacity (taking risks; the next test: every zone just refused -> on-demand)
+        (10_000, 5_000, 4_000, 1_900, Market.SPOT, "spot though behind the line"),
         # on the line, but the slack cannot pay for this launch and a later switch
         (5_000, 4_900, 0, 0, Market.ON_DEMAND, "only -20s spare slack, below the 30s margin"),
         # exactly at the margin: spot (slack - 2 * 60 == 30)
@@ -74,6 +76,15 @@ def test_market_choice(
     assert isinstance(d, Relaunch), d
     assert d.candidate.market is market
     assert reason in d.reason, d.reason
+
+
+def test_behind_the_line_with_every_spot_zone_refusing_goes_on_demand() -> None:
+    d = next_placement(
+        _job(work=1_900), catalog=CATALOG, history=_all_spot_stocked_out(3_940.0), now=4_000
+    )
+    assert isinstance(d, Relaunch), d
+    assert d.candidate.market is Market.ON_DEMAND
+    assert "behind the uniform-progress line (38% done at 40% of the time)" in d.reason
 
 
 def test_on_demand_goes_to_the_cheapest_on_demand_zone() -> None:
@@ -202,3 +213,73 @@ def test_a_spot_launch_is_not_switched_right_after_it_starts(slack: float) -> No
     assert isinstance(d, Relaunch)
     if d.candidate.market is Market.SPOT:
         assert not should_switch_to_ondemand(job, now=now + job.restart_overhead)
+
+
+# -- a running on-demand attempt: back to spot --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "work", "history_at", "from_checkpoints", "back"),
+    [
+        # the docstring's walk: on the line at t=2320 (1160 s of 5000 by 10000 s)
+        (2_320, 1_160, None, True, True),
+        (2_200, 1_040, None, True, False),  # 60 s behind: within a restart, but behind
+        (2_320, 1_160, None, False, False),  # wall-time progress: leaving could lose work
+        (2_320, 1_160, 2_300.0, True, False),  # every spot zone refused 20 s ago
+        (2_320, 1_160, 1_000.0, True, True),  # ... long ago: worth a try
+        (9_000, 4_900, None, True, False),  # 100 s left: not worth two restarts
+        (5_000, 4_000, None, True, True),  # far ahead, plenty of slack
+        (9_850, 4_900, None, True, False),  # ahead, but slack 50 - 120 < 30 margin
+    ],
+)
+def test_should_return_to_spot(
+    now: float, work: float, history_at: float | None, from_checkpoints: bool, back: bool
+) -> None:
+    job = _job(work=work, progress_from_checkpoints=from_checkpoints)
+    history = [] if history_at is None else _all_spot_stocked_out(history_at)
+    assert should_return_to_spot(job, catalog=CATALOG, history=history, now=now) is back
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"strategy": RecoveryStrategy.EAGER_NEXT_REGION},
+        {"strategy": RecoveryStrategy.FAILOVER},
+        {"deadline": None},
+        {"expected": None},
+    ],
+)
+def test_only_deadline_jobs_return_to_spot(kw: dict[str, Any]) -> None:
+    job = _job(work=4_000, progress_from_checkpoints=True, **kw)
+    assert should_return_to_spot(job, catalog=CATALOG, history=[], now=5_000) is False
+
+
+@pytest.mark.parametrize("work", [1_160.0, 1_500.0, 3_000.0])
+def test_a_return_to_spot_is_placed_on_spot(work: float) -> None:
+    """No flapping: a job the return rule sends back is placed on spot, and that spot
+    attempt is not switched to on-demand once its restart is paid."""
+    job = _job(work=work, progress_from_checkpoints=True)
+    assert should_return_to_spot(job, catalog=CATALOG, history=[], now=2_320)
+    d = next_placement(job, catalog=CATALOG, history=[], now=2_320)
+    assert isinstance(d, Relaunch) and d.candidate.market is Market.SPOT
+    assert not should_switch_to_ondemand(job, now=2_320 + job.restart_overhead)
+
+
+@pytest.mark.parametrize(
+    ("last_market", "placed"), [(Market.SPOT, True), (Market.ON_DEMAND, False)]
+)
+def test_spot_refusals_do_not_keep_a_late_job_off_on_demand(
+    last_market: Market, placed: bool
+) -> None:
+    """Every zone refused a launch 5 s ago (within the hold, which blocks on-demand there
+    too). If the refusal was spot's, on-demand is tried anyway; if on-demand itself was just
+    refused, the job waits (no loop of refused on-demand launches)."""
+    last = Candidate("p", "r1", "r1a", "cpu-1", last_market, 0.1, 0.1)
+    job = _job(work=1_900, last=last, last_end=EndReason.LAUNCH_FAILED, failed_launches=6)
+    d = next_placement(job, catalog=CATALOG, history=_all_spot_stocked_out(3_995.0), now=4_000)
+    if placed:
+        assert isinstance(d, Relaunch), d
+        assert d.candidate.market is Market.ON_DEMAND
+        assert "despite the spot refusals" in d.reason
+    else:
+        assert isinstance(d, Wait), d

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from spotd.sim.jobs import JobSetup, pricing_for, run_job, simulate_jobs
+from spotd.types import Market
 from tests.simulate.helpers import write_traces
 
 MINUTES = 40 * 60  # 40 h of one-minute points
@@ -60,12 +61,44 @@ def test_outage_longer_than_slack_failover_misses_too(all_down) -> None:  # type
 
 def test_outage_longer_than_slack_deadline_switches_on_the_progress_line(all_down) -> None:  # type: ignore[no-untyped-def]
     # 1 h done at t=1 h. Uniform progress allows spot while 1 h >= 4 h * t / 6 h, i.e. up to
-    # t = 90 min; at the next tick (91 min) the job goes on-demand for the remaining 3 h.
+    # t = 90 min; at the next tick (91 min) the job goes on-demand. With free restarts it then
+    # rides the line (on-demand while behind it, waiting for spot while on it) until spot is
+    # back at 4 h, and finishes on spot: cheaper than staying on on-demand (1 + 3 * 3 = 10).
     r = run("deadline", all_down)
-    assert r.cost == 1.0 + 3 * 3.0
-    assert r.finished_at == (91 + 180) * 60
-    assert not r.missed
-    assert r.preemptions == 1
+    markets = [m for _, m in r.attempts]
+    assert r.attempts[:2] == ((0.0, Market.SPOT), (91 * 60.0, Market.ON_DEMAND))
+    assert markets[-1] is Market.SPOT and r.attempts[-1][0] >= 240 * 60
+    assert Market.SPOT not in markets[1:-1]  # spot was down all along: no spot ran then
+    assert not r.missed and r.preemptions == 1
+    assert 4.0 < r.cost < 1.0 + 3 * 3.0
+    # the line at 4 h asks 160 min: about 100 min of it on on-demand
+    assert r.ondemand_seconds == pytest.approx(100 * 60, abs=5 * 60)
+
+
+def test_outage_longer_than_slack_uniform_progress_rides_the_line(all_down) -> None:  # type: ignore[no-untyped-def]
+    # The paper's rules with free restarts: idle while cp >= ep(t) = 2t/3 (up to 90 min),
+    # on-demand while behind; at 4 h cp = ep(4 h) = 160 min, 100 of them on on-demand; spot
+    # from 4 h for the last 80 min. Cost (60 + 80) / 60 + 100 * 3 / 60.
+    r = run("uniform-progress", all_down)
+    assert r.attempts[:2] == ((0.0, Market.SPOT), (91 * 60.0, Market.ON_DEMAND))
+    assert r.attempts[-1] == (240 * 60.0, Market.SPOT)
+    assert r.ondemand_seconds == 100 * 60 and r.spot_seconds == 140 * 60
+    assert r.cost == pytest.approx((60 + 80) / 60 + 100 * 3 / 60)
+    assert r.finished_at == 320 * 60 and not r.missed
+
+
+def test_outage_longer_than_slack_greedy_waits_for_the_last_moment(all_down) -> None:  # type: ignore[no-untyped-def]
+    # The artifact's greedy: idle until the 3 h of work left fill the 3 h left (t = 3 h),
+    # on-demand then; with free restarts it takes spot back at 4 h even with no slack left,
+    # and finishes exactly at the deadline. Cost (60 + 120) / 60 + 60 * 3 / 60.
+    r = run("greedy", all_down)
+    assert [(t / 60, m) for t, m in r.attempts] == [
+        (0.0, Market.SPOT),
+        (180.0, Market.ON_DEMAND),
+        (240.0, Market.SPOT),
+    ]
+    assert r.cost == pytest.approx(3.0 + 3.0)
+    assert r.finished_at == 6 * 3600 and not r.missed
 
 
 def test_outage_longer_than_slack_omniscient(all_down) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,156 @@
+"""DEADLINE jobs while an attempt runs: their checkpointed progress, and moves between markets.
+
+Progress. A job says how far it got in the checkpoint itself: a file ``spotd-progress`` in
+``$SPOTD_CHECKPOINT_DIR`` holding a fraction (``0.42``), a percentage (``42%``) or a step count
+(``420/1000``), written with the checkpoint it describes. The agent reads it after each sync
+(``spotd.agent.checkpoints.read_progress``) and reports it with ``checkpoint_synced_at`` in its
+heartbeat; :meth:`Deadline.checkpointed` stores ``fraction * expected_duration`` as the job's
+``work_done_seconds``. That is exactly what a relaunch resumes from. A job that never writes the
+file falls back to wall time (the time its attempts ran, ``control.attempts.job_view``), which
+overstates progress by whatever a preemption lost.
+
+Which reports count: the running attempt's, and an older attempt's (a final snapshot after a
+notice, landing while its replacement starts) only if it says more and no newer attempt has
+reported yet: the checkpoint store refuses an older attempt's snapshot over a newer one's.
+
+Moves, asked once per observe interval while the job is RUNNING (``Controller._watch``):
+
+- on spot, ``should_switch_to_ondemand``: end the attempt (MIGRATED) now and place the job
+  again; the slack no longer allows waiting for a checkpoint;
+- on on-demand, ``should_return_to_spot``: remember the last checkpoint seen and end the
+  attempt (MIGRATED) when the next one is reported, so the move loses nothing; the job is
+  then placed again, and ``next_placement`` puts it on spot. The rule is asked again at every
+  step: if it stops holding before the checkpoint comes, the move is called off. A job
+  without checkpointed progress never returns (the rule requires it).
+
+Memory: the last checkpoint report and a pending return, per job, dropped by ``forget``. A
+restarted daemon learns both again from the next heartbeats (the agent repeats its last sync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from spotd.control.attempts import Attempts
+from spotd.recovery import history as rhist
+from spotd.recovery import strategies
+from spotd.spec import Task
+from spotd.store import AsyncStore, AttemptRow, JobRow
+from spotd.types import CatalogEntry, EndReason, JobStatus, Market, RecoveryStrategy
+
+__all__ = ["Deadline"]
+
+log = structlog.get_logger("spotd.control.deadline")
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    attempt: int
+    synced_at: float
+
+
+class Deadline:
+    """Checkpointed progress and the market moves of running DEADLINE jobs."""
+
+    def __init__(
+        self,
+        *,
+        store: AsyncStore,
+        attempts: Attempts,
+        job_view: Callable[[JobRow, Task, float], Awaitable[strategies.JobView]],
+        placeable: Callable[[str, Task], Sequence[CatalogEntry]],
+        history: Callable[[float], Awaitable[list[rhist.ZoneEvent]]],
+    ) -> None:
+        self.store = store
+        self.attempts = attempts
+        self.job_view = job_view
+        self.placeable = placeable
+        self.history = history
+        self._seen: dict[int, _Checkpoint] = {}  # job id -> the newest checkpoint reported
+        self._leaving: dict[int, float] = {}  # job id -> synced_at when the return was decided
+
+    def forget(self, job_id: int) -> None:
+        self._seen.pop(job_id, None)
+        self._leaving.pop(job_id, None)
+
+    async def checkpointed(
+        self,
+        job_id: int,
+        task_of: Callable[[JobRow], Task],
+        attempt: int,
+        fraction: float,
+        synced_at: float,
+    ) -> bool:
+        """An agent reported the progress its last checkpoint holds. True when the job's
+        worker should look now (a return to spot waits for this checkpoint)."""
+        seen = self._seen.get(job_id)
+        if seen is not None and (seen.attempt, seen.synced_at) >= (attempt, synced_at):
+            return False  # a heartbeat repeating what we know, or an older attempt's
+        job = await self.store.get_job(job_id)
+        if job is None or job.is_terminal:
+            return False
+        self._seen[job.id] = _Checkpoint(attempt, synced_at)
+        expected = task_of(job).job_recovery.expected_duration_seconds
+        if expected is None:
+            return False
+        work = min(1.0, max(0.0, fraction)) * expected
+        current = attempt >= job.current_attempt
+        if work != job.work_done_seconds and (current or work > job.work_done_seconds):
+            await self.store.update_job_fields(job.id, now=synced_at, work_done_seconds=work)
+        return job.id in self._leaving
+
+    async def move(self, job: JobRow, task: Task, attempt: AttemptRow, now: float) -> bool:
+        """Move a RUNNING DEADLINE job to the other market if the rules say so (module
+        docstring). True when the attempt ended and the job is RECOVERING."""
+        if job.status != JobStatus.RUNNING:
+            return False
+        if task.job_recovery.strategy is not RecoveryStrategy.DEADLINE or job.deadline is None:
+            return False
+        if attempt.market == str(Market.SPOT):
+            view = await self.job_view(job, task, now)
+            if not strategies.should_switch_to_ondemand(view, now=now):
+                return False
+            detail = "deadline: the remaining slack requires on-demand"
+            await self._leave(job, attempt, detail, now, to="on-demand")
+            return True
+        view = await self.job_view(job, task, now)
+        catalog = self.placeable(job.project, task)
+        history = await self.history(now)
+        if not strategies.should_return_to_spot(view, catalog=catalog, history=history, now=now):
+            if self._leaving.pop(job.id, None) is not None:
+                log.info("return to spot called off", job=job.id)
+            return False
+        seen = self._seen.get(job.id)
+        at = seen.synced_at if seen is not None and seen.attempt == attempt.attempt else 0.0
+        if job.id not in self._leaving:
+            self._leaving[job.id] = at
+            await self.store.update_job_fields(
+                job.id,
+                now=now,
+                event="deadline: back on the uniform-progress line; leaving on-demand for "
+                "spot at the next checkpoint",
+            )
+            return False
+        if at <= self._leaving[job.id]:
+            return False  # no new checkpoint yet
+        detail = "deadline: on the uniform-progress line again; back to spot at a checkpoint"
+        await self._leave(job, attempt, detail, now, to="spot")
+        return True
+
+    async def _leave(
+        self, job: JobRow, attempt: AttemptRow, detail: str, now: float, *, to: str
+    ) -> None:
+        self._leaving.pop(job.id, None)
+        await self.attempts.end(attempt.id, EndReason.MIGRATED, detail, now)
+        await self.attempts.terminate(attempt.id)
+        await self.store.transition_job(
+            job.id,
+            from_=[JobStatus.RUNNING],
+            to=JobStatus.RECOVERING,
+            reason=f"moving to {to}: {detail}",
+            now=now,
+            recoveries=job.recoveries + 1,
+        )

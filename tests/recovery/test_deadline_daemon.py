@@ -1,0 +1,121 @@
+"""A DEADLINE job on a real daemon (local provider): paced by the progress its checkpoints
+report, it goes to on-demand when a spot outage puts it behind the uniform-progress line and
+comes back to spot once it is on the line again and spot is sold.
+
+One zone, so the timeline is fixed: 50 s of work due in 200 s (the line: 0.25 s of work per
+second), a declared restart of 8 s. Spot is preempted about 4 s in, with 3 s of work saved,
+and stays stocked out for 45 s: the job waits for spot while it is ahead, goes on-demand once
+it trails the line by more than a restart (3 + 8 < 0.25 t from t = 44 s), is on the line
+again at t = 55 s (3 + (t - 44) >= 0.25 t), when spot sells again, and returns to spot at
+the next checkpoint. About a minute and a half: slow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DaemonProc, kill_instance_groups
+from tests.e2e.helpers import logs, wait_job, wait_log
+
+pytestmark = pytest.mark.slow
+
+CATALOG = """
+provider: local
+regions:
+  local-east:
+    zones:
+      local-east-a: {}
+instance_types:
+  - name: cpu-1
+    vcpus: 1
+    memory_gb: 4
+    accelerator: null
+    accelerator_count: 0
+    prices:
+      local-east: {ondemand: 0.0480, spot: 0.0144}
+"""
+
+# 100 steps of 0.5 s; a checkpoint (and its progress file) after every step
+JOB = """
+name: paced
+resources:
+  cpus: 1+
+  use_spot: true
+job_recovery:
+  strategy: DEADLINE
+  deadline: 200s
+  expected_duration: 50s
+  restart_overhead: 8s
+  safety_margin: 2s
+run: |
+  python3 - <<'EOF'
+  import os, time
+  d = os.environ["SPOTD_CHECKPOINT_DIR"]
+  os.makedirs(d, exist_ok=True)
+  path = os.path.join(d, "step")
+  step = int(open(path).read()) if os.path.exists(path) else 0
+  print(f"attempt {os.environ.get('SPOTD_ATTEMPT')} from step {step}", flush=True)
+  def put(name, text):
+      with open(os.path.join(d, name + ".tmp"), "w") as f:
+          f.write(text)
+      os.replace(os.path.join(d, name + ".tmp"), os.path.join(d, name))
+  while step < 100:
+      time.sleep(0.5)
+      step += 1
+      put("step", str(step))
+      put("spotd-progress", f"{step}/100")
+      print(f"step {step}", flush=True)
+  print("done", flush=True)
+  EOF
+"""
+
+TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}
+
+
+@pytest.fixture
+def one_zone_daemon() -> Iterator[DaemonProc]:
+    home = Path(f"/tmp/spotd-dl{time.monotonic_ns() % 10**9}")
+    home.mkdir(parents=True)
+    catalog = home / "catalog.yaml"
+    catalog.write_text(CATALOG)
+    d = DaemonProc(home, extra_env={"SPOTD_LOCAL_CATALOG": str(catalog)})
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        kill_instance_groups(home)
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahead(
+    one_zone_daemon: DaemonProc,
+) -> None:
+    async with one_zone_daemon.client() as c:
+        job = await c.launch(JOB, filename="paced.yaml")
+        jid = job["id"]
+        await wait_log(c, jid, "step 6\n", attempt=1)
+        await c.chaos("stockout", target="local-east", seconds=45, market="spot")
+        await c.chaos("preempt", target=str(jid))
+        job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=180)
+        text = await logs(c, jid)
+        events = await c.events(jid)
+    assert job["status"] == "SUCCEEDED", job
+    assert job["ended_at"] <= job["deadline"], job
+    ran = [a for a in job["attempts"] if a["end_reason"] != "LAUNCH_FAILED"]
+    t0 = job["submitted_at"]
+    seen = [(a["market"], a["end_reason"], round(a["created_at"] - t0, 1)) for a in ran]
+    seen_all = " | ".join(f"{round(e['at'] - t0, 1)} {e['message']}" for e in events)
+    assert [a["market"] for a in ran] == ["spot", "on-demand", "spot"], (seen, seen_all)
+    assert [a["end_reason"] for a in ran] == ["PREEMPTED", "MIGRATED", "SUCCEEDED"], seen
+    # the relaunches resumed from the checkpoints: nothing ran twice from scratch
+    assert text.count("from step 0") == 1, text[-2000:]
+    messages = " | ".join(e["message"] for e in events)
+    assert "behind the uniform-progress line" in messages, messages
+    assert "back to spot" in messages, messages

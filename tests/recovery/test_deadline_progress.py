@@ -1,0 +1,92 @@
+"""Which checkpoint reports become the job's progress (``spotd.control.deadline``).
+
+The running attempt's report sets the work done; an older attempt's counts only if it says
+more and the newer attempt has not reported (the checkpoint store keeps the newest attempt's
+snapshot); a heartbeat repeating a sync already seen changes nothing; a job without
+``expected_duration`` has nothing to scale by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotd.control.deadline import Deadline
+from spotd.spec import Task
+from spotd.store import AsyncStore, JobRow
+from spotd.types import JobStatus
+
+DEADLINE = {"strategy": "DEADLINE", "expected_duration": "1000s", "deadline": "1h"}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    s = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _job(store: AsyncStore, current_attempt: int) -> JobRow:
+    job = await store.create_job(
+        name="j",
+        task_id_prefix="spotd-h-j",
+        spec_json="{}",
+        spec_redacted_json="{}",
+        resources="cpu",
+        submitted_at=0.0,
+    )
+    return await store.transition_job(
+        job.id,
+        from_=[JobStatus.PENDING],
+        to=JobStatus.STARTING,
+        reason="test",
+        now=1.0,
+        current_attempt=current_attempt,
+    )
+
+
+def _deadline(store: AsyncStore) -> Deadline:
+    async def never(*_: Any) -> Any:
+        raise AssertionError("not asked when recording progress")
+
+    return Deadline(
+        store=store,
+        attempts=None,  # type: ignore[arg-type]  # ending attempts is not under test here
+        job_view=never,
+        placeable=never,  # type: ignore[arg-type]
+        history=never,
+    )
+
+
+@pytest.mark.parametrize(
+    ("reports", "work"),
+    [
+        ([(2, 0.30, 10.0)], 300.0),  # the running attempt
+        ([(2, 0.30, 10.0), (2, 0.25, 20.0)], 250.0),  # its newer checkpoint, even if less
+        ([(2, 0.30, 10.0), (2, 0.90, 10.0)], 300.0),  # the same sync repeated: ignored
+        ([(2, 0.30, 10.0), (1, 0.40, 15.0)], 300.0),  # older, after the newer reported
+        ([(1, 0.40, 10.0), (1, 0.35, 12.0)], 400.0),  # older, saying less: not counted
+        ([(1, 0.40, 10.0)], 400.0),  # an older attempt's final snapshot, saying more
+    ],
+)
+async def test_which_reports_count(
+    store: AsyncStore, reports: list[tuple[int, float, float]], work: float
+) -> None:
+    job = await _job(store, current_attempt=2)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    d = _deadline(store)
+    for attempt, fraction, at in reports:
+        await d.checkpointed(job.id, lambda _: task, attempt, fraction, at)
+    assert (await store.require_job(job.id)).work_done_seconds == work
+
+
+async def test_a_job_without_expected_duration_records_nothing(store: AsyncStore) -> None:
+    job = await _job(store, current_attempt=1)
+    task = Task.model_validate({"run": "x"})
+    assert not await _deadline(store).checkpointed(job.id, lambda _: task, 1, 0.5, 10.0)
+    assert (await store.require_job(job.id)).work_done_seconds == 0.0
