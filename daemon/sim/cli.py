@@ -133,11 +133,43 @@ def simulate() -> None:
     help="spotd: rank zones by the learned preemption risk.",
 )
 @click.option(
-    "--notice-seconds",
+    "--shaky-zone-seconds",
     type=float,
-    default=0.0,
+    default=600.0,
     show_default=True,
-    help="Advance warning of a preemption (EC2 gives 120 s; the paper assumes none).",
+    help="spotd: after a preemption, on-demand covers that zone's READY spot this long.",
+)
+@click.option(
+    "--calm-seconds",
+    type=float,
+    default=7200.0,
+    show_default=True,
+    help="spotd: no preemption this long (and READY that long): no overprovision (0: off).",
+)
+@click.option(
+    "--notice-lead",
+    type=(float, float),
+    default=None,
+    help="+notice policies: notice lead time, uniform in MIN MAX seconds "
+    "[default: EC2 60 120, GCP 15 30].",
+)
+@click.option(
+    "--notice-missed",
+    type=float,
+    default=None,
+    help="+notice policies: fraction of preemptions with no notice [default: 0.1].",
+)
+@click.option(
+    "--shape",
+    default=None,
+    help="Only the trace files of this shape (e.g. v100_1), for folders with several.",
+)
+@click.option(
+    "--binary-as",
+    type=click.Choice(["unlimited", "one"]),
+    default="unlimited",
+    show_default=True,
+    help="How a 0/1 trace reads: 1 = available, unlimited (the SpotHedge artifact's) or 1 replica.",
 )
 @_OUTPUT
 @_PLOT
@@ -155,7 +187,12 @@ def serve_cmd(
     overprovision: int,
     bad_zone_seconds: float,
     risk: bool,
-    notice_seconds: float,
+    shaky_zone_seconds: float,
+    calm_seconds: float,
+    notice_lead: tuple[float, float] | None,
+    notice_missed: float | None,
+    shape: str | None,
+    binary_as: str,
     output: str,
     plot_path: str | None,
     plot_window: int,
@@ -173,9 +210,12 @@ def serve_cmd(
             overprovision=overprovision,
             bad_zone_seconds=bad_zone_seconds,
             use_risk=risk,
-            notice_seconds=notice_seconds,
+            shaky_zone_seconds=shaky_zone_seconds,
+            calm_seconds=calm_seconds,
+            binary_unlimited=binary_as == "unlimited",
         )
-        traces = load_trace_dir(trace_dir)
+        traces = load_trace_dir(trace_dir, shape=shape)
+        setup = sim_serve.with_notice(setup, traces, lead=notice_lead, missed=notice_missed)
         started = time.monotonic()
         results = sim_serve.simulate_serve(
             traces, setup, _policies(policies, sim_serve.POLICY_NAMES)
@@ -190,7 +230,7 @@ def serve_cmd(
         _print_table(
             f"{Path(trace_dir).name}: {zones}; target {target}, {windows} windows of "
             f"{window_ticks} x {tick_seconds:g} s, cold start {cold_start_seconds:g} s, "
-            f"seed {seed} ({time.monotonic() - started:.1f} s)",
+            f"seed {seed}; +notice: {setup.notice} ({time.monotonic() - started:.1f} s)",
             rows,
             [
                 ("policy", "policy"),
@@ -266,6 +306,12 @@ def serve_cmd(
     default=None,
     help="On-demand USD/h [default: catalog price when the trace has prices, else 3].",
 )
+@click.option(
+    "--shape",
+    "job_shape",
+    default=None,
+    help="Only the trace files of this shape (e.g. v100_1), for folders with several.",
+)
 @_OUTPUT
 @_PLOT
 @_PLOT_WINDOW
@@ -281,6 +327,7 @@ def jobs_cmd(
     seed: int,
     tick_seconds: float | None,
     ondemand_price: float | None,
+    job_shape: str | None,
     output: str,
     plot_path: str | None,
     plot_window: int,
@@ -298,7 +345,7 @@ def jobs_cmd(
             tick_seconds=tick_seconds,
             ondemand_price=ondemand_price,
         )
-        traces = load_trace_dir(trace_dir)
+        traces = load_trace_dir(trace_dir, shape=job_shape)
         started = time.monotonic()
         results = sim_jobs.simulate_jobs(
             traces, setup, _policies(policies, sim_jobs.JOB_POLICY_NAMES)

@@ -15,14 +15,28 @@ The setup is the SpotHedge paper's microbenchmark (EuroSys'25, artifact
   them, and every policy sees the same windows;
 - **cost** of a tick = spot replicas held + ``ondemand_cost`` (3) × on-demand replicas held,
   starting ones included, a failed launch free; **availability** = the fraction of ticks with at
-  least ``target`` READY. Both count the ticks after the first ``cold_start`` ones (as the
-  artifact does), and cost is reported as a fraction of holding ``target`` on-demand replicas
-  over those ticks (``cost_vs_ondemand``) and in replica-hours priced spot 1 / on-demand 3
-  (``cost``).
+  least ``target`` replicas the load balancer routes to: READY and not under a preemption
+  notice (the daemon drains a noticed replica at once, ``control/draining.py``). Both count
+  the ticks after the first ``cold_start`` ones (as the artifact does), and cost is reported
+  as a fraction of holding ``target`` on-demand replicas over those ticks
+  (``cost_vs_ondemand``) and in replica-hours priced spot 1 / on-demand 3 (``cost``).
 
 At every tick a policy sees the replicas alive after the previous tick (READY if they were
-READY then) and what happened to earlier ones (``SimEvent``), and answers with launches and
-terminations; then the trace decides which spot replicas survive the tick.
+READY then), those under notice, and what happened to earlier ones (``SimEvent``), and answers
+with launches and terminations; then the trace decides which spot replicas survive the tick.
+
+Notices. A ``+notice`` policy (``spotd+notice``, ``spothedge+notice``) runs with preemption
+notices drawn from a :class:`NoticeModel` (the setup's, else the trace cloud's default:
+``EC2_NOTICE``, ``GCP_NOTICE``): each spot replica draws at launch whether its preemption will
+be announced and how long before; at every tick the simulator looks ahead in the trace and
+announces the losses within their replica's lead. An announced replica goes at its deadline
+whatever the zone holds by then; one never announced is lost as without notices. The draws
+are seeded by the run's seed and the window's offset. Both notice-aware policies react as
+spotd's executor does: the noticed replica is drained and let go, its replacement planned in
+the same step.
+
+Single-node traces. A folder whose values are all 0 or 1 reads as "available, unlimited" (the
+artifact's reading of its 2-month trace) unless ``binary_unlimited`` is off.
 
 Policies (``POLICIES``):
 
@@ -31,15 +45,17 @@ Policies (``POLICIES``):
     ``replicas: 3`` with ``dynamic_ondemand_fallback`` and ``num_overprovision`` 1, the zone
     history it would have recorded (PREEMPTED / LAUNCH_FAILED / LAUNCHED), and the per-zone
     preemption risk that ``spotd.recovery.history.preemption_risk`` learns from preemptions and
-    survival times (the zone's ``preemption_risk``).
+    survival times (the zone's ``preemption_risk``). Its calm mode (``calm_seconds``) and
+    shaky-zone cover (``shaky_zone_seconds``) are the daemon's defaults.
 ``spothedge``
     The paper's policy as its artifact simulates it (``SpotHedge`` spot placer with the
     ``SpotFailoverNoSafety`` fallback): ``target + 1`` spot replicas; a new one goes to a random
     *good* zone that holds none yet (else any good zone); a zone whose count fell short of what
     was asked (preempted, or a launch failed) turns bad, one that kept all it was asked for
-    turns good; when no more than ``min(1, zones - 3)`` zones are good, all are good again
-    (for 3 zones: when none is); on-demand = ``min(target, target + 1 - READY spot)`` at the
-    previous tick.
+    turns good; when no more than ``max(0, min(1, zones - 3))`` zones are good, all are good
+    again (for 3 zones or fewer: when none is; the artifact's ``min(1, zones - 3)`` never
+    fires below 3 zones); a replica under notice no longer counts as held; on-demand =
+    ``min(target, target + 1 - READY spot)`` at the previous tick.
 ``round-robin``
     ``target`` spot replicas, each new one to the next zone in turn; no fallback.
 ``even-spread``
@@ -55,11 +71,15 @@ Policies (``POLICIES``):
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 
 from spotd.sim.serve_model import (
+    EC2_NOTICE,
+    GCP_NOTICE,
     Decision,
+    NoticeModel,
     PolicyFactory,
     PolicyResult,
     ServePolicy,
@@ -69,6 +89,7 @@ from spotd.sim.serve_model import (
     SimReplica,
     TickView,
     WindowResult,
+    default_notice,
 )
 from spotd.sim.serve_policies import (
     POLICIES,
@@ -82,11 +103,16 @@ from spotd.sim.serve_policies import (
 from spotd.sim.traces import TraceError, ZoneTrace, common_ticks, window_offsets
 from spotd.types import Market, ZoneKey
 
+UNLIMITED = 10**9  # the capacity of a zone that a binary trace says is available
+
 __all__ = [
+    "EC2_NOTICE",
+    "GCP_NOTICE",
     "POLICIES",
     "POLICY_NAMES",
     "Decision",
     "EvenSpreadPolicy",
+    "NoticeModel",
     "OnDemandPolicy",
     "PolicyFactory",
     "PolicyResult",
@@ -100,11 +126,14 @@ __all__ = [
     "SpotdPolicy",
     "TickView",
     "WindowResult",
+    "base_policy",
+    "default_notice",
     "omniscient_window",
     "run_policy",
     "run_window",
     "simulate_serve",
     "windows_of",
+    "with_notice",
 ]
 
 
@@ -118,15 +147,17 @@ def run_window(
     setup: ServeSetup,
     *,
     offset: int = 0,
+    notice: NoticeModel | None = None,
 ) -> WindowResult:
     """Run one policy over one window. ``capacity[z][t]``: spot replicas zone ``z`` allows at
-    tick ``t`` of the window (already cut to the window)."""
+    tick ``t`` of the window (already cut to the window). ``notice``: preemptions come with
+    notices drawn from this model (None: never)."""
     T, C, dt = setup.window_ticks, setup.cold_ticks, setup.tick_seconds
     zone_index = {z: i for i, z in enumerate(zones)}
     alive: list[SimReplica] = []
     ready_prev: frozenset[int] = frozenset()
     events: list[SimEvent] = []
-    notices: dict[int, int] = {}  # replica id -> the tick its zone takes it back
+    notices = _Notices(notice, dt, seed=setup.seed, offset=offset)
     next_id = 1
     spot_ticks = ondemand_ticks = preemptions = failures = counted_ok = 0
     cost_units = 0.0
@@ -134,10 +165,13 @@ def run_window(
     cum: list[float] = []
     for t in range(T):
         now = t * dt
-        if setup.notice_ticks:
-            _issue_notices(alive, capacity, zone_index, t, setup.notice_ticks, notices)
+        for r, deadline in notices.issue(alive, capacity, zone_index, t):
+            preemptions += 1  # counted when announced, not again when the zone takes it
+            events.append(
+                SimEvent(SimEventKind.NOTICE, r.zone, r.market, t, now, r.id, deadline=deadline)
+            )
         view = TickView(
-            t, now, setup.target, tuple(alive), ready_prev, tuple(events), frozenset(notices)
+            t, now, setup.target, tuple(alive), ready_prev, tuple(events), notices.announced()
         )
         decision = policy.decide(view)
         events = []
@@ -156,13 +190,13 @@ def run_window(
                     )
                 )
         alive = [r for r in alive if r.id not in gone]
-        launched: list[SimReplica] = []
         for zone, market in decision.launch:
             if market is Market.SPOT and zone not in zone_index:
                 raise ValueError(f"policy launched spot in unknown zone {zone}")
-            launched.append(SimReplica(next_id, zone, market, t))
+            alive.append(SimReplica(next_id, zone, market, t))
+            if market is Market.SPOT:
+                notices.draw(next_id)
             next_id += 1
-        alive += launched
         # the trace decides: a zone holding more spot than it allows loses the newest
         by_zone: dict[ZoneKey, list[SimReplica]] = {}
         for r in alive:
@@ -171,10 +205,10 @@ def run_window(
         lost: set[int] = set()
         for zone, held in by_zone.items():
             allowed = capacity[zone_index[zone]][t]
-            due = [r for r in held if notices.get(r.id) == t]
+            due = [r for r in held if notices.due(r.id) == t]
             if len(held) > allowed or due:
                 # a replica whose notice runs out goes first, then the newest
-                held.sort(key=lambda r: (notices.get(r.id) == t, r.launched_tick, r.id))
+                held.sort(key=lambda r: (notices.due(r.id) == t, r.launched_tick, r.id))
                 for r in held[min(allowed, len(held) - len(due)) :]:
                     lost.add(r.id)
                     if r.launched_tick == t:
@@ -183,7 +217,7 @@ def run_window(
                             SimEvent(SimEventKind.LAUNCH_FAILED, zone, r.market, t, now, r.id)
                         )
                     else:
-                        preemptions += 1
+                        preemptions += notices.due(r.id) is None
                         events.append(
                             SimEvent(
                                 SimEventKind.PREEMPTED,
@@ -196,24 +230,25 @@ def run_window(
                             )
                         )
         alive = [r for r in alive if r.id not in lost]
-        for i in lost | gone:
-            notices.pop(i, None)
+        notices.forget(lost | gone)
         for r in alive:
             if r.launched_tick == t:
                 events.append(SimEvent(SimEventKind.LAUNCHED, r.zone, r.market, t, now, r.id))
             elif t - r.launched_tick == C:
                 events.append(SimEvent(SimEventKind.READY, r.zone, r.market, t, now, r.id))
-        ready_now = frozenset(r.id for r in alive if t - r.launched_tick >= C)
+        warm = frozenset(r.id for r in alive if t - r.launched_tick >= C)
+        # what the LB routes to: a replica under notice is DRAINING and gets no requests
+        serving = warm - notices.announced()
         n_spot = sum(1 for r in alive if r.market is Market.SPOT)
         n_od = len(alive) - n_spot
         if t >= C:
             spot_ticks += n_spot
             ondemand_ticks += n_od
             cost_units += n_spot + setup.ondemand_cost * n_od
-            counted_ok += len(ready_now) >= setup.target
-        ready_series.append(len(ready_now))
+            counted_ok += len(serving) >= setup.target
+        ready_series.append(len(serving))
         cum.append(cost_units * dt / 3600.0)
-        ready_prev = ready_now
+        ready_prev = warm
     counted = T - C
     return WindowResult(
         offset=offset,
@@ -229,35 +264,82 @@ def run_window(
     )
 
 
-def _issue_notices(
-    alive: Sequence[SimReplica],
-    capacity: Sequence[Sequence[int]],
-    zone_index: dict[ZoneKey, int],
-    t: int,
-    horizon: int,
-    notices: dict[int, int],
-) -> None:
-    """Warn the spot replicas that the trace will take back within ``horizon`` ticks: in a
-    zone holding ``n``, the newest ``n - c`` un-warned ones when capacity falls to ``c``."""
-    by_zone: dict[ZoneKey, list[SimReplica]] = {}
-    pending: dict[ZoneKey, list[int]] = {}  # deadlines of the warned ones, per zone
-    for r in alive:
-        if r.market is not Market.SPOT:
-            continue
-        if r.id in notices:
-            pending.setdefault(r.zone, []).append(notices[r.id])
-        else:
-            by_zone.setdefault(r.zone, []).append(r)
-    for zone, held in by_zone.items():
-        held.sort(key=lambda r: (r.launched_tick, r.id))
-        cap = capacity[zone_index[zone]]
-        due = pending.get(zone, [])
-        for d in range(t, min(t + horizon + 1, len(cap))):
-            excess = len(held) + sum(1 for x in due if x > d) - cap[d]
-            while excess > 0 and held:
-                notices[held.pop().id] = d
-                due.append(d)
-                excess -= 1
+class _Notices:
+    """The preemption notices of one window (module docstring, "Notices").
+
+    ``draw`` decides when a spot replica is launched whether its preemption will be announced
+    and how many ticks ahead; ``issue`` looks ahead in the trace at every tick and announces
+    the losses that are now within their replica's lead. An announced replica is lost at its
+    deadline whatever the zone's capacity is by then (the cloud has decided); one without a
+    notice is lost as it would be with no notices at all, when the trace takes it.
+    """
+
+    def __init__(
+        self, model: NoticeModel | None, tick_seconds: float, *, seed: int, offset: int
+    ) -> None:
+        self.model = model
+        self.tick_seconds = tick_seconds
+        self.horizon = 0 if model is None else int(model.lead_max_seconds // tick_seconds)
+        self.rng = random.Random(f"notices/{seed}/{offset}")  # str seeds are stable
+        self.lead: dict[int, int] = {}  # replica id -> its notice's lead in ticks (absent: none)
+        self.deadline: dict[int, int] = {}  # announced replica id -> the tick it is lost
+
+    def draw(self, replica: int) -> None:
+        m = self.model
+        if m is None:
+            return
+        missed = self.rng.random() < m.missed
+        lead = self.rng.uniform(m.lead_min_seconds, m.lead_max_seconds)
+        if not missed:
+            self.lead[replica] = int(lead // self.tick_seconds)
+
+    def due(self, replica: int) -> int | None:
+        return self.deadline.get(replica)
+
+    def announced(self) -> frozenset[int]:
+        return frozenset(self.deadline)
+
+    def forget(self, replicas: set[int]) -> None:
+        for i in replicas:
+            self.deadline.pop(i, None)
+            self.lead.pop(i, None)
+
+    def issue(
+        self,
+        alive: Sequence[SimReplica],
+        capacity: Sequence[Sequence[int]],
+        zone_index: dict[ZoneKey, int],
+        t: int,
+    ) -> list[tuple[SimReplica, int]]:
+        """The notices of tick ``t``: the losses the trace holds within each replica's lead
+        (in a zone holding ``n`` when its capacity falls to ``c``, the newest ``n - c``)."""
+        if not self.lead:
+            return []
+        by_zone: dict[ZoneKey, list[SimReplica]] = {}
+        pending: dict[ZoneKey, list[int]] = {}  # deadlines of the announced ones, per zone
+        for r in alive:
+            if r.market is not Market.SPOT:
+                continue
+            if r.id in self.deadline:
+                pending.setdefault(r.zone, []).append(self.deadline[r.id])
+            else:
+                by_zone.setdefault(r.zone, []).append(r)
+        issued: list[tuple[SimReplica, int]] = []
+        for zone, held in by_zone.items():
+            held.sort(key=lambda r: (r.launched_tick, r.id))
+            cap = capacity[zone_index[zone]]
+            due = pending.get(zone, [])
+            for d in range(t, min(t + self.horizon + 1, len(cap))):
+                excess = len(held) + sum(1 for x in due if x > d) - cap[d]
+                while excess > 0 and held:
+                    r = held.pop()  # lost at d as things stand; announced once within its lead
+                    excess -= 1
+                    lead = self.lead.get(r.id)
+                    if lead is not None and d - t <= lead:
+                        self.deadline[r.id] = d
+                        due.append(d)
+                        issued.append((r, d))
+        return issued
 
 
 def omniscient_window(
@@ -295,22 +377,57 @@ def omniscient_window(
 def windows_of(
     traces: Sequence[ZoneTrace], setup: ServeSetup
 ) -> tuple[list[int], list[list[list[int]]]]:
-    """The seeded window offsets and, per window, each zone's capacity per tick."""
+    """The seeded window offsets and, per window, each zone's capacity per tick.
+
+    A folder whose every value is 0 or 1 (a single-node trace: did one launch succeed?) says
+    nothing of how many replicas a zone could hold; with ``setup.binary_unlimited`` (the
+    default) a 1 reads as "available, unlimited", as the SpotHedge artifact reads its 2-month
+    trace, otherwise as room for one replica.
+    """
     if not traces:
         raise TraceError("no zones in the trace")
     ticks = [t.ticks(setup.tick_seconds) for t in traces]
+    if setup.binary_unlimited and all(t.binary for t in traces):
+        ticks = [tuple(UNLIMITED if v else 0 for v in z) for z in ticks]
     length = common_ticks(traces, setup.tick_seconds)
     offsets = window_offsets(length, setup.window_ticks, setup.windows, seed=setup.seed)
     cut = [[list(z[o : o + setup.window_ticks]) for z in ticks] for o in offsets]
     return offsets, cut
 
 
+def with_notice(
+    setup: ServeSetup,
+    traces: Sequence[ZoneTrace],
+    *,
+    lead: tuple[float, float] | None = None,
+    missed: float | None = None,
+) -> ServeSetup:
+    """``setup`` with its notice model settled: the model given, else the default of the
+    traces' cloud, with ``lead`` (min, max seconds) and ``missed`` replaced when given."""
+    base = setup.notice or default_notice(traces[0].zone.provider if traces else "aws")
+    lo, hi = lead if lead is not None else (base.lead_min_seconds, base.lead_max_seconds)
+    model = NoticeModel(lo, hi, base.missed if missed is None else missed)
+    return dataclasses.replace(setup, notice=model)
+
+
+def base_policy(name: str) -> tuple[str, bool]:
+    """``"spotd+notice"`` -> (``"spotd"``, True): the policy and whether it gets notices."""
+    base, plus, suffix = name.partition("+")
+    if name not in POLICY_NAMES or (plus and suffix != "notice"):
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}")
+    return base, bool(plus)
+
+
 def run_policy(
     name: str, traces: Sequence[ZoneTrace], setup: ServeSetup = ServeSetup()
 ) -> PolicyResult:
-    """Run the policy called ``name`` (a key of ``POLICIES``, or ``omniscient``)."""
+    """Run the policy called ``name`` (one of ``POLICY_NAMES``)."""
+    base, noticed = base_policy(name)
     offsets, cut = windows_of(traces, setup)
     zones = [t.zone for t in traces]
+    notice = None
+    if noticed:
+        notice = setup.notice or default_notice(zones[0].provider)
     results = []
     # zone order per window: the artifact shuffles its zone list before every window; the
     # order only matters to policies that break ties by position (round robin, SpotHedge)
@@ -321,15 +438,13 @@ def run_policy(
         order_rng.shuffle(order)
         window_zones = [zones[i] for i in order]
         window_capacity = [capacity[i] for i in order]
-        if name == "omniscient":
+        if base == "omniscient":
             results.append(omniscient_window(window_capacity, setup, offset=offset))
             continue
-        try:
-            factory = POLICIES[name]
-        except KeyError:
-            raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}") from None
-        policy = factory(window_zones, setup, policy_rng)
-        results.append(run_window(policy, window_capacity, window_zones, setup, offset=offset))
+        policy = POLICIES[base](window_zones, setup, policy_rng)
+        results.append(
+            run_window(policy, window_capacity, window_zones, setup, offset=offset, notice=notice)
+        )
     return PolicyResult(name, tuple(results))
 
 

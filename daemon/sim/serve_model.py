@@ -17,7 +17,10 @@ from spotd.serve import hedge
 from spotd.types import Market, ZoneKey
 
 __all__ = [
+    "EC2_NOTICE",
+    "GCP_NOTICE",
     "Decision",
+    "NoticeModel",
     "PolicyFactory",
     "PolicyResult",
     "ServePolicy",
@@ -27,7 +30,47 @@ __all__ = [
     "SimReplica",
     "TickView",
     "WindowResult",
+    "default_notice",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeModel:
+    """Advance warnings of preemptions, as the ``+notice`` policies get them.
+
+    Each spot replica draws, when it is launched, whether its preemption will be announced
+    (probability ``1 - missed``) and how long before (``lead_seconds``, uniform between the
+    two bounds). The draws come from a generator seeded by the run's seed and the window, so a
+    run is reproducible. docs/simulate.md gives the sources of the defaults.
+    """
+
+    lead_min_seconds: float
+    lead_max_seconds: float
+    missed: float  # the fraction of preemptions that come with no notice at all
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lead_min_seconds <= self.lead_max_seconds:
+            raise ValueError("notice lead times must satisfy 0 <= min <= max")
+        if not 0 <= self.missed <= 1:
+            raise ValueError("the missed fraction of notices must be in [0, 1]")
+
+    def __str__(self) -> str:
+        return (
+            f"lead {self.lead_min_seconds:g}-{self.lead_max_seconds:g} s, "
+            f"{self.missed:.0%} never delivered"
+        )
+
+
+# EC2 posts its interruption notice two minutes ahead, "on a best effort basis"; what the
+# daemon acts on is later (metadata polled every 5 s, the agent's heartbeat, the control loop)
+EC2_NOTICE = NoticeModel(lead_min_seconds=60.0, lead_max_seconds=120.0, missed=0.1)
+# GCE: 30 s between the preemption notice (ACPI G2 soft off) and the stop, also best effort
+GCP_NOTICE = NoticeModel(lead_min_seconds=15.0, lead_max_seconds=30.0, missed=0.1)
+
+
+def default_notice(provider: str) -> NoticeModel:
+    """The notice model of a trace's cloud: GCP's for ``gcp`` zones, EC2's otherwise."""
+    return GCP_NOTICE if provider == "gcp" else EC2_NOTICE
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +86,11 @@ class ServeSetup:
     ondemand_cost: float = 3.0  # an on-demand replica-tick costs this many spot replica-ticks
     overprovision: int = 1  # extra spot replicas (spotd, spothedge)
     bad_zone_seconds: float = hedge.DEFAULT_BAD_ZONE_SECONDS  # spotd: how long a zone stays bad
+    shaky_zone_seconds: float = hedge.DEFAULT_SHAKY_ZONE_SECONDS  # spotd: cover after a preemption
+    calm_seconds: float = hedge.DEFAULT_CALM_SECONDS  # spotd: no preemption this long: calm
     use_risk: bool = True  # spotd: rank zones by the learned preemption risk
-    notice_seconds: float = 0.0  # advance warning of a preemption (0: none, as in the paper)
+    notice: NoticeModel | None = None  # the +notice policies' model (None: the cloud's default)
+    binary_unlimited: bool = True  # a 0/1 trace means "available, unlimited" (the artifact's)
 
     def __post_init__(self) -> None:
         if self.target < 1 or self.windows < 1 or self.window_ticks < 1:
@@ -59,16 +105,13 @@ class ServeSetup:
         """Ticks from launch to READY (the artifact's ``cold_start_delay``)."""
         return int(self.cold_start_seconds // self.tick_seconds)
 
-    @property
-    def notice_ticks(self) -> int:
-        return int(self.notice_seconds // self.tick_seconds)
-
 
 class SimEventKind(enum.StrEnum):
     LAUNCHED = "LAUNCHED"  # a launch that the trace allowed
     LAUNCH_FAILED = "LAUNCH_FAILED"  # a spot launch into a zone with no capacity left
     READY = "READY"  # a replica finished its cold start
     PREEMPTED = "PREEMPTED"  # the zone's capacity fell below what we held there
+    NOTICE = "NOTICE"  # a spot replica got a preemption notice (it goes at ``deadline``)
     TERMINATED = "TERMINATED"  # the policy retired it
 
 
@@ -89,6 +132,7 @@ class SimEvent:
     at: float  # seconds since the window began
     replica: int
     ran_seconds: float = 0.0  # PREEMPTED / TERMINATED: how long it was held
+    deadline: int = 0  # NOTICE: the tick the zone takes the replica back
 
 
 @dataclass(frozen=True, slots=True)

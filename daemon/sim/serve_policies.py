@@ -70,7 +70,8 @@ class SpotdPolicy:
         for e in events:
             if e.market is not Market.SPOT:
                 continue
-            if e.kind is SimEventKind.PREEMPTED:
+            if e.kind in (SimEventKind.PREEMPTED, SimEventKind.NOTICE):
+                # the executor records PREEMPTED when the notice comes (control/draining.py)
                 self.zone_history.append(hedge.ZoneEvent(e.zone, ZoneEventKind.PREEMPTED, e.at))
                 self.risk_history.append(rhist.ZoneEvent(e.zone, ZoneEventKind.PREEMPTED, e.at))
                 self.risk_history.append(
@@ -89,11 +90,21 @@ class SpotdPolicy:
     def decide(self, view: TickView) -> Decision:
         self._record(view.events)
         # The daemon reads 24 h of events. plan_replicas only asks "is the latest event of
-        # this zone a loss less than bad_zone_seconds ago", which events older than that cannot
-        # change, so they are dropped here to keep each call cheap (results are identical).
-        horizon = view.now - min(self._MEMORY_SECONDS, self.setup.bad_zone_seconds)
-        if self.zone_history and self.zone_history[0].at < horizon:
-            self.zone_history = [e for e in self.zone_history if e.at >= horizon]
+        # this zone a loss less than bad_zone_seconds ago" and "was a zone preempted less
+        # than shaky_zone_seconds (calm_seconds) ago", which older events cannot change, so
+        # they are dropped here to keep each call cheap (results are identical: an event
+        # older than bad_zone_seconds can only be the latest of a zone that is not bad).
+        s = self.setup
+        recent = view.now - min(self._MEMORY_SECONDS, s.bad_zone_seconds)
+        preempted = view.now - min(
+            self._MEMORY_SECONDS, max(s.bad_zone_seconds, s.shaky_zone_seconds, s.calm_seconds)
+        )
+        if self.zone_history and self.zone_history[0].at < recent:
+            self.zone_history = [
+                e
+                for e in self.zone_history
+                if e.at >= recent or (e.kind is ZoneEventKind.PREEMPTED and e.at >= preempted)
+            ]
         horizon = view.now - self._MEMORY_SECONDS
         if self.risk_history and self.risk_history[0].at < horizon:
             self.risk_history = [e for e in self.risk_history if e.at >= horizon]
@@ -125,11 +136,15 @@ class SpotdPolicy:
             policy=self.policy,
             now=view.now,
             bad_zone_seconds=self.setup.bad_zone_seconds,
+            shaky_zone_seconds=self.setup.shaky_zone_seconds,
+            calm_seconds=self.setup.calm_seconds,
         )
         self.last_plan = plan
+        # the executor drains a replica under notice (the LB sends it nothing) and lets it go
+        # once its requests are done: within a tick
         return Decision(
             launch=tuple((s.zone, s.market) for s in plan.launch),
-            terminate=tuple(int(i) for i in plan.terminate),
+            terminate=(*(int(i) for i in plan.terminate), *sorted(view.noticed)),
         )
 
 
@@ -176,14 +191,17 @@ class SpotHedgePolicy:
         self.bad: list[int] = []
         self.asked: list[int] | None = None  # per zone, what the last tick asked for
 
+    def _turn_bad(self, z: int) -> None:
+        if z in self.good:
+            self.good.remove(z)
+            self.bad.append(z)
+
     def _mark(self, held: list[int]) -> None:
         if self.asked is None:
             return
         for z in range(len(self.zones)):
             if self.asked[z] > held[z]:
-                if z in self.good:
-                    self.good.remove(z)
-                    self.bad.append(z)
+                self._turn_bad(z)
             elif self.asked[z] > 0 and self.asked[z] == held[z] and z in self.bad:
                 self.bad.remove(z)
                 self.good.append(z)
@@ -191,7 +209,9 @@ class SpotHedgePolicy:
     def decide(self, view: TickView) -> Decision:
         target = view.target
         provision = target + self.setup.overprovision
-        spot = [r for r in view.replicas if r.market is Market.SPOT]
+        # with notices, as spotd's executor does: a replica under notice drains and goes now,
+        # and its replacement is launched in the same step
+        spot = [r for r in view.replicas if r.market is Market.SPOT and r.id not in view.noticed]
         ready_spot = sum(1 for r in spot if r.id in view.ready)
         ondemand = min(target, provision - ready_spot) if provision > ready_spot else 0
 
@@ -199,14 +219,17 @@ class SpotHedgePolicy:
         held = [0] * len(self.zones)
         for r in spot:
             held[index[r.zone]] += 1
-        self._mark(held)
+        self._mark(held)  # a zone with a replica under notice fell short: it turns bad now
         terminate: tuple[int, ...] = ()
         if provision >= len(spot):
             plan, extra = list(held), provision - len(spot)
         else:  # fewer wanted than held: start over (the artifact's rule)
             plan, extra = [0] * len(self.zones), provision
             terminate = tuple(r.id for r in spot)
-        if len(self.good) <= min(1, len(self.zones) - 3):
+        terminate += tuple(sorted(view.noticed))
+        # the artifact resets at min(1, zones - 3) good zones; below 3 zones that is never, and
+        # its random.choice fails on an empty list: here it resets when no zone is good
+        if len(self.good) <= max(0, min(1, len(self.zones) - 3)):
             self.good, self.bad = list(range(len(self.zones))), []
         launch: list[tuple[ZoneKey, Market]] = []
         for _ in range(extra):
@@ -273,4 +296,11 @@ POLICIES: Mapping[str, PolicyFactory] = MappingProxyType(
         "on-demand": OnDemandPolicy,
     }
 )
-POLICY_NAMES: tuple[str, ...] = (*POLICIES, "omniscient")
+NOTICED: tuple[str, ...] = ("spotd", "spothedge")  # the policies also run with notices
+POLICY_NAMES: tuple[str, ...] = (
+    "spotd",
+    "spothedge",
+    *(f"{p}+notice" for p in NOTICED),
+    *(p for p in POLICIES if p not in NOTICED),
+    "omniscient",
+)

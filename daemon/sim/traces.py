@@ -58,6 +58,11 @@ class ZoneTrace:
     prices: tuple[float, ...] | None = None  # spot USD/hour per point, when the file has them
 
     @property
+    def binary(self) -> bool:
+        """Every value is 0 or 1: a single-node trace (did one instance launch or run?)."""
+        return all(v <= 1 for v in self.data)
+
+    @property
     def duration_seconds(self) -> float:
         return self.gap_seconds * len(self.data)
 
@@ -114,8 +119,12 @@ def load_zone_trace(path: str | Path, *, provider: str | None = None) -> ZoneTra
     return ZoneTrace(p.stem, zone, shape, gap, data, prices)
 
 
-def load_trace_dir(path: str | Path, *, provider: str | None = None) -> list[ZoneTrace]:
-    """Every ``*.json`` in ``path`` (not its subfolders), sorted by file name."""
+def load_trace_dir(
+    path: str | Path, *, provider: str | None = None, shape: str | None = None
+) -> list[ZoneTrace]:
+    """Every ``*.json`` in ``path`` (not its subfolders), sorted by file name; with
+    ``shape`` (``"v100_1"``), only the files of that shape: a folder holding several shapes
+    per zone (``availability/1-node``) needs one."""
     p = Path(path)
     if not p.is_dir():
         raise TraceError(f"{p}: not a folder of trace files")
@@ -123,10 +132,18 @@ def load_trace_dir(path: str | Path, *, provider: str | None = None) -> list[Zon
     if not files:
         raise TraceError(f"{p}: no *.json trace files")
     traces = [load_zone_trace(f, provider=provider) for f in files]
+    if shape is not None:
+        traces = [t for t in traces if t.shape == shape]
+        if not traces:
+            raise TraceError(f"{p}: no trace file of shape {shape!r}")
     seen: dict[ZoneKey, str] = {}
     for t in traces:
         if t.zone in seen:
-            raise TraceError(f"{p}: {t.name} and {seen[t.zone]} are the same zone {t.zone}")
+            shapes = ", ".join(sorted({x.shape for x in traces}))
+            raise TraceError(
+                f"{p}: {t.name} and {seen[t.zone]} are the same zone {t.zone}; "
+                f"choose a shape ({shapes})"
+            )
         seen[t.zone] = t.name
     return traces
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from spotd.cli.main import main
 from spotd.sim.jobs import JobSetup, simulate_jobs
-from spotd.sim.serve import ServeSetup, run_policy
+from spotd.sim.serve import POLICY_NAMES, ServeSetup, run_policy, simulate_serve
 from spotd.sim.traces import load_trace_dir
 
 ROOT = Path(__file__).resolve().parents[2] / "traces"
@@ -35,8 +35,9 @@ ILP = {"AWS1": 0.407, "AWS2": 0.480}
 def test_reproduces_the_spothedge_artifact(trace: str, policy: str) -> None:
     r = run_policy(policy, load_trace_dir(SERVING / trace), ServeSetup())
     availability, cost = PAPER[(trace, policy)]
-    assert r.availability == pytest.approx(availability, abs=0.02)
-    assert r.cost_vs_ondemand == pytest.approx(cost, abs=0.02)
+    # the artifact prints three decimals: agreeing to them is within 0.0005 plus rounding
+    assert r.availability == pytest.approx(availability, abs=0.002)
+    assert r.cost_vs_ondemand == pytest.approx(cost, abs=0.002)
 
 
 @pytest.mark.slow
@@ -48,6 +49,47 @@ def test_omniscient_bound_is_below_the_artifacts_ilp(trace: str) -> None:
     assert bound.cost_vs_ondemand >= ILP[trace] - 0.05  # and not uselessly loose
     for name in ("spotd", "spothedge"):
         assert run_policy(name, traces, ServeSetup()).cost_vs_ondemand > bound.cost_vs_ondemand
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trace", ["AWS1", "AWS2"])
+def test_notices_as_the_lb_counts_them(trace: str) -> None:
+    traces = load_trace_dir(SERVING / trace)
+    by = {r.policy: r for r in simulate_serve(traces, ServeSetup(), list(POLICY_NAMES[:4]))}
+    for name in ("spotd", "spothedge"):
+        noticed = by[f"{name}+notice"]
+        # a notice lets the replacement start earlier, but the replica under notice stops
+        # serving at once: better than no notice, never the perfect 1.0 of the old model
+        assert by[name].availability <= noticed.availability < 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trace", ["AWS1", "AWS2"])
+def test_shaky_zone_cover_buys_availability(trace: str) -> None:
+    traces = load_trace_dir(SERVING / trace)
+    on = run_policy("spotd", traces, ServeSetup())
+    off = run_policy("spotd", traces, ServeSetup(shaky_zone_seconds=0))
+    assert on.availability > off.availability
+    assert on.cost_vs_ondemand < off.cost_vs_ondemand + 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trace", ["AWS1", "AWS2"])
+def test_calm_mode_saves_the_overprovision_while_nothing_is_preempted(trace: str) -> None:
+    traces = load_trace_dir(SERVING / trace)
+    calm = run_policy("spotd", traces, ServeSetup())
+    always = run_policy("spotd", traces, ServeSetup(calm_seconds=0))
+    assert calm.cost_vs_ondemand < always.cost_vs_ondemand - 0.02
+    assert calm.availability > always.availability - 0.001
+
+
+@pytest.mark.slow
+def test_spotd_beats_spothedge_on_aws1() -> None:
+    # more available and cheaper on AWS1; docs/simulate.md has every trace (not on all)
+    traces = load_trace_dir(SERVING / "AWS1")
+    by = {r.policy: r for r in simulate_serve(traces, ServeSetup(), ["spotd", "spothedge"])}
+    assert by["spotd"].availability >= by["spothedge"].availability
+    assert by["spotd"].cost_vs_ondemand < by["spothedge"].cost_vs_ondemand
 
 
 @pytest.mark.slow
@@ -77,6 +119,8 @@ def test_cli_json_and_plot(tmp_path: Path) -> None:
             "--policy",
             "spotd",
             "--policy",
+            "spotd+notice",
+            "--policy",
             "on-demand",
             "-o",
             "json",
@@ -86,7 +130,7 @@ def test_cli_json_and_plot(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output[: result.output.rindex("]") + 1])
-    assert [r["policy"] for r in rows] == ["spotd", "on-demand"]
+    assert [r["policy"] for r in rows] == ["spotd", "spotd+notice", "on-demand"]
     assert {"policy", "cost", "cost_vs_ondemand", "availability"} <= rows[0].keys()
-    assert rows[1]["cost_vs_ondemand"] == 1.0
+    assert rows[2]["cost_vs_ondemand"] == 1.0
     assert png.stat().st_size > 10_000

@@ -8,21 +8,29 @@ from __future__ import annotations
 
 import random
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
 from spotd.serve import hedge
 from spotd.sim.serve import (
+    Decision,
     EvenSpreadPolicy,
+    NoticeModel,
     OnDemandPolicy,
     RoundRobinPolicy,
     ServeSetup,
+    SimEventKind,
     SpotdPolicy,
     SpotHedgePolicy,
+    TickView,
+    WindowResult,
+    base_policy,
     omniscient_window,
+    run_policy,
     run_window,
 )
-from tests.simulate.helpers import alternating, zone
+from tests.simulate.helpers import alternating, write_traces, zone
 
 A, B, C = zone("a"), zone("b"), zone("c")
 
@@ -91,12 +99,13 @@ def test_one_zone_down_spothedge() -> None:
 
 def test_one_zone_down_spotd_calls_the_real_planner() -> None:
     # plan_replicas: 4 spot spread a, b, c, a by name; a's launches fail -> a is bad; 2 go to
-    # b and c. Dynamic fallback is target - READY spot (not SpotHedge's target + 1 - READY):
-    # 3 on-demand, then 1 at t5 (2 spot READY), none at t6.
+    # b and c. Not calm yet (nothing has run 2 h), so the fallback keeps the overprovision
+    # too, as SpotHedge's does (target + 1 - READY spot): 3 on-demand, 2 at t5 (2 spot READY),
+    # none at t6.
     policy, r = run_down(SpotdPolicy)
     assert r.availability == 1.0
-    assert r.spot_ticks == 64 and r.ondemand_ticks == 4
-    assert frac(r.cost_vs_ondemand) == Fraction(64 + 12, 144)
+    assert r.spot_ticks == 64 and r.ondemand_ticks == 5
+    assert frac(r.cost_vs_ondemand) == Fraction(64 + 15, 144)
     assert r.launch_failures == 2
     # the planner's own words: only plan_replicas writes this reason
     assert isinstance(policy.last_plan, hedge.ReplicaPlan)
@@ -147,11 +156,134 @@ def test_alternating_spotd_needs_on_demand_at_every_flip() -> None:
     assert r.availability < 1.0  # no warning: the fallback is 4 ticks late at each flip
 
 
-def test_alternating_spotd_with_notices_never_drops_below_target() -> None:
-    # a 120 s notice is exactly the cold start: the replacement is READY as the loss lands
-    s = setup(40, notice_seconds=120.0)
-    r = run_window(SpotdPolicy([A, B], s, random.Random(0)), ALT, [A, B], s)
-    assert r.availability == 1.0
+# -- notices ------------------------------------------------------------------------------
+# One zone, target 1: room for 1 until tick 12, none after; 20 ticks, 16 counted (4-19).
+# Round robin ignores notices (it relaunches into the dead zone every tick).
+
+ONE_THEN_NONE = [[1] * 12 + [0] * 8]
+
+
+class Spy:
+    """Wraps a policy and keeps every view it was shown and every decision it made."""
+
+    def __init__(self, policy):  # type: ignore[no-untyped-def]
+        self.policy = policy
+        self.views: list[TickView] = []
+        self.decisions: list[Decision] = []
+
+    def decide(self, view: TickView) -> Decision:
+        self.views.append(view)
+        self.decisions.append(self.policy.decide(view))
+        return self.decisions[-1]
+
+
+def run_one_zone(notice: NoticeModel | None) -> tuple[Spy, WindowResult]:
+    s = setup(20, target=1)
+    spy = Spy(RoundRobinPolicy([A], s, random.Random(0)))
+    return spy, run_window(spy, ONE_THEN_NONE, [A], s, notice=notice)
+
+
+def test_without_notices_the_replica_serves_until_the_zone_takes_it() -> None:
+    _, r = run_one_zone(None)
+    assert r.ready[4:12] == (1,) * 8 and r.ready[12:] == (0,) * 8
+    assert r.availability == 8 / 16
+    assert r.preemptions == 1
+
+
+def test_a_replica_under_notice_is_draining_not_serving() -> None:
+    # a 60 s (2-tick) notice arrives at tick 10; from then the LB sends it nothing, although
+    # the zone only takes it at tick 12: 6 serving ticks, not 8
+    spy, r = run_one_zone(NoticeModel(60.0, 60.0, missed=0.0))
+    assert r.ready[4:10] == (1,) * 6 and r.ready[10:] == (0,) * 10
+    assert r.availability == 6 / 16
+    assert r.preemptions == 1  # counted once, at the notice
+    (notice,) = [e for v in spy.views for e in v.events if e.kind is SimEventKind.NOTICE]
+    assert (notice.tick, notice.deadline) == (10, 12)
+    assert spy.views[10].noticed == frozenset({notice.replica})
+
+
+def test_a_notice_that_never_comes_is_no_notice() -> None:
+    spy, r = run_one_zone(NoticeModel(60.0, 120.0, missed=1.0))
+    assert r.availability == 8 / 16
+    assert not any(e.kind is SimEventKind.NOTICE for v in spy.views for e in v.events)
+
+
+def test_notice_leads_and_misses_are_drawn_from_the_model_and_seeded() -> None:
+    # zone a flips every 10 ticks for 400 ticks: ~20 preemption waves
+    s = setup(400)
+    cap = [alternating(10, 400, up=4, start_up=True), alternating(10, 400, up=4, start_up=False)]
+    model = NoticeModel(30.0, 120.0, missed=0.3)
+
+    def notices(offset: int) -> list[tuple[int, int]]:
+        spy = Spy(RoundRobinPolicy([A, B], s, random.Random(0)))
+        run_window(spy, cap, [A, B], s, offset=offset, notice=model)
+        return [
+            (e.tick, e.deadline)
+            for v in spy.views
+            for e in v.events
+            if e.kind is SimEventKind.NOTICE
+        ]
+
+    first = notices(0)
+    assert first == notices(0)  # the same seed and window: the same notices
+    assert first != notices(1)  # another window draws again
+    assert all(1 <= d - t <= 4 for t, d in first)  # 30-120 s at 30 s ticks
+    assert {d - t for t, d in first} >= {1, 2, 3}
+    r = run_window(RoundRobinPolicy([A, B], s, random.Random(0)), cap, [A, B], s, notice=model)
+    assert 0 < len(first) < r.preemptions  # some came with a notice, some without
+
+
+@pytest.mark.parametrize("policy_cls", [SpotdPolicy, SpotHedgePolicy])
+def test_notice_aware_policies_replace_at_once_and_let_the_noticed_go(policy_cls) -> None:  # type: ignore[no-untyped-def]
+    # as spotd's executor does: the replica under notice drains (terminated within the
+    # tick) and its replacement is launched in the same step
+    s = setup(40)
+    spy = Spy(policy_cls([A, B], s, random.Random(0)))
+    r = run_window(spy, ALT, [A, B], s, notice=NoticeModel(120.0, 120.0, missed=0.0))
+    noticed_at = [v.tick for v in spy.views if v.noticed]
+    assert noticed_at  # every flip announces the replicas in the zone going down
+    for t in noticed_at:
+        view, decision = spy.views[t], spy.decisions[t]
+        assert set(decision.terminate) >= view.noticed
+        assert len(decision.launch) >= len(view.noticed)
+    assert r.preemptions >= 3
+
+
+def test_notices_do_not_hide_a_drop_below_target() -> None:
+    # the old simulator counted a replica under notice as READY and reported 1.0 here
+    s = setup(40)
+    plain = run_window(SpotdPolicy([A, B], s, random.Random(0)), ALT, [A, B], s)
+    noticed = run_window(
+        SpotdPolicy([A, B], s, random.Random(0)),
+        ALT,
+        [A, B],
+        s,
+        notice=NoticeModel(120.0, 120.0, missed=0.0),
+    )
+    assert noticed.availability < 1.0
+    assert noticed.availability >= plain.availability  # the replacement starts earlier
+
+
+# -- single-node traces ---------------------------------------------------------------------
+
+
+def test_binary_traces_read_as_available_unlimited(tmp_path: Path) -> None:
+    # one zone, 0/1 data: as the SpotHedge artifact reads it, a 1 holds any number of
+    # replicas, so round robin keeps its 3 there; read as room for 1, it never reaches 3
+    traces = write_traces(tmp_path / "t", {"us-east-1a": [1] * 40}, gap_seconds=30)
+    unlimited = run_policy("round-robin", traces, setup(20))
+    assert unlimited.availability == 1.0
+    assert unlimited.windows[0].spot_ticks == 48
+    one = run_policy("round-robin", traces, setup(20, binary_unlimited=False))
+    assert one.availability == 0.0
+    assert one.windows[0].spot_ticks == 16
+
+
+def test_policy_names() -> None:
+    assert base_policy("spotd+notice") == ("spotd", True)
+    assert base_policy("omniscient") == ("omniscient", False)
+    with pytest.raises(ValueError, match="unknown policy"):
+        base_policy("round-robin+notice")
 
 
 def test_cost_and_availability_count_the_same_ticks() -> None:
