@@ -1,5 +1,9 @@
 """``python -m spotd.lb --port P --control-port C [--policy least_load] ...``
 
+Policies (``--policy``): round_robin, least_load, power_of_two, prefix_aware (``policy.py``).
+LLM streams on a replica under a preemption notice move to another replica
+``--handoff-margin`` seconds before its deadline (``llmstream.py``).
+
 Runs one load-balancer process: the proxy on ``--host:--port`` and the control API on
 127.0.0.1:``--control-port`` (or under ``/-/`` on the proxy port when ``--control-port`` is
 not given). Several such processes may serve one service (``--reuse-port`` lets them share a
@@ -96,6 +100,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--policy", choices=[x.value for x in Policy], default=Policy.LEAST_LOAD.value)
     p.add_argument(
+        "--prefix-chars",
+        type=int,
+        default=256,
+        help="prefix_aware: prompt characters that make the routing key",
+    )
+    p.add_argument(
+        "--load-factor",
+        type=float,
+        default=1.25,
+        help="prefix_aware: a replica takes at most this times the mean load",
+    )
+    p.add_argument(
+        "--handoff-margin",
+        type=float,
+        default=10.0,
+        help="LLM streams leave a replica under a preemption notice this many seconds "
+        "before its deadline",
+    )
+    p.add_argument(
+        "--no-continue-streams",
+        dest="continue_streams",
+        action="store_false",
+        help="never move LLM streams (and never ask replicas for token ids)",
+    )
+    p.add_argument(
         "--affinity-header",
         default="X-Session-Id",
         help="consistent-hash requests carrying this header ('' to disable)",
@@ -185,6 +214,10 @@ async def serve(args: argparse.Namespace, tls: ssl.SSLContext | None = None) -> 
         report_url=args.report_url,
         report_unix=args.report_unix,
         lb_id=args.lb_id or f"lb-{os.getpid()}",
+        prefix_chars=args.prefix_chars,
+        load_factor=args.load_factor,
+        handoff_margin=args.handoff_margin,
+        continue_streams=args.continue_streams,
     )
     state = LBState(cfg)
     state.api_keys.replace(

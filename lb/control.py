@@ -7,7 +7,8 @@ raises ``ValueError`` (or ``KeyError``/``TypeError`` for a missing or mistyped f
 malformed body.
 
 - ``PUT /-/replicas``: a list of ``ReplicaEntry`` (or ``{"replicas": [...]}``); the answer is
-  a ``ReplicaSetAck``.
+  a ``ReplicaSetAck``. A DRAINING entry with a ``deadline`` (unix time) is a replica under a
+  preemption notice: its LLM streams move to other replicas before then (``llmstream``).
 - ``GET /-/replicas``: a ``ReplicasReport`` (the set with per-replica ``ReplicaReport``
   counters, recent ``Ejection``s, and the requests waiting for a replica).
 - ``GET /-/stats?window=N``: a ``StatsReport`` with per-second ``StatsBucket``s.
@@ -19,6 +20,7 @@ malformed body.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,17 +51,23 @@ class ReplicaEntry:
     id: str
     url: str  # http(s)://host:port
     state: str = READY
+    # a preemption notice: the unix time the replica is reclaimed; its streams move before
+    deadline: float | None = None
 
-    def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "url": self.url, "state": self.state}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "url": self.url, "state": self.state}
+        if self.deadline is not None:
+            out["deadline"] = self.deadline
+        return out
 
 
-def replica_set_json(entries: Sequence[ReplicaEntry]) -> list[dict[str, str]]:
+def replica_set_json(entries: Sequence[ReplicaEntry]) -> list[dict[str, Any]]:
     return [e.to_json() for e in entries]
 
 
 def parse_replica_set(body: Any) -> list[ReplicaEntry]:
-    """``[{id, url, state}]`` or ``{"replicas": [...]}``; ValueError when malformed."""
+    """``[{id, url, state, deadline?}]`` or ``{"replicas": [...]}``; ValueError when
+    malformed."""
     if isinstance(body, Mapping):
         body = body.get("replicas")
     if not isinstance(body, list):
@@ -78,7 +86,21 @@ def parse_replica_set(body: Any) -> list[ReplicaEntry]:
         seen.add(rid)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"replica {rid}: url must be http(s)://host:port")
-        out.append(ReplicaEntry(id=rid, url=url, state=str(item.get("state", READY)).upper()))
+        deadline = item.get("deadline")
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, int | float)
+            or not math.isfinite(deadline)
+        ):
+            raise ValueError(f"replica {rid}: deadline must be a unix time (a number)")
+        out.append(
+            ReplicaEntry(
+                id=rid,
+                url=url,
+                state=str(item.get("state", READY)).upper(),
+                deadline=None if deadline is None else float(deadline),
+            )
+        )
     return out
 
 

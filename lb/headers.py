@@ -63,12 +63,17 @@ def request_headers(request: web.BaseRequest, drop: str | None = None) -> list[t
 
 
 def request_head(
-    request: web.BaseRequest, host_line: bytes, body: Any, drop: bytes | None = None
+    request: web.BaseRequest,
+    host_line: bytes,
+    body: Any,
+    drop: bytes | None = None,
+    path: str | None = None,
 ) -> bytes:
     """The request line and headers for the replica, from the client's raw header bytes:
     hop-by-hop ones (and those ``Connection`` names) dropped, ``Host`` the replica's,
     ``X-Forwarded-For`` extended with the client's address, the body's framing set.
-    ``drop`` (lower case) is one more header to leave out (the client's API key)."""
+    ``drop`` (lower case) is one more header to leave out (the client's API key); ``path``
+    replaces the request's (a stream's continuation may go to another endpoint)."""
     kept: list[tuple[bytes, bytes]] = []
     named: set[bytes] | None = None
     prior: bytes | None = None
@@ -86,7 +91,7 @@ def request_head(
     parts = [
         request.method.encode("ascii"),
         b" ",
-        request.raw_path.encode("utf-8", "surrogateescape"),
+        (request.raw_path if path is None else path).encode("utf-8", "surrogateescape"),
         b" HTTP/1.1\r\n",
         host_line,
     ]

@@ -9,6 +9,13 @@ retried: the client gets what the replica sent, and a replica that dies mid-stre
 client a truncated response (the connection is aborted, not cleanly ended). Retries also need
 a token from the retry budget, and at most ``max_tries`` replicas are tried.
 
+LLM requests are the exception (``continue_streams``, on by default): an OpenAI stream
+(``/v1/completions``, ``/v1/chat/completions``) whose replica fails mid-answer, or whose
+preemption notice runs out, is continued on another replica and spliced into the client's
+stream (``llmstream.py``); a non-streamed one still waiting for its answer when the notice
+runs out is re-sent elsewhere. ``prefix_aware`` routing reads the prompt from the (buffered)
+JSON body (``openai.prefix_key``).
+
 Responses with a known length up to 1 MiB (and not ``text/event-stream``) are read whole and
 sent in one write; everything else — SSE, chunked, large — is streamed chunk by chunk as it
 arrives, with no buffering beyond the socket's.
@@ -25,6 +32,7 @@ Prometheus text only on scrape.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,7 +49,9 @@ from .http1 import (
     UpstreamTimeout,
     host_port,
 )
-from .policy import RequestInfo, pick
+from .llmstream import StreamJob, head_before_notice, relay_stream
+from .openai import LlmRequest, continuable, llm_kind, parse_llm_request, prefix_key, upstream_body
+from .policy import Policy, RequestInfo, pick
 from .pool import UpstreamPool
 from .relay import json_error, relay, relay_fast
 from .state import LBState
@@ -212,10 +222,30 @@ async def _proxy(
     keys = st.api_keys  # the key's header is left out unless forwarded (drop is then None)
     drop, drop_b = keys.drop, keys.drop_b
     key = request.headers.get(cfg.affinity_header) if cfg.affinity_header else None
-    info = _PLAIN if key is None else RequestInfo(session_key=key)
+    llm: LlmRequest | None = None  # an LLM request whose stream may move (or be re-sent)
+    prefix: str | None = None
+    if (
+        method == "POST"
+        and isinstance(body, bytes)
+        and (cfg.continue_streams or cfg.policy is Policy.PREFIX_AWARE)
+        and llm_kind(raw_path) is not None
+    ):
+        parsed = parse_llm_request(raw_path, body)
+        if parsed is not None:
+            if cfg.policy is Policy.PREFIX_AWARE:
+                prefix = prefix_key(parsed, cfg.prefix_chars)
+            if cfg.continue_streams and (not parsed.stream or continuable(parsed)):
+                llm = parsed
+                if parsed.stream and not parsed.wants_ids:  # token ids: exact continuations
+                    body = json.dumps(upstream_body(parsed)).encode()
+    if key is None and prefix is None:
+        info = _PLAIN
+    else:
+        info = RequestInfo(session_key=key, prefix_key=prefix)
     exclude = _NO_EXCLUDE
     last_error = ""
     tries = 0
+    noticed = False
     while True:
         rid = pick(reps.views, reps.stats, info, policy=cfg.policy, state=st.policy_state)
         if rid is None:
@@ -240,7 +270,14 @@ async def _proxy(
                         head_bytes = request_head(request, addr[2], body, drop_b)
                         head_for = addr
                     conn = await pool.acquire(addr[0], addr[1])
-                    uhead = await conn.request(head_bytes, body, method == "HEAD")
+                    if llm is not None and not llm.stream:
+                        got = await head_before_notice(conn, head_bytes, body, st, rid)
+                        if got is None:  # the replica's notice ran out before its answer
+                            noticed = True
+                            continue  # (the finally below counts it out first)
+                        uhead = got
+                    else:
+                        uhead = await conn.request(head_bytes, body, method == "HEAD")
                 except (UpstreamConnectError, UpstreamDisconnected) as e:
                     # refused, timed out connecting, or reset/closed before any response byte
                     err: Exception = e
@@ -249,6 +286,17 @@ async def _proxy(
                 except UpstreamError as e:
                     return json_error(502, f"replica {rid}: {type(e).__name__}: {e}")
                 else:
+                    if (
+                        llm is not None
+                        and llm.stream
+                        and uhead.status == 200
+                        and uhead.content_type.startswith("text/event-stream")
+                    ):
+                        job = StreamJob(request, llm, rid, rstats, prefix, drop_b, set(exclude))
+                        resp = await relay_stream(request, conn, uhead, job, st, pool)
+                        if job.left_first:  # counted out when it moved; the finally does it
+                            rstats.in_flight += 1
+                        return resp
                     return await relay_fast(request, conn, uhead)
             else:
                 if headers is None:
@@ -278,6 +326,11 @@ async def _proxy(
             if conn is not None:
                 pool.release(conn)
             rstats.in_flight -= 1
+            if noticed:  # re-sent elsewhere: no ejection, no retry budget
+                noticed = False
+                st.metrics.notice_retries += 1
+                exclude = exclude | {rid}
+                info = RequestInfo(session_key=key, prefix_key=prefix, exclude=exclude)
 
         # -- the attempt failed before any response byte ------------------------------------
         rstats.failures += 1
@@ -291,4 +344,4 @@ async def _proxy(
             )
         st.metrics.retries += 1
         exclude = exclude | {rid}
-        info = RequestInfo(session_key=key, exclude=exclude)
+        info = RequestInfo(session_key=key, prefix_key=prefix, exclude=exclude)

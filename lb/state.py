@@ -64,6 +64,8 @@ class ReplicaSet:
         self.stats: dict[str, ReplicaStats] = {}
         self.version: int = 0
         self._changed = asyncio.Event()
+        # replica id -> what to call with its notice's deadline (streams that may move)
+        self._watchers: dict[str, set[Callable[[float], None]]] = {}
 
     # -- control plane -------------------------------------------------------------------
     def replace(self, views: Iterable[ReplicaView]) -> None:
@@ -82,6 +84,26 @@ class ReplicaSet:
         self.stats = new_stats
         self.version += 1
         self.notify()
+        for v in new:
+            if v.deadline is not None:
+                for fn in list(self._watchers.get(v.id, ())):
+                    fn(v.deadline)
+
+    def watch(self, replica_id: str, fn: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``fn(deadline)`` when ``replica_id`` gets (or has) a preemption notice; returns
+        the function that stops it."""
+        fns = self._watchers.setdefault(replica_id, set())
+        fns.add(fn)
+        view = self.by_id.get(replica_id)
+        if view is not None and view.deadline is not None:
+            fn(view.deadline)
+
+        def unwatch() -> None:
+            fns.discard(fn)
+            if not fns and self._watchers.get(replica_id) is fns:
+                del self._watchers[replica_id]
+
+        return unwatch
 
     def notify(self) -> None:
         """Wake everything waiting for a replica to become eligible."""
@@ -230,6 +252,9 @@ class Metrics:
         self.queued = 0  # requests that waited for a replica
         self.rejected = 0  # 503s for want of a replica (queue full, timeout, no queue)
         self.unauthorized = 0  # 401s: no valid client API key
+        self.handoffs = 0  # LLM streams continued on another replica
+        self.handoff_failures = 0  # ... that no replica took (the client saw a cut)
+        self.notice_retries = 0  # non-streamed LLM requests re-sent off a noticed replica
         self.in_flight = 0  # requests inside the proxy handler
 
     def observe(self, code: int, seconds: float) -> None:
@@ -290,6 +315,21 @@ class MetricsCollector:
             "Requests answered 401 for want of a valid API key",
             value=m.unauthorized,
         )
+        yield CounterMetricFamily(
+            "spotd_lb_stream_handoffs",
+            "LLM streams continued on another replica (notice or failure)",
+            value=m.handoffs,
+        )
+        yield CounterMetricFamily(
+            "spotd_lb_stream_handoff_failures",
+            "LLM streams that had to move and could not (the client saw a cut)",
+            value=m.handoff_failures,
+        )
+        yield CounterMetricFamily(
+            "spotd_lb_notice_retries",
+            "Non-streamed LLM requests re-sent off a replica whose notice ran out",
+            value=m.notice_retries,
+        )
         yield GaugeMetricFamily("spotd_lb_in_flight", "Requests being proxied", value=m.in_flight)
         g = GaugeMetricFamily(
             "spotd_lb_replica_in_flight", "In-flight requests per replica", labels=["replica"]
@@ -327,6 +367,10 @@ class LBConfig:
     report_unix: str | None = None  # ... through this unix socket (the daemon's API socket)
     lb_id: str = ""
     stats_seconds: int = 600
+    prefix_chars: int = 256  # prefix_aware: the prompt characters that make the routing key
+    load_factor: float = 1.25  # prefix_aware: a replica takes at most this x the mean load
+    handoff_margin: float = 10.0  # streams leave a noticed replica this long before its end
+    continue_streams: bool = True  # LLM streams move off noticed or failing replicas
 
     def __post_init__(self) -> None:
         self.policy = Policy(self.policy)  # accept the plain string too
@@ -347,7 +391,7 @@ class LBState:
         self.config = config
         self.replicas = ReplicaSet()
         self.api_keys = ApiKeyGuard()  # client keys; empty (off) until set
-        self.policy_state = PolicyState(rng=random.Random(rng_seed))
+        self.policy_state = PolicyState(rng=random.Random(rng_seed), load_factor=config.load_factor)
         self.budget = RetryBudget(config.retry_ratio, config.retry_min_per_second)
         self.window = Window(config.stats_seconds)
         self.metrics = Metrics()
@@ -396,13 +440,15 @@ def parse_replicas(body: Any) -> list[ReplicaView]:
     """The pushed set (``control.parse_replica_set``) as the views the policy picks from.
 
     ``state`` READY (default) or DRAINING; any other state (e.g. NOT_READY) is kept as
-    DRAINING-like: present for its in-flight requests, never picked.
+    DRAINING-like: present for its in-flight requests, never picked. A ``deadline`` (a
+    preemption notice) is kept whatever the state.
     """
     return [
         ReplicaView(
             id=e.id,
             url=e.url.rstrip("/"),
             state=ReplicaState.READY if e.state == READY else ReplicaState.DRAINING,
+            deadline=e.deadline,
         )
         for e in parse_replica_set(body)
     ]

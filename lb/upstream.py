@@ -324,6 +324,8 @@ class UpstreamConn(asyncio.Protocol):
     # -- the request ------------------------------------------------------------------
     async def request(self, head: bytes, body: Any, is_head: bool) -> Head:
         """Send ``head`` (and ``body``: bytes, None or an async iterable), wait for the head."""
+        if self.closed:  # closed while idle, after the pool handed it out: nothing was sent
+            raise UpstreamDisconnected("replica closed the connection before the request")
         self._reset_request()
         self._in_request = True
         self._head_req = is_head
@@ -386,6 +388,18 @@ class UpstreamConn(asyncio.Protocol):
                 sink.error(self._body_exc)
             else:
                 sink.done()
+
+    def interrupt(self, exc: BaseException) -> None:
+        """Give up the request whose answer has not begun: ``request`` raises ``exc``, and the
+        connection is dropped (the replica sees the client go)."""
+        fut = self._head_fut
+        self.abort()
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def detach(self) -> None:
+        """No more body to the sink (a stream moving to another replica); then ``abort``."""
+        self._sink = None
 
     def resume(self) -> None:
         if self.transport is not None and not self.closed:

@@ -7,9 +7,13 @@
 - ``POST /v1/completions`` and ``POST /v1/chat/completions``: plain JSON with ``usage``, or
   with ``"stream": true`` SSE chunks ending ``data: [DONE]`` (a usage chunk before it when
   ``stream_options.include_usage``). The text is deterministic: token *i* of a request is
-  ``" t<i>"``; ``max_tokens`` (default ``--tokens``) sets how many;
+  ``" t<i>"``; ``max_tokens`` (default ``--tokens``) sets how many. A request continues an
+  answer as vLLM would (the LB's stream handoff): a prompt ending in ``" t0 t1 t2"``, or a
+  chat whose final assistant message holds them with ``continue_final_message: true``, goes
+  on with ``" t3"`` — so a continued answer equals an uninterrupted one;
 - ``GET /metrics``: ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` (requests
-  over ``--max-running`` wait), ``vllm:request_success_total``;
+  over ``--max-running`` wait), ``vllm:kv_cache_usage_perc`` (running / ``--max-running``),
+  ``vllm:request_success_total``;
 - ``ANY /echo/...``: method, path, query, headers and body digest as JSON (proxy tests);
 - every answer carries ``X-Replica-Id``.
 
@@ -29,6 +33,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +42,8 @@ from typing import Any
 from aiohttp import web
 
 _DONE = b"data: [DONE]\n\n"
+_TOKEN = re.compile(r" t\d+")
+_TRAILING_TOKENS = re.compile(r"(?: t\d+)+$")
 
 
 class Stub:
@@ -65,6 +72,10 @@ class Stub:
         self._slots = asyncio.Semaphore(max_running) if max_running > 0 else None
         self._hdr = {"X-Replica-Id": replica_id}
 
+    def kv_cache_usage(self) -> float:
+        """The KV cache as a batch slot each running request fills (0 when unbounded)."""
+        return min(1.0, self.running / self.max_running) if self.max_running > 0 else 0.0
+
 
 STUB: web.AppKey[Stub] = web.AppKey("stub", Stub)
 
@@ -78,6 +89,19 @@ def _count_prompt_tokens(body: dict[str, Any]) -> int:
         p = body.get("prompt", "")
         text = " ".join(map(str, p)) if isinstance(p, list) else str(p)
     return max(1, len(text.split()))
+
+
+def _continued_from(body: dict[str, Any], *, chat: bool) -> int:
+    """How many tokens of this answer the request already holds (a continuation)."""
+    if chat:
+        msgs = body.get("messages") or []
+        last = msgs[-1] if msgs and isinstance(msgs[-1], dict) else {}
+        if body.get("continue_final_message") and last.get("role") == "assistant":
+            return len(_TOKEN.findall(str(last.get("content") or "")))
+        return 0
+    p = body.get("prompt", "")
+    m = _TRAILING_TOKENS.search(p if isinstance(p, str) else "")
+    return len(_TOKEN.findall(m.group(0))) if m else 0
 
 
 async def _slot(stub: Stub) -> None:
@@ -116,6 +140,7 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         )
     n = body.get("max_tokens") or body.get("max_completion_tokens") or stub.tokens
     n = max(0, int(n))
+    start = _continued_from(body, chat=chat)
     stream = bool(body.get("stream"))
     digest = hashlib.blake2b(raw, digest_size=6).hexdigest()
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{digest}"
@@ -132,7 +157,7 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
     try:
         if not stream:
             await _sleep(stub.latency + stub.token_delay * n)
-            text = "".join(f" t{i}" for i in range(n))
+            text = "".join(f" t{start + i}" for i in range(n))
             if chat:
                 choice: dict[str, Any] = {
                     "index": 0,
@@ -163,7 +188,13 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         await resp.prepare(request)
         await _sleep(stub.latency)
         async for chunk in _chunks(
-            stub, rid=rid, model=model, n=n, chat=chat, usage=usage if include_usage else None
+            stub,
+            rid=rid,
+            model=model,
+            n=n,
+            chat=chat,
+            usage=usage if include_usage else None,
+            start=start,
         ):
             await resp.write(chunk)
         stub.success += 1
@@ -176,7 +207,14 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
 
 
 async def _chunks(
-    stub: Stub, *, rid: str, model: str, n: int, chat: bool, usage: dict[str, int] | None
+    stub: Stub,
+    *,
+    rid: str,
+    model: str,
+    n: int,
+    chat: bool,
+    usage: dict[str, int] | None,
+    start: int = 0,
 ) -> AsyncIterator[bytes]:
     obj = "chat.completion.chunk" if chat else "text_completion"
     head = {"id": rid, "object": obj, "created": stub.created, "model": model}
@@ -201,7 +239,7 @@ async def _chunks(
             yield event(
                 {
                     "index": 0,
-                    "delta": {"content": f" t{i}"},
+                    "delta": {"content": f" t{start + i}"},
                     "logprobs": None,
                     "finish_reason": "length" if last else None,
                 }
@@ -210,7 +248,7 @@ async def _chunks(
             yield event(
                 {
                     "index": 0,
-                    "text": f" t{i}",
+                    "text": f" t{start + i}",
                     "logprobs": None,
                     "finish_reason": "length" if last else None,
                 }
@@ -258,7 +296,7 @@ async def metrics(request: web.Request) -> web.Response:
         f"vllm:num_requests_waiting{label} {float(stub.waiting)}\n"
         "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
         "# TYPE vllm:kv_cache_usage_perc gauge\n"
-        f"vllm:kv_cache_usage_perc{label} 0.0\n"
+        f"vllm:kv_cache_usage_perc{label} {stub.kv_cache_usage()}\n"
         "# HELP vllm:request_success_total Count of successfully processed requests.\n"
         "# TYPE vllm:request_success_total counter\n"
         f"vllm:request_success_total{label} {float(stub.success)}\n"

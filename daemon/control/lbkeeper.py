@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from spotd.aiokit import sleep
 from spotd.config import Settings
+from spotd.control.lb_history import LbHistory
 from spotd.control.serve_config import ServeSettings
 from spotd.lb.control import (
     DRAINING,
@@ -78,9 +79,16 @@ def alive(pid: int | None, ticks: int | None) -> bool:
 
 
 def replica_set(rows: Sequence[ReplicaRow]) -> list[ReplicaEntry]:
-    """The set the LB should hold: replicas with a URL that are READY, NOT_READY or DRAINING."""
+    """The set the LB should hold: replicas with a URL that are READY, NOT_READY or DRAINING;
+    a DRAINING one under a preemption notice carries its deadline (the LB moves its LLM
+    streams to other replicas before then)."""
     return [
-        ReplicaEntry(id=str(r.replica_id), url=r.url, state=LB_STATE[r.status])
+        ReplicaEntry(
+            id=str(r.replica_id),
+            url=r.url,
+            state=LB_STATE[r.status],
+            deadline=r.notice_deadline if r.status == S.DRAINING else None,
+        )
         for r in rows
         if r.status in LB_STATE and r.url
     ]
@@ -121,6 +129,8 @@ class LbKeeper:
         self._keys_pushed: dict[int, ApiKeySet] = {}
         self._tasks: dict[int, tuple[int, Task]] = {}  # service id -> (version, its task)
         self._children: dict[int, asyncio.subprocess.Process] = {}
+        # the dashboard's charts: one sample per five reads of the stats (5 s by default)
+        self.history = LbHistory(every=5 * serve.stats_interval)
 
     def task(self, svc: ServiceRow) -> Task | None:
         """The task of the service's newest version (parsed once per version)."""
@@ -166,8 +176,26 @@ class LbKeeper:
         return ReplicasReport.from_json(await self.get(svc, "/-/replicas"))
 
     async def stats(self, svc: ServiceRow, window: int) -> StatsReport:
-        """The last ``window`` whole seconds of request counts; raises one of ``LB_ERRORS``."""
-        return StatsReport.from_json(await self.get(svc, f"/-/stats?window={window}"))
+        """The last ``window`` whole seconds of request counts; raises one of ``LB_ERRORS``.
+        Every few seconds a read also becomes a sample of ``history`` (with the LB's latency)."""
+        report = StatsReport.from_json(await self.get(svc, f"/-/stats?window={window}"))
+        await self.history.observe(
+            svc.id, report, now=self._clock(), metrics_text=lambda: self._metrics_text(svc)
+        )
+        return report
+
+    async def _metrics_text(self, svc: ServiceRow) -> str | None:
+        """The LB's Prometheus text (its latency histogram); None when it cannot be read."""
+        try:
+            async with self._session().get(
+                f"http://127.0.0.1:{svc.lb_control_port}/metrics",
+                headers={"Authorization": f"Bearer {svc.lb_token}"},
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as r:
+                r.raise_for_status()
+                return await r.text()
+        except LB_ERRORS:
+            return None
 
     async def in_flight(self, svc: ServiceRow) -> Mapping[str, int] | None:
         """Requests in flight per replica id; None when the LB is away."""
@@ -303,8 +331,9 @@ class LbKeeper:
         )
 
     async def stop(self, svc: ServiceRow) -> None:
-        """SIGTERM the LB's process group (SIGKILL after 5 s); forget its set."""
+        """SIGTERM the LB's process group (SIGKILL after 5 s); forget its set and history."""
         self.forget(svc.id)
+        self.history.drop(svc.id)
         child = self._children.pop(svc.id, None)  # gone either way once this returns
         pid, ticks = svc.lb_pid, svc.lb_start_ticks
         if not alive(pid, ticks):

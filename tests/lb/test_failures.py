@@ -142,8 +142,10 @@ async def test_reset_before_response_is_retried_elsewhere(make_lb: LBFactory, up
 async def test_replica_dying_mid_stream_truncates_and_is_not_retried(
     make_lb: LBFactory, stubs
 ) -> None:
+    """Without stream continuation (``--no-continue-streams``; with it, the stream moves:
+    test_stream_continuation.py), a stream whose replica dies is cut, never ended cleanly."""
     dying, other = stubs(2, "--tokens", "200", "--token-delay-ms", "20")
-    lb = await make_lb(policy="round_robin")
+    lb = await make_lb(policy="round_robin", continue_streams=False)
     await lb.put_replicas([dying.as_replica(), other.as_replica()])
     lb.state.policy_state.cursor = 0  # first request -> the first replica
     got = b""

@@ -167,3 +167,145 @@ def test_affinity_retry_goes_elsewhere() -> None:
         state=state,
     )
     assert other not in (None, home)
+
+
+# -- prefix_aware: bounded-load consistent hashing over the prompt's start --------------------
+
+P = Policy.PREFIX_AWARE
+
+
+def prefix(key: str, exclude: frozenset[str] = frozenset()) -> RequestInfo:
+    return RequestInfo(prefix_key=key, exclude=exclude)
+
+
+def test_prefix_aware_same_prefix_same_replica() -> None:
+    state = PolicyState()
+    keys = [f"system prompt {i}" for i in range(40)]
+    load = stats(a=0, b=0, c=0)
+    homes = {k: pick(ABC, load, prefix(k), policy=P, state=state) for k in keys}
+    for k in keys:
+        assert [pick(ABC, load, prefix(k), policy=P, state=state) for _ in range(3)] == [
+            homes[k]
+        ] * 3
+    assert set(homes.values()) == {"a", "b", "c"}  # different prefixes spread
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "expected"),
+    [
+        # bound = ceil(1.25 * (total + 1) / 3)
+        ({"home": 0, "x": 0, "y": 0}, "home"),  # bound 1 (floor 4): home has 0
+        ({"home": 3, "x": 3, "y": 3}, "home"),  # bound 4: everyone under it
+        ({"home": 4, "x": 2, "y": 2}, "second"),  # bound 4: home is full, its second choice
+        ({"home": 9, "second": 9, "x": 0}, "third"),  # bound 8: both full
+        ({"home": 3, "x": 0, "y": 0}, "home"),  # bound 2, but never under the floor of 4
+    ],
+)
+def test_prefix_aware_spills_a_hot_prefix_to_its_next_choice(
+    in_flight: dict[str, int], expected: str
+) -> None:
+    key = "hot system prompt"
+    state = PolicyState()
+    order = sorted("abc", key=lambda r: -_score(key, r))
+    names = {"home": order[0], "second": order[1], "third": order[2]}
+    loads: dict[str, int] = {}
+    others = iter(r for r in order if r not in {names[k] for k in in_flight if k in names})
+    for k, v in in_flight.items():
+        loads[names[k] if k in names else next(others)] = v
+    got = pick(ABC, stats(**loads), prefix(key), policy=P, state=state)
+    assert got == names.get(expected, expected)
+
+
+def _score(key: str, replica: str) -> int:
+    from spotd.lb.policy import _affinity_score
+
+    return _affinity_score(key, replica)
+
+
+def test_prefix_aware_a_hot_prefix_takes_at_most_its_share() -> None:
+    """One prefix, 60 requests arriving while none finishes: its home replica holds at most
+    1.25x the mean, the rest go to the others (not all to one)."""
+    state = PolicyState()
+    load = stats(a=0, b=0, c=0)
+    for _ in range(60):
+        rid = pick(ABC, load, prefix("the hot one"), policy=P, state=state)
+        assert rid is not None
+        load[rid].in_flight += 1
+    counts = {k: v.in_flight for k, v in load.items()}
+    assert max(counts.values()) <= 25  # ceil(1.25 * 60 / 3)
+    assert min(counts.values()) > 0
+
+
+def test_prefix_aware_a_replica_leaving_moves_only_its_keys() -> None:
+    state = PolicyState()
+    four = views(("a", R), ("b", R), ("c", R), ("d", R))
+    keys = [f"prefix-{i}" for i in range(400)]
+    before = {k: pick(four, {}, prefix(k), policy=P, state=state) for k in keys}
+    three = views(("a", R), ("b", R), ("c", D), ("d", R))
+    after = {k: pick(three, {}, prefix(k), policy=P, state=state) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == "c" for k in moved)
+    assert 0.15 < len(moved) / len(keys) < 0.35  # about 1/4
+
+
+def test_prefix_aware_without_a_prefix_is_least_load() -> None:
+    state = PolicyState()
+    assert pick(ABC, stats(a=3, b=0, c=2), RequestInfo(), policy=P, state=state) == "b"
+
+
+def test_prefix_aware_retry_goes_elsewhere_and_session_wins() -> None:
+    state = PolicyState()
+    home = pick(ABC, {}, prefix("k"), policy=P, state=state)
+    assert home is not None
+    assert pick(ABC, {}, prefix("k", frozenset({home})), policy=P, state=state) not in (None, home)
+    by_session = pick(ABC, {}, RequestInfo(session_key="s"), policy=P, state=state)
+    both = RequestInfo(session_key="s", prefix_key="k")
+    assert pick(ABC, {}, both, policy=P, state=state) == by_session
+
+
+@pytest.mark.parametrize(
+    ("deadline", "now", "margin", "delay"),
+    [
+        (1120.0, 1000.0, 10.0, 110.0),  # a 2-minute notice: the replica works 110 s more
+        (1005.0, 1000.0, 10.0, 0.0),  # shorter than the margin: at once
+        (990.0, 1000.0, 10.0, 0.0),  # already past
+        (1030.0, 1000.0, 0.0, 30.0),  # no margin: at the deadline
+    ],
+)
+def test_handoff_delay(deadline: float, now: float, margin: float, delay: float) -> None:
+    from spotd.lb.llmstream import handoff_delay
+
+    assert handoff_delay(deadline, now, margin) == delay
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_prefix_aware_few_prefixes_spread_evenly(seed: int) -> None:
+    """8 system prompts on 2 replicas: 4 and 4, whatever the hash says (pure hashing often
+    gives 6 and 2: one replica's cache thrashes while the other's idles)."""
+    state = PolicyState()
+    two = views(("a", R), ("b", R))
+    keys = [f"system prompt {seed}-{i}" for i in range(8)]
+    homes = {k: pick(two, {}, prefix(k), policy=P, state=state) for k in keys}
+    assert Counter(homes.values()) == {"a": 4, "b": 4}
+    again = {k: pick(two, {}, prefix(k), policy=P, state=state) for k in keys}
+    assert again == homes
+
+
+def test_prefix_aware_a_replica_joining_takes_its_share_and_no_more_moves() -> None:
+    state = PolicyState()
+    keys = [f"prefix-{i}" for i in range(300)]
+    before = {k: pick(ABC, {}, prefix(k), policy=P, state=state) for k in keys}
+    four = views(("a", R), ("b", R), ("c", R), ("d", R))
+    after = {k: pick(four, {}, prefix(k), policy=P, state=state) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(after[k] == "d" for k in moved)  # keys move only to the newcomer
+    assert 60 <= len(moved) <= 80  # about 1/4 of them
+    assert {k: pick(four, {}, prefix(k), policy=P, state=state) for k in keys} == after
+
+
+def test_prefix_aware_remembers_a_bounded_number_of_prefixes() -> None:
+    state = PolicyState(max_homes=10)
+    for i in range(50):
+        pick(ABC, {}, prefix(f"k{i}"), policy=P, state=state)
+    assert len(state.homes) == 10
+    assert sum(state.home_counts.values()) == 10

@@ -4,6 +4,8 @@ Run with the vLLM environment's python (it needs torch, tokenizers and transform
 spotd venv does not have)::
 
     .venv-vllm/bin/python tests/vllm/tiny_model.py OUT_DIR
+    .venv-vllm/bin/python tests/vllm/tiny_model.py OUT_DIR --hidden 512 --heads 8 --layers 4 \
+        --max-positions 2048   # larger, where prefill must cost something (bench/llm_serving.py)
 
 What it writes to OUT_DIR: a byte-level BPE tokenizer trained on a few sentences, wrapped as a
 ``PreTrainedTokenizerFast`` with a chat template, and a randomly initialised (seeded)
@@ -15,7 +17,6 @@ output is random tokens, the same ones every time at temperature 0 — enough fo
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 SENTENCES = [
@@ -47,6 +48,7 @@ def build(
     heads: int = 2,
     layers: int = 2,
     seed: int = 0,
+    max_positions: int = 256,
 ) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -70,7 +72,7 @@ def build(
         unk_token="<unk>",
         pad_token="<pad>",
         chat_template=CHAT_TEMPLATE,
-        model_max_length=256,
+        model_max_length=max_positions,
     )
     fast.save_pretrained(out)
 
@@ -82,7 +84,7 @@ def build(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
@@ -111,6 +113,21 @@ def build(
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} OUT_DIR")
-    print(build(Path(sys.argv[1])))
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--max-positions", type=int, default=256)
+    a = ap.parse_args()
+    print(
+        build(
+            Path(a.out),
+            hidden=a.hidden,
+            heads=a.heads,
+            layers=a.layers,
+            max_positions=a.max_positions,
+        )
+    )

@@ -1,0 +1,260 @@
+"""Splicing OpenAI SSE streams: the events the client gets when its stream moves replicas.
+
+A stream is a sequence of *segments*: the first replica's answer, then — after each handoff
+(``llmstream.py``) — the answer to a continuation request (``openai.continuation``). The
+``Splicer`` sees every complete event (``data: ...\\n\\n``) of every segment, in order, and
+returns what the client should get, so that the client sees one stream:
+
+- every chunk carries the first segment's ``id``, ``object``, ``created`` and ``model``;
+- a continuation's opening role chunk (``delta: {"role": "assistant", "content": ""}``) is
+  dropped: the client had its role already;
+- a chat answer continued on ``/v1/completions`` (by token ids) has its chunks turned back
+  into chat chunks (``text`` -> ``delta.content``);
+- ``usage`` counts the whole answer: the continuation's completion tokens plus those before;
+- ``token_ids``/``prompt_token_ids``, which the LB asks for so it can continue exactly, are
+  removed unless the client asked for them too;
+- a segment is cut only between events, so no text is doubled or lost, and the only
+  ``[DONE]`` the client sees is the last segment's.
+
+The first segment's events pass through as they came (not re-encoded) unless there are ids
+to remove; they are read only when a handoff needs them (``generated``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .openai import Generated
+
+__all__ = ["Splicer", "splice", "split_events"]
+
+DONE = b"data: [DONE]\n\n"
+CLEAN_RUN = 5  # see Splicer.clean_cut
+_SEP = b"\n\n"
+
+
+def split_events(buf: bytes) -> tuple[bytes, bytes]:
+    """``(complete, rest)``: the complete events at the start of ``buf`` and what follows."""
+    k = buf.rfind(_SEP)
+    if k < 0:
+        return b"", buf
+    return buf[: k + 2], buf[k + 2 :]
+
+
+def _data(event: bytes) -> bytes | None:
+    """The ``data:`` payload of one event (None: a comment or another field only)."""
+    out = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(out) if out else None
+
+
+def _encode(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + _SEP
+
+
+class Splicer:
+    """The state of one client stream across its segments (see the module docstring)."""
+
+    def __init__(self, *, chat: bool, keep_ids: bool) -> None:
+        self.chat = chat  # the client asked /v1/chat/completions
+        self.keep_ids = keep_ids  # the client asked for token ids itself
+        self.head: dict[str, Any] | None = None  # id, object, created, model of segment 0
+        self.segment = 0
+        self.as_completions = False  # this segment: completions chunks for a chat client
+        self.tokens_before = 0  # tokens generated before this segment
+        self.done = False  # [DONE] went to the client
+        self.finished = False  # a finish_reason went to the client
+        self._raw: list[bytes] = []  # segment-0 events passed through, not yet read
+        self._text: list[str] = []
+        self._ids: list[int] | None = None
+        self._prompt_ids: tuple[int, ...] | None = None
+        self._prompt_tokens: int | None = None
+        self._tokens = 0
+        self._role_sent = False
+        self._events = 0  # events with a choice, all segments
+        self._clean = 0  # ... of which the last ones whose text is whole characters
+
+    # -- what the client gets --------------------------------------------------------------
+    def feed(self, block: bytes) -> bytes:
+        """``block``: one or more complete events of the current segment -> the bytes for the
+        client (possibly empty)."""
+        if b"data: [DONE]" in block:
+            self.done = True
+        if self.segment == 0 and (self.keep_ids or b'token_ids"' not in block):
+            self._raw.append(block)  # read later, only if the stream moves
+            return block
+        out: list[bytes] = []
+        for event in block.split(_SEP)[:-1]:
+            got = self._event(event + _SEP)
+            if got:
+                out.append(got)
+        return b"".join(out)
+
+    def _event(self, event: bytes) -> bytes | None:
+        payload = _data(event)
+        if payload is None:
+            return event
+        if payload == b"[DONE]":
+            return DONE
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return event
+        if not isinstance(obj, dict) or "error" in obj:
+            return event
+        self._observe(obj)
+        if self.segment == 0:
+            self._strip(obj)
+            return _encode(obj)
+        return self._rewrite(obj)
+
+    def _strip(self, obj: dict[str, Any]) -> None:
+        if self.keep_ids:
+            return
+        obj.pop("prompt_token_ids", None)
+        for c in obj.get("choices") or []:
+            if isinstance(c, dict):
+                c.pop("token_ids", None)
+                c.pop("prompt_token_ids", None)
+
+    def _rewrite(self, obj: dict[str, Any]) -> bytes | None:
+        choices = obj.get("choices") or []
+        out: list[dict[str, Any]] = []
+        for c in choices:
+            if not isinstance(c, dict):
+                continue
+            if self.as_completions:
+                c = {
+                    "index": c.get("index", 0),
+                    "delta": {"content": c.get("text", "")},
+                    "logprobs": None,
+                    "finish_reason": c.get("finish_reason"),
+                    **({"token_ids": c["token_ids"]} if "token_ids" in c else {}),
+                }
+            elif self.chat:
+                delta = c.get("delta")
+                if isinstance(delta, dict) and "role" in delta:
+                    delta = {k: v for k, v in delta.items() if k != "role"}
+                    c = {**c, "delta": delta}
+                    if not delta.get("content") and c.get("finish_reason") is None:
+                        continue  # the continuation's role chunk: the client has its role
+            out.append(c)
+        usage = obj.get("usage")
+        if choices and not out and not usage:
+            return None
+        obj["choices"] = out
+        if self.head is not None:
+            obj.update(self.head)
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            done = self.tokens_before + usage["completion_tokens"]
+            prompt = self._prompt_tokens
+            if prompt is None:
+                prompt = max(0, int(usage.get("prompt_tokens") or 0) - self.tokens_before)
+            obj["usage"] = {**usage, "prompt_tokens": prompt, "completion_tokens": done}
+            obj["usage"]["total_tokens"] = prompt + done
+        self._strip(obj)
+        return _encode(obj)
+
+    # -- what was generated ------------------------------------------------------------------
+    def _observe(self, obj: dict[str, Any]) -> None:
+        if self.head is None and "id" in obj:
+            self.head = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
+        if self.segment == 0:
+            pids = obj.get("prompt_token_ids")
+            if isinstance(pids, list):
+                self._prompt_ids = tuple(pids)
+            usage = obj.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+                self._prompt_tokens = usage["prompt_tokens"]
+        for c in obj.get("choices") or []:
+            if not isinstance(c, dict) or c.get("index", 0) != 0:
+                continue
+            if self.segment == 0 and isinstance(c.get("prompt_token_ids"), list):
+                self._prompt_ids = tuple(c["prompt_token_ids"])
+            delta = c.get("delta")
+            if isinstance(delta, dict):
+                text = delta.get("content") or ""
+                if delta.get("role"):
+                    self._role_sent = True
+            else:
+                text = c.get("text") or ""
+            ids = c.get("token_ids")
+            if isinstance(ids, list):
+                if self._ids is None:
+                    self._ids = []
+                self._ids.extend(ids)
+                self._tokens += len(ids)
+            elif text:
+                self._tokens += 1  # no ids from this server: one token per event
+            if text:
+                self._text.append(text)
+            self._events += 1
+            self._clean = self._clean + 1 if text and "\ufffd" not in text else 0
+            if c.get("finish_reason") is not None:
+                self.finished = True
+        if self._prompt_ids is not None and self._prompt_tokens is None:
+            self._prompt_tokens = len(self._prompt_ids)
+
+    def _read_raw(self) -> None:
+        raw, self._raw = self._raw, []
+        for block in raw:
+            for event in block.split(_SEP)[:-1]:
+                payload = _data(event)
+                if payload is None or payload == b"[DONE]":
+                    continue
+                try:
+                    obj = json.loads(payload)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict) and "error" not in obj:
+                    self._observe(obj)
+
+    def generated(self) -> Generated:
+        """The answer so far (what the client got)."""
+        self._read_raw()
+        return Generated(
+            text="".join(self._text),
+            token_ids=None if self._ids is None else tuple(self._ids),
+            prompt_token_ids=self._prompt_ids,
+            tokens=self._tokens,
+        )
+
+    def clean_cut(self) -> bool:
+        """May the stream be cut here? Only where its last chunks are whole characters.
+
+        vLLM's detokenizer primes itself on the last few prompt tokens (4 to 23 of them) and,
+        when none of those tails decodes cleanly (bytes of a character split over tokens, or
+        invalid ones), emits the whole prompt as text. A continuation's prompt ends with the
+        generated tokens, so the cut waits for ``CLEAN_RUN`` chunks in a row whose text is
+        whole characters (or for a stream that has been clean from its start)."""
+        self._read_raw()
+        return self._clean >= CLEAN_RUN or self._clean == self._events
+
+    def feed_one(self, event: bytes) -> bytes:
+        """One complete event, read at once (while looking for a clean cut)."""
+        self._read_raw()
+        if event == DONE:
+            self.done = True
+            return DONE
+        return self._event(event) or b""
+
+    def begin_continuation(self, *, as_completions: bool) -> None:
+        """The next events come from a continuation request."""
+        self._read_raw()
+        self.segment += 1
+        self.as_completions = as_completions
+        self.tokens_before = self._tokens
+
+
+def splice(
+    segments: list[list[bytes]], *, chat: bool, keep_ids: bool = False, as_completions: bool = False
+) -> bytes:
+    """What the client receives from ``segments`` (each a list of complete events; every
+    segment but the last was cut where the next begins). The pure form of the relay."""
+    sp = Splicer(chat=chat, keep_ids=keep_ids)
+    out: list[bytes] = []
+    for i, seg in enumerate(segments):
+        if i:
+            sp.begin_continuation(as_completions=as_completions)
+        out.extend(sp.feed(e) for e in seg)
+    return b"".join(out)

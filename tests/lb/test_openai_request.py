@@ -1,0 +1,250 @@
+"""What the LB reads in an LLM request: the prefix it routes on, and the request that continues
+a stream elsewhere (tables of request + what was generated -> the continuation)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from spotd.lb.openai import (
+    Generated,
+    LlmKind,
+    continuable,
+    continuation,
+    llm_kind,
+    parse_llm_request,
+    prefix_key,
+)
+
+SYSTEM = "You are a helpful assistant for the spotd project. " * 10  # 510 characters
+
+
+def req(path: str, body: dict[str, Any]) -> Any:
+    parsed = parse_llm_request(path, json.dumps(body).encode())
+    assert parsed is not None
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/v1/completions", LlmKind.COMPLETIONS),
+        ("/v1/chat/completions", LlmKind.CHAT),
+        ("/v1/chat/completions?x=1", LlmKind.CHAT),
+        ("/openai/v1/completions/", LlmKind.COMPLETIONS),
+        ("/v1/embeddings", None),
+        ("/health", None),
+    ],
+)
+def test_llm_kind(path: str, kind: LlmKind | None) -> None:
+    assert llm_kind(path) is kind
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[1, 2]", b'"text"'],
+    ids=["empty", "not-json", "a-list", "a-string"],
+)
+def test_unreadable_bodies_are_not_llm_requests(body: bytes) -> None:
+    assert parse_llm_request("/v1/completions", body) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        # a long shared system prompt: the same key whatever the user asks
+        (
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": "one"},
+                ],
+            },
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": "two"},
+                ],
+            },
+            True,
+        ),
+        # another system prompt: another key
+        (
+            {"model": "m", "messages": [{"role": "system", "content": SYSTEM}]},
+            {"model": "m", "messages": [{"role": "system", "content": "Be terse. " + SYSTEM}]},
+            False,
+        ),
+        # content as parts reads as the same text
+        (
+            {"model": "m", "messages": [{"role": "system", "content": SYSTEM}]},
+            {
+                "model": "m",
+                "messages": [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]}],
+            },
+            True,
+        ),
+        # another model never shares a cache
+        (
+            {"model": "m", "prompt": SYSTEM + "q1"},
+            {"model": "other", "prompt": SYSTEM + "q1"},
+            False,
+        ),
+        # completions: the prompt's start
+        ({"model": "m", "prompt": SYSTEM + "q1"}, {"model": "m", "prompt": SYSTEM + "q2"}, True),
+        ({"model": "m", "prompt": "short one"}, {"model": "m", "prompt": "short two"}, False),
+        # token-id prompts: their first ids
+        (
+            {"model": "m", "prompt": list(range(200))},
+            {"model": "m", "prompt": [*range(100), 7]},
+            True,
+        ),
+    ],
+)
+def test_prefix_key(a: dict[str, Any], b: dict[str, Any], same: bool) -> None:
+    path = "/v1/chat/completions" if "messages" in a else "/v1/completions"
+    ka, kb = prefix_key(req(path, a), 256), prefix_key(req(path, b), 256)
+    assert ka is not None and kb is not None
+    assert (ka == kb) is same
+
+
+def test_no_prompt_no_prefix() -> None:
+    assert prefix_key(req("/v1/chat/completions", {"model": "m", "messages": []}), 256) is None
+    assert prefix_key(req("/v1/completions", {"model": "m"}), 256) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "ok"),
+    [
+        ("/v1/completions", {"prompt": "x", "stream": True}, True),
+        ("/v1/completions", {"prompt": ["x"], "stream": True}, True),
+        ("/v1/completions", {"prompt": [1, 2, 3], "stream": True}, True),
+        ("/v1/completions", {"prompt": ["x", "y"], "stream": True}, False),  # a batch
+        ("/v1/completions", {"prompt": "x", "stream": True, "n": 2}, False),
+        ("/v1/completions", {"prompt": "x"}, False),  # not a stream
+        ("/v1/chat/completions", {"messages": [], "stream": True}, True),
+    ],
+)
+def test_continuable(path: str, body: dict[str, Any], ok: bool) -> None:
+    assert continuable(req(path, body)) is ok
+
+
+IDS = Generated(text=" b c", token_ids=(8, 9), prompt_token_ids=(1, 2, 3), tokens=2)
+TEXT = Generated(text=" t0 t1 t2", tokens=3)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "gen", "want_path", "want", "as_completions"),
+    [
+        # completions with the replica's ids: prompt ids + generated ids, max_tokens shrinks
+        (
+            "/v1/completions",
+            {"model": "m", "prompt": "a", "max_tokens": 10, "stream": True, "echo": True},
+            IDS,
+            "/v1/completions",
+            {"model": "m", "prompt": [1, 2, 3, 8, 9], "max_tokens": 8, "stream": True},
+            False,
+        ),
+        # completions without ids: the text is appended; no max_tokens means OpenAI's 16
+        (
+            "/v1/completions",
+            {"model": "m", "prompt": "hi", "stream": True},
+            TEXT,
+            "/v1/completions",
+            {"model": "m", "prompt": "hi t0 t1 t2", "max_tokens": 13, "stream": True},
+            False,
+        ),
+        # chat without ids: the partial assistant message, continued
+        (
+            "/v1/chat/completions",
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "q"}],
+                "max_tokens": 5,
+                "stream": True,
+            },
+            TEXT,
+            "/v1/chat/completions",
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": " t0 t1 t2"},
+                ],
+                "max_tokens": 2,
+                "stream": True,
+                "continue_final_message": True,
+                "add_generation_prompt": False,
+            },
+            False,
+        ),
+        # chat with ids: on /v1/completions by token ids, sampling kept, chat-only fields not
+        (
+            "/v1/chat/completions",
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "q"}],
+                "max_completion_tokens": 6,
+                "temperature": 0,
+                "seed": 3,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            IDS,
+            "/v1/completions",
+            {
+                "model": "m",
+                "prompt": [1, 2, 3, 8, 9],
+                "max_tokens": 4,
+                "temperature": 0,
+                "seed": 3,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "return_token_ids": True,
+            },
+            True,
+        ),
+        # chat with tools cannot become a completions request: it continues as chat
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [], "tools": [], "stream": True},
+            IDS,
+            "/v1/chat/completions",
+            {
+                "model": "m",
+                "messages": [{"role": "assistant", "content": " b c"}],
+                "tools": [],
+                "stream": True,
+                "continue_final_message": True,
+                "add_generation_prompt": False,
+            },
+            False,
+        ),
+        # nothing generated yet (still in prefill): the same request again
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": "q"}], "stream": True},
+            Generated(),
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": "q"}], "stream": True},
+            False,
+        ),
+    ],
+)
+def test_continuation(
+    path: str,
+    body: dict[str, Any],
+    gen: Generated,
+    want_path: str,
+    want: dict[str, Any],
+    as_completions: bool,
+) -> None:
+    assert continuation(req(path, body), gen) == (want_path, want, as_completions)
+
+
+def test_a_token_id_prompt_without_ids_back_cannot_continue() -> None:
+    with pytest.raises(ValueError, match="token ids"):
+        continuation(req("/v1/completions", {"prompt": [1, 2], "stream": True}), TEXT)

@@ -1,0 +1,246 @@
+"""The SSE splice as a pure function: segments of replica events in, the client's stream out.
+
+What a client must see when its stream moved: one ``id``/``created``/``model`` throughout, the
+text of every segment once and in order, no second role chunk, usage for the whole answer,
+no token ids it did not ask for, and one ``[DONE]`` at the end."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from spotd.lb.openai import Generated
+from spotd.lb.sse import Splicer, splice, split_events
+
+
+def ev(obj: dict[str, Any] | str) -> bytes:
+    if isinstance(obj, str):
+        return f"data: {obj}\n\n".encode()
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def cmpl(
+    rid: str, text: str, *, finish: str | None = None, ids: list[int] | None = None, **kw: Any
+) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    if ids is not None:
+        choice["token_ids"] = ids
+    choice.update(kw.pop("choice", {}))
+    return ev(
+        {
+            "id": rid,
+            "object": "text_completion",
+            "created": kw.pop("created", 1),
+            "model": "m",
+            "choices": [choice],
+            **kw,
+        }
+    )
+
+
+def chat(
+    rid: str,
+    delta: dict[str, Any],
+    *,
+    finish: str | None = None,
+    created: int = 1,
+    ids: list[int] | None = None,
+    **kw: Any,
+) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    if ids is not None:
+        choice["token_ids"] = ids
+    return ev(
+        {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": "m",
+            "choices": [choice],
+            **kw,
+        }
+    )
+
+
+def client_events(out: bytes) -> list[Any]:
+    blocks, rest = split_events(out)
+    assert rest == b""
+    got: list[Any] = []
+    for e in blocks.split(b"\n\n")[:-1]:
+        payload = e.removeprefix(b"data: ")
+        got.append("[DONE]" if payload == b"[DONE]" else json.loads(payload))
+    return got
+
+
+def text_of(events: list[Any]) -> str:
+    out = []
+    for e in events:
+        if e == "[DONE]":
+            continue
+        for c in e["choices"]:
+            out.append(c["text"] if "text" in c else c["delta"].get("content") or "")
+    return "".join(out)
+
+
+def test_completions_continued_reads_as_one_stream() -> None:
+    first = [cmpl("cmpl-A", " t0", created=10), cmpl("cmpl-A", " t1", created=10)]
+    second = [
+        cmpl("cmpl-B", " t2", created=99),
+        cmpl("cmpl-B", " t3", finish="length", created=99),
+        ev("[DONE]"),
+    ]
+    got = client_events(splice([first, second], chat=False))
+    assert text_of(got) == " t0 t1 t2 t3"
+    assert {(e["id"], e["created"]) for e in got if e != "[DONE]"} == {("cmpl-A", 10)}
+    assert got.count("[DONE]") == 1 and got[-1] == "[DONE]"
+
+
+def test_chat_continuation_drops_the_second_role_chunk() -> None:
+    first = [chat("c-A", {"role": "assistant", "content": ""}), chat("c-A", {"content": "Hel"})]
+    second = [
+        chat("c-B", {"role": "assistant", "content": ""}, created=7),
+        chat("c-B", {"content": "lo"}, created=7),
+        chat("c-B", {"content": "!"}, finish="stop", created=7),
+        ev("[DONE]"),
+    ]
+    got = client_events(splice([first, second], chat=True))
+    roles = [
+        e for e in got if e != "[DONE]" and e["choices"] and "role" in e["choices"][0]["delta"]
+    ]
+    assert len(roles) == 1
+    assert text_of(got) == "Hello!"
+    assert {e["id"] for e in got if e != "[DONE]"} == {"c-A"}
+    assert got[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_chat_continued_on_completions_becomes_chat_chunks_again() -> None:
+    first = [
+        chat("c-A", {"role": "assistant", "content": ""}, prompt_token_ids=[1, 2]),
+        chat("c-A", {"content": "ab"}),
+    ]
+    second = [
+        cmpl("cmpl-X", "cd", ids=[5]),
+        cmpl("cmpl-X", "e", ids=[6], finish="length"),
+        ev("[DONE]"),
+    ]
+    got = client_events(splice([first, second], chat=True, as_completions=True))
+    assert text_of(got) == "abcde"
+    for e in got[:-1]:
+        assert e["object"] == "chat.completion.chunk" and e["id"] == "c-A"
+        assert "text" not in e["choices"][0] and "token_ids" not in e["choices"][0]
+        assert "prompt_token_ids" not in e
+    assert got[-2]["choices"][0] == {
+        "index": 0,
+        "delta": {"content": "e"},
+        "logprobs": None,
+        "finish_reason": "length",
+    }
+
+
+@pytest.mark.parametrize(
+    ("keep_ids", "expect_ids"), [(False, False), (True, True)], ids=["stripped", "kept"]
+)
+def test_token_ids_reach_the_client_only_when_it_asked(keep_ids: bool, expect_ids: bool) -> None:
+    first = [cmpl("cmpl-A", " a", ids=[7], choice={"prompt_token_ids": [1, 2, 3]})]
+    second = [cmpl("cmpl-B", " b", ids=[8], finish="length"), ev("[DONE]")]
+    got = client_events(splice([first, second], chat=False, keep_ids=keep_ids))
+    for e in got[:-1]:
+        assert ("token_ids" in e["choices"][0]) is expect_ids
+        assert ("prompt_token_ids" in e["choices"][0]) is (expect_ids and e is got[0])
+
+
+def test_usage_counts_the_whole_answer() -> None:
+    first = [
+        cmpl("cmpl-A", " t0", ids=[4], choice={"prompt_token_ids": [1, 2, 3]}),
+        cmpl("cmpl-A", " t1", ids=[5]),
+    ]
+    usage = {
+        "prompt_tokens": 5,
+        "completion_tokens": 2,
+        "total_tokens": 7,
+    }  # prompt = 3 + 2 carried
+    second = [
+        cmpl("cmpl-B", " t2", ids=[6]),
+        cmpl("cmpl-B", " t3", ids=[7], finish="length"),
+        ev(
+            {
+                "id": "cmpl-B",
+                "object": "text_completion",
+                "created": 2,
+                "model": "m",
+                "choices": [],
+                "usage": usage,
+            }
+        ),
+        ev("[DONE]"),
+    ]
+    got = client_events(splice([first, second], chat=False))
+    assert got[-2]["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def test_three_segments_two_handoffs() -> None:
+    segs = [
+        [cmpl("A", " t0")],
+        [cmpl("B", " t1")],
+        [cmpl("C", " t2", finish="length"), ev("[DONE]")],
+    ]
+    got = client_events(splice(segs, chat=False))
+    assert text_of(got) == " t0 t1 t2"
+    assert {e["id"] for e in got[:-1]} == {"A"}
+
+
+def test_first_segment_passes_through_byte_for_byte() -> None:
+    raw = b'data: {"id":"x", "choices":[{"index":0,"text":" hi","finish_reason":null}]}\n\n'
+    sp = Splicer(chat=False, keep_ids=False)
+    assert sp.feed(raw) == raw  # no ids to strip: not re-encoded
+    assert sp.generated() == Generated(text=" hi", tokens=1)
+
+
+def test_generated_carries_ids_and_counts_tokens_by_ids() -> None:
+    sp = Splicer(chat=True, keep_ids=False)
+    sp.feed(chat("c", {"role": "assistant", "content": ""}, prompt_token_ids=[1, 2]))
+    sp.feed(chat("c", {"content": "ab"}, ids=[9, 10]))
+    g = sp.generated()
+    assert g == Generated(text="ab", token_ids=(9, 10), prompt_token_ids=(1, 2), tokens=2)
+
+
+@pytest.mark.parametrize(
+    ("buf", "complete", "rest"),
+    [
+        (b"", b"", b""),
+        (b"data: 1\n\ndata: 2", b"data: 1\n\n", b"data: 2"),
+        (b"data: 1\n\ndata: 2\n\n", b"data: 1\n\ndata: 2\n\n", b""),
+        (b"data: par", b"", b"data: par"),
+    ],
+)
+def test_split_events_cuts_only_between_events(buf: bytes, complete: bytes, rest: bytes) -> None:
+    assert split_events(buf) == (complete, rest)
+
+
+def test_done_and_finish_are_noticed() -> None:
+    sp = Splicer(chat=False, keep_ids=False)
+    sp.feed(cmpl("A", " x", finish="stop"))
+    assert not sp.done
+    sp.generated()
+    assert sp.finished
+    sp.feed(ev("[DONE]"))
+    assert sp.done
+
+
+@pytest.mark.parametrize(
+    ("texts", "clean"),
+    [
+        ([], True),  # nothing generated: cut anywhere
+        (["a", "b"], True),  # clean from the start
+        (["a", "\ufffd", "b", "c"], False),  # a broken character, then too few whole ones
+        (["\ufffd", "a", "b", "c", "d", "e"], True),  # five whole ones since
+        (["a", "", "b"], False),  # bytes held back (empty text) count as broken
+    ],
+)
+def test_a_cut_waits_for_whole_characters(texts: list[str], clean: bool) -> None:
+    sp = Splicer(chat=False, keep_ids=False)
+    for t in texts:
+        sp.feed(cmpl("A", t, ids=[1]))
+    assert sp.clean_cut() is clean
