@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -48,6 +51,76 @@ class DaemonMetrics:
         self.log_followers = Gauge(
             "spotd_log_followers", "Log streams being followed (?follow=1) right now", registry=r
         )
+        # the autoscaler's signals per service (control.scaling), set where a policy reads them
+        self.service_qps = Gauge(
+            "spotd_service_qps",
+            "Requests per second over the autoscaler's window",
+            ["service"],
+            registry=r,
+        )
+        self.service_waiting = Gauge(
+            "spotd_service_requests_waiting",
+            "Requests waiting: the READY replicas' vllm:num_requests_waiting plus the LB's queue",
+            ["service"],
+            registry=r,
+        )
+        self.service_running = Gauge(
+            "spotd_service_requests_running",
+            "The READY replicas' vllm:num_requests_running, summed",
+            ["service"],
+            registry=r,
+        )
+        self.service_kv_cache = Gauge(
+            "spotd_service_kv_cache_usage",
+            "The READY replicas' KV-cache usage (0-1), averaged",
+            ["service"],
+            registry=r,
+        )
+        self.service_wanted = Gauge(
+            "spotd_service_autoscaler_wanted_replicas",
+            "Replicas each configured autoscaling target asks for (before bounds and delays)",
+            ["service", "signal"],
+            registry=r,
+        )
+        self._wanted_labels: set[tuple[str, str]] = set()
+
+    def set_service_load(
+        self,
+        service: str,
+        *,
+        qps: float,
+        waiting: float | None,
+        running: float | None,
+        kv_cache_usage: float | None,
+        wanted: Mapping[str, int],
+    ) -> None:
+        """One read of a service's autoscaling signals; None: not read this time."""
+        self.service_qps.labels(service).set(qps)
+        for gauge, value in (
+            (self.service_waiting, waiting),
+            (self.service_running, running),
+            (self.service_kv_cache, kv_cache_usage),
+        ):
+            if value is not None:
+                gauge.labels(service).set(value)
+        for signal, n in wanted.items():
+            self.service_wanted.labels(service, signal).set(n)
+            self._wanted_labels.add((service, signal))
+
+    def forget_service(self, service: str) -> None:
+        """Drop a gone service's series (a service name can be reused)."""
+        for gauge in (
+            self.service_qps,
+            self.service_waiting,
+            self.service_running,
+            self.service_kv_cache,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(service)
+        for labels in [x for x in self._wanted_labels if x[0] == service]:
+            self._wanted_labels.discard(labels)
+            with contextlib.suppress(KeyError):
+                self.service_wanted.remove(*labels)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

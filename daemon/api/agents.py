@@ -60,6 +60,7 @@ class Heartbeat(Body):
     log_offset: int = Field(ge=0, le=2**63 - 1)
     log_b64: str = ""
     checkpoint_synced_at: EpochSeconds | None = None
+    checkpoint_progress: float | None = Field(default=None, ge=0.0, le=1.0)  # that snapshot's
     gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
 
 
@@ -108,6 +109,18 @@ def _log_data(body: Heartbeat) -> bytes:
         raise ApiError(400, f"log_b64 is not base64: {exc}") from exc
 
 
+def _replica_gpus(body: Heartbeat) -> list[gpu.GpuSample] | None:
+    """A replica's GPU samples for the autoscaler's ``target_gpu_utilization`` (None: the
+    agent said nothing about GPUs, or said it badly: the heartbeat matters more)."""
+    if "gpus" not in body.model_fields_set:
+        return None
+    try:
+        return gpu.parse_samples(body.gpus)
+    except ValueError as exc:
+        log.warning("bad GPU samples in heartbeat", key=body.key, error=str(exc))
+        return None
+
+
 async def heartbeat(request: web.Request) -> web.Response:
     """An agent's phase, exit code, notice, GPU samples and the next slice of its log; the
     answer says how much of the log the daemon holds."""
@@ -123,6 +136,7 @@ async def heartbeat(request: web.Request) -> web.Response:
             notice_deadline=body.notice_deadline,
             log_offset=body.log_offset,
             log_data=_log_data(body),
+            gpus=_replica_gpus(body),
         )
         if acked is None:
             return json_error(401, "unknown replica or wrong agent token")
@@ -134,7 +148,10 @@ async def heartbeat(request: web.Request) -> web.Response:
     data = _log_data(body)
     settings = request.app[SETTINGS]
     path = settings.logs_dir / row.attempt_id / f"node-{row.node_rank}.log"
-    offset = await asyncio.to_thread(append_log, path, body.log_offset, data)
+    if data or body.log_offset != row.log_offset:
+        offset = await asyncio.to_thread(append_log, path, body.log_offset, data)
+    else:  # a keep-alive with no log: nothing to write, the daemon holds what it held
+        offset = row.log_offset
     phase = body.phase if body.phase in _PHASES else None
     gpus_json = None
     if "gpus" in body.model_fields_set:  # an agent that says nothing about GPUs: leave as is
@@ -150,8 +167,13 @@ async def heartbeat(request: web.Request) -> web.Response:
         notice_deadline=body.notice_deadline,
         gpus_json=gpus_json,
     )
-    await store.set_log_offset(body.key, offset)
+    if offset != row.log_offset:
+        await store.set_log_offset(body.key, offset)
     request.app[METRICS].heartbeats.inc()
+    synced_at, progress = body.checkpoint_synced_at, body.checkpoint_progress
+    if synced_at is not None and progress is not None:  # DEADLINE paces itself by it
+        attempt = int(row.attempt_id.rsplit("-a", 1)[1])
+        await request.app[CONTROLLER].checkpointed(row.job_id, attempt, progress, synced_at)
     if (
         phase != row.phase
         or body.exit_code != row.exit_code

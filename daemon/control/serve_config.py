@@ -56,4 +56,7 @@ def autoscale_policy(spec: ServiceSpec) -> AutoscalePolicy:
         base_ondemand_fallback_replicas=p.base_ondemand_fallback_replicas,
         dynamic_ondemand_fallback=p.dynamic_ondemand_fallback,
         num_overprovision=p.num_overprovision,
+        target_queue_per_replica=p.target_queue_per_replica,
+        target_kv_cache_usage=p.target_kv_cache_usage,
+        target_gpu_utilization=p.target_gpu_utilization,
     )

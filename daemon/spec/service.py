@@ -43,6 +43,9 @@ class LoadBalancingPolicy(enum.StrEnum):
     ROUND_ROBIN = "round_robin"  # one replica after the other
     LEAST_LOAD = "least_load"  # fewest in-flight requests (SkyServe's default)
     POWER_OF_TWO = "power_of_two"  # two random replicas, fewer in-flight wins
+    # LLM prompts that start the same go to the same replica (its prefix cache), under a load
+    # bound (vLLM production-stack's `prefixaware`)
+    PREFIX_AWARE = "prefix_aware"
 
 
 # other spellings users write, and SkyServe's older names
@@ -52,6 +55,9 @@ _LB_POLICY_ALIASES: Mapping[str, str] = types.MappingProxyType(
         "p2c": "power_of_two",
         "least_loaded": "least_load",
         "roundrobin": "round_robin",
+        "prefixaware": "prefix_aware",  # vLLM production-stack's --routing-logic name
+        "prefix": "prefix_aware",
+        "leastload": "least_load",
     }
 )
 
@@ -123,11 +129,21 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 
 class ReplicaPolicy(SpecModel):
-    """SkyServe's ``replica_policy``; ``max_replicas`` None means ``min_replicas``."""
+    """SkyServe's ``replica_policy``; ``max_replicas`` None means ``min_replicas``.
+
+    The targets beyond SkyServe's QPS are what saturates an LLM server (read from each READY
+    replica's Prometheus ``/metrics``; see ``spotd.serve.autoscaler`` and docs/serving.md):
+    ``target_queue_per_replica`` (waiting requests per replica), ``target_kv_cache_usage``
+    (0–1) and ``target_gpu_utilization`` (percent; weak for LLM servers). The most demanding
+    target wins.
+    """
 
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int | None = Field(default=None, ge=0)
-    target_qps_per_replica: float | None = Field(default=None, gt=0)
+    target_qps_per_replica: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    target_queue_per_replica: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    target_kv_cache_usage: float | None = Field(default=None, gt=0, le=1)
+    target_gpu_utilization: float | None = Field(default=None, gt=0, le=100)
     upscale_delay_seconds: float = Field(default=300.0, ge=0)
     downscale_delay_seconds: float = Field(default=1200.0, ge=0)
     base_ondemand_fallback_replicas: int = Field(default=0, ge=0)
@@ -142,9 +158,17 @@ class ReplicaPolicy(SpecModel):
                 f"max_replicas ({top}) is below min_replicas ({self.min_replicas})",
                 ("max_replicas",),
             )
-        if top is not None and top > self.min_replicas and self.target_qps_per_replica is None:
+        targets = (
+            self.target_qps_per_replica,
+            self.target_queue_per_replica,
+            self.target_kv_cache_usage,
+            self.target_gpu_utilization,
+        )
+        if top is not None and top > self.min_replicas and all(t is None for t in targets):
             raise spotd_error(
-                "max_replicas above min_replicas needs target_qps_per_replica to autoscale on",
+                "max_replicas above min_replicas needs target_qps_per_replica (or "
+                "target_queue_per_replica, target_kv_cache_usage, target_gpu_utilization) "
+                "to autoscale on",
                 ("max_replicas",),
             )
         return self

@@ -9,9 +9,12 @@ import pytest
 from spotd.serve.autoscaler import (
     AutoscalePolicy,
     AutoscaleState,
+    ReplicaLoad,
     RequestWindow,
+    Signal,
     _raw_target,
     autoscale,
+    wanted,
 )
 
 WINDOW = 60.0
@@ -263,6 +266,12 @@ def test_initial_state_is_min_replicas() -> None:
         {"min_replicas": 3, "max_replicas": 2},
         {"target_qps_per_replica": None},
         {"target_qps_per_replica": 0},
+        {"target_queue_per_replica": 0},
+        {"target_queue_per_replica": -2},
+        {"target_kv_cache_usage": 0},
+        {"target_kv_cache_usage": 1.5},
+        {"target_gpu_utilization": 120},
+        {"target_qps_per_replica": None, "target_kv_cache_usage": None},
         {"upscale_delay_seconds": -1},
         {"num_overprovision": -1},
         {"base_ondemand_fallback_replicas": -1},
@@ -276,3 +285,244 @@ def test_invalid_policies_are_refused(kw: dict[str, object]) -> None:
 def test_invalid_window_is_refused() -> None:
     with pytest.raises(ValueError):
         RequestWindow((), 0)
+
+
+# -- the LLM-server signals: queue depth, KV-cache usage, GPU utilisation -----------------------
+
+
+def llm_policy(**kw: object) -> AutoscalePolicy:
+    base: dict[str, object] = {
+        "min_replicas": 1,
+        "max_replicas": 10,
+        "target_qps_per_replica": 2,
+        "target_queue_per_replica": 4,
+    }
+    return AutoscalePolicy(**{**base, **kw})
+
+
+# (label, policy overrides, QPS, load, current target, {signal: replicas it asks for}, winner)
+WANTED = [
+    (
+        "long generations at 0.5 requests/s: QPS asks 1, one replica with 8 running and 24 "
+        "waiting asks ceil(32 / (8 + 4)) = 3",
+        {},
+        0.5,
+        ReplicaLoad(replicas=1, running=8, waiting=24),
+        1,
+        {Signal.QPS: 1, Signal.QUEUE: 3},
+        Signal.QUEUE,
+    ),
+    (
+        "a queue at the target per replica asks for no more replicas",
+        {},
+        0.5,
+        ReplicaLoad(replicas=2, running=16, waiting=8),
+        2,
+        {Signal.QPS: 1, Signal.QUEUE: 2},
+        Signal.QUEUE,
+    ),
+    (
+        "one request over the target per replica asks for one more",
+        {},
+        0.5,
+        ReplicaLoad(replicas=2, running=16, waiting=9),
+        2,
+        {Signal.QPS: 1, Signal.QUEUE: 3},
+        Signal.QUEUE,
+    ),
+    (
+        "the queue drained after an upscale: 10 running on each of 3 still hold 3, not 0",
+        {},
+        0.5,
+        ReplicaLoad(replicas=3, running=30, waiting=0),
+        3,
+        {Signal.QPS: 1, Signal.QUEUE: 3},
+        Signal.QUEUE,
+    ),
+    (
+        "8 running on each of 3, no queue: 2 would run 16 and keep 4 waiting each (at target)",
+        {},
+        0.5,
+        ReplicaLoad(replicas=3, running=24, waiting=0),
+        3,
+        {Signal.QPS: 1, Signal.QUEUE: 2},
+        Signal.QUEUE,
+    ),
+    (
+        "idle replicas: the queue signal asks for none",
+        {},
+        0.0,
+        ReplicaLoad(replicas=2),
+        2,
+        {Signal.QPS: 0, Signal.QUEUE: 0},
+        Signal.QPS,
+    ),
+    (
+        "short requests at high QPS, no queue: QPS wins",
+        {},
+        9.0,
+        ReplicaLoad(replicas=2, running=2, waiting=0),
+        2,
+        {Signal.QPS: 5, Signal.QUEUE: 1},
+        Signal.QPS,
+    ),
+    (
+        "scaled to zero, 6 requests held by the LB: ceil(6 / 4) = 2",
+        {},
+        0.0,
+        ReplicaLoad(replicas=0, waiting=6),
+        0,
+        {Signal.QPS: 0, Signal.QUEUE: 2},
+        Signal.QUEUE,
+    ),
+    (
+        "both replicas preempted and restarting, 40 held by the LB: hold 2, not ceil(40/4)",
+        {},
+        0.0,
+        ReplicaLoad(replicas=0, waiting=40),
+        2,
+        {Signal.QPS: 0, Signal.QUEUE: 2},
+        Signal.QUEUE,
+    ),
+    (
+        "no replica answered its /metrics: the replica-side targets hold the current target",
+        {"target_kv_cache_usage": 0.5, "target_gpu_utilization": 80},
+        0.5,
+        None,
+        4,
+        {Signal.QPS: 1, Signal.QUEUE: 4, Signal.KV_CACHE: 4, Signal.GPU: 4},
+        Signal.QUEUE,
+    ),
+    (
+        "KV-cache 0.9 on 2 replicas, target 0.6: ceil(1.8 / 0.6) = 3",
+        {"target_queue_per_replica": None, "target_kv_cache_usage": 0.6},
+        0.5,
+        ReplicaLoad(replicas=2, running=4, kv_cache_usage=1.8),
+        2,
+        {Signal.QPS: 1, Signal.KV_CACHE: 3},
+        Signal.KV_CACHE,
+    ),
+    (
+        "KV-cache 0.2 on 2 replicas, target 0.6: 1",
+        {"target_queue_per_replica": None, "target_kv_cache_usage": 0.6},
+        0.0,
+        ReplicaLoad(replicas=2, running=1, kv_cache_usage=0.4),
+        2,
+        {Signal.QPS: 0, Signal.KV_CACHE: 1},
+        Signal.KV_CACHE,
+    ),
+    (
+        "GPU at 95 % on 2 replicas, target 60 %: ceil(190 / 60) = 4",
+        {"target_queue_per_replica": None, "target_gpu_utilization": 60},
+        0.5,
+        ReplicaLoad(replicas=2, gpu_utilization=190),
+        2,
+        {Signal.QPS: 1, Signal.GPU: 4},
+        Signal.GPU,
+    ),
+    (
+        "GPU target on replicas that report no GPU: hold",
+        {"target_queue_per_replica": None, "target_gpu_utilization": 60},
+        0.5,
+        ReplicaLoad(replicas=2),
+        2,
+        {Signal.QPS: 1, Signal.GPU: 2},
+        Signal.GPU,
+    ),
+    (
+        "queue alone (no QPS target): the most demanding of one",
+        {"target_qps_per_replica": None},
+        0.5,
+        ReplicaLoad(replicas=1, running=8, waiting=24),
+        1,
+        {Signal.QUEUE: 3},
+        Signal.QUEUE,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "overrides", "qps", "load", "current", "by_signal", "winner"),
+    WANTED,
+    ids=[w[0] for w in WANTED],
+)
+def test_each_signal_asks_and_the_most_demanding_wins(
+    label: str,
+    overrides: dict[str, object],
+    qps: float,
+    load: ReplicaLoad | None,
+    current: int,
+    by_signal: dict[Signal, int],
+    winner: Signal,
+) -> None:
+    got = wanted(measured(qps, 0.0), llm_policy(**overrides), 0.0, load, current=current)
+    assert dict(got.by_signal) == by_signal
+    assert got.replicas == max(by_signal.values())
+    assert got.signal is winner
+
+
+def run_loads(
+    pol: AutoscalePolicy, start: int, steps: list[tuple[float, ReplicaLoad | None]], end: float
+) -> dict[float, int]:
+    """The control loop every second at 0.5 requests/s; ``steps``: (from_t, load)."""
+    state = AutoscaleState(target=start)
+    seen: dict[float, int] = {}
+    for i in range(int(end) + 1):
+        now = float(i)
+        load = [x for t, x in steps if t <= now][-1]
+        seen[now], state = autoscale(measured(0.5, now), pol, state, now, load)
+    return seen
+
+
+def test_queue_scales_up_after_the_upscale_delay_where_qps_alone_holds_one() -> None:
+    queued = ReplicaLoad(replicas=1, running=8, waiting=24)
+    steps: list[tuple[float, ReplicaLoad | None]] = [(0, queued)]
+    with_queue = run_loads(llm_policy(upscale_delay_seconds=30), 1, steps, 60)
+    qps_only = run_loads(
+        llm_policy(upscale_delay_seconds=30, target_queue_per_replica=None), 1, steps, 60
+    )
+    assert (with_queue[29], with_queue[30]) == (1, 3)
+    assert set(qps_only.values()) == {1}
+
+
+def test_a_drained_queue_does_not_scale_down_while_the_replicas_stay_busy() -> None:
+    busy = ReplicaLoad(replicas=3, running=30, waiting=0)
+    idle = ReplicaLoad(replicas=3, running=0, waiting=0)
+    seen = run_loads(llm_policy(downscale_delay_seconds=100), 3, [(0, busy), (500, idle)], 700)
+    assert seen[499] == 3  # QPS asks for 1 all along: the running requests hold 3
+    assert (seen[599], seen[600]) == (3, 1)
+
+
+def test_missing_replica_metrics_neither_scale_up_nor_down() -> None:
+    seen = run_loads(
+        llm_policy(upscale_delay_seconds=0, downscale_delay_seconds=0), 4, [(0, None)], 30
+    )
+    assert set(seen.values()) == {4}
+
+
+def test_a_burst_of_queue_at_zero_replicas_wakes_the_service_at_once() -> None:
+    # the scaler counts the LB's held requests as arrivals now: the cold start still fires
+    pol = llm_policy(min_replicas=0, target_qps_per_replica=None)
+    window = RequestWindow(((100.0, 6),), 3.0)
+    target, state = autoscale(
+        window, pol, AutoscaleState(0), 100.0, ReplicaLoad(replicas=0, waiting=6)
+    )
+    assert target == 1
+    assert state.upscale_since == 100.0  # 2 are wanted: the upscale clock runs from now
+
+
+def test_qps_only_policy_keeps_its_old_answers_with_a_load() -> None:
+    # a load passed to a QPS-only policy changes nothing (the simulator's policies)
+    pol = policy()
+    load = ReplicaLoad(replicas=1, running=50, waiting=500, kv_cache_usage=1.0)
+    a = autoscale(measured(3, 0), pol, AutoscaleState(1), 0.0)
+    b = autoscale(measured(3, 0), pol, AutoscaleState(1), 0.0, load)
+    assert a == b
+    assert not pol.needs_replica_metrics()
+    assert llm_policy().needs_replica_metrics()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0])
+def test_replica_load_refuses_nonsense(bad: float) -> None:
+    with pytest.raises(ValueError):
+        ReplicaLoad(replicas=1, waiting=bad)
