@@ -8,11 +8,15 @@ Replica agents are the job agent (``spotd.agent.main``) unchanged, so they post 
 ``/agent/v1/heartbeat``; ``spotd.api.agents`` hands the ones whose key is a replica key
 (``s<service>-r<replica>``) to the service controller.
 
-- ``POST /v1/services`` ``{yaml, filename, name?, env?, base_dir?, project?}`` → 201 the
-  service; 403 when it would take its project over a limit (its GPUs, its live services)
+- ``POST /v1/services`` ``{yaml, filename, name?, env?, base_dir?, packages?, project?}`` →
+  201 the service; 403 when it would take its project over a limit (its GPUs, its live
+  services). ``packages`` names the workdir and local file_mounts the client uploaded
+  (``/v1/blobs``), exactly as a job launch does; a path on the daemon's host instead is the
+  admin's only, under ``file_roots`` (403 otherwise)
 - ``GET /v1/services`` → every service that is not DOWN (``?all=1``: those too)
 - ``GET /v1/services/{name}`` → the service (``?all=1``: ended replicas too)
-- ``POST /v1/services/{name}/update`` ``{yaml, filename, mode: rolling|blue_green}``
+- ``POST /v1/services/{name}/update`` ``{yaml, filename, mode: rolling|blue_green,
+  packages?}``: the new version's replicas restore its packages
 - ``POST /v1/services/{name}/down``
 - ``GET /v1/services/{name}/events``
 - ``GET /v1/services/{name}/logs?replica=N|lb=1&follow=1`` → text
@@ -38,6 +42,7 @@ from pydantic import Field
 
 from spotd.api.common import (
     SERVICES,
+    SETTINGS,
     STORE,
     ApiError,
     Body,
@@ -47,10 +52,12 @@ from spotd.api.common import (
     read_body,
     scope,
 )
+from spotd.api.files import Sha256
 from spotd.api.logs import client_gone, following
 from spotd.api.params import PathName, QueryFlag, QueryInt
 from spotd.api.routes import Route
 from spotd.control import quota
+from spotd.control.launcher import package_service_files
 from spotd.control.lbkeeper import api_keys_of
 from spotd.control.services import UPDATE_MODES, ServiceController, autoscale_policy
 from spotd.control.submit import launch_project
@@ -91,6 +98,8 @@ class ServiceUpBody(Body):
     name: str | None = Field(default=None, max_length=64)
     env: dict[str, str] = Field(default_factory=dict, max_length=1024)
     base_dir: PathText | None = None
+    # the packages the client uploaded (as a job launch's): "workdir" or a mount target → sha
+    packages: dict[PathText, Sha256] = Field(default_factory=dict, max_length=1024)
     # the project the service belongs to and reserves its GPUs from (default: ``default``)
     project: str | None = Field(default=None, max_length=64)
 
@@ -103,6 +112,7 @@ class ServiceUpdateBody(Body):
     mode: str = Field(default="rolling", max_length=32)
     env: dict[str, str] = Field(default_factory=dict, max_length=1024)
     base_dir: PathText | None = None
+    packages: dict[PathText, Sha256] = Field(default_factory=dict, max_length=1024)
 
 
 # -- views -------------------------------------------------------------------------------
@@ -194,18 +204,22 @@ async def _parse(body: ServiceUpBody | ServiceUpdateBody) -> Task:
         )
     if task.num_nodes != 1:
         raise ApiError(400, "a service replica runs on one node (num_nodes: 1)")
-    if task.workdir:
-        try:
-            workdir = Path(task.workdir).expanduser()
-            if not workdir.is_absolute():
-                workdir = (Path(body.base_dir or ".") / workdir).resolve()
-                task = task.model_copy(update={"workdir": str(workdir)})
-            found = workdir.is_dir()
-        except (OSError, RuntimeError, ValueError):  # ~nosuchuser, a NUL, a loop of links
-            found = False
-        if not found:
-            raise ApiError(400, f"workdir: {task.workdir} is not a directory")
     return await _endpoint_security(task, body.base_dir)
+
+
+async def _ship(
+    request: web.Request, body: ServiceUpBody | ServiceUpdateBody, task: Task
+) -> tuple[Task, list[str]]:
+    """The version's workdir and local file_mounts as packages, as a job launch's: what the
+    client uploaded (``packages``), or the admin's paths under ``file_roots``
+    (``control.launcher.package_service_files``; a refusal is a 400 or a 403)."""
+    return await package_service_files(
+        task,
+        settings=request.app[SETTINGS],
+        packages=body.packages,
+        scope=scope(request),
+        base=Path(body.base_dir or "."),
+    )
 
 
 def _tls_files(certfile: str, keyfile: str) -> str | None:
@@ -295,6 +309,7 @@ async def service_up(request: web.Request) -> web.Response:
     store = request.app[STORE]
     project = await _service_project(store, body, scope(request))
     task = await _parse(body)
+    task, shipped = await _ship(request, body, task)
     name = (body.name or task.name or "").strip().lower()
     if not name:
         raise ApiError(400, "the service needs a name: give `name:` in the YAML or -n NAME")
@@ -325,6 +340,8 @@ async def service_up(request: web.Request) -> web.Response:
         raise ApiError(409, str(exc)) from exc
     except OverQuota as exc:  # as a job's refusal: the message and the numbers
         raise ApiError(403, exc.message, exc.details) from exc
+    for line in shipped:
+        await store.update_service_fields(svc.id, now=time.time(), event=f"v1 {line}")
     services.spawn(svc.id)
     return web.json_response(await service_json(services, svc), status=201)
 
@@ -353,6 +370,7 @@ async def update_service(request: web.Request) -> web.Response:
     svc = await _service(request)
     task = await _parse(body)
     _check_placeable(services, task, svc.project)
+    task, shipped = await _ship(request, body, task)
     try:
         svc = await request.app[STORE].add_service_version(
             svc.id,
@@ -363,6 +381,10 @@ async def update_service(request: web.Request) -> web.Response:
         )
     except StaleTransition as exc:
         raise ApiError(409, f"service {svc.name!r} is {exc.current}: it cannot be updated") from exc
+    for line in shipped:
+        await request.app[STORE].update_service_fields(
+            svc.id, now=time.time(), event=f"v{svc.version} {line}"
+        )
     services.wake(svc.id)
     return web.json_response(await service_json(services, svc))
 
@@ -525,7 +547,7 @@ ROUTES = (
         "services",
         body=ServiceUpdateBody,
         params=(SERVICE_NAME,),
-        errors=(404, 409, 503),
+        errors=(403, 404, 409, 503),
     ),
     Route(
         "POST",

@@ -1,13 +1,20 @@
-"""``spotctl serve``: services, with SkyServe's verbs (``sky serve up|status|update|down|logs``)."""
+"""``spotctl serve``: services, with SkyServe's verbs (``sky serve up|status|update|down|logs``).
+
+``serve up`` and ``serve update`` ship the task's workdir and local file_mounts as ``jobs
+launch`` does (packed here, only what the daemon lacks uploaded; every replica restores them),
+and with ``--wait`` stay until the replicas are READY. Progress goes to stderr
+(``spotd.cli.progress``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Group, RenderableType
@@ -15,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from spotd.cli.common import ago, err, out, parse_env, print_events, print_json, run
+from spotd.cli.progress import FilesProgress, Mode, ReplicaWait, progress_mode, upload_line
 from spotd.sdk.client_serve import (
     serve_down,
     serve_events,
@@ -23,11 +31,14 @@ from spotd.sdk.client_serve import (
     serve_up,
     serve_update,
 )
+from spotd.sdk.uploads import SourceError, local_sources
 
 if TYPE_CHECKING:
     from spotd.sdk.client import Client
 
 __all__ = ["serve"]
+
+T = TypeVar("T")
 
 SERVICE_STYLE = MappingProxyType(
     {
@@ -52,6 +63,24 @@ REPLICA_STYLE = MappingProxyType(
 )
 
 
+HOST_PATHS = click.option(
+    "--host-paths",
+    is_flag=True,
+    help="workdir/file_mounts name paths on the daemon's host, not uploaded (the admin's, "
+    "under the daemon's file_roots).",
+)
+WAIT = click.option(
+    "--wait", is_flag=True, help="Stay until the replicas are READY (progress on stderr)."
+)
+TIMEOUT = click.option(
+    "--timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="With --wait: give up (exit 1) after this many seconds; the service keeps going.",
+)
+
+
 @click.group()
 def serve() -> None:
     """Services: replicas on spot capacity behind a load balancer."""
@@ -69,6 +98,9 @@ def serve() -> None:
     help="The project the service belongs to and reserves its GPUs from (default: default).",
 )
 @click.option("-y", "--yes", is_flag=True, help="Accepted for SkyPilot habits; spotd never asks.")
+@HOST_PATHS
+@WAIT
+@TIMEOUT
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def serve_up_cmd(
     file: str,
@@ -77,14 +109,44 @@ def serve_up_cmd(
     project: str | None,
     output: str,
     yes: bool,
+    host_paths: bool,
+    wait: bool,
+    timeout: float,
 ) -> None:
     """Start a service from FILE (a task with a `service:` section)."""
     text = Path(file).read_text()
-    svc = run(
-        lambda c: serve_up(c, text, filename=file, name=name, env=parse_env(envs), project=project)
-    )
+    env = parse_env(envs)
+    mode = progress_mode(err, output)
+
+    async def go(c: Client) -> Any:
+        files = _files_progress(mode, text, file, env, host_paths)
+        try:
+            svc = await serve_up(
+                c,
+                text,
+                filename=file,
+                name=name,
+                env=env,
+                project=project,
+                host_paths=host_paths,
+                progress=files.update,
+            )
+        finally:
+            files.close()
+        _announce_upload(svc, output)
+        if wait:
+            return _kept_upload(svc, await _wait_ready(c, svc["name"], None, mode, timeout))
+        return svc
+
+    svc = _run_shipping(go)
     if output == "json":
         print_json(svc)
+        return
+    if wait:
+        out.print(
+            f"Service [bold]{svc['name']}[/bold] is READY: {svc['ready_replicas']} replica(s), "
+            f"endpoint [bold]{svc['endpoint']}[/bold]"
+        )
         return
     out.print(
         f"Service [bold]{svc['name']}[/bold] is starting: {svc['target']} replica(s), "
@@ -203,11 +265,102 @@ def _replicas_table(s: dict[str, Any], verbose: bool) -> Table:
 )
 @click.option("--env", "envs", multiple=True, help="K=V override for envs (repeatable).")
 @click.option("-y", "--yes", is_flag=True, help="Accepted for SkyPilot habits; spotd never asks.")
-def serve_update_cmd(name: str, file: str, mode: str, envs: tuple[str, ...], yes: bool) -> None:
+@HOST_PATHS
+@WAIT
+@TIMEOUT
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def serve_update_cmd(
+    name: str,
+    file: str,
+    mode: str,
+    envs: tuple[str, ...],
+    yes: bool,
+    host_paths: bool,
+    wait: bool,
+    timeout: float,
+    output: str,
+) -> None:
     """Move service NAME to a new version from FILE without dropping requests."""
     text = Path(file).read_text()
-    svc = run(lambda c: serve_update(c, name, text, filename=file, mode=mode, env=parse_env(envs)))
-    out.print(f"Service [bold]{svc['name']}[/bold]: version {svc['version']} rolling out ({mode}).")
+    env = parse_env(envs)
+    shown = progress_mode(err, output)
+
+    async def go(c: Client) -> Any:
+        files = _files_progress(shown, text, file, env, host_paths)
+        try:
+            svc = await serve_update(
+                c,
+                name,
+                text,
+                filename=file,
+                mode=mode,
+                env=env,
+                host_paths=host_paths,
+                progress=files.update,
+            )
+        finally:
+            files.close()
+        _announce_upload(svc, output)
+        if wait:
+            return _kept_upload(
+                svc, await _wait_ready(c, name, int(svc["version"]), shown, timeout)
+            )
+        return svc
+
+    svc = _run_shipping(go)
+    if output == "json":
+        print_json(svc)
+    elif wait:
+        out.print(f"Service [bold]{svc['name']}[/bold]: version {svc['version']} is READY.")
+    else:
+        out.print(
+            f"Service [bold]{svc['name']}[/bold]: version {svc['version']} rolling out ({mode})."
+        )
+
+
+def _files_progress(
+    mode: Mode, text: str, file: str, env: dict[str, str], host_paths: bool
+) -> FilesProgress:
+    files = FilesProgress(err, mode)
+    if not host_paths:
+        files.packing(list(local_sources(text, filename=file, env=env, base=Path.cwd())))
+    return files
+
+
+def _announce_upload(svc: dict[str, Any], output: str) -> None:
+    if output == "table" and "upload" in svc:
+        out.print(upload_line(svc["upload"]))
+
+
+def _kept_upload(answer: dict[str, Any], waited: dict[str, Any]) -> dict[str, Any]:
+    """The service as the wait ended, with what the request's upload cost."""
+    return waited | ({"upload": answer["upload"]} if "upload" in answer else {})
+
+
+async def _wait_ready(
+    c: Client, name: str, version: int | None, mode: Mode, timeout: float
+) -> dict[str, Any]:
+    """Until the service's target is READY (of ``version``, with no older replica left)."""
+
+    def done(s: dict[str, Any]) -> bool:
+        live = [r for r in s["replicas"] if r["ended_at"] is None]
+        v = version if version is not None else s["version"]
+        ready = sum(1 for r in live if r["status"] == "READY" and r["version"] == v)
+        return ready >= max(int(s["target"]), 1) and all(r["version"] == v for r in live)
+
+    return await ReplicaWait(err, mode).run(
+        lambda: serve_status(c, name), done, version=version, timeout=timeout
+    )
+
+
+def _run_shipping(go: Callable[[Client], Awaitable[T]]) -> T:
+    """``run``, with a local source that cannot be packed, or a wait that timed out, as an
+    error line and exit 1 (as a refusal by the daemon is)."""
+    try:
+        return run(go)
+    except (SourceError, TimeoutError) as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True)
+        sys.exit(1)
 
 
 @serve.command("down")

@@ -1,5 +1,6 @@
-"""What launching a replica takes besides the provider call: its instance spec (agent config,
-tags), its port, and the back-off that holds a market's launches after a refusal.
+"""What launching a replica takes besides the provider call: the files its agent stages, its
+instance spec (agent config, tags), its port, and the back-off that holds a market's launches
+after a refusal (the launch itself: ``control.launcher``).
 
 A refused launch holds back launches of its own market only, for ``launch_backoff`` seconds,
 doubling on each refusal in a row up to 60 s: a spot stockout says nothing of on-demand
@@ -19,6 +20,7 @@ from spotd.control.agent_config import (
     shares_this_machine,
 )
 from spotd.control.ports import PortAllocator
+from spotd.files.workdir import CAS_PREFIX
 from spotd.providers.base import TAG_HOME, TAG_KEY, TAG_REPLICA, InstanceSpec, Provider
 from spotd.spec import Task
 from spotd.store import ReplicaRow, ServiceRow
@@ -28,8 +30,39 @@ TAG_SERVICE = "spotd-service"
 MAX_BACKOFF = 60.0
 
 
+def replica_files(
+    *,
+    settings: Settings,
+    svc: ServiceRow,
+    row: ReplicaRow,
+    task: Task,
+    blob_store: str,
+    s3_endpoint_url: str = "",
+) -> AgentFiles:
+    """What the replica's agent stages before setup and run: the version's workdir and
+    file_mounts packages (``cas:<sha>``, made at ``serve up``/``update``) read from
+    ``blob_store``, and bucket mounts. A service stored before services shipped their code
+    may still name a directory on this machine as its workdir: it is passed on as it is."""
+    workdir = task.workdir
+    if workdir and not workdir.startswith(CAS_PREFIX):
+        workdir = str(Path(workdir).expanduser())
+    return AgentFiles(
+        checkpoint_store=str(settings.checkpoints_dir / f"s{svc.id}-r{row.replica_id}"),
+        workdir=workdir or None,
+        blob_store=blob_store,
+        file_mounts={remote: m.source for remote, m in task.file_mounts.items()},
+        s3_endpoint_url=s3_endpoint_url,
+    )
+
+
 def replica_instance(
-    *, settings: Settings, provider: Provider, svc: ServiceRow, row: ReplicaRow, task: Task
+    *,
+    settings: Settings,
+    provider: Provider,
+    svc: ServiceRow,
+    row: ReplicaRow,
+    task: Task,
+    files: AgentFiles,
 ) -> InstanceSpec:
     """The instance for one replica: one node, its own agent token, the replica's tags."""
     envs = {
@@ -46,11 +79,6 @@ def replica_instance(
         attempt_id=row.key,
         job_id=0,
         task_id=f"spotd-{settings.home_tag}-s{svc.id}-r{row.replica_id}",
-    )
-    # a service's workdir is a directory on this machine (``serve up`` does not package it)
-    files = AgentFiles(
-        checkpoint_store=str(settings.checkpoints_dir / f"s{svc.id}-r{row.replica_id}"),
-        workdir=str(Path(task.workdir).expanduser()) if task.workdir else None,
     )
     agent = build_agent_config(
         settings=settings,

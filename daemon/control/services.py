@@ -3,6 +3,7 @@
 The parts it drives each have their module: ``lbkeeper`` (the LB process and its control
 protocol), ``prober`` (readiness), ``scaling`` (the autoscaler's executor), ``draining``
 (make before break), ``replica_health`` (what the evidence says about a replica),
+``launcher`` (a replica's intent row, its code shipped, the provider call),
 ``replica_launch`` (instance spec, ports, launch back-off), ``zone_history``.
 
 One supervised worker per service handles that service's changes in order (different services
@@ -42,9 +43,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -53,6 +53,7 @@ import structlog
 from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
 from spotd.control.draining import Drainer
+from spotd.control.launcher import ReplicaLauncher
 from spotd.control.lbkeeper import LbKeeper
 from spotd.control.logs import append_log
 from spotd.control.memory import ServiceMemory
@@ -68,7 +69,8 @@ from spotd.control.replica_health import (
     replica_evidence,
     replica_timeouts,
 )
-from spotd.control.replica_launch import LaunchBackoff, replica_instance, replica_port
+from spotd.control.replica_launch import LaunchBackoff
+from spotd.control.replica_metrics import HttpMetricsSource
 from spotd.control.scaling import Scaler
 from spotd.control.serve_config import (
     LIVE_SERVICE,
@@ -98,6 +100,7 @@ from spotd.store import (
     ServiceStatus,
     StaleTransition,
 )
+from spotd.telemetry.gpu import GpuSample
 from spotd.types import CatalogEntry, InstanceId, InstanceState, Market, ZoneEventKind, ZoneKey
 
 __all__ = ["UPDATE_MODES", "ServeSettings", "ServiceController", "autoscale_policy"]
@@ -157,7 +160,12 @@ class ServiceController:
         )
         self.ports = PortAllocator(store, low=self.serve.port_low, high=self.serve.port_high)
         self.scaler = Scaler(
-            serve=self.serve, store=store, lbs=self.lbs, on_ejection=self.note_ejection
+            serve=self.serve,
+            store=store,
+            lbs=self.lbs,
+            on_ejection=self.note_ejection,
+            source=HttpMetricsSource(lambda: self.session),  # replicas' /metrics
+            metrics=metrics,
         )
         self.backoff = LaunchBackoff(self.serve.launch_backoff)
         self.zones = ReplicaZoneHistory(store)
@@ -165,6 +173,16 @@ class ServiceController:
             suspect_after=settings.suspect_after, lost_after=settings.lost_after
         )
         self.memory = ServiceMemory()  # per live service and replica; see control.memory
+        self.launcher = ReplicaLauncher(
+            settings=settings,
+            store=store,
+            metrics=metrics,
+            ports=self.ports,
+            backoff=self.backoff,
+            memory=self.memory,
+            owner=self,
+            clock=clock,
+        )
 
     @property
     def providers(self) -> dict[str, Provider]:
@@ -260,9 +278,11 @@ class ServiceController:
         notice_deadline: float | None,
         log_offset: int,
         log_data: bytes,
+        gpus: Sequence[GpuSample] | None = None,
     ) -> int | None:
         """An agent of a replica reported; returns the acknowledged log size, None when the
-        key or token is wrong. Keeps the replica's log, and wakes the worker on news."""
+        key or token is wrong. Keeps the replica's log (and its GPU samples for the
+        autoscaler), and wakes the worker on news."""
         row = await self.store.get_replica(key)
         if row is None or not token or not hmac.compare_digest(row.token.encode(), token.encode()):
             return None
@@ -277,6 +297,8 @@ class ServiceController:
             log_offset=offset,
         )
         self.metrics.heartbeats.inc()
+        if gpus is not None:
+            self.scaler.note_gpus(key, gpus, self.clock())
         if (
             phase != row.phase
             or exit_code != row.exit_code
@@ -360,7 +382,7 @@ class ServiceController:
     async def _observe_replica(self, svc: ServiceRow, row: ReplicaRow, now: float) -> None:
         """Fold the provider's and the agent's evidence into the replica's status."""
         if row.status == S.PROVISIONING and row.instance_id is None:
-            await self._launch_instance(svc, row)  # an interrupted launch: finish it
+            await self.launcher.launch_instance(svc, row)  # an interrupted launch: finish it
             return
         obs, covered = self._observed(row)
         verdict = detection.classify(
@@ -468,7 +490,7 @@ class ServiceController:
             place = zp.places.get((launch.zone, launch.market))
             if launch.market in refused or now < blocked_until or place is None:
                 continue
-            if not await self._launch_new(svc, launch, place, plan.reason, now):
+            if not await self.launcher.launch_new(svc, launch, place, plan.reason, now):
                 refused.add(launch.market)
         # older versions leave as the newest becomes READY (rolling), or all at once when
         # the newest is fully READY (blue_green)
@@ -483,68 +505,6 @@ class ServiceController:
             await self.drainer.retire(
                 by_id[rid], f"replaced by version {svc.version} ({svc.update_mode})", now
             )
-
-    async def _launch_new(
-        self,
-        svc: ServiceRow,
-        launch: hedge.LaunchSpec,
-        place: zones.Placement,
-        why: str,
-        now: float,
-    ) -> bool:
-        """Write the replica's intent, then launch its instance. False if the launch failed."""
-        provider = launch.zone.provider
-        port = await replica_port(self.ports, self.providers.get(provider), self.task_of(svc))
-        row = await self.store.create_replica(
-            service_id=svc.id,
-            version=svc.version,
-            provider=provider,
-            region=launch.zone.region,
-            zone=launch.zone.zone,
-            instance_type=place.instance_type,
-            market=launch.market,
-            price_per_hour=place.price_per_hour,
-            port=port,
-            token=secrets.token_urlsafe(24),
-            now=now,
-        )
-        log.info(
-            "launching replica",
-            replica=row.key,
-            zone=str(launch.zone),
-            market=str(launch.market),
-            why=why,
-        )
-        return await self._launch_instance(svc, row)
-
-    async def _launch_instance(self, svc: ServiceRow, row: ReplicaRow) -> bool:
-        task = await self.task_version(svc, row.version)
-        provider = self.providers.get(row.provider)
-        now = self.clock()
-        if provider is None:
-            await self.end(row, S.FAILED_PROVISION, f"provider {row.provider} is not enabled", now)
-            return False
-        spec = replica_instance(
-            settings=self.settings, provider=provider, svc=svc, row=row, task=task
-        )
-        self.metrics.provider_calls.labels(provider.name, "launch").inc()
-        try:
-            iid = await provider.launch(spec)
-        except ProviderError as exc:
-            self.metrics.provider_errors.labels(provider.name, "launch").inc()
-            self.backoff.refused(svc.id, row.market, self.clock())
-            await self.end(
-                row,
-                S.FAILED_PROVISION,
-                f"{type(exc).__name__}: {exc}",
-                self.clock(),
-                zone_kind=ZoneEventKind.LAUNCH_FAILED,
-            )
-            return False
-        self.backoff.launched(svc.id, row.market)
-        self.memory.launched(row.key, self.clock())
-        await self.store.update_replica_fields(row.key, instance_id=str(iid))
-        return True
 
     # -- the load balancer -----------------------------------------------------------------
 

@@ -52,7 +52,7 @@ def _local_sources(task: Task) -> dict[str, str]:
     """The task's sources that are paths, not buckets: "workdir" or the mount target → path."""
     out = {"workdir": task.workdir} if task.workdir else {}
     for remote, mount in task.file_mounts.items():
-        if "://" not in mount.source:
+        if mount.source and "://" not in mount.source:  # "": a bucket by name, no source
             out[remote] = mount.source
     return out
 
@@ -71,7 +71,7 @@ def check_files(task: Task, base: Path, *, uploaded: Collection[str] = ()) -> No
             check_mount_target(remote)
         except PackageError as exc:
             raise InvalidRequest(f"file_mounts: {exc}") from exc
-        if "://" in mount.source or remote in uploaded:
+        if "://" in mount.source or not mount.source or remote in uploaded:
             continue  # a bucket: checked by check_buckets (the spec parser allows only s3://)
         src = _local_source(mount.source, base)
         if not src.exists():
@@ -199,7 +199,7 @@ def package_files(
         if task.file_mounts:
             mounts = {}
             for remote, mount in task.file_mounts.items():
-                if s3src.is_s3(mount.source):
+                if s3src.is_s3(mount.source) or not mount.source:
                     mounts[remote] = mount  # downloaded by the agent on every attempt
                     continue
                 source = ref(remote, f"file_mounts {remote}", mount.source)

@@ -4,6 +4,13 @@ async with Client.connect() as c:
     svc = await serve_up(c, Path("serve.yaml").read_text(), filename="serve.yaml")
     await wait_service(c, svc["name"], lambda s: s["ready_replicas"] >= 3)
     print(svc["endpoint"])
+
+``serve_up`` and ``serve_update`` ship the task's workdir and local file_mounts as a job
+launch does (``Client.upload_files``: packed here, only the blobs the daemon lacks sent), and
+name the packages in the request; every replica of that version restores them before its
+setup and run, on whatever backend it lands. The answer's ``upload`` says what travelled.
+``host_paths`` names them as paths on the daemon's host instead (the admin's, under the
+daemon's ``file_roots``).
 """
 
 from __future__ import annotations
@@ -12,10 +19,38 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from spotd.sdk.uploads import Progress, UploadReport, local_sources
 
 if TYPE_CHECKING:
     from spotd.sdk.client import Client
+
+
+async def _ship(
+    c: Client,
+    body: dict[str, Any],
+    *,
+    host_paths: bool,
+    progress: Progress | None,
+) -> UploadReport | None:
+    """Upload the task's local sources and name them in ``body`` (``packages``)."""
+    if host_paths:
+        return None
+    sources = local_sources(
+        body["yaml"], filename=body["filename"], env=body["env"], base=Path.cwd()
+    )
+    if not sources:
+        return None
+    body["packages"], report = await c.upload_files(sources, progress=progress)
+    return report
+
+
+def _with_upload(answer: Any, report: UploadReport | None) -> Any:
+    if report is not None and isinstance(answer, dict):
+        answer["upload"] = report.as_json()
+    return answer
 
 
 async def serve_up(
@@ -26,6 +61,8 @@ async def serve_up(
     name: str | None = None,
     env: dict[str, str] | None = None,
     project: str | None = None,
+    host_paths: bool = False,
+    progress: Progress | None = None,
 ) -> Any:
     body: dict[str, Any] = {
         "yaml": yaml_text,
@@ -37,7 +74,8 @@ async def serve_up(
         body["name"] = name
     if project:
         body["project"] = project
-    return await c.request("POST", "/v1/services", json=body)
+    report = await _ship(c, body, host_paths=host_paths, progress=progress)
+    return _with_upload(await c.request("POST", "/v1/services", json=body), report)
 
 
 async def serve_status(c: Client, name: str | None = None, *, all_replicas: bool = False) -> Any:
@@ -56,15 +94,19 @@ async def serve_update(
     filename: str = "<sdk>",
     mode: str = "rolling",
     env: dict[str, str] | None = None,
+    host_paths: bool = False,
+    progress: Progress | None = None,
 ) -> Any:
-    body = {
+    body: dict[str, Any] = {
         "yaml": yaml_text,
         "filename": filename,
         "mode": mode,
         "env": env or {},
         "base_dir": os.getcwd(),
     }
-    return await c.request("POST", f"/v1/services/{name}/update", json=body)
+    report = await _ship(c, body, host_paths=host_paths, progress=progress)
+    answer = await c.request("POST", f"/v1/services/{name}/update", json=body)
+    return _with_upload(answer, report)
 
 
 async def serve_down(c: Client, name: str) -> Any:

@@ -38,7 +38,9 @@ __all__ = [
 BATCH = 10_000  # digests per question (the API's MissingBody bound)
 PARALLEL = 4  # blobs in flight at once
 
-Progress = Callable[[int, int], None]  # (bytes sent, bytes to send)
+# (bytes sent, bytes to send): once with 0 when the daemon has said what it lacks, then after
+# each blob; never called when there is nothing to pack
+Progress = Callable[[int, int], None]
 
 
 class SourceError(InvalidTaskError):
@@ -97,7 +99,7 @@ def local_sources(
     if task.workdir:
         out["workdir"] = base / Path(task.workdir).expanduser()
     for remote, mount in task.file_mounts.items():
-        if "://" not in mount.source:
+        if mount.source and "://" not in mount.source:  # "": a bucket by name, no source
             out[remote] = base / Path(mount.source).expanduser()
     return out
 
@@ -148,6 +150,8 @@ async def upload_packages(
     todo_manifests = [s for s in manifests if s in missing and s not in files]
     total = sum(files[s][1] for s in todo_files) + sum(len(manifests[s]) for s in todo_manifests)
     sent = 0
+    if progress is not None:
+        progress(0, total)  # the upload begins (a total of 0: nothing to send)
     gate = asyncio.Semaphore(PARALLEL)
 
     async def put(sha: str) -> None:
