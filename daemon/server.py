@@ -48,6 +48,7 @@ from spotd.api.services import SERVICES
 from spotd.config import Settings
 from spotd.control.jobs import Controller
 from spotd.control.services import ServiceController
+from spotd.dashboard import Dashboard, mount_dashboard
 from spotd.files.private import private_dir
 from spotd.metrics import DaemonMetrics
 from spotd.ops import sdnotify
@@ -195,6 +196,15 @@ def _slurm(settings: Settings, cfg: dict[str, Any]) -> Provider:
     return SlurmProvider.from_config(cfg, default_root=settings.home / "slurm")
 
 
+def _fleet(settings: Settings, cfg: dict[str, Any]) -> Provider:
+    from spotd.providers.fleet import FleetProvider  # the scale fake: one process plays it all
+
+    try:
+        return FleetProvider.from_config(cfg, default_root=settings.home / "fleet")
+    except ValueError as exc:
+        raise ProviderConfigError(str(exc)) from exc
+
+
 # Builds one backend from the daemon's settings and its `providers.<name>` config section.
 ProviderFactory = Callable[[Settings, dict[str, Any]], Provider]
 
@@ -202,7 +212,7 @@ ProviderFactory = Callable[[Settings, dict[str, Any]], Provider]
 # factory, so a daemon without aioboto3 or kubernetes_asyncio still runs the others. A table,
 # not a chain of ifs on names: `spotctl providers` checks the same factories the daemon runs.
 PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = MappingProxyType(
-    {"local": _local, "slurm": _slurm, "k8s": _k8s, "aws": _aws}
+    {"local": _local, "slurm": _slurm, "k8s": _k8s, "aws": _aws, "fleet": _fleet}
 )
 
 
@@ -266,8 +276,12 @@ async def run_daemon(
         loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []
     try:
+        dashboard = Dashboard(
+            settings=settings, store=store, controller=controller, services=services
+        )
         app = make_app(settings=settings, store=store, controller=controller, metrics_=metrics)
         app[SERVICES] = services
+        mount_dashboard(app, dashboard, tcp=False)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         runners.append(runner)
@@ -276,6 +290,7 @@ async def run_daemon(
                 settings=settings, store=store, controller=controller, metrics_=metrics, tcp=True
             )
             tcp_app[SERVICES] = services
+            mount_dashboard(tcp_app, dashboard, tcp=True)
             tcp_runner = web.AppRunner(tcp_app, handle_signals=False, access_log=None)
             await tcp_runner.setup()
             runners.append(tcp_runner)

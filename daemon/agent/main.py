@@ -40,13 +40,15 @@ from typing import Any
 import aiohttp
 
 from spotd.agent.bootstrap import BOOTSTRAP_REFUSED_EXIT, BootstrapRefused, bootstrap_if_needed
-from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store
+from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store, read_progress
 from spotd.agent.environment import build_env
 from spotd.agent.imds import Imds
+from spotd.agent.storage import AgentStorage, prepare_storage
 from spotd.agent.transport import UNTRUSTED_EXIT, DaemonUntrusted, daemon_session, untrusted
 from spotd.aiokit import sleep
 from spotd.files import mounts
 from spotd.files.private import open_private_append, private_dir, write_private_json
+from spotd.files.storage import STORAGE_REF
 from spotd.files.workdir import CAS_PREFIX, BlobStore, materialize
 from spotd.telemetry.gpu import GpuReader
 from spotd.types import AgentConfig
@@ -74,7 +76,9 @@ class Agent:
         self.notice = asyncio.Event()
         self.job: asyncio.subprocess.Process | None = None
         self.ckpt = open_checkpoint_store(cfg)
+        self.storage = AgentStorage()  # the task's storage objects (spotd.agent.storage)
         self.last_sync: float | None = None
+        self.progress: float | None = None  # what the last synced checkpoint says it holds
         self.gpus = GpuReader()  # no GPU (or no NVML) reads as an empty list, never an error
         ec2 = bool(cfg.notice_url) and not cfg.notice_url.startswith("gce+")
         self.imds = Imds(cfg.notice_url, say=self._log) if ec2 else None
@@ -157,8 +161,8 @@ class Agent:
         for remote, ref in self.cfg.file_mounts.items():
             if store is None:
                 break
-            if ref.startswith("s3://"):
-                continue  # a bucket source: _stage_s3
+            if ref.startswith(("s3://", STORAGE_REF)):
+                continue  # a bucket source (_stage_s3) or a storage object (agent.storage)
             target = Path(remote).expanduser()
             if not target.is_absolute():
                 target = self.work / target
@@ -209,8 +213,10 @@ class Agent:
                 synced = sig
 
     async def _sync(self, *, final: bool = False) -> None:
+        progress = await asyncio.to_thread(read_progress, self.checkpoint)  # before: see there
         if await self.ckpt.sync(self.checkpoint, final=final):
             self.last_sync = time.time()
+            self.progress = progress if progress is not None else self.progress
 
     async def _await_predecessor(self) -> None:
         """After a notice the replacement starts at once, while the old attempt is still
@@ -237,6 +243,14 @@ class Agent:
             self._set_phase("setup_failed", 1)
             return
         await self._await_predecessor()
+        try:  # after the predecessor's last flush, before setup
+            self.storage = await prepare_storage(
+                self.cfg, work=self.work, cache_dir=self.root, say=self._log
+            )
+        except Exception as exc:  # noqa: BLE001 - a bucket refused, no mounter: no job
+            self._log(f"storage objects failed: {type(exc).__name__}: {exc}")
+            self._set_phase("setup_failed", 1)
+            return
         restored = await self.ckpt.restore(self.checkpoint)
         self._log(
             f"attempt {self.cfg.attempt} node {self.cfg.node_rank}/{self.cfg.num_nodes}: "
@@ -262,9 +276,21 @@ class Agent:
             syncer.cancel()
         if self.notice.is_set():
             return
+        await self._flush_storage()
         await self._sync()
         self._log(f"run exited with {rc}")
         self._set_phase("exited", rc)
+
+    async def _flush_storage(self) -> None:
+        """Before the end is reported: commit what the job left in its MOUNT_CACHED
+        directories and unmount its MOUNTs (rclone uploads its write cache first), so that
+        what the job wrote is in the buckets once the daemon hears it ended."""
+        try:
+            if await self.storage.flush():
+                self._log("storage: cached directories flushed")
+            await self.storage.close()
+        except Exception as exc:  # noqa: BLE001 - S3 away: the exit code still matters more
+            self._log(f"storage: flushing cached directories failed: {exc}")
 
     def kill_job(self) -> None:
         """SIGKILL what is left of the job's process group (the agent is leaving)."""
@@ -289,6 +315,7 @@ class Agent:
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(job.pid, signal.SIGKILL)
+        await self._flush_storage()
         await self._sync(final=True)
         self._log("checkpoint synced after notice")
         self._set_phase("preempted", None)
@@ -393,6 +420,7 @@ class Agent:
             "log_offset": self.acked_offset,
             "log_b64": base64.b64encode(chunk).decode(),
             "checkpoint_synced_at": self.last_sync,
+            "checkpoint_progress": self.progress,
             "gpus": [g.to_json() for g in await self.gpus.read_async()],
         }
         async with session.post(
@@ -464,6 +492,7 @@ async def _serve(agent: Agent) -> int:
                 task.cancel()
             agent.kill_job()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await agent.storage.close()
     return 0
 
 

@@ -29,7 +29,19 @@ from collections.abc import Mapping
 import structlog
 from aiohttp import web
 
-from spotd.api import agents, chaos, cost, files, jobs, logs, openapi, ops, projects, services
+from spotd.api import (
+    agents,
+    chaos,
+    cost,
+    files,
+    jobs,
+    logs,
+    openapi,
+    ops,
+    projects,
+    services,
+    storage,
+)
 from spotd.api.common import (
     CONTROLLER,
     METRICS,
@@ -64,6 +76,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
     *cost.ROUTES,
     *projects.ROUTES,
     *services.ROUTES,
+    *storage.ROUTES,
 )
 # the table by (method, path), for the auth middleware
 ROUTES_BY_KEY = web.AppKey("routes_by_key", Mapping[tuple[str, str], Route])
@@ -121,7 +134,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """TCP requests need the admin token or a project's token (agents' routes: the agent's own,
     which their handler checks); the unix socket is protected by its file mode (whoever can
     open it is the admin). A project token may call only the routes whose callers include
-    ``Caller.PROJECT``; unknown routes and routes added later are the admin's."""
+    ``Caller.PROJECT``; unknown routes and routes added later are the admin's. An application
+    mounted on this one (the dashboard, ``spotd.dashboard``) checks its own callers."""
+    if len(request.match_info.apps) > 1:
+        return await handler(request)
     route = _route(request)
     if not request.app[TCP_APP] or (route is not None and Caller.AGENT in route.callers):
         return await handler(request)
@@ -172,6 +188,7 @@ def make_app(
     app[ROUTES_BY_KEY] = {r.key: r for r in table}
     app[LISTENER_CALLERS] = callers
     app[openapi.OPENAPI] = openapi.document(table)
+    app[storage.STORAGE] = storage.make_storage(settings, controller)
     for route in table:
         if route.method == "GET":  # with HEAD, as aiohttp's add_get does
             app.router.add_get(route.path, route.handler)

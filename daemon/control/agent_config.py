@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from spotd.config import Settings
+from spotd.files.storage import STORAGE_REF
 from spotd.providers.base import Provider
 from spotd.providers.capabilities import AgentEndpoint
 from spotd.spec import Task
@@ -124,6 +125,16 @@ def daemon_ca_pem(settings: Settings, daemon_url: str) -> str:
     return settings.tls_ca.read_text()
 
 
+def with_storage_refs(task: Task, mounts: Mapping[str, str]) -> dict[str, str]:
+    """``mounts`` with each storage object's remote path marked ``STORAGE_REF``: the agent
+    asks the daemon for those (``spotd.agent.storage``) instead of copying them."""
+    out = dict(mounts)
+    for remote, mount in task.file_mounts.items():
+        if mount.is_storage_object:
+            out[remote] = STORAGE_REF
+    return out
+
+
 def gpus_per_node(task: Task) -> float:
     """The most accelerators any of the task's resource options asks for."""
     return max((o.accelerator_count for o in task.resource_request().options), default=0)
@@ -171,7 +182,7 @@ def build_agent_config(
         term_grace_seconds=settings.term_grace_seconds,
         workdir=files.workdir,
         blob_store=files.blob_store,
-        file_mounts=dict(files.file_mounts),
+        file_mounts=with_storage_refs(task, files.file_mounts),
         s3_endpoint_url=files.s3_endpoint_url,
         await_final_from=files.await_final_from,
         await_final_until=files.await_final_until,

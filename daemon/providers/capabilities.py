@@ -18,12 +18,17 @@ suite (tests/providers) runs a capability's tests for exactly the backends that 
   notice). On AWS and Slurm the notice reaches only the agent on the instance (the metadata
   service, a signal), so their listings never say NOTICE and they do not declare it.
 
+- ``SpotPriceFeed``: the provider quotes its spot market, the newest price per (region, zone,
+  instance type) (AWS: ``DescribeSpotPriceHistory``; local: a seeded price walk). The daemon
+  lays the quotes over the catalog it places with (``spotd.pricing.live``).
+  ``FixedSpotPrices`` is the fake beside it.
+
 Which backend declares which is a table in tests/providers/test_capabilities.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -115,3 +120,32 @@ class AdvanceNotices(Protocol):
     def notice_source(self) -> str:
         """Where the listing's notices come from, in the operator's words."""
         ...
+
+
+SpotQuotes = Mapping[tuple[str, str, str], float]  # (region, zone, instance type) -> USD/h
+
+
+@runtime_checkable
+class SpotPriceFeed(Protocol):
+    """The provider quotes its spot market."""
+
+    async def spot_quotes(self, types_by_region: Mapping[str, set[str]]) -> SpotQuotes:
+        """The newest spot price of each of ``types_by_region[region]`` in each zone."""
+        ...
+
+
+class FixedSpotPrices:
+    """A ``SpotPriceFeed`` for tests: it answers what ``quotes`` holds when asked (change it
+    between calls), limited to the regions and types asked for; ``calls`` counts the asks."""
+
+    def __init__(self, quotes: SpotQuotes | None = None) -> None:
+        self.quotes: dict[tuple[str, str, str], float] = dict(quotes or {})
+        self.calls = 0
+
+    async def spot_quotes(self, types_by_region: Mapping[str, set[str]]) -> SpotQuotes:
+        self.calls += 1
+        return {
+            k: v
+            for k, v in self.quotes.items()
+            if k[0] in types_by_region and k[2] in types_by_region[k[0]]
+        }

@@ -37,11 +37,13 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from spotd.files.private import open_private_append, private_dir, write_private_json
+from spotd.files.storage import uses_storage
+from spotd.pricing.live import price_walk
 from spotd.providers.base import (
     TAG_PROJECT,
     CapacityUnavailable,
@@ -49,6 +51,7 @@ from spotd.providers.base import (
     InvalidRequest,
     ObservedInstance,
 )
+from spotd.providers.capabilities import SpotQuotes
 from spotd.providers.childenv import agent_environment, uses_s3
 from spotd.providers.local_tenancy import (
     DEFAULT_PROJECT,
@@ -184,9 +187,11 @@ def _read_json(path: Path) -> Any:
 class LocalProvider:
     """Process groups grouped into configured regions and zones.
 
-    Capabilities: ``Chaos`` (``preempt``, ``kill``, ``partition``, ``stockout``) and
-    ``AdvanceNotices`` (a chaos notice is listed as NOTICE until its deadline). Not an
-    ``AgentEndpoint``: its agents use the daemon's unix socket and read notices from files.
+    Capabilities: ``Chaos`` (``preempt``, ``kill``, ``partition``, ``stockout``),
+    ``AdvanceNotices`` (a chaos notice is listed as NOTICE until its deadline) and
+    ``SpotPriceFeed`` (a seeded walk around the catalog's spot prices,
+    ``spotd.pricing.live.price_walk``). Not an ``AgentEndpoint``: its agents use the daemon's
+    unix socket and read notices from files.
     """
 
     name = PROVIDER_NAME
@@ -200,8 +205,10 @@ class LocalProvider:
         python: str = sys.executable,
         clock: Any = time.time,
         tenancy: LocalTenancy | None = None,
+        price_seed: int = 0,
     ) -> None:
         self._root = root
+        self._price_seed = price_seed
         self._instances = root / "instances"
         self._tenancy = tenancy or LocalTenancy()
         # every instance's directory holds its agent's token and its task's secrets: 0700
@@ -237,6 +244,11 @@ class LocalProvider:
         if not self._tenancy.run_as_project_users:
             return None
         return ensure_user(project_user(project))
+
+    async def spot_quotes(self, types_by_region: Mapping[str, set[str]]) -> SpotQuotes:
+        """Today's spot price of the asked types: the seeded walk at the clock's step."""
+        asked = [e for e in self._catalog if e.instance_type in types_by_region.get(e.region, ())]
+        return price_walk(asked, now=self._clock(), seed=self._price_seed)
 
     async def launch(self, spec: InstanceSpec) -> InstanceId:
         instance_id = InstanceId(f"local-{spec.key}")
@@ -276,7 +288,8 @@ class LocalProvider:
                 await asyncio.to_thread(shutil.rmtree, d, True)
         private_dir(d)
         agent = dataclasses.replace(spec.agent, instance_dir=str(d))
-        env = agent_environment(os.environ, s3=uses_s3(agent))
+        # a storage object may be an S3 bucket: its agent gets the chain too (its job does not)
+        env = agent_environment(os.environ, s3=uses_s3(agent) or uses_storage(agent.file_mounts))
         prefix: tuple[str, ...] = ()
         if owner is None:
             write_private_json(d / "agent.json", dataclasses.asdict(agent))

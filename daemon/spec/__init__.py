@@ -3,7 +3,7 @@
 A task file is what users already have from SkyPilot, so spotd reads that format as it is
 (``resources``, ``envs``, ``file_mounts``, ``setup``, ``run``, ``service``, ``job_recovery``,
 several ``---`` documents for a pipeline) and says clearly what it does not do: a SkyPilot key
-spotd has no use for (``volumes``, ``resources.autostop``, ``mode: MOUNT``) is an error that
+spotd has no use for (``volumes``, ``resources.autostop``, ``accelerator_args``) is an error that
 says "not supported by spotd", never a silent no-op and never a traceback.
 
 Errors are for humans fixing a file, so each one names the key path *and* the line, and all of

@@ -133,7 +133,7 @@ def review_file(
 
     It validates without placing: an env or secret with a null value is valid (a note: it is
     due at launch), and what launch refuses only because spotd lacks it yet (a cloud spotd
-    has no provider for, a storage object, a pool, a docker image, a config override) is a
+    has no provider for, a bucket store it lacks, a pool, a docker image, a config override) is a
     warning, not an error. Everything else ``load_tasks`` refuses is an error here too.
     """
     file = str(path)

@@ -41,7 +41,7 @@ def not_supported(*keys: str, hint: str = "") -> Mapping[str, str]:
 
 
 # The validation context ``spotctl check`` reads with (``{CHECKING: True}``): what launch refuses
-# only because spotd lacks it yet (another cloud, a storage object, a pool, a docker image)
+# only because spotd lacks it yet (another cloud, a bucket store, a pool, a docker image)
 # is kept in the model, and ``Task.advisories()`` turns it into a warning instead.
 CHECKING = "spotd_checking"
 

@@ -8,7 +8,7 @@ checks: environment names must be valid, an env with a null value must be suppli
 
 ``spotctl check`` reads with the ``CHECKING`` validation context (``spotd.spec.fields``): a
 null env is then valid (due at launch), and what launch refuses only because spotd lacks it yet
-(a cloud without a provider, a storage object, ``pool:``, ``image_id: docker:...``, a
+(a cloud without a provider, a bucket store spotd lacks, ``pool:``, ``image_id: docker:...``, a
 ``config:`` override) is kept in the model and reported by ``Task.advisories()`` as a warning.
 
 Secrets never leave through the model's own views: ``repr`` leaves them out, ``redacted()``
@@ -81,50 +81,47 @@ EnvValue = Annotated[str, PlainValidator(_env_value)]
 
 
 MountMode = Literal["COPY", "MOUNT", "MOUNT_CACHED"]
-# SkyPilot's storage backends (``store:``); spotd copies from s3 only, so far
-STORES = ("s3", "gcs", "azure", "r2", "ibm", "oci", "nebius", "cos")
+# SkyPilot's storage backends (``store:``), and spotd's directory store for the local provider
+STORES = ("s3", "gcs", "azure", "r2", "ibm", "oci", "nebius", "cos", "local")
+SPOTD_STORES = ("s3", "local")  # the stores spotd creates buckets in (spotd.files.storage)
+# S3's bucket naming rules, for both stores (spotd.files.storage.bucket_name_problem)
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
-def _v_mount_mode(value: Any, info: ValidationInfo) -> MountMode:
+def _v_mount_mode(value: Any) -> MountMode:
     text = str(value).strip().upper() if value is not None else "COPY"
-    if text == "COPY":
-        return "COPY"
-    if text == "MOUNT" and checking(info):
-        return "MOUNT"
-    if text == "MOUNT_CACHED" and checking(info):
-        return "MOUNT_CACHED"
-    if text in ("MOUNT", "MOUNT_CACHED"):
-        raise spotd_error(f"mode {text} is not supported by spotd: file mounts are copied (COPY)")
-    raise spotd_error(
-        f"unknown mode `{value}`; spotd supports COPY (SkyPilot: MOUNT, MOUNT_CACHED)"
-    )
+    if text in ("COPY", "MOUNT", "MOUNT_CACHED"):
+        return typing.cast(MountMode, text)
+    raise spotd_error(f"unknown mode `{value}`; modes are COPY, MOUNT and MOUNT_CACHED")
 
 
 def _v_store(value: Any, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     text = str(value).strip().lower()
-    if text == "s3" or (text in STORES and checking(info)):
+    if text in SPOTD_STORES or (text in STORES and checking(info)):
         return text
     if text in STORES:
-        raise spotd_error(f"store `{value}` is not supported by spotd (supported: s3)")
+        raise spotd_error(f"store `{value}` is not supported by spotd (supported: s3, local)")
     raise spotd_error(f"unknown store `{value}` (SkyPilot's: {', '.join(STORES)})")
 
 
 class FileMount(SpecModel):
-    """One ``file_mounts`` entry: a local path or an ``s3://`` URL, copied onto each node.
+    """One ``file_mounts`` entry: a local path or an ``s3://`` URL, copied onto each node; or
+    SkyPilot's storage object (``is_storage_object``): a bucket by ``name`` (created or
+    reused, ``source`` uploaded into it once), or an existing ``s3://`` bucket, given in
+    ``mode`` COPY, MOUNT or MOUNT_CACHED (``spotd.files.storage``; docs/storage.md).
 
-    The short form ``/remote: ./local`` is the same as ``{source: ./local}``. SkyPilot's
-    storage objects (a bucket by ``name``, ``mode: MOUNT | MOUNT_CACHED``, ``store: gcs``,
-    ``source: gs://...``, ``persistent``) are read too, so that ``spotctl check`` can warn
-    about them (``is_storage_object``); launch refuses them until spotd creates buckets.
+    The short form ``/remote: ./local`` is the same as ``{source: ./local}``. Stores spotd
+    lacks (``store: gcs``, ``source: gs://...``) are read too, so that ``spotctl check`` can
+    warn about them; launch refuses them.
     """
 
     special_keys: ClassVar[Mapping[str, str]] = not_supported(
         "config",
         "_bucket_sub_path",
         "_force_delete",
-        hint="spotd does not create buckets",
+        hint="spotd's buckets take name, source, store, mode and persistent",
     )
 
     source: str = ""
@@ -153,12 +150,32 @@ class FileMount(SpecModel):
         return source
 
     @model_validator(mode="after")
-    def _a_source_or_a_bucket(self, info: ValidationInfo) -> typing.Self:
+    def _a_source_or_a_bucket(self) -> typing.Self:
         if not self.source and self.name is None:
             raise spotd_error("required key is missing", ("source",))
-        for key in ("name", "persistent"):
-            if getattr(self, key) is not None and not checking(info):
-                raise spotd_error("not supported by spotd (spotd does not create buckets)", (key,))
+        if self.name is not None and not _BUCKET_NAME.fullmatch(self.name):
+            raise spotd_error(
+                f"bucket name `{self.name}` is not valid: 3-63 characters of a-z, 0-9, '.' "
+                "and '-', starting and ending with a letter or digit",
+                ("name",),
+            )
+        if self.name is not None and "://" in self.source:
+            raise spotd_error(
+                "a bucket by `name` is filled from a local `source`; to use the existing "
+                f"bucket {self.source}, leave `name` out",
+                ("source",),
+            )
+        if self.name is None and self.mode != "COPY" and "://" not in self.source:
+            raise spotd_error(
+                f"mode {self.mode} of a local source needs `name:`, the bucket to upload it to",
+                ("name",),
+            )
+        _, _, rest = self.source.partition("://")
+        if self.name is None and self.mode == "MOUNT_CACHED" and "/" in rest.strip("/"):
+            raise spotd_error(
+                "MOUNT_CACHED takes a whole bucket (s3://bucket), not a prefix in one",
+                ("source",),
+            )
         return self
 
     @property
@@ -167,15 +184,19 @@ class FileMount(SpecModel):
 
     @property
     def is_storage_object(self) -> bool:
-        """A SkyPilot storage object spotd cannot serve yet (launch refuses it)."""
+        """A bucket by ``name``, or an existing bucket mounted (MOUNT, MOUNT_CACHED): served by
+        ``spotd.files.storage``, not copied as a package or an s3:// source."""
+        return self.name is not None or self.mode != "COPY"
+
+    @property
+    def unsupported_store(self) -> str | None:
+        """The store or source scheme spotd has no buckets in (launch refuses it), or None."""
         scheme, sep, _ = self.source.partition("://")
-        return (
-            self.name is not None
-            or self.persistent is not None
-            or self.mode != "COPY"
-            or self.store not in (None, "s3")
-            or bool(sep and scheme.lower() != "s3")
-        )
+        if sep and scheme.lower() != "s3":
+            return f"{scheme}://"
+        if self.store not in (None, *SPOTD_STORES):
+            return f"store {self.store}"
+        return None
 
 
 def _remote_path(value: Any) -> str:
@@ -304,12 +325,20 @@ class Task(SpecModel):
         pools, docker images, config overrides). Paths are the user's keys."""
         found = [(("resources", *at), text) for at, text in self.resources.all_advisories()]
         for remote, mount in self.file_mounts.items():
-            if mount.is_storage_object:
+            where = mount.unsupported_store
+            if where is not None:
                 found.append(
                     (
                         ("file_mounts", remote),
-                        "storage objects are not supported yet (spotd copies local paths and "
-                        "s3:// with mode COPY); launch refuses it",
+                        f"spotd has no buckets in {where} (its stores: s3, local); "
+                        "launch refuses it",
+                    )
+                )
+            elif mount.persistent is False:
+                found.append(
+                    (
+                        ("file_mounts", remote, "persistent"),
+                        "spotd keeps a bucket until `spotctl storage delete`",
                     )
                 )
         if self.pool is not None:
@@ -396,7 +425,7 @@ class Task(SpecModel):
             data["secrets"] = {k: REDACTED for k in self.secrets}
         # the forms people write: `give_up_after: 30m`, `/data: s3://bucket/prefix`
         recovery = data.get("job_recovery", {})
-        for key in ("expected_duration", "give_up_after"):
+        for key in ("expected_duration", "give_up_after", "restart_overhead", "safety_margin"):
             if isinstance(recovery.get(key), int | float):
                 recovery[key] = format_duration(recovery[key])
         mounts = data.get("file_mounts", {})

@@ -146,12 +146,18 @@ def test_schemathesis_reads_every_operation() -> None:
 
 
 # what agents may call with their own credentials (and nothing else)
-AGENT_ROUTES = {("POST", "/agent/v1/heartbeat"), ("POST", "/agent/v1/bootstrap")}
+AGENT_ROUTES = {
+    ("POST", "/agent/v1/heartbeat"),
+    ("POST", "/agent/v1/bootstrap"),
+    ("POST", "/agent/v1/storage"),  # storage objects, before setup (spotd.api.storage)
+}
 # what project tokens gained since the route table: the document, and uploading their files
 PROJECT_ROUTES_ADDED = {
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/blobs/missing"),
     ("PUT", "/v1/blobs/{sha256}"),
+    ("GET", "/v1/storage"),  # their own project's buckets (spotd.api.storage)
+    ("POST", "/v1/storage/{name}/delete"),
 }
 
 

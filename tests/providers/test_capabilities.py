@@ -23,18 +23,19 @@ from spotd.providers.capabilities import (
     Disableable,
     ObjectStore,
     PackageStore,
+    SpotPriceFeed,
 )
 from spotd.providers.childenv import SERVICE_ONLY_VARS, child_env
 from spotd.providers.kubernetes import KubernetesProvider, parse_config
 from spotd.providers.local import LocalProvider
 from spotd.providers.slurm import SlurmProvider, parse_partitions
 
-CAPABILITIES = (AgentEndpoint, PackageStore, Chaos, Disableable, AdvanceNotices)
+CAPABILITIES = (AgentEndpoint, PackageStore, Chaos, Disableable, AdvanceNotices, SpotPriceFeed)
 DAEMON_URL = "http://10.0.0.5:8470"
 
 DECLARED: dict[str, set[type]] = {
-    "local": {Chaos, AdvanceNotices},
-    "aws": {AgentEndpoint, PackageStore, Disableable},
+    "local": {Chaos, AdvanceNotices, SpotPriceFeed},
+    "aws": {AgentEndpoint, PackageStore, Disableable, SpotPriceFeed},
     "k8s": {AgentEndpoint, AdvanceNotices},
     "slurm": {AgentEndpoint},
 }

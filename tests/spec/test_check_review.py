@@ -74,9 +74,10 @@ def test_launch_refuses_what_spotd_lacks_with_one_reason(text: str, phrase: str)
         ("pool: {workers: 2}", ["pool: warning: pools are not supported yet"]),
         ("config: {jobs: {controller: {}}}", ["config.jobs.controller: warning: ignored"]),
         ("config: {aws: {labels: {}}}", ["config.aws: warning: config override not supported"]),
+        ("file_mounts: {/d: {name: my-bucket, mode: MOUNT}}", []),
         (
-            "file_mounts: {/d: {name: b, mode: MOUNT}}",
-            ['file_mounts["/d"]: warning: storage objects are not supported yet'],
+            "file_mounts: {/d: {name: my-bucket, store: gcs}}",
+            ['file_mounts["/d"]: warning: spotd has no buckets in store gcs'],
         ),
         ("file_mounts: {/d: {source: s3://b/p}}", []),
         ("resources: {disk_size: 1TB, labels: {a: b}}", []),

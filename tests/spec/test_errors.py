@@ -227,11 +227,18 @@ ONE_PROBLEM = [
         id="port-out-of-range",
     ),
     pytest.param(
-        "run: echo\nfile_mounts:\n  /data:\n    source: s3://b/p\n    mode: MOUNT\n",
+        "run: echo\nfile_mounts:\n  /data:\n    source: s3://b/p\n    mode: MOUNTED\n",
         'file_mounts["/data"].mode',
         5,
-        "MOUNT is not supported by spotd",
-        id="mount-mode-unsupported",
+        "unknown mode `MOUNTED`; modes are COPY, MOUNT and MOUNT_CACHED",
+        id="mount-mode-unknown",
+    ),
+    pytest.param(
+        "run: echo\nfile_mounts:\n  /data:\n    source: ./d\n    mode: MOUNT\n",
+        'file_mounts["/data"].name',
+        3,
+        "mode MOUNT of a local source needs `name:`",
+        id="mount-of-a-local-source-needs-a-bucket",
     ),
     pytest.param(
         "run: echo\nfile_mounts:\n  /data: gs://bucket/path\n",
@@ -248,11 +255,11 @@ ONE_PROBLEM = [
         id="gcs-store-unsupported",
     ),
     pytest.param(
-        "run: echo\nfile_mounts:\n  /data: {name: my-bucket, source: ./d}\n",
+        "run: echo\nfile_mounts:\n  /data: {name: My_Bucket, source: ./d}\n",
         'file_mounts["/data"].name',
         3,
-        "not supported by spotd",
-        id="bucket-name-unsupported",
+        "bucket name `My_Bucket` is not valid",
+        id="bucket-name-invalid",
     ),
     pytest.param(
         "run: echo\nfile_mounts:\n  /data: {mode: COPY}\n",
