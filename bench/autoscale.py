@@ -21,14 +21,15 @@ The model:
 - a new replica is READY ``--cold-start`` seconds after the target asks for it; a removed one
   takes no new requests and finishes what it holds (drain);
 - the daemon's loop runs every second: QPS over a 60 s window counted as spotd's LB counts
-  it (a request is counted when it is answered), vLLM's running/waiting gauges and KV-cache
+  it (a request is counted when it arrives, as SkyServe's LB counts), vLLM's running/waiting gauges and KV-cache
   usage (running / slots) summed over READY replicas, the LB's queue added as waiting.
 
 Policies (one run each per seed, same arrivals): ``qps`` (``target_qps_per_replica`` only,
-counted at answer, as spotd's LB does), ``qps-arrivals`` (the same target counted at
-arrival, as SkyServe's LB does: the most QPS scaling can see), ``qps-tuned`` (a QPS target
-of 80 % of what a replica serves for this very workload, which only someone who knows the
-generation lengths can set; counted at answer), ``queue`` (the first QPS target
+counted at arrival, as spotd's and SkyServe's LBs do: the most QPS scaling can see),
+``qps-at-answer`` (the same target counted when answered, as spotd's LB counted before: a
+burst of long generations shows as demand only when its answers come), ``qps-tuned`` (a QPS
+target of 80 % of what a replica serves for this very workload, which only someone who knows
+the generation lengths can set), ``queue`` (the first QPS target
 plus ``target_queue_per_replica``), ``kv`` (plus ``target_kv_cache_usage``),
 ``queue-lb-holds`` (``queue`` with a load balancer that holds requests while every batch is
 full: what an LB-side queue would add), and the reference measured in the same run:
@@ -131,7 +132,7 @@ def simulate(
     cold_start: float,
     wait_target: float,
     settle: float,
-    count_at_arrival: bool = False,
+    count_at_arrival: bool = True,
     fixed: int | None = None,
     lb_holds: bool = False,
 ) -> Outcome:
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     tuned = round(0.8 * a.slots / (a.tokens / a.tok_per_s), 3)
     policies: dict[str, tuple[AutoscalePolicy, dict[str, Any]]] = {
         "qps": (policy(), {}),
-        "qps-arrivals": (policy(), {"count_at_arrival": True}),
+        "qps-at-answer": (policy(), {"count_at_arrival": False}),
         "qps-tuned": (policy(target_qps_per_replica=tuned), {}),
         "queue": (policy(target_queue_per_replica=a.target_queue), {}),
         "kv": (policy(target_kv_cache_usage=a.target_kv), {}),

@@ -77,6 +77,7 @@ class Proxy:
         m = st.metrics
         t0 = time.monotonic()
         m.in_flight += 1
+        st.window.arrived(time.time())  # demand counts when it arrives, not when answered
         code = 499  # until we know better: the client went away
         try:
             keys = st.api_keys
@@ -94,9 +95,9 @@ class Proxy:
             raise
         finally:
             m.in_flight -= 1
-            now = time.time()
             m.observe(code, time.monotonic() - t0)
-            st.window.record(now, code >= 500)
+            if code >= 500:
+                st.window.failed(time.time())
 
 
 def _unauthorized(header: str) -> web.Response:

@@ -179,7 +179,10 @@ class Window:
     """Per-second request counts for the last ``seconds`` seconds (for the autoscaler).
 
     One slot per unix second in a ring; a slot is reset when its second comes round again.
-    ``record`` costs one ``time.time()`` and two list stores.
+    A request is counted in the second it *arrives* (``arrived``), as SkyServe's LB counts:
+    counted when answered, a burst of long generations shows as demand only minutes later,
+    when the answers come (bench/autoscale.py measured QPS scaling never catching up). Its
+    5xx is counted in the second it is answered (``failed``). Each costs two list stores.
     """
 
     def __init__(self, seconds: int = 600) -> None:
@@ -188,16 +191,20 @@ class Window:
         self._count = [0] * seconds
         self._errors = [0] * seconds
 
-    def record(self, now: float, error: bool) -> None:
+    def _slot(self, now: float) -> int:
         s = int(now)
         i = s % self.seconds
         if self._sec[i] != s:
             self._sec[i] = s
             self._count[i] = 0
             self._errors[i] = 0
-        self._count[i] += 1
-        if error:
-            self._errors[i] += 1
+        return i
+
+    def arrived(self, now: float) -> None:
+        self._count[self._slot(now)] += 1
+
+    def failed(self, now: float) -> None:
+        self._errors[self._slot(now)] += 1
 
     def buckets(self, now: float, window: int) -> list[tuple[int, int, int]]:
         """(second, requests, 5xx) for the last ``window`` whole seconds, oldest first.

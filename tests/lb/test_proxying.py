@@ -267,6 +267,38 @@ async def test_stats_and_metrics(make_lb: LBFactory, upstream) -> None:
     assert "spotd_lb_retries_total 0.0" in text
 
 
+async def test_a_long_request_counts_as_demand_while_it_is_still_in_flight(
+    make_lb: LBFactory, upstream
+) -> None:
+    """The autoscaler's QPS is counted at arrival (as SkyServe's LB counts): a burst of long
+    generations is demand the moment it arrives, not minutes later when the answers come."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(status=503 if request.path == "/fail" else 200)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    url = await upstream(app)
+    lb = await make_lb()
+    await lb.put_replicas([{"id": "a", "url": url}])
+    calls = [asyncio.ensure_future(lb.session.get(f"{lb.url}/{p}")) for p in ("x", "y", "fail")]
+    await wait_until(lambda: lb.state.metrics.in_flight == 3)
+    await asyncio.sleep(1.05)  # the second they arrived in is over; none is answered yet
+    async with lb.session.get(f"{lb.control_url}/-/stats?window=5", headers=lb.auth) as r:
+        stats = await r.json()
+    assert (stats["requests"], stats["in_flight"], stats["errors_5xx"]) == (3, 3, 0)
+    release.set()
+    for call in calls:
+        (await call).release()
+    await asyncio.sleep(1.05)
+    async with lb.session.get(f"{lb.control_url}/-/stats?window=5", headers=lb.auth) as r:
+        stats = await r.json()
+    # still three requests (not counted again when answered); the 5xx in its answer's second
+    assert (stats["requests"], stats["in_flight"], stats["errors_5xx"]) == (3, 0, 1)
+
+
 async def test_stream_head_is_not_held_back_until_the_first_event(
     make_lb: LBFactory, upstream
 ) -> None:

@@ -362,8 +362,8 @@ async def test_long_generations_at_low_qps_scale_up_on_queue_depth(serve_daemon,
         events = [e["message"] for e in await serve_events(c, "llm")]
     scaled = [m for m in events if m.startswith("autoscaler: target 1 →")]
     assert scaled, events
-    # the event names the signal that asked, and what QPS alone asked for (the LB counts a
-    # request when it is answered: 0 while the first generations run, then 1)
+    # the event names the signal that asked, and what QPS alone asked for (2 requests/s
+    # counted as they arrive, under the target of 4: 1 replica, or 0 before the first second)
     assert "on queue_per_replica" in scaled[0], scaled
     assert re.search(r"qps_per_replica asks [01]\b", scaled[0]), scaled
     qps = _gauge(daemon_metrics, "spotd_service_qps", service="llm")
