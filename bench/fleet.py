@@ -8,11 +8,13 @@ task in it, reporting over the daemon's real agent API) are started, and:
 
 1. N jobs (``run: sleep infinity``, spot) are submitted through the API by C concurrent
    clients: ``submit_per_s`` is N over the time from the first request to the last answer;
-2. once every job is RUNNING, the daemon is left alone for ``--steady`` seconds (default: one
-   keep-alive period, so every agent's keep-alive and every job's periodic look fall in it
-   once): ``rss_mb`` (VmRSS at the end) and ``cpu_cores`` (the daemon's user+system CPU
-   seconds per second over the window, from /proc), the agents' reports per second, and the
-   fleet's listing calls per region per observe tick;
+2. once every job is RUNNING (``lost_before_running``: attempts that had ended by then, though
+   nothing was reclaimed yet: losses the daemon made up itself; 0 is right), the daemon is
+   left alone for ``--steady`` seconds (default: one keep-alive period, so every agent's
+   keep-alive and every job's periodic look fall in it once): ``rss_mb`` (VmRSS at the end)
+   and ``cpu_cores`` (the daemon's user+system CPU seconds per second over the window, from
+   /proc), the agents' reports per second, and the fleet's listing calls per region per
+   observe tick;
 3. ``queue_ms``: ``GET /v1/jobs?limit=50`` (the first page ``spotctl jobs queue`` shows), median
    of 5; ``cli_queue_ms``: ``spotctl jobs queue`` itself (a new Python process), median of 3;
 4. ``cli_submit_per_s``: ``spotctl jobs launch -d -y`` run one after another, 5 times;
@@ -20,10 +22,11 @@ task in it, reporting over the daemon's real agent API) are started, and:
    fleet's test API); the latency is each one's attempt ``ended_at`` (the daemon's verdict,
    read from its database) minus the moment it was reclaimed: median and p99.
 
-A reference is measured in the same run: the idle daemon (no job at all) gives the row
-``jobs: 0``; ``spotctl --help`` is timed too (median of 5 new processes). Everything runs on
-this machine: the fleet process and the load generator share its cores with the daemon, whose
-own CPU is what ``cpu_cores`` counts.
+``load_1m`` / ``load_1m_end``: the machine's load average when the row began and ended (the
+daemon shares the machine). A reference is measured in the same run: the idle daemon (no job
+at all) gives the row ``jobs: 0``; ``spotctl --help`` is timed too (median of 5 new
+processes). Everything runs on this machine: the fleet process and the load generator share
+its cores with the daemon, whose own CPU is what ``cpu_cores`` counts.
 """
 
 from __future__ import annotations
@@ -147,6 +150,11 @@ class Rig:
     def status_counts(self) -> dict[str, int]:
         with self.db() as c:
             return dict(c.execute("select status, count(*) from job group by status").fetchall())
+
+    def ended_attempts(self) -> int:
+        with self.db() as c:
+            (n,) = c.execute("select count(*) from attempt where status = 'ENDED'").fetchone()
+            return int(n)
 
     def spotctl(self, *args: str) -> float:
         t0 = time.perf_counter()
@@ -282,11 +290,14 @@ def run_row(n: int, *, clients: int, preempt: int, steady_s: float) -> dict[str,
     rig = Rig(concurrency=64)
     try:
         rig.start()
-        row: dict[str, Any] = {"jobs": n}
+        row: dict[str, Any] = {"jobs": n, "load_1m": round(os.getloadavg()[0], 2)}
         if n:
             c0 = proc_cpu_seconds(rig.daemon.pid)
             row["submit_per_s"] = round(asyncio.run(submit_all(rig, n, clients)), 1)
             row["to_running_s"] = round(wait_running(rig, n, timeout=120 + n / 20), 1)
+            # nothing is reclaimed before step 5: an attempt that ended by now was lost by the
+            # daemon itself (a verdict from a listing older than its launch, say)
+            row["lost_before_running"] = rig.ended_attempts()
             # the daemon's CPU per job from submit to RUNNING: what a busy machine distorts least
             row["cpu_ms_per_job"] = round((proc_cpu_seconds(rig.daemon.pid) - c0) / n * 1000, 2)
         row.update(asyncio.run(steady(rig, steady_s if n else min(steady_s, 10.0))))
@@ -297,6 +308,7 @@ def run_row(n: int, *, clients: int, preempt: int, steady_s: float) -> dict[str,
         if n:
             row["detect_p50_s"], row["detect_p99_s"] = asyncio.run(detection(rig, min(preempt, n)))
             row["cli_submit_per_s"] = cli_submit_per_s(rig)
+        row["load_1m_end"] = round(os.getloadavg()[0], 2)  # the machine's, not the daemon's
         return row
     finally:
         rig.close()

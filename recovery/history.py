@@ -27,10 +27,15 @@ refused: a stockout, a quota), successful launch and finished run, in the shared
     last checkpoint), so it reads as "the fraction of paid time lost to preemptions beyond the
     usual": one fresh preemption with no survival data gives (1+1)/(0+8) - 1/8 = 0.125/h,
     times 0.25 h = 3% dearer. Zones with a good record are not made cheaper than list price.
+
+Each walks every event it is given; ``ZoneDigest`` keeps a sliding window of history as the
+few events whose summaries are the same (the latest launch per zone, the blocking events, the
+runs folded into one per zone), so placement costs the same at ten jobs or ten thousand.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
@@ -41,6 +46,8 @@ from spotd.types import ZoneEventKind, ZoneKey
 
 __all__ = [
     "BLOCKING_KINDS",
+    "RISK_MEMORY_SECONDS",
+    "ZoneDigest",
     "ZoneEvent",
     "ZoneEventRowLike",
     "decay",
@@ -55,6 +62,7 @@ __all__ = [
 BLOCKING_KINDS: frozenset[ZoneEventKind] = frozenset(
     {ZoneEventKind.PREEMPTED, ZoneEventKind.LAUNCH_FAILED}
 )
+RISK_MEMORY_SECONDS = 6 * 3600.0  # preemption_risk's memory (the digest folds runs with it)
 
 
 class ZoneEventRowLike(Protocol):
@@ -178,7 +186,7 @@ def preemption_risk(
     prior_preemptions: float = 1.0,
     prior_hours: float = 8.0,
     hours_lost_per_preemption: float = 0.25,
-    memory_seconds: float = 6 * 3600.0,
+    memory_seconds: float = RISK_MEMORY_SECONDS,
 ) -> dict[ZoneKey, float]:
     """Per-zone spot cost factor >= 0 (see the module docstring); zones with no preemption
     history above the prior are absent (factor 0)."""
@@ -212,3 +220,148 @@ def penalties_by_zone(
         if p > 0:
             out[z] = p
     return out
+
+
+# -- the window, summarised as it arrives ----------------------------------------------------
+
+_REFOLD_AFTER = 32.0  # memories between a zone's fold base and a run before it is refolded
+
+
+def _at_order(entry: tuple[float, int, ZoneEvent]) -> tuple[float, int]:
+    return entry[0], entry[1]
+
+
+def _at(entry: tuple[float, float]) -> float:
+    return entry[0]
+
+
+class ZoneDigest:
+    """A sliding window of zone history, held as the few events the summaries above read, so
+    a placement costs the same whether the window saw ten launches or a hundred thousand.
+
+    Every launch writes a LAUNCHED event, so a day of history at ten thousand jobs is ten
+    thousand rows or more, and each summary walks all it is given, at every placement (at
+    3,000 jobs that was a quarter of the daemon's CPU, growing with every job). What the
+    summaries need of the window is small; :meth:`add` keeps that much, per kind:
+
+    =============  =========================================================================
+    kind           kept
+    =============  =========================================================================
+    LAUNCHED       the latest per zone: ``zone_penalties`` asks only whether a launch there
+                   came after a failure
+    LAUNCH_FAILED  those no launch in their zone came after (the others never count again:
+                   the launch that lifted one leaves the window after it)
+    PREEMPTED      every one (each weighs in all three summaries with its own age)
+    RAN            one per zone, folded: at the zone's base time b, ``seconds`` =
+                   sum of s_i * 2**((at_i - b) / M), which ``preemption_risk`` (memory M)
+                   decays by 2**(-(now - b) / M) back to the sum of s_i * 2**(-(now - at_i)
+                   / M) it computes from the runs themselves
+    =============  =========================================================================
+
+    :meth:`drop_before` takes out what left the window (a folded run is subtracted again).
+    ``zone_penalties``, ``region_penalties`` and ``preemption_risk`` of :meth:`events` equal
+    those of every event added and not dropped, to rounding, for ``now`` at or after the
+    events (a run stamped after ``now``, which the summaries count as now, counts a little
+    less folded). ``order`` (the store's row id) breaks ties of ``at`` as the store orders
+    them: a failed launch and a preemption at the same instant combine in that order.
+    """
+
+    def __init__(self, *, memory_seconds: float = RISK_MEMORY_SECONDS) -> None:
+        if not memory_seconds > 0:
+            raise ValueError(f"memory_seconds must be positive, got {memory_seconds}")
+        self._memory = memory_seconds
+        self._launched: dict[ZoneKey, ZoneEvent] = {}
+        self._blocking: dict[ZoneKey, list[tuple[float, int, ZoneEvent]]] = {}
+        self._runs: dict[ZoneKey, list[tuple[float, float]]] = {}  # (at, seconds), by at
+        self._base: dict[ZoneKey, float] = {}
+        self._folded: dict[ZoneKey, float] = {}
+        self._next_order = 0
+        self._view: list[ZoneEvent] | None = None  # what events() returns, until a change
+
+    def add(self, event: ZoneEvent, order: int | None = None) -> None:
+        """Take one event into the window (``order``: its row id; default: as added)."""
+        if order is None:
+            order = self._next_order
+        self._next_order = max(self._next_order, order) + 1
+        zone, kind = event.zone, event.kind
+        self._view = None
+        if kind is ZoneEventKind.LAUNCHED:
+            latest = self._launched.get(zone)
+            if latest is None or event.at >= latest.at:
+                self._launched[zone] = event
+            held = self._blocking.get(zone, [])
+            stays = [
+                b for b in held if b[2].kind is not ZoneEventKind.LAUNCH_FAILED or b[0] >= event.at
+            ]
+            if len(stays) < len(held):  # failures it lifted
+                self._set_blocking(zone, stays)
+        elif kind is ZoneEventKind.RAN:
+            self._fold(zone, event.at, event.seconds)
+        elif kind in BLOCKING_KINDS:
+            latest = self._launched.get(zone)
+            if kind is ZoneEventKind.LAUNCH_FAILED and latest is not None and latest.at > event.at:
+                return  # a launch there succeeded since: it never counts
+            bisect.insort(
+                self._blocking.setdefault(zone, []), (event.at, order, event), key=_at_order
+            )
+
+    def drop_before(self, since: float) -> None:
+        """Forget what happened before ``since`` (it left the window)."""
+        for zone in [z for z, e in self._launched.items() if e.at < since]:
+            del self._launched[zone]
+            self._view = None
+        for zone, held in list(self._blocking.items()):
+            gone = bisect.bisect_left(held, since, key=lambda b: b[0])
+            if gone:
+                self._set_blocking(zone, held[gone:])
+        for zone, runs in list(self._runs.items()):
+            gone = bisect.bisect_left(runs, since, key=_at)
+            if not gone:
+                continue
+            self._view = None
+            if gone == len(runs):
+                del self._runs[zone], self._base[zone], self._folded[zone]
+                continue
+            base = self._base[zone]
+            less = sum(s * self._weight(at, base) for at, s in runs[:gone])
+            del runs[:gone]
+            self._folded[zone] = max(0.0, self._folded[zone] - less)
+
+    def events(self) -> list[ZoneEvent]:
+        """Events whose summaries are the window's, oldest first (kept until the next change:
+        do not modify)."""
+        if self._view is None:
+            blocking = sorted((b for held in self._blocking.values() for b in held), key=_at_order)
+            runs = [
+                ZoneEvent(
+                    zone=zone,
+                    kind=ZoneEventKind.RAN,
+                    at=self._base[zone],
+                    seconds=self._folded[zone],
+                    detail=f"{len(self._runs[zone])} runs, folded",
+                )
+                for zone in self._runs
+            ]
+            everything = [b[2] for b in blocking] + list(self._launched.values()) + runs
+            self._view = sorted(everything, key=lambda e: e.at)  # stable: ties keep order
+        return self._view
+
+    def _set_blocking(self, zone: ZoneKey, held: list[tuple[float, int, ZoneEvent]]) -> None:
+        self._view = None
+        if held:
+            self._blocking[zone] = held
+        else:
+            self._blocking.pop(zone, None)
+
+    def _weight(self, at: float, base: float) -> float:
+        return float(2.0 ** ((at - base) / self._memory))
+
+    def _fold(self, zone: ZoneKey, at: float, seconds: float) -> None:
+        runs = self._runs.setdefault(zone, [])
+        bisect.insort(runs, (at, seconds), key=_at)
+        base = self._base.get(zone)
+        if base is None or abs(at - base) > _REFOLD_AFTER * self._memory:
+            base = self._base[zone] = runs[0][0]
+            self._folded[zone] = sum(s * self._weight(a, base) for a, s in runs)
+        else:
+            self._folded[zone] += seconds * self._weight(at, base)

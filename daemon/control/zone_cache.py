@@ -1,13 +1,16 @@
-"""A day of zone history for placement, read from the store once and then only what is new.
+"""A day of zone history for placement, read from the store once and then only what is new,
+and held digested.
 
 Every placement ranks zones by their history (``spotd.recovery.history``): a day of zone events,
 one of which is written for every launch. Read whole for each placement, that was one more
 row per job already placed, so submitting ten thousand jobs read some fifty million rows; this
-keeps the converted events (by id, so a row is held once however many placements ask at the
-same moment) and asks the store only for rows written since the newest it holds
-(``EventStore.zone_events(after_id=...)``), dropping what fell out of the window. Every
-``full_every`` seconds it reads the window whole again, so a row that committed out of id order
-(several writers on one PostgreSQL) or one retention deleted cannot linger.
+asks the store only for rows written since the newest it holds
+(``EventStore.zone_events(after_id=...)``), and holds them as a ``history.ZoneDigest``: the
+latest launch per zone, the failures and preemptions, the runs folded into one per zone — so a
+placement walks a few events per zone, not one per job ever placed that day, and what aged
+out of the window leaves the digest as it is read. Every ``full_every`` seconds it reads the
+window whole again, so a row that committed out of id order (several writers on one
+PostgreSQL) or one retention deleted cannot linger.
 """
 
 from __future__ import annotations
@@ -21,40 +24,27 @@ __all__ = ["ZoneHistoryCache"]
 
 
 class ZoneHistoryCache:
-    """The zone events of the last ``window`` seconds, oldest first."""
+    """The zone events of the last ``window`` seconds, digested (``history.ZoneDigest``)."""
 
     def __init__(self, store: AsyncStore, *, window: float, full_every: float = 60.0) -> None:
         self._store = store
         self._window = window
         self._full_every = full_every
-        self._events: dict[int, history.ZoneEvent] = {}
-        self._ordered: list[history.ZoneEvent] = []
+        self._digest = history.ZoneDigest()
         self._last_id = 0  # the newest row held
         self._full_at: float | None = None
         self._lock = asyncio.Lock()  # one refresh at a time: concurrent placements share it
 
     async def read(self, now: float) -> list[history.ZoneEvent]:
+        """Events whose summaries (``zone_penalties``, ``region_penalties``,
+        ``preemption_risk``) are those of the window's every event, oldest first."""
         since = now - self._window
         async with self._lock:
             if self._full_at is None or now - self._full_at >= self._full_every:
-                self._events, self._ordered, self._last_id, self._full_at = {}, [], 0, now
+                self._digest, self._last_id, self._full_at = history.ZoneDigest(), 0, now
             rows = await self._store.zone_events(since=since, after_id=self._last_id)
-            aged = (  # oldest first: only when the oldest held fell out of the window
-                [i for i, e in self._events.items() if e.at < since]
-                if self._ordered and self._ordered[0].at < since
-                else []
-            )
-            for i in aged:
-                del self._events[i]
-            fresh = sorted(rows, key=lambda r: (r.at, r.id))
-            new = [history.ZoneEvent.from_row(r) for r in fresh]
-            self._events.update((r.id, e) for r, e in zip(fresh, new, strict=True))
-            self._last_id = max([self._last_id, *(r.id for r in fresh)])
-            if aged or (new and self._ordered and new[0].at < self._ordered[-1].at):
-                self._ordered = [self._events[i] for i in sorted(self._events, key=self._order_key)]
-            else:  # the usual case: what is new is also the latest
-                self._ordered.extend(new)
-            return list(self._ordered)
-
-    def _order_key(self, event_id: int) -> tuple[float, int]:
-        return (self._events[event_id].at, event_id)
+            self._digest.drop_before(since)
+            for r in rows:  # the store's order: (at, id)
+                self._digest.add(history.ZoneEvent.from_row(r), order=r.id)
+                self._last_id = max(self._last_id, r.id)
+            return list(self._digest.events())
