@@ -465,6 +465,7 @@ class ServiceController:
                 market=r.market,
                 status=r.status,
                 launched_at=r.created_at,
+                notice_deadline=r.notice_deadline,
             )
             for r in newest
             if r.status.is_alive

@@ -88,7 +88,7 @@ def plot_serve(
             label=f"{r.policy} ({w.cost_vs_ondemand:.2f}x on-demand)",
         )
     ax_ready.axhline(setup.target, color="black", lw=0.6, ls=":")
-    ax_ready.set_ylabel("replicas the LB routes to\n(READY, not under notice)")
+    ax_ready.set_ylabel("replicas the LB routes to\n(READY, not drained)")
     ax_ready.legend(fontsize=7, ncol=3, loc="lower right")
     ax_cost.set_ylabel("cumulative cost\n(replica-hours, spot 1 / on-demand 3)")
     ax_cost.set_xlabel(

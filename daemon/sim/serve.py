@@ -15,8 +15,9 @@ The setup is the SpotHedge paper's microbenchmark (EuroSys'25, artifact
   them, and every policy sees the same windows;
 - **cost** of a tick = spot replicas held + ``ondemand_cost`` (3) × on-demand replicas held,
   starting ones included, a failed launch free; **availability** = the fraction of ticks with at
-  least ``target`` replicas the load balancer routes to: READY and not under a preemption
-  notice (the daemon drains a noticed replica at once, ``control/draining.py``). Both count
+  least ``target`` replicas the load balancer routes to: READY and not drained (a replica
+  under a preemption notice serves until the policy drains it, as the daemon's planner does
+  once its replacement is READY, or until the zone takes it). Both count
   the ticks after the first ``cold_start`` ones (as the artifact does), and cost is reported
   as a fraction of holding ``target`` on-demand replicas over those ticks
   (``cost_vs_ondemand``) and in replica-hours priced spot 1 / on-demand 3 (``cost``).
@@ -32,8 +33,10 @@ be announced and how long before; at every tick the simulator looks ahead in the
 announces the losses within their replica's lead. An announced replica goes at its deadline
 whatever the zone holds by then; one never announced is lost as without notices. The draws
 are seeded by the run's seed and the window's offset. Both notice-aware policies react as
-spotd's executor does: the noticed replica is drained and let go, its replacement planned in
-the same step.
+spotd's executor does: the noticed replica stops counting as capacity, so its replacement is
+planned in the same step; it keeps serving (the LB still routes to it) until the others READY
+make the target, then it is drained and let go within the tick (``hedge.plan_replicas``,
+"Notices").
 
 Single-node traces. A folder whose values are all 0 or 1 reads as "available, unlimited" (the
 artifact's reading of its 2-month trace) unless ``binary_unlimited`` is off.
@@ -54,7 +57,8 @@ Policies (``POLICIES``):
     was asked (preempted, or a launch failed) turns bad, one that kept all it was asked for
     turns good; when no more than ``max(0, min(1, zones - 3))`` zones are good, all are good
     again (for 3 zones or fewer: when none is; the artifact's ``min(1, zones - 3)`` never
-    fires below 3 zones); a replica under notice no longer counts as held; on-demand =
+    fires below 3 zones); a replica under notice no longer counts as held (it serves until
+    the others READY make the target, as in spotd's executor); on-demand =
     ``min(target, target + 1 - READY spot)`` at the previous tick.
 ``round-robin``
     ``target`` spot replicas, each new one to the next zone in turn; no fallback.
@@ -237,8 +241,9 @@ def run_window(
             elif t - r.launched_tick == C:
                 events.append(SimEvent(SimEventKind.READY, r.zone, r.market, t, now, r.id))
         warm = frozenset(r.id for r in alive if t - r.launched_tick >= C)
-        # what the LB routes to: a replica under notice is DRAINING and gets no requests
-        serving = warm - notices.announced()
+        # what the LB routes to: the READY replicas; one under notice counts until the policy
+        # drains it (terminated above) or the zone takes it
+        serving = warm
         n_spot = sum(1 for r in alive if r.market is Market.SPOT)
         n_od = len(alive) - n_spot
         if t >= C:

@@ -24,7 +24,6 @@ from spotd.sim.serve_model import (
     ServeSetup,
     SimEvent,
     SimEventKind,
-    SimReplica,
     TickView,
 )
 from spotd.types import Market, ZoneEventKind, ZoneKey
@@ -65,11 +64,16 @@ class SpotdPolicy:
         )
         self.zone_history: list[hedge.ZoneEvent] = []
         self.risk_history: list[rhist.ZoneEvent] = []
+        self.deadlines: dict[int, float] = {}  # replica under notice -> its deadline (seconds)
 
     def _record(self, events: Sequence[SimEvent]) -> None:
         for e in events:
             if e.market is not Market.SPOT:
                 continue
+            if e.kind in (SimEventKind.PREEMPTED, SimEventKind.TERMINATED) and (
+                self.deadlines.pop(e.replica, None) is not None
+            ):
+                continue  # recorded when its notice came, as the executor records it
             if e.kind in (SimEventKind.PREEMPTED, SimEventKind.NOTICE):
                 # the executor records PREEMPTED when the notice comes (control/draining.py)
                 self.zone_history.append(hedge.ZoneEvent(e.zone, ZoneEventKind.PREEMPTED, e.at))
@@ -118,13 +122,17 @@ class SpotdPolicy:
             )
             for z in self.zones
         ]
+        for e in view.events:
+            if e.kind is SimEventKind.NOTICE:
+                self.deadlines[e.replica] = e.deadline * self.setup.tick_seconds
         current = [
             hedge.ReplicaView(
                 ReplicaId(r.id),
                 r.zone,
                 r.market,
-                _status(r, view),
+                ReplicaStatus.READY if r.id in view.ready else ReplicaStatus.STARTING,
                 launched_at=r.launched_tick * self.setup.tick_seconds,
+                notice_deadline=self.deadlines.get(r.id) if r.id in view.noticed else None,
             )
             for r in view.replicas
         ]
@@ -140,18 +148,12 @@ class SpotdPolicy:
             calm_seconds=self.setup.calm_seconds,
         )
         self.last_plan = plan
-        # the executor drains a replica under notice (the LB sends it nothing) and lets it go
-        # once its requests are done: within a tick
+        # the executor drains what the plan retires (a replica under notice once its replacement
+        # is READY) and lets it go once its requests are done: within a tick
         return Decision(
             launch=tuple((s.zone, s.market) for s in plan.launch),
-            terminate=(*(int(i) for i in plan.terminate), *sorted(view.noticed)),
+            terminate=tuple(int(i) for i in plan.terminate),
         )
-
-
-def _status(r: SimReplica, view: TickView) -> ReplicaStatus:
-    if r.id in view.noticed:
-        return ReplicaStatus.DRAINING  # the daemon drains a replica under notice and replaces it
-    return ReplicaStatus.READY if r.id in view.ready else ReplicaStatus.STARTING
 
 
 # -- baselines -----------------------------------------------------------------------------
@@ -226,7 +228,7 @@ class SpotHedgePolicy:
         else:  # fewer wanted than held: start over (the artifact's rule)
             plan, extra = [0] * len(self.zones), provision
             terminate = tuple(r.id for r in spot)
-        terminate += tuple(sorted(view.noticed))
+        terminate += _release_noticed(view, ready_spot, terminate)
         # the artifact resets at min(1, zones - 3) good zones; below 3 zones that is never, and
         # its random.choice fails on an empty list: here it resets when no zone is good
         if len(self.good) <= max(0, min(1, len(self.zones) - 3)):
@@ -239,6 +241,14 @@ class SpotHedgePolicy:
             launch.append((self.zones[z], Market.SPOT))
         self.asked = plan
         return _merge(Decision(tuple(launch), terminate), _set_ondemand(view, ondemand, self.zones))
+
+
+def _release_noticed(view: TickView, ready_spot: int, retired: Sequence[int]) -> tuple[int, ...]:
+    """As spotd's executor does (``hedge.plan_replicas``): a replica under notice serves until
+    the others READY make the target; one not READY goes at once."""
+    ready_od = sum(1 for r in view.replicas if r.market is Market.ON_DEMAND and r.id in view.ready)
+    whole = ready_spot - sum(1 for i in retired if i in view.ready) + ready_od >= view.target
+    return tuple(sorted(i for i in view.noticed if whole or i not in view.ready))
 
 
 class RoundRobinPolicy:

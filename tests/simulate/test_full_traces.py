@@ -58,9 +58,12 @@ def test_notices_as_the_lb_counts_them(trace: str) -> None:
     by = {r.policy: r for r in simulate_serve(traces, ServeSetup(), list(POLICY_NAMES[:4]))}
     for name in ("spotd", "spothedge"):
         noticed = by[f"{name}+notice"]
-        # a notice lets the replacement start earlier, but the replica under notice stops
-        # serving at once: better than no notice, never the perfect 1.0 of the old model
-        assert by[name].availability <= noticed.availability < 0.999
+        # a notice lets the replacement start earlier and the noticed replica serves until it
+        # is READY; but a lead under the cold start, and the notices that never come, leave
+        # gaps: better than no notice, not the perfect 1.0 of the old model
+        assert by[name].availability < noticed.availability < 0.999
+    # the same executor behind both: spotd's planner is at least as available with notices
+    assert by["spotd+notice"].availability >= by["spothedge+notice"].availability
 
 
 @pytest.mark.slow
@@ -84,10 +87,18 @@ def test_calm_mode_saves_the_overprovision_while_nothing_is_preempted(trace: str
 
 
 @pytest.mark.slow
-def test_spotd_beats_spothedge_on_aws1() -> None:
-    # more available and cheaper on AWS1; docs/simulate.md has every trace (not on all)
-    traces = load_trace_dir(SERVING / "AWS1")
-    by = {r.policy: r for r in simulate_serve(traces, ServeSetup(), ["spotd", "spothedge"])}
+@pytest.mark.parametrize(
+    "folder",
+    [SERVING / "AWS1", SERVING / "AWS2", ROOT / "preemption" / "1-node" / "aws-04-19-2023"],
+    ids=["AWS1", "AWS2", "aws-04-19-2023"],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spotd_beats_spothedge(folder: Path, seed: int) -> None:
+    # more available and cheaper, on two sets of windows; docs/simulate.md has every trace
+    # (not on all: preemption/1-node/aws-04-22-2023 is the exception)
+    traces = load_trace_dir(folder)
+    setup = ServeSetup(seed=seed)
+    by = {r.policy: r for r in simulate_serve(traces, setup, ["spotd", "spothedge"])}
     assert by["spotd"].availability >= by["spothedge"].availability
     assert by["spotd"].cost_vs_ondemand < by["spothedge"].cost_vs_ondemand
 

@@ -30,6 +30,7 @@ from spotd.sim.serve import (
     run_policy,
     run_window,
 )
+from spotd.types import Market
 from tests.simulate.helpers import alternating, write_traces, zone
 
 A, B, C = zone("a"), zone("b"), zone("c")
@@ -190,16 +191,74 @@ def test_without_notices_the_replica_serves_until_the_zone_takes_it() -> None:
     assert r.preemptions == 1
 
 
-def test_a_replica_under_notice_is_draining_not_serving() -> None:
-    # a 60 s (2-tick) notice arrives at tick 10; from then the LB sends it nothing, although
-    # the zone only takes it at tick 12: 6 serving ticks, not 8
+class DrainAtNotice:
+    """Round robin that drains a replica the moment it gets a notice (the executor before
+    issue #16): the LB loses it at the notice, not at its deadline."""
+
+    def __init__(self, policy: RoundRobinPolicy) -> None:
+        self.policy = policy
+
+    def decide(self, view: TickView) -> Decision:
+        d = self.policy.decide(view)
+        return Decision(d.launch, (*d.terminate, *sorted(view.noticed)))
+
+
+def test_a_replica_under_notice_serves_until_it_is_drained() -> None:
+    # a 60 s (2-tick) notice arrives at tick 10, the zone takes the replica at tick 12; round
+    # robin ignores notices, so the LB routes to it until then: 8 serving ticks of 16
     spy, r = run_one_zone(NoticeModel(60.0, 60.0, missed=0.0))
-    assert r.ready[4:10] == (1,) * 6 and r.ready[10:] == (0,) * 10
-    assert r.availability == 6 / 16
+    assert r.ready[4:12] == (1,) * 8 and r.ready[12:] == (0,) * 8
+    assert r.availability == 8 / 16
     assert r.preemptions == 1  # counted once, at the notice
     (notice,) = [e for v in spy.views for e in v.events if e.kind is SimEventKind.NOTICE]
     assert (notice.tick, notice.deadline) == (10, 12)
     assert spy.views[10].noticed == frozenset({notice.replica})
+    # drained at the notice, the LB loses it 2 ticks earlier: 6 serving ticks, not 8
+    s = setup(20, target=1)
+    drained = run_window(
+        DrainAtNotice(RoundRobinPolicy([A], s, random.Random(0))),
+        ONE_THEN_NONE,
+        [A],
+        s,
+        notice=NoticeModel(60.0, 60.0, missed=0.0),
+    )
+    assert drained.ready[4:10] == (1,) * 6 and drained.ready[10:] == (0,) * 10
+    assert drained.availability == 6 / 16
+
+
+# Zone a has room for 1 until tick 12 and none after; zone b always has room for 1. Target 1,
+# no overprovision: spotd holds 1 spot replica in a (the first zone on a tie) from tick 0.
+
+A_THEN_B = [[1] * 12 + [0] * 8, [1] * 20]
+
+
+@pytest.mark.parametrize(
+    ("lead", "availability"),
+    [
+        # the notice comes at tick 8 (4 ticks ahead): the replacement in b and the on-demand
+        # fallback, launched at tick 8, are READY at tick 12, when a takes the noticed replica,
+        # which served until then: never below the target
+        (120.0, 16 / 16),
+        # at tick 10 (2 ticks ahead): they are READY at 14; ticks 12 and 13 have none
+        (60.0, 14 / 16),
+    ],
+)
+def test_spotd_keeps_a_noticed_replica_serving_until_its_replacement_is_ready(
+    lead: float, availability: float
+) -> None:
+    s = setup(20, target=1, overprovision=0)
+    spy = Spy(SpotdPolicy([A, B], s, random.Random(0)))
+    r = run_window(spy, A_THEN_B, [A, B], s, notice=NoticeModel(lead, lead, missed=0.0))
+    assert r.availability == availability
+    (notice,) = [e for v in spy.views for e in v.events if e.kind is SimEventKind.NOTICE]
+    assert notice.deadline == 12
+    # from the notice on: the replacement launched at once, the noticed replica not drained
+    # (the zone takes it at its deadline, before the replacement is READY)
+    assert (B, Market.SPOT) in spy.decisions[notice.tick].launch
+    assert not any(notice.replica in d.terminate for d in spy.decisions[notice.tick : 12])
+    # without notices the planner learns of the loss at tick 12, when it happens
+    plain = run_window(SpotdPolicy([A, B], s, random.Random(0)), A_THEN_B, [A, B], s)
+    assert plain.availability < availability
 
 
 def test_a_notice_that_never_comes_is_no_notice() -> None:
@@ -234,23 +293,36 @@ def test_notice_leads_and_misses_are_drawn_from_the_model_and_seeded() -> None:
 
 
 @pytest.mark.parametrize("policy_cls", [SpotdPolicy, SpotHedgePolicy])
-def test_notice_aware_policies_replace_at_once_and_let_the_noticed_go(policy_cls) -> None:  # type: ignore[no-untyped-def]
-    # as spotd's executor does: the replica under notice drains (terminated within the
-    # tick) and its replacement is launched in the same step
+def test_notice_aware_policies_replace_at_once_and_keep_the_noticed_until_replaced(
+    policy_cls,
+) -> None:  # type: ignore[no-untyped-def]
+    # as spotd's executor does: the replacement of a replica under notice is launched in the
+    # step that reads the notice; the noticed replica is drained (terminated) only once the
+    # others READY make the target, else the zone takes it at its deadline
     s = setup(40)
     spy = Spy(policy_cls([A, B], s, random.Random(0)))
     r = run_window(spy, ALT, [A, B], s, notice=NoticeModel(120.0, 120.0, missed=0.0))
     noticed_at = [v.tick for v in spy.views if v.noticed]
     assert noticed_at  # every flip announces the replicas in the zone going down
+    deadline = {e.replica: e.deadline for v in spy.views for e in v.events if e.deadline}
+    first = [t for t in noticed_at if not spy.views[t - 1].noticed]
+    for t in first:
+        assert len(spy.decisions[t].launch) >= len(spy.views[t].noticed)
     for t in noticed_at:
         view, decision = spy.views[t], spy.decisions[t]
-        assert set(decision.terminate) >= view.noticed
-        assert len(decision.launch) >= len(view.noticed)
+        others = sum(1 for x in view.replicas if x.id in view.ready and x.id not in view.noticed)
+        drained = set(decision.terminate) & view.noticed
+        assert view.noticed - view.ready <= drained  # it never served: nothing to keep
+        # (at its deadline's tick it is drained whatever: its deadline is near)
+        serving = {i for i in view.noticed & view.ready if deadline[i] > t}
+        assert drained & serving == (serving if others >= 3 else set()), t
     assert r.preemptions >= 3
 
 
-def test_notices_do_not_hide_a_drop_below_target() -> None:
-    # the old simulator counted a replica under notice as READY and reported 1.0 here
+@pytest.mark.parametrize(("lead", "full"), [(120.0, True), (60.0, False), (30.0, False)])
+def test_a_notice_hides_a_loss_only_if_it_outlasts_the_cold_start(lead: float, full: bool) -> None:
+    # each flip takes every replica of one zone; spotd keeps them serving while their
+    # replacements start: READY at the deadline with a 120 s (4-tick) notice, not with less
     s = setup(40)
     plain = run_window(SpotdPolicy([A, B], s, random.Random(0)), ALT, [A, B], s)
     noticed = run_window(
@@ -258,10 +330,11 @@ def test_notices_do_not_hide_a_drop_below_target() -> None:
         ALT,
         [A, B],
         s,
-        notice=NoticeModel(120.0, 120.0, missed=0.0),
+        notice=NoticeModel(lead, lead, missed=0.0),
     )
-    assert noticed.availability < 1.0
-    assert noticed.availability >= plain.availability  # the replacement starts earlier
+    assert plain.availability < 1.0
+    assert (noticed.availability == 1.0) is full
+    assert noticed.availability > plain.availability  # the replacement starts earlier
 
 
 # -- single-node traces ---------------------------------------------------------------------
