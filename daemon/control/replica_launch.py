@@ -102,6 +102,9 @@ def replica_instance(
             TAG_SERVICE: str(svc.id),
         },
         agent=agent,
+        machine=task.machine(
+            provider=row.provider, region=row.region, instance_type=row.instance_type
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from spotd.spec.resources import MachineAsk
 from spotd.types import AgentConfig, CatalogEntry, InstanceId, InstanceState, Market
 
 TAG_PREFIX = "spotd-"
@@ -51,7 +52,8 @@ class ProviderUnavailable(ProviderError):
 
 @dataclass(frozen=True, slots=True)
 class InstanceSpec:
-    """A request for one instance: one node of one attempt (or one replica)."""
+    """A request for one instance: one node of one attempt (or one replica); ``machine`` is
+    what the task asks of it beyond the type (disk, network, image, labels: ``Task.machine``)."""
 
     key: str  # idempotency key, unique per node of an attempt: "j3-a2-n0"
     region: str
@@ -60,6 +62,7 @@ class InstanceSpec:
     market: Market
     tags: Mapping[str, str]
     agent: AgentConfig
+    machine: MachineAsk = field(default_factory=MachineAsk)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,25 @@ fields above them. ``Resources.request()`` turns all of that into the optimizer'
 
 ``resources_from`` is ``Task.set_resources``' argument (a ``Resources``, a list, a set) as one
 ``Resources``; ``summary`` is the short form tables print.
+
+``MachineAsk`` is what a provider gets of the rest for one node (``Task.machine``): disk size
+and tier (EBS on AWS, ephemeral storage on Kubernetes), ``network_tier: best`` (EFA on AWS),
+labels (tags, pod labels), ``image_id`` (an AMI; ``docker:IMAGE`` runs only on Kubernetes, so
+such an option without a provider of its own is placed there; launch refuses it with one
+reason when nothing can run it: ``spotd.control.submit.check_containers``), with the
+``config:`` overrides spotd has a setting for (``read_config``). ``advisories`` are
+``spotctl check``'s warnings: what the backend a key lands on cannot honour, naming the one
+that would (README, "Resource keys").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -104,6 +115,87 @@ def _tier(name: str, tiers: tuple[str, ...]) -> Any:
 
 
 DOCKER_PREFIX = "docker:"
+CONTAINER_BACKENDS = ("k8s",)  # the providers that run ``image_id: docker:IMAGE`` (in a pod)
+_DEFAULT_DISK = ("k8s", "slurm", "local")  # where disk_tier/network_tier get the default
+_EBS = ("standard", "gp3, 3500 IOPS", "gp3, 7000 IOPS", "io2, 20000 IOPS", "io2, 20000 IOPS")
+AWS_DISK_TIERS = types.MappingProxyType(dict(zip(DISK_TIERS, _EBS, strict=True)))  # for check
+
+
+def docker_image(image_id: str | Mapping[str, str] | None) -> str | None:
+    """The image of ``image_id: docker:IMAGE`` (also per region); None for a machine image."""
+    images = image_id.values() if isinstance(image_id, Mapping) else [image_id]
+    for image in images:
+        if image is not None and image.strip().lower().startswith(DOCKER_PREFIX):
+            return image.strip()[len(DOCKER_PREFIX) :].strip()
+    return None
+
+
+# -- config: overrides (which keys spotd honours: ``spotd.spec.task.HONOURED_CONFIG``) --------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigOverrides:
+    """The ``config:`` settings spotd has: ``aws.labels``, ``aws.disk_encrypted`` and
+    ``kubernetes.custom_metadata`` (pod ``labels`` and ``annotations``)."""
+
+    aws_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    aws_disk_encrypted: bool = False
+    k8s_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    k8s_annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _str_map(value: Any, at: Path) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(v, str | int | float | bool) for v in value.values()
+    ):
+        raise spotd_error("expected a mapping of names to strings", at)
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def read_config(config: Mapping[str, Any]) -> ConfigOverrides:
+    """The settings spotd has out of a task's ``config:``; a bad value raises
+    ``spotd_error`` at its key (other keys are ``spotd.spec.task.config_findings``')."""
+    aws: Mapping[str, Any] = config["aws"] if isinstance(config.get("aws"), Mapping) else {}
+    k8s: Mapping[str, Any] = (
+        config["kubernetes"] if isinstance(config.get("kubernetes"), Mapping) else {}
+    )
+    encrypted = aws.get("disk_encrypted", False)
+    if not isinstance(encrypted, bool):
+        raise spotd_error("expected true or false", ("aws", "disk_encrypted"))
+    meta = k8s.get("custom_metadata") or {}
+    at: Path = ("kubernetes", "custom_metadata")
+    if not isinstance(meta, Mapping) or set(meta) - {"labels", "annotations"}:
+        raise spotd_error("custom_metadata takes `labels` and `annotations`", at)
+    return ConfigOverrides(
+        aws_labels=_str_map(aws.get("labels"), ("aws", "labels")),
+        aws_disk_encrypted=encrypted,
+        k8s_labels=_str_map(meta.get("labels"), (*at, "labels")),
+        k8s_annotations=_str_map(meta.get("annotations"), (*at, "annotations")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MachineAsk:
+    """What one node's machine must be beyond its instance type (``InstanceSpec.machine``);
+    empty: the backend's default. ``image_id``: a machine image (an AMI) for the node's
+    region; ``container_image``: the image of ``image_id: docker:IMAGE``, which the task
+    runs in."""
+
+    disk_size_gb: int | None = None
+    disk_tier: str | None = None
+    network_tier: str | None = None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    image_id: str | None = None
+    container_image: str | None = None
+    disk_encrypted: bool = False
+
+
+def _backends(names: Collection[str]) -> str:
+    shown = ["kubernetes" if p == "k8s" else p for p in names]
+    return ", ".join(shown[:-1]) + f" or {shown[-1]}" if len(shown) > 1 else "".join(shown)
 
 
 AcceleratorsField = Annotated[
@@ -182,29 +274,15 @@ class ResourceFields(SpecModel):
         """
         return hash(self.model_dump_json())
 
-    @model_validator(mode="after")
-    def _docker_needs_containers(self, info: ValidationInfo) -> typing.Self:
-        if self.docker_image is not None and not checking(info):
-            raise spotd_error(
-                f"image_id `{DOCKER_PREFIX}{self.docker_image}`: running a task in a container "
-                "is not supported by spotd yet (no enabled backend runs containers); "
-                "drop image_id, or install what the image has in `setup`",
-                ("image_id",),
-            )
-        return self
-
     @property
     def docker_image(self) -> str | None:
         """The image of ``image_id: docker:IMAGE``; None for a machine image (or none)."""
-        images = self.image_id.values() if isinstance(self.image_id, dict) else [self.image_id]
-        for image in images:
-            if image is not None and image.strip().lower().startswith(DOCKER_PREFIX):
-                return image.strip()[len(DOCKER_PREFIX) :].strip()
-        return None
+        return docker_image(self.image_id)
 
-    def advisories(self) -> list[tuple[Path, str]]:
-        """What ``spotctl check`` warns about in these fields (paths relative to them):
-        what spotd reads but cannot honour, or what launch refuses only for now."""
+    def advisories(self, where: Location | None = None) -> list[tuple[Path, str]]:
+        """What ``spotctl check`` warns about in these fields placed at ``where`` (default:
+        their own location; paths relative to them): a cloud without a provider, and what
+        the backend there cannot honour, naming the one that would."""
         found: list[tuple[Path, str]] = []
         for key, raw in (("infra", self.infra), ("cloud", self.cloud)):
             cloud = raw.split("/")[0].strip() if raw else ""
@@ -216,25 +294,39 @@ class ResourceFields(SpecModel):
                         f"there (providers: aws, kubernetes, slurm, local)",
                     )
                 )
-        if self.docker_image is not None:
+        p = (where or self.location()).provider
+        if p is not None and is_other_cloud(p):
+            return found  # the cloud's own warning: nothing can be placed there
+        elsewhere = _backends([p] if p else _DEFAULT_DISK)
+        if self.disk_tier is not None and p != "aws":
             found.append(
                 (
-                    ("image_id",),
-                    f"docker image `{self.docker_image}`: running in a container is not "
-                    "supported yet; launch refuses it",
+                    ("disk_tier",),
+                    f"disk_tier {self.disk_tier} is not honoured on {elsewhere} (the default "
+                    f"disk there); aws honours it: EBS {AWS_DISK_TIERS[self.disk_tier]}",
                 )
             )
-        if self.disk_tier is not None:
-            found.append(
-                (("disk_tier",), f"disk_tier {self.disk_tier} is not honoured yet: default disk")
-            )
-        if self.network_tier is not None:
+        if self.network_tier == "best" and p != "aws":  # aws: EFA where the type has it
             found.append(
                 (
                     ("network_tier",),
-                    f"network_tier {self.network_tier} is not honoured yet: default network",
+                    f"network_tier best is not honoured on {elsewhere} (the default "
+                    "network there); aws honours it: EFA on the types that have it (p4d, p5, "
+                    "g5.8xlarge and up)",
                 )
             )
+        image = self.docker_image
+        if image is not None and p not in CONTAINER_BACKENDS:
+            refusers = f"{p} runs no containers" if p else "aws, slurm and local refuse it"
+            found.append(
+                (
+                    ("image_id",),
+                    f"docker image `{image}` runs only on kubernetes (as the pod's image); "
+                    f"{refusers}",
+                )
+            )
+        elif image is None and self.image_id is not None and p not in (None, "aws"):
+            found.append((("image_id",), f"a machine image (an AWS AMI): {p} ignores it"))
         return found
 
     @model_validator(mode="after")
@@ -277,6 +369,8 @@ class ResourceFields(SpecModel):
     def options(self, location: Location | None = None) -> list[ResourceOption]:
         """One ``ResourceOption`` per accelerator choice (one option when there is none)."""
         where = location if location is not None else self.location()
+        if where.provider is None and self.docker_image is not None:
+            where = Location(CONTAINER_BACKENDS[0], where.region, where.zone)
         accelerators = self.accelerators.options if self.accelerators else (None,)
         return [
             ResourceOption(
@@ -335,22 +429,59 @@ class Resources(ResourceFields):
             ordered = self.accelerators.ordered if self.accelerators else False
             return ResourceRequest(tuple(self.options()), ordered=ordered)
         base = self.location()
-        leaf_keys = set(ResourceFields.model_fields) - {"infra", "cloud", "region", "zone"}
         options: list[ResourceOption] = []
         for entry in entries:
-            update = {k: getattr(entry, k) for k in entry.model_fields_set if k in leaf_keys}
-            merged = ResourceFields.model_construct(
-                **{k: getattr(self, k) for k in ResourceFields.model_fields} | update
-            )
-            options.extend(merged.options(entry.located_over(base)))
+            options.extend(self._merged(entry).options(entry.located_over(base)))
         return ResourceRequest(tuple(options), ordered=self.ordered is not None)
 
+    def _merged(self, entry: ResourceFields) -> ResourceFields:
+        """An ``any_of``/``ordered`` entry's leaf fields laid over these top-level ones."""
+        leaf_keys = set(ResourceFields.model_fields) - {"infra", "cloud", "region", "zone"}
+        update = {k: getattr(entry, k) for k in entry.model_fields_set if k in leaf_keys}
+        return ResourceFields.model_construct(
+            **{k: getattr(self, k) for k in ResourceFields.model_fields} | update
+        )
+
+    def fields_for(self, provider: str, instance_type: str = "") -> ResourceFields:
+        """The fields a placement on ``provider`` (of ``instance_type``) satisfied: the first
+        entry, laid over the top level, that could be placed there; the top level if none."""
+        entries = self.any_of or self.ordered or []
+        base = self.location()
+        for entry in entries:
+            merged = self._merged(entry)
+            if {o.provider for o in merged.options(entry.located_over(base))} - {None, provider}:
+                continue
+            if merged.instance_type in (None, instance_type) or not instance_type:
+                return merged
+        return self
+
+    def docker_images(self) -> set[str]:
+        """Every ``image_id: docker:IMAGE`` these resources name (top level and entries)."""
+        found = {docker_image(e.image_id) for e in [self, *(self.any_of or self.ordered or [])]}
+        return {image for image in found if image is not None}
+
+    def machine(self, *, provider: str, region: str, instance_type: str = "") -> MachineAsk:
+        """One node's ``MachineAsk`` on ``provider``/``region``: the keys of the entry placed
+        there (``Task.machine`` lays the ``config:`` overrides over it)."""
+        f = self.fields_for(provider, instance_type)
+        image = None if docker_image(f.image_id) else f.image_id
+        return MachineAsk(
+            disk_size_gb=f.disk_size,
+            disk_tier=f.disk_tier,
+            network_tier=f.network_tier,
+            labels=dict(f.labels),
+            image_id=image.get(region) if isinstance(image, dict) else image,
+            container_image=docker_image(f.image_id),
+        )
+
     def all_advisories(self) -> list[tuple[Path, str]]:
-        """``advisories()`` of these fields and of every ``any_of``/``ordered`` entry."""
+        """``advisories()`` of these fields and of every ``any_of``/``ordered`` entry, each
+        entry's where it would be placed (its location over the top level's)."""
         found = list(self.advisories())
         for key in ("any_of", "ordered"):
             for i, entry in enumerate(getattr(self, key) or []):
-                found += [((key, i, *at), text) for at, text in entry.advisories()]
+                where = entry.located_over(self.location())
+                found += [((key, i, *at), text) for at, text in entry.advisories(where)]
         return found
 
 

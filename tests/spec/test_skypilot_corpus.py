@@ -50,7 +50,7 @@ EXPECTED: dict[str, tuple[int, tuple[str, ...], str | None]] = {
     "13_storage_gcs_source.yaml": (OK, ("no buckets in gs://",), "not supported by spotd"),
     "14_disk_units.yaml": (OK, ("disk_tier best is not honoured", "network_tier best"), None),
     "15_disk_gb.yaml": (OK, ("disk_tier medium",), None),
-    "16_docker_image.yaml": (OK, ("docker image",), "running a task in a container"),
+    "16_docker_image.yaml": (OK, ("docker image", "enable k8s"), None),
     "17_ami_by_region.yaml": (OK, ("provider aws is not enabled",), None),
     "18_pipeline.yaml": (OK, ("OK (3 tasks)",), None),
     "19_service.yaml": (OK, ("OK (1 task)",), None),
@@ -59,13 +59,25 @@ EXPECTED: dict[str, tuple[int, tuple[str, ...], str | None]] = {
     "22_job_recovery_dict.yaml": (OK, ("OK (1 task)",), None),
     "23_num_nodes.yaml": (OK, ("OK (1 task)",), None),
     "24_config_controller.yaml": (OK, ("config.jobs.controller: warning: ignored",), None),
-    "25_config_other.yaml": (OK, ("config.kubernetes",), "`kubernetes` is not supported"),
-    "26_pool.yaml": (OK, ("pools are not supported yet",), "pools are not supported by spotd"),
+    "25_config_other.yaml": (
+        OK,
+        ("config.kubernetes.pod_config",),
+        "`kubernetes.pod_config` is not supported",
+    ),
+    "26_pool.yaml": (OK, ("OK (1 task)",), None),  # a pool: `spotctl jobs pool apply`
     "27_kubernetes.yaml": (OK, ("enable k8s",), None),
     "28_lambda_runpod_any_of.yaml": (OK, ("`lambda`", "`runpod`", "`nebius`"), "`lambda` is"),
     "29_volumes.yaml": (FAIL, ("volumes: not supported by spotd",), "not supported by spotd"),
     "30_tpu_accelerator_args.yaml": (FAIL, ("accelerator_args: not supported",), "not supported"),
     "31_oci_fluidstack_cudo.yaml": (OK, ("`oci`", "`vast`", "`do`"), "`oci` is not supported"),
+    "41_aws_disk_efa.yaml": (OK, ("provider aws is not enabled; aws p4d does — enable aws",), None),
+    "42_docker_on_k8s.yaml": (OK, ("enable k8s",), None),
+    "43_config_overrides.yaml": (
+        OK,
+        ("config overrides `kubernetes.pod_config`, `docker.run_options`",),
+        "`kubernetes.pod_config`, `docker.run_options` are not supported",
+    ),
+    "44_docker_on_aws.yaml": (OK, ("aws runs no containers",), None),
 }
 
 

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from spotd.providers.aws.config import AwsConfig
+from spotd.providers.aws.machine import efa_interfaces, root_volume, user_tags, wants_root_volume
 from spotd.providers.base import (
     TAG_KEY,
     CapacityUnavailable,
@@ -140,12 +141,22 @@ def metadata_options(config: AwsConfig) -> dict[str, Any]:
 
 
 def run_instances_request(
-    spec: InstanceSpec, config: AwsConfig, *, image: str, token: str, user_data: str
+    spec: InstanceSpec,
+    config: AwsConfig,
+    *,
+    image: str,
+    token: str,
+    user_data: str,
+    root_device: str | None = None,
 ) -> dict[str, Any]:
-    """The ``RunInstances`` arguments for one node: tagged (instance and volume), placed in the
-    spec's zone, spot one-time where the spec asks for spot, terminated (never stopped) when
-    the agent's machine shuts down, and with IMDSv2 required (``metadata_options``)."""
-    tags = [{"Key": k, "Value": str(v)} for k, v in spec.tags.items()]
+    """The ``RunInstances`` arguments for one node: tagged (instance and volume, the task's
+    labels too), placed in the spec's zone, spot one-time where the spec asks for spot,
+    terminated (never stopped) when the agent's machine shuts down, and with IMDSv2 required
+    (``metadata_options``). What the task asks of the machine (``spec.machine``: disk size
+    and tier, EFA) is ``spotd.providers.aws.machine``'s; a root volume needs ``root_device``,
+    the AMI's root device name."""
+    tags = user_tags(spec.machine)
+    tags += [{"Key": k, "Value": str(v)} for k, v in spec.tags.items()]
     tags.append({"Key": "Name", "Value": f"spotd-{spec.key}"})
     kw: dict[str, Any] = {
         "ImageId": image,
@@ -170,12 +181,17 @@ def run_instances_request(
                 "InstanceInterruptionBehavior": "terminate",
             },
         }
+    if root_device is not None and wants_root_volume(spec.machine):
+        kw["BlockDeviceMappings"] = [root_volume(spec.machine, root_device)]
     subnet = config.subnet_by_zone.get(spec.zone)
-    if subnet:
+    groups = list(config.for_region(config.security_group_ids, spec.region) or [])
+    efa = efa_interfaces(spec.machine, spec.instance_type, subnet=subnet, groups=groups)
+    if efa:  # the subnet and groups are the interfaces' then (EC2 refuses both places)
+        kw["NetworkInterfaces"] = efa
+    if subnet and not efa:
         kw["SubnetId"] = subnet
-    groups = config.for_region(config.security_group_ids, spec.region)
-    if groups:
-        kw["SecurityGroupIds"] = list(groups)
+    if groups and not efa:
+        kw["SecurityGroupIds"] = groups
     if config.key_name:
         kw["KeyName"] = config.key_name
     if config.iam_instance_profile:

@@ -16,6 +16,11 @@ region answers or the whole listing fails (``ProviderUnavailable``): a region th
 answer must never read as "every instance there vanished", which the controller would take
 for preemptions.
 
+What a task asks of the machine beyond its type (``spec.machine``: disk size and tier, EFA,
+labels, its own AMI) is laid into the request by ``spotd.providers.aws.machine``; a root volume
+is named by the AMI's root device (one ``DescribeImages`` per image and region), and a docker
+image is refused (EC2 runs no containers; placement sends those tasks to Kubernetes).
+
 The two-minute interruption notice is not an EC2 API answer: it appears in the instance
 metadata service, which the agent polls (``notice_url``). So this provider never reports
 NOTICE itself (it does not declare ``AdvanceNotices``); the agent does, through its heartbeat.
@@ -41,6 +46,7 @@ from spotd.providers.aws.bootstrap import issue_token
 from spotd.providers.aws.catalog import load_aws_catalog
 from spotd.providers.aws.config import PROVIDER_NAME, AwsConfig
 from spotd.providers.aws.ec2 import from_client_error, observe, run_instances_request
+from spotd.providers.aws.machine import efa_problem, wants_root_volume
 from spotd.providers.aws.userdata import (
     agent_for_instance,
     client_token,
@@ -113,6 +119,7 @@ class AwsProvider:
         self.notice_url = config.notice_url
         self._offered = {(e.region, e.zone, e.instance_type) for e in self.snapshot}
         self._region_of: dict[str, str] = {}
+        self._root_devices: dict[tuple[str, str], str] = {}
         self._clients: dict[str, Any] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
@@ -220,7 +227,12 @@ class AwsProvider:
             raise InvalidRequest(
                 f"{spec.instance_type} is not offered in {spec.region}/{spec.zone}"
             )
-        image = self.config.for_region(self.config.image_id, spec.region)
+        if spec.machine.container_image is not None:
+            raise InvalidRequest(
+                f"image_id docker:{spec.machine.container_image}: aws runs no containers "
+                "(only kubernetes does)"
+            )
+        image = spec.machine.image_id or self.config.for_region(self.config.image_id, spec.region)
         if not image:
             raise InvalidRequest(
                 f"no image_id configured for {spec.region} (providers.aws.image_id)"
@@ -233,12 +245,19 @@ class AwsProvider:
         if found:  # launched before a crash: the same instance, never a second one
             live = [o for o in found if o.state in (InstanceState.PENDING, InstanceState.RUNNING)]
             return (live or found)[0].id
+        no_efa = efa_problem(spec.machine, spec.instance_type)
+        if no_efa:
+            log.warning("network tier not honoured", key=spec.key, reason=no_efa)
+        root = None
+        if wants_root_volume(spec.machine):
+            root = await self._root_device(spec.region, image)
         kw = run_instances_request(
             spec,
             self.config,
             image=image,
             token=client_token(spec),
             user_data=self._user_data(spec.agent),
+            root_device=root,
         )
         resp = await self._call(spec.region, "run_instances", **kw)
         iid = InstanceId(resp["Instances"][0]["InstanceId"])
@@ -253,6 +272,19 @@ class AwsProvider:
             market=str(spec.market),
         )
         return iid
+
+    async def _root_device(self, region: str, image: str) -> str:
+        """The AMI's root device name (``/dev/sda1``, ``/dev/xvda``): the one a root volume's
+        size and type must be given for. One ``DescribeImages`` per (region, image)."""
+        known = self._root_devices.get((region, image))
+        if known is None:
+            resp = await self._call(region, "describe_images", ImageIds=[image])
+            images = resp.get("Images") or []
+            if not images:
+                raise InvalidRequest(f"image {image} not found in {region}")
+            known = str(images[0].get("RootDeviceName") or "/dev/sda1")
+            self._root_devices[(region, image)] = known
+        return known
 
     def instance_agent(self, agent: AgentConfig) -> AgentConfig:
         """The agent's config as it runs on an EC2 instance (``agent_for_instance``): what the

@@ -72,6 +72,9 @@ class RegionConfig:
     host: str | None = None  # a bare API server URL (kmock in tests); no credentials
     image: str = "spotd-agent:latest"
     python: str = "python"
+    # in ``image``: a self-contained Python with spotd (``bin/python``), copied into the pods
+    # of tasks that run in their own image (``image_id: docker:IMAGE``)
+    agent_runtime: str = "/opt/spotd"
     service_account: str | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -107,6 +110,7 @@ _REGION_KEYS = frozenset(
         "zone",
         "image",
         "python",
+        "agent_runtime",
         "service_account",
         "node_selector",
         "tolerations",
@@ -255,6 +259,7 @@ def parse_config(cfg: Mapping[str, Any]) -> K8sConfig:
                 host=raw.get("host"),
                 image=str(raw.get("image") or "spotd-agent:latest"),
                 python=str(raw.get("python") or "python"),
+                agent_runtime=str(raw.get("agent_runtime") or "/opt/spotd").rstrip("/"),
                 service_account=raw.get("service_account"),
                 node_selector=_str_map(f"{where}.node_selector", raw.get("node_selector")),
                 tolerations=tuple(raw.get("tolerations") or ()),

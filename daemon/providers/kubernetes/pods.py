@@ -41,7 +41,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotd.providers.base import TAG_HOME, InstanceSpec, InvalidRequest, ObservedInstance
+from spotd.providers.base import (
+    TAG_HOME,
+    TAG_PREFIX,
+    InstanceSpec,
+    InvalidRequest,
+    ObservedInstance,
+)
 from spotd.providers.kubernetes.config import PodType, RegionConfig
 from spotd.types import InstanceId, InstanceState, Market
 
@@ -51,6 +57,7 @@ ANN_KEY = "spotd.dev/key"
 ANN_TYPE = "spotd.dev/instance-type"
 AGENT_DIR = "/var/lib/spotd/instance"
 AGENT_SECRET_MOUNT = "/etc/spotd-agent"
+RUNTIME_COPY = "/spotd-runtime"  # where the init container copies the agent's runtime to
 CHECKPOINT_MOUNT = "/spotd-checkpoints"
 QUOTA_NAME = "spotd-gpu-quota"
 
@@ -158,6 +165,33 @@ def agent_json(spec: InstanceSpec, region: RegionConfig) -> str:
     return json.dumps(dataclasses.asdict(agent))
 
 
+def not_honoured(spec: InstanceSpec) -> list[str]:
+    """What the task asks of the machine that a pod cannot give (the provider logs it)."""
+    ask = spec.machine
+    found = [f"disk_tier {ask.disk_tier}: the node's disk"] if ask.disk_tier else []
+    if ask.network_tier == "best":
+        found.append("network_tier best: the cluster's network")
+    if ask.image_id:
+        found.append(f"image_id {ask.image_id} is a machine image: pods ignore it")
+    return found
+
+
+def _runtime_copy(spec: InstanceSpec, region: RegionConfig) -> list[dict[str, Any]]:
+    """The init container that brings the agent into a pod of the task's own image: it copies
+    ``agent_runtime`` (a self-contained Python with spotd) out of the agent image into an
+    emptyDir, which the task's container mounts at the same path."""
+    if spec.machine.container_image is None:
+        return []
+    return [
+        {
+            "name": "spotd-runtime",
+            "image": region.image,
+            "command": ["/bin/sh", "-c", f"cp -a {region.agent_runtime}/. {RUNTIME_COPY}/"],
+            "volumeMounts": [{"name": "agent-runtime", "mountPath": RUNTIME_COPY}],
+        }
+    ]
+
+
 def build_manifests(
     spec: InstanceSpec, region: RegionConfig, *, name_prefix: str, home_tag: str | None
 ) -> tuple[Manifest, Manifest]:
@@ -166,16 +200,30 @@ def build_manifests(
     The secret holds ``agent.json`` (the agent's bearer token and the task's secrets, never in
     the pod spec or the container's environment); the pod's shell copies it into an emptyDir
     and runs the agent, turning the kubelet's SIGTERM into the agent's notice file.
+
+    What the task asks of the machine (``spec.machine``): its labels and annotations are the
+    pod's (spotd's own win a clash), ``disk_size`` is an ``ephemeral-storage`` request, and
+    ``image_id: docker:IMAGE`` is the container's image: the task runs in it, with the agent
+    from the agent image's ``agent_runtime`` (``_runtime_copy``); the image needs ``/bin/sh``.
     """
     t = pod_type_for(spec, region)
     name = pod_name(spec.key, name_prefix)
     tags = dict(spec.tags)
     if home_tag is not None:
         tags.setdefault(TAG_HOME, home_tag)
-    labels = {label_key(k): label_value(v) for k, v in tags.items()}
+    ask = spec.machine
+    labels = {
+        label_key(k): label_value(v) for k, v in ask.labels.items() if not k.startswith(TAG_PREFIX)
+    }
+    labels |= {label_key(k): label_value(v) for k, v in tags.items()}
     labels[MANAGED_BY[0]] = MANAGED_BY[1]
     labels["spotd.dev/market"] = label_value(str(spec.market))
-    annotations = {ANN_TAGS: json.dumps(tags, sort_keys=True), ANN_KEY: spec.key, ANN_TYPE: t.name}
+    annotations = {
+        **ask.annotations,
+        ANN_TAGS: json.dumps(tags, sort_keys=True),
+        ANN_KEY: spec.key,
+        ANN_TYPE: t.name,
+    }
     meta = {
         "name": name,
         "namespace": region.namespace,
@@ -193,6 +241,8 @@ def build_manifests(
         "requests": {"cpu": f"{t.vcpus:g}", "memory": f"{t.memory_gb:g}Gi"},
         "limits": {"memory": f"{t.memory_gb:g}Gi"},
     }
+    if ask.disk_size_gb is not None:  # a request, not a limit: the kubelet evicts at a limit
+        resources["requests"]["ephemeral-storage"] = f"{ask.disk_size_gb}Gi"
     if t.accelerator_count:
         gpus = f"{int(t.accelerator_count)}"
         resources["requests"][region.gpu_resource] = gpus
@@ -205,6 +255,9 @@ def build_manifests(
     else:
         node_selector.update(region.ondemand_node_selector)
     grace = region.termination_grace_seconds
+    image, python = region.image, region.python
+    if ask.container_image is not None:  # the task's image, the agent from agent_runtime
+        image, python = ask.container_image, f"{region.agent_runtime}/bin/python"
     # PID 1 is this shell: it forwards the kubelet's SIGTERM to the agent as a notice file
     # with the deadline the kubelet will keep (grace period), then waits for the agent.
     script = (
@@ -212,7 +265,7 @@ def build_manifests(
         # (a non-root container may not chmod the emptyDir's mount point: tolerated)
         f'D={AGENT_DIR}; mkdir -p "$D" || exit 1; chmod 700 "$D" 2>/dev/null; '
         f'(umask 077 && cp {AGENT_SECRET_MOUNT}/agent.json "$D/agent.json") || exit 1; '
-        f'{region.python} -m spotd.agent "$D" & A=$!; '
+        f'{python} -m spotd.agent "$D" & A=$!; '
         f'trap \'printf "{{\\"deadline\\": %s}}" $(( $(date +%s) + {max(grace - 1, 1)} ))'
         f' > "$D/notice.json"\' TERM; '
         "while kill -0 $A 2>/dev/null; do wait $A; done; wait $A"
@@ -225,6 +278,9 @@ def build_manifests(
         {"name": "agent-config", "mountPath": AGENT_SECRET_MOUNT, "readOnly": True},
         {"name": "instance", "mountPath": AGENT_DIR},
     ]
+    if ask.container_image is not None:
+        volumes.append({"name": "agent-runtime", "emptyDir": {}})
+        mounts.append({"name": "agent-runtime", "mountPath": region.agent_runtime})
     if region.checkpoint_pvc:
         volumes.append(
             {"name": "checkpoints", "persistentVolumeClaim": {"claimName": region.checkpoint_pvc}}
@@ -236,7 +292,7 @@ def build_manifests(
         "containers": [
             {
                 "name": "agent",
-                "image": region.image,
+                "image": image,
                 "command": ["/bin/sh", "-c", script],
                 "resources": resources,
                 "volumeMounts": mounts,
@@ -245,6 +301,8 @@ def build_manifests(
         ],
         "volumes": volumes,
     }
+    if ask.container_image is not None:
+        pod_spec["initContainers"] = _runtime_copy(spec, region)
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if tolerations:

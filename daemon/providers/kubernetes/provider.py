@@ -68,6 +68,7 @@ from spotd.providers.kubernetes.pods import (
     build_manifests,
     is_ours,
     namespace_and_quota,
+    not_honoured,
     observed,
     owner_conflict,
     pod_state,
@@ -250,6 +251,8 @@ class KubernetesProvider:
 
     async def launch(self, spec: InstanceSpec) -> InstanceId:
         secret, pod = self.build_pod(spec)
+        for why in not_honoured(spec):
+            log.warning("resource key not honoured", key=spec.key, reason=why)
         region = self._regions[spec.region]
         name = pod["metadata"]["name"]
         iid = InstanceId(f"{region.name}/{name}")
