@@ -19,7 +19,14 @@ re-placement cost. ``--json`` prints the raw numbers.
 Targets on the local provider: (a) <= 1 s median, (b) <= 3 s median, (c) before the deadline,
 (d) at most one checkpoint interval.
 
-  python bench/recovery.py [--count 20] [--notice 5] [--quick] [--json]
+The multi-node rows (``--multinode N``, 0 skips them): a 4-node job, one node SIGKILLed N
+times; per loss the instances launched and kill -> running again (every node running its
+command), with partial recovery (only the lost node is replaced) against the reference
+measured in the same run: a second daemon with ``SPOTD_NODE_REPLACEMENTS=0``, which
+relaunches every node as spotd did before.
+
+  python bench/recovery.py [--count 20] [--notice 5] [--multinode 5] [--multinode-only]
+                           [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -94,6 +101,79 @@ async def wait_progress(c, jid: int, n: int, steps: int) -> None:
     raise RuntimeError("no progress")
 
 
+MULTINODE = 4
+MODES = ("partial", "full")  # partial recovery, and every node relaunched (the reference)
+
+
+def gang_yaml(steps: int) -> str:
+    return f"""
+name: bench-multinode
+num_nodes: {MULTINODE}
+resources: {{cpus: 1+, use_spot: true}}
+workdir: {ROOT / "examples"}
+envs: {{TRAIN_STEPS: {steps}, STEP_SECONDS: {STEP_SECONDS}, CKPT_EVERY: {CKPT_EVERY}}}
+run: python3 train.py
+"""
+
+
+async def launches(c) -> int:
+    """Instances the daemon asked its providers for so far (its Prometheus counter)."""
+    text = await c.request("GET", "/metrics")
+    m = re.search(r'spotd_provider_calls_total\{call="launch",provider="local"\} (\S+)', text)
+    return int(float(m.group(1))) if m else 0
+
+
+def live_node_key(home: Path, jid: int, rank: int) -> str:
+    """The key of the job's live instance of ``rank`` (a replacement's is ``...-n2-g1``)."""
+    pattern = re.compile(rf"^local-(j{jid}-a\d+-n{rank}(?:-g\d+)?)$")
+    found = (pattern.match(d.name) for d in (home / "local" / "instances").iterdir())
+    keys = [m.group(1) for m in found if m]
+    return max(keys, key=lambda k: (int(k.split("-a")[1].split("-")[0]), len(k), k))
+
+
+async def run_multinode(args: argparse.Namespace, mode: str) -> dict[str, list[float]]:
+    """A 4-node job, one node SIGKILLed ``args.multinode`` times: instances launched and
+    kill -> running again, with partial recovery (``mode`` "partial") or without ("full":
+    ``SPOTD_NODE_REPLACEMENTS=0``, every node relaunched, the reference)."""
+    home = Path(f"/tmp/spotd-bench-mn-{mode}-{os.getpid()}")
+    shutil.rmtree(home, ignore_errors=True)
+    limit = "0" if mode == "full" else str(args.multinode + 1)
+    d = DaemonProc(home, extra_env={"SPOTD_NODE_REPLACEMENTS": limit})
+    d.start()
+    out: dict[str, list[float]] = {"running": [], "launched": []}
+    try:
+        async with d.client() as c:
+            job = await c.launch(gang_yaml(100_000), filename="bench.yaml")
+            jid = job["id"]
+            job = await wait(c, jid, lambda j: j["status"] == "RUNNING")
+            for i in range(args.multinode):
+                await asyncio.sleep(1.0)  # let the run make some progress
+                rank = 1 + i % (MULTINODE - 1)
+                before, recoveries = await launches(c), job["recoveries"]
+                t0 = time.time()
+                await c.chaos("kill-instance", target=live_node_key(home, jid, rank))
+                job = await wait(
+                    c,
+                    jid,
+                    lambda j, r=recoveries: j["recoveries"] > r and j["status"] == "RUNNING",
+                )
+                running = time.time() - t0
+                launched = await launches(c) - before
+                out["running"].append(running)
+                out["launched"].append(float(launched))
+                print(
+                    f"  {mode:7s} #{i + 1:2d}: node {rank} killed; running again {running:5.2f}s,"
+                    f" {launched} instance(s) launched",
+                    file=sys.stderr,
+                )
+            await c.cancel(jid)
+    finally:
+        d.stop()
+        kill_instance_groups(home)
+        shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict:
     home = Path(f"/tmp/spotd-bench-{os.getpid()}")
     shutil.rmtree(home, ignore_errors=True)
@@ -115,6 +195,8 @@ async def run(args: argparse.Namespace) -> dict:
     try:
         async with d.client() as c:
             kinds = ["kill"] * args.count + ["notice"] * args.count
+            if args.multinode_only:
+                return results
             steps = 100_000
             for _ in range(3):  # reference: fresh launches, submit -> running
                 t0 = time.time()
@@ -182,10 +264,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="5 of each kind")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--multinode", type=int, default=5, help="node losses of the 4-node job")
+    ap.add_argument("--multinode-only", action="store_true", help="only the multi-node rows")
     args = ap.parse_args()
     if args.quick:
-        args.count = 5
+        args.count, args.multinode = 5, 2
     r = asyncio.run(run(args))
+    multi = {m: asyncio.run(run_multinode(args, m)) if args.multinode else {} for m in MODES}
     rows = [
         ("reference: fresh launch -> running (s)", r["fresh_launch"], "(cold start)"),
         ("(a) kill -> detected (s)", r["kill_detect"], "<= 1 s median"),
@@ -198,12 +283,38 @@ def main() -> None:
         ("(d) work lost, kill (steps)", r["lost_steps_kill"], f"<= {CKPT_EVERY} (1 ckpt)"),
         ("(d) work lost, notice (steps)", r["lost_steps_notice"], f"<= {CKPT_EVERY} (1 ckpt)"),
     ]
+    if args.multinode:
+        rows += [
+            (
+                f"(e) {MULTINODE}-node, kill 1 -> running, partial (s)",
+                multi["partial"]["running"],
+                "< full relaunch",
+            ),
+            (
+                f"(e) {MULTINODE}-node, kill 1 -> running, full (s)",
+                multi["full"]["running"],
+                "(reference)",
+            ),
+            (
+                f"(e) {MULTINODE}-node, instances launched, partial",
+                multi["partial"]["launched"],
+                "1",
+            ),
+            (
+                f"(e) {MULTINODE}-node, instances launched, full",
+                multi["full"]["launched"],
+                f"{MULTINODE} (reference)",
+            ),
+        ]
+    if args.multinode_only:
+        rows = rows[-4:]
     table = [
         {
             "metric": name,
             "n": len(xs),
             "median": statistics.median(xs) if xs else None,
             "p95": pct(xs, 0.95),
+            "p99": pct(xs, 0.99),
             "max": max(xs) if xs else None,
             "target": target,
         }
@@ -217,6 +328,7 @@ def main() -> None:
                     "rows": table,
                     "notice_replaced_before_deadline": before,
                     "notice_count": len(r["notice_margin"]),
+                    "multinode": {"nodes": MULTINODE, "losses": args.multinode, **multi},
                     "raw": r,
                 },
                 indent=2,
@@ -224,7 +336,8 @@ def main() -> None:
         )
         return
     print(
-        f"\nspotd recovery benchmark: {args.count} preemptions of each kind, local provider, "
+        f"\nspotd recovery benchmark: {0 if args.multinode_only else args.count} preemptions of "
+        f"each kind, {args.multinode} node losses of a {MULTINODE}-node job, local provider, "
         f"step {STEP_SECONDS}s, checkpoint every {CKPT_EVERY} steps\n"
     )
     print(f"| {'metric':40s} | {'n':>3s} | {'median':>7s} | {'p95':>7s} | {'max':>7s} | target |")

@@ -54,6 +54,9 @@ class Settings:
     lost_after: float = 60.0  # no heartbeat and no provider answer: declared lost
     checkpoint_sync_seconds: float = 0.5  # least time between two syncs of a changed checkpoint
     term_grace_seconds: float = 10.0
+    # partial recovery of multi-node jobs (spotd.control.node_replace): node replacement
+    # rounds allowed per attempt before a lost node relaunches every node; 0: always relaunch
+    node_replacements: float = 3.0
     # the idle-GPU rule (spotd.telemetry.idle): a job whose GPUs all stay below
     # idle_gpu_threshold % for idle_gpu_minutes is flagged, or stopped with idle_gpu_action
     # "stop"; 0 minutes: off
@@ -113,6 +116,7 @@ _FLOAT_KEYS = (
     "lost_after",
     "checkpoint_sync_seconds",
     "term_grace_seconds",
+    "node_replacements",
     "idle_gpu_minutes",
     "idle_gpu_threshold",
     "retention_events_days",

@@ -40,6 +40,7 @@ from spotd.api.common import (
 )
 from spotd.api.routes import AGENT, Route
 from spotd.control.logs import append_log
+from spotd.control.node_keys import node_log_name
 from spotd.providers.aws.bootstrap import BOOTSTRAP_PATH, check_bootstrap
 from spotd.telemetry import gpu
 
@@ -47,7 +48,9 @@ __all__ = ["ROUTES", "Bootstrap", "Heartbeat"]
 
 log = structlog.get_logger("spotd.api.agents")
 
-_PHASES = frozenset({"starting", "setup", "run", "exited", "setup_failed", "preempted"})
+_PHASES = frozenset(
+    {"starting", "setup", "run", "exited", "setup_failed", "preempted", "restarting", "waiting"}
+)
 
 
 class Heartbeat(Body):
@@ -62,6 +65,7 @@ class Heartbeat(Body):
     checkpoint_synced_at: EpochSeconds | None = None
     checkpoint_progress: float | None = Field(default=None, ge=0.0, le=1.0)  # that snapshot's
     gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    generation: int = Field(default=0, ge=0, le=2**31 - 1)  # its node list's (agent.gang)
 
 
 class Bootstrap(Body):
@@ -147,7 +151,7 @@ async def heartbeat(request: web.Request) -> web.Response:
         return json_error(401, "unknown instance or wrong agent token")
     data = _log_data(body)
     settings = request.app[SETTINGS]
-    path = settings.logs_dir / row.attempt_id / f"node-{row.node_rank}.log"
+    path = settings.logs_dir / row.attempt_id / node_log_name(row.key, row.node_rank)
     if data or body.log_offset != row.log_offset:
         offset = await asyncio.to_thread(append_log, path, body.log_offset, data)
     else:  # a keep-alive with no log: nothing to write, the daemon holds what it held
@@ -180,7 +184,9 @@ async def heartbeat(request: web.Request) -> web.Response:
         or (body.notice_deadline is not None and row.notice_deadline is None)
     ):
         request.app[CONTROLLER].wake(row.job_id)
-    return web.json_response({"log_offset": offset})
+    # a node of the job was replaced: restart with the new node list (spotd.agent.gang)
+    restart = await request.app[CONTROLLER].losses.order_for(row, body.generation, phase)
+    return web.json_response({"log_offset": offset} | ({"restart": restart} if restart else {}))
 
 
 ROUTES = (

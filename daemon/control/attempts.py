@@ -26,6 +26,7 @@ from spotd.control.agent_config import (
     build_agent_config,
     held_config,
 )
+from spotd.control.node_keys import current_nodes, node_envs
 from spotd.control.observer import Observation
 from spotd.control.packages import package_store_for, s3_options
 from spotd.control.retention import ZONE_HISTORY_SECONDS
@@ -170,7 +171,8 @@ class Attempts:
         refusal the attempt is ended (a stockout recorded for its zone) and the refusal is
         returned, in words; None when every node launched."""
         attempt = await self.store.require_attempt(aid)
-        rows = await self.store.instances(attempt_id=aid)
+        every = await self.store.instances(attempt_id=aid)
+        rows = current_nodes(every)  # a replaced node's row is history (control.node_replace)
         provider = self.providers[attempt.provider]
         node_ips = {"SPOTD_NODE_IPS": "\n".join("127.0.0.1" for _ in rows)}
         await_from, await_until = await self.draining_predecessor(job.id, attempt.attempt)
@@ -219,7 +221,7 @@ class Attempts:
                 who=who,
                 token=row.token,
                 files=files,
-                envs=node_ips,
+                envs=node_ips | node_envs(row.key),
             )
             held = held_config(provider, agent)  # fetched once by the agent (bootstrap)
             if held is not None:
@@ -239,6 +241,11 @@ class Attempts:
                     TAG_PROJECT: job.project,
                 },
                 agent=agent,
+                machine=task.machine(
+                    provider=attempt.provider,
+                    region=attempt.region,
+                    instance_type=attempt.instance_type,
+                ),
             )
             self.metrics.provider_calls.labels(provider.name, "launch").inc()
             iid = await provider.launch(spec)
@@ -265,7 +272,10 @@ class Attempts:
             at=now,
             detail=detail,
         )
-        await self.end(aid, EndReason.LAUNCH_FAILED, detail, now)
+        # a node's replacement that cannot launch ends an attempt that ran: its cost counts
+        replacing = len(every) > len(rows)
+        end = EndReason.PREEMPTED if replacing else EndReason.LAUNCH_FAILED
+        await self.end(aid, end, f"replacement: {detail}" if replacing else detail, now)
         await self.terminate(aid)
         return detail
 

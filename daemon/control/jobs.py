@@ -31,6 +31,8 @@ from spotd.control.attempts import Attempts, attempt_id, instance_key, job_view,
 from spotd.control.deadline import Deadline
 from spotd.control.idle_gpu import IdleGpuRule
 from spotd.control.memory import JobMemory
+from spotd.control.node_keys import current_nodes
+from spotd.control.node_replace import NodeLosses
 from spotd.control.observer import FleetObserver, Observation, changed_keys
 from spotd.control.prices import PriceRefresher
 from spotd.control.recheck import recheck_in
@@ -54,6 +56,7 @@ from spotd.types import (
 )
 
 log = structlog.get_logger("spotd.control.jobs")
+PLACING_AT_ONCE = 64  # jobs being placed and launched at one time (the others queue)
 
 
 def job_of_key(key: str) -> int | None:
@@ -82,6 +85,10 @@ class Controller:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng or random.Random()
+        # placements (decide, write the intent, launch) at once: ten thousand at once each
+        # waited behind all the others' store calls, and a launch answered minutes after its
+        # intent was judged by listings older than it (instances "lost" that were starting)
+        self.placing = asyncio.Semaphore(PLACING_AT_ONCE)
         self.stop = asyncio.Event()
         self.sup = Supervisor(self.stop)
         self.observer = FleetObserver(
@@ -93,6 +100,14 @@ class Controller:
             settings=settings, store=store, providers=self.providers, metrics=metrics, clock=clock
         )
         self.memory = JobMemory()  # per active job; dropped by ``_forget`` when it ends
+        self.losses = NodeLosses(  # a node lost: replace it, or move the whole job
+            settings=settings,
+            store=store,
+            attempts=self.attempts,
+            observer=self.observer,
+            metrics=metrics,
+            memory=self.memory,
+        )
         self.deadline = Deadline(
             store=store,
             attempts=self.attempts,
@@ -180,6 +195,7 @@ class Controller:
         self.memory.forget(job_id)
         self.idle.forget(job_id)
         self.attempts.forget_job(job_id)
+        self.losses.forget_job(job_id)
         self.deadline.forget(job_id)
 
     def task_of(self, job: JobRow) -> Task:
@@ -191,7 +207,8 @@ class Controller:
             await self._cancel(job)
             return 0.0
         if status in (JobStatus.PENDING, JobStatus.RECOVERING):
-            return await self._place(job)
+            async with self.placing:
+                return await self._place(job)
         return await self._watch(job)
 
     async def _cancel(self, job: JobRow) -> None:
@@ -365,28 +382,27 @@ class Controller:
         task = self.task_of(job)
         aid = attempt_id(job.id, job.current_attempt)
         attempt = await self.store.require_attempt(aid)
-        rows = await self.store.instances(attempt_id=aid)
+        rows = current_nodes(await self.store.instances(attempt_id=aid))
         unlaunched = any(r.instance_id is None for r in rows)
         if attempt.status == AttemptStatus.PROVISIONING and unlaunched:
             return await self._launch_nodes(job, task, aid)  # finish an interrupted launch
         listing = self.observer.latest(attempt.provider) or Observation()
-        action = w.decide_watch(
-            [
-                w.NodeReport(
-                    key=r.key,
-                    node_rank=r.node_rank,
-                    phase=r.phase,
-                    reported=bool(r.last_heartbeat_at),
-                    verdict=detection.classify(
-                        node_evidence(r, listing, now), now=now, timeouts=self.timeouts
-                    ),
-                )
-                for r in rows
-            ]
-        )
+        reports = [
+            w.NodeReport(
+                key=r.key,
+                node_rank=r.node_rank,
+                phase=r.phase,
+                reported=bool(r.last_heartbeat_at),
+                verdict=detection.classify(
+                    node_evidence(r, listing, now), now=now, timeouts=self.timeouts
+                ),
+            )
+            for r in rows
+        ]
+        action = w.decide_watch(reports)
         match action:
             case w.AttemptLost(node):
-                return await self._preempted(job, attempt, node, now)
+                return await self.losses.lost(job, attempt, reports, node, now)
             case w.SetupFailed(node, code):
                 return await self._finish(
                     job,
@@ -484,50 +500,6 @@ class Controller:
         )
         self.metrics.jobs_finished.labels("CANCELLED").inc()
         return True
-
-    async def _preempted(
-        self, job: JobRow, attempt: AttemptRow, node: w.NodeReport, now: float
-    ) -> float:
-        aid = attempt.id
-        verdict = node.verdict
-        evidence = verdict.evidence
-        log.warning(
-            "attempt lost",
-            attempt_id=aid,
-            instance=node.key,
-            verdict=str(verdict.kind),
-            evidence=evidence,
-            region=attempt.region,
-            zone=attempt.zone,
-        )
-        self.metrics.preemptions.labels(attempt.provider, attempt.region).inc()
-        await self.store.add_zone_event(
-            provider=attempt.provider,
-            region=attempt.region,
-            zone=attempt.zone,
-            kind=ZoneEventKind.PREEMPTED.value,
-            at=now,
-            detail=evidence,
-        )
-        await self.attempts.end(aid, EndReason.PREEMPTED, evidence, now)
-        if verdict.kind == detection.VerdictKind.NOTICE and verdict.notice_deadline:
-            self.attempts.notices[aid] = verdict.notice_deadline
-        if verdict.kind != detection.VerdictKind.NOTICE:
-            await self.attempts.terminate(aid)
-        await self.store.transition_job(
-            job.id,
-            from_=[JobStatus.STARTING, JobStatus.RUNNING],
-            to=JobStatus.RECOVERING,
-            reason=f"preempted in {attempt.region}/{attempt.zone} (node {node.node_rank}): "
-            f"{evidence}",
-            now=now,
-            preemptions=job.preemptions + 1,
-            recoveries=job.recoveries + 1,
-            failed_launches=0,
-            first_failure_at=None,
-        )
-        self.memory.lost(job.id, now)
-        return 0.0
 
     async def _user_failure(
         self, job: JobRow, task: Task, aid: str, node: w.NodeReport, now: float

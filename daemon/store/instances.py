@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, case, literal, select, update
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import Subject, enum_value, fetch, set_fields
@@ -18,7 +18,12 @@ from spotd.store.rows import InstanceRow
 from spotd.store.tables import Instance, table_of
 from spotd.types import InstanceState
 
-__all__ = ["INSTANCES", "InstanceStore"]
+__all__ = ["INSTANCES", "RESTARTING", "InstanceStore"]
+
+# set by a node replacement (spotd.store.nodes) until the agent restarts its run: the phases
+# its agent may report meanwhile; the stopped run's other reports (and exit code) do not count
+RESTARTING = "restarting"
+RESTART_PHASES = frozenset({RESTARTING, "waiting"})
 
 INSTANCES = Subject(
     what="instance",
@@ -27,6 +32,13 @@ INSTANCES = Subject(
     row=InstanceRow.from_mapping,
     links=(("job_id", "job_id"), ("attempt_id", "attempt_id")),
 )
+
+
+def _unless_restarting(column: str, value: str | int) -> ColumnElement[Any]:
+    """``value``, or the column as it is while the node is ``RESTARTING`` (one UPDATE: a
+    report in flight when the replacement was decided cannot slip past it)."""
+    it = INSTANCES.table
+    return case((it.c.phase == RESTARTING, it.c[column]), else_=literal(value, it.c[column].type))
 
 
 class InstanceStore(StoreBase):
@@ -124,9 +136,10 @@ class InstanceStore(StoreBase):
         if gpus_json is not None:
             values.update(gpus_json=gpus_json, gpus_at=now)
         if phase is not None:
-            values["phase"] = phase
+            restart_word = phase in RESTART_PHASES
+            values["phase"] = phase if restart_word else _unless_restarting("phase", phase)
         if exit_code is not None:
-            values["exit_code"] = exit_code
+            values["exit_code"] = _unless_restarting("exit_code", exit_code)
         if notice_deadline is not None:
             values["notice_deadline"] = notice_deadline
         with self._write() as conn:

@@ -1,0 +1,95 @@
+"""The agent's side of restarting a multi-node job's run on every node together.
+
+When the daemon replaced a lost node (``spotd.control.node_replace``) it answers heartbeats
+with a ``restart`` order: the attempt's newest *generation* (how many times its nodes were
+replaced), the node count and the nodes' addresses, and ``go`` once every node is ready.
+An agent behind that generation adopts it at once: its run (if one is going) is stopped
+(SIGTERM, the grace period, SIGKILL — the job checkpoints on SIGTERM), the checkpoint is
+synced, and before it runs again it waits for ``go``. A replacement starts at its generation
+(``SPOTD_GENERATION`` in its config) and waits for ``go`` after its setup. So every node
+starts the run again at about the same moment, with ``SPOTD_NODE_IPS``, ``SPOTD_NUM_NODES``
+and ``SPOTD_GENERATION`` saying who is there — what a torchrun-style rendezvous needs.
+
+Example: 4 nodes, node 2 lost. Nodes 0, 1 and 3 are at generation 0 and get ``{generation 1,
+go: false}``: each stops its run and reports ``waiting``. Node 2's replacement boots at
+generation 1, runs setup and reports ``waiting``. The next heartbeat of each is answered
+``go: true``; all four run again with ``SPOTD_GENERATION=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from spotd.types import AgentConfig
+
+__all__ = ["GENERATION_ENV", "Gang", "RestartOrder", "parse_order"]
+
+GENERATION_ENV = "SPOTD_GENERATION"  # the daemon's name too (spotd.control.node_replace)
+
+
+@dataclass(frozen=True, slots=True)
+class RestartOrder:
+    generation: int
+    num_nodes: int
+    node_ips: str  # one address per line, by rank
+    go: bool  # every node is ready: run
+
+
+def parse_order(data: Any) -> RestartOrder | None:
+    """The ``restart`` of a heartbeat's answer; None when absent or malformed."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return RestartOrder(
+            generation=int(data["generation"]),
+            num_nodes=int(data["num_nodes"]),
+            node_ips=str(data["node_ips"]),
+            go=bool(data["go"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class Gang:
+    """Which generation this node is at, whether its run must stop, whether it may run."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        raw = cfg.envs.get(GENERATION_ENV, "0")
+        self.generation = int(raw) if raw.isdigit() else 0
+        self.ran = 0 if self.generation == 0 else -1  # the generation whose run last started
+        self.order: RestartOrder | None = None
+        self.changed = asyncio.Event()  # a newer generation arrived: the run going must stop
+        self.go = asyncio.Event()  # the newest generation may run
+
+    def on_order(self, order: RestartOrder) -> bool:
+        """Take an order from the daemon; True when it moved this node to a newer generation."""
+        newer = order.generation > self.generation
+        if newer:
+            self.generation = order.generation
+            self.go.clear()
+            self.changed.set()
+        if order.generation == self.generation:
+            self.order = order
+            if order.go:
+                self.go.set()
+        return newer
+
+    def must_wait(self) -> bool:
+        """Whether the next run waits for ``go`` (its generation has not run yet)."""
+        return self.generation > 0 and self.ran < self.generation
+
+    def started(self) -> None:
+        self.ran = self.generation
+        self.changed.clear()
+
+    def apply(self, cfg: AgentConfig) -> AgentConfig:
+        """``cfg`` with the newest order's node list: what the next run's environment says."""
+        order = self.order
+        envs = dict(cfg.envs) | {GENERATION_ENV: str(self.generation)}
+        if order is None:
+            return dataclasses.replace(cfg, envs=envs)
+        envs["SPOTD_NODE_IPS"] = order.node_ips
+        return dataclasses.replace(cfg, envs=envs, num_nodes=order.num_nodes)

@@ -1,0 +1,100 @@
+"""Partial recovery of a multi-node job: replace the lost node, or relaunch every node.
+
+A gang job (``num_nodes > 1``) used to end its whole attempt when one node was lost and
+relaunch every node somewhere else, though the other nodes were healthy and set up.
+``decide_node_loss`` says when the healthy nodes are kept and only the lost ones are
+launched again, in the attempt's own zone (nodes of one job share a zone: that is where the
+network between them is), first match wins:
+
+1. ``RelaunchAll`` — partial recovery is off (``max_rounds`` 0) or the job has one node;
+2. ``RelaunchAll`` — a lost node got a NOTICE: it is still syncing its final checkpoint, and
+   a relaunch of the attempt waits for that snapshot (``await_final``), a replacement would not;
+3. ``RelaunchAll`` — the attempt has had ``max_rounds`` replacements already: a zone that keeps
+   taking nodes back is left, as a preempted single-node job leaves it;
+4. ``RelaunchAll`` — the zone refused a launch lately (``zone_refused``): a replacement there
+   would fail too; move the whole job as before;
+5. ``RelaunchAll`` — fewer than half of the nodes survive: little is kept, and so many losses
+   at once say the zone is being drained;
+6. ``RelaunchAll`` — a survivor's run or setup already ended: there is no run left on it to
+   restart with the others (a survivor that is only SUSPECT — heartbeats late, the provider
+   says it runs — is kept: suspicion never tears a node down, and if it is gone after all,
+   its own loss is handled when it is seen);
+7. ``ReplaceNodes`` — otherwise: the lost ranks, each launched again in the same zone, and the
+   run restarted on every node together with the new node list.
+
+Scenarios (rows in ``tests/recovery/test_partial_decision.py``): 4 nodes, node 2 PREEMPTED,
+the others running → ReplaceNodes((2,)); the same with node 2 NOTICE → RelaunchAll; 4 nodes,
+nodes 1, 2 and 3 LOST → RelaunchAll (one survivor of four); 2 nodes, node 1 PREEMPTED while
+node 0 is SUSPECT → ReplaceNodes((1,)); node 1 PREEMPTED after node 0's run exited →
+RelaunchAll; node 1 PREEMPTED after a third replacement with ``max_rounds`` 3 → RelaunchAll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spotd.recovery.detection import VerdictKind
+from spotd.recovery.watch import NodeReport
+
+__all__ = ["GONE", "NodeLossAction", "RelaunchAll", "ReplaceNodes", "decide_node_loss"]
+
+V = VerdictKind
+GONE = frozenset({V.PREEMPTED, V.LOST})  # the node is gone: replaceable
+ENDED_PHASES = frozenset({"exited", "setup_failed", "preempted"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceNodes:
+    """Keep the survivors; launch the nodes of ``ranks`` again in the attempt's zone."""
+
+    ranks: tuple[int, ...]
+    lost: tuple[NodeReport, ...]  # the nodes replaced, with their verdicts (the why)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelaunchAll:
+    """End the attempt and place the whole job again (what a single-node job always does)."""
+
+    reason: str
+
+
+NodeLossAction = ReplaceNodes | RelaunchAll
+
+
+def decide_node_loss(
+    nodes: Sequence[NodeReport], *, rounds_so_far: int, max_rounds: int, zone_refused: bool
+) -> NodeLossAction:
+    """What to do about an attempt some of whose nodes are lost (rules in the docstring)."""
+    lost = [n for n in nodes if n.verdict.kind in GONE | {V.NOTICE}]
+    survivors = [n for n in nodes if n not in lost]
+    if max_rounds <= 0:
+        return RelaunchAll("partial recovery is off")
+    if len(nodes) < 2:
+        return RelaunchAll("a single-node job has no healthy node to keep")
+    noticed = [n for n in lost if n.verdict.kind == V.NOTICE]
+    if noticed:
+        return RelaunchAll(
+            f"node {noticed[0].node_rank} got an interruption notice: the attempt drains "
+            "its final checkpoint and moves as a whole"
+        )
+    if rounds_so_far >= max_rounds:
+        return RelaunchAll(
+            f"the attempt had {rounds_so_far} node replacements already (at most {max_rounds})"
+        )
+    if zone_refused:
+        return RelaunchAll("the zone refused a launch lately: no replacement there")
+    if 2 * len(survivors) < len(nodes):
+        return RelaunchAll(f"only {len(survivors)} of {len(nodes)} nodes survive")
+    ended = [n for n in survivors if n.verdict.kind == V.EXITED or n.phase in ENDED_PHASES]
+    if ended:
+        n = ended[0]
+        return RelaunchAll(f"node {n.node_rank}'s run has ended (phase {n.phase})")
+    ranks = tuple(sorted(n.node_rank for n in lost))
+    kept = ", ".join(str(n.node_rank) for n in survivors)
+    return ReplaceNodes(
+        ranks=ranks,
+        lost=tuple(sorted(lost, key=lambda n: n.node_rank)),
+        reason=f"keeping node{'s' if len(survivors) > 1 else ''} {kept}",
+    )

@@ -1,0 +1,75 @@
+"""An agent follows the daemon's restart orders: stop at a newer generation, run on ``go``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spotd.agent.environment import build_env
+from spotd.agent.gang import Gang, RestartOrder, parse_order
+from spotd.types import AgentConfig
+
+
+def config(rank: int = 0, envs: dict[str, str] | None = None) -> AgentConfig:
+    return AgentConfig(
+        instance_key=f"j3-a1-n{rank}",
+        attempt_id="j3-a1",
+        job_id=3,
+        task_id="t",
+        attempt=1,
+        node_rank=rank,
+        num_nodes=4,
+        setup=None,
+        run="true",
+        envs={"SPOTD_NODE_IPS": "127.0.0.1\n127.0.0.1\n127.0.0.1\n127.0.0.1", **(envs or {})},
+    )
+
+
+IPS = "10.0.0.1\n10.0.0.2\n10.0.0.9\n10.0.0.4"
+
+
+def test_a_first_generation_node_runs_without_waiting_and_adopts_a_newer_one() -> None:
+    gang = Gang(config())
+    assert gang.generation == 0 and not gang.must_wait()
+    gang.started()
+    assert gang.on_order(RestartOrder(1, 4, IPS, go=False)) is True
+    assert gang.changed.is_set() and gang.must_wait() and not gang.go.is_set()
+    assert gang.on_order(RestartOrder(1, 4, IPS, go=False)) is False  # the same order again
+    gang.on_order(RestartOrder(1, 4, IPS, go=True))
+    assert gang.go.is_set()
+    gang.started()
+    assert not gang.must_wait() and not gang.changed.is_set()
+
+
+def test_a_replacement_waits_for_go_before_its_first_run() -> None:
+    gang = Gang(config(2, {"SPOTD_GENERATION": "1"}))
+    assert gang.generation == 1 and gang.must_wait()
+    assert gang.on_order(RestartOrder(1, 4, IPS, go=True)) is False
+    assert gang.go.is_set()
+
+
+def test_an_older_order_changes_nothing_and_a_newer_one_cancels_go() -> None:
+    gang = Gang(config(2, {"SPOTD_GENERATION": "2"}))
+    gang.on_order(RestartOrder(1, 4, IPS, go=True))
+    assert not gang.go.is_set() and gang.generation == 2
+    gang.on_order(RestartOrder(2, 4, IPS, go=True))
+    assert gang.go.is_set()
+    gang.on_order(RestartOrder(3, 4, IPS, go=False))
+    assert not gang.go.is_set() and gang.generation == 3
+
+
+def test_the_restarted_run_sees_the_new_node_list(tmp_path: Path) -> None:
+    gang = Gang(config(1))
+    gang.on_order(RestartOrder(1, 4, IPS, go=True))
+    env = build_env(gang.apply(config(1)), tmp_path, {})
+    assert env["SKYPILOT_NODE_RANK"] == env["SPOTD_NODE_RANK"] == "1"
+    assert env["SKYPILOT_NUM_NODES"] == "4"
+    assert env["SKYPILOT_NODE_IPS"] == env["SPOTD_NODE_IPS"] == IPS
+    assert env["SPOTD_GENERATION"] == "1"
+
+
+def test_parse_order_ignores_what_is_not_an_order() -> None:
+    assert parse_order(None) is None
+    assert parse_order({"generation": 1}) is None
+    assert parse_order({"generation": "x", "num_nodes": 2, "node_ips": "", "go": True}) is None
+    got = parse_order({"generation": 2, "num_nodes": 2, "node_ips": "a\nb", "go": True})
+    assert got == RestartOrder(2, 2, "a\nb", True)

@@ -1,0 +1,125 @@
+"""The daemon's side of a gang restart: who is told to stop, and when every node may go."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from spotd.config import load_settings
+from spotd.control.jobs import Controller
+from spotd.metrics import DaemonMetrics
+from spotd.providers.local import LocalProvider
+from spotd.recovery.detection import Verdict, VerdictKind
+from spotd.recovery.watch import NodeReport
+from spotd.store import AsyncStore, Store
+from spotd.types import AttemptStatus, JobStatus
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
+    store = AsyncStore(Store.open(f"sqlite:///{tmp_path / 'state.db'}"))
+    local = LocalProvider(tmp_path / "local", [])
+    yield Controller(
+        settings=load_settings(tmp_path, env={}),
+        store=store,
+        providers={"local": local},
+        metrics=DaemonMetrics(),
+    )
+    await store.close()
+
+
+async def _running_gang(ctl: Controller, nodes: int) -> tuple[int, str]:
+    store = ctl.store
+    job = await store.create_job(
+        name="gang",
+        task_id_prefix="t",
+        spec_json="{}",
+        spec_redacted_json="{}",
+        resources="",
+        submitted_at=NOW,
+    )
+    await store.create_attempt(
+        job_id=job.id,
+        attempt=1,
+        provider="local",
+        region="local-east",
+        zone="local-east-a",
+        instance_type="cpu",
+        market="spot",
+        price_per_hour=0.1,
+        num_nodes=nodes,
+        now=NOW,
+        instances=[
+            {"key": f"j{job.id}-a1-n{r}", "node_rank": r, "token": f"tok{r}"} for r in range(nodes)
+        ],
+    )
+    await store.transition_job(
+        job.id, from_=[JobStatus.PENDING], to=JobStatus.STARTING, reason="placed", now=NOW
+    )
+    for r in range(nodes):
+        await store.record_heartbeat(
+            f"j{job.id}-a1-n{r}", now=NOW, phase="run", exit_code=None, notice_deadline=None
+        )
+    return job.id, f"j{job.id}-a1"
+
+
+def _reports(aid: str, lost: int, nodes: int) -> list[NodeReport]:
+    return [
+        NodeReport(
+            key=f"{aid}-n{r}",
+            node_rank=r,
+            phase="run",
+            reported=True,
+            verdict=Verdict(VerdictKind.PREEMPTED if r == lost else VerdictKind.HEALTHY, "why"),
+        )
+        for r in range(nodes)
+    ]
+
+
+async def test_survivors_stop_first_and_every_node_goes_together(ctl: Controller) -> None:
+    store, losses = ctl.store, ctl.losses
+    jid, aid = await _running_gang(ctl, 3)
+    assert await losses.order_for(await store.require_instance(f"{aid}-n0"), 0, "run") is None
+    job, attempt = await store.require_job(jid), await store.require_attempt(aid)
+    assert await losses.replace(job, attempt, _reports(aid, 1, 3), NOW + 1)
+    assert (await store.require_job(jid)).status == JobStatus.STARTING
+    assert (await store.require_attempt(aid)).status == AttemptStatus.PROVISIONING
+    new = await store.require_instance(f"{aid}-n1-g1")
+    assert new.instance_id is None  # the intent: the job worker launches it
+    assert (await store.require_instance(f"{aid}-n1")).terminated
+
+    async def order(key: str, generation: int, phase: str) -> dict[str, object] | None:
+        await store.record_heartbeat(
+            key, now=NOW + 2, phase=phase, exit_code=None, notice_deadline=None
+        )
+        return await losses.order_for(await store.require_instance(key), generation, phase)
+
+    # a survivor still running generation 0 is told to stop, never to go
+    stop = await order(f"{aid}-n0", 0, "run")
+    assert stop == {
+        "generation": 1,
+        "num_nodes": 3,
+        "node_ips": "\n".join(["127.0.0.1"] * 3),
+        "go": False,
+    }
+    # the replacement, booting, hears nothing; waiting while node 2 still runs: no go
+    assert await order(f"{aid}-n1-g1", 1, "setup") is None
+    assert await order(f"{aid}-n0", 1, "waiting") == {**stop, "go": False}
+    assert await order(f"{aid}-n1-g1", 1, "waiting") == {**stop, "go": False}
+    # the last one to stop makes every waiting node go
+    assert await order(f"{aid}-n2", 1, "waiting") == {**stop, "go": True}
+    assert await order(f"{aid}-n1-g1", 1, "waiting") == {**stop, "go": True}
+    # a node already running the new generation is left alone; the others may still go
+    assert await order(f"{aid}-n1-g1", 1, "run") is None
+    assert await order(f"{aid}-n0", 1, "waiting") == {**stop, "go": True}
+
+
+async def test_a_single_node_job_is_never_partially_recovered(ctl: Controller) -> None:
+    jid, aid = await _running_gang(ctl, 1)
+    job, attempt = await ctl.store.require_job(jid), await ctl.store.require_attempt(aid)
+    assert not await ctl.losses.replace(job, attempt, _reports(aid, 0, 1), NOW + 1)
+    assert (await ctl.store.require_job(jid)).status == JobStatus.STARTING  # untouched here
