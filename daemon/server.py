@@ -43,10 +43,12 @@ import structlog
 from aiohttp import web
 
 from spotd.api.app import make_app
+from spotd.api.pools import POOLS
 from spotd.api.routes import AGENT
 from spotd.api.services import SERVICES
 from spotd.config import Settings
 from spotd.control.jobs import Controller
+from spotd.control.pools import Pools
 from spotd.control.services import ServiceController
 from spotd.dashboard import Dashboard, mount_dashboard
 from spotd.files.private import private_dir
@@ -270,6 +272,7 @@ async def run_daemon(
     services = ServiceController(
         settings=settings, store=store, observer=controller.observer, metrics=metrics
     )
+    pools = Pools(settings=settings, store=store, controller=controller)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -281,6 +284,7 @@ async def run_daemon(
         )
         app = make_app(settings=settings, store=store, controller=controller, metrics_=metrics)
         app[SERVICES] = services
+        app[POOLS] = pools
         mount_dashboard(app, dashboard, tcp=False)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
@@ -290,6 +294,7 @@ async def run_daemon(
                 settings=settings, store=store, controller=controller, metrics_=metrics, tcp=True
             )
             tcp_app[SERVICES] = services
+            tcp_app[POOLS] = pools
             mount_dashboard(tcp_app, dashboard, tcp=True)
             tcp_runner = web.AppRunner(tcp_app, handle_signals=False, access_log=None)
             await tcp_runner.setup()
@@ -313,6 +318,7 @@ async def run_daemon(
             callers=AGENT,
         )
         agent_app[SERVICES] = services
+        agent_app[POOLS] = pools  # one instance: the workers' asks wait for its news
         agent_runner = web.AppRunner(agent_app, handle_signals=False, access_log=None)
         await agent_runner.setup()
         runners.append(agent_runner)
@@ -328,6 +334,7 @@ async def run_daemon(
             )
         await controller.start()
         await services.start()
+        pools.start()
         # The unix socket last: a client that can connect finds everything started (agents
         # that heartbeat before then simply retry).
         sock = settings.socket_path

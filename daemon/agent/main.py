@@ -42,7 +42,9 @@ import aiohttp
 from spotd.agent.bootstrap import BOOTSTRAP_REFUSED_EXIT, BootstrapRefused, bootstrap_if_needed
 from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store, read_progress
 from spotd.agent.environment import build_env
+from spotd.agent.gang import Gang, parse_order
 from spotd.agent.imds import Imds
+from spotd.agent.pool import is_pool_worker, serve_pool
 from spotd.agent.storage import AgentStorage, prepare_storage
 from spotd.agent.transport import UNTRUSTED_EXIT, DaemonUntrusted, daemon_session, untrusted
 from spotd.aiokit import sleep
@@ -77,6 +79,7 @@ class Agent:
         self.job: asyncio.subprocess.Process | None = None
         self.ckpt = open_checkpoint_store(cfg)
         self.storage = AgentStorage()  # the task's storage objects (spotd.agent.storage)
+        self.gang = Gang(cfg)  # the run restarts with the others when a node is replaced
         self.last_sync: float | None = None
         self.progress: float | None = None  # what the last synced checkpoint says it holds
         self.gpus = GpuReader()  # no GPU (or no NVML) reads as an empty list, never an error
@@ -268,18 +271,68 @@ class Agent:
                 return
         if self.notice.is_set():
             return
-        self._set_phase("run")
         syncer = asyncio.create_task(self._sync_loop(), name="checkpoint-sync")
         try:
-            rc = await self._run_script(self.cfg.run or "true", env)
+            code = await self._run_together(env)
         finally:
             syncer.cancel()
-        if self.notice.is_set():
+        if code is None or self.notice.is_set():
             return
         await self._flush_storage()
         await self._sync()
-        self._log(f"run exited with {rc}")
-        self._set_phase("exited", rc)
+        self._log(f"run exited with {code}")
+        self._set_phase("exited", code)
+
+    async def _run_together(self, env: dict[str, str]) -> int | None:
+        """Run ``run``. When the daemon replaced a lost node of the job (``spotd.agent.gang``)
+        stop it, wait until every node is ready, and run it again with the new node list.
+        None: a notice (or the agent's end) came first."""
+        while True:
+            if self.gang.must_wait():
+                self._set_phase("waiting")
+                while not (self.gang.go.is_set() or self.stop.is_set() or self.notice.is_set()):
+                    await sleep(1.0, self.gang.go, self.stop, self.notice)
+                if not self.gang.go.is_set() or self.notice.is_set():
+                    return None
+                self.cfg = self.gang.apply(self.cfg)
+                env = build_env(self.cfg, self.checkpoint, os.environ)
+                self._log(f"generation {self.gang.generation}: {self.cfg.num_nodes} nodes, go")
+            self.gang.started()
+            self._set_phase("run")
+            program = (  # a pool's worker runs the pool's jobs instead (spotd.agent.pool)
+                serve_pool(self, env)
+                if is_pool_worker(self.cfg)
+                else self._run_script(self.cfg.run or "true", env)
+            )
+            script = asyncio.ensure_future(program)
+            changed = asyncio.ensure_future(self.gang.changed.wait())
+            try:
+                await asyncio.wait({script, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+            if not self.gang.changed.is_set() or self.notice.is_set():
+                return await script
+            self._set_phase("restarting")
+            self._log(f"a node was replaced (generation {self.gang.generation}): run stopped")
+            await self._stop_run(script)
+            await self._sync()
+
+    async def _stop_run(self, script: asyncio.Future[int]) -> None:
+        """SIGTERM the run's process group (the job checkpoints), SIGKILL it after the grace
+        period; return once it has exited."""
+        for _ in range(500):  # the run's process may still be being started (5 s at most)
+            if self.job is not None or script.done():
+                break
+            await asyncio.sleep(0.01)
+        job = self.job
+        if job is not None and job.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(script), self.cfg.term_grace_seconds)
+        except TimeoutError:
+            self.kill_job()
+            await script
 
     async def _flush_storage(self) -> None:
         """Before the end is reported: commit what the job left in its MOUNT_CACHED
@@ -300,10 +353,15 @@ class Agent:
                 os.killpg(job.pid, signal.SIGKILL)
 
     async def on_notice(self) -> None:
-        """Checkpoint before the machine goes: SIGTERM, grace, SIGKILL, sync."""
+        """Checkpoint before the machine goes: SIGTERM, grace, SIGKILL, sync. A service
+        replica (no job) keeps serving until the daemon drains it, once its replacement is
+        READY (``control/draining.py``): it gets SIGTERM only its grace before the deadline."""
         await self.notice.wait()
         self._log(f"preemption notice: instance reclaimed at {self.notice_deadline}")
         self.wake.set()
+        if self.cfg.job_id == 0 and self.notice_deadline is not None:
+            left = self.notice_deadline - self.cfg.term_grace_seconds - 1.0 - time.time()
+            await sleep(left, self.stop)
         job = self.job
         if job is not None and job.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -422,6 +480,7 @@ class Agent:
             "checkpoint_synced_at": self.last_sync,
             "checkpoint_progress": self.progress,
             "gpus": [g.to_json() for g in await self.gpus.read_async()],
+            "generation": self.gang.generation,
         }
         async with session.post(
             f"{base}/agent/v1/heartbeat",
@@ -435,6 +494,9 @@ class Agent:
         self.acked_offset = int(data.get("log_offset", self.acked_offset))
         self.acked_phase = phase
         self._save_state()
+        order = parse_order(data.get("restart"))
+        if order is not None:
+            self.gang.on_order(order)
         if len(chunk) == LOG_CHUNK:
             self.wake.set()  # more log to send: go again at once
 

@@ -14,6 +14,7 @@ one source of what the API is: ``make_app`` registers it, the auth middleware le
 - ``cost`` and ``projects``: what was spent, and the tenants with their quotas
 - ``ops``: health and Prometheus metrics
 - ``services``: ``/v1/services...``
+- ``pools``: ``/v1/pools...`` and the pool workers' ``/agent/v1/pool/next``
 - ``openapi``: the OpenAPI document of this table
 
 Every error a client can cause is a 4xx with a JSON body ``{"error": ..., "details": ...}``;
@@ -38,6 +39,7 @@ from spotd.api import (
     logs,
     openapi,
     ops,
+    pools,
     projects,
     services,
     storage,
@@ -77,6 +79,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
     *projects.ROUTES,
     *services.ROUTES,
     *storage.ROUTES,
+    *pools.ROUTES,
 )
 # the table by (method, path), for the auth middleware
 ROUTES_BY_KEY = web.AppKey("routes_by_key", Mapping[tuple[str, str], Route])
@@ -189,6 +192,7 @@ def make_app(
     app[LISTENER_CALLERS] = callers
     app[openapi.OPENAPI] = openapi.document(table)
     app[storage.STORAGE] = storage.make_storage(settings, controller)
+    app[pools.POOLS] = pools.make_pools(app)
     for route in table:
         if route.method == "GET":  # with HEAD, as aiohttp's add_get does
             app.router.add_get(route.path, route.handler)

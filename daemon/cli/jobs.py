@@ -22,6 +22,7 @@ import click
 from rich.table import Table
 
 from spotd.cli.common import ago, dur, err, out, parse_env, print_events, print_json, run
+from spotd.cli.pools import launch_on_pool, pool, print_queued
 from spotd.cli.progress import FilesProgress, progress_mode, upload_line
 from spotd.sdk.uploads import SourceError, local_sources
 
@@ -49,6 +50,9 @@ _PLAN_ROWS = 8  # the chosen placement and the next seven
 @click.group()
 def jobs() -> None:
     """Managed jobs: launched on the cheapest place that fits, recovered on preemption."""
+
+
+jobs.add_command(pool)  # spotctl jobs pool apply|status|down (spotd.cli.pools)
 
 
 def plan_table(plan: dict[str, Any]) -> Table:
@@ -92,6 +96,10 @@ def plan_table(plan: dict[str, Any]) -> Table:
     help="workdir/file_mounts name paths on the daemon's host, not uploaded (the admin's, "
     "under the daemon's file_roots).",
 )
+@click.option("--pool", "pool_name", default=None, help="Queue on this pool's workers instead.")
+@click.option(
+    "--num-jobs", type=click.IntRange(min=1), default=1, help="With --pool: N copies, ranked."
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def jobs_launch(
     file: str,
@@ -104,11 +112,24 @@ def jobs_launch(
     infra: str | None,
     project: str | None,
     host_paths: bool,
+    pool_name: str | None,
+    num_jobs: int,
     output: str,
 ) -> None:
-    """Launch FILE as a managed job."""
+    """Launch FILE as a managed job (with --pool: queue it on a pool's workers)."""
     text = Path(file).read_text()
     env = parse_env(envs)
+    if pool_name is not None:
+        queued = run(
+            lambda c: launch_on_pool(c, pool_name, file=file, name=name, env=env, num_jobs=num_jobs)
+        )
+        if output == "json":
+            print_json(queued)
+        else:
+            print_queued(queued)
+        return
+    if num_jobs != 1:
+        raise click.UsageError("--num-jobs needs --pool")
     confirm = not dry_run and not yes and sys.stdin.isatty()
     bar = FilesProgress(err, progress_mode(err, output))
 

@@ -59,6 +59,7 @@ from spotd.providers.allowlist import barred_providers, without_barred
 from spotd.providers.base import Provider
 from spotd.recovery import placement
 from spotd.spec import SpecError, Task, load_tasks_bounded, parse_duration
+from spotd.spec.resources import CONTAINER_BACKENDS
 from spotd.store import AsyncStore, JobRow, OverQuota
 from spotd.types import Candidate, CatalogEntry
 
@@ -71,6 +72,7 @@ __all__ = [
     "Refused",
     "UnknownProject",
     "check_buckets",
+    "check_containers",
     "check_files",
     "check_quota",
     "check_runnable",
@@ -82,7 +84,6 @@ __all__ = [
     "place",
     "placeable_catalog",
     "plan_submission",
-    "reserved_gpus",
     "submit",
     "usable_catalog",
     "with_infra",
@@ -163,11 +164,40 @@ def with_infra(task: Task, infra: str) -> Task:
 
 
 def check_runnable(task: Task) -> None:
-    """A managed job needs ``run``; a task with ``service:`` is a service, not a job."""
+    """A managed job needs ``run``; a task with ``service:`` is a service, not a job, and
+    one with ``pool:`` describes a pool's workers."""
+    if task.pool is not None:
+        raise InvalidRequest(
+            "this task has a `pool:` section: create the pool with `spotctl jobs pool apply`, "
+            "then queue jobs on it with `spotctl jobs launch --pool NAME`"
+        )
     if not task.run:
         raise InvalidRequest("`run` is required for a managed job")
     if task.service is not None:
         raise InvalidRequest("this task has a `service:` section: use `spotctl serve up`")
+
+
+def check_containers(task: Task, enabled: Collection[str]) -> None:
+    """``image_id: docker:IMAGE`` runs only where a provider runs containers (Kubernetes, as
+    the pod's image; an option without a provider of its own is placed there): refused,
+    naming what would run it, when the task's options name only other providers, or when no
+    such provider is enabled. A dry run says the same."""
+    images = sorted(task.resources.docker_images())
+    if not images:
+        return
+    asked = {o.provider for o in task.resource_request().options}
+    fix = "or drop image_id and install what the image has in `setup`"
+    if not asked & {None, *CONTAINER_BACKENDS}:
+        names = ", ".join(sorted(str(p) for p in asked))
+        raise InvalidRequest(
+            f"image_id docker:{images[0]}: {names} runs no containers; only kubernetes "
+            f"does (infra: k8s), {fix}"
+        )
+    if not set(CONTAINER_BACKENDS) & set(enabled):
+        raise InvalidRequest(
+            f"image_id docker:{images[0]} runs only on kubernetes (as the pod's image), which "
+            f"is not enabled (enabled: {', '.join(sorted(enabled))}): enable k8s, {fix}"
+        )
 
 
 def usable_catalog(
@@ -266,12 +296,6 @@ async def check_buckets(task: Task, providers: Mapping[str, Provider]) -> None:
             raise InvalidRequest(f"file_mounts: {remote}: {exc}") from exc
 
 
-async def reserved_gpus(store: AsyncStore, project: str) -> list[float]:
-    """GPUs reserved by each active job of ``project`` (``Store.project_usage`` sums them,
-    services included)."""
-    return [j.gpus for j in await store.active_jobs() if j.project == project]
-
-
 async def check_quota(store: AsyncStore, project: str, ask: quota.Ask) -> None:
     """Refuse a launch that would take ``project`` over its limits (or names no project).
 
@@ -326,6 +350,7 @@ async def plan_submission(
     # every configured provider still counts as enabled for real_capacity: being barred from
     # Slurm must not make the local provider's simulated GPUs a choice
     enabled = set(providers)
+    check_containers(task, enabled)
     barred = {
         p: why
         for p, why in barred_providers(project, provider_configs or {}).items()

@@ -19,7 +19,7 @@ The modules, from the bottom up (each imports only those above it in this list):
 - ``documents``: YAML composed with the line of every key path, within ``YamlLimits``;
 - ``issues``: pydantic's errors turned into issues with the user's key paths and phrases;
 - ``fields``: the models' base class and shared validators;
-- ``resources``, ``service``, ``job_recovery``: the sections of a task;
+- ``resources``, ``service``, ``job_recovery``, ``pool``: the sections of a task;
 - ``load``: text -> documents -> validated models, all issues at once;
 - ``task``: ``Task``, the document as a whole (envs, secrets, file mounts, the YAML dump);
 - ``check``: ``load_tasks``, ``load_task``, ``check_file``, ``review_file`` (``spotctl

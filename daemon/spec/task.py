@@ -8,8 +8,10 @@ checks: environment names must be valid, an env with a null value must be suppli
 
 ``spotctl check`` reads with the ``CHECKING`` validation context (``spotd.spec.fields``): a
 null env is then valid (due at launch), and what launch refuses only because spotd lacks it yet
-(a cloud without a provider, a bucket store spotd lacks, ``pool:``, ``image_id: docker:...``, a
-``config:`` override) is kept in the model and reported by ``Task.advisories()`` as a warning.
+(a cloud without a provider, a bucket store spotd lacks, a ``config:`` override
+spotd has no setting for) is kept in the model and reported by ``Task.advisories()`` as a
+warning, as is a resource key the backend it lands on cannot honour (``disk_tier`` off AWS,
+``image_id: docker:...`` off Kubernetes: ``spotd.spec.resources``).
 
 Secrets never leave through the model's own views: ``repr`` leaves them out, ``redacted()``
 and ``to_yaml(redact=True)`` replace their values with ``<redacted>``.
@@ -22,6 +24,7 @@ entries keep inheriting the top-level fields) and rebuilds the task from it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import typing
 from collections.abc import Mapping
@@ -35,7 +38,15 @@ from pydantic_core import PydanticCustomError
 from spotd.spec.fields import SpecModel, checking, not_supported, spotd_error
 from spotd.spec.job_recovery import JobRecovery, hoist_job_recovery
 from spotd.spec.load import load_model
-from spotd.spec.resources import Resources, ResourcesChoice, resources_from, summary
+from spotd.spec.pool import PoolSpec
+from spotd.spec.resources import (
+    MachineAsk,
+    Resources,
+    ResourcesChoice,
+    read_config,
+    resources_from,
+    summary,
+)
 from spotd.spec.service import ServiceSpec
 from spotd.spec.values import Path, format_duration
 from spotd.types import ResourceRequest
@@ -234,25 +245,39 @@ _TOP_NOT_SUPPORTED = not_supported(
     "_metadata",
 )
 
-# ``config:`` overrides spotd reads and has no use for: it runs no controller VM
+# ``config:`` keys (SkyPilot's ~/.sky/config.yaml, per task) spotd has a setting for
+# (``spotd.spec.resources.read_config``), and those it reads and ignores: no controller VM
+HONOURED_CONFIG = ("aws.labels", "aws.disk_encrypted", "kubernetes.custom_metadata")
 _IGNORED_CONFIG = ("jobs.controller", "serve.controller")
 
 
 def config_findings(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(ignored, unsupported) dotted keys of a task's ``config:`` overrides.
-
-    A section is ignored when it holds only ``controller`` (spotd has no controller VM);
-    anything else is an override spotd does not have.
-    """
+    """(ignored, unsupported) dotted keys of a task's ``config:`` overrides, read two levels
+    deep (``aws.labels``) as SkyPilot's config reference lists them; ``HONOURED_CONFIG``
+    keys are neither."""
     ignored: list[str] = []
     unsupported: list[str] = []
-    for key, value in config.items():
+    for section, value in config.items():
         inner = value if isinstance(value, dict) else {}
-        if inner and all(f"{key}.{k}" in _IGNORED_CONFIG for k in inner):
-            ignored += [f"{key}.{k}" for k in inner]
-        else:
-            unsupported.append(str(key))
+        if not inner:
+            unsupported.append(str(section))
+        for key in inner:
+            dotted = f"{section}.{key}"
+            if dotted in _IGNORED_CONFIG:
+                ignored.append(dotted)
+            elif dotted not in HONOURED_CONFIG:
+                unsupported.append(dotted)
     return ignored, unsupported
+
+
+def config_refusal(unsupported: list[str]) -> str:
+    """The one message that names every ``config:`` override spotd does not have."""
+    one = len(unsupported) == 1
+    return (
+        f"config override{'' if one else 's'} {', '.join(f'`{k}`' for k in unsupported)} "
+        f"{'is' if one else 'are'} not supported by spotd (it honours "
+        f"{', '.join(HONOURED_CONFIG)}; it ignores {', '.join(_IGNORED_CONFIG)})"
+    )
 
 
 class Task(SpecModel):
@@ -271,28 +296,16 @@ class Task(SpecModel):
     run: str | None = None
     service: ServiceSpec | None = None
     job_recovery: JobRecovery = Field(default_factory=JobRecovery)
-    pool: dict[str, Any] | str | None = None
+    pool: PoolSpec | None = None  # a pool's workers (`spotctl jobs pool apply`), not a job
     config: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("pool")
-    @classmethod
-    def _no_pools_yet(cls, pool: Any, info: ValidationInfo) -> Any:
-        if pool is not None and not checking(info):
-            raise spotd_error(
-                "pools are not supported by spotd yet (SkyPilot's `pool:`); "
-                "launch the job without it"
-            )
-        return pool
 
     @field_validator("config")
     @classmethod
     def _config_spotd_has(cls, config: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        read_config(config)  # a bad value of a key spotd honours: an error, for check too
         _, unsupported = config_findings(config)
         if unsupported and not checking(info):
-            raise spotd_error(
-                f"config override `{unsupported[0]}` is not supported by spotd "
-                f"(it reads only {', '.join(_IGNORED_CONFIG)}, which it has no use for)"
-            )
+            raise spotd_error(config_refusal(unsupported))
         return config
 
     @model_validator(mode="before")
@@ -322,7 +335,8 @@ class Task(SpecModel):
     def advisories(self) -> list[tuple[Path, str]]:
         """What ``spotctl check`` warns about: keys spotd reads but cannot honour, and what
         launch refuses only because spotd lacks it yet (other clouds, storage objects,
-        pools, docker images, config overrides). Paths are the user's keys."""
+        config overrides), and resource keys the backend they land on cannot honour
+        (docker images off Kubernetes, disk tiers off AWS). Paths are the user's keys."""
         found = [(("resources", *at), text) for at, text in self.resources.all_advisories()]
         for remote, mount in self.file_mounts.items():
             where = mount.unsupported_store
@@ -341,13 +355,10 @@ class Task(SpecModel):
                         "spotd keeps a bucket until `spotctl storage delete`",
                     )
                 )
-        if self.pool is not None:
-            found.append((("pool",), "pools are not supported yet; launch refuses it"))
         ignored, unsupported = config_findings(self.config)
-        for key in unsupported:
-            found.append(
-                (("config", key), "config override not supported by spotd; launch refuses it")
-            )
+        if unsupported:  # one warning, at the first of them
+            at = ("config", *unsupported[0].split("."))
+            found.append((at, f"{config_refusal(unsupported)}: launch refuses it"))
         for key in ignored:
             found.append((("config", *key.split(".")), "ignored: spotd runs no controller VM"))
         return found
@@ -389,6 +400,20 @@ class Task(SpecModel):
     def environment(self) -> dict[str, str]:
         """Every variable the job's processes get: envs and secrets (values included)."""
         return dict(self.envs) | dict(self.secrets)
+
+    def machine(self, *, provider: str, region: str, instance_type: str = "") -> MachineAsk:
+        """What one node on ``provider``/``region`` asks of its machine beyond the type: the
+        resource keys of the entry placed there, with that provider's ``config:`` overrides
+        (``aws.labels``/``disk_encrypted``, ``kubernetes.custom_metadata``) laid over them."""
+        ask = self.resources.machine(provider=provider, region=region, instance_type=instance_type)
+        cfg = read_config(self.config)
+        if provider == "aws":
+            labels = {**ask.labels, **cfg.aws_labels}
+            return dataclasses.replace(ask, labels=labels, disk_encrypted=cfg.aws_disk_encrypted)
+        if provider == "k8s":
+            labels = {**ask.labels, **cfg.k8s_labels}
+            return dataclasses.replace(ask, labels=labels, annotations=cfg.k8s_annotations)
+        return ask
 
     def resource_request(self) -> ResourceRequest:
         """The resources as the optimizer's options.

@@ -127,6 +127,7 @@ class AsyncStore:
     record_heartbeat = _offload(Store.record_heartbeat)
     set_log_offset = _offload(Store.set_log_offset)
     mark_instance_terminated = _offload(Store.mark_instance_terminated)
+    replace_nodes = _offload(Store.replace_nodes)
 
     # events and zone history
     add_event = _offload(Store.add_event)
@@ -144,6 +145,25 @@ class AsyncStore:
     get_project = _offload(Store.get_project)
     project_by_token_hash = _offload(Store.project_by_token_hash)
     list_projects = _offload(Store.list_projects)
+
+    # pools (spotd.control.pools)
+    create_pool = _offload(Store.create_pool)
+    pool_by_name = _offload(Store.pool_by_name)
+    get_pool = _offload(Store.get_pool)
+    list_pools = _offload(Store.list_pools)
+    set_pool_workers = _offload(Store.set_pool_workers)
+    pool_down = _offload(Store.pool_down)
+    add_pool_worker = _offload(Store.add_pool_worker)
+    pool_workers = _offload(Store.pool_workers)
+    pool_worker = _offload(Store.pool_worker)
+    add_pool_jobs = _offload(Store.add_pool_jobs)
+    pool_jobs = _offload(Store.pool_jobs)
+    get_pool_job = _offload(Store.get_pool_job)
+    pool_attempts = _offload(Store.pool_attempts)
+    open_pool_attempt = _offload(Store.open_pool_attempt)
+    claim_pool_job = _offload(Store.claim_pool_job)
+    finish_pool_attempt = _offload(Store.finish_pool_attempt)
+    requeue_pool_attempt = _offload(Store.requeue_pool_attempt)
 
     # services and replicas
     create_service = _offload(Store.create_service)

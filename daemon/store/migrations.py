@@ -23,6 +23,10 @@ from spotd.store.errors import SchemaTooNew
 from spotd.store.tables import (
     METADATA,
     Job,
+    Pool,
+    PoolAttempt,
+    PoolJob,
+    PoolWorker,
     Project,
     Replica,
     SchemaVersion,
@@ -111,6 +115,21 @@ def _v6_agent_bootstrap(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN bootstrapped_at FLOAT")
 
 
+def _v7_pools(conn: Connection) -> None:
+    """Pools (``spotd.control.pools``): the pool, pool_worker, pool_job and pool_attempt
+    tables."""
+    tables = [table_of(t) for t in (Pool, PoolWorker, PoolJob, PoolAttempt)]
+    METADATA.create_all(conn, tables=tables)
+
+
+def _v8_job_project_status_index(conn: Connection) -> None:
+    """A project's quota counts its active jobs at every launch: index (project, status), so
+    the count seeks them instead of reading every job the project ever ran."""
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_job_project_status ON job (project, status)"
+    )
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _create_all),
     (2, _v2_services),
@@ -118,6 +137,8 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (4, _v4_project_limits),
     (5, _v5_event_age_index),
     (6, _v6_agent_bootstrap),
+    (7, _v7_pools),
+    (8, _v8_job_project_status_index),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Index
 from sqlalchemy.orm import registry as sa_registry
 from sqlmodel import Field, SQLModel
 
@@ -27,6 +28,8 @@ METADATA = _Table.metadata
 
 class Job(_Table, table=True):
     __tablename__ = "job"
+    # a project's active jobs, found by seeks (its quota's count), not by walking its history
+    __table_args__ = (Index("ix_job_project_status", "project", "status"),)  # version 8
 
     id: int | None = Field(default=None, primary_key=True)
     name: str
@@ -204,6 +207,70 @@ class Project(_Table, table=True):
     max_jobs: int | None = None  # active jobs at once (version 4); None: unlimited
     max_nodes_per_job: int | None = None  # num_nodes of one job (version 4); None: unlimited
     max_services: int | None = None  # live services at once (version 4); None: unlimited
+
+
+class Pool(_Table, table=True):
+    """A pool of workers that queued jobs run on (version 7): see spotd.control.pools."""
+
+    __tablename__ = "pool"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)  # unique among pools that are not DOWN
+    project: str = Field(default="default", index=True)
+    status: str = Field(index=True)  # PoolStatus value
+    workers: int  # how many workers it keeps up
+    spec_json: str  # the workers' task, secrets included (each worker is a managed job of it)
+    spec_redacted_json: str
+    created_at: float
+    ended_at: float | None = None
+
+
+class PoolWorker(_Table, table=True):
+    """A worker of a pool: a managed job whose agent runs the pool's jobs (version 7)."""
+
+    __tablename__ = "pool_worker"
+
+    job_id: int = Field(foreign_key="job.id", primary_key=True)
+    pool_id: int = Field(foreign_key="pool.id", index=True)
+    slot: int  # 0 .. workers-1; a slot whose job ended gets a new one (spotd.control.pools)
+
+
+class PoolJob(_Table, table=True):
+    """A job queued on a pool (version 7)."""
+
+    __tablename__ = "pool_job"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pool_id: int = Field(foreign_key="pool.id", index=True)
+    name: str
+    status: str = Field(index=True)  # PoolJobStatus value
+    rank: int = 0  # $SKYPILOT_JOB_RANK among the copies of one launch
+    num_jobs: int = 1  # $SKYPILOT_NUM_JOBS
+    run: str
+    envs_json: str = "{}"  # the job's envs and secrets (never shown)
+    secret_names_json: str = "[]"
+    submitted_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    attempts: int = 0
+    exit_code: int | None = None
+    message: str = ""
+
+
+class PoolAttempt(_Table, table=True):
+    """One run of a pool job on one worker's instance (version 7)."""
+
+    __tablename__ = "pool_attempt"
+
+    id: str = Field(primary_key=True)  # "q<pool job>-a<n>"
+    pool_job_id: int = Field(foreign_key="pool_job.id", index=True)
+    attempt: int
+    worker_job_id: int = Field(foreign_key="job.id", index=True)
+    instance_key: str = Field(index=True)  # the worker's instance that runs it
+    started_at: float
+    ended_at: float | None = None
+    end_reason: str | None = None  # PoolEnd value
+    exit_code: int | None = None
 
 
 class SchemaVersion(_Table, table=True):

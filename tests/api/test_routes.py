@@ -150,6 +150,7 @@ AGENT_ROUTES = {
     ("POST", "/agent/v1/heartbeat"),
     ("POST", "/agent/v1/bootstrap"),
     ("POST", "/agent/v1/storage"),  # storage objects, before setup (spotd.api.storage)
+    ("POST", "/agent/v1/pool/next"),  # a pool worker's next job (spotd.api.pools)
 }
 # what project tokens gained since the route table: the document, and uploading their files
 PROJECT_ROUTES_ADDED = {
@@ -158,6 +159,12 @@ PROJECT_ROUTES_ADDED = {
     ("PUT", "/v1/blobs/{sha256}"),
     ("GET", "/v1/storage"),  # their own project's buckets (spotd.api.storage)
     ("POST", "/v1/storage/{name}/delete"),
+    ("POST", "/v1/pools"),  # their own project's pools (spotd.api.pools)
+    ("GET", "/v1/pools"),
+    ("GET", "/v1/pools/{name}"),
+    ("POST", "/v1/pools/{name}/jobs"),
+    ("GET", "/v1/pools/{name}/jobs/{job_id}/logs"),
+    ("POST", "/v1/pools/{name}/down"),
 }
 
 

@@ -22,6 +22,7 @@ RANKS = {
     "spotd.spec.resources": 4,
     "spotd.spec.service": 4,
     "spotd.spec.job_recovery": 4,
+    "spotd.spec.pool": 4,
     "spotd.spec.load": 5,
     "spotd.spec.task": 6,
     "spotd.spec.check": 7,
