@@ -21,8 +21,9 @@ The model:
 - a new replica is READY ``--cold-start`` seconds after the target asks for it; a removed one
   takes no new requests and finishes what it holds (drain);
 - the daemon's loop runs every second: QPS over a 60 s window counted as spotd's LB counts
-  it (a request is counted when it arrives, as SkyServe's LB counts), vLLM's running/waiting gauges and KV-cache
-  usage (running / slots) summed over READY replicas, the LB's queue added as waiting.
+  it (a request is counted when it arrives, as SkyServe's LB counts), vLLM's
+  running/waiting gauges and KV-cache usage (running / slots) summed over READY replicas,
+  the LB's queue added as waiting.
 
 Policies (one run each per seed, same arrivals): ``qps`` (``target_qps_per_replica`` only,
 counted at arrival, as spotd's and SkyServe's LBs do: the most QPS scaling can see),
