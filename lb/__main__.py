@@ -1,6 +1,7 @@
 """``python -m spotd.lb --port P --control-port C [--policy least_load] ...``
 
-Policies (``--policy``): round_robin, least_load, power_of_two, prefix_aware (``policy.py``).
+Policies (``--policy``): round_robin, least_load, power_of_two, prefix_aware, least_tokens
+(``policy.py``).
 LLM streams on a replica under a preemption notice move to another replica
 ``--handoff-margin`` seconds before its deadline (``llmstream.py``).
 

@@ -16,6 +16,11 @@ never move, and the survivors take the moved streams' prefill once, late; the ma
 default) covers the continuation's connect and the clock skew between the daemon and the
 cloud's reclaim. A notice shorter than the margin moves the streams at once.
 
+Outstanding tokens (``least_tokens``): a stream holds its cost (``StreamJob.tokens``) on the
+replica serving it, gives one token back per event that arrives (vLLM sends one token an
+event; the last token stays until the stream ends), and takes what is left to the replica
+that continues it — as ``in_flight`` moves, exactly once.
+
 The relay is ``relay.relay_fast``'s, with a sink that writes only whole events, so that a cut
 never leaves half an event with the client. Limits: plain-HTTP replicas only (the daemon's;
 an https replica's streams are relayed as before), one choice per request (``n`` 1), and SSE
@@ -99,10 +104,29 @@ class StreamJob:
     llm: LlmRequest
     rid: str  # the replica serving it now
     stats: ReplicaStats  # that replica's counters (its in_flight counts this stream)
+    tokens: int = 1  # its outstanding tokens, counted in ``stats.tokens`` while it is there
     prefix_key: str | None = None
     drop: bytes | None = None  # a header never forwarded (the client's API key)
     exclude: set[str] = field(default_factory=set)  # replicas it must not go back to
     left_first: bool = False  # it moved off the first replica (whose count the proxy keeps)
+
+    def arrived(self, events: int) -> None:
+        """``events`` more events came: as many tokens fewer outstanding (never below 1)."""
+        n = min(events, self.tokens - 1)
+        if n > 0:
+            self.tokens -= n
+            self.stats.tokens -= n
+
+    def count_out(self) -> None:
+        """It leaves ``stats``' replica (moved or ended there)."""
+        self.stats.in_flight -= 1
+        self.stats.tokens -= self.tokens
+
+    def count_in(self, stats: ReplicaStats) -> None:
+        """It is sent to (or tried on) the replica whose counters are ``stats``."""
+        self.stats = stats
+        stats.in_flight += 1
+        stats.tokens += self.tokens
 
 
 class _Outcome(enum.Enum):
@@ -115,7 +139,7 @@ class _SpliceSink(_ClientSink):
     """``_ClientSink`` that writes whole SSE events only, through the ``Splicer``; an answer
     that ends without ``[DONE]`` is *broken* (its stream moves) rather than ended."""
 
-    __slots__ = ("broken", "cut", "handoff", "rest", "seek_left", "seeking", "splicer")
+    __slots__ = ("broken", "cut", "handoff", "job", "rest", "seek_left", "seeking", "splicer")
 
     def __init__(
         self,
@@ -124,9 +148,11 @@ class _SpliceSink(_ClientSink):
         head: bytes | None,
         terminator: bytes,
         splicer: Splicer,
+        job: StreamJob,
     ) -> None:
         super().__init__(tr, chunked, head, terminator)
         self.splicer = splicer
+        self.job = job
         self.rest = b""
         self.broken = False
         self.handoff = False  # the notice ran out: cut at the next clean point
@@ -145,6 +171,8 @@ class _SpliceSink(_ClientSink):
         if self.rest:
             buf = self.rest + buf
         block, self.rest = split_events(buf)
+        if block:
+            self.job.arrived(block.count(b"\n\n"))
         if end or len(self.rest) > _REST_MAX:  # the end, or not SSE as we know it: pass it on
             block, self.rest = block + self.rest, b""
         if self.seeking and block:
@@ -291,23 +319,23 @@ async def _continue(
             continue
         head = request_head(job.request, host_line, raw, job.drop, path=path)
         rstats = reps.stats[rid]
-        rstats.in_flight += 1  # counted while it is tried, as the proxy does
+        job.count_in(rstats)  # counted while it is tried, as the proxy does
         try:
             conn = await pool.acquire(host, port)
             uhead = await conn.request(head, raw, False)
         except (UpstreamConnectError, UpstreamDisconnected) as e:
-            rstats.in_flight -= 1
+            job.count_out()
             rstats.failures += 1
             st.eject(rid, view.url, f"{type(e).__name__}: {e}")
             job.exclude.add(rid)
             continue
         except UpstreamError as e:
-            rstats.in_flight -= 1
+            job.count_out()
             log.warning("stream continuation on %s failed: %s", rid, e)
             job.exclude.add(rid)
             continue
         except BaseException:
-            rstats.in_flight -= 1
+            job.count_out()
             raise
         if uhead.status != 200 or not uhead.content_type.startswith("text/event-stream"):
             try:
@@ -315,15 +343,14 @@ async def _continue(
             except (UpstreamError, ConnectionError):
                 detail = ""
             pool.release(conn)
-            rstats.in_flight -= 1
+            job.count_out()
             log.warning(
                 "replica %s refused a stream continuation: %d %s", rid, uhead.status, detail
             )
             return None
         splicer.begin_continuation(as_completions=as_completions)
         job.rid = rid
-        job.stats = reps.stats[rid]
-        job.stats.requests += 1
+        rstats.requests += 1
         return conn
     return None
 
@@ -352,7 +379,8 @@ async def relay_stream(
     chunked = bool(writer.chunked)
     own_end = rhead is not None
     splicer = Splicer(chat=job.llm.kind is LlmKind.CHAT, keep_ids=job.llm.wants_ids)
-    sink = _SpliceSink(tr, chunked, rhead, b"0\r\n\r\n" if chunked and own_end else b"", splicer)
+    terminator = b"0\r\n\r\n" if chunked and own_end else b""
+    sink = _SpliceSink(tr, chunked, rhead, terminator, splicer, job)
     current = conn
     try:
         while True:
@@ -369,10 +397,11 @@ async def relay_stream(
                 job.left_first = True
             else:
                 pool.release(current)
-            job.stats.in_flight -= 1
+            job.count_out()
             current = conn  # nothing held until the next replica takes it
             splicer.generated()  # reads the events passed through so far
             if splicer.finished:  # only [DONE] was missing
+                job.tokens = 0  # counted out above: the [DONE] below gives nothing back
                 sink.reset()
                 sink.data([DONE], True)
                 break
@@ -389,7 +418,7 @@ async def relay_stream(
     finally:
         if current is not conn:
             pool.release(current)
-            job.stats.in_flight -= 1
+            job.count_out()
     if own_end:
         _mark_eof(writer)
     try:

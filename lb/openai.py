@@ -23,6 +23,16 @@ of the same answer:
   add_generation_prompt: false``.
 
 ``max_tokens`` (and ``min_tokens``) shrink by the tokens already generated.
+
+Cost (``estimate_tokens``, for ``least_tokens`` routing): what a request will occupy on its
+replica, in tokens, before anything is tokenized — the prompt (token ids counted; text, chat
+messages included, at 4 characters a token) plus the most it may generate (``max_tokens`` or
+``max_completion_tokens``; when absent, 16 for completions as the API says, and
+``ASSUMED_CHAT_MAX_TOKENS`` for chat, whose real limit is the model's context), times ``n``
+and the prompts in a batch.
+A prompt of 4,000 characters asking for 1,000 tokens costs 2,000; ``"hi"`` with
+``max_tokens`` 30 costs 30. A continuation costs what its stream had left (its longer prompt
+and shorter ``max_tokens`` add up to the same).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ __all__ = [
     "LlmRequest",
     "continuable",
     "continuation",
+    "estimate_tokens",
     "llm_kind",
     "parse_llm_request",
     "prefix_key",
@@ -46,6 +57,10 @@ __all__ = [
 ]
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
+# what a chat request without max_tokens is assumed to generate (the server's limit is the
+# model's context; a typical chat answer is a few hundred tokens)
+ASSUMED_CHAT_MAX_TOKENS = 512
+CHARS_PER_TOKEN = 4  # English text under common BPE tokenizers, roughly
 
 # sampling parameters a chat request's continuation on /v1/completions keeps
 _SAMPLING = (
@@ -152,6 +167,52 @@ def prefix_key(req: LlmRequest, chars: int) -> str | None:
             return None
         text = prompt
     return f"{model}\x00{text[:chars]}"
+
+
+def _prompt_tokens(prompt: Any) -> tuple[int, int]:
+    """(tokens, prompts) of a completions ``prompt``: text, token ids, or a batch of them."""
+    if isinstance(prompt, str):
+        return len(prompt) // CHARS_PER_TOKEN, 1
+    if isinstance(prompt, list):
+        if all(isinstance(t, int) for t in prompt):
+            return len(prompt), 1  # token ids
+        tokens = prompts = 0
+        for p in prompt:  # a batch of prompts
+            t, k = _prompt_tokens(p)
+            tokens, prompts = tokens + t, prompts + k
+        return tokens, prompts
+    return 0, 1
+
+
+def _int_field(body: Mapping[str, Any], *keys: str) -> int | None:
+    for key in keys:
+        v = body.get(key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return max(0, v)
+    return None
+
+
+def estimate_tokens(req: LlmRequest) -> int:
+    """The tokens ``req`` will occupy on its replica: prompt + the most it may generate, at
+    least 1 (see the module docstring)."""
+    body = req.body
+    prompts = 1
+    if req.kind is LlmKind.CHAT:
+        prompt = 0
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            chars = sum(
+                len(_content_text(m.get("content"))) for m in messages if isinstance(m, Mapping)
+            )
+            prompt = chars // CHARS_PER_TOKEN
+        limit = _int_field(body, "max_completion_tokens", "max_tokens")
+        out = ASSUMED_CHAT_MAX_TOKENS if limit is None else limit
+    else:
+        prompt, prompts = _prompt_tokens(body.get("prompt"))
+        limit = _int_field(body, "max_tokens")
+        out = COMPLETIONS_DEFAULT_MAX_TOKENS if limit is None else limit
+    n = _int_field(body, "n") or 1
+    return max(1, prompt + out * n * max(1, prompts))
 
 
 def continuable(req: LlmRequest) -> bool:

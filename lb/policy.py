@@ -20,6 +20,10 @@ Rules, in order:
    - ``round_robin``: eligible replicas in the order given, one after the other;
    - ``least_load``: fewest in-flight requests; ties go to the first one found scanning from
      a rotating start (so an idle service is shared round-robin, not piled on the first);
+   - ``least_tokens``: fewest outstanding tokens (``ReplicaStats.tokens``: the estimated
+     cost of the requests in flight, ``openai.estimate_tokens``), ties as ``least_load``. One
+     long generation weighs as much as many short ones, where ``least_load`` counts each
+     request once;
    - ``power_of_two``: two distinct replicas drawn by ``state.rng``, fewer in-flight wins
      (the first drawn on a tie) — near least-load balance without a global scan, and no herd
      when several LB processes share replicas;
@@ -57,6 +61,7 @@ class Policy(enum.StrEnum):
     LEAST_LOAD = "least_load"  # fewest in-flight requests
     POWER_OF_TWO = "power_of_two"  # two random choices, fewer in-flight wins
     PREFIX_AWARE = "prefix_aware"  # same prompt prefix, same replica, under a load bound
+    LEAST_TOKENS = "least_tokens"  # fewest outstanding tokens (prompt + generation to come)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,7 @@ class ReplicaStats:
     """What the LB knows about a replica at run time (mutated by the proxy, read by pick)."""
 
     in_flight: int = 0  # requests sent and not yet finished (exact: +1 before, -1 in finally)
+    tokens: int = 0  # their estimated cost in tokens, added and removed with ``in_flight``
     ejected: bool = False  # a connection to it failed; out of rotation until a probe succeeds
     requests: int = 0  # requests ever sent to it by this LB
     failures: int = 0  # connection-level failures (refused, reset before any response byte)
@@ -163,17 +169,9 @@ def pick(
         state.cursor = (state.cursor + 1) % (1 << 30)
         return choice.id
     if policy is Policy.LEAST_LOAD or policy is Policy.PREFIX_AWARE:
-        # scan from a rotating start so ties (an idle service) are shared round-robin
-        start = state.cursor % n
-        state.cursor = (state.cursor + 1) % (1 << 30)
-        best = cands[start]
-        best_load = stats.get(best.id, _NO_STATS).in_flight
-        for k in range(1, n):
-            r = cands[(start + k) % n]
-            load = stats.get(r.id, _NO_STATS).in_flight
-            if load < best_load:
-                best, best_load = r, load
-        return best.id
+        return _least(cands, stats, state, by_tokens=False)
+    if policy is Policy.LEAST_TOKENS:
+        return _least(cands, stats, state, by_tokens=True)
     if policy is Policy.POWER_OF_TWO:
         i = state.rng.randrange(n)
         j = state.rng.randrange(n - 1)
@@ -184,6 +182,30 @@ def pick(
             return b.id
         return a.id
     raise ValueError(f"unknown policy {policy!r}")
+
+
+def _least(
+    cands: Sequence[ReplicaView],
+    stats: Mapping[str, ReplicaStats],
+    state: PolicyState,
+    *,
+    by_tokens: bool,
+) -> str:
+    """The replica with the fewest requests (or tokens) in flight; the scan starts at a
+    rotating position, so ties (an idle service) are shared round-robin."""
+    n = len(cands)
+    start = state.cursor % n
+    state.cursor = (state.cursor + 1) % (1 << 30)
+    best = cands[start]
+    st = stats.get(best.id, _NO_STATS)
+    best_load = st.tokens if by_tokens else st.in_flight
+    for k in range(1, n):
+        r = cands[(start + k) % n]
+        st = stats.get(r.id, _NO_STATS)
+        load = st.tokens if by_tokens else st.in_flight
+        if load < best_load:
+            best, best_load = r, load
+    return best.id
 
 
 def _bounded_hash(

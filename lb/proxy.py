@@ -16,6 +16,13 @@ stream (``llmstream.py``); a non-streamed one still waiting for its answer when 
 runs out is re-sent elsewhere. ``prefix_aware`` routing reads the prompt from the (buffered)
 JSON body (``openai.prefix_key``).
 
+Outstanding tokens (``ReplicaStats.tokens``, what ``least_tokens`` routes by) are kept
+beside ``in_flight``, with the same +/- around each attempt: an LLM request whose body was
+read costs ``openai.estimate_tokens``; any other request (another path, a body too large to
+buffer or not JSON) costs 1, so on a service without LLM traffic ``least_tokens`` is
+``least_load``. A stream gives its tokens back as they arrive and takes what is left with it
+when it moves (``llmstream.StreamJob``).
+
 Responses with a known length up to 1 MiB (and not ``text/event-stream``) are read whole and
 sent in one write; everything else — SSE, chunked, large — is streamed chunk by chunk as it
 arrives, with no buffering beyond the socket's.
@@ -50,7 +57,15 @@ from .http1 import (
     host_port,
 )
 from .llmstream import StreamJob, head_before_notice, relay_stream
-from .openai import LlmRequest, continuable, llm_kind, parse_llm_request, prefix_key, upstream_body
+from .openai import (
+    LlmRequest,
+    continuable,
+    estimate_tokens,
+    llm_kind,
+    parse_llm_request,
+    prefix_key,
+    upstream_body,
+)
 from .policy import Policy, RequestInfo, pick
 from .pool import UpstreamPool
 from .relay import json_error, relay, relay_fast
@@ -109,6 +124,7 @@ def _unauthorized(header: str) -> web.Response:
 
 
 _NO_EXCLUDE: frozenset[str] = frozenset()
+_READS_LLM_BODY = frozenset({Policy.PREFIX_AWARE, Policy.LEAST_TOKENS})
 _PLAIN = RequestInfo()
 _ADDRS_MAX = 4096  # replica URLs remembered per LB; more (a churning fleet): start over
 
@@ -225,14 +241,16 @@ async def _proxy(
     key = request.headers.get(cfg.affinity_header) if cfg.affinity_header else None
     llm: LlmRequest | None = None  # an LLM request whose stream may move (or be re-sent)
     prefix: str | None = None
+    cost = 1  # outstanding tokens this request adds to its replica (module docstring)
     if (
         method == "POST"
         and isinstance(body, bytes)
-        and (cfg.continue_streams or cfg.policy is Policy.PREFIX_AWARE)
+        and (cfg.continue_streams or cfg.policy in _READS_LLM_BODY)
         and llm_kind(raw_path) is not None
     ):
         parsed = parse_llm_request(raw_path, body)
         if parsed is not None:
+            cost = estimate_tokens(parsed)
             if cfg.policy is Policy.PREFIX_AWARE:
                 prefix = prefix_key(parsed, cfg.prefix_chars)
             if cfg.continue_streams and (not parsed.stream or continuable(parsed)):
@@ -261,6 +279,8 @@ async def _proxy(
         rstats = reps.stats[rid]
         tries += 1
         rstats.in_flight += 1
+        rstats.tokens += cost
+        charged = cost  # what the finally below takes off this replica
         rstats.requests += 1
         addr = _replica_addr(addrs, view.url)
         conn: UpstreamConn | None = None
@@ -293,11 +313,17 @@ async def _proxy(
                         and uhead.status == 200
                         and uhead.content_type.startswith("text/event-stream")
                     ):
-                        job = StreamJob(request, llm, rid, rstats, prefix, drop_b, set(exclude))
-                        resp = await relay_stream(request, conn, uhead, job, st, pool)
-                        if job.left_first:  # counted out when it moved; the finally does it
-                            rstats.in_flight += 1
-                        return resp
+                        job = StreamJob(
+                            request, llm, rid, rstats, cost, prefix, drop_b, set(exclude)
+                        )
+                        try:
+                            return await relay_stream(request, conn, uhead, job, st, pool)
+                        finally:
+                            if job.left_first:  # counted out when it moved
+                                rstats.in_flight += 1
+                                charged = 0
+                            else:  # what it gave back as tokens arrived is out already
+                                charged = job.tokens
                     return await relay_fast(request, conn, uhead)
             else:
                 if headers is None:
@@ -327,6 +353,7 @@ async def _proxy(
             if conn is not None:
                 pool.release(conn)
             rstats.in_flight -= 1
+            rstats.tokens -= charged
             if noticed:  # re-sent elsewhere: no ejection, no retry budget
                 noticed = False
                 st.metrics.notice_retries += 1

@@ -341,14 +341,21 @@ class MetricsCollector:
         g = GaugeMetricFamily(
             "spotd_lb_replica_in_flight", "In-flight requests per replica", labels=["replica"]
         )
+        t = GaugeMetricFamily(
+            "spotd_lb_replica_outstanding_tokens",
+            "Estimated tokens (prompt + generation to come) of the requests in flight per replica",
+            labels=["replica"],
+        )
         e = GaugeMetricFamily(
             "spotd_lb_replica_ejected", "1 if the replica is ejected", labels=["replica"]
         )
         for v in st.replicas.views:
             rs = st.replicas.stats[v.id]
             g.add_metric([v.id], rs.in_flight)
+            t.add_metric([v.id], rs.tokens)
             e.add_metric([v.id], 1 if rs.ejected else 0)
         yield g
+        yield t
         yield e
 
 

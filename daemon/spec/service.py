@@ -46,6 +46,9 @@ class LoadBalancingPolicy(enum.StrEnum):
     # LLM prompts that start the same go to the same replica (its prefix cache), under a load
     # bound (vLLM production-stack's `prefixaware`)
     PREFIX_AWARE = "prefix_aware"
+    # fewest outstanding tokens (prompt + max_tokens of the requests in flight): one long
+    # generation weighs as much as many short ones
+    LEAST_TOKENS = "least_tokens"
 
 
 # other spellings users write, and SkyServe's older names
@@ -58,6 +61,8 @@ _LB_POLICY_ALIASES: Mapping[str, str] = types.MappingProxyType(
         "prefixaware": "prefix_aware",  # vLLM production-stack's --routing-logic name
         "prefix": "prefix_aware",
         "leastload": "least_load",
+        "least_outstanding_tokens": "least_tokens",
+        "leasttokens": "least_tokens",
     }
 )
 

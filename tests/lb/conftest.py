@@ -72,6 +72,11 @@ class LB:
         reps = self.state.replicas
         return {v.id: reps.stats[v.id].in_flight for v in reps.views}
 
+    def tokens(self) -> dict[str, int]:
+        """Outstanding tokens per replica (``least_tokens``)."""
+        reps = self.state.replicas
+        return {v.id: reps.stats[v.id].tokens for v in reps.views}
+
 
 LBFactory = Callable[..., Awaitable[LB]]
 

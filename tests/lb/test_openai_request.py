@@ -248,3 +248,48 @@ def test_continuation(
 def test_a_token_id_prompt_without_ids_back_cannot_continue() -> None:
     with pytest.raises(ValueError, match="token ids"):
         continuation(req("/v1/completions", {"prompt": [1, 2], "stream": True}), TEXT)
+
+
+# -- the cost least_tokens routes by: prompt (ids, or characters / 4) + what may be generated --
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "tokens"),
+    [
+        # completions: 4,000 characters + max_tokens 1,000
+        ("/v1/completions", {"prompt": "abcd" * 1000, "max_tokens": 1000}, 2000),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 30}, 30),
+        # no max_tokens: the API's default of 16
+        ("/v1/completions", {"prompt": "abcd" * 10}, 26),
+        # token ids are counted as they are
+        ("/v1/completions", {"prompt": list(range(300)), "max_tokens": 100}, 400),
+        ("/v1/completions", {"prompt": [list(range(300))], "max_tokens": 100}, 400),
+        # a batch of two prompts generates twice; n 3 generates three times
+        ("/v1/completions", {"prompt": ["abcd" * 25, "abcd" * 75], "max_tokens": 10}, 120),
+        ("/v1/completions", {"prompt": "abcd" * 25, "max_tokens": 10, "n": 3}, 55),
+        # chat: every message's text; max_completion_tokens before max_tokens
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {"role": "system", "content": "abcd" * 100},
+                    {"role": "user", "content": [{"type": "text", "text": "abcd" * 50}]},
+                ],
+                "max_completion_tokens": 64,
+                "max_tokens": 9999,
+            },
+            214,
+        ),
+        # chat without a limit: the LB assumes 512 tokens of answer
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "abcd" * 8}]}, 520),
+        # nonsense limits count as absent or zero, never below 1 in all
+        ("/v1/completions", {"prompt": "hi", "max_tokens": -5}, 1),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": True}, 16),
+        ("/v1/completions", {"prompt": 7, "max_tokens": "many"}, 16),
+        ("/v1/chat/completions", {"messages": "hello", "max_tokens": 0}, 1),
+    ],
+)
+def test_estimate_tokens(path: str, body: dict[str, Any], tokens: int) -> None:
+    from spotd.lb.openai import estimate_tokens
+
+    assert estimate_tokens(req(path, body)) == tokens

@@ -31,6 +31,11 @@ def stats(**in_flight: int) -> dict[str, ReplicaStats]:
     return {k: ReplicaStats(in_flight=v) for k, v in in_flight.items()}
 
 
+def tokens(**load: tuple[int, int]) -> dict[str, ReplicaStats]:
+    """replica=(in flight, outstanding tokens)"""
+    return {k: ReplicaStats(in_flight=n, tokens=t) for k, (n, t) in load.items()}
+
+
 ABC = views(("a", R), ("b", R), ("c", R))
 
 
@@ -77,6 +82,51 @@ ABC = views(("a", R), ("b", R), ("c", R))
             Policy.LEAST_LOAD,
             ["b", "c"],
         ),
+        # least tokens: fewest outstanding tokens, whatever the request counts say
+        (
+            ABC,
+            tokens(a=(1, 1000), b=(3, 90), c=(2, 400)),
+            RequestInfo(),
+            Policy.LEAST_TOKENS,
+            ["b", "b", "b"],
+        ),
+        (
+            ABC,
+            tokens(a=(0, 0), b=(0, 0), c=(0, 0)),
+            RequestInfo(),
+            Policy.LEAST_TOKENS,
+            list("abca"),
+        ),
+        (
+            ABC,
+            tokens(a=(1, 500), b=(1, 20), c=(1, 20)),
+            RequestInfo(),
+            Policy.LEAST_TOKENS,
+            list("bbc"),
+        ),
+        (
+            views(("a", R), ("b", D)),
+            tokens(a=(5, 9000), b=(0, 0)),
+            RequestInfo(),
+            Policy.LEAST_TOKENS,
+            ["a"],
+        ),
+        (
+            ABC,
+            tokens(a=(0, 0), b=(2, 50), c=(9, 900)),
+            RequestInfo(exclude=frozenset({"a"})),
+            Policy.LEAST_TOKENS,
+            ["b", "b"],
+        ),
+        (
+            ABC,
+            {"a": ReplicaStats(ejected=True), "b": ReplicaStats(in_flight=1, tokens=300)},
+            RequestInfo(),
+            Policy.LEAST_TOKENS,
+            ["c", "c"],
+        ),
+        # ... and least load, on the same counts, counts requests
+        (ABC, tokens(a=(1, 1000), b=(3, 90), c=(2, 400)), RequestInfo(), Policy.LEAST_LOAD, ["a"]),
         # one eligible replica: every policy picks it
         (views(("a", D), ("b", R)), {}, RequestInfo(), Policy.POWER_OF_TWO, ["b", "b"]),
     ],
@@ -309,3 +359,11 @@ def test_prefix_aware_remembers_a_bounded_number_of_prefixes() -> None:
         pick(ABC, {}, prefix(f"k{i}"), policy=P, state=state)
     assert len(state.homes) == 10
     assert sum(state.home_counts.values()) == 10
+
+
+def test_every_lb_policy_is_a_service_yaml_name() -> None:
+    """``load_balancing_policy`` in the service YAML accepts exactly the LB's policies (the
+    daemon passes the name to ``python -m spotd.lb --policy``)."""
+    from spotd.spec import LoadBalancingPolicy
+
+    assert {p.value for p in LoadBalancingPolicy} == {p.value for p in Policy}

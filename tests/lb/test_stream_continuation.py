@@ -126,6 +126,7 @@ async def test_a_stream_moves_off_a_noticed_replica_with_identical_text(
     other = next(s for s in replicas if s.id != first)
     assert lb.state.replicas.stats[other.id].requests == 1  # the continuation went there
     assert lb.in_flight() == {first: 0, other.id: 0}
+    assert lb.tokens() == {first: 0, other.id: 0}  # moved with the stream, then given back
 
 
 async def test_a_replica_killed_mid_stream_without_notice_is_survived(
@@ -148,6 +149,8 @@ async def test_a_replica_killed_mid_stream_without_notice_is_survived(
     chunks, done = parse_stream(got)
     assert text_of(chunks) == WANT and done == 1
     assert lb.state.metrics.handoffs == 1
+    await wait_until(lambda: sum(lb.in_flight().values()) == 0)
+    assert set(lb.tokens().values()) == {0}
 
 
 async def test_a_stream_that_finishes_before_the_deadline_stays(make_lb: LBFactory, stubs) -> None:
@@ -195,6 +198,7 @@ async def test_a_non_streamed_request_on_a_noticed_replica_is_sent_elsewhere(
     assert lb.state.metrics.notice_retries == 1
     # it moved at the notice's end (0.2 s in), not after the first replica's 3 s
     assert lb.state.replicas.stats[first].in_flight == 0
+    assert set(lb.tokens().values()) == {0}
     assert time.monotonic() - t0 < 6.5
 
 
@@ -231,6 +235,8 @@ async def test_sixteen_concurrent_streams_survive_a_notice(make_lb: LBFactory, s
     assert results == [(WANT, 1)] * 16
     assert lb.state.metrics.handoffs >= 3
     assert lb.state.metrics.handoff_failures == 0
+    await wait_until(lambda: sum(lb.in_flight().values()) == 0)
+    assert set(lb.tokens().values()) == {0}
 
 
 async def test_without_continuation_the_stream_is_relayed_as_before(
