@@ -10,6 +10,11 @@ two marker lines. Its exit code goes with the next ask, which is retried until t
 answers, so an exit is never lost to a daemon restart; a job cut short by a preemption
 notice is not reported at all: the daemon queues it again once the instance is gone.
 
+While a job runs the worker asks the daemon, every ``heartbeat_seconds``, whether it should
+keep running it (``/agent/v1/pool/running``); told to stop (the job was cancelled) it stops it
+as a notice would (SIGTERM, the grace period, SIGKILL), logs ``cancelled`` and asks for the
+next job. A daemon that cannot be reached never stops a job.
+
 A daemon that answers 404 (this job is not a pool's worker: someone set ``SPOTD_POOL`` in a
 plain job) gets the task's ``run``, as without a pool.
 """
@@ -40,6 +45,8 @@ class Worker(Protocol):
     stop: asyncio.Event
 
     async def _run_script(self, script: str, env: dict[str, str]) -> int: ...
+
+    async def _stop_run(self, script: asyncio.Future[int]) -> None: ...
 
     def _log(self, line: str) -> None: ...
 
@@ -90,10 +97,56 @@ async def serve_pool(agent: Worker, env: dict[str, str]) -> int:
                 break  # handed out as the notice came: the daemon queues it again
             what = f"pool job {job['job_id']} rank {job['rank']} attempt {job['attempt']}"
             agent._log(f"{what}: started")
-            rc = await agent._run_script(str(job["run"]), job_env(env, job))
+            rc, cancelled = await _run_watched(
+                agent, Asker(session, base, headers), job, job_env(env, job)
+            )
             if agent.notice.is_set():
                 agent._log(f"{what}: stopped by the preemption notice (exit {rc})")
                 break
-            agent._log(f"{what}: exited with {rc}")
+            agent._log(
+                f"{what}: cancelled (exit {rc})" if cancelled else f"{what}: exited with {rc}"
+            )
             done = {"attempt_id": job["attempt_id"], "exit_code": rc}
     return 0
+
+
+class Asker:
+    """The worker's question to the daemon while a job runs."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> None:
+        self.session = session
+        self.base = base
+        self.headers = headers
+
+    async def told_to_stop(self, key: str, attempt_id: str) -> bool:
+        """Whether the daemon says to stop the attempt; False when it cannot be asked."""
+        try:
+            async with self.session.post(
+                f"{self.base}/agent/v1/pool/running",
+                json={"key": key, "attempt_id": attempt_id},
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT),
+            ) as r:
+                if r.status != 200:
+                    return False
+                answer = await r.json()
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return False
+        return bool(isinstance(answer, dict) and answer.get("stop"))
+
+
+async def _run_watched(
+    agent: Worker, asker: Asker, job: Mapping[str, Any], env: dict[str, str]
+) -> tuple[int, bool]:
+    """Run the job, asking the daemon every heartbeat whether to stop it; its exit code, and
+    whether it was stopped because the daemon said so."""
+    script = asyncio.ensure_future(agent._run_script(str(job["run"]), env))
+    every = agent.cfg.heartbeat_seconds
+    while not script.done():
+        await asyncio.wait({script}, timeout=every)
+        if script.done() or agent.notice.is_set() or agent.stop.is_set():
+            break
+        if await asker.told_to_stop(agent.cfg.instance_key, str(job["attempt_id"])):
+            await agent._stop_run(script)
+            return script.result(), True
+    return await script, False

@@ -1,5 +1,6 @@
-"""Pools: ``/v1/pools`` — apply, list, show, queue jobs, down; and the workers' ask,
-``POST /agent/v1/pool/next``.
+"""Pools: ``/v1/pools`` — apply, list, show, queue jobs, cancel one, its logs (followed),
+down; and the workers' ask, ``POST /agent/v1/pool/next``, and their question while a job runs,
+``POST /agent/v1/pool/running`` (keep running it, or stop: it was cancelled).
 
 A project's token sees and touches only its project's pools (another's is a 404, as a job
 is). The workers' route is an agent's: the instance's own agent token, checked as the
@@ -8,6 +9,7 @@ heartbeat checks it.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections import Counter
 from typing import Any
@@ -28,11 +30,12 @@ from spotd.api.common import (
     scope,
 )
 from spotd.api.files import Sha256
-from spotd.api.params import PathId, PathName
+from spotd.api.logs import client_gone, following
+from spotd.api.params import PathId, PathName, QueryFlag
 from spotd.api.routes import AGENT, TENANT, Route
 from spotd.control.pools import MAX_NUM_JOBS, PoolConflict, PoolMissing, Pools
 from spotd.control.submit import LaunchRequest
-from spotd.store import AsyncStore
+from spotd.store import AsyncStore, InstanceRow
 from spotd.store.pools import PoolAttemptRow, PoolJobRow, PoolRow
 
 __all__ = ["POOLS", "ROUTES", "make_pools"]
@@ -42,6 +45,7 @@ NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
 NAME_HINT = "1-63 lowercase letters, digits and '-', starting with a letter or digit"
 POOL = PathName("name", "pool name", NAME_PATTERN, NAME_HINT)
 POOL_JOB = PathId("job_id", "pool job id")
+FOLLOW = QueryFlag("follow", "keep streaming until the job ends")
 
 
 def make_pools(app: web.Application) -> Pools:
@@ -77,6 +81,13 @@ class PoolLaunchBody(Body):
 class Done(Body):
     attempt_id: str = Field(pattern=r"^q[0-9]{1,18}-a[0-9]{1,9}$")
     exit_code: int = Field(ge=-(2**31), le=2**31 - 1)
+
+
+class RunningBody(Body):
+    """A worker's question while a pool job runs: keep running this attempt?"""
+
+    key: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    attempt_id: str = Field(pattern=r"^q[0-9]{1,18}-a[0-9]{1,9}$")
 
 
 class NextBody(Body):
@@ -219,15 +230,41 @@ async def launch_on_pool(request: web.Request) -> web.Response:
     )
 
 
-async def pool_job_logs(request: web.Request) -> web.Response:
-    """A pool job's output, every attempt's (cut from its workers' logs), as text."""
+async def pool_job_logs(request: web.Request) -> web.StreamResponse:
+    """A pool job's output, every attempt's (cut from its workers' logs), as text;
+    ``?follow=1`` streams it until the job ends."""
+    pools = request.app[POOLS]
+    name, job_id = POOL.parse(request), POOL_JOB.parse(request)
+    if not FOLLOW.parse(request):
+        try:
+            text = await pools.output(name, job_id, scope(request))
+        except PoolMissing as exc:
+            raise _refused(exc) from exc
+        return web.Response(text=text, content_type="text/plain")
     try:
-        text = await request.app[POOLS].output(
-            POOL.parse(request), POOL_JOB.parse(request), scope(request)
-        )
+        chunks = await pools.follow(name, job_id, scope(request))
     except PoolMissing as exc:
         raise _refused(exc) from exc
-    return web.Response(text=text, content_type="text/plain")
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await resp.prepare(request)
+    with following(request), contextlib.suppress(ConnectionResetError):
+        async for chunk in chunks:
+            if client_gone(request):
+                return resp
+            await resp.write(chunk.encode())
+        await resp.write_eof()
+    return resp
+
+
+async def cancel_pool_job(request: web.Request) -> web.Response:
+    """Cancel one pool job (queued: out of the queue; running: its worker stops it)."""
+    try:
+        job = await request.app[POOLS].cancel(
+            POOL.parse(request), POOL_JOB.parse(request), scope(request)
+        )
+    except (PoolMissing, PoolConflict) as exc:
+        raise _refused(exc) from exc
+    return web.json_response(job_json(job, []))
 
 
 async def down_pool(request: web.Request) -> web.Response:
@@ -240,12 +277,31 @@ async def down_pool(request: web.Request) -> web.Response:
     return web.json_response(await pool_json(request.app[STORE], pool, jobs=False))
 
 
+async def _agent_instance(request: web.Request, key: str) -> InstanceRow | None:
+    """The asking worker's instance, if the request carries its agent token."""
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    row = await request.app[STORE].get_instance(key)
+    if row is None or not token or not hmac.compare_digest(row.token.encode(), token.encode()):
+        return None
+    return row
+
+
+async def running_job(request: web.Request) -> web.Response:
+    """A pool worker's question while a job runs: ``{"stop": true}`` once the attempt is no
+    longer its to run (the job was cancelled, or given back to the queue)."""
+    body = await read_body(request, RunningBody)
+    row = await _agent_instance(request, body.key)
+    if row is None:
+        return json_error(401, "unknown instance or wrong agent token")
+    wanted = await request.app[POOLS].wanted(row, body.attempt_id)
+    return web.json_response({"stop": not wanted})
+
+
 async def next_job(request: web.Request) -> web.Response:
     """A pool worker's ask for its next job (and its report of the last one's exit)."""
-    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     body = await read_body(request, NextBody)
-    row = await request.app[STORE].get_instance(body.key)
-    if row is None or not token or not hmac.compare_digest(row.token.encode(), token.encode()):
+    row = await _agent_instance(request, body.key)
+    if row is None:
         return json_error(401, "unknown instance or wrong agent token")
     done = None if body.done is None else (body.done.attempt_id, body.done.exit_code)
     try:
@@ -297,12 +353,22 @@ ROUTES = (
         "GET",
         "/v1/pools/{name}/jobs/{job_id}/logs",
         pool_job_logs,
-        "A pool job's output, every attempt's",
+        "A pool job's output, every attempt's (followed with ?follow=1)",
         "pools",
-        params=(POOL, POOL_JOB),
+        params=(POOL, POOL_JOB, FOLLOW),
         callers=TENANT,
         errors=(404,),
         text=True,
+    ),
+    Route(
+        "POST",
+        "/v1/pools/{name}/jobs/{job_id}/cancel",
+        cancel_pool_job,
+        "Cancel one job of a pool",
+        "pools",
+        params=(POOL, POOL_JOB),
+        callers=TENANT,
+        errors=(404, 409),
     ),
     Route(
         "POST",
@@ -323,5 +389,14 @@ ROUTES = (
         body=NextBody,
         callers=AGENT,
         errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/agent/v1/pool/running",
+        running_job,
+        "A pool worker's question while a job runs: stop it?",
+        "agents",
+        body=RunningBody,
+        callers=AGENT,
     ),
 )

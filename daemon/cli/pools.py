@@ -1,4 +1,4 @@
-"""``spotctl jobs pool apply|status|logs|down`` and ``spotctl jobs launch --pool``: pools.
+"""``spotctl jobs pool apply|status|logs|cancel|down`` and ``spotctl jobs launch --pool``: pools.
 
 A pool keeps N spot workers up (each a managed job: placed, preempted and recovered as one);
 ``jobs launch --pool NAME --num-jobs N`` queues N copies of a job on it, each with its rank
@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
-from spotd.cli.common import ago, out, parse_env, print_json, run
+from spotd.cli.common import ago, err, out, parse_env, print_json, run
 from spotd.sdk.client_pools import (
     pool_apply,
+    pool_cancel,
     pool_down,
+    pool_job_follow,
     pool_job_logs,
     pool_launch,
     pool_status,
@@ -152,9 +154,45 @@ def _print_jobs(jobs: list[dict[str, Any]]) -> None:
 @pool.command("logs")
 @click.argument("name")
 @click.argument("job_id", type=int)
-def pool_logs_cmd(name: str, job_id: int) -> None:
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
+def pool_logs_cmd(name: str, job_id: int, follow: bool) -> None:
     """Print a pool job's output, every attempt's (cut from its workers' logs)."""
-    sys.stdout.write(run(lambda c: pool_job_logs(c, name, job_id)))
+    if not follow:
+        sys.stdout.write(run(lambda c: pool_job_logs(c, name, job_id)))
+        return
+
+    async def go(c: Client) -> None:
+        async for chunk in pool_job_follow(c, name, job_id):
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+
+    run(go)
+
+
+@pool.command("cancel")
+@click.argument("name")
+@click.argument("job_ids", type=int, nargs=-1, required=True)
+@click.option("-y", "--yes", is_flag=True, help="Accepted for SkyPilot habits; spotd never asks.")
+def pool_cancel_cmd(name: str, job_ids: tuple[int, ...], yes: bool) -> None:
+    """Cancel jobs of a pool: a queued one leaves the queue, a running one is stopped on its
+    worker (SIGTERM, then SIGKILL after the grace period), which then runs the next job."""
+    from spotd.sdk.client import ApiError
+
+    async def go(c: Client) -> list[str]:
+        lines = []
+        for j in job_ids:
+            try:
+                job = await pool_cancel(c, name, j)
+                lines.append(f"pool job {job['id']}: {job['status']}")
+            except ApiError as exc:
+                lines.append(f"[red]error:[/red] pool job {j}: {exc}")
+        return lines
+
+    lines = run(go)
+    for line in lines:
+        (err if line.startswith("[red]") else out).print(line)
+    if any(line.startswith("[red]") for line in lines):
+        raise SystemExit(1)
 
 
 @pool.command("down")

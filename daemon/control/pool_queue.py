@@ -17,14 +17,37 @@ The rules, in order:
 Example: queue j1 (submitted at 1), j2 (2), j3 (3); free workers w7 (idle since 5), w3 (idle
 since 9), w4 (idle since 4, with a notice) → (j1, w7), (j2, w3); j3 waits for the next free
 worker, and w4 gets nothing.
+
+What an attempt's end does to its job is ``after_attempt`` (pure too):
+
+- exit 0: SUCCEEDED;
+- a non-zero exit: QUEUED again while the job has failed no more than its
+  ``max_restarts_on_errors`` (SkyPilot's ``job_recovery`` key, default 0) times, else FAILED;
+- its worker lost (a preemption): QUEUED again, at most ``MAX_REQUEUES`` times; the next loss
+  makes it FAILED, saying so (a job that takes its workers down with it must not cycle forever).
+
+Example: max_restarts_on_errors 1: exit 3 → QUEUED ("restart 1 of 1"); exit 3 again → FAILED.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-__all__ = ["Assignment", "FreeWorker", "QueuedJob", "assign", "pick_for"]
+__all__ = [
+    "MAX_REQUEUES",
+    "Assignment",
+    "FreeWorker",
+    "Next",
+    "QueuedJob",
+    "Verdict",
+    "after_attempt",
+    "assign",
+    "pick_for",
+]
+
+MAX_REQUEUES = 10  # a pool job lost with its worker this many times is queued again; then FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +87,51 @@ def pick_for(worker: int, queue: Sequence[QueuedJob], free: Sequence[FreeWorker]
         if a.worker == worker:
             return a.job
     return None
+
+
+class Next(StrEnum):
+    """Where a pool job goes when an attempt of it ends."""
+
+    SUCCEEDED = "SUCCEEDED"
+    QUEUED = "QUEUED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    to: Next
+    reason: str
+
+
+def after_attempt(
+    exit_code: int | None,
+    *,
+    failures: int,
+    preemptions: int,
+    max_restarts_on_errors: int,
+    max_requeues: int = MAX_REQUEUES,
+) -> Verdict:
+    """The job's next status once an attempt ended with ``exit_code`` (None: its worker was
+    lost). ``failures``/``preemptions``: the job's attempts that ended so, this one included."""
+    if exit_code is None:
+        if preemptions > max_requeues:
+            return Verdict(
+                Next.FAILED,
+                f"lost with its worker {preemptions} times (at most {max_requeues} requeues)",
+            )
+        return Verdict(
+            Next.QUEUED, f"lost with its worker (requeue {preemptions} of {max_requeues})"
+        )
+    if exit_code == 0:
+        return Verdict(Next.SUCCEEDED, "run exited with 0")
+    if failures <= max_restarts_on_errors:
+        return Verdict(
+            Next.QUEUED,
+            f"run exited with {exit_code}: restart {failures} of {max_restarts_on_errors}",
+        )
+    if max_restarts_on_errors:
+        return Verdict(
+            Next.FAILED,
+            f"run exited with {exit_code} after {max_restarts_on_errors} restarts on errors",
+        )
+    return Verdict(Next.FAILED, f"run exited with {exit_code}")

@@ -21,6 +21,12 @@ whenever a worker of the pool asks for work, whenever the pool is shown, and in 
 loop (``run``), which also replaces a worker whose job ended (``top_up``: cancelled, or given
 up for lack of capacity; not one whose setup failed, which an apply retries).
 
+A run that exits non-zero is queued again while the job has restarts left (its
+``job_recovery.max_restarts_on_errors``), and a job lost with its worker more than
+``pool_queue.MAX_REQUEUES`` times is FAILED (``pool_queue.after_attempt``). ``cancel`` ends a
+queued job at once, and a running one's attempt: its worker asks about its attempt while it
+runs (``wanted``), stops it (SIGTERM, grace, SIGKILL) and asks for the next job.
+
 An idle worker's ask is a long poll (``LONG_POLL_SECONDS``): it waits, a second at a time,
 for news of its pool (jobs queued, a job back in the queue) before answering "nothing yet".
 """
@@ -31,9 +37,8 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -41,8 +46,10 @@ import structlog
 
 from spotd.aiokit import sleep
 from spotd.config import Settings
+from spotd.control import pool_jobs
 from spotd.control.attempts import FINAL_PHASES, attempt_id
 from spotd.control.jobs import Controller
+from spotd.control.pool_jobs import decide
 from spotd.control.pool_queue import FreeWorker, QueuedJob, pick_for
 from spotd.control.refusals import InvalidRequest, Refused
 from spotd.control.submit import LaunchRequest, Plan, parse_task, plan_submission, submit
@@ -65,7 +72,6 @@ __all__ = [
     "PoolConflict",
     "PoolMissing",
     "Pools",
-    "job_output",
     "rank_envs",
 ]
 
@@ -166,24 +172,6 @@ def job_task_refusal(task: Task) -> str | None:
     if task.service is not None or task.pool is not None:
         return "a pool job is a plain task: no `service:` or `pool:` section"
     return None
-
-
-def job_output(worker_log: str, job_id: int, attempt: int) -> str:
-    """One attempt's output cut from its worker's log: from the agent's ``pool job <id> ...
-    attempt <n>: started`` line to its ``exited``/``stopped`` line (or the log's end, while it
-    runs or when the worker was lost). "" if the log does not hold it."""
-    mark = f"[spotd-agent] pool job {job_id} rank "
-    out: list[str] = []
-    for line in worker_log.splitlines(keepends=True):
-        ours = line.startswith(mark) and f" attempt {attempt}: " in line
-        if not out:
-            if ours and line.rstrip().endswith(": started"):
-                out.append(line)
-            continue
-        out.append(line)
-        if ours:
-            break
-    return "".join(out)
 
 
 class Pools:
@@ -407,29 +395,46 @@ class Pools:
             secret_names=list(task.secrets),
             num_jobs=num_jobs,
             now=self.clock(),
+            max_restarts_on_errors=task.job_recovery.max_restarts_on_errors,
         )
         self._wake(pool.id)
         return jobs
 
-    async def output(self, name: str, job_id: int, scope: str | None) -> str:
-        """A pool job's output, every attempt's, each cut from its worker's log."""
+    async def job(self, name: str, job_id: int, scope: str | None) -> PoolJobRow:
+        """Job ``job_id`` of pool ``name``; ``PoolMissing`` if the pool has no such job."""
         pool = await self.find(name, scope)
         job = await self.store.get_pool_job(job_id)
         if job is None or job.pool_id != pool.id:
             raise PoolMissing(f"no job {job_id} in pool {name}")
-        parts = []
-        for att in await self.store.pool_attempts(pool.id):
-            if att.pool_job_id != job_id:
-                continue
-            aid = att.instance_key.rsplit("-n", 1)[0]
-            path = self.settings.logs_dir / aid / "node-0.log"
-            text = await asyncio.to_thread(_read, path)
-            parts.append(
-                f"=== pool job {job_id} attempt {att.attempt} on worker job "
-                f"{att.worker_job_id} ({att.instance_key}) ===\n"
-                + job_output(text, job_id, att.attempt)
-            )
-        return "".join(parts)
+        return job
+
+    async def output(self, name: str, job_id: int, scope: str | None) -> str:
+        """A pool job's output, every attempt's, each cut from its worker's log."""
+        job = await self.job(name, job_id, scope)
+        return await pool_jobs.output(self.store, self.settings.logs_dir, job)
+
+    async def follow(self, name: str, job_id: int, scope: str | None) -> AsyncIterator[str]:
+        """A pool job's output as it grows, until the job has ended."""
+        job = await self.job(name, job_id, scope)
+        return pool_jobs.follow(self.store, self.settings.logs_dir, job)
+
+    async def cancel(self, name: str, job_id: int, scope: str | None) -> PoolJobRow:
+        """Cancel one job of the pool: a queued one leaves the queue now; a running one's
+        attempt ends now, and its worker stops it at its next exchange (SIGTERM, grace,
+        SIGKILL) and takes the next job. ``PoolConflict`` if it had ended already."""
+        job = await self.job(name, job_id, scope)
+        done = await self.store.cancel_pool_job(job.id, reason="cancel requested", now=self.clock())
+        if done is None:
+            fresh = await self._job(job.id)
+            raise PoolConflict(f"pool job {job_id} has ended already ({fresh.status})")
+        log.info("pool job cancelled", pool=name, job=job_id, was=str(job.status))
+        return done
+
+    async def wanted(self, row: InstanceRow, attempt: str) -> bool:
+        """Whether the worker on ``row`` should keep running pool attempt ``attempt`` (asked
+        while it runs; no: it was cancelled, or the job was given back to the queue)."""
+        att = await self.store.pool_attempt(attempt)
+        return att is not None and att.ended_at is None and att.instance_key == row.key
 
     async def sweep(self, pool: PoolRow) -> int:
         """Queue again every job whose worker instance is gone; how many were."""
@@ -439,10 +444,12 @@ class Pools:
             why = _gone(inst)
             if why is None:
                 continue
-            job = await self.store.requeue_pool_attempt(att.id, reason=why, now=self.clock())
+            job = await self.store.requeue_pool_attempt(
+                att.id, reason=why, now=self.clock(), decide=decide
+            )
             if job is not None:
                 n += 1
-                log.info("pool job back in the queue", pool=pool.name, job=job.id, why=why)
+                log.info("pool attempt lost", pool=pool.name, job=job.id, to=str(job.status))
         if n:
             self._wake(pool.id)
         return n
@@ -463,7 +470,9 @@ class Pools:
         # an exit after a notice is the preemption's doing: the sweep queues that job again
         if done is not None and (row.notice_deadline is None or done[1] == 0):
             aid, code = done
-            await self.store.finish_pool_attempt(aid, instance_key=row.key, exit_code=code, now=now)
+            await self.store.finish_pool_attempt(
+                aid, instance_key=row.key, exit_code=code, now=now, decide=decide
+            )
         pool = await self.store.get_pool(worker.pool_id)
         job = await self.store.get_job(row.job_id)
         current = job is not None and row.attempt_id == attempt_id(job.id, job.current_attempt)
@@ -539,13 +548,6 @@ def _same_task(stored: str, spec: str) -> bool:
     """Whether two pool specs run the same workers (where they were applied from aside)."""
     a, b = json.loads(stored), json.loads(spec)
     return all(a.get(k) == b.get(k) for k in ("task", "packages"))
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
 
 
 def _gone(inst: InstanceRow | None) -> str | None:

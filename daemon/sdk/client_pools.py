@@ -4,6 +4,9 @@ async with Client.connect() as c:
     await pool_apply(c, "mypool", Path("pool.yaml").read_text(), filename="pool.yaml")
     jobs = await pool_launch(c, "mypool", Path("job.yaml").read_text(), num_jobs=20)
     print((await pool_status(c, "mypool"))["job_counts"])
+    async for chunk in pool_job_follow(c, "mypool", jobs["jobs"][0]["id"]):
+        print(chunk.decode(), end="")
+    await pool_cancel(c, "mypool", jobs["jobs"][1]["id"])
     await pool_down(c, "mypool")
 
 ``pool_apply`` ships the pool's workdir and local file_mounts as a job launch does (only the
@@ -13,6 +16,7 @@ blobs the daemon lacks); every worker stages them before its setup.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +25,15 @@ from spotd.sdk.uploads import Progress, local_sources
 if TYPE_CHECKING:
     from spotd.sdk.client import Client
 
-__all__ = ["pool_apply", "pool_down", "pool_job_logs", "pool_launch", "pool_status"]
+__all__ = [
+    "pool_apply",
+    "pool_cancel",
+    "pool_down",
+    "pool_job_follow",
+    "pool_job_logs",
+    "pool_launch",
+    "pool_status",
+]
 
 
 async def pool_apply(
@@ -83,6 +95,17 @@ async def pool_status(c: Client, pool: str | None = None) -> Any:
 async def pool_job_logs(c: Client, pool: str, job_id: int) -> str:
     """A pool job's output, every attempt's, each cut from its worker's log."""
     return str(await c.request("GET", f"/v1/pools/{pool}/jobs/{job_id}/logs"))
+
+
+def pool_job_follow(c: Client, pool: str, job_id: int) -> AsyncIterator[bytes]:
+    """A pool job's output as it grows, until the job has ended."""
+    return c.stream(f"/v1/pools/{pool}/jobs/{job_id}/logs", follow="1")
+
+
+async def pool_cancel(c: Client, pool: str, job_id: int) -> Any:
+    """Cancel one job of the pool: out of the queue, or stopped on its worker (the job, as
+    it is now: CANCELLED). An ApiError 409 if it had ended already."""
+    return await c.request("POST", f"/v1/pools/{pool}/jobs/{job_id}/cancel")
 
 
 async def pool_down(c: Client, pool: str) -> Any:

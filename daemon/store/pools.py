@@ -4,6 +4,10 @@ A pool job changes status only with a guarded update (``… WHERE status IN (…
 in the same transaction, like every other row here. Its event goes to the worker's managed job
 (``job_id`` is the worker's), so ``spotctl jobs events <worker>`` shows what the worker ran.
 
+What an attempt's end does to its job (SUCCEEDED, FAILED, or QUEUED again) is the caller's
+decision (``Decide``: ``spotd.control.pool_queue.after_attempt``), made inside the transaction
+that ends the attempt, over the job's attempts counted there.
+
 The one step that must not race is ``claim_pool_job``: the job moves QUEUED → RUNNING and its
 attempt is inserted in one write transaction, so two workers asking at once (on one daemon or
 two sharing the database) can never both get it.
@@ -13,7 +17,8 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,6 +30,7 @@ from spotd.store.errors import NotFound, StoreError
 from spotd.store.tables import Pool, PoolAttempt, PoolJob, PoolWorker, table_of
 
 __all__ = [
+    "Decide",
     "PoolAttemptRow",
     "PoolEnd",
     "PoolExists",
@@ -47,7 +53,7 @@ class PoolJobStatus(enum.StrEnum):
     RUNNING = "RUNNING"  # an attempt runs on a worker
     SUCCEEDED = "SUCCEEDED"  # run exited 0
     FAILED = "FAILED"  # run exited non-zero
-    CANCELLED = "CANCELLED"  # the pool went down first
+    CANCELLED = "CANCELLED"  # cancelled, or the pool went down first
 
     @property
     def is_terminal(self) -> bool:
@@ -114,6 +120,7 @@ class PoolJobRow:
     attempts: int
     exit_code: int | None
     message: str
+    max_restarts_on_errors: int
 
     @property
     def envs(self) -> dict[str, str]:
@@ -152,6 +159,10 @@ POOLS = table_of(Pool)
 WORKERS = table_of(PoolWorker)
 PJOBS = table_of(PoolJob)
 PATTEMPTS = table_of(PoolAttempt)
+
+# (the job, its attempts that failed and that were lost with their worker, the one ending
+# now included; its exit code, None when lost) -> the job's next status and why
+Decide = Callable[[PoolJobRow, int, int, int | None], tuple[PoolJobStatus, str]]
 
 
 def pool_attempt_id(job_id: int, attempt: int) -> str:
@@ -370,6 +381,7 @@ class PoolStore(StoreBase):
         secret_names: Sequence[str],
         num_jobs: int,
         now: float,
+        max_restarts_on_errors: int = 0,
     ) -> list[PoolJobRow]:
         """``num_jobs`` copies of one job, ranks 0 .. num_jobs-1, QUEUED."""
         with self._write() as conn:
@@ -390,6 +402,7 @@ class PoolStore(StoreBase):
                         envs_json=json.dumps(dict(envs)),
                         secret_names_json=json.dumps(list(secret_names)),
                         submitted_at=now,
+                        max_restarts_on_errors=max_restarts_on_errors,
                     )
                     .returning(PJOBS.c.id)
                 )
@@ -473,42 +486,89 @@ class PoolStore(StoreBase):
             return _attempt(conn, aid)
 
     def finish_pool_attempt(
-        self, aid: str, *, instance_key: str, exit_code: int, now: float
+        self, aid: str, *, instance_key: str, exit_code: int, now: float, decide: Decide
     ) -> PoolJobRow | None:
-        """The worker on ``instance_key`` reports the attempt's exit: RUNNING → SUCCEEDED or
-        FAILED. None (nothing written) if the attempt is not open on that instance: a report
-        sent twice, or one about an attempt already given back to the queue."""
+        """The worker on ``instance_key`` reports the attempt's exit: RUNNING → what
+        ``decide`` says (SUCCEEDED, FAILED, or QUEUED for a restart on error). None (nothing
+        written) if the attempt is not open on that instance: a report sent twice, or one
+        about an attempt already given back to the queue or cancelled."""
         with self._write() as conn:
             att = _attempt(conn, aid)
             if att is None or att.ended_at is not None or att.instance_key != instance_key:
                 return None
             ok = exit_code == 0
             _end_attempt(conn, aid, PoolEnd.SUCCEEDED if ok else PoolEnd.FAILED, now, exit_code)
-            return _move(
-                conn,
-                att.pool_job_id,
-                from_=[PoolJobStatus.RUNNING],
-                to=PoolJobStatus.SUCCEEDED if ok else PoolJobStatus.FAILED,
-                reason=f"run exited with {exit_code} (attempt {att.attempt})",
-                now=now,
-                worker_job_id=att.worker_job_id,
-                values={"ended_at": now, "exit_code": exit_code},
-            )
+            return _after(conn, att, decide, exit_code, now, f"attempt {att.attempt}")
 
-    def requeue_pool_attempt(self, aid: str, *, reason: str, now: float) -> PoolJobRow | None:
-        """The attempt's worker instance is gone: end it (PREEMPTED) and queue the job again.
-        None if the attempt was no longer open."""
+    def requeue_pool_attempt(
+        self, aid: str, *, reason: str, now: float, decide: Decide
+    ) -> PoolJobRow | None:
+        """The attempt's worker instance is gone: end it (PREEMPTED) and queue the job again,
+        or fail it when ``decide`` says it was lost too often. None if the attempt was no
+        longer open."""
         with self._write() as conn:
             att = _attempt(conn, aid)
             if att is None or not _end_attempt(conn, aid, PoolEnd.PREEMPTED, now):
                 return None
+            return _after(conn, att, decide, None, now, f"attempt {att.attempt}: {reason}")
+
+    def cancel_pool_job(self, job_id: int, *, reason: str, now: float) -> PoolJobRow | None:
+        """QUEUED or RUNNING → CANCELLED, its open attempt ended CANCELLED (its worker stops
+        it at its next exchange: ``pool_attempt``). None if the job had ended already."""
+        with self._write() as conn:
+            open_ = conn.execute(
+                select(PATTEMPTS).where(
+                    PATTEMPTS.c.pool_job_id == job_id, PATTEMPTS.c.ended_at.is_(None)
+                )
+            ).mappings()
+            worker = None
+            for m in list(open_):
+                _end_attempt(conn, m["id"], PoolEnd.CANCELLED, now)
+                worker = int(m["worker_job_id"])
             return _move(
                 conn,
-                att.pool_job_id,
-                from_=[PoolJobStatus.RUNNING],
-                to=PoolJobStatus.QUEUED,
-                reason=f"attempt {att.attempt} lost with its worker: {reason}",
+                job_id,
+                from_=[PoolJobStatus.QUEUED, PoolJobStatus.RUNNING],
+                to=PoolJobStatus.CANCELLED,
+                reason=reason,
                 now=now,
-                worker_job_id=att.worker_job_id,
-                values={"message": reason},
+                worker_job_id=worker,
+                values={"ended_at": now, "message": reason},
             )
+
+    def pool_attempt(self, aid: str) -> PoolAttemptRow | None:
+        with self._read() as conn:
+            return _attempt(conn, aid)
+
+
+def _after(
+    conn: Connection,
+    att: PoolAttemptRow,
+    decide: Decide,
+    exit_code: int | None,
+    now: float,
+    what: str,
+) -> PoolJobRow | None:
+    """The job of the attempt just ended moved where ``decide`` says."""
+    ends = Counter(
+        conn.execute(
+            select(PATTEMPTS.c.end_reason).where(PATTEMPTS.c.pool_job_id == att.pool_job_id)
+        ).scalars()
+    )
+    job = _job(conn, att.pool_job_id)
+    to, why = decide(job, ends[PoolEnd.FAILED.value], ends[PoolEnd.PREEMPTED.value], exit_code)
+    values: dict[str, Any] = {"message": why}
+    if exit_code is not None:
+        values["exit_code"] = exit_code
+    if to.is_terminal:
+        values["ended_at"] = now
+    return _move(
+        conn,
+        att.pool_job_id,
+        from_=[PoolJobStatus.RUNNING],
+        to=to,
+        reason=f"{why} ({what})",
+        now=now,
+        worker_job_id=att.worker_job_id,
+        values=values,
+    )

@@ -151,6 +151,7 @@ AGENT_ROUTES = {
     ("POST", "/agent/v1/bootstrap"),
     ("POST", "/agent/v1/storage"),  # storage objects, before setup (spotd.api.storage)
     ("POST", "/agent/v1/pool/next"),  # a pool worker's next job (spotd.api.pools)
+    ("POST", "/agent/v1/pool/running"),  # stop the running pool job? (spotd.api.pools)
 }
 # what project tokens gained since the route table: the document, and uploading their files
 PROJECT_ROUTES_ADDED = {
@@ -164,6 +165,7 @@ PROJECT_ROUTES_ADDED = {
     ("GET", "/v1/pools/{name}"),
     ("POST", "/v1/pools/{name}/jobs"),
     ("GET", "/v1/pools/{name}/jobs/{job_id}/logs"),
+    ("POST", "/v1/pools/{name}/jobs/{job_id}/cancel"),
     ("POST", "/v1/pools/{name}/down"),
 }
 

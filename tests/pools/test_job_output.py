@@ -1,10 +1,10 @@
-"""A pool job's output cut from its worker's log (``spotd.control.pools.job_output``)."""
+"""A pool job's output cut from its worker's log (``spotd.control.pool_jobs.job_output``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from spotd.control.pools import job_output
+from spotd.control.pool_jobs import job_output
 
 LOG = """\
 [spotd-agent] attempt 1 node 0/1: checkpoint empty

@@ -73,6 +73,8 @@ async def test_a_project_token_sees_only_its_pools(api: Api) -> None:
         ("GET", "/v1/pools/web-pool", None),
         ("POST", "/v1/pools/web-pool/jobs", job),
         ("POST", "/v1/pools/web-pool/down", None),
+        ("POST", "/v1/pools/web-pool/jobs/1/cancel", None),
+        ("GET", "/v1/pools/web-pool/jobs/1/logs?follow=1", None),
     ]:
         status, answer = await api.call("ml", method, path, body)
         assert (status, answer["error"]) == (404, "no pool web-pool"), (path, answer)
@@ -136,5 +138,35 @@ async def test_apply_needs_a_pool_section_and_a_good_name(api: Api) -> None:
 async def test_a_worker_ask_needs_its_instance_token(api: Api) -> None:
     r = await api.tcp.post(
         "/agent/v1/pool/next", json={"key": "j1-a1-n0"}, headers={"Authorization": "Bearer x"}
+    )
+    assert r.status == 401
+
+
+async def test_one_job_is_cancelled_in_its_own_project_only(api: Api) -> None:
+    body = {"yaml": "run: x\n", "num_jobs": 2}
+    _, web_jobs = await api.call("web", "POST", "/v1/pools/web-pool/jobs", body)
+    theirs = web_jobs["jobs"][0]["id"]
+    _, ml_jobs = await api.call("ml", "POST", "/v1/pools/ml-pool/jobs", body)
+    ours = ml_jobs["jobs"][0]["id"]
+    # another project's job, even named through our own pool: 404, and it stays queued
+    status, answer = await api.call("ml", "POST", f"/v1/pools/ml-pool/jobs/{theirs}/cancel")
+    assert (status, answer["error"]) == (404, f"no job {theirs} in pool ml-pool"), answer
+    status, answer = await api.call("ml", "POST", "/v1/pools/ml-pool/jobs/x/cancel")
+    assert status == 400, answer
+    status, answer = await api.call("ml", "POST", f"/v1/pools/ml-pool/jobs/{ours}/cancel")
+    assert (status, answer["status"]) == (200, "CANCELLED"), answer
+    status, answer = await api.call("ml", "POST", f"/v1/pools/ml-pool/jobs/{ours}/cancel")
+    assert status == 409 and "ended already (CANCELLED)" in answer["error"], answer
+    _, pool = await api.call("ml", "GET", "/v1/pools/ml-pool")
+    assert pool["job_counts"] == {"CANCELLED": 1, "QUEUED": 1}
+    _, pool = await api.call("web", "GET", "/v1/pools/web-pool")
+    assert pool["job_counts"] == {"QUEUED": 2}
+
+
+async def test_a_worker_question_needs_its_instance_token(api: Api) -> None:
+    r = await api.tcp.post(
+        "/agent/v1/pool/running",
+        json={"key": "j1-a1-n0", "attempt_id": "q1-a1"},
+        headers={"Authorization": "Bearer x"},
     )
     assert r.status == 401
