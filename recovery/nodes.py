@@ -7,26 +7,30 @@ launched again, in the attempt's own zone (nodes of one job share a zone: that i
 network between them is), first match wins:
 
 1. ``RelaunchAll`` — partial recovery is off (``max_rounds`` 0) or the job has one node;
-2. ``RelaunchAll`` — a lost node got a NOTICE: it is still syncing its final checkpoint, and
-   a relaunch of the attempt waits for that snapshot (``await_final``), a replacement would not;
-3. ``RelaunchAll`` — the attempt has had ``max_rounds`` replacements already: a zone that keeps
+2. ``RelaunchAll`` — the attempt has had ``max_rounds`` replacements already: a zone that keeps
    taking nodes back is left, as a preempted single-node job leaves it;
-4. ``RelaunchAll`` — the zone refused a launch lately (``zone_refused``): a replacement there
+3. ``RelaunchAll`` — the zone refused a launch lately (``zone_refused``): a replacement there
    would fail too; move the whole job as before;
-5. ``RelaunchAll`` — fewer than half of the nodes survive: little is kept, and so many losses
+4. ``RelaunchAll`` — fewer than half of the nodes survive: little is kept, and so many losses
    at once say the zone is being drained;
-6. ``RelaunchAll`` — a survivor's run or setup already ended: there is no run left on it to
+5. ``RelaunchAll`` — a survivor's run or setup already ended: there is no run left on it to
    restart with the others (a survivor that is only SUSPECT — heartbeats late, the provider
    says it runs — is kept: suspicion never tears a node down, and if it is gone after all,
    its own loss is handled when it is seen);
-7. ``ReplaceNodes`` — otherwise: the lost ranks, each launched again in the same zone, and the
+6. ``ReplaceNodes`` — otherwise: the lost ranks, each launched again in the same zone, and the
    run restarted on every node together with the new node list.
 
+A node under an interruption NOTICE counts as lost, by the same rules: it is replaced at once
+(make-before-break: the replacement boots while the noticed node syncs its final checkpoint),
+and ``ReplaceNodes.noticed`` names it, so the executor lets it drain instead of terminating
+it and holds the restart until its final snapshot is in (``spotd.control.node_replace``).
+
 Scenarios (rows in ``tests/recovery/test_partial_decision.py``): 4 nodes, node 2 PREEMPTED,
-the others running → ReplaceNodes((2,)); the same with node 2 NOTICE → RelaunchAll; 4 nodes,
-nodes 1, 2 and 3 LOST → RelaunchAll (one survivor of four); 2 nodes, node 1 PREEMPTED while
-node 0 is SUSPECT → ReplaceNodes((1,)); node 1 PREEMPTED after node 0's run exited →
-RelaunchAll; node 1 PREEMPTED after a third replacement with ``max_rounds`` 3 → RelaunchAll.
+the others running → ReplaceNodes((2,)); the same with node 2 NOTICE → ReplaceNodes((2,)),
+noticed (2,); 4 nodes, nodes 1, 2 and 3 LOST → RelaunchAll (one survivor of four); 2 nodes,
+node 1 PREEMPTED while node 0 is SUSPECT → ReplaceNodes((1,)); node 1 PREEMPTED after node
+0's run exited → RelaunchAll; node 1 PREEMPTED after a third replacement with ``max_rounds``
+3 → RelaunchAll.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class ReplaceNodes:
     ranks: tuple[int, ...]
     lost: tuple[NodeReport, ...]  # the nodes replaced, with their verdicts (the why)
     reason: str
+    noticed: tuple[int, ...] = ()  # ranks under a notice: they drain their final checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +78,6 @@ def decide_node_loss(
         return RelaunchAll("partial recovery is off")
     if len(nodes) < 2:
         return RelaunchAll("a single-node job has no healthy node to keep")
-    noticed = [n for n in lost if n.verdict.kind == V.NOTICE]
-    if noticed:
-        return RelaunchAll(
-            f"node {noticed[0].node_rank} got an interruption notice: the attempt drains "
-            "its final checkpoint and moves as a whole"
-        )
     if rounds_so_far >= max_rounds:
         return RelaunchAll(
             f"the attempt had {rounds_so_far} node replacements already (at most {max_rounds})"
@@ -97,4 +96,5 @@ def decide_node_loss(
         ranks=ranks,
         lost=tuple(sorted(lost, key=lambda n: n.node_rank)),
         reason=f"keeping node{'s' if len(survivors) > 1 else ''} {kept}",
+        noticed=tuple(sorted(n.node_rank for n in lost if n.verdict.kind == V.NOTICE)),
     )

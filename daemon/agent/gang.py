@@ -14,15 +14,28 @@ Example: 4 nodes, node 2 lost. Nodes 0, 1 and 3 are at generation 0 and get ``{g
 go: false}``: each stops its run and reports ``waiting``. Node 2's replacement boots at
 generation 1, runs setup and reports ``waiting``. The next heartbeat of each is answered
 ``go: true``; all four run again with ``SPOTD_GENERATION=1``.
+
+Every node resumes from one snapshot: after the ``go``, and before it runs again, each node
+swaps its checkpoint directory for what the checkpoint store holds (``resume``) — the
+replacement may have restored at boot before the others' last syncs landed, and a survivor's
+own directory may be ahead of them. When the node was replaced after an interruption notice,
+the store holds the noticed node's *final* snapshot (the daemon's ``go`` waits for it), and
+until this node has resumed from it, its own syncs are skipped (``sync``): a survivor still
+running out the seconds before its restart order must not overwrite the snapshot the gang
+resumes from (nor wipe the marker a relaunched attempt waits for).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from spotd.agent.checkpoints import AsyncCheckpointStore
 from spotd.types import AgentConfig
 
 __all__ = ["GENERATION_ENV", "Gang", "RestartOrder", "parse_order"]
@@ -63,6 +76,9 @@ class Gang:
         self.order: RestartOrder | None = None
         self.changed = asyncio.Event()  # a newer generation arrived: the run going must stop
         self.go = asyncio.Event()  # the newest generation may run
+        self.attempt = cfg.attempt
+        self.gang = cfg.num_nodes > 1
+        self.absorbed = False  # this node resumed from the final snapshot now in the store
 
     def on_order(self, order: RestartOrder) -> bool:
         """Take an order from the daemon; True when it moved this node to a newer generation."""
@@ -93,3 +109,35 @@ class Gang:
             return dataclasses.replace(cfg, envs=envs)
         envs["SPOTD_NODE_IPS"] = order.node_ips
         return dataclasses.replace(cfg, envs=envs, num_nodes=order.num_nodes)
+
+    async def sync(self, ckpt: AsyncCheckpointStore, directory: Path) -> bool:
+        """A periodic (non-final) sync, unless the store holds a noticed node's final snapshot
+        of this attempt that this node has not resumed from; True: synced."""
+        if self.gang and not self.absorbed and await ckpt.final_from() == self.attempt:
+            return False
+        synced = await ckpt.sync(directory)
+        if synced:
+            self.absorbed = False  # the final marker is gone: a later one is news
+        return synced
+
+    async def resume(self, ckpt: AsyncCheckpointStore, directory: Path) -> bool:
+        """Replace ``directory`` by the store's snapshot (kept when the store has none)."""
+        absorbed = await ckpt.final_from() == self.attempt
+        fresh = directory.with_name(directory.name + ".resume")
+        await asyncio.to_thread(shutil.rmtree, fresh, True)
+        if not await ckpt.restore(fresh):
+            await asyncio.to_thread(shutil.rmtree, fresh, True)
+            return False
+        await asyncio.to_thread(_swap, fresh, directory)
+        self.absorbed = absorbed
+        return True
+
+
+def _swap(fresh: Path, directory: Path) -> None:
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.chmod(fresh, directory.stat().st_mode & 0o7777)
+        os.rename(directory, old)
+    os.rename(fresh, directory)
+    shutil.rmtree(old, ignore_errors=True)

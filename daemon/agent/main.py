@@ -217,7 +217,8 @@ class Agent:
 
     async def _sync(self, *, final: bool = False) -> None:
         progress = await asyncio.to_thread(read_progress, self.checkpoint)  # before: see there
-        if await self.ckpt.sync(self.checkpoint, final=final):
+        ckpt, where = self.ckpt, self.checkpoint
+        if await (ckpt.sync(where, final=True) if final else self.gang.sync(ckpt, where)):
             self.last_sync = time.time()
             self.progress = progress if progress is not None else self.progress
 
@@ -296,7 +297,11 @@ class Agent:
                     return None
                 self.cfg = self.gang.apply(self.cfg)
                 env = build_env(self.cfg, self.checkpoint, os.environ)
-                self._log(f"generation {self.gang.generation}: {self.cfg.num_nodes} nodes, go")
+                resumed = await self.gang.resume(self.ckpt, self.checkpoint)  # one snapshot
+                self._log(
+                    f"generation {self.gang.generation}: {self.cfg.num_nodes} nodes, go"
+                    + (" (checkpoint restored from the store)" if resumed else "")
+                )
             self.gang.started()
             self._set_phase("run")
             program = (  # a pool's worker runs the pool's jobs instead (spotd.agent.pool)

@@ -34,6 +34,19 @@ The restart, through the heartbeat answer (``spotd.agent.gang`` is the agent's s
 
 If the replacement cannot be launched the attempt ends (PREEMPTED: it ran, and its cost
 stays counted) and the whole job is placed again, as before.
+
+A node under an interruption NOTICE is replaced the same way, make-before-break: its
+replacement is launched at once, while the noticed node — not terminated — stops its run and
+syncs its final checkpoint (``spotd.agent.main``'s notice path). The ``go`` waits for that
+snapshot too: until the noticed node reported ``preempted`` (its final sync is in), is gone,
+or its deadline passed (``drained``), no node runs again; then every node restores the
+checkpoint store before it runs (``spotd.agent.gang.resume``), so all of them resume from the
+final snapshot. ``settle`` terminates the noticed instance once it has drained.
+
+A kept node that does not stop its run within ``restart_timeout`` seconds of the restart
+order (its row still ``restarting``: an agent too old to know the order, a sync that hangs)
+would hold every node back for ever: ``overdue`` ends the attempt and relaunches the whole
+job instead, with a ``nodes.restart_timeout`` event naming the node.
 """
 
 from __future__ import annotations
@@ -54,6 +67,7 @@ from spotd.providers.base import ProviderError
 from spotd.recovery import detection, nodes
 from spotd.recovery.watch import NodeReport
 from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow
+from spotd.store.instances import RESTARTING
 from spotd.types import EndReason, InstanceId, JobStatus, ZoneEventKind
 
 __all__ = ["NodeLosses"]
@@ -62,6 +76,19 @@ log = structlog.get_logger("spotd.control.node_replace")
 
 REFUSAL_MEMORY = 300.0  # a launch refused in the zone this recently: no replacement there
 READY_PHASES = frozenset({"waiting", "run", "exited"})  # ready for (or past) the go
+NOTICE_FALLBACK = 120.0  # a notice without a deadline: EC2's two minutes
+RESTART_TIMEOUT = 600.0  # a kept node has this long (after its grace) to stop and sync
+FINAL_PHASES = frozenset({"exited", "setup_failed", "preempted"})  # the agent is done
+
+
+def drained(row: InstanceRow, now: float, deadline: float | None = None) -> bool:
+    """Whether a replaced node is done with this attempt: terminated, its agent finished (a
+    noticed node reports ``preempted`` once its final checkpoint is synced), or no notice (or
+    one run out) holds it here. ``deadline``: the notice's, when the provider told it first."""
+    if row.terminated or row.phase in FINAL_PHASES:
+        return True
+    until = row.notice_deadline or deadline
+    return until is None or until <= now
 
 
 class NodeLosses:
@@ -77,19 +104,28 @@ class NodeLosses:
         observer: FleetObserver,
         metrics: DaemonMetrics,
         memory: JobMemory,
+        restart_timeout: float | None = None,
     ) -> None:
         self.settings = settings
+        self.restart_timeout = (
+            restart_timeout
+            if restart_timeout is not None
+            else RESTART_TIMEOUT + float(settings.term_grace_seconds)
+        )
         self.store = store
         self.attempts = attempts
         self.observer = observer
         self.metrics = metrics
         self.memory = memory
         self._generations: dict[str, int] = {}  # attempt id -> its replacement rounds
+        self._notices: dict[str, float] = {}  # a replaced noticed node's key -> its deadline
 
     def forget_job(self, job_id: int) -> None:
         prefix = f"j{job_id}-a"
         for aid in [a for a in self._generations if a.startswith(prefix)]:
             del self._generations[aid]
+        for key in [k for k in self._notices if k.startswith(prefix)]:
+            del self._notices[key]
 
     async def generation(self, attempt_id: str) -> int:
         """The attempt's replacement rounds (read from the store once per daemon)."""
@@ -137,7 +173,9 @@ class NodeLosses:
             zone_refused=await self._zone_refused(attempt, now),
         )
         if isinstance(decision, nodes.RelaunchAll):
-            lost = [n for n in reports if n.verdict.kind in nodes.GONE]
+            lost = [
+                n for n in reports if n.verdict.kind in nodes.GONE | {detection.VerdictKind.NOTICE}
+            ]
             names = ", ".join(str(n.node_rank) for n in lost) or "?"
             await self.store.add_event(
                 kind="nodes.relaunch",
@@ -156,6 +194,12 @@ class NodeLosses:
         )
         ranks = ", ".join(str(r) for r in decision.ranks)
         where = f"{attempt.region}/{attempt.zone}"
+        noticed = ", ".join(str(r) for r in decision.noticed)
+        if noticed:  # make-before-break: it drains its final checkpoint meanwhile
+            why += (
+                f"; node {noticed} got an interruption notice: replaced at once, the run "
+                "resumes from its final checkpoint"
+            )
         log.warning("replacing lost nodes", attempt_id=attempt.id, ranks=ranks, why=why)
         self.metrics.preemptions.labels(attempt.provider, attempt.region).inc()
         await self.store.add_zone_event(
@@ -194,9 +238,33 @@ class NodeLosses:
             now=now,
         )
         self._generations[attempt.id] = gen
+        for n in decision.lost:  # the listing may have told the deadline before the agent
+            if n.node_rank in decision.noticed:
+                self._notices[n.key] = n.verdict.notice_deadline or now + NOTICE_FALLBACK
         self.memory.lost(job.id, now)
-        await self._terminate(attempt.provider, lost_rows, now)
+        gone = [
+            r
+            for r, n in zip(lost_rows, decision.lost, strict=True)
+            if n.node_rank not in decision.noticed
+        ]
+        await self._terminate(attempt.provider, gone, now)
         return True
+
+    async def settle(self, attempt: AttemptRow, every: Sequence[InstanceRow], now: float) -> None:
+        """Terminate the replaced nodes that drained (a noticed node, once its final
+        checkpoint is synced or its deadline passed); the others are left to finish."""
+        current = {r.key for r in current_nodes(every)}
+        done = [
+            r
+            for r in every
+            if r.key not in current
+            and not r.terminated
+            and drained(r, now, self._notices.get(r.key))
+        ]
+        if done:
+            await self._terminate(attempt.provider, done, now)
+        for r in done:
+            self._notices.pop(r.key, None)
 
     async def _terminate(self, provider_name: str, rows: Sequence[InstanceRow], now: float) -> None:
         provider = self.attempts.providers[provider_name]
@@ -209,6 +277,43 @@ class NodeLosses:
                     continue
             await self.store.mark_instance_terminated(row.key, now=now)
 
+    async def overdue(
+        self, job: JobRow, attempt: AttemptRow, rows: Sequence[InstanceRow], now: float
+    ) -> bool:
+        """A kept node still ``restarting`` ``restart_timeout`` s after the restart order:
+        end the attempt and place the whole job again (True), rather than wait for ever."""
+        if job.status != JobStatus.STARTING or await self.generation(attempt.id) == 0:
+            return False
+        current = max(generation_of(r.key) for r in rows)
+        since = max((r.created_at for r in rows if generation_of(r.key) == current), default=now)
+        stuck = [r for r in rows if r.phase == RESTARTING and now - since > self.restart_timeout]
+        if not stuck:
+            return False
+        node = stuck[0]
+        why = (
+            f"node {node.node_rank} ({node.key}) did not stop its run within "
+            f"{self.restart_timeout:.0f}s of the restart order"
+        )
+        log.warning("restart timed out", attempt_id=attempt.id, instance=node.key)
+        await self.store.add_event(
+            kind="nodes.restart_timeout",
+            message=f"{why}: relaunching every node",
+            now=now,
+            job_id=job.id,
+            attempt_id=attempt.id,
+        )
+        await self.attempts.end(attempt.id, EndReason.PREEMPTED, why, now)
+        await self.attempts.terminate(attempt.id)
+        await self.store.transition_job(
+            job.id,
+            from_=[JobStatus.STARTING],
+            to=JobStatus.RECOVERING,
+            reason=f"{why}; relaunching every node",
+            now=now,
+            recoveries=job.recoveries + 1,
+        )
+        return True
+
     async def order_for(
         self, row: InstanceRow, generation: int, phase: str | None
     ) -> dict[str, Any] | None:
@@ -217,9 +322,16 @@ class NodeLosses:
         current = await self.generation(row.attempt_id)
         if current == 0 or (generation >= current and phase != "waiting"):
             return None
-        now_nodes = current_nodes(await self.store.instances(attempt_id=row.attempt_id))
-        ready = generation >= current and all(
-            (phase if r.key == row.key else r.phase) in READY_PHASES for r in now_nodes
+        every = await self.store.instances(attempt_id=row.attempt_id)
+        now_nodes = current_nodes(every)
+        if row.key not in {r.key for r in now_nodes}:
+            return None  # a replaced node (a noticed one draining): it restarts nothing
+        now = self.attempts.clock()
+        replaced = [r for r in every if r.key not in {n.key for n in now_nodes}]
+        ready = (
+            generation >= current
+            and all((phase if r.key == row.key else r.phase) in READY_PHASES for r in now_nodes)
+            and all(drained(r, now, self._notices.get(r.key)) for r in replaced)
         )
         listing = self.observer.latest(row.provider)
         listed = listing.instances if listing is not None else {}

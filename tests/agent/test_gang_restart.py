@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from spotd.agent.checkpoints import AsyncCheckpointStore, open_checkpoint_store
 from spotd.agent.environment import build_env
 from spotd.agent.gang import Gang, RestartOrder, parse_order
 from spotd.types import AgentConfig
@@ -73,3 +75,56 @@ def test_parse_order_ignores_what_is_not_an_order() -> None:
     assert parse_order({"generation": "x", "num_nodes": 2, "node_ips": "", "go": True}) is None
     got = parse_order({"generation": 2, "num_nodes": 2, "node_ips": "a\nb", "go": True})
     assert got == RestartOrder(2, 2, "a\nb", True)
+
+
+def _store(tmp_path: Path) -> tuple[AsyncCheckpointStore, AsyncCheckpointStore]:
+    """The directory checkpoint store as this attempt's kept node and noticed node see it."""
+    cfg = config()
+    at = str(tmp_path / "store")
+    kept = open_checkpoint_store(dataclasses.replace(cfg, checkpoint_store=at))
+    return kept, open_checkpoint_store(dataclasses.replace(cfg, checkpoint_store=at))
+
+
+def _step(directory: Path) -> str:
+    return (directory / "state.json").read_text()
+
+
+async def test_a_kept_node_never_overwrites_a_noticed_nodes_final_snapshot(tmp_path: Path) -> None:
+    kept_store, noticed_store = _store(tmp_path)
+    kept, noticed = tmp_path / "kept", tmp_path / "noticed"
+    for d, step in ((kept, "40"), (noticed, "35")):
+        d.mkdir()
+        (d / "state.json").write_text(step)
+    gang = Gang(config())
+    assert await gang.sync(kept_store, kept)  # before any notice: synced as ever
+    assert await noticed_store.sync(noticed, final=True)  # the noticed node's last snapshot
+    (kept / "state.json").write_text("45")  # the kept node ran on until its restart order
+    assert not await gang.sync(kept_store, kept)  # skipped: the gang resumes from step 35
+    # at the go it resumes from the final snapshot, its own newer step dropped...
+    assert await gang.resume(kept_store, kept)
+    assert _step(kept) == "35" and not (kept / ".spotd-final").exists()
+    # ...and syncs again from there on (the marker goes with its first sync)
+    (kept / "state.json").write_text("50")
+    assert await gang.sync(kept_store, kept)
+    assert await kept_store.final_from() == 0
+    fresh = tmp_path / "fresh"
+    assert await kept_store.restore(fresh) and _step(fresh) == "50"
+
+
+async def test_resume_keeps_the_directory_when_the_store_has_nothing(tmp_path: Path) -> None:
+    store, _ = _store(tmp_path)
+    mine = tmp_path / "ckpt"
+    mine.mkdir()
+    (mine / "state.json").write_text("7")
+    assert not await Gang(config()).resume(store, mine)
+    assert _step(mine) == "7"
+
+
+async def test_a_single_node_job_syncs_without_asking_for_a_final_snapshot(tmp_path: Path) -> None:
+    store, other = _store(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "state.json").write_text("1")
+    await other.sync(src, final=True)
+    solo = Gang(dataclasses.replace(config(), num_nodes=1))
+    assert await solo.sync(store, src)

@@ -4,7 +4,9 @@ A real daemon on the local provider runs a 4-node job (each node prints its rank
 count, the node addresses and its generation, then trains with checkpoints). Node 2's
 instance is SIGKILLed: the daemon launches exactly one instance (node 2's replacement) in
 the same attempt, the three healthy instances keep running, the run restarts on all four
-with the new node list, and the job finishes with the uninterrupted result. With partial
+with the new node list, and the job finishes with the uninterrupted result. A notice on one
+node (``spotctl chaos preempt --notice``) replaces it the same way, at once, and every node
+resumes from the final checkpoint the noticed node synced. With partial
 recovery off (``SPOTD_NODE_REPLACEMENTS=0``) the same loss relaunches every node; and when
 the zone refuses the replacement, the whole job moves to another region, as before.
 """
@@ -150,3 +152,59 @@ async def test_a_replacement_the_zone_refuses_moves_the_whole_job(partial_daemon
     assert ends[0][0] == "PREEMPTED" and "replacement" in ends[0][1], ends
     assert ends[-1][0] == "SUCCEEDED"
     assert job["attempts"][-1]["region"] != first["region"]
+
+
+def _node_lines(text: str, log_name: str) -> list[str]:
+    """The lines of one node's log (``(node-1) ...``), its prefix cut."""
+    prefix = f"({log_name}) "
+    return [line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix)]
+
+
+def _resumed_after_restart(lines: list[str]) -> int:
+    """The step a node's generation-1 run resumed from."""
+    at = next(i for i, line in enumerate(lines) if " gen=1 " in line and "GANG" in line)
+    found = next(
+        re.search(r"resumed from step (\d+)", line) for line in lines[at:] if "resumed" in line
+    )
+    assert found is not None, lines[at:]
+    return int(found.group(1))
+
+
+async def test_a_notice_on_one_node_replaces_it_and_every_node_resumes_from_its_final_checkpoint(
+    partial_daemon,
+):
+    async with partial_daemon.client() as c:
+        job = await c.launch(gang_yaml(2), filename="gang.yaml")
+        jid = job["id"]
+        await wait_job(c, jid, lambda j: j["status"] == "RUNNING", what="2 nodes running")
+        await wait_log(c, jid, "step 10 ", attempt=1)
+        cli = partial_daemon.spotctl("chaos", "preempt", f"j{jid}-a1-n1", "--notice", "30")
+        assert cli.returncode == 0 and "notice" in cli.stdout, cli
+        await wait_log(c, jid, "(node-1-g1) GANG rank=1 of=2 gen=1", attempt=1)
+        job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=120)
+        text = await logs(c, jid, attempt=1)
+        events = await c.events(jid)
+        launched = await _launches(c)
+    said = [f"{e['kind']}: {e['message']}" for e in events]
+    assert job["status"] == "SUCCEEDED", (job, said)
+    # two, then node 1's replacement alone; node 0 kept running on its instance
+    assert launched == 3, said
+    assert len(job["attempts"]) == 1 and job["attempts"][0]["end_reason"] == "SUCCEEDED", said
+    assert job["preemptions"] == 1 and job["recoveries"] == 1, said
+    replaced = [e for e in events if e["kind"] == "node.replaced"]
+    assert len(replaced) == 1, said
+    message = replaced[0]["message"]
+    assert f"j{jid}-a1-n1" in message and "node 1" in message and "notice" in message, message
+    assert not [e for e in events if e["kind"] == "nodes.relaunch"], said
+    # the noticed node checkpointed on its notice and synced that as its final snapshot...
+    noticed = _node_lines(text, "node-1")
+    final = [
+        int(m.group(1)) for line in noticed if (m := re.search(r"SIGTERM at step (\d+)", line))
+    ]
+    assert len(final) == 1, noticed
+    assert any("checkpoint synced after notice" in line for line in noticed), noticed
+    # ...and both nodes' next run resumed from exactly that step, then finished right
+    assert _resumed_after_restart(_node_lines(text, "node-0")) == final[0], text[-3000:]
+    assert _resumed_after_restart(_node_lines(text, "node-1-g1")) == final[0], text[-3000:]
+    digests = re.findall(r"DIGEST (\w+)", text)
+    assert digests == [expected_digest(STEPS)] * 2, text[-3000:]

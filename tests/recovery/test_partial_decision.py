@@ -43,7 +43,14 @@ CASES = [
     ),
     pytest.param(gang(H, H, P, H), 0, 0, False, "off", id="partial recovery off"),
     pytest.param(gang(P), 0, 3, False, "single-node", id="one node: nothing to keep"),
-    pytest.param(gang(H, H, N, H), 0, 3, False, "notice", id="a notice drains the attempt"),
+    pytest.param(gang(H, H, N, H), 0, 3, False, (2,), id="a notice: replaced at once"),
+    pytest.param(gang(N, P, H, H), 0, 3, False, (0, 1), id="a notice and a loss: both replaced"),
+    pytest.param(gang(H, N, N, N), 0, 3, False, "only 1 of 4", id="notices on three of four"),
+    pytest.param(gang(H, N), 3, 3, False, "had 3 node replacements", id="notice, rounds used"),
+    pytest.param(gang(H, N), 0, 3, True, "refused a launch", id="notice, zone refused"),
+    pytest.param(
+        gang(H, N, phases={0: "exited"}), 0, 3, False, "node 0's run has ended", id="notice, ended"
+    ),
     pytest.param(gang(H, H, P, H), 3, 3, False, "had 3 node replacements", id="rounds used up"),
     pytest.param(gang(H, H, P, H), 0, 3, True, "refused a launch", id="zone refused lately"),
     pytest.param(gang(H, L, L, L), 0, 3, False, "only 1 of 4", id="one survivor of four"),
@@ -82,3 +89,17 @@ def test_decide_node_loss(
     else:
         assert isinstance(action, RelaunchAll), action
         assert expected in action.reason
+
+
+@pytest.mark.parametrize(
+    ("nodes", "noticed"),
+    [
+        pytest.param(gang(H, H, N, H), (2,), id="the noticed node drains"),
+        pytest.param(gang(N, P, H, H), (0,), id="only the noticed one drains"),
+        pytest.param(gang(H, P), (), id="no notice: nothing drains"),
+    ],
+)
+def test_noticed_nodes_are_named(nodes: list[NodeReport], noticed: tuple[int, ...]) -> None:
+    action = decide_node_loss(nodes, rounds_so_far=0, max_rounds=3, zone_refused=False)
+    assert isinstance(action, ReplaceNodes), action
+    assert action.noticed == noticed

@@ -8,6 +8,12 @@ something changed and otherwise once per ``heartbeat_seconds`` (a keep-alive); i
 when its instance is reclaimed or terminated, and stops once the daemon has acknowledged a final
 phase (``exited``, ``preempted``), as the real agent exits then.
 
+A multi-node job's agents follow the daemon's restart orders as the real one does
+(``spotd.agent.gang``): the answer's ``restart`` with a newer generation stops the run
+(``restarting``, then ``waiting`` once "synced"), its ``go`` starts it again (``run``, lasting
+its script's ``sleep``s anew); a replacement (``SPOTD_GENERATION`` in its envs) waits for the
+``go`` before it runs.
+
 One pool of ``concurrency`` workers drains a queue of instances with news, so a burst of ten
 thousand readies is sent at the daemon's pace, never ten thousand requests at once.
 """
@@ -17,14 +23,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import structlog
 
 from spotd.aiokit import sleep
-from spotd.providers.fleet.model import FleetModel, Inst
+from spotd.providers.fleet.model import FleetModel, Inst, job_plan
 
 __all__ = ["AgentPool"]
 
@@ -32,6 +41,48 @@ log = structlog.get_logger("spotd.providers.fleet.agents")
 
 FINAL_PHASES = frozenset({"exited", "setup_failed", "preempted"})
 RETRY_SECONDS = 1.0  # a daemon away: try again this soon
+GENERATION_ENV = "SPOTD_GENERATION"  # a replacement's generation (spotd.control.node_keys)
+
+
+@dataclass(slots=True)
+class GangState:
+    """One simulated agent's place in its job's restarts (``spotd.agent.gang``)."""
+
+    generation: int = 0
+    run_until: float = math.inf  # a restarted run's end (the model ends the first run)
+    exit_code: int = 0
+
+
+def gang_state(inst: Inst) -> GangState:
+    """A new agent's: a replacement starts at its generation, waiting for the ``go``."""
+    envs = inst.agent.get("envs") or {}
+    raw = str(envs.get(GENERATION_ENV, "0")) if isinstance(envs, dict) else "0"
+    state = GangState(generation=int(raw) if raw.isdigit() else 0)
+    if state.generation and inst.phase == "run":
+        inst.phase = "waiting"
+    return state
+
+
+def follow_order(inst: Inst, gang: GangState, order: Any, now: float) -> bool:
+    """Apply a heartbeat answer's ``restart``; True when the agent has news to report."""
+    if not isinstance(order, dict):
+        return False
+    try:
+        generation, go = int(order["generation"]), bool(order["go"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if generation > gang.generation:
+        gang.generation = generation
+        if inst.phase in ("run", "waiting", "restarting"):
+            inst.phase = "restarting"  # stops its run, syncs: "waiting" on the next report
+            return True
+        return False
+    if generation == gang.generation and go and inst.phase == "waiting":
+        seconds, code = job_plan(inst.agent.get("run"))
+        inst.phase = "run"
+        gang.run_until, gang.exit_code = now + seconds, code
+        return True
+    return False
 
 
 class AgentPool:
@@ -50,6 +101,7 @@ class AgentPool:
         self._queue: asyncio.Queue[Inst] = asyncio.Queue()
         self._queued: set[str] = set()
         self._sessions: dict[str, tuple[aiohttp.ClientSession, str]] = {}
+        self._gangs: dict[str, GangState] = {}  # instance key -> its restarts
         self.tick = asyncio.Event()  # set when the model gained events (a launch): re-plan
         self.sent = 0
         self.failed = 0
@@ -108,6 +160,11 @@ class AgentPool:
         if now < inst.partitioned_until:
             self._model.beat_later(inst, now + period)
             return
+        gang = self._gangs.get(inst.key) or gang_state(inst)
+        if inst.phase == "restarting" and inst.acked is not None and inst.acked[0] == "restarting":
+            inst.phase = "waiting"
+        if inst.phase == "run" and now >= gang.run_until:
+            inst.phase, inst.exit_code = "exited", gang.exit_code
         report = inst.report()
         chunk = inst.log[inst.log_offset :]
         body = {
@@ -118,6 +175,7 @@ class AgentPool:
             "log_offset": inst.log_offset,
             "log_b64": base64.b64encode(chunk).decode(),
             "checkpoint_synced_at": None,
+            "generation": gang.generation,
         }
         session, base = self._session(str(inst.agent.get("daemon_url") or ""))
         headers = {"Authorization": f"Bearer {inst.agent.get('token', '')}"}
@@ -142,9 +200,13 @@ class AgentPool:
             return
         inst.log_offset = int(data.get("log_offset", inst.log_offset))
         inst.acked = report
-        if inst.report() != report:
+        follow_order(inst, gang, data.get("restart"), self._clock())
+        if gang.generation:  # kept only for the agents of a job that restarted
+            self._gangs[inst.key] = gang
+        if inst.report() != report or inst.phase == "restarting":
             self._enqueue(inst)  # news arrived while this one was on its way
         elif report[0] in FINAL_PHASES:
+            self._gangs.pop(inst.key, None)
             return  # acknowledged: the agent's work is done, it exits
         else:
             self._model.beat_later(inst, self._clock() + period)
