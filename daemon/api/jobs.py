@@ -221,8 +221,9 @@ async def launch(request: web.Request) -> web.Response:
         store=store,
         start=ctl.spawn_worker,
     )
+    # just inserted: no attempt yet (its worker has not run), so nothing more to read
     return web.json_response(
-        {**await job_json(store, job, plan.now), "plan": plan_json(plan)}, status=201
+        {**job_view(job, [], [], plan.now), "plan": plan_json(plan)}, status=201
     )
 
 

@@ -65,6 +65,10 @@ FINAL_PHASES = ("exited", "setup_failed", "preempted")
 GONE = (InstanceState.PREEMPTED, InstanceState.TERMINATED)  # listed, but no longer running
 
 
+# an attempt and its node rows as the transaction that wrote them returned them
+Written = tuple[AttemptRow, Sequence[InstanceRow]]
+
+
 def attempt_id(job_id: int, attempt: int) -> str:
     return f"j{job_id}-a{attempt}"
 
@@ -76,7 +80,10 @@ def instance_key(job_id: int, attempt: int, node: int) -> str:
 def node_evidence(row: InstanceRow, listing: Observation, now: float) -> detection.NodeEvidence:
     """What the agent and the provider's latest listing say about one node."""
     obs = listing.instances.get(row.key)
-    covered = row.instance_id is not None and listing.covers(row.created_at)
+    # from the launch's answer, not the intent: a listing begun before the provider answered
+    # may rightly lack the instance (rows from before version 10 have only created_at)
+    launched = row.launched_at if row.launched_at is not None else row.created_at
+    covered = row.instance_id is not None and listing.covers(launched)
     if obs is not None:
         state: InstanceState | None = obs.state
     elif covered:
@@ -166,12 +173,19 @@ class Attempts:
         for aid in [a for a in self.notices if a.startswith(prefix)]:
             del self.notices[aid]
 
-    async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
+    async def launch_nodes(
+        self, job: JobRow, task: Task, aid: str, fresh: Written | None = None
+    ) -> str | None:
         """Create every node of the attempt that has no instance id yet. On a provider's
         refusal the attempt is ended (a stockout recorded for its zone) and the refusal is
-        returned, in words; None when every node launched."""
-        attempt = await self.store.require_attempt(aid)
-        every = await self.store.instances(attempt_id=aid)
+        returned, in words; None when every node launched. ``fresh``: the attempt and its
+        rows just written (not read again)."""
+        if fresh is None:
+            fresh = (
+                await self.store.require_attempt(aid),
+                await self.store.instances(attempt_id=aid),
+            )
+        attempt, every = fresh
         rows = current_nodes(every)  # a replaced node's row is history (control.node_replace)
         provider = self.providers[attempt.provider]
         node_ips = {"SPOTD_NODE_IPS": "\n".join("127.0.0.1" for _ in rows)}
@@ -249,7 +263,7 @@ class Attempts:
             )
             self.metrics.provider_calls.labels(provider.name, "launch").inc()
             iid = await provider.launch(spec)
-            await self.store.set_instance_id(row.key, str(iid))
+            await self.store.set_instance_id(row.key, str(iid), now=self.clock())
 
         results = failed or await asyncio.gather(
             *(one(r) for r in rows if r.instance_id is None), return_exceptions=True

@@ -27,7 +27,14 @@ import structlog
 
 from spotd.aiokit import Supervisor, sleep
 from spotd.config import Settings
-from spotd.control.attempts import Attempts, attempt_id, instance_key, job_view, node_evidence
+from spotd.control.attempts import (
+    Attempts,
+    Written,
+    attempt_id,
+    instance_key,
+    job_view,
+    node_evidence,
+)
 from spotd.control.deadline import Deadline
 from spotd.control.idle_gpu import IdleGpuRule
 from spotd.control.memory import JobMemory
@@ -52,7 +59,6 @@ from spotd.types import (
     EndReason,
     InstanceState,
     JobStatus,
-    ZoneEventKind,
 )
 
 log = structlog.get_logger("spotd.control.jobs")
@@ -243,7 +249,8 @@ class Controller:
     async def _place(self, job: JobRow) -> float:
         now = self.clock()
         task = self.task_of(job)
-        orphan = await self.store.get_attempt(attempt_id(job.id, job.current_attempt + 1))
+        attempts = await self.store.attempts(job.id)  # one read: the view's, and any orphan
+        orphan = next((a for a in attempts if a.attempt == job.current_attempt + 1), None)
         if orphan is not None and orphan.status == AttemptStatus.ENDED:
             await self.store.update_job_fields(job.id, now=now, current_attempt=orphan.attempt)
             return 0.0
@@ -263,7 +270,7 @@ class Controller:
             return await self._launch_nodes(job, task, orphan.id)
         if job.next_try_at is not None and now < job.next_try_at:
             return job.next_try_at - now
-        view = await self._job_view(job, task, now)
+        view = job_view(job, task, attempts, now)
         decision = strategies.next_placement(
             view,
             catalog=self.placeable(job.project, task),
@@ -310,9 +317,19 @@ class Controller:
             }
             for rank in range(task.num_nodes)
         ]
-        # the intent, before any provider call
-        await self.store.create_attempt(
+        runner_ups = ", ".join(
+            f"{c.region}/{c.zone} {c.instance_type} {c.market} ${c.price_per_hour:.3f}/h"
+            for c in decision.runner_ups[:3]
+        )
+        # the intent, before any provider call, and the job STARTING: one transaction
+        _, attempt, rows = await self.store.start_attempt(
             job_id=job.id,
+            from_=[JobStatus.PENDING, JobStatus.RECOVERING],
+            reason=(
+                f"attempt {n}: {cand.provider}/{cand.region}/{cand.zone} {cand.instance_type} "
+                f"{cand.market} ${cand.price_per_hour:.3f}/h ({decision.reason})"
+                + (f"; runner-ups: {runner_ups}" if runner_ups else "")
+            ),
             attempt=n,
             provider=cand.provider,
             region=cand.region,
@@ -323,23 +340,6 @@ class Controller:
             num_nodes=task.num_nodes,
             now=now,
             instances=nodes,
-        )
-        runner_ups = ", ".join(
-            f"{c.region}/{c.zone} {c.instance_type} {c.market} ${c.price_per_hour:.3f}/h"
-            for c in decision.runner_ups[:3]
-        )
-        await self.store.transition_job(
-            job.id,
-            from_=[JobStatus.PENDING, JobStatus.RECOVERING],
-            to=JobStatus.STARTING,
-            reason=(
-                f"attempt {n}: {cand.provider}/{cand.region}/{cand.zone} {cand.instance_type} "
-                f"{cand.market} ${cand.price_per_hour:.3f}/h ({decision.reason})"
-                + (f"; runner-ups: {runner_ups}" if runner_ups else "")
-            ),
-            now=now,
-            current_attempt=n,
-            next_try_at=None,
         )
         self.metrics.attempts.labels(cand.provider, cand.region, str(cand.market)).inc()
         structlog.contextvars.bind_contextvars(attempt_id=aid)
@@ -353,13 +353,17 @@ class Controller:
             price_per_hour=cand.price_per_hour,
             reason=decision.reason,
         )
-        return await self._launch_nodes(job, task, aid)
+        return await self._launch_nodes(job, task, aid, (attempt, rows))
 
-    async def _launch_nodes(self, job: JobRow, task: Task, aid: str) -> float:
-        """Launch the attempt's nodes; on a refusal, back to where the job waits for a place."""
-        detail = await self.attempts.launch_nodes(job, task, aid)
+    async def _launch_nodes(
+        self, job: JobRow, task: Task, aid: str, written: Written | None = None
+    ) -> float:
+        """Launch the attempt's nodes; on a refusal, back to where the job waits for a place.
+        Launched: nothing changes without news (an agent's report or a listing wakes the
+        worker), so the next look is a listing interval away, not at once."""
+        detail = await self.attempts.launch_nodes(job, task, aid, written)
         if detail is None:
-            return 0.0
+            return self.settings.observe_interval
         now = self.clock()
         attempt = await self.store.require_attempt(aid)
         fresh = await self.store.require_job(job.id)
@@ -382,10 +386,14 @@ class Controller:
         task = self.task_of(job)
         aid = attempt_id(job.id, job.current_attempt)
         attempt = await self.store.require_attempt(aid)
-        rows = current_nodes(await self.store.instances(attempt_id=aid))
+        every = await self.store.instances(attempt_id=aid)
+        rows = current_nodes(every)  # the others: replaced nodes, a noticed one may drain
+        await self.losses.settle(attempt, every, now)
         unlaunched = any(r.instance_id is None for r in rows)
         if attempt.status == AttemptStatus.PROVISIONING and unlaunched:
             return await self._launch_nodes(job, task, aid)  # finish an interrupted launch
+        if await self.losses.overdue(job, attempt, rows, now):
+            return 0.0  # a kept node never stopped for the restart: the whole job moves
         listing = self.observer.latest(attempt.provider) or Observation()
         reports = [
             w.NodeReport(
@@ -443,7 +451,21 @@ class Controller:
                 "suspect instances: no heartbeat, provider says alive", keys=list(seen.suspects)
             )
         aid = attempt.id
-        if attempt.status == AttemptStatus.PROVISIONING and seen.all_reported:
+        if seen.all_running and job.status == JobStatus.STARTING:
+            # attempt (through SETTING_UP), job and the zone's LAUNCHED: one transaction
+            await self.store.attempt_running(
+                job.id,
+                aid,
+                now=now,
+                reason=f"running in {attempt.region}/{attempt.zone} ({attempt.market})",
+                started_at=job.started_at or now,
+                failed_launches=0,
+                first_failure_at=None,
+            )
+            lost_at = self.memory.recovered(job.id)
+            if job.recoveries and lost_at is not None:
+                self.metrics.recovery_seconds.observe(now - lost_at)
+        elif attempt.status == AttemptStatus.PROVISIONING and seen.all_reported:
             await self.store.transition_attempt(
                 aid,
                 from_=[AttemptStatus.PROVISIONING],
@@ -451,35 +473,6 @@ class Controller:
                 reason="every agent reported",
                 now=now,
             )
-        if seen.all_running and job.status == JobStatus.STARTING:
-            await self.store.transition_attempt(
-                aid,
-                from_=[AttemptStatus.PROVISIONING, AttemptStatus.SETTING_UP],
-                to=AttemptStatus.RUNNING,
-                reason="run started on every node",
-                now=now,
-            )
-            await self.store.transition_job(
-                job.id,
-                from_=[JobStatus.STARTING],
-                to=JobStatus.RUNNING,
-                reason=f"running in {attempt.region}/{attempt.zone} ({attempt.market})",
-                now=now,
-                started_at=job.started_at or now,
-                failed_launches=0,
-                first_failure_at=None,
-            )
-            await self.store.add_zone_event(
-                provider=attempt.provider,
-                region=attempt.region,
-                zone=attempt.zone,
-                kind=ZoneEventKind.LAUNCHED.value,
-                at=now,
-                detail=attempt.market,
-            )
-            lost_at = self.memory.recovered(job.id)
-            if job.recoveries and lost_at is not None:
-                self.metrics.recovery_seconds.observe(now - lost_at)
 
     async def _idle_gpus(
         self, job: JobRow, aid: str, rows: Sequence[InstanceRow], now: float

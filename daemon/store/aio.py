@@ -111,6 +111,8 @@ class AsyncStore:
     transition_job = _offload(Store.transition_job)
     update_job_fields = _offload(Store.update_job_fields)
     create_attempt = _offload(Store.create_attempt)
+    start_attempt = _offload(Store.start_attempt)
+    attempt_running = _offload(Store.attempt_running)
     transition_attempt = _offload(Store.transition_attempt)
     attempts = _offload(Store.attempts)
     get_attempt = _offload(Store.get_attempt)
@@ -164,6 +166,8 @@ class AsyncStore:
     claim_pool_job = _offload(Store.claim_pool_job)
     finish_pool_attempt = _offload(Store.finish_pool_attempt)
     requeue_pool_attempt = _offload(Store.requeue_pool_attempt)
+    cancel_pool_job = _offload(Store.cancel_pool_job)
+    pool_attempt = _offload(Store.pool_attempt)
 
     # services and replicas
     create_service = _offload(Store.create_service)

@@ -45,9 +45,13 @@ class InstanceStore(StoreBase):
     """The instances part of :class:`~spotd.store.Store`."""
 
     def set_instance_id(
-        self, key: str, instance_id: str, *, state: str | None = None
+        self, key: str, instance_id: str, *, state: str | None = None, now: float | None = None
     ) -> InstanceRow:
-        """Record the provider's id for our key. Idempotent; a *different* id fails loudly."""
+        """Record the provider's id for our key. Idempotent; a *different* id fails loudly.
+
+        ``now``: when the provider answered, kept as ``launched_at`` (the first answer's time
+        stands): a listing begun before it may rightly not show the instance yet, however
+        long ago the intent was written (``spotd.control.attempts.node_evidence``)."""
         it = INSTANCES.table
         with self._write() as conn:
             row = fetch(conn, INSTANCES, key, for_update=True)
@@ -56,6 +60,8 @@ class InstanceStore(StoreBase):
                     f"instance {key} already has provider id {row.instance_id}, got {instance_id}"
                 )
             values: dict[str, Any] = {"instance_id": instance_id}
+            if now is not None and row.launched_at is None:
+                values["launched_at"] = now
             if state is not None:
                 values["state"] = enum_value(state)
             conn.execute(update(it).where(it.c.key == key).values(**values))

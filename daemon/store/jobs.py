@@ -4,7 +4,10 @@ A job's status and an attempt's status change only through :func:`~spotd.store.c
 (``transition_job`` / ``transition_attempt``). ``create_attempt`` writes the *intent* — the
 attempt and one instance row per node, ``instance_id`` still None — in one transaction before
 any provider call: a daemon killed mid-launch finds rows without an instance id and finishes the
-launch, idempotent by key.
+launch, idempotent by key. The job controller writes it with ``start_attempt``: the job to
+STARTING and the intent in the same transaction; and an attempt whose every node runs moves
+with its job and its zone's history in one (``attempt_running``). Each transaction is a trip
+to the daemon's one store thread, which a burst of launches keeps busy.
 
 ``create_job`` is the launch's insert: the project's limits are checked and the
 job inserted in one transaction (see :mod:`spotd.store.projects`), so no number of listeners
@@ -13,34 +16,32 @@ or daemons can take a project over its quota between the check and the insert.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, select
+from sqlalchemy import ColumnElement, func, select
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import (
     Note,
-    Subject,
     checked_fields,
     compare_and_set,
     enum_value,
     fetch,
     set_fields,
-    write_event,
 )
+from spotd.store.job_inserts import ATTEMPTS, JOBS, insert_attempt, insert_job
 from spotd.store.projects import Admit, admitted
 from spotd.store.rows import AttemptRow, InstanceRow, JobRow
-from spotd.store.tables import Attempt, Instance, Job, table_of
+from spotd.store.tables import Instance, ZoneEvent, table_of
 from spotd.types import (
     TERMINAL_JOB_STATUSES,
     AttemptStatus,
     EndReason,
-    InstanceState,
     JobStatus,
     Market,
+    ZoneEventKind,
 )
 
 __all__ = ["ATTEMPTS", "JOBS", "JobPage", "JobStore"]
@@ -58,24 +59,6 @@ class JobPage:
     attempts: Mapping[int, list[AttemptRow]] = field(default_factory=dict)  # by job, in order
     nodes: Mapping[str, list[InstanceRow]] = field(default_factory=dict)  # by current attempt
     more: bool = False  # jobs older than the last one remain (ask again with ``before``)
-
-
-JOBS = Subject(
-    what="job",
-    table=table_of(Job),
-    key="id",
-    row=JobRow.from_mapping,
-    links=(("job_id", "id"),),
-    # gpus: the reservation is written once, by the insert that admitted the job
-    settable=frozenset(Job.model_fields) - {"id", "status", "task_id", "gpus"},
-)
-ATTEMPTS = Subject(
-    what="attempt",
-    table=table_of(Attempt),
-    key="id",
-    row=AttemptRow.from_mapping,
-    links=(("job_id", "job_id"), ("attempt_id", "id")),
-)
 
 
 class JobStore(StoreBase):
@@ -109,7 +92,7 @@ class JobStore(StoreBase):
         with self._write() as conn:
             if admit is not None:
                 admitted(conn, project, admit)
-            return _insert_job(
+            return insert_job(
                 conn,
                 name=name,
                 task_id_prefix=task_id_prefix,
@@ -319,61 +302,75 @@ class JobStore(StoreBase):
         ``instances``: one ``{"key", "node_rank", "token"}`` per node, ``instance_id`` unset
         until :meth:`set_instance_id`. Called before any provider call.
         """
-        aid = f"j{job_id}-a{attempt}"
-        market_value = Market(market).value
         with self._write() as conn:
-            conn.execute(
-                ATTEMPTS.table.insert().values(
-                    id=aid,
-                    job_id=job_id,
-                    attempt=attempt,
-                    status=AttemptStatus.PROVISIONING.value,
-                    provider=provider,
-                    region=region,
-                    zone=zone,
-                    instance_type=instance_type,
-                    market=market_value,
-                    price_per_hour=price_per_hour,
-                    num_nodes=num_nodes,
-                    created_at=now,
-                    end_detail="",
-                )
-            )
-            if instances:
-                conn.execute(
-                    table_of(Instance).insert(),
-                    [
-                        {
-                            "key": i["key"],
-                            "attempt_id": aid,
-                            "job_id": job_id,
-                            "node_rank": int(i["node_rank"]),
-                            "provider": provider,
-                            "instance_id": None,
-                            "region": region,
-                            "zone": zone,
-                            "state": InstanceState.PENDING.value,
-                            "token": i["token"],
-                            "created_at": now,
-                            "log_offset": 0,
-                            "terminated": False,
-                        }
-                        for i in instances
-                    ],
-                )
-            write_event(
+            return insert_attempt(
                 conn,
-                kind="attempt.status",
-                message=(
-                    f"→ PROVISIONING: attempt {attempt} in {provider}/{region}/{zone}, "
-                    f"{num_nodes}x {instance_type} {market_value} ${price_per_hour:.4f}/h"
-                ),
-                now=now,
                 job_id=job_id,
-                attempt_id=aid,
-                data={"from": None, "to": AttemptStatus.PROVISIONING.value},
+                attempt=attempt,
+                provider=provider,
+                region=region,
+                zone=zone,
+                instance_type=instance_type,
+                market=market,
+                price_per_hour=price_per_hour,
+                num_nodes=num_nodes,
+                now=now,
+                instances=instances,
             )
-            return fetch(conn, ATTEMPTS, aid)
+
+    def start_attempt(
+        self,
+        *,
+        job_id: int,
+        from_: Collection[JobStatus],
+        reason: str,
+        attempt: int,
+        provider: str,
+        region: str,
+        zone: str,
+        instance_type: str,
+        market: Market | str,
+        price_per_hour: float,
+        num_nodes: int,
+        now: float,
+        instances: Sequence[Mapping[str, Any]],
+    ) -> tuple[JobRow, AttemptRow, list[InstanceRow]]:
+        """A placement, in one transaction: the job moves from one of ``from_`` to STARTING
+        (``current_attempt`` = ``attempt``) and the attempt's intent is written as by
+        :meth:`create_attempt`. Returns the job, the attempt and its instance rows (node
+        order). :class:`StaleTransition` (a cancel came first): nothing is written."""
+        placed = {"message": reason, "current_attempt": attempt, "next_try_at": None}
+        with self._write() as conn:
+            job = compare_and_set(
+                conn,
+                JOBS,
+                job_id,
+                from_=from_,
+                to=JobStatus.STARTING,
+                reason=reason,
+                now=now,
+                values=placed,
+                data={"fields": placed},
+            )
+            row = insert_attempt(
+                conn,
+                job_id=job_id,
+                attempt=attempt,
+                provider=provider,
+                region=region,
+                zone=zone,
+                instance_type=instance_type,
+                market=market,
+                price_per_hour=price_per_hour,
+                num_nodes=num_nodes,
+                now=now,
+                instances=instances,
+            )
+            it = table_of(Instance)
+            nodes = conn.execute(
+                select(it).where(it.c.attempt_id == row.id).order_by(it.c.node_rank)
+            )
+            return job, row, [InstanceRow.from_mapping(m) for m in nodes.mappings()]
 
     def transition_attempt(
         self,
@@ -411,6 +408,65 @@ class JobStore(StoreBase):
                 data={"end_reason": values.get("end_reason")},
             )
 
+    def attempt_running(
+        self, /, job_id: int, attempt_id: str, *, now: float, reason: str, **fields: Any
+    ) -> JobRow:
+        """Every node of the attempt runs its task, in one transaction: the attempt moves to
+        RUNNING (through SETTING_UP, with both events, if it was still PROVISIONING), the job
+        STARTING → RUNNING (``reason``, ``fields``), and its zone gets a LAUNCHED event (the
+        market as detail) for the risk model. :class:`StaleTransition`: nothing is written."""
+        values = checked_fields(JOBS, fields)
+        values.setdefault("message", reason)
+        with self._write() as conn:
+            attempt = fetch(conn, ATTEMPTS, attempt_id, for_update=True)
+            if attempt.status == AttemptStatus.PROVISIONING:
+                compare_and_set(
+                    conn,
+                    ATTEMPTS,
+                    attempt_id,
+                    from_=[AttemptStatus.PROVISIONING],
+                    to=AttemptStatus.SETTING_UP,
+                    reason="every agent reported",
+                    now=now,
+                    values={},
+                    data={"end_reason": None},
+                )
+            compare_and_set(
+                conn,
+                ATTEMPTS,
+                attempt_id,
+                from_=[AttemptStatus.SETTING_UP],
+                to=AttemptStatus.RUNNING,
+                reason="run started on every node",
+                now=now,
+                values={"started_at": func.coalesce(ATTEMPTS.table.c.started_at, now)},
+                data={"end_reason": None},
+            )
+            job = compare_and_set(
+                conn,
+                JOBS,
+                job_id,
+                from_=[JobStatus.STARTING],
+                to=JobStatus.RUNNING,
+                reason=reason,
+                now=now,
+                values=values,
+                data={"fields": values},
+            )
+            conn.execute(
+                table_of(ZoneEvent)
+                .insert()
+                .values(
+                    provider=attempt.provider,
+                    region=attempt.region,
+                    zone=attempt.zone,
+                    kind=ZoneEventKind.LAUNCHED.value,
+                    at=now,
+                    detail=attempt.market,
+                )
+            )
+            return job
+
     def attempts(self, job_id: int) -> list[AttemptRow]:
         """The job's attempts, first to last."""
         at = ATTEMPTS.table
@@ -432,47 +488,3 @@ def _of_jobs(column: ColumnElement[int], jobs: Sequence[JobRow]) -> ColumnElemen
     if len(jobs) <= MAX_BOUND_IDS:
         return column.in_(sorted(j.id for j in jobs))
     return column.between(jobs[-1].id, jobs[0].id)
-
-
-def _insert_job(
-    conn: Connection,
-    *,
-    name: str,
-    task_id_prefix: str,
-    spec_json: str,
-    spec_redacted_json: str,
-    resources: str,
-    submitted_at: float,
-    project: str,
-    deadline: float | None,
-    gpus: float,
-) -> JobRow:
-    jt = JOBS.table
-    res = conn.execute(
-        jt.insert()
-        .values(
-            name=name,
-            task_id=f"pending-{uuid.uuid4().hex}",
-            status=JobStatus.PENDING.value,
-            spec_json=spec_json,
-            spec_redacted_json=spec_redacted_json,
-            resources=resources,
-            project=project,
-            submitted_at=submitted_at,
-            deadline=deadline,
-            gpus=gpus,
-            message="submitted",
-        )
-        .returning(jt.c.id)
-    )
-    job_id = int(res.scalar_one())
-    conn.execute(jt.update().where(jt.c.id == job_id).values(task_id=f"{task_id_prefix}{job_id}"))
-    write_event(
-        conn,
-        kind="job.status",
-        message=f"→ PENDING: submitted {name!r} ({resources})",
-        now=submitted_at,
-        job_id=job_id,
-        data={"from": None, "to": JobStatus.PENDING.value, "project": project, "gpus": gpus},
-    )
-    return fetch(conn, JOBS, job_id)

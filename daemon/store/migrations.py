@@ -130,6 +130,26 @@ def _v8_job_project_status_index(conn: Connection) -> None:
     )
 
 
+def _v9_pool_job_restarts(conn: Connection) -> None:
+    """A pool job's ``max_restarts_on_errors`` (its ``job_recovery``): how many failed runs
+    are queued again before it is FAILED (pool_job.max_restarts_on_errors). Version 7 creates
+    the pool tables from the current model, so an upgrade from before 7 has the column already.
+    """
+    columns = {c["name"] for c in inspect(conn).get_columns("pool_job")}
+    if "max_restarts_on_errors" not in columns:
+        conn.exec_driver_sql(
+            "ALTER TABLE pool_job ADD COLUMN max_restarts_on_errors INTEGER NOT NULL DEFAULT 0"
+        )
+
+
+def _v10_instance_launched_at(conn: Connection) -> None:
+    """When the provider's answer to an instance's launch was recorded (instance.launched_at):
+    a listing counts as covering the instance only if it began after that, not after the
+    intent was written (a long store queue between the two made starting instances look
+    gone). Rows from before stay NULL and are judged from ``created_at``, as they were."""
+    conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN launched_at FLOAT")
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _create_all),
     (2, _v2_services),
@@ -139,6 +159,8 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (6, _v6_agent_bootstrap),
     (7, _v7_pools),
     (8, _v8_job_project_status_index),
+    (9, _v9_pool_job_restarts),
+    (10, _v10_instance_launched_at),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

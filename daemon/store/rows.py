@@ -140,6 +140,7 @@ class InstanceRow:
     gpus_at: float | None = None
     agent_json: str | None = None  # the config held for the bootstrap; None once used
     bootstrapped_at: float | None = None
+    launched_at: float | None = None  # when the provider's id was recorded (set_instance_id)
 
     @classmethod
     def from_mapping(cls, m: Mapping[Any, Any]) -> InstanceRow:

@@ -103,6 +103,9 @@ class Instance(_Table, table=True):
     # the agent's config, held for the instance's one bootstrap (version 6; None once used)
     agent_json: str | None = None
     bootstrapped_at: float | None = None  # when its bootstrap token was used
+    # when the provider's answer to the launch was recorded (version 10): a listing taken
+    # before it may rightly not show the instance (Observation.covers)
+    launched_at: float | None = None
 
 
 class Event(_Table, table=True):
@@ -255,6 +258,7 @@ class PoolJob(_Table, table=True):
     attempts: int = 0
     exit_code: int | None = None
     message: str = ""
+    max_restarts_on_errors: int = 0  # failed runs queued again (version 9)
 
 
 class PoolAttempt(_Table, table=True):

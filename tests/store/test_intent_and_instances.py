@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-import spotd.store.jobs as store_jobs
+import spotd.store.job_inserts as job_inserts
 from spotd.store import NotFound, Store, StoreError
 from spotd.types import EndReason
 
@@ -55,7 +55,7 @@ def test_create_attempt_rolls_back_when_its_event_fails(
     def broken(*a: Any, **kw: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(store_jobs, "write_event", broken)  # where create_attempt finds it
+    monkeypatch.setattr(job_inserts, "write_event", broken)  # where create_attempt finds it
     with pytest.raises(RuntimeError):
         make_attempt(job.id)
     monkeypatch.undo()

@@ -169,6 +169,7 @@ def test_version_4_reserves_the_gpus_of_active_jobs_by_the_old_rule(
             "DROP INDEX ix_event_at",  # version 5
             "ALTER TABLE instance DROP COLUMN agent_json",  # version 6
             "ALTER TABLE instance DROP COLUMN bootstrapped_at",
+            "ALTER TABLE instance DROP COLUMN launched_at",  # version 10
         ):
             conn.execute(text(ddl))
         conn.execute(text("UPDATE schema_version SET version = 3"))

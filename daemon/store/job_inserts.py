@@ -1,0 +1,153 @@
+"""The inserts that start a job's rows: the job with its first event (``insert_job``), an
+attempt's intent — the attempt, one instance row per node and its event (``insert_attempt``).
+Each runs on the caller's connection, inside the transaction that decides it
+(:mod:`spotd.store.jobs`: a launch's quota check, a placement's compare-and-set).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from spotd.store.cas import Subject, fetch, write_event
+from spotd.store.rows import AttemptRow, JobRow
+from spotd.store.tables import Attempt, Instance, Job, table_of
+from spotd.types import AttemptStatus, InstanceState, JobStatus, Market
+
+__all__ = ["ATTEMPTS", "JOBS", "insert_attempt", "insert_job"]
+
+JOBS = Subject(
+    what="job",
+    table=table_of(Job),
+    key="id",
+    row=JobRow.from_mapping,
+    links=(("job_id", "id"),),
+    # gpus: the reservation is written once, by the insert that admitted the job
+    settable=frozenset(Job.model_fields) - {"id", "status", "task_id", "gpus"},
+)
+ATTEMPTS = Subject(
+    what="attempt",
+    table=table_of(Attempt),
+    key="id",
+    row=AttemptRow.from_mapping,
+    links=(("job_id", "job_id"), ("attempt_id", "id")),
+)
+
+
+def insert_job(
+    conn: Connection,
+    *,
+    name: str,
+    task_id_prefix: str,
+    spec_json: str,
+    spec_redacted_json: str,
+    resources: str,
+    submitted_at: float,
+    project: str,
+    deadline: float | None,
+    gpus: float,
+) -> JobRow:
+    jt = JOBS.table
+    res = conn.execute(
+        jt.insert()
+        .values(
+            name=name,
+            task_id=f"pending-{uuid.uuid4().hex}",
+            status=JobStatus.PENDING.value,
+            spec_json=spec_json,
+            spec_redacted_json=spec_redacted_json,
+            resources=resources,
+            project=project,
+            submitted_at=submitted_at,
+            deadline=deadline,
+            gpus=gpus,
+            message="submitted",
+        )
+        .returning(jt.c.id)
+    )
+    job_id = int(res.scalar_one())
+    conn.execute(jt.update().where(jt.c.id == job_id).values(task_id=f"{task_id_prefix}{job_id}"))
+    write_event(
+        conn,
+        kind="job.status",
+        message=f"→ PENDING: submitted {name!r} ({resources})",
+        now=submitted_at,
+        job_id=job_id,
+        data={"from": None, "to": JobStatus.PENDING.value, "project": project, "gpus": gpus},
+    )
+    return fetch(conn, JOBS, job_id)
+
+
+def insert_attempt(
+    conn: Connection,
+    *,
+    job_id: int,
+    attempt: int,
+    provider: str,
+    region: str,
+    zone: str,
+    instance_type: str,
+    market: Market | str,
+    price_per_hour: float,
+    num_nodes: int,
+    now: float,
+    instances: Sequence[Mapping[str, Any]],
+) -> AttemptRow:
+    """The attempt (PROVISIONING), its instance rows and its event, on ``conn``."""
+    aid = f"j{job_id}-a{attempt}"
+    market_value = Market(market).value
+    conn.execute(
+        ATTEMPTS.table.insert().values(
+            id=aid,
+            job_id=job_id,
+            attempt=attempt,
+            status=AttemptStatus.PROVISIONING.value,
+            provider=provider,
+            region=region,
+            zone=zone,
+            instance_type=instance_type,
+            market=market_value,
+            price_per_hour=price_per_hour,
+            num_nodes=num_nodes,
+            created_at=now,
+            end_detail="",
+        )
+    )
+    if instances:
+        conn.execute(
+            table_of(Instance).insert(),
+            [
+                {
+                    "key": i["key"],
+                    "attempt_id": aid,
+                    "job_id": job_id,
+                    "node_rank": int(i["node_rank"]),
+                    "provider": provider,
+                    "instance_id": None,
+                    "region": region,
+                    "zone": zone,
+                    "state": InstanceState.PENDING.value,
+                    "token": i["token"],
+                    "created_at": now,
+                    "log_offset": 0,
+                    "terminated": False,
+                }
+                for i in instances
+            ],
+        )
+    write_event(
+        conn,
+        kind="attempt.status",
+        message=(
+            f"→ PROVISIONING: attempt {attempt} in {provider}/{region}/{zone}, "
+            f"{num_nodes}x {instance_type} {market_value} ${price_per_hour:.4f}/h"
+        ),
+        now=now,
+        job_id=job_id,
+        attempt_id=aid,
+        data={"from": None, "to": AttemptStatus.PROVISIONING.value},
+    )
+    return fetch(conn, ATTEMPTS, aid)

@@ -1,0 +1,101 @@
+"""A placement and a start, each one transaction (``start_attempt``, ``attempt_running``).
+
+The job controller once wrote a placement as two transactions (the attempt's intent, then the
+job to STARTING) and an attempt's start as four (SETTING_UP, RUNNING, the job RUNNING, the
+zone's LAUNCHED event). Each is now one: here, that each writes everything a user sees (the
+statuses, the events, the zone history) or, when a cancel came first, nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spotd.store import StaleTransition, Store
+from spotd.types import AttemptStatus, JobStatus
+
+
+def place(store: Store, job_id: int, now: float, *, nodes: int = 2) -> Any:
+    return store.start_attempt(
+        job_id=job_id,
+        from_=[JobStatus.PENDING, JobStatus.RECOVERING],
+        reason="attempt 1: fleet/r/z cpu-1 spot",
+        attempt=1,
+        provider="fleet",
+        region="r",
+        zone="z",
+        instance_type="cpu-1",
+        market="spot",
+        price_per_hour=0.1,
+        num_nodes=nodes,
+        now=now,
+        instances=[
+            {"key": f"j{job_id}-a1-n{r}", "node_rank": r, "token": f"t{job_id}-{r}"}
+            for r in range(nodes)
+        ],
+    )
+
+
+def test_a_placement_writes_the_intent_and_moves_the_job(
+    store: Store, make_job: Any, clock: Any
+) -> None:
+    job = make_job()
+    moved, attempt, rows = place(store, job.id, clock.tick())
+    assert moved.status == JobStatus.STARTING and moved.current_attempt == 1
+    assert moved.message == "attempt 1: fleet/r/z cpu-1 spot"
+    assert attempt.status == AttemptStatus.PROVISIONING and attempt.id == f"j{job.id}-a1"
+    assert [(r.key, r.instance_id) for r in rows] == [
+        (f"j{job.id}-a1-n0", None),
+        (f"j{job.id}-a1-n1", None),
+    ]
+    assert store.instances(attempt_id=attempt.id) == rows
+    kinds = [e.kind for e in store.events(job_id=job.id)]
+    assert kinds == ["job.status", "job.status", "attempt.status"]
+
+
+def test_a_placement_after_a_cancel_writes_nothing(store: Store, make_job: Any, clock: Any) -> None:
+    job = make_job()
+    store.transition_job(
+        job.id, from_=[JobStatus.PENDING], to=JobStatus.CANCELLING, reason="cancel", now=clock()
+    )
+    with pytest.raises(StaleTransition):
+        place(store, job.id, clock.tick())
+    assert store.attempts(job.id) == [] and store.instances(job_id=job.id) == []
+    assert store.require_job(job.id).status == JobStatus.CANCELLING
+
+
+def test_running_moves_attempt_job_and_zone_history_at_once(
+    store: Store, make_job: Any, clock: Any
+) -> None:
+    job = make_job()
+    place(store, job.id, clock())
+    at = clock.tick(3.0)
+    running = store.attempt_running(
+        job.id, f"j{job.id}-a1", now=at, reason="running in r/z (spot)", started_at=at
+    )
+    assert running.status == JobStatus.RUNNING and running.started_at == at
+    attempt = store.require_attempt(f"j{job.id}-a1")
+    assert attempt.status == AttemptStatus.RUNNING and attempt.started_at == at
+    moves = [
+        e.message.split(":")[0] for e in store.events(job_id=job.id) if e.kind.endswith(".status")
+    ]
+    assert moves[-3:] == [
+        "PROVISIONING → SETTING_UP",
+        "SETTING_UP → RUNNING",
+        "STARTING → RUNNING",
+    ]
+    launched = [z for z in store.zone_events(since=0.0) if z.kind == "LAUNCHED"]
+    assert [(z.zone, z.at, z.detail) for z in launched] == [("z", at, "spot")]
+
+
+def test_running_after_a_cancel_writes_nothing(store: Store, make_job: Any, clock: Any) -> None:
+    job = make_job()
+    place(store, job.id, clock())
+    store.transition_job(
+        job.id, from_=[JobStatus.STARTING], to=JobStatus.CANCELLING, reason="cancel", now=clock()
+    )
+    with pytest.raises(StaleTransition):
+        store.attempt_running(job.id, f"j{job.id}-a1", now=clock.tick(), reason="running")
+    assert store.require_attempt(f"j{job.id}-a1").status == AttemptStatus.PROVISIONING
+    assert store.zone_events(since=0.0) == []
