@@ -82,7 +82,9 @@ class DaemonProc:
             if socket_alive(self.socket):
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"spotd did not start:\n{self.log_tail()}")
+        self.proc.kill()  # a daemon that did not come up must not outlive the test
+        self.proc.wait(10)
+        raise RuntimeError(f"spotd did not start in {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 4000) -> str:
         p = self.home / "spotd.log"
