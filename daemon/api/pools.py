@@ -35,7 +35,7 @@ from spotd.api.params import PathId, PathName, QueryFlag
 from spotd.api.routes import AGENT, TENANT, Route
 from spotd.control.pools import MAX_NUM_JOBS, PoolConflict, PoolMissing, Pools
 from spotd.control.submit import LaunchRequest
-from spotd.store import AsyncStore, InstanceRow
+from spotd.store import AsyncStore, InstanceRow, OverQuota
 from spotd.store.pools import PoolAttemptRow, PoolJobRow, PoolRow
 
 __all__ = ["POOLS", "ROUTES", "make_pools"]
@@ -225,6 +225,8 @@ async def launch_on_pool(request: web.Request) -> web.Response:
         )
     except (PoolMissing, PoolConflict) as exc:
         raise _refused(exc) from exc
+    except OverQuota as exc:  # the pool's bound on queued and running jobs
+        raise ApiError(409, exc.message, exc.details) from exc
     return web.json_response(
         {"pool": POOL.parse(request), "jobs": [job_json(j, []) for j in jobs]}, status=201
     )
@@ -347,7 +349,7 @@ ROUTES = (
         params=(POOL,),
         callers=TENANT,
         ok=(201,),
-        errors=(404,),
+        errors=(404, 409),
     ),
     Route(
         "GET",

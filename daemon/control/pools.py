@@ -83,6 +83,7 @@ WORKER_RUN = (
     'upgrade spotd on the instance" >&2; exit 3'
 )
 MAX_NUM_JOBS = 1000
+MAX_ACTIVE_JOBS = 10_000  # queued or running jobs per pool: a client's loop cannot fill the store
 LONG_POLL_SECONDS = 5.0  # how long an idle worker's ask waits for a job before "nothing yet"
 # the refusals a pool job's YAML gets for what a worker already has (the pool's own)
 _WORKER_OWNS = MappingProxyType(
@@ -396,6 +397,7 @@ class Pools:
             num_jobs=num_jobs,
             now=self.clock(),
             max_restarts_on_errors=task.job_recovery.max_restarts_on_errors,
+            max_active=MAX_ACTIVE_JOBS,
         )
         self._wake(pool.id)
         return jobs

@@ -22,11 +22,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import write_event
-from spotd.store.errors import NotFound, StoreError
+from spotd.store.errors import NotFound, OverQuota, StoreError
 from spotd.store.tables import Pool, PoolAttempt, PoolJob, PoolWorker, table_of
 
 __all__ = [
@@ -382,12 +382,32 @@ class PoolStore(StoreBase):
         num_jobs: int,
         now: float,
         max_restarts_on_errors: int = 0,
+        max_active: int | None = None,
     ) -> list[PoolJobRow]:
-        """``num_jobs`` copies of one job, ranks 0 .. num_jobs-1, QUEUED."""
+        """``num_jobs`` copies of one job, ranks 0 .. num_jobs-1, QUEUED. ``OverQuota`` (and
+        nothing written) when the pool would then hold more than ``max_active`` queued or
+        running jobs: counted in the same transaction as the insert."""
         with self._write() as conn:
             pool = conn.execute(select(POOLS.c.status).where(POOLS.c.id == pool_id)).scalar()
             if pool != PoolStatus.UP.value:
                 raise NotFound(f"no pool {pool_id} up")
+            if max_active is not None:
+                active = conn.execute(
+                    select(func.count())
+                    .select_from(PJOBS)
+                    .where(PJOBS.c.pool_id == pool_id)
+                    .where(
+                        PJOBS.c.status.in_(
+                            [PoolJobStatus.QUEUED.value, PoolJobStatus.RUNNING.value]
+                        )
+                    )
+                ).scalar_one()
+                if active + num_jobs > max_active:
+                    raise OverQuota(
+                        f"the pool holds {active} queued or running jobs; {num_jobs} more would "
+                        f"pass its limit of {max_active}: wait for some to finish",
+                        {"active": active, "asked": num_jobs, "limit": max_active},
+                    )
             ids = []
             for rank in range(num_jobs):
                 res = conn.execute(

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine
 
 from spotd.control.pool_jobs import decide
 from spotd.control.pool_queue import MAX_REQUEUES
-from spotd.store import Store, migrations
+from spotd.store import OverQuota, Store, migrations
 from spotd.store.pools import PoolEnd, PoolExists, PoolJobStatus
 
 T0 = 1_700_000_000.0
@@ -68,6 +68,34 @@ def test_copies_get_their_ranks_and_one_claim_each(store: Store) -> None:
     assert again is None  # the job is no longer queued: never two workers on one job
     assert store.open_pool_attempt("k1") == first
     assert store.open_pool_attempt("k2") is None
+
+
+def test_a_pool_holds_a_bounded_number_of_active_jobs(store: Store) -> None:
+    pid = _pool(store)
+    w = _worker(store)
+
+    def add(n: int) -> list[int]:
+        jobs = store.add_pool_jobs(
+            pool_id=pid,
+            name="j",
+            run="x",
+            envs={},
+            secret_names=[],
+            num_jobs=n,
+            now=T0,
+            max_active=3,
+        )
+        return [j.id for j in jobs]
+
+    first = add(2)
+    with pytest.raises(OverQuota, match="2 queued or running jobs; 2 more") as refused:
+        add(2)
+    assert refused.value.details == {"active": 2, "asked": 2, "limit": 3}
+    assert len(store.pool_jobs(pid)) == 2, "nothing was written"
+    store.claim_pool_job(first[0], worker_job_id=w, instance_key="k", now=T0 + 1)
+    add(1)  # a running job still counts: 3 active
+    store.cancel_pool_job(first[1], reason="x", now=T0 + 2)
+    assert len(add(1)) == 1  # an ended job frees its place
 
 
 def test_an_exit_is_recorded_once_and_only_from_its_instance(store: Store) -> None:
