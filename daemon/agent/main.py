@@ -313,6 +313,12 @@ class Agent:
             changed = asyncio.ensure_future(self.gang.changed.wait())
             try:
                 await asyncio.wait({script, changed}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # the agent is leaving: asyncio.wait does not cancel what it waits on, and a
+                # run still being started would set self.job after kill_job looked (a leak)
+                script.cancel()
+                await asyncio.gather(script, return_exceptions=True)
+                raise
             finally:
                 changed.cancel()
             if not self.gang.changed.is_set() or self.notice.is_set():
@@ -559,6 +565,7 @@ async def _serve(agent: Agent) -> int:
                 task.cancel()
             agent.kill_job()
             await asyncio.gather(*tasks, return_exceptions=True)
+            agent.kill_job()  # a run that was being started while the tasks were cancelled
             await agent.storage.close()
     return 0
 
