@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -74,6 +76,15 @@ class Settings:
     # embedded "local" provider is always on unless {"local": {"enabled": false}}
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # several daemons on one PostgreSQL (spotd.control.cluster): each with its own daemon_id,
+    # all with the same cluster name (instances are tagged by it) and the same shared_dir (the
+    # logs, packages and checkpoints every daemon reads and writes); lease_seconds: how long a
+    # silent daemon keeps its work before the others take it over
+    ha: bool = False
+    daemon_id: str = ""
+    cluster: str = "spotd"
+    lease_seconds: float = 5.0
+    shared_dir: Path | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -89,12 +100,23 @@ class Settings:
         return self.home / "spotd.pid"
 
     @property
+    def data_dir(self) -> Path:
+        """Where logs, packages and checkpoints live: the home, or with several daemons the
+        directory they share."""
+        return self.shared_dir or self.home
+
+    @property
     def logs_dir(self) -> Path:
-        return self.home / "logs"
+        return self.data_dir / "logs"
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.home / "checkpoints"
+        return self.data_dir / "checkpoints"
+
+    @property
+    def cas_dir(self) -> Path:
+        """The package store (content-addressed workdirs and file mounts)."""
+        return self.data_dir / "cas"
 
     @property
     def local_dir(self) -> Path:
@@ -102,7 +124,10 @@ class Settings:
 
     @property
     def home_tag(self) -> str:
-        """Stable short id of this data directory, used to tag instances we own."""
+        """Stable short id of this data directory, used to tag instances we own; with several
+        daemons, of their cluster, so that any of them adopts any instance."""
+        if self.ha:
+            return hashlib.sha256(f"cluster:{self.cluster}".encode()).hexdigest()[:12]
         return hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
 
     def with_overrides(self, **kw: Any) -> Settings:
@@ -220,6 +245,11 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         "file_roots",
         "providers",
         "idle_gpu_action",
+        "ha",
+        "daemon_id",
+        "cluster",
+        "lease_seconds",
+        "shared_dir",
         *_FLOAT_KEYS,
     }
     unknown = set(data) - known
@@ -279,5 +309,41 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         file_roots=file_roots,
         providers=providers,
         idle_gpu_action=idle_action,
+        **_ha_settings(data, env, str(db_url)),
         **floats,  # type: ignore[arg-type]
     )
+
+
+_DAEMON_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _ha_settings(data: dict[str, Any], env: dict[str, str], db_url: str) -> dict[str, Any]:
+    """Several daemons on one PostgreSQL: ``SPOTD_HA``, ``SPOTD_DAEMON_ID`` (default: the host
+    name), ``SPOTD_CLUSTER``, ``SPOTD_LEASE_SECONDS`` and ``SPOTD_SHARED_DIR``, or the file's
+    ``ha``, ``daemon_id``, ``cluster``, ``lease_seconds``, ``shared_dir``."""
+    raw = str(env.get("SPOTD_HA", data.get("ha", False))).strip().lower()
+    if raw not in _BOOL_WORDS:
+        raise ConfigError(f"SPOTD_HA must be true or false, got {raw!r}")
+    shared = env.get("SPOTD_SHARED_DIR") or data.get("shared_dir")
+    out: dict[str, Any] = {"shared_dir": Path(shared).expanduser() if shared else None}
+    if not _BOOL_WORDS[raw]:
+        return out
+    if not db_url.startswith("postgresql"):
+        raise ConfigError(
+            "several daemons (SPOTD_HA) need PostgreSQL: set SPOTD_DB_URL to a "
+            "postgresql+psycopg:// URL that every daemon reaches"
+        )
+    daemon_id = str(env.get("SPOTD_DAEMON_ID") or data.get("daemon_id") or socket.gethostname())
+    if not _DAEMON_ID.match(daemon_id):
+        raise ConfigError(f"daemon_id must match {_DAEMON_ID.pattern}, got {daemon_id!r}")
+    cluster = str(env.get("SPOTD_CLUSTER") or data.get("cluster") or "spotd")
+    if not _DAEMON_ID.match(cluster):
+        raise ConfigError(f"cluster must match {_DAEMON_ID.pattern}, got {cluster!r}")
+    raw_lease = env.get("SPOTD_LEASE_SECONDS", data.get("lease_seconds", 5.0))
+    try:
+        lease = float(raw_lease)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"lease_seconds must be a number, got {raw_lease!r}") from exc
+    if not 1.0 <= lease <= 300.0:
+        raise ConfigError(f"lease_seconds must be between 1 and 300, got {raw_lease!r}")
+    return out | {"ha": True, "daemon_id": daemon_id, "cluster": cluster, "lease_seconds": lease}

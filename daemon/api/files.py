@@ -43,7 +43,7 @@ class MissingBody(Body):
 
 
 def _store(request: web.Request) -> BlobStore:
-    return BlobStore(request.app[SETTINGS].home / "cas")
+    return BlobStore(request.app[SETTINGS].cas_dir)
 
 
 async def missing_blobs(request: web.Request) -> web.Response:

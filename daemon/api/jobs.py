@@ -210,7 +210,7 @@ async def launch(request: web.Request) -> web.Response:
         store=store,
         now=time.time(),
         file_roots=request.app[SETTINGS].file_roots,
-        blob_store=request.app[SETTINGS].home / "cas",
+        blob_store=request.app[SETTINGS].cas_dir,
         provider_configs=request.app[SETTINGS].providers,
     )
     if body.dry_run:

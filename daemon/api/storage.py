@@ -58,8 +58,8 @@ def make_storage(settings: Settings, controller: Controller) -> Storage:
     has_s3 = any(isinstance(p, PackageStore) for p in controller.providers.values())
     return Storage(
         StorageConfig(
-            root=settings.home / "storage",
-            blobs=settings.home / "cas",
+            root=settings.data_dir / "storage",
+            blobs=settings.cas_dir,
             default_store="s3" if has_s3 else "local",
             endpoint_url=s3.endpoint_url,
             profile=s3.profile,

@@ -73,7 +73,7 @@ async def package_service_files(
     (``packages``: "workdir" or a mount target → manifest sha) must be complete in the store;
     any other local source is a path on the daemon's host, which a project token may never
     name (403) and the admin only under ``file_roots``. Refusals raise ``Refused``."""
-    cas = settings.home / "cas"
+    cas = settings.cas_dir
 
     def ship() -> tuple[Task, list[str]]:  # file system work: off the event loop
         uploaded = check_sources(

@@ -46,7 +46,7 @@ async def stage_packages(
     there (None: nothing needed to travel). Raises ProviderUnavailable when the upload fails
     (S3 down, credentials gone), so no instance starts without its files. Shared by a job's
     attempts (``package_store_for``) and a service's replicas."""
-    local = settings.home / "cas"
+    local = settings.cas_dir
     url = provider.package_store_url if isinstance(provider, PackageStore) else None
     packages = [r for r in refs if r and r.startswith(CAS_PREFIX)]
     if not url or not packages:

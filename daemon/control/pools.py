@@ -274,7 +274,7 @@ class Pools:
             store=self.store,
             now=self.clock(),
             file_roots=self.settings.file_roots,
-            blob_store=self.settings.home / "cas",
+            blob_store=self.settings.cas_dir,
             provider_configs=self.settings.providers,
         )
 

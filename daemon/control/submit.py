@@ -413,7 +413,7 @@ async def submit(
             package_files,
             plan.task,
             plan.base_dir,
-            settings.home / "cas",
+            settings.cas_dir,
             uploaded=plan.uploaded,
             file_roots=plan.file_roots,
         )

@@ -35,8 +35,9 @@ R = TypeVar("R")
 class _Offload(Generic[P, R]):
     """A :class:`Store` method, offered on :class:`AsyncStore` as a coroutine method."""
 
-    def __init__(self, method: Callable[Concatenate[Store, P], R]) -> None:
+    def __init__(self, method: Callable[Concatenate[Store, P], R], *, aside: bool = False) -> None:
         self._name = method.__name__
+        self._aside = aside  # on the lease thread, never behind the store thread's queue
         self.__doc__ = method.__doc__
 
     @overload
@@ -54,10 +55,12 @@ class _Offload(Generic[P, R]):
             return self
         name = self._name
         astore = obj
+        aside = self._aside
 
         async def call(*args: P.args, **kwargs: P.kwargs) -> R:
             method: Callable[P, R] = getattr(astore.store, name)
-            return await astore._call(method, *args, **kwargs)
+            executor = astore._aside if aside else astore._executor
+            return await astore._run(executor, method, *args, **kwargs)
 
         call.__name__ = call.__qualname__ = name
         call.__doc__ = self.__doc__
@@ -73,6 +76,9 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotd-store")
+        # several daemons on one database: the lease is renewed on a thread of its own, so a
+        # long queue on the store thread (ten thousand jobs' writes) never lets it lapse
+        self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotd-lease")
 
     @classmethod
     async def open(cls, url: str) -> AsyncStore:
@@ -84,13 +90,19 @@ class AsyncStore:
         return cls(store)
 
     async def _call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._run(self._executor, fn, *args, **kwargs)
+
+    async def _run(
+        self, executor: ThreadPoolExecutor, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await loop.run_in_executor(self._executor, call)
+        return await loop.run_in_executor(executor, call)
 
     async def close(self) -> None:
         try:
+            self._aside.shutdown(wait=True)
             await self._call(self.store.close)
         finally:
             self._executor.shutdown(wait=True)
@@ -168,6 +180,14 @@ class AsyncStore:
     requeue_pool_attempt = _offload(Store.requeue_pool_attempt)
     cancel_pool_job = _offload(Store.cancel_pool_job)
     pool_attempt = _offload(Store.pool_attempt)
+
+    # several daemons on one database (spotd.store.leases): the lease's calls on their thread
+    join_cluster = _offload(Store.join_cluster, aside=True)
+    renew_lease = _offload(Store.renew_lease, aside=True)
+    leave_cluster = _offload(Store.leave_cluster, aside=True)
+    take_over = _offload(Store.take_over, aside=True)
+    daemons = _offload(Store.daemons)
+    notify_wake = _offload(Store.notify_wake)
 
     # services and replicas
     create_service = _offload(Store.create_service)

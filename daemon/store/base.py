@@ -18,9 +18,12 @@ from sqlalchemy.engine import make_url
 
 from spotd.store.cas import Subject, fetch, find
 from spotd.store.errors import StoreError
+from spotd.store.fence import Fence, check_fence
 from spotd.store.migrations import current_version, migrate
 
 __all__ = ["StoreBase"]
+
+IDLE_IN_TRANSACTION_MS = 4000
 
 RowT = TypeVar("RowT")
 
@@ -32,6 +35,14 @@ class StoreBase:
         self._engine = engine
         self._closed = False
         self.dialect = engine.dialect.name  # "sqlite" or "postgresql"
+        # with several daemons on one database: this daemon's lease, checked at the start of
+        # every write transaction (spotd.store.leases); None: the only daemon, nothing checked
+        self.fence: Fence | None = None
+
+    @property
+    def daemon_id(self) -> str | None:
+        """The daemon whose lease this store carries (the owner of what it creates)."""
+        return None if self.fence is None else self.fence.daemon_id
 
     @classmethod
     def open(cls, url: str) -> Self:
@@ -53,6 +64,7 @@ class StoreBase:
             event.listen(engine, "begin", _sqlite_on_begin)
         elif backend == "postgresql":
             engine = create_engine(parsed, pool_pre_ping=True)
+            event.listen(engine, "connect", _pg_on_connect)
         else:
             raise ValueError(f"unsupported database URL {url!r}: use sqlite:// or postgresql://")
         store = cls(engine)
@@ -87,12 +99,20 @@ class StoreBase:
             yield conn
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, *, fenced: bool = True) -> Iterator[Connection]:
+        """A write transaction; with a lease (``fence``), one that writes only if this daemon
+        still holds it (:class:`~spotd.store.errors.Fenced` otherwise, nothing written)."""
         if self._closed:
             raise StoreError("the store is closed")
+        fence = self.fence
         with self._engine.connect() as conn:
-            conn.execution_options(spotd_write=True)  # BEGIN IMMEDIATE on SQLite
+            # BEGIN IMMEDIATE on SQLite; events name the daemon that wrote them
+            conn.execution_options(
+                spotd_write=True, spotd_daemon=None if fence is None else fence.daemon_id
+            )
             with conn.begin():
+                if fenced and fence is not None:
+                    check_fence(conn, fence)
                 yield conn
 
     def _get(self, subject: Subject[RowT], row_id: object) -> RowT | None:
@@ -102,6 +122,18 @@ class StoreBase:
     def _require(self, subject: Subject[RowT], row_id: object) -> RowT:
         with self._read() as conn:
             return fetch(conn, subject, row_id)
+
+
+def _pg_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # a daemon paused (SIGSTOP, a partition) inside a transaction would hold its fence's
+    # share lock, and so block the takeover of its work, for as long as it is paused: the
+    # server ends such a session instead (the store's transactions last milliseconds)
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+    finally:
+        cur.close()
+    dbapi_conn.commit()
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -126,6 +126,8 @@ def write_event(
         "message": message,
         "data_json": json.dumps(dict(data or {}), default=str, sort_keys=True),
         "service_id": service_id,
+        # with several daemons on one database: which one wrote it (spotd.store.leases)
+        "daemon": conn.get_execution_options().get("spotd_daemon"),
     }
     et = table_of(Event)
     res = conn.execute(et.insert().values(**values).returning(et.c.id))

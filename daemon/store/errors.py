@@ -57,3 +57,8 @@ class OverQuota(StoreError):
         super().__init__(message)
         self.message = message
         self.details = dict(details)
+
+
+class Fenced(StoreError):
+    """This daemon's lease lapsed or was taken over (``spotd.store.leases``): the store refuses
+    every write it makes, and the daemon must stop (it restarts with a new epoch)."""

@@ -64,6 +64,7 @@ def insert_job(
             submitted_at=submitted_at,
             deadline=deadline,
             gpus=gpus,
+            owner=conn.get_execution_options().get("spotd_daemon"),  # its creator runs it
             message="submitted",
         )
         .returning(jt.c.id)

@@ -217,14 +217,17 @@ class JobStore(StoreBase):
             for r in rows
         ]
 
-    def active_jobs(self) -> list[JobRow]:
-        """Jobs not in a terminal status, oldest first (the order workers are started in)."""
+    def active_jobs(self, *, owner: str | None = None) -> list[JobRow]:
+        """Jobs not in a terminal status, oldest first (the order workers are started in);
+        ``owner``: only those that daemon runs (several daemons on one database)."""
         jt = JOBS.table
         q = (
             select(jt)
             .where(jt.c.status.not_in([s.value for s in TERMINAL_JOB_STATUSES]))
             .order_by(jt.c.id)
         )
+        if owner is not None:
+            q = q.where(jt.c.owner == owner)
         with self._read() as conn:
             return [JobRow.from_mapping(m) for m in conn.execute(q).mappings()]
 

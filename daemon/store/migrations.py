@@ -22,6 +22,7 @@ from spotd.spec import Task
 from spotd.store.errors import SchemaTooNew
 from spotd.store.tables import (
     METADATA,
+    Daemon,
     Job,
     Pool,
     PoolAttempt,
@@ -150,6 +151,19 @@ def _v10_instance_launched_at(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE instance ADD COLUMN launched_at FLOAT")
 
 
+def _v11_daemons(conn: Connection) -> None:
+    """Several daemons on one database (``spotd.store.leases``): the daemon table and its
+    leases, who runs each job and service (job.owner, service.owner) and who wrote each event
+    (event.daemon)."""
+    METADATA.create_all(conn, tables=[table_of(Daemon)])
+    for table, column in (("job", "owner"), ("service", "owner"), ("event", "daemon")):
+        columns = {c["name"] for c in inspect(conn).get_columns(table)}
+        if column not in columns:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} VARCHAR")
+    for table in ("job", "service"):
+        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_{table}_owner ON {table} (owner)")
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _create_all),
     (2, _v2_services),
@@ -161,6 +175,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (8, _v8_job_project_status_index),
     (9, _v9_pool_job_restarts),
     (10, _v10_instance_launched_at),
+    (11, _v11_daemons),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

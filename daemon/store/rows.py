@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from spotd.serve.replica_state import ReplicaStatus
@@ -43,7 +43,9 @@ class ServiceStatus(enum.StrEnum):
 
 
 def _pick(cls: type, m: Mapping[Any, Any]) -> dict[str, Any]:
-    return {f.name: m[f.name] for f in fields(cls)}
+    """The dataclass's fields from a row; one with a default may be missing (a narrower
+    select, a row built by hand)."""
+    return {f.name: m[f.name] for f in fields(cls) if f.name in m or f.default is MISSING}
 
 
 def _opt(kind: type[enum.StrEnum], value: str | None) -> Any:
@@ -75,6 +77,7 @@ class JobRow:
     work_done_seconds: float
     deadline: float | None
     gpus: float  # reserved against the project's quota while the job is active
+    owner: str | None = None  # the daemon that runs it, with several daemons (spotd.store.leases)
 
     @property
     def is_terminal(self) -> bool:
@@ -157,6 +160,7 @@ class EventRow:
     message: str
     data_json: str
     service_id: int | None
+    daemon: str | None = None  # which daemon wrote it, with several daemons
 
     @property
     def data(self) -> dict[str, Any]:
@@ -205,6 +209,7 @@ class ServiceRow:
     downscale_since: float | None
     project: str
     gpus: float  # reserved against the project's quota while the service is live
+    owner: str | None = None  # the daemon that runs it, with several daemons
 
     @classmethod
     def from_mapping(cls, m: Mapping[Any, Any]) -> ServiceRow:

@@ -116,6 +116,7 @@ class ServiceStore(StoreBase):
                     target=target,
                     project=project,
                     gpus=gpus,
+                    owner=conn.get_execution_options().get("spotd_daemon"),  # its creator runs it
                 )
                 .returning(st.c.id)
             )
@@ -156,12 +157,17 @@ class ServiceStore(StoreBase):
             m = conn.execute(q).mappings().first()
             return None if m is None else ServiceRow.from_mapping(m)
 
-    def list_services(self, *, live_only: bool = False) -> list[ServiceRow]:
-        """Services, oldest first; ``live_only``: not DOWN."""
+    def list_services(
+        self, *, live_only: bool = False, owner: str | None = None
+    ) -> list[ServiceRow]:
+        """Services, oldest first; ``live_only``: not DOWN; ``owner``: only those that daemon
+        runs (several daemons on one database)."""
         st = SERVICES.table
         q = select(st).order_by(st.c.id)
         if live_only:
             q = q.where(st.c.status != ServiceStatus.DOWN.value)
+        if owner is not None:
+            q = q.where(st.c.owner == owner)
         with self._read() as conn:
             return [ServiceRow.from_mapping(m) for m in conn.execute(q).mappings()]
 

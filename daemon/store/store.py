@@ -23,6 +23,7 @@ from __future__ import annotations
 from spotd.store.events import EventStore
 from spotd.store.instances import InstanceStore
 from spotd.store.jobs import JobStore
+from spotd.store.leases import LeaseStore
 from spotd.store.nodes import NodeStore
 from spotd.store.pools import PoolStore
 from spotd.store.projects import ProjectStore
@@ -31,7 +32,16 @@ from spotd.store.services import ServiceStore
 __all__ = ["Store"]
 
 
-class Store(JobStore, InstanceStore, NodeStore, ServiceStore, EventStore, ProjectStore, PoolStore):
+class Store(
+    JobStore,
+    InstanceStore,
+    NodeStore,
+    ServiceStore,
+    EventStore,
+    ProjectStore,
+    PoolStore,
+    LeaseStore,
+):
     """Synchronous access to the state database. Open with :meth:`Store.open`.
 
     SQLAlchemy Core over the SQLModel tables; for the event loop, wrap it in

@@ -54,6 +54,9 @@ class Job(_Table, table=True):
     work_done_seconds: float = 0.0
     deadline: float | None = None
     gpus: float = 0.0  # GPUs reserved against the project's quota while active (version 4)
+    # the daemon that runs it, with several daemons on one database (spotd.control.cluster);
+    # None: one daemon runs everything (version 11)
+    owner: str | None = Field(default=None, index=True)
 
 
 class Attempt(_Table, table=True):
@@ -119,6 +122,7 @@ class Event(_Table, table=True):
     message: str
     data_json: str = "{}"
     service_id: int | None = Field(default=None, index=True)  # service events (version 2)
+    daemon: str | None = None  # the daemon that wrote it, with several daemons (version 11)
 
 
 class ZoneEvent(_Table, table=True):
@@ -151,6 +155,7 @@ class Service(_Table, table=True):
     lb_token: str  # bearer token of the LB's control API
     lb_pid: int | None = None  # the LB process (its own session: it outlives the daemon)
     lb_start_ticks: int | None = None  # so a recycled pid is never taken for the LB
+    owner: str | None = Field(default=None, index=True)  # its daemon, like job.owner (version 11)
     target: int = 0  # the autoscaler's target replica count
     upscale_since: float | None = None
     downscale_since: float | None = None
@@ -275,6 +280,20 @@ class PoolAttempt(_Table, table=True):
     ended_at: float | None = None
     end_reason: str | None = None  # PoolEnd value
     exit_code: int | None = None
+
+
+class Daemon(_Table, table=True):
+    """One daemon of several on one database, and its lease (version 11): see
+    spotd.store.leases. Times are the database's clock, so daemons' clocks never disagree."""
+
+    __tablename__ = "daemon"
+
+    id: str = Field(primary_key=True)  # SPOTD_DAEMON_ID
+    epoch: int = 0  # bumped by every join and every takeover: the fencing token
+    url: str = ""  # where its API answers (for operators)
+    started_at: float = 0.0
+    renewed_at: float = 0.0
+    expires_at: float = 0.0  # 0: given up (a clean stop) or taken over
 
 
 class SchemaVersion(_Table, table=True):

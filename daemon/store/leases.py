@@ -1,0 +1,261 @@
+"""Several daemons on one database: leases, fencing epochs and takeover.
+
+Each daemon holds one lease, its row in the ``daemon`` table: ``expires_at`` (the database's
+clock, so the daemons' clocks never have to agree) and an ``epoch``, bumped when the daemon
+joins and when another daemon takes its work over. The daemon's store carries a
+:class:`Fence` (its id and epoch), and **every write transaction begins with the fence**: the
+daemon's row is read ``FOR SHARE`` and the transaction goes on only if the epoch is still the
+daemon's and the lease has not expired; otherwise :class:`~spotd.store.errors.Fenced` and
+nothing is written. A takeover bumps the dead daemon's epoch with an ``UPDATE`` of that row,
+which waits for any transaction holding the share lock: so the dead daemon's writes all commit
+before the takeover, or fail after it — a daemon paused past its lease (SIGSTOP, a long GC, a
+partition) cannot write when it wakes up, whatever it believed.
+
+A job or service is run by its ``owner``. A daemon that joins keeps what it owned (a restart
+within the lease: nobody took it yet); every live daemon takes over, each pass, its share of
+what is owned by daemons whose lease expired (or by nobody: rows from a single daemon), so the
+work of a dead daemon spreads over the living within about ``lease + pass`` seconds. Rows are
+claimed ``FOR UPDATE SKIP LOCKED``: two daemons taking over at once never wait on each other
+nor claim one row twice.
+
+On SQLite these functions work too (one writer: the fence is trivially serialised), but only
+PostgreSQL is supported for several daemons (``spotd.config``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from spotd.store.base import StoreBase
+from spotd.store.cas import write_event
+from spotd.store.errors import Fenced
+from spotd.store.fence import Fence, check_fence, db_now
+from spotd.store.rows import ServiceStatus
+from spotd.store.tables import Daemon, Job, Service, table_of
+from spotd.types import TERMINAL_JOB_STATUSES
+
+__all__ = ["WAKE_CHANNEL", "DaemonRow", "LeaseStore", "Takeover"]
+
+WAKE_CHANNEL = "spotd_wake"  # LISTEN/NOTIFY: "j<job id>" or "s<service id>" changed
+
+_D = table_of(Daemon)
+_J = table_of(Job)
+_S = table_of(Service)
+_ACTIVE_JOB = _J.c.status.not_in([s.value for s in TERMINAL_JOB_STATUSES])
+_LIVE_SERVICE = _S.c.status != ServiceStatus.DOWN.value
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonRow:
+    id: str
+    epoch: int
+    url: str
+    started_at: float
+    renewed_at: float
+    expires_at: float
+    alive: bool  # the lease had not expired when read (the database's clock)
+    jobs: int  # active jobs it owns
+    services: int  # live services it owns
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """What one pass took over, from whom."""
+
+    jobs: tuple[int, ...] = ()
+    services: tuple[int, ...] = ()
+    from_: tuple[str, ...] = ()  # the daemons (or "nobody") it came from
+
+
+class LeaseStore(StoreBase):
+    """The leases part of :class:`~spotd.store.Store`."""
+
+    def join_cluster(self, daemon_id: str, *, url: str, lease_seconds: float) -> Fence:
+        """Take (or take back) ``daemon_id``'s lease with a new epoch, and fence every write
+        of this store with it. What the daemon owned and nobody took over is still its own."""
+        with self._write(fenced=False) as conn:
+            now = db_now(conn)
+            row = conn.execute(
+                select(_D.c.epoch).where(_D.c.id == daemon_id).with_for_update()
+            ).first()
+            values = {
+                "url": url,
+                "started_at": now,
+                "renewed_at": now,
+                "expires_at": now + lease_seconds,
+            }
+            if row is None:
+                epoch = 1
+                conn.execute(_D.insert().values(id=daemon_id, epoch=epoch, **values))
+            else:
+                epoch = int(row.epoch) + 1
+                conn.execute(update(_D).where(_D.c.id == daemon_id).values(epoch=epoch, **values))
+        self.fence = Fence(daemon_id, epoch)
+        return self.fence
+
+    def renew_lease(self, lease_seconds: float) -> float:
+        """Extend the lease; the new expiry (the database's clock). :class:`Fenced` if it
+        lapsed or was taken over: the daemon must stop."""
+        fence = self._require_fence()
+        with self._write(fenced=False) as conn:
+            now = db_now(conn)
+            res = conn.execute(
+                update(_D)
+                .where(
+                    _D.c.id == fence.daemon_id,
+                    _D.c.epoch == fence.epoch,
+                    _D.c.expires_at > now,
+                )
+                .values(renewed_at=now, expires_at=now + lease_seconds)
+            )
+            if res.rowcount != 1:
+                check_fence(conn, fence)  # raises, naming which
+                raise Fenced(f"daemon {fence.daemon_id}: lease lost")
+            return now + lease_seconds
+
+    def leave_cluster(self) -> None:
+        """Give the lease up at once (a clean stop): the others take the work over at their
+        next pass instead of waiting for the lease to run out."""
+        fence = self.fence
+        if fence is None:
+            return
+        with self._write(fenced=False) as conn:
+            conn.execute(
+                update(_D)
+                .where(_D.c.id == fence.daemon_id, _D.c.epoch == fence.epoch)
+                .values(expires_at=0.0)
+            )
+        self.fence = None
+
+    def take_over(self) -> Takeover:
+        """Claim this daemon's share of the jobs and services whose owner's lease expired (or
+        that have no owner). Fenced: only a daemon that holds its lease takes over."""
+        fence = self._require_fence()
+        with self._write() as conn:
+            now = db_now(conn)
+            # fence the dead first: the UPDATE waits for their in-flight writes, and any
+            # write they try afterwards finds a foreign epoch
+            dead = (
+                conn.execute(
+                    update(_D)
+                    .where(_D.c.expires_at > 0, _D.c.expires_at <= now, _D.c.id != fence.daemon_id)
+                    .values(epoch=_D.c.epoch + 1, expires_at=0.0)
+                    .returning(_D.c.id)
+                )
+                .scalars()
+                .all()
+            )
+            live = select(_D.c.id).where(_D.c.expires_at > now)
+            n_live = max(1, len(conn.execute(live).all()))
+            jobs = _claim(conn, _J, _ACTIVE_JOB, live, n_live, fence.daemon_id)
+            services = _claim(conn, _S, _LIVE_SERVICE, live, n_live, fence.daemon_id)
+            owners = sorted({o or "nobody" for _, o in jobs + services} | set(dead))
+            for job_id, old in jobs:
+                write_event(
+                    conn,
+                    kind="job.owner",
+                    message=f"now run by daemon {fence.daemon_id} ({_why(old)})",
+                    now=now,
+                    job_id=job_id,
+                    data={"from": old, "to": fence.daemon_id},
+                )
+            for service_id, old in services:
+                write_event(
+                    conn,
+                    kind="service.owner",
+                    message=f"now run by daemon {fence.daemon_id} (from {old or 'no daemon'})",
+                    now=now,
+                    service_id=service_id,
+                    data={"from": old, "to": fence.daemon_id},
+                )
+        return Takeover(
+            jobs=tuple(j for j, _ in jobs),
+            services=tuple(s for s, _ in services),
+            from_=tuple(owners),
+        )
+
+    def daemons(self) -> list[DaemonRow]:
+        """Every daemon that ever joined, with what it runs now."""
+        with self._read() as conn:
+            now = db_now(conn)
+            jobs = _owned(conn, _J, _ACTIVE_JOB)
+            services = _owned(conn, _S, _LIVE_SERVICE)
+            return [
+                DaemonRow(
+                    id=m["id"],
+                    epoch=m["epoch"],
+                    url=m["url"],
+                    started_at=m["started_at"],
+                    renewed_at=m["renewed_at"],
+                    expires_at=m["expires_at"],
+                    alive=m["expires_at"] > now,
+                    jobs=jobs.get(m["id"], 0),
+                    services=services.get(m["id"], 0),
+                )
+                for m in conn.execute(select(_D).order_by(_D.c.id)).mappings()
+            ]
+
+    def notify_wake(self, payload: str) -> None:
+        """Tell every daemon listening (``spotd.control.cluster``) that ``payload`` ("j12",
+        "s3") changed: its owner wakes its worker at once. PostgreSQL only; elsewhere a no-op
+        (one daemon: the wake was local)."""
+        if self.dialect != "postgresql":
+            return
+        with self._read() as conn:
+            conn.execute(select(func.pg_notify(WAKE_CHANNEL, payload)))
+
+    def _require_fence(self) -> Fence:
+        if self.fence is None:
+            raise RuntimeError("join_cluster first: this store holds no lease")
+        return self.fence
+
+
+def _why(old: str | None) -> str:
+    return "no daemon ran it" if old is None else f"{old} stopped renewing its lease"
+
+
+def _claim(
+    conn: Connection,
+    t: Table,
+    active: ColumnElement[bool],
+    live: Select[tuple[str]],
+    n_live: int,
+    me: str,
+) -> Sequence[tuple[int, str | None]]:
+    """Claim active rows whose owner is not alive, up to this daemon's fair share of all the
+    active rows (``ceil(active / live daemons)`` less what it runs; at least one)."""
+    orphan = active & (t.c.owner.is_(None) | t.c.owner.not_in(live))
+    count = select(func.count()).select_from(t)
+    if not conn.execute(count.where(orphan)).scalar_one():
+        return []
+    total = conn.execute(count.where(active)).scalar_one()
+    mine = conn.execute(count.where(active, t.c.owner == me)).scalar_one()
+    share = max(1, math.ceil(total / n_live) - mine)
+    rows = conn.execute(
+        select(t.c.id, t.c.owner)
+        .where(orphan)
+        .order_by(t.c.id)
+        .limit(share)
+        .with_for_update(skip_locked=True)
+    ).all()
+    ids = [r.id for r in rows]
+    if ids:
+        conn.execute(update(t).where(t.c.id.in_(ids)).values(owner=me))
+    return [(int(r.id), r.owner) for r in rows]
+
+
+def _owned(conn: Connection, t: Table, active: ColumnElement[bool]) -> dict[str, int]:
+    q = select(t.c.owner, func.count()).where(active, t.c.owner.is_not(None)).group_by(t.c.owner)
+    return {str(o): int(n) for o, n in conn.execute(q).all()}
