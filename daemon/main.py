@@ -11,10 +11,17 @@ from pathlib import Path
 import click
 
 from spotd.config import ConfigError, load_settings
+from spotd.control.cluster import LEASE_LOST_EXIT
 from spotd.logconfig import configure
 from spotd.ops.tls_init import HOME_META, tls_command
 from spotd.ops.units import install_units_command
-from spotd.server import AlreadyRunning, ProviderConfigError, TransportError, run_daemon
+from spotd.server import (
+    AlreadyRunning,
+    LeaseLost,
+    ProviderConfigError,
+    TransportError,
+    run_daemon,
+)
 
 
 @click.group(invoke_without_command=True)
@@ -42,6 +49,9 @@ def main(ctx: click.Context, home: str | None, json_logs: bool | None) -> None:
     except (AlreadyRunning, ProviderConfigError) as exc:
         click.echo(f"spotd: {exc}", err=True)
         sys.exit(1)
+    except LeaseLost as exc:  # several daemons: another took this one's work over
+        click.echo(f"spotd: {exc}", err=True)
+        sys.exit(LEASE_LOST_EXIT)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

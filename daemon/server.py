@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import math
 import os
 import signal
 import ssl
@@ -42,11 +43,13 @@ from typing import IO, Any
 import structlog
 from aiohttp import web
 
+from spotd.aiokit import sleep
 from spotd.api.app import make_app
 from spotd.api.pools import POOLS
 from spotd.api.routes import AGENT
 from spotd.api.services import SERVICES
 from spotd.config import Settings
+from spotd.control.cluster import Cluster
 from spotd.control.jobs import Controller
 from spotd.control.pools import Pools
 from spotd.control.services import ServiceController
@@ -61,12 +64,18 @@ from spotd.providers.base import Provider
 from spotd.providers.local import LocalProvider
 from spotd.providers.local_tenancy import LocalTenancy, TenancyError, privilege_refusal
 from spotd.store import AsyncStore, Store
+from spotd.store.leases import Takeover
 
 log = structlog.get_logger("spotd.daemon")
 
 
 class AlreadyRunning(Exception):
     pass
+
+
+class LeaseLost(Exception):
+    """Several daemons on one database: this one's lease lapsed or its work was taken over
+    (``spotd.control.cluster``); it stopped, to be restarted with a fresh view."""
 
 
 class TransportError(Exception):
@@ -222,6 +231,27 @@ class ProviderConfigError(Exception):
     pass
 
 
+def _cluster(
+    settings: Settings, store: AsyncStore, jobs: Controller, services: ServiceController
+) -> Cluster:
+    """Several daemons on one database: this daemon's lease, its takeovers and wake-ups."""
+
+    def taken(t: Takeover) -> None:
+        for job_id in t.jobs:
+            jobs.spawn_worker(job_id)
+        for service_id in t.services:
+            services.spawn(service_id)
+
+    def woken(kind: str, oid: int) -> None:
+        (jobs.workers if kind == "j" else services.workers).wake(oid)
+
+    scheme = "https" if settings.tls_cert is not None else "http"
+    url = f"{scheme}://{settings.tcp_host}:{settings.tcp_port}" if settings.tcp_port else ""
+    cluster = Cluster(settings=settings, store=store, on_takeover=taken, on_wake=woken, url=url)
+    jobs.elsewhere = services.elsewhere = cluster.wake_elsewhere
+    return cluster
+
+
 def build_providers(settings: Settings) -> dict[str, Provider]:
     """The enabled providers: local unless disabled, plus every configured one."""
     wanted = dict(settings.providers)
@@ -273,6 +303,9 @@ async def run_daemon(
         settings=settings, store=store, observer=controller.observer, metrics=metrics
     )
     pools = Pools(settings=settings, store=store, controller=controller)
+    cluster = _cluster(settings, store, controller, services) if settings.ha else None
+    if cluster is not None:
+        pools.leading = cluster.leading
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -332,9 +365,13 @@ async def run_daemon(
                 port=settings.agent_port,
                 tls=tls_agents is not None,
             )
+        if cluster is not None:  # the lease first: every write from here on is fenced
+            await cluster.join()
         await controller.start()
         await services.start()
         pools.start()
+        if cluster is not None:
+            cluster.start(controller.sup)
         # The unix socket last: a client that can connect finds everything started (agents
         # that heartbeat before then simply retry).
         sock = settings.socket_path
@@ -358,8 +395,9 @@ async def run_daemon(
         )
         if notify:
             notify("READY=1")
-        await stop.wait()
-        log.info("spotd stopping")
+        lost = cluster.lost if cluster is not None else asyncio.Event()
+        await sleep(math.inf, stop, lost)
+        log.info("spotd stopping", lease_lost=lost.is_set())
         if notify:
             notify("STOPPING=1")
     finally:
@@ -369,8 +407,12 @@ async def run_daemon(
             await r.cleanup()
         for p in providers.values():
             await p.close()
+        if cluster is not None:
+            await cluster.leave()  # a clean stop hands the work over now
         await store.close()
         for path in (settings.socket_path, settings.agent_socket_path, settings.pid_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         lock.close()
+    if cluster is not None and cluster.lost.is_set():
+        raise LeaseLost(f"lease lost ({cluster.reason}): exiting so a supervisor restarts me")

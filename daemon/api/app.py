@@ -62,6 +62,7 @@ from spotd.control.jobs import Controller
 from spotd.control.submit import NotPermitted, Refused, UnknownProject
 from spotd.metrics import DaemonMetrics
 from spotd.store import AsyncStore
+from spotd.store.errors import Fenced
 
 __all__ = ["ROUTE_TABLE", "make_app", "refusal_status"]
 
@@ -109,6 +110,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         resp = json_error(exc.status, exc.message, exc.details)
     except Refused as exc:
         resp = json_error(refusal_status(exc), exc.message, exc.details)
+    except Fenced as exc:  # several daemons: this one is stopping, another serves the same API
+        resp = json_error(503, f"{exc}; retry on another daemon of the cluster")
+        resp.headers["Retry-After"] = "1"
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             raise

@@ -119,6 +119,7 @@ def job_view(
         "infra_failures": job.infra_failures,
         "message": job.message,
         "deadline": job.deadline,
+        "owner": job.owner,  # the daemon that runs it (several daemons on one database)
         "provider": current.provider if current else None,
         "region": current.region if current else None,
         "zone": current.zone if current else None,

@@ -1,4 +1,5 @@
-"""For operators and monitors: ``GET /v1/health`` and ``GET /metrics`` (Prometheus text)."""
+"""For operators and monitors: ``GET /v1/health``, ``GET /v1/daemons`` (several daemons on one
+database) and ``GET /metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from aiohttp import web
 
 from spotd.api.common import CONTROLLER, METRICS, SETTINGS, STORE
-from spotd.api.routes import TENANT, Route
+from spotd.api.routes import ADMIN, TENANT, Route
 from spotd.types import JobStatus
 
 __all__ = ["ROUTES"]
@@ -19,6 +20,30 @@ async def health(request: web.Request) -> web.Response:
     ctl = request.app[CONTROLLER]
     return web.json_response(
         {"ok": True, "pid": os.getpid(), "home": str(s.home), "tasks": ctl.sup.names()}
+    )
+
+
+async def daemons(request: web.Request) -> web.Response:
+    """The daemons sharing this daemon's database, their leases and what each runs (one row,
+    or none before HA is on, for a daemon alone)."""
+    rows = await request.app[STORE].daemons()
+    me = request.app[SETTINGS].daemon_id if request.app[SETTINGS].ha else None
+    return web.json_response(
+        [
+            {
+                "id": d.id,
+                "epoch": d.epoch,
+                "url": d.url,
+                "started_at": d.started_at,
+                "renewed_at": d.renewed_at,
+                "expires_at": d.expires_at,
+                "alive": d.alive,
+                "jobs": d.jobs,
+                "services": d.services,
+                "this": d.id == me,
+            }
+            for d in rows
+        ]
     )
 
 
@@ -35,5 +60,13 @@ async def metrics(request: web.Request) -> web.Response:
 
 ROUTES = (
     Route("GET", "/v1/health", health, "Is the daemon alive", "ops", callers=TENANT),
+    Route(
+        "GET",
+        "/v1/daemons",
+        daemons,
+        "The daemons on this database, and their leases",
+        "ops",
+        callers=ADMIN,
+    ),
     Route("GET", "/metrics", metrics, "Prometheus metrics (text)", "ops", text=True),
 )

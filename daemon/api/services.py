@@ -407,8 +407,7 @@ async def down_service(request: web.Request) -> web.Response:
         fresh = await request.app[STORE].get_service(svc.id)
         assert fresh is not None
         svc = fresh
-    services.spawn(svc.id)  # a no-op while its worker runs; restarts one that had ended
-    services.wake(svc.id)
+    services.resume(svc)  # a no-op while its worker runs; restarts one that had ended
     return web.json_response(await service_json(services, svc))
 
 

@@ -97,6 +97,10 @@ class Controller:
         self.placing = asyncio.Semaphore(PLACING_AT_ONCE)
         self.stop = asyncio.Event()
         self.sup = Supervisor(self.stop)
+        # several daemons on one database (spotd.control.cluster): the jobs this one runs,
+        # and how it tells the daemon that runs another job to look at it
+        self.owner = settings.daemon_id if settings.ha else None
+        self.elsewhere: Callable[[str, int], None] | None = None
         self.observer = FleetObserver(
             providers=self.providers, home_tag=settings.home_tag, metrics=metrics, clock=clock
         )
@@ -146,7 +150,7 @@ class Controller:
         """Adopt what the providers report, then start the observers and the job workers."""
         for name in self.providers:
             await self.observer.observe_once(name)
-        for job in await self.store.active_jobs():
+        for job in await self.store.active_jobs(owner=self.owner):
             self.spawn_worker(job.id)
         for name in self.providers:
             self.sup.spawn(f"observe:{name}", functools.partial(self._observe_loop, name))
@@ -160,7 +164,9 @@ class Controller:
         self.workers.spawn(job_id, lambda wake: self._job_worker(job_id, wake))
 
     def wake(self, job_id: int) -> None:
-        self.workers.wake(job_id)
+        """Look at the job now: here, or through the daemon that runs it."""
+        if not self.workers.wake(job_id) and self.elsewhere is not None:
+            self.elsewhere("j", job_id)
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -174,7 +180,7 @@ class Controller:
         for key in changed_keys(previous, current):
             job_id = job_of_key(key)
             if job_id is not None:
-                self.wake(job_id)
+                self.workers.wake(job_id)  # every daemon lists the fleet: each wakes its own
         await self.attempts.reap(provider, current.instances)
 
     # -- the per-job worker ----------------------------------------------------------------
@@ -185,8 +191,9 @@ class Controller:
         while not self.stop.is_set():
             wake.clear()
             job = await self.store.get_job(job_id)
-            if job is None or JobStatus(job.status).is_terminal:
-                self._forget(job_id)
+            mine = self.owner is None or job is None or job.owner == self.owner
+            if job is None or JobStatus(job.status).is_terminal or not mine:
+                self._forget(job_id)  # over, or (several daemons) run by another one now
                 return
             try:
                 delay = await self._step(job)

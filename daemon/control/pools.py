@@ -195,6 +195,7 @@ class Pools:
         self._news: dict[int, asyncio.Event] = {}
         self._lock = asyncio.Lock()  # pool -> set when a job may be had
         self.long_poll = LONG_POLL_SECONDS
+        self.leading: Callable[[], bool] = lambda: True  # several daemons: Cluster.leading
 
     @property
     def stale_after(self) -> float:
@@ -331,7 +332,10 @@ class Pools:
         """Keep every pool's workers up and its lost jobs queued, between asks."""
         every = max(1.0, 5 * self.settings.observe_interval)
         while not self.controller.stop.is_set():
-            for pool in await self.store.list_pools():
+            # several daemons on one database: one of them (the leader) keeps pools up, or
+            # two would fill one slot twice
+            pools = await self.store.list_pools() if self.leading() else []
+            for pool in pools:
                 await self.sweep(pool)
                 try:
                     await self.top_up(pool)

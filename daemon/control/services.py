@@ -138,6 +138,8 @@ class ServiceController:
         self.clock = clock
         self.stop = asyncio.Event()
         self.sup = Supervisor(self.stop)
+        self.owner = settings.daemon_id if settings.ha else None  # as Controller.owner
+        self.elsewhere: Callable[[str, int], None] | None = None
         self.workers = Workers(self.sup, "service")
         self.probers = Workers(self.sup, "probe")
         self._session: aiohttp.ClientSession | None = None
@@ -206,7 +208,7 @@ class ServiceController:
         """Load zone history, then start a worker and a prober per live service. Called after
         the job controller's first listing, so replicas are adopted from a real observation."""
         await self.zones.load(self.clock())
-        for svc in await self.store.list_services(live_only=True):
+        for svc in await self.store.list_services(live_only=True, owner=self.owner):
             self.spawn(svc.id)
         # the listings so far (the job controller adopted them at its start), then every new one
         for name in self.providers:
@@ -225,7 +227,16 @@ class ServiceController:
         self.probers.spawn(service_id, lambda wake: self.prober.run(service_id, wake))
 
     def wake(self, service_id: int) -> None:
-        self.workers.wake(service_id)
+        """Look at the service now: here, or through the daemon that runs it."""
+        if not self.workers.wake(service_id) and self.elsewhere is not None:
+            self.elsewhere("s", service_id)
+
+    def resume(self, svc: ServiceRow) -> None:
+        """Make sure a worker runs ``svc`` (one that had ended: a no-op while it runs), if this
+        daemon runs it; with several daemons, another's is woken instead."""
+        if self.owner is None or svc.owner in (None, self.owner):
+            self.spawn(svc.id)
+        self.wake(svc.id)
 
     # -- entry points for the API ----------------------------------------------------------
 
@@ -346,8 +357,9 @@ class ServiceController:
         while not self.stop.is_set():
             wake.clear()
             svc = await self.store.get_service(sid)
-            if svc is None or svc.status == ServiceStatus.DOWN:
-                self._forget(sid)
+            mine = self.owner is None or svc is None or svc.owner == self.owner
+            if svc is None or svc.status == ServiceStatus.DOWN or not mine:
+                self._forget(sid)  # down, or (several daemons) run by another one now
                 return
             try:
                 delay = await self._step(svc)

@@ -37,7 +37,10 @@ class Workers:
     def size(self) -> int:
         return len(self._wakeups)
 
-    def wake(self, oid: int) -> None:
+    def wake(self, oid: int) -> bool:
+        """Wake ``oid``'s worker; False when this process runs none for it."""
         ev = self._wakeups.get(oid)
-        if ev is not None:
-            ev.set()
+        if ev is None:
+            return False
+        ev.set()
+        return True

@@ -25,7 +25,6 @@ PostgreSQL is supported for several daemons (``spotd.config``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -77,6 +76,7 @@ class Takeover:
     jobs: tuple[int, ...] = ()
     services: tuple[int, ...] = ()
     from_: tuple[str, ...] = ()  # the daemons (or "nobody") it came from
+    live: tuple[str, ...] = ()  # the daemons whose lease held, this one included
 
 
 class LeaseStore(StoreBase):
@@ -158,7 +158,8 @@ class LeaseStore(StoreBase):
                 .all()
             )
             live = select(_D.c.id).where(_D.c.expires_at > now)
-            n_live = max(1, len(conn.execute(live).all()))
+            alive = tuple(sorted(conn.execute(live).scalars().all()))
+            n_live = max(1, len(alive))
             jobs = _claim(conn, _J, _ACTIVE_JOB, live, n_live, fence.daemon_id)
             services = _claim(conn, _S, _LIVE_SERVICE, live, n_live, fence.daemon_id)
             owners = sorted({o or "nobody" for _, o in jobs + services} | set(dead))
@@ -184,6 +185,7 @@ class LeaseStore(StoreBase):
             jobs=tuple(j for j, _ in jobs),
             services=tuple(s for s, _ in services),
             from_=tuple(owners),
+            live=alive,
         )
 
     def daemons(self) -> list[DaemonRow]:
@@ -233,7 +235,7 @@ def _claim(
     live: Select[tuple[str]],
     n_live: int,
     me: str,
-) -> Sequence[tuple[int, str | None]]:
+) -> list[tuple[int, str | None]]:
     """Claim active rows whose owner is not alive, up to this daemon's fair share of all the
     active rows (``ceil(active / live daemons)`` less what it runs; at least one)."""
     orphan = active & (t.c.owner.is_(None) | t.c.owner.not_in(live))

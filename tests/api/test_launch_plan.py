@@ -203,6 +203,10 @@ class _Settings:
     home: Path
     home_tag: str = "t"
 
+    @property
+    def cas_dir(self) -> Path:
+        return self.home / "cas"
+
 
 GPU_JOB = "resources: {accelerators: T4:1, use_spot: true}\nrun: x\n"
 

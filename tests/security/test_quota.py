@@ -47,6 +47,10 @@ class _Settings:
     home: Path
     home_tag: str = "t"
 
+    @property
+    def cas_dir(self) -> Path:
+        return self.home / "cas"
+
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:

@@ -1,0 +1,156 @@
+"""The cluster's loops (spotd.control.cluster) on a real store: renewals, losing the lease,
+takeovers and leadership. SQLite plays the shared database (the lease functions are the same;
+the wake-up listener, PostgreSQL's LISTEN, is exercised by the HA tier in tests/ha)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from spotd.config import Settings
+from spotd.control.cluster import Cluster, wake_target
+from spotd.store import AsyncStore
+from spotd.store.leases import Takeover
+
+
+@pytest.mark.parametrize(
+    ("payload", "want"),
+    [("j12", ("j", 12)), ("s3", ("s", 3)), ("x1", None), ("j", None), ("j1a", None), ("", None)],
+)
+def test_wake_payloads(payload: str, want: tuple[str, int] | None) -> None:
+    assert wake_target(payload) == want
+
+
+def _settings(tmp_path: Path, daemon_id: str, lease: float) -> Settings:
+    return Settings(
+        home=tmp_path / daemon_id,
+        db_url=f"sqlite:///{tmp_path / 'state.db'}",
+        ha=True,
+        daemon_id=daemon_id,
+        lease_seconds=lease,
+    )
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[list[AsyncStore]]:
+    opened = [await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}") for _ in range(2)]
+    try:
+        yield opened
+    finally:
+        for s in opened:
+            await s.close()
+
+
+async def _job(store: AsyncStore, name: str) -> int:
+    row = await store.create_job(
+        name=name,
+        task_id_prefix="t-",
+        spec_json="{}",
+        spec_redacted_json="{}",
+        resources="cpu",
+        submitted_at=time.time(),
+    )
+    return row.id
+
+
+async def _until(pred: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_daemon_whose_work_was_taken_over_loses_its_lease(
+    tmp_path: Path, stores: list[AsyncStore]
+) -> None:
+    a_store, b_store = stores
+    taken: list[Takeover] = []
+    a = Cluster(
+        settings=_settings(tmp_path, "a", 1.0),
+        store=a_store,
+        on_takeover=lambda t: None,
+        on_wake=lambda k, i: None,
+    )
+    b = Cluster(
+        settings=_settings(tmp_path, "b", 30.0),
+        store=b_store,
+        on_takeover=taken.append,
+        on_wake=lambda k, i: None,
+    )
+    await a.join()
+    await b.join()
+    jobs = [await _job(a_store, f"j{i}") for i in range(3)]
+    renew = asyncio.create_task(a._renew_loop())
+    takeover = asyncio.create_task(b._takeover_loop())
+    try:
+        await asyncio.sleep(1.5)  # a renews: b finds nothing to take
+        assert taken == [] and not a.lost.is_set()
+        assert b.leading() is False and a.leading() is False  # a has not looked yet
+        renew.cancel()  # a stops renewing (paused): b takes over after the lease
+        assert await _until(lambda: bool(taken))
+        assert sorted(taken[0].jobs) == jobs and taken[0].from_ == ("a",)
+        assert b.leading()
+        a._renewed = time.monotonic()  # a wakes up, believing its lease fresh
+        renew = asyncio.create_task(a._renew_loop())
+        assert await _until(a.lost.is_set)
+        assert "taken over" in a.reason
+    finally:
+        renew.cancel()
+        takeover.cancel()
+        b.lost.set()
+
+
+async def test_a_daemon_paused_for_a_whole_lease_stops_without_asking(
+    tmp_path: Path, stores: list[AsyncStore]
+) -> None:
+    """Even before anyone took over: a view older than the lease is never acted on."""
+    a = Cluster(
+        settings=_settings(tmp_path, "a", 1.0),
+        store=stores[0],
+        on_takeover=lambda t: None,
+        on_wake=lambda k, i: None,
+    )
+    await a.join()
+    a._renewed = time.monotonic() - 5.0  # as after a SIGSTOP of 5 s
+    task = asyncio.create_task(a._renew_loop())
+    try:
+        assert await _until(a.lost.is_set)
+        assert a.reason.startswith("no renewal for")
+    finally:
+        task.cancel()
+
+
+async def test_a_clean_stop_hands_the_work_over_at_the_next_pass(
+    tmp_path: Path, stores: list[AsyncStore]
+) -> None:
+    a_store, b_store = stores
+    taken: list[Takeover] = []
+    a = Cluster(
+        settings=_settings(tmp_path, "a", 30.0),
+        store=a_store,
+        on_takeover=lambda t: None,
+        on_wake=lambda k, i: None,
+    )
+    b = Cluster(
+        settings=_settings(tmp_path, "b", 30.0),
+        store=b_store,
+        on_takeover=taken.append,
+        on_wake=lambda k, i: None,
+    )
+    await a.join()
+    await b.join()
+    job = await _job(a_store, "j")
+    await a.leave()
+    task = asyncio.create_task(b._takeover_loop())
+    try:
+        assert await _until(lambda: bool(taken), timeout=5)  # not 30 s: the lease was given up
+        assert taken[0].jobs == (job,)
+    finally:
+        b.lost.set()
+        task.cancel()
