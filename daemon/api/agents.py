@@ -39,9 +39,11 @@ from spotd.api.common import (
     read_body,
 )
 from spotd.api.routes import AGENT, Route
+from spotd.control.keepalive import KeepAlive, is_keepalive
 from spotd.control.logs import append_log
 from spotd.control.node_keys import node_log_name
 from spotd.providers.aws.bootstrap import BOOTSTRAP_PATH, check_bootstrap
+from spotd.store import InstanceRow
 from spotd.telemetry import gpu
 
 __all__ = ["ROUTES", "Bootstrap", "Heartbeat"]
@@ -125,6 +127,43 @@ def _replica_gpus(body: Heartbeat) -> list[gpu.GpuSample] | None:
         return None
 
 
+async def _record(
+    request: web.Request,
+    body: Heartbeat,
+    row: InstanceRow,
+    data: bytes,
+    phase: str | None,
+    now: float,
+) -> int:
+    """The full path of a heartbeat with news: the log slice, the fields, remembered for the
+    keep-alives that follow (``spotd.control.keepalive``); the log size now held."""
+    store = request.app[STORE]
+    settings = request.app[SETTINGS]
+    path = settings.logs_dir / row.attempt_id / node_log_name(row.key, row.node_rank)
+    if data or body.log_offset != row.log_offset:
+        offset = await asyncio.to_thread(append_log, path, body.log_offset, data)
+    else:  # a keep-alive with no log: nothing to write, the daemon holds what it held
+        offset = row.log_offset
+    gpus_json = None
+    if "gpus" in body.model_fields_set:  # an agent that says nothing about GPUs: leave as is
+        try:
+            gpus_json = json.dumps([s.to_json() for s in gpu.parse_samples(body.gpus)])
+        except ValueError as exc:  # keep the heartbeat: it matters more than telemetry
+            log.warning("bad GPU samples in heartbeat", key=body.key, error=str(exc))
+    written = await store.record_heartbeat(
+        body.key,
+        now=now,
+        phase=phase,
+        exit_code=body.exit_code,
+        notice_deadline=body.notice_deadline,
+        gpus_json=gpus_json,
+    )
+    if offset != row.log_offset:
+        written = await store.set_log_offset(body.key, offset)
+    request.app[CONTROLLER].keepalives.remember(written, now)
+    return offset
+
+
 async def heartbeat(request: web.Request) -> web.Response:
     """An agent's phase, exit code, notice, GPU samples and the next slice of its log; the
     answer says how much of the log the daemon holds."""
@@ -146,33 +185,34 @@ async def heartbeat(request: web.Request) -> web.Response:
             return json_error(401, "unknown replica or wrong agent token")
         return web.json_response({"log_offset": acked})
     store = request.app[STORE]
-    row = await store.get_instance(body.key)
-    if row is None or not token or not hmac.compare_digest(row.token.encode(), token.encode()):
-        return json_error(401, "unknown instance or wrong agent token")
+    keepalives = request.app[CONTROLLER].keepalives
     data = _log_data(body)
-    settings = request.app[SETTINGS]
-    path = settings.logs_dir / row.attempt_id / node_log_name(row.key, row.node_rank)
-    if data or body.log_offset != row.log_offset:
-        offset = await asyncio.to_thread(append_log, path, body.log_offset, data)
-    else:  # a keep-alive with no log: nothing to write, the daemon holds what it held
-        offset = row.log_offset
     phase = body.phase if body.phase in _PHASES else None
-    gpus_json = None
-    if "gpus" in body.model_fields_set:  # an agent that says nothing about GPUs: leave as is
-        try:
-            gpus_json = json.dumps([s.to_json() for s in gpu.parse_samples(body.gpus)])
-        except ValueError as exc:  # keep the heartbeat: it matters more than telemetry
-            log.warning("bad GPU samples in heartbeat", key=body.key, error=str(exc))
-    await store.record_heartbeat(
-        body.key,
-        now=time.time(),
+    now = time.time()
+    beat = KeepAlive(
+        key=body.key,
+        token=token,
         phase=phase,
         exit_code=body.exit_code,
         notice_deadline=body.notice_deadline,
-        gpus_json=gpus_json,
+        log_offset=body.log_offset,
+        log_bytes=len(data),
+        gpus=bool(body.gpus) and "gpus" in body.model_fields_set,
     )
-    if offset != row.log_offset:
-        await store.set_log_offset(body.key, offset)
+    known = keepalives.known(body.key)
+    if known is not None and is_keepalive(beat, known):
+        keepalives.queue(body.key, now)  # nothing new: written with the next batch
+        row, offset = known, known.log_offset
+    else:
+        found = await store.get_instance(body.key)
+        if (
+            found is None
+            or not token
+            or not hmac.compare_digest(found.token.encode(), token.encode())
+        ):
+            return json_error(401, "unknown instance or wrong agent token")
+        row = found
+        offset = await _record(request, body, row, data, phase, now)
     request.app[METRICS].heartbeats.inc()
     synced_at, progress = body.checkpoint_synced_at, body.checkpoint_progress
     if synced_at is not None and progress is not None:  # DEADLINE paces itself by it

@@ -37,6 +37,7 @@ from spotd.control.attempts import (
 )
 from spotd.control.deadline import Deadline
 from spotd.control.idle_gpu import IdleGpuRule
+from spotd.control.keepalive import KeepAlives
 from spotd.control.memory import JobMemory
 from spotd.control.node_keys import current_nodes
 from spotd.control.node_replace import NodeLosses
@@ -110,6 +111,7 @@ class Controller:
             settings=settings, store=store, providers=self.providers, metrics=metrics, clock=clock
         )
         self.memory = JobMemory()  # per active job; dropped by ``_forget`` when it ends
+        self.keepalives = KeepAlives(store)  # agents' keep-alives, written in batches
         self.losses = NodeLosses(  # a node lost: replace it, or move the whole job
             settings=settings,
             store=store,
@@ -155,6 +157,7 @@ class Controller:
         for name in self.providers:
             self.sup.spawn(f"observe:{name}", functools.partial(self._observe_loop, name))
         self.sup.spawn("retention", self.retention.run)
+        self.sup.spawn("keepalives", functools.partial(self.keepalives.run, self.stop))
         await self.prices.start(self.sup)
 
     async def shutdown(self) -> None:

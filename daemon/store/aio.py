@@ -139,6 +139,7 @@ class AsyncStore:
     hold_agent_config = _offload(Store.hold_agent_config)
     take_agent_config = _offload(Store.take_agent_config)
     record_heartbeat = _offload(Store.record_heartbeat)
+    record_keepalives = _offload(Store.record_keepalives)
     set_log_offset = _offload(Store.set_log_offset)
     mark_instance_terminated = _offload(Store.mark_instance_terminated)
     replace_nodes = _offload(Store.replace_nodes)

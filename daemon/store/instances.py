@@ -7,9 +7,10 @@ later through :meth:`InstanceStore.set_instance_id`, and the agent's reports thr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, literal, select, update
+from sqlalchemy import ColumnElement, bindparam, case, literal, select, update
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import Subject, enum_value, fetch, set_fields
@@ -150,6 +151,23 @@ class InstanceStore(StoreBase):
             values["notice_deadline"] = notice_deadline
         with self._write() as conn:
             return set_fields(conn, INSTANCES, key, values)
+
+    def record_keepalives(self, beats: Mapping[str, float]) -> None:
+        """Many agents' keep-alives (nothing changed but the time) in one transaction: each
+        instance's ``last_heartbeat_at`` moves forward to its time, never back."""
+        if not beats:
+            return
+        it = INSTANCES.table
+        stmt = (
+            update(it)
+            .where(
+                it.c.key == bindparam("k"),
+                (it.c.last_heartbeat_at.is_(None)) | (it.c.last_heartbeat_at < bindparam("t")),
+            )
+            .values(last_heartbeat_at=bindparam("t"))
+        )
+        with self._write() as conn:
+            conn.execute(stmt, [{"k": k, "t": t} for k, t in sorted(beats.items())])
 
     def set_log_offset(self, key: str, offset: int) -> InstanceRow:
         with self._write() as conn:
