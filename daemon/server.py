@@ -32,6 +32,7 @@ import fcntl
 import math
 import os
 import signal
+import socket
 import ssl
 import stat
 import sys
@@ -246,7 +247,10 @@ def _cluster(
         (jobs.workers if kind == "j" else services.workers).wake(oid)
 
     scheme = "https" if settings.tls_cert is not None else "http"
-    url = f"{scheme}://{settings.tcp_host}:{settings.tcp_port}" if settings.tcp_port else ""
+    host = settings.tcp_host or ""
+    if host in ("0.0.0.0", "::"):  # every interface: name the host instead (a pod's name)
+        host = socket.gethostname()
+    url = f"{scheme}://{host}:{settings.tcp_port}" if settings.tcp_port else ""
     cluster = Cluster(settings=settings, store=store, on_takeover=taken, on_wake=woken, url=url)
     jobs.elsewhere = services.elsewhere = cluster.wake_elsewhere
     return cluster
