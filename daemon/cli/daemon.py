@@ -1,7 +1,8 @@
-"""``spotctl daemon status|start|stop``: the local daemon of ``$SPOTD_HOME``.
+"""``spotctl daemon status|start|stop``: the local daemon of ``$SPOTD_HOME``; ``spotctl daemon
+cluster``: the daemons sharing its database (``SPOTD_HA``).
 
-These look at the daemon's socket and pid file directly (``spotd.sdk.local``): they work
-when the daemon does not answer, which is when they are needed.
+status/start/stop look at the daemon's socket and pid file directly (``spotd.sdk.local``): they
+work when the daemon does not answer, which is when they are needed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 import click
 
-from spotd.cli.common import out
+from spotd.cli.common import ago, out, print_json, run
 from spotd.config import load_settings
 from spotd.sdk.local import socket_alive, start_local_daemon
 
@@ -64,3 +65,35 @@ def daemon_stop() -> None:
             break
         time.sleep(0.1)
     out.print(f"stopped spotd (pid {pid})")
+
+
+@daemon.command("cluster")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def daemon_cluster(output: str) -> None:
+    """The daemons on this daemon's database: their leases and what each runs."""
+    from rich.table import Table
+
+    rows = run(lambda c: c.request("GET", "/v1/daemons"))
+    if output == "json":
+        print_json(rows)
+        return
+    if not rows:
+        out.print("one daemon, not in a cluster (SPOTD_HA is off)")
+        return
+    now = time.time()
+    t = Table()
+    for col in ("DAEMON", "STATE", "EPOCH", "JOBS", "SERVICES", "RENEWED", "URL"):
+        t.add_column(col)
+    for d in rows:
+        state = "alive" if d["alive"] else "[red]gone[/red]"
+        name = d["id"] + (" (this)" if d["this"] else "")
+        t.add_row(
+            name,
+            state,
+            str(d["epoch"]),
+            str(d["jobs"]),
+            str(d["services"]),
+            ago(d["renewed_at"], now),
+            d["url"] or "-",
+        )
+    out.print(t)
