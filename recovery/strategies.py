@@ -71,6 +71,13 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
     on-demand is ranked out by them, the on-demand launch is tried anyway (an on-demand
     refusal then makes the job wait).
 
+    Zone memory: a DEADLINE job prices a zone that lost an instance with a one-hour half-life
+    (``preempted_half_life_seconds``), not the ten minutes of the other strategies: capacity
+    just reclaimed is the likeliest to be reclaimed again (on the traces of docs/simulate.md
+    the chance that a zone's capacity goes within the next minutes falls 4-30x over the first
+    hours after it came back), and each preemption costs this job lost work and a restart.
+    Whether a zone is held (rule 5 above) still reads the ten-minute memory.
+
     Back to spot: ``should_return_to_spot`` is asked while an on-demand attempt runs. It moves
     the job back to spot once all hold:
 
@@ -126,6 +133,7 @@ from spotd.types import (
     RecoveryStrategy,
     ResourceRequest,
     ZoneEventKind,
+    ZoneKey,
 )
 
 __all__ = [
@@ -171,6 +179,8 @@ class Tuning:
     """Knobs shared by every job; the defaults are what the daemon uses."""
 
     half_life_seconds: float = 600.0  # zone/region penalties halve this often
+    # DEADLINE prices a zone that lost an instance for longer (module docstring)
+    preempted_half_life_seconds: float = 3600.0
     hold_seconds: float = 30.0  # a preempted / stocked-out zone is fully blocked this long
     region_penalty_cap: float = 0.9  # EAGER: a just-preempted region costs at most 10x
     backoff_base: float = 1.0
@@ -393,7 +403,7 @@ class _Context:
             self.catalog,
             num_nodes=self.job.num_nodes,
             risk=hist.preemption_risk(self.history, self.now),
-            blocked=spot_zone,
+            blocked=self._priced(spot_zone),
             ondemand_blocked=ondemand_zone,
         )
         tier = {"eager": _eager_tier, "failover": _failover_tier, "cost": _cost_tier}[mode](
@@ -409,6 +419,23 @@ class _Context:
             out.append(_Ranked(c, rank, reason))
         out.sort(key=lambda r: r.tier)  # stable: cost order within a tier
         return out
+
+    def _priced(self, penalties: dict[ZoneKey, float]) -> dict[ZoneKey, float]:
+        """The spot penalties a DEADLINE job prices zones with: a lost instance also weighs
+        with ``preempted_half_life_seconds`` (capacity that was just reclaimed is the likeliest
+        to be reclaimed again: module docstring). Whether a zone is *held* (just preempted or
+        refused) still reads the short memory alone."""
+        if self.job.strategy is not RecoveryStrategy.DEADLINE:
+            return penalties
+        slow = hist.zone_penalties(
+            self.history,
+            self.now,
+            half_life_seconds=self.tuning.preempted_half_life_seconds,
+            hold_seconds=self.tuning.hold_seconds,
+            kinds={ZoneEventKind.PREEMPTED},
+        )
+        zones = set(penalties) | set(slow)
+        return {z: max(penalties.get(z, 0.0), slow.get(z, 0.0)) for z in zones}
 
     def relaunch(self, ranked: Sequence[_Ranked], prefix: str = "") -> Relaunch:
         best = ranked[0]
