@@ -316,6 +316,9 @@ async def run_daemon(
         loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []
     try:
+        if cluster is not None:  # the lease before any listener: every write is fenced
+            await cluster.join()
+            cluster.keep_lease(controller.sup)
         dashboard = Dashboard(
             settings=settings, store=store, controller=controller, services=services
         )
@@ -369,13 +372,11 @@ async def run_daemon(
                 port=settings.agent_port,
                 tls=tls_agents is not None,
             )
-        if cluster is not None:  # the lease first: every write from here on is fenced
-            await cluster.join()
         await controller.start()
         await services.start()
         pools.start()
         if cluster is not None:
-            cluster.start(controller.sup)
+            cluster.take_work(controller.sup)
         # The unix socket last: a client that can connect finds everything started (agents
         # that heartbeat before then simply retry).
         sock = settings.socket_path

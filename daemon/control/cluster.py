@@ -89,10 +89,15 @@ class Cluster:
         lease but does not know yet cannot act on it."""
         return bool(self.live) and min(self.live) == self.daemon_id and not self.lost.is_set()
 
-    def start(self, sup: Supervisor) -> None:
+    def keep_lease(self, sup: Supervisor) -> None:
+        """Renew the lease and hear wake-ups: right after ``join``, so a long start-up (ten
+        thousand jobs adopted) never lets the lease lapse."""
         sup.spawn("cluster:lease", self._renew_loop)
-        sup.spawn("cluster:takeover", self._takeover_loop)
         sup.spawn("cluster:listen", self._listen_loop)
+
+    def take_work(self, sup: Supervisor) -> None:
+        """Take over dead daemons' work: once the controllers have started."""
+        sup.spawn("cluster:takeover", self._takeover_loop)
 
     async def leave(self) -> None:
         """A clean stop: hand the work over at once (not after the lease runs out)."""
