@@ -109,9 +109,11 @@ def agent_listener_url(settings: Settings) -> str | None:
 def endpoints(provider: Provider, settings: Settings) -> tuple[str, str]:
     """(where the agent calls the daemon, where it polls for notices)."""
     local = f"unix:{settings.agent_socket_path}"
+    listener = agent_listener_url(settings)
     if isinstance(provider, AgentEndpoint):
-        remote = agent_listener_url(settings) or provider.daemon_url or local
-        return remote, provider.notice_url or ""
+        return listener or provider.daemon_url or local, provider.notice_url or ""
+    if settings.ha and listener:  # several daemons: through what is in front of them all,
+        return listener, ""  # not this one's socket (its agents would go silent with it)
     return local, ""
 
 

@@ -7,6 +7,7 @@ mirrors its table field for field (a test holds them to it).
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
@@ -45,7 +46,13 @@ class ServiceStatus(enum.StrEnum):
 def _pick(cls: type, m: Mapping[Any, Any]) -> dict[str, Any]:
     """The dataclass's fields from a row; one with a default may be missing (a narrower
     select, a row built by hand)."""
-    return {f.name: m[f.name] for f in fields(cls) if f.name in m or f.default is MISSING}
+    return {name: m[name] for name, required in _names(cls) if required or name in m}
+
+
+@functools.cache
+def _names(cls: type) -> tuple[tuple[str, bool], ...]:
+    """(field name, required) of a row class, once per class (``fields`` is slow per row)."""
+    return tuple((f.name, f.default is MISSING) for f in fields(cls))
 
 
 def _opt(kind: type[enum.StrEnum], value: str | None) -> Any:
