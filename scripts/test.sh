@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the test suite. Usage: scripts/test.sh [fast|all] [pytest args...]
+# Runs the test suite. Usage: scripts/test.sh [fast|all|ha] [pytest args...]
 # Starts what the tests need (PostgreSQL from Debian's packages) and stops it afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ trap cleanup EXIT
 
 if [ "$tier" = "all" ]; then
   marks=()
+elif [ "$tier" = "ha" ]; then  # only the HA tier (tests/ha: several daemons, kills, pauses)
+  marks=(-m ha)
 else
   marks=(-m "not slow")
 fi

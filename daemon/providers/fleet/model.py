@@ -144,6 +144,9 @@ class Inst:
     log: bytes = b""
     partitioned_until: float = 0.0
     next_keepalive: float = 0.0
+    # what a check reads (``FleetModel.history``): when the run started and first stopped
+    ran_at: float | None = None
+    stopped_at: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -193,6 +196,7 @@ class FleetModel:
         self.list_calls: dict[str, int] = dict.fromkeys(self.regions, 0)
         self.preempted_at: dict[str, float] = {}  # key -> when it was reclaimed or noticed
         self.launches = 0
+        self.launches_by_key: dict[str, int] = {}  # instances made per key (FORGET keeps it)
         self.rev = 0  # bumped by every change a listing shows (``changed_since``)
 
     # -- the provider's calls ----------------------------------------------------------------
@@ -211,6 +215,7 @@ class FleetModel:
             if until.get(k, 0.0) > now:
                 raise Refused("capacity", f"no {market} capacity in {region} (stocked out)")
         self.launches += 1
+        self.launches_by_key[key] = self.launches_by_key.get(key, 0) + 1
         inst = Inst(
             id=f"fleet-{key}",
             key=key,
@@ -320,6 +325,7 @@ class FleetModel:
             inst.state = InstanceState.RUNNING
             self._touch(inst)
             inst.phase = "run"
+            inst.ran_at = at
             inst.log = (
                 f"[fleet] {inst.key}: simulated agent on {inst.id} in {inst.zone}, "
                 f"run: {inst.agent.get('run')!r}\n".encode()
@@ -333,6 +339,7 @@ class FleetModel:
         elif event == Event.EXIT:
             if inst.phase == "run":  # not after a notice: that agent stopped the job
                 inst.phase, inst.exit_code = "exited", inst.planned_exit
+                inst.stopped_at = inst.stopped_at or at
                 yield inst
         elif event == Event.BEAT:
             if at >= inst.next_keepalive:  # an older keep-alive, since overtaken by a report
@@ -367,11 +374,14 @@ class FleetModel:
         self._touch(inst)
         if inst.phase not in ("", "exited"):
             inst.phase = "preempted"  # the agent checkpoints and says so (spotd.agent)
+            inst.stopped_at = inst.stopped_at or now
         self._push(inst.notice_deadline, inst, Event.RECLAIM)
 
     def _end(self, inst: Inst, state: InstanceState, reason: str, *, now: float) -> None:
         inst.state = state
         inst.reason = reason
+        if inst.ran_at is not None:
+            inst.stopped_at = inst.stopped_at or now
         self._touch(inst)
         inst.gen += 1
         self._push(now + self.config.forget_seconds, inst, Event.FORGET)
@@ -400,3 +410,19 @@ class FleetModel:
 
     def instances(self) -> list[Inst]:
         return list(self._by_key.values())
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every instance still known, with when its run started and first stopped and how
+        many instances its key made: what a check of "nothing ran twice" reads."""
+        return [
+            {
+                **inst.listing(),
+                "created_at": inst.created_at,
+                "ran_at": inst.ran_at,
+                "stopped_at": inst.stopped_at,
+                "phase": inst.phase,
+                "exit_code": inst.exit_code,
+                "launches": self.launches_by_key.get(inst.key, 0),
+            }
+            for inst in self._by_key.values()
+        ]

@@ -9,7 +9,9 @@
 - ``POST /v1/terminate``: terminate (a no-op when gone);
 - ``POST /v1/preempt``, ``/v1/kill``, ``/v1/partition``, ``/v1/stockout``, ``/v1/reclaim``: the
   test and chaos controls;
-- ``GET /v1/stats``: instance counts, list calls per region, reports sent, preemption times.
+- ``GET /v1/stats``: instance counts, list calls per region, reports sent, preemption times,
+  and the keys that made more than one instance (``launched_twice``);
+- ``GET /v1/history``: every instance still known, with when its run started and stopped.
 
 It outlives the daemon that started it, like a cloud: a restarted daemon adopts the instances
 it finds there. The agents (``spotd.providers.fleet.agents``) report to the daemon over its
@@ -139,8 +141,13 @@ async def stats(request: web.Request) -> web.Response:
             "reports_sent": pool.sent,
             "reports_failed": pool.failed,
             "preempted_at": model.preempted_at,
+            "launched_twice": sorted(k for k, n in model.launches_by_key.items() if n > 1),
         }
     )
+
+
+async def history(request: web.Request) -> web.Response:
+    return web.json_response(request.app[FLEET].history())
 
 
 def make_app(model: FleetModel, pool: AgentPool) -> web.Application:
@@ -167,6 +174,7 @@ def make_app(model: FleetModel, pool: AgentPool) -> web.Application:
     for name, act in controls.items():
         app.router.add_post(f"/v1/{name}", _control(act))
     app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/v1/history", history)
     app.router.add_get("/v1/health", lambda _: _ok())
     return app
 
