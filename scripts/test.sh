@@ -7,9 +7,14 @@ tier="${1:-fast}"; shift || true
 PY=.venv/bin/python
 
 started_pg=0
+# a cluster already online (another run, a developer's) is used and left running
+was_online=0
+if command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h 2>/dev/null | grep -q online; then
+  was_online=1
+fi
 if url=$(bash scripts/pg.sh start 2>scripts/.pg.log); then
   export SPOTD_TEST_PG_URL="$url"
-  started_pg=1
+  [ "$was_online" = 1 ] || started_pg=1
 else
   echo "PostgreSQL could not be started (see scripts/.pg.log); its tests will be skipped" >&2
   [ -n "${CI:-}" ] && { cat scripts/.pg.log >&2; exit 1; }
