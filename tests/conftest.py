@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -136,3 +137,31 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
         import shutil
 
         shutil.rmtree(home, ignore_errors=True)
+
+
+PG_ENV = "SPOTD_TEST_PG_URL"
+PG_HOWTO = f"export {PG_ENV}=$(bash scripts/pg.sh start)"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the test PostgreSQL, dropped (connections and all) at the end. No
+    server: skipped, but under CI=true a failure (the postgres tier must run)."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get(PG_ENV)
+    if not base:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {PG_ENV} is not: the postgres tests must run ({PG_HOWTO})")
+        pytest.skip(f"PostgreSQL not configured: {PG_HOWTO} to run these")
+    name = f"spotd_t_{secrets.token_hex(5)}"
+    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from spotd.control.recheck import WATCH_CEILING
 from tests.conftest import DaemonProc, kill_instance_groups
@@ -28,29 +26,8 @@ from tests.fleet.conftest import FleetProc
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-PG_ENV = "SPOTD_TEST_PG_URL"
 SUSPECT_AFTER = 120.0
 TASK = "name: long\nresources:\n  cpus: 1\n  use_spot: true\nrun: sleep 600\n"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        howto = f"export {PG_ENV}=$(bash scripts/pg.sh start)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {PG_ENV} is not: these tests must run ({howto})")
-        pytest.skip(f"PostgreSQL not configured: {howto}")
-    name = f"spotd_two_{secrets.token_hex(4)}"
-    server = create_engine(base, isolation_level="AUTOCOMMIT")
-    with server.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with server.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        server.dispose()
 
 
 @pytest.fixture

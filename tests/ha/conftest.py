@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
@@ -36,8 +35,6 @@ from tests.conftest import DaemonProc, kill_instance_groups
 from tests.fleet.conftest import FleetProc
 from tests.ha.balancer import Balancer, Target
 
-PG_ENV = "SPOTD_TEST_PG_URL"
-PG_HOWTO = f"export {PG_ENV}=$(bash scripts/pg.sh start)"
 LEASE_LOST_EXIT = 75  # EX_TEMPFAIL: a daemon whose lease lapsed exits with it
 TERMINAL = ("SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED")
 AUDITED = ("job", "attempt", "instance", "event", "service", "daemon")
@@ -47,26 +44,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the test server, dropped (connections and all) at the end."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {PG_ENV} is not: the HA tests must run ({PG_HOWTO})")
-        pytest.skip(f"PostgreSQL not configured: {PG_HOWTO} to run these")
-    name = f"spotd_ha_{secrets.token_hex(4)}"
-    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 class Cluster:

@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy
 import yaml
 from sqlalchemy.engine import make_url
 
@@ -83,8 +82,6 @@ RESOURCES = {"pod": "pods", "secret": "secrets", "resource_quota": "resourcequot
 # their rights out, and docs/kubernetes-deploy.md says what to grant to use them
 NOT_CALLED_BY_THE_DAEMON = frozenset({"ensure_namespace_quota"})
 PROVIDER_SOURCE = ROOT / "daemon" / "providers" / "kubernetes" / "provider.py"
-PG_ENV = "SPOTD_TEST_PG_URL"
-PG_HOWTO = f"export {PG_ENV}=$(bash scripts/pg.sh start)"
 
 
 def manifests() -> list[tuple[str, dict[str, Any]]]:
@@ -395,7 +392,6 @@ def service_port(name: str) -> int:
 
 
 def test_postgresql_url_is_what_the_store_accepts() -> None:
-    from sqlalchemy.engine import make_url
 
     url = make_url(secret_value("spotd-secrets", "db-url"))
     assert url.get_backend_name() == "postgresql"
@@ -612,26 +608,6 @@ def pod_root() -> Iterator[Path]:
     finally:
         kill_instance_groups(root)
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the test PostgreSQL, dropped (connections and all) at the end."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {PG_ENV} is not: the postgres tests must run ({PG_HOWTO})")
-        pytest.skip(f"PostgreSQL not configured: {PG_HOWTO} to run this")
-    name = f"spotd_k8s_{os.getpid()}_{time.monotonic_ns() % 10**6}"
-    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def run_probe(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
