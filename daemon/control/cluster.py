@@ -71,6 +71,8 @@ class Cluster:
         self.reason = ""
         self.live: tuple[str, ...] = ()  # the daemons alive at the last takeover pass
         self._renewed = time.monotonic()
+        self._sending: set[asyncio.Task[None]] = set()  # wake-ups in flight (held: the loop
+        # keeps only weak references to tasks, and one collected mid-send is lost silently)
 
     @property
     def daemon_id(self) -> str:
@@ -110,7 +112,8 @@ class Cluster:
     def wake_elsewhere(self, kind: str, oid: int) -> None:
         """Tell the daemon that runs ``kind``/``oid`` to look at it now (fire and forget)."""
         task = asyncio.get_running_loop().create_task(self._notify(f"{kind}{oid}"))
-        task.add_done_callback(_quiet)
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
 
     # -- the loops ---------------------------------------------------------------------------
 
@@ -167,8 +170,8 @@ class Cluster:
     async def _notify(self, payload: str) -> None:
         await self.store.notify_wake(payload)
 
-
-def _quiet(task: asyncio.Task[None]) -> None:
-    """A wake-up that could not be sent: the owner looks again at its next period anyway."""
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("wake-up not sent", error=str(task.exception()))
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        """A wake-up that could not be sent: the owner looks again at its next period anyway."""
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("wake-up not sent", error=str(task.exception()))

@@ -32,6 +32,7 @@ log = structlog.get_logger("spotd.control.keepalive")
 
 FLUSH_SECONDS = 0.5
 FORGET_SECONDS = 3600.0  # an instance unheard of this long is forgotten (it has ended)
+PRUNE_EVERY = 120  # flushes between two walks of the remembered rows (a minute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class KeepAlives:
         self.store = store
         self._rows: dict[str, tuple[InstanceRow, float]] = {}  # key -> (row, heard at)
         self._pending: dict[str, float] = {}
-        self.flushed = 0  # keep-alives written in batches (a metric for tests and benches)
+        self._flushes = 0
 
     def known(self, key: str) -> InstanceRow | None:
         seen = self._rows.get(key)
@@ -97,10 +98,10 @@ class KeepAlives:
         if batch:
             try:
                 await self.store.record_keepalives(batch)
-                self.flushed += len(batch)
             except Exception as exc:  # noqa: BLE001 - the next keep-alives try again
                 log.warning("keep-alives not written", count=len(batch), error=str(exc))
-        if len(self._rows) > 2 * len(batch) + 1000:
+        self._flushes += 1
+        if self._flushes % PRUNE_EVERY == 0:
             self._prune()
 
     def _prune(self) -> None:

@@ -39,11 +39,6 @@ class StoreBase:
         # every write transaction (spotd.store.leases); None: the only daemon, nothing checked
         self.fence: Fence | None = None
 
-    @property
-    def daemon_id(self) -> str | None:
-        """The daemon whose lease this store carries (the owner of what it creates)."""
-        return None if self.fence is None else self.fence.daemon_id
-
     @classmethod
     def open(cls, url: str) -> Self:
         """Connect, configure and migrate.

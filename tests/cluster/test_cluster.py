@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -57,10 +57,25 @@ async def _job(store: AsyncStore, name: str) -> int:
     return row.id
 
 
-async def _until(pred: object, timeout: float = 10.0) -> bool:
+def _cluster(
+    tmp_path: Path,
+    store: AsyncStore,
+    daemon_id: str,
+    lease: float,
+    taken: list[Takeover] | None = None,
+) -> Cluster:
+    return Cluster(
+        settings=_settings(tmp_path, daemon_id, lease),
+        store=store,
+        on_takeover=(taken.append if taken is not None else lambda t: None),
+        on_wake=lambda k, i: None,
+    )
+
+
+async def _until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
+        if pred():
             return True
         await asyncio.sleep(0.05)
     return False
@@ -71,28 +86,20 @@ async def test_a_daemon_whose_work_was_taken_over_loses_its_lease(
 ) -> None:
     a_store, b_store = stores
     taken: list[Takeover] = []
-    a = Cluster(
-        settings=_settings(tmp_path, "a", 1.0),
-        store=a_store,
-        on_takeover=lambda t: None,
-        on_wake=lambda k, i: None,
-    )
-    b = Cluster(
-        settings=_settings(tmp_path, "b", 30.0),
-        store=b_store,
-        on_takeover=taken.append,
-        on_wake=lambda k, i: None,
-    )
+    a = _cluster(tmp_path, a_store, "a", 1.0)
+    b = _cluster(tmp_path, b_store, "b", 30.0, taken)
     await a.join()
     await b.join()
     jobs = [await _job(a_store, f"j{i}") for i in range(3)]
+    renewed = a._renewed
     renew = asyncio.create_task(a._renew_loop())
-    takeover = asyncio.create_task(b._takeover_loop())
+    takeover: asyncio.Task[None] | None = None
     try:
-        await asyncio.sleep(1.5)  # a renews: b finds nothing to take
-        assert taken == [] and not a.lost.is_set()
-        assert b.leading() is False and a.leading() is False  # a has not looked yet
+        assert await _until(lambda: a._renewed > renewed)  # a renews: nothing to take
+        assert (await b_store.take_over()).jobs == () and not a.lost.is_set()
+        assert b.leading() is False and a.leading() is False  # neither has looked yet
         renew.cancel()  # a stops renewing (paused): b takes over after the lease
+        takeover = asyncio.create_task(b._takeover_loop())
         assert await _until(lambda: bool(taken))
         assert sorted(taken[0].jobs) == jobs and taken[0].from_ == ("a",)
         assert b.leading()
@@ -102,7 +109,8 @@ async def test_a_daemon_whose_work_was_taken_over_loses_its_lease(
         assert "taken over" in a.reason
     finally:
         renew.cancel()
-        takeover.cancel()
+        if takeover is not None:
+            takeover.cancel()
         b.lost.set()
 
 
@@ -110,12 +118,7 @@ async def test_a_daemon_paused_for_a_whole_lease_stops_without_asking(
     tmp_path: Path, stores: list[AsyncStore]
 ) -> None:
     """Even before anyone took over: a view older than the lease is never acted on."""
-    a = Cluster(
-        settings=_settings(tmp_path, "a", 1.0),
-        store=stores[0],
-        on_takeover=lambda t: None,
-        on_wake=lambda k, i: None,
-    )
+    a = _cluster(tmp_path, stores[0], "a", 1.0)
     await a.join()
     a._renewed = time.monotonic() - 5.0  # as after a SIGSTOP of 5 s
     task = asyncio.create_task(a._renew_loop())
@@ -131,18 +134,8 @@ async def test_a_clean_stop_hands_the_work_over_at_the_next_pass(
 ) -> None:
     a_store, b_store = stores
     taken: list[Takeover] = []
-    a = Cluster(
-        settings=_settings(tmp_path, "a", 30.0),
-        store=a_store,
-        on_takeover=lambda t: None,
-        on_wake=lambda k, i: None,
-    )
-    b = Cluster(
-        settings=_settings(tmp_path, "b", 30.0),
-        store=b_store,
-        on_takeover=taken.append,
-        on_wake=lambda k, i: None,
-    )
+    a = _cluster(tmp_path, a_store, "a", 30.0)
+    b = _cluster(tmp_path, b_store, "b", 30.0, taken)
     await a.join()
     await b.join()
     job = await _job(a_store, "j")
