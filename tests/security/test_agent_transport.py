@@ -189,8 +189,10 @@ def _agent_cfg(tmp_path: Path, url: str, ca_pem: str) -> AgentConfig:
         node_rank=0,
         num_nodes=1,
         setup=None,
-        # the job records its pid, then would run for a minute
-        run=f"echo $$ > {tmp_path}/job.pid; exec sleep 60",
+        # the job records its pid (whole: written aside, then renamed; an agent that stops
+        # the job mid-write must not leave the test an empty file), then would run a minute
+        run=f"echo $$ > {tmp_path}/job.pid.new && mv {tmp_path}/job.pid.new {tmp_path}/job.pid"
+        "; exec sleep 60",
         daemon_url=url,
         daemon_ca_pem=ca_pem,
         token="agent-token",
@@ -231,6 +233,7 @@ async def test_an_agent_refuses_a_server_its_ca_did_not_sign(
     assert "Not retrying" in err and "Traceback" not in err
     job_log = (tmp_path / "inst" / "job.log").read_text()
     assert "refusing the daemon" in job_log
+    await asyncio.sleep(0.3)  # a job the agent left running would record its pid by now
     if (tmp_path / "job.pid").exists():  # the job had started: it was stopped with the agent
         pid = int((tmp_path / "job.pid").read_text())
         assert await _eventually(lambda: _gone(pid), timeout=5)
