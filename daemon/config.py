@@ -7,6 +7,7 @@ homes never see each other's instances (every instance is tagged with a hash of 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -126,12 +127,18 @@ class Settings:
     def home_tag(self) -> str:
         """Stable short id of this data directory, used to tag instances we own; with several
         daemons, of their cluster, so that any of them adopts any instance."""
-        if self.ha:
-            return hashlib.sha256(f"cluster:{self.cluster}".encode()).hexdigest()[:12]
-        return hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
+        return _home_tag(self.cluster if self.ha else None, self.home)
 
     def with_overrides(self, **kw: Any) -> Settings:
         return replace(self, **kw)
+
+
+@functools.cache
+def _home_tag(cluster: str | None, home: Path) -> str:
+    # asked once per launched node: resolving the path each time showed in profiles
+    if cluster is not None:
+        return hashlib.sha256(f"cluster:{cluster}".encode()).hexdigest()[:12]
+    return hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
 
 
 _FLOAT_KEYS = (

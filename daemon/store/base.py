@@ -154,4 +154,6 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # overtaken between its SELECT and its UPDATE (and waits on busy_timeout instead of failing
     # with SQLITE_BUSY_SNAPSHOT when another connection committed in between).
     write = conn.get_execution_options().get("spotd_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    # on the driver's connection: through SQLAlchemy's execution machinery this one statement
+    # cost more than most of the store's reads it begins
+    conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")  # type: ignore[union-attr]

@@ -7,13 +7,14 @@ later through :meth:`InstanceStore.set_instance_id`, and the agent's reports thr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, literal, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, case, select, update
 
 from spotd.store.base import StoreBase
-from spotd.store.cas import Subject, enum_value, fetch, set_fields
+from spotd.store.cas import SetTo, Subject, enum_value, fetch, set_fields
 from spotd.store.errors import StoreError
 from spotd.store.rows import InstanceRow
 from spotd.store.tables import Instance, table_of
@@ -35,11 +36,30 @@ INSTANCES = Subject(
 )
 
 
-def _unless_restarting(column: str, value: str | int) -> ColumnElement[Any]:
+@functools.cache
+def _unless_restarting_sql(column: str) -> ColumnElement[Any]:
+    it = INSTANCES.table
+    value = bindparam(f"v_{column}", type_=it.c[column].type)
+    return case((it.c.phase == RESTARTING, it.c[column]), else_=value)
+
+
+def _unless_restarting(column: str, value: str | int) -> SetTo:
     """``value``, or the column as it is while the node is ``RESTARTING`` (one UPDATE: a
     report in flight when the replacement was decided cannot slip past it)."""
+    return SetTo(_unless_restarting_sql(column), {f"v_{column}": value})
+
+
+@functools.cache
+def _instances_where(by_attempt: bool, by_job: bool, live_only: bool) -> Select[Any]:
     it = INSTANCES.table
-    return case((it.c.phase == RESTARTING, it.c[column]), else_=literal(value, it.c[column].type))
+    q = select(it).order_by(it.c.job_id, it.c.attempt_id, it.c.node_rank)
+    if by_attempt:
+        q = q.where(it.c.attempt_id == bindparam("k_attempt"))
+    if by_job:
+        q = q.where(it.c.job_id == bindparam("k_job"))
+    if live_only:
+        q = q.where(it.c.terminated.is_(False))
+    return q
 
 
 class InstanceStore(StoreBase):
@@ -53,7 +73,6 @@ class InstanceStore(StoreBase):
         ``now``: when the provider answered, kept as ``launched_at`` (the first answer's time
         stands): a listing begun before it may rightly not show the instance yet, however
         long ago the intent was written (``spotd.control.attempts.node_evidence``)."""
-        it = INSTANCES.table
         with self._write() as conn:
             row = fetch(conn, INSTANCES, key, for_update=True)
             if row.instance_id is not None and row.instance_id != instance_id:
@@ -65,8 +84,7 @@ class InstanceStore(StoreBase):
                 values["launched_at"] = now
             if state is not None:
                 values["state"] = enum_value(state)
-            conn.execute(update(it).where(it.c.key == key).values(**values))
-            return fetch(conn, INSTANCES, key)
+            return set_fields(conn, INSTANCES, key, values)
 
     def instances(
         self,
@@ -76,16 +94,10 @@ class InstanceStore(StoreBase):
         live_only: bool = False,
     ) -> list[InstanceRow]:
         """Instance rows ordered by attempt and node rank; ``live_only``: not terminated."""
-        it = INSTANCES.table
-        q = select(it).order_by(it.c.job_id, it.c.attempt_id, it.c.node_rank)
-        if attempt_id is not None:
-            q = q.where(it.c.attempt_id == attempt_id)
-        if job_id is not None:
-            q = q.where(it.c.job_id == job_id)
-        if live_only:
-            q = q.where(it.c.terminated.is_(False))
+        q = _instances_where(attempt_id is not None, job_id is not None, live_only)
         with self._read() as conn:
-            return [InstanceRow.from_mapping(m) for m in conn.execute(q).mappings()]
+            rows = conn.execute(q, {"k_attempt": attempt_id, "k_job": job_id}).mappings()
+            return [InstanceRow.from_mapping(m) for m in rows]
 
     def get_instance(self, key: str) -> InstanceRow | None:
         return self._get(INSTANCES, key)

@@ -6,13 +6,14 @@ Each runs on the caller's connection, inside the transaction that decides it
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Insert, Update, bindparam
 
-from spotd.store.cas import Subject, fetch, write_event
+from spotd.store.cas import Subject, write_event
 from spotd.store.rows import AttemptRow, JobRow
 from spotd.store.tables import Attempt, Instance, Job, table_of
 from spotd.types import AttemptStatus, InstanceState, JobStatus, Market
@@ -37,6 +38,29 @@ ATTEMPTS = Subject(
 )
 
 
+# built once, run with parameters (see spotd.store.cas: a statement built per call costs
+# SQLAlchemy several times what running it does)
+
+
+@functools.cache
+def _job_insert() -> Insert:
+    stmt: Insert = JOBS.table.insert().returning(JOBS.table.c.id)
+    return stmt
+
+
+@functools.cache
+def _job_task_id() -> Update:
+    jt = JOBS.table
+    stmt: Update = jt.update().where(jt.c.id == bindparam("k_id")).returning(*jt.c)
+    return stmt
+
+
+@functools.cache
+def _attempt_insert() -> Insert:
+    stmt: Insert = ATTEMPTS.table.insert().returning(*ATTEMPTS.table.c)
+    return stmt
+
+
 def insert_job(
     conn: Connection,
     *,
@@ -50,27 +74,26 @@ def insert_job(
     deadline: float | None,
     gpus: float,
 ) -> JobRow:
-    jt = JOBS.table
     res = conn.execute(
-        jt.insert()
-        .values(
-            name=name,
-            task_id=f"pending-{uuid.uuid4().hex}",
-            status=JobStatus.PENDING.value,
-            spec_json=spec_json,
-            spec_redacted_json=spec_redacted_json,
-            resources=resources,
-            project=project,
-            submitted_at=submitted_at,
-            deadline=deadline,
-            gpus=gpus,
-            owner=conn.get_execution_options().get("spotd_daemon"),  # its creator runs it
-            message="submitted",
-        )
-        .returning(jt.c.id)
+        _job_insert(),
+        {
+            "name": name,
+            "task_id": f"pending-{uuid.uuid4().hex}",
+            "status": JobStatus.PENDING.value,
+            "spec_json": spec_json,
+            "spec_redacted_json": spec_redacted_json,
+            "resources": resources,
+            "project": project,
+            "submitted_at": submitted_at,
+            "deadline": deadline,
+            "gpus": gpus,
+            "owner": conn.get_execution_options().get("spotd_daemon"),  # its creator runs it
+            "message": "submitted",
+        },
     )
     job_id = int(res.scalar_one())
-    conn.execute(jt.update().where(jt.c.id == job_id).values(task_id=f"{task_id_prefix}{job_id}"))
+    row = conn.execute(_job_task_id(), {"k_id": job_id, "task_id": f"{task_id_prefix}{job_id}"})
+    job = JobRow.from_mapping(row.mappings().one())
     write_event(
         conn,
         kind="job.status",
@@ -79,7 +102,7 @@ def insert_job(
         job_id=job_id,
         data={"from": None, "to": JobStatus.PENDING.value, "project": project, "gpus": gpus},
     )
-    return fetch(conn, JOBS, job_id)
+    return job
 
 
 def insert_attempt(
@@ -100,23 +123,25 @@ def insert_attempt(
     """The attempt (PROVISIONING), its instance rows and its event, on ``conn``."""
     aid = f"j{job_id}-a{attempt}"
     market_value = Market(market).value
-    conn.execute(
-        ATTEMPTS.table.insert().values(
-            id=aid,
-            job_id=job_id,
-            attempt=attempt,
-            status=AttemptStatus.PROVISIONING.value,
-            provider=provider,
-            region=region,
-            zone=zone,
-            instance_type=instance_type,
-            market=market_value,
-            price_per_hour=price_per_hour,
-            num_nodes=num_nodes,
-            created_at=now,
-            end_detail="",
-        )
-    )
+    inserted = conn.execute(
+        _attempt_insert(),
+        {
+            "id": aid,
+            "job_id": job_id,
+            "attempt": attempt,
+            "status": AttemptStatus.PROVISIONING.value,
+            "provider": provider,
+            "region": region,
+            "zone": zone,
+            "instance_type": instance_type,
+            "market": market_value,
+            "price_per_hour": price_per_hour,
+            "num_nodes": num_nodes,
+            "created_at": now,
+            "end_detail": "",
+        },
+    ).mappings()
+    row = AttemptRow.from_mapping(inserted.one())
     if instances:
         conn.execute(
             table_of(Instance).insert(),
@@ -151,4 +176,4 @@ def insert_attempt(
         attempt_id=aid,
         data={"from": None, "to": AttemptStatus.PROVISIONING.value},
     )
-    return fetch(conn, ATTEMPTS, aid)
+    return row

@@ -16,15 +16,17 @@ or daemons can take a project over its quota between the check and the insert.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Insert, Select, bindparam, func, select
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import (
     Note,
+    SetTo,
     checked_fields,
     compare_and_set,
     enum_value,
@@ -59,6 +61,28 @@ class JobPage:
     attempts: Mapping[int, list[AttemptRow]] = field(default_factory=dict)  # by job, in order
     nodes: Mapping[str, list[InstanceRow]] = field(default_factory=dict)  # by current attempt
     more: bool = False  # jobs older than the last one remain (ask again with ``before``)
+
+
+@functools.cache
+def _zone_event_insert() -> Insert:
+    stmt: Insert = table_of(ZoneEvent).insert()
+    return stmt
+
+
+@functools.cache
+def _attempt_nodes() -> Select[Any]:
+    it = table_of(Instance)
+    return select(it).where(it.c.attempt_id == bindparam("k_attempt")).order_by(it.c.node_rank)
+
+
+@functools.cache
+def _started_at_sql() -> ColumnElement[Any]:
+    return func.coalesce(ATTEMPTS.table.c.started_at, bindparam("v_started_at"))
+
+
+def _started_at(now: float) -> SetTo:
+    """An attempt's ``started_at``: the first start stands."""
+    return SetTo(_started_at_sql(), {"v_started_at": now})
 
 
 class JobStore(StoreBase):
@@ -369,11 +393,8 @@ class JobStore(StoreBase):
                 now=now,
                 instances=instances,
             )
-            it = table_of(Instance)
-            nodes = conn.execute(
-                select(it).where(it.c.attempt_id == row.id).order_by(it.c.node_rank)
-            )
-            return job, row, [InstanceRow.from_mapping(m) for m in nodes.mappings()]
+            nodes = conn.execute(_attempt_nodes(), {"k_attempt": row.id}).mappings()
+            return job, row, [InstanceRow.from_mapping(m) for m in nodes]
 
     def transition_attempt(
         self,
@@ -395,7 +416,7 @@ class JobStore(StoreBase):
             raise ValueError("end_reason is required when, and only when, an attempt ENDs")
         values: dict[str, Any] = {}
         if to == AttemptStatus.RUNNING:  # the first start stands
-            values["started_at"] = func.coalesce(ATTEMPTS.table.c.started_at, now)
+            values["started_at"] = _started_at(now)
         if to == AttemptStatus.ENDED:
             values.update(ended_at=now, end_reason=enum_value(end_reason), end_detail=end_detail)
         with self._write() as conn:
@@ -442,7 +463,7 @@ class JobStore(StoreBase):
                 to=AttemptStatus.RUNNING,
                 reason="run started on every node",
                 now=now,
-                values={"started_at": func.coalesce(ATTEMPTS.table.c.started_at, now)},
+                values={"started_at": _started_at(now)},
                 data={"end_reason": None},
             )
             job = compare_and_set(
@@ -457,16 +478,15 @@ class JobStore(StoreBase):
                 data={"fields": values},
             )
             conn.execute(
-                table_of(ZoneEvent)
-                .insert()
-                .values(
-                    provider=attempt.provider,
-                    region=attempt.region,
-                    zone=attempt.zone,
-                    kind=ZoneEventKind.LAUNCHED.value,
-                    at=now,
-                    detail=attempt.market,
-                )
+                _zone_event_insert(),
+                {
+                    "provider": attempt.provider,
+                    "region": attempt.region,
+                    "zone": attempt.zone,
+                    "kind": ZoneEventKind.LAUNCHED.value,
+                    "at": now,
+                    "detail": attempt.market,
+                },
             )
             return job
 
