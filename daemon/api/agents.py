@@ -157,9 +157,8 @@ async def _record(
         exit_code=body.exit_code,
         notice_deadline=body.notice_deadline,
         gpus_json=gpus_json,
+        log_offset=offset if offset != row.log_offset else None,
     )
-    if offset != row.log_offset:
-        written = await store.set_log_offset(body.key, offset)
     request.app[CONTROLLER].keepalives.remember(written, now)
     return offset
 

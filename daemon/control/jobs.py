@@ -52,7 +52,7 @@ from spotd.providers.base import TAG_JOB, ObservedInstance, Provider
 from spotd.recovery import detection, history, restarts, strategies
 from spotd.recovery import watch as w
 from spotd.spec import Task
-from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition
+from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition, Watched
 from spotd.telemetry.idle import IdleAction, IdleGpuPolicy
 from spotd.types import (
     AttemptStatus,
@@ -193,13 +193,13 @@ class Controller:
         structlog.contextvars.bind_contextvars(job_id=job_id)
         while not self.stop.is_set():
             wake.clear()
-            job = await self.store.get_job(job_id)
+            job, watched = await self.store.job_state(job_id)
             mine = self.owner is None or job is None or job.owner == self.owner
             if job is None or JobStatus(job.status).is_terminal or not mine:
                 self._forget(job_id)  # over, or (several daemons) run by another one now
                 return
             try:
-                delay = await self._step(job)
+                delay = await self._step(job, watched)
             except StaleTransition as exc:
                 # someone else (a cancel from the API) moved the job: look again at once
                 log.info("stale transition; re-reading", job=job_id, error=str(exc))
@@ -217,7 +217,7 @@ class Controller:
     def task_of(self, job: JobRow) -> Task:
         return self.memory.task(job)
 
-    async def _step(self, job: JobRow) -> float:
+    async def _step(self, job: JobRow, watched: Watched | None = None) -> float:
         status = JobStatus(job.status)
         if status == JobStatus.CANCELLING:
             await self._cancel(job)
@@ -225,7 +225,7 @@ class Controller:
         if status in (JobStatus.PENDING, JobStatus.RECOVERING):
             async with self.placing:
                 return await self._place(job)
-        return await self._watch(job)
+        return await self._watch(job, watched)
 
     async def _cancel(self, job: JobRow) -> None:
         now = self.clock()
@@ -391,12 +391,16 @@ class Controller:
 
     # -- watching a running attempt --------------------------------------------------------
 
-    async def _watch(self, job: JobRow) -> float:
+    async def _watch(self, job: JobRow, watched: Watched | None) -> float:
         now = self.clock()
         task = self.task_of(job)
         aid = attempt_id(job.id, job.current_attempt)
-        attempt = await self.store.require_attempt(aid)
-        every = await self.store.instances(attempt_id=aid)
+        if watched is None:  # read with the job (JobStore.job_state) when it was watched
+            watched = (
+                await self.store.require_attempt(aid),
+                await self.store.instances(attempt_id=aid),
+            )
+        attempt, every = watched
         rows = current_nodes(every)  # the others: replaced nodes, a noticed one may drain
         await self.losses.settle(attempt, every, now)
         unlaunched = any(r.instance_id is None for r in rows)

@@ -24,6 +24,7 @@ from spotd.store.errors import (
     StaleTransition,
     StoreError,
 )
+from spotd.store.jobs import Watched
 from spotd.store.migrations import LATEST_VERSION, MIGRATIONS
 from spotd.store.projects import LIMITS as PROJECT_LIMITS
 from spotd.store.projects import Admit
@@ -69,6 +70,7 @@ __all__ = [
     "StaleTransition",
     "Store",
     "StoreError",
+    "Watched",
     "ZoneEvent",
     "ZoneEventRow",
 ]

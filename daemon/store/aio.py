@@ -113,6 +113,7 @@ class AsyncStore:
     create_job = _offload(Store.create_job)
     get_job = _offload(Store.get_job)
     require_job = _offload(Store.require_job)
+    job_state = _offload(Store.job_state)
     list_jobs = _offload(Store.list_jobs)
     job_page = _offload(Store.job_page)
     live_instance_keys = _offload(Store.live_instance_keys)

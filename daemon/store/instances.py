@@ -148,10 +148,14 @@ class InstanceStore(StoreBase):
         exit_code: int | None,
         notice_deadline: float | None,
         gpus_json: str | None = None,
+        log_offset: int | None = None,
     ) -> InstanceRow:
         """An agent reported. None leaves a field as it was: an exit code or a notice, once
-        reported, is not unreported by a later heartbeat that omits it."""
+        reported, is not unreported by a later heartbeat that omits it. ``log_offset``: how
+        much of its log the daemon now holds, in the same write."""
         values: dict[str, Any] = {"last_heartbeat_at": now}
+        if log_offset is not None:
+            values["log_offset"] = log_offset
         if gpus_json is not None:
             values.update(gpus_json=gpus_json, gpus_at=now)
         if phase is not None:

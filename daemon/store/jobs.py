@@ -31,6 +31,7 @@ from spotd.store.cas import (
     compare_and_set,
     enum_value,
     fetch,
+    find,
     set_fields,
 )
 from spotd.store.job_inserts import ATTEMPTS, JOBS, insert_attempt, insert_job
@@ -61,6 +62,11 @@ class JobPage:
     attempts: Mapping[int, list[AttemptRow]] = field(default_factory=dict)  # by job, in order
     nodes: Mapping[str, list[InstanceRow]] = field(default_factory=dict)  # by current attempt
     more: bool = False  # jobs older than the last one remain (ask again with ``before``)
+
+
+# a job's current attempt and its instance rows, as the job's worker reads them
+Watched = tuple[AttemptRow, list[InstanceRow]]
+_WATCHED = frozenset({JobStatus.STARTING, JobStatus.RUNNING})
 
 
 @functools.cache
@@ -131,6 +137,20 @@ class JobStore(StoreBase):
 
     def get_job(self, job_id: int) -> JobRow | None:
         return self._get(JOBS, job_id)
+
+    def job_state(self, job_id: int) -> tuple[JobRow | None, Watched | None]:
+        """The job and, while it is STARTING or RUNNING, its current attempt with the attempt's
+        instance rows (node order, replaced nodes' too): what the job's worker looks at, in
+        one read."""
+        with self._read() as conn:
+            job = find(conn, JOBS, job_id)
+            if job is None or job.status not in _WATCHED or not job.current_attempt:
+                return job, None
+            attempt = find(conn, ATTEMPTS, f"j{job_id}-a{job.current_attempt}")
+            if attempt is None:
+                return job, None
+            nodes = conn.execute(_attempt_nodes(), {"k_attempt": attempt.id}).mappings()
+            return job, (attempt, [InstanceRow.from_mapping(m) for m in nodes])
 
     def require_job(self, job_id: int) -> JobRow:
         """The job; :class:`NotFound` ("no job 7") if there is none."""

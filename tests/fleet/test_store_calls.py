@@ -44,10 +44,11 @@ TASK = "name: count\nresources:\n  cpus: 1\n  use_spot: true\nrun: sleep infinit
 
 # budgets per job, in transactions (reads + writes) and writes. Before the merges a job cost
 # 2 + 1 to be submitted, 10 + 3 to be placed and launched, about 4 + 5 from its agent's first
-# report to RUNNING; now 1 + 1, 3 + 2, 5 + 2 (the heartbeat route's own two, the worker's look)
+# report to RUNNING; now 1 + 1, 3 + 2, 3 + 2 (the heartbeat route's own two, the worker's
+# one look: the job with its attempt and nodes)
 SUBMIT_BUDGET, SUBMIT_WRITES = 2, 1
 PLACE_BUDGET, PLACE_WRITES = 5, 2
-RUN_BUDGET, RUN_WRITES = 7, 2
+RUN_BUDGET, RUN_WRITES = 5, 2
 # and in SQL statements (each costs SQLAlchemy far more CPU than SQLite): 8, 20 and 28 before
 # a status change became one UPDATE … RETURNING and the inserts returned their rows
 SUBMIT_STATEMENTS, PLACE_STATEMENTS, RUN_STATEMENTS = 5, 12, 14

@@ -99,3 +99,25 @@ def test_running_after_a_cancel_writes_nothing(store: Store, make_job: Any, cloc
         store.attempt_running(job.id, f"j{job.id}-a1", now=clock.tick(), reason="running")
     assert store.require_attempt(f"j{job.id}-a1").status == AttemptStatus.PROVISIONING
     assert store.zone_events(since=0.0) == []
+
+
+def test_the_workers_one_read_has_the_attempt_only_while_it_is_watched(
+    store: Store, make_job: Any, clock: Any
+) -> None:
+    """``job_state``: the job, and its current attempt with every node while STARTING or
+    RUNNING (what the job's worker looks at); nothing more while it waits or after it ends."""
+    assert store.job_state(999) == (None, None)
+    job = make_job()
+    assert store.job_state(job.id) == (store.require_job(job.id), None)  # PENDING: no attempt
+    _, attempt, rows = place(store, job.id, clock.tick())
+    seen, watched = store.job_state(job.id)
+    assert seen is not None and seen.status == JobStatus.STARTING
+    assert watched == (attempt, rows)
+    store.attempt_running(job.id, attempt.id, now=clock.tick(), reason="running")
+    seen, watched = store.job_state(job.id)
+    assert seen is not None and seen.status == JobStatus.RUNNING
+    assert watched is not None and watched[0].status == AttemptStatus.RUNNING
+    store.transition_job(
+        job.id, from_=[JobStatus.RUNNING], to=JobStatus.CANCELLING, reason="x", now=clock()
+    )
+    assert store.job_state(job.id)[1] is None  # the cancel path reads what it needs itself
