@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -82,8 +82,16 @@ class _Refused(Exception):
         self.message = message
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, with the composer keeping count of what the file will cost.
+if TYPE_CHECKING:  # what the mixin is used with (the loaders below), for the type checker
+    _CountingBase = yaml.SafeLoader
+else:
+    _CountingBase = yaml.composer.Composer
+# libyaml's parser (the PyPI wheels are built with it); never constructed without it
+_CParser: Any = getattr(yaml.cyaml, "CParser", yaml.parser.Parser)
+
+
+class _Counting(_CountingBase):
+    """PyYAML's composer keeping count of what the file will cost (mixed into the loaders below).
 
     Every node is composed through ``compose_node``, an alias included (the alias returns the
     anchored node itself), so counting there sees the file exactly as PyYAML does. For each
@@ -94,8 +102,7 @@ class _BoundedLoader(yaml.SafeLoader):
     and a cycle would break the line walk, pydantic and the JSON dump alike.
     """
 
-    def __init__(self, text: str, limits: YamlLimits) -> None:
-        super().__init__(text)
+    def _start_counting(self, limits: YamlLimits) -> None:
         self.limits = limits
         self.aliases = 0
         self.values = 0
@@ -178,6 +185,33 @@ class _BoundedLoader(yaml.SafeLoader):
             )
 
 
+class _BoundedLoader(_Counting, yaml.SafeLoader):
+    """PyYAML's safe loader, all in Python: its error messages are the ones users see."""
+
+    def __init__(self, text: str, limits: YamlLimits) -> None:
+        yaml.SafeLoader.__init__(self, text)
+        self._start_counting(limits)
+
+
+class _FastBoundedLoader(
+    _Counting,
+    _CParser,  # type: ignore[misc]
+    yaml.constructor.SafeConstructor,
+    yaml.resolver.Resolver,
+):
+    """The same with libyaml's parser (scanning and parsing in C: most of a load's time in
+    Python); the composer, the constructor and the resolver stay PyYAML's, so what is counted
+    and built is the same. Its error messages differ, so a file it refuses is read again by
+    :class:`_BoundedLoader` for PyYAML's (``compose_documents``)."""
+
+    def __init__(self, text: str, limits: YamlLimits) -> None:
+        _CParser.__init__(self, text)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._start_counting(limits)
+
+
 def _children_height(node: yaml.Node, shape: Mapping[yaml.Node, tuple[int, int]]) -> int:
     if isinstance(node, yaml.MappingNode):
         children = [n for pair in node.value for n in pair]
@@ -253,8 +287,20 @@ def compose_documents(
     too_big = _size_issue(text, limits, file)
     if too_big is not None:
         raise SpecError([too_big])
+    if yaml.__with_libyaml__:
+        try:
+            return _compose(text, file, limits, _FastBoundedLoader)
+        except SpecError as exc:  # malformed: read again in Python, whose messages (and
+            if not isinstance(exc.__cause__, yaml.YAMLError):  # lines) are the documented ones
+                raise  # a limit: counted the same in both
+    return _compose(text, file, limits, _BoundedLoader)
+
+
+def _compose(
+    text: str, file: str, limits: YamlLimits, loader_type: type[_Counting]
+) -> list[Document]:
     try:
-        loader = _BoundedLoader(text, limits)
+        loader = loader_type(text, limits)  # type: ignore[call-arg]
     except yaml.YAMLError as exc:  # the reader refuses control characters before any parsing
         raise SpecError([_yaml_issue(exc, file)]) from exc
     docs: list[Document] = []

@@ -12,10 +12,11 @@ writer lock is never held for long, and other store calls run between two batche
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Select, Table, bindparam, select
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import enum_value, write_event
@@ -25,6 +26,18 @@ from spotd.store.tables import Event, ZoneEvent, table_of
 __all__ = ["PRUNE_BATCH", "EventStore"]
 
 PRUNE_BATCH = 5000  # rows deleted per statement: a bounded write lock
+
+
+@functools.cache
+def _zone_events_after() -> Select[Any]:  # built once: read at every placement
+    zt = table_of(ZoneEvent)
+    return select(zt).where(zt.c.id > bindparam("k_after")).order_by(zt.c.id)
+
+
+@functools.cache
+def _zone_events_since() -> Select[Any]:
+    zt = table_of(ZoneEvent)
+    return select(zt).where(zt.c.at >= bindparam("k_since")).order_by(zt.c.at, zt.c.id)
 
 
 class EventStore(StoreBase):
@@ -92,13 +105,10 @@ class EventStore(StoreBase):
         after that one (what a reader that kept the rest asks for: found by the id's range,
         not by walking the window's index of times, which at 10,000 launches a day was every
         row of the day at every placement)."""
-        zt = table_of(ZoneEvent)
-        if after_id:
-            q = select(zt).where(zt.c.id > after_id).order_by(zt.c.id)
-        else:
-            q = select(zt).where(zt.c.at >= since).order_by(zt.c.at, zt.c.id)
+        q = _zone_events_after() if after_id else _zone_events_since()
         with self._read() as conn:
-            rows = [ZoneEventRow.from_mapping(m) for m in conn.execute(q).mappings()]
+            found = conn.execute(q, {"k_after": after_id, "k_since": since}).mappings()
+            rows = [ZoneEventRow.from_mapping(m) for m in found]
         if after_id:
             rows = sorted((r for r in rows if r.at >= since), key=lambda r: (r.at, r.id))
         return rows

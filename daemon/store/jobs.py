@@ -82,6 +82,12 @@ def _attempt_nodes() -> Select[Any]:
 
 
 @functools.cache
+def _job_attempts() -> Select[Any]:
+    at = ATTEMPTS.table
+    return select(at).where(at.c.job_id == bindparam("k_job")).order_by(at.c.attempt)
+
+
+@functools.cache
 def _started_at_sql() -> ColumnElement[Any]:
     return func.coalesce(ATTEMPTS.table.c.started_at, bindparam("v_started_at"))
 
@@ -512,10 +518,9 @@ class JobStore(StoreBase):
 
     def attempts(self, job_id: int) -> list[AttemptRow]:
         """The job's attempts, first to last."""
-        at = ATTEMPTS.table
         with self._read() as conn:
-            rows = conn.execute(select(at).where(at.c.job_id == job_id).order_by(at.c.attempt))
-            return [AttemptRow.from_mapping(m) for m in rows.mappings()]
+            rows = conn.execute(_job_attempts(), {"k_job": job_id}).mappings()
+            return [AttemptRow.from_mapping(m) for m in rows]
 
     def get_attempt(self, attempt_id: str) -> AttemptRow | None:
         return self._get(ATTEMPTS, attempt_id)
