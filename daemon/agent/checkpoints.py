@@ -108,7 +108,12 @@ class CheckpointStore:
         except (FileNotFoundError, ValueError):
             return 0
 
-    def sync(self, source: Path, *, final: bool = False) -> bool:
+    def sync(self, source: Path, *, final: bool = False, unless_final: bool = False) -> bool:
+        """Swap the store for a snapshot of ``source``; False when nothing was written: an
+        empty directory (and not ``final``), a newer attempt's store, or (``unless_final``) a
+        store holding this attempt's final snapshot — decided under the lock, so a gang's
+        survivor cannot overwrite the noticed node's final snapshot between looking and
+        writing (``spotd.agent.gang``)."""
         empty = not source.exists() or not any(source.iterdir())
         if empty and not final:
             return False
@@ -131,7 +136,7 @@ class CheckpointStore:
                 current = int((self.store / MARKER).read_text())
             except (FileNotFoundError, ValueError):
                 current = 0
-            if current > self.attempt:
+            if current > self.attempt or (unless_final and self.final_from() == self.attempt):
                 shutil.rmtree(tmp, ignore_errors=True)
                 return False
             old = self.store.parent / f".{self.store.name}.old-{uuid.uuid4().hex[:8]}"
@@ -147,7 +152,9 @@ class AsyncCheckpointStore(Protocol):
 
     async def restore(self, into: Path) -> bool: ...
     async def final_from(self) -> int: ...
-    async def sync(self, source: Path, *, final: bool = False) -> bool: ...
+    async def sync(
+        self, source: Path, *, final: bool = False, unless_final: bool = False
+    ) -> bool: ...
 
 
 class _InThread:
@@ -163,8 +170,10 @@ class _InThread:
     async def final_from(self) -> int:
         return await asyncio.to_thread(self.store.final_from)
 
-    async def sync(self, source: Path, *, final: bool = False) -> bool:
-        return await asyncio.to_thread(self.store.sync, source, final=final)
+    async def sync(self, source: Path, *, final: bool = False, unless_final: bool = False) -> bool:
+        return await asyncio.to_thread(
+            self.store.sync, source, final=final, unless_final=unless_final
+        )
 
 
 def open_checkpoint_store(cfg: AgentConfig) -> AsyncCheckpointStore:

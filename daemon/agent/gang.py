@@ -113,9 +113,7 @@ class Gang:
     async def sync(self, ckpt: AsyncCheckpointStore, directory: Path) -> bool:
         """A periodic (non-final) sync, unless the store holds a noticed node's final snapshot
         of this attempt that this node has not resumed from; True: synced."""
-        if self.gang and not self.absorbed and await ckpt.final_from() == self.attempt:
-            return False
-        synced = await ckpt.sync(directory)
+        synced = await ckpt.sync(directory, unless_final=self.gang and not self.absorbed)
         if synced:
             self.absorbed = False  # the final marker is gone: a later one is news
         return synced

@@ -136,10 +136,13 @@ class S3CheckpointStore:
             files[rel] = sha
         return files
 
-    async def sync(self, source: Path, *, final: bool = False) -> bool:
-        """Upload a snapshot of ``source``; False if it is empty (and not final) or a newer
-        attempt owns the store. A final sync of an empty directory keeps the stored files and
-        only marks them final, so a replacement waiting for it stops waiting."""
+    async def sync(self, source: Path, *, final: bool = False, unless_final: bool = False) -> bool:
+        """Upload a snapshot of ``source``; False if it is empty (and not final), a newer
+        attempt owns the store, or (``unless_final``) the store holds this attempt's final
+        snapshot. A final sync of an empty directory keeps the stored files and only marks
+        them final, so a replacement waiting for it stops waiting. The manifest is read just
+        before it is written: S3 has no lock across machines, so unlike the directory store
+        this narrows a gang survivor's race with a final snapshot but cannot close it."""
         empty = not source.exists() or not any(source.iterdir())
         if empty and not final:
             return False
@@ -148,6 +151,8 @@ class S3CheckpointStore:
             async with self._client() as s3:
                 current = await self._manifest(s3)
                 if current is not None and int(current.get("attempt", 0)) > self.attempt:
+                    return False
+                if unless_final and current and int(current.get("final", 0)) == self.attempt:
                     return False
                 if empty:
                     files = dict((current or {}).get("files", {}))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
+from typing import Any
 
-from spotd.agent.checkpoints import AsyncCheckpointStore, open_checkpoint_store
+import pytest
+
+from spotd.agent.checkpoints import AsyncCheckpointStore, CheckpointStore, open_checkpoint_store
 from spotd.agent.environment import build_env
 from spotd.agent.gang import Gang, RestartOrder, parse_order
 from spotd.types import AgentConfig
@@ -109,6 +113,34 @@ async def test_a_kept_node_never_overwrites_a_noticed_nodes_final_snapshot(tmp_p
     assert await kept_store.final_from() == 0
     fresh = tmp_path / "fresh"
     assert await kept_store.restore(fresh) and _step(fresh) == "50"
+
+
+async def test_a_final_snapshot_landing_during_a_kept_nodes_sync_is_not_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race CI once lost: the kept node's periodic sync had looked (no final snapshot yet)
+    and was copying its step-25 checkpoint when the noticed node's final step-24 snapshot
+    landed; the copy then replaced it, and the gang resumed from two different steps. The
+    refusal is decided under the store's lock, after the copy."""
+    kept_store, noticed_store = _store(tmp_path)
+    kept, noticed = tmp_path / "kept", tmp_path / "noticed"
+    for d, step in ((kept, "25"), (noticed, "24")):
+        d.mkdir()
+        (d / "state.json").write_text(step)
+    real_copytree = shutil.copytree
+
+    def copy_then_final_lands(src: Any, dst: Any, *args: Any, **kw: Any) -> Any:
+        out = real_copytree(src, dst, *args, **kw)
+        if Path(src) == kept:  # the kept node's copy is made: now the notice's final sync
+            monkeypatch.setattr(shutil, "copytree", real_copytree)
+            CheckpointStore(tmp_path / "store", 1).sync(noticed, final=True)
+        return out
+
+    monkeypatch.setattr(shutil, "copytree", copy_then_final_lands)
+    assert not await Gang(config()).sync(kept_store, kept)
+    fresh = tmp_path / "fresh"
+    assert await noticed_store.restore(fresh) and _step(fresh) == "24"
+    assert await noticed_store.final_from() == 1
 
 
 async def test_resume_keeps_the_directory_when_the_store_has_nothing(tmp_path: Path) -> None:

@@ -104,6 +104,20 @@ async def test_a_notice_snapshot_is_marked_final(bucket: str, tmp_path: Path) ->
     assert await S3CheckpointStore(url, 5).final_from() == 4
 
 
+async def test_a_gang_survivor_does_not_replace_the_final_snapshot(
+    bucket: str, tmp_path: Path
+) -> None:
+    url = f"s3://{bucket}/t/"
+    write(tmp_path / "noticed", {"state": b"step 24, final"})
+    write(tmp_path / "kept", {"state": b"step 25"})
+    assert await S3CheckpointStore(url, 1).sync(tmp_path / "noticed", final=True) is True
+    kept = S3CheckpointStore(url, 1)
+    assert await kept.sync(tmp_path / "kept", unless_final=True) is False
+    await S3CheckpointStore(url, 1).restore(tmp_path / "dst")
+    assert read(tmp_path / "dst") == {"state": b"step 24, final"}
+    assert await kept.sync(tmp_path / "kept") is True  # resumed from it: syncs as ever
+
+
 async def test_the_agent_picks_the_store_by_scheme(bucket: str, tmp_path: Path) -> None:
     def cfg(store: str) -> AgentConfig:
         return AgentConfig(
