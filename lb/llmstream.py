@@ -7,7 +7,9 @@ another replica (``openai.continuation``: the prompt plus what was generated, by
 when the replica sent them); ``sse.Splicer`` makes the new replica's events look like the rest
 of the first stream. The client holds one connection and sees one stream. A replica that
 dies mid-stream (reset, closed without ``[DONE]``, read timeout) is handled the same way,
-at once.
+at once. A cut waits for a clean point (``Splicer.clean_cut``: vLLM's detokenizer echoes the
+whole prompt after a tail it cannot decode); when the replica dies before one comes, that echo
+is dropped from the continuation's first text (``Splicer._unecho``).
 
 When to hand off (``handoff_delay``): at ``deadline - margin``, not at the notice. The
 noticed replica keeps generating useful tokens until then (they are carried over, not

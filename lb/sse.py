@@ -31,6 +31,7 @@ __all__ = ["Splicer", "splice", "split_events"]
 
 DONE = b"data: [DONE]\n\n"
 CLEAN_RUN = 5  # see Splicer.clean_cut
+ECHO_MIN_CHARS = 16  # see Splicer._unecho
 _SEP = b"\n\n"
 
 
@@ -73,6 +74,7 @@ class Splicer:
         self._role_sent = False
         self._events = 0  # events with a choice, all segments
         self._clean = 0  # ... of which the last ones whose text is whole characters
+        self._echo: str | None = None  # a continuation cut unclean: the text its echo ends with
 
     # -- what the client gets --------------------------------------------------------------
     def feed(self, block: bytes) -> bytes:
@@ -102,11 +104,34 @@ class Splicer:
             return event
         if not isinstance(obj, dict) or "error" in obj:
             return event
+        if self._echo is not None:
+            self._unecho(obj)
         self._observe(obj)
         if self.segment == 0:
             self._strip(obj)
             return _encode(obj)
         return self._rewrite(obj)
+
+    def _unecho(self, obj: dict[str, Any]) -> None:
+        """The first text of a continuation that had to be cut where the answer's last
+        characters were not whole (the replica died before a clean point came): vLLM's
+        detokenizer, primed on a prompt tail it cannot decode, emits the whole prompt —
+        template, question and the answer so far — before the new token. The prompt ends with
+        the answer so far, so the text up to its last occurrence is dropped."""
+        for c in obj.get("choices") or []:
+            if not isinstance(c, dict) or c.get("index", 0) != 0:
+                continue
+            holder, key = (
+                (c["delta"], "content") if isinstance(c.get("delta"), dict) else (c, "text")
+            )
+            text = holder.get(key)
+            if not isinstance(text, str) or not text:
+                continue
+            before, self._echo = self._echo or "", None  # only the first text
+            at = text.rfind(before)
+            if at >= 0 and len(text) > len(before):
+                holder[key] = text[at + len(before) :]
+            return
 
     def _strip(self, obj: dict[str, Any]) -> None:
         if self.keep_ids:
@@ -244,6 +269,10 @@ class Splicer:
         self.segment += 1
         self.as_completions = as_completions
         self.tokens_before = self._tokens
+        so_far = "".join(self._text)
+        # an unclean cut may be echoed (_unecho); a short answer so far is too likely to occur
+        # in a new token's text to be taken for an echo
+        self._echo = so_far if not self.clean_cut() and len(so_far) >= ECHO_MIN_CHARS else None
 
 
 def splice(

@@ -244,3 +244,50 @@ def test_a_cut_waits_for_whole_characters(texts: list[str], clean: bool) -> None
     for t in texts:
         sp.feed(cmpl("A", t, ids=[1]))
     assert sp.clean_cut() is clean
+
+
+PROMPT = "<|system|>\nYou are a tiny model.\n<|user|>\nhow are you?\n<|assistant|>\n"
+
+
+@pytest.mark.parametrize(
+    ("first_texts", "second_first", "expect"),
+    [
+        # cut where a character was split (the replica died before a clean point): vLLM
+        # echoed the prompt, which ends with the answer so far -> dropped
+        (
+            ["everything is ", "fine here", "\ufffd"],
+            PROMPT + "everything is fine here\ufffd" + " ok",
+            "everything is fine here\ufffd ok",
+        ),
+        # a clean cut: vLLM does not echo, and the text is left alone even if it repeats
+        (
+            ["everything is ", "fine here", "!", "!", "!", "!", "!"],
+            "everything is fine here!!!!! again",
+            "everything is fine here!!!!!everything is fine here!!!!! again",
+        ),
+        # an unclean cut after a short answer: too short to be told from a token's text
+        (["ab", "\ufffd"], "ab\ufffdab", "ab\ufffdab\ufffdab"),
+    ],
+    ids=["echo-dropped", "clean-cut-kept", "short-kept"],
+)
+def test_a_continuation_after_an_unclean_cut_drops_vllms_prompt_echo(
+    first_texts: list[str], second_first: str, expect: str
+) -> None:
+    first = [cmpl("A", t, ids=[i]) for i, t in enumerate(first_texts)]
+    second = [cmpl("B", second_first, ids=[9]), cmpl("B", "", ids=[10], finish="length")]
+    got = client_events(splice([first, second], chat=False))
+    assert text_of(got) == expect
+
+
+def test_the_echo_is_dropped_for_a_chat_client_continued_on_completions() -> None:
+    first = [
+        chat("c-A", {"role": "assistant", "content": ""}, prompt_token_ids=[1, 2]),
+        chat("c-A", {"content": "a long enough answer "}),
+        chat("c-A", {"content": "\ufffd"}),
+    ]
+    second = [
+        cmpl("X", PROMPT + "a long enough answer \ufffd" + "next", ids=[5]),
+        cmpl("X", " more", ids=[6], finish="length"),
+    ]
+    got = client_events(splice([first, second], chat=True, as_completions=True))
+    assert text_of(got) == "a long enough answer \ufffdnext more"
