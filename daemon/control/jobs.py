@@ -52,7 +52,15 @@ from spotd.providers.base import TAG_JOB, ObservedInstance, Provider
 from spotd.recovery import detection, history, restarts, strategies
 from spotd.recovery import watch as w
 from spotd.spec import Task
-from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition, Watched
+from spotd.store import (
+    AsyncStore,
+    AttemptIntent,
+    AttemptRow,
+    InstanceRow,
+    JobRow,
+    StaleTransition,
+    Watched,
+)
 from spotd.telemetry.idle import IdleAction, IdleGpuPolicy
 from spotd.types import (
     AttemptStatus,
@@ -332,14 +340,8 @@ class Controller:
             for c in decision.runner_ups[:3]
         )
         # the intent, before any provider call, and the job STARTING: one transaction
-        _, attempt, rows = await self.store.start_attempt(
+        intent = AttemptIntent(
             job_id=job.id,
-            from_=[JobStatus.PENDING, JobStatus.RECOVERING],
-            reason=(
-                f"attempt {n}: {cand.provider}/{cand.region}/{cand.zone} {cand.instance_type} "
-                f"{cand.market} ${cand.price_per_hour:.3f}/h ({decision.reason})"
-                + (f"; runner-ups: {runner_ups}" if runner_ups else "")
-            ),
             attempt=n,
             provider=cand.provider,
             region=cand.region,
@@ -350,6 +352,15 @@ class Controller:
             num_nodes=task.num_nodes,
             now=now,
             instances=nodes,
+        )
+        _, attempt, rows = await self.store.start_attempt(
+            intent,
+            from_=[JobStatus.PENDING, JobStatus.RECOVERING],
+            reason=(
+                f"attempt {n}: {cand.provider}/{cand.region}/{cand.zone} {cand.instance_type} "
+                f"{cand.market} ${cand.price_per_hour:.3f}/h ({decision.reason})"
+                + (f"; runner-ups: {runner_ups}" if runner_ups else "")
+            ),
         )
         self.metrics.attempts.labels(cand.provider, cand.region, str(cand.market)).inc()
         structlog.contextvars.bind_contextvars(attempt_id=aid)

@@ -24,6 +24,7 @@ from spotd.store.errors import (
     StaleTransition,
     StoreError,
 )
+from spotd.store.job_inserts import AttemptIntent
 from spotd.store.jobs import Watched
 from spotd.store.migrations import LATEST_VERSION, MIGRATIONS
 from spotd.store.projects import LIMITS as PROJECT_LIMITS
@@ -50,6 +51,7 @@ __all__ = [
     "Admit",
     "AsyncStore",
     "Attempt",
+    "AttemptIntent",
     "AttemptRow",
     "Event",
     "EventRow",

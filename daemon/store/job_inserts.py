@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Update, bindparam
@@ -18,7 +19,7 @@ from spotd.store.rows import AttemptRow, JobRow
 from spotd.store.tables import Attempt, Instance, Job, table_of
 from spotd.types import AttemptStatus, InstanceState, JobStatus, Market
 
-__all__ = ["ATTEMPTS", "JOBS", "insert_attempt", "insert_job"]
+__all__ = ["ATTEMPTS", "JOBS", "AttemptIntent", "insert_attempt", "insert_job"]
 
 JOBS = Subject(
     what="job",
@@ -105,74 +106,80 @@ def insert_job(
     return job
 
 
-def insert_attempt(
-    conn: Connection,
-    *,
-    job_id: int,
-    attempt: int,
-    provider: str,
-    region: str,
-    zone: str,
-    instance_type: str,
-    market: Market | str,
-    price_per_hour: float,
-    num_nodes: int,
-    now: float,
-    instances: Sequence[Mapping[str, Any]],
-) -> AttemptRow:
+@dataclass(frozen=True, slots=True)
+class AttemptIntent:
+    """An attempt as a placement decides it, before any provider call: where, what, at what
+    price, and one ``{"key", "node_rank", "token"}`` per node (``instance_id`` unset until
+    ``set_instance_id``)."""
+
+    job_id: int
+    attempt: int
+    provider: str
+    region: str
+    zone: str
+    instance_type: str
+    market: Market | str
+    price_per_hour: float
+    num_nodes: int
+    now: float
+    instances: Sequence[Mapping[str, Any]]
+
+
+def insert_attempt(conn: Connection, intent: AttemptIntent) -> AttemptRow:
     """The attempt (PROVISIONING), its instance rows and its event, on ``conn``."""
-    aid = f"j{job_id}-a{attempt}"
-    market_value = Market(market).value
+    aid = f"j{intent.job_id}-a{intent.attempt}"
+    market_value = Market(intent.market).value
     inserted = conn.execute(
         _attempt_insert(),
         {
             "id": aid,
-            "job_id": job_id,
-            "attempt": attempt,
+            "job_id": intent.job_id,
+            "attempt": intent.attempt,
             "status": AttemptStatus.PROVISIONING.value,
-            "provider": provider,
-            "region": region,
-            "zone": zone,
-            "instance_type": instance_type,
+            "provider": intent.provider,
+            "region": intent.region,
+            "zone": intent.zone,
+            "instance_type": intent.instance_type,
             "market": market_value,
-            "price_per_hour": price_per_hour,
-            "num_nodes": num_nodes,
-            "created_at": now,
+            "price_per_hour": intent.price_per_hour,
+            "num_nodes": intent.num_nodes,
+            "created_at": intent.now,
             "end_detail": "",
         },
     ).mappings()
     row = AttemptRow.from_mapping(inserted.one())
-    if instances:
+    if intent.instances:
         conn.execute(
             table_of(Instance).insert(),
             [
                 {
                     "key": i["key"],
                     "attempt_id": aid,
-                    "job_id": job_id,
+                    "job_id": intent.job_id,
                     "node_rank": int(i["node_rank"]),
-                    "provider": provider,
+                    "provider": intent.provider,
                     "instance_id": None,
-                    "region": region,
-                    "zone": zone,
+                    "region": intent.region,
+                    "zone": intent.zone,
                     "state": InstanceState.PENDING.value,
                     "token": i["token"],
-                    "created_at": now,
+                    "created_at": intent.now,
                     "log_offset": 0,
                     "terminated": False,
                 }
-                for i in instances
+                for i in intent.instances
             ],
         )
     write_event(
         conn,
         kind="attempt.status",
         message=(
-            f"→ PROVISIONING: attempt {attempt} in {provider}/{region}/{zone}, "
-            f"{num_nodes}x {instance_type} {market_value} ${price_per_hour:.4f}/h"
+            f"→ PROVISIONING: attempt {intent.attempt} in "
+            f"{intent.provider}/{intent.region}/{intent.zone}, {intent.num_nodes}x "
+            f"{intent.instance_type} {market_value} ${intent.price_per_hour:.4f}/h"
         ),
-        now=now,
-        job_id=job_id,
+        now=intent.now,
+        job_id=intent.job_id,
         attempt_id=aid,
         data={"from": None, "to": AttemptStatus.PROVISIONING.value},
     )

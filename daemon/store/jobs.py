@@ -34,7 +34,7 @@ from spotd.store.cas import (
     find,
     set_fields,
 )
-from spotd.store.job_inserts import ATTEMPTS, JOBS, insert_attempt, insert_job
+from spotd.store.job_inserts import ATTEMPTS, JOBS, AttemptIntent, insert_attempt, insert_job
 from spotd.store.projects import Admit, admitted
 from spotd.store.rows import AttemptRow, InstanceRow, JobRow
 from spotd.store.tables import Instance, ZoneEvent, table_of
@@ -43,7 +43,6 @@ from spotd.types import (
     AttemptStatus,
     EndReason,
     JobStatus,
-    Market,
     ZoneEventKind,
 )
 
@@ -335,90 +334,33 @@ class JobStore(StoreBase):
 
     # -- attempts ----------------------------------------------------------------------
 
-    def create_attempt(
-        self,
-        *,
-        job_id: int,
-        attempt: int,
-        provider: str,
-        region: str,
-        zone: str,
-        instance_type: str,
-        market: Market | str,
-        price_per_hour: float,
-        num_nodes: int,
-        now: float,
-        instances: Sequence[Mapping[str, Any]],
-    ) -> AttemptRow:
+    def create_attempt(self, intent: AttemptIntent) -> AttemptRow:
         """Write the intent: the attempt (PROVISIONING) and its instance rows, atomically.
-
-        ``instances``: one ``{"key", "node_rank", "token"}`` per node, ``instance_id`` unset
-        until :meth:`set_instance_id`. Called before any provider call.
-        """
+        Called before any provider call."""
         with self._write() as conn:
-            return insert_attempt(
-                conn,
-                job_id=job_id,
-                attempt=attempt,
-                provider=provider,
-                region=region,
-                zone=zone,
-                instance_type=instance_type,
-                market=market,
-                price_per_hour=price_per_hour,
-                num_nodes=num_nodes,
-                now=now,
-                instances=instances,
-            )
+            return insert_attempt(conn, intent)
 
     def start_attempt(
-        self,
-        *,
-        job_id: int,
-        from_: Collection[JobStatus],
-        reason: str,
-        attempt: int,
-        provider: str,
-        region: str,
-        zone: str,
-        instance_type: str,
-        market: Market | str,
-        price_per_hour: float,
-        num_nodes: int,
-        now: float,
-        instances: Sequence[Mapping[str, Any]],
+        self, intent: AttemptIntent, *, from_: Collection[JobStatus], reason: str
     ) -> tuple[JobRow, AttemptRow, list[InstanceRow]]:
         """A placement, in one transaction: the job moves from one of ``from_`` to STARTING
-        (``current_attempt`` = ``attempt``) and the attempt's intent is written as by
+        (``current_attempt``: the intent's ``attempt``) and the attempt's intent is written as by
         :meth:`create_attempt`. Returns the job, the attempt and its instance rows (node
         order). :class:`StaleTransition` (a cancel came first): nothing is written."""
-        placed = {"message": reason, "current_attempt": attempt, "next_try_at": None}
+        placed = {"message": reason, "current_attempt": intent.attempt, "next_try_at": None}
         with self._write() as conn:
             job = compare_and_set(
                 conn,
                 JOBS,
-                job_id,
+                intent.job_id,
                 from_=from_,
                 to=JobStatus.STARTING,
                 reason=reason,
-                now=now,
+                now=intent.now,
                 values=placed,
                 data={"fields": placed},
             )
-            row = insert_attempt(
-                conn,
-                job_id=job_id,
-                attempt=attempt,
-                provider=provider,
-                region=region,
-                zone=zone,
-                instance_type=instance_type,
-                market=market,
-                price_per_hour=price_per_hour,
-                num_nodes=num_nodes,
-                now=now,
-                instances=instances,
-            )
+            row = insert_attempt(conn, intent)
             nodes = conn.execute(_attempt_nodes(), {"k_attempt": row.id}).mappings()
             return job, row, [InstanceRow.from_mapping(m) for m in nodes]
 

@@ -19,7 +19,7 @@ from spotd.control import quota
 from spotd.control.jobs import Controller
 from spotd.dashboard import Dashboard, mount_dashboard
 from spotd.metrics import DaemonMetrics
-from spotd.store import AsyncStore, JobRow, Store
+from spotd.store import AsyncStore, AttemptIntent, JobRow, Store
 from spotd.types import AttemptStatus, EndReason, Market
 
 ADMIN_TOKEN = "admin-token-for-dashboard-tests"
@@ -98,17 +98,19 @@ def seed_job(
     for n in (1, 2) if preempted else (1,):
         start = now - 90 + (n - 1) * 40
         store.create_attempt(
-            job_id=job.id,
-            attempt=n,
-            provider=provider,
-            region=f"{provider}-east" if n == 1 else f"{provider}-west",
-            zone=f"{provider}-east-a" if n == 1 else f"{provider}-west-a",
-            instance_type="cpu-1",
-            market=Market.SPOT,
-            price_per_hour=0.5,
-            num_nodes=1,
-            now=start,
-            instances=[{"key": f"{job.id}-{n}", "node_rank": 0, "token": f"t{job.id}-{n}"}],
+            AttemptIntent(
+                job_id=job.id,
+                attempt=n,
+                provider=provider,
+                region=f"{provider}-east" if n == 1 else f"{provider}-west",
+                zone=f"{provider}-east-a" if n == 1 else f"{provider}-west-a",
+                instance_type="cpu-1",
+                market=Market.SPOT,
+                price_per_hour=0.5,
+                num_nodes=1,
+                now=start,
+                instances=[{"key": f"{job.id}-{n}", "node_rank": 0, "token": f"t{job.id}-{n}"}],
+            )
         )
         if preempted and n == 1:
             aid = f"j{job.id}-a1"

@@ -90,7 +90,7 @@ async def test_intent_written_but_job_not_moved_is_adopted_after_a_restart(daemo
     """A daemon killed between storing an attempt's intent and moving the job to STARTING:
     the next daemon adopts the intent instead of writing attempt n+1 again (which would
     collide with the stored one)."""
-    from spotd.store import Store
+    from spotd.store import AttemptIntent, Store
     from spotd.types import JobStatus
 
     async with daemon.client() as c:
@@ -116,17 +116,19 @@ async def test_intent_written_but_job_not_moved_is_adopted_after_a_restart(daemo
         )
         cand = job["candidates"][0]
         store.create_attempt(
-            job_id=row.id,
-            attempt=1,
-            provider=cand["provider"],
-            region=cand["region"],
-            zone=cand["zone"],
-            instance_type=cand["instance_type"],
-            market=cand["market"],
-            price_per_hour=cand["price_per_hour"],
-            num_nodes=1,
-            now=time.time(),
-            instances=[{"key": f"j{row.id}-a1-n0", "node_rank": 0, "token": "tok"}],
+            AttemptIntent(
+                job_id=row.id,
+                attempt=1,
+                provider=cand["provider"],
+                region=cand["region"],
+                zone=cand["zone"],
+                instance_type=cand["instance_type"],
+                market=cand["market"],
+                price_per_hour=cand["price_per_hour"],
+                num_nodes=1,
+                now=time.time(),
+                instances=[{"key": f"j{row.id}-a1-n0", "node_rank": 0, "token": "tok"}],
+            )
         )
         assert store.get_job(row.id).status == JobStatus.PENDING
     finally:

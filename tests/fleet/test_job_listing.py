@@ -24,7 +24,7 @@ from spotd.api.app import make_app
 from spotd.config import load_settings
 from spotd.control.jobs import Controller
 from spotd.metrics import DaemonMetrics
-from spotd.store import AsyncStore, Store
+from spotd.store import AsyncStore, AttemptIntent, Store
 from spotd.types import JobStatus
 
 ADMIN_TOKEN = "admin-token-for-listing-tests"
@@ -65,19 +65,21 @@ def add_jobs(store: Store, n: int, *, project: str = "default", attempts: int = 
         )
         for a in range(1, attempts + 1):
             store.create_attempt(
-                job_id=job.id,
-                attempt=a,
-                provider="fleet",
-                region="fleet-east",
-                zone="fleet-east-a",
-                instance_type="cpu-1",
-                market="spot",
-                price_per_hour=0.1,
-                num_nodes=1,
-                now=1000.0 + i,
-                instances=[
-                    {"key": f"j{job.id}-a{a}-n0", "node_rank": 0, "token": secrets.token_hex(8)}
-                ],
+                AttemptIntent(
+                    job_id=job.id,
+                    attempt=a,
+                    provider="fleet",
+                    region="fleet-east",
+                    zone="fleet-east-a",
+                    instance_type="cpu-1",
+                    market="spot",
+                    price_per_hour=0.1,
+                    num_nodes=1,
+                    now=1000.0 + i,
+                    instances=[
+                        {"key": f"j{job.id}-a{a}-n0", "node_rank": 0, "token": secrets.token_hex(8)}
+                    ],
+                )
             )
         store.transition_job(
             job.id, from_=[JobStatus.PENDING], to=JobStatus.RUNNING, reason="test", now=2000.0

@@ -15,6 +15,7 @@ from spotd.recovery.detection import Verdict, VerdictKind
 from spotd.recovery.watch import NodeReport
 from spotd.store import AsyncStore, Store
 from spotd.types import AttemptStatus, JobStatus
+from tests.factories import intent
 
 NOW = 1_800_000_000.0
 
@@ -43,19 +44,15 @@ async def _running_gang(ctl: Controller, nodes: int) -> tuple[int, str]:
         submitted_at=NOW,
     )
     await store.create_attempt(
-        job_id=job.id,
-        attempt=1,
-        provider="local",
-        region="local-east",
-        zone="local-east-a",
-        instance_type="cpu",
-        market="spot",
-        price_per_hour=0.1,
-        num_nodes=nodes,
-        now=NOW,
-        instances=[
-            {"key": f"j{job.id}-a1-n{r}", "node_rank": r, "token": f"tok{r}"} for r in range(nodes)
-        ],
+        intent(
+            job.id,
+            nodes=nodes,
+            now=NOW,
+            region="local-east",
+            zone="local-east-a",
+            instance_type="cpu",
+            price_per_hour=0.1,
+        )
     )
     await store.transition_job(
         job.id, from_=[JobStatus.PENDING], to=JobStatus.STARTING, reason="placed", now=NOW

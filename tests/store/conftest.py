@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
-from spotd.store import Store
+from spotd.store import AttemptIntent, Store
 
 PG_ENV = "SPOTD_TEST_PG_URL"
 PG_HOWTO = f"export {PG_ENV}=$(bash scripts/pg.sh start)"
@@ -146,6 +146,6 @@ def make_attempt(store: Store, clock: FakeClock) -> Callable[..., object]:
             ],
         }
         args.update(kw)
-        return store.create_attempt(**args)  # type: ignore[arg-type]
+        return store.create_attempt(AttemptIntent(**args))  # type: ignore[arg-type]
 
     return _make

@@ -10,6 +10,7 @@ import pytest
 
 from spotd.store import AsyncStore, StaleTransition, Store
 from spotd.types import AttemptStatus, EndReason, JobStatus
+from tests.factories import intent
 
 
 async def test_async_store_runs_a_job_from_the_loop(db_url: str, clock: Any) -> None:
@@ -24,17 +25,7 @@ async def test_async_store_runs_a_job_from_the_loop(db_url: str, clock: Any) -> 
             submitted_at=clock(),
         )
         a = await store.create_attempt(
-            job_id=job.id,
-            attempt=1,
-            provider="local",
-            region="r",
-            zone="z",
-            instance_type="cpu.small",
-            market="spot",
-            price_per_hour=0.01,
-            num_nodes=1,
-            now=clock(),
-            instances=[{"key": "k", "node_rank": 0, "token": "tok"}],
+            intent(job.id, now=clock(), instances=[{"key": "k", "node_rank": 0, "token": "tok"}])
         )
         await store.transition_job(
             job.id,

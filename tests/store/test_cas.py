@@ -20,6 +20,7 @@ from spotd.store.instances import INSTANCES
 from spotd.store.jobs import ATTEMPTS, JOBS
 from spotd.store.services import REPLICAS, SERVICES
 from spotd.types import AttemptStatus, JobStatus
+from tests.factories import intent
 
 T0 = 1_700_000_000.0
 
@@ -46,19 +47,7 @@ def _job(store: Store) -> Seeded:
 
 def _attempt(store: Store) -> Seeded:
     job_id = _job(store).row_id
-    a = store.create_attempt(
-        job_id=job_id,
-        attempt=1,
-        provider="local",
-        region="r",
-        zone="z",
-        instance_type="cpu.small",
-        market="spot",
-        price_per_hour=0.01,
-        num_nodes=1,
-        now=T0,
-        instances=[{"key": f"j{job_id}-a1-n0", "node_rank": 0, "token": f"t{job_id}"}],
-    )
+    a = store.create_attempt(intent(job_id, now=T0))
     return Seeded(
         ATTEMPTS, a.id, AttemptStatus.PROVISIONING, {"job_id": job_id, "attempt_id": a.id}
     )

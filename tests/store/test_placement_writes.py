@@ -14,26 +14,21 @@ import pytest
 
 from spotd.store import StaleTransition, Store
 from spotd.types import AttemptStatus, JobStatus
+from tests.factories import intent
 
 
 def place(store: Store, job_id: int, now: float, *, nodes: int = 2) -> Any:
     return store.start_attempt(
-        job_id=job_id,
+        intent(
+            job_id,
+            nodes=nodes,
+            now=now,
+            provider="fleet",
+            instance_type="cpu-1",
+            price_per_hour=0.1,
+        ),
         from_=[JobStatus.PENDING, JobStatus.RECOVERING],
         reason="attempt 1: fleet/r/z cpu-1 spot",
-        attempt=1,
-        provider="fleet",
-        region="r",
-        zone="z",
-        instance_type="cpu-1",
-        market="spot",
-        price_per_hour=0.1,
-        num_nodes=nodes,
-        now=now,
-        instances=[
-            {"key": f"j{job_id}-a1-n{r}", "node_rank": r, "token": f"t{job_id}-{r}"}
-            for r in range(nodes)
-        ],
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from spotd.store import AsyncStore, NotFound, Store
+from tests.factories import intent
 
 # (require method, the get method it mirrors, a key nothing has, the NotFound message)
 MISSING = [
@@ -32,19 +33,7 @@ def _seed(store: Store) -> dict[str, Any]:
         resources="cpu",
         submitted_at=1.0,
     )
-    attempt = store.create_attempt(
-        job_id=job.id,
-        attempt=1,
-        provider="local",
-        region="r",
-        zone="z",
-        instance_type="cpu.small",
-        market="spot",
-        price_per_hour=0.01,
-        num_nodes=1,
-        now=1.0,
-        instances=[{"key": f"j{job.id}-a1-n0", "node_rank": 0, "token": "t"}],
-    )
+    attempt = store.create_attempt(intent(job.id))
     svc = store.create_service(
         name="svc",
         spec_json="{}",

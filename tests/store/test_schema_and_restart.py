@@ -15,6 +15,7 @@ import spotd.store.migrations as migrations_mod
 import spotd.store.tables as tables_mod
 from spotd.store import (
     LATEST_VERSION,
+    AttemptIntent,
     AttemptRow,
     EventRow,
     InstanceRow,
@@ -157,17 +158,19 @@ def test_everything_survives_close_and_reopen(
         current_attempt=1,
     )
     a = s1.create_attempt(
-        job_id=job.id,
-        attempt=1,
-        provider="aws",
-        region="us-east-1",
-        zone="us-east-1a",
-        instance_type="g4dn.xlarge",
-        market="spot",
-        price_per_hour=0.1578,
-        num_nodes=1,
-        now=clock(),
-        instances=[{"key": "k0", "node_rank": 0, "token": "secret-token"}],
+        AttemptIntent(
+            job_id=job.id,
+            attempt=1,
+            provider="aws",
+            region="us-east-1",
+            zone="us-east-1a",
+            instance_type="g4dn.xlarge",
+            market="spot",
+            price_per_hour=0.1578,
+            num_nodes=1,
+            now=clock(),
+            instances=[{"key": "k0", "node_rank": 0, "token": "secret-token"}],
+        )
     )
     inst = s1.set_instance_id("k0", "i-0123")
     z = s1.add_zone_event(
