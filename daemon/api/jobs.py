@@ -30,8 +30,9 @@ from spotd.api.common import (
 from spotd.api.files import Sha256
 from spotd.api.params import PathId, QueryInt, QueryList
 from spotd.api.routes import TENANT, Route
+from spotd.control.cancel import request_cancel
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
-from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition
+from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow
 from spotd.store.jobs import JobPage
 from spotd.telemetry import gpu
 from spotd.types import Candidate, JobStatus
@@ -286,19 +287,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     store = request.app[STORE]
     if JobStatus(job.status).is_terminal:
         raise ApiError(409, f"job {job.id} is already {job.status}")
-    try:
-        job = await store.transition_job(
-            job.id,
-            from_=[s for s in JobStatus if not s.is_terminal and s != JobStatus.CANCELLING],
-            to=JobStatus.CANCELLING,
-            reason="cancel requested",
-            now=time.time(),
-        )
-    except StaleTransition:
-        fresh = await store.get_job(job.id)
-        assert fresh is not None  # jobs are never deleted
-        job = fresh
-    request.app[CONTROLLER].wake(job.id)
+    wake = request.app[CONTROLLER].wake
+    job = await request_cancel(store, wake, job.id, reason="cancel requested", now=time.time())
     return web.json_response(await job_json(store, job, time.time()))
 
 

@@ -48,13 +48,14 @@ from spotd.aiokit import sleep
 from spotd.config import Settings
 from spotd.control import pool_jobs
 from spotd.control.attempts import FINAL_PHASES, attempt_id
+from spotd.control.cancel import request_cancel
 from spotd.control.jobs import Controller
 from spotd.control.pool_jobs import decide
 from spotd.control.pool_queue import FreeWorker, QueuedJob, pick_for
 from spotd.control.refusals import InvalidRequest, Refused
 from spotd.control.submit import LaunchRequest, Plan, parse_task, plan_submission, submit
 from spotd.spec import Task
-from spotd.store import AsyncStore, InstanceRow, JobRow, StaleTransition
+from spotd.store import AsyncStore, InstanceRow, JobRow
 from spotd.store.pools import (
     PoolAttemptRow,
     PoolExists,
@@ -348,17 +349,9 @@ class Pools:
         self.controller.sup.spawn("pools", self.run)
 
     async def _cancel_worker(self, job: JobRow, reason: str) -> None:
-        try:
-            await self.store.transition_job(
-                job.id,
-                from_=[s for s in JobStatus if not s.is_terminal and s != JobStatus.CANCELLING],
-                to=JobStatus.CANCELLING,
-                reason=reason,
-                now=self.clock(),
-            )
-        except StaleTransition:
-            pass  # ended or cancelling already
-        self.controller.wake(job.id)
+        await request_cancel(
+            self.store, self.controller.wake, job.id, reason=reason, now=self.clock()
+        )
 
     async def down(self, name: str, scope: str | None) -> PoolRow:
         """Take the pool down: its queued and running jobs cancelled, every worker cancelled."""

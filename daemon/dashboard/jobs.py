@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from spotd.control.cancel import request_cancel
 from spotd.dashboard.render import View, render_part
 from spotd.dashboard.state import Dashboard, Viewer
 from spotd.dashboard.timeline import timeline
 from spotd.pricing import cost as costs
-from spotd.store import AttemptRow, JobRow, StaleTransition
+from spotd.store import AttemptRow, JobRow
 from spotd.telemetry import gpu
 from spotd.types import JobStatus
 
@@ -190,15 +191,6 @@ async def cancel_job(d: Dashboard, viewer: Viewer, job_id: int) -> str:
         return f"no job {job_id}"
     if job.is_terminal:
         return f"job {job.id} is already {job.status}"
-    try:
-        await d.store.transition_job(
-            job.id,
-            from_=[s for s in JobStatus if not s.is_terminal and s != JobStatus.CANCELLING],
-            to=JobStatus.CANCELLING,
-            reason=f"cancel requested from the dashboard ({viewer.who.label})",
-            now=d.clock(),
-        )
-    except StaleTransition:
-        pass  # it moved on meanwhile (or is cancelling already): the worker decides
-    d.controller.wake(job.id)
+    reason = f"cancel requested from the dashboard ({viewer.who.label})"
+    await request_cancel(d.store, d.controller.wake, job.id, reason=reason, now=d.clock())
     return f"cancelling job {job.id}"
