@@ -15,6 +15,7 @@ from aiohttp import web
 from spotd.api.common import CONTROLLER, STORE, ApiError, scope
 from spotd.api.params import QueryChoice, QueryText
 from spotd.api.routes import TENANT, Route
+from spotd.control import usage
 from spotd.pricing import cost as costs
 
 __all__ = ["ROUTES"]
@@ -39,25 +40,8 @@ async def cost(request: web.Request) -> web.Response:
             raise ApiError(400, str(exc)) from exc
         if not math.isfinite(since):
             raise ApiError(400, f"since must be a finite moment, got {raw_since!r}")
-    store = request.app[STORE]
-    index = costs.CatalogIndex(request.app[CONTROLLER].catalog)
-    limit = scope(request)
-    usages: list[costs.Usage] = []
-    for job in await store.list_jobs():
-        if limit is not None and job.project != limit:
-            continue
-        if since is not None and job.ended_at is not None and job.ended_at < since:
-            continue
-        usages += [
-            costs.usage_from_attempt(a, job=job, index=index) for a in await store.attempts(job.id)
-        ]
-    for svc in await store.list_services():
-        if limit is not None and svc.project != limit:
-            continue
-        usages += [
-            costs.usage_from_replica(r, service=svc.name, project=svc.project, index=index)
-            for r in await store.replicas(service_id=svc.id)
-        ]
+    catalog = request.app[CONTROLLER].catalog
+    usages = await usage.usages(request.app[STORE], catalog, project=scope(request), since=since)
     rows, total = costs.cost_report(usages, by=by, since=since, now=now)
     return web.json_response(costs.report_json(rows, total, by=by, since=since, now=now))
 

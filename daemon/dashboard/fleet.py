@@ -18,6 +18,7 @@ from collections import Counter
 from types import MappingProxyType
 from typing import Any
 
+from spotd.control import usage
 from spotd.dashboard.render import View, render_part
 from spotd.dashboard.state import Dashboard, Viewer
 from spotd.pricing import cost as costs
@@ -100,21 +101,7 @@ async def fleet_page(d: Dashboard, viewer: Viewer) -> View:
 
 
 async def _usages(d: Dashboard, viewer: Viewer) -> list[costs.Usage]:
-    index = costs.CatalogIndex(d.controller.catalog)
-    out: list[costs.Usage] = []
-    for job in await d.store.list_jobs():
-        if viewer.sees(job.project):
-            out += [
-                costs.usage_from_attempt(a, job=job, index=index)
-                for a in await d.store.attempts(job.id)
-            ]
-    for svc in await d.store.list_services():
-        if viewer.sees(svc.project):
-            out += [
-                costs.usage_from_replica(r, service=svc.name, project=svc.project, index=index)
-                for r in await d.store.replicas(service_id=svc.id)
-            ]
-    return out
+    return await usage.usages(d.store, d.controller.catalog, project=viewer.who.project)
 
 
 def spend_series(

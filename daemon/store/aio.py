@@ -127,6 +127,7 @@ class AsyncStore:
     start_attempt = _offload(Store.start_attempt)
     attempt_running = _offload(Store.attempt_running)
     transition_attempt = _offload(Store.transition_attempt)
+    every_attempt = _offload(Store.every_attempt)
     attempts = _offload(Store.attempts)
     get_attempt = _offload(Store.get_attempt)
     require_attempt = _offload(Store.require_attempt)
