@@ -293,6 +293,8 @@ def compose_documents(
         except SpecError as exc:  # malformed: read again in Python, whose messages (and
             if not isinstance(exc.__cause__, yaml.YAMLError):  # lines) are the documented ones
                 raise  # a limit: counted the same in both
+        except UnicodeError:  # text libyaml cannot take as UTF-8 (a lone surrogate from JSON):
+            pass  # PyYAML's reader refuses it with a message
     return _compose(text, file, limits, _BoundedLoader)
 
 
