@@ -15,6 +15,11 @@ go: false}``: each stops its run and reports ``waiting``. Node 2's replacement b
 generation 1, runs setup and reports ``waiting``. The next heartbeat of each is answered
 ``go: true``; all four run again with ``SPOTD_GENERATION=1``.
 
+The first run is a go too: a gang's agents run setup, report ``waiting`` at generation 0 and
+start together once every node waits and the provider's listing shows every node's address
+(``SPOTD_NODE_IPS`` from the first run on; an order without addresses keeps the launch's list,
+where the provider reports none — the local one, Slurm, which fills it from its node list).
+
 Every node resumes from one snapshot: after the ``go``, and before it runs again, each node
 swaps its checkpoint directory for what the checkpoint store holds (``resume``) — the
 replacement may have restored at boot before the others' last syncs landed, and a survivor's
@@ -72,12 +77,14 @@ class Gang:
     def __init__(self, cfg: AgentConfig) -> None:
         raw = cfg.envs.get(GENERATION_ENV, "0")
         self.generation = int(raw) if raw.isdigit() else 0
-        self.ran = 0 if self.generation == 0 else -1  # the generation whose run last started
+        self.gang = cfg.num_nodes > 1
+        # the generation whose run last started: a gang's node waits for the go of its own,
+        # the first run (generation 0) included, so that every node's address is known
+        self.ran = -1 if self.gang else self.generation
         self.order: RestartOrder | None = None
         self.changed = asyncio.Event()  # a newer generation arrived: the run going must stop
         self.go = asyncio.Event()  # the newest generation may run
         self.attempt = cfg.attempt
-        self.gang = cfg.num_nodes > 1
         self.absorbed = False  # this node resumed from the final snapshot now in the store
 
     def on_order(self, order: RestartOrder) -> bool:
@@ -95,7 +102,7 @@ class Gang:
 
     def must_wait(self) -> bool:
         """Whether the next run waits for ``go`` (its generation has not run yet)."""
-        return self.generation > 0 and self.ran < self.generation
+        return self.ran < self.generation
 
     def started(self) -> None:
         self.ran = self.generation
@@ -107,7 +114,8 @@ class Gang:
         envs = dict(cfg.envs) | {GENERATION_ENV: str(self.generation)}
         if order is None:
             return dataclasses.replace(cfg, envs=envs)
-        envs["SPOTD_NODE_IPS"] = order.node_ips
+        if order.node_ips:  # empty: the provider reports no addresses; keep the launch's
+            envs["SPOTD_NODE_IPS"] = order.node_ips
         return dataclasses.replace(cfg, envs=envs, num_nodes=order.num_nodes)
 
     async def sync(self, ckpt: AsyncCheckpointStore, directory: Path) -> bool:

@@ -297,11 +297,14 @@ class Agent:
                     return None
                 self.cfg = self.gang.apply(self.cfg)
                 env = build_env(self.cfg, self.checkpoint, os.environ)
-                resumed = await self.gang.resume(self.ckpt, self.checkpoint)  # one snapshot
-                self._log(
-                    f"generation {self.gang.generation}: {self.cfg.num_nodes} nodes, go"
-                    + (" (checkpoint restored from the store)" if resumed else "")
-                )
+                if self.gang.generation == 0:  # the first run: restored at boot already
+                    self._log(f"every node is up: {self.cfg.num_nodes} nodes, go")
+                else:
+                    resumed = await self.gang.resume(self.ckpt, self.checkpoint)  # one snapshot
+                    self._log(
+                        f"generation {self.gang.generation}: {self.cfg.num_nodes} nodes, go"
+                        + (" (checkpoint restored from the store)" if resumed else "")
+                    )
             self.gang.started()
             self._set_phase("run")
             program = (  # a pool's worker runs the pool's jobs instead (spotd.agent.pool)

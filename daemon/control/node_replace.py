@@ -76,6 +76,7 @@ log = structlog.get_logger("spotd.control.node_replace")
 
 REFUSAL_MEMORY = 300.0  # a launch refused in the zone this recently: no replacement there
 READY_PHASES = frozenset({"waiting", "run", "exited"})  # ready for (or past) the go
+UNKNOWN_ADDRESS = "127.0.0.1"  # a listing's address where its provider reports none
 NOTICE_FALLBACK = 120.0  # a notice without a deadline: EC2's two minutes
 RESTART_TIMEOUT = 600.0  # a kept node has this long (after its grace) to stop and sync
 FINAL_PHASES = frozenset({"exited", "setup_failed", "preempted"})  # the agent is done
@@ -320,7 +321,9 @@ class NodeLosses:
         """What a heartbeat's answer tells the agent about restarting (None: nothing): the
         newest generation to an agent behind it, and ``go`` to a waiting one."""
         current = await self.generation(row.attempt_id)
-        if current == 0 or (generation >= current and phase != "waiting"):
+        if current == 0:  # the first run: a gang's agents wait for every node's address
+            return await self._first_go(row) if phase == "waiting" and generation == 0 else None
+        if generation >= current and phase != "waiting":
             return None
         every = await self.store.instances(attempt_id=row.attempt_id)
         now_nodes = current_nodes(every)
@@ -340,6 +343,25 @@ class NodeLosses:
             "generation": current,
             "num_nodes": len(now_nodes),
             "node_ips": "\n".join(ips),
+            "go": ready,
+        }
+
+    async def _first_go(self, row: InstanceRow) -> dict[str, Any]:
+        """Generation 0 of a multi-node attempt: ``go`` once every node waits and the
+        provider's listing shows every node with an address, so ``SPOTD_NODE_IPS`` (and
+        SkyPilot's ``SKYPILOT_NODE_IPS``) name the real nodes from the first run on, not
+        addresses guessed at launch. ``node_ips`` is empty where the provider reports no
+        addresses (the agent keeps what it was launched with: Slurm's node list, say)."""
+        now_nodes = current_nodes(await self.store.instances(attempt_id=row.attempt_id))
+        listing = self.observer.latest(row.provider)
+        listed = listing.instances if listing is not None else {}
+        seen = [listed[r.key].address if r.key in listed else "" for r in now_nodes]
+        ready = all(r.key == row.key or r.phase in READY_PHASES for r in now_nodes) and all(seen)
+        known = any(a != UNKNOWN_ADDRESS for a in seen)
+        return {
+            "generation": 0,
+            "num_nodes": len(now_nodes),
+            "node_ips": "\n".join(seen) if ready and known else "",
             "go": ready,
         }
 

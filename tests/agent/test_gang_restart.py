@@ -33,10 +33,16 @@ def config(rank: int = 0, envs: dict[str, str] | None = None) -> AgentConfig:
 IPS = "10.0.0.1\n10.0.0.2\n10.0.0.9\n10.0.0.4"
 
 
-def test_a_first_generation_node_runs_without_waiting_and_adopts_a_newer_one() -> None:
+def test_a_first_generation_node_waits_for_every_address_then_adopts_a_newer_one() -> None:
     gang = Gang(config())
-    assert gang.generation == 0 and not gang.must_wait()
+    assert gang.generation == 0 and gang.must_wait()  # the first run waits for the go too
+    gang.on_order(RestartOrder(0, 4, IPS, go=False))  # some node not up yet
+    assert not gang.go.is_set()
+    assert gang.on_order(RestartOrder(0, 4, IPS, go=True)) is False
+    assert gang.go.is_set()
+    assert gang.apply(config()).envs["SPOTD_NODE_IPS"] == IPS  # the real addresses
     gang.started()
+    assert not gang.must_wait()
     assert gang.on_order(RestartOrder(1, 4, IPS, go=False)) is True
     assert gang.changed.is_set() and gang.must_wait() and not gang.go.is_set()
     assert gang.on_order(RestartOrder(1, 4, IPS, go=False)) is False  # the same order again
@@ -44,6 +50,15 @@ def test_a_first_generation_node_runs_without_waiting_and_adopts_a_newer_one() -
     assert gang.go.is_set()
     gang.started()
     assert not gang.must_wait() and not gang.changed.is_set()
+
+
+def test_a_single_node_job_never_waits_and_an_order_without_addresses_keeps_the_launchs() -> None:
+    single = Gang(dataclasses.replace(config(), num_nodes=1))
+    assert not single.must_wait()
+    gang = Gang(config(envs={"SPOTD_NODE_IPS": "slurm-a\nslurm-b\nslurm-c\nslurm-d"}))
+    gang.on_order(RestartOrder(0, 4, "", go=True))  # the provider reports no addresses
+    cfg = gang.apply(config(envs={"SPOTD_NODE_IPS": "slurm-a\nslurm-b\nslurm-c\nslurm-d"}))
+    assert cfg.envs["SPOTD_NODE_IPS"] == "slurm-a\nslurm-b\nslurm-c\nslurm-d"
 
 
 def test_a_replacement_waits_for_go_before_its_first_run() -> None:

@@ -9,12 +9,14 @@ import pytest
 
 from spotd.config import load_settings
 from spotd.control.jobs import Controller
+from spotd.control.observer import Observation
 from spotd.metrics import DaemonMetrics
+from spotd.providers.base import ObservedInstance
 from spotd.providers.local import LocalProvider
 from spotd.recovery.detection import Verdict, VerdictKind
 from spotd.recovery.watch import NodeReport
 from spotd.store import AsyncStore, Store
-from spotd.types import AttemptStatus, JobStatus
+from spotd.types import AttemptStatus, InstanceId, InstanceState, JobStatus
 from tests.factories import intent
 
 NOW = 1_800_000_000.0
@@ -120,3 +122,62 @@ async def test_a_single_node_job_is_never_partially_recovered(ctl: Controller) -
     job, attempt = await ctl.store.require_job(jid), await ctl.store.require_attempt(aid)
     assert not await ctl.losses.replace(job, attempt, _reports(aid, 0, 1), NOW + 1)
     assert (await ctl.store.require_job(jid)).status == JobStatus.STARTING  # untouched here
+
+
+async def test_the_first_run_goes_when_every_node_waits_and_has_an_address(
+    ctl: Controller,
+) -> None:
+    """Generation 0 of a gang: ``go`` with the listing's addresses once every node waits and
+    is listed with an address (an EC2 instance has none until its interface is up)."""
+    store, losses = ctl.store, ctl.losses
+    _, aid = await _running_gang(ctl, 2)
+    keys = [f"{aid}-n0", f"{aid}-n1"]
+    for k in keys:
+        await store.record_heartbeat(
+            k, now=NOW, phase="setup", exit_code=None, notice_deadline=None
+        )
+
+    def listing(addresses: dict[str, str]) -> None:
+        observed = {
+            k: ObservedInstance(
+                id=InstanceId(f"i-{k}"),
+                key=k,
+                region="r",
+                zone="z",
+                state=InstanceState.RUNNING,
+                address=a,
+            )
+            for k, a in addresses.items()
+        }
+        ctl.observer._latest["local"] = Observation(instances=observed)
+
+    async def order(key: str, phase: str) -> dict[str, object] | None:
+        await store.record_heartbeat(
+            key, now=NOW, phase=phase, exit_code=None, notice_deadline=None
+        )
+        return await losses.order_for(await store.require_instance(key), 0, phase)
+
+    listing({keys[0]: "10.0.0.5", keys[1]: ""})  # node 1 has no address yet
+    assert await order(keys[0], "run") is None  # a node not waiting is told nothing
+    assert await order(keys[0], "waiting") == {
+        "generation": 0,
+        "num_nodes": 2,
+        "node_ips": "",
+        "go": False,
+    }
+    assert (await order(keys[1], "waiting"))["go"] is False  # type: ignore[index]
+    listing({keys[0]: "10.0.0.5", keys[1]: "10.0.0.6"})
+    assert await order(keys[1], "waiting") == {
+        "generation": 0,
+        "num_nodes": 2,
+        "node_ips": "10.0.0.5\n10.0.0.6",
+        "go": True,
+    }
+    # a provider that reports no addresses (the local one, Slurm): go, the launch's list kept
+    listing({keys[0]: "127.0.0.1", keys[1]: "127.0.0.1"})
+    assert await order(keys[0], "waiting") == {
+        "generation": 0,
+        "num_nodes": 2,
+        "node_ips": "",
+        "go": True,
+    }
