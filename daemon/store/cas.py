@@ -143,9 +143,11 @@ class SetTo:
     params: Mapping[str, Any]
 
 
-# (statement, the expressions it sets) → the statement with them: a handful of shapes, each
-# made of objects built once (the keys are ids; the values keep those objects alive)
-_WITH_EXPRS: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[Update, tuple[Any, ...]]] = {}
+@functools.cache
+def _with_exprs(stmt: Update, exprs: tuple[tuple[str, ColumnElement[Any]], ...]) -> Update:
+    """``stmt`` setting ``exprs`` too: one per shape, since both are built once (cached by
+    identity)."""
+    return stmt.values(**dict(exprs))
 
 
 def _updated(
@@ -155,11 +157,7 @@ def _updated(
     exprs = {k: v for k, v in values.items() if isinstance(v, SetTo)}
     params = {k: v for k, v in values.items() if k not in exprs}
     if exprs:
-        shape = (id(stmt), tuple(sorted((k, id(v.sql)) for k, v in exprs.items())))
-        if shape not in _WITH_EXPRS:
-            sqls = {k: v.sql for k, v in exprs.items()}
-            _WITH_EXPRS[shape] = (stmt.values(**sqls), (stmt, *sqls.values()))
-        stmt = _WITH_EXPRS[shape][0]
+        stmt = _with_exprs(stmt, tuple(sorted((k, v.sql) for k, v in exprs.items())))
         for v in exprs.values():
             params.update(v.params)
     return conn.execute(stmt, {**params, **where}).mappings().first()
