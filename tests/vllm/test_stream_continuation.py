@@ -40,16 +40,23 @@ def body(i: int, model: str) -> tuple[str, dict[str, Any]]:
 
 
 async def read_stream(
-    session: aiohttp.ClientSession, url: str, payload: dict[str, Any], seen: list[int]
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: dict[str, Any],
+    seen: list[int],
+    slot: int = 0,
 ) -> tuple[str, int, set[str]]:
     """(text, how many [DONE], the chunk ids) of one streamed answer; ``seen[0]`` counts the
-    events of all streams as they arrive."""
+    events of all streams as they arrive, ``seen[1 + slot]`` this stream's."""
     async with session.post(url, json=payload) as r:
         assert r.status == 200, await r.text()
         raw = b""
         async for chunk in r.content.iter_any():
             raw += chunk
-            seen[0] += chunk.count(b"\n\n")
+            events = chunk.count(b"\n\n")
+            seen[0] += events
+            if len(seen) > 1 + slot:
+                seen[1 + slot] += events
     text, done, ids = [], 0, set()
     for event in raw.split(b"\n\n"):
         if not event.strip():
@@ -73,8 +80,9 @@ async def run_all(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=240)) as s:
         return await asyncio.gather(
             *(
-                read_stream(s, base + p, b, seen)
-                for p, b in (body(i, model) for i in range(STREAMS))
+                read_stream(s, base + path, payload, seen, i)
+                for i in range(STREAMS)
+                for path, payload in [body(i, model)]
             )
         )
 
@@ -91,11 +99,16 @@ def test_streams_survive_a_notice_with_identical_text(vllm_service: Service) -> 
     moved_before = _handoffs(lb)
 
     async def with_notice() -> list[tuple[str, int, set[str]]]:
-        seen = [0]
+        seen = [0] * (1 + STREAMS)  # every event, then each stream's
         streams = asyncio.ensure_future(run_all(base, vllm_service.model, seen))
         deadline = time.monotonic() + 60
-        # the streams are under way: about 8 tokens each (of 200), on both replicas
-        while seen[0] < 8 * STREAMS or lb.replicas()[victim.id]["in_flight"] < 4:
+        # the streams are under way: every one of them has its first events (so those on the
+        # victim are being relayed, not still waiting for vLLM to answer: a request the victim
+        # never answered is simply sent elsewhere, which moves no stream), about 8 tokens each
+        # (of 200), on both replicas
+        while (
+            seen[0] < 8 * STREAMS or min(seen[1:]) < 2 or lb.replicas()[victim.id]["in_flight"] < 4
+        ):
             assert time.monotonic() < deadline and not streams.done(), lb.replicas()
             await asyncio.sleep(0.01)
         # the notice: reclaimed in 2 s (less than the LB's 10 s margin: the streams move now)
