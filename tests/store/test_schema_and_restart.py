@@ -15,7 +15,6 @@ import spotd.store.migrations as migrations_mod
 import spotd.store.tables as tables_mod
 from spotd.store import (
     LATEST_VERSION,
-    AttemptIntent,
     AttemptRow,
     EventRow,
     InstanceRow,
@@ -29,6 +28,7 @@ from spotd.store import (
     ZoneEventRow,
 )
 from spotd.types import JobStatus
+from tests.factories import intent
 
 
 def test_reopen_is_idempotent(open_store: Callable[[], Store], clock: Any) -> None:
@@ -158,17 +158,14 @@ def test_everything_survives_close_and_reopen(
         current_attempt=1,
     )
     a = s1.create_attempt(
-        AttemptIntent(
-            job_id=job.id,
-            attempt=1,
+        intent(
+            job.id,
+            now=clock(),
             provider="aws",
             region="us-east-1",
             zone="us-east-1a",
             instance_type="g4dn.xlarge",
-            market="spot",
             price_per_hour=0.1578,
-            num_nodes=1,
-            now=clock(),
             instances=[{"key": "k0", "node_rank": 0, "token": "secret-token"}],
         )
     )
