@@ -45,6 +45,9 @@ def _chart_max(page: Any, name: str) -> float:
 def test_qps_chart_moves_under_load_and_a_replica_drains(web_daemon, page, shot, tmp_path: Path):
     svc = run_async(_up(web_daemon))
     page.goto(web_daemon.login_link())
+    # the signed-in page moves on by itself (a meta refresh): wait for it, or that refresh can
+    # land after the next navigation and take the page back to the overview
+    page.wait_for_selector("h1:has-text('Jobs')")
     page.goto(web_daemon.base + "/services")
     page.click("a:has-text('svc')")
     page.wait_for_selector("[data-chart='traffic'] canvas")
