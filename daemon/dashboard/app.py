@@ -92,7 +92,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     sub = _sub(request)
     if sub.startswith(PUBLIC) or sub == "/login-link":
         return await handler(request)
-    session = d.sessions.get(request.cookies.get(COOKIE), now=d.clock())
+    session = await d.sessions.get(request.cookies.get(COOKIE), now=d.clock())
     if session is None:
         if request.method == "GET" and not sub.startswith("/live/"):
             return _see_other(f"{PREFIX}/login")
@@ -211,7 +211,7 @@ async def live(request: web.Request) -> web.StreamResponse:
         transport = request.transport
         if transport is None or transport.is_closing():
             break
-        if request.app[TCP] and d.sessions.get(cookie, now=d.clock()) is None:
+        if request.app[TCP] and await d.sessions.get(cookie, now=d.clock()) is None:
             break  # signed out, or the session ran out
         view = await build_page(d, viewer, name, request.query)
         if view is None:
@@ -296,9 +296,9 @@ def _login_page(d: Dashboard, error: str = "", *, status: int = 200) -> web.Resp
     )
 
 
-def _signed_in(request: web.Request, who: Identity, response: web.Response) -> web.Response:
+async def _signed_in(request: web.Request, who: Identity, response: web.Response) -> web.Response:
     d = request.app[DASHBOARD]
-    session = d.sessions.create(who, now=d.clock())
+    session = await d.sessions.create(who, now=d.clock())
     response.set_cookie(
         COOKIE,
         session.id,
@@ -330,18 +330,18 @@ async def login(request: web.Request) -> web.StreamResponse:
     who = await _identity_of(d, str(form.get("token", ""))[:512])
     if who is None:
         return _login_page(d, "That token is not valid here.", status=401)
-    return _signed_in(request, who, _see_other(f"{PREFIX}/"))
+    return await _signed_in(request, who, _see_other(f"{PREFIX}/"))
 
 
 async def login_link(request: web.Request) -> web.StreamResponse:
     """Redeem a one-time link; a page that moves on to the dashboard by itself (a same-site
     navigation, so the ``SameSite=Strict`` cookie goes with it)."""
     d = request.app[DASHBOARD]
-    who = d.links.redeem(request.match_info["code"], now=d.clock())
+    who = await d.links.redeem(request.match_info["code"], now=d.clock())
     if who is None:
         return _login_page(d, "That sign-in link was used already or has expired.", status=401)
     html = d.env.get_template("signed_in.html").render()
-    return _signed_in(
+    return await _signed_in(
         request,
         who,
         web.Response(text=html, content_type="text/html", headers={**HEADERS}),
@@ -350,7 +350,7 @@ async def login_link(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     d = request.app[DASHBOARD]
-    d.sessions.end(request.cookies.get(COOKIE, ""))
+    await d.sessions.end(request.cookies.get(COOKIE, ""))
     resp = _see_other(f"{PREFIX}/login")
     resp.del_cookie(COOKIE, path=PREFIX)
     return resp
@@ -379,7 +379,7 @@ async def new_login_link(request: web.Request) -> web.StreamResponse:
         who = await _identity_of(d, given[:512])
     if who is None:
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
-    code = d.links.issue(who, now=d.clock())
+    code = await d.links.issue(who, now=d.clock())
     path = f"{PREFIX}/login/{code}"
     base = _public_base(d, request)
     body: dict[str, Any] = {

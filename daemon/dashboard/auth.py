@@ -4,13 +4,15 @@ Over TCP a browser signs in once — with a token typed into the login page, or 
 link that ``spotctl dashboard`` asks the API for — and gets a session cookie: ``HttpOnly`` (no
 script reads it), ``SameSite=Strict`` (no other site's page sends it), ``Secure`` when the
 listener has TLS. The cookie holds only a random session id; who it is (the admin, or one
-project) stays in this server-side store, which is bounded in size (the oldest session is
-dropped first) and in time (a session lasts ``session_ttl`` from its last use, and never more
-than ``session_max_age``). The daemon's memory is the only place sessions live: a restart signs
-everyone out.
+project) stays in this server-side store, which is bounded in size (the least recently used
+session is dropped first) and in time (a session lasts ``session_ttl`` from its last use, and
+never more than ``session_max_age``). Sessions live in the state database
+(``spotd.store.signin``), as the SHA-256 of their ids: every daemon on the database accepts
+them, and a restart or a takeover signs nobody out.
 
 A login link is single use and short-lived (``link_ttl``, a minute): it carries the identity of
-the token that asked for it, never the token.
+the token that asked for it, never the token; it too is kept hashed in the database, so a link
+asked for on one daemon opens on any, once.
 
 Every POST (cancel, scale, drain, sign out) must come from the dashboard's own pages: the
 session cookie is ``SameSite=Strict``, the ``Origin`` header (browsers send it on every POST)
@@ -23,14 +25,17 @@ page moves on to ``/dashboard/``; opening the same link again shows the login pa
 
 from __future__ import annotations
 
-import collections
+import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+from spotd.store import AsyncStore, SessionRow
 
 __all__ = ["Identity", "LoginLinks", "Session", "Sessions", "origin_allowed"]
 
 COOKIE = "spotd_dashboard"
+MAX_SECRET = 256  # a longer cookie or code is no session id nor link of ours: not even hashed
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +63,21 @@ class Sessions:
 
     def __init__(
         self,
+        store: AsyncStore,
         *,
         max_sessions: int = 1000,
         session_ttl: float = 12 * 3600.0,
         session_max_age: float = 7 * 86400.0,
     ) -> None:
+        self.store = store
         self.max_sessions = max_sessions
         self.session_ttl = session_ttl
         self.session_max_age = session_max_age
-        self._by_id: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        # a session's last use is written at most this often (a live page re-reads it each
+        # second): so a session may end up to this much before ``session_ttl`` of idleness
+        self.touch_after = min(60.0, session_ttl / 10)
 
-    def create(self, who: Identity, *, now: float) -> Session:
-        self._expire(now)
+    async def create(self, who: Identity, *, now: float) -> Session:
         s = Session(
             id=secrets.token_urlsafe(32),
             who=who,
@@ -77,75 +85,66 @@ class Sessions:
             created_at=now,
             used_at=now,
         )
-        self._by_id[s.id] = s
-        while len(self._by_id) > self.max_sessions:
-            self._by_id.popitem(last=False)  # the least recently used goes first
+        await self.store.add_session(
+            SessionRow(_digest(s.id), who.project, s.csrf, now, now),
+            idle=self.session_ttl,
+            max_age=self.session_max_age,
+            keep=self.max_sessions,
+        )
         return s
 
-    def get(self, session_id: str | None, *, now: float) -> Session | None:
+    async def get(self, session_id: str | None, *, now: float) -> Session | None:
         """The live session with this id (its last use moved to ``now``), or None."""
-        if not session_id:
+        if not session_id or len(session_id) > MAX_SECRET:
             return None
-        s = self._by_id.get(session_id)
-        if s is None:
+        row = await self.store.session(
+            _digest(session_id),
+            now=now,
+            idle=self.session_ttl,
+            max_age=self.session_max_age,
+            touch_after=self.touch_after,
+        )
+        if row is None:
             return None
-        if self._expired(s, now):
-            del self._by_id[session_id]
-            return None
-        s = replace(s, used_at=now)
-        self._by_id[session_id] = s
-        self._by_id.move_to_end(session_id)
-        return s
+        return Session(session_id, Identity(row.project), row.csrf, row.created_at, row.used_at)
 
-    def end(self, session_id: str) -> None:
-        self._by_id.pop(session_id, None)
+    async def end(self, session_id: str) -> None:
+        if session_id and len(session_id) <= MAX_SECRET:
+            await self.store.end_session(_digest(session_id))
 
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def _expired(self, s: Session, now: float) -> bool:
-        return now - s.used_at > self.session_ttl or now - s.created_at > self.session_max_age
-
-    def _expire(self, now: float) -> None:
-        # least recently used first: stop at the first one still live
-        while self._by_id:
-            oldest = next(iter(self._by_id.values()))
-            if not self._expired(oldest, now):
-                break
-            self._by_id.popitem(last=False)
+    async def count(self) -> int:
+        return await self.store.count_sessions()
 
 
 class LoginLinks:
     """One-time login codes: spent by the first use, void after ``ttl`` seconds."""
 
-    def __init__(self, *, ttl: float = 60.0, max_pending: int = 100) -> None:
+    def __init__(self, store: AsyncStore, *, ttl: float = 60.0, max_pending: int = 100) -> None:
+        self.store = store
         self.ttl = ttl
         self.max_pending = max_pending
-        self._codes: collections.OrderedDict[str, tuple[Identity, float]] = (
-            collections.OrderedDict()
-        )
 
-    def issue(self, who: Identity, *, now: float) -> str:
-        self._expire(now)
+    async def issue(self, who: Identity, *, now: float) -> str:
         code = secrets.token_urlsafe(32)
-        self._codes[code] = (who, now + self.ttl)
-        while len(self._codes) > self.max_pending:
-            self._codes.popitem(last=False)
+        await self.store.add_login_link(
+            _digest(code), who.project, now=now, expires_at=now + self.ttl, keep=self.max_pending
+        )
         return code
 
-    def redeem(self, code: str, *, now: float) -> Identity | None:
+    async def redeem(self, code: str, *, now: float) -> Identity | None:
         """The identity the code was issued for, once; None when unknown, spent or expired."""
-        held = self._codes.pop(code, None)
-        if held is None or now > held[1]:
+        if not code or len(code) > MAX_SECRET:
             return None
-        return held[0]
+        spent = await self.store.redeem_login_link(_digest(code), now=now)
+        return None if spent is None else Identity(spent.project)
 
-    def __len__(self) -> int:
-        return len(self._codes)
+    async def count(self) -> int:
+        return await self.store.count_login_links()
 
-    def _expire(self, now: float) -> None:
-        for code in [c for c, (_, until) in self._codes.items() if now > until]:
-            del self._codes[code]
+
+def _digest(secret: str) -> str:
+    """What the database keeps of a session id or a link code."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def origin_allowed(origin: str | None, *, scheme: str, host: str) -> bool:

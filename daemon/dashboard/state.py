@@ -30,12 +30,16 @@ class Dashboard:
     store: AsyncStore
     controller: Controller
     services: ServiceController | None
-    sessions: Sessions = field(default_factory=Sessions)
-    links: LoginLinks = field(default_factory=LoginLinks)
+    sessions: Sessions = field(init=False)  # in the store: every daemon on it knows them
+    links: LoginLinks = field(init=False)
     env: jinja2.Environment = field(default_factory=environment)
     clock: Callable[[], float] = time.time
     live_interval: float = 1.0  # how often a live page is re-rendered for its stream
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # the daemon stops: end streams
+
+    def __post_init__(self) -> None:
+        self.sessions = Sessions(self.store)
+        self.links = LoginLinks(self.store)
 
 
 @dataclass(frozen=True, slots=True)

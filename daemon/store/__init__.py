@@ -8,7 +8,8 @@ Import from here; the modules inside are the package's own business:
 - ``cas`` (the one compare-and-set helper every status change goes through, and the event
   written with it);
 - ``base`` (connections and transactions), then one part of :class:`Store` per resource:
-  ``jobs``, ``instances``, ``services``, ``events``, ``projects``, joined in ``store``;
+  ``jobs``, ``instances``, ``services``, ``events``, ``projects``, ``leases``, ``signin``
+  (dashboard sessions and login links), joined in ``store``;
 - ``aio`` (:class:`AsyncStore`, the same methods as coroutines on one store thread).
 """
 
@@ -41,6 +42,7 @@ from spotd.store.rows import (
     ServiceStatus,
     ZoneEventRow,
 )
+from spotd.store.signin import LoginLinkRow, SessionRow
 from spotd.store.store import Store
 from spotd.store.tables import Attempt, Event, Instance, Job, ZoneEvent
 
@@ -59,6 +61,7 @@ __all__ = [
     "InstanceRow",
     "Job",
     "JobRow",
+    "LoginLinkRow",
     "NotFound",
     "OverQuota",
     "ProjectExists",
@@ -69,6 +72,7 @@ __all__ = [
     "ServiceExists",
     "ServiceRow",
     "ServiceStatus",
+    "SessionRow",
     "StaleTransition",
     "Store",
     "StoreError",

@@ -192,6 +192,15 @@ class AsyncStore:
     daemons = _offload(Store.daemons)
     notify_wake = _offload(Store.notify_wake)
 
+    # dashboard sign-ins (spotd.store.signin)
+    add_session = _offload(Store.add_session)
+    session = _offload(Store.session)
+    end_session = _offload(Store.end_session)
+    count_sessions = _offload(Store.count_sessions)
+    add_login_link = _offload(Store.add_login_link)
+    redeem_login_link = _offload(Store.redeem_login_link)
+    count_login_links = _offload(Store.count_login_links)
+
     # services and replicas
     create_service = _offload(Store.create_service)
     get_service = _offload(Store.get_service)

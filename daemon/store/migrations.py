@@ -23,7 +23,9 @@ from spotd.store.errors import SchemaTooNew
 from spotd.store.tables import (
     METADATA,
     Daemon,
+    DashboardSession,
     Job,
+    LoginLink,
     Pool,
     PoolAttempt,
     PoolJob,
@@ -164,6 +166,11 @@ def _v11_daemons(conn: Connection) -> None:
         conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_{table}_owner ON {table} (owner)")
 
 
+def _v12_dashboard_sign_ins(conn: Connection) -> None:
+    """Dashboard sessions and login links in the database (they were in one daemon's memory)."""
+    METADATA.create_all(conn, tables=[table_of(DashboardSession), table_of(LoginLink)])
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _create_all),
     (2, _v2_services),
@@ -176,6 +183,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (9, _v9_pool_job_restarts),
     (10, _v10_instance_launched_at),
     (11, _v11_daemons),
+    (12, _v12_dashboard_sign_ins),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

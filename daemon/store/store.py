@@ -28,6 +28,7 @@ from spotd.store.nodes import NodeStore
 from spotd.store.pools import PoolStore
 from spotd.store.projects import ProjectStore
 from spotd.store.services import ServiceStore
+from spotd.store.signin import SignInStore
 
 __all__ = ["Store"]
 
@@ -41,6 +42,7 @@ class Store(
     ProjectStore,
     PoolStore,
     LeaseStore,
+    SignInStore,
 ):
     """Synchronous access to the state database. Open with :meth:`Store.open`.
 

@@ -296,6 +296,30 @@ class Daemon(_Table, table=True):
     expires_at: float = 0.0  # 0: given up (a clean stop) or taken over
 
 
+class DashboardSession(_Table, table=True):
+    """A dashboard sign-in (version 12): see spotd.dashboard.auth. In the database, so every
+    daemon on it knows it and a restart signs nobody out; the cookie's id is kept only as its
+    SHA-256, so reading the database does not hand out sessions."""
+
+    __tablename__ = "dashboard_session"
+
+    id_hash: str = Field(primary_key=True)
+    project: str | None = None  # None: the admin
+    csrf: str
+    created_at: float
+    used_at: float = Field(index=True)  # the least recently used goes first
+
+
+class LoginLink(_Table, table=True):
+    """A one-time dashboard login link (version 12), kept as the SHA-256 of its code."""
+
+    __tablename__ = "login_link"
+
+    code_hash: str = Field(primary_key=True)
+    project: str | None = None  # None: the admin
+    expires_at: float = Field(index=True)
+
+
 class SchemaVersion(_Table, table=True):
     __tablename__ = "schema_version"
 

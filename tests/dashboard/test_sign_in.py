@@ -4,10 +4,13 @@ action, the unix socket as the admin, and the API's own bearer tokens untouched.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from spotd.dashboard.auth import Identity, LoginLinks, Sessions, origin_allowed
+from spotd.store import AsyncStore, Store
 from spotd.types import JobStatus
 
 from .conftest import ADMIN_TOKEN, Dash, seed_job
@@ -152,29 +155,39 @@ async def test_the_live_stream_sends_the_parts_that_changed(dash: Dash) -> None:
 # -- the session store and the links, on their own -----------------------------------------
 
 
-def test_sessions_are_bounded_in_number_and_time() -> None:
-    s = Sessions(max_sessions=2, session_ttl=10, session_max_age=100)
-    a = s.create(Identity(), now=0)
-    b = s.create(Identity("p"), now=1)
-    assert s.get(a.id, now=2) is not None  # a used: b is now the least recently used
-    c = s.create(Identity(), now=3)
-    assert len(s) == 2 and s.get(b.id, now=3) is None
-    assert s.get(c.id, now=12) is not None  # 9 s idle: alive, and used again
-    assert s.get(a.id, now=13) is None  # idle 11 s > ttl 10
+@pytest.fixture
+async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    store = AsyncStore(Store.open(f"sqlite:///{tmp_path / 'signin.db'}"))
+    yield store
+    await store.close()
+
+
+async def test_sessions_are_bounded_in_number_and_time(astore: AsyncStore) -> None:
+    s = Sessions(astore, max_sessions=2, session_ttl=10, session_max_age=100)
+    a = await s.create(Identity(), now=0)
+    b = await s.create(Identity("p"), now=1)
+    assert await s.get(a.id, now=2) is not None  # a used: b is now the least recently used
+    c = await s.create(Identity(), now=3)
+    assert await s.count() == 2 and await s.get(b.id, now=3) is None
+    assert await s.get(c.id, now=12) is not None  # 9 s idle: alive, and used again
+    assert await s.get(a.id, now=13) is None  # idle 11 s > ttl 10
     for t in range(20, 101, 9):  # kept busy, it still ends at its max age
-        assert s.get(c.id, now=t) is not None
-    assert s.get(c.id, now=104) is None
+        assert await s.get(c.id, now=t) is not None
+    assert await s.get(c.id, now=104) is None
+    assert await s.get("x" * 10_000, now=104) is None  # no id of ours: not even looked up
 
 
-def test_login_links_are_single_use_short_lived_and_bounded() -> None:
-    links = LoginLinks(ttl=60, max_pending=2)
-    code = links.issue(Identity("p"), now=0)
-    assert links.redeem(code, now=59) == Identity("p")
-    assert links.redeem(code, now=59) is None
-    late = links.issue(Identity(), now=0)
-    assert links.redeem(late, now=61) is None
-    first, _, _ = (links.issue(Identity(), now=0) for _ in range(3))
-    assert len(links) == 2 and links.redeem(first, now=1) is None
+async def test_login_links_are_single_use_short_lived_and_bounded(astore: AsyncStore) -> None:
+    links = LoginLinks(astore, ttl=60, max_pending=2)
+    code = await links.issue(Identity("p"), now=0)
+    assert await links.redeem(code, now=59) == Identity("p")
+    assert await links.redeem(code, now=59) is None
+    late = await links.issue(Identity(), now=0)
+    assert await links.redeem(late, now=61) is None
+    first = await links.issue(Identity(), now=0)
+    for t in (1, 2):  # (links issued in one clock tick are dropped in no particular order)
+        await links.issue(Identity(), now=t)
+    assert await links.count() == 2 and await links.redeem(first, now=3) is None
 
 
 @pytest.mark.parametrize(

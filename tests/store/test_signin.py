@@ -1,0 +1,55 @@
+"""Dashboard sign-ins in the database: every daemon on it knows a session, a restart signs
+nobody out, a login link is spent once whoever redeems it, and the database holds neither a
+session id nor a link code (only their SHA-256)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from sqlalchemy import text
+
+from spotd.dashboard.auth import Identity, LoginLinks, Sessions
+from spotd.store import AsyncStore, Store
+
+
+def _everything_in(store: Store) -> str:
+    with store.engine.connect() as conn:
+        rows = [
+            *conn.execute(text("SELECT * FROM dashboard_session")),
+            *conn.execute(text("SELECT * FROM login_link")),
+        ]
+    return repr(rows)
+
+
+async def test_two_daemons_on_one_database_share_sessions_and_spend_a_link_once(
+    open_store: Callable[[], Store],
+) -> None:
+    one, other = AsyncStore(open_store()), AsyncStore(open_store())
+    s = await Sessions(one).create(Identity("alpha"), now=100)
+    seen = await Sessions(other).get(s.id, now=101)
+    assert seen is not None and (seen.who, seen.csrf) == (Identity("alpha"), s.csrf)
+
+    codes = [await LoginLinks(one).issue(Identity(), now=100) for _ in range(5)]
+    for code in codes:  # both daemons open the same link at once: one of them signs in
+        redeemed = await asyncio.gather(
+            LoginLinks(one).redeem(code, now=101), LoginLinks(other).redeem(code, now=101)
+        )
+        assert sorted(redeemed, key=str) == [Identity(), None]
+
+    dump = _everything_in(one.store)
+    assert s.id not in dump and s.csrf in dump
+    assert not any(code in dump for code in codes)
+
+    await Sessions(other).end(s.id)  # signing out on one daemon ends it on both
+    assert await Sessions(one).get(s.id, now=102) is None
+
+
+async def test_a_restart_signs_nobody_out(open_store: Callable[[], Store]) -> None:
+    before = AsyncStore(open_store())
+    s = await Sessions(before).create(Identity(), now=100)
+    code = await LoginLinks(before).issue(Identity("alpha"), now=100)
+    before.store.close()
+    after = AsyncStore(open_store())
+    assert await Sessions(after).get(s.id, now=200) is not None
+    assert await LoginLinks(after).redeem(code, now=130) == Identity("alpha")
