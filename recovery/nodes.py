@@ -41,11 +41,24 @@ from dataclasses import dataclass
 from spotd.recovery.detection import VerdictKind
 from spotd.recovery.watch import NodeReport
 
-__all__ = ["GONE", "NodeLossAction", "RelaunchAll", "ReplaceNodes", "decide_node_loss"]
+__all__ = [
+    "GONE",
+    "READY_PHASES",
+    "UNKNOWN_ADDRESS",
+    "NodeLossAction",
+    "NodeView",
+    "RelaunchAll",
+    "ReplaceNodes",
+    "RestartOrder",
+    "decide_node_loss",
+    "restart_order",
+]
 
 V = VerdictKind
 GONE = frozenset({V.PREEMPTED, V.LOST})  # the node is gone: replaceable
 ENDED_PHASES = frozenset({"exited", "setup_failed", "preempted"})
+READY_PHASES = frozenset({"waiting", "run", "exited"})  # ready for (or past) the go
+UNKNOWN_ADDRESS = "127.0.0.1"  # a listing's address where its provider reports none
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +111,75 @@ def decide_node_loss(
         reason=f"keeping node{'s' if len(survivors) > 1 else ''} {kept}",
         noticed=tuple(sorted(n.node_rank for n in lost if n.verdict.kind == V.NOTICE)),
     )
+
+
+# -- the restart order a node's heartbeat is answered with -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """A current node of an attempt as the order sees it: its agent's last phase, and its
+    address in the provider's latest listing (None: not listed there)."""
+
+    key: str
+    phase: str | None
+    address: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RestartOrder:
+    """The agent's order: restart into ``generation`` with ``node_ips`` (empty: keep the
+    launch's list), and ``go`` once every node is ready."""
+
+    generation: int
+    num_nodes: int
+    node_ips: str
+    go: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "generation": self.generation,
+            "num_nodes": self.num_nodes,
+            "node_ips": self.node_ips,
+            "go": self.go,
+        }
+
+
+def restart_order(
+    asking: str,
+    generation: int,
+    phase: str | None,
+    *,
+    current: int,
+    nodes: Sequence[NodeView],
+    replaced_drained: bool,
+) -> RestartOrder | None:
+    """What the heartbeat of node ``asking`` (at ``generation``, in ``phase``) is answered
+    with when its attempt is at generation ``current`` (None: nothing to say).
+
+    - **The first run** (``current`` 0): a gang's agents report ``waiting`` at generation 0
+      and are told to go once every node waits and every node is listed with an address, so
+      ``SPOTD_NODE_IPS`` names the real nodes from the first run on; ``node_ips`` stays empty
+      where the provider reports no addresses (every one is ``UNKNOWN_ADDRESS``), and the agent
+      keeps its launch's list (Slurm's node list, say).
+    - **A restart** (``current`` > 0): an agent behind is told the newest generation; one at
+      it and ``waiting`` is told to go once every current node is ready and every replaced
+      node is done (``replaced_drained``: its final checkpoint synced, or its notice run out).
+      A node that is no longer current (a replaced one draining) restarts nothing.
+    """
+    phases = {n.key: (phase if n.key == asking else n.phase) for n in nodes}
+    every_ready = all(p in READY_PHASES for p in phases.values())
+    if current == 0:
+        if phase != "waiting" or generation != 0:
+            return None
+        seen = [n.address or "" for n in nodes]
+        go = every_ready and all(seen)
+        known = any(a != UNKNOWN_ADDRESS for a in seen)
+        return RestartOrder(0, len(nodes), "\n".join(seen) if go and known else "", go)
+    if generation >= current and phase != "waiting":
+        return None
+    if asking not in phases:
+        return None
+    go = generation >= current and every_ready and replaced_drained
+    ips = "\n".join(n.address or UNKNOWN_ADDRESS for n in nodes)
+    return RestartOrder(current, len(nodes), ips, go)

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 
@@ -75,8 +74,6 @@ __all__ = ["NodeLosses"]
 log = structlog.get_logger("spotd.control.node_replace")
 
 REFUSAL_MEMORY = 300.0  # a launch refused in the zone this recently: no replacement there
-READY_PHASES = frozenset({"waiting", "run", "exited"})  # ready for (or past) the go
-UNKNOWN_ADDRESS = "127.0.0.1"  # a listing's address where its provider reports none
 NOTICE_FALLBACK = 120.0  # a notice without a deadline: EC2's two minutes
 RESTART_TIMEOUT = 600.0  # a kept node has this long (after its grace) to stop and sync
 FINAL_PHASES = frozenset({"exited", "setup_failed", "preempted"})  # the agent is done
@@ -317,53 +314,32 @@ class NodeLosses:
 
     async def order_for(
         self, row: InstanceRow, generation: int, phase: str | None
-    ) -> dict[str, Any] | None:
-        """What a heartbeat's answer tells the agent about restarting (None: nothing): the
-        newest generation to an agent behind it, and ``go`` to a waiting one."""
+    ) -> dict[str, object] | None:
+        """What a heartbeat's answer tells the agent about restarting (None: nothing): see
+        :func:`spotd.recovery.nodes.restart_order`."""
         current = await self.generation(row.attempt_id)
-        if current == 0:  # the first run: a gang's agents wait for every node's address
-            return await self._first_go(row) if phase == "waiting" and generation == 0 else None
-        if generation >= current and phase != "waiting":
-            return None
+        if current == 0 and (phase != "waiting" or generation != 0):
+            return None  # the common case, a running first generation: nothing to read
         every = await self.store.instances(attempt_id=row.attempt_id)
         now_nodes = current_nodes(every)
-        if row.key not in {r.key for r in now_nodes}:
-            return None  # a replaced node (a noticed one draining): it restarts nothing
+        now_keys = {r.key for r in now_nodes}
         now = self.attempts.clock()
-        replaced = [r for r in every if r.key not in {n.key for n in now_nodes}]
-        ready = (
-            generation >= current
-            and all((phase if r.key == row.key else r.phase) in READY_PHASES for r in now_nodes)
-            and all(drained(r, now, self._notices.get(r.key)) for r in replaced)
+        listing = self.observer.latest(row.provider)
+        listed = listing.instances if listing is not None else {}
+        order = nodes.restart_order(
+            row.key,
+            generation,
+            phase,
+            current=current,
+            nodes=[
+                nodes.NodeView(r.key, r.phase, listed[r.key].address if r.key in listed else None)
+                for r in now_nodes
+            ],
+            replaced_drained=all(
+                drained(r, now, self._notices.get(r.key)) for r in every if r.key not in now_keys
+            ),
         )
-        listing = self.observer.latest(row.provider)
-        listed = listing.instances if listing is not None else {}
-        ips = [listed[r.key].address if r.key in listed else "127.0.0.1" for r in now_nodes]
-        return {
-            "generation": current,
-            "num_nodes": len(now_nodes),
-            "node_ips": "\n".join(ips),
-            "go": ready,
-        }
-
-    async def _first_go(self, row: InstanceRow) -> dict[str, Any]:
-        """Generation 0 of a multi-node attempt: ``go`` once every node waits and the
-        provider's listing shows every node with an address, so ``SPOTD_NODE_IPS`` (and
-        SkyPilot's ``SKYPILOT_NODE_IPS``) name the real nodes from the first run on, not
-        addresses guessed at launch. ``node_ips`` is empty where the provider reports no
-        addresses (the agent keeps what it was launched with: Slurm's node list, say)."""
-        now_nodes = current_nodes(await self.store.instances(attempt_id=row.attempt_id))
-        listing = self.observer.latest(row.provider)
-        listed = listing.instances if listing is not None else {}
-        seen = [listed[r.key].address if r.key in listed else "" for r in now_nodes]
-        ready = all(r.key == row.key or r.phase in READY_PHASES for r in now_nodes) and all(seen)
-        known = any(a != UNKNOWN_ADDRESS for a in seen)
-        return {
-            "generation": 0,
-            "num_nodes": len(now_nodes),
-            "node_ips": "\n".join(seen) if ready and known else "",
-            "go": ready,
-        }
+        return None if order is None else order.as_dict()
 
     async def attempt_lost(
         self, job: JobRow, attempt: AttemptRow, node: NodeReport, now: float
