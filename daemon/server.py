@@ -251,7 +251,14 @@ def _cluster(
     if host in ("0.0.0.0", "::"):  # every interface: name the host instead (a pod's name)
         host = socket.gethostname()
     url = f"{scheme}://{host}:{settings.tcp_port}" if settings.tcp_port else ""
-    cluster = Cluster(settings=settings, store=store, on_takeover=taken, on_wake=woken, url=url)
+    cluster = Cluster(
+        settings=settings,
+        store=store,
+        on_takeover=taken,
+        on_wake=woken,
+        on_release=jobs.release,
+        url=url,
+    )
     jobs.elsewhere = services.elsewhere = cluster.wake_elsewhere
     return cluster
 

@@ -11,6 +11,12 @@ The protocol is in :mod:`spotd.store.leases`; this module runs it:
   fresh view. Its writes were refused from the moment the lease lapsed, whatever it believed;
 - **take over** every second its share of the work of daemons whose lease expired, and start
   the workers for it;
+- **even the load** every ``REBALANCE_SECONDS``: a daemon holding more than its share of the
+  active jobs (:func:`surplus`) hands some of its RUNNING jobs over (``on_release``); the
+  daemons below their share claim them at their next takeover pass. So a daemon that joins
+  takes its share of long-running jobs too, not only new submissions, and after a restart the
+  others give back what they took over. Services stay where they are: their load balancer's
+  address is the endpoint users hold;
 - **listen** for wake-ups other daemons send about the jobs and services this one runs (a
   cancel through another daemon's API, an agent's heartbeat that reached another daemon).
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 
@@ -34,12 +41,31 @@ from spotd.store.errors import Fenced
 from spotd.store.leases import Takeover
 from spotd.store.listen import wake_notifications
 
-__all__ = ["LEASE_LOST_EXIT", "TAKEOVER_SECONDS", "Cluster", "wake_target"]
+__all__ = [
+    "LEASE_LOST_EXIT",
+    "REBALANCE_SECONDS",
+    "TAKEOVER_SECONDS",
+    "Cluster",
+    "surplus",
+    "wake_target",
+]
 
 log = structlog.get_logger("spotd.control.cluster")
 
 LEASE_LOST_EXIT = 75  # EX_TEMPFAIL: restart me
 TAKEOVER_SECONDS = 1.0  # how often a daemon looks for work whose owner's lease expired
+REBALANCE_SECONDS = 10.0  # how often a daemon compares what it runs with its share
+RELEASE_AT_ONCE = 50  # jobs handed over per look, at most: the others claim them in a pass
+
+
+def surplus(mine: int, total: int, live: int, *, at_most: int = RELEASE_AT_ONCE) -> int:
+    """How many of its ``mine`` active jobs (of ``total``, over ``live`` daemons) a daemon
+    hands over now: what it holds beyond its fair share ``ceil(total / live)``, once that is
+    more than a tenth of the share (and more than one job), so the load is evened without the
+    last few jobs going back and forth; at most ``at_most``."""
+    fair = math.ceil(total / max(1, live))
+    extra = mine - fair
+    return min(extra, at_most) if extra > max(1, fair // 10) else 0
 
 
 def wake_target(payload: str) -> tuple[str, int] | None:
@@ -60,12 +86,14 @@ class Cluster:
         store: AsyncStore,
         on_takeover: Callable[[Takeover], None],
         on_wake: Callable[[str, int], None],
+        on_release: Callable[[list[int], str], None] | None = None,
         url: str = "",
     ) -> None:
         self.settings = settings
         self.store = store
         self.on_takeover = on_takeover
         self.on_wake = on_wake
+        self.on_release = on_release  # hand these jobs over, saying why
         self.url = url
         self.lost = asyncio.Event()
         self.reason = ""
@@ -143,7 +171,11 @@ class Cluster:
             self._renewed = time.monotonic()
 
     async def _takeover_loop(self) -> None:
+        looked = time.monotonic()
         while not self.lost.is_set():
+            if self.on_release is not None and time.monotonic() - looked >= REBALANCE_SECONDS:
+                looked = time.monotonic()
+                await self._even_the_load(self.on_release)
             try:
                 taken = await self.store.take_over()
             except Fenced as exc:
@@ -159,6 +191,18 @@ class Cluster:
                 )
                 self.on_takeover(taken)
             await sleep(TAKEOVER_SECONDS, self.lost)
+
+    async def _even_the_load(self, release: Callable[[list[int], str], None]) -> None:
+        shares = await self.store.job_shares()
+        n = surplus(shares.mine, shares.total, shares.live)
+        if n:
+            ids = await self.store.movable_jobs(n)
+            why = (
+                f"evening the load: it ran {shares.mine} of {shares.total} active jobs "
+                f"over {shares.live} daemons"
+            )
+            log.info("handing jobs over", jobs=len(ids), why=why)
+            release(ids, why)
 
     async def _listen_loop(self) -> None:
         async for payload in wake_notifications(self.settings.db_url):

@@ -110,6 +110,7 @@ class Controller:
         # and how it tells the daemon that runs another job to look at it
         self.owner = settings.daemon_id if settings.ha else None
         self.elsewhere: Callable[[str, int], None] | None = None
+        self.releasing: dict[int, str] = {}  # jobs to hand to another daemon, and why
         self.observer = FleetObserver(
             providers=self.providers, home_tag=settings.home_tag, metrics=metrics, clock=clock
         )
@@ -174,6 +175,13 @@ class Controller:
     def spawn_worker(self, job_id: int) -> None:
         self.workers.spawn(job_id, lambda wake: self._job_worker(job_id, wake))
 
+    def release(self, job_ids: list[int], why: str) -> None:
+        """Hand these jobs to other daemons: each one's worker does it between two steps, so
+        no step of this daemon overlaps one of the next owner's (``spotd.control.cluster``)."""
+        for job_id in job_ids:
+            if self.workers.wake(job_id):
+                self.releasing[job_id] = why
+
     def wake(self, job_id: int) -> None:
         """Look at the job now: here, or through the daemon that runs it."""
         if not self.workers.wake(job_id) and self.elsewhere is not None:
@@ -201,6 +209,10 @@ class Controller:
         structlog.contextvars.bind_contextvars(job_id=job_id)
         while not self.stop.is_set():
             wake.clear()
+            why = self.releasing.pop(job_id, None)
+            if why is not None and await self.store.release_job(job_id, why=why):
+                self._forget(job_id)  # another daemon claims it at its next pass
+                return
             job, watched = await self.store.job_state(job_id)
             mine = self.owner is None or job is None or job.owner == self.owner
             if job is None or JobStatus(job.status).is_terminal or not mine:

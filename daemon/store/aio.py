@@ -190,6 +190,9 @@ class AsyncStore:
     leave_cluster = _offload(Store.leave_cluster, aside=True)
     take_over = _offload(Store.take_over, aside=True)
     daemons = _offload(Store.daemons)
+    job_shares = _offload(Store.job_shares)
+    movable_jobs = _offload(Store.movable_jobs)
+    release_job = _offload(Store.release_job)
     notify_wake = _offload(Store.notify_wake)
 
     # dashboard sign-ins (spotd.store.signin)

@@ -18,6 +18,12 @@ work of a dead daemon spreads over the living within about ``lease + pass`` seco
 claimed ``FOR UPDATE SKIP LOCKED``: two daemons taking over at once never wait on each other
 nor claim one row twice.
 
+A daemon that joins a cluster already running gets new submissions through the API at once,
+but the running jobs stay where they are unless the load is evened: a daemon holding more than
+its share (``spotd.control.cluster.surplus``) hands some of its RUNNING jobs over — each job's
+own worker, between two steps, clears the owner (``release_job``, fenced) and stops — and the
+daemons below their share claim them at their next pass as they claim a dead daemon's.
+
 On SQLite these functions work too (one writer: the fence is trivially serialised), but only
 PostgreSQL is supported for several daemons (``spotd.config``).
 """
@@ -43,9 +49,9 @@ from spotd.store.errors import Fenced
 from spotd.store.fence import Fence, check_fence, db_now
 from spotd.store.rows import ServiceStatus
 from spotd.store.tables import Daemon, Job, Service, table_of
-from spotd.types import TERMINAL_JOB_STATUSES
+from spotd.types import TERMINAL_JOB_STATUSES, JobStatus
 
-__all__ = ["WAKE_CHANNEL", "DaemonRow", "LeaseStore", "Takeover"]
+__all__ = ["WAKE_CHANNEL", "DaemonRow", "JobShares", "LeaseStore", "Takeover"]
 
 WAKE_CHANNEL = "spotd_wake"  # LISTEN/NOTIFY: "j<job id>" or "s<service id>" changed
 
@@ -67,6 +73,13 @@ class DaemonRow:
     alive: bool  # the lease had not expired when read (the database's clock)
     jobs: int  # active jobs it owns
     services: int  # live services it owns
+
+
+@dataclass(frozen=True, slots=True)
+class JobShares:
+    mine: int  # active jobs this daemon runs
+    total: int  # active jobs
+    live: int  # daemons whose lease holds (at least 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +222,59 @@ class LeaseStore(StoreBase):
                 for m in conn.execute(select(_D).order_by(_D.c.id)).mappings()
             ]
 
+    def job_shares(self) -> JobShares:
+        """How the active jobs are spread: this daemon's, all, and the live daemons."""
+        fence = self._require_fence()
+        with self._read() as conn:
+            now = db_now(conn)
+            mine, total = conn.execute(
+                select(func.count().filter(_J.c.owner == fence.daemon_id), func.count()).where(
+                    _ACTIVE_JOB
+                )
+            ).one()
+            live = conn.execute(
+                select(func.count()).select_from(_D).where(_D.c.expires_at > now)
+            ).scalar_one()
+        return JobShares(mine=int(mine), total=int(total), live=max(1, int(live)))
+
+    def movable_jobs(self, limit: int) -> list[int]:
+        """Up to ``limit`` of this daemon's RUNNING jobs, newest first: the ones it may hand
+        to another daemon (a job being placed or launched stays where its intent was made)."""
+        fence = self._require_fence()
+        with self._read() as conn:
+            q = (
+                select(_J.c.id)
+                .where(_J.c.owner == fence.daemon_id, _J.c.status == JobStatus.RUNNING.value)
+                .order_by(_J.c.id.desc())
+                .limit(limit)
+            )
+            return [int(i) for i in conn.execute(q).scalars()]
+
+    def release_job(self, job_id: int, *, why: str) -> bool:
+        """Give up running ``job_id`` (still this daemon's and RUNNING): no owner, for a daemon
+        below its share to claim at its next pass. False: it was not (it changed meanwhile)."""
+        fence = self._require_fence()
+        with self._write() as conn:
+            done = conn.execute(
+                update(_J)
+                .where(
+                    _J.c.id == job_id,
+                    _J.c.owner == fence.daemon_id,
+                    _J.c.status == JobStatus.RUNNING.value,
+                )
+                .values(owner=None)
+            ).rowcount
+            if done:
+                write_event(
+                    conn,
+                    kind="job.owner",
+                    message=f"released by daemon {fence.daemon_id}: {why}",
+                    now=db_now(conn),
+                    job_id=job_id,
+                    data={"from": fence.daemon_id, "to": None},
+                )
+        return bool(done)
+
     def notify_wake(self, payload: str) -> None:
         """Tell every daemon listening (``spotd.control.cluster``) that ``payload`` ("j12",
         "s3") changed: its owner wakes its worker at once. PostgreSQL only; elsewhere a no-op
@@ -225,7 +291,7 @@ class LeaseStore(StoreBase):
 
 
 def _why(old: str | None) -> str:
-    return "no daemon ran it" if old is None else f"{old} stopped renewing its lease"
+    return "it had no owner" if old is None else f"{old} stopped renewing its lease"
 
 
 def _claim(
@@ -236,15 +302,23 @@ def _claim(
     n_live: int,
     me: str,
 ) -> list[tuple[int, str | None]]:
-    """Claim active rows whose owner is not alive, up to this daemon's fair share of all the
-    active rows (``ceil(active / live daemons)`` less what it runs; at least one)."""
+    """Claim active rows whose owner is not alive (or that have none), up to this daemon's
+    fair share of all the active rows (``ceil(active / live daemons)`` less what it runs).
+    While a dead daemon's rows wait, at least one: they are never left behind a live daemon
+    that does not claim its share. Rows released to even the load (no owner) go only to
+    daemons below their share, so the daemon that released them does not take them back."""
+    dead = active & t.c.owner.is_not(None) & t.c.owner.not_in(live)
     orphan = active & (t.c.owner.is_(None) | t.c.owner.not_in(live))
     count = select(func.count()).select_from(t)
     if not conn.execute(count.where(orphan)).scalar_one():
         return []
     total = conn.execute(count.where(active)).scalar_one()
     mine = conn.execute(count.where(active, t.c.owner == me)).scalar_one()
-    share = max(1, math.ceil(total / n_live) - mine)
+    share = math.ceil(total / n_live) - mine
+    if share < 1:
+        if not conn.execute(count.where(dead)).scalar_one():
+            return []
+        share = 1
     rows = conn.execute(
         select(t.c.id, t.c.owner)
         .where(orphan)

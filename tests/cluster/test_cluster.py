@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from spotd.config import Settings
-from spotd.control.cluster import Cluster, wake_target
+from spotd.control.cluster import Cluster, surplus, wake_target
 from spotd.store import AsyncStore
 from spotd.store.leases import Takeover
 
@@ -23,6 +23,24 @@ from spotd.store.leases import Takeover
 )
 def test_wake_payloads(payload: str, want: tuple[str, int] | None) -> None:
     assert wake_target(payload) == want
+
+
+@pytest.mark.parametrize(
+    ("mine", "total", "live", "at_most", "hand_over"),
+    [
+        (10, 10, 1, 50, 0),  # alone: everything is its share
+        (10, 10, 2, 50, 5),  # a second daemon joined: half goes
+        (100, 100, 3, 50, 50),  # a third of 100 is 34: 66 over, 50 at a time
+        (6, 10, 2, 50, 0),  # one over a share of 5 is not worth moving
+        (7, 10, 2, 50, 2),  # two over is
+        (37, 100, 3, 50, 0),  # 3 over a share of 34 is within a tenth of it: stays
+        (40, 100, 3, 50, 6),
+        (3, 4, 2, 50, 0),  # the last job does not go back and forth
+        (0, 0, 2, 50, 0),
+    ],
+)
+def test_surplus(mine: int, total: int, live: int, at_most: int, hand_over: int) -> None:
+    assert surplus(mine, total, live, at_most=at_most) == hand_over
 
 
 def _settings(tmp_path: Path, daemon_id: str, lease: float) -> Settings:

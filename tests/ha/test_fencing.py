@@ -54,6 +54,23 @@ def jobs(c: Cluster, ids: list[int]) -> dict[int, dict[str, object]]:
     }
 
 
+async def preempt_until_next_attempt(c: Cluster, job_id: int) -> None:
+    """Reclaim the job's (one) instance and wait until its second attempt runs."""
+    (key,) = [
+        r["key"]
+        for r in c.rows("SELECT key FROM instance WHERE job_id = :j AND NOT terminated", j=job_id)
+    ]
+    await c.fleet_call("POST", "/v1/kill", {"id": key})
+    await wait_for(
+        f"job {job_id}'s next attempt to run",
+        lambda: (
+            jobs(c, [job_id])[job_id]["current_attempt"] == 2
+            and jobs(c, [job_id])[job_id]["status"] == "RUNNING"
+        ),
+        120,
+    )
+
+
 async def test_a_paused_daemon_is_fenced_then_exits_and_rejoins(pg_url: str) -> None:
     fleet_config = {"launch_seconds": 0.5, "forget_seconds": 3600, "seed": 18}
     with cluster(pg_url, ["A", "B"], lease_seconds=LEASE, fleet_config=fleet_config) as c:
@@ -96,21 +113,7 @@ async def test_a_paused_daemon_is_fenced_then_exits_and_rejoins(pg_url: str) -> 
         took = time.monotonic() - paused_at
         # B runs them on: one is preempted while A sleeps, and B starts its next attempt
         victim = ids[0]
-        (key,) = [
-            r["key"]
-            for r in c.rows(
-                "SELECT key FROM instance WHERE job_id = :j AND NOT terminated", j=victim
-            )
-        ]
-        await c.fleet_call("POST", "/v1/kill", {"id": key})
-        await wait_for(
-            "B to start the preempted job's next attempt",
-            lambda: (
-                jobs(c, [victim])[victim]["current_attempt"] == 2
-                and jobs(c, [victim])[victim]["status"] == "RUNNING"
-            ),
-            120,
-        )
+        await preempt_until_next_attempt(c, victim)
         # a user's cancel reaches A while it sleeps: it sits in A's socket, and A must not act
         # on it when it wakes (its write would be fenced: the user must hear a refusal)
         cancel = asyncio.create_task(cancel_through(c, "A", ids[1]))

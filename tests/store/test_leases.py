@@ -190,3 +190,50 @@ def test_a_takeover_waits_for_the_dead_daemons_transaction(pg_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def _running(store: Store, n: int) -> list[int]:
+    ids = [_job(store, f"r{i}") for i in range(n)]
+    for job_id in ids:
+        store.transition_job(
+            job_id, from_=[JobStatus.PENDING], to=JobStatus.RUNNING, reason="up", now=time.time()
+        )
+    return ids
+
+
+def test_jobs_handed_over_go_to_the_daemon_below_its_share(
+    open_store: Callable[[], Store],
+) -> None:
+    """A ran everything alone; B joins: A hands over its surplus, B claims it, A does not
+    take it back; only RUNNING jobs of A's own are handed over."""
+    a, b = open_store(), open_store()
+    a.join_cluster("d1", url="", lease_seconds=30)
+    running = _running(a, 6)
+    pending = _job(a, "waiting")
+    b.join_cluster("d2", url="", lease_seconds=30)
+    shares = a.job_shares()
+    assert (shares.mine, shares.total, shares.live) == (7, 7, 2)
+    movable = a.movable_jobs(3)
+    assert movable == sorted(running, reverse=True)[:3] and pending not in a.movable_jobs(10)
+    assert not a.release_job(pending, why="test")  # not RUNNING: it stays
+    assert all(a.release_job(j, why="evening the load") for j in movable)
+    assert not a.release_job(movable[0], why="again")  # not A's any more
+    assert a.take_over().jobs == ()  # A is at its share: it takes nothing back
+    assert sorted(b.take_over().jobs) == sorted(movable)
+    assert (a.job_shares().mine, b.job_shares().mine) == (4, 3)
+    said = [e.message for e in a.events(job_id=movable[0]) if e.kind == "job.owner"]
+    assert said[0] == "released by daemon d1: evening the load"
+    assert said[1].startswith("now run by daemon d2")
+
+
+def test_a_daemon_over_its_share_still_takes_a_dead_daemons_work(
+    open_store: Callable[[], Store],
+) -> None:
+    """Rows of a dead daemon are never left waiting for a daemon that does not claim them."""
+    a, b = open_store(), open_store()
+    a.join_cluster("d1", url="", lease_seconds=SHORT)
+    b.join_cluster("d2", url="", lease_seconds=30)
+    dead = _job(a, "orphan")
+    _running(b, 4)
+    _lapse()
+    assert b.take_over().jobs == (dead,)
