@@ -9,7 +9,6 @@ different sizes, and walk the pages through the ``Link`` header and the SDK.
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +23,9 @@ from spotd.api.app import make_app
 from spotd.config import load_settings
 from spotd.control.jobs import Controller
 from spotd.metrics import DaemonMetrics
-from spotd.store import AsyncStore, AttemptIntent, Store
+from spotd.store import AsyncStore, Store
 from spotd.types import JobStatus
+from tests.factories import intent
 
 ADMIN_TOKEN = "admin-token-for-listing-tests"
 
@@ -65,20 +65,15 @@ def add_jobs(store: Store, n: int, *, project: str = "default", attempts: int = 
         )
         for a in range(1, attempts + 1):
             store.create_attempt(
-                AttemptIntent(
-                    job_id=job.id,
-                    attempt=a,
+                intent(
+                    job.id,
+                    a,
+                    now=1000.0 + i,
                     provider="fleet",
                     region="fleet-east",
                     zone="fleet-east-a",
                     instance_type="cpu-1",
-                    market="spot",
                     price_per_hour=0.1,
-                    num_nodes=1,
-                    now=1000.0 + i,
-                    instances=[
-                        {"key": f"j{job.id}-a{a}-n0", "node_rank": 0, "token": secrets.token_hex(8)}
-                    ],
                 )
             )
         store.transition_job(
