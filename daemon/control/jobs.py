@@ -176,8 +176,7 @@ class Controller:
         self.workers.spawn(job_id, lambda wake: self._job_worker(job_id, wake))
 
     def release(self, job_ids: list[int], why: str) -> None:
-        """Hand these jobs to other daemons: each one's worker does it between two steps, so
-        no step of this daemon overlaps one of the next owner's (``spotd.control.cluster``)."""
+        """Hand these jobs over, each by its worker between two steps (``control.cluster``)."""
         for job_id in job_ids:
             if self.workers.wake(job_id):
                 self.releasing[job_id] = why
@@ -229,6 +228,7 @@ class Controller:
     def _forget(self, job_id: int) -> None:
         """The job is over: drop what was kept in memory for it."""
         self.memory.forget(job_id)
+        self.releasing.pop(job_id, None)
         self.idle.forget(job_id)
         self.attempts.forget_job(job_id)
         self.losses.forget_job(job_id)

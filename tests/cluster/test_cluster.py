@@ -13,8 +13,11 @@ import pytest
 
 from spotd.config import Settings
 from spotd.control.cluster import Cluster, surplus, wake_target
+from spotd.control.jobs import Controller
+from spotd.metrics import DaemonMetrics
 from spotd.store import AsyncStore
 from spotd.store.leases import Takeover
+from spotd.types import JobStatus
 
 
 @pytest.mark.parametrize(
@@ -165,3 +168,53 @@ async def test_a_clean_stop_hands_the_work_over_at_the_next_pass(
     finally:
         b.lost.set()
         task.cancel()
+
+
+async def test_a_job_is_handed_over_by_its_own_worker_between_two_steps(
+    tmp_path: Path, stores: list[AsyncStore]
+) -> None:
+    """The cluster loop only marks the job; its worker, at the top of its loop (never inside
+    a step), clears the owner and stops. A job that changed meanwhile is not handed over."""
+    store = stores[0]
+    settings = _settings(tmp_path, "a", 30.0)
+    await store.join_cluster("a", url="", lease_seconds=30.0)
+    ctl = Controller(settings=settings, store=store, providers={}, metrics=DaemonMetrics())
+    steps: list[int] = []
+    inside = asyncio.Event()
+
+    async def step(job: object, watched: object = None) -> float:
+        steps.append(job.id)  # type: ignore[attr-defined]
+        inside.set()
+        await asyncio.sleep(0.3)  # a step in flight: a hand-over must wait for it
+        return 3600.0
+
+    ctl._step = step  # type: ignore[method-assign]
+    moving, staying = await _job(store, "moving"), await _job(store, "staying")
+    for j in (moving, staying):
+        await store.transition_job(
+            j, from_=[JobStatus.PENDING], to=JobStatus.RUNNING, reason="up", now=time.time()
+        )
+        ctl.spawn_worker(j)
+    try:
+        await asyncio.wait_for(inside.wait(), 5)
+        ctl.release([moving], "evening the load")
+        assert (await store.require_job(moving)).owner == "a"  # not inside the step
+        assert await _until(lambda: ctl.workers.size() == 1)
+        assert (await store.require_job(moving)).owner is None
+        assert steps.count(moving) == 1  # no step after the hand-over
+
+        # cancelled through another daemon before the worker got to it: it stays here
+        await store.transition_job(
+            staying,
+            from_=[JobStatus.RUNNING],
+            to=JobStatus.CANCELLING,
+            reason="user",
+            now=time.time(),
+        )
+        before = steps.count(staying)
+        ctl.release([staying], "evening the load")
+        assert await _until(lambda: steps.count(staying) > before)
+        assert (await store.require_job(staying)).owner == "a" and ctl.workers.size() == 1
+    finally:
+        ctl.stop.set()
+        await ctl.shutdown()
