@@ -34,7 +34,7 @@ from aiohttp import web
 from spotd.aiokit import sleep
 from spotd.control import quota
 from spotd.dashboard import fleet, jobs, services
-from spotd.dashboard.auth import COOKIE, Identity, origin_allowed
+from spotd.dashboard.auth import COOKIE, Identity, fingerprint, origin_allowed
 from spotd.dashboard.render import PREFIX, View
 from spotd.dashboard.state import DASHBOARD, TCP, VIEWER, Dashboard, Viewer
 
@@ -73,11 +73,11 @@ async def _identity_of(d: Dashboard, token: str) -> Identity | None:
     token = token.strip()
     admin = d.settings.api_token or ""
     if admin and token and hmac.compare_digest(token.encode(), admin.encode()):
-        return Identity()
+        return Identity(credential=fingerprint(quota.hash_token(admin)))
     if token.startswith(quota.TOKEN_PREFIX):
         project = await d.store.project_by_token_hash(quota.hash_token(token))
         if project is not None:
-            return Identity(project.name)
+            return Identity(project.name, fingerprint(project.token_hash))
     return None
 
 
@@ -373,7 +373,8 @@ async def new_login_link(request: web.Request) -> web.StreamResponse:
     token's identity): ``{"path", "url", "expires_in"}``; ``url`` is null when the daemon has
     no TCP listener (a browser cannot open the unix socket)."""
     d = request.app[DASHBOARD]
-    who: Identity | None = Identity()
+    # the unix socket is the admin: its session lasts while the admin token does
+    who: Identity | None = Identity(credential=fingerprint(d.sessions.admin_token_hash))
     if request.app[TCP]:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
         who = await _identity_of(d, given[:512])

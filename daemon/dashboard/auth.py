@@ -6,9 +6,11 @@ script reads it), ``SameSite=Strict`` (no other site's page sends it), ``Secure`
 listener has TLS. The cookie holds only a random session id; who it is (the admin, or one
 project) stays in this server-side store, which is bounded in size (the least recently used
 session is dropped first) and in time (a session lasts ``session_ttl`` from its last use, and
-never more than ``session_max_age``). Sessions live in the state database
-(``spotd.store.signin``), as the SHA-256 of their ids: every daemon on the database accepts
-them, and a restart or a takeover signs nobody out.
+never more than ``session_max_age``), and only while the token it was signed in with is still
+in force: a session keeps a fingerprint of that token, so changing the admin token (a restart
+with another ``api_token``) or a project's token (or removing the project) signs its browsers
+out. Sessions live in the state database (``spotd.store.signin``), as the SHA-256 of their
+ids: every daemon on the database accepts them, and a restart or a takeover signs nobody out.
 
 A login link is single use and short-lived (``link_ttl``, a minute): it carries the identity of
 the token that asked for it, never the token; it too is kept hashed in the database, so a link
@@ -28,11 +30,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from spotd.store import AsyncStore, SessionRow
+from spotd.store import AsyncStore, LoginLinkRow, SessionRow
 
-__all__ = ["Identity", "LoginLinks", "Session", "Sessions", "origin_allowed"]
+__all__ = [
+    "Identity",
+    "LoginLinks",
+    "Session",
+    "Sessions",
+    "fingerprint",
+    "origin_allowed",
+    "still_valid",
+]
 
 COOKIE = "spotd_dashboard"
 MAX_SECRET = 256  # a longer cookie or code is no session id nor link of ours: not even hashed
@@ -40,9 +50,12 @@ MAX_SECRET = 256  # a longer cookie or code is no session id nor link of ours: n
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a credential speaks for: the admin (``project`` None) or one project."""
+    """Who a credential speaks for: the admin (``project`` None) or one project; and a
+    fingerprint of that credential (:func:`fingerprint`; not part of who it is, so not
+    compared): a session lasts only while its token is still the one in force."""
 
     project: str | None = None
+    credential: str = field(default="", compare=False)
 
     @property
     def label(self) -> str:
@@ -65,11 +78,13 @@ class Sessions:
         self,
         store: AsyncStore,
         *,
+        admin_token_hash: str,
         max_sessions: int = 1000,
         session_ttl: float = 12 * 3600.0,
         session_max_age: float = 7 * 86400.0,
     ) -> None:
         self.store = store
+        self.admin_token_hash = admin_token_hash  # the admin token in force (its SHA-256)
         self.max_sessions = max_sessions
         self.session_ttl = session_ttl
         self.session_max_age = session_max_age
@@ -86,7 +101,7 @@ class Sessions:
             used_at=now,
         )
         await self.store.add_session(
-            SessionRow(_digest(s.id), who.project, s.csrf, now, now),
+            SessionRow(_digest(s.id), who.project, who.credential, s.csrf, now, now),
             idle=self.session_ttl,
             max_age=self.session_max_age,
             keep=self.max_sessions,
@@ -106,7 +121,11 @@ class Sessions:
         )
         if row is None:
             return None
-        return Session(session_id, Identity(row.project), row.csrf, row.created_at, row.used_at)
+        if not still_valid(row, admin_token_hash=self.admin_token_hash):
+            await self.store.end_session(row.id_hash)  # its token was changed: signed out
+            return None
+        who = Identity(row.project, row.credential)
+        return Session(session_id, who, row.csrf, row.created_at, row.used_at)
 
     async def end(self, session_id: str) -> None:
         if session_id and len(session_id) <= MAX_SECRET:
@@ -127,7 +146,10 @@ class LoginLinks:
     async def issue(self, who: Identity, *, now: float) -> str:
         code = secrets.token_urlsafe(32)
         await self.store.add_login_link(
-            _digest(code), who.project, now=now, expires_at=now + self.ttl, keep=self.max_pending
+            _digest(code),
+            LoginLinkRow(who.project, who.credential, now + self.ttl),
+            now=now,
+            keep=self.max_pending,
         )
         return code
 
@@ -136,10 +158,23 @@ class LoginLinks:
         if not code or len(code) > MAX_SECRET:
             return None
         spent = await self.store.redeem_login_link(_digest(code), now=now)
-        return None if spent is None else Identity(spent.project)
+        return None if spent is None else Identity(spent.project, spent.credential)
 
     async def count(self) -> int:
         return await self.store.count_login_links()
+
+
+def fingerprint(token_hash: str) -> str:
+    """What a session keeps of the token it was signed in with (given that token's SHA-256,
+    ``quota.hash_token``): enough to tell whether the token was changed since, nothing more."""
+    return hashlib.sha256(f"spotd-dashboard-session:{token_hash}".encode()).hexdigest()
+
+
+def still_valid(row: SessionRow, *, admin_token_hash: str) -> bool:
+    """Whether the token a session was signed in with is still in force: the admin's (the
+    daemon's ``api_token``), or the project's (its row: a project gone ends its sessions)."""
+    now = admin_token_hash if row.project is None else row.project_token_hash
+    return now is not None and hmac.compare_digest(row.credential, fingerprint(now))
 
 
 def _digest(secret: str) -> str:

@@ -15,6 +15,7 @@ import jinja2
 from aiohttp import web
 
 from spotd.config import Settings
+from spotd.control import quota
 from spotd.control.jobs import Controller
 from spotd.control.services import ServiceController
 from spotd.dashboard.auth import Identity, LoginLinks, Sessions
@@ -38,7 +39,9 @@ class Dashboard:
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # the daemon stops: end streams
 
     def __post_init__(self) -> None:
-        self.sessions = Sessions(self.store)
+        self.sessions = Sessions(
+            self.store, admin_token_hash=quota.hash_token(self.settings.api_token or "")
+        )
         self.links = LoginLinks(self.store)
 
 

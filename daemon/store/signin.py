@@ -5,6 +5,9 @@ session (several daemons behind one address, any of them may answer a browser) a
 or a takeover signs nobody out. The policy — how long a session lives, how many there may be —
 is the caller's (``spotd.dashboard.auth``); these methods apply what they are given.
 
+A session also keeps a fingerprint of the token it was signed in with (``credential``); the
+project's token hash is read with it, so the caller can end a session whose token changed.
+
 Secrets never reach the database: a session id and a link code are stored as their SHA-256
 (``id_hash``, ``code_hash``), computed by the caller. A link is spent by a ``DELETE …
 RETURNING``: of two daemons redeeming one code at once, exactly one gets it.
@@ -15,12 +18,12 @@ lapsed still answers browsers correctly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import ColumnElement, Connection, Table, delete, func, or_, select, update
 
 from spotd.store.base import StoreBase
-from spotd.store.tables import DashboardSession, LoginLink, table_of
+from spotd.store.tables import DashboardSession, LoginLink, Project, table_of
 
 __all__ = ["LoginLinkRow", "SessionRow", "SignInStore"]
 
@@ -29,14 +32,19 @@ __all__ = ["LoginLinkRow", "SessionRow", "SignInStore"]
 class SessionRow:
     id_hash: str
     project: str | None  # None: the admin
+    credential: str  # a fingerprint of the token it was signed in with
     csrf: str
     created_at: float
     used_at: float
+    # read with the session, not stored with it: the project's token hash now (None for the
+    # admin, or a project that is gone)
+    project_token_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LoginLinkRow:
     project: str | None  # None: the admin
+    credential: str
     expires_at: float
 
 
@@ -52,6 +60,7 @@ class SignInStore(StoreBase):
                 t.insert().values(
                     id_hash=row.id_hash,
                     project=row.project,
+                    credential=row.credential,
                     csrf=row.csrf,
                     created_at=row.created_at,
                     used_at=row.used_at,
@@ -65,9 +74,17 @@ class SignInStore(StoreBase):
         """The live session ``id_hash``, or None (an expired one is deleted). Its last use
         moves to ``now`` when it was more than ``touch_after`` ago: a page open for hours
         re-reads its session every second, and need not write it every second."""
-        t = table_of(DashboardSession)
+        t, pt = table_of(DashboardSession), table_of(Project)
         with self._read() as conn:
-            found = conn.execute(select(t).where(t.c.id_hash == id_hash)).mappings().first()
+            found = (
+                conn.execute(
+                    select(t, pt.c.token_hash.label("project_token_hash"))
+                    .select_from(t.outerjoin(pt, pt.c.name == t.c.project))
+                    .where(t.c.id_hash == id_hash)
+                )
+                .mappings()
+                .first()
+            )
         if found is None:
             return None
         row = SessionRow(**found)
@@ -78,7 +95,7 @@ class SignInStore(StoreBase):
             return row
         with self._write(fenced=False) as conn:
             conn.execute(update(t).where(t.c.id_hash == id_hash).values(used_at=now))
-        return SessionRow(row.id_hash, row.project, row.csrf, row.created_at, now)
+        return replace(row, used_at=now)
 
     def end_session(self, id_hash: str) -> None:
         t = table_of(DashboardSession)
@@ -93,15 +110,18 @@ class SignInStore(StoreBase):
                 ).scalar_one()
             )
 
-    def add_login_link(
-        self, code_hash: str, project: str | None, *, now: float, expires_at: float, keep: int
-    ) -> None:
+    def add_login_link(self, code_hash: str, row: LoginLinkRow, *, now: float, keep: int) -> None:
         """Insert a link; first drop the expired ones, then the oldest beyond ``keep``."""
         t = table_of(LoginLink)
         with self._write(fenced=False) as conn:
             conn.execute(delete(t).where(t.c.expires_at < now))
             conn.execute(
-                t.insert().values(code_hash=code_hash, project=project, expires_at=expires_at)
+                t.insert().values(
+                    code_hash=code_hash,
+                    project=row.project,
+                    credential=row.credential,
+                    expires_at=row.expires_at,
+                )
             )
             _keep_newest(conn, t, t.c.expires_at, t.c.code_hash, keep)
 
@@ -110,11 +130,13 @@ class SignInStore(StoreBase):
         t = table_of(LoginLink)
         with self._write(fenced=False) as conn:
             spent = conn.execute(
-                delete(t).where(t.c.code_hash == code_hash).returning(t.c.project, t.c.expires_at)
+                delete(t)
+                .where(t.c.code_hash == code_hash)
+                .returning(t.c.project, t.c.credential, t.c.expires_at)
             ).first()
         if spent is None or now > spent.expires_at:
             return None
-        return LoginLinkRow(spent.project, spent.expires_at)
+        return LoginLinkRow(spent.project, spent.credential, spent.expires_at)
 
     def count_login_links(self) -> int:
         with self._read() as conn:

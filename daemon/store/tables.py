@@ -305,6 +305,8 @@ class DashboardSession(_Table, table=True):
 
     id_hash: str = Field(primary_key=True)
     project: str | None = None  # None: the admin
+    # a fingerprint of the token it was signed in with: a rotated token ends its sessions
+    credential: str = ""
     csrf: str
     created_at: float
     used_at: float = Field(index=True)  # the least recently used goes first
@@ -317,6 +319,7 @@ class LoginLink(_Table, table=True):
 
     code_hash: str = Field(primary_key=True)
     project: str | None = None  # None: the admin
+    credential: str = ""  # the fingerprint of the token that asked for it
     expires_at: float = Field(index=True)
 
 

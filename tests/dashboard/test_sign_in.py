@@ -8,9 +8,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from spotd.dashboard.auth import Identity, LoginLinks, Sessions, origin_allowed
-from spotd.store import AsyncStore, Store
+from spotd.control.quota import hash_token, new_token
+from spotd.dashboard.auth import (
+    Identity,
+    LoginLinks,
+    Sessions,
+    fingerprint,
+    origin_allowed,
+    still_valid,
+)
+from spotd.store import AsyncStore, SessionRow, Store
 from spotd.types import JobStatus
 
 from .conftest import ADMIN_TOKEN, Dash, seed_job
@@ -162,12 +171,18 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
     await store.close()
 
 
+ADMIN_HASH = hash_token("the-admin-token")
+ADMIN = Identity(credential=fingerprint(ADMIN_HASH))
+
+
 async def test_sessions_are_bounded_in_number_and_time(astore: AsyncStore) -> None:
-    s = Sessions(astore, max_sessions=2, session_ttl=10, session_max_age=100)
-    a = await s.create(Identity(), now=0)
-    b = await s.create(Identity("p"), now=1)
+    s = Sessions(
+        astore, admin_token_hash=ADMIN_HASH, max_sessions=2, session_ttl=10, session_max_age=100
+    )
+    a = await s.create(ADMIN, now=0)
+    b = await s.create(ADMIN, now=1)
     assert await s.get(a.id, now=2) is not None  # a used: b is now the least recently used
-    c = await s.create(Identity(), now=3)
+    c = await s.create(ADMIN, now=3)
     assert await s.count() == 2 and await s.get(b.id, now=3) is None
     assert await s.get(c.id, now=12) is not None  # 9 s idle: alive, and used again
     assert await s.get(a.id, now=13) is None  # idle 11 s > ttl 10
@@ -188,6 +203,47 @@ async def test_login_links_are_single_use_short_lived_and_bounded(astore: AsyncS
     for t in (1, 2):  # (links issued in one clock tick are dropped in no particular order)
         await links.issue(Identity(), now=t)
     assert await links.count() == 2 and await links.redeem(first, now=3) is None
+
+
+async def test_a_changed_token_signs_its_sessions_out(astore: AsyncStore) -> None:
+    """A session lasts only while the token it was signed in with is in force: the admin's
+    (a restart with another ``api_token``), or its project's (changed, or the project gone)."""
+    token = new_token()
+    astore.store.create_project(name="p", gpu_quota=None, token_hash=hash_token(token), now=0)
+    before = Sessions(astore, admin_token_hash=ADMIN_HASH)
+    admin = await before.create(ADMIN, now=0)
+    project = await before.create(Identity("p", fingerprint(hash_token(token))), now=0)
+    forged = await before.create(Identity("p", fingerprint(hash_token("not-its-token"))), now=0)
+    assert await before.get(admin.id, now=1) is not None
+    assert await before.get(project.id, now=1) is not None
+    assert await before.get(forged.id, now=1) is None
+
+    after = Sessions(astore, admin_token_hash=hash_token("a-new-admin-token"))  # restarted
+    assert await after.get(admin.id, now=2) is None
+    assert await after.get(project.id, now=2) is not None  # its token did not change
+    with astore.store.engine.begin() as conn:  # the project's token changed
+        conn.execute(text("UPDATE project SET token_hash = 'x' WHERE name = 'p'"))
+    assert await after.get(project.id, now=3) is None
+    assert await after.count() == 0  # and the rows are gone
+
+
+@pytest.mark.parametrize(
+    ("project", "credential", "admin_hash", "project_hash", "valid"),
+    [
+        (None, fingerprint("A"), "A", None, True),  # the admin, token unchanged
+        (None, fingerprint("A"), "B", None, False),  # the admin token changed
+        (None, "", "A", None, False),  # a session with no fingerprint at all
+        ("p", fingerprint("P"), "A", "P", True),  # a project, token unchanged
+        ("p", fingerprint("P"), "A", "Q", False),  # its token changed
+        ("p", fingerprint("P"), "A", None, False),  # the project is gone
+        ("p", fingerprint("A"), "A", "P", False),  # signed in with the admin's: not the project
+    ],
+)
+def test_still_valid(
+    project: str | None, credential: str, admin_hash: str, project_hash: str | None, valid: bool
+) -> None:
+    row = SessionRow("h", project, credential, "csrf", 0.0, 0.0, project_hash)
+    assert still_valid(row, admin_token_hash=admin_hash) is valid
 
 
 @pytest.mark.parametrize(

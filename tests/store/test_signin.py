@@ -9,8 +9,12 @@ from collections.abc import Callable
 
 from sqlalchemy import text
 
-from spotd.dashboard.auth import Identity, LoginLinks, Sessions
+from spotd.control.quota import hash_token, new_token
+from spotd.dashboard.auth import Identity, LoginLinks, Sessions, fingerprint
 from spotd.store import AsyncStore, Store
+
+ADMIN_HASH = hash_token("the-admin-token")
+ADMIN = Identity(credential=fingerprint(ADMIN_HASH))
 
 
 def _everything_in(store: Store) -> str:
@@ -26,8 +30,11 @@ async def test_two_daemons_on_one_database_share_sessions_and_spend_a_link_once(
     open_store: Callable[[], Store],
 ) -> None:
     one, other = AsyncStore(open_store()), AsyncStore(open_store())
-    s = await Sessions(one).create(Identity("alpha"), now=100)
-    seen = await Sessions(other).get(s.id, now=101)
+    token_hash = hash_token(new_token())
+    one.store.create_project(name="alpha", gpu_quota=None, token_hash=token_hash, now=0)
+    alpha = Identity("alpha", fingerprint(token_hash))
+    s = await Sessions(one, admin_token_hash=ADMIN_HASH).create(alpha, now=100)
+    seen = await Sessions(other, admin_token_hash=ADMIN_HASH).get(s.id, now=101)
     assert seen is not None and (seen.who, seen.csrf) == (Identity("alpha"), s.csrf)
 
     codes = [await LoginLinks(one).issue(Identity(), now=100) for _ in range(5)]
@@ -41,15 +48,17 @@ async def test_two_daemons_on_one_database_share_sessions_and_spend_a_link_once(
     assert s.id not in dump and s.csrf in dump
     assert not any(code in dump for code in codes)
 
-    await Sessions(other).end(s.id)  # signing out on one daemon ends it on both
-    assert await Sessions(one).get(s.id, now=102) is None
+    await Sessions(other, admin_token_hash=ADMIN_HASH).end(
+        s.id
+    )  # signing out on one daemon ends it on both
+    assert await Sessions(one, admin_token_hash=ADMIN_HASH).get(s.id, now=102) is None
 
 
 async def test_a_restart_signs_nobody_out(open_store: Callable[[], Store]) -> None:
     before = AsyncStore(open_store())
-    s = await Sessions(before).create(Identity(), now=100)
+    s = await Sessions(before, admin_token_hash=ADMIN_HASH).create(ADMIN, now=100)
     code = await LoginLinks(before).issue(Identity("alpha"), now=100)
     before.store.close()
     after = AsyncStore(open_store())
-    assert await Sessions(after).get(s.id, now=200) is not None
+    assert await Sessions(after, admin_token_hash=ADMIN_HASH).get(s.id, now=200) is not None
     assert await LoginLinks(after).redeem(code, now=130) == Identity("alpha")
