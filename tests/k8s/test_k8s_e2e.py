@@ -41,6 +41,7 @@ class LocalKubelet(FakeKubelet):
         super().__init__(cluster, on_start=self._run)
         self.root = root
         self.pgids: dict[str, int] = {}
+        self.stores: dict[str, Path] = {}  # each pod's checkpoint store (a shared directory)
 
     async def _run(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -50,6 +51,7 @@ class LocalKubelet(FakeKubelet):
         d = self.root / meta["name"]
         d.mkdir(parents=True, exist_ok=True)
         cfg["instance_dir"] = str(d)  # the container's emptyDir
+        self.stores[meta["name"]] = Path(cfg["checkpoint_store"])
         (d / "agent.json").write_text(json.dumps(cfg))
         out = open(d / "agent.out", "ab")  # noqa: SIM115 - handed to the child
         proc = await asyncio.create_subprocess_exec(
@@ -133,6 +135,13 @@ async def test_job_runs_on_pods_and_survives_a_node_reclaim(
         await wait_log(c, jid, "(checkpoint)", attempt=1)
         pod = f"spotd-j{jid}-a1-n0"
         assert cluster.pod("east", pod) is not None
+        # a reclaim without notice resumes from the last checkpoint *synced* off the node:
+        # wait for the first to land (under load it may trail the job's log line)
+        marker = kubelet.stores[pod] / ".spotd-attempt"
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "no checkpoint reached the store"
+            await asyncio.sleep(0.05)
         # the node is reclaimed: the pod fails with NodeShutdown and its processes die
         kubelet.lose_node(pod)
         assert (
