@@ -21,6 +21,7 @@ import re
 import shutil
 import sqlite3
 import stat
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -394,17 +395,27 @@ def materialize(ref: str, store: BlobStore, dest: Path) -> int:
     written = 0
     if manifest.kind == "file":
         [entry] = manifest.files
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store.path(entry.sha), dest)
-        os.chmod(dest, entry.mode)
+        _put(store.path(entry.sha), dest, entry.mode)
         return entry.size
     for entry in manifest.files:
-        target = dest / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store.path(entry.sha), target)
-        os.chmod(target, entry.mode)
+        _put(store.path(entry.sha), dest / entry.path, entry.mode)
         written += entry.size
     return written
+
+
+def _put(blob: Path, target: Path, mode: int) -> None:
+    """Copy ``blob`` to ``target`` whole: written beside it and renamed over it, so a process
+    reading ``target`` meanwhile (another job's replica sharing a host path, a job restarting
+    over its old files) sees the old file or the new one, never a half-written one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.spotd-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copyfile(blob, tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_mount_target(remote: str) -> str:

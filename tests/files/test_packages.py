@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,35 @@ def test_single_file_package(tmp_path, store, cache):
     p = package(f, store, cache)
     materialize(p.ref, store, tmp_path / "out" / "w.bin")
     assert (tmp_path / "out" / "w.bin").read_bytes() == f.read_bytes()
+
+
+def test_a_reader_never_sees_a_half_restored_file(tmp_path, store, cache):
+    """Two replicas on one host restoring one mount path (or a job restarting over its own
+    files): whoever reads the file meanwhile gets the old content or the new, never a
+    truncated one; and nothing is left beside it."""
+    versions = []
+    for v in ("one", "two"):
+        src = _tree(tmp_path / f"src-{v}", {"note.txt": f"note-{v}\n" * 20_000})
+        versions.append(package(src, store, cache).ref)
+    out = tmp_path / "restored"
+    materialize(versions[0], store, out)
+    whole = {(out / "note.txt").read_text(), "note-two\n" * 20_000}
+    stop, seen = threading.Event(), []
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append((out / "note.txt").read_text())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(30):
+            materialize(versions[i % 2], store, out)
+    finally:
+        stop.set()
+        reader.join()
+    assert seen and set(seen) <= whole
+    assert sorted(p.name for p in out.iterdir()) == ["note.txt"]
 
 
 def test_missing_source_names_the_path(tmp_path, store, cache):
