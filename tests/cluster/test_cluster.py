@@ -180,12 +180,12 @@ async def test_a_job_is_handed_over_by_its_own_worker_between_two_steps(
     await store.join_cluster("a", url="", lease_seconds=30.0)
     ctl = Controller(settings=settings, store=store, providers={}, metrics=DaemonMetrics())
     steps: list[int] = []
-    inside = asyncio.Event()
+    inside, finish = asyncio.Event(), asyncio.Event()
 
     async def step(job: object, watched: object = None) -> float:
         steps.append(job.id)  # type: ignore[attr-defined]
         inside.set()
-        await asyncio.sleep(0.3)  # a step in flight: a hand-over must wait for it
+        await finish.wait()  # a step in flight until the test lets it end
         return 3600.0
 
     ctl._step = step  # type: ignore[method-assign]
@@ -198,7 +198,9 @@ async def test_a_job_is_handed_over_by_its_own_worker_between_two_steps(
     try:
         await asyncio.wait_for(inside.wait(), 5)
         ctl.release([moving], "evening the load")
+        await asyncio.sleep(0)  # let the loop run whatever the release set going
         assert (await store.require_job(moving)).owner == "a"  # not inside the step
+        finish.set()
         assert await _until(lambda: ctl.workers.size() == 1)
         assert (await store.require_job(moving)).owner is None
         assert steps.count(moving) == 1  # no step after the hand-over

@@ -54,6 +54,26 @@ def jobs(c: Cluster, ids: list[int]) -> dict[int, dict[str, object]]:
     }
 
 
+async def a_runs_jobs(c: Cluster, n: int, name: str) -> list[int]:
+    """Start daemon A alone, submit ``n`` jobs through it, and wait until A runs them all."""
+    await asyncio.to_thread(c.start, "A")
+    c.wait_schema()
+    async with c.client("A") as api:
+        ids = [
+            (await api.launch(TASK, filename=f"{name}{i}.yaml", name=f"{name}{i}"))["id"]
+            for i in range(n)
+        ]
+    await wait_for(
+        "A to run every job",
+        lambda: (
+            len(jobs(c, ids)) == n
+            and all(j["status"] == "RUNNING" and j["owner"] == "A" for j in jobs(c, ids).values())
+        ),
+        120,
+    )
+    return ids
+
+
 async def preempt_until_next_attempt(c: Cluster, job_id: int) -> None:
     """Reclaim the job's (one) instance and wait until its second attempt runs."""
     (key,) = [
@@ -74,21 +94,7 @@ async def preempt_until_next_attempt(c: Cluster, job_id: int) -> None:
 async def test_a_paused_daemon_is_fenced_then_exits_and_rejoins(pg_url: str) -> None:
     fleet_config = {"launch_seconds": 0.5, "forget_seconds": 3600, "seed": 18}
     with cluster(pg_url, ["A", "B"], lease_seconds=LEASE, fleet_config=fleet_config) as c:
-        await asyncio.to_thread(c.start, "A")
-        c.wait_schema()
-        async with c.client("A") as api:
-            ids = [
-                (await api.launch(TASK, filename=f"f{i}.yaml", name=f"fence{i}"))["id"]
-                for i in range(JOBS)
-            ]
-        await wait_for(
-            "A to run every job",
-            lambda: (
-                all(j["status"] == "RUNNING" and j["owner"] == "A" for j in jobs(c, ids).values())
-                and len(jobs(c, ids)) == JOBS
-            ),
-            120,
-        )
+        ids = await a_runs_jobs(c, JOBS, "fence")
         c.install_audit()
         await asyncio.to_thread(c.start, "B")
         await wait_for(

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.ha.conftest import Cluster, cluster
-from tests.ha.test_fencing import TASK, jobs, preempt_until_next_attempt, wait_for
+from tests.ha.test_fencing import a_runs_jobs, jobs, preempt_until_next_attempt, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ha, pytest.mark.postgres, pytest.mark.timeout(400)]
 
@@ -30,29 +30,8 @@ def _live_instances(c: Cluster, ids: list[int]) -> set[str]:
 async def test_a_daemon_that_joins_takes_its_share_of_running_jobs(pg_url: str) -> None:
     fleet_config = {"launch_seconds": 0.5, "forget_seconds": 3600, "seed": 23}
     with cluster(pg_url, ["A", "B"], lease_seconds=5.0, fleet_config=fleet_config) as c:
-        await asyncio.to_thread(c.start, "A")
-        c.wait_schema()
-        async with c.client("A") as api:
-            ids = [
-                (await api.launch(TASK, filename=f"r{i}.yaml", name=f"share{i}"))["id"]
-                for i in range(JOBS)
-            ]
-        await wait_for(
-            "A to run every job",
-            lambda: (
-                len(jobs(c, ids)) == JOBS
-                and all(
-                    j["status"] == "RUNNING" and j["owner"] == "A" for j in jobs(c, ids).values()
-                )
-            ),
-            120,
-        )
-        instances = {
-            r["key"]
-            for r in c.rows(
-                "SELECT key FROM instance WHERE NOT terminated AND job_id = ANY(:i)", i=ids
-            )
-        }
+        ids = await a_runs_jobs(c, JOBS, "share")
+        instances = _live_instances(c, ids)
         assert len(instances) == JOBS
 
         joined = time.monotonic()
@@ -67,13 +46,7 @@ async def test_a_daemon_that_joins_takes_its_share_of_running_jobs(pg_url: str) 
         moved = sorted(i for i in ids if now[i]["owner"] == "B")
         # run on, not relaunched: the same attempt on the same instances, still RUNNING
         assert all(now[i]["status"] == "RUNNING" and now[i]["current_attempt"] == 1 for i in ids)
-        still = {
-            r["key"]
-            for r in c.rows(
-                "SELECT key FROM instance WHERE NOT terminated AND job_id = ANY(:i)", i=ids
-            )
-        }
-        assert still == instances
+        assert _live_instances(c, ids) == instances
         # each moved job: A said it handed it over, B that it runs it, and A nothing after
         for j in moved:
             said = c.rows(
