@@ -19,13 +19,14 @@ lapsed still answers browsers correctly.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from sqlalchemy import ColumnElement, Connection, Table, delete, func, or_, select, update
 
 from spotd.store.base import StoreBase
 from spotd.store.tables import DashboardSession, LoginLink, Project, table_of
 
-__all__ = ["LoginLinkRow", "SessionRow", "SignInStore"]
+__all__ = ["LoginLinkRow", "SessionRow", "SignInStore", "session_fate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,17 @@ class LoginLinkRow:
     project: str | None  # None: the admin
     credential: str
     expires_at: float
+
+
+def session_fate(
+    row: SessionRow, *, now: float, idle: float, max_age: float, touch_after: float
+) -> Literal["expired", "fresh", "touch"]:
+    """What a read of a session does: end it (idle longer than ``idle``, or older than
+    ``max_age``), leave it (used within ``touch_after``), or move its last use to ``now``.
+    The sweep on insert (``_expired``) applies the same two limits in SQL."""
+    if now - row.used_at > idle or now - row.created_at > max_age:
+        return "expired"
+    return "fresh" if now - row.used_at <= touch_after else "touch"
 
 
 class SignInStore(StoreBase):
@@ -88,10 +100,11 @@ class SignInStore(StoreBase):
         if found is None:
             return None
         row = SessionRow(**found)
-        if now - row.used_at > idle or now - row.created_at > max_age:
+        fate = session_fate(row, now=now, idle=idle, max_age=max_age, touch_after=touch_after)
+        if fate == "expired":
             self.end_session(id_hash)
             return None
-        if now - row.used_at <= touch_after:
+        if fate == "fresh":
             return row
         with self._write(fenced=False) as conn:
             conn.execute(update(t).where(t.c.id_hash == id_hash).values(used_at=now))

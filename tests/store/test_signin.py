@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy import text
 
 from spotd.control.quota import hash_token, new_token
 from spotd.dashboard.auth import Identity, LoginLinks, Sessions, fingerprint
-from spotd.store import AsyncStore, Store
+from spotd.store import AsyncStore, SessionRow, Store
+from spotd.store.signin import session_fate
 
 ADMIN_HASH = hash_token("the-admin-token")
 ADMIN = Identity(credential=fingerprint(ADMIN_HASH))
@@ -62,3 +64,19 @@ async def test_a_restart_signs_nobody_out(open_store: Callable[[], Store]) -> No
     after = AsyncStore(open_store())
     assert await Sessions(after, admin_token_hash=ADMIN_HASH).get(s.id, now=200) is not None
     assert await LoginLinks(after).redeem(code, now=130) == Identity("alpha")
+
+
+@pytest.mark.parametrize(
+    ("created", "used", "now", "fate"),
+    [
+        (0, 0, 30, "fresh"),  # used within touch_after (60): no write
+        (0, 0, 61, "touch"),  # used longer ago: its last use moves to now
+        (0, 0, 3601, "expired"),  # idle longer than 3600
+        (0, 86_000, 86_401, "expired"),  # kept busy, still older than max_age 86400
+        (0, 86_000, 86_030, "fresh"),
+    ],
+)
+def test_session_fate(created: float, used: float, now: float, fate: str) -> None:
+    row = SessionRow("h", None, "c", "csrf", created, used)
+    got = session_fate(row, now=now, idle=3600, max_age=86_400, touch_after=60)
+    assert got == fate
