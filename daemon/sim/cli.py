@@ -151,7 +151,7 @@ def simulate() -> None:
     type=(float, float),
     default=None,
     help="+notice policies: notice lead time, uniform in MIN MAX seconds "
-    "[default: EC2 60 120, GCP 15 30].",
+    "[default: EC2 90 120, GCP 15 30].",
 )
 @click.option(
     "--notice-missed",

@@ -17,7 +17,10 @@ The setup is the SpotHedge paper's microbenchmark (EuroSys'25, artifact
   starting ones included, a failed launch free; **availability** = the fraction of ticks with at
   least ``target`` replicas the load balancer routes to: READY and not drained (a replica
   under a preemption notice serves until the policy drains it, as the daemon's planner does
-  once its replacement is READY, or until the zone takes it). Both count
+  once its replacement is READY, or ``hedge.NOTICE_HANDOFF_SECONDS`` before its deadline).
+  Without notices everything happens on tick boundaries and a tick counts whole or not at
+  all, as in the artifact; with notices a tick counts for the part of it with enough
+  (``served_fraction``, "Notices" below). Both count
   the ticks after the first ``cold_start`` ones (as the artifact does), and cost is reported
   as a fraction of holding ``target`` on-demand replicas over those ticks
   (``cost_vs_ondemand``) and in replica-hours priced spot 1 / on-demand 3 (``cost``).
@@ -36,7 +39,14 @@ are seeded by the run's seed and the window's offset. Both notice-aware policies
 spotd's executor does: the noticed replica stops counting as capacity, so its replacement is
 planned in the same step; it keeps serving (the LB still routes to it) until the others READY
 make the target, then it is drained and let go within the tick (``hedge.plan_replicas``,
-"Notices").
+"Notices"). Time is kept to the second around a notice, as the daemon acts on one at once
+and not at the next tick: the tick that reads a notice is decided ``REACTION_SECONDS`` after
+the notice came (its launches are READY a cold start later, part-way through a tick, and are
+paid from then), and the noticed replica stops taking requests ``NOTICE_HANDOFF_SECONDS``
+before its deadline. So a replacement launched at the notice covers the loss only if the lead
+is at least the cold start + 16 s; with EC2's two minutes each loss not covered by a spare
+leaves a gap of 16 s or more, counted to the second (a whole tick before issue #16's fourth
+round: a 119 s notice cost 30 s and a 120 s one nothing).
 
 Single-node traces. A folder whose values are all 0 or 1 reads as "available, unlimited" (the
 artifact's reading of its 2-month trace) unless ``binary_unlimited`` is off.
@@ -76,9 +86,12 @@ Policies (``POLICIES``):
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import random
 from collections.abc import Sequence
 
+from spotd.serve import hedge
 from spotd.sim.serve_model import (
     EC2_NOTICE,
     GCP_NOTICE,
@@ -108,6 +121,9 @@ from spotd.sim.traces import TraceError, ZoneTrace, common_ticks, window_offsets
 from spotd.types import Market, ZoneKey
 
 UNLIMITED = 10**9  # the capacity of a zone that a binary trace says is available
+# the daemon acts on a notice this long after it is posted: the agent polls the metadata
+# service every 0.2 s and reports at once; the service controller plans in that step
+REACTION_SECONDS = 1.0
 
 __all__ = [
     "EC2_NOTICE",
@@ -135,6 +151,7 @@ __all__ = [
     "omniscient_window",
     "run_policy",
     "run_window",
+    "served_fraction",
     "simulate_serve",
     "windows_of",
     "with_notice",
@@ -163,19 +180,26 @@ def run_window(
     events: list[SimEvent] = []
     notices = _Notices(notice, dt, seed=setup.seed, offset=offset)
     next_id = 1
-    spot_ticks = ondemand_ticks = preemptions = failures = counted_ok = 0
-    cost_units = 0.0
+    spot_ticks = ondemand_ticks = preemptions = failures = 0
+    counted_ok = cost_units = 0.0
     ready_series: list[int] = []
     cum: list[float] = []
+    started: dict[int, float] = {}  # replica id -> when it was launched (seconds)
     for t in range(T):
         now = t * dt
-        for r, deadline in notices.issue(alive, capacity, zone_index, t):
+        # a tick's decision is taken at the tick, or, when it reads a notice, when the
+        # daemon would have read it: the notice's time (never before the previous tick,
+        # whose events it also reads) plus REACTION_SECONDS
+        issued = notices.issue(alive, capacity, zone_index, t)
+        seen_at = [max(at, (t - 1) * dt, 0.0) for _, _, at in issued]
+        decide_at = min(seen_at) + REACTION_SECONDS if issued else now
+        for (r, deadline, _), seen in zip(issued, seen_at, strict=True):
             preemptions += 1  # counted when announced, not again when the zone takes it
             events.append(
-                SimEvent(SimEventKind.NOTICE, r.zone, r.market, t, now, r.id, deadline=deadline)
+                SimEvent(SimEventKind.NOTICE, r.zone, r.market, t, seen, r.id, deadline=deadline)
             )
         view = TickView(
-            t, now, setup.target, tuple(alive), ready_prev, tuple(events), notices.announced()
+            t, decide_at, setup.target, tuple(alive), ready_prev, tuple(events), notices.announced()
         )
         decision = policy.decide(view)
         events = []
@@ -198,6 +222,9 @@ def run_window(
             if market is Market.SPOT and zone not in zone_index:
                 raise ValueError(f"policy launched spot in unknown zone {zone}")
             alive.append(SimReplica(next_id, zone, market, t))
+            started[next_id] = decide_at
+            if t > C:  # held from decide_at: more (or less) than the tick's whole
+                cost_units += (now - decide_at) / dt * _unit_cost(market, setup)
             if market is Market.SPOT:
                 notices.draw(next_id)
             next_id += 1
@@ -235,6 +262,8 @@ def run_window(
                         )
         alive = [r for r in alive if r.id not in lost]
         notices.forget(lost | gone)
+        for i in lost | gone:
+            started.pop(i, None)
         for r in alive:
             if r.launched_tick == t:
                 events.append(SimEvent(SimEventKind.LAUNCHED, r.zone, r.market, t, now, r.id))
@@ -250,7 +279,8 @@ def run_window(
             spot_ticks += n_spot
             ondemand_ticks += n_od
             cost_units += n_spot + setup.ondemand_cost * n_od
-            counted_ok += len(serving) >= setup.target
+            spans = [(started[r.id] + C * dt, notices.serves_until(r.id)) for r in alive]
+            counted_ok += served_fraction(spans, now, dt, setup.target)
         ready_series.append(len(serving))
         cum.append(cost_units * dt / 3600.0)
         ready_prev = warm
@@ -267,6 +297,34 @@ def run_window(
         ready=tuple(ready_series),
         cumulative_cost=tuple(cum),
     )
+
+
+def _unit_cost(market: Market, setup: ServeSetup) -> float:
+    return setup.ondemand_cost if market is Market.ON_DEMAND else 1.0
+
+
+def served_fraction(
+    spans: Sequence[tuple[float, float]], start: float, dt: float, target: int
+) -> float:
+    """The part of the tick ``[start, start + dt)`` during which at least ``target`` of the
+    replicas held over it are routable; ``spans``: when each one is, (READY from, drained at).
+
+    Replicas launched at a tick are READY on a tick boundary and lost on one, so without
+    notices this is 0 or 1, the artifact's count of ticks. One launched when a notice was read
+    is READY part-way through a tick, and one under notice stops taking requests
+    ``NOTICE_HANDOFF_SECONDS`` before its deadline: such a tick counts for the part of it with
+    enough of them (module docstring, "Notices").
+    """
+    end = start + dt
+    inside = {x for span in spans for x in span if start < x < end}
+    if not inside:  # nothing changes within the tick
+        return float(sum(1 for ready, until in spans if ready <= start and end <= until) >= target)
+    points = sorted({start, end, *inside})
+    ok = 0.0
+    for a, b in itertools.pairwise(points):
+        if sum(1 for ready, until in spans if ready <= a and b <= until) >= target:
+            ok += b - a
+    return ok / dt
 
 
 class _Notices:
@@ -286,7 +344,7 @@ class _Notices:
         self.tick_seconds = tick_seconds
         self.horizon = 0 if model is None else int(model.lead_max_seconds // tick_seconds)
         self.rng = random.Random(f"notices/{seed}/{offset}")  # str seeds are stable
-        self.lead: dict[int, int] = {}  # replica id -> its notice's lead in ticks (absent: none)
+        self.lead: dict[int, float] = {}  # replica id -> its notice's lead, s (absent: none)
         self.deadline: dict[int, int] = {}  # announced replica id -> the tick it is lost
 
     def draw(self, replica: int) -> None:
@@ -296,10 +354,16 @@ class _Notices:
         missed = self.rng.random() < m.missed
         lead = self.rng.uniform(m.lead_min_seconds, m.lead_max_seconds)
         if not missed:
-            self.lead[replica] = int(lead // self.tick_seconds)
+            self.lead[replica] = lead
 
     def due(self, replica: int) -> int | None:
         return self.deadline.get(replica)
+
+    def serves_until(self, replica: int) -> float:
+        """When the LB stops routing to it: ``NOTICE_HANDOFF_SECONDS`` before its deadline,
+        as the daemon drains a replica under notice (never, as far as notices know)."""
+        d = self.deadline.get(replica)
+        return math.inf if d is None else d * self.tick_seconds - hedge.NOTICE_HANDOFF_SECONDS
 
     def announced(self) -> frozenset[int]:
         return frozenset(self.deadline)
@@ -315,9 +379,11 @@ class _Notices:
         capacity: Sequence[Sequence[int]],
         zone_index: dict[ZoneKey, int],
         t: int,
-    ) -> list[tuple[SimReplica, int]]:
+    ) -> list[tuple[SimReplica, int, float]]:
         """The notices of tick ``t``: the losses the trace holds within each replica's lead
-        (in a zone holding ``n`` when its capacity falls to ``c``, the newest ``n - c``)."""
+        (in a zone holding ``n`` when its capacity falls to ``c``, the newest ``n - c``), as
+        (replica, the tick it is lost, when the notice came in seconds: its lead before that
+        tick, in the tick before ``t`` or at ``t``)."""
         if not self.lead:
             return []
         by_zone: dict[ZoneKey, list[SimReplica]] = {}
@@ -329,7 +395,8 @@ class _Notices:
                 pending.setdefault(r.zone, []).append(self.deadline[r.id])
             else:
                 by_zone.setdefault(r.zone, []).append(r)
-        issued: list[tuple[SimReplica, int]] = []
+        issued: list[tuple[SimReplica, int, float]] = []
+        dt = self.tick_seconds
         for zone, held in by_zone.items():
             held.sort(key=lambda r: (r.launched_tick, r.id))
             cap = capacity[zone_index[zone]]
@@ -340,10 +407,10 @@ class _Notices:
                     r = held.pop()  # lost at d as things stand; announced once within its lead
                     excess -= 1
                     lead = self.lead.get(r.id)
-                    if lead is not None and d - t <= lead:
+                    if lead is not None and (d - t) * dt <= lead:
                         self.deadline[r.id] = d
                         due.append(d)
-                        issued.append((r, d))
+                        issued.append((r, d, d * dt - lead))
         return issued
 
 

@@ -61,9 +61,10 @@ class NoticeModel:
         )
 
 
-# EC2 posts its interruption notice two minutes ahead, "on a best effort basis"; what the
-# daemon acts on is later (metadata polled every 5 s, the agent's heartbeat, the control loop)
-EC2_NOTICE = NoticeModel(lead_min_seconds=60.0, lead_max_seconds=120.0, missed=0.1)
+# EC2 posts its interruption notice two minutes ahead, "on a best effort basis"; published
+# logs show it read 108 s ahead by a 5 s poller, and spotd's agent polls every 0.2 s: a notice
+# is taken to be up to 30 s late (docs/simulate.md, "The notice model")
+EC2_NOTICE = NoticeModel(lead_min_seconds=90.0, lead_max_seconds=120.0, missed=0.1)
 # GCE: 30 s between the preemption notice (ACPI G2 soft off) and the stop, also best effort
 GCP_NOTICE = NoticeModel(lead_min_seconds=15.0, lead_max_seconds=30.0, missed=0.1)
 

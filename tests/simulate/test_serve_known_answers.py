@@ -29,6 +29,7 @@ from spotd.sim.serve import (
     omniscient_window,
     run_policy,
     run_window,
+    served_fraction,
 )
 from spotd.types import Market
 from tests.simulate.helpers import alternating, write_traces, zone
@@ -205,10 +206,12 @@ class DrainAtNotice:
 
 def test_a_replica_under_notice_serves_until_it_is_drained() -> None:
     # a 60 s (2-tick) notice arrives at tick 10, the zone takes the replica at tick 12; round
-    # robin ignores notices, so the LB routes to it until then: 8 serving ticks of 16
+    # robin ignores notices, so the LB routes to it until the executor drains it, 15 s before
+    # its deadline (hedge.NOTICE_HANDOFF_SECONDS): ticks 4-10 and half of tick 11, of 16
+    assert hedge.NOTICE_HANDOFF_SECONDS == 15.0
     spy, r = run_one_zone(NoticeModel(60.0, 60.0, missed=0.0))
     assert r.ready[4:12] == (1,) * 8 and r.ready[12:] == (0,) * 8
-    assert r.availability == 8 / 16
+    assert r.availability == 7.5 / 16
     assert r.preemptions == 1  # counted once, at the notice
     (notice,) = [e for v in spy.views for e in v.events if e.kind is SimEventKind.NOTICE]
     assert (notice.tick, notice.deadline) == (10, 12)
@@ -235,12 +238,16 @@ A_THEN_B = [[1] * 12 + [0] * 8, [1] * 20]
 @pytest.mark.parametrize(
     ("lead", "availability"),
     [
-        # the notice comes at tick 8 (4 ticks ahead): the replacement in b and the on-demand
-        # fallback, launched at tick 8, are READY at tick 12, when a takes the noticed replica,
-        # which served until then: never below the target
-        (120.0, 16 / 16),
-        # at tick 10 (2 ticks ahead): they are READY at 14; ticks 12 and 13 have none
-        (60.0, 14 / 16),
+        # the notice comes at 240 s (tick 8, 4 ticks ahead): the replacement in b and the
+        # on-demand fallback are launched when the daemon reads it, 1 s later
+        # (REACTION_SECONDS), and are READY at 361 s; the noticed replica serves until 15 s
+        # before a takes it at 360 s: 16 s short, 15 in tick 11 and 1 in tick 12
+        (120.0, (16 - 16 / 30) / 16),
+        # at 285 s (in tick 9; the simulator announces it at tick 10, the first tick within
+        # its lead, and the daemon acts at 286 s): READY at 406 s; from 345 s none: 61 s short
+        (75.0, (16 - 61 / 30) / 16),
+        # at 300 s (tick 10): READY at 421 s; 76 s short
+        (60.0, (16 - 76 / 30) / 16),
     ],
 )
 def test_spotd_keeps_a_noticed_replica_serving_until_its_replacement_is_ready(
@@ -319,10 +326,14 @@ def test_notice_aware_policies_replace_at_once_and_keep_the_noticed_until_replac
     assert r.preemptions >= 3
 
 
-@pytest.mark.parametrize(("lead", "full"), [(120.0, True), (60.0, False), (30.0, False)])
+@pytest.mark.parametrize(
+    ("lead", "full"), [(150.0, True), (136.0, True), (135.0, False), (120.0, False), (60.0, False)]
+)
 def test_a_notice_hides_a_loss_only_if_it_outlasts_the_cold_start(lead: float, full: bool) -> None:
     # each flip takes every replica of one zone; spotd keeps them serving while their
-    # replacements start: READY at the deadline with a 120 s (4-tick) notice, not with less
+    # replacements start: they are READY 1 s (the reaction) + 120 s (the cold start) after
+    # the notice, and the noticed replicas stop taking requests 15 s before their deadline,
+    # so a notice hides the loss only from 136 s ahead; EC2's 120 s leaves 16 s per loss
     s = setup(40)
     plain = run_window(SpotdPolicy([A, B], s, random.Random(0)), ALT, [A, B], s)
     noticed = run_window(
@@ -335,6 +346,29 @@ def test_a_notice_hides_a_loss_only_if_it_outlasts_the_cold_start(lead: float, f
     assert plain.availability < 1.0
     assert (noticed.availability == 1.0) is full
     assert noticed.availability > plain.availability  # the replacement starts earlier
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("spans", "target", "served"),
+    [
+        # (READY from, routable until) per replica; the tick is [300, 330)
+        ([(0, INF)] * 3, 3, 1.0),  # READY before the tick: the whole tick
+        ([(0, INF)] * 2, 3, 0.0),  # one short all along
+        ([(0, INF), (0, INF), (330, INF)], 3, 0.0),  # READY at the next tick: none of this one
+        ([(0, INF), (0, INF), (300, INF)], 3, 1.0),  # READY at its start: all of it
+        ([(0, INF), (0, INF), (310, INF)], 3, 2 / 3),  # READY 10 s in: the last 20 s
+        ([(0, INF), (0, INF), (0, 315)], 3, 0.5),  # drained 15 s before a deadline at 330
+        ([(0, INF), (0, INF), (0, 315), (321, INF)], 3, 0.8),  # short from 315 to 321
+        ([(0, INF), (0, 305), (310, 320), (325, INF)], 2, 20 / 30),  # two gaps of 5 s
+        ([(0, 315), (310, INF)], 1, 1.0),  # the replacement READY before the handoff
+        ([], 1, 0.0),
+    ],
+)
+def test_served_fraction(spans: list[tuple[float, float]], target: int, served: float) -> None:
+    assert served_fraction(spans, 300.0, 30.0, target) == pytest.approx(served)
 
 
 # -- single-node traces ---------------------------------------------------------------------
