@@ -120,6 +120,14 @@ def simulate() -> None:
     help="Extra spot replicas (spotd, spothedge).",
 )
 @click.option(
+    "--base-ondemand",
+    type=int,
+    default=0,
+    show_default=True,
+    help="spotd: on-demand replicas always held, inside the target "
+    "(SkyServe's base_ondemand_fallback_replicas).",
+)
+@click.option(
     "--bad-zone-seconds",
     type=float,
     default=3600.0,
@@ -185,6 +193,7 @@ def serve_cmd(
     cold_start_seconds: float,
     ondemand_cost: float,
     overprovision: int,
+    base_ondemand: int,
     bad_zone_seconds: float,
     risk: bool,
     shaky_zone_seconds: float,
@@ -208,6 +217,7 @@ def serve_cmd(
             cold_start_seconds=cold_start_seconds,
             ondemand_cost=ondemand_cost,
             overprovision=overprovision,
+            base_ondemand=base_ondemand,
             bad_zone_seconds=bad_zone_seconds,
             use_risk=risk,
             shaky_zone_seconds=shaky_zone_seconds,

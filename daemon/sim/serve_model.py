@@ -86,6 +86,7 @@ class ServeSetup:
     cold_start_seconds: float = 120.0  # launch to READY
     ondemand_cost: float = 3.0  # an on-demand replica-tick costs this many spot replica-ticks
     overprovision: int = 1  # extra spot replicas (spotd, spothedge)
+    base_ondemand: int = 0  # spotd: on-demand replicas always held, inside the target
     bad_zone_seconds: float = hedge.DEFAULT_BAD_ZONE_SECONDS  # spotd: how long a zone stays bad
     shaky_zone_seconds: float = hedge.DEFAULT_SHAKY_ZONE_SECONDS  # spotd: cover after a preemption
     calm_seconds: float = hedge.DEFAULT_CALM_SECONDS  # spotd: no preemption this long: calm
@@ -98,6 +99,8 @@ class ServeSetup:
             raise ValueError("target, windows and window_ticks must be >= 1")
         if not self.tick_seconds > 0 or self.cold_start_seconds < 0:
             raise ValueError("tick_seconds must be > 0 and cold_start_seconds >= 0")
+        if not 0 <= self.base_ondemand <= self.target:
+            raise ValueError("base_ondemand must be between 0 and the target")
         if self.window_ticks <= self.cold_ticks:
             raise ValueError("a window must be longer than the cold start")
 

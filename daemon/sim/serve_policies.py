@@ -61,6 +61,7 @@ class SpotdPolicy:
             max_replicas=setup.target,
             dynamic_ondemand_fallback=True,
             num_overprovision=setup.overprovision,
+            base_ondemand_fallback_replicas=setup.base_ondemand,
         )
         self.zone_history: list[hedge.ZoneEvent] = []
         self.risk_history: list[rhist.ZoneEvent] = []

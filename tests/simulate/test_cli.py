@@ -113,6 +113,9 @@ def test_serve_bad_notice_model_and_mixed_shapes_are_errors(tmp_path: Path) -> N
     result = CliRunner().invoke(main, [*base, "--notice-lead", "120", "60"])
     assert result.exit_code == 1
     assert "min <= max" in result.output
+    result = CliRunner().invoke(main, [*base, "--base-ondemand", "4"])
+    assert result.exit_code == 1
+    assert "base_ondemand must be between 0 and the target" in result.output
     (tmp_path / "t" / "us-east-1a_k80_1.json").write_text(
         json.dumps({"metadata": {"gap_seconds": 30}, "data": [1] * 40})
     )

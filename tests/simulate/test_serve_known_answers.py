@@ -115,6 +115,21 @@ def test_one_zone_down_spotd_calls_the_real_planner() -> None:
     assert policy.last_plan.bad_zones == frozenset({A})
 
 
+def test_one_zone_down_spotd_with_a_base_of_on_demand() -> None:
+    # base_ondemand_fallback_replicas 1 (SkyServe's, counted inside the target): 2 spot needed
+    # + the overprovision; once spot is READY, exactly 1 on-demand stays
+    s = setup(20, base_ondemand=1)
+    spy = Spy(SpotdPolicy([A, B, C], s, random.Random(0)))
+    r = run_window(spy, DOWN, [A, B, C], s)
+    assert r.availability == 1.0
+    last = spy.views[-1].replicas
+    assert sum(x.market is Market.ON_DEMAND for x in last) == 1
+    assert sum(x.market is Market.SPOT for x in last) == 3
+    assert r.ondemand_ticks >= 16  # never without its base
+    with pytest.raises(ValueError, match="base_ondemand"):
+        setup(20, base_ondemand=4)
+
+
 def test_one_zone_down_omniscient() -> None:
     r = omniscient_window(DOWN, setup(20))
     assert r.availability == 1.0
