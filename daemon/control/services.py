@@ -26,16 +26,18 @@ and the replicas keep serving while the daemon restarts; a restarted daemon find
 its pid (and the pid's start time), adopts it and pushes the replica set again.
 
 Leaving on purpose is make-before-break: a READY replica that must go (scale-down, a rolling
-update, a preemption notice) becomes DRAINING — pushed to the LB, which stops picking it while
-its in-flight requests finish — and its instance is terminated only once the LB counts no
-request in flight on it. On a notice the replacement is planned in the same step, because a
-DRAINING replica no longer counts as capacity.
+update) becomes DRAINING — pushed to the LB, which stops picking it while its in-flight
+requests finish — and its instance is terminated only once the LB counts no request in flight
+on it. A replica under a preemption notice no longer counts as capacity, so its replacement is
+planned in the step that reads the notice, but it keeps serving until the others READY make
+the target or until ``hedge.NOTICE_HANDOFF_SECONDS`` before its deadline, and only then
+becomes DRAINING (``control/draining.py``).
 
 Scenario (each piece is in ``tests/services/``): three READY spot replicas, replica 2 gets a
-30 s notice at t=0 → t≈0.2 replica 2 DRAINING (LB stops picking it), replica 4 launched in
-the cheapest good zone; t≈0.3 the agent SIGTERMs replica 2's server, which finishes its
-streams; in-flight reaches 0 → replica 2 PREEMPTED, its instance terminated; t≈2 replica 4
-READY and pushed.
+60 s notice at t=0 → t≈0.2 its zone's preemption recorded, replica 4 launched in the cheapest
+good zone, replica 2 still READY and picked by the LB; replica 4 READY → replica 2 DRAINING
+(or at t=45 if replica 4 is not READY by then); the LB moves its streams 10 s before the
+deadline at the latest; in-flight reaches 0 → replica 2 PREEMPTED, its instance terminated.
 """
 
 from __future__ import annotations
