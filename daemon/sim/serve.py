@@ -316,15 +316,15 @@ def served_fraction(
     enough of them (module docstring, "Notices").
     """
     end = start + dt
+
+    def enough(a: float, b: float) -> bool:
+        return sum(1 for ready, until in spans if ready <= a and b <= until) >= target
+
     inside = {x for span in spans for x in span if start < x < end}
-    if not inside:  # nothing changes within the tick
-        return float(sum(1 for ready, until in spans if ready <= start and end <= until) >= target)
+    if not inside:  # nothing changes within the tick: whole or nothing, exactly
+        return float(enough(start, end))
     points = sorted({start, end, *inside})
-    ok = 0.0
-    for a, b in itertools.pairwise(points):
-        if sum(1 for ready, until in spans if ready <= a and b <= until) >= target:
-            ok += b - a
-    return ok / dt
+    return sum(b - a for a, b in itertools.pairwise(points) if enough(a, b)) / dt
 
 
 class _Notices:

@@ -198,8 +198,9 @@ async def test_a_job_is_handed_over_by_its_own_worker_between_two_steps(
     try:
         await asyncio.wait_for(inside.wait(), 5)
         ctl.release([moving], "evening the load")
-        await asyncio.sleep(0)  # let the loop run whatever the release set going
-        assert (await store.require_job(moving)).owner == "a"  # not inside the step
+        # only marked: the worker, blocked inside its step, has not taken the mark yet
+        assert ctl.releasing == {moving: "evening the load"}
+        assert (await store.require_job(moving)).owner == "a"
         finish.set()
         assert await _until(lambda: ctl.workers.size() == 1)
         assert (await store.require_job(moving)).owner is None
