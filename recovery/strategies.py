@@ -81,7 +81,10 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
     Back to spot: ``should_return_to_spot`` is asked while an on-demand attempt runs. It moves
     the job back to spot once all hold:
 
-        work_done >= expected_duration * elapsed_fraction   (on or ahead of the line)
+        work_done + restart_overhead >= expected_duration * elapsed_fraction
+                                                             (the launch rule's line: on it,
+                                                              or trailing it by the one
+                                                              restart the return costs)
         slack - 2 * restart_overhead >= safety_margin        (the launch rule's slack)
         remaining_work > 2 * restart_overhead                (enough work left to pay for it)
         work_done comes from checkpoints                     (the relaunch resumes from it;
@@ -90,26 +93,24 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
                                                               the last save)
         some spot zone is not blocked by a refusal in the last ``hold_seconds``
 
-    Hysteresis: the job went to on-demand trailing the line by more than one restart and
-    leaves it on the line, so one restart of work separates the two rules whatever the real
-    restart costs (a declared ``restart_overhead`` longer than the real one would otherwise
-    let a job flap at the boundary). The paper waits longer, for ``cp(t) >= ep(t + 2d)``:
-    its policy knows when spot is available, so its returns never fail, but staying on
-    on-demand behind the line is what costs most here: on-demand gains on the line only at
-    ``1 - expected_duration / (deadline - submitted_at)`` seconds per second (1/13 for the
-    paper's 48 h job due in 52 h). ``spotctl simulate jobs`` compared thresholds on the
-    traces in ``traces/`` (docs/simulate.md). A job on the line passes the launch rule, so
-    the job the rule sends back is placed on spot. The executor ends the on-demand attempt at
-    its next checkpoint (nothing is lost) and places the job again; if every spot zone
-    refuses, the job waits while the line allows and returns to on-demand when it does not
-    (one on-demand restart lost). For a 5000 s job due at 10000 s with 60 s restarts (the
-    line: 0.5 s of work per second):
+    Make before break: the executor leaves on-demand only for a spot launch that succeeded. At
+    the next checkpoint it asks ``next_placement`` (which puts a job on the line on spot) and
+    launches that spot attempt while the on-demand one keeps running; the on-demand attempt
+    ends once the provider has accepted the launch. A refusal costs nothing but the API call:
+    the job stays on on-demand, the zone is recorded as refused, and the next checkpoint asks
+    again. So a return is simply a launch, and the launch rule decides it; no hysteresis is
+    kept between the two rules (one would only hold the job on on-demand, the dearest place
+    to trail the line: on-demand gains on it at ``1 - expected_duration / (deadline -
+    submitted_at)`` seconds per second, 1/13 for the paper's 48 h job due in 52 h). The paper
+    waits for ``cp(t) >= ep(t + 2d)``; ``spotctl simulate jobs`` compared both, and
+    break-before-make returns, on the traces in ``traces/`` (docs/simulate.md). For a 5000 s
+    job due at 10000 s with 60 s restarts (the line: 0.5 s of work per second):
 
         t=2000  spot preempted with 900 s saved; the line asks 1000, and every spot zone just
                 refused a launch -> on-demand (60 s restart, work resumes at t=2060)
-        t=2200  1040 s saved, 1100 asked: behind -> stay
-        t=2320  1160 s saved, 1160 asked: on the line; slack 10000 - 2320 - 3840 = 3840 >=
-                2 * 60 + 30 -> back to spot at the next checkpoint
+        t=2200  1040 s saved, 1100 asked: trailing by one restart; slack 10000 - 2200 - 3960
+                = 3840 >= 2 * 60 + 30 -> at the next checkpoint, a spot launch is tried; the
+                on-demand attempt ends if it is accepted, and runs on if it is refused
 
 Backoff: ``backoff_seconds(failed_launches, jitter)`` = min(cap, base * 2**n) scaled by
 ``0.5 + jitter / 2`` ("equal jitter": never below half, so there is no hot loop, and jobs that
@@ -274,8 +275,9 @@ def should_return_to_spot(
     now: float,
     tuning: Tuning = _DEFAULT_TUNING,
 ) -> bool:
-    """For a running on-demand attempt of a DEADLINE job: is it far enough ahead of the
-    uniform-progress line to go back to spot? See the module docstring (hysteresis rule)."""
+    """For a running on-demand attempt of a DEADLINE job: would the launch rule put it on spot
+    now? The executor then tries a spot launch beside the on-demand attempt (make before
+    break, module docstring)."""
     if job.strategy is not RecoveryStrategy.DEADLINE or not _has_deadline(job):
         return False
     assert job.expected_duration is not None
@@ -284,7 +286,7 @@ def should_return_to_spot(
     overhead = job.restart_overhead
     if _remaining_work(job) <= 2 * overhead:
         return False
-    if job.work_done < job.expected_duration * _elapsed(job, now):
+    if not _ahead(job, now):
         return False
     if _slack(job, now) - 2 * overhead < job.safety_margin:
         return False

@@ -14,6 +14,7 @@ notice and is still syncing its checkpoint before the deadline.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -47,7 +48,14 @@ from spotd.providers.base import (
 )
 from spotd.recovery import detection, strategies
 from spotd.spec import Task
-from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow, StaleTransition
+from spotd.store import (
+    AsyncStore,
+    AttemptIntent,
+    AttemptRow,
+    InstanceRow,
+    JobRow,
+    StaleTransition,
+)
 from spotd.types import (
     AttemptStatus,
     Candidate,
@@ -75,6 +83,52 @@ def attempt_id(job_id: int, attempt: int) -> str:
 
 def instance_key(job_id: int, attempt: int, node: int) -> str:
     return f"j{job_id}-a{attempt}-n{node}"
+
+
+def attempt_intent(job: JobRow, task: Task, cand: Candidate, n: int, now: float) -> AttemptIntent:
+    """Attempt ``n`` of the job at ``cand``, one node row (with its agent token) per node: the
+    intent written before any provider call."""
+    nodes = [
+        {
+            "key": instance_key(job.id, n, rank),
+            "node_rank": rank,
+            "token": secrets.token_urlsafe(24),
+        }
+        for rank in range(task.num_nodes)
+    ]
+    return AttemptIntent(
+        job_id=job.id,
+        attempt=n,
+        provider=cand.provider,
+        region=cand.region,
+        zone=cand.zone,
+        instance_type=cand.instance_type,
+        market=str(cand.market),
+        price_per_hour=cand.price_per_hour,
+        num_nodes=task.num_nodes,
+        now=now,
+        instances=nodes,
+    )
+
+
+def candidate_of(attempt: AttemptRow) -> Candidate:
+    """Where an attempt ran, as a placement decision names it."""
+    return Candidate(
+        provider=attempt.provider,
+        region=attempt.region,
+        zone=attempt.zone,
+        instance_type=attempt.instance_type,
+        market=Market(attempt.market),
+        price_per_hour=attempt.price_per_hour,
+        expected_cost=attempt.price_per_hour,
+    )
+
+
+def placed_at(cand: Candidate) -> str:
+    return (
+        f"{cand.provider}/{cand.region}/{cand.zone} {cand.instance_type} {cand.market} "
+        f"${cand.price_per_hour:.3f}/h"
+    )
 
 
 def node_evidence(row: InstanceRow, listing: Observation, now: float) -> detection.NodeEvidence:
@@ -108,17 +162,7 @@ def job_view(
     """What the placement strategies know of a job: its request, its last placement and how
     it ended, its failures so far, and the work done (checkpointed, else time run)."""
     last = attempts[-1] if attempts else None
-    last_candidate = None
-    if last is not None:
-        last_candidate = Candidate(
-            provider=last.provider,
-            region=last.region,
-            zone=last.zone,
-            instance_type=last.instance_type,
-            market=Market(last.market),
-            price_per_hour=last.price_per_hour,
-            expected_cost=last.price_per_hour,
-        )
+    last_candidate = None if last is None else candidate_of(last)
     # progress: what the last checkpoint says (spotd.control.deadline); without one, the
     # time the attempts ran (launch failures excluded), which overstates what a preemption lost
     from_checkpoints = job.work_done_seconds > 0

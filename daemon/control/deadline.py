@@ -17,11 +17,24 @@ Moves, asked once per observe interval while the job is RUNNING (``Controller._w
 
 - on spot, ``should_switch_to_ondemand``: end the attempt (MIGRATED) now and place the job
   again; the slack no longer allows waiting for a checkpoint;
-- on on-demand, ``should_return_to_spot``: remember the last checkpoint seen and end the
-  attempt (MIGRATED) when the next one is reported, so the move loses nothing; the job is
-  then placed again, and ``next_placement`` puts it on spot. The rule is asked again at every
-  step: if it stops holding before the checkpoint comes, the move is called off. A job
-  without checkpointed progress never returns (the rule requires it).
+- on on-demand, ``should_return_to_spot`` (the launch rule: on the uniform-progress line, or
+  trailing it by one restart): remember the last checkpoint seen, and when the next one is
+  reported, *make before break*: ``next_placement`` picks a spot zone (as if the on-demand
+  attempt had just ended), and the spot attempt is written and launched while the on-demand
+  one keeps running. Accepted: one transaction moves the job to STARTING on the spot attempt
+  and ends the on-demand one (MIGRATED, ``Store.hand_over``), whose instances are then
+  terminated: the spot attempt resumes from the checkpoint, so the move loses nothing.
+  Refused: the spot attempt ends LAUNCH_FAILED (the zone's stockout recorded), the next pick
+  is tried (up to ``RETURN_TRIES``), and then the job runs on on-demand and asks again at the
+  next checkpoint: a futile return costs API calls, not an on-demand restart. The rule is
+  asked again at every step; if it stops holding, the move is called off. A job without
+  checkpointed progress never returns (the rule requires it).
+
+A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
+on-demand with a later attempt not ended: that attempt is ended and its instances terminated
+at the next step (the job stays where it ran, and asks again). Attempt numbers stay unique:
+a refused return takes the next free number, and the placement that follows skips numbers
+already ended (``Controller._place``).
 
 Memory: the last checkpoint report and a pending return, per job, dropped by ``forget``. A
 restarted daemon learns both again from the next heartbeats (the agent repeats its last sync).
@@ -29,21 +42,31 @@ restarted daemon learns both again from the next heartbeats (the agent repeats i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
-from spotd.control.attempts import Attempts
+from spotd.control.attempts import Attempts, attempt_intent, candidate_of, placed_at
 from spotd.recovery import history as rhist
 from spotd.recovery import strategies
 from spotd.spec import Task
-from spotd.store import AsyncStore, AttemptRow, JobRow
-from spotd.types import CatalogEntry, EndReason, JobStatus, Market, RecoveryStrategy
+from spotd.store import AsyncStore, AttemptRow, JobRow, StaleTransition
+from spotd.types import (
+    AttemptStatus,
+    CatalogEntry,
+    EndReason,
+    JobStatus,
+    Market,
+    RecoveryStrategy,
+)
 
 __all__ = ["Deadline"]
 
 log = structlog.get_logger("spotd.control.deadline")
+
+RETURN_TRIES = 3  # spot zones tried, one after another, at one checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +139,7 @@ class Deadline:
             detail = "deadline: the remaining slack requires on-demand"
             await self._leave(job, attempt, detail, now, to="on-demand")
             return True
+        await self._drop_interrupted(job, attempt, now)
         view = await self.job_view(job, task, now)
         catalog = self.placeable(job.project, task)
         history = await self.history(now)
@@ -130,15 +154,82 @@ class Deadline:
             await self.store.update_job_fields(
                 job.id,
                 now=now,
-                event="deadline: back on the uniform-progress line; leaving on-demand for "
-                "spot at the next checkpoint",
+                event="deadline: on the uniform-progress line; trying spot beside the "
+                "on-demand attempt at the next checkpoint",
             )
             return False
         if at <= self._leaving[job.id]:
             return False  # no new checkpoint yet
-        detail = "deadline: on the uniform-progress line again; back to spot at a checkpoint"
-        await self._leave(job, attempt, detail, now, to="spot")
-        return True
+        self._leaving[job.id] = at  # refused: ask again at the checkpoint after this one
+        return await self._make_before_break(job, task, attempt, view, catalog, now)
+
+    async def _make_before_break(
+        self,
+        job: JobRow,
+        task: Task,
+        od: AttemptRow,
+        view: strategies.JobView,
+        catalog: Sequence[CatalogEntry],
+        now: float,
+    ) -> bool:
+        """Launch spot beside the on-demand attempt; hand over only once it is accepted."""
+        view = dataclasses.replace(view, last=candidate_of(od), last_end=EndReason.MIGRATED)
+        refused: list[str] = []
+        for _ in range(RETURN_TRIES):
+            decision = strategies.next_placement(
+                view, catalog=catalog, history=await self.history(now), now=now
+            )
+            if not isinstance(decision, strategies.Relaunch):
+                break
+            cand = decision.candidate
+            if cand.market is not Market.SPOT:
+                break
+            n = 1 + max(a.attempt for a in await self.store.attempts(job.id))
+            spot = await self.store.create_attempt(attempt_intent(job, task, cand, n, now))
+            self.attempts.metrics.attempts.labels(cand.provider, cand.region, "spot").inc()
+            detail = await self.attempts.launch_nodes(job, task, spot.id)
+            if detail is not None:
+                refused.append(f"{cand.region}/{cand.zone}: {detail}")
+                continue
+            reason = (
+                f"attempt {n}: {placed_at(cand)} (deadline: on the uniform-progress line; "
+                f"spot launched beside on-demand attempt {od.attempt}, which ends now)"
+            )
+            try:
+                await self.store.hand_over(
+                    job.id,
+                    old_attempt_id=od.id,
+                    new_attempt=n,
+                    reason=reason,
+                    now=now,
+                    recoveries=job.recoveries + 1,
+                )
+            except StaleTransition:  # a cancel came first: the spot attempt is not needed
+                await self.attempts.end(spot.id, EndReason.CANCELLED, "job changed", now)
+                await self.attempts.terminate(spot.id)
+                return True
+            self._leaving.pop(job.id, None)
+            await self.attempts.terminate(od.id)
+            log.info("back on spot", job=job.id, attempt=n, zone=cand.zone)
+            return True
+        if refused:
+            await self.store.update_job_fields(
+                job.id,
+                now=now,
+                event="deadline: spot refused ("
+                + "; ".join(refused)
+                + "); staying on on-demand, trying again at the next checkpoint",
+            )
+        return False
+
+    async def _drop_interrupted(self, job: JobRow, od: AttemptRow, now: float) -> None:
+        """A spot attempt written beside this one and never handed over (a restart came in
+        between): end it and stop its instances; the job stays on on-demand."""
+        for a in await self.store.attempts(job.id):
+            if a.attempt > od.attempt and a.status != AttemptStatus.ENDED:
+                detail = "a return to spot that a restart interrupted; staying on on-demand"
+                await self.attempts.end(a.id, EndReason.MIGRATED, detail, now)
+                await self.attempts.terminate(a.id)
 
     async def _leave(
         self, job: JobRow, attempt: AttemptRow, detail: str, now: float, *, to: str

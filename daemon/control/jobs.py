@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -31,9 +30,10 @@ from spotd.control.attempts import (
     Attempts,
     Written,
     attempt_id,
-    instance_key,
+    attempt_intent,
     job_view,
     node_evidence,
+    placed_at,
 )
 from spotd.control.deadline import Deadline
 from spotd.control.idle_gpu import IdleGpuRule
@@ -54,7 +54,6 @@ from spotd.recovery import watch as w
 from spotd.spec import Task
 from spotd.store import (
     AsyncStore,
-    AttemptIntent,
     AttemptRow,
     InstanceRow,
     JobRow,
@@ -339,53 +338,22 @@ class Controller:
         cand = decision.candidate
         n = job.current_attempt + 1
         aid = attempt_id(job.id, n)
-        nodes = [
-            {
-                "key": instance_key(job.id, n, rank),
-                "node_rank": rank,
-                "token": secrets.token_urlsafe(24),
-            }
-            for rank in range(task.num_nodes)
-        ]
         runner_ups = ", ".join(
             f"{c.region}/{c.zone} {c.instance_type} {c.market} ${c.price_per_hour:.3f}/h"
             for c in decision.runner_ups[:3]
         )
         # the intent, before any provider call, and the job STARTING: one transaction
-        intent = AttemptIntent(
-            job_id=job.id,
-            attempt=n,
-            provider=cand.provider,
-            region=cand.region,
-            zone=cand.zone,
-            instance_type=cand.instance_type,
-            market=str(cand.market),
-            price_per_hour=cand.price_per_hour,
-            num_nodes=task.num_nodes,
-            now=now,
-            instances=nodes,
-        )
         _, attempt, rows = await self.store.start_attempt(
-            intent,
+            attempt_intent(job, task, cand, n, now),
             from_=[JobStatus.PENDING, JobStatus.RECOVERING],
             reason=(
-                f"attempt {n}: {cand.provider}/{cand.region}/{cand.zone} {cand.instance_type} "
-                f"{cand.market} ${cand.price_per_hour:.3f}/h ({decision.reason})"
+                f"attempt {n}: {placed_at(cand)} ({decision.reason})"
                 + (f"; runner-ups: {runner_ups}" if runner_ups else "")
             ),
         )
         self.metrics.attempts.labels(cand.provider, cand.region, str(cand.market)).inc()
         structlog.contextvars.bind_contextvars(attempt_id=aid)
-        log.info(
-            "placed",
-            provider=cand.provider,
-            region=cand.region,
-            zone=cand.zone,
-            instance_type=cand.instance_type,
-            market=str(cand.market),
-            price_per_hour=cand.price_per_hour,
-            reason=decision.reason,
-        )
+        log.info("placed", at=placed_at(cand), market=str(cand.market), reason=decision.reason)
         return await self._launch_nodes(job, task, aid, (attempt, rows))
 
     async def _launch_nodes(

@@ -8,9 +8,12 @@ Each zone of the trace folder is one placement in the catalog; at every tick:
 1. a spot attempt in a zone whose trace shows fewer than ``num_nodes`` instances is
    *preempted*: the progress since the last checkpoint is lost;
 2. a DEADLINE job on spot asks ``should_switch_to_ondemand``; if so the attempt ends
-   (MIGRATED) after a final checkpoint. On on-demand it asks ``should_return_to_spot``; once
-   that holds, the attempt ends (MIGRATED) at the next checkpoint, as the controller ends it
-   (``spotd.control.deadline``);
+   (MIGRATED) after a final checkpoint. On on-demand, at a checkpoint, it asks
+   ``should_return_to_spot``; if that holds, it makes before it breaks, as the controller
+   does (``spotd.control.deadline``): ``next_placement`` picks a spot zone, and a launch
+   there that the trace allows ends the on-demand attempt (MIGRATED) and starts the spot one;
+   a refused one is recorded (LAUNCH_FAILED) and the next pick is tried, and when none is
+   left the job runs on on-demand;
 3. a job without an attempt asks ``spotd.recovery.strategies.next_placement`` — the function
    the daemon's controller calls — with the zone history the controller would have recorded
    (LAUNCHED, LAUNCH_FAILED, PREEMPTED, RAN). A spot launch into a zone the trace shows empty
@@ -46,7 +49,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from spotd.pricing.catalog import load_catalog
@@ -280,7 +283,6 @@ class _Run:
         self.failed = 0
         self.first_failure: float | None = None
         self.next_try = 0.0
-        self.back_to_spot = False  # DEADLINE on on-demand: leave at the next checkpoint
         self.saved = self.live = 0.0  # checkpointed progress, progress since the checkpoint
         self.cost = self.lost = self.overhead = self.spot_s = self.od_s = 0.0
         self.preemptions = self.failures = 0
@@ -342,7 +344,6 @@ class _Run:
             self.saved += self.live
         self.live = 0.0
         self.attempt, self.last, self.last_end = None, a.candidate, reason
-        self.back_to_spot = False
 
     def start(self, c: Candidate, now: float) -> None:
         self.history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCHED, now))
@@ -357,12 +358,8 @@ class _Run:
             if a.candidate.market is Market.SPOT:
                 if strategies.should_switch_to_ondemand(self.view(), now=now):
                     self.end(EndReason.MIGRATED, now)
-            elif not self.back_to_spot:
-                self.back_to_spot = strategies.should_return_to_spot(
-                    self.view(), catalog=self.catalog(now), history=list(self.history), now=now
-                )
-            if self.back_to_spot and self.live == 0.0 and a.overhead_left <= 0.0:
-                self.end(EndReason.MIGRATED, now)  # at a checkpoint: nothing is lost
+            elif self.live == 0.0 and a.overhead_left <= 0.0:  # at a checkpoint
+                self.return_to_spot(a, now)
         if self.attempt is not None:
             return
         while self.history and self.history[0].at < now - _MEMORY_SECONDS:
@@ -372,6 +369,35 @@ class _Run:
         for _ in range(len(self.traces) + 2):
             if self.attempt is not None or now < self.next_try or not self.place(now):
                 return
+
+    def return_to_spot(self, a: _Attempt, now: float) -> None:
+        """If ``should_return_to_spot`` holds, make before break: spot launches beside the
+        on-demand attempt, which ends only when one is accepted (``Deadline.move``)."""
+        history = list(self.history)
+        if not strategies.should_return_to_spot(
+            self.view(), catalog=self.catalog(now), history=history, now=now
+        ):
+            return
+        for _ in range(len(self.traces)):
+            view = replace(self.view(), last=a.candidate, last_end=EndReason.MIGRATED)
+            decision = strategies.next_placement(
+                view,
+                catalog=self.catalog(now),
+                history=list(self.history),
+                now=now,
+                jitter=self.rng.random(),
+            )
+            if not isinstance(decision, strategies.Relaunch):
+                return
+            c = decision.candidate
+            if c.market is not Market.SPOT:
+                return
+            if self.avail(self.zone_of[c.zone_key], now):
+                self.end(EndReason.MIGRATED, now)
+                self.start(c, now)
+                return
+            self.failures += 1
+            self.history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCH_FAILED, now))
 
     def place(self, now: float) -> bool:
         """Ask ``next_placement`` once and act; True when a launch was refused."""

@@ -125,6 +125,7 @@ class AsyncStore:
     update_job_fields = _offload(Store.update_job_fields)
     create_attempt = _offload(Store.create_attempt)
     start_attempt = _offload(Store.start_attempt)
+    hand_over = _offload(Store.hand_over)
     attempt_running = _offload(Store.attempt_running)
     transition_attempt = _offload(Store.transition_attempt)
     every_attempt = _offload(Store.every_attempt)

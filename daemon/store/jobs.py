@@ -364,6 +364,48 @@ class JobStore(StoreBase):
             nodes = conn.execute(_attempt_nodes(), {"k_attempt": row.id}).mappings()
             return job, row, [InstanceRow.from_mapping(m) for m in nodes]
 
+    def hand_over(
+        self,
+        job_id: int,
+        *,
+        old_attempt_id: str,
+        new_attempt: int,
+        reason: str,
+        now: float,
+        recoveries: int,
+    ) -> JobRow:
+        """Make before break, in one transaction: a RUNNING job moves to STARTING on
+        ``new_attempt`` (launched beside it), and the attempt it ran on ENDs (MIGRATED). A
+        daemon killed right after finds the old attempt ended and the reaper stops its
+        instances. :class:`StaleTransition` (a cancel or a loss came first): nothing is
+        written."""
+        placed = {"message": reason, "current_attempt": new_attempt, "recoveries": recoveries}
+        ended = {"ended_at": now, "end_reason": EndReason.MIGRATED.value, "end_detail": reason}
+        with self._write() as conn:
+            job = compare_and_set(
+                conn,
+                JOBS,
+                job_id,
+                from_=[JobStatus.RUNNING],
+                to=JobStatus.STARTING,
+                reason=reason,
+                now=now,
+                values=placed,
+                data={"fields": placed},
+            )
+            compare_and_set(
+                conn,
+                ATTEMPTS,
+                old_attempt_id,
+                from_=[AttemptStatus.RUNNING],
+                to=AttemptStatus.ENDED,
+                reason=f"{EndReason.MIGRATED}: {reason}",
+                now=now,
+                values=ended,
+                data={"end_reason": ended["end_reason"]},
+            )
+            return job
+
     def transition_attempt(
         self,
         attempt_id: str,

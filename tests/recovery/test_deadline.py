@@ -221,9 +221,10 @@ def test_a_spot_launch_is_not_switched_right_after_it_starts(slack: float) -> No
 @pytest.mark.parametrize(
     ("now", "work", "history_at", "from_checkpoints", "back"),
     [
-        # the docstring's walk: on the line at t=2320 (1160 s of 5000 by 10000 s)
-        (2_320, 1_160, None, True, True),
-        (2_200, 1_040, None, True, False),  # 60 s behind: within a restart, but behind
+        # the docstring's walk: at t=2200, 1040 s of 5000 done, the line asks 1100
+        (2_200, 1_040, None, True, True),  # trailing by one restart: the launch rule's line
+        (2_200, 1_039, None, True, False),  # by more: on-demand until it catches up
+        (2_320, 1_160, None, True, True),  # on the line
         (2_320, 1_160, None, False, False),  # wall-time progress: leaving could lose work
         (2_320, 1_160, 2_300.0, True, False),  # every spot zone refused 20 s ago
         (2_320, 1_160, 1_000.0, True, True),  # ... long ago: worth a try
@@ -254,7 +255,7 @@ def test_only_deadline_jobs_return_to_spot(kw: dict[str, Any]) -> None:
     assert should_return_to_spot(job, catalog=CATALOG, history=[], now=5_000) is False
 
 
-@pytest.mark.parametrize("work", [1_160.0, 1_500.0, 3_000.0])
+@pytest.mark.parametrize("work", [1_100.0, 1_160.0, 1_500.0, 3_000.0])
 def test_a_return_to_spot_is_placed_on_spot(work: float) -> None:
     """No flapping: a job the return rule sends back is placed on spot, and that spot
     attempt is not switched to on-demand once its restart is paid."""

@@ -1,13 +1,16 @@
 """A DEADLINE job on a real daemon (local provider): paced by the progress its checkpoints
 report, it goes to on-demand when a spot outage puts it behind the uniform-progress line and
-comes back to spot once it is on the line again and spot is sold.
+comes back to spot once it is on the line again and a spot launch is accepted, making before
+it breaks: the on-demand attempt ends only after the spot one was launched.
 
-One zone, so the timeline is fixed: 50 s of work due in 200 s (the line: 0.25 s of work per
+One zone, so the timeline is fixed: 80 s of work due in 320 s (the line: 0.25 s of work per
 second), a declared restart of 8 s. Spot is preempted about 4 s in, with 3 s of work saved,
 and stays stocked out for 45 s: the job waits for spot while it is ahead, goes on-demand once
-it trails the line by more than a restart (3 + 8 < 0.25 t from t = 44 s), is on the line
-again at t = 55 s (3 + (t - 44) >= 0.25 t), when spot sells again, and returns to spot at
-the next checkpoint. About a minute and a half: slow.
+it trails the line by more than a restart (3 + 8 < 0.25 t from t = 44 s), and is within a
+restart of it again at its first checkpoint there. It then tries spot beside the on-demand
+attempt at each checkpoint; the first try (about t = 45 s) is refused, the zone is held for
+30 s, and the next try (about t = 76 s, 46 s of work left) is accepted. About two and a half
+minutes: slow.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ instance_types:
       local-east: {ondemand: 0.0480, spot: 0.0144}
 """
 
-# 100 steps of 0.5 s; a checkpoint (and its progress file) after every step
+# 160 steps of 0.5 s; a checkpoint (and its progress file) after every step
 JOB = """
 name: paced
 resources:
@@ -47,8 +50,8 @@ resources:
   use_spot: true
 job_recovery:
   strategy: DEADLINE
-  deadline: 200s
-  expected_duration: 50s
+  deadline: 320s
+  expected_duration: 80s
   restart_overhead: 8s
   safety_margin: 2s
 run: |
@@ -63,11 +66,11 @@ run: |
       with open(os.path.join(d, name + ".tmp"), "w") as f:
           f.write(text)
       os.replace(os.path.join(d, name + ".tmp"), os.path.join(d, name))
-  while step < 100:
+  while step < 160:
       time.sleep(0.5)
       step += 1
       put("step", str(step))
-      put("spotd-progress", f"{step}/100")
+      put("spotd-progress", f"{step}/160")
       print(f"step {step}", flush=True)
   print("done", flush=True)
   EOF
@@ -94,6 +97,7 @@ def one_zone_daemon() -> Iterator[DaemonProc]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.timeout(330)
 async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahead(
     one_zone_daemon: DaemonProc,
 ) -> None:
@@ -103,7 +107,7 @@ async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahe
         await wait_log(c, jid, "step 6\n", attempt=1)
         await c.chaos("stockout", target="local-east", seconds=45, market="spot")
         await c.chaos("preempt", target=str(jid))
-        job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=180)
+        job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=300)
         text = await logs(c, jid)
         events = await c.events(jid)
     assert job["status"] == "SUCCEEDED", job
@@ -118,4 +122,11 @@ async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahe
     assert text.count("from step 0") == 1, text[-2000:]
     messages = " | ".join(e["message"] for e in events)
     assert "behind the uniform-progress line" in messages, messages
-    assert "back to spot" in messages, messages
+    assert "spot launched beside on-demand attempt" in messages, messages
+    # make before break: the on-demand attempt ended only once the spot one was launched
+    od, back = ran[1], ran[2]
+    assert back["created_at"] <= od["ended_at"], (seen, seen_all)
+    refused = [a for a in job["attempts"] if a["attempt"] > od["attempt"] and a is not back]
+    assert all(
+        a["end_reason"] == "LAUNCH_FAILED" for a in refused if a["attempt"] < back["attempt"]
+    )
