@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from spotd.control.deadline import Deadline
+from spotd.recovery.strategies import JobView
 from spotd.spec import Task
 from spotd.store import AsyncStore, JobRow
-from spotd.types import JobStatus
+from spotd.types import AttemptStatus, EndReason, JobStatus, RecoveryStrategy
+from tests.factories import intent
 
 DEADLINE = {"strategy": "DEADLINE", "expected_duration": "1000s", "deadline": "1h"}
 
@@ -90,3 +92,63 @@ async def test_a_job_without_expected_duration_records_nothing(store: AsyncStore
     task = Task.model_validate({"run": "x"})
     assert not await _deadline(store).checkpointed(job.id, lambda _: task, 1, 0.5, 10.0)
     assert (await store.require_job(job.id)).work_done_seconds == 0.0
+
+
+class _Ends:
+    """The attempts' provider-facing half, recording what it is asked to end and stop."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, EndReason]] = []
+        self.terminated: list[str] = []
+
+    async def end(self, aid: str, end: EndReason, detail: str, now: float) -> None:
+        self.ended.append((aid, end))
+
+    async def terminate(self, aid: str) -> None:
+        self.terminated.append(aid)
+
+
+async def test_a_return_to_spot_a_restart_interrupted_is_ended(store: AsyncStore) -> None:
+    """The spot attempt was written beside the on-demand one, and the daemon stopped before
+    the hand-over: the next step ends and stops it, and the job stays on on-demand."""
+    job = await _job(store, current_attempt=1)
+    od = await store.create_attempt(intent(job.id, 1, market="on-demand"))
+    job = await store.transition_job(
+        job.id,
+        from_=[JobStatus.STARTING],
+        to=JobStatus.RUNNING,
+        reason="running",
+        now=2.0,
+        deadline=3600.0,
+    )
+    od = await store.transition_attempt(
+        od.id, from_=[AttemptStatus.PROVISIONING], to=AttemptStatus.RUNNING, reason="up", now=2.0
+    )
+    spot = await store.create_attempt(intent(job.id, 2, now=3.0))
+    ends = _Ends()
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+
+    async def view(job: JobRow, task: Task, now: float) -> JobView:
+        return JobView(
+            strategy=RecoveryStrategy.DEADLINE,
+            request=task.resource_request(),
+            num_nodes=1,
+            submitted_at=0.0,
+            deadline=3600.0,
+            expected_duration=1000.0,
+            progress_from_checkpoints=False,  # so it does not try to return again here
+        )
+
+    async def history(now: float) -> list[Any]:
+        return []
+
+    d = Deadline(
+        store=store,
+        attempts=ends,  # type: ignore[arg-type]
+        job_view=view,
+        placeable=lambda project, task: [],
+        history=history,
+    )
+    assert not await d.move(job, task, od, now=10.0)
+    assert ends.ended == [(spot.id, EndReason.MIGRATED)] and ends.terminated == [spot.id]
+    assert (await store.require_job(job.id)).current_attempt == 1

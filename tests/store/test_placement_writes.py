@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from spotd.store import StaleTransition, Store
-from spotd.types import AttemptStatus, JobStatus
+from spotd.types import AttemptStatus, EndReason, JobStatus
 from tests.factories import intent
 
 
@@ -116,3 +116,76 @@ def test_the_workers_one_read_has_the_attempt_only_while_it_is_watched(
         job.id, from_=[JobStatus.RUNNING], to=JobStatus.CANCELLING, reason="x", now=clock()
     )
     assert store.job_state(job.id)[1] is None  # the cancel path reads what it needs itself
+
+
+def _running_on_demand(store: Store, make_job: Any, clock: Any) -> Any:
+    job = make_job()
+    place(store, job.id, clock.tick())
+    store.attempt_running(job.id, f"j{job.id}-a1", now=clock.tick(), reason="running")
+    store.create_attempt(intent(job.id, 2, now=clock.tick()))  # the spot one, beside it
+    return job
+
+
+def test_a_hand_over_moves_the_job_and_ends_the_old_attempt_at_once(
+    store: Store, make_job: Any, clock: Any
+) -> None:
+    """Make before break (``spotd.control.deadline``): once the spot attempt launched, the job
+    moves to it and the on-demand attempt ends, in one transaction."""
+    job = _running_on_demand(store, make_job, clock)
+    moved = store.hand_over(
+        job.id,
+        old_attempt_id=f"j{job.id}-a1",
+        new_attempt=2,
+        reason="back to spot",
+        now=clock.tick(),
+        recoveries=1,
+    )
+    assert (moved.status, moved.current_attempt, moved.recoveries) == (JobStatus.STARTING, 2, 1)
+    old, new = store.attempts(job.id)
+    assert old.status == AttemptStatus.ENDED and old.end_reason == "MIGRATED"
+    assert new.status == AttemptStatus.PROVISIONING
+
+
+def test_a_hand_over_after_a_cancel_writes_nothing(store: Store, make_job: Any, clock: Any) -> None:
+    job = _running_on_demand(store, make_job, clock)
+    store.transition_job(
+        job.id, from_=[JobStatus.RUNNING], to=JobStatus.CANCELLING, reason="cancel", now=clock()
+    )
+    with pytest.raises(StaleTransition):
+        store.hand_over(
+            job.id,
+            old_attempt_id=f"j{job.id}-a1",
+            new_attempt=2,
+            reason="back to spot",
+            now=clock.tick(),
+            recoveries=1,
+        )
+    after = store.require_job(job.id)
+    assert (after.status, after.current_attempt) == (JobStatus.CANCELLING, 1)
+    assert store.attempts(job.id)[0].status == AttemptStatus.RUNNING
+
+
+def test_a_hand_over_from_an_attempt_already_ended_writes_nothing(
+    store: Store, make_job: Any, clock: Any
+) -> None:
+    """The job's half of the transaction is rolled back when the attempt's half fails."""
+    job = _running_on_demand(store, make_job, clock)
+    store.transition_attempt(
+        f"j{job.id}-a1",
+        from_=[AttemptStatus.RUNNING],
+        to=AttemptStatus.ENDED,
+        reason="lost",
+        now=clock.tick(),
+        end_reason=EndReason.LOST,
+    )
+    with pytest.raises(StaleTransition):
+        store.hand_over(
+            job.id,
+            old_attempt_id=f"j{job.id}-a1",
+            new_attempt=2,
+            reason="back to spot",
+            now=clock.tick(),
+            recoveries=1,
+        )
+    after = store.require_job(job.id)
+    assert (after.status, after.current_attempt) == (JobStatus.RUNNING, 1)
