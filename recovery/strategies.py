@@ -138,6 +138,7 @@ from spotd.types import (
 )
 
 __all__ = [
+    "RETURN_TRIES",
     "Decision",
     "GiveUp",
     "JobView",
@@ -146,6 +147,7 @@ __all__ = [
     "Wait",
     "backoff_seconds",
     "next_placement",
+    "return_placement",
     "should_return_to_spot",
     "should_switch_to_ondemand",
 ]
@@ -292,6 +294,30 @@ def should_return_to_spot(
         return False
     ctx = _Context(job, catalog, history, now, 0.5, tuning, None)
     return bool(ctx.ranked(_with_market(job.request, spot=True), mode="eager"))
+
+
+RETURN_TRIES = 3  # spot zones a return tries, one after another, at one checkpoint
+
+
+def return_placement(
+    job: JobView,
+    *,
+    here: Candidate,
+    catalog: Sequence[CatalogEntry],
+    history: Sequence[hist.ZoneEvent],
+    now: float,
+    tuning: Tuning = _DEFAULT_TUNING,
+) -> Candidate | None:
+    """For a job ``should_return_to_spot`` sends back: the spot placement to launch beside its
+    on-demand attempt ``here``, ranked as if that attempt had just ended (MIGRATED); None when
+    placement would not put the job on spot now (every zone held, or the slack gone). The
+    executor tries it, and after a refusal asks again with the refusal in ``history``, up to
+    ``RETURN_TRIES`` times (make before break, module docstring)."""
+    view = dataclasses.replace(job, last=here, last_end=EndReason.MIGRATED)
+    decision = next_placement(view, catalog=catalog, history=history, now=now, tuning=tuning)
+    if isinstance(decision, Relaunch) and decision.candidate.market is Market.SPOT:
+        return decision.candidate
+    return None
 
 
 # -- internals -----------------------------------------------------------------------------

@@ -19,16 +19,16 @@ Moves, asked once per observe interval while the job is RUNNING (``Controller._w
   again; the slack no longer allows waiting for a checkpoint;
 - on on-demand, ``should_return_to_spot`` (the launch rule: on the uniform-progress line, or
   trailing it by one restart): remember the last checkpoint seen, and when the next one is
-  reported, *make before break*: ``next_placement`` picks a spot zone (as if the on-demand
-  attempt had just ended), and the spot attempt is written and launched while the on-demand
-  one keeps running. Accepted: one transaction moves the job to STARTING on the spot attempt
-  and ends the on-demand one (MIGRATED, ``Store.hand_over``), whose instances are then
-  terminated: the spot attempt resumes from the checkpoint, so the move loses nothing.
-  Refused: the spot attempt ends LAUNCH_FAILED (the zone's stockout recorded), the next pick
-  is tried (up to ``RETURN_TRIES``), and then the job runs on on-demand and asks again at the
-  next checkpoint: a futile return costs API calls, not an on-demand restart. The rule is
-  asked again at every step; if it stops holding, the move is called off. A job without
-  checkpointed progress never returns (the rule requires it).
+  reported, *make before break*: ``strategies.return_placement`` picks a spot zone (as if the
+  on-demand attempt had just ended), and the spot attempt is written and launched while the
+  on-demand one keeps running. Accepted: one transaction moves the job to STARTING on the
+  spot attempt and ends the on-demand one (MIGRATED, ``Store.hand_over``), whose instances
+  are then terminated: the spot attempt resumes from the checkpoint, so the move loses
+  nothing. Refused: the spot attempt ends LAUNCH_FAILED (the zone's stockout recorded), the
+  next pick is tried, up to ``RETURN_TRIES`` in all, and then the job runs on on-demand and
+  asks again at the next checkpoint: a futile return costs API calls, not an on-demand
+  restart. The rule is asked again at every step; if it stops holding, the move is called
+  off. A job without checkpointed progress never returns (the rule requires it).
 
 A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
 on-demand with a later attempt not ended: that attempt is ended and its instances terminated
@@ -42,7 +42,6 @@ restarted daemon learns both again from the next heartbeats (the agent repeats i
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +54,7 @@ from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow, StaleTransition
 from spotd.types import (
     AttemptStatus,
+    Candidate,
     CatalogEntry,
     EndReason,
     JobStatus,
@@ -65,8 +65,6 @@ from spotd.types import (
 __all__ = ["Deadline"]
 
 log = structlog.get_logger("spotd.control.deadline")
-
-RETURN_TRIES = 3  # spot zones tried, one after another, at one checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,45 +171,23 @@ class Deadline:
         now: float,
     ) -> bool:
         """Launch spot beside the on-demand attempt; hand over only once it is accepted."""
-        view = dataclasses.replace(view, last=candidate_of(od), last_end=EndReason.MIGRATED)
         refused: list[str] = []
-        for _ in range(RETURN_TRIES):
-            decision = strategies.next_placement(
-                view, catalog=catalog, history=await self.history(now), now=now
+        here = candidate_of(od)
+        first = 1 + max(a.attempt for a in await self.store.attempts(job.id))
+        for n in range(first, first + strategies.RETURN_TRIES):
+            history = await self.history(now)
+            cand = strategies.return_placement(
+                view, here=here, catalog=catalog, history=history, now=now
             )
-            if not isinstance(decision, strategies.Relaunch):
+            if cand is None:
                 break
-            cand = decision.candidate
-            if cand.market is not Market.SPOT:
-                break
-            n = 1 + max(a.attempt for a in await self.store.attempts(job.id))
             spot = await self.store.create_attempt(attempt_intent(job, task, cand, n, now))
-            self.attempts.metrics.attempts.labels(cand.provider, cand.region, "spot").inc()
+            labels = (cand.provider, cand.region, str(cand.market))
+            self.attempts.metrics.attempts.labels(*labels).inc()
             detail = await self.attempts.launch_nodes(job, task, spot.id)
-            if detail is not None:
-                refused.append(f"{cand.region}/{cand.zone}: {detail}")
-                continue
-            reason = (
-                f"attempt {n}: {placed_at(cand)} (deadline: on the uniform-progress line; "
-                f"spot launched beside on-demand attempt {od.attempt}, which ends now)"
-            )
-            try:
-                await self.store.hand_over(
-                    job.id,
-                    old_attempt_id=od.id,
-                    new_attempt=n,
-                    reason=reason,
-                    now=now,
-                    recoveries=job.recoveries + 1,
-                )
-            except StaleTransition:  # a cancel came first: the spot attempt is not needed
-                await self.attempts.end(spot.id, EndReason.CANCELLED, "job changed", now)
-                await self.attempts.terminate(spot.id)
-                return True
-            self._leaving.pop(job.id, None)
-            await self.attempts.terminate(od.id)
-            log.info("back on spot", job=job.id, attempt=n, zone=cand.zone)
-            return True
+            if detail is None:
+                return await self._hand_over(job, od, spot, cand, now)
+            refused.append(f"{cand.region}/{cand.zone}: {detail}")
         if refused:
             await self.store.update_job_fields(
                 job.id,
@@ -221,6 +197,32 @@ class Deadline:
                 + "); staying on on-demand, trying again at the next checkpoint",
             )
         return False
+
+    async def _hand_over(
+        self, job: JobRow, od: AttemptRow, spot: AttemptRow, cand: Candidate, now: float
+    ) -> bool:
+        """The spot attempt launched: the job moves to it and the on-demand one ends."""
+        reason = (
+            f"attempt {spot.attempt}: {placed_at(cand)} (deadline: on the uniform-progress "
+            f"line; spot launched beside on-demand attempt {od.attempt}, which ends now)"
+        )
+        try:
+            await self.store.hand_over(
+                job.id,
+                old_attempt_id=od.id,
+                new_attempt=spot.attempt,
+                reason=reason,
+                now=now,
+                recoveries=job.recoveries + 1,
+            )
+        except StaleTransition:  # a cancel came first: the spot attempt is not needed
+            await self.attempts.end(spot.id, EndReason.CANCELLED, "job changed", now)
+            await self.attempts.terminate(spot.id)
+            return True
+        self._leaving.pop(job.id, None)
+        await self.attempts.terminate(od.id)
+        log.info("back on spot", job=job.id, attempt=spot.attempt, zone=cand.zone)
+        return True
 
     async def _drop_interrupted(self, job: JobRow, od: AttemptRow, now: float) -> None:
         """A spot attempt written beside this one and never handed over (a restart came in

@@ -49,7 +49,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from spotd.pricing.catalog import load_catalog
@@ -373,24 +373,19 @@ class _Run:
     def return_to_spot(self, a: _Attempt, now: float) -> None:
         """If ``should_return_to_spot`` holds, make before break: spot launches beside the
         on-demand attempt, which ends only when one is accepted (``Deadline.move``)."""
-        history = list(self.history)
         if not strategies.should_return_to_spot(
-            self.view(), catalog=self.catalog(now), history=history, now=now
+            self.view(), catalog=self.catalog(now), history=list(self.history), now=now
         ):
             return
-        for _ in range(len(self.traces)):
-            view = replace(self.view(), last=a.candidate, last_end=EndReason.MIGRATED)
-            decision = strategies.next_placement(
-                view,
+        for _ in range(strategies.RETURN_TRIES):
+            c = strategies.return_placement(
+                self.view(),
+                here=a.candidate,
                 catalog=self.catalog(now),
                 history=list(self.history),
                 now=now,
-                jitter=self.rng.random(),
             )
-            if not isinstance(decision, strategies.Relaunch):
-                return
-            c = decision.candidate
-            if c.market is not Market.SPOT:
+            if c is None:
                 return
             if self.avail(self.zone_of[c.zone_key], now):
                 self.end(EndReason.MIGRATED, now)

@@ -11,6 +11,7 @@ from spotd.recovery.strategies import (
     Relaunch,
     Wait,
     next_placement,
+    return_placement,
     should_return_to_spot,
     should_switch_to_ondemand,
 )
@@ -264,6 +265,30 @@ def test_a_return_to_spot_is_placed_on_spot(work: float) -> None:
     d = next_placement(job, catalog=CATALOG, history=[], now=2_320)
     assert isinstance(d, Relaunch) and d.candidate.market is Market.SPOT
     assert not should_switch_to_ondemand(job, now=2_320 + job.restart_overhead)
+
+
+_ON_DEMAND_R1A = Candidate("p", "r1", "r1a", "cpu-1", Market.ON_DEMAND, 1.1, 1.1)
+
+
+@pytest.mark.parametrize(
+    ("now", "work", "refused", "zone"),
+    [
+        (2_200, 1_040, (), "r1a"),  # the docstring's walk: the cheapest spot zone
+        (2_200, 1_040, ("r1a",), "r1b"),  # r1a refused a moment ago: the next pick
+        (2_200, 1_040, ("r1a", "r1b", "r2a", "r2b", "r3a", "r3b"), None),  # all held: none
+        (9_850, 4_900, (), None),  # the slack is gone: on-demand, so no spot to try
+    ],
+)
+def test_return_placement_is_the_spot_zone_to_try_beside_on_demand(
+    now: float, work: float, refused: tuple[str, ...], zone: str | None
+) -> None:
+    """Make before break: the spot placement a return launches beside the on-demand attempt
+    (the zone of that attempt does not count as preempted), or None when there is none."""
+    job = _job(work=work, progress_from_checkpoints=True)
+    history = [ev(LAUNCH_FAILED, z, now - 5) for z in refused]
+    c = return_placement(job, here=_ON_DEMAND_R1A, catalog=CATALOG, history=history, now=now)
+    assert (None if c is None else c.zone) == zone
+    assert c is None or c.market is Market.SPOT
 
 
 @pytest.mark.parametrize(

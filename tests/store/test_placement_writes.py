@@ -126,13 +126,8 @@ def _running_on_demand(store: Store, make_job: Any, clock: Any) -> Any:
     return job
 
 
-def test_a_hand_over_moves_the_job_and_ends_the_old_attempt_at_once(
-    store: Store, make_job: Any, clock: Any
-) -> None:
-    """Make before break (``spotd.control.deadline``): once the spot attempt launched, the job
-    moves to it and the on-demand attempt ends, in one transaction."""
-    job = _running_on_demand(store, make_job, clock)
-    moved = store.hand_over(
+def _hand_over(store: Store, job: Any, clock: Any) -> Any:
+    return store.hand_over(
         job.id,
         old_attempt_id=f"j{job.id}-a1",
         new_attempt=2,
@@ -140,6 +135,15 @@ def test_a_hand_over_moves_the_job_and_ends_the_old_attempt_at_once(
         now=clock.tick(),
         recoveries=1,
     )
+
+
+def test_a_hand_over_moves_the_job_and_ends_the_old_attempt_at_once(
+    store: Store, make_job: Any, clock: Any
+) -> None:
+    """Make before break (``spotd.control.deadline``): once the spot attempt launched, the job
+    moves to it and the on-demand attempt ends, in one transaction."""
+    job = _running_on_demand(store, make_job, clock)
+    moved = _hand_over(store, job, clock)
     assert (moved.status, moved.current_attempt, moved.recoveries) == (JobStatus.STARTING, 2, 1)
     old, new = store.attempts(job.id)
     assert old.status == AttemptStatus.ENDED and old.end_reason == "MIGRATED"
@@ -152,14 +156,7 @@ def test_a_hand_over_after_a_cancel_writes_nothing(store: Store, make_job: Any, 
         job.id, from_=[JobStatus.RUNNING], to=JobStatus.CANCELLING, reason="cancel", now=clock()
     )
     with pytest.raises(StaleTransition):
-        store.hand_over(
-            job.id,
-            old_attempt_id=f"j{job.id}-a1",
-            new_attempt=2,
-            reason="back to spot",
-            now=clock.tick(),
-            recoveries=1,
-        )
+        _hand_over(store, job, clock)
     after = store.require_job(job.id)
     assert (after.status, after.current_attempt) == (JobStatus.CANCELLING, 1)
     assert store.attempts(job.id)[0].status == AttemptStatus.RUNNING
@@ -179,13 +176,6 @@ def test_a_hand_over_from_an_attempt_already_ended_writes_nothing(
         end_reason=EndReason.LOST,
     )
     with pytest.raises(StaleTransition):
-        store.hand_over(
-            job.id,
-            old_attempt_id=f"j{job.id}-a1",
-            new_attempt=2,
-            reason="back to spot",
-            now=clock.tick(),
-            recoveries=1,
-        )
+        _hand_over(store, job, clock)
     after = store.require_job(job.id)
     assert (after.status, after.current_attempt) == (JobStatus.RUNNING, 1)
