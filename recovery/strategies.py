@@ -78,33 +78,20 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
     hours after it came back), and each preemption costs this job lost work and a restart.
     Whether a zone is held (rule 5 above) still reads the ten-minute memory.
 
-    Back to spot: ``should_return_to_spot`` is asked while an on-demand attempt runs. It moves
-    the job back to spot once all hold:
+    Back to spot: ``should_return_to_spot`` is asked while an on-demand attempt runs. It holds
+    when the launch rule would put the job on spot (``work_done + restart_overhead >=
+    expected_duration * elapsed_fraction`` and ``slack - 2 * restart_overhead >=
+    safety_margin``), more than two restarts of work are left, ``work_done`` comes from
+    checkpoints (the relaunch resumes from it), and some spot zone is not blocked by a refusal
+    in the last ``hold_seconds``.
 
-        work_done + restart_overhead >= expected_duration * elapsed_fraction
-                                                             (the launch rule's line: on it,
-                                                              or trailing it by the one
-                                                              restart the return costs)
-        slack - 2 * restart_overhead >= safety_margin        (the launch rule's slack)
-        remaining_work > 2 * restart_overhead                (enough work left to pay for it)
-        work_done comes from checkpoints                     (the relaunch resumes from it;
-                                                              with wall time only, leaving
-                                                              could lose everything since
-                                                              the last save)
-        some spot zone is not blocked by a refusal in the last ``hold_seconds``
-
-    Make before break: the executor leaves on-demand only for a spot launch that succeeded. At
-    the next checkpoint it asks ``next_placement`` (which puts a job on the line on spot) and
-    launches that spot attempt while the on-demand one keeps running; the on-demand attempt
-    ends once the provider has accepted the launch. A refusal costs nothing but the API call:
-    the job stays on on-demand, the zone is recorded as refused, and the next checkpoint asks
-    again. So a return is simply a launch, and the launch rule decides it; no hysteresis is
-    kept between the two rules (one would only hold the job on on-demand, the dearest place
-    to trail the line: on-demand gains on it at ``1 - expected_duration / (deadline -
-    submitted_at)`` seconds per second, 1/13 for the paper's 48 h job due in 52 h). The paper
-    waits for ``cp(t) >= ep(t + 2d)``; ``spotctl simulate jobs`` compared both, and
-    break-before-make returns, on the traces in ``traces/`` (docs/simulate.md). For a 5000 s
-    job due at 10000 s with 60 s restarts (the line: 0.5 s of work per second):
+    Make before break: the executor then launches ``return_placement`` (the spot zone
+    ``next_placement`` picks) beside the on-demand attempt, which ends only once the provider
+    accepted the launch; a refusal costs an API call and the next checkpoint asks again. So a
+    return is simply a launch, with no hysteresis (it would only hold the job on on-demand,
+    which gains on the line at ``1 - expected_duration / (deadline - submitted_at)`` s/s,
+    1/13 for the paper's 48 h job due in 52 h; the paper's ``cp(t) >= ep(t + 2d)`` was
+    dearer, docs/simulate.md). A 5000 s job due at 10000 s, 60 s restarts (line: 0.5 s/s):
 
         t=2000  spot preempted with 900 s saved; the line asks 1000, and every spot zone just
                 refused a launch -> on-demand (60 s restart, work resumes at t=2060)
