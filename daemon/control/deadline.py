@@ -37,7 +37,9 @@ a refused return takes the next free number, and the placement that follows skip
 already ended (``Controller._place``).
 
 Memory: the last checkpoint report and a pending return, per job, dropped by ``forget``. A
-restarted daemon learns both again from the next heartbeats (the agent repeats its last sync).
+restarted daemon learns both again from the next heartbeats (the agent repeats its last sync):
+a return decided before the attempt's first report waits for a sync newer than the decision,
+so a repeated old one is not taken for the fresh checkpoint the move waits for.
 """
 
 from __future__ import annotations
@@ -146,9 +148,11 @@ class Deadline:
                 log.info("return to spot called off", job=job.id)
             return False
         seen = self._seen.get(job.id)
-        at = seen.synced_at if seen is not None and seen.attempt == attempt.attempt else 0.0
+        at = seen.synced_at if seen is not None and seen.attempt == attempt.attempt else None
         if job.id not in self._leaving:
-            self._leaving[job.id] = at
+            # no report of this attempt yet (a restarted daemon): only a sync newer than this
+            # moment counts, so a heartbeat repeating an old one is not taken for it
+            self._leaving[job.id] = now if at is None else at
             await self.store.update_job_fields(
                 job.id,
                 now=now,
@@ -156,7 +160,7 @@ class Deadline:
                 "on-demand attempt at the next checkpoint",
             )
             return False
-        if at <= self._leaving[job.id]:
+        if at is None or at <= self._leaving[job.id]:
             return False  # no new checkpoint yet
         self._leaving[job.id] = at  # refused: ask again at the checkpoint after this one
         return await self._make_before_break(job, task, attempt, view, catalog, now)

@@ -3,7 +3,9 @@
 The running attempt's report sets the work done; an older attempt's counts only if it says
 more and the newer attempt has not reported (the checkpoint store keeps the newest attempt's
 snapshot); a heartbeat repeating a sync already seen changes nothing; a job without
-``expected_duration`` has nothing to scale by.
+``expected_duration`` has nothing to scale by. And the checkpoints a return to spot waits
+for: a return a restart interrupted is ended; after a restart, a repeated old sync is not the
+fresh checkpoint a return moves at.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import pytest
 from spotd.control.deadline import Deadline
 from spotd.recovery.strategies import JobView
 from spotd.spec import Task
-from spotd.store import AsyncStore, JobRow
+from spotd.store import AsyncStore, AttemptRow, JobRow
 from spotd.types import AttemptStatus, EndReason, JobStatus, RecoveryStrategy
 from tests.factories import intent
+from tests.recovery.helpers import req, three_regions
 
 DEADLINE = {"strategy": "DEADLINE", "expected_duration": "1000s", "deadline": "1h"}
 
@@ -50,6 +53,24 @@ async def _job(store: AsyncStore, current_attempt: int) -> JobRow:
         now=1.0,
         current_attempt=current_attempt,
     )
+
+
+async def _running_on_demand(store: AsyncStore, *, deadline: float) -> tuple[JobRow, AttemptRow]:
+    """A DEADLINE job RUNNING on its first attempt, on-demand."""
+    job = await _job(store, current_attempt=1)
+    od = await store.create_attempt(intent(job.id, 1, market="on-demand"))
+    job = await store.transition_job(
+        job.id,
+        from_=[JobStatus.STARTING],
+        to=JobStatus.RUNNING,
+        reason="running",
+        now=2.0,
+        deadline=deadline,
+    )
+    od = await store.transition_attempt(
+        od.id, from_=[AttemptStatus.PROVISIONING], to=AttemptStatus.RUNNING, reason="up", now=2.0
+    )
+    return job, od
 
 
 def _deadline(store: AsyncStore) -> Deadline:
@@ -111,19 +132,7 @@ class _Ends:
 async def test_a_return_to_spot_a_restart_interrupted_is_ended(store: AsyncStore) -> None:
     """The spot attempt was written beside the on-demand one, and the daemon stopped before
     the hand-over: the next step ends and stops it, and the job stays on on-demand."""
-    job = await _job(store, current_attempt=1)
-    od = await store.create_attempt(intent(job.id, 1, market="on-demand"))
-    job = await store.transition_job(
-        job.id,
-        from_=[JobStatus.STARTING],
-        to=JobStatus.RUNNING,
-        reason="running",
-        now=2.0,
-        deadline=3600.0,
-    )
-    od = await store.transition_attempt(
-        od.id, from_=[AttemptStatus.PROVISIONING], to=AttemptStatus.RUNNING, reason="up", now=2.0
-    )
+    job, od = await _running_on_demand(store, deadline=3600.0)
     spot = await store.create_attempt(intent(job.id, 2, now=3.0))
     ends = _Ends()
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
@@ -152,3 +161,69 @@ async def test_a_return_to_spot_a_restart_interrupted_is_ended(store: AsyncStore
     assert not await d.move(job, task, od, now=10.0)
     assert ends.ended == [(spot.id, EndReason.MIGRATED)] and ends.terminated == [spot.id]
     assert (await store.require_job(job.id)).current_attempt == 1
+
+
+class _Launches(_Ends):
+    """``_Ends`` that also launches: every spot launch beside on-demand is accepted."""
+
+    class _Counter:
+        def labels(self, *_: str) -> _Launches._Counter:
+            return self
+
+        def inc(self) -> None:
+            pass
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.launched: list[str] = []
+        self.metrics = type("M", (), {"attempts": self._Counter()})()
+
+    async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
+        self.launched.append(aid)
+        return None
+
+
+async def test_a_restarted_daemon_returns_to_spot_at_a_fresh_checkpoint(
+    store: AsyncStore,
+) -> None:
+    """After a restart the daemon has seen no checkpoint of the on-demand attempt; the agent's
+    next heartbeat repeats its last sync, from before the restart. The return waits for a sync
+    newer than its decision (moving at the old one would throw away what ran since), then
+    launches spot beside on-demand and hands over."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+
+    async def on_the_line(job: JobRow, task: Task, now: float) -> JobView:
+        return JobView(
+            strategy=RecoveryStrategy.DEADLINE,
+            request=req(use_spot=True),
+            num_nodes=1,
+            submitted_at=0.0,
+            deadline=10_000.0,
+            expected_duration=5_000.0,
+            work_done=now / 2,  # exactly on the uniform-progress line
+            progress_from_checkpoints=True,
+            restart_overhead=60.0,
+            safety_margin=30.0,
+        )
+
+    async def history(now: float) -> list[Any]:
+        return []
+
+    launches = _Launches()
+    d = Deadline(
+        store=store,
+        attempts=launches,  # type: ignore[arg-type]
+        job_view=on_the_line,
+        placeable=lambda project, task: three_regions(),
+        history=history,
+    )
+    assert not await d.move(job, task, od, now=2_200.0)  # decided; no report of attempt 1 yet
+    await d.checkpointed(job.id, lambda _: task, 1, 0.2, 2_100.0)  # the repeated old sync
+    assert not await d.move(job, task, od, now=2_201.0)
+    assert launches.launched == []
+    await d.checkpointed(job.id, lambda _: task, 1, 0.22, 2_250.0)  # a fresh checkpoint
+    assert await d.move(job, task, od, now=2_251.0)
+    assert len(launches.launched) == 1 and launches.terminated == [od.id]
+    moved = await store.require_job(job.id)
+    assert moved.current_attempt == 2 and moved.status == JobStatus.STARTING
