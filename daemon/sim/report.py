@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spotd.sim.jobs import JobResult, JobSetup
+from spotd.sim.jobs import JobResult, JobRun, JobSetup
 from spotd.sim.serve import PolicyResult, ServeSetup
 
-__all__ = ["job_rows", "plot_jobs", "plot_serve", "serve_rows"]
+__all__ = ["job_rows", "market_spans", "plot_jobs", "plot_serve", "serve_rows"]
 
 
 def serve_rows(results: Sequence[PolicyResult]) -> list[dict[str, Any]]:
@@ -103,6 +103,28 @@ def plot_serve(
     return out
 
 
+_MARKET_COLOURS = (("spot", "#6baed6"), ("on-demand", "#de2d26"), ("idle", "#f0f0f0"))
+
+
+def market_spans(run: JobRun) -> list[tuple[float, float, str]]:
+    """Where one run was, as (start h, end h, ``spot`` | ``on-demand`` | ``idle``) spans: each
+    tick is in the market of the latest attempt started by its start, ``idle`` when it cost
+    nothing (waiting, or done)."""
+    spans: list[tuple[float, float, str]] = []
+    starts = sorted(run.attempts, key=lambda a: a[0])
+    i, prev_t, prev_cost = -1, 0.0, 0.0
+    for t, _, cost in run.timeline:
+        while i + 1 < len(starts) and starts[i + 1][0] <= prev_t + 1e-9:
+            i += 1
+        kind = "idle" if i < 0 or cost <= prev_cost + 1e-12 else str(starts[i][1])
+        if spans and spans[-1][2] == kind:
+            spans[-1] = (spans[-1][0], t / 3600.0, kind)
+        else:
+            spans.append((prev_t / 3600.0, t / 3600.0, kind))
+        prev_t, prev_cost = t, cost
+    return spans
+
+
 def plot_jobs(
     results: Sequence[JobResult],
     setup: JobSetup,
@@ -111,27 +133,40 @@ def plot_jobs(
     window: int = 0,
     title: str = "",
 ) -> Path:
-    """Job progress and cumulative cost over one window, one line per policy."""
+    """One window, one row per policy: how far ahead of the uniform-progress line the job's
+    work is (what DEADLINE steers by), the market it ran on, and the cumulative cost."""
     plt = _pyplot()
-    fig, (ax_p, ax_c) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
-    for r in results:
+    colours = dict(_MARKET_COLOURS)
+    fig, (ax_a, ax_m, ax_c) = plt.subplots(
+        3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 3]}
+    )
+    shown = [r for r in results if r.runs[window].timeline]
+    for row, r in enumerate(shown):
         run = r.runs[window]
-        if not run.timeline:
-            continue
         hours = [t / 3600.0 for t, _, _ in run.timeline]
-        ax_p.plot(hours, [p for _, p, _ in run.timeline], lw=1.2, label=r.policy)
+        ahead = [(p - t / setup.deadline_seconds) * setup.job_hours for t, p, _ in run.timeline]
+        ax_a.plot(hours, ahead, lw=1.2, label=r.policy)
         ax_c.plot(
             hours,
             [c for _, _, c in run.timeline],
             lw=1.2,
             label=f"{r.policy} ({run.cost / run.ondemand_cost:.2f}x on-demand)",
         )
-    for ax in (ax_p, ax_c):
+        for start, end, kind in market_spans(run):
+            ax_m.broken_barh([(start, end - start)], (row - 0.4, 0.8), color=colours[kind])
+    ax_a.axhline(0.0, color="black", lw=0.6, ls="--")
+    for ax in (ax_a, ax_m, ax_c):
         ax.axvline(setup.deadline_hours, color="black", lw=0.6, ls=":")
-    ax_p.set_ylabel("progress")
-    ax_p.legend(fontsize=7, loc="lower right")
+    ax_a.set_ylabel("ahead of the line (h of work)")
+    ax_a.legend(fontsize=7, loc="lower left")
+    ax_m.set_yticks(range(len(shown)), [r.policy for r in shown], fontsize=7)
+    ax_m.set_ylim(-0.6, len(shown) - 0.4)
+    ax_m.invert_yaxis()
+    ax_m.set_ylabel("market", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in colours.values()]
+    ax_m.legend(handles, list(colours), fontsize=6, loc="upper right", ncol=3)
     ax_c.set_ylabel("cumulative cost")
-    ax_c.set_xlabel("hours since submission (dotted: deadline)")
+    ax_c.set_xlabel("hours since submission (dotted: deadline; dashed: on the line)")
     ax_c.legend(fontsize=7, loc="upper left")
     fig.suptitle(title or "spotctl simulate jobs")
     fig.tight_layout()

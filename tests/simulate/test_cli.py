@@ -38,9 +38,12 @@ def test_jobs_json(tmp_path: Path) -> None:
             "0",
             "-o",
             "json",
+            "--plot",
+            str(tmp_path / "jobs.png"),
         ],
     )
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "jobs.png").stat().st_size > 10_000
     rows = {r["policy"]: r for r in _json(result.output)}
     assert set(rows) == {
         "eager-next-region",
