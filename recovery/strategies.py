@@ -72,11 +72,10 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
     refusal then makes the job wait).
 
     Zone memory: a DEADLINE job prices a zone that lost an instance with a one-hour half-life
-    (``preempted_half_life_seconds``), not the ten minutes of the other strategies: capacity
-    just reclaimed is the likeliest to be reclaimed again (on the traces of docs/simulate.md
-    the chance that a zone's capacity goes within the next minutes falls 4-30x over the first
-    hours after it came back), and each preemption costs this job lost work and a restart.
-    Whether a zone is held (rule 5 above) still reads the ten-minute memory.
+    (``preempted_half_life_seconds``), not the other strategies' ten minutes: capacity just
+    reclaimed is the likeliest to go again (on the traces of docs/simulate.md that chance
+    falls 4-30x over the first hours after it came back), and each preemption costs this job
+    lost work and a restart. Whether a zone is held (rule 5) reads the ten-minute memory.
 
     Back to spot: ``should_return_to_spot`` is asked while an on-demand attempt runs. It holds
     when the launch rule would put the job on spot (``work_done + restart_overhead >=
@@ -87,11 +86,10 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
 
     Make before break: the executor then launches ``return_placement`` (the spot zone
     ``next_placement`` picks) beside the on-demand attempt, which ends only once the provider
-    accepted the launch; a refusal costs an API call and the next checkpoint asks again. So a
-    return is simply a launch, with no hysteresis (it would only hold the job on on-demand,
-    which gains on the line at ``1 - expected_duration / (deadline - submitted_at)`` s/s,
-    1/13 for the paper's 48 h job due in 52 h; the paper's ``cp(t) >= ep(t + 2d)`` was
-    dearer, docs/simulate.md). A 5000 s job due at 10000 s, 60 s restarts (line: 0.5 s/s):
+    accepted it; a refusal costs an API call and the next checkpoint asks again. No
+    hysteresis: on-demand gains on the line only 1/13 s/s for a 48 h job due in 52 h, and
+    the paper's ``cp(t) >= ep(t + 2d)`` was dearer (docs/simulate.md). A 5000 s job due at
+    10000 s, 60 s restarts (line: 0.5 s/s):
 
         t=2000  spot preempted with 900 s saved; the line asks 1000, and every spot zone just
                 refused a launch -> on-demand (60 s restart, work resumes at t=2060)
@@ -99,9 +97,8 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
                 = 3840 >= 2 * 60 + 30 -> at the next checkpoint, a spot launch is tried; the
                 on-demand attempt ends if it is accepted, and runs on if it is refused
 
-Backoff: ``backoff_seconds(failed_launches, jitter)`` = min(cap, base * 2**n) scaled by
-``0.5 + jitter / 2`` ("equal jitter": never below half, so there is no hot loop, and jobs that
-failed together do not retry together). A wait never extends past the give-up time.
+Backoff: ``backoff_seconds(n, jitter)`` = min(cap, base * 2**n) x ``0.5 + jitter / 2`` (never
+below half: no hot loop; jobs that failed together retry apart), never past the give-up time.
 """
 
 from __future__ import annotations
@@ -133,10 +130,12 @@ __all__ = [
     "Tuning",
     "Wait",
     "backoff_seconds",
+    "elapsed_fraction",
     "next_placement",
     "return_placement",
     "should_return_to_spot",
     "should_switch_to_ondemand",
+    "slack_seconds",
 ]
 
 # Ends after which the placement itself is suspect (the capacity went away under us).
@@ -252,7 +251,7 @@ def should_switch_to_ondemand(job: JobView, *, now: float) -> bool:
     remaining = _remaining_work(job)
     if remaining <= 0:
         return False
-    after_switch = _slack(job, now) - job.restart_overhead
+    after_switch = slack_seconds(job, now) - job.restart_overhead
     return 0.0 <= after_switch < job.safety_margin
 
 
@@ -277,7 +276,7 @@ def should_return_to_spot(
         return False
     if not _ahead(job, now):
         return False
-    if _slack(job, now) - 2 * overhead < job.safety_margin:
+    if slack_seconds(job, now) - 2 * overhead < job.safety_margin:
         return False
     ctx = _Context(job, catalog, history, now, 0.5, tuning, None)
     return bool(ctx.ranked(_with_market(job.request, spot=True), mode="eager"))
@@ -319,7 +318,8 @@ def _remaining_work(job: JobView) -> float:
     return max(0.0, job.expected_duration - job.work_done)
 
 
-def _slack(job: JobView, now: float) -> float:
+def slack_seconds(job: JobView, now: float) -> float:
+    """Time to the deadline beyond the work still to do (DEADLINE jobs)."""
     assert job.deadline is not None
     return (job.deadline - now) - _remaining_work(job)
 
@@ -334,11 +334,12 @@ def _progress(job: JobView) -> float:
 def _ahead(job: JobView, now: float) -> bool:
     """On or ahead of the uniform-progress line, allowed to trail it by one restart."""
     assert job.expected_duration is not None
-    line = job.expected_duration * _elapsed(job, now)
+    line = job.expected_duration * elapsed_fraction(job, now)
     return job.work_done + job.restart_overhead + 1e-9 >= line
 
 
-def _elapsed(job: JobView, now: float) -> float:
+def elapsed_fraction(job: JobView, now: float) -> float:
+    """How far from submission to the deadline ``now`` is: the uniform-progress line's share."""
     assert job.deadline is not None
     span = job.deadline - job.submitted_at
     if span <= 0:
@@ -547,8 +548,8 @@ def _untouched(ctx: _Context, spot_req: ResourceRequest) -> list[_Ranked]:
 def _deadline(ctx: _Context) -> Decision:
     job, now = ctx.job, ctx.now
     assert job.deadline is not None and job.expected_duration is not None
-    slack = _slack(job, now)
-    progress, elapsed = _progress(job), _elapsed(job, now)
+    slack = slack_seconds(job, now)
+    progress, elapsed = _progress(job), elapsed_fraction(job, now)
     spot_slack = slack - 2 * job.restart_overhead
     ahead = _ahead(job, now)
     line = f"{progress:.0%} done at {elapsed:.0%} of the time"

@@ -30,9 +30,11 @@ from spotd.api.common import (
 from spotd.api.files import Sha256
 from spotd.api.params import PathId, QueryInt, QueryList
 from spotd.api.routes import TENANT, Route
+from spotd.control.attempts import job_view as placement_view
 from spotd.control.cancel import request_cancel
+from spotd.control.deadline import pace as deadline_pace
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
-from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow
+from spotd.store import AttemptRow, InstanceRow, JobRow
 from spotd.store.jobs import JobPage
 from spotd.telemetry import gpu
 from spotd.types import Candidate, JobStatus
@@ -91,16 +93,36 @@ def attempt_json(a: AttemptRow) -> dict[str, Any]:
     }
 
 
-async def job_json(store: AsyncStore, job: JobRow, now: float) -> dict[str, Any]:
+async def job_json(request: web.Request, job: JobRow, now: float) -> dict[str, Any]:
+    store = request.app[STORE]
     attempts = await store.attempts(job.id)
     nodes = await store.instances(attempt_id=attempts[-1].id) if attempts else []
-    return job_view(job, attempts, nodes, now)
+    return job_view(job, attempts, nodes, now, pace=_pace(request, job, attempts, now))
+
+
+def _pace(
+    request: web.Request, job: JobRow, attempts: Sequence[AttemptRow], now: float
+) -> dict[str, object] | None:
+    """A DEADLINE job's pace against its uniform-progress line (``control.deadline.pace``),
+    as of now, or as it ended."""
+    if job.deadline is None:
+        return None
+    task = request.app[CONTROLLER].task_of(job)
+    at = now if job.ended_at is None else job.ended_at
+    p = deadline_pace(placement_view(job, task, attempts, at), at)
+    return None if p is None else p.json()
 
 
 def job_view(
-    job: JobRow, attempts: Sequence[AttemptRow], nodes: Sequence[InstanceRow], now: float
+    job: JobRow,
+    attempts: Sequence[AttemptRow],
+    nodes: Sequence[InstanceRow],
+    now: float,
+    *,
+    pace: dict[str, object] | None = None,
 ) -> dict[str, Any]:
-    """A job as the API shows it: ``attempts`` first to last, ``nodes`` the current one's."""
+    """A job as the API shows it: ``attempts`` first to last, ``nodes`` the current one's;
+    ``pace`` (DEADLINE jobs) where the work stands against the deadline's line."""
     current = attempts[-1] if attempts else None
     end = job.ended_at or now
     return {
@@ -120,6 +142,7 @@ def job_view(
         "infra_failures": job.infra_failures,
         "message": job.message,
         "deadline": job.deadline,
+        "pace": pace,
         "owner": job.owner,  # the daemon that runs it (several daemons on one database)
         "provider": current.provider if current else None,
         "region": current.region if current else None,
@@ -225,7 +248,11 @@ async def launch(request: web.Request) -> web.Response:
     )
     # just inserted: no attempt yet (its worker has not run), so nothing more to read
     return web.json_response(
-        {**job_view(job, [], [], plan.now), "plan": plan_json(plan)}, status=201
+        {
+            **job_view(job, [], [], plan.now, pace=_pace(request, job, [], plan.now)),
+            "plan": plan_json(plan),
+        },
+        status=201,
     )
 
 
@@ -243,7 +270,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
     now = time.time()
     body = [
-        job_view(j, page.attempts.get(j.id, []), _current_nodes(page, j.id), now) for j in page.jobs
+        job_view(
+            j,
+            page.attempts.get(j.id, []),
+            _current_nodes(page, j.id),
+            now,
+            pace=_pace(request, j, page.attempts.get(j.id, []), now),
+        )
+        for j in page.jobs
     ]
     headers = {}
     if page.more and page.jobs:
@@ -260,7 +294,7 @@ def _current_nodes(page: JobPage, job_id: int) -> list[InstanceRow]:
 async def get_job(request: web.Request) -> web.Response:
     """The job, with its attempts and its current GPU samples."""
     job = await requested_job(request)
-    return web.json_response(await job_json(request.app[STORE], job, time.time()))
+    return web.json_response(await job_json(request, job, time.time()))
 
 
 async def job_events(request: web.Request) -> web.Response:
@@ -289,7 +323,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         raise ApiError(409, f"job {job.id} is already {job.status}")
     wake = request.app[CONTROLLER].wake
     job = await request_cancel(store, wake, job.id, reason="cancel requested", now=time.time())
-    return web.json_response(await job_json(store, job, time.time()))
+    return web.json_response(await job_json(request, job, time.time()))
 
 
 STATUS = QueryList(

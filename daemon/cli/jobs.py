@@ -194,6 +194,19 @@ def jobs_launch(
             sys.exit(1)
 
 
+def pace_cell(pace: dict[str, Any] | None) -> str:
+    """A DEADLINE job's pace in a few characters: progress, work ahead of (+) or behind (-)
+    the uniform-progress line, the slack left; ``(wall time)`` when the job writes no
+    progress and the daemon paces it by the time its attempts ran."""
+    if not pace:
+        return "-"
+    ahead = float(pace["ahead_of_line_seconds"])
+    slack = float(pace["slack_seconds"])
+    cell = f"{float(pace['progress']):.0%} {'+' if ahead >= 0 else '-'}{dur(abs(ahead))}"
+    cell += f", slack {dur(slack)}" if slack >= 0 else f", late by {dur(-slack)}"
+    return cell + (" (wall time)" if pace.get("progress_from") == "wall time" else "")
+
+
 def print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
     now = time.time()
     t = Table()
@@ -211,6 +224,7 @@ def print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
         t.add_column(col)
     if verbose:
         t.add_column("GPUS", no_wrap=True)
+        t.add_column("PACE", no_wrap=True)
         t.add_column("DETAIL")
     for j in rows:
         st = j["status"]
@@ -227,6 +241,7 @@ def print_jobs(rows: list[dict[str, Any]], verbose: bool = False) -> None:
         ]
         if verbose:
             cells.append(j.get("gpu_summary") or "-")
+            cells.append(pace_cell(j.get("pace")))
             cells.append(j.get("message") or "")
         t.add_row(*cells)
     out.print(t)

@@ -64,9 +64,47 @@ from spotd.types import (
     RecoveryStrategy,
 )
 
-__all__ = ["Deadline"]
+__all__ = ["Deadline", "Pace", "pace"]
 
 log = structlog.get_logger("spotd.control.deadline")
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """Where a DEADLINE job stands against its uniform-progress line, as the API shows it."""
+
+    work_done: float  # seconds of work done: the last checkpoint's, else the time run
+    expected_duration: float
+    from_checkpoints: bool  # False: wall time, which overstates what a preemption lost
+    ahead: float  # work seconds ahead of the line (negative: behind)
+    slack: float  # time to the deadline beyond the remaining work (negative: it will be late)
+
+    def json(self) -> dict[str, object]:
+        return {
+            "work_done_seconds": round(self.work_done, 1),
+            "expected_duration_seconds": self.expected_duration,
+            "progress": round(min(1.0, self.work_done / self.expected_duration), 4)
+            if self.expected_duration > 0
+            else 1.0,
+            "progress_from": "checkpoint" if self.from_checkpoints else "wall time",
+            "ahead_of_line_seconds": round(self.ahead, 1),
+            "slack_seconds": round(self.slack, 1),
+        }
+
+
+def pace(view: strategies.JobView, now: float) -> Pace | None:
+    """The job's pace (``view`` as ``control.attempts.job_view`` builds it); None for a job
+    without a deadline and an expected duration."""
+    if view.deadline is None or view.expected_duration is None:
+        return None
+    line = view.expected_duration * strategies.elapsed_fraction(view, now)
+    return Pace(
+        work_done=view.work_done,
+        expected_duration=view.expected_duration,
+        from_checkpoints=view.progress_from_checkpoints,
+        ahead=view.work_done - line,
+        slack=strategies.slack_seconds(view, now),
+    )
 
 
 @dataclass(frozen=True, slots=True)

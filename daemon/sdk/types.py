@@ -13,7 +13,7 @@ from typing import Any
 
 from spotd.types import AttemptStatus, EndReason, JobId, JobStatus
 
-__all__ = ["Attempt", "Job", "JobHandle", "JobStatus", "Replica", "ServiceStatus"]
+__all__ = ["Attempt", "Job", "JobHandle", "JobStatus", "Pace", "Replica", "ServiceStatus"]
 
 
 def _opt_float(value: Any) -> float | None:
@@ -64,6 +64,30 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Pace:
+    """A DEADLINE job against its uniform-progress line (work done by now, if the work were
+    spread evenly from submission to the deadline)."""
+
+    work_done_seconds: float
+    expected_duration_seconds: float
+    progress: float  # 0..1
+    progress_from: str  # "checkpoint" (what the job wrote) or "wall time" (the fallback)
+    ahead_of_line_seconds: float  # negative: behind the line
+    slack_seconds: float  # time to the deadline beyond the remaining work
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Pace:
+        return cls(
+            work_done_seconds=float(d["work_done_seconds"]),
+            expected_duration_seconds=float(d["expected_duration_seconds"]),
+            progress=float(d["progress"]),
+            progress_from=str(d["progress_from"]),
+            ahead_of_line_seconds=float(d["ahead_of_line_seconds"]),
+            slack_seconds=float(d["slack_seconds"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     """A managed job as the daemon saw it when the SDK asked (a snapshot: ask again for news).
 
@@ -91,6 +115,7 @@ class Job:
     zone: str | None
     market: str | None
     attempts: tuple[Attempt, ...] = field(default=())
+    pace: Pace | None = None  # DEADLINE jobs
 
     @property
     def is_terminal(self) -> bool:
@@ -129,6 +154,7 @@ class Job:
             zone=_opt_str(d.get("zone")),
             market=_opt_str(d.get("market")),
             attempts=tuple(Attempt.from_json(a) for a in d.get("attempts") or ()),
+            pace=Pace.from_json(d["pace"]) if d.get("pace") else None,
         )
 
 

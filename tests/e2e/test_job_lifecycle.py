@@ -186,3 +186,29 @@ def _launch_requests(metrics: str, *, code: int) -> float:
         ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def test_a_deadline_job_shows_its_pace_in_the_api_and_the_cli(daemon):
+    """A DEADLINE job carries ``pace`` (progress against its uniform-progress line, slack);
+    examples/train.py writes no progress file, so it is paced by wall time and says so. A job
+    without a deadline has none."""
+    paced = train_yaml(steps=3, step_seconds=0, recovery="DEADLINE").replace(
+        "  strategy: DEADLINE\n",
+        "  strategy: DEADLINE\n  deadline: 1h\n  expected_duration: 10m\n",
+    )
+    async with daemon.client() as c:
+        job = await c.launch(paced, filename="paced.yaml")
+        plain = await c.launch(train_yaml(steps=3, step_seconds=0), filename="plain.yaml")
+        job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL, what="the end")
+        plain = await wait_job(c, plain["id"], lambda j: j["status"] in TERMINAL, what="the end")
+    assert job["status"] == "SUCCEEDED", job
+    pace = job["pace"]
+    assert pace["progress_from"] == "wall time", pace
+    assert pace["expected_duration_seconds"] == 600.0
+    assert 0.0 < pace["progress"] < 1.0 and 0.0 < pace["work_done_seconds"] < 600.0, pace
+    # the deadline is an hour away and little work is left: most of the slack remains
+    assert 2_400.0 < pace["slack_seconds"] < 3_000.0, pace
+    assert plain["pace"] is None
+    r = daemon.spotctl("jobs", "queue", "-v")
+    assert r.returncode == 0, r.stderr
+    assert "PACE" in r.stdout and "(wall time)" in r.stdout, r.stdout

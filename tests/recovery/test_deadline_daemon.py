@@ -106,6 +106,10 @@ async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahe
         job = await c.launch(JOB, filename="paced.yaml")
         jid = job["id"]
         await wait_log(c, jid, "step 6\n", attempt=1)
+        # the API shows the pace the checkpoints report (progress file: step/160)
+        early = await wait_job(
+            c, jid, lambda j: (j["pace"] or {}).get("progress_from") == "checkpoint", timeout=30
+        )
         await c.chaos("stockout", target="local-east", seconds=60, market="spot")
         await c.chaos("preempt", target=str(jid))
         job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=300)
@@ -113,6 +117,8 @@ async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahe
         events = await c.events(jid)
     assert job["status"] == "SUCCEEDED", job
     assert job["ended_at"] <= job["deadline"], job
+    assert 0.0 < early["pace"]["progress"] < 0.5, early["pace"]
+    assert job["pace"]["progress"] == 1.0 and job["pace"]["progress_from"] == "checkpoint"
     ran = [a for a in job["attempts"] if a["end_reason"] != "LAUNCH_FAILED"]
     t0 = job["submitted_at"]
     seen = [(a["market"], a["end_reason"], round(a["created_at"] - t0, 1)) for a in ran]

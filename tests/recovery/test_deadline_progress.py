@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from spotd.control.deadline import Deadline
+from spotd.control.deadline import Deadline, pace
 from spotd.recovery.strategies import JobView
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow
@@ -71,6 +71,23 @@ async def _running_on_demand(store: AsyncStore, *, deadline: float) -> tuple[Job
         od.id, from_=[AttemptStatus.PROVISIONING], to=AttemptStatus.RUNNING, reason="up", now=2.0
     )
     return job, od
+
+
+def _paced(*, work: float) -> JobView:
+    """A 5000 s DEADLINE job due 10000 s after submission, paced by its checkpoints; 60 s
+    restarts (the line: 0.5 s of work per second)."""
+    return JobView(
+        strategy=RecoveryStrategy.DEADLINE,
+        request=req(use_spot=True),
+        num_nodes=1,
+        submitted_at=0.0,
+        deadline=10_000.0,
+        expected_duration=5_000.0,
+        work_done=work,
+        progress_from_checkpoints=True,
+        restart_overhead=60.0,
+        safety_margin=30.0,
+    )
 
 
 def _deadline(store: AsyncStore) -> Deadline:
@@ -194,18 +211,7 @@ async def test_a_restarted_daemon_returns_to_spot_at_a_fresh_checkpoint(
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
 
     async def on_the_line(job: JobRow, task: Task, now: float) -> JobView:
-        return JobView(
-            strategy=RecoveryStrategy.DEADLINE,
-            request=req(use_spot=True),
-            num_nodes=1,
-            submitted_at=0.0,
-            deadline=10_000.0,
-            expected_duration=5_000.0,
-            work_done=now / 2,  # exactly on the uniform-progress line
-            progress_from_checkpoints=True,
-            restart_overhead=60.0,
-            safety_margin=30.0,
-        )
+        return _paced(work=now / 2)  # exactly on the uniform-progress line
 
     async def history(now: float) -> list[Any]:
         return []
@@ -227,3 +233,33 @@ async def test_a_restarted_daemon_returns_to_spot_at_a_fresh_checkpoint(
     assert len(launches.launched) == 1 and launches.terminated == [od.id]
     moved = await store.require_job(job.id)
     assert moved.current_attempt == 2 and moved.status == JobStatus.STARTING
+
+
+@pytest.mark.parametrize(
+    ("now", "work", "ahead", "slack"),
+    [
+        (0.0, 0.0, 0.0, 5_000.0),  # just submitted: on the line, all the slack
+        (4_000.0, 2_000.0, 0.0, 3_000.0),  # 40 % done at 40 % of the time
+        (4_000.0, 1_900.0, -100.0, 2_900.0),  # behind the line
+        (4_000.0, 2_500.0, 500.0, 3_500.0),  # ahead of it
+        (12_000.0, 4_000.0, -1_000.0, -3_000.0),  # past the deadline, work left: late
+    ],
+)
+def test_pace_is_work_against_the_line_and_the_slack_left(
+    now: float, work: float, ahead: float, slack: float
+) -> None:
+    """``_paced``: 5000 s of work due 10000 s after submission."""
+    p = pace(_paced(work=work), now)
+    assert p is not None and (p.ahead, p.slack) == (ahead, slack)
+    shown = p.json()
+    assert shown["progress"] == work / 5_000.0 and shown["progress_from"] == "checkpoint"
+
+
+def test_no_pace_without_a_deadline() -> None:
+    view = JobView(
+        strategy=RecoveryStrategy.EAGER_NEXT_REGION,
+        request=req(use_spot=True),
+        num_nodes=1,
+        submitted_at=0.0,
+    )
+    assert pace(view, 100.0) is None

@@ -11,6 +11,7 @@ import pytest
 
 import spotd
 from spotd.sdk.errors import ConflictError, SyncCallInEventLoopError
+from spotd.sdk.types import Pace
 from spotd.types import AttemptStatus, EndReason, JobStatus
 from tests.sdk.conftest import short_home
 
@@ -176,3 +177,20 @@ def test_relative_workdir_resolves_against_the_callers_cwd(
     task = spotd.Task(name="wd", workdir="code", run="cat hello.txt")
     handle = spotd.jobs.launch(task, detach=False, poll=FAST, connection=conn)
     assert "from the workdir" in list(spotd.jobs.logs(handle.id, connection=conn))
+
+
+def test_a_deadline_job_has_a_pace_frozen_at_its_end(conn: spotd.Connection) -> None:
+    task = spotd.Task.model_validate(
+        {
+            "name": "paced",
+            "run": "echo paced",
+            "resources": {"cpus": "1+"},
+            "job_recovery": {"strategy": "DEADLINE", "deadline": "1h", "expected_duration": "10m"},
+        }
+    )
+    job = spotd.jobs.wait(spotd.jobs.launch(task, connection=conn).id, poll=FAST, connection=conn)
+    assert job.succeeded and isinstance(job.pace, Pace), job
+    assert job.pace.progress_from == "wall time" and job.pace.expected_duration_seconds == 600.0
+    assert 0.0 < job.pace.slack_seconds < 3_000.0
+    time.sleep(1.1)
+    assert spotd.jobs.get(job.id, connection=conn) == job  # measured at its end, not now
