@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from spotd.api.common import (
     CONTROLLER,
@@ -30,11 +30,9 @@ from spotd.api.common import (
 from spotd.api.files import Sha256
 from spotd.api.params import PathId, QueryInt, QueryList
 from spotd.api.routes import TENANT, Route
-from spotd.control.attempts import job_view as placement_view
 from spotd.control.cancel import request_cancel
-from spotd.control.deadline import pace as deadline_pace
+from spotd.control.deadline import pace_of
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
-from spotd.spec import Task
 from spotd.store import AttemptRow, InstanceRow, JobRow
 from spotd.store.jobs import JobPage
 from spotd.telemetry import gpu
@@ -102,18 +100,8 @@ async def job_json(request: web.Request, job: JobRow, now: float) -> dict[str, A
 
 
 def _pace(job: JobRow, attempts: Sequence[AttemptRow], now: float) -> dict[str, object] | None:
-    """A DEADLINE job's pace against its uniform-progress line (``control.deadline.pace``),
-    as of now, or as it ended."""
-    if job.deadline is None:
-        return None
-    # parsed here (35 us), not through the controller's task memory, which keeps what it
-    # parses until the job's worker ends: listing old jobs would fill it for good
-    try:
-        task = Task.model_validate(json.loads(job.spec_json))
-    except ValidationError:  # stored by a version that read it otherwise: show no pace
-        return None
-    at = now if job.ended_at is None else job.ended_at
-    p = deadline_pace(placement_view(job, task, attempts, at), at)
+    """A DEADLINE job's pace against its uniform-progress line (``control.deadline.pace_of``)."""
+    p = pace_of(job, attempts, now)
     return None if p is None else p.json()
 
 

@@ -44,12 +44,14 @@ so a repeated old one is not taken for the fresh checkpoint the move waits for.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
+from pydantic import ValidationError
 
-from spotd.control.attempts import Attempts, attempt_intent, candidate_of, placed_at
+from spotd.control.attempts import Attempts, attempt_intent, candidate_of, job_view, placed_at
 from spotd.recovery import history as rhist
 from spotd.recovery import strategies
 from spotd.spec import Task
@@ -64,7 +66,7 @@ from spotd.types import (
     RecoveryStrategy,
 )
 
-__all__ = ["Deadline", "Pace", "pace"]
+__all__ = ["Deadline", "Pace", "pace", "pace_of"]
 
 log = structlog.get_logger("spotd.control.deadline")
 
@@ -79,13 +81,17 @@ class Pace:
     ahead: float  # work seconds ahead of the line (negative: behind)
     slack: float  # time to the deadline beyond the remaining work (negative: it will be late)
 
+    @property
+    def progress(self) -> float:
+        if self.expected_duration <= 0:
+            return 1.0
+        return min(1.0, self.work_done / self.expected_duration)
+
     def json(self) -> dict[str, object]:
         return {
             "work_done_seconds": round(self.work_done, 1),
             "expected_duration_seconds": self.expected_duration,
-            "progress": round(min(1.0, self.work_done / self.expected_duration), 4)
-            if self.expected_duration > 0
-            else 1.0,
+            "progress": round(self.progress, 4),
             "progress_from": "checkpoint" if self.from_checkpoints else "wall time",
             "ahead_of_line_seconds": round(self.ahead, 1),
             "slack_seconds": round(self.slack, 1),
@@ -105,6 +111,21 @@ def pace(view: strategies.JobView, now: float) -> Pace | None:
         ahead=view.work_done - line,
         slack=strategies.slack_seconds(view, now),
     )
+
+
+def pace_of(job: JobRow, attempts: Sequence[AttemptRow], now: float) -> Pace | None:
+    """A stored job's pace as of ``now``, or as it ended; None for a job without a deadline,
+    or whose spec a former version stored and this one no longer reads. The task is parsed
+    here (35 us), not through the controller's task memory, which keeps what it parses until
+    the job's worker ends: showing old jobs (or another daemon's) would fill it for good."""
+    if job.deadline is None:
+        return None
+    try:
+        task = Task.model_validate(json.loads(job.spec_json))
+    except ValidationError:
+        return None
+    at = now if job.ended_at is None else job.ended_at
+    return pace(job_view(job, task, attempts, at), at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spotd.control.cancel import request_cancel
+from spotd.control.deadline import pace_of
 from spotd.dashboard.render import View, render_part
 from spotd.dashboard.state import Dashboard, Viewer
 from spotd.dashboard.timeline import timeline
@@ -167,6 +168,7 @@ async def job_page(d: Dashboard, viewer: Viewer, job_id: int) -> View | None:
         "events_total": len(events),
         "log": log,
         "gpus": gpus,
+        "pace": pace_of(job, attempts, now),
         "idle_threshold": d.settings.idle_gpu_threshold,
         "terminal": job.is_terminal,
         "now": now,

@@ -4,7 +4,9 @@ sees only its project, and the job page tells the preemption story."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -105,3 +107,31 @@ async def test_odd_paths_are_a_404_not_an_error(dash: Dash) -> None:
         allow_redirects=False,
     )
     assert r.status == 303 and r.headers["Location"].startswith("/dashboard/services/a%2F%2F")
+
+
+async def test_a_deadline_job_page_shows_its_pace(dash: Dash) -> None:
+    """A DEADLINE job's page has its pace: progress, how far ahead of or behind the
+    uniform-progress line, the slack left; other jobs' pages have none."""
+    store, now = dash.store.store, time.time()  # the dashboard's clock
+    spec = {
+        "run": "x",
+        "job_recovery": {"strategy": "DEADLINE", "deadline": "2h", "expected_duration": "1h"},
+    }
+    job = store.create_job(
+        name="paced",
+        task_id_prefix="paced",
+        spec_json=json.dumps(spec),
+        spec_redacted_json="{}",
+        resources="1x cpus=1+",
+        submitted_at=now - 3600,  # half-way to the deadline: the line asks 30 min
+        deadline=now + 3600,
+    )
+    store.update_job_fields(job.id, now=now, work_done_seconds=1200.0)
+    html = await (await dash.unix.get(f"/dashboard/jobs/{job.id}")).text()
+    tile = html[html.index('id="job-pace"') :][:400]
+    assert "33%" in tile, tile  # 20 of 60 min; 10 min behind, 20 min of slack, to the second
+    assert re.search(r"(9m 5\d|10m \d)s behind the line", tile), tile
+    assert re.search(r"slack (19m 5\d|20m \d)s", tile), tile
+    plain = seed_job(store)
+    html = await (await dash.unix.get(f"/dashboard/jobs/{plain.id}")).text()
+    assert 'id="job-pace"' not in html
