@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import logging
 import math
 import os
 import signal
@@ -45,7 +46,7 @@ import structlog
 from aiohttp import web
 
 from spotd.aiokit import sleep
-from spotd.api.app import make_app
+from spotd.api.app import MalformedRequests, make_app
 from spotd.api.pools import POOLS
 from spotd.api.routes import AGENT
 from spotd.api.services import SERVICES
@@ -329,6 +330,7 @@ async def run_daemon(
         dashboard = Dashboard(
             settings=settings, store=store, controller=controller, services=services
         )
+        logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
         app = make_app(settings=settings, store=store, controller=controller, metrics_=metrics)
         app[SERVICES] = services
         app[POOLS] = pools

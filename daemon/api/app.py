@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Mapping
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from spotd.api import (
     agents,
@@ -64,7 +66,7 @@ from spotd.metrics import DaemonMetrics
 from spotd.store import AsyncStore
 from spotd.store.errors import Fenced
 
-__all__ = ["ROUTE_TABLE", "make_app", "refusal_status"]
+__all__ = ["ROUTE_TABLE", "MalformedRequests", "make_app", "refusal_status"]
 
 log = structlog.get_logger("spotd.api")
 
@@ -125,6 +127,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         resp = json_error(500, "internal error in spotd; see the daemon log")
     metrics.api_requests.labels(route, str(resp.status)).inc()
     return resp
+
+
+class MalformedRequests(logging.Filter):
+    """For the ``aiohttp.server`` logger: a request too malformed to parse (aiohttp answers
+    400 itself, before any handler) is the client's error, not the daemon's. aiohttp logs it
+    at ERROR with a traceback; this makes it one WARNING line, with the first line of the
+    parser's reason only (the rest quotes the raw request, which may hold a token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            reason = (exc.message or "").strip().splitlines()[:1]
+            record.msg = f"{record.getMessage()}: malformed request answered {exc.code}"
+            record.msg += f" ({reason[0].strip()})" if reason else ""
+            record.args, record.exc_info, record.exc_text = None, None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def _route(request: web.Request) -> Route | None:
