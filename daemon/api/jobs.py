@@ -96,13 +96,7 @@ async def job_json(request: web.Request, job: JobRow, now: float) -> dict[str, A
     store = request.app[STORE]
     attempts = await store.attempts(job.id)
     nodes = await store.instances(attempt_id=attempts[-1].id) if attempts else []
-    return job_view(job, attempts, nodes, now, pace=_pace(job, attempts, now))
-
-
-def _pace(job: JobRow, attempts: Sequence[AttemptRow], now: float) -> dict[str, object] | None:
-    """A DEADLINE job's pace against its uniform-progress line (``control.deadline.pace_of``)."""
-    p = pace_of(job, attempts, now)
-    return None if p is None else p.json()
+    return job_view(job, attempts, nodes, now)
 
 
 def job_view(
@@ -110,12 +104,11 @@ def job_view(
     attempts: Sequence[AttemptRow],
     nodes: Sequence[InstanceRow],
     now: float,
-    *,
-    pace: dict[str, object] | None = None,
 ) -> dict[str, Any]:
     """A job as the API shows it: ``attempts`` first to last, ``nodes`` the current one's;
     ``pace`` (DEADLINE jobs) where the work stands against the deadline's line."""
     current = attempts[-1] if attempts else None
+    pace = pace_of(job, attempts, now)
     end = job.ended_at or now
     return {
         "id": job.id,
@@ -134,7 +127,7 @@ def job_view(
         "infra_failures": job.infra_failures,
         "message": job.message,
         "deadline": job.deadline,
-        "pace": pace,
+        "pace": None if pace is None else pace.json(),
         "owner": job.owner,  # the daemon that runs it (several daemons on one database)
         "provider": current.provider if current else None,
         "region": current.region if current else None,
@@ -241,7 +234,7 @@ async def launch(request: web.Request) -> web.Response:
     # just inserted: no attempt yet (its worker has not run), so nothing more to read
     return web.json_response(
         {
-            **job_view(job, [], [], plan.now, pace=_pace(job, [], plan.now)),
+            **job_view(job, [], [], plan.now),
             "plan": plan_json(plan),
         },
         status=201,
@@ -262,14 +255,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
     now = time.time()
     body = [
-        job_view(
-            j,
-            page.attempts.get(j.id, []),
-            _current_nodes(page, j.id),
-            now,
-            pace=_pace(j, page.attempts.get(j.id, []), now),
-        )
-        for j in page.jobs
+        job_view(j, page.attempts.get(j.id, []), _current_nodes(page, j.id), now) for j in page.jobs
     ]
     headers = {}
     if page.more and page.jobs:
