@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class PacedJob(NamedTuple):
+    """One DEADLINE job's pace as the gauges show it (``control.deadline.Pace``, flattened)."""
+
+    job: int
+    name: str
+    project: str
+    slack: float
+    ahead: float
+    progress: float
+    progress_from: str  # "checkpoint" or "wall time"
 
 
 class DaemonMetrics:
@@ -83,6 +96,26 @@ class DaemonMetrics:
             registry=r,
         )
         self._wanted_labels: set[tuple[str, str]] = set()
+        # DEADLINE jobs not ended, set at scrape time from the store (control.deadline.pace)
+        paced = ["job", "name", "project"]
+        self.deadline_slack = Gauge(
+            "spotd_job_deadline_slack_seconds",
+            "Time to the deadline beyond the work still to do (negative: it will be late)",
+            paced,
+            registry=r,
+        )
+        self.deadline_ahead = Gauge(
+            "spotd_job_deadline_ahead_of_line_seconds",
+            "Work seconds ahead of the uniform-progress line (negative: behind it)",
+            paced,
+            registry=r,
+        )
+        self.deadline_progress = Gauge(
+            "spotd_job_progress_ratio",
+            "Work done over expected_duration (0-1): the last checkpoint's, else wall time",
+            [*paced, "progress_from"],
+            registry=r,
+        )
 
     def set_service_load(
         self,
@@ -121,6 +154,17 @@ class DaemonMetrics:
             self._wanted_labels.discard(labels)
             with contextlib.suppress(KeyError):
                 self.service_wanted.remove(*labels)
+
+    def set_deadline_paces(self, paces: Iterable[PacedJob]) -> None:
+        """The paces of the DEADLINE jobs not ended, replacing the last scrape's: a job that
+        ended since has no series any more."""
+        for gauge in (self.deadline_slack, self.deadline_ahead, self.deadline_progress):
+            gauge.clear()
+        for p in paces:
+            labels = (str(p.job), p.name, p.project)
+            self.deadline_slack.labels(*labels).set(p.slack)
+            self.deadline_ahead.labels(*labels).set(p.ahead)
+            self.deadline_progress.labels(*labels, p.progress_from).set(p.progress)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

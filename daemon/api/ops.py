@@ -4,11 +4,14 @@ database) and ``GET /metrics`` (Prometheus text)."""
 from __future__ import annotations
 
 import os
+import time
 
 from aiohttp import web
 
 from spotd.api.common import CONTROLLER, METRICS, SETTINGS, STORE
 from spotd.api.routes import ADMIN, TENANT, Route
+from spotd.control.deadline import pace_of
+from spotd.metrics import PacedJob
 from spotd.types import JobStatus
 
 __all__ = ["ROUTES"]
@@ -48,13 +51,22 @@ async def daemons(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """The daemon's metrics, with the job-state gauges counted from the store at scrape time."""
+    """The daemon's metrics, with the job-state gauges counted, and the paces of DEADLINE jobs
+    not ended computed, from the store at scrape time."""
     m = request.app[METRICS]
+    store = request.app[STORE]
     counts: dict[str, int] = {}
-    for j in await request.app[STORE].list_jobs():
+    for j in await store.list_jobs():
         counts[str(j.status)] = counts.get(str(j.status), 0) + 1
     for s in JobStatus:
         m.jobs_by_state.labels(str(s)).set(counts.get(str(s), 0))
+    page = await store.job_page(statuses=[s for s in JobStatus if not s.is_terminal])
+    now = time.time()
+    m.set_deadline_paces(
+        PacedJob(j.id, j.name, j.project, p.slack, p.ahead, p.progress, p.progress_from)
+        for j in page.jobs
+        if (p := pace_of(j, page.attempts.get(j.id, []), now)) is not None
+    )
     return web.Response(body=m.render(), content_type="text/plain")
 
 

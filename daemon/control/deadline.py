@@ -87,12 +87,16 @@ class Pace:
             return 1.0
         return min(1.0, self.work_done / self.expected_duration)
 
+    @property
+    def progress_from(self) -> str:
+        return "checkpoint" if self.from_checkpoints else "wall time"
+
     def json(self) -> dict[str, object]:
         return {
             "work_done_seconds": round(self.work_done, 1),
             "expected_duration_seconds": self.expected_duration,
             "progress": round(self.progress, 4),
-            "progress_from": "checkpoint" if self.from_checkpoints else "wall time",
+            "progress_from": self.progress_from,
             "ahead_of_line_seconds": round(self.ahead, 1),
             "slack_seconds": round(self.slack, 1),
         }

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.e2e.helpers import digest_of, expected_digest, logs, train_yaml, wait_job
 
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}
@@ -188,17 +191,23 @@ def _launch_requests(metrics: str, *, code: int) -> float:
     return 0.0
 
 
+async def _launch_paced_and_plain(c, *, steps: int, step_seconds: float) -> tuple[dict, dict]:
+    """A DEADLINE job (an hour to its deadline, 10 min of expected work) and a job without."""
+    paced = train_yaml(steps=steps, step_seconds=step_seconds, recovery="DEADLINE").replace(
+        "  strategy: DEADLINE\n",
+        "  strategy: DEADLINE\n  deadline: 1h\n  expected_duration: 10m\n",
+    )
+    job = await c.launch(paced, filename="paced.yaml")
+    plain = await c.launch(train_yaml(steps=steps, step_seconds=step_seconds), filename="p.yaml")
+    return job, plain
+
+
 async def test_a_deadline_job_shows_its_pace_in_the_api_and_the_cli(daemon):
     """A DEADLINE job carries ``pace`` (progress against its uniform-progress line, slack);
     examples/train.py writes no progress file, so it is paced by wall time and says so. A job
     without a deadline has none."""
-    paced = train_yaml(steps=3, step_seconds=0, recovery="DEADLINE").replace(
-        "  strategy: DEADLINE\n",
-        "  strategy: DEADLINE\n  deadline: 1h\n  expected_duration: 10m\n",
-    )
     async with daemon.client() as c:
-        job = await c.launch(paced, filename="paced.yaml")
-        plain = await c.launch(train_yaml(steps=3, step_seconds=0), filename="plain.yaml")
+        job, plain = await _launch_paced_and_plain(c, steps=3, step_seconds=0)
         job = await wait_job(c, job["id"], lambda j: j["status"] in TERMINAL, what="the end")
         plain = await wait_job(c, plain["id"], lambda j: j["status"] in TERMINAL, what="the end")
     assert job["status"] == "SUCCEEDED", job
@@ -212,3 +221,36 @@ async def test_a_deadline_job_shows_its_pace_in_the_api_and_the_cli(daemon):
     r = daemon.spotctl("jobs", "queue", "-v")
     assert r.returncode == 0, r.stderr
     assert "PACE" in r.stdout and "(wall time)" in r.stdout, r.stdout
+
+
+def _gauge(text: str, name: str, job_id: int) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("job") == str(job_id):
+                return sample.value
+    return None
+
+
+async def test_a_running_deadline_job_has_pace_gauges_until_it_ends(daemon):
+    """What an operator alerts on (``spotd_job_deadline_slack_seconds < 0``: it will be late):
+    the scrape shows the slack the API shows, for a DEADLINE job while it runs, and nothing
+    for it once it has ended or for a job without a deadline."""
+    async with daemon.client() as c:
+        job, plain = await _launch_paced_and_plain(c, steps=400, step_seconds=0.1)
+        await wait_job(c, job["id"], lambda j: j["status"] == "RUNNING", what="running")
+        await wait_job(c, plain["id"], lambda j: j["status"] == "RUNNING", what="running")
+        text = await c.request("GET", "/metrics")
+        shown = (await c.job(job["id"]))["pace"]
+        assert _gauge(text, "spotd_job_deadline_slack_seconds", plain["id"]) is None
+        slack = _gauge(text, "spotd_job_deadline_slack_seconds", job["id"])
+        # read a moment apart (while it runs on wall time its slack holds still)
+        assert slack == pytest.approx(shown["slack_seconds"], abs=10.0), (slack, shown)
+        assert _gauge(text, "spotd_job_progress_ratio", job["id"]) == pytest.approx(
+            shown["progress"], abs=0.02
+        )
+        assert _gauge(text, "spotd_job_deadline_ahead_of_line_seconds", job["id"]) is not None
+        for j in (job, plain):
+            await c.cancel(j["id"])
+            await wait_job(c, j["id"], lambda x: x["status"] in TERMINAL, what="the end")
+        text = await c.request("GET", "/metrics")
+    assert _gauge(text, "spotd_job_deadline_slack_seconds", job["id"]) is None
