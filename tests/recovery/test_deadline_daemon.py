@@ -16,6 +16,8 @@ minutes: slow.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,39 +45,47 @@ instance_types:
       local-east: {ondemand: 0.0480, spot: 0.0144}
 """
 
-# 160 steps of 0.5 s; a checkpoint (and its progress file) after every step
-JOB = """
+
+def _job(*, steps: int, deadline: int, gate: str = "") -> str:
+    """``steps`` steps of 0.5 s, due in ``deadline`` s; a checkpoint (and its progress file)
+    after every step, while the file ``gate`` exists (if given)."""
+    return f"""
 name: paced
 resources:
   cpus: 1+
   use_spot: true
 job_recovery:
   strategy: DEADLINE
-  deadline: 320s
-  expected_duration: 80s
+  deadline: {deadline}s
+  expected_duration: {steps // 2}s
   restart_overhead: 8s
   safety_margin: 2s
 run: |
   python3 - <<'EOF'
   import os, time
   d = os.environ["SPOTD_CHECKPOINT_DIR"]
+  gate = {gate!r}
   os.makedirs(d, exist_ok=True)
   path = os.path.join(d, "step")
   step = int(open(path).read()) if os.path.exists(path) else 0
-  print(f"attempt {os.environ.get('SPOTD_ATTEMPT')} from step {step}", flush=True)
+  print(f"attempt {{os.environ.get('SPOTD_ATTEMPT')}} from step {{step}}", flush=True)
   def put(name, text):
       with open(os.path.join(d, name + ".tmp"), "w") as f:
           f.write(text)
       os.replace(os.path.join(d, name + ".tmp"), os.path.join(d, name))
-  while step < 160:
+  while step < {steps}:
       time.sleep(0.5)
       step += 1
-      put("step", str(step))
-      put("spotd-progress", f"{step}/160")
-      print(f"step {step}", flush=True)
+      if not gate or os.path.exists(gate):
+          put("step", str(step))
+          put("spotd-progress", f"{{step}}/{steps}")
+      print(f"step {{step}}", flush=True)
   print("done", flush=True)
   EOF
 """
+
+
+JOB = _job(steps=160, deadline=320)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"}
 
@@ -138,3 +148,79 @@ async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahe
     assert between and all(a["end_reason"] == "LAUNCH_FAILED" for a in between), seen_all
     assert all(a["created_at"] < od["ended_at"] for a in between), seen_all
     assert "staying on on-demand" in messages, messages
+
+
+def _running_on_demand(job: dict) -> int | None:
+    """The number of the job's on-demand attempt still running, if any."""
+    live = [a for a in job["attempts"] if a["market"] == "on-demand" and a["ended_at"] is None]
+    return live[-1]["attempt"] if live else None
+
+
+@pytest.mark.timeout(330)
+async def test_a_restarted_daemon_returns_to_spot_only_at_a_fresh_checkpoint(
+    one_zone_daemon: DaemonProc,
+) -> None:
+    """A return to spot moves the job at the first checkpoint after the decision, so that it
+    resumes from work just saved. A restarted daemon has seen no checkpoint of the running
+    on-demand attempt, and the agent's heartbeats repeat its last sync from before the restart:
+    that sync must not pass for the fresh one. The job stops checkpointing (its gate file gone)
+    while the daemon is down; after the restart the return rule holds (40 s of 120 checkpointed
+    at about t = 100 s, the line at 33) and the stockout is over, yet the job stays on
+    on-demand until it checkpoints again, and the spot attempt resumes from there.
+
+    120 s of work due in 360 s (the line: 1/3 s of work per second), restart 8 s: spot
+    preempted about 4 s in and stocked out, on-demand from about t = 35 s, returns refused
+    until the daemon is killed at 40 s of work (about t = 72 s); down until the 30 s hold
+    after the last refusal is over. About two and a half minutes: slow."""
+    d = one_zone_daemon
+    gate = d.home / "checkpoints-on"
+    gate.touch()
+    async with d.client() as c:
+        job = await c.launch(_job(steps=240, deadline=360, gate=str(gate)), filename="p.yaml")
+        jid = job["id"]
+        await wait_log(c, jid, "step 6\n", attempt=1)
+        await c.chaos("stockout", target="local-east", seconds=600, market="spot")
+        await c.chaos("preempt", target=str(jid))
+        job = await wait_job(c, jid, lambda j: _running_on_demand(j) is not None, timeout=120)
+        od = _running_on_demand(job)
+        await wait_log(c, jid, "step 80\n", attempt=od, timeout=90)
+        gate.unlink()  # no checkpoint from here until the gate is back
+        await asyncio.sleep(1.0)  # a sync in flight lands
+        await c.chaos("stockout", target="local-east", seconds=0, market="spot")
+        job = await c.job(jid)
+    refused = [
+        a["ended_at"] or a["created_at"]
+        for a in job["attempts"]
+        if a["end_reason"] == "LAUNCH_FAILED"
+    ]
+    d.kill9()
+    # down until a refused return no longer holds the zone: the first step after the restart
+    # may decide the return
+    await asyncio.sleep(max(1.0, max(refused, default=0.0) + 31.0 - time.time()))
+    restarted_at = time.time()
+    d.start()
+    async with d.client() as c:
+        # heartbeats and observe steps: the rule holds, and no checkpoint is fresh
+        await asyncio.sleep(6.0)
+        job = await c.job(jid)
+        assert _running_on_demand(job) == od, job["attempts"]
+        launched = [a for a in job["attempts"] if a["created_at"] >= restarted_at]
+        assert not launched, launched
+        assert job["pace"]["progress_from"] == "checkpoint", job["pace"]
+        before = await logs(c, jid, od)
+        resumable = max(int(n) for n in re.findall(r"^step (\d+)$", before, re.M))
+        gate.touch()
+        go_at = time.time()
+        job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=200)
+        text = await logs(c, jid)
+    assert job["status"] == "SUCCEEDED", job
+    assert job["ended_at"] <= job["deadline"], job
+    ran = [a for a in job["attempts"] if a["end_reason"] != "LAUNCH_FAILED"]
+    assert [a["market"] for a in ran] == ["spot", "on-demand", "spot"], ran
+    assert [a["end_reason"] for a in ran] == ["PREEMPTED", "MIGRATED", "SUCCEEDED"], ran
+    back = ran[2]
+    assert ran[1]["attempt"] == od  # re-adopted across the restart, not relaunched
+    assert back["created_at"] >= go_at, (back, go_at)
+    [start] = re.findall(rf"attempt {back['attempt']} from step (\d+)", text)
+    # it resumed from work the on-demand attempt saved after the gate opened
+    assert int(start) > resumable, (start, resumable)
