@@ -60,7 +60,9 @@ async def metrics(request: web.Request) -> web.Response:
         counts[str(j.status)] = counts.get(str(j.status), 0) + 1
     for s in JobStatus:
         m.jobs_by_state.labels(str(s)).set(counts.get(str(s), 0))
-    page = await store.job_page(statuses=[s for s in JobStatus if not s.is_terminal])
+    page = await store.job_page(
+        statuses=[s for s in JobStatus if not s.is_terminal], deadline_only=True
+    )
     now = time.time()
     m.set_deadline_paces(
         PacedJob(j.id, j.name, j.project, p.slack, p.ahead, p.progress, p.progress_from)

@@ -181,14 +181,18 @@ class JobStore(StoreBase):
         project: str | None = None,
         limit: int | None = None,
         before: int | None = None,
+        deadline_only: bool = False,
     ) -> JobPage:
         """Jobs newest first (only ``statuses``, only ``project``'s, only ids below ``before``,
-        at most ``limit``), their attempts and their current attempts' instances: one query
-        each, in one read, so a listing costs the same three statements at 10 or 10,000 jobs."""
+        at most ``limit``, only those with a deadline), their attempts and their current
+        attempts' instances: one query each, in one read, so a listing costs the same three
+        statements at 10 or 10,000 jobs."""
         jt, at, it = JOBS.table, ATTEMPTS.table, table_of(Instance)
         q = select(jt).order_by(jt.c.id.desc())
         if statuses is not None:
             q = q.where(jt.c.status.in_([enum_value(s) for s in statuses]))
+        if deadline_only:
+            q = q.where(jt.c.deadline.is_not(None))
         if project is not None:
             q = q.where(jt.c.project == project)
         if before is not None:

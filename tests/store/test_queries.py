@@ -38,6 +38,20 @@ def test_list_jobs_newest_first_filtered_and_limited(
     assert store.get_job(999) is None
 
 
+def test_job_page_of_deadline_jobs_only(
+    store: Store, make_job: Any, make_attempt: Any, clock: Any
+) -> None:
+    """What ``/metrics`` reads for the pace gauges: DEADLINE jobs only, with their attempts."""
+    paced = make_job("paced", deadline=clock() + 3600.0)
+    plain = make_job("plain")
+    make_attempt(paced.id)
+    make_attempt(plain.id)
+    page = store.job_page(deadline_only=True)
+    assert [j.name for j in page.jobs] == ["paced"]
+    assert [a.attempt for a in page.attempts[paced.id]] == [1]
+    assert [j.name for j in store.job_page().jobs] == ["plain", "paced"]
+
+
 def test_events_tail_by_id_and_by_job(store: Store, make_job: Any, clock: Any) -> None:
     j1, j2 = make_job(), make_job()
     store.add_event(
