@@ -16,7 +16,9 @@ task in it, reporting over the daemon's real agent API) are started, and:
    /proc), the agents' reports per second, and the fleet's listing calls per region per
    observe tick;
 3. ``queue_ms``: ``GET /v1/jobs?limit=50`` (the first page ``spotctl jobs queue`` shows), median
-   of 5; ``cli_queue_ms``: ``spotctl jobs queue`` itself (a new Python process), median of 3;
+   of 5; ``metrics_ms``: a Prometheus scrape (``GET /metrics``: job counts and DEADLINE paces
+   read from the store), median of 5; ``cli_queue_ms``: ``spotctl jobs queue`` itself (a new
+   Python process), median of 3;
 4. ``cli_submit_per_s``: ``spotctl jobs launch -d -y`` run one after another, 5 times;
 5. detection: K running instances are reclaimed without notice (one every 50 ms, through the
    fleet's test API); the latency is each one's attempt ``ended_at`` (the daemon's verdict,
@@ -226,12 +228,13 @@ async def steady(rig: Rig, seconds: float) -> dict[str, float]:
     }
 
 
-async def queue_ms(rig: Rig) -> float:
+async def get_ms(rig: Rig, path: str, params: dict[str, str] | None = None) -> float:
+    """``GET path``, median of 5, in ms."""
     times = []
     async with api(rig) as s:
         for _ in range(5):
             t0 = time.perf_counter()
-            async with s.get("http://spotd/v1/jobs", params={"limit": "50"}) as r:
+            async with s.get(f"http://spotd{path}", params=params or {}) as r:
                 await r.read()
                 assert r.status == 200, r.status
             times.append((time.perf_counter() - t0) * 1000)
@@ -301,7 +304,8 @@ def run_row(n: int, *, clients: int, preempt: int, steady_s: float) -> dict[str,
             # the daemon's CPU per job from submit to RUNNING: what a busy machine distorts least
             row["cpu_ms_per_job"] = round((proc_cpu_seconds(rig.daemon.pid) - c0) / n * 1000, 2)
         row.update(asyncio.run(steady(rig, steady_s if n else min(steady_s, 10.0))))
-        row["queue_ms"] = asyncio.run(queue_ms(rig))
+        row["queue_ms"] = asyncio.run(get_ms(rig, "/v1/jobs", {"limit": "50"}))
+        row["metrics_ms"] = asyncio.run(get_ms(rig, "/metrics"))
         row["cli_queue_ms"] = round(
             statistics.median(rig.spotctl("jobs", "queue") for _ in range(3)) * 1000, 1
         )
