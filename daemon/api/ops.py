@@ -3,6 +3,7 @@ database) and ``GET /metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -12,6 +13,7 @@ from spotd.api.common import CONTROLLER, METRICS, SETTINGS, STORE
 from spotd.api.routes import ADMIN, TENANT, Route
 from spotd.control.deadline import pace_of
 from spotd.metrics import PacedJob
+from spotd.store.jobs import JobPage
 from spotd.types import JobStatus
 
 __all__ = ["ROUTES"]
@@ -63,13 +65,18 @@ async def metrics(request: web.Request) -> web.Response:
     page = await store.job_page(
         statuses=[s for s in JobStatus if not s.is_terminal], deadline_only=True
     )
-    now = time.time()
-    m.set_deadline_paces(
+    # each pace parses the job's stored task (about 45 us): at thousands of DEADLINE jobs that
+    # is a fraction of a second, kept off the event loop that answers the agents
+    m.set_deadline_paces(await asyncio.to_thread(_paces, page, time.time()))
+    return web.Response(body=m.render(), content_type="text/plain")
+
+
+def _paces(page: JobPage, now: float) -> list[PacedJob]:
+    return [
         PacedJob(j.id, j.name, j.project, p.slack, p.ahead, p.progress, p.progress_from)
         for j in page.jobs
         if (p := pace_of(j, page.attempts.get(j.id, []), now)) is not None
-    )
-    return web.Response(body=m.render(), content_type="text/plain")
+    ]
 
 
 ROUTES = (
