@@ -57,11 +57,9 @@ async def metrics(request: web.Request) -> web.Response:
     not ended computed, from the store at scrape time."""
     m = request.app[METRICS]
     store = request.app[STORE]
-    counts: dict[str, int] = {}
-    for j in await store.list_jobs():
-        counts[str(j.status)] = counts.get(str(j.status), 0) + 1
+    counts = await store.job_counts()
     for s in JobStatus:
-        m.jobs_by_state.labels(str(s)).set(counts.get(str(s), 0))
+        m.jobs_by_state.labels(str(s)).set(counts.get(s, 0))
     page = await store.job_page(
         statuses=[s for s in JobStatus if not s.is_terminal], deadline_only=True
     )

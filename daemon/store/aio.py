@@ -116,6 +116,7 @@ class AsyncStore:
     job_state = _offload(Store.job_state)
     list_jobs = _offload(Store.list_jobs)
     job_page = _offload(Store.job_page)
+    job_counts = _offload(Store.job_counts)
     live_instance_keys = _offload(Store.live_instance_keys)
     recorded_instance_keys = _offload(Store.recorded_instance_keys)
     ended_attempts_live_nodes = _offload(Store.ended_attempts_live_nodes)

@@ -35,6 +35,11 @@ def test_list_jobs_newest_first_filtered_and_limited(
     assert [j.name for j in store.list_jobs(statuses=["CANCELLED"])] == ["job1"]  # type: ignore[list-item]
     assert store.list_jobs(statuses=[]) == []
     assert [j.name for j in store.active_jobs()] == ["job0", "job2", "job3"]  # oldest first
+    assert store.job_counts() == {
+        JobStatus.PENDING: 2,
+        JobStatus.CANCELLED: 1,
+        JobStatus.STARTING: 1,
+    }
     assert store.get_job(999) is None
 
 
