@@ -1,13 +1,14 @@
 """One daemon under thousands of running jobs on the fleet provider.
 
-    python bench/fleet.py [--jobs N ...] [--json] [--clients C] [--preempt K]
+    python bench/fleet.py [--jobs N ...] [--json] [--clients C] [--preempt K] [--deadline]
 
 For each N (default 1,000 and 10,000) a fresh daemon (``python -m spotd.main``) and a fresh
 fleet process (``python -m spotd.providers.fleet``: every instance a record, every agent one
 task in it, reporting over the daemon's real agent API) are started, and:
 
-1. N jobs (``run: sleep infinity``, spot) are submitted through the API by C concurrent
-   clients: ``submit_per_s`` is N over the time from the first request to the last answer;
+1. N jobs (``run: sleep infinity``, spot; with ``--deadline`` DEADLINE jobs) are submitted
+   through the API by C concurrent clients: ``submit_per_s`` is N over the time from the
+   first request to the last answer;
 2. once every job is RUNNING (``lost_before_running``: attempts that had ended by then, though
    nothing was reclaimed yet: losses the daemon made up itself; 0 is right), the daemon is
    left alone for ``--steady`` seconds (default: one keep-alive period, so every agent's
@@ -60,6 +61,16 @@ resources:
   use_spot: true
 run: sleep infinity
 """
+# ``--deadline``: every job DEADLINE, so a scrape computes 10,000 paces (wall time: no progress)
+DEADLINE_TASK = (
+    TASK
+    + """\
+job_recovery:
+  strategy: DEADLINE
+  deadline: 20h
+  expected_duration: 10h
+"""
+)
 # The agents' keep-alive: a change (phase, exit, notice) is reported at once, silence once a
 # minute; heartbeat loss makes a node suspect after 2.5 keep-alives, lost after 5. Detection of
 # a reclaim comes from the provider's listing (every OBSERVE_INTERVAL) and notices.
@@ -175,13 +186,13 @@ def fleet(rig: Rig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(rig.fleet_sock)))
 
 
-async def submit_all(rig: Rig, n: int, clients: int) -> float:
+async def submit_all(rig: Rig, n: int, clients: int, task: str) -> float:
     counter = iter(range(n))
     errors: list[str] = []
 
     async def client(s: aiohttp.ClientSession) -> None:
         for i in counter:
-            body = {"yaml": TASK, "filename": "bench.yaml", "name": f"b{i}"}
+            body = {"yaml": task, "filename": "bench.yaml", "name": f"b{i}"}
             async with s.post("http://spotd/v1/jobs", json=body) as r:
                 if r.status != 201:
                     errors.append(f"{r.status} {await r.text()}")
@@ -289,14 +300,16 @@ def help_seconds() -> float:
     return round(statistics.median(times), 3)
 
 
-def run_row(n: int, *, clients: int, preempt: int, steady_s: float) -> dict[str, Any]:
+def run_row(
+    n: int, *, clients: int, preempt: int, steady_s: float, task: str = TASK
+) -> dict[str, Any]:
     rig = Rig(concurrency=64)
     try:
         rig.start()
         row: dict[str, Any] = {"jobs": n, "load_1m": round(os.getloadavg()[0], 2)}
         if n:
             c0 = proc_cpu_seconds(rig.daemon.pid)
-            row["submit_per_s"] = round(asyncio.run(submit_all(rig, n, clients)), 1)
+            row["submit_per_s"] = round(asyncio.run(submit_all(rig, n, clients, task)), 1)
             row["to_running_s"] = round(wait_running(rig, n, timeout=120 + n / 20), 1)
             # nothing is reclaimed before step 5: an attempt that ended by now was lost by the
             # daemon itself (a verdict from a listing older than its launch, say)
@@ -327,10 +340,15 @@ def main() -> None:
     parser.add_argument(
         "--steady", type=float, default=HEARTBEAT_SECONDS, help="seconds of steady state"
     )
+    parser.add_argument(
+        "--deadline", action="store_true", help="every job DEADLINE (20 h for 10 h of work)"
+    )
     args = parser.parse_args()
     sizes = [0, *(args.jobs or [1000, 10000])]
+    task = DEADLINE_TASK if args.deadline else TASK
     rows = [
-        run_row(n, clients=args.clients, preempt=args.preempt, steady_s=args.steady) for n in sizes
+        run_row(n, clients=args.clients, preempt=args.preempt, steady_s=args.steady, task=task)
+        for n in sizes
     ]
     rows[0]["spotctl_help_s"] = help_seconds()  # the reference row carries the CLI's start
     if args.json:

@@ -66,7 +66,7 @@ from spotd.types import (
     RecoveryStrategy,
 )
 
-__all__ = ["Deadline", "Pace", "pace", "pace_of"]
+__all__ = ["Deadline", "Pace", "next_look", "pace", "pace_of"]
 
 log = structlog.get_logger("spotd.control.deadline")
 
@@ -132,6 +132,32 @@ def pace_of(job: JobRow, attempts: Sequence[AttemptRow], now: float) -> Pace | N
     return pace(job_view(job, task, attempts, at), at)
 
 
+def next_look(
+    job: JobRow, task: Task, attempt: AttemptRow, now: float, *, pending: bool
+) -> float | None:
+    """Seconds until a market move of this RUNNING DEADLINE job could first be due, if no
+    news comes (``control.recheck``); None: no move rule watches it now.
+
+    On spot, the switch to on-demand is due once ``slack - restart < margin``. The slack falls
+    by at most a second a second, and the job row bounds it from below without reading the
+    attempts (the work done is at least the checkpointed work, else the current attempt's run
+    time), so the worker can sleep until that bound reaches the margin. On on-demand the return
+    rule only turns true when a checkpoint reports progress, which wakes the worker
+    (:meth:`Deadline.checkpointed`); a return already decided is looked at every interval."""
+    recovery = task.job_recovery
+    if job.status != JobStatus.RUNNING or job.deadline is None:
+        return None
+    if recovery.strategy is not RecoveryStrategy.DEADLINE:
+        return None
+    if attempt.market != str(Market.SPOT):
+        return 0.0 if pending else None
+    run = now - attempt.started_at if attempt.started_at is not None else 0.0
+    work = job.work_done_seconds or max(0.0, run)
+    left = max(0.0, (recovery.expected_duration_seconds or 0.0) - work)
+    slack = job.deadline - now - left
+    return max(0.0, slack - recovery.restart_overhead_seconds - recovery.safety_margin_seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class _Checkpoint:
     attempt: int
@@ -186,7 +212,12 @@ class Deadline:
         current = attempt >= job.current_attempt
         if work != job.work_done_seconds and (current or work > job.work_done_seconds):
             await self.store.update_job_fields(job.id, now=synced_at, work_done_seconds=work)
+            return True  # the slack and the line moved: the worker sleeps until news (next_look)
         return job.id in self._leaving
+
+    def pending(self, job_id: int) -> bool:
+        """A return to spot is decided and waits for the next checkpoint."""
+        return job_id in self._leaving
 
     async def move(self, job: JobRow, task: Task, attempt: AttemptRow, now: float) -> bool:
         """Move a RUNNING DEADLINE job to the other market if the rules say so (module
@@ -196,6 +227,8 @@ class Deadline:
         if task.job_recovery.strategy is not RecoveryStrategy.DEADLINE or job.deadline is None:
             return False
         if attempt.market == str(Market.SPOT):
+            if next_look(job, task, attempt, now, pending=False):
+                return False  # not due yet, by a bound from the job row alone
             view = await self.job_view(job, task, now)
             if not strategies.should_switch_to_ondemand(view, now=now):
                 return False

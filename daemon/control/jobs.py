@@ -35,7 +35,7 @@ from spotd.control.attempts import (
     node_evidence,
     placed_at,
 )
-from spotd.control.deadline import Deadline
+from spotd.control.deadline import Deadline, next_look
 from spotd.control.idle_gpu import IdleGpuRule
 from spotd.control.keepalive import KeepAlives
 from spotd.control.memory import JobMemory
@@ -444,7 +444,10 @@ class Controller:
         if await self.deadline.move(job, task, attempt, now):
             return 0.0
         floor = self.settings.observe_interval
-        return recheck_in(job, rows, listing, now=now, timeouts=self.timeouts, floor=floor)
+        due = next_look(job, task, attempt, now, pending=self.deadline.pending(job.id))
+        return recheck_in(
+            rows, listing, now=now, timeouts=self.timeouts, floor=floor, market_due=due
+        )
 
     async def _progress(
         self, job: JobRow, attempt: AttemptRow, seen: w.KeepWatching, now: float

@@ -18,8 +18,12 @@ heartbeat 40 s ago (suspect), lost 120     60 s (the ceiling; lost at 80 s)
 never reported, 5 s old, grace 30          25 s (listing grace), then the boot timeout
 =========================================  ===============================================
 
-The soonest node decides; the result is never below ``floor`` nor above ``ceiling``; a job with a
-deadline is looked at every ``floor``.
+The soonest node decides; the result is never below ``floor`` nor above ``ceiling``. A DEADLINE
+job is also looked at when its move to another market could first be due
+(``spotd.control.deadline.next_look``): on spot, when a lower bound of its slack reaches the
+margin; on on-demand, at its next checkpoint (news). Until #16's eighth round every job with a
+deadline was looked at every ``floor``: 10,000 DEADLINE jobs did not all reach RUNNING in
+10 minutes (``bench/fleet.py --deadline``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Sequence
 
 from spotd.control.observer import Observation
 from spotd.recovery.detection import DetectionTimeouts
-from spotd.store import InstanceRow, JobRow
+from spotd.store import InstanceRow
 
 __all__ = ["WATCH_CEILING", "recheck_in"]
 
@@ -38,7 +42,6 @@ PAST = 0.01  # wake just after a threshold, not on it
 
 
 def recheck_in(
-    job: JobRow,
     rows: Sequence[InstanceRow],
     listing: Observation,
     *,
@@ -46,13 +49,12 @@ def recheck_in(
     timeouts: DetectionTimeouts,
     floor: float,
     ceiling: float = WATCH_CEILING,
+    market_due: float | None = None,
 ) -> float:
-    """Seconds until ``job``'s attempt (its nodes: ``rows``) could change verdict without news.
-    A job with a deadline is looked at every ``floor``, as before: its slack shrinks by the
-    second (``spotd.recovery.strategies.should_switch_to_ondemand``)."""
-    if job.deadline is not None:
-        return floor
-    due = ceiling
+    """Seconds until an attempt (its nodes: ``rows``) could change verdict without news,
+    or a DEADLINE job's market move could be due (``market_due``, from
+    ``spotd.control.deadline.next_look``; None: no such rule)."""
+    due = ceiling if market_due is None else min(ceiling, market_due + PAST)
     for r in rows:
         if r.instance_id is None or not listing.covers(r.created_at):
             return floor

@@ -9,7 +9,7 @@ import pytest
 from spotd.control.observer import Observation
 from spotd.control.recheck import WATCH_CEILING, recheck_in
 from spotd.recovery.detection import DetectionTimeouts
-from spotd.store import InstanceRow, JobRow
+from spotd.store import InstanceRow
 
 TIMEOUTS = DetectionTimeouts(suspect_after=30, lost_after=120, listing_grace=30, boot_timeout=600)
 NOW = 10_000.0
@@ -25,15 +25,9 @@ class Node:
     last_heartbeat_at: float | None
 
 
-@dataclass
-class Job:
-    deadline: float | None = None
-
-
-def at(*nodes: Node, job: Job | None = None, listing: Observation = COVERING) -> float:
+def at(*nodes: Node, listing: Observation = COVERING, market_due: float | None = None) -> float:
     rows: list[InstanceRow] = nodes  # type: ignore[assignment]
-    j: JobRow = job or Job()  # type: ignore[assignment]
-    return recheck_in(j, rows, listing, now=NOW, timeouts=TIMEOUTS, floor=0.5)
+    return recheck_in(rows, listing, now=NOW, timeouts=TIMEOUTS, floor=0.5, market_due=market_due)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +55,21 @@ def test_a_healthy_attempt_sleeps_until_silence_could_change_its_verdict(
     assert at(*nodes) == pytest.approx(expected)
 
 
-def test_a_node_no_listing_covers_yet_and_a_deadline_job_are_looked_at_every_interval() -> None:
+def test_a_node_no_listing_covers_yet_is_looked_at_every_interval() -> None:
     fresh = Node("i-1", NOW - 0.2, NOW - 0.1)
     assert at(fresh, listing=Observation(started_at=NOW - 1)) == 0.5
-    assert at(Node("i-1", NOW - 100, NOW - 2), job=Job(deadline=NOW + 3600)) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("market_due", "expected"),
+    [
+        (None, 28.01),  # no market rule: the heartbeat's silence decides
+        (3600.0, 28.01),  # a DEADLINE switch hours away: the same
+        (5.0, 5.01),  # a switch that could be due in 5 s: then
+        (0.0, 0.5),  # due now (a return decided, or the slack at its margin): every interval
+    ],
+)
+def test_a_deadline_job_is_looked_at_when_its_market_move_could_be_due(
+    market_due: float | None, expected: float
+) -> None:
+    assert at(Node("i-1", NOW - 100, NOW - 2), market_due=market_due) == pytest.approx(expected)

@@ -1,0 +1,105 @@
+"""When a RUNNING DEADLINE job's worker must look again for a market move, without news
+(``spotd.control.deadline.next_look``, read by ``spotd.control.recheck``).
+
+A job 1000 s of work long, due 3000 s from now, 60 s restarts and a 30 s margin: on spot the
+switch to on-demand is due when ``slack - 60 < 30``; the bound on the slack comes from the job
+row alone (the checkpointed work, else the current attempt's run time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from spotd.control.attempts import job_view
+from spotd.control.deadline import next_look
+from spotd.recovery import strategies
+from spotd.spec import Task
+from spotd.types import JobStatus
+
+NOW = 100_000.0
+TASK = Task.model_validate(
+    {
+        "run": "python train.py",
+        "resources": {"use_spot": True},
+        "job_recovery": {
+            "strategy": "DEADLINE",
+            "deadline": "1h",
+            "expected_duration": "1000s",
+            "restart_overhead": "60s",
+            "safety_margin": "30s",
+        },
+    }
+)
+EAGER = Task.model_validate({"run": "python train.py"})
+
+
+@dataclass(frozen=True)
+class Job:
+    """The fields of a JobRow that ``next_look`` reads."""
+
+    status: JobStatus = JobStatus.RUNNING
+    deadline: float | None = NOW + 3000.0
+    work_done_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    market: str = "spot"
+    started_at: float | None = None
+
+
+def look(job: Job, attempt: Attempt, *, task: Task = TASK, pending: bool = False) -> Any:
+    return next_look(job, task, attempt, NOW, pending=pending)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("job", "attempt", "pending", "expected"),
+    [
+        # 400 s checkpointed: 600 left, slack 2400, the switch due in 2400 - 60 - 30
+        (Job(work_done_seconds=400.0), Attempt(), False, 2310.0),
+        # no checkpoint: at least the 500 s the attempt has run
+        (Job(), Attempt(started_at=NOW - 500.0), False, 2410.0),
+        # no checkpoint and not started: nothing done, slack 2000
+        (Job(), Attempt(), False, 1910.0),
+        # 50 s of slack: within a restart and the margin, due now
+        (Job(deadline=NOW + 1050.0), Attempt(), False, 0.0),
+        # on-demand: its return turns due at a checkpoint, which wakes the worker...
+        (Job(work_done_seconds=400.0), Attempt(market="on-demand"), False, None),
+        # ...and a return already decided is looked at every interval
+        (Job(work_done_seconds=400.0), Attempt(market="on-demand"), True, 0.0),
+        # not running (starting, recovering): no move rule
+        (Job(status=JobStatus.STARTING), Attempt(), False, None),
+    ],
+)
+def test_next_look(job: Job, attempt: Attempt, pending: bool, expected: float | None) -> None:
+    assert look(job, attempt, pending=pending) == expected
+
+
+def test_a_job_without_a_deadline_strategy_has_no_market_rule() -> None:
+    assert look(Job(deadline=None), Attempt()) is None
+    assert look(Job(), Attempt(), task=EAGER) is None
+
+
+@dataclass(frozen=True)
+class _Row(Job):
+    """What ``job_view`` reads besides."""
+
+    submitted_at: float = NOW - 600.0
+    failed_launches: int = 0
+    first_failure_at: float | None = None
+
+
+def test_the_switch_is_not_due_before_the_look() -> None:
+    """The bound holds: the rule the controller asks (``should_switch_to_ondemand``) is false
+    until the moment ``next_look`` names, and true just after it (checkpointed work stays)."""
+    row: Any = _Row(work_done_seconds=400.0)
+    due = look(row, Attempt())
+
+    def switch_at(t: float) -> bool:
+        view = job_view(row, TASK, [], t)
+        return strategies.should_switch_to_ondemand(view, now=t)
+
+    assert not switch_at(NOW + due - 1.0)
+    assert switch_at(NOW + due + 1.0)
