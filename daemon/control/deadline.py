@@ -13,7 +13,8 @@ Which reports count: the running attempt's, and an older attempt's (a final snap
 notice, landing while its replacement starts) only if it says more and no newer attempt has
 reported yet: the checkpoint store refuses an older attempt's snapshot over a newer one's.
 
-Moves, asked once per observe interval while the job is RUNNING (``Controller._watch``):
+Moves, asked while the job is RUNNING (``Controller._watch``) whenever its worker looks: on
+news, and when :func:`next_look` says a move could be due (not every observe interval):
 
 - on spot, ``should_switch_to_ondemand``: end the attempt (MIGRATED) now and place the job
   again; the slack no longer allows waiting for a checkpoint;
@@ -151,11 +152,13 @@ def next_look(
         return None
     if attempt.market != str(Market.SPOT):
         return 0.0 if pending else None
-    run = now - attempt.started_at if attempt.started_at is not None else 0.0
-    work = job.work_done_seconds or max(0.0, run)
-    left = max(0.0, (recovery.expected_duration_seconds or 0.0) - work)
-    slack = job.deadline - now - left
-    return max(0.0, slack - recovery.restart_overhead_seconds - recovery.safety_margin_seconds)
+    # the view with only the current attempt: its work done is the bound (the attempts before
+    # it can only add run time when the job has no checkpointed progress)
+    low = job_view(job, task, [attempt], now)
+    if low.expected_duration is None:
+        return None
+    slack = strategies.slack_seconds(low, now)
+    return max(0.0, slack - low.restart_overhead - low.safety_margin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +200,8 @@ class Deadline:
         synced_at: float,
     ) -> bool:
         """An agent reported the progress its last checkpoint holds. True when the job's
-        worker should look now (a return to spot waits for this checkpoint)."""
+        worker should look now: the progress moved (the slack and the line with it), or a
+        return to spot waits for this checkpoint."""
         seen = self._seen.get(job_id)
         if seen is not None and (seen.attempt, seen.synced_at) >= (attempt, synced_at):
             return False  # a heartbeat repeating what we know, or an older attempt's
@@ -212,8 +216,8 @@ class Deadline:
         current = attempt >= job.current_attempt
         if work != job.work_done_seconds and (current or work > job.work_done_seconds):
             await self.store.update_job_fields(job.id, now=synced_at, work_done_seconds=work)
-            return True  # the slack and the line moved: the worker sleeps until news (next_look)
-        return job.id in self._leaving
+            return True
+        return self.pending(job.id)
 
     def pending(self, job_id: int) -> bool:
         """A return to spot is decided and waits for the next checkpoint."""

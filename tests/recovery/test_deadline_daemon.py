@@ -200,8 +200,17 @@ async def test_a_restarted_daemon_returns_to_spot_only_at_a_fresh_checkpoint(
     restarted_at = time.time()
     d.start()
     async with d.client() as c:
-        # heartbeats and observe steps: the rule holds, and no checkpoint is fresh
-        await asyncio.sleep(6.0)
+        # the restarted daemon decides the return (so the rule does hold: the test is not
+        # passing for want of it) ...
+        decided = "trying spot beside the on-demand attempt at the next checkpoint"
+        while not any(
+            decided in e["message"] and e["at"] >= restarted_at for e in await c.events(jid)
+        ):
+            assert time.time() < restarted_at + 60, "no return decided after the restart"
+            await asyncio.sleep(0.2)
+        # ... and the agent's heartbeats (every 0.2 s here) repeat the old sync, which moved the
+        # job within a second or two before the fix: no event says that nothing happened
+        await asyncio.sleep(4.0)
         job = await c.job(jid)
         assert _running_on_demand(job) == od, job["attempts"]
         launched = [a for a in job["attempts"] if a["created_at"] >= restarted_at]

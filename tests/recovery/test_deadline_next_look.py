@@ -37,17 +37,29 @@ EAGER = Task.model_validate({"run": "python train.py"})
 
 @dataclass(frozen=True)
 class Job:
-    """The fields of a JobRow that ``next_look`` reads."""
+    """The fields of a JobRow that ``next_look`` reads (through ``job_view``)."""
 
     status: JobStatus = JobStatus.RUNNING
     deadline: float | None = NOW + 3000.0
     work_done_seconds: float = 0.0
+    submitted_at: float = NOW - 600.0  # what job_view reads besides
+    failed_launches: int = 0
+    first_failure_at: float | None = None
 
 
 @dataclass(frozen=True)
 class Attempt:
+    """The fields of an AttemptRow that ``next_look`` reads (through ``job_view``)."""
+
     market: str = "spot"
     started_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+    provider: str = "local"
+    region: str = "local-east"
+    zone: str = "local-east-a"
+    instance_type: str = "cpu-1"
+    price_per_hour: float = 0.0144
 
 
 def look(job: Job, attempt: Attempt, *, task: Task = TASK, pending: bool = False) -> Any:
@@ -82,19 +94,10 @@ def test_a_job_without_a_deadline_strategy_has_no_market_rule() -> None:
     assert look(Job(), Attempt(), task=EAGER) is None
 
 
-@dataclass(frozen=True)
-class _Row(Job):
-    """What ``job_view`` reads besides."""
-
-    submitted_at: float = NOW - 600.0
-    failed_launches: int = 0
-    first_failure_at: float | None = None
-
-
 def test_the_switch_is_not_due_before_the_look() -> None:
     """The bound holds: the rule the controller asks (``should_switch_to_ondemand``) is false
     until the moment ``next_look`` names, and true just after it (checkpointed work stays)."""
-    row: Any = _Row(work_done_seconds=400.0)
+    row: Any = Job(work_done_seconds=400.0)
     due = look(row, Attempt())
 
     def switch_at(t: float) -> bool:
