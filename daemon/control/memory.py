@@ -31,6 +31,11 @@ class JobMemory:
             self._tasks[job.id] = task
         return task
 
+    def known(self, job_id: int) -> Task | None:
+        """The job's task if a worker parsed it already; None otherwise, and nothing kept
+        (a reader of other jobs, such as a metrics scrape, must not fill this memory)."""
+        return self._tasks.get(job_id)
+
     def lost(self, job_id: int, at: float) -> None:
         self._lost_at[job_id] = at
 

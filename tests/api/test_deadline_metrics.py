@@ -3,9 +3,17 @@ scrape so that a job that ended since leaves no stale series behind."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from spotd.api.ops import _paces
 from spotd.metrics import DaemonMetrics, PacedJob
+from spotd.spec import Task
+from spotd.store.jobs import JobPage
+
+NOW = 100_000.0
 
 
 def _samples(m: DaemonMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -45,3 +53,40 @@ def test_a_job_gone_from_the_next_scrape_leaves_no_series() -> None:
     assert {labels[0] for _, labels in _samples(m)} == {("job", "2")}
     m.set_deadline_paces([])
     assert _samples(m) == {}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The fields of a JobRow that a pace reads."""
+
+    id: int
+    spec_json: str
+    name: str = "train"
+    project: str = "default"
+    deadline: float | None = NOW + 3000.0
+    submitted_at: float = NOW - 1000.0
+    ended_at: float | None = None
+    work_done_seconds: float = 500.0  # checkpointed
+    failed_launches: int = 0
+    first_failure_at: float | None = None
+
+
+def _deadline_task(expected: str) -> Task:
+    return Task.model_validate(
+        {
+            "run": "python train.py",
+            "job_recovery": {"strategy": "DEADLINE", "deadline": "2h", "expected_duration": expected},
+        }
+    )
+
+
+def test_a_scrape_reads_the_task_the_worker_parsed_and_parses_the_others() -> None:
+    """The route hands the tasks the daemon's workers hold (``JobMemory.known``) to the paces;
+    a job without one (another daemon's) has its stored spec parsed for this scrape."""
+    stored = _deadline_task("1000s").model_dump_json()
+    page = JobPage(jobs=[_Job(1, stored), _Job(2, stored)])  # type: ignore[list-item]
+    # job 1's worker holds a task that expects 2000 s of work: its slack is 1000 s less
+    paces = {p.job: p for p in _paces(page, {1: _deadline_task("2000s")}, NOW)}
+    assert paces[2].slack == pytest.approx(3000.0 - 500.0)
+    assert paces[1].slack == pytest.approx(3000.0 - 1500.0)
+    assert paces[1].progress == pytest.approx(0.25) and paces[2].progress == pytest.approx(0.5)

@@ -46,14 +46,18 @@ def test_list_jobs_newest_first_filtered_and_limited(
 def test_job_page_of_deadline_jobs_only(
     store: Store, make_job: Any, make_attempt: Any, clock: Any
 ) -> None:
-    """What ``/metrics`` reads for the pace gauges: DEADLINE jobs only, with their attempts."""
+    """What ``/metrics`` reads for the pace gauges: DEADLINE jobs only, with their attempts
+    and without the instances (a pace does not read them)."""
     paced = make_job("paced", deadline=clock() + 3600.0)
     plain = make_job("plain")
     make_attempt(paced.id)
     make_attempt(plain.id)
-    page = store.job_page(deadline_only=True)
+    page = store.job_page(deadline_only=True, nodes=False)
     assert [j.name for j in page.jobs] == ["paced"]
     assert [a.attempt for a in page.attempts[paced.id]] == [1]
+    assert page.nodes == {}
+    [current] = page.attempts[paced.id]
+    assert [n.node_rank for n in store.job_page(deadline_only=True).nodes[current.id]] == [0, 1]
     assert [j.name for j in store.job_page().jobs] == ["plain", "paced"]
 
 
