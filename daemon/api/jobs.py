@@ -33,7 +33,7 @@ from spotd.api.routes import TENANT, Route
 from spotd.control.cancel import request_cancel
 from spotd.control.deadline import pace_of
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
-from spotd.store import AttemptRow, InstanceRow, JobRow
+from spotd.store import AttemptRow, InstanceRow, JobRow, current_attempt_of
 from spotd.store.jobs import JobPage
 from spotd.telemetry import gpu
 from spotd.types import Candidate, JobStatus
@@ -95,7 +95,8 @@ def attempt_json(a: AttemptRow) -> dict[str, Any]:
 async def job_json(request: web.Request, job: JobRow, now: float) -> dict[str, Any]:
     store = request.app[STORE]
     attempts = await store.attempts(job.id)
-    nodes = await store.instances(attempt_id=attempts[-1].id) if attempts else []
+    current = current_attempt_of(job, attempts)
+    nodes = await store.instances(attempt_id=current.id) if current else []
     return job_view(job, attempts, nodes, now)
 
 
@@ -107,7 +108,7 @@ def job_view(
 ) -> dict[str, Any]:
     """A job as the API shows it: ``attempts`` first to last, ``nodes`` the current one's;
     ``pace`` (DEADLINE jobs) where the work stands against the deadline's line."""
-    current = attempts[-1] if attempts else None
+    current = current_attempt_of(job, attempts)
     pace = pace_of(job, attempts, now)
     end = job.ended_at or now
     return {
@@ -255,7 +256,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
     now = time.time()
     body = [
-        job_view(j, page.attempts.get(j.id, []), _current_nodes(page, j.id), now) for j in page.jobs
+        job_view(j, page.attempts.get(j.id, []), _current_nodes(page, j), now) for j in page.jobs
     ]
     headers = {}
     if page.more and page.jobs:
@@ -264,9 +265,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     return web.json_response(body, headers=headers)
 
 
-def _current_nodes(page: JobPage, job_id: int) -> list[InstanceRow]:
-    attempts = page.attempts.get(job_id)
-    return list(page.nodes.get(attempts[-1].id, [])) if attempts else []
+def _current_nodes(page: JobPage, job: JobRow) -> list[InstanceRow]:
+    current = current_attempt_of(job, page.attempts.get(job.id, []))
+    return list(page.nodes.get(current.id, [])) if current else []
 
 
 async def get_job(request: web.Request) -> web.Response:

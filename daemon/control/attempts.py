@@ -55,6 +55,7 @@ from spotd.store import (
     InstanceRow,
     JobRow,
     StaleTransition,
+    current_attempt_of,
 )
 from spotd.types import (
     AttemptStatus,
@@ -161,7 +162,7 @@ def job_view(
 ) -> strategies.JobView:
     """What the placement strategies know of a job: its request, its last placement and how
     it ended, its failures so far, and the work done (checkpointed, else time run)."""
-    last = attempts[-1] if attempts else None
+    last = current_attempt_of(job, attempts)
     last_candidate = None if last is None else candidate_of(last)
     # progress: what the last checkpoint says (spotd.control.deadline); without one, the
     # time the attempts ran (launch failures excluded), which overstates what a preemption lost

@@ -21,7 +21,7 @@ from spotd.dashboard.render import View, render_part
 from spotd.dashboard.state import Dashboard, Viewer
 from spotd.dashboard.timeline import timeline
 from spotd.pricing import cost as costs
-from spotd.store import AttemptRow, JobRow
+from spotd.store import AttemptRow, JobRow, current_attempt_of
 from spotd.telemetry import gpu
 from spotd.types import JobStatus
 
@@ -94,7 +94,7 @@ async def jobs_page(d: Dashboard, viewer: Viewer, f: JobFilters) -> View:
     rows = []
     for j in shown:
         attempts = await d.store.attempts(j.id)
-        cur = attempts[-1] if attempts else None
+        cur = current_attempt_of(j, attempts)
         total = job_cost(j, attempts, index, now)
         rows.append(
             {
@@ -149,7 +149,7 @@ async def job_page(d: Dashboard, viewer: Viewer, job_id: int) -> View | None:
     events = await d.store.events(job_id=job.id)
     tl = timeline(attempts, instances, now=now)
     total = job_cost(job, attempts, costs.CatalogIndex(d.controller.catalog), now)
-    cur = attempts[-1] if attempts else None
+    cur = current_attempt_of(job, attempts)
     log = ""
     if cur is not None:
         log = _tail(str(d.settings.logs_dir / f"j{job.id}-a{cur.attempt}" / "node-0.log"))

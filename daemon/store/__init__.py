@@ -41,6 +41,7 @@ from spotd.store.rows import (
     ServiceRow,
     ServiceStatus,
     ZoneEventRow,
+    current_attempt_of,
 )
 from spotd.store.signin import LoginLinkRow, SessionRow
 from spotd.store.store import Store
@@ -79,4 +80,5 @@ __all__ = [
     "Watched",
     "ZoneEvent",
     "ZoneEventRow",
+    "current_attempt_of",
 ]

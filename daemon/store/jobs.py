@@ -36,7 +36,7 @@ from spotd.store.cas import (
 )
 from spotd.store.job_inserts import ATTEMPTS, JOBS, AttemptIntent, insert_attempt, insert_job
 from spotd.store.projects import Admit, admitted
-from spotd.store.rows import AttemptRow, InstanceRow, JobRow
+from spotd.store.rows import AttemptRow, InstanceRow, JobRow, current_attempt_of
 from spotd.store.tables import Instance, ZoneEvent, table_of
 from spotd.types import (
     TERMINAL_JOB_STATUSES,
@@ -225,7 +225,9 @@ class JobStore(StoreBase):
                     attempts.setdefault(a.job_id, []).append(a)
             if not nodes:
                 return JobPage(jobs=jobs, attempts=attempts, more=more)
-            current = {v[-1].id for v in attempts.values()}
+            current = {
+                cur.id for j in jobs if (cur := current_attempt_of(j, attempts.get(j.id, [])))
+            }
             instances: dict[str, list[InstanceRow]] = {}
             rows = conn.execute(
                 select(it)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 import functools
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "ServiceRow",
     "ServiceStatus",
     "ZoneEventRow",
+    "current_attempt_of",
 ]
 
 
@@ -124,6 +126,19 @@ class AttemptRow:
                 "end_reason": _opt(EndReason, m["end_reason"]),
             }
         )
+
+
+def current_attempt_of(job: JobRow, attempts: Sequence[AttemptRow]) -> AttemptRow | None:
+    """The attempt a job's status describes (``attempts`` in order): the one it runs on (the
+    job's ``current_attempt``, not ended), else the one that ended last. Not simply the
+    highest number: a DEADLINE job on on-demand that tried spot beside it has refused spot
+    attempts numbered after the one it still runs on (``control.deadline``)."""
+    for a in reversed(attempts):
+        if a.attempt == job.current_attempt and a.ended_at is None:
+            return a
+    if not attempts:
+        return None
+    return max(attempts, key=lambda a: (math.inf if a.ended_at is None else a.ended_at, a.attempt))
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,11 @@ def _deadline_task(expected: str) -> Task:
     return Task.model_validate(
         {
             "run": "python train.py",
-            "job_recovery": {"strategy": "DEADLINE", "deadline": "2h", "expected_duration": expected},
+            "job_recovery": {
+                "strategy": "DEADLINE",
+                "deadline": "2h",
+                "expected_duration": expected,
+            },
         }
     )
 

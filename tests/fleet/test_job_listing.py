@@ -23,7 +23,7 @@ from spotd.api.app import make_app
 from spotd.config import load_settings
 from spotd.control.jobs import Controller
 from spotd.metrics import DaemonMetrics
-from spotd.store import AsyncStore, Store
+from spotd.store import AsyncStore, JobRow, Store
 from spotd.types import JobStatus
 from tests.factories import intent
 
@@ -49,20 +49,24 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     await astore.close()
 
 
+def new_job(store: Store, name: str, *, submitted_at: float, project: str = "default") -> JobRow:
+    return store.create_job(
+        name=name,
+        task_id_prefix="t-",
+        spec_json="{}",
+        spec_redacted_json="{}",
+        resources="cpu-1",
+        submitted_at=submitted_at,
+        project=project,
+    )
+
+
 def add_jobs(store: Store, n: int, *, project: str = "default", attempts: int = 2) -> list[int]:
     """``n`` jobs, each with ``attempts`` attempts of one node (a preempted one, then a live
     one), the last RUNNING: what a listing shows of a busy daemon."""
     ids = []
     for i in range(n):
-        job = store.create_job(
-            name=f"j{i}",
-            task_id_prefix="t-",
-            spec_json="{}",
-            spec_redacted_json="{}",
-            resources="cpu-1",
-            submitted_at=1000.0 + i,
-            project=project,
-        )
+        job = new_job(store, f"j{i}", submitted_at=1000.0 + i, project=project)
         for a in range(1, attempts + 1):
             store.create_attempt(
                 intent(
@@ -210,3 +214,50 @@ def test_the_reaper_reads_live_keys_and_ended_attempts_nodes_in_one_query_each(
     api.store.mark_instance_terminated(f"j{ids[0]}-a1-n0", now=3001.0)
     assert api.store.ended_attempts_live_nodes("fleet") == []
     assert f"j{ids[0]}-a1-n0" not in api.store.live_instance_keys()
+
+
+async def test_a_job_on_demand_after_refused_returns_shows_where_it_runs(api: Api) -> None:
+    """A DEADLINE job on on-demand attempt 2 tried spot beside it twice and was refused
+    (attempts 3 and 4, LAUNCH_FAILED): the listing and the job show attempt 2's market, zone
+    and nodes, not the refused spot attempt numbered last."""
+    from spotd.types import AttemptStatus, EndReason
+
+    job = new_job(api.store, "paced", submitted_at=1000.0)
+    on_demand = {"market": "on-demand", "zone": "od-zone", "price_per_hour": 0.3}
+    first = api.store.start_attempt(
+        intent(job.id, 1, now=1000.0, zone="spot-zone"), from_=[JobStatus.PENDING], reason="go"
+    )[1]
+    api.store.transition_attempt(
+        first.id,
+        from_=[AttemptStatus.PROVISIONING],
+        to=AttemptStatus.ENDED,
+        reason="reclaimed",
+        now=1100.0,
+        end_reason=EndReason.PREEMPTED,
+    )
+    api.store.transition_job(
+        job.id, from_=[JobStatus.STARTING], to=JobStatus.RECOVERING, reason="lost", now=1100.0
+    )
+    api.store.start_attempt(
+        intent(job.id, 2, now=1200.0, **on_demand), from_=[JobStatus.RECOVERING], reason="od"
+    )
+    api.store.transition_job(
+        job.id, from_=[JobStatus.STARTING], to=JobStatus.RUNNING, reason="up", now=1300.0
+    )
+    for n in (3, 4):  # make before break, refused: the job stays on attempt 2
+        refused = api.store.create_attempt(intent(job.id, n, now=2000.0 + n, zone="spot-zone"))
+        api.store.transition_attempt(
+            refused.id,
+            from_=[AttemptStatus.PROVISIONING],
+            to=AttemptStatus.ENDED,
+            reason="stockout",
+            now=2000.0 + n,
+            end_reason=EndReason.LAUNCH_FAILED,
+        )
+    rows, _ = await get(api)
+    r = await api.client.get(f"/v1/jobs/{job.id}")
+    assert r.status == 200
+    for shown in (rows[0], await r.json()):
+        assert [a["attempt"] for a in shown["attempts"]] == [1, 2, 3, 4]
+        assert (shown["market"], shown["zone"]) == ("on-demand", "od-zone"), shown
+        assert [n["node"] for n in shown["gpus"]] == [0]

@@ -122,9 +122,13 @@ async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahe
         )
         await c.chaos("stockout", target="local-east", seconds=60, market="spot")
         await c.chaos("preempt", target=str(jid))
+        # between the refused return and the accepted one the job runs on on-demand, and
+        # says so: not the market of the refused spot attempt numbered after it
+        between = await wait_job(c, jid, _refused_beside_on_demand, timeout=150)
         job = await wait_job(c, jid, lambda j: j["status"] in TERMINAL, timeout=300)
         text = await logs(c, jid)
         events = await c.events(jid)
+    assert (between["market"], between["status"]) == ("on-demand", "RUNNING"), between
     assert job["status"] == "SUCCEEDED", job
     assert job["ended_at"] <= job["deadline"], job
     assert 0.0 < early["pace"]["progress"] < 0.5, early["pace"]
@@ -148,6 +152,14 @@ async def test_deadline_job_goes_on_demand_when_behind_and_back_to_spot_when_ahe
     assert between and all(a["end_reason"] == "LAUNCH_FAILED" for a in between), seen_all
     assert all(a["created_at"] < od["ended_at"] for a in between), seen_all
     assert "staying on on-demand" in messages, messages
+
+
+def _refused_beside_on_demand(job: dict) -> bool:
+    """An on-demand attempt still runs, and a spot attempt numbered after it was refused."""
+    od = _running_on_demand(job)
+    return od is not None and any(
+        a["attempt"] > od and a["end_reason"] == "LAUNCH_FAILED" for a in job["attempts"]
+    )
 
 
 def _running_on_demand(job: dict) -> int | None:

@@ -45,6 +45,7 @@ class Job:
     submitted_at: float = NOW - 600.0  # what job_view reads besides
     failed_launches: int = 0
     first_failure_at: float | None = None
+    current_attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Attempt:
     """The fields of an AttemptRow that ``next_look`` reads (through ``job_view``)."""
 
     market: str = "spot"
+    attempt: int = 1
     started_at: float | None = None
     ended_at: float | None = None
     end_reason: str | None = None
