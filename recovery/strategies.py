@@ -324,7 +324,7 @@ def slack_seconds(job: JobView, now: float) -> float:
     return (job.deadline - now) - _remaining_work(job)
 
 
-def _progress(job: JobView) -> float:
+def progress(job: JobView) -> float:  # the share of the expected work done, 0-1
     assert job.expected_duration is not None
     if job.expected_duration <= 0:
         return 1.0
@@ -549,10 +549,10 @@ def _deadline(ctx: _Context) -> Decision:
     job, now = ctx.job, ctx.now
     assert job.deadline is not None and job.expected_duration is not None
     slack = slack_seconds(job, now)
-    progress, elapsed = _progress(job), elapsed_fraction(job, now)
+    done, elapsed = progress(job), elapsed_fraction(job, now)
     spot_slack = slack - 2 * job.restart_overhead
     ahead = _ahead(job, now)
-    line = f"{progress:.0%} done at {elapsed:.0%} of the time"
+    line = f"{done:.0%} done at {elapsed:.0%} of the time"
     spot_req = _with_market(job.request, spot=True)
     od_req = _with_market(job.request, spot=False)
     spot_exists = bool(placement.candidates(spot_req, ctx.catalog))

@@ -81,12 +81,7 @@ class Pace:
     from_checkpoints: bool  # False: wall time, which overstates what a preemption lost
     ahead: float  # work seconds ahead of the line (negative: behind)
     slack: float  # time to the deadline beyond the remaining work (negative: it will be late)
-
-    @property
-    def progress(self) -> float:
-        if self.expected_duration <= 0:
-            return 1.0
-        return min(1.0, self.work_done / self.expected_duration)
+    progress: float  # work_done over expected_duration, 0-1 (``strategies.progress``)
 
     @property
     def progress_from(self) -> str:
@@ -115,6 +110,7 @@ def pace(view: strategies.JobView, now: float) -> Pace | None:
         from_checkpoints=view.progress_from_checkpoints,
         ahead=view.work_done - line,
         slack=strategies.slack_seconds(view, now),
+        progress=strategies.progress(view),
     )
 
 
