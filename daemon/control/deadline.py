@@ -134,7 +134,13 @@ def pace_of(
 
 
 def next_look(
-    job: JobRow, task: Task, attempt: AttemptRow, now: float, *, pending: bool
+    job: JobRow,
+    task: Task,
+    attempt: AttemptRow,
+    now: float,
+    *,
+    pending: bool,
+    known: tuple[float, float] | None = None,
 ) -> float | None:
     """Seconds until a market move of this RUNNING DEADLINE job could first be due, if no
     news comes (``control.recheck``); None: no move rule watches it now.
@@ -142,9 +148,12 @@ def next_look(
     On spot, the switch to on-demand is due once ``slack - restart < margin``. The slack falls
     by at most a second a second, and the job row bounds it from below without reading the
     attempts (the work done is at least the checkpointed work, else the current attempt's run
-    time), so the worker can sleep until that bound reaches the margin. On on-demand the return
-    rule only turns true when a checkpoint reports progress, which wakes the worker
-    (:meth:`Deadline.checkpointed`); a return already decided is looked at every interval."""
+    time), so the worker can sleep until that bound reaches the margin. ``known``: (when, the
+    slack then) from the last full view of this attempt (:meth:`Deadline.known_slack`), a
+    tighter bound for a job without checkpointed progress, whose earlier attempts' run time
+    the row does not hold. On on-demand the return rule only turns true when a checkpoint
+    reports progress, which wakes the worker (:meth:`Deadline.checkpointed`); a return
+    already decided is looked at every interval."""
     recovery = task.job_recovery
     if job.status != JobStatus.RUNNING or job.deadline is None:
         return None
@@ -158,6 +167,8 @@ def next_look(
     if low.expected_duration is None:
         return None
     slack = strategies.slack_seconds(low, now)
+    if known is not None:
+        slack = max(slack, known[1] - (now - known[0]))
     return max(0.0, slack - low.restart_overhead - low.safety_margin)
 
 
@@ -186,10 +197,18 @@ class Deadline:
         self.history = history
         self._seen: dict[int, _Checkpoint] = {}  # job id -> the newest checkpoint reported
         self._leaving: dict[int, float] = {}  # job id -> synced_at when the return was decided
+        # job id -> (attempt, when, slack) of the last full view on spot (``next_look``)
+        self._slack: dict[int, tuple[int, float, float]] = {}
 
     def forget(self, job_id: int) -> None:
         self._seen.pop(job_id, None)
         self._leaving.pop(job_id, None)
+        self._slack.pop(job_id, None)
+
+    def known_slack(self, job_id: int, attempt: AttemptRow) -> tuple[float, float] | None:
+        """(when, slack then) from the last full view of this spot attempt, if any."""
+        known = self._slack.get(job_id)
+        return None if known is None or known[0] != attempt.attempt else known[1:]
 
     async def checkpointed(
         self,
@@ -216,6 +235,7 @@ class Deadline:
         current = attempt >= job.current_attempt
         if work != job.work_done_seconds and (current or work > job.work_done_seconds):
             await self.store.update_job_fields(job.id, now=synced_at, work_done_seconds=work)
+            self._slack.pop(job.id, None)  # less work done would mean less slack than known
             return True
         return self.pending(job.id)
 
@@ -231,10 +251,12 @@ class Deadline:
         if task.job_recovery.strategy is not RecoveryStrategy.DEADLINE or job.deadline is None:
             return False
         if attempt.market == str(Market.SPOT):
-            if next_look(job, task, attempt, now, pending=False):
-                return False  # not due yet, by a bound from the job row alone
+            known = self.known_slack(job.id, attempt)
+            if next_look(job, task, attempt, now, pending=False, known=known):
+                return False  # not due yet, by a bound from the job row (and the last view)
             view = await self.job_view(job, task, now)
             if not strategies.should_switch_to_ondemand(view, now=now):
+                self._slack[job.id] = (attempt.attempt, now, strategies.slack_seconds(view, now))
                 return False
             detail = "deadline: the remaining slack requires on-demand"
             await self._leave(job, attempt, detail, now, to="on-demand")

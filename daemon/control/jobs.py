@@ -444,7 +444,14 @@ class Controller:
         if await self.deadline.move(job, task, attempt, now):
             return 0.0
         floor = self.settings.observe_interval
-        due = next_look(job, task, attempt, now, pending=self.deadline.pending(job.id))
+        due = next_look(
+            job,
+            task,
+            attempt,
+            now,
+            pending=self.deadline.pending(job.id),
+            known=self.deadline.known_slack(job.id, attempt),
+        )
         return recheck_in(
             rows, listing, now=now, timeouts=self.timeouts, floor=floor, market_due=due
         )

@@ -7,6 +7,7 @@ row alone (the checkpointed work, else the current attempt's run time)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,15 @@ class Attempt:
     price_per_hour: float = 0.0144
 
 
-def look(job: Job, attempt: Attempt, *, task: Task = TASK, pending: bool = False) -> Any:
-    return next_look(job, task, attempt, NOW, pending=pending)  # type: ignore[arg-type]
+def look(
+    job: Job,
+    attempt: Attempt,
+    *,
+    task: Task = TASK,
+    pending: bool = False,
+    known: tuple[float, float] | None = None,
+) -> Any:
+    return next_look(job, task, attempt, NOW, pending=pending, known=known)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -89,6 +97,48 @@ def look(job: Job, attempt: Attempt, *, task: Task = TASK, pending: bool = False
 )
 def test_next_look(job: Job, attempt: Attempt, pending: bool, expected: float | None) -> None:
     assert look(job, attempt, pending=pending) == expected
+
+
+@pytest.mark.parametrize(
+    ("known", "expected"),
+    [
+        # the last full view, 100 s ago, found 2950 s of slack (earlier attempts ran 450 s
+        # more than this one): at least 2850 now, the switch due in 2850 - 90
+        ((NOW - 100.0, 2950.0), 2760.0),
+        # a view that found less than the row's bound does not lower it
+        ((NOW - 100.0, 1000.0), 2410.0),
+        # long ago: what is left of it is below the row's bound
+        ((NOW - 2000.0, 2950.0), 2410.0),
+    ],
+)
+def test_the_last_full_view_tightens_the_bound_of_a_job_without_checkpoints(
+    known: tuple[float, float], expected: float
+) -> None:
+    assert look(Job(), Attempt(started_at=NOW - 500.0), known=known) == expected
+
+
+def test_with_the_last_view_the_switch_is_still_not_due_before_the_look() -> None:
+    """A job without checkpoints, its earlier attempts 450 s of run time: the bound from the
+    last full view (the controller's, ``Deadline.known_slack``) still never passes the moment
+    the switch is due, and ends 0.5 s looks as soon as the row alone is loose."""
+    row: Any = Job(deadline=NOW + 550.0, submitted_at=NOW - 2100.0)
+    earlier = Attempt(started_at=NOW - 2000.0, ended_at=NOW - 1550.0, end_reason="PREEMPTED")
+    current = Attempt(attempt=2, started_at=NOW - 500.0)
+    row = dataclasses.replace(row, current_attempt=2)
+
+    def slack_at(t: float) -> float:
+        return strategies.slack_seconds(job_view(row, TASK, [earlier, current], t), t)
+
+    assert look(row, current) == 0.0  # the row alone: 550 - (1000 - 500) < 90, so due now
+    due = look(row, current, known=(NOW, slack_at(NOW)))
+    assert slack_at(NOW) == pytest.approx(550.0 - (1000.0 - 950.0))
+    assert due == pytest.approx(slack_at(NOW) - 90.0)
+
+    def switch_at(t: float) -> bool:
+        view = job_view(row, TASK, [earlier, current], t)
+        return strategies.should_switch_to_ondemand(view, now=t)
+
+    assert not switch_at(NOW + due - 1.0)
 
 
 def test_a_job_without_a_deadline_strategy_has_no_market_rule() -> None:

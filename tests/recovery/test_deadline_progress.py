@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from spotd.control.deadline import Deadline, pace
+from spotd.control.attempts import job_view
+from spotd.control.deadline import Deadline, next_look, pace
 from spotd.recovery.strategies import JobView
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow
@@ -58,19 +59,26 @@ async def _job(store: AsyncStore, current_attempt: int) -> JobRow:
 async def _running_on_demand(store: AsyncStore, *, deadline: float) -> tuple[JobRow, AttemptRow]:
     """A DEADLINE job RUNNING on its first attempt, on-demand."""
     job = await _job(store, current_attempt=1)
-    od = await store.create_attempt(intent(job.id, 1, market="on-demand"))
+    return await _run(store, job, 1, at=2.0, deadline=deadline, market="on-demand")
+
+
+async def _run(
+    store: AsyncStore, job: JobRow, n: int, *, at: float, deadline: float, market: str = "spot"
+) -> tuple[JobRow, AttemptRow]:
+    """Attempt ``n`` of the STARTING ``job`` runs from ``at``, and the job with it."""
+    a = await store.create_attempt(intent(job.id, n, now=at, market=market))
     job = await store.transition_job(
         job.id,
         from_=[JobStatus.STARTING],
         to=JobStatus.RUNNING,
         reason="running",
-        now=2.0,
+        now=at,
         deadline=deadline,
     )
-    od = await store.transition_attempt(
-        od.id, from_=[AttemptStatus.PROVISIONING], to=AttemptStatus.RUNNING, reason="up", now=2.0
+    a = await store.transition_attempt(
+        a.id, from_=[AttemptStatus.PROVISIONING], to=AttemptStatus.RUNNING, reason="up", now=at
     )
-    return job, od
+    return job, a
 
 
 def _paced(*, work: float) -> JobView:
@@ -263,3 +271,47 @@ def test_no_pace_without_a_deadline() -> None:
         submitted_at=0.0,
     )
     assert pace(view, 100.0) is None
+
+
+async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStore) -> None:
+    """A spot DEADLINE job without checkpoints, whose first attempt ran 450 s: the job row
+    alone says the switch may be due, so the controller reads the attempts once, finds 500 s
+    of slack and remembers it; the next look needs no read. A checkpoint that changes the
+    work forgets it (less work done would mean less slack)."""
+    job = await _job(store, current_attempt=2)
+    first = await store.create_attempt(intent(job.id, 1, now=10.0))
+    for to, at, end in (
+        (AttemptStatus.RUNNING, 10.0, None),
+        (AttemptStatus.ENDED, 460.0, EndReason.PREEMPTED),
+    ):
+        first = await store.transition_attempt(
+            first.id, from_=[first.status], to=to, reason="t", now=at, end_reason=end
+        )
+    job, spot = await _run(store, job, 2, at=500.0, deadline=1550.0)
+    task = Task.model_validate(
+        {"run": "x", "resources": {"use_spot": True}, "job_recovery": DEADLINE}
+    )
+    reads: list[float] = []
+
+    async def view(j: JobRow, t: Task, now: float) -> JobView:
+        reads.append(now)
+        return job_view(j, t, await store.attempts(j.id), now)
+
+    d = Deadline(
+        store=store,
+        attempts=None,  # type: ignore[arg-type]  # no move is due: nothing ends
+        job_view=view,
+        placeable=None,  # type: ignore[arg-type]
+        history=None,  # type: ignore[arg-type]
+    )
+    assert next_look(job, task, spot, 1000.0, pending=False) == 0.0  # 550 - (1000 - 500) < 90
+    assert not await d.move(job, task, spot, 1000.0)
+    assert reads == [1000.0]
+    assert d.known_slack(job.id, spot) == (1000.0, pytest.approx(550.0 - (1000.0 - 950.0)))
+    assert not await d.move(job, task, spot, 1001.0)
+    assert reads == [1000.0]  # not read again
+    assert (
+        next_look(job, task, spot, 1001.0, pending=False, known=d.known_slack(job.id, spot)) or 0
+    ) > 0
+    await d.checkpointed(job.id, lambda _: task, 2, 0.5, 1002.0)
+    assert d.known_slack(job.id, spot) is None
