@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import statistics
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +41,9 @@ from spotd.sim import jobs as simjobs
 from spotd.sim import serve as simserve
 from spotd.sim.serve_model import ServeSetup
 from spotd.sim.traces import load_trace_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import synth_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,6 +139,17 @@ def _jobs(args: tuple[Trace, int]) -> Run:
     )
 
 
+def _synthetic(root: Path, folders: int, seed: int, hazard: str) -> tuple[Trace, ...]:
+    """``folders`` synthetic trace folders (``bench/synth_traces.py``), written under
+    ``root``; each one a serving and a jobs trace (the default 48 h job due in 52 h)."""
+    out = []
+    for i in range(folders):
+        path = root / f"syn-{seed}-{i:03d}"
+        synth_traces.write(path, i, seed, hazard)
+        out.append(Trace(f"synthetic {hazard} {seed}/{i:03d}", path, job={}))
+    return tuple(out)
+
+
 def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """Per trace: runs won, means, and the runs lost."""
     out = []
@@ -175,17 +190,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--notice", action="store_true", help="serve: also spotd+notice")
     p.add_argument("--json", action="store_true")
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the repository's traces, N folders drawn by bench/synth_traces.py",
+    )
+    p.add_argument("--synthetic-seed", type=int, default=0, help="the family drawn (default 0)")
+    p.add_argument("--hazard", choices=synth_traces.HAZARDS, default="lognormal")
     a = p.parse_args(argv)
     lo, _, hi = a.seeds.partition(":")
     seeds = range(int(lo), int(hi) if hi else int(lo) + 1)
     runs: list[Run] = []
-    skipped = [t.name for t in SERVE_TRACES if not t.path.is_dir()]
-    with multiprocessing.Pool(a.processes) as pool:
-        if a.part in ("serve", "both"):
-            work = [(t, s, a.notice) for t in SERVE_TRACES if t.path.is_dir() for s in seeds]
-            runs += pool.map(_serve, work)
-        if a.part in ("jobs", "both"):
-            runs += pool.map(_jobs, [(t, s) for t in JOB_TRACES for s in seeds])
+    serve_traces, job_traces = SERVE_TRACES, JOB_TRACES
+    with tempfile.TemporaryDirectory(prefix="spotd-synth-") as tmp:
+        if a.synthetic:
+            serve_traces = job_traces = _synthetic(
+                Path(tmp), a.synthetic, a.synthetic_seed, a.hazard
+            )
+        skipped = [t.name for t in serve_traces if not t.path.is_dir()]
+        with multiprocessing.Pool(a.processes) as pool:
+            if a.part in ("serve", "both"):
+                work = [(t, s, a.notice) for t in serve_traces if t.path.is_dir() for s in seeds]
+                runs += pool.map(_serve, work)
+            if a.part in ("jobs", "both"):
+                runs += pool.map(_jobs, [(t, s) for t in job_traces for s in seeds])
     rows = summarize(runs)
     total = {"runs": len(runs), "won": sum(r.won for r in runs), "skipped": skipped}
     if a.json:
