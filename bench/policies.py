@@ -42,7 +42,8 @@ from spotd.sim import serve as simserve
 from spotd.sim.serve_model import ServeSetup
 from spotd.sim.traces import load_trace_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/ is not a package: its folder goes last on the path, so it shadows nothing
+sys.path.append(str(Path(__file__).resolve().parent))
 import synth_traces
 
 ROOT = Path(__file__).resolve().parent.parent
