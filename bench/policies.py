@@ -200,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--synthetic-seed", type=int, default=0, help="the family drawn (default 0)")
     p.add_argument("--hazard", choices=synth_traces.HAZARDS, default="lognormal")
+    p.add_argument(
+        "--job",
+        metavar="HOURS:DEADLINE",
+        help="jobs: HOURS of work due in DEADLINE hours on every trace (default 48:52; GCP 24:26)",
+    )
     a = p.parse_args(argv)
     lo, _, hi = a.seeds.partition(":")
     seeds = range(int(lo), int(hi) if hi else int(lo) + 1)
@@ -216,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 work = [(t, s, a.notice) for t in serve_traces if t.path.is_dir() for s in seeds]
                 runs += pool.map(_serve, work)
             if a.part in ("jobs", "both"):
+                if a.job:
+                    hours, _, due = a.job.partition(":")
+                    job = {"job_hours": float(hours), "deadline_hours": float(due)}
+                    job_traces = tuple(replace(t, job=job) for t in job_traces)
                 runs += pool.map(_jobs, [(t, s) for t in job_traces for s in seeds])
     rows = summarize(runs)
     total = {"runs": len(runs), "won": sum(r.won for r in runs), "skipped": skipped}

@@ -5,6 +5,7 @@ the simulations it runs are covered by the other tests of this folder."""
 
 from __future__ import annotations
 
+import json
 from types import ModuleType
 
 import pytest
@@ -67,3 +68,34 @@ def test_summary_counts_per_trace_and_lists_the_runs_lost(bench: ModuleType) -> 
     assert a["lost"] == [{"seed": 1, "ours": [0.97, 0.40], "reference": [0.98, 0.50]}]
     assert "notice_met" not in a
     assert (b["won"], b["notice_met"], b["notice_availability"]) == (1, 1, [1.0])
+
+
+def test_a_synthetic_jobs_run_with_its_own_deadline(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--synthetic 1 --job 12:13``: one drawn folder, a 12 h job due in 13 h, one run of
+    DEADLINE against Uniform Progress, both sides' numbers in the JSON."""
+    assert (
+        bench.main(
+            [
+                "--synthetic",
+                "1",
+                "--seeds",
+                "0:1",
+                "--part",
+                "jobs",
+                "--job",
+                "12:13",
+                "--json",
+                "--processes",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    [row] = out["traces"]
+    assert row["trace"] == "jobs: synthetic lognormal 0/000" and row["runs"] == 1
+    assert out["total"]["runs"] == 1
+    cost, misses = row["ours_mean"]
+    assert 0.0 < cost <= 1.2 and misses in (0.0, 1.0)
