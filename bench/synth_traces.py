@@ -77,13 +77,13 @@ def draw_params(rng: random.Random, hazard: str = "lognormal", shape: float = 1.
     )
 
 
-def _periods(rng: random.Random, n: int, median_points: float) -> int:
+def _periods(rng: random.Random, median_points: float) -> int:
     return max(1, round(rng.lognormvariate(math.log(median_points), 1.0)))
 
 
 def _up_periods(rng: random.Random, p: Params, median_points: float) -> int:
     if p.hazard == "lognormal":
-        return max(1, round(rng.lognormvariate(math.log(median_points), 1.0)))
+        return _periods(rng, median_points)
     k = p.weibull_shape  # the scale that gives this median: median = scale * ln(2)^(1/k)
     return max(1, round(rng.weibullvariate(median_points / math.log(2) ** (1 / k), k)))
 
@@ -105,7 +105,7 @@ def generate(p: Params, rng: random.Random) -> dict[str, list[int]]:
             data = [0] * n
             t, up = 0, rng.random() < 0.7
             while t < n:
-                length = _up_periods(rng, p, up_points) if up else _periods(rng, n, down_points)
+                length = _up_periods(rng, p, up_points) if up else _periods(rng, down_points)
                 if up:
                     level = rng.randint(1, p.cap_max)
                     for i in range(t, min(n, t + length)):
@@ -132,7 +132,7 @@ def _waves(
     t = rng.expovariate(rate)
     while t < n:
         start = int(t)
-        out.append((start, start + _periods(rng, n, down_points), region))
+        out.append((start, start + _periods(rng, down_points), region))
         t += rng.expovariate(rate)
     return out
 

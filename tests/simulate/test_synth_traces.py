@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -59,9 +60,9 @@ def test_a_weibull_shape_below_one_makes_early_losses_likelier(synth: ModuleType
     lognormal = synth.draw_params(random.Random(4), "lognormal", 0.5)
     weibull = replace(lognormal, hazard="weibull")
 
-    def share(p: object, test: object) -> float:
+    def share(p: object, test: Callable[[int], bool]) -> float:
         draws = [synth._up_periods(rng, p, 600.0) for _ in range(4000)]
-        return sum(1 for d in draws if test(d)) / len(draws)  # type: ignore[operator]
+        return sum(1 for d in draws if test(d)) / len(draws)
 
     assert share(weibull, lambda d: d <= 60) > 2 * share(lognormal, lambda d: d <= 60)
     assert share(weibull, lambda d: d >= 6000) > 2 * share(lognormal, lambda d: d >= 6000)
