@@ -92,7 +92,7 @@ class CheckpointStore:
         return f
 
     def restore(self, into: Path) -> bool:
-        into.mkdir(parents=True, exist_ok=True)
+        private_dir(into)  # what the job saves there may be anything: its user's only
         with self._lock():
             if not self.store.exists():
                 return False

@@ -237,7 +237,7 @@ class Agent:
             await sleep(0.1, self.stop)
 
     async def run_job(self) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
+        private_dir(self.work)  # the job's files (a checkpoint, a key it wrote): its user's only
         fresh = not any(self.work.iterdir())
         try:
             await asyncio.to_thread(self._stage_files)

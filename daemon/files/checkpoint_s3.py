@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from spotd.files.private import private_dir
+
 MARKERS = (".spotd-attempt", ".spotd-final")  # the local store's bookkeeping files
 
 
@@ -91,7 +93,7 @@ class S3CheckpointStore:
         return data if isinstance(data, dict) else None
 
     async def restore(self, into: Path) -> bool:
-        into.mkdir(parents=True, exist_ok=True)
+        private_dir(into)  # what the job saves there may be anything: its user's only
         async with self._client() as s3:
             manifest = await self._manifest(s3)
             if manifest is None:

@@ -22,6 +22,7 @@ user that did not call prctl shows the same reader would have succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -45,6 +46,18 @@ ADMIN_TOKEN = "admin-token-the-jobs-must-not-see"
 
 def _mode(p: Path) -> int:
     return stat.S_IMODE(p.lstat().st_mode)
+
+
+def _dir_modes(root: Path) -> dict[Path, int]:
+    """Every directory under ``root`` (links not followed) and its mode, as found."""
+    out: dict[Path, int] = {}
+    for top, dirs, _ in os.walk(root):  # os.walk skips what vanishes under it
+        for name in dirs:
+            p = Path(top) / name
+            with contextlib.suppress(FileNotFoundError):
+                if not p.is_symlink():
+                    out[p] = _mode(p)
+    return out
 
 
 @pytest.fixture
@@ -83,9 +96,11 @@ async def test_the_home_and_every_directory_in_it_are_0700_and_logs_0600(
     assert _mode(d.home) == 0o700
     for name in ("logs", "checkpoints", "local"):
         assert _mode(d.home / name) == 0o700, name
-    dirs = [p for p in d.home.rglob("*") if p.is_dir() and not p.is_symlink()]
-    assert {p.relative_to(d.home).parts[0] for p in dirs} >= {"logs", "checkpoints", "local"}
-    assert {str(p.relative_to(d.home)): _mode(p) for p in dirs if _mode(p) != 0o700} == {}
+    # the daemon may still be removing the finished job's instance directory while this walks
+    # the home: a directory gone by the time it is looked at is skipped, not an error
+    modes = _dir_modes(d.home)
+    assert {p.relative_to(d.home).parts[0] for p in modes} >= {"logs", "checkpoints", "local"}
+    assert {str(p.relative_to(d.home)): m for p, m in modes.items() if m != 0o700} == {}
     attempt_logs = list((d.home / "logs").rglob("*.log"))
     assert attempt_logs, "no attempt log written"
     assert {str(p): _mode(p) for p in attempt_logs} == {str(p): 0o600 for p in attempt_logs}

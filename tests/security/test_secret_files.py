@@ -189,6 +189,10 @@ def test_packages_and_checkpoint_snapshots_are_private(tmp_path: Path, loose_uma
     snapshots = CheckpointStore(tmp_path / "checkpoints" / "t1", attempt=1)
     assert snapshots.sync(ckpt)
     assert mode(tmp_path / "checkpoints" / "t1") == 0o700
+    # the next attempt's checkpoint directory, restored from the snapshot
+    restored = tmp_path / "next-instance" / "checkpoint"
+    assert CheckpointStore(tmp_path / "checkpoints" / "t1", attempt=2).restore(restored)
+    assert mode(restored) == mode(restored.parent) == 0o700
 
 
 def test_ec2_user_data_writes_the_agent_file_under_a_private_umask(tmp_path: Path) -> None:
@@ -249,6 +253,9 @@ async def test_the_daemons_instance_files_are_private_while_a_job_runs(
         assert token
         # the directories spotd made, and the files it writes there
         for d in (local, local / "instances", inst):
+            assert mode(d) == 0o700, d
+        # the agent's: the job's working directory and the checkpoint it saves into
+        for d in (inst / "work", inst / "checkpoint"):
             assert mode(d) == 0o700, d
         for name in ("agent.json", "meta.json", "state.json", "job.log", "agent.out"):
             assert mode(inst / name) == 0o600, name
