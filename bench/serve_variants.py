@@ -151,7 +151,10 @@ _MODULES: dict[str, types.ModuleType] = {}
 
 
 def planner(name: str) -> types.ModuleType:
-    """``spotd.serve.hedge`` with the variant's edits, compiled once per process."""
+    """``spotd.serve.hedge`` with the variant's edits, compiled once per process (the module
+    itself for a variant without edits)."""
+    if not VARIANTS[name].edits:
+        return hedge
     if name in _MODULES:
         return _MODULES[name]
     source = Path(hedge.__file__).read_text()
@@ -184,7 +187,7 @@ class BackoffPolicy(serve_policies.SpotdPolicy):
                 or (e.kind is SimEventKind.PREEMPTED and e.replica not in self.deadlines)
             ):
                 self.preempted.append(e.at)
-        day = view.now - 24 * 3600
+        day = view.now - self._MEMORY_SECONDS  # the 24 h of events the daemon reads
         ends = sum(
             1
             for i, at in enumerate(self.preempted)
@@ -228,7 +231,11 @@ def summarize(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str,
         dc = [r[v][1] - r["spothedge"][1] for r in runs]
         table[v] = {
             "runs": len(runs),
-            "won": sum(a >= -1e-9 and c < 0 for a, c in zip(da, dc, strict=True)),
+            # bench/policies.py's rule for a run won, not a second copy of it
+            "won": sum(
+                bench_policies.Run(r["trace"], r["seed"], tuple(r[v]), tuple(r["spothedge"])).won
+                for r in runs
+            ),
             "as_available": sum(a >= -1e-9 for a in da),
             "cheaper": sum(c < 0 for c in dc),
             "mean_d_availability": round(statistics.fmean(da), 4),

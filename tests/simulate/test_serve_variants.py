@@ -26,7 +26,8 @@ def test_every_variants_edits_still_apply(bench: ModuleType) -> None:
     for name in bench.VARIANTS:
         module = bench.planner(name)
         assert callable(module.plan_replicas)
-    assert bench.planner("reset-refused-out") is not bench.planner("defaults")
+    assert bench.planner("defaults") is hedge  # no edits: the planner itself
+    assert bench.planner("reset-refused-out") is not hedge
 
 
 @pytest.mark.slow
@@ -48,9 +49,10 @@ def test_defaults_is_the_simulators_spotd_and_a_variant_differs(
 
 def test_summary_counts_runs_won_as_available_and_cheaper(bench: ModuleType) -> None:
     runs = [
-        {"spothedge": [0.99, 0.50], "v": [0.99, 0.40]},  # won
-        {"spothedge": [0.99, 0.50], "v": [0.98, 0.40]},  # cheaper only
-        {"spothedge": [0.99, 0.50], "v": [1.00, 0.60]},  # as available only
+        {"trace": "t", "seed": s, "spothedge": [0.99, 0.50], "v": v}
+        for s, v in enumerate(
+            ([0.99, 0.40], [0.98, 0.40], [1.00, 0.60])  # won, cheaper only, as available only
+        )
     ]
     row = bench.summarize(runs, ["v"])["v"]
     assert (row["runs"], row["won"], row["as_available"], row["cheaper"]) == (3, 1, 2, 2)
