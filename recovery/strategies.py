@@ -32,10 +32,9 @@ EAGER_NEXT_REGION (default)
         t=2700  R1b preempted -> R2b  (outside R1; R2a, hit at t=300, still costs a bit more)
 
     A failed launch right after a preemption does not send the job back: the preempted
-    region stays ranked down by its penalty while the job fails over among the others.
-
-    After a failed launch only the zone is skipped (tier 1 = the same zone), since the
-    optimizer's next choice is usually another zone of the same region.
+    region stays ranked down by its penalty while the job fails over among the others. After
+    a failed launch only the zone is skipped (tier 1 = the same zone), since the optimizer's
+    next choice is usually another zone of the same region.
 
 FAILOVER
     Stay close: the same zone first (unless it is blocked, as it is right after a preemption
@@ -66,16 +65,14 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
 
     Taking risks (the paper's rule 5): behind the line, a (re)launch still goes to spot while
     the slack rule allows it and some spot zone did not just refuse a launch or lose an
-    instance (a refusal costs seconds: the executor asks again at once); only when every
-    zone did, on-demand. Spot refusals do not keep the job off on-demand: when every zone's
-    on-demand is ranked out by them, the on-demand launch is tried anyway (an on-demand
-    refusal then makes the job wait).
+    instance (a refusal costs seconds: the executor asks again at once); only when every zone
+    did, on-demand, tried even when spot refusals rank every zone's on-demand out (an
+    on-demand refusal then makes the job wait).
 
     Zone memory: a DEADLINE job prices a zone that lost an instance with a one-hour half-life
-    (``preempted_half_life_seconds``), not the other strategies' ten minutes: capacity just
-    reclaimed is the likeliest to go again (on the traces of docs/simulate.md that chance
-    falls 4-30x over the first hours after it came back), and each preemption costs this job
-    lost work and a restart. Whether a zone is held (rule 5) reads the ten-minute memory.
+    (``preempted_half_life_seconds``), not ten minutes: capacity just reclaimed is the likeliest
+    to go again (4-30x likelier in its first hours on the traces of docs/simulate.md), and each
+    preemption costs lost work and a restart. Whether a zone is held (rule 5) reads 10 min.
 
     Back to spot: ``should_return_to_spot`` is asked while an on-demand attempt runs. It holds
     when the launch rule would put the job on spot (``work_done + restart_overhead >=
@@ -86,19 +83,19 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
 
     Make before break: the executor then launches ``return_placement`` (the spot zone
     ``next_placement`` picks) beside the on-demand attempt, which ends only once the provider
-    accepted it; a refusal costs an API call and the next checkpoint asks again. No
-    hysteresis: on-demand gains on the line only 1/13 s/s for a 48 h job due in 52 h, and
-    the paper's ``cp(t) >= ep(t + 2d)`` was dearer (docs/simulate.md). A 5000 s job due at
-    10000 s, 60 s restarts (line: 0.5 s/s):
+    accepted it; a refusal costs an API call and the next checkpoint asks again, or after
+    ``k >= 2`` such checkpoints in a row, the first one ``return_backoff(k)`` later (10 min
+    doubling to 1 h: a day's stockout is 27 checkpoints of tries, not 144). No hysteresis:
+    on-demand gains on the line only 1/13 s/s for a 48 h job due in 52 h, and the paper's
+    ``cp(t) >= ep(t + 2d)`` was dearer (docs/simulate.md). 5000 s due at 10000 s, 60 s restarts:
 
         t=2000  spot preempted with 900 s saved; the line asks 1000, and every spot zone just
                 refused a launch -> on-demand (60 s restart, work resumes at t=2060)
-        t=2200  1040 s saved, 1100 asked: trailing by one restart; slack 10000 - 2200 - 3960
-                = 3840 >= 2 * 60 + 30 -> at the next checkpoint, a spot launch is tried; the
-                on-demand attempt ends if it is accepted, and runs on if it is refused
+        t=2200  1040 s saved, 1100 asked: trailing by one restart; slack 3840 >= 2 * 60 + 30
+                -> at the next checkpoint, spot is tried beside on-demand, which ends if accepted
 
 Backoff: ``backoff_seconds(n, jitter)`` = min(cap, base * 2**n) x ``0.5 + jitter / 2`` (never
-below half: no hot loop; jobs that failed together retry apart), never past the give-up time.
+below half: no hot loop; jobs that failed together retry apart), not past the give-up time.
 """
 
 from __future__ import annotations
@@ -132,6 +129,7 @@ __all__ = [
     "backoff_seconds",
     "elapsed_fraction",
     "next_placement",
+    "return_backoff",
     "return_placement",
     "should_return_to_spot",
     "should_switch_to_ondemand",
@@ -285,6 +283,11 @@ def should_return_to_spot(
 RETURN_TRIES = 3  # spot zones a return tries, one after another, at one checkpoint
 
 
+def return_backoff(refused: int) -> float:
+    """Seconds from the last of ``refused`` all-refused returns in a row to the next one."""
+    return 0.0 if refused < 2 else backoff_seconds(refused - 2, 1.0, base=600.0, cap=3600.0)
+
+
 def return_placement(
     job: JobView,
     *,
@@ -342,9 +345,7 @@ def elapsed_fraction(job: JobView, now: float) -> float:
     """How far from submission to the deadline ``now`` is: the uniform-progress line's share."""
     assert job.deadline is not None
     span = job.deadline - job.submitted_at
-    if span <= 0:
-        return 1.0
-    return min(1.0, max(0.0, (now - job.submitted_at) / span))
+    return 1.0 if span <= 0 else min(1.0, max(0.0, (now - job.submitted_at) / span))
 
 
 def _with_market(request: ResourceRequest, spot: bool) -> ResourceRequest:
@@ -362,8 +363,7 @@ def _never_feasible(job: JobView, catalog: Sequence[CatalogEntry]) -> str | None
             return None
     if placement.candidates(request, catalog):
         return None
-    why: str = placement.explain_infeasible(request, catalog)
-    return why
+    return str(placement.explain_infeasible(request, catalog))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ Each zone of the trace folder is one placement in the catalog; at every tick:
    does (``spotd.control.deadline``): ``next_placement`` picks a spot zone, and a launch
    there that the trace allows ends the on-demand attempt (MIGRATED) and starts the spot one;
    a refused one is recorded (LAUNCH_FAILED) and the next pick is tried, and when none is
-   left the job runs on on-demand;
+   left the job runs on on-demand (after ``k`` such checkpoints in a row, the next return is
+   tried ``return_backoff(k)`` after the last);
 3. a job without an attempt asks ``spotd.recovery.strategies.next_placement`` — the function
    the daemon's controller calls — with the zone history the controller would have recorded
    (LAUNCHED, LAUNCH_FAILED, PREEMPTED, RAN). A spot launch into a zone the trace shows empty
@@ -286,6 +287,7 @@ class _Run:
         self.saved = self.live = 0.0  # checkpointed progress, progress since the checkpoint
         self.cost = self.lost = self.overhead = self.spot_s = self.od_s = 0.0
         self.preemptions = self.failures = 0
+        self.refused_returns, self.refused_at = 0, 0.0  # all-refused returns in a row, the last
         self.finished: float | None = None
         self.started: list[tuple[float, Market]] = []
 
@@ -350,6 +352,7 @@ class _Run:
         self.attempt = _Attempt(c, self.zone_of[c.zone_key], now, self.O)
         self.started.append((now, c.market))
         self.failed, self.first_failure = 0, None
+        self.refused_returns = 0
 
     def spotd_step(self, now: float) -> None:
         """What the controller does at one observe interval (module docstring, 2-3)."""
@@ -373,10 +376,13 @@ class _Run:
     def return_to_spot(self, a: _Attempt, now: float) -> None:
         """If ``should_return_to_spot`` holds, make before break: spot launches beside the
         on-demand attempt, which ends only when one is accepted (``Deadline.move``)."""
+        if now < self.refused_at + strategies.return_backoff(self.refused_returns):
+            return
         if not strategies.should_return_to_spot(
             self.view(), catalog=self.catalog(now), history=list(self.history), now=now
         ):
             return
+        tried = False
         for _ in range(strategies.RETURN_TRIES):
             c = strategies.return_placement(
                 self.view(),
@@ -386,13 +392,16 @@ class _Run:
                 now=now,
             )
             if c is None:
-                return
+                break
             if self.avail(self.zone_of[c.zone_key], now):
                 self.end(EndReason.MIGRATED, now)
                 self.start(c, now)
                 return
+            tried = True
             self.failures += 1
             self.history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCH_FAILED, now))
+        if tried:
+            self.refused_returns, self.refused_at = self.refused_returns + 1, now
 
     def place(self, now: float) -> bool:
         """Ask ``next_placement`` once and act; True when a launch was refused."""

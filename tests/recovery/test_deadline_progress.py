@@ -18,6 +18,7 @@ import pytest
 
 from spotd.control.attempts import job_view
 from spotd.control.deadline import Deadline, next_look, pace
+from spotd.recovery import strategies
 from spotd.recovery.strategies import JobView
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow
@@ -208,6 +209,25 @@ class _Launches(_Ends):
         return None
 
 
+def _on_the_line(store: AsyncStore, launches: _Launches) -> Deadline:
+    """A controller whose job is exactly on the uniform-progress line (``_paced``), in three
+    regions with no zone history, launching through ``launches``."""
+
+    async def on_the_line(job: JobRow, task: Task, now: float) -> JobView:
+        return _paced(work=now / 2)
+
+    async def history(now: float) -> list[Any]:
+        return []
+
+    return Deadline(
+        store=store,
+        attempts=launches,  # type: ignore[arg-type]
+        job_view=on_the_line,
+        placeable=lambda project, task: three_regions(),
+        history=history,
+    )
+
+
 async def test_a_restarted_daemon_returns_to_spot_at_a_fresh_checkpoint(
     store: AsyncStore,
 ) -> None:
@@ -217,21 +237,8 @@ async def test_a_restarted_daemon_returns_to_spot_at_a_fresh_checkpoint(
     launches spot beside on-demand and hands over."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
-
-    async def on_the_line(job: JobRow, task: Task, now: float) -> JobView:
-        return _paced(work=now / 2)  # exactly on the uniform-progress line
-
-    async def history(now: float) -> list[Any]:
-        return []
-
     launches = _Launches()
-    d = Deadline(
-        store=store,
-        attempts=launches,  # type: ignore[arg-type]
-        job_view=on_the_line,
-        placeable=lambda project, task: three_regions(),
-        history=history,
-    )
+    d = _on_the_line(store, launches)
     assert not await d.move(job, task, od, now=2_200.0)  # decided; no report of attempt 1 yet
     await d.checkpointed(job.id, lambda _: task, 1, 0.2, 2_100.0)  # the repeated old sync
     assert not await d.move(job, task, od, now=2_201.0)
@@ -315,3 +322,51 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
     ) > 0
     await d.checkpointed(job.id, lambda _: task, 2, 0.5, 1002.0)
     assert d.known_slack(job.id, spot) is None
+
+
+class _Refuses(_Launches):
+    """``_Launches`` whose spot launches beside on-demand are all refused, until ``accept``."""
+
+    accept = False
+
+    async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
+        self.launched.append(aid)
+        return None if self.accept else "InsufficientInstanceCapacity"
+
+
+async def test_refused_returns_back_off_to_a_later_checkpoint(store: AsyncStore) -> None:
+    """A job on the line through a spot stockout, checkpointing every 600 s: a return is tried
+    at the first two checkpoints, then the first one 10 min after the last refusal, then 20,
+    then 40 (``return_backoff``); each round tries ``RETURN_TRIES`` zones. The event says when
+    the next try comes. Once a return is accepted the job moves, and the count is gone."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    launches = _Refuses()
+    d = _on_the_line(store, launches)
+    assert not await d.move(job, task, od, now=2_200.0)  # decided: waits for a checkpoint
+    tried = []
+    for i in range(8):
+        at = 2_250.0 + 600.0 * i
+        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+        before = len(launches.launched)
+        assert not await d.move(job, task, od, now=at + 1.0)
+        if len(launches.launched) > before:
+            assert len(launches.launched) - before == strategies.RETURN_TRIES
+            tried.append(i)
+    assert tried == [0, 1, 2, 4]  # 600 s between checkpoints; waits 0, 0, 600, 1200
+    events = [e.message for e in await store.events(job_id=job.id)]
+    assert any("trying again at the next checkpoint" in m for m in events)
+    assert any("first checkpoint 40 min from now (4 returns in a row refused)" in m for m in events)
+    launches.accept = True
+    at = 2_250.0 + 600.0 * 8  # 2400 s after the fourth refusal: tried, and accepted
+    await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+    assert await d.move(job, task, od, now=at + 1.0)
+    assert d._retry_at(job.id, od) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("refused", "wait"),
+    [(0, 0.0), (1, 0.0), (2, 600.0), (3, 1200.0), (4, 2400.0), (5, 3600.0), (40, 3600.0)],
+)
+def test_return_backoff_doubles_from_ten_minutes_to_an_hour(refused: int, wait: float) -> None:
+    assert strategies.return_backoff(refused) == wait
