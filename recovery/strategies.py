@@ -84,7 +84,7 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
     Make before break: the executor then launches ``return_placement`` (the spot zone
     ``next_placement`` picks) beside the on-demand attempt, which ends only once the provider
     accepted it; a refusal costs an API call and the next checkpoint asks again, or after
-    ``k >= 2`` such checkpoints in a row, the first one ``return_backoff(k)`` later (10 min
+    ``k >= 2`` such checkpoints in a row, the first one ``returns.backoff(k)`` later (10 min
     doubling to 1 h: a day's stockout is 27 checkpoints of tries, not 144). No hysteresis:
     on-demand gains on the line only 1/13 s/s for a 48 h job due in 52 h, and the paper's
     ``cp(t) >= ep(t + 2d)`` was dearer (docs/simulate.md). 5000 s due at 10000 s, 60 s restarts:
@@ -129,7 +129,6 @@ __all__ = [
     "backoff_seconds",
     "elapsed_fraction",
     "next_placement",
-    "return_backoff",
     "return_placement",
     "should_return_to_spot",
     "should_switch_to_ondemand",
@@ -281,11 +280,6 @@ def should_return_to_spot(
 
 
 RETURN_TRIES = 3  # spot zones a return tries, one after another, at one checkpoint
-
-
-def return_backoff(refused: int) -> float:
-    """Seconds from the last of ``refused`` all-refused returns in a row to the next one."""
-    return 0.0 if refused < 2 else backoff_seconds(refused - 2, 1.0, base=600.0, cap=3600.0)
 
 
 def return_placement(

@@ -29,12 +29,12 @@ news, and when :func:`next_look` says a move could be due (not every observe int
   next pick is tried, up to ``RETURN_TRIES`` in all, and then the job runs on on-demand and
   asks again at the next checkpoint: a futile return costs API calls, not an on-demand
   restart. After ``k >= 2`` checkpoints in a row whose tries were all refused, the next try
-  waits for a checkpoint at least ``strategies.return_backoff(k)`` later (10 min doubling to
-  1 h), so a stockout of a day costs about 27 rounds of launch calls and failed attempt rows
-  instead of one every checkpoint; replaying the traces this was also cheaper
-  (docs/simulate.md, "Eleventh round"). The rule is asked again at every step; if it stops
-  holding, the move is called off. A job without checkpointed progress never returns (the
-  rule requires it).
+  waits for a checkpoint synced at least ``returns.backoff(k)`` after the last one (10 min
+  doubling to 1 h; ``spotd.recovery.returns``), so a stockout of a day costs about 27 rounds
+  of launch calls and failed attempt rows instead of one every checkpoint; replaying the
+  traces this was also cheaper (docs/simulate.md, "Eleventh round"). The rule is asked again
+  at every step; if it stops holding, the move is called off. A job without checkpointed
+  progress never returns (the rule requires it).
 
 A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
 on-demand with a later attempt not ended: that attempt is ended and its instances terminated
@@ -60,7 +60,7 @@ from pydantic import ValidationError
 
 from spotd.control.attempts import Attempts, attempt_intent, candidate_of, job_view, placed_at
 from spotd.recovery import history as rhist
-from spotd.recovery import strategies
+from spotd.recovery import returns, strategies
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow, StaleTransition
 from spotd.types import (
@@ -205,8 +205,7 @@ class Deadline:
         self._leaving: dict[int, float] = {}  # job id -> synced_at when the return was decided
         # job id -> (attempt, when, slack) of the last full view on spot (``next_look``)
         self._slack: dict[int, tuple[int, float, float]] = {}
-        # job id -> (on-demand attempt, returns in a row that were all refused, the last one)
-        self._refused: dict[int, tuple[int, int, float]] = {}
+        self._refused: dict[int, returns.Refused] = {}  # job id -> refused returns in a row
 
     def forget(self, job_id: int) -> None:
         self._seen.pop(job_id, None)
@@ -284,26 +283,25 @@ class Deadline:
             # no report of this attempt yet (a restarted daemon): only a sync newer than this
             # moment counts, so a heartbeat repeating an old one is not taken for it
             self._leaving[job.id] = now if at is None else at
+            refused = self._refused.get(job.id)
+            when = (
+                _next_try(refused)
+                if refused is not None and refused.attempt == attempt.attempt
+                else "at the next checkpoint"
+            )
             await self.store.update_job_fields(
                 job.id,
                 now=now,
                 event="deadline: on the uniform-progress line; trying spot beside the "
-                "on-demand attempt at the next checkpoint",
+                f"on-demand attempt {when}",
             )
             return False
         if at is None or at <= self._leaving[job.id]:
             return False  # no new checkpoint yet
         self._leaving[job.id] = at  # refused: ask again at the checkpoint after this one
-        if now < self._retry_at(job.id, attempt):
+        if not returns.due(self._refused.get(job.id), attempt.attempt, at):
             return False  # backing off after refused returns: a later checkpoint
-        return await self._make_before_break(job, task, attempt, view, catalog, now)
-
-    def _retry_at(self, job_id: int, od: AttemptRow) -> float:
-        """The earliest moment a return beside ``od`` is tried again (module docstring)."""
-        attempt, refused, last = self._refused.get(job_id, (od.attempt, 0, 0.0))
-        if attempt != od.attempt:
-            return 0.0  # refusals beside an earlier on-demand attempt
-        return last + strategies.return_backoff(refused)
+        return await self._make_before_break(job, task, attempt, view, catalog, now, at)
 
     async def _make_before_break(
         self,
@@ -313,8 +311,10 @@ class Deadline:
         view: strategies.JobView,
         catalog: Sequence[CatalogEntry],
         now: float,
+        checkpoint: float,
     ) -> bool:
-        """Launch spot beside the on-demand attempt; hand over only once it is accepted."""
+        """Launch spot beside the on-demand attempt at the checkpoint synced at ``checkpoint``;
+        hand over only once it is accepted."""
         refused: list[str] = []
         here = candidate_of(od)
         first = 1 + max(a.attempt for a in await self.store.attempts(job.id))
@@ -333,16 +333,9 @@ class Deadline:
                 return await self._hand_over(job, od, spot, cand, now)
             refused.append(f"{cand.region}/{cand.zone}: {detail}")
         if refused:
-            attempt, rounds, _ = self._refused.get(job.id, (od.attempt, 0, now))
-            rounds = rounds + 1 if attempt == od.attempt else 1
-            self._refused[job.id] = (od.attempt, rounds, now)
-            wait = strategies.return_backoff(rounds)
-            when = (
-                f"at the first checkpoint {wait / 60:.0f} min from now ({rounds} returns in a "
-                "row refused)"
-                if wait
-                else "at the next checkpoint"
-            )
+            count = returns.after_refusal(self._refused.get(job.id), od.attempt, checkpoint)
+            self._refused[job.id] = count
+            when = _next_try(count)
             await self.store.update_job_fields(
                 job.id,
                 now=now,
@@ -402,3 +395,14 @@ class Deadline:
             now=now,
             recoveries=job.recoveries + 1,
         )
+
+
+def _next_try(refused: returns.Refused) -> str:
+    """When the next return beside on-demand comes, for the job's events."""
+    wait = returns.backoff(refused.rounds)
+    if not wait:
+        return "at the next checkpoint"
+    return (
+        f"at the first checkpoint synced at least {wait / 60:.0f} min after the last refused "
+        f"one ({refused.rounds} returns in a row refused)"
+    )

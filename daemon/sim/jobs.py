@@ -13,8 +13,8 @@ Each zone of the trace folder is one placement in the catalog; at every tick:
    does (``spotd.control.deadline``): ``next_placement`` picks a spot zone, and a launch
    there that the trace allows ends the on-demand attempt (MIGRATED) and starts the spot one;
    a refused one is recorded (LAUNCH_FAILED) and the next pick is tried, and when none is
-   left the job runs on on-demand (after ``k`` such checkpoints in a row, the next return is
-   tried ``return_backoff(k)`` after the last);
+   left the job runs on on-demand (after ``k`` such checkpoints in a row, the next return
+   waits ``spotd.recovery.returns.backoff(k)``, as the controller's does);
 3. a job without an attempt asks ``spotd.recovery.strategies.next_placement`` — the function
    the daemon's controller calls — with the zone history the controller would have recorded
    (LAUNCHED, LAUNCH_FAILED, PREEMPTED, RAN). A spot launch into a zone the trace shows empty
@@ -55,7 +55,7 @@ from types import MappingProxyType
 
 from spotd.pricing.catalog import load_catalog
 from spotd.recovery import history as rhist
-from spotd.recovery import strategies
+from spotd.recovery import returns, strategies
 from spotd.sim.cant_be_late import PAPER_POLICIES, TickView
 from spotd.sim.traces import LegacyRandom, TraceError, ZoneTrace
 from spotd.types import (
@@ -287,7 +287,7 @@ class _Run:
         self.saved = self.live = 0.0  # checkpointed progress, progress since the checkpoint
         self.cost = self.lost = self.overhead = self.spot_s = self.od_s = 0.0
         self.preemptions = self.failures = 0
-        self.refused_returns, self.refused_at = 0, 0.0  # all-refused returns in a row, the last
+        self.refused: returns.Refused | None = None  # all-refused returns in a row
         self.finished: float | None = None
         self.started: list[tuple[float, Market]] = []
 
@@ -352,7 +352,6 @@ class _Run:
         self.attempt = _Attempt(c, self.zone_of[c.zone_key], now, self.O)
         self.started.append((now, c.market))
         self.failed, self.first_failure = 0, None
-        self.refused_returns = 0
 
     def spotd_step(self, now: float) -> None:
         """What the controller does at one observe interval (module docstring, 2-3)."""
@@ -376,7 +375,8 @@ class _Run:
     def return_to_spot(self, a: _Attempt, now: float) -> None:
         """If ``should_return_to_spot`` holds, make before break: spot launches beside the
         on-demand attempt, which ends only when one is accepted (``Deadline.move``)."""
-        if now < self.refused_at + strategies.return_backoff(self.refused_returns):
+        attempt = len(self.started)  # the on-demand attempt's number
+        if not returns.due(self.refused, attempt, now):
             return
         if not strategies.should_return_to_spot(
             self.view(), catalog=self.catalog(now), history=list(self.history), now=now
@@ -401,7 +401,7 @@ class _Run:
             self.failures += 1
             self.history.append(rhist.ZoneEvent(c.zone_key, ZoneEventKind.LAUNCH_FAILED, now))
         if tried:
-            self.refused_returns, self.refused_at = self.refused_returns + 1, now
+            self.refused = returns.after_refusal(self.refused, attempt, now)
 
     def place(self, now: float) -> bool:
         """Ask ``next_placement`` once and act; True when a launch was refused."""

@@ -10,6 +10,7 @@ fresh checkpoint a return moves at.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from spotd.control.attempts import job_view
 from spotd.control.deadline import Deadline, next_look, pace
-from spotd.recovery import strategies
+from spotd.recovery import returns, strategies
 from spotd.recovery.strategies import JobView
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow
@@ -336,37 +337,63 @@ class _Refuses(_Launches):
 
 async def test_refused_returns_back_off_to_a_later_checkpoint(store: AsyncStore) -> None:
     """A job on the line through a spot stockout, checkpointing every 600 s: a return is tried
-    at the first two checkpoints, then the first one 10 min after the last refusal, then 20,
-    then 40 (``return_backoff``); each round tries ``RETURN_TRIES`` zones. The event says when
-    the next try comes. Once a return is accepted the job moves, and the count is gone."""
+    at the first two checkpoints, then the first one synced 10 min after the last refused
+    round, then 20, then 40 (``returns.backoff``); each round tries ``RETURN_TRIES`` zones. The
+    heartbeats carrying the syncs land 0.2-3 s after them, unevenly: the back-off reads the
+    sync times, so that moves no try. The events say when the next try comes."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Refuses()
     d = _on_the_line(store, launches)
     assert not await d.move(job, task, od, now=2_200.0)  # decided: waits for a checkpoint
     tried = []
-    for i in range(8):
+    for i, delay in enumerate((3.0, 2.0, 0.2, 1.0, 0.5, 3.0, 0.2)):
         at = 2_250.0 + 600.0 * i
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
         before = len(launches.launched)
-        assert not await d.move(job, task, od, now=at + 1.0)
+        assert not await d.move(job, task, od, now=at + delay)
         if len(launches.launched) > before:
             assert len(launches.launched) - before == strategies.RETURN_TRIES
             tried.append(i)
-    assert tried == [0, 1, 2, 4]  # 600 s between checkpoints; waits 0, 0, 600, 1200
+    assert tried == [0, 1, 2, 4]  # waits after them: 0, 0, 600, 1200 s
     events = [e.message for e in await store.events(job_id=job.id)]
-    assert any("trying again at the next checkpoint" in m for m in events)
-    assert any("first checkpoint 40 min from now (4 returns in a row refused)" in m for m in events)
-    launches.accept = True
-    at = 2_250.0 + 600.0 * 8  # 2400 s after the fourth refusal: tried, and accepted
+    assert sum("trying again at the next checkpoint" in m for m in events) == 1, events
+    for wait, rounds in ((10, 2), (20, 3), (40, 4)):
+        said = f"at least {wait} min after the last refused one ({rounds} returns in a row"
+        assert sum(said in m for m in events) == 1, events
+
+
+async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
+    store: AsyncStore,
+) -> None:
+    """Two refused rounds beside on-demand attempt 1 would hold the next try for 10 min; a
+    new on-demand attempt starts the count over: its first checkpoint tries at once, and an
+    accepted return moves the job."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    launches = _Refuses()
+    d = _on_the_line(store, launches)
+    assert not await d.move(job, task, od, now=2_200.0)
+    for at in (2_250.0, 2_310.0):  # two refused rounds, a minute apart
+        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+        assert not await d.move(job, task, od, now=at + 1.0)
+    at = 2_370.0  # beside attempt 1 this checkpoint would be held back (due at 2_910)
+    tries = len(launches.launched)
     await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
-    assert await d.move(job, task, od, now=at + 1.0)
-    assert d._retry_at(job.id, od) == 0.0
+    assert not await d.move(job, task, od, now=at + 1.0)
+    assert len(launches.launched) == tries
+    # the job's on-demand attempt is now another one (say the first was lost and replaced)
+    later = dataclasses.replace(od, attempt=9)
+    launches.accept = True
+    at = 2_430.0
+    await d.checkpointed(job.id, lambda _: task, 9, at / 2 / 5_000.0, at)
+    assert await d.move(job, task, later, now=at + 1.0)
+    assert len(launches.launched) == tries + 1
 
 
 @pytest.mark.parametrize(
-    ("refused", "wait"),
+    ("rounds", "wait"),
     [(0, 0.0), (1, 0.0), (2, 600.0), (3, 1200.0), (4, 2400.0), (5, 3600.0), (40, 3600.0)],
 )
-def test_return_backoff_doubles_from_ten_minutes_to_an_hour(refused: int, wait: float) -> None:
-    assert strategies.return_backoff(refused) == wait
+def test_return_backoff_doubles_from_ten_minutes_to_an_hour(rounds: int, wait: float) -> None:
+    assert returns.backoff(rounds) == wait

@@ -62,14 +62,15 @@ def test_outage_longer_than_slack_failover_misses_too(all_down) -> None:  # type
 def test_outage_longer_than_slack_deadline_stays_on_demand_and_backs_off(all_down) -> None:  # type: ignore[no-untyped-def]
     # 1 h done at t=1 h; every spot launch is refused from then on (31 ticks of taking risks,
     # both zones: 62 refusals). Uniform progress allows spot while 1 h >= 4 h * t / 6 h, i.e.
-    # up to t = 90 min; at the next tick (91 min) the job goes on-demand. From then on it is on
-    # the line, so at a checkpoint (here every tick) it tries spot beside the on-demand
-    # attempt (make before break), both zones refusing: at 91 and 92 min, then backing off
-    # 10, 20, 40 and 60 min (102, 122, 162, 222 min), 12 refusals in all. Spot is back at
-    # 240 min, and the next try would be at 282: the job finishes on on-demand at 271 min
-    # (180 min of it). Without the back-off it tried every minute, 294 refused tries, and
-    # took spot at 240 min (149 min of on-demand, cost 8.97): here the back-off costs 31 min
-    # of on-demand; on the traces of docs/simulate.md it was cheaper ("Eleventh round").
+    # up to t = 90 min; at the next tick (91 min) the job goes on-demand, 0.67 min behind the
+    # line, which it gains at 1/3 min a minute: from 93 min it is on the line, and at a
+    # checkpoint (here every tick) it tries spot beside the on-demand attempt (make before
+    # break), both zones refusing: at 93 and 94 min, then backing off 10, 20, 40 and 60 min
+    # (104, 124, 164, 224 min), 12 refusals in all. Spot is back at 240 min, and the next try
+    # would be at 284: the job finishes on on-demand at 271 min (180 min of it). Without the
+    # back-off it tried every minute, 294 refused tries, and took spot at 240 min (149 min of
+    # on-demand, cost 8.97): here the back-off costs 31 min of on-demand; on the traces of
+    # docs/simulate.md it was cheaper ("Eleventh round").
     r = run("deadline", all_down)
     assert r.attempts == ((0.0, Market.SPOT), (91 * 60.0, Market.ON_DEMAND))
     assert not r.missed and r.preemptions == 1

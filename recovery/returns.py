@@ -1,0 +1,69 @@
+"""Returns to spot that every zone refused: when a DEADLINE job on on-demand tries again.
+
+A DEADLINE job on on-demand that is on the uniform-progress line tries spot beside it at a
+checkpoint (``strategies.should_return_to_spot``, make before break). Through a stockout
+every zone refuses, and each round is up to ``strategies.RETURN_TRIES`` launch calls and as
+many LAUNCH_FAILED attempt rows; a zone's 30-s hold does not outlast a checkpoint interval.
+So, after ``k >= 2`` rounds in a row whose tries were all refused, beside one on-demand
+attempt, the next round waits for the first checkpoint at least ``backoff(k)`` after the
+checkpoint of the last one: 10 min, doubling to 1 h. A return that is accepted, or a new
+on-demand attempt, starts the count over.
+
+Times are the checkpoints' (when the agent synced them), not the moments the controller
+looks: a heartbeat lands some seconds after its sync, and comparing look times would push a
+try a whole checkpoint later whenever one heartbeat was quicker than the last. A checkpoint
+up to ``EARLY_SECONDS`` before its due time still counts (a sync's length varies).
+
+With 10-minute checkpoints through a day's stockout the rounds are at 0, 10, 20, 40, 80 and
+140 min, then every hour: 27 rounds instead of 144. The controller (``spotd.control.deadline``)
+and the simulator (``spotd.sim.jobs``) both decide with these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BASE_SECONDS",
+    "CAP_SECONDS",
+    "EARLY_SECONDS",
+    "Refused",
+    "after_refusal",
+    "backoff",
+    "due",
+]
+
+BASE_SECONDS = 600.0  # the wait after two refused rounds in a row
+CAP_SECONDS = 3600.0  # a stuck job still asks once an hour
+EARLY_SECONDS = 30.0  # a checkpoint this much before its due time still counts
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Rounds in a row whose every try was refused, beside one on-demand attempt."""
+
+    attempt: int  # the on-demand attempt the tries were made beside
+    rounds: int
+    checkpoint: float  # when the checkpoint of the last round was synced (epoch seconds)
+
+
+def backoff(rounds: int) -> float:
+    """Seconds from the last of ``rounds`` refused rounds in a row to the next round."""
+    if rounds < 2:
+        return 0.0
+    return min(CAP_SECONDS, BASE_SECONDS * 2.0 ** min(rounds - 2, 32))
+
+
+def due(refused: Refused | None, attempt: int, checkpoint: float) -> bool:
+    """May a return beside on-demand ``attempt`` be tried at the checkpoint synced at
+    ``checkpoint``?"""
+    if refused is None or refused.attempt != attempt:
+        return True
+    return checkpoint >= refused.checkpoint + backoff(refused.rounds) - EARLY_SECONDS
+
+
+def after_refusal(refused: Refused | None, attempt: int, checkpoint: float) -> Refused:
+    """The count once every try of the round at ``checkpoint`` beside ``attempt`` was refused."""
+    if refused is None or refused.attempt != attempt:
+        return Refused(attempt, 1, checkpoint)
+    return Refused(attempt, refused.rounds + 1, checkpoint)
