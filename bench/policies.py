@@ -19,6 +19,10 @@ values); ``--json`` prints the same as one object.
 
   python bench/policies.py [--seeds 0:10] [--part serve|jobs|both] [--notice] [--json]
 
+``--no-return-backoff`` runs DEADLINE without the back-off on refused returns to spot
+(``spotd.recovery.returns``), as it was before the eleventh round of docs/simulate.md: the
+ablation that round's table compares against.
+
 About 8 minutes for ten seeds of ``serve`` (both policies, 11 traces) on 2 cores, 12 with
 ``--notice``; 30 s for ``jobs``. The 16-node trace is read from
 ``../shared/traces`` and skipped (with a line saying so) where that folder is absent.
@@ -37,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from spotd.recovery import returns
 from spotd.sim import jobs as simjobs
 from spotd.sim import serve as simserve
 from spotd.sim.serve_model import ServeSetup
@@ -184,6 +189,12 @@ def _lost(x: dict[str, Any], *, jobs: bool) -> str:
     return f"s{x['seed']} ({o[0]:.4f}/{o[1]:.4f} vs {r[0]:.4f}/{r[1]:.4f})"
 
 
+def _ablate(no_return_backoff: bool) -> None:
+    """In each worker: a back-off capped at 0 s is none (every checkpoint is due)."""
+    if no_return_backoff:
+        returns.CAP_SECONDS = 0.0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0:10", help="A:B, seeds A..B-1 (default 0:10)")
@@ -201,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--synthetic-seed", type=int, default=0, help="the family drawn (default 0)")
     p.add_argument("--hazard", choices=synth_traces.HAZARDS, default="lognormal")
     p.add_argument(
+        "--no-return-backoff",
+        action="store_true",
+        help="jobs: DEADLINE tries a refused return again at every checkpoint (an ablation)",
+    )
+    p.add_argument(
         "--job",
         metavar="HOURS:DEADLINE",
         help="jobs: HOURS of work due in DEADLINE hours on every trace (default 48:52; GCP 24:26)",
@@ -216,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(tmp), a.synthetic, a.synthetic_seed, a.hazard
             )
         skipped = [t.name for t in serve_traces if not t.path.is_dir()]
-        with multiprocessing.Pool(a.processes) as pool:
+        ablate = (a.no_return_backoff,)
+        with multiprocessing.Pool(a.processes, initializer=_ablate, initargs=ablate) as pool:
             if a.part in ("serve", "both"):
                 work = [(t, s, a.notice) for t in serve_traces if t.path.is_dir() for s in seeds]
                 runs += pool.map(_serve, work)
