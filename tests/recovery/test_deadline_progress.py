@@ -339,15 +339,17 @@ async def test_refused_returns_back_off_to_a_later_checkpoint(store: AsyncStore)
     """A job on the line through a spot stockout, checkpointing every 600 s: a return is tried
     at the first two checkpoints, then the first one synced 10 min after the last refused
     round, then 20, then 40 (``returns.backoff``); each round tries ``RETURN_TRIES`` zones. The
-    heartbeats carrying the syncs land 0.2-3 s after them, unevenly: the back-off reads the
-    sync times, so that moves no try. The events say when the next try comes."""
+    heartbeats carrying the syncs land 0.2-50 s after them, unevenly (a slow one after the
+    second round): the back-off reads the sync times, so that moves no try (read by when the
+    controller looked, the third try would slip a checkpoint). The events say when the next
+    try comes."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Refuses()
     d = _on_the_line(store, launches)
     assert not await d.move(job, task, od, now=2_200.0)  # decided: waits for a checkpoint
     tried = []
-    for i, delay in enumerate((3.0, 2.0, 0.2, 1.0, 0.5, 3.0, 0.2)):
+    for i, delay in enumerate((3.0, 50.0, 0.2, 1.0, 0.5, 3.0, 0.2)):
         at = 2_250.0 + 600.0 * i
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
         before = len(launches.launched)
