@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spotd.recovery.strategies import backoff_seconds
+
 __all__ = [
     "BASE_SECONDS",
     "CAP_SECONDS",
@@ -30,6 +32,7 @@ __all__ = [
     "Refused",
     "after_refusal",
     "backoff",
+    "beside",
     "due",
 ]
 
@@ -51,19 +54,22 @@ def backoff(rounds: int) -> float:
     """Seconds from the last of ``rounds`` refused rounds in a row to the next round."""
     if rounds < 2:
         return 0.0
-    return min(CAP_SECONDS, BASE_SECONDS * 2.0 ** min(rounds - 2, 32))
+    return backoff_seconds(rounds - 2, 1.0, base=BASE_SECONDS, cap=CAP_SECONDS)
+
+
+def beside(refused: Refused | None, attempt: int) -> Refused | None:
+    """The count that holds beside on-demand ``attempt``: none if it was another attempt's."""
+    return refused if refused is not None and refused.attempt == attempt else None
 
 
 def due(refused: Refused | None, attempt: int, checkpoint: float) -> bool:
     """May a return beside on-demand ``attempt`` be tried at the checkpoint synced at
     ``checkpoint``?"""
-    if refused is None or refused.attempt != attempt:
-        return True
-    return checkpoint >= refused.checkpoint + backoff(refused.rounds) - EARLY_SECONDS
+    held = beside(refused, attempt)
+    return held is None or checkpoint >= held.checkpoint + backoff(held.rounds) - EARLY_SECONDS
 
 
 def after_refusal(refused: Refused | None, attempt: int, checkpoint: float) -> Refused:
     """The count once every try of the round at ``checkpoint`` beside ``attempt`` was refused."""
-    if refused is None or refused.attempt != attempt:
-        return Refused(attempt, 1, checkpoint)
-    return Refused(attempt, refused.rounds + 1, checkpoint)
+    held = beside(refused, attempt)
+    return Refused(attempt, 1 if held is None else held.rounds + 1, checkpoint)

@@ -200,7 +200,8 @@ _DEFAULT_TUNING = Tuning()
 def backoff_seconds(
     failed_launches: int, jitter: float, *, base: float = 1.0, cap: float = 60.0
 ) -> float:
-    """min(cap, base * 2**failed_launches) * (0.5 + jitter/2), jitter in [0, 1)."""
+    """min(cap, base * 2**failed_launches) * (0.5 + jitter/2), jitter in [0, 1] (1: the
+    ceiling itself, no spread)."""
     ceiling = min(cap, base * 2.0 ** min(max(0, failed_launches), 64))
     return ceiling * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
 

@@ -28,7 +28,9 @@ cleanup() {
   rm -f "$USERS/$$"
   local f
   for f in "$USERS"/[0-9]*; do  # another run still testing against the cluster: leave it
-    [ -e "$f" ] && kill -0 "${f##*/}" 2>/dev/null && return 0
+    [ -e "$f" ] || continue
+    kill -0 "${f##*/}" 2>/dev/null && return 0
+    rm -f "$f"  # a run killed before its cleanup
   done
   if [ -e "$USERS/started-by-a-test-run" ]; then
     rm -f "$USERS/started-by-a-test-run"

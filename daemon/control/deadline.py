@@ -283,12 +283,7 @@ class Deadline:
             # no report of this attempt yet (a restarted daemon): only a sync newer than this
             # moment counts, so a heartbeat repeating an old one is not taken for it
             self._leaving[job.id] = now if at is None else at
-            refused = self._refused.get(job.id)
-            when = (
-                _next_try(refused)
-                if refused is not None and refused.attempt == attempt.attempt
-                else "at the next checkpoint"
-            )
+            when = _next_try(returns.beside(self._refused.get(job.id), attempt.attempt))
             await self.store.update_job_fields(
                 job.id,
                 now=now,
@@ -397,10 +392,10 @@ class Deadline:
         )
 
 
-def _next_try(refused: returns.Refused) -> str:
+def _next_try(refused: returns.Refused | None) -> str:
     """When the next return beside on-demand comes, for the job's events."""
-    wait = returns.backoff(refused.rounds)
-    if not wait:
+    wait = 0.0 if refused is None else returns.backoff(refused.rounds)
+    if refused is None or not wait:
         return "at the next checkpoint"
     return (
         f"at the first checkpoint synced at least {wait / 60:.0f} min after the last refused "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from spotd.recovery.returns import EARLY_SECONDS, Refused, after_refusal, backoff, due
+from spotd.recovery.returns import EARLY_SECONDS, Refused, after_refusal, beside, due
 
 
 @pytest.mark.parametrize(
@@ -48,4 +48,16 @@ def test_a_days_stockout_with_ten_minute_checkpoints_is_27_rounds() -> None:
             rounds.append(minute)
             refused = after_refusal(refused, 1, minute * 60.0)
     assert rounds[:7] == [0, 10, 20, 40, 80, 140, 200]
-    assert len(rounds) == 27 and backoff(len(rounds)) == 3600.0
+    assert len(rounds) == 27
+
+
+@pytest.mark.parametrize(
+    ("refused", "attempt", "expected"),
+    [
+        (None, 1, None),
+        (Refused(1, 3, 10.0), 1, Refused(1, 3, 10.0)),
+        (Refused(1, 3, 10.0), 2, None),  # counted beside another on-demand attempt
+    ],
+)
+def test_beside(refused: Refused | None, attempt: int, expected: Refused | None) -> None:
+    assert beside(refused, attempt) == expected
