@@ -179,7 +179,7 @@ async def job_page(d: Dashboard, viewer: Viewer, job_id: int) -> View | None:
         template="job.html",
         parts={
             name: render_part(d.env, name, **context)
-            for name in ("job_summary", "timeline", "preemptions", "events", "log")
+            for name in ("job_actions", "job_summary", "timeline", "preemptions", "events", "log")
         },
         context=context,
     )

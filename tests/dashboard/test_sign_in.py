@@ -144,7 +144,10 @@ async def test_the_live_stream_sends_the_parts_that_changed(dash: Dash) -> None:
         return json.loads(lines[1].removeprefix("data: "))  # type: ignore[no-any-return]
 
     first = await next_update()
-    assert set(first["parts"]) == {"job_summary", "timeline", "preemptions", "events", "log"}  # type: ignore[arg-type]
+    parts = first["parts"]
+    assert isinstance(parts, dict)
+    assert set(parts) == {"job_actions", "job_summary", "timeline", "preemptions", "events", "log"}
+    assert 'id="cancel-form"' in parts["job_actions"]
     await dash.store.transition_job(
         job.id, from_=[JobStatus.PENDING], to=JobStatus.CANCELLING, reason="test", now=1e6
     )
@@ -157,6 +160,18 @@ async def test_the_live_stream_sends_the_parts_that_changed(dash: Dash) -> None:
             break
     else:
         raise AssertionError("the status change never came")
+    # once the job has ended, the stream takes its Cancel button away
+    await dash.store.transition_job(
+        job.id, from_=[JobStatus.CANCELLING], to=JobStatus.CANCELLED, reason="test", now=1e6 + 1
+    )
+    for _ in range(50):
+        parts = (await next_update())["parts"]
+        assert isinstance(parts, dict)
+        if "job_actions" in parts:
+            assert "cancel-form" not in parts["job_actions"], parts["job_actions"]
+            break
+    else:
+        raise AssertionError("the Cancel button never went away")
     r.close()
     assert (await dash.unix.get("/dashboard/live/jobs/77")).status == 404
 
