@@ -121,6 +121,9 @@ NEVER = {"calm_seconds": 1e12}
 VARIANTS: dict[str, Variant] = {
     "defaults": Variant("the planner as it is"),
     "never-calm": Variant("no calm mode (the spare always)", setup=NEVER),
+    "never-calm-no-shaky": Variant(
+        "no calm mode and no shaky-zone cover", setup={**NEVER, "shaky_zone_seconds": 0.0}
+    ),
     "reset-refused-out": Variant(
         "a reset leaves out zones that refused last, oldest loss first", tuple(_reset(_RESET_OUT))
     ),

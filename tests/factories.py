@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from spotd.store import AttemptIntent
+from spotd.store import AttemptIntent, AttemptRow
+from spotd.types import AttemptStatus, EndReason, Market
 
 
 def intent(
@@ -34,3 +35,34 @@ def intent(
         ],
     }
     return AttemptIntent(**(fields | kw))
+
+
+def attempt_row(
+    n: int,
+    market: str,
+    ended: float | None,
+    end: str | None = None,
+    *,
+    created_at: float | None = None,
+) -> AttemptRow:
+    """Attempt ``n`` of job 1 as the store returns it: running (``ended`` None) or ended at
+    ``ended`` for ``end``; written at ``created_at`` (default: ``n`` seconds)."""
+    at = float(n) if created_at is None else created_at
+    return AttemptRow(
+        id=f"j1-a{n}",
+        job_id=1,
+        attempt=n,
+        status=AttemptStatus.ENDED if ended is not None else AttemptStatus.RUNNING,
+        provider="local",
+        region="local-east",
+        zone="local-east-a",
+        instance_type="cpu.small",
+        market=Market(market),
+        price_per_hour=1.0,
+        num_nodes=1,
+        created_at=at,
+        started_at=at,
+        ended_at=ended,
+        end_reason=EndReason(end) if end else None,
+        end_detail="",
+    )

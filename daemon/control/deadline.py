@@ -44,9 +44,14 @@ already ended (``Controller._place``).
 
 Memory: the last checkpoint report, a pending return and its refusals in a row, per job,
 dropped by ``forget``. A restarted daemon learns the first two again from the next heartbeats
-(the agent repeats its last sync) and starts the back-off over:
-a return decided before the attempt's first report waits for a sync newer than the decision,
-so a repeated old one is not taken for the fresh checkpoint the move waits for.
+(the agent repeats its last sync): a return decided before the attempt's first report waits
+for a sync newer than the decision, so a repeated old one is not taken for the fresh
+checkpoint the move waits for. The refusals it reads back from the attempt rows
+(:func:`refused_of`): every round beside an on-demand attempt left spot attempts numbered
+after it, ended LAUNCH_FAILED, written at the same moment; so a restart does not start the
+back-off over (a daemon restarted in a loop would otherwise try at every checkpoint). The
+rows hold when a round was decided, not its checkpoint's sync time: a heartbeat's delay, within
+``returns.EARLY_SECONDS``, moves no try.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ from spotd.types import (
     RecoveryStrategy,
 )
 
-__all__ = ["Deadline", "Pace", "next_look", "pace", "pace_of"]
+__all__ = ["Deadline", "Pace", "next_look", "pace", "pace_of", "refused_of"]
 
 log = structlog.get_logger("spotd.control.deadline")
 
@@ -178,6 +183,24 @@ def next_look(
     return max(0.0, slack - low.restart_overhead - low.safety_margin)
 
 
+def refused_of(attempts: Sequence[AttemptRow], od: AttemptRow) -> returns.Refused | None:
+    """The refused rounds in a row beside on-demand attempt ``od``, read back from the job's
+    attempt rows (a restarted daemon): one round per moment spot attempts numbered after
+    ``od`` were written and ended LAUNCH_FAILED. Every round beside ``od`` was refused (an
+    accepted one ends ``od``); one a restart interrupted ended MIGRATED and is not counted.
+    The last round's time is when it was decided, a heartbeat after its checkpoint."""
+    rounds = sorted(
+        {
+            a.created_at
+            for a in attempts
+            if a.attempt > od.attempt
+            and a.market == Market.SPOT
+            and a.end_reason == EndReason.LAUNCH_FAILED
+        }
+    )
+    return returns.Refused(od.attempt, len(rounds), rounds[-1]) if rounds else None
+
+
 @dataclass(frozen=True, slots=True)
 class _Checkpoint:
     attempt: int
@@ -269,7 +292,12 @@ class Deadline:
             detail = "deadline: the remaining slack requires on-demand"
             await self._leave(job, attempt, detail, now, to="on-demand")
             return True
-        await self._drop_interrupted(job, attempt, now)
+        rows = await self.store.attempts(job.id)
+        await self._drop_interrupted(rows, attempt, now)
+        if returns.beside(self._refused.get(job.id), attempt.attempt) is None:
+            read = refused_of(rows, attempt)  # a restart: the rounds the rows hold
+            if read is not None:
+                self._refused[job.id] = read
         view = await self.job_view(job, task, now)
         catalog = self.placeable(job.project, task)
         history = await self.history(now)
@@ -296,7 +324,8 @@ class Deadline:
         self._leaving[job.id] = at  # refused: ask again at the checkpoint after this one
         if not returns.due(self._refused.get(job.id), attempt.attempt, at):
             return False  # backing off after refused returns: a later checkpoint
-        return await self._make_before_break(job, task, attempt, view, catalog, now, at)
+        first = 1 + max(a.attempt for a in rows)
+        return await self._make_before_break(job, task, attempt, view, catalog, now, at, first)
 
     async def _make_before_break(
         self,
@@ -307,12 +336,12 @@ class Deadline:
         catalog: Sequence[CatalogEntry],
         now: float,
         checkpoint: float,
+        first: int,
     ) -> bool:
-        """Launch spot beside the on-demand attempt at the checkpoint synced at ``checkpoint``;
-        hand over only once it is accepted."""
+        """Launch spot beside the on-demand attempt at the checkpoint synced at ``checkpoint``,
+        numbering the tries from ``first``; hand over only once it is accepted."""
         refused: list[str] = []
         here = candidate_of(od)
-        first = 1 + max(a.attempt for a in await self.store.attempts(job.id))
         for n in range(first, first + strategies.RETURN_TRIES):
             history = await self.history(now)
             cand = strategies.return_placement(
@@ -367,10 +396,12 @@ class Deadline:
         log.info("back on spot", job=job.id, attempt=spot.attempt, zone=cand.zone)
         return True
 
-    async def _drop_interrupted(self, job: JobRow, od: AttemptRow, now: float) -> None:
+    async def _drop_interrupted(
+        self, attempts: Sequence[AttemptRow], od: AttemptRow, now: float
+    ) -> None:
         """A spot attempt written beside this one and never handed over (a restart came in
         between): end it and stop its instances; the job stays on on-demand."""
-        for a in await self.store.attempts(job.id):
+        for a in attempts:
             if a.attempt > od.attempt and a.status != AttemptStatus.ENDED:
                 detail = "a return to spot that a restart interrupted; staying on on-demand"
                 await self.attempts.end(a.id, EndReason.MIGRATED, detail, now)

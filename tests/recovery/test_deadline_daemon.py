@@ -176,14 +176,17 @@ async def test_a_restarted_daemon_returns_to_spot_only_at_a_fresh_checkpoint(
     resumes from work just saved. A restarted daemon has seen no checkpoint of the running
     on-demand attempt, and the agent's heartbeats repeat its last sync from before the restart:
     that sync must not pass for the fresh one. The job stops checkpointing (its gate file gone)
-    while the daemon is down; after the restart the return rule holds (40 s of 120 checkpointed
-    at about t = 100 s, the line at 33) and the stockout is over, yet the job stays on
-    on-demand until it checkpoints again, and the spot attempt resumes from there.
+    while the daemon is down; after the restart the return rule holds (the job is within a
+    restart of the line) and the stockout is over, yet the job stays on on-demand until it
+    checkpoints again, and the spot attempt resumes from there.
 
     120 s of work due in 360 s (the line: 1/3 s of work per second), restart 8 s: spot
-    preempted about 4 s in and stocked out, on-demand from about t = 35 s, returns refused
-    until the daemon is killed at 40 s of work (about t = 72 s); down until the 30 s hold
-    after the last refusal is over. About two and a half minutes: slow."""
+    preempted about 4 s in and stocked out, on-demand from about t = 35 s, the first return
+    refused at once (the job a restart behind the line), the daemon killed 20 s later (the job
+    gaining 2/3 s a second on the line, about 5 s ahead), before the zone's 30-s hold lets a
+    second round try: the restarted daemon reads back one refused round, which sets no
+    back-off (two would hold the next try for 10 min, ``returns.backoff``). Down until that
+    hold is over. About two minutes: slow."""
     d = one_zone_daemon
     gate = d.home / "checkpoints-on"
     gate.touch()
@@ -195,7 +198,13 @@ async def test_a_restarted_daemon_returns_to_spot_only_at_a_fresh_checkpoint(
         await c.chaos("preempt", target=str(jid))
         job = await wait_job(c, jid, lambda j: _running_on_demand(j) is not None, timeout=120)
         od = _running_on_demand(job)
-        await wait_log(c, jid, "step 80\n", attempt=od, timeout=90)
+        job = await wait_job(c, jid, _refused_beside_on_demand, timeout=60)
+        first = min(
+            a["ended_at"] or a["created_at"]
+            for a in job["attempts"]
+            if a["attempt"] > od and a["end_reason"] == "LAUNCH_FAILED"
+        )
+        await asyncio.sleep(max(0.0, first + 20.0 - time.time()))
         gate.unlink()  # no checkpoint from here until the gate is back
         await asyncio.sleep(1.0)  # a sync in flight lands
         await c.chaos("stockout", target="local-east", seconds=0, market="spot")
@@ -205,6 +214,12 @@ async def test_a_restarted_daemon_returns_to_spot_only_at_a_fresh_checkpoint(
         for a in job["attempts"]
         if a["end_reason"] == "LAUNCH_FAILED"
     ]
+    rounds = {
+        a["created_at"]
+        for a in job["attempts"]
+        if a["attempt"] > od and a["end_reason"] == "LAUNCH_FAILED"
+    }
+    assert len(rounds) == 1, ("killed after more than one refused round", job["attempts"])
     d.kill9()
     # down until a refused return no longer holds the zone: the first step after the restart
     # may decide the return

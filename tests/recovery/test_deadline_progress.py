@@ -5,7 +5,8 @@ more and the newer attempt has not reported (the checkpoint store keeps the newe
 snapshot); a heartbeat repeating a sync already seen changes nothing; a job without
 ``expected_duration`` has nothing to scale by. And the checkpoints a return to spot waits
 for: a return a restart interrupted is ended; after a restart, a repeated old sync is not the
-fresh checkpoint a return moves at.
+fresh checkpoint a return moves at, and the back-off from refused returns goes on, read back
+from the attempt rows.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import Any
 import pytest
 
 from spotd.control.attempts import job_view
-from spotd.control.deadline import Deadline, next_look, pace
+from spotd.control.deadline import Deadline, next_look, pace, refused_of
 from spotd.recovery import returns, strategies
 from spotd.recovery.strategies import JobView
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow
 from spotd.types import AttemptStatus, EndReason, JobStatus, RecoveryStrategy
-from tests.factories import intent
+from tests.factories import attempt_row, intent
 from tests.recovery.helpers import req, three_regions
 
 DEADLINE = {"strategy": "DEADLINE", "expected_duration": "1000s", "deadline": "1h"}
@@ -391,6 +392,88 @@ async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
     await d.checkpointed(job.id, lambda _: task, 9, at / 2 / 5_000.0, at)
     assert await d.move(job, task, later, now=at + 1.0)
     assert len(launches.launched) == tries + 1
+
+
+class _RefusesAndEnds(_Refuses):
+    """``_Refuses`` that ends each refused attempt in the store, as ``Attempts`` does."""
+
+    def __init__(self, store: AsyncStore) -> None:
+        super().__init__()
+        self.store = store
+
+    async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
+        detail = await super().launch_nodes(job, task, aid)
+        if detail is not None:
+            await self.store.transition_attempt(
+                aid,
+                from_=[AttemptStatus.PROVISIONING],
+                to=AttemptStatus.ENDED,
+                reason="refused",
+                now=0.0,
+                end_reason=EndReason.LAUNCH_FAILED,
+                end_detail=detail,
+            )
+        return detail
+
+
+async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore) -> None:
+    """Three refused rounds, then the daemon restarts: the new one reads the rounds back from
+    the attempt rows and waits the 20 min the third round set, instead of trying at the next
+    checkpoint (a daemon restarted in a loop would otherwise never back off)."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    launches = _RefusesAndEnds(store)
+    d = _on_the_line(store, launches)
+    assert not await d.move(job, task, od, now=2_200.0)
+    for i in range(3):  # checkpoints 600 s apart: rounds at the first, second and third
+        at = 2_250.0 + 600.0 * i
+        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+        assert not await d.move(job, task, od, now=at + 2.0)
+    assert len(launches.launched) == 3 * strategies.RETURN_TRIES
+    restarted = _on_the_line(store, launches)
+    assert not await restarted.move(job, task, od, now=3_500.0)  # decided again
+    tried = []
+    for i in range(3, 6):
+        at = 2_250.0 + 600.0 * i
+        await restarted.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+        before = len(launches.launched)
+        assert not await restarted.move(job, task, od, now=at + 2.0)
+        if len(launches.launched) > before:
+            tried.append(i)
+    assert tried == [4]  # 20 min after the third round, as without the restart
+    rounds = returns.Refused(od.attempt, 4, 2_250.0 + 600.0 * 4 + 2.0)
+    assert refused_of(await store.attempts(job.id), od) == rounds
+
+
+def _tried(attempt: int, at: float, *, end: EndReason | None, market: str = "spot") -> AttemptRow:
+    return attempt_row(attempt, market, at if end else None, end, created_at=at)
+
+
+FAILED = EndReason.LAUNCH_FAILED
+OD = _tried(3, 0.0, end=None, market="on-demand")
+
+
+@pytest.mark.parametrize(
+    ("rows", "want"),
+    [
+        ([], None),  # no round yet
+        ([_tried(2, 5.0, end=FAILED)], None),  # before the on-demand attempt: another story
+        ([_tried(4, 10.0, end=FAILED)], returns.Refused(3, 1, 10.0)),
+        (  # three tries in one round, then a round of one
+            [_tried(n, 10.0, end=FAILED) for n in (4, 5, 6)] + [_tried(7, 620.0, end=FAILED)],
+            returns.Refused(3, 2, 620.0),
+        ),
+        (  # a round a restart interrupted (ended MIGRATED) is not a refusal
+            [_tried(4, 10.0, end=FAILED), _tried(5, 620.0, end=EndReason.MIGRATED)],
+            returns.Refused(3, 1, 10.0),
+        ),
+        ([_tried(4, 10.0, end=FAILED, market="on-demand")], None),  # not a return to spot
+    ],
+)
+def test_refused_rounds_read_back_from_the_rows(
+    rows: list[AttemptRow], want: returns.Refused | None
+) -> None:
+    assert refused_of([OD, *rows], OD) == want
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from spotd.store import AttemptRow, JobRow, current_attempt_of
-from spotd.types import AttemptStatus, EndReason, Market
+from tests.factories import attempt_row
 
 
 @dataclass(frozen=True)
@@ -19,25 +19,7 @@ class _Job:
     current_attempt: int
 
 
-def _a(n: int, market: str, ended: float | None, end: str | None = None) -> AttemptRow:
-    return AttemptRow(
-        id=f"j1-a{n}",
-        job_id=1,
-        attempt=n,
-        status=AttemptStatus.ENDED if ended is not None else AttemptStatus.RUNNING,
-        provider="local",
-        region="local-east",
-        zone="local-east-a",
-        instance_type="cpu.small",
-        market=Market(market),
-        price_per_hour=1.0,
-        num_nodes=1,
-        created_at=float(n),
-        started_at=float(n),
-        ended_at=ended,
-        end_reason=EndReason(end) if end else None,
-        end_detail="",
-    )
+_a = attempt_row
 
 
 SPOT_LOST = _a(1, "spot", 100.0, "PREEMPTED")
