@@ -4,8 +4,8 @@ Each variant is the planner (``spotd.serve.hedge``) with a small edit to its sou
 changed setup, or calm mode's threshold backing off; it is run as ``spotd`` is run by
 ``bench/policies.py`` (one *run* = one trace, one seed's windows; SpotHedge measured in the same
 run) and summed over runs: won (at least as available and cheaper), at least as available,
-cheaper, and the mean differences to SpotHedge. docs/simulate.md ("Tenth round") has what
-each variant is for and what it gave.
+cheaper, and the mean differences to SpotHedge. docs/simulate.md ("Tenth round", "Twelfth
+round") has what each variant is for and what it gave.
 
   python bench/serve_variants.py --family repo --seeds 0:10 [--variant NAME ...]
   python bench/serve_variants.py --family lognormal|weibull --folders 20 --seeds 0:1
@@ -148,6 +148,13 @@ VARIANTS: dict[str, Variant] = {
         calm_backoff=2.0,
     ),
     "calm-backoff-x4": Variant("the same, x4", calm_backoff=4.0),
+    "no-shaky-calm-6h": Variant(
+        "no shaky-zone cover, calm after 6 h (not 2 h)",
+        setup={"shaky_zone_seconds": 0.0, "calm_seconds": 21600.0},
+    ),
+    "no-shaky-calm-backoff-x2": Variant(
+        "no shaky-zone cover, calm-backoff-x2", setup={"shaky_zone_seconds": 0.0}, calm_backoff=2.0
+    ),
 }
 
 _MODULES: dict[str, types.ModuleType] = {}
