@@ -50,8 +50,9 @@ checkpoint the move waits for. The refusals it reads back from the attempt rows
 (:func:`refused_of`): every round beside an on-demand attempt left spot attempts numbered
 after it, ended LAUNCH_FAILED, written at the same moment; so a restart does not start the
 back-off over (a daemon restarted in a loop would otherwise try at every checkpoint). The
-rows hold when a round was decided, not its checkpoint's sync time: a heartbeat's delay, within
-``returns.EARLY_SECONDS``, moves no try.
+rows hold when a round was decided (the daemon's clock), not its checkpoint's sync time (the
+agent's): the first try after a restart is off by a heartbeat's delay plus any skew between
+the two clocks, and moves a checkpoint only past ``returns.EARLY_SECONDS``.
 """
 
 from __future__ import annotations
@@ -185,20 +186,19 @@ def next_look(
 
 def refused_of(attempts: Sequence[AttemptRow], od: AttemptRow) -> returns.Refused | None:
     """The refused rounds in a row beside on-demand attempt ``od``, read back from the job's
-    attempt rows (a restarted daemon): one round per moment spot attempts numbered after
-    ``od`` were written and ended LAUNCH_FAILED. Every round beside ``od`` was refused (an
-    accepted one ends ``od``); one a restart interrupted ended MIGRATED and is not counted.
-    The last round's time is when it was decided, a heartbeat after its checkpoint."""
-    rounds = sorted(
-        {
-            a.created_at
-            for a in attempts
-            if a.attempt > od.attempt
-            and a.market == Market.SPOT
-            and a.end_reason == EndReason.LAUNCH_FAILED
-        }
-    )
-    return returns.Refused(od.attempt, len(rounds), rounds[-1]) if rounds else None
+    attempt rows (a restarted daemon): the tries of one round are the attempts numbered after
+    ``od`` written at one moment, and the round was refused if every one of them is spot and
+    ended LAUNCH_FAILED. A round with a try a restart interrupted (launched, or launching,
+    when the daemon stopped: not ended yet, or ended MIGRATED) is not counted, as the memory
+    would not have counted it. The last round's time is when it was decided, a heartbeat
+    after its checkpoint."""
+    rounds: dict[float, bool] = {}
+    for a in attempts:
+        if a.attempt > od.attempt:
+            refused = a.market == Market.SPOT and a.end_reason == EndReason.LAUNCH_FAILED
+            rounds[a.created_at] = rounds.get(a.created_at, True) and refused
+    times = sorted(at for at, refused in rounds.items() if refused)
+    return returns.Refused(od.attempt, len(times), times[-1]) if times else None
 
 
 @dataclass(frozen=True, slots=True)

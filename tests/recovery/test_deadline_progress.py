@@ -432,6 +432,10 @@ async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore) -> None:
     assert len(launches.launched) == 3 * strategies.RETURN_TRIES
     restarted = _on_the_line(store, launches)
     assert not await restarted.move(job, task, od, now=3_500.0)  # decided again
+    # the decision's event says so too: the third round's refusal said it first
+    events = [e.message for e in await store.events(job_id=job.id)]
+    said = "at least 20 min after the last refused one (3 returns in a row refused)"
+    assert sum(said in m for m in events) == 2, events
     tried = []
     for i in range(3, 6):
         at = 2_250.0 + 600.0 * i
@@ -468,6 +472,15 @@ OD = _tried(3, 0.0, end=None, market="on-demand")
             returns.Refused(3, 1, 10.0),
         ),
         ([_tried(4, 10.0, end=FAILED, market="on-demand")], None),  # not a return to spot
+        (  # two tries refused, the third launched when the daemon stopped: not refused
+            [_tried(4, 10.0, end=FAILED), _tried(5, 10.0, end=FAILED), _tried(6, 10.0, end=None)],
+            None,
+        ),
+        (  # ... and once ended by the next step (MIGRATED), still not
+            [_tried(n, 10.0, end=FAILED) for n in (4, 5)]
+            + [_tried(6, 10.0, end=EndReason.MIGRATED), _tried(7, 620.0, end=FAILED)],
+            returns.Refused(3, 1, 620.0),
+        ),
     ],
 )
 def test_refused_rounds_read_back_from_the_rows(
