@@ -425,8 +425,7 @@ class Deadline:
 
 def _next_try(refused: returns.Refused | None) -> str:
     """When the next return beside on-demand comes, for the job's events."""
-    wait = 0.0 if refused is None else returns.backoff(refused.rounds)
-    if refused is None or not wait:
+    if refused is None or not (wait := returns.backoff(refused.rounds)):
         return "at the next checkpoint"
     return (
         f"at the first checkpoint synced at least {wait / 60:.0f} min after the last refused "

@@ -162,6 +162,11 @@ def _refused_beside_on_demand(job: dict) -> bool:
     )
 
 
+def _ahead(job: dict) -> float:
+    """Seconds of checkpointed work the job is ahead of its uniform-progress line."""
+    return float((job["pace"] or {}).get("ahead_of_line_seconds", 0.0))
+
+
 def _running_on_demand(job: dict) -> int | None:
     """The number of the job's on-demand attempt still running, if any."""
     live = [a for a in job["attempts"] if a["market"] == "on-demand" and a["ended_at"] is None]
@@ -182,13 +187,13 @@ async def test_a_restarted_daemon_returns_to_spot_only_at_a_fresh_checkpoint(
 
     120 s of work due in 360 s (the line: 1/3 s of work per second), restart 8 s: spot
     preempted about 4 s in and stocked out, on-demand from about t = 35 s, the first return
-    refused at once (the job a restart behind the line); 20 s later (the job gaining 2/3 s a
-    second on the line, about 5 s ahead) the gate goes, before the zone's 30-s hold lets a
-    second round try, and with no newer checkpoint none can: the restarted daemon reads back
-    one refused round, which sets no back-off (two would hold the next try for 10 min,
-    ``returns.backoff``). Down until that hold is over; the saved work then stays within a
-    restart of the line until about 60 s after the refusal, time for the restarted daemon to
-    decide. About two minutes: slow."""
+    refused at once (the job a restart behind the line); once its checkpoints put it 5 s ahead
+    (it gains 2/3 s a second on the line: about 20 s later) the gate goes, before the zone's
+    30-s hold lets a second round try, and with no newer checkpoint none can: the restarted
+    daemon reads back one refused round, which sets no back-off (two would hold the next try
+    for 10 min, ``returns.backoff``). Down until that hold is over; the saved work then stays
+    within a restart of the line until about 60 s after the refusal, time for the restarted
+    daemon to decide. About two minutes: slow."""
     d = one_zone_daemon
     gate = d.home / "checkpoints-on"
     gate.touch()
@@ -200,13 +205,9 @@ async def test_a_restarted_daemon_returns_to_spot_only_at_a_fresh_checkpoint(
         await c.chaos("preempt", target=str(jid))
         job = await wait_job(c, jid, lambda j: _running_on_demand(j) is not None, timeout=120)
         od = _running_on_demand(job)
-        job = await wait_job(c, jid, _refused_beside_on_demand, timeout=60)
-        first = min(
-            a["ended_at"] or a["created_at"]
-            for a in job["attempts"]
-            if a["attempt"] > od and a["end_reason"] == "LAUNCH_FAILED"
-        )
-        await asyncio.sleep(max(0.0, first + 20.0 - time.time()))
+        await wait_job(c, jid, _refused_beside_on_demand, timeout=60)
+        # the checkpoints put the job 5 s of work ahead of the line (about 20 s on)
+        await wait_job(c, jid, lambda j: _ahead(j) >= 5.0, timeout=60)
         gate.unlink()  # no checkpoint from here until the gate is back
         await asyncio.sleep(1.0)  # a sync in flight lands
         await c.chaos("stockout", target="local-east", seconds=0, market="spot")

@@ -11,15 +11,12 @@ from dataclasses import dataclass
 import pytest
 
 from spotd.store import AttemptRow, JobRow, current_attempt_of
-from tests.factories import attempt_row
+from tests.factories import attempt_row as _a
 
 
 @dataclass(frozen=True)
 class _Job:
     current_attempt: int
-
-
-_a = attempt_row
 
 
 SPOT_LOST = _a(1, "spot", 100.0, "PREEMPTED")
