@@ -216,7 +216,9 @@ async def heartbeat(request: web.Request) -> web.Response:
     synced_at, progress = body.checkpoint_synced_at, body.checkpoint_progress
     if synced_at is not None and progress is not None:  # DEADLINE paces itself by it
         attempt = int(row.attempt_id.rsplit("-a", 1)[1])
-        await request.app[CONTROLLER].checkpointed(row.job_id, attempt, progress, synced_at)
+        await request.app[CONTROLLER].checkpointed(
+            row.job_id, attempt, progress, synced_at, now=now
+        )
     if (
         phase != row.phase
         or body.exit_code != row.exit_code

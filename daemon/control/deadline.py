@@ -44,20 +44,25 @@ already ended (``Controller._place``).
 
 Memory: the last checkpoint report, a pending return and its refusals in a row, per job,
 dropped by ``forget``. A restarted daemon learns the first two again from the next heartbeats
-(the agent repeats its last sync): a return decided before the attempt's first report waits
-for a sync newer than the decision, so a repeated old one is not taken for the fresh
-checkpoint the move waits for. The refusals it reads back from the attempt rows
-(:func:`refused_of`): every round beside an on-demand attempt left spot attempts numbered
-after it, ended LAUNCH_FAILED, written at the same moment; so a restart does not start the
-back-off over (a daemon restarted in a loop would otherwise try at every checkpoint). The
-rows hold when a round was decided (the daemon's clock), not its checkpoint's sync time (the
-agent's): the first try after a restart is off by a heartbeat's delay plus any skew between
-the two clocks, and moves a checkpoint only past ``returns.EARLY_SECONDS``.
+(the agent repeats its last sync): a return decided before the first report of an attempt
+older than the daemon waits for a sync newer than that report, so a repeated old one is not
+taken for the fresh checkpoint the move waits for (at worst, when it was fresh, one
+checkpoint later); no sync time is compared with the daemon's clock. The refusals it reads
+back from the attempt rows (:func:`refused_of`): every round beside an on-demand attempt left
+spot attempts numbered after it, ended LAUNCH_FAILED, written at the same moment; so a
+restart does not start the back-off over (a daemon restarted in a loop would otherwise try
+at every checkpoint). The rows hold when a round was decided (the daemon's clock), not its
+checkpoint's sync time (the agent's): a heartbeat's delay later, and off by any skew between
+the two clocks. So the read-back waits for the first fresh checkpoint after the restart (one
+a try could be made at) and moves the rows' times back by how long after its sync the daemon
+received it (that delay plus the skew): what is left is the difference between two
+heartbeats' delays, which ``returns.EARLY_SECONDS`` absorbs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -184,27 +189,31 @@ def next_look(
     return max(0.0, slack - low.restart_overhead - low.safety_margin)
 
 
-def refused_of(attempts: Sequence[AttemptRow], od: AttemptRow) -> returns.Refused | None:
+def refused_of(
+    attempts: Sequence[AttemptRow], od: AttemptRow, *, offset: float = 0.0
+) -> returns.Refused | None:
     """The refused rounds in a row beside on-demand attempt ``od``, read back from the job's
     attempt rows (a restarted daemon): the tries of one round are the attempts numbered after
     ``od`` written at one moment, and the round was refused if every one of them is spot and
     ended LAUNCH_FAILED. A round with a try a restart interrupted (launched, or launching,
     when the daemon stopped: not ended yet, or ended MIGRATED) is not counted, as the memory
-    would not have counted it. The last round's time is when it was decided, a heartbeat
-    after its checkpoint."""
+    would not have counted it. The rows hold when the last round was decided, on the daemon's
+    clock, a heartbeat after its checkpoint was synced on the agent's: ``offset`` (how long
+    after its sync a checkpoint reaches the daemon, skew included) is taken off it."""
     rounds: dict[float, bool] = {}
     for a in attempts:
         if a.attempt > od.attempt:
             refused = a.market == Market.SPOT and a.end_reason == EndReason.LAUNCH_FAILED
             rounds[a.created_at] = rounds.get(a.created_at, True) and refused
     times = sorted(at for at, refused in rounds.items() if refused)
-    return returns.Refused(od.attempt, len(times), times[-1]) if times else None
+    return returns.Refused(od.attempt, len(times), times[-1] - offset) if times else None
 
 
 @dataclass(frozen=True, slots=True)
 class _Checkpoint:
     attempt: int
-    synced_at: float
+    synced_at: float  # the agent's clock
+    received_at: float  # the daemon's
 
 
 class Deadline:
@@ -218,14 +227,19 @@ class Deadline:
         job_view: Callable[[JobRow, Task, float], Awaitable[strategies.JobView]],
         placeable: Callable[[str, Task], Sequence[CatalogEntry]],
         history: Callable[[float], Awaitable[list[rhist.ZoneEvent]]],
+        started_at: float,
     ) -> None:
         self.store = store
+        # when this daemon started: an attempt created before may have reported to another
+        self.started_at = started_at
         self.attempts = attempts
         self.job_view = job_view
         self.placeable = placeable
         self.history = history
         self._seen: dict[int, _Checkpoint] = {}  # job id -> the newest checkpoint reported
-        self._leaving: dict[int, float] = {}  # job id -> synced_at when the return was decided
+        # job id -> the sync time a return waits to pass: the checkpoint seen when it was
+        # decided, or None till the first report (a restarted daemon; ``move``)
+        self._leaving: dict[int, float | None] = {}
         # job id -> (attempt, when, slack) of the last full view on spot (``next_look``)
         self._slack: dict[int, tuple[int, float, float]] = {}
         self._refused: dict[int, returns.Refused] = {}  # job id -> refused returns in a row
@@ -248,8 +262,11 @@ class Deadline:
         attempt: int,
         fraction: float,
         synced_at: float,
+        *,
+        received_at: float,
     ) -> bool:
-        """An agent reported the progress its last checkpoint holds. True when the job's
+        """An agent reported the progress its last checkpoint holds (synced at ``synced_at``
+        by its clock, received at ``received_at`` by the daemon's). True when the job's
         worker should look now: the progress moved (the slack and the line with it), or a
         return to spot waits for this checkpoint."""
         seen = self._seen.get(job_id)
@@ -258,7 +275,7 @@ class Deadline:
         job = await self.store.get_job(job_id)
         if job is None or job.is_terminal:
             return False
-        self._seen[job.id] = _Checkpoint(attempt, synced_at)
+        self._seen[job.id] = _Checkpoint(attempt, synced_at, received_at)
         expected = task_of(job).job_recovery.expected_duration_seconds
         if expected is None:
             return False
@@ -294,24 +311,24 @@ class Deadline:
             return True
         rows = await self.store.attempts(job.id)
         await self._drop_interrupted(rows, attempt, now)
-        if returns.beside(self._refused.get(job.id), attempt.attempt) is None:
-            read = refused_of(rows, attempt)  # a restart: the rounds the rows hold
-            if read is not None:
-                self._refused[job.id] = read
         view = await self.job_view(job, task, now)
         catalog = self.placeable(job.project, task)
         history = await self.history(now)
         if not strategies.should_return_to_spot(view, catalog=catalog, history=history, now=now):
-            if self._leaving.pop(job.id, None) is not None:
+            if job.id in self._leaving:
+                del self._leaving[job.id]
                 log.info("return to spot called off", job=job.id)
             return False
         seen = self._seen.get(job.id)
         at = seen.synced_at if seen is not None and seen.attempt == attempt.attempt else None
         if job.id not in self._leaving:
-            # no report of this attempt yet (a restarted daemon): only a sync newer than this
-            # moment counts, so a heartbeat repeating an old one is not taken for it
-            self._leaving[job.id] = now if at is None else at
-            when = _next_try(returns.beside(self._refused.get(job.id), attempt.attempt))
+            # the sync to pass; for an attempt younger than this daemon, whose every report
+            # comes here, none (the first is fresh); for an older one, None (``last`` below)
+            fresh = -math.inf if attempt.created_at >= self.started_at else None
+            self._leaving[job.id] = fresh if at is None else at
+            # a restart: say what the rows hold (their times are read back at the try)
+            held = returns.beside(self._refused.get(job.id), attempt.attempt)
+            when = _next_try(held or refused_of(rows, attempt))
             await self.store.update_job_fields(
                 job.id,
                 now=now,
@@ -319,9 +336,23 @@ class Deadline:
                 f"on-demand attempt {when}",
             )
             return False
-        if at is None or at <= self._leaving[job.id]:
+        last = self._leaving[job.id]
+        if last is None:
+            # decided before the first report of an attempt older than this daemon: that report
+            # may repeat a sync from before the restart, so the try waits for one newer than
+            # it (an agent's sync time is never compared with the daemon's clock)
+            self._leaving[job.id] = at
+            return False
+        if at is None or at <= last:
             return False  # no new checkpoint yet
         self._leaving[job.id] = at  # refused: ask again at the checkpoint after this one
+        assert seen is not None  # ``at`` is its sync time
+        if returns.beside(self._refused.get(job.id), attempt.attempt) is None:
+            # a restart: the rounds the rows hold, their times moved onto the agent's clock
+            # by this fresh checkpoint's delay (module docstring)
+            read = refused_of(rows, attempt, offset=seen.received_at - seen.synced_at)
+            if read is not None:
+                self._refused[job.id] = read
         if not returns.due(self._refused.get(job.id), attempt.attempt, at):
             return False  # backing off after refused returns: a later checkpoint
         first = 1 + max(a.attempt for a in rows)

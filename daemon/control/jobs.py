@@ -134,6 +134,7 @@ class Controller:
             job_view=self._job_view,
             placeable=self.placeable,
             history=self._history,
+            started_at=clock(),
         )
         self.prices = PriceRefresher(providers=self.providers, stop=self.stop, clock=clock)
         self.retention = Retention(settings=settings, store=store, stop=self.stop, clock=clock)
@@ -564,9 +565,14 @@ class Controller:
 
     # -- entry points for the API ----------------------------------------------------------
 
-    async def checkpointed(self, job_id: int, attempt: int, fraction: float, at: float) -> None:
-        """An agent reported its last checkpoint's progress (``spotd.control.deadline``)."""
-        if await self.deadline.checkpointed(job_id, self.task_of, attempt, fraction, at):
+    async def checkpointed(
+        self, job_id: int, attempt: int, fraction: float, at: float, *, now: float
+    ) -> None:
+        """An agent reported, at ``now``, its last checkpoint's progress, synced at ``at`` by
+        its clock (``spotd.control.deadline``)."""
+        if await self.deadline.checkpointed(
+            job_id, self.task_of, attempt, fraction, at, received_at=now
+        ):
             self.wake(job_id)
 
     def provider_for_instance(self, key_or_id: str) -> tuple[Provider, ObservedInstance] | None:

@@ -111,6 +111,7 @@ def _deadline(store: AsyncStore) -> Deadline:
         job_view=never,
         placeable=never,  # type: ignore[arg-type]
         history=never,
+        started_at=0.0,
     )
 
 
@@ -132,14 +133,16 @@ async def test_which_reports_count(
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     d = _deadline(store)
     for attempt, fraction, at in reports:
-        await d.checkpointed(job.id, lambda _: task, attempt, fraction, at)
+        await d.checkpointed(job.id, lambda _: task, attempt, fraction, at, received_at=at + 1.0)
     assert (await store.require_job(job.id)).work_done_seconds == work
 
 
 async def test_a_job_without_expected_duration_records_nothing(store: AsyncStore) -> None:
     job = await _job(store, current_attempt=1)
     task = Task.model_validate({"run": "x"})
-    assert not await _deadline(store).checkpointed(job.id, lambda _: task, 1, 0.5, 10.0)
+    assert not await _deadline(store).checkpointed(
+        job.id, lambda _: task, 1, 0.5, 10.0, received_at=11.0
+    )
     assert (await store.require_job(job.id)).work_done_seconds == 0.0
 
 
@@ -185,6 +188,7 @@ async def test_a_return_to_spot_a_restart_interrupted_is_ended(store: AsyncStore
         job_view=view,
         placeable=lambda project, task: [],
         history=history,
+        started_at=0.0,
     )
     assert not await d.move(job, task, od, now=10.0)
     assert ends.ended == [(spot.id, EndReason.MIGRATED)] and ends.terminated == [spot.id]
@@ -211,9 +215,10 @@ class _Launches(_Ends):
         return None
 
 
-def _on_the_line(store: AsyncStore, launches: _Launches) -> Deadline:
-    """A controller whose job is exactly on the uniform-progress line (``_paced``), in three
-    regions with no zone history, launching through ``launches``."""
+def _on_the_line(store: AsyncStore, launches: _Launches, *, started_at: float = 0.0) -> Deadline:
+    """A controller (started at ``started_at``: a restart, if after the job's attempts were
+    created) whose job is exactly on the uniform-progress line (``_paced``), in three regions
+    with no zone history, launching through ``launches``."""
 
     async def on_the_line(job: JobRow, task: Task, now: float) -> JobView:
         return _paced(work=now / 2)
@@ -227,25 +232,32 @@ def _on_the_line(store: AsyncStore, launches: _Launches) -> Deadline:
         job_view=on_the_line,
         placeable=lambda project, task: three_regions(),
         history=history,
+        started_at=started_at,
     )
 
 
+@pytest.mark.parametrize("skew", [0.0, 200.0, -200.0])
 async def test_a_restarted_daemon_returns_to_spot_at_a_fresh_checkpoint(
-    store: AsyncStore,
+    store: AsyncStore, skew: float
 ) -> None:
     """After a restart the daemon has seen no checkpoint of the on-demand attempt; the agent's
     next heartbeat repeats its last sync, from before the restart. The return waits for a sync
-    newer than its decision (moving at the old one would throw away what ran since), then
-    launches spot beside on-demand and hands over."""
+    newer than that one (moving at the old one would throw away what ran since), then
+    launches spot beside on-demand and hands over, whichever way the agent's clock is off
+    (``skew``: ahead of the daemon's, or behind)."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Launches()
-    d = _on_the_line(store, launches)
+    d = _on_the_line(store, launches, started_at=2_150.0)  # restarted, after attempt 1 began
     assert not await d.move(job, task, od, now=2_200.0)  # decided; no report of attempt 1 yet
-    await d.checkpointed(job.id, lambda _: task, 1, 0.2, 2_100.0)  # the repeated old sync
+    await d.checkpointed(  # the repeated old sync
+        job.id, lambda _: task, 1, 0.2, 2_100.0 + skew, received_at=2_201.0
+    )
     assert not await d.move(job, task, od, now=2_201.0)
     assert launches.launched == []
-    await d.checkpointed(job.id, lambda _: task, 1, 0.22, 2_250.0)  # a fresh checkpoint
+    await d.checkpointed(  # a fresh checkpoint
+        job.id, lambda _: task, 1, 0.22, 2_250.0 + skew, received_at=2_251.0
+    )
     assert await d.move(job, task, od, now=2_251.0)
     assert len(launches.launched) == 1 and launches.terminated == [od.id]
     moved = await store.require_job(job.id)
@@ -312,6 +324,7 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
         job_view=view,
         placeable=None,  # type: ignore[arg-type]
         history=None,  # type: ignore[arg-type]
+        started_at=0.0,
     )
     assert next_look(job, task, spot, 1000.0, pending=False) == 0.0  # 550 - (1000 - 500) < 90
     assert not await d.move(job, task, spot, 1000.0)
@@ -322,7 +335,7 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
     assert (
         next_look(job, task, spot, 1001.0, pending=False, known=d.known_slack(job.id, spot)) or 0
     ) > 0
-    await d.checkpointed(job.id, lambda _: task, 2, 0.5, 1002.0)
+    await d.checkpointed(job.id, lambda _: task, 2, 0.5, 1002.0, received_at=1003.0)
     assert d.known_slack(job.id, spot) is None
 
 
@@ -352,7 +365,7 @@ async def test_refused_returns_back_off_to_a_later_checkpoint(store: AsyncStore)
     tried = []
     for i, delay in enumerate((3.0, 50.0, 0.2, 1.0, 0.5, 3.0, 0.2)):
         at = 2_250.0 + 600.0 * i
-        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
         before = len(launches.launched)
         assert not await d.move(job, task, od, now=at + delay)
         if len(launches.launched) > before:
@@ -378,18 +391,18 @@ async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
     d = _on_the_line(store, launches)
     assert not await d.move(job, task, od, now=2_200.0)
     for at in (2_250.0, 2_310.0):  # two refused rounds, a minute apart
-        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
         assert not await d.move(job, task, od, now=at + 1.0)
     at = 2_370.0  # beside attempt 1 this checkpoint would be held back (due at 2_910)
     tries = len(launches.launched)
-    await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+    await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
     assert not await d.move(job, task, od, now=at + 1.0)
     assert len(launches.launched) == tries
     # the job's on-demand attempt is now another one (say the first was lost and replaced)
     later = dataclasses.replace(od, attempt=9)
     launches.accept = True
     at = 2_430.0
-    await d.checkpointed(job.id, lambda _: task, 9, at / 2 / 5_000.0, at)
+    await d.checkpointed(job.id, lambda _: task, 9, at / 2 / 5_000.0, at, received_at=at + 1.0)
     assert await d.move(job, task, later, now=at + 1.0)
     assert len(launches.launched) == tries + 1
 
@@ -416,36 +429,51 @@ class _RefusesAndEnds(_Refuses):
         return detail
 
 
-async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore) -> None:
+@pytest.mark.parametrize("skew", [0.0, 120.0, -600.0])
+async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, skew: float) -> None:
     """Three refused rounds, then the daemon restarts: the new one reads the rounds back from
     the attempt rows and waits the 20 min the third round set, instead of trying at the next
-    checkpoint (a daemon restarted in a loop would otherwise never back off)."""
+    checkpoint (a daemon restarted in a loop would otherwise never back off). The rows hold
+    the daemon's clock, the checkpoints the agent's: with the agent's clock ``skew`` seconds
+    behind (or ahead, negative) the try still comes at the checkpoint it would have without
+    the restart, neither one later (behind) nor one sooner (ahead)."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _RefusesAndEnds(store)
     d = _on_the_line(store, launches)
-    assert not await d.move(job, task, od, now=2_200.0)
-    for i in range(3):  # checkpoints 600 s apart: rounds at the first, second and third
+
+    def beat(i: int) -> tuple[float, float]:  # checkpoint i: synced (agent), received (daemon)
         at = 2_250.0 + 600.0 * i
-        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
-        assert not await d.move(job, task, od, now=at + 2.0)
+        return at, at + skew + 1.0
+
+    assert not await d.move(job, task, od, now=2_200.0 + skew)
+    for i in range(3):  # checkpoints 600 s apart: rounds at the first, second and third
+        at, received = beat(i)
+        await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=received)
+        assert not await d.move(job, task, od, now=received + 1.0)
     assert len(launches.launched) == 3 * strategies.RETURN_TRIES
-    restarted = _on_the_line(store, launches)
-    assert not await restarted.move(job, task, od, now=3_500.0)  # decided again
+    restarted = _on_the_line(store, launches, started_at=3_450.0 + skew)
+    at, _ = beat(2)  # the agent's first heartbeat repeats its last sync
+    await restarted.checkpointed(
+        job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=3_480.0 + skew
+    )
+    assert not await restarted.move(job, task, od, now=3_500.0 + skew)  # decided again
     # the decision's event says so too: the third round's refusal said it first
     events = [e.message for e in await store.events(job_id=job.id)]
     said = "at least 20 min after the last refused one (3 returns in a row refused)"
     assert sum(said in m for m in events) == 2, events
     tried = []
     for i in range(3, 6):
-        at = 2_250.0 + 600.0 * i
-        await restarted.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at)
+        at, received = beat(i)
+        await restarted.checkpointed(
+            job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=received
+        )
         before = len(launches.launched)
-        assert not await restarted.move(job, task, od, now=at + 2.0)
+        assert not await restarted.move(job, task, od, now=received + 1.0)
         if len(launches.launched) > before:
             tried.append(i)
     assert tried == [4]  # 20 min after the third round, as without the restart
-    rounds = returns.Refused(od.attempt, 4, 2_250.0 + 600.0 * 4 + 2.0)
+    rounds = returns.Refused(od.attempt, 4, beat(4)[1] + 1.0)  # on the daemon's clock
     assert refused_of(await store.attempts(job.id), od) == rounds
 
 
