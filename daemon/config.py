@@ -57,6 +57,10 @@ class Settings:
     lost_after: float = 60.0  # no heartbeat and no provider answer: declared lost
     checkpoint_sync_seconds: float = 0.5  # least time between two syncs of a changed checkpoint
     term_grace_seconds: float = 10.0
+    # DEADLINE returns to spot that every zone refused (spotd.recovery.returns): after two
+    # such checkpoints in a row, the next try waits this long, doubling up to the cap
+    return_backoff_seconds: float = 600.0
+    return_backoff_cap_seconds: float = 3600.0
     # partial recovery of multi-node jobs (spotd.control.node_replace): node replacement
     # rounds allowed per attempt before a lost node relaunches every node; 0: always relaunch
     node_replacements: float = 3.0
@@ -148,6 +152,8 @@ _FLOAT_KEYS = (
     "lost_after",
     "checkpoint_sync_seconds",
     "term_grace_seconds",
+    "return_backoff_seconds",
+    "return_backoff_cap_seconds",
     "node_replacements",
     "idle_gpu_minutes",
     "idle_gpu_threshold",
@@ -304,7 +310,7 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
             raise ConfigError(f"SPOTD_PROVIDERS_JSON is not valid JSON: {exc}") from exc
     if not isinstance(providers, dict) or not all(isinstance(v, dict) for v in providers.values()):
         raise ConfigError("providers must map a provider name to its settings (a mapping)")
-    return Settings(
+    settings = Settings(
         home=home,
         db_url=str(db_url),
         tcp_host=tcp_host,
@@ -319,6 +325,9 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
         **_ha_settings(data, env, str(db_url)),
         **floats,  # type: ignore[arg-type]
     )
+    if settings.return_backoff_cap_seconds < settings.return_backoff_seconds:
+        raise ConfigError("return_backoff_cap_seconds must be at least return_backoff_seconds")
+    return settings
 
 
 _DAEMON_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -53,11 +53,15 @@ class Refused:
     checkpoint: float  # when the checkpoint of the last round was synced (epoch seconds)
 
 
-def backoff(rounds: int) -> float:
-    """Seconds from the last of ``rounds`` refused rounds in a row to the next round."""
+def backoff(rounds: int, *, base: float | None = None, cap: float | None = None) -> float:
+    """Seconds from the last of ``rounds`` refused rounds in a row to the next round: ``base``
+    (``BASE_SECONDS``) after two, doubling to ``cap`` (``CAP_SECONDS``); the daemon's
+    ``return_backoff_seconds`` and ``return_backoff_cap_seconds`` set them."""
     if rounds < 2:
         return 0.0
-    return backoff_seconds(rounds - 2, 1.0, base=BASE_SECONDS, cap=CAP_SECONDS)
+    base = BASE_SECONDS if base is None else base
+    cap = CAP_SECONDS if cap is None else cap
+    return backoff_seconds(rounds - 2, 1.0, base=base, cap=cap)
 
 
 def beside(refused: Refused | None, attempt: int) -> Refused | None:
@@ -65,11 +69,21 @@ def beside(refused: Refused | None, attempt: int) -> Refused | None:
     return refused if refused is not None and refused.attempt == attempt else None
 
 
-def due(refused: Refused | None, attempt: int, checkpoint: float) -> bool:
+def due(
+    refused: Refused | None,
+    attempt: int,
+    checkpoint: float,
+    *,
+    base: float | None = None,
+    cap: float | None = None,
+) -> bool:
     """May a return beside on-demand ``attempt`` be tried at the checkpoint synced at
-    ``checkpoint``?"""
+    ``checkpoint``? (``base`` and ``cap`` as for ``backoff``.)"""
     held = beside(refused, attempt)
-    return held is None or checkpoint >= held.checkpoint + backoff(held.rounds) - EARLY_SECONDS
+    if held is None:
+        return True
+    wait = backoff(held.rounds, base=base, cap=cap)
+    return checkpoint >= held.checkpoint + wait - EARLY_SECONDS
 
 
 def after_refusal(refused: Refused | None, attempt: int, checkpoint: float) -> Refused:

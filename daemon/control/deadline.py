@@ -228,8 +228,10 @@ class Deadline:
         placeable: Callable[[str, Task], Sequence[CatalogEntry]],
         history: Callable[[float], Awaitable[list[rhist.ZoneEvent]]],
         started_at: float,
+        backoff: tuple[float, float] = (returns.BASE_SECONDS, returns.CAP_SECONDS),
     ) -> None:
         self.store = store
+        self.backoff = backoff  # refused returns: (base, cap) of ``returns.backoff``
         # when this daemon started: an attempt created before may have reported to another
         self.started_at = started_at
         self.attempts = attempts
@@ -328,7 +330,7 @@ class Deadline:
             self._leaving[job.id] = fresh if at is None else at
             # a restart: say what the rows hold (their times are read back at the try)
             held = returns.beside(self._refused.get(job.id), attempt.attempt)
-            when = _next_try(held or refused_of(rows, attempt))
+            when = _next_try(held or refused_of(rows, attempt), self.backoff)
             await self.store.update_job_fields(
                 job.id,
                 now=now,
@@ -353,7 +355,8 @@ class Deadline:
             read = refused_of(rows, attempt, offset=seen.received_at - seen.synced_at)
             if read is not None:
                 self._refused[job.id] = read
-        if not returns.due(self._refused.get(job.id), attempt.attempt, at):
+        base, cap = self.backoff
+        if not returns.due(self._refused.get(job.id), attempt.attempt, at, base=base, cap=cap):
             return False  # backing off after refused returns: a later checkpoint
         first = 1 + max(a.attempt for a in rows)
         return await self._make_before_break(job, task, attempt, view, catalog, now, at, first)
@@ -390,7 +393,7 @@ class Deadline:
         if refused:
             count = returns.after_refusal(self._refused.get(job.id), od.attempt, checkpoint)
             self._refused[job.id] = count
-            when = _next_try(count)
+            when = _next_try(count, self.backoff)
             await self.store.update_job_fields(
                 job.id,
                 now=now,
@@ -454,11 +457,13 @@ class Deadline:
         )
 
 
-def _next_try(refused: returns.Refused | None) -> str:
+def _next_try(refused: returns.Refused | None, backoff: tuple[float, float]) -> str:
     """When the next return beside on-demand comes, for the job's events."""
-    if refused is None or not (wait := returns.backoff(refused.rounds)):
+    base, cap = backoff
+    if refused is None or not (wait := returns.backoff(refused.rounds, base=base, cap=cap)):
         return "at the next checkpoint"
+    span = f"{wait / 60:.0f} min" if wait >= 120 else f"{wait:.0f} s"
     return (
-        f"at the first checkpoint synced at least {wait / 60:.0f} min after the last refused "
+        f"at the first checkpoint synced at least {span} after the last refused "
         f"one ({refused.rounds} returns in a row refused)"
     )

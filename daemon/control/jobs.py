@@ -135,6 +135,7 @@ class Controller:
             placeable=self.placeable,
             history=self._history,
             started_at=clock(),
+            backoff=(settings.return_backoff_seconds, settings.return_backoff_cap_seconds),
         )
         self.prices = PriceRefresher(providers=self.providers, stop=self.stop, clock=clock)
         self.retention = Retention(settings=settings, store=store, stop=self.stop, clock=clock)

@@ -92,11 +92,22 @@ TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCEL
 
 @pytest.fixture
 def one_zone_daemon() -> Iterator[DaemonProc]:
+    yield from _one_zone({})
+
+
+@pytest.fixture
+def backing_off_daemon() -> Iterator[DaemonProc]:
+    """Refused returns back off 80 s (not 10 min doubling to an hour) after two rounds."""
+    backoff = {"SPOTD_RETURN_BACKOFF_SECONDS": "80", "SPOTD_RETURN_BACKOFF_CAP_SECONDS": "80"}
+    yield from _one_zone(backoff)
+
+
+def _one_zone(env: dict[str, str]) -> Iterator[DaemonProc]:
     home = Path(f"/tmp/spotd-dl{time.monotonic_ns() % 10**9}")
     home.mkdir(parents=True)
     catalog = home / "catalog.yaml"
     catalog.write_text(CATALOG)
-    d = DaemonProc(home, extra_env={"SPOTD_LOCAL_CATALOG": str(catalog)})
+    d = DaemonProc(home, extra_env={"SPOTD_LOCAL_CATALOG": str(catalog), **env})
     d.start()
     try:
         yield d
@@ -264,3 +275,58 @@ async def test_a_restarted_daemon_returns_to_spot_only_at_a_fresh_checkpoint(
     [start] = re.findall(rf"attempt {back['attempt']} from step (\d+)", text)
     # it resumed from work the on-demand attempt saved after the gate opened
     assert int(start) > resumable, (start, resumable)
+
+
+@pytest.mark.timeout(300)
+async def test_a_restarted_daemon_keeps_backing_off(backing_off_daemon: DaemonProc) -> None:
+    """Through a stockout a job on on-demand tries spot at a checkpoint, is refused, tries
+    again once the zone's 30-s hold is over, is refused again: two rounds, so the next waits
+    80 s from the second (this daemon's ``return_backoff_seconds``; a checkpoint up to 30 s
+    early counts, so 50 s). The daemon is killed right after the second round and restarted at
+    once: it reads the two rounds back from the attempt rows and waits, where with its memory
+    gone and no read-back it would try again as soon as the hold was over, 30 s after the
+    second round. The job checkpoints every 0.5 s, so the rounds come as soon as they may.
+
+    300 s of work due in 900 s (the line: 1/3 s of work per second), restart 8 s: spot is
+    preempted about 3 s in and stays stocked out; on-demand from about t = 35 s, within a
+    restart of the line and then ahead of it, so the return rule holds throughout; rounds at
+    about 36, 66 and (the restarted daemon) 116 s. About two and a half minutes: slow."""
+    d = backing_off_daemon
+    async with d.client() as c:
+        job = await c.launch(_job(steps=600, deadline=900), filename="p.yaml")
+        jid = job["id"]
+        await wait_log(c, jid, "step 6\n", attempt=1)
+        await c.chaos("stockout", target="local-east", seconds=600, market="spot")
+        await c.chaos("preempt", target=str(jid))
+        job = await wait_job(c, jid, lambda j: len(_rounds(j)) >= 2, timeout=150)
+    d.kill9()
+    restarted_at = time.time()
+    d.start()
+    async with d.client() as c:
+        job = await wait_job(c, jid, lambda j: len(_rounds(j)) >= 3, timeout=120)
+        events = await c.events(jid)
+        await c.cancel(jid)
+    rounds = _rounds(job)
+    t0 = job["submitted_at"]
+    seen = [round(r - t0, 1) for r in rounds]
+    assert len(rounds) == 3 and rounds[1] < restarted_at < rounds[2], (seen, restarted_at - t0)
+    assert rounds[1] - rounds[0] >= 29.0, seen  # the zone's hold: the second round
+    # the third waits for the back-off (80 s less the 30 s a checkpoint may come early), not
+    # for the hold (30 s), and not much longer: the restarted daemon still tries
+    assert 49.0 <= rounds[2] - rounds[1] <= 60.0, seen
+    said = "at least 80 s after the last refused one (2 returns in a row refused)"
+    after = [e["message"] for e in events if e["at"] >= restarted_at]
+    assert any(said in m for m in after), after  # the decision after the restart says so
+
+
+def _rounds(job: dict) -> list[float]:
+    """When each refused round beside the running on-demand attempt was made (its tries
+    share one ``created_at``)."""
+    od = _running_on_demand(job)
+    return sorted(
+        {
+            a["created_at"]
+            for a in job["attempts"]
+            if od is not None and a["attempt"] > od and a["end_reason"] == "LAUNCH_FAILED"
+        }
+    )

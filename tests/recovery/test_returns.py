@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from spotd.recovery.returns import EARLY_SECONDS, Refused, after_refusal, beside, due
+from spotd.config import ConfigError, load_settings
+from spotd.recovery.returns import EARLY_SECONDS, Refused, after_refusal, backoff, beside, due
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,35 @@ from spotd.recovery.returns import EARLY_SECONDS, Refused, after_refusal, beside
 )
 def test_due(refused: Refused | None, attempt: int, checkpoint: float, expected: bool) -> None:
     assert due(refused, attempt, checkpoint) is expected
+
+
+@pytest.mark.parametrize(
+    ("rounds", "base", "cap", "wait"),
+    [
+        (2, 80.0, 80.0, 80.0),
+        (5, 80.0, 80.0, 80.0),
+        (3, 60.0, 200.0, 120.0),
+        (4, 60.0, 200.0, 200.0),
+    ],
+)
+def test_the_daemon_sets_the_back_off(rounds: int, base: float, cap: float, wait: float) -> None:
+    """``return_backoff_seconds`` and its cap replace 10 min and 1 h; ``due`` waits as long."""
+    assert backoff(rounds, base=base, cap=cap) == wait
+    last = Refused(1, rounds, 1000.0)
+    assert due(last, 1, 1000.0 + wait - EARLY_SECONDS, base=base, cap=cap)
+    assert not due(last, 1, 999.0 + wait - EARLY_SECONDS, base=base, cap=cap)
+
+
+def test_the_back_off_is_configured(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"SPOTD_RETURN_BACKOFF_SECONDS": "60", "SPOTD_RETURN_BACKOFF_CAP_SECONDS": "300"}
+    s = load_settings(tmp_path, env=env)
+    assert (s.return_backoff_seconds, s.return_backoff_cap_seconds) == (60.0, 300.0)
+    default = load_settings(tmp_path, env={})
+    assert (default.return_backoff_seconds, default.return_backoff_cap_seconds) == (600, 3600)
+    with pytest.raises(ConfigError, match="at least return_backoff_seconds"):
+        load_settings(tmp_path, env={"SPOTD_RETURN_BACKOFF_SECONDS": "7200"})
+    with pytest.raises(ConfigError, match="0 or more"):
+        load_settings(tmp_path, env={"SPOTD_RETURN_BACKOFF_SECONDS": "-1"})
 
 
 @pytest.mark.parametrize(
