@@ -14,7 +14,7 @@ looks: a heartbeat lands some seconds after its sync, and comparing look times w
 try a whole checkpoint later whenever one heartbeat was quicker than the last. A checkpoint
 up to ``EARLY_SECONDS`` before its due time still counts (a sync's length varies). One
 exception: a restarted daemon reads the count back from the attempt rows, which hold when each
-round was decided on its own clock, and moves those times onto the agent's by a fresh
+round was decided on the daemon's clock, and moves those times onto the agent's by a fresh
 checkpoint's delay (``spotd.control.deadline.refused_of``).
 
 With 10-minute checkpoints through a day's stockout the rounds are at 0, 10, 20, 40, 80 and

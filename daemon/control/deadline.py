@@ -45,7 +45,8 @@ already ended (``Controller._place``).
 Memory: the last checkpoint report, a pending return and its refusals in a row, per job,
 dropped by ``forget``. A restarted daemon learns the first two again from the next heartbeats
 (the agent repeats its last sync): a return decided before the first report of an attempt
-older than the daemon waits for a sync newer than that report, so a repeated old one is not
+older than the daemon (with several daemons, of any attempt: reports land on any of them, and
+jobs change hands) waits for a sync newer than that report, so a repeated old one is not
 taken for the fresh checkpoint the move waits for (at worst, when it was fresh, one
 checkpoint later); no sync time is compared with the daemon's clock. The refusals it reads
 back from the attempt rows (:func:`refused_of`): every round beside an on-demand attempt left
@@ -53,10 +54,12 @@ spot attempts numbered after it, ended LAUNCH_FAILED, written at the same moment
 restart does not start the back-off over (a daemon restarted in a loop would otherwise try
 at every checkpoint). The rows hold when a round was decided (the daemon's clock), not its
 checkpoint's sync time (the agent's): a heartbeat's delay later, and off by any skew between
-the two clocks. So the read-back waits for the first fresh checkpoint after the restart (one
-a try could be made at) and moves the rows' times back by how long after its sync the daemon
-received it (that delay plus the skew): what is left is the difference between two
-heartbeats' delays, which ``returns.EARLY_SECONDS`` absorbs.
+the two clocks. So the rows are read at the first try point after the restart (a checkpoint
+newer than the mark, never the first report) and their times moved back by how long after
+its sync the daemon received that checkpoint (its delay plus the skew). What is left is the
+difference between the two heartbeats' delays and the steps that followed them, seconds
+either way: a try that comes out that much late is absorbed by ``returns.EARLY_SECONDS``,
+one that comes out early is early by as much.
 """
 
 from __future__ import annotations
@@ -233,6 +236,7 @@ class Deadline:
         self.store = store
         self.backoff = backoff  # refused returns: (base, cap) of ``returns.backoff``
         # when this daemon started: an attempt created before may have reported to another
+        # (inf with several daemons, where reports land on any daemon and jobs change hands)
         self.started_at = started_at
         self.attempts = attempts
         self.job_view = job_view
@@ -240,7 +244,8 @@ class Deadline:
         self.history = history
         self._seen: dict[int, _Checkpoint] = {}  # job id -> the newest checkpoint reported
         # job id -> the sync time a return waits to pass: the checkpoint seen when it was
-        # decided, or None till the first report (a restarted daemon; ``move``)
+        # decided; -inf, any report (none seen of an attempt younger than this daemon); None
+        # till the first report, which becomes it (an older attempt; ``move``)
         self._leaving: dict[int, float | None] = {}
         # job id -> (attempt, when, slack) of the last full view on spot (``next_look``)
         self._slack: dict[int, tuple[int, float, float]] = {}
@@ -324,8 +329,8 @@ class Deadline:
         seen = self._seen.get(job.id)
         at = seen.synced_at if seen is not None and seen.attempt == attempt.attempt else None
         if job.id not in self._leaving:
-            # the sync to pass; for an attempt younger than this daemon, whose every report
-            # comes here, none (the first is fresh); for an older one, None (``last`` below)
+            # no report seen: of an attempt younger than this daemon, whose every report comes
+            # here, any is newer (-inf); of an older one, the first becomes the mark (None)
             fresh = -math.inf if attempt.created_at >= self.started_at else None
             self._leaving[job.id] = fresh if at is None else at
             # a restart: say what the rows hold (their times are read back at the try)

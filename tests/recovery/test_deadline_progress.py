@@ -12,6 +12,7 @@ from the attempt rows.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -236,27 +237,29 @@ def _on_the_line(store: AsyncStore, launches: _Launches, *, started_at: float = 
     )
 
 
-@pytest.mark.parametrize("skew", [0.0, 200.0, -200.0])
+@pytest.mark.parametrize("ahead", [0.0, 200.0, -200.0])
+@pytest.mark.parametrize("started_at", [2_150.0, math.inf], ids=["restarted", "several-daemons"])
 async def test_a_restarted_daemon_returns_to_spot_at_a_fresh_checkpoint(
-    store: AsyncStore, skew: float
+    store: AsyncStore, ahead: float, started_at: float
 ) -> None:
     """After a restart the daemon has seen no checkpoint of the on-demand attempt; the agent's
     next heartbeat repeats its last sync, from before the restart. The return waits for a sync
     newer than that one (moving at the old one would throw away what ran since), then
     launches spot beside on-demand and hands over, whichever way the agent's clock is off
-    (``skew``: ahead of the daemon's, or behind)."""
+    (``ahead`` of the daemon's by so many seconds, or behind). With several daemons
+    (``started_at`` inf, as the controller sets it) every attempt is treated so."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Launches()
-    d = _on_the_line(store, launches, started_at=2_150.0)  # restarted, after attempt 1 began
+    d = _on_the_line(store, launches, started_at=started_at)  # after attempt 1 began
     assert not await d.move(job, task, od, now=2_200.0)  # decided; no report of attempt 1 yet
     await d.checkpointed(  # the repeated old sync
-        job.id, lambda _: task, 1, 0.2, 2_100.0 + skew, received_at=2_201.0
+        job.id, lambda _: task, 1, 0.2, 2_100.0 + ahead, received_at=2_201.0
     )
     assert not await d.move(job, task, od, now=2_201.0)
     assert launches.launched == []
     await d.checkpointed(  # a fresh checkpoint
-        job.id, lambda _: task, 1, 0.22, 2_250.0 + skew, received_at=2_251.0
+        job.id, lambda _: task, 1, 0.22, 2_250.0 + ahead, received_at=2_251.0
     )
     assert await d.move(job, task, od, now=2_251.0)
     assert len(launches.launched) == 1 and launches.terminated == [od.id]
@@ -429,14 +432,16 @@ class _RefusesAndEnds(_Refuses):
         return detail
 
 
-@pytest.mark.parametrize("skew", [0.0, 120.0, -600.0])
-async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, skew: float) -> None:
+@pytest.mark.parametrize("ahead", [0.0, -120.0, 600.0])
+async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, ahead: float) -> None:
     """Three refused rounds, then the daemon restarts: the new one reads the rounds back from
     the attempt rows and waits the 20 min the third round set, instead of trying at the next
     checkpoint (a daemon restarted in a loop would otherwise never back off). The rows hold
-    the daemon's clock, the checkpoints the agent's: with the agent's clock ``skew`` seconds
-    behind (or ahead, negative) the try still comes at the checkpoint it would have without
-    the restart, neither one later (behind) nor one sooner (ahead)."""
+    the daemon's clock, the checkpoints the agent's: with the agent's clock ``ahead`` of the
+    daemon's by so many seconds (or behind) the try still comes at the checkpoint it would
+    have without the restart, neither one sooner nor one later. The first heartbeat after the
+    restart repeats a sync from ten minutes before: the clocks are set apart by a fresh
+    checkpoint's delay, not by that one's."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _RefusesAndEnds(store)
@@ -444,20 +449,20 @@ async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, skew: flo
 
     def beat(i: int) -> tuple[float, float]:  # checkpoint i: synced (agent), received (daemon)
         at = 2_250.0 + 600.0 * i
-        return at, at + skew + 1.0
+        return at, at - ahead + 1.0
 
-    assert not await d.move(job, task, od, now=2_200.0 + skew)
+    assert not await d.move(job, task, od, now=2_200.0 - ahead)
     for i in range(3):  # checkpoints 600 s apart: rounds at the first, second and third
         at, received = beat(i)
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=received)
         assert not await d.move(job, task, od, now=received + 1.0)
     assert len(launches.launched) == 3 * strategies.RETURN_TRIES
-    restarted = _on_the_line(store, launches, started_at=3_450.0 + skew)
-    at, _ = beat(2)  # the agent's first heartbeat repeats its last sync
+    restarted = _on_the_line(store, launches, started_at=4_000.0 - ahead)
+    at, _ = beat(2)  # the agent's first heartbeat repeats its last sync, from 3_450
     await restarted.checkpointed(
-        job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=3_480.0 + skew
+        job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=4_040.0 - ahead
     )
-    assert not await restarted.move(job, task, od, now=3_500.0 + skew)  # decided again
+    assert not await restarted.move(job, task, od, now=4_041.0 - ahead)  # decided again
     # the decision's event says so too: the third round's refusal said it first
     events = [e.message for e in await store.events(job_id=job.id)]
     said = "at least 20 min after the last refused one (3 returns in a row refused)"
