@@ -42,24 +42,26 @@ at the next step (the job stays where it ran, and asks again). Attempt numbers s
 a refused return takes the next free number, and the placement that follows skips numbers
 already ended (``Controller._place``).
 
-Memory: the last checkpoint report, a pending return and its refusals in a row, per job,
-dropped by ``forget``. A restarted daemon learns the first two again from the next heartbeats
-(the agent repeats its last sync): a return decided before the first report of an attempt
-older than the daemon (with several daemons, of any attempt: reports land on any of them, and
-jobs change hands) waits for a sync newer than that report, so a repeated old one is not
-taken for the fresh checkpoint the move waits for (at worst, when it was fresh, one
-checkpoint later); no sync time is compared with the daemon's clock. The refusals it reads
-back from the attempt rows (:func:`refused_of`): every round beside an on-demand attempt left
-spot attempts numbered after it, ended LAUNCH_FAILED, written at the same moment; so a
-restart does not start the back-off over (a daemon restarted in a loop would otherwise try
-at every checkpoint). The rows hold when a round was decided (the daemon's clock), not its
-checkpoint's sync time (the agent's): a heartbeat's delay later, and off by any skew between
-the two clocks. So the rows are read at the first try point after the restart (a checkpoint
-newer than the mark, never the first report) and their times moved back by how long after
-its sync the daemon received that checkpoint (its delay plus the skew). What is left is the
-difference between the two heartbeats' delays and the steps that followed them, seconds
-either way: a try that comes out that much late is absorbed by ``returns.EARLY_SECONDS``,
-one that comes out early is early by as much.
+The newest checkpoint reported is on the job's row (``checkpoint_attempt``,
+``checkpoint_synced_at`` by the agent's clock, ``checkpoint_received_at`` by the daemon's),
+written by whichever daemon the agent reported to. A return waits for a sync newer than the
+one the row held when it was decided (none for an attempt that has not reported: its first
+is fresh); so after a restart, or on another daemon the job moved to, the agent's heartbeat
+repeating its last sync is not taken for the fresh checkpoint the move waits for, and no sync
+time is compared with a daemon's clock.
+
+Memory, per job, dropped by ``forget``: a pending return and its refusals in a row, on the
+daemon that runs the job. The refusals are read back from the attempt rows when memory has
+none (:func:`refused_of`; a restart, or the job moved): every round beside an on-demand
+attempt left spot attempts numbered after it, ended LAUNCH_FAILED, written at the same
+moment; so a restart does not start the back-off over (a daemon restarted in a loop would
+otherwise try at every checkpoint). The rows hold when a round was decided (the daemon's
+clock), not its checkpoint's sync time (the agent's): a heartbeat's delay later, and off by
+any skew between the two clocks. So they are read at the try point (a fresh checkpoint) and
+their times moved back by how long after its sync that checkpoint was received (its delay
+plus the skew). What is left is the difference between the two heartbeats' delays and the
+steps that followed them, seconds either way: a try that comes out that much late is
+absorbed by ``returns.EARLY_SECONDS``, one that comes out early is early by as much.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -216,7 +219,6 @@ def refused_of(
 class _Checkpoint:
     attempt: int
     synced_at: float  # the agent's clock
-    received_at: float  # the daemon's
 
 
 class Deadline:
@@ -230,23 +232,18 @@ class Deadline:
         job_view: Callable[[JobRow, Task, float], Awaitable[strategies.JobView]],
         placeable: Callable[[str, Task], Sequence[CatalogEntry]],
         history: Callable[[float], Awaitable[list[rhist.ZoneEvent]]],
-        started_at: float,
         backoff: tuple[float, float] = (returns.BASE_SECONDS, returns.CAP_SECONDS),
     ) -> None:
         self.store = store
         self.backoff = backoff  # refused returns: (base, cap) of ``returns.backoff``
-        # when this daemon started: an attempt created before may have reported to another
-        # (inf with several daemons, where reports land on any daemon and jobs change hands)
-        self.started_at = started_at
         self.attempts = attempts
         self.job_view = job_view
         self.placeable = placeable
         self.history = history
-        self._seen: dict[int, _Checkpoint] = {}  # job id -> the newest checkpoint reported
-        # job id -> the sync time a return waits to pass: the checkpoint seen when it was
-        # decided; -inf, any report (none seen of an attempt younger than this daemon); None
-        # till the first report, which becomes it (an older attempt; ``move``)
-        self._leaving: dict[int, float | None] = {}
+        # job id -> the newest checkpoint this daemon recorded (the row has the newest of all)
+        self._seen: dict[int, _Checkpoint] = {}
+        # job id -> the sync a return waits to pass: the row's when it was decided (-inf: none)
+        self._leaving: dict[int, float] = {}
         # job id -> (attempt, when, slack) of the last full view on spot (``next_look``)
         self._slack: dict[int, tuple[int, float, float]] = {}
         self._refused: dict[int, returns.Refused] = {}  # job id -> refused returns in a row
@@ -273,26 +270,37 @@ class Deadline:
         received_at: float,
     ) -> bool:
         """An agent reported the progress its last checkpoint holds (synced at ``synced_at``
-        by its clock, received at ``received_at`` by the daemon's). True when the job's
-        worker should look now: the progress moved (the slack and the line with it), or a
-        return to spot waits for this checkpoint."""
+        by its clock, received at ``received_at`` by the daemon's). True when it is new: the
+        job's worker (here, or on the daemon that runs the job) should look now, as the
+        progress moved (the slack and the line with it), or a return to spot may wait for it."""
         seen = self._seen.get(job_id)
         if seen is not None and (seen.attempt, seen.synced_at) >= (attempt, synced_at):
             return False  # a heartbeat repeating what we know, or an older attempt's
         job = await self.store.get_job(job_id)
         if job is None or job.is_terminal:
+            self._seen.pop(job_id, None)
             return False
-        self._seen[job.id] = _Checkpoint(attempt, synced_at, received_at)
+        self._seen[job.id] = _Checkpoint(attempt, synced_at)
+        if (job.checkpoint_attempt or 0, job.checkpoint_synced_at or -math.inf) >= (
+            attempt,
+            synced_at,
+        ):
+            return False  # recorded already (another daemon, or this one before a restart)
         expected = task_of(job).job_recovery.expected_duration_seconds
         if expected is None:
             return False
         work = min(1.0, max(0.0, fraction)) * expected
         current = attempt >= job.current_attempt
+        fields: dict[str, Any] = {
+            "checkpoint_attempt": attempt,
+            "checkpoint_synced_at": synced_at,
+            "checkpoint_received_at": received_at,
+        }
         if work != job.work_done_seconds and (current or work > job.work_done_seconds):
-            await self.store.update_job_fields(job.id, now=synced_at, work_done_seconds=work)
+            fields["work_done_seconds"] = work
             self._slack.pop(job.id, None)  # less work done would mean less slack than known
-            return True
-        return self.pending(job.id)
+        await self.store.update_job_fields(job.id, now=synced_at, **fields)
+        return True
 
     def pending(self, job_id: int) -> bool:
         """A return to spot is decided and waits for the next checkpoint."""
@@ -326,13 +334,10 @@ class Deadline:
                 del self._leaving[job.id]
                 log.info("return to spot called off", job=job.id)
             return False
-        seen = self._seen.get(job.id)
-        at = seen.synced_at if seen is not None and seen.attempt == attempt.attempt else None
+        mine = job.checkpoint_attempt == attempt.attempt
+        at = job.checkpoint_synced_at if mine else None  # the newest checkpoint reported
         if job.id not in self._leaving:
-            # no report seen: of an attempt younger than this daemon, whose every report comes
-            # here, any is newer (-inf); of an older one, the first becomes the mark (None)
-            fresh = -math.inf if attempt.created_at >= self.started_at else None
-            self._leaving[job.id] = fresh if at is None else at
+            self._leaving[job.id] = -math.inf if at is None else at  # a newer one moves it
             # a restart: say what the rows hold (their times are read back at the try)
             held = returns.beside(self._refused.get(job.id), attempt.attempt)
             when = _next_try(held or refused_of(rows, attempt), self.backoff)
@@ -343,21 +348,14 @@ class Deadline:
                 f"on-demand attempt {when}",
             )
             return False
-        last = self._leaving[job.id]
-        if last is None:
-            # decided before the first report of an attempt older than this daemon: that report
-            # may repeat a sync from before the restart, so the try waits for one newer than
-            # it (an agent's sync time is never compared with the daemon's clock)
-            self._leaving[job.id] = at
-            return False
-        if at is None or at <= last:
+        if at is None or at <= self._leaving[job.id]:
             return False  # no new checkpoint yet
         self._leaving[job.id] = at  # refused: ask again at the checkpoint after this one
-        assert seen is not None  # ``at`` is its sync time
         if returns.beside(self._refused.get(job.id), attempt.attempt) is None:
-            # a restart: the rounds the rows hold, their times moved onto the agent's clock
-            # by this fresh checkpoint's delay (module docstring)
-            read = refused_of(rows, attempt, offset=seen.received_at - seen.synced_at)
+            # a restart, or the job moved: the rounds the rows hold, their times moved onto
+            # the agent's clock by this fresh checkpoint's delay (module docstring)
+            delay = (job.checkpoint_received_at or at) - at
+            read = refused_of(rows, attempt, offset=delay)
             if read is not None:
                 self._refused[job.id] = read
         base, cap = self.backoff

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -135,8 +134,6 @@ class Controller:
             job_view=self._job_view,
             placeable=self.placeable,
             history=self._history,
-            # with several daemons a job's reports may have gone to another: none is younger
-            started_at=math.inf if settings.ha else clock(),
             backoff=(settings.return_backoff_seconds, settings.return_backoff_cap_seconds),
         )
         self.prices = PriceRefresher(providers=self.providers, stop=self.stop, clock=clock)

@@ -171,6 +171,20 @@ def _v12_dashboard_sign_ins(conn: Connection) -> None:
     METADATA.create_all(conn, tables=[table_of(DashboardSession), table_of(LoginLink)])
 
 
+def _v13_job_checkpoint(conn: Connection) -> None:
+    """The newest checkpoint an agent reported, on the job (job.checkpoint_attempt,
+    checkpoint_synced_at, checkpoint_received_at): it was in the memory of the daemon the agent
+    reported to, which a restart loses and another daemon running the job never had."""
+    columns = {c["name"] for c in inspect(conn).get_columns("job")}
+    for column, kind in (
+        ("checkpoint_attempt", "INTEGER"),
+        ("checkpoint_synced_at", "FLOAT"),
+        ("checkpoint_received_at", "FLOAT"),
+    ):
+        if column not in columns:
+            conn.exec_driver_sql(f"ALTER TABLE job ADD COLUMN {column} {kind}")
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _create_all),
     (2, _v2_services),
@@ -184,6 +198,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (10, _v10_instance_launched_at),
     (11, _v11_daemons),
     (12, _v12_dashboard_sign_ins),
+    (13, _v13_job_checkpoint),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

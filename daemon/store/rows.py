@@ -87,6 +87,10 @@ class JobRow:
     deadline: float | None
     gpus: float  # reserved against the project's quota while the job is active
     owner: str | None = None  # the daemon that runs it, with several daemons (spotd.store.leases)
+    # the newest checkpoint reported: attempt, synced (agent's clock), received (a daemon's)
+    checkpoint_attempt: int | None = None
+    checkpoint_synced_at: float | None = None
+    checkpoint_received_at: float | None = None
 
     @property
     def is_terminal(self) -> bool:

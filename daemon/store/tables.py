@@ -57,6 +57,12 @@ class Job(_Table, table=True):
     # the daemon that runs it, with several daemons on one database (spotd.control.cluster);
     # None: one daemon runs everything (version 11)
     owner: str | None = Field(default=None, index=True)
+    # the newest checkpoint an agent reported (spotd.control.deadline): its attempt, when the
+    # agent synced it (the agent's clock) and when a daemon received it (that daemon's); in
+    # the row, so a restarted daemon, or another one the job moves to, knows it (version 13)
+    checkpoint_attempt: int | None = None
+    checkpoint_synced_at: float | None = None
+    checkpoint_received_at: float | None = None
 
 
 class Attempt(_Table, table=True):

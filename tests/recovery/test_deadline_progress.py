@@ -12,7 +12,6 @@ from the attempt rows.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,6 @@ def _deadline(store: AsyncStore) -> Deadline:
         job_view=never,
         placeable=never,  # type: ignore[arg-type]
         history=never,
-        started_at=0.0,
     )
 
 
@@ -189,9 +187,8 @@ async def test_a_return_to_spot_a_restart_interrupted_is_ended(store: AsyncStore
         job_view=view,
         placeable=lambda project, task: [],
         history=history,
-        started_at=0.0,
     )
-    assert not await d.move(job, task, od, now=10.0)
+    assert not await d.move(await store.require_job(job.id), task, od, now=10.0)
     assert ends.ended == [(spot.id, EndReason.MIGRATED)] and ends.terminated == [spot.id]
     assert (await store.require_job(job.id)).current_attempt == 1
 
@@ -216,10 +213,9 @@ class _Launches(_Ends):
         return None
 
 
-def _on_the_line(store: AsyncStore, launches: _Launches, *, started_at: float = 0.0) -> Deadline:
-    """A controller (started at ``started_at``: a restart, if after the job's attempts were
-    created) whose job is exactly on the uniform-progress line (``_paced``), in three regions
-    with no zone history, launching through ``launches``."""
+def _on_the_line(store: AsyncStore, launches: _Launches) -> Deadline:
+    """A controller whose job is exactly on the uniform-progress line (``_paced``), in three
+    regions with no zone history, launching through ``launches``."""
 
     async def on_the_line(job: JobRow, task: Task, now: float) -> JobView:
         return _paced(work=now / 2)
@@ -233,35 +229,40 @@ def _on_the_line(store: AsyncStore, launches: _Launches, *, started_at: float = 
         job_view=on_the_line,
         placeable=lambda project, task: three_regions(),
         history=history,
-        started_at=started_at,
     )
 
 
 @pytest.mark.parametrize("ahead", [0.0, 200.0, -200.0])
-@pytest.mark.parametrize("started_at", [2_150.0, math.inf], ids=["restarted", "several-daemons"])
-async def test_a_restarted_daemon_returns_to_spot_at_a_fresh_checkpoint(
-    store: AsyncStore, ahead: float, started_at: float
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["restarted", "reports-elsewhere"])
+async def test_a_return_moves_at_a_fresh_checkpoint_whoever_received_it(
+    store: AsyncStore, ahead: float, elsewhere: bool
 ) -> None:
-    """After a restart the daemon has seen no checkpoint of the on-demand attempt; the agent's
-    next heartbeat repeats its last sync, from before the restart. The return waits for a sync
-    newer than that one (moving at the old one would throw away what ran since), then
-    launches spot beside on-demand and hands over, whichever way the agent's clock is off
-    (``ahead`` of the daemon's by so many seconds, or behind). With several daemons
-    (``started_at`` inf, as the controller sets it) every attempt is treated so."""
+    """A daemon recorded a sync and stopped; the one that runs the job now (restarted, or
+    another daemon on the same database) decides a return, and the agent's next heartbeat
+    repeats that old sync. The return waits for a newer one (moving at the old one would
+    throw away what ran since), then launches spot beside on-demand and hands over, whichever
+    way the agent's clock is off (``ahead`` of the daemons' by so many seconds, or behind).
+    ``elsewhere``: every report reaches another daemon than the one that runs the job (with
+    several daemons an agent reports to the one that launched it); the job's row carries it."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Launches()
-    d = _on_the_line(store, launches, started_at=started_at)  # after attempt 1 began
-    assert not await d.move(job, task, od, now=2_200.0)  # decided; no report of attempt 1 yet
-    await d.checkpointed(  # the repeated old sync
+    gone = _on_the_line(store, launches)
+    assert await gone.checkpointed(
+        job.id, lambda _: task, 1, 0.2, 2_100.0 + ahead, received_at=2_101.0
+    )
+    d = _on_the_line(store, launches)  # restarted, or the daemon the job moved to
+    reports = _on_the_line(store, _Launches()) if elsewhere else d
+    assert not await d.move(await store.require_job(job.id), task, od, now=2_200.0)  # decided
+    assert not await reports.checkpointed(  # the repeated old sync: nothing new
         job.id, lambda _: task, 1, 0.2, 2_100.0 + ahead, received_at=2_201.0
     )
-    assert not await d.move(job, task, od, now=2_201.0)
+    assert not await d.move(await store.require_job(job.id), task, od, now=2_201.0)
     assert launches.launched == []
-    await d.checkpointed(  # a fresh checkpoint
+    assert await reports.checkpointed(  # a fresh checkpoint: the job's worker is woken
         job.id, lambda _: task, 1, 0.22, 2_250.0 + ahead, received_at=2_251.0
     )
-    assert await d.move(job, task, od, now=2_251.0)
+    assert await d.move(await store.require_job(job.id), task, od, now=2_251.0)
     assert len(launches.launched) == 1 and launches.terminated == [od.id]
     moved = await store.require_job(job.id)
     assert moved.current_attempt == 2 and moved.status == JobStatus.STARTING
@@ -327,13 +328,12 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
         job_view=view,
         placeable=None,  # type: ignore[arg-type]
         history=None,  # type: ignore[arg-type]
-        started_at=0.0,
     )
     assert next_look(job, task, spot, 1000.0, pending=False) == 0.0  # 550 - (1000 - 500) < 90
-    assert not await d.move(job, task, spot, 1000.0)
+    assert not await d.move(await store.require_job(job.id), task, spot, 1000.0)
     assert reads == [1000.0]
     assert d.known_slack(job.id, spot) == (1000.0, pytest.approx(550.0 - (1000.0 - 950.0)))
-    assert not await d.move(job, task, spot, 1001.0)
+    assert not await d.move(await store.require_job(job.id), task, spot, 1001.0)
     assert reads == [1000.0]  # not read again
     assert (
         next_look(job, task, spot, 1001.0, pending=False, known=d.known_slack(job.id, spot)) or 0
@@ -364,13 +364,15 @@ async def test_refused_returns_back_off_to_a_later_checkpoint(store: AsyncStore)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Refuses()
     d = _on_the_line(store, launches)
-    assert not await d.move(job, task, od, now=2_200.0)  # decided: waits for a checkpoint
+    assert not await d.move(
+        await store.require_job(job.id), task, od, now=2_200.0
+    )  # decided: waits for a checkpoint
     tried = []
     for i, delay in enumerate((3.0, 50.0, 0.2, 1.0, 0.5, 3.0, 0.2)):
         at = 2_250.0 + 600.0 * i
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
         before = len(launches.launched)
-        assert not await d.move(job, task, od, now=at + delay)
+        assert not await d.move(await store.require_job(job.id), task, od, now=at + delay)
         if len(launches.launched) > before:
             assert len(launches.launched) - before == strategies.RETURN_TRIES
             tried.append(i)
@@ -392,21 +394,21 @@ async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Refuses()
     d = _on_the_line(store, launches)
-    assert not await d.move(job, task, od, now=2_200.0)
+    assert not await d.move(await store.require_job(job.id), task, od, now=2_200.0)
     for at in (2_250.0, 2_310.0):  # two refused rounds, a minute apart
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
-        assert not await d.move(job, task, od, now=at + 1.0)
+        assert not await d.move(await store.require_job(job.id), task, od, now=at + 1.0)
     at = 2_370.0  # beside attempt 1 this checkpoint would be held back (due at 2_910)
     tries = len(launches.launched)
     await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
-    assert not await d.move(job, task, od, now=at + 1.0)
+    assert not await d.move(await store.require_job(job.id), task, od, now=at + 1.0)
     assert len(launches.launched) == tries
     # the job's on-demand attempt is now another one (say the first was lost and replaced)
     later = dataclasses.replace(od, attempt=9)
     launches.accept = True
     at = 2_430.0
     await d.checkpointed(job.id, lambda _: task, 9, at / 2 / 5_000.0, at, received_at=at + 1.0)
-    assert await d.move(job, task, later, now=at + 1.0)
+    assert await d.move(await store.require_job(job.id), task, later, now=at + 1.0)
     assert len(launches.launched) == tries + 1
 
 
@@ -451,18 +453,20 @@ async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, ahead: fl
         at = 2_250.0 + 600.0 * i
         return at, at - ahead + 1.0
 
-    assert not await d.move(job, task, od, now=2_200.0 - ahead)
+    assert not await d.move(await store.require_job(job.id), task, od, now=2_200.0 - ahead)
     for i in range(3):  # checkpoints 600 s apart: rounds at the first, second and third
         at, received = beat(i)
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=received)
-        assert not await d.move(job, task, od, now=received + 1.0)
+        assert not await d.move(await store.require_job(job.id), task, od, now=received + 1.0)
     assert len(launches.launched) == 3 * strategies.RETURN_TRIES
-    restarted = _on_the_line(store, launches, started_at=4_000.0 - ahead)
+    restarted = _on_the_line(store, launches)
     at, _ = beat(2)  # the agent's first heartbeat repeats its last sync, from 3_450
-    await restarted.checkpointed(
+    assert not await restarted.checkpointed(
         job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=4_040.0 - ahead
     )
-    assert not await restarted.move(job, task, od, now=4_041.0 - ahead)  # decided again
+    assert not await restarted.move(
+        await store.require_job(job.id), task, od, now=4_041.0 - ahead
+    )  # decided again
     # the decision's event says so too: the third round's refusal said it first
     events = [e.message for e in await store.events(job_id=job.id)]
     said = "at least 20 min after the last refused one (3 returns in a row refused)"
@@ -474,7 +478,9 @@ async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, ahead: fl
             job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=received
         )
         before = len(launches.launched)
-        assert not await restarted.move(job, task, od, now=received + 1.0)
+        assert not await restarted.move(
+            await store.require_job(job.id), task, od, now=received + 1.0
+        )
         if len(launches.launched) > before:
             tried.append(i)
     assert tried == [4]  # 20 min after the third round, as without the restart

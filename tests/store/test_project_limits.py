@@ -170,6 +170,9 @@ def test_version_4_reserves_the_gpus_of_active_jobs_by_the_old_rule(
             "ALTER TABLE instance DROP COLUMN agent_json",  # version 6
             "ALTER TABLE instance DROP COLUMN bootstrapped_at",
             "ALTER TABLE instance DROP COLUMN launched_at",  # version 10
+            "ALTER TABLE job DROP COLUMN checkpoint_attempt",  # version 13
+            "ALTER TABLE job DROP COLUMN checkpoint_synced_at",
+            "ALTER TABLE job DROP COLUMN checkpoint_received_at",
         ):
             conn.execute(text(ddl))
         conn.execute(text("UPDATE schema_version SET version = 3"))
@@ -179,5 +182,10 @@ def test_version_4_reserves_the_gpus_of_active_jobs_by_the_old_rule(
     assert new.require_job(active.id).gpus == 8  # A100:4 × 2 nodes
     assert new.require_job(ended.id).gpus == 0  # it holds nothing any more
     assert new.require_job(unreadable.id).gpus == 0
+    # version 13: no checkpoint reported yet, and the columns take one
+    assert new.require_job(active.id).checkpoint_synced_at is None
+    new.update_job_fields(active.id, now=clock(), checkpoint_attempt=1, checkpoint_synced_at=5.0)
+    got = new.require_job(active.id)
+    assert (got.checkpoint_attempt, got.checkpoint_synced_at) == (1, 5.0)
     _project(new, clock, max_jobs=1)
     assert (p := new.get_project("ml")) is not None and p.max_jobs == 1
