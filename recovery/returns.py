@@ -12,7 +12,8 @@ on-demand attempt, starts the count over.
 Times are the checkpoints' (when the agent synced them), not the moments the controller
 looks: a heartbeat lands some seconds after its sync, and comparing look times would push a
 try a whole checkpoint later whenever one heartbeat was quicker than the last. A checkpoint
-up to ``EARLY_SECONDS`` before its due time still counts (a sync's length varies). One
+up to ``EARLY_SECONDS`` before its due time still counts (a sync's length varies), or up to
+half the wait if that is shorter (a back-off the daemon set short is not lost in it). One
 exception: a restarted daemon reads the count back from the attempt rows, which hold when each
 round was decided on the daemon's clock, and moves those times onto the agent's by a fresh
 checkpoint's delay (``spotd.control.deadline.refused_of``).
@@ -83,7 +84,7 @@ def due(
     if held is None:
         return True
     wait = backoff(held.rounds, base=base, cap=cap)
-    return checkpoint >= held.checkpoint + wait - EARLY_SECONDS
+    return checkpoint >= held.checkpoint + wait - min(EARLY_SECONDS, wait / 2)
 
 
 def after_refusal(refused: Refused | None, attempt: int, checkpoint: float) -> Refused:

@@ -44,24 +44,29 @@ already ended (``Controller._place``).
 
 The newest checkpoint reported is on the job's row (``checkpoint_attempt``,
 ``checkpoint_synced_at`` by the agent's clock, ``checkpoint_received_at`` by the daemon's),
-written by whichever daemon the agent reported to. A return waits for a sync newer than the
-one the row held when it was decided (none for an attempt that has not reported: its first
-is fresh); so after a restart, or on another daemon the job moved to, the agent's heartbeat
-repeating its last sync is not taken for the fresh checkpoint the move waits for, and no sync
-time is compared with a daemon's clock.
+written by whichever daemon the agent's report reached (its ``daemon_url``; with several
+daemons not necessarily the one that runs the job), only if newer than the row's
+(``Store.record_checkpoint``). A return waits for a sync newer than the one the row held when
+it was decided (none for an attempt that has not reported: its first is fresh, even one the
+agent synced while no daemon was up to hear it); so after a restart, or on another daemon the
+job moved to, the agent's heartbeat repeating its last sync is not taken for the fresh
+checkpoint the move waits for, and no sync time is compared with a daemon's clock.
 
-Memory, per job, dropped by ``forget``: a pending return and its refusals in a row, on the
-daemon that runs the job. The refusals are read back from the attempt rows when memory has
-none (:func:`refused_of`; a restart, or the job moved): every round beside an on-demand
-attempt left spot attempts numbered after it, ended LAUNCH_FAILED, written at the same
-moment; so a restart does not start the back-off over (a daemon restarted in a loop would
-otherwise try at every checkpoint). The rows hold when a round was decided (the daemon's
-clock), not its checkpoint's sync time (the agent's): a heartbeat's delay later, and off by
-any skew between the two clocks. So they are read at the try point (a fresh checkpoint) and
-their times moved back by how long after its sync that checkpoint was received (its delay
-plus the skew). What is left is the difference between the two heartbeats' delays and the
-steps that followed them, seconds either way: a try that comes out that much late is
-absorbed by ``returns.EARLY_SECONDS``, one that comes out early is early by as much.
+Memory, per job, dropped by ``forget``: on every daemon that hears reports, the newest one it
+recorded (so a repeating heartbeat costs no query); on the daemon that runs the job, a pending
+return, its refusals in a row and the slack last seen on spot. The refusals are read back from
+the attempt rows when memory has none (:func:`refused_of`; a restart, or the job moved): every
+round beside an on-demand attempt left spot attempts numbered after it, ended LAUNCH_FAILED,
+written at the same moment; so a restart does not start the back-off over (a daemon restarted
+in a loop would otherwise try at every checkpoint). The rows hold when a round was decided (the
+daemon's clock), not its checkpoint's sync time (the agent's): a heartbeat's delay later, and
+off by any skew between the two clocks. So they are read at the try point (a fresh checkpoint)
+and their times moved back by how long after its sync that checkpoint was received (its delay
+plus the skew; with several daemons, also the skew between the daemon that decided the rounds
+and the one that received the checkpoint). What is left is the difference between the two
+heartbeats' delays and the steps that followed them, seconds either way: a try that comes out
+that much late is absorbed by ``returns.EARLY_SECONDS``, one that comes out early is early by
+as much.
 """
 
 from __future__ import annotations
@@ -70,7 +75,6 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -270,9 +274,10 @@ class Deadline:
         received_at: float,
     ) -> bool:
         """An agent reported the progress its last checkpoint holds (synced at ``synced_at``
-        by its clock, received at ``received_at`` by the daemon's). True when it is new: the
-        job's worker (here, or on the daemon that runs the job) should look now, as the
-        progress moved (the slack and the line with it), or a return to spot may wait for it."""
+        by its clock, received at ``received_at`` by the daemon's). True when it is new and the
+        job is DEADLINE: its worker (here, or on the daemon that runs the job) should look
+        now, as the progress moved (the slack and the line with it), or a return to spot may
+        wait for it."""
         seen = self._seen.get(job_id)
         if seen is not None and (seen.attempt, seen.synced_at) >= (attempt, synced_at):
             return False  # a heartbeat repeating what we know, or an older attempt's
@@ -280,27 +285,20 @@ class Deadline:
         if job is None or job.is_terminal:
             self._seen.pop(job_id, None)
             return False
+        recovery = task_of(job).job_recovery
+        expected = recovery.expected_duration_seconds
+        recorded = expected is not None and await self.store.record_checkpoint(
+            job.id,
+            attempt=attempt,
+            synced_at=synced_at,
+            received_at=received_at,
+            work_done=min(1.0, max(0.0, fraction)) * expected,
+        )  # not if the row has it or a newer one (another daemon, or before a restart)
+        # after the write: one that failed is tried again with the agent's next heartbeat
         self._seen[job.id] = _Checkpoint(attempt, synced_at)
-        if (job.checkpoint_attempt or 0, job.checkpoint_synced_at or -math.inf) >= (
-            attempt,
-            synced_at,
-        ):
-            return False  # recorded already (another daemon, or this one before a restart)
-        expected = task_of(job).job_recovery.expected_duration_seconds
-        if expected is None:
-            return False
-        work = min(1.0, max(0.0, fraction)) * expected
-        current = attempt >= job.current_attempt
-        fields: dict[str, Any] = {
-            "checkpoint_attempt": attempt,
-            "checkpoint_synced_at": synced_at,
-            "checkpoint_received_at": received_at,
-        }
-        if work != job.work_done_seconds and (current or work > job.work_done_seconds):
-            fields["work_done_seconds"] = work
+        if recorded:
             self._slack.pop(job.id, None)  # less work done would mean less slack than known
-        await self.store.update_job_fields(job.id, now=synced_at, **fields)
-        return True
+        return recorded and recovery.strategy is RecoveryStrategy.DEADLINE
 
     def pending(self, job_id: int) -> bool:
         """A return to spot is decided and waits for the next checkpoint."""
@@ -354,7 +352,8 @@ class Deadline:
         if returns.beside(self._refused.get(job.id), attempt.attempt) is None:
             # a restart, or the job moved: the rounds the rows hold, their times moved onto
             # the agent's clock by this fresh checkpoint's delay (module docstring)
-            delay = (job.checkpoint_received_at or at) - at
+            received = job.checkpoint_received_at
+            delay = 0.0 if received is None else received - at
             read = refused_of(rows, attempt, offset=delay)
             if read is not None:
                 self._refused[job.id] = read

@@ -124,6 +124,7 @@ class AsyncStore:
     jobs_ended_before = _offload(Store.jobs_ended_before)
     transition_job = _offload(Store.transition_job)
     update_job_fields = _offload(Store.update_job_fields)
+    record_checkpoint = _offload(Store.record_checkpoint)
     create_attempt = _offload(Store.create_attempt)
     start_attempt = _offload(Store.start_attempt)
     hand_over = _offload(Store.hand_over)

@@ -435,15 +435,19 @@ class _RefusesAndEnds(_Refuses):
 
 
 @pytest.mark.parametrize("ahead", [0.0, -120.0, 600.0])
-async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, ahead: float) -> None:
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["restarted", "reports-elsewhere"])
+async def test_a_restarted_daemon_keeps_backing_off(
+    store: AsyncStore, ahead: float, elsewhere: bool
+) -> None:
     """Three refused rounds, then the daemon restarts: the new one reads the rounds back from
     the attempt rows and waits the 20 min the third round set, instead of trying at the next
     checkpoint (a daemon restarted in a loop would otherwise never back off). The rows hold
     the daemon's clock, the checkpoints the agent's: with the agent's clock ``ahead`` of the
     daemon's by so many seconds (or behind) the try still comes at the checkpoint it would
     have without the restart, neither one sooner nor one later. The first heartbeat after the
-    restart repeats a sync from ten minutes before: the clocks are set apart by a fresh
-    checkpoint's delay, not by that one's."""
+    restart repeats a sync from ten minutes before, which changes nothing. ``elsewhere``: after
+    the restart every report reaches another daemon, and the one that runs the job reads the
+    checkpoints, and how long after its sync each was received, from the job's row."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _RefusesAndEnds(store)
@@ -460,8 +464,9 @@ async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, ahead: fl
         assert not await d.move(await store.require_job(job.id), task, od, now=received + 1.0)
     assert len(launches.launched) == 3 * strategies.RETURN_TRIES
     restarted = _on_the_line(store, launches)
+    reports = _on_the_line(store, _Launches()) if elsewhere else restarted
     at, _ = beat(2)  # the agent's first heartbeat repeats its last sync, from 3_450
-    assert not await restarted.checkpointed(
+    assert not await reports.checkpointed(
         job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=4_040.0 - ahead
     )
     assert not await restarted.move(
@@ -474,7 +479,7 @@ async def test_a_restarted_daemon_keeps_backing_off(store: AsyncStore, ahead: fl
     tried = []
     for i in range(3, 6):
         at, received = beat(i)
-        await restarted.checkpointed(
+        await reports.checkpointed(
             job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=received
         )
         before = len(launches.launched)

@@ -1,0 +1,79 @@
+"""The newest checkpoint reported for a job, on its row (``Store.record_checkpoint``), as two
+daemons on one database record it: a report older than the row's never moves it back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from spotd.store import Store
+from spotd.types import JobStatus
+
+
+def _record(store: Store, job_id: int, attempt: int, synced_at: float, work: float) -> bool:
+    return store.record_checkpoint(
+        job_id, attempt=attempt, synced_at=synced_at, received_at=synced_at + 1.0, work_done=work
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "reports", "want"),
+    [
+        # (the job's current attempt, reports in the order recorded, the row after them):
+        # each report is (attempt, synced_at, work done, recorded?); the row is
+        # (checkpoint_attempt, checkpoint_synced_at, checkpoint_received_at, work_done_seconds)
+        (1, [(1, 100.0, 10.0, True)], (1, 100.0, 101.0, 10.0)),
+        (1, [(1, 100.0, 10.0, True), (1, 200.0, 20.0, True)], (1, 200.0, 201.0, 20.0)),
+        # a later daemon recorded the newer one first: the older one is refused
+        (1, [(1, 200.0, 20.0, True), (1, 100.0, 10.0, False)], (1, 200.0, 201.0, 20.0)),
+        (1, [(1, 100.0, 10.0, True), (1, 100.0, 10.0, False)], (1, 100.0, 101.0, 10.0)),
+        # an older attempt's report after the newer attempt's, whatever its sync time
+        (2, [(2, 50.0, 12.0, True), (1, 300.0, 15.0, False)], (2, 50.0, 51.0, 12.0)),
+        # an older attempt's last snapshot before the newer attempt reports: recorded, and
+        # its work counts only if it says more
+        (2, [(1, 300.0, 15.0, True)], (1, 300.0, 301.0, 15.0)),
+        (2, [(1, 300.0, 8.0, True)], (1, 300.0, 301.0, 12.0)),
+        # the current attempt may report less work than an older one (it resumed from less)
+        (1, [(1, 100.0, 20.0, True), (2, 10.0, 5.0, True)], (2, 10.0, 11.0, 5.0)),
+    ],
+)
+def test_the_row_keeps_the_newest_checkpoint(
+    open_store: Callable[[], Store],
+    clock: Any,
+    current: int,
+    reports: list[tuple[int, float, float, bool]],
+    want: tuple[int, float, float, float],
+) -> None:
+    a, b = open_store(), open_store()  # two daemons on one database, taking turns
+    job = a.create_job(
+        name="j",
+        task_id_prefix="spotd-abcd-j",
+        spec_json="{}",
+        spec_redacted_json="{}",
+        resources="cpu",
+        submitted_at=clock(),
+    )
+    a.update_job_fields(job.id, now=clock(), current_attempt=current, work_done_seconds=12.0)
+    got = [
+        _record((a, b)[i % 2], job.id, n, at, work) for i, (n, at, work, _) in enumerate(reports)
+    ]
+    assert got == [recorded for *_, recorded in reports]
+    row = b.require_job(job.id)
+    seen = (
+        row.checkpoint_attempt,
+        row.checkpoint_synced_at,
+        row.checkpoint_received_at,
+        row.work_done_seconds,
+    )
+    assert seen == want
+
+
+def test_an_ended_job_records_nothing(store: Store, clock: Any, make_job: Any) -> None:
+    job = make_job()
+    store.transition_job(
+        job.id, from_=[JobStatus.PENDING], to=JobStatus.CANCELLED, reason="x", now=clock()
+    )
+    assert not _record(store, job.id, 1, 100.0, 10.0)
+    assert store.require_job(job.id).checkpoint_synced_at is None
