@@ -213,18 +213,19 @@ async def heartbeat(request: web.Request) -> web.Response:
         row = found
         offset = await _record(request, body, row, data, phase, now)
     request.app[METRICS].heartbeats.inc()
-    synced_at, progress = body.checkpoint_synced_at, body.checkpoint_progress
-    if synced_at is not None and progress is not None:  # DEADLINE paces itself by it
-        attempt = int(row.attempt_id.rsplit("-a", 1)[1])
-        await request.app[CONTROLLER].checkpointed(
-            row.job_id, attempt, progress, synced_at, now=now
-        )
     if (
         phase != row.phase
         or body.exit_code != row.exit_code
         or (body.notice_deadline is not None and row.notice_deadline is None)
     ):
         request.app[CONTROLLER].wake(row.job_id)
+    # after the wake: a checkpoint that cannot be recorded now must not cost the job its news
+    synced_at, progress = body.checkpoint_synced_at, body.checkpoint_progress
+    if synced_at is not None and progress is not None:  # DEADLINE paces itself by it
+        attempt = int(row.attempt_id.rsplit("-a", 1)[1])
+        await request.app[CONTROLLER].checkpointed(
+            row.job_id, attempt, progress, synced_at, now=now
+        )
     # a node of the job was replaced: restart with the new node list (spotd.agent.gang)
     restart = await request.app[CONTROLLER].losses.order_for(row, body.generation, phase)
     return web.json_response({"log_offset": offset} | ({"restart": restart} if restart else {}))

@@ -52,21 +52,22 @@ agent synced while no daemon was up to hear it); so after a restart, or on anoth
 job moved to, the agent's heartbeat repeating its last sync is not taken for the fresh
 checkpoint the move waits for, and no sync time is compared with a daemon's clock.
 
-Memory, per job, dropped by ``forget``: on every daemon that hears reports, the newest one it
-recorded (so a repeating heartbeat costs no query); on the daemon that runs the job, a pending
-return, its refusals in a row and the slack last seen on spot. The refusals are read back from
-the attempt rows when memory has none (:func:`refused_of`; a restart, or the job moved): every
-round beside an on-demand attempt left spot attempts numbered after it, ended LAUNCH_FAILED,
-written at the same moment; so a restart does not start the back-off over (a daemon restarted
-in a loop would otherwise try at every checkpoint). The rows hold when a round was decided (the
-daemon's clock), not its checkpoint's sync time (the agent's): a heartbeat's delay later, and
-off by any skew between the two clocks. So they are read at the try point (a fresh checkpoint)
-and their times moved back by how long after its sync that checkpoint was received (its delay
-plus the skew; with several daemons, also the skew between the daemon that decided the rounds
-and the one that received the checkpoint). What is left is the difference between the two
-heartbeats' delays and the steps that followed them, seconds either way: a try that comes out
-that much late is absorbed by ``returns.EARLY_SECONDS``, one that comes out early is early by
-as much.
+Memory, per job: on every daemon that hears reports, the newest one it recorded (so a repeating
+heartbeat costs no query; dropped by ``forget`` where the job runs, and past ``HEARD_JOBS``
+jobs the one heard from longest ago); on the daemon that runs the job, a pending return, its
+refusals in a row and the slack last seen on spot. The refusals are read back from the attempt
+rows when memory has none (:func:`refused_of`; a restart, or the job moved): every round beside
+an on-demand attempt left spot attempts numbered after it, ended LAUNCH_FAILED, written at the
+same moment; so a restart does not start the back-off over (a daemon restarted in a loop would
+otherwise try at every checkpoint). The rows hold when a round was decided (the daemon's
+clock), not its checkpoint's sync time (the agent's): a heartbeat's delay later, and off by any
+skew between the two clocks. So they are read at the try point (a fresh checkpoint) and their
+times moved back by how long after its sync that checkpoint was received (its delay plus the
+skew; with several daemons, also the skew between the daemon that decided the rounds and the
+one that received the checkpoint). What is left is the difference between the two heartbeats'
+delays and the steps that followed them, seconds either way: a try that comes out that much
+late is absorbed by ``returns.EARLY_SECONDS`` (or half the wait, if shorter), one that comes
+out early is early by as much.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ from spotd.types import (
 __all__ = ["Deadline", "Pace", "next_look", "pace", "pace_of", "refused_of"]
 
 log = structlog.get_logger("spotd.control.deadline")
+
+# jobs whose newest checkpoint report a daemon remembers (about 100 B each): past this, the one
+# heard from longest ago is forgotten, and its next report costs one query
+HEARD_JOBS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +249,8 @@ class Deadline:
         self.job_view = job_view
         self.placeable = placeable
         self.history = history
-        # job id -> the newest checkpoint this daemon recorded (the row has the newest of all)
+        # job id -> the newest checkpoint this daemon recorded (the row has the newest of all),
+        # the one heard from longest ago first
         self._seen: dict[int, _Checkpoint] = {}
         # job id -> the sync a return waits to pass: the row's when it was decided (-inf: none)
         self._leaving: dict[int, float] = {}
@@ -295,7 +301,10 @@ class Deadline:
             work_done=min(1.0, max(0.0, fraction)) * expected,
         )  # not if the row has it or a newer one (another daemon, or before a restart)
         # after the write: one that failed is tried again with the agent's next heartbeat
+        self._seen.pop(job.id, None)
         self._seen[job.id] = _Checkpoint(attempt, synced_at)
+        if len(self._seen) > HEARD_JOBS:  # jobs other daemons run are never forgotten here
+            del self._seen[next(iter(self._seen))]  # the one heard from longest ago
         if recorded:
             self._slack.pop(job.id, None)  # less work done would mean less slack than known
         return recorded and recovery.strategy is RecoveryStrategy.DEADLINE

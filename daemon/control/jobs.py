@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -236,6 +237,10 @@ class Controller:
 
     def task_of(self, job: JobRow) -> Task:
         return self.memory.task(job)
+
+    def _task_unkept(self, job: JobRow) -> Task:
+        """The task of a job this daemon does not run, parsed and not kept (80 us)."""
+        return self.memory.known(job.id) or Task.model_validate(json.loads(job.spec_json))
 
     async def _step(self, job: JobRow, watched: Watched | None = None) -> float:
         status = JobStatus(job.status)
@@ -569,9 +574,11 @@ class Controller:
         self, job_id: int, attempt: int, fraction: float, at: float, *, now: float
     ) -> None:
         """An agent reported, at ``now``, its last checkpoint's progress, synced at ``at`` by
-        its clock (``spotd.control.deadline``)."""
+        its clock (``spotd.control.deadline``). Another daemon may run the job (several
+        daemons on one database): its task is then parsed, not kept in this one's memory."""
+        task_of = self.task_of if self.workers.runs(job_id) else self._task_unkept
         if await self.deadline.checkpointed(
-            job_id, self.task_of, attempt, fraction, at, received_at=now
+            job_id, task_of, attempt, fraction, at, received_at=now
         ):
             self.wake(job_id)
 

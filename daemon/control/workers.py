@@ -37,6 +37,10 @@ class Workers:
     def size(self) -> int:
         return len(self._wakeups)
 
+    def runs(self, oid: int) -> bool:
+        """Whether this process runs a worker for ``oid``."""
+        return oid in self._wakeups
+
     def wake(self, oid: int) -> bool:
         """Wake ``oid``'s worker; False when this process runs none for it."""
         ev = self._wakeups.get(oid)

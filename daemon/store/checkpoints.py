@@ -20,13 +20,16 @@ from spotd.store.base import StoreBase
 from spotd.store.tables import Job, table_of
 from spotd.types import TERMINAL_JOB_STATUSES
 
-__all__ = ["CheckpointStore"]
+__all__ = ["ReportedCheckpointStore"]
 
 _JOB = table_of(Job)
 _ENDED = tuple(sorted(s.value for s in TERMINAL_JOB_STATUSES))
 
 
-class CheckpointStore(StoreBase):
+class ReportedCheckpointStore(StoreBase):
+    """Jobs' newest reported checkpoints (not the checkpoints themselves:
+    ``spotd.agent.checkpoints``)."""
+
     def record_checkpoint(
         self,
         job_id: int,
@@ -45,7 +48,10 @@ class CheckpointStore(StoreBase):
         newer = or_(
             j.checkpoint_attempt.is_(None),
             j.checkpoint_attempt < attempt,
-            and_(j.checkpoint_attempt == attempt, j.checkpoint_synced_at < synced_at),
+            and_(
+                j.checkpoint_attempt == attempt,
+                or_(j.checkpoint_synced_at.is_(None), j.checkpoint_synced_at < synced_at),
+            ),
         )
         work = case(
             (or_(j.current_attempt <= attempt, j.work_done_seconds < work_done), work_done),

@@ -20,7 +20,7 @@ The store never reads the clock: every timestamp (float epoch seconds) is passed
 
 from __future__ import annotations
 
-from spotd.store.checkpoints import CheckpointStore
+from spotd.store.checkpoints import ReportedCheckpointStore
 from spotd.store.events import EventStore
 from spotd.store.instances import InstanceStore
 from spotd.store.jobs import JobStore
@@ -44,7 +44,7 @@ class Store(
     PoolStore,
     LeaseStore,
     SignInStore,
-    CheckpointStore,
+    ReportedCheckpointStore,
 ):
     """Synchronous access to the state database. Open with :meth:`Store.open`.
 

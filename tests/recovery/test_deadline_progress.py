@@ -243,7 +243,8 @@ async def test_a_return_moves_at_a_fresh_checkpoint_whoever_received_it(
     throw away what ran since), then launches spot beside on-demand and hands over, whichever
     way the agent's clock is off (``ahead`` of the daemons' by so many seconds, or behind).
     ``elsewhere``: every report reaches another daemon than the one that runs the job (with
-    several daemons an agent reports to the one that launched it); the job's row carries it."""
+    several daemons an agent reports to whichever its ``daemon_url`` reaches); the job's row
+    carries it."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Launches()
