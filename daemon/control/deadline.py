@@ -37,8 +37,11 @@ news, and when :func:`next_look` says a move could be due (not every observe int
   progress never returns (the rule requires it).
 
 A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
-on-demand with a later attempt not ended: that attempt is ended and its instances terminated
-at the next step (the job stays where it ran, and asks again). Attempt numbers stay unique:
+on-demand with a later attempt not ended. If the provider had accepted its launch, the
+hand-over is made at the next step: that attempt has run since (while the daemon was down it
+may have saved checkpoints, and the checkpoint store would then refuse the older on-demand
+attempt's). Otherwise it is ended and its instances terminated (the job stays where it ran,
+and asks again). Attempt numbers stay unique:
 a refused return takes the next free number, and the placement that follows skips numbers
 already ended (``Controller._place``).
 
@@ -332,7 +335,8 @@ class Deadline:
             await self._leave(job, attempt, detail, now, to="on-demand")
             return True
         rows = await self.store.attempts(job.id)
-        await self._drop_interrupted(rows, attempt, now)
+        if await self._finish_interrupted(job, rows, attempt, now):
+            return True
         view = await self.job_view(job, task, now)
         catalog = self.placeable(job.project, task)
         history = await self.history(now)
@@ -441,16 +445,23 @@ class Deadline:
         log.info("back on spot", job=job.id, attempt=spot.attempt, zone=cand.zone)
         return True
 
-    async def _drop_interrupted(
-        self, attempts: Sequence[AttemptRow], od: AttemptRow, now: float
-    ) -> None:
+    async def _finish_interrupted(
+        self, job: JobRow, attempts: Sequence[AttemptRow], od: AttemptRow, now: float
+    ) -> bool:
         """A spot attempt written beside this one and never handed over (a restart came in
-        between): end it and stop its instances; the job stays on on-demand."""
+        between). Launched (the provider accepted every node): the hand-over is made now; it
+        has been running since, and may have saved checkpoints that the checkpoint store would
+        not let the older on-demand attempt overwrite. Otherwise it is ended and its instances
+        stopped, and the job stays on on-demand. True when the job moved to it."""
         for a in attempts:
             if a.attempt > od.attempt and a.status != AttemptStatus.ENDED:
+                nodes = await self.store.instances(attempt_id=a.id)
+                if a.market == Market.SPOT and nodes and all(n.instance_id for n in nodes):
+                    return await self._hand_over(job, od, a, candidate_of(a), now)
                 detail = "a return to spot that a restart interrupted; staying on on-demand"
                 await self.attempts.end(a.id, EndReason.MIGRATED, detail, now)
                 await self.attempts.terminate(a.id)
+        return False
 
     async def _leave(
         self, job: JobRow, attempt: AttemptRow, detail: str, now: float, *, to: str

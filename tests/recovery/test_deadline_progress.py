@@ -193,6 +193,26 @@ async def test_a_return_to_spot_a_restart_interrupted_is_ended(store: AsyncStore
     assert (await store.require_job(job.id)).current_attempt == 1
 
 
+async def test_a_return_a_restart_interrupted_after_the_launch_is_handed_over(
+    store: AsyncStore,
+) -> None:
+    """The provider had accepted the spot launch beside on-demand when the daemon stopped:
+    the spot attempt has run since (it may have saved checkpoints the checkpoint store will
+    not let the on-demand attempt overwrite), so the next step makes the hand-over."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    spot = await store.create_attempt(intent(job.id, 2, now=3.0))
+    await store.set_instance_id(f"j{job.id}-a2-n0", "i-spot", now=4.0)
+    launches = _Launches()
+    d = _on_the_line(store, launches)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    assert await d.move(await store.require_job(job.id), task, od, now=10.0)
+    assert launches.launched == [] and launches.terminated == [od.id]
+    moved = await store.require_job(job.id)
+    assert (moved.current_attempt, moved.status) == (spot.attempt, JobStatus.STARTING)
+    ended = await store.require_attempt(od.id)
+    assert ended.end_reason == EndReason.MIGRATED
+
+
 class _Launches(_Ends):
     """``_Ends`` that also launches: every spot launch beside on-demand is accepted."""
 
