@@ -4,9 +4,10 @@ The running attempt's report sets the work done; an older attempt's counts only 
 more and the newer attempt has not reported (the checkpoint store keeps the newest attempt's
 snapshot); a heartbeat repeating a sync already seen changes nothing; a job without
 ``expected_duration`` has nothing to scale by. And the checkpoints a return to spot waits
-for: a return a restart interrupted is ended; after a restart, a repeated old sync is not the
-fresh checkpoint a return moves at, and the back-off from refused returns goes on, read back
-from the attempt rows.
+for: a return a restart interrupted is ended, or handed over if the provider had accepted
+it; after a restart, or on another daemon, a repeated old sync is not the fresh checkpoint a
+return moves at, and the back-off from refused returns goes on, read back from the attempt
+rows.
 """
 
 from __future__ import annotations
