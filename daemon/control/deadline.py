@@ -37,11 +37,11 @@ news, and when :func:`next_look` says a move could be due (not every observe int
   progress never returns (the rule requires it).
 
 A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
-on-demand with a later attempt not ended. If the provider had accepted its launch, the
-hand-over is made at the next step: that attempt has run since (while the daemon was down it
-may have saved checkpoints, and the checkpoint store would then refuse the older on-demand
-attempt's). Otherwise it is ended and its instances terminated (the job stays where it ran,
-and asks again). Attempt numbers stay unique:
+on-demand with a later spot attempt not ended. The next step finishes its launch (a node the
+provider made before the stop is found by its key) and makes the hand-over, without asking
+the rule again: while no daemon watched, the attempt may have run and saved checkpoints, and
+the checkpoint store would then refuse every one of the older on-demand attempt's. A refusal
+ends it, and the job stays on on-demand. Attempt numbers stay unique:
 a refused return takes the next free number, and the placement that follows skips numbers
 already ended (``Controller._place``).
 
@@ -318,7 +318,8 @@ class Deadline:
 
     async def move(self, job: JobRow, task: Task, attempt: AttemptRow, now: float) -> bool:
         """Move a RUNNING DEADLINE job to the other market if the rules say so (module
-        docstring). True when the attempt ended and the job is RECOVERING."""
+        docstring). True when the attempt ended: the job is RECOVERING, or STARTING on the
+        spot attempt it was handed to."""
         if job.status != JobStatus.RUNNING:
             return False
         if task.job_recovery.strategy is not RecoveryStrategy.DEADLINE or job.deadline is None:
@@ -335,7 +336,7 @@ class Deadline:
             await self._leave(job, attempt, detail, now, to="on-demand")
             return True
         rows = await self.store.attempts(job.id)
-        if await self._finish_interrupted(job, rows, attempt, now):
+        if await self._finish_interrupted(job, task, rows, attempt, now):
             return True
         view = await self.job_view(job, task, now)
         catalog = self.placeable(job.project, task)
@@ -419,12 +420,19 @@ class Deadline:
         return False
 
     async def _hand_over(
-        self, job: JobRow, od: AttemptRow, spot: AttemptRow, cand: Candidate, now: float
+        self,
+        job: JobRow,
+        od: AttemptRow,
+        spot: AttemptRow,
+        cand: Candidate,
+        now: float,
+        *,
+        why: str = "deadline: on the uniform-progress line",
     ) -> bool:
         """The spot attempt launched: the job moves to it and the on-demand one ends."""
         reason = (
-            f"attempt {spot.attempt}: {placed_at(cand)} (deadline: on the uniform-progress "
-            f"line; spot launched beside on-demand attempt {od.attempt}, which ends now)"
+            f"attempt {spot.attempt}: {placed_at(cand)} ({why}; spot launched beside "
+            f"on-demand attempt {od.attempt}, which ends now)"
         )
         try:
             await self.store.hand_over(
@@ -446,19 +454,24 @@ class Deadline:
         return True
 
     async def _finish_interrupted(
-        self, job: JobRow, attempts: Sequence[AttemptRow], od: AttemptRow, now: float
+        self, job: JobRow, task: Task, attempts: Sequence[AttemptRow], od: AttemptRow, now: float
     ) -> bool:
-        """A spot attempt written beside this one and never handed over (a restart came in
-        between). Launched (the provider accepted every node): the hand-over is made now; it
-        has been running since, and may have saved checkpoints that the checkpoint store would
-        not let the older on-demand attempt overwrite. Otherwise it is ended and its instances
-        stopped, and the job stays on on-demand. True when the job moved to it."""
+        """A spot attempt written beside this one and never handed over: the daemon stopped in
+        between. Its launch is finished (``Attempts.launch_nodes``: a node the provider made
+        before the stop, even with its id unrecorded, is found by its key, not made twice) and
+        the hand-over made; the return rule is not asked again. Leaving it would not be safe:
+        it may have run while no daemon watched and saved checkpoints, and the checkpoint store
+        never lets the older on-demand attempt overwrite them. A spot instance lost meanwhile
+        is recovered as any loss is. Refused: it ends LAUNCH_FAILED, and the job stays on
+        on-demand. True when the job moved to it."""
         for a in attempts:
             if a.attempt > od.attempt and a.status != AttemptStatus.ENDED:
-                nodes = await self.store.instances(attempt_id=a.id)
-                if a.market == Market.SPOT and nodes and all(n.instance_id for n in nodes):
-                    return await self._hand_over(job, od, a, candidate_of(a), now)
-                detail = "a return to spot that a restart interrupted; staying on on-demand"
+                if a.market == Market.SPOT:
+                    if await self.attempts.launch_nodes(job, task, a.id) is None:
+                        why = "resuming a return to spot that a restart interrupted"
+                        return await self._hand_over(job, od, a, candidate_of(a), now, why=why)
+                    continue  # refused: the launch ended it
+                detail = "an attempt beside on-demand that a restart interrupted"
                 await self.attempts.end(a.id, EndReason.MIGRATED, detail, now)
                 await self.attempts.terminate(a.id)
         return False

@@ -160,58 +160,47 @@ class _Ends:
         self.terminated.append(aid)
 
 
-async def test_a_return_to_spot_a_restart_interrupted_is_ended(store: AsyncStore) -> None:
-    """The spot attempt was written beside the on-demand one, and the daemon stopped before
-    the hand-over: the next step ends and stops it, and the job stays on on-demand."""
-    job, od = await _running_on_demand(store, deadline=3600.0)
-    spot = await store.create_attempt(intent(job.id, 2, now=3.0))
-    ends = _Ends()
-    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
-
-    async def view(job: JobRow, task: Task, now: float) -> JobView:
-        return JobView(
-            strategy=RecoveryStrategy.DEADLINE,
-            request=task.resource_request(),
-            num_nodes=1,
-            submitted_at=0.0,
-            deadline=3600.0,
-            expected_duration=1000.0,
-            progress_from_checkpoints=False,  # so it does not try to return again here
-        )
-
-    async def history(now: float) -> list[Any]:
-        return []
-
-    d = Deadline(
-        store=store,
-        attempts=ends,  # type: ignore[arg-type]
-        job_view=view,
-        placeable=lambda project, task: [],
-        history=history,
-    )
-    assert not await d.move(await store.require_job(job.id), task, od, now=10.0)
-    assert ends.ended == [(spot.id, EndReason.MIGRATED)] and ends.terminated == [spot.id]
-    assert (await store.require_job(job.id)).current_attempt == 1
-
-
-async def test_a_return_a_restart_interrupted_after_the_launch_is_handed_over(
-    store: AsyncStore,
+@pytest.mark.parametrize("made", [True, False], ids=["launched", "in-flight"])
+async def test_a_return_a_restart_interrupted_is_finished_and_handed_over(
+    store: AsyncStore, made: bool
 ) -> None:
-    """The provider had accepted the spot launch beside on-demand when the daemon stopped:
-    the spot attempt has run since (it may have saved checkpoints the checkpoint store will
-    not let the on-demand attempt overwrite), so the next step makes the hand-over."""
+    """The spot attempt was written beside the on-demand one, and the daemon stopped before
+    the hand-over, with the provider's answer recorded or still in flight: the spot attempt
+    may have run since (and saved checkpoints the checkpoint store will not let the on-demand
+    attempt overwrite), so the next step finishes its launch (``Attempts.launch_nodes`` finds
+    a node the provider made by its key) and hands the job over."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     spot = await store.create_attempt(intent(job.id, 2, now=3.0))
-    await store.set_instance_id(f"j{job.id}-a2-n0", "i-spot", now=4.0)
+    if made:
+        await store.set_instance_id(f"j{job.id}-a2-n0", "i-spot", now=4.0)
     launches = _Launches()
     d = _on_the_line(store, launches)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     assert await d.move(await store.require_job(job.id), task, od, now=10.0)
-    assert launches.launched == [] and launches.terminated == [od.id]
+    assert launches.launched == [spot.id] and launches.terminated == [od.id]
     moved = await store.require_job(job.id)
     assert (moved.current_attempt, moved.status) == (spot.attempt, JobStatus.STARTING)
-    ended = await store.require_attempt(od.id)
-    assert ended.end_reason == EndReason.MIGRATED
+    assert (await store.require_attempt(od.id)).end_reason == EndReason.MIGRATED
+    assert (await store.require_attempt(spot.id)).ended_at is None
+    events = [e.message for e in await store.events(job_id=job.id)]
+    assert any("resuming a return to spot that a restart interrupted" in m for m in events)
+
+
+async def test_a_return_a_restart_interrupted_that_is_refused_leaves_the_job(
+    store: AsyncStore,
+) -> None:
+    """The same, and the provider refuses the launch: the spot attempt ends LAUNCH_FAILED and
+    the job stays on on-demand."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    spot = await store.create_attempt(intent(job.id, 2, now=3.0))
+    launches = _Refuses(store)
+    d = _on_the_line(store, launches)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    assert not await d.move(await store.require_job(job.id), task, od, now=10.0)
+    assert launches.launched[0] == spot.id and od.id not in launches.terminated
+    assert (await store.require_attempt(spot.id)).end_reason == EndReason.LAUNCH_FAILED
+    stayed = await store.require_job(job.id)
+    assert (stayed.current_attempt, stayed.status) == (od.attempt, JobStatus.RUNNING)
 
 
 class _Launches(_Ends):
@@ -365,13 +354,30 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
 
 
 class _Refuses(_Launches):
-    """``_Launches`` whose spot launches beside on-demand are all refused, until ``accept``."""
+    """``_Launches`` whose spot launches beside on-demand are all refused, until ``accept``;
+    a refused attempt is ended in the store, as ``Attempts`` does."""
 
     accept = False
 
+    def __init__(self, store: AsyncStore) -> None:
+        super().__init__()
+        self.store = store
+
     async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
         self.launched.append(aid)
-        return None if self.accept else "InsufficientInstanceCapacity"
+        if self.accept:
+            return None
+        detail = "InsufficientInstanceCapacity"
+        await self.store.transition_attempt(
+            aid,
+            from_=[AttemptStatus.PROVISIONING],
+            to=AttemptStatus.ENDED,
+            reason="refused",
+            now=0.0,
+            end_reason=EndReason.LAUNCH_FAILED,
+            end_detail=detail,
+        )
+        return detail
 
 
 async def test_refused_returns_back_off_to_a_later_checkpoint(store: AsyncStore) -> None:
@@ -384,7 +390,7 @@ async def test_refused_returns_back_off_to_a_later_checkpoint(store: AsyncStore)
     try comes."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
-    launches = _Refuses()
+    launches = _Refuses(store)
     d = _on_the_line(store, launches)
     assert not await d.move(
         await store.require_job(job.id), task, od, now=2_200.0
@@ -414,7 +420,7 @@ async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
     accepted return moves the job."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
-    launches = _Refuses()
+    launches = _Refuses(store)
     d = _on_the_line(store, launches)
     assert not await d.move(await store.require_job(job.id), task, od, now=2_200.0)
     for at in (2_250.0, 2_310.0):  # two refused rounds, a minute apart
@@ -434,28 +440,6 @@ async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
     assert len(launches.launched) == tries + 1
 
 
-class _RefusesAndEnds(_Refuses):
-    """``_Refuses`` that ends each refused attempt in the store, as ``Attempts`` does."""
-
-    def __init__(self, store: AsyncStore) -> None:
-        super().__init__()
-        self.store = store
-
-    async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
-        detail = await super().launch_nodes(job, task, aid)
-        if detail is not None:
-            await self.store.transition_attempt(
-                aid,
-                from_=[AttemptStatus.PROVISIONING],
-                to=AttemptStatus.ENDED,
-                reason="refused",
-                now=0.0,
-                end_reason=EndReason.LAUNCH_FAILED,
-                end_detail=detail,
-            )
-        return detail
-
-
 @pytest.mark.parametrize("ahead", [0.0, -120.0, 600.0])
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["restarted", "reports-elsewhere"])
 async def test_a_restarted_daemon_keeps_backing_off(
@@ -472,7 +456,7 @@ async def test_a_restarted_daemon_keeps_backing_off(
     checkpoints, and how long after its sync each was received, from the job's row."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
-    launches = _RefusesAndEnds(store)
+    launches = _Refuses(store)
     d = _on_the_line(store, launches)
 
     def beat(i: int) -> tuple[float, float]:  # checkpoint i: synced (agent), received (daemon)
