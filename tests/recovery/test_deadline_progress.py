@@ -176,7 +176,7 @@ async def test_a_return_a_restart_interrupted_is_finished_and_handed_over(
     launches = _Launches()
     d = _on_the_line(store, launches)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
-    assert await d.move(await store.require_job(job.id), task, od, now=10.0)
+    assert await _move(d, job, task, od, now=10.0)
     assert launches.launched == [spot.id] and launches.terminated == [od.id]
     moved = await store.require_job(job.id)
     assert (moved.current_attempt, moved.status) == (spot.attempt, JobStatus.STARTING)
@@ -196,7 +196,7 @@ async def test_a_return_a_restart_interrupted_that_is_refused_leaves_the_job(
     launches = _Refuses(store)
     d = _on_the_line(store, launches)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
-    assert not await d.move(await store.require_job(job.id), task, od, now=10.0)
+    assert not await _move(d, job, task, od, now=10.0)
     assert launches.launched[0] == spot.id and od.id not in launches.terminated
     assert (await store.require_attempt(spot.id)).end_reason == EndReason.LAUNCH_FAILED
     stayed = await store.require_job(job.id)
@@ -221,6 +221,12 @@ class _Launches(_Ends):
     async def launch_nodes(self, job: JobRow, task: Task, aid: str) -> str | None:
         self.launched.append(aid)
         return None
+
+
+async def _move(d: Deadline, job: JobRow, task: Task, attempt: AttemptRow, now: float) -> bool:
+    """``d.move`` given the job's row as its worker reads it at each step (the newest
+    checkpoint reported, from whichever daemon recorded it)."""
+    return await d.move(await d.store.require_job(job.id), task, attempt, now)
 
 
 def _on_the_line(store: AsyncStore, launches: _Launches) -> Deadline:
@@ -264,16 +270,16 @@ async def test_a_return_moves_at_a_fresh_checkpoint_whoever_received_it(
     )
     d = _on_the_line(store, launches)  # restarted, or the daemon the job moved to
     reports = _on_the_line(store, _Launches()) if elsewhere else d
-    assert not await d.move(await store.require_job(job.id), task, od, now=2_200.0)  # decided
+    assert not await _move(d, job, task, od, now=2_200.0)  # decided
     assert not await reports.checkpointed(  # the repeated old sync: nothing new
         job.id, lambda _: task, 1, 0.2, 2_100.0 + ahead, received_at=2_201.0
     )
-    assert not await d.move(await store.require_job(job.id), task, od, now=2_201.0)
+    assert not await _move(d, job, task, od, now=2_201.0)
     assert launches.launched == []
     assert await reports.checkpointed(  # a fresh checkpoint: the job's worker is woken
         job.id, lambda _: task, 1, 0.22, 2_250.0 + ahead, received_at=2_251.0
     )
-    assert await d.move(await store.require_job(job.id), task, od, now=2_251.0)
+    assert await _move(d, job, task, od, now=2_251.0)
     assert len(launches.launched) == 1 and launches.terminated == [od.id]
     moved = await store.require_job(job.id)
     assert moved.current_attempt == 2 and moved.status == JobStatus.STARTING
@@ -341,10 +347,10 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
         history=None,  # type: ignore[arg-type]
     )
     assert next_look(job, task, spot, 1000.0, pending=False) == 0.0  # 550 - (1000 - 500) < 90
-    assert not await d.move(await store.require_job(job.id), task, spot, 1000.0)
+    assert not await _move(d, job, task, spot, 1000.0)
     assert reads == [1000.0]
     assert d.known_slack(job.id, spot) == (1000.0, pytest.approx(550.0 - (1000.0 - 950.0)))
-    assert not await d.move(await store.require_job(job.id), task, spot, 1001.0)
+    assert not await _move(d, job, task, spot, 1001.0)
     assert reads == [1000.0]  # not read again
     assert (
         next_look(job, task, spot, 1001.0, pending=False, known=d.known_slack(job.id, spot)) or 0
@@ -400,7 +406,7 @@ async def test_refused_returns_back_off_to_a_later_checkpoint(store: AsyncStore)
         at = 2_250.0 + 600.0 * i
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
         before = len(launches.launched)
-        assert not await d.move(await store.require_job(job.id), task, od, now=at + delay)
+        assert not await _move(d, job, task, od, now=at + delay)
         if len(launches.launched) > before:
             assert len(launches.launched) - before == strategies.RETURN_TRIES
             tried.append(i)
@@ -422,21 +428,21 @@ async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Refuses(store)
     d = _on_the_line(store, launches)
-    assert not await d.move(await store.require_job(job.id), task, od, now=2_200.0)
+    assert not await _move(d, job, task, od, now=2_200.0)
     for at in (2_250.0, 2_310.0):  # two refused rounds, a minute apart
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
-        assert not await d.move(await store.require_job(job.id), task, od, now=at + 1.0)
+        assert not await _move(d, job, task, od, now=at + 1.0)
     at = 2_370.0  # beside attempt 1 this checkpoint would be held back (due at 2_910)
     tries = len(launches.launched)
     await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=at + 1.0)
-    assert not await d.move(await store.require_job(job.id), task, od, now=at + 1.0)
+    assert not await _move(d, job, task, od, now=at + 1.0)
     assert len(launches.launched) == tries
     # the job's on-demand attempt is now another one (say the first was lost and replaced)
     later = dataclasses.replace(od, attempt=9)
     launches.accept = True
     at = 2_430.0
     await d.checkpointed(job.id, lambda _: task, 9, at / 2 / 5_000.0, at, received_at=at + 1.0)
-    assert await d.move(await store.require_job(job.id), task, later, now=at + 1.0)
+    assert await _move(d, job, task, later, now=at + 1.0)
     assert len(launches.launched) == tries + 1
 
 
@@ -463,11 +469,11 @@ async def test_a_restarted_daemon_keeps_backing_off(
         at = 2_250.0 + 600.0 * i
         return at, at - ahead + 1.0
 
-    assert not await d.move(await store.require_job(job.id), task, od, now=2_200.0 - ahead)
+    assert not await _move(d, job, task, od, now=2_200.0 - ahead)
     for i in range(3):  # checkpoints 600 s apart: rounds at the first, second and third
         at, received = beat(i)
         await d.checkpointed(job.id, lambda _: task, 1, at / 2 / 5_000.0, at, received_at=received)
-        assert not await d.move(await store.require_job(job.id), task, od, now=received + 1.0)
+        assert not await _move(d, job, task, od, now=received + 1.0)
     assert len(launches.launched) == 3 * strategies.RETURN_TRIES
     restarted = _on_the_line(store, launches)
     reports = _on_the_line(store, _Launches()) if elsewhere else restarted

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from spotd.config import ConfigError, load_settings
@@ -47,7 +49,7 @@ def test_the_daemon_sets_the_back_off(rounds: int, base: float, cap: float, wait
     assert not due(last, 1, 999.0 + wait - early, base=base, cap=cap)
 
 
-def test_the_back_off_is_configured(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_back_off_is_configured(tmp_path: Path) -> None:
     env = {"SPOTD_RETURN_BACKOFF_SECONDS": "60", "SPOTD_RETURN_BACKOFF_CAP_SECONDS": "300"}
     s = load_settings(tmp_path, env=env)
     assert (s.return_backoff_seconds, s.return_backoff_cap_seconds) == (60.0, 300.0)
