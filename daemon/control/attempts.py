@@ -8,7 +8,9 @@ races a preemption) and, for spot, how long it survived in its zone.
 
 The reaper runs on every listing of a provider: it terminates tagged instances the store does
 not know (a leak), and the instances of ended attempts — except one that got a preemption
-notice and is still syncing its checkpoint before the deadline.
+notice and is still syncing its checkpoint before the deadline. An attempt not ended whose job
+ended (a return to spot written beside on-demand, in a job that finished or was cancelled while
+the daemon that wrote it was stopped) is ended CANCELLED and reaped the same way.
 """
 
 from __future__ import annotations
@@ -419,7 +421,12 @@ class Attempts:
                     now=now,
                 )
             await provider.terminate(obs.id)
-        for attempt, row in await self.store.ended_attempts_live_nodes(provider_name):
+        orphans: set[str] = set()
+        for attempt, row in await self.store.reapable_nodes(provider_name):
+            if attempt.status != AttemptStatus.ENDED and attempt.id not in orphans:
+                orphans.add(attempt.id)  # its job ended: nothing will take it over
+                detail = "the job ended before this attempt was handed it"
+                await self.end(attempt.id, EndReason.CANCELLED, detail, now)
             key = row.key
             seen = listed.get(key)
             alive = seen is not None and seen.state in (InstanceState.RUNNING, InstanceState.NOTICE)

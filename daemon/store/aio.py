@@ -119,7 +119,7 @@ class AsyncStore:
     job_counts = _offload(Store.job_counts)
     live_instance_keys = _offload(Store.live_instance_keys)
     recorded_instance_keys = _offload(Store.recorded_instance_keys)
-    ended_attempts_live_nodes = _offload(Store.ended_attempts_live_nodes)
+    reapable_nodes = _offload(Store.reapable_nodes)
     active_jobs = _offload(Store.active_jobs)
     jobs_ended_before = _offload(Store.jobs_ended_before)
     transition_job = _offload(Store.transition_job)

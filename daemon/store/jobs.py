@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, Select, bindparam, func, select
+from sqlalchemy import ColumnElement, Insert, Select, bindparam, func, or_, select
 
 from spotd.store.base import StoreBase
 from spotd.store.cas import (
@@ -257,18 +257,22 @@ class JobStore(StoreBase):
                 out.update(conn.execute(select(it.c.key).where(it.c.key.in_(chunk))).scalars())
         return out
 
-    def ended_attempts_live_nodes(self, provider: str) -> list[tuple[AttemptRow, InstanceRow]]:
-        """(attempt, node) for each node not yet marked terminated of an ended attempt on
-        ``provider``: what the reaper must still finish off, in one query (not one per live
-        instance and tick)."""
-        at, it = ATTEMPTS.table, table_of(Instance)
+    def reapable_nodes(self, provider: str) -> list[tuple[AttemptRow, InstanceRow]]:
+        """(attempt, node) for each node not yet marked terminated on ``provider`` that no
+        attempt needs: the nodes of ended attempts, and of attempts not ended whose job is
+        (a return to spot launched beside on-demand, left by a daemon stopped before the
+        hand-over, in a job that then finished or was cancelled). What the reaper must still
+        finish off, in one query (not one per live instance and tick)."""
+        at, it, jt = ATTEMPTS.table, table_of(Instance), JOBS.table
+        ended = [s.value for s in TERMINAL_JOB_STATUSES]
         q = (
             select(at, it)
             .join(it, it.c.attempt_id == at.c.id)
+            .join(jt, jt.c.id == at.c.job_id)
             .where(
-                at.c.status == AttemptStatus.ENDED.value,
                 at.c.provider == provider,
                 it.c.terminated.is_(False),
+                or_(at.c.status == AttemptStatus.ENDED.value, jt.c.status.in_(ended)),
             )
             .order_by(it.c.key)
         )

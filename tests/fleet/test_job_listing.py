@@ -204,15 +204,15 @@ def test_the_reaper_reads_live_keys_and_ended_attempts_nodes_in_one_query_each(
     )
     with statements(api.store) as seen:
         keys = api.store.live_instance_keys()
-        ended = api.store.ended_attempts_live_nodes("fleet")
+        ended = api.store.reapable_nodes("fleet")
     assert len(seen) == 2
     assert len(keys) == 60 and f"j{ids[0]}-a1-n0" in keys
     assert [(a.id, a.end_reason, n.key) for a, n in ended] == [
         (f"j{ids[0]}-a1", EndReason.PREEMPTED, f"j{ids[0]}-a1-n0")
     ]
-    assert api.store.ended_attempts_live_nodes("aws") == []
+    assert api.store.reapable_nodes("aws") == []
     api.store.mark_instance_terminated(f"j{ids[0]}-a1-n0", now=3001.0)
-    assert api.store.ended_attempts_live_nodes("fleet") == []
+    assert api.store.reapable_nodes("fleet") == []
     assert f"j{ids[0]}-a1-n0" not in api.store.live_instance_keys()
 
 

@@ -1,0 +1,90 @@
+"""A return to spot that a stop interrupted, in a job that then ended another way (it finished,
+or was cancelled, at the first step after the restart, so the DEADLINE controller never ran
+to finish the return): the reaper ends the spot attempt and terminates its instance
+(``Attempts.reap``), where it used to run, billed, until someone noticed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from spotd.config import load_settings
+from spotd.control.attempts import Attempts
+from spotd.metrics import DaemonMetrics
+from spotd.providers.base import CatalogEntry, InstanceId, InstanceSpec, ObservedInstance
+from spotd.store import AsyncStore
+from spotd.types import AttemptStatus, EndReason, InstanceState, JobStatus
+from tests.factories import intent
+from tests.recovery.test_deadline_progress import _running_on_demand, store  # noqa: F401
+
+
+class _Terminates:
+    """A provider that only records what it was asked to terminate."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.terminated: list[str] = []
+
+    def catalog(self) -> Sequence[CatalogEntry]:
+        return []
+
+    async def launch(self, spec: InstanceSpec) -> InstanceId:
+        raise AssertionError("the reaper launches nothing")
+
+    async def list_instances(self) -> Sequence[ObservedInstance]:
+        return []
+
+    async def terminate(self, instance_id: InstanceId) -> None:
+        self.terminated.append(str(instance_id))
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["id-recorded", "answer-in-flight"])
+@pytest.mark.parametrize("ended", [JobStatus.SUCCEEDED, JobStatus.CANCELLED])
+async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
+    store: AsyncStore,  # noqa: F811
+    tmp_path: Path,
+    recorded: bool,
+    ended: JobStatus,
+) -> None:
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    spot = await store.create_attempt(intent(job.id, 2, now=3.0))
+    key = f"j{job.id}-a2-n0"
+    if recorded:  # else the daemon stopped before the provider's answer was written
+        await store.set_instance_id(key, "i-spot", now=4.0)
+    # the job ends as a worker ends it: its attempt first, then the job
+    end = EndReason.SUCCEEDED if ended == JobStatus.SUCCEEDED else EndReason.CANCELLED
+    await store.transition_attempt(
+        od.id,
+        from_=[AttemptStatus.RUNNING],
+        to=AttemptStatus.ENDED,
+        reason="x",
+        now=5.0,
+        end_reason=end,
+    )
+    await store.transition_job(
+        job.id, from_=[JobStatus.RUNNING], to=ended, reason="x", now=5.0, ended_at=5.0
+    )
+    provider = _Terminates()
+    attempts = Attempts(
+        settings=load_settings(tmp_path, env={}),
+        store=store,
+        providers={"local": provider},
+        metrics=DaemonMetrics(),
+        clock=lambda: 10.0,
+    )
+    for _ in range(2):  # an unrecorded id is found by its key at the next listing
+        state = InstanceState.TERMINATED if provider.terminated else InstanceState.RUNNING
+        seen = ObservedInstance(id=InstanceId("i-spot"), key=key, region="r", zone="z", state=state)
+        await attempts.reap("local", {key: seen})
+    assert provider.terminated == ["i-spot"]
+    row = await store.require_attempt(spot.id)
+    assert (row.status, row.end_reason) == (AttemptStatus.ENDED, EndReason.CANCELLED)
+    assert row.end_detail == "the job ended before this attempt was handed it"
+    assert (await store.require_instance(key)).terminated
+    assert (await store.require_attempt(od.id)).end_reason == end  # the first reason stands
