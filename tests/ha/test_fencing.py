@@ -54,13 +54,14 @@ def jobs(c: Cluster, ids: list[int]) -> dict[int, dict[str, object]]:
     }
 
 
-async def a_runs_jobs(c: Cluster, n: int, name: str) -> list[int]:
-    """Start daemon A alone, submit ``n`` jobs through it, and wait until A runs them all."""
+async def a_runs_jobs(c: Cluster, n: int, name: str, task: str = TASK) -> list[int]:
+    """Start daemon A alone, submit ``n`` jobs (``task``) through it, and wait until A runs them
+    all."""
     await asyncio.to_thread(c.start, "A")
     c.wait_schema()
     async with c.client("A") as api:
         ids = [
-            (await api.launch(TASK, filename=f"{name}{i}.yaml", name=f"{name}{i}"))["id"]
+            (await api.launch(task, filename=f"{name}{i}.yaml", name=f"{name}{i}"))["id"]
             for i in range(n)
         ]
     await wait_for(

@@ -6,7 +6,8 @@ instance's own bearer token, to the ``daemon_url`` its ``AgentConfig`` names: th
 routes, store writes and wake-ups carry the load. Like the real agent it reports at once when
 something changed and otherwise once per ``heartbeat_seconds`` (a keep-alive); it goes silent
 when its instance is reclaimed or terminated, and stops once the daemon has acknowledged a final
-phase (``exited``, ``preempted``), as the real agent exits then.
+phase (``exited``, ``preempted``), as the real agent exits then. A run that checkpoints
+(``spotd.providers.fleet.model``) has its newest sync and progress in each report.
 
 A multi-node job's agents follow the daemon's restart orders as the real one does
 (``spotd.agent.gang``): the answer's ``restart`` with a newer generation stops the run
@@ -167,6 +168,7 @@ class AgentPool:
             inst.phase, inst.exit_code = "exited", gang.exit_code
         report = inst.report()
         chunk = inst.log[inst.log_offset :]
+        synced, progress = self._model.checkpoint(inst, now) or (None, None)
         body = {
             "key": inst.key,
             "phase": report[0],
@@ -174,7 +176,8 @@ class AgentPool:
             "notice_deadline": report[2],
             "log_offset": inst.log_offset,
             "log_b64": base64.b64encode(chunk).decode(),
-            "checkpoint_synced_at": None,
+            "checkpoint_synced_at": synced,
+            "checkpoint_progress": progress,
             "generation": gang.generation,
         }
         session, base = self._session(str(inst.agent.get("daemon_url") or ""))

@@ -18,6 +18,12 @@ reclaims that share of its spot instances, and while it reads 0 spot launches th
 
 A job's behaviour is read from its ``run`` script, the only part of a task that says how long
 it runs: ``sleep N`` (seconds; ``infinity``) and ``exit K``; anything else ends at once with 0.
+A run whose script names ``spotd-progress`` (the file a real job writes its progress to with
+each checkpoint, ``spotd.agent.checkpoints``) checkpoints: its agent syncs every
+``checkpoint_sync_seconds`` of its config while it runs, saving the fraction of its ``sleep``s
+done to its job's checkpoint store (one per job, as a bucket is; an older attempt never
+overwrites a newer one's), and reports the newest sync with each heartbeat; a later attempt
+resumes from what the store holds, running only the rest.
 Everything here is plain data with ``now`` passed in: the fleet's server and its agent loop
 (``spotd.providers.fleet.agents``) apply it.
 """
@@ -33,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from spotd.providers.base import TAG_JOB
 from spotd.types import InstanceState, Market
 
 __all__ = [
@@ -50,6 +57,8 @@ ALIVE = (InstanceState.PENDING, InstanceState.RUNNING, InstanceState.NOTICE)
 
 _SLEEP = re.compile(r"\bsleep\s+(infinity|inf|\d+(?:\.\d+)?)\b")
 _EXIT = re.compile(r"\bexit\s+(-?\d+)\b")
+_ATTEMPT = re.compile(r"-a(\d+)-n\d+$")  # an instance key's attempt (spotd.control.node_keys)
+PROGRESS_FILE = "spotd-progress"
 
 
 def job_plan(run: str | None) -> tuple[float, int]:
@@ -147,6 +156,11 @@ class Inst:
     # what a check reads (``FleetModel.history``): when the run started and first stopped
     ran_at: float | None = None
     stopped_at: float | None = None
+    # a run that checkpoints: its whole length (0: it does not), the fraction of it the run
+    # resumed from, and how often its agent syncs
+    work_seconds: float = 0.0
+    resumed: float = 0.0
+    sync_every: float = 0.0
 
     @property
     def alive(self) -> bool:
@@ -198,6 +212,7 @@ class FleetModel:
         self.launches = 0
         self.launches_by_key: dict[str, int] = {}  # instances made per key (FORGET keeps it)
         self.rev = 0  # bumped by every change a listing shows (``changed_since``)
+        self._saved: dict[str, tuple[int, float]] = {}  # job -> (attempt, progress) checkpointed
 
     # -- the provider's calls ----------------------------------------------------------------
 
@@ -331,6 +346,11 @@ class FleetModel:
                 f"run: {inst.agent.get('run')!r}\n".encode()
             )
             seconds, code = job_plan(inst.agent.get("run"))
+            if PROGRESS_FILE in str(inst.agent.get("run") or "") and 0 < seconds < math.inf:
+                inst.work_seconds = seconds
+                inst.sync_every = max(0.1, float(inst.agent.get("checkpoint_sync_seconds") or 0.5))
+                inst.resumed = self._saved.get(_job_of(inst), (0, 0.0))[1]
+                seconds *= 1.0 - inst.resumed  # the rest of the work, from the checkpoint
             if math.isfinite(seconds):
                 inst.planned_exit = code
                 self._push(at + seconds, inst, Event.EXIT)
@@ -377,7 +397,26 @@ class FleetModel:
             inst.stopped_at = inst.stopped_at or now
         self._push(inst.notice_deadline, inst, Event.RECLAIM)
 
+    def checkpoint(self, inst: Inst, now: float) -> tuple[float, float] | None:
+        """(synced at, progress) of the newest checkpoint the instance's run has synced by
+        ``now``, saved to its job's checkpoint store; None if the run does not checkpoint or
+        has not synced yet."""
+        if not inst.work_seconds or inst.ran_at is None:
+            return None
+        end = now if inst.stopped_at is None else min(now, inst.stopped_at)
+        synced = inst.ran_at + math.floor((end - inst.ran_at) / inst.sync_every) * inst.sync_every
+        if synced <= inst.ran_at:
+            return None
+        progress = min(1.0, inst.resumed + (synced - inst.ran_at) / inst.work_seconds)
+        m = _ATTEMPT.search(inst.key)
+        attempt = int(m.group(1)) if m else 0
+        held = self._saved.get(_job_of(inst))
+        if held is None or attempt >= held[0]:
+            self._saved[_job_of(inst)] = (attempt, progress)
+        return synced, progress
+
     def _end(self, inst: Inst, state: InstanceState, reason: str, *, now: float) -> None:
+        self.checkpoint(inst, now)  # what it synced before it went is in the store
         inst.state = state
         inst.reason = reason
         if inst.ran_at is not None:
@@ -426,3 +465,8 @@ class FleetModel:
             }
             for inst in self._by_key.values()
         ]
+
+
+def _job_of(inst: Inst) -> str:
+    """The job an instance runs (its checkpoint store's name): the tag the daemon gives it."""
+    return inst.tags.get(TAG_JOB, inst.key)
