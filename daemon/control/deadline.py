@@ -33,8 +33,11 @@ news, and when :func:`next_look` says a move could be due (not every observe int
   doubling to 1 h; ``spotd.recovery.returns``), so a stockout of a day costs about 27 rounds
   of launch calls and failed attempt rows instead of one every checkpoint; replaying the
   traces this was also cheaper (docs/simulate.md, "Eleventh round"). The rule is asked again
-  at every step; if it stops holding, the move is called off. A job without checkpointed
-  progress never returns (the rule requires it).
+  at every step; if it stops holding, the move is called off, unless only the zones stand in
+  its way (every spot zone held by a refusal or a loss, other jobs' too: the job's pace still
+  allows it, ``strategies.return_paced``): then it stands, and moves at a checkpoint after the
+  hold, without being decided and announced again each time a hold comes and goes. A job
+  without checkpointed progress never returns (the rule requires it).
 
 A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
 on-demand with a later spot attempt not ended. The next step finishes its launch (a node the
@@ -341,13 +344,19 @@ class Deadline:
         view = await self.job_view(job, task, now)
         catalog = self.placeable(job.project, task)
         history = await self.history(now)
+        mine = job.checkpoint_attempt == attempt.attempt
+        at = job.checkpoint_synced_at if mine else None  # the newest checkpoint reported
         if not strategies.should_return_to_spot(view, catalog=catalog, history=history, now=now):
+            if job.id in self._leaving and strategies.return_paced(view, now=now):
+                # every spot zone held a while (a refusal, a loss; other jobs' too): the
+                # return stands, and moves at a checkpoint after the hold, not one before it
+                if at is not None:
+                    self._leaving[job.id] = max(self._leaving[job.id], at)
+                return False
             if job.id in self._leaving:
                 del self._leaving[job.id]
                 log.info("return to spot called off", job=job.id)
             return False
-        mine = job.checkpoint_attempt == attempt.attempt
-        at = job.checkpoint_synced_at if mine else None  # the newest checkpoint reported
         if job.id not in self._leaving:
             self._leaving[job.id] = -math.inf if at is None else at  # a newer one moves it
             # a restart: say what the rows hold (their times are read back at the try)

@@ -22,12 +22,13 @@ import pytest
 from spotd.control.attempts import job_view
 from spotd.control.deadline import Deadline, next_look, pace, refused_of
 from spotd.recovery import returns, strategies
+from spotd.recovery.history import ZoneEvent
 from spotd.recovery.strategies import JobView
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow
-from spotd.types import AttemptStatus, EndReason, JobStatus, RecoveryStrategy
+from spotd.types import AttemptStatus, EndReason, JobStatus, RecoveryStrategy, ZoneEventKind
 from tests.factories import attempt_row, intent
-from tests.recovery.helpers import req, three_regions
+from tests.recovery.helpers import req, three_regions, zk
 
 DEADLINE = {"strategy": "DEADLINE", "expected_duration": "1000s", "deadline": "1h"}
 
@@ -229,15 +230,18 @@ async def _move(d: Deadline, job: JobRow, task: Task, attempt: AttemptRow, now: 
     return await d.move(await d.store.require_job(job.id), task, attempt, now)
 
 
-def _on_the_line(store: AsyncStore, launches: _Launches) -> Deadline:
+def _on_the_line(
+    store: AsyncStore, launches: _Launches, zones: list[ZoneEvent] | None = None
+) -> Deadline:
     """A controller whose job is exactly on the uniform-progress line (``_paced``), in three
-    regions with no zone history, launching through ``launches``."""
+    regions with the zone history ``zones`` (none if not given; read at each look), launching
+    through ``launches``."""
 
     async def on_the_line(job: JobRow, task: Task, now: float) -> JobView:
         return _paced(work=now / 2)
 
     async def history(now: float) -> list[Any]:
-        return []
+        return list(zones or [])
 
     return Deadline(
         store=store,
@@ -246,6 +250,36 @@ def _on_the_line(store: AsyncStore, launches: _Launches) -> Deadline:
         placeable=lambda project, task: three_regions(),
         history=history,
     )
+
+
+async def test_a_return_waits_out_a_hold_without_being_decided_again(store: AsyncStore) -> None:
+    """A return decided; then every spot zone is held (other jobs' refusals): it is not tried,
+    and not called off either, so it is not decided and announced again when the hold ends; it
+    moves at the first checkpoint after the hold, not at one synced during it."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    zones: list[ZoneEvent] = []
+    launches = _Launches()
+    d = _on_the_line(store, launches, zones)
+
+    async def checkpoint(at: float) -> None:
+        assert await d.checkpointed(job.id, lambda _: task, 1, at / 10_000, at, received_at=at)
+
+    await checkpoint(2_000.0)
+    assert not await _move(d, job, task, od, now=2_000.0)  # decided
+    zones.extend(
+        ZoneEvent(zk(e.zone), ZoneEventKind.LAUNCH_FAILED, 2_010.0) for e in three_regions()
+    )
+    await checkpoint(2_020.0)
+    assert not await _move(d, job, task, od, now=2_020.0)  # held: waits, still decided
+    assert d.pending(job.id) and launches.launched == []
+    zones.clear()  # the hold is over; the checkpoint synced during it is not the one
+    assert not await _move(d, job, task, od, now=2_050.0)
+    await checkpoint(2_060.0)
+    assert await _move(d, job, task, od, now=2_060.0)
+    assert len(launches.launched) == 1 and launches.terminated == [od.id]
+    said = [e.message for e in await store.events(job_id=job.id)]
+    assert sum("trying spot beside the on-demand attempt" in m for m in said) == 1, said
 
 
 @pytest.mark.parametrize("ahead", [0.0, 200.0, -200.0])
