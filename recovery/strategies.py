@@ -129,7 +129,6 @@ __all__ = [
     "backoff_seconds",
     "elapsed_fraction",
     "next_placement",
-    "return_paced",
     "return_placement",
     "should_return_to_spot",
     "should_switch_to_ondemand",
@@ -263,26 +262,22 @@ def should_return_to_spot(
     tuning: Tuning = _DEFAULT_TUNING,
 ) -> bool:
     """For a running on-demand attempt of a DEADLINE job: would the launch rule put it on spot
-    now? The executor then tries spot beside on-demand (make before break, module docstring)."""
-    if not return_paced(job, now=now):
-        return False
-    ctx = _Context(job, catalog, history, now, 0.5, tuning, None)
-    return bool(ctx.ranked(_with_market(job.request, spot=True), mode="eager"))
-
-
-def return_paced(job: JobView, *, now: float) -> bool:
-    """``should_return_to_spot`` but for the zones: checkpointed progress on the line, slack for a
-    spot launch, more than two restarts of work left (whether or not every zone is held)."""
+    now? The executor then tries a spot launch beside the on-demand attempt (make before
+    break, module docstring)."""
     if job.strategy is not RecoveryStrategy.DEADLINE or not _has_deadline(job):
         return False
     assert job.expected_duration is not None
+    if not job.progress_from_checkpoints:
+        return False
     overhead = job.restart_overhead
-    return (
-        job.progress_from_checkpoints
-        and _remaining_work(job) > 2 * overhead
-        and _ahead(job, now)
-        and slack_seconds(job, now) - 2 * overhead >= job.safety_margin
-    )
+    if _remaining_work(job) <= 2 * overhead:
+        return False
+    if not _ahead(job, now):
+        return False
+    if slack_seconds(job, now) - 2 * overhead < job.safety_margin:
+        return False
+    ctx = _Context(job, catalog, history, now, 0.5, tuning, None)
+    return bool(ctx.ranked(_with_market(job.request, spot=True), mode="eager"))
 
 
 RETURN_TRIES = 3  # spot zones a return tries, one after another, at one checkpoint

@@ -399,7 +399,8 @@ class Attempts:
             await self.store.mark_instance_terminated(row.key, now=now)
 
     async def reap(self, provider_name: str, listed: Mapping[str, ObservedInstance]) -> None:
-        """Terminate what we do not know, and what ended attempts no longer need."""
+        """Terminate what we do not know, and what ended attempts no longer need; end (CANCELLED)
+        and terminate an attempt left not ended in a job that ended."""
         provider = self.providers[provider_name]
         now = self.clock()
         known = await self.store.live_instance_keys()

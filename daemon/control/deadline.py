@@ -33,10 +33,10 @@ news, and when :func:`next_look` says a move could be due (not every observe int
   doubling to 1 h; ``spotd.recovery.returns``), so a stockout of a day costs about 27 rounds
   of launch calls and failed attempt rows instead of one every checkpoint; replaying the
   traces this was also cheaper (docs/simulate.md, "Eleventh round"). The rule is asked again
-  at every step; if it stops holding, the move is called off, unless only the zones stand in
-  its way (every spot zone held by a refusal or a loss, other jobs' too: the job's pace still
-  allows it, ``strategies.return_paced``): then it stands, and moves at a checkpoint after the
-  hold, without being decided and announced again each time a hold comes and goes. A job
+  at every step; if it stops holding, the move is called off, unless only refusals stand in
+  its way (every spot zone held, by other jobs' refusals too; the rule would hold without the
+  zone history): then it stands, and moves at a checkpoint synced after the hold, without
+  being decided and announced again each time a hold comes and goes. A job
   without checkpointed progress never returns (the rule requires it).
 
 A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
@@ -44,7 +44,9 @@ on-demand with a later spot attempt not ended. The next step finishes its launch
 provider made before the stop is found by its key) and makes the hand-over, without asking
 the rule again: while no daemon watched, the attempt may have run and saved checkpoints, and
 the checkpoint store would then refuse every one of the older on-demand attempt's. A refusal
-ends it, and the job stays on on-demand. Attempt numbers stay unique:
+ends it, and the job stays on on-demand. If the job ended first (it finished, or was
+cancelled), the reaper ends the spot attempt and terminates it (``Attempts.reap``). Attempt
+numbers stay unique:
 a refused return takes the next free number, and the placement that follows skips numbers
 already ended (``Controller._place``).
 
@@ -177,7 +179,6 @@ def next_look(
     attempt: AttemptRow,
     now: float,
     *,
-    pending: bool,
     known: tuple[float, float] | None = None,
 ) -> float | None:
     """Seconds until a market move of this RUNNING DEADLINE job could first be due, if no
@@ -189,16 +190,18 @@ def next_look(
     time), so the worker can sleep until that bound reaches the margin. ``known``: (when, the
     slack then) from the last full view of this attempt (:meth:`Deadline.known_slack`), a
     tighter bound for a job without checkpointed progress, whose earlier attempts' run time
-    the row does not hold. On on-demand the return rule only turns true when a checkpoint
-    reports progress, which wakes the worker (:meth:`Deadline.checkpointed`); a return
-    already decided is looked at every interval."""
+    the row does not hold. On on-demand nothing is due until a checkpoint reports progress,
+    which wakes the worker (:meth:`Deadline.checkpointed`; through the daemon that runs the job
+    if another one recorded it): the return rule only turns true then, and a return already
+    decided moves only at a fresh checkpoint. So a decided return that waits out a back-off or
+    a hold costs no look."""
     recovery = task.job_recovery
     if job.status != JobStatus.RUNNING or job.deadline is None:
         return None
     if recovery.strategy is not RecoveryStrategy.DEADLINE:
         return None
     if attempt.market != str(Market.SPOT):
-        return 0.0 if pending else None
+        return None
     # the view with only the current attempt: its work done is the bound (the attempts before
     # it can only add run time when the job has no checkpointed progress)
     low = job_view(job, task, [attempt], now)
@@ -258,8 +261,9 @@ class Deadline:
         # job id -> the newest checkpoint this daemon recorded (the row has the newest of all),
         # the one heard from longest ago first
         self._seen: dict[int, _Checkpoint] = {}
-        # job id -> the sync a return waits to pass: the row's when it was decided (-inf: none)
-        self._leaving: dict[int, float] = {}
+        # job id -> (the on-demand attempt, the sync a return from it waits to pass: the row's
+        # when it was decided, -inf for none)
+        self._leaving: dict[int, tuple[int, float]] = {}
         # job id -> (attempt, when, slack) of the last full view on spot (``next_look``)
         self._slack: dict[int, tuple[int, float, float]] = {}
         self._refused: dict[int, returns.Refused] = {}  # job id -> refused returns in a row
@@ -319,6 +323,15 @@ class Deadline:
         """A return to spot is decided and waits for the next checkpoint."""
         return job_id in self._leaving
 
+    def _decided(self, job_id: int, attempt: int) -> float | None:
+        """The checkpoint mark of a return decided from on-demand attempt ``attempt``; None if
+        there is none (one decided from an earlier attempt, since lost, is dropped)."""
+        decided = self._leaving.get(job_id)
+        if decided is not None and decided[0] != attempt:
+            del self._leaving[job_id]
+            return None
+        return None if decided is None else decided[1]
+
     async def move(self, job: JobRow, task: Task, attempt: AttemptRow, now: float) -> bool:
         """Move a RUNNING DEADLINE job to the other market if the rules say so (module
         docstring). True when the attempt ended: the job is RECOVERING, or STARTING on the
@@ -329,7 +342,7 @@ class Deadline:
             return False
         if attempt.market == str(Market.SPOT):
             known = self.known_slack(job.id, attempt)
-            if next_look(job, task, attempt, now, pending=False, known=known):
+            if next_look(job, task, attempt, now, known=known):
                 return False  # not due yet, by a bound from the job row (and the last view)
             view = await self.job_view(job, task, now)
             if not strategies.should_switch_to_ondemand(view, now=now):
@@ -346,19 +359,22 @@ class Deadline:
         history = await self.history(now)
         mine = job.checkpoint_attempt == attempt.attempt
         at = job.checkpoint_synced_at if mine else None  # the newest checkpoint reported
+        decided = self._decided(job.id, attempt.attempt)  # the mark, if a return is decided
         if not strategies.should_return_to_spot(view, catalog=catalog, history=history, now=now):
-            if job.id in self._leaving and strategies.return_paced(view, now=now):
-                # every spot zone held a while (a refusal, a loss; other jobs' too): the
-                # return stands, and moves at a checkpoint after the hold, not one before it
-                if at is not None:
-                    self._leaving[job.id] = max(self._leaving[job.id], at)
+            if decided is None:
                 return False
-            if job.id in self._leaving:
-                del self._leaving[job.id]
-                log.info("return to spot called off", job=job.id)
+            if strategies.should_return_to_spot(view, catalog=catalog, history=(), now=now):
+                # only refusals hold it back (every spot zone held, by other jobs' too): the
+                # return stands, and moves at a checkpoint synced after the hold
+                if at is not None:
+                    self._leaving[job.id] = (attempt.attempt, max(decided, at))
+                return False
+            del self._leaving[job.id]
+            log.info("return to spot called off", job=job.id)
             return False
-        if job.id not in self._leaving:
-            self._leaving[job.id] = -math.inf if at is None else at  # a newer one moves it
+        if decided is None:
+            mark = -math.inf if at is None else at  # a newer one moves it
+            self._leaving[job.id] = (attempt.attempt, mark)
             # a restart: say what the rows hold (their times are read back at the try)
             held = returns.beside(self._refused.get(job.id), attempt.attempt)
             when = _next_try(held or refused_of(rows, attempt), self.backoff)
@@ -369,9 +385,9 @@ class Deadline:
                 f"on-demand attempt {when}",
             )
             return False
-        if at is None or at <= self._leaving[job.id]:
+        if at is None or at <= decided:
             return False  # no new checkpoint yet
-        self._leaving[job.id] = at  # refused: ask again at the checkpoint after this one
+        self._leaving[job.id] = (attempt.attempt, at)  # refused: ask at the one after this
         if returns.beside(self._refused.get(job.id), attempt.attempt) is None:
             # a restart, or the job moved: the rounds the rows hold, their times moved onto
             # the agent's clock by this fresh checkpoint's delay (module docstring)

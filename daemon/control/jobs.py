@@ -455,7 +455,6 @@ class Controller:
             task,
             attempt,
             now,
-            pending=self.deadline.pending(job.id),
             known=self.deadline.known_slack(job.id, attempt),
         )
         return recheck_in(

@@ -188,7 +188,7 @@ async def test_the_sdk_follows_pages_and_the_cli_shows_the_first(api: Api, tmp_p
     assert [j["id"] for j in rest] == sorted(ids, reverse=True)[4:] and end is None
 
 
-def test_the_reaper_reads_live_keys_and_ended_attempts_nodes_in_one_query_each(
+def test_the_reaper_reads_live_keys_and_reapable_nodes_in_one_query_each(
     api: Api,
 ) -> None:
     from spotd.types import AttemptStatus, EndReason

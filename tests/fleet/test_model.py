@@ -82,31 +82,37 @@ def test_a_run_ends_with_its_exit_code_reported_once() -> None:
 CHECKPOINTS = "sleep 10  # writes spotd-progress with each checkpoint"
 
 
-def _checkpointing(key: str, job: str = "7") -> Any:
+def _checkpointing(key: str, attempt: int, rank: int = 0) -> Any:
     s = spec(key, run=CHECKPOINTS)
-    s["tags"]["spotd-job"] = job
-    s["agent"]["checkpoint_sync_seconds"] = 0.5
+    s["agent"] |= {
+        "checkpoint_sync_seconds": 0.5,
+        "checkpoint_store": "/ckpt/j7",
+        "attempt": attempt,
+        "node_rank": rank,
+    }
     return s
 
 
 def test_a_run_that_checkpoints_reports_its_syncs_and_the_next_attempt_resumes() -> None:
     m = model(launch_seconds=1.0)
     plain = m.launch(spec("j8-a1-n0", run="sleep 100"), now=0)
-    first = m.launch(_checkpointing("j7-a1-n0"), now=0)
+    other = m.launch(_checkpointing("j7-a1-n1", 1, rank=1), now=0)  # node 0 checkpoints
+    first = m.launch(_checkpointing("j7-a1-n0", 1), now=0)
     list(m.advance(1.0))  # both run from t = 1
     assert m.checkpoint(first, 1.4) is None  # no sync yet
     assert m.checkpoint(first, 4.2) == (4.0, 0.3)  # the newest sync: 3 s of 10
     assert m.checkpoint(plain, 4.2) is None  # a run that does not name spotd-progress
+    assert m.checkpoint(other, 4.2) is None
     m.kill(first.id, now=5.3)  # lost: what it synced by 5.0 is in the store
     assert m.checkpoint(first, 9.0) == (5.0, 0.4)
-    second = m.launch(_checkpointing("j7-a2-n0"), now=6.0)
+    second = m.launch(_checkpointing("j7-a2-n0", 2), now=6.0)
     list(m.advance(7.0))
     assert second.resumed == 0.4
     assert m.checkpoint(second, 8.0) == (8.0, 0.5)
     # an older attempt's sync never overwrites a newer one's: a third attempt resumes at 0.5
     m.checkpoint(first, 9.0)
     m.terminate(second.id, now=8.2)
-    third = m.launch(_checkpointing("j7-a3-n0"), now=9.0)
+    third = m.launch(_checkpointing("j7-a3-n0", 3), now=9.0)
     news = list(m.advance(10.0))
     assert third.resumed == 0.5
     # and runs only the rest: 5 of its 10 s

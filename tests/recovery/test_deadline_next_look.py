@@ -70,33 +70,31 @@ def look(
     attempt: Attempt,
     *,
     task: Task = TASK,
-    pending: bool = False,
     known: tuple[float, float] | None = None,
 ) -> Any:
-    return next_look(job, task, attempt, NOW, pending=pending, known=known)  # type: ignore[arg-type]
+    return next_look(job, task, attempt, NOW, known=known)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    ("job", "attempt", "pending", "expected"),
+    ("job", "attempt", "expected"),
     [
         # 400 s checkpointed: 600 left, slack 2400, the switch due in 2400 - 60 - 30
-        (Job(work_done_seconds=400.0), Attempt(), False, 2310.0),
+        (Job(work_done_seconds=400.0), Attempt(), 2310.0),
         # no checkpoint: at least the 500 s the attempt has run
-        (Job(), Attempt(started_at=NOW - 500.0), False, 2410.0),
+        (Job(), Attempt(started_at=NOW - 500.0), 2410.0),
         # no checkpoint and not started: nothing done, slack 2000
-        (Job(), Attempt(), False, 1910.0),
+        (Job(), Attempt(), 1910.0),
         # 50 s of slack: within a restart and the margin, due now
-        (Job(deadline=NOW + 1050.0), Attempt(), False, 0.0),
-        # on-demand: its return turns due at a checkpoint, which wakes the worker...
-        (Job(work_done_seconds=400.0), Attempt(market="on-demand"), False, None),
-        # ...and a return already decided is looked at every interval
-        (Job(work_done_seconds=400.0), Attempt(market="on-demand"), True, 0.0),
+        (Job(deadline=NOW + 1050.0), Attempt(), 0.0),
+        # on-demand: a return turns due, and a decided one moves, only at a checkpoint, which
+        # wakes the worker
+        (Job(work_done_seconds=400.0), Attempt(market="on-demand"), None),
         # not running (starting, recovering): no move rule
-        (Job(status=JobStatus.STARTING), Attempt(), False, None),
+        (Job(status=JobStatus.STARTING), Attempt(), None),
     ],
 )
-def test_next_look(job: Job, attempt: Attempt, pending: bool, expected: float | None) -> None:
-    assert look(job, attempt, pending=pending) == expected
+def test_next_look(job: Job, attempt: Attempt, expected: float | None) -> None:
+    assert look(job, attempt) == expected
 
 
 @pytest.mark.parametrize(

@@ -231,14 +231,17 @@ async def _move(d: Deadline, job: JobRow, task: Task, attempt: AttemptRow, now: 
 
 
 def _on_the_line(
-    store: AsyncStore, launches: _Launches, zones: list[ZoneEvent] | None = None
+    store: AsyncStore,
+    launches: _Launches,
+    zones: list[ZoneEvent] | None = None,
+    lag: list[float] | None = None,
 ) -> Deadline:
-    """A controller whose job is exactly on the uniform-progress line (``_paced``), in three
-    regions with the zone history ``zones`` (none if not given; read at each look), launching
-    through ``launches``."""
+    """A controller whose job is exactly on the uniform-progress line (``_paced``), or
+    ``lag[0]`` seconds of work behind it, in three regions with the zone history ``zones``
+    (none if not given; both read at each look), launching through ``launches``."""
 
     async def on_the_line(job: JobRow, task: Task, now: float) -> JobView:
-        return _paced(work=now / 2)
+        return _paced(work=now / 2 - (lag or [0.0])[0])
 
     async def history(now: float) -> list[Any]:
         return list(zones or [])
@@ -252,15 +255,21 @@ def _on_the_line(
     )
 
 
-async def test_a_return_waits_out_a_hold_without_being_decided_again(store: AsyncStore) -> None:
+@pytest.mark.parametrize("falls_behind", [False, True])
+async def test_a_return_waits_out_a_hold_without_being_decided_again(
+    store: AsyncStore, falls_behind: bool
+) -> None:
     """A return decided; then every spot zone is held (other jobs' refusals): it is not tried,
     and not called off either, so it is not decided and announced again when the hold ends; it
-    moves at the first checkpoint after the hold, not at one synced during it."""
+    moves at the first checkpoint after the hold, not at one synced during it. Unless the job
+    falls behind its line meanwhile (``falls_behind``, by more than a restart): then it is
+    called off, and decided, and announced, again once the job is back on the line."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     zones: list[ZoneEvent] = []
+    lag = [0.0]
     launches = _Launches()
-    d = _on_the_line(store, launches, zones)
+    d = _on_the_line(store, launches, zones, lag)
 
     async def checkpoint(at: float) -> None:
         assert await d.checkpointed(job.id, lambda _: task, 1, at / 10_000, at, received_at=at)
@@ -271,15 +280,18 @@ async def test_a_return_waits_out_a_hold_without_being_decided_again(store: Asyn
         ZoneEvent(zk(e.zone), ZoneEventKind.LAUNCH_FAILED, 2_010.0) for e in three_regions()
     )
     await checkpoint(2_020.0)
-    assert not await _move(d, job, task, od, now=2_020.0)  # held: waits, still decided
-    assert d.pending(job.id) and launches.launched == []
+    lag[0] = 100.0 if falls_behind else 0.0
+    assert not await _move(d, job, task, od, now=2_020.0)
+    assert d.pending(job.id) is not falls_behind and launches.launched == []
     zones.clear()  # the hold is over; the checkpoint synced during it is not the one
+    lag[0] = 0.0
     assert not await _move(d, job, task, od, now=2_050.0)
     await checkpoint(2_060.0)
     assert await _move(d, job, task, od, now=2_060.0)
     assert len(launches.launched) == 1 and launches.terminated == [od.id]
     said = [e.message for e in await store.events(job_id=job.id)]
-    assert sum("trying spot beside the on-demand attempt" in m for m in said) == 1, said
+    decided = 2 if falls_behind else 1
+    assert sum("trying spot beside the on-demand attempt" in m for m in said) == decided, said
 
 
 @pytest.mark.parametrize("ahead", [0.0, 200.0, -200.0])
@@ -380,15 +392,13 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
         placeable=None,  # type: ignore[arg-type]
         history=None,  # type: ignore[arg-type]
     )
-    assert next_look(job, task, spot, 1000.0, pending=False) == 0.0  # 550 - (1000 - 500) < 90
+    assert next_look(job, task, spot, 1000.0) == 0.0  # 550 - (1000 - 500) < 90
     assert not await _move(d, job, task, spot, 1000.0)
     assert reads == [1000.0]
     assert d.known_slack(job.id, spot) == (1000.0, pytest.approx(550.0 - (1000.0 - 950.0)))
     assert not await _move(d, job, task, spot, 1001.0)
     assert reads == [1000.0]  # not read again
-    assert (
-        next_look(job, task, spot, 1001.0, pending=False, known=d.known_slack(job.id, spot)) or 0
-    ) > 0
+    assert (next_look(job, task, spot, 1001.0, known=d.known_slack(job.id, spot)) or 0) > 0
     await d.checkpointed(job.id, lambda _: task, 2, 0.5, 1002.0, received_at=1003.0)
     assert d.known_slack(job.id, spot) is None
 
@@ -456,8 +466,9 @@ async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
     store: AsyncStore,
 ) -> None:
     """Two refused rounds beside on-demand attempt 1 would hold the next try for 10 min; a
-    new on-demand attempt starts the count over: its first checkpoint tries at once, and an
-    accepted return moves the job."""
+    new on-demand attempt starts over: its return is decided anew (not at attempt 1's mark,
+    a sync by another instance's clock), its next checkpoint tries at once, and an accepted
+    return moves the job."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     launches = _Refuses(store)
@@ -475,6 +486,10 @@ async def test_an_accepted_return_or_a_new_on_demand_attempt_ends_the_back_off(
     later = dataclasses.replace(od, attempt=9)
     launches.accept = True
     at = 2_430.0
+    await d.checkpointed(job.id, lambda _: task, 9, at / 2 / 5_000.0, at, received_at=at + 1.0)
+    assert not await _move(d, job, task, later, now=at + 1.0)  # decided beside attempt 9
+    assert len(launches.launched) == tries
+    at = 2_490.0
     await d.checkpointed(job.id, lambda _: task, 9, at / 2 / 5_000.0, at, received_at=at + 1.0)
     assert await _move(d, job, task, later, now=at + 1.0)
     assert len(launches.launched) == tries + 1

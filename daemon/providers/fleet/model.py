@@ -19,11 +19,13 @@ reclaims that share of its spot instances, and while it reads 0 spot launches th
 A job's behaviour is read from its ``run`` script, the only part of a task that says how long
 it runs: ``sleep N`` (seconds; ``infinity``) and ``exit K``; anything else ends at once with 0.
 A run whose script names ``spotd-progress`` (the file a real job writes its progress to with
-each checkpoint, ``spotd.agent.checkpoints``) checkpoints: its agent syncs every
+each checkpoint, ``spotd.agent.checkpoints``) checkpoints: node 0's agent syncs every
 ``checkpoint_sync_seconds`` of its config while it runs, saving the fraction of its ``sleep``s
-done to its job's checkpoint store (one per job, as a bucket is; an older attempt never
-overwrites a newer one's), and reports the newest sync with each heartbeat; a later attempt
-resumes from what the store holds, running only the rest.
+done to the job's checkpoint store (its config's ``checkpoint_store``, as a bucket is; an older
+attempt never overwrites a newer one's), and reports the newest sync with each heartbeat; a
+later attempt resumes from what the store holds, running only the rest. Not modelled: a gang
+restart (``spotd.providers.fleet.agents``) counts from the run's first start, and a notice's
+final snapshot is the last periodic sync.
 Everything here is plain data with ``now`` passed in: the fleet's server and its agent loop
 (``spotd.providers.fleet.agents``) apply it.
 """
@@ -57,7 +59,6 @@ ALIVE = (InstanceState.PENDING, InstanceState.RUNNING, InstanceState.NOTICE)
 
 _SLEEP = re.compile(r"\bsleep\s+(infinity|inf|\d+(?:\.\d+)?)\b")
 _EXIT = re.compile(r"\bexit\s+(-?\d+)\b")
-_ATTEMPT = re.compile(r"-a(\d+)-n\d+$")  # an instance key's attempt (spotd.control.node_keys)
 PROGRESS_FILE = "spotd-progress"
 
 
@@ -346,7 +347,8 @@ class FleetModel:
                 f"run: {inst.agent.get('run')!r}\n".encode()
             )
             seconds, code = job_plan(inst.agent.get("run"))
-            if PROGRESS_FILE in str(inst.agent.get("run") or "") and 0 < seconds < math.inf:
+            checkpoints = PROGRESS_FILE in str(inst.agent.get("run") or "")
+            if checkpoints and inst.agent.get("node_rank", 0) == 0 and 0 < seconds < math.inf:
                 inst.work_seconds = seconds
                 inst.sync_every = max(0.1, float(inst.agent.get("checkpoint_sync_seconds") or 0.5))
                 inst.resumed = self._saved.get(_job_of(inst), (0, 0.0))[1]
@@ -408,8 +410,7 @@ class FleetModel:
         if synced <= inst.ran_at:
             return None
         progress = min(1.0, inst.resumed + (synced - inst.ran_at) / inst.work_seconds)
-        m = _ATTEMPT.search(inst.key)
-        attempt = int(m.group(1)) if m else 0
+        attempt = int(inst.agent.get("attempt") or 0)
         held = self._saved.get(_job_of(inst))
         if held is None or attempt >= held[0]:
             self._saved[_job_of(inst)] = (attempt, progress)
@@ -468,5 +469,5 @@ class FleetModel:
 
 
 def _job_of(inst: Inst) -> str:
-    """The job an instance runs (its checkpoint store's name): the tag the daemon gives it."""
-    return inst.tags.get(TAG_JOB, inst.key)
+    """The checkpoint store of the job an instance runs (the job's tag without one)."""
+    return str(inst.agent.get("checkpoint_store") or inst.tags.get(TAG_JOB, inst.key))
