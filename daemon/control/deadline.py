@@ -35,7 +35,8 @@ news, and when :func:`next_look` says a move could be due (not every observe int
   traces this was also cheaper (docs/simulate.md, "Eleventh round"). The rule is asked again
   at every step; if it stops holding, the move is called off, unless only refusals stand in
   its way (every spot zone held, by other jobs' refusals too; the rule would hold without the
-  zone history): then it stands, and moves at a checkpoint synced after the hold, without
+  zone history): then it stands, and moves at the first fresh checkpoint looked at after the
+  hold (not one already looked at during it), without
   being decided and announced again each time a hold comes and goes. A job
   without checkpointed progress never returns (the rule requires it).
 
@@ -194,7 +195,7 @@ def next_look(
     which wakes the worker (:meth:`Deadline.checkpointed`; through the daemon that runs the job
     if another one recorded it): the return rule only turns true then, and a return already
     decided moves only at a fresh checkpoint. So a decided return that waits out a back-off or
-    a hold costs no look."""
+    a hold costs no extra look."""
     recovery = task.job_recovery
     if job.status != JobStatus.RUNNING or job.deadline is None:
         return None
@@ -319,9 +320,10 @@ class Deadline:
             self._slack.pop(job.id, None)  # less work done would mean less slack than known
         return recorded and recovery.strategy is RecoveryStrategy.DEADLINE
 
-    def pending(self, job_id: int) -> bool:
-        """A return to spot is decided and waits for the next checkpoint."""
-        return job_id in self._leaving
+    def pending(self, job_id: int, attempt: int) -> bool:
+        """A return to spot from on-demand attempt ``attempt`` is decided and waits for the
+        next checkpoint."""
+        return self._decided(job_id, attempt) is not None
 
     def _decided(self, job_id: int, attempt: int) -> float | None:
         """The checkpoint mark of a return decided from on-demand attempt ``attempt``; None if
@@ -365,7 +367,7 @@ class Deadline:
                 return False
             if strategies.should_return_to_spot(view, catalog=catalog, history=(), now=now):
                 # only refusals hold it back (every spot zone held, by other jobs' too): the
-                # return stands, and moves at a checkpoint synced after the hold
+                # return stands, and moves at a fresh checkpoint looked at after the hold
                 if at is not None:
                     self._leaving[job.id] = (attempt.attempt, max(decided, at))
                 return False

@@ -113,12 +113,13 @@ def test_a_run_that_checkpoints_reports_its_syncs_and_the_next_attempt_resumes()
     m.checkpoint(first, 9.0)
     m.terminate(second.id, now=8.2)
     third = m.launch(_checkpointing("j7-a3-n0", 3), now=9.0)
+    beside = m.launch(_checkpointing("j7-a3-n1", 3, rank=1), now=9.0)
     news = list(m.advance(10.0))
     assert third.resumed == 0.5
-    # and runs only the rest: 5 of its 10 s
-    assert [i.key for i in news] == ["j7-a3-n0"]
-    assert third not in list(m.advance(14.9))
-    assert [i.report() for i in m.advance(15.0)] == [("exited", 0, None)]
+    # and both its nodes run only the rest: 5 of their 10 s
+    assert sorted(i.key for i in news) == ["j7-a3-n0", "j7-a3-n1"]
+    assert not {third.key, beside.key} & {i.key for i in m.advance(14.9)}
+    assert [i.report() for i in m.advance(15.0)] == [("exited", 0, None)] * 2
 
 
 def test_a_notice_is_listed_then_the_instance_is_reclaimed_at_its_deadline() -> None:

@@ -66,7 +66,7 @@ def test_a_node_no_listing_covers_yet_is_looked_at_every_interval() -> None:
         (None, 28.01),  # no market rule: the heartbeat's silence decides
         (3600.0, 28.01),  # a DEADLINE switch hours away: the same
         (5.0, 5.01),  # a switch that could be due in 5 s: then
-        (0.0, 0.5),  # due now (a return decided, or the slack at its margin): every interval
+        (0.0, 0.5),  # due now (the slack at its margin): every interval
     ],
 )
 def test_a_deadline_job_is_looked_at_when_its_market_move_could_be_due(

@@ -1,6 +1,7 @@
 """A checkpoint report reaching a daemon that does not run the job (several daemons on one
 database: an agent reports to whichever daemon its ``daemon_url`` reaches): the controller
-records it on the job's row for the daemon that runs the job, and keeps nothing of a job it
+records it on the job's row for the daemon that runs the job, wakes that daemon's worker for
+it (a fresh checkpoint is what a decided return waits for), and keeps nothing of a job it
 does not run but the report's time (``Controller.checkpointed``)."""
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ async def test_a_report_for_a_job_run_elsewhere_lands_on_its_row(tmp_path: Path)
             submitted_at=0.0,
         )
         assert not ctl.workers.runs(job.id)  # another daemon runs it
+        woken: list[tuple[str, int]] = []
+        ctl.elsewhere = lambda kind, target: woken.append((kind, target))  # NOTIFY's seam
         await ctl.checkpointed(job.id, 1, 0.3, 100.0, now=101.5)
+        # the daemon that runs it is woken (a decided return moves at this checkpoint)...
+        assert woken == [("j", job.id)]
+        await ctl.checkpointed(job.id, 1, 0.3, 100.0, now=106.5)
+        assert woken == [("j", job.id)]  # ...and not by a keep-alive repeating the sync
         row = await store.require_job(job.id)
         seen = (row.checkpoint_attempt, row.checkpoint_synced_at, row.checkpoint_received_at)
         assert seen == (1, 100.0, 101.5)

@@ -255,21 +255,22 @@ def _on_the_line(
     )
 
 
-@pytest.mark.parametrize("falls_behind", [False, True])
+@pytest.mark.parametrize("meanwhile", ["held", "falls-behind", "spot-gone"])
 async def test_a_return_waits_out_a_hold_without_being_decided_again(
-    store: AsyncStore, falls_behind: bool
+    store: AsyncStore, meanwhile: str
 ) -> None:
     """A return decided; then every spot zone is held (other jobs' refusals): it is not tried,
     and not called off either, so it is not decided and announced again when the hold ends; it
-    moves at the first checkpoint after the hold, not at one synced during it. Unless the job
-    falls behind its line meanwhile (``falls_behind``, by more than a restart): then it is
-    called off, and decided, and announced, again once the job is back on the line."""
+    moves at the first checkpoint after the hold, not at one synced during it. Unless, during
+    the hold, the job falls behind its line (by more than a restart) or its catalog loses spot:
+    then it is called off, and decided, and announced, again once that is over."""
     job, od = await _running_on_demand(store, deadline=10_000.0)
     task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
     zones: list[ZoneEvent] = []
     lag = [0.0]
     launches = _Launches()
     d = _on_the_line(store, launches, zones, lag)
+    no_spot = [dataclasses.replace(e, spot_price=None) for e in three_regions()]
 
     async def checkpoint(at: float) -> None:
         assert await d.checkpointed(job.id, lambda _: task, 1, at / 10_000, at, received_at=at)
@@ -280,17 +281,21 @@ async def test_a_return_waits_out_a_hold_without_being_decided_again(
         ZoneEvent(zk(e.zone), ZoneEventKind.LAUNCH_FAILED, 2_010.0) for e in three_regions()
     )
     await checkpoint(2_020.0)
-    lag[0] = 100.0 if falls_behind else 0.0
+    lag[0] = 100.0 if meanwhile == "falls-behind" else 0.0
+    if meanwhile == "spot-gone":
+        d.placeable = lambda project, task: no_spot
     assert not await _move(d, job, task, od, now=2_020.0)
-    assert d.pending(job.id) is not falls_behind and launches.launched == []
+    called_off = meanwhile != "held"
+    assert d.pending(job.id, od.attempt) is not called_off and launches.launched == []
     zones.clear()  # the hold is over; the checkpoint synced during it is not the one
     lag[0] = 0.0
+    d.placeable = lambda project, task: three_regions()
     assert not await _move(d, job, task, od, now=2_050.0)
     await checkpoint(2_060.0)
     assert await _move(d, job, task, od, now=2_060.0)
     assert len(launches.launched) == 1 and launches.terminated == [od.id]
     said = [e.message for e in await store.events(job_id=job.id)]
-    decided = 2 if falls_behind else 1
+    decided = 2 if called_off else 1
     assert sum("trying spot beside the on-demand attempt" in m for m in said) == decided, said
 
 

@@ -23,7 +23,7 @@ each checkpoint, ``spotd.agent.checkpoints``) checkpoints: node 0's agent syncs 
 ``checkpoint_sync_seconds`` of its config while it runs, saving the fraction of its ``sleep``s
 done to the job's checkpoint store (its config's ``checkpoint_store``, as a bucket is; an older
 attempt never overwrites a newer one's), and reports the newest sync with each heartbeat; a
-later attempt resumes from what the store holds, running only the rest. Not modelled: a gang
+later attempt's nodes resume from what the store holds, running only the rest. Not modelled: a gang
 restart (``spotd.providers.fleet.agents``) counts from the run's first start, and a notice's
 final snapshot is the last periodic sync.
 Everything here is plain data with ``now`` passed in: the fleet's server and its agent loop
@@ -347,12 +347,13 @@ class FleetModel:
                 f"run: {inst.agent.get('run')!r}\n".encode()
             )
             seconds, code = job_plan(inst.agent.get("run"))
-            checkpoints = PROGRESS_FILE in str(inst.agent.get("run") or "")
-            if checkpoints and inst.agent.get("node_rank", 0) == 0 and 0 < seconds < math.inf:
-                inst.work_seconds = seconds
-                inst.sync_every = max(0.1, float(inst.agent.get("checkpoint_sync_seconds") or 0.5))
-                inst.resumed = self._saved.get(_job_of(inst), (0, 0.0))[1]
-                seconds *= 1.0 - inst.resumed  # the rest of the work, from the checkpoint
+            if PROGRESS_FILE in str(inst.agent.get("run") or "") and 0 < seconds < math.inf:
+                resumed = self._saved.get(_job_of(inst), (0, 0.0))[1]
+                if inst.agent.get("node_rank", 0) == 0:  # the node that saves checkpoints
+                    inst.work_seconds, inst.resumed = seconds, resumed
+                    every = float(inst.agent.get("checkpoint_sync_seconds") or 0.5)
+                    inst.sync_every = max(0.1, every)
+                seconds *= 1.0 - resumed  # every node runs the rest, from the checkpoint
             if math.isfinite(seconds):
                 inst.planned_exit = code
                 self._push(at + seconds, inst, Event.EXIT)
