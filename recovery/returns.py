@@ -21,10 +21,18 @@ checkpoint's delay (``spotd.control.deadline.refused_of``).
 With 10-minute checkpoints through a day's stockout the rounds are at 0, 10, 20, 40, 80 and
 140 min, then every hour: 27 rounds instead of 144. The controller (``spotd.control.deadline``)
 and the simulator (``spotd.sim.jobs``) both decide with these functions.
+
+The controller decides a return at one look and makes it at a later checkpoint (``step``):
+it remembers the newest checkpoint when it decided (the mark) and tries at the first one
+after it. A decision the rule stops backing is called off, unless the rule would still hold
+but for the zone history (every spot zone held by a refusal, other jobs' too): then it
+stands, its mark following the checkpoints seen meanwhile, so it moves at a checkpoint looked
+at after the hold and is not decided, and announced, again each time a hold comes and goes.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from spotd.recovery.strategies import backoff_seconds
@@ -34,10 +42,12 @@ __all__ = [
     "CAP_SECONDS",
     "EARLY_SECONDS",
     "Refused",
+    "Step",
     "after_refusal",
     "backoff",
     "beside",
     "due",
+    "step",
 ]
 
 BASE_SECONDS = 600.0  # the wait after two refused rounds in a row
@@ -91,3 +101,28 @@ def after_refusal(refused: Refused | None, attempt: int, checkpoint: float) -> R
     """The count once every try of the round at ``checkpoint`` beside ``attempt`` was refused."""
     held = beside(refused, attempt)
     return Refused(attempt, 1 if held is None else held.rounds + 1, checkpoint)
+
+
+class Step(enum.Enum):
+    """What a look at a DEADLINE job on on-demand does about a return to spot."""
+
+    NONE = "none"  # nothing decided, and the rule does not send it back
+    DECIDE = "decide"  # decide it: the mark is the newest checkpoint, a newer one moves it
+    WAIT = "wait"  # decided, no checkpoint newer than the mark yet
+    HOLD = "hold"  # decided, every spot zone held: it stands, the mark follows checkpoints
+    CALL_OFF = "call-off"  # decided, and the rule no longer holds even without the zones
+    TRY = "try"  # decided, and a fresh checkpoint: try spot beside (back-off permitting)
+
+
+def step(*, holds: bool, holds_but_zones: bool, mark: float | None, at: float | None) -> Step:
+    """The return's next step (module docstring): ``holds``, the rule now; ``holds_but_zones``,
+    the rule with no zone history (read only when ``holds`` is false and a return is decided);
+    ``mark``, the decided return's mark (None: none decided); ``at``, the newest checkpoint of
+    the on-demand attempt (None: none)."""
+    if not holds:
+        if mark is None:
+            return Step.NONE
+        return Step.HOLD if holds_but_zones else Step.CALL_OFF
+    if mark is None:
+        return Step.DECIDE
+    return Step.TRY if at is not None and at > mark else Step.WAIT

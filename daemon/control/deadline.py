@@ -34,11 +34,8 @@ news, and when :func:`next_look` says a move could be due (not every observe int
   of launch calls and failed attempt rows instead of one every checkpoint; replaying the
   traces this was also cheaper (docs/simulate.md, "Eleventh round"). The rule is asked again
   at every step; if it stops holding, the move is called off, unless only refusals stand in
-  its way (every spot zone held, by other jobs' refusals too; the rule would hold without the
-  zone history): then it stands, and moves at the first fresh checkpoint looked at after the
-  hold (not one already looked at during it), without
-  being decided and announced again each time a hold comes and goes. A job
-  without checkpointed progress never returns (the rule requires it).
+  its way: then it stands (``returns.step``). A job without checkpointed progress never
+  returns (the rule requires it).
 
 A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
 on-demand with a later spot attempt not ended. The next step finishes its launch (a node the
@@ -361,22 +358,21 @@ class Deadline:
         history = await self.history(now)
         mine = job.checkpoint_attempt == attempt.attempt
         at = job.checkpoint_synced_at if mine else None  # the newest checkpoint reported
-        decided = self._decided(job.id, attempt.attempt)  # the mark, if a return is decided
-        if not strategies.should_return_to_spot(view, catalog=catalog, history=history, now=now):
-            if decided is None:
-                return False
-            if strategies.should_return_to_spot(view, catalog=catalog, history=(), now=now):
-                # only refusals hold it back (every spot zone held, by other jobs' too): the
-                # return stands, and moves at a fresh checkpoint looked at after the hold
-                if at is not None:
-                    self._leaving[job.id] = (attempt.attempt, max(decided, at))
-                return False
+        mark = self._decided(job.id, attempt.attempt)
+        holds = strategies.should_return_to_spot(view, catalog=catalog, history=history, now=now)
+        but_zones = (  # asked only of a decided return the zones may be holding back
+            not holds
+            and mark is not None
+            and strategies.should_return_to_spot(view, catalog=catalog, history=(), now=now)
+        )
+        what = returns.step(holds=holds, holds_but_zones=but_zones, mark=mark, at=at)
+        if what is returns.Step.CALL_OFF:
             del self._leaving[job.id]
             log.info("return to spot called off", job=job.id)
-            return False
-        if decided is None:
-            mark = -math.inf if at is None else at  # a newer one moves it
-            self._leaving[job.id] = (attempt.attempt, mark)
+        if what is returns.Step.HOLD and mark is not None and at is not None:
+            self._leaving[job.id] = (attempt.attempt, max(mark, at))
+        if what is returns.Step.DECIDE:
+            self._leaving[job.id] = (attempt.attempt, -math.inf if at is None else at)
             # a restart: say what the rows hold (their times are read back at the try)
             held = returns.beside(self._refused.get(job.id), attempt.attempt)
             when = _next_try(held or refused_of(rows, attempt), self.backoff)
@@ -386,9 +382,8 @@ class Deadline:
                 event="deadline: on the uniform-progress line; trying spot beside the "
                 f"on-demand attempt {when}",
             )
+        if what is not returns.Step.TRY or at is None:
             return False
-        if at is None or at <= decided:
-            return False  # no new checkpoint yet
         self._leaving[job.id] = (attempt.attempt, at)  # refused: ask at the one after this
         if returns.beside(self._refused.get(job.id), attempt.attempt) is None:
             # a restart, or the job moved: the rounds the rows hold, their times moved onto

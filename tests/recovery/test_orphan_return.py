@@ -57,19 +57,6 @@ async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
     key = f"j{job.id}-a2-n0"
     if recorded:  # else the daemon stopped before the provider's answer was written
         await store.set_instance_id(key, "i-spot", now=4.0)
-    # the job ends as a worker ends it: its attempt first, then the job
-    end = EndReason.SUCCEEDED if ended == JobStatus.SUCCEEDED else EndReason.CANCELLED
-    await store.transition_attempt(
-        od.id,
-        from_=[AttemptStatus.RUNNING],
-        to=AttemptStatus.ENDED,
-        reason="x",
-        now=5.0,
-        end_reason=end,
-    )
-    await store.transition_job(
-        job.id, from_=[JobStatus.RUNNING], to=ended, reason="x", now=5.0, ended_at=5.0
-    )
     provider = _Terminates()
     attempts = Attempts(
         settings=load_settings(tmp_path, env={}),
@@ -77,6 +64,12 @@ async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
         providers={"local": provider},
         metrics=DaemonMetrics(),
         clock=lambda: 10.0,
+    )
+    # the job ends as a worker ends it: its attempt first, then the job
+    end = EndReason.SUCCEEDED if ended == JobStatus.SUCCEEDED else EndReason.CANCELLED
+    await attempts.end(od.id, end, "its run ended", 5.0)
+    await store.transition_job(
+        job.id, from_=[JobStatus.RUNNING], to=ended, reason="x", now=5.0, ended_at=5.0
     )
     for _ in range(2):  # an unrecorded id is found by its key at the next listing
         state = InstanceState.TERMINATED if provider.terminated else InstanceState.RUNNING

@@ -23,9 +23,9 @@ each checkpoint, ``spotd.agent.checkpoints``) checkpoints: node 0's agent syncs 
 ``checkpoint_sync_seconds`` of its config while it runs, saving the fraction of its ``sleep``s
 done to the job's checkpoint store (its config's ``checkpoint_store``, as a bucket is; an older
 attempt never overwrites a newer one's), and reports the newest sync with each heartbeat; a
-later attempt's nodes resume from what the store holds, running only the rest. Not modelled: a gang
-restart (``spotd.providers.fleet.agents``) counts from the run's first start, and a notice's
-final snapshot is the last periodic sync.
+later attempt's nodes resume from what the store holds, running only the rest. Not modelled:
+a gang restart (``spotd.providers.fleet.agents``) counts from the run's first start, and a
+notice's final snapshot is the last periodic sync.
 Everything here is plain data with ``now`` passed in: the fleet's server and its agent loop
 (``spotd.providers.fleet.agents``) apply it.
 """
