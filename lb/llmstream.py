@@ -8,8 +8,9 @@ when the replica sent them); ``sse.Splicer`` makes the new replica's events look
 of the first stream. The client holds one connection and sees one stream. A replica that
 dies mid-stream (reset, closed without ``[DONE]``, read timeout) is handled the same way,
 at once. A cut waits for a clean point (``Splicer.clean_cut``: vLLM's detokenizer echoes the
-whole prompt after a tail it cannot decode); when the replica dies before one comes, that echo
-is dropped from the continuation's first text (``Splicer._unecho``).
+whole prompt after a tail it cannot decode); an echo that comes anyway (the replica died before
+a clean point, or an event of several tokens hid a held-back byte) is dropped from the
+continuation's first text (``Splicer._unecho``).
 
 When to hand off (``handoff_delay``): at ``deadline - margin``, not at the notice. The
 noticed replica keeps generating useful tokens until then (they are carried over, not
@@ -44,7 +45,7 @@ from aiohttp.http_writer import StreamWriter
 
 from .headers import request_head
 from .http1 import Head, UpstreamConnectError, UpstreamDisconnected, UpstreamError, host_port
-from .openai import LlmKind, LlmRequest, continuation
+from .openai import LlmKind, LlmRequest, continuation, prompt_mark
 from .policy import ReplicaStats, RequestInfo, pick
 from .pool import UpstreamPool
 from .relay import _ClientSink, _mark_eof, _RelayResponse, _take_head
@@ -380,7 +381,9 @@ async def relay_stream(
     rhead = _take_head(writer)
     chunked = bool(writer.chunked)
     own_end = rhead is not None
-    splicer = Splicer(chat=job.llm.kind is LlmKind.CHAT, keep_ids=job.llm.wants_ids)
+    splicer = Splicer(
+        chat=job.llm.kind is LlmKind.CHAT, keep_ids=job.llm.wants_ids, mark=prompt_mark(job.llm)
+    )
     terminator = b"0\r\n\r\n" if chunked and own_end else b""
     sink = _SpliceSink(tr, chunked, rhead, terminator, splicer, job)
     current = conn

@@ -53,6 +53,7 @@ __all__ = [
     "llm_kind",
     "parse_llm_request",
     "prefix_key",
+    "prompt_mark",
     "upstream_body",
 ]
 
@@ -135,6 +136,27 @@ def _content_text(content: Any) -> str:
     if isinstance(content, list):  # [{"type": "text", "text": ...}, {"type": "image_url"...}]
         return "".join(str(p.get("text", "")) if isinstance(p, Mapping) else "" for p in content)
     return ""
+
+
+PROMPT_MARK_CHARS = 32  # see prompt_mark
+
+
+def prompt_mark(req: LlmRequest) -> str | None:
+    """The end of ``req``'s prompt as the client wrote it (at most ``PROMPT_MARK_CHARS``
+    characters, stripped): the last message's text, or a text prompt; None for a prompt of
+    token ids. A replica's echo of the prompt holds it (``sse.Splicer._unecho``)."""
+    body = req.body
+    if req.kind is LlmKind.CHAT:
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        text = _content_text(last.get("content")) if isinstance(last, Mapping) else ""
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        text = prompt if isinstance(prompt, str) else ""
+    text = text.strip()
+    return text[-PROMPT_MARK_CHARS:] if text else None
 
 
 def prefix_key(req: LlmRequest, chars: int) -> str | None:

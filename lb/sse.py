@@ -31,7 +31,7 @@ __all__ = ["Splicer", "splice", "split_events"]
 
 DONE = b"data: [DONE]\n\n"
 CLEAN_RUN = 5  # see Splicer.clean_cut
-ECHO_MIN_CHARS = 16  # see Splicer._unecho
+ECHO_MIN_CHARS = 16  # see _echo_end
 _SEP = b"\n\n"
 
 
@@ -49,6 +49,33 @@ def _data(event: bytes) -> bytes | None:
     return b"\n".join(out) if out else None
 
 
+def _collapse(text: str) -> tuple[str, list[int]]:
+    """``text`` with each run of U+FFFD as one, and where each of its characters was."""
+    out: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "\ufffd" and out and out[-1] == "\ufffd":
+            continue
+        out.append(ch)
+        where.append(i)
+    return "".join(out), where
+
+
+def _echo_end(got: str, answer: str, mark: str | None) -> int | None:
+    """Where the echoed answer ends in ``got`` (a continuation's first text), or None when
+    ``got`` is no echo: the answer's last occurrence, with the prompt's end (``mark``) before
+    it when it is known, else with enough text on one side of it that it is unlikely to be a
+    repeat of the answer inside new text."""
+    at = got.rfind(answer)
+    if at <= 0:
+        return None
+    if mark is not None:
+        ok = got.find(_collapse(mark)[0], 0, at) >= 0
+    else:
+        ok = at >= ECHO_MIN_CHARS or len(answer) >= ECHO_MIN_CHARS
+    return at + len(answer) if ok else None
+
+
 def _encode(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + _SEP
 
@@ -56,9 +83,10 @@ def _encode(obj: Any) -> bytes:
 class Splicer:
     """The state of one client stream across its segments (see the module docstring)."""
 
-    def __init__(self, *, chat: bool, keep_ids: bool) -> None:
+    def __init__(self, *, chat: bool, keep_ids: bool, mark: str | None = None) -> None:
         self.chat = chat  # the client asked /v1/chat/completions
         self.keep_ids = keep_ids  # the client asked for token ids itself
+        self.mark = mark  # the end of the client's prompt (openai.prompt_mark), if known
         self.head: dict[str, Any] | None = None  # id, object, created, model of segment 0
         self.segment = 0
         self.as_completions = False  # this segment: completions chunks for a chat client
@@ -74,7 +102,8 @@ class Splicer:
         self._role_sent = False
         self._events = 0  # events with a choice, all segments
         self._clean = 0  # ... of which the last ones whose text is whole characters
-        self._echo: str | None = None  # a continuation cut unclean: the text its echo ends with
+        self._held = 0  # token ids since the last text (their bytes held back, or no text)
+        self._echo: str | None = None  # a continuation's answer so far, which an echo ends with
 
     # -- what the client gets --------------------------------------------------------------
     def feed(self, block: bytes) -> bytes:
@@ -113,11 +142,13 @@ class Splicer:
         return self._rewrite(obj)
 
     def _unecho(self, obj: dict[str, Any]) -> None:
-        """The first text of a continuation that had to be cut where the answer's last
-        characters were not whole (the replica died before a clean point came): vLLM's
-        detokenizer, primed on a prompt tail it cannot decode, emits the whole prompt —
-        template, question and the answer so far — before the new token. The prompt ends with
-        the answer so far, so the text up to its last occurrence is dropped."""
+        """The first text of a continuation, which vLLM may open with an echo of its whole
+        prompt: its detokenizer, primed on a prompt whose last tokens do not decode to whole
+        characters, emits the prompt — template, question and the answer so far — before the
+        new tokens. An echo holds the answer so far after some prompt text (and after the end
+        of the client's prompt, when it is known): the text up to the answer's last occurrence
+        is dropped. Runs of U+FFFD compare as one: the answer decoded at once may break its
+        invalid bytes into fewer or more replacement characters than the stream did."""
         for c in obj.get("choices") or []:
             if not isinstance(c, dict) or c.get("index", 0) != 0:
                 continue
@@ -128,9 +159,10 @@ class Splicer:
             if not isinstance(text, str) or not text:
                 continue
             before, self._echo = self._echo or "", None  # only the first text
-            at = text.rfind(before)
-            if at >= 0 and len(text) > len(before):
-                holder[key] = text[at + len(before) :]
+            got, where = _collapse(text)
+            end = _echo_end(got, _collapse(before)[0], self.mark)
+            if end is not None:
+                holder[key] = text[where[end] :] if end < len(where) else ""
             return
 
     def _strip(self, obj: dict[str, Any]) -> None:
@@ -213,8 +245,14 @@ class Splicer:
                 self._tokens += 1  # no ids from this server: one token per event
             if text:
                 self._text.append(text)
+                self._held = 0
+            elif isinstance(ids, list):
+                self._held += len(ids)
             self._events += 1
-            self._clean = self._clean + 1 if text and "\ufffd" not in text else 0
+            # whole characters from one token: an event of several (vLLM merges the ones its
+            # client has not read yet) may end with a token whose bytes it held back
+            whole = text and "\ufffd" not in text and not (isinstance(ids, list) and len(ids) > 1)
+            self._clean = self._clean + 1 if whole else 0
             if c.get("finish_reason") is not None:
                 self.finished = True
         if self._prompt_ids is not None and self._prompt_tokens is None:
@@ -235,8 +273,14 @@ class Splicer:
                     self._observe(obj)
 
     def generated(self) -> Generated:
-        """The answer so far (what the client got)."""
+        """The answer so far (what the client got). Tokens that gave no text after the last
+        text are left out: the continuation makes them again, rather than start after bytes
+        held back (which vLLM answers with an echo of its prompt, ``_unecho``)."""
         self._read_raw()
+        if self._held and self._ids is not None:
+            del self._ids[-self._held :]
+            self._tokens -= self._held
+        self._held = 0
         return Generated(
             text="".join(self._text),
             token_ids=None if self._ids is None else tuple(self._ids),
@@ -247,11 +291,13 @@ class Splicer:
     def clean_cut(self) -> bool:
         """May the stream be cut here? Only where its last chunks are whole characters.
 
-        vLLM's detokenizer primes itself on the last few prompt tokens (4 to 23 of them) and,
-        when none of those tails decodes cleanly (bytes of a character split over tokens, or
-        invalid ones), emits the whole prompt as text. A continuation's prompt ends with the
-        generated tokens, so the cut waits for ``CLEAN_RUN`` chunks in a row whose text is
-        whole characters (or for a stream that has been clean from its start)."""
+        vLLM echoes a continuation's whole prompt as its first text when the prompt's last
+        tokens do not decode to whole characters (``_unecho``): vLLM 0.32 when the decoded
+        prompt ends in U+FFFD (a token whose bytes the stream held back: an event with ids and
+        no text), older ones when none of the prompt's last 4 to 23 tokens decode cleanly. A
+        continuation's prompt ends with the generated tokens, so the cut waits for
+        ``CLEAN_RUN`` chunks in a row of one token each whose text is whole characters (or for
+        a stream that has been clean from its start). An echo that comes anyway is dropped."""
         self._read_raw()
         return self._clean >= CLEAN_RUN or self._clean == self._events
 
@@ -265,22 +311,27 @@ class Splicer:
 
     def begin_continuation(self, *, as_completions: bool) -> None:
         """The next events come from a continuation request."""
-        self._read_raw()
+        self.generated()
         self.segment += 1
         self.as_completions = as_completions
         self.tokens_before = self._tokens
         so_far = "".join(self._text)
-        # an unclean cut may be echoed (_unecho); a short answer so far is too likely to occur
-        # in a new token's text to be taken for an echo
-        self._echo = so_far if not self.clean_cut() and len(so_far) >= ECHO_MIN_CHARS else None
+        # any cut may be echoed (_unecho): a clean point is read from the text, which cannot
+        # show a byte held back inside an event of several tokens
+        self._echo = so_far or None
 
 
 def splice(
-    segments: list[list[bytes]], *, chat: bool, keep_ids: bool = False, as_completions: bool = False
+    segments: list[list[bytes]],
+    *,
+    chat: bool,
+    keep_ids: bool = False,
+    as_completions: bool = False,
+    mark: str | None = None,
 ) -> bytes:
     """What the client receives from ``segments`` (each a list of complete events; every
     segment but the last was cut where the next begins). The pure form of the relay."""
-    sp = Splicer(chat=chat, keep_ids=keep_ids)
+    sp = Splicer(chat=chat, keep_ids=keep_ids, mark=mark)
     out: list[bytes] = []
     for i, seg in enumerate(segments):
         if i:

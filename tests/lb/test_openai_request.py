@@ -16,6 +16,7 @@ from spotd.lb.openai import (
     llm_kind,
     parse_llm_request,
     prefix_key,
+    prompt_mark,
 )
 
 SYSTEM = "You are a helpful assistant for the spotd project. " * 10  # 510 characters
@@ -109,6 +110,33 @@ def test_prefix_key(a: dict[str, Any], b: dict[str, Any], same: bool) -> None:
     ka, kb = prefix_key(req(path, a), 256), prefix_key(req(path, b), 256)
     assert ka is not None and kb is not None
     assert (ka == kb) is same
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "mark"),
+    [
+        ("/v1/completions", {"prompt": "  the quick brown fox \n"}, "the quick brown fox"),
+        ("/v1/completions", {"prompt": ["a prompt"]}, "a prompt"),
+        ("/v1/completions", {"prompt": [1, 2, 3]}, None),  # token ids: no text to look for
+        ("/v1/completions", {"prompt": "x" * 40 + "the end"}, ("x" * 40 + "the end")[-32:]),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi?"}]},
+            "hi?",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "look"}]}]},
+            "look",
+        ),
+        ("/v1/chat/completions", {"messages": []}, None),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "  "}]}, None),
+    ],
+)
+def test_prompt_mark_is_the_end_of_the_clients_prompt(
+    path: str, body: dict[str, Any], mark: str | None
+) -> None:
+    assert prompt_mark(req(path, {"model": "m", **body})) == mark
 
 
 def test_no_prompt_no_prefix() -> None:
