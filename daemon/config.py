@@ -61,6 +61,9 @@ class Settings:
     # such checkpoints in a row, the next try waits this long, doubling up to the cap
     return_backoff_seconds: float = 600.0
     return_backoff_cap_seconds: float = 3600.0
+    # managed jobs' placement: a zone that refused a launch or lost a spot instance is not
+    # tried at all for this long (then its penalty decays; spotd.recovery.history)
+    zone_hold_seconds: float = 30.0
     # partial recovery of multi-node jobs (spotd.control.node_replace): node replacement
     # rounds allowed per attempt before a lost node relaunches every node; 0: always relaunch
     node_replacements: float = 3.0
@@ -154,6 +157,7 @@ _FLOAT_KEYS = (
     "term_grace_seconds",
     "return_backoff_seconds",
     "return_backoff_cap_seconds",
+    "zone_hold_seconds",
     "node_replacements",
     "idle_gpu_minutes",
     "idle_gpu_threshold",

@@ -78,6 +78,7 @@ out early is early by as much.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -249,8 +250,11 @@ class Deadline:
         placeable: Callable[[str, Task], Sequence[CatalogEntry]],
         history: Callable[[float], Awaitable[list[rhist.ZoneEvent]]],
         backoff: tuple[float, float] = (returns.BASE_SECONDS, returns.CAP_SECONDS),
+        tuning: strategies.Tuning | None = None,
     ) -> None:
         self.store = store
+        # placement's knobs (the zone hold), as the launches use them
+        self.tuning = tuning or strategies.Tuning()
         self.backoff = backoff  # refused returns: (base, cap) of ``returns.backoff``
         self.attempts = attempts
         self.job_view = job_view
@@ -359,12 +363,12 @@ class Deadline:
         mine = job.checkpoint_attempt == attempt.attempt
         at = job.checkpoint_synced_at if mine else None  # the newest checkpoint reported
         mark = self._decided(job.id, attempt.attempt)
-        holds = strategies.should_return_to_spot(view, catalog=catalog, history=history, now=now)
-        but_zones = (  # asked only of a decided return the zones may be holding back
-            not holds
-            and mark is not None
-            and strategies.should_return_to_spot(view, catalog=catalog, history=(), now=now)
+        rule = functools.partial(
+            strategies.should_return_to_spot, view, catalog=catalog, now=now, tuning=self.tuning
         )
+        holds = rule(history=history)
+        # asked only of a decided return the zones may be holding back
+        but_zones = not holds and mark is not None and rule(history=())
         what = returns.step(holds=holds, holds_but_zones=but_zones, mark=mark, at=at)
         if what is returns.Step.CALL_OFF:
             del self._leaving[job.id]
@@ -417,7 +421,7 @@ class Deadline:
         for n in range(first, first + strategies.RETURN_TRIES):
             history = await self.history(now)
             cand = strategies.return_placement(
-                view, here=here, catalog=catalog, history=history, now=now
+                view, here=here, catalog=catalog, history=history, now=now, tuning=self.tuning
             )
             if cand is None:
                 break

@@ -129,8 +129,10 @@ class Controller:
             metrics=metrics,
             memory=self.memory,
         )
+        self.tuning = strategies.Tuning(hold_seconds=settings.zone_hold_seconds)
         self.deadline = Deadline(
             store=store,
+            tuning=self.tuning,
             attempts=self.attempts,
             job_view=self._job_view,
             placeable=self.placeable,
@@ -312,6 +314,7 @@ class Controller:
             history=await self._history(now),
             now=now,
             jitter=self.rng.random(),
+            tuning=self.tuning,
         )
         if isinstance(decision, strategies.GiveUp):
             await self.store.transition_job(

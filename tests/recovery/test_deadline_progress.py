@@ -23,7 +23,7 @@ from spotd.control.attempts import job_view
 from spotd.control.deadline import Deadline, next_look, pace, refused_of
 from spotd.recovery import returns, strategies
 from spotd.recovery.history import ZoneEvent
-from spotd.recovery.strategies import JobView
+from spotd.recovery.strategies import JobView, Tuning
 from spotd.spec import Task
 from spotd.store import AsyncStore, AttemptRow, JobRow
 from spotd.types import AttemptStatus, EndReason, JobStatus, RecoveryStrategy, ZoneEventKind
@@ -235,6 +235,7 @@ def _on_the_line(
     launches: _Launches,
     zones: list[ZoneEvent] | None = None,
     lag: list[float] | None = None,
+    tuning: Tuning | None = None,
 ) -> Deadline:
     """A controller whose job is exactly on the uniform-progress line (``_paced``), or
     ``lag[0]`` seconds of work behind it, in three regions with the zone history ``zones``
@@ -252,7 +253,42 @@ def _on_the_line(
         job_view=on_the_line,
         placeable=lambda project, task: three_regions(),
         history=history,
+        tuning=tuning,
     )
+
+
+async def _checkpoint(d: Deadline, job: JobRow, task: Task, at: float) -> None:
+    """Attempt 1 of ``job`` synced a checkpoint at ``at``, as far along as its line."""
+    assert await d.checkpointed(job.id, lambda _: task, 1, at / 10_000, at, received_at=at)
+
+
+async def _decided_then_refused_everywhere(
+    d: Deadline, job: JobRow, task: Task, od: AttemptRow, zones: list[ZoneEvent]
+) -> None:
+    """A return decided at the checkpoint of t = 2000; every spot zone refused a launch at
+    t = 2010 (other jobs'); the next checkpoint at t = 2020."""
+    await _checkpoint(d, job, task, 2_000.0)
+    assert not await _move(d, job, task, od, now=2_000.0)  # decided
+    zones.extend(
+        ZoneEvent(zk(e.zone), ZoneEventKind.LAUNCH_FAILED, 2_010.0) for e in three_regions()
+    )
+    await _checkpoint(d, job, task, 2_020.0)
+
+
+@pytest.mark.parametrize(("hold", "tried"), [(30.0, False), (5.0, True)])
+async def test_a_return_keeps_the_daemons_zone_hold(
+    store: AsyncStore, hold: float, tried: bool
+) -> None:
+    """Every spot zone refused a launch 10 s ago: a return tries spot only if the daemon's
+    zone hold (``zone_hold_seconds``, 30 s by default) has passed."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    zones: list[ZoneEvent] = []
+    launches = _Launches()
+    d = _on_the_line(store, launches, zones, tuning=Tuning(hold_seconds=hold))
+    await _decided_then_refused_everywhere(d, job, task, od, zones)
+    assert await _move(d, job, task, od, now=2_020.0) is tried
+    assert (len(launches.launched) == 1) is tried
 
 
 @pytest.mark.parametrize("meanwhile", ["held", "falls-behind", "spot-gone"])
@@ -271,16 +307,7 @@ async def test_a_return_waits_out_a_hold_without_being_decided_again(
     launches = _Launches()
     d = _on_the_line(store, launches, zones, lag)
     no_spot = [dataclasses.replace(e, spot_price=None) for e in three_regions()]
-
-    async def checkpoint(at: float) -> None:
-        assert await d.checkpointed(job.id, lambda _: task, 1, at / 10_000, at, received_at=at)
-
-    await checkpoint(2_000.0)
-    assert not await _move(d, job, task, od, now=2_000.0)  # decided
-    zones.extend(
-        ZoneEvent(zk(e.zone), ZoneEventKind.LAUNCH_FAILED, 2_010.0) for e in three_regions()
-    )
-    await checkpoint(2_020.0)
+    await _decided_then_refused_everywhere(d, job, task, od, zones)
     lag[0] = 100.0 if meanwhile == "falls-behind" else 0.0
     if meanwhile == "spot-gone":
         d.placeable = lambda project, task: no_spot
@@ -291,7 +318,7 @@ async def test_a_return_waits_out_a_hold_without_being_decided_again(
     lag[0] = 0.0
     d.placeable = lambda project, task: three_regions()
     assert not await _move(d, job, task, od, now=2_050.0)
-    await checkpoint(2_060.0)
+    await _checkpoint(d, job, task, 2_060.0)
     assert await _move(d, job, task, od, now=2_060.0)
     assert len(launches.launched) == 1 and launches.terminated == [od.id]
     said = [e.message for e in await store.events(job_id=job.id)]

@@ -61,6 +61,13 @@ def test_the_back_off_is_configured(tmp_path: Path) -> None:
         load_settings(tmp_path, env={"SPOTD_RETURN_BACKOFF_SECONDS": "-1"})
 
 
+def test_the_zone_hold_is_configured(tmp_path: Path) -> None:
+    assert load_settings(tmp_path, env={}).zone_hold_seconds == 30.0
+    assert load_settings(tmp_path, env={"SPOTD_ZONE_HOLD_SECONDS": "2"}).zone_hold_seconds == 2.0
+    with pytest.raises(ConfigError, match="0 or more"):
+        load_settings(tmp_path, env={"SPOTD_ZONE_HOLD_SECONDS": "-5"})
+
+
 @pytest.mark.parametrize(
     ("refused", "attempt", "expected"),
     [
