@@ -61,8 +61,8 @@ class Settings:
     # such checkpoints in a row, the next try waits this long, doubling up to the cap
     return_backoff_seconds: float = 600.0
     return_backoff_cap_seconds: float = 3600.0
-    # managed jobs' placement: a zone that refused a launch or lost a spot instance is not
-    # tried at all for this long (then its penalty decays; spotd.recovery.history)
+    # managed jobs' placement: a zone that refused a launch is not tried at all for this long
+    # (then its penalty decays; spotd.recovery.history); a preempted one is ranked last
     zone_hold_seconds: float = 30.0
     # partial recovery of multi-node jobs (spotd.control.node_replace): node replacement
     # rounds allowed per attempt before a lost node relaunches every node; 0: always relaunch

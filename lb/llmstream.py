@@ -21,7 +21,8 @@ cloud's reclaim. A notice shorter than the margin moves the streams at once.
 
 Outstanding tokens (``least_tokens``): a stream holds its cost (``StreamJob.tokens``) on the
 replica serving it, gives one token back per event that arrives (vLLM sends one token an
-event; the last token stays until the stream ends), and takes what is left to the replica
+event unless its client lags, when it merges them: an estimate; the last token stays until the
+stream ends), and takes what is left to the replica
 that continues it — as ``in_flight`` moves, exactly once.
 
 The relay is ``relay.relay_fast``'s, with a sink that writes only whole events, so that a cut

@@ -143,13 +143,18 @@ PROMPT_MARK_CHARS = 32  # see prompt_mark
 
 def prompt_mark(req: LlmRequest) -> str | None:
     """The end of ``req``'s prompt as the client wrote it (at most ``PROMPT_MARK_CHARS``
-    characters, stripped): the last message's text, or a text prompt; None for a prompt of
-    token ids. A replica's echo of the prompt holds it (``sse.Splicer._unecho``)."""
+    characters, stripped): of the last message's text (its last text part), or of a text
+    prompt; None for a prompt of token ids. A replica's echo of the prompt holds it
+    (``sse.Splicer._unecho``)."""
     body = req.body
     if req.kind is LlmKind.CHAT:
         messages = body.get("messages")
         last = messages[-1] if isinstance(messages, list) and messages else None
-        text = _content_text(last.get("content")) if isinstance(last, Mapping) else ""
+        content = last.get("content") if isinstance(last, Mapping) else None
+        if isinstance(content, list):  # the last text part (templates join parts with "\n")
+            texts = [p.get("text") for p in content if isinstance(p, Mapping)]
+            content = next((t for t in reversed(texts) if isinstance(t, str) and t.strip()), "")
+        text = _content_text(content)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:

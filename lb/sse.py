@@ -14,7 +14,10 @@ returns what the client should get, so that the client sees one stream:
 - ``token_ids``/``prompt_token_ids``, which the LB asks for so it can continue exactly, are
   removed unless the client asked for them too;
 - a segment is cut only between events, so no text is doubled or lost, and the only
-  ``[DONE]`` the client sees is the last segment's.
+  ``[DONE]`` the client sees is the last segment's;
+- the last tokens that gave the client nothing (bytes of an unfinished character) are made
+  again by the continuation rather than handed on (``generated``), and an echo of the prompt
+  a replica sends anyway is dropped (``_unecho``).
 
 The first segment's events pass through as they came (not re-encoded) unless there are ids
 to remove; they are read only when a handoff needs them (``generated``).
@@ -32,6 +35,7 @@ __all__ = ["Splicer", "splice", "split_events"]
 DONE = b"data: [DONE]\n\n"
 CLEAN_RUN = 5  # see Splicer.clean_cut
 ECHO_MIN_CHARS = 16  # see _echo_end
+HELD_MAX = 8  # see Splicer.generated
 _SEP = b"\n\n"
 
 
@@ -64,16 +68,16 @@ def _collapse(text: str) -> tuple[str, list[int]]:
 def _echo_end(got: str, answer: str, mark: str | None) -> int | None:
     """Where the echoed answer ends in ``got`` (a continuation's first text), or None when
     ``got`` is no echo: the answer's last occurrence, with the prompt's end (``mark``) before
-    it when it is known, else with enough text on one side of it that it is unlikely to be a
-    repeat of the answer inside new text."""
+    it, or else with enough text on one side of it that it is unlikely to be a repeat of the
+    answer inside new text."""
     at = got.rfind(answer)
     if at <= 0:
         return None
-    if mark is not None:
-        ok = got.find(_collapse(mark)[0], 0, at) >= 0
-    else:
-        ok = at >= ECHO_MIN_CHARS or len(answer) >= ECHO_MIN_CHARS
-    return at + len(answer) if ok else None
+    if mark is not None and got.find(_collapse(mark)[0], 0, at) >= 0:
+        return at + len(answer)
+    # no mark, or not found (a template that rewrites the message): by length alone
+    long_enough = at >= ECHO_MIN_CHARS or len(answer) >= ECHO_MIN_CHARS
+    return at + len(answer) if long_enough else None
 
 
 def _encode(obj: Any) -> bytes:
@@ -229,10 +233,12 @@ class Splicer:
             if self.segment == 0 and isinstance(c.get("prompt_token_ids"), list):
                 self._prompt_ids = tuple(c["prompt_token_ids"])
             delta = c.get("delta")
+            other = False  # output that is not the answer's text (reasoning, tool calls)
             if isinstance(delta, dict):
                 text = delta.get("content") or ""
                 if delta.get("role"):
                     self._role_sent = True
+                other = any(v for k, v in delta.items() if k not in ("content", "role"))
             else:
                 text = c.get("text") or ""
             ids = c.get("token_ids")
@@ -245,6 +251,7 @@ class Splicer:
                 self._tokens += 1  # no ids from this server: one token per event
             if text:
                 self._text.append(text)
+            if text or other:
                 self._held = 0
             elif isinstance(ids, list):
                 self._held += len(ids)
@@ -273,11 +280,13 @@ class Splicer:
                     self._observe(obj)
 
     def generated(self) -> Generated:
-        """The answer so far (what the client got). Tokens that gave no text after the last
-        text are left out: the continuation makes them again, rather than start after bytes
-        held back (which vLLM answers with an echo of its prompt, ``_unecho``)."""
+        """The answer so far (what the client got). The last few tokens, when they gave the
+        client nothing at all (``HELD_MAX`` at most: the bytes of an unfinished character), are
+        left out: the continuation makes them again, rather than start after bytes held back
+        (which vLLM answers with an echo of its prompt, ``_unecho``). Not when the client asked
+        for token ids: it has those ids already."""
         self._read_raw()
-        if self._held and self._ids is not None:
+        if 0 < self._held <= HELD_MAX and self._ids is not None and not self.keep_ids:
             del self._ids[-self._held :]
             self._tokens -= self._held
         self._held = 0

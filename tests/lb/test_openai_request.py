@@ -129,6 +129,22 @@ def test_prefix_key(a: dict[str, Any], b: dict[str, Any], same: bool) -> None:
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "look"}]}]},
             "look",
         ),
+        (  # the last text part: templates join parts with a newline
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "A document about boats."},
+                            {"type": "text", "text": "Summarize it."},
+                            {"type": "image_url", "image_url": {"url": "x"}},
+                        ],
+                    }
+                ]
+            },
+            "Summarize it.",
+        ),
         ("/v1/chat/completions", {"messages": []}, None),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "  "}]}, None),
     ],

@@ -206,6 +206,40 @@ def test_generated_carries_ids_and_counts_tokens_by_ids() -> None:
     assert g == Generated(text="ab", token_ids=(9, 10), prompt_token_ids=(1, 2), tokens=2)
 
 
+HELD = [chat("c", {"content": "ab"}, ids=[1]), chat("c", {"content": ""}, ids=[2])]
+
+
+@pytest.mark.parametrize(
+    ("events", "keep_ids", "ids"),
+    [
+        # a token that gave no text yet (its bytes held back) is made again, not handed on
+        (HELD, False, (1,)),
+        ([*HELD, chat("c", {"content": ""}, ids=[3, 4])], False, (1,)),
+        # ... but not when the client asked for token ids: it has that id already
+        (HELD, True, (1, 2)),
+        # reasoning and tool calls are output the client got, though not content
+        ([*HELD, chat("c", {"reasoning": "hm"}, ids=[3])], False, (1, 2, 3)),
+        ([*HELD, chat("c", {"tool_calls": [{"index": 0}]}, ids=[3])], False, (1, 2, 3)),
+        # more than an unfinished character's bytes: left to the echo check
+        (
+            [HELD[0], *[chat("c", {"content": ""}, ids=[i]) for i in range(9)]],
+            False,
+            (1, *range(9)),
+        ),
+    ],
+    ids=["held", "held-several", "keep-ids", "reasoning", "tool-call", "too-many"],
+)
+def test_tokens_that_gave_nothing_yet_are_made_again(
+    events: list[bytes], keep_ids: bool, ids: tuple[int, ...]
+) -> None:
+    sp = Splicer(chat=True, keep_ids=keep_ids)
+    for e in events:
+        sp.feed(e)
+    g = sp.generated()
+    assert (g.token_ids, g.tokens) == (ids, len(ids))
+    assert sp.generated() == g  # asked again before the continuation: the same answer
+
+
 @pytest.mark.parametrize(
     ("buf", "complete", "rest"),
     [
@@ -326,17 +360,23 @@ ANSWER = ["everJ", "\ufffd4.", "everJ", "\ufffd4,", " beh", "\ufffdever", " serv
         ),
         # ... and a short answer is dropped too once the prompt's end shows it is an echo
         (["ab", "\ufffd"], PROMPT + "ab\ufffd" + "c", MARK, "ab\ufffdc"),
-        # new text repeating the answer after other text, but without the prompt's end: kept
-        (
-            ["everything is ", "fine here"],
-            "so everything is fine here",
-            MARK,
-            "everything is fine hereso everything is fine here",
-        ),
+        # new text repeating a short answer after a little other text, without the prompt's
+        # end: kept
+        (["fine ", "here"], "so fine here", MARK, "fine hereso fine here"),
+        # the prompt's end not found (a template that rewrote the message), a long answer
+        # after some text: an echo all the same
+        (ANSWER, "<|user|>\nHOW ARE YOU?\n" + "".join(ANSWER) + "x", MARK, "".join(ANSWER) + "x"),
         # no prompt's end known (a prompt of token ids): an answer after other text is an echo
         (ANSWER, "<s>tokens" + "".join(ANSWER) + "x", None, "".join(ANSWER) + "x"),
     ],
-    ids=["clean-looking-cut", "fewer-replacements", "short-mark", "no-mark-kept", "ids-prompt"],
+    ids=[
+        "clean-looking-cut",
+        "fewer-replacements",
+        "short-mark",
+        "short-no-mark-kept",
+        "mark-rewritten",
+        "ids-prompt",
+    ],
 )
 def test_an_echo_is_dropped_after_any_cut(
     first_texts: list[str], second_first: str, mark: str | None, expect: str
