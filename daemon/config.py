@@ -331,6 +331,8 @@ def load_settings(home: Path | None = None, env: dict[str, str] | None = None) -
     )
     if settings.return_backoff_cap_seconds < settings.return_backoff_seconds:
         raise ConfigError("return_backoff_cap_seconds must be at least return_backoff_seconds")
+    if settings.zone_hold_seconds > 86_400:  # placement reads a day of zone history
+        raise ConfigError("zone_hold_seconds must be a day (86400) or less")
     return settings
 
 

@@ -66,6 +66,8 @@ def test_the_zone_hold_is_configured(tmp_path: Path) -> None:
     assert load_settings(tmp_path, env={"SPOTD_ZONE_HOLD_SECONDS": "2"}).zone_hold_seconds == 2.0
     with pytest.raises(ConfigError, match="0 or more"):
         load_settings(tmp_path, env={"SPOTD_ZONE_HOLD_SECONDS": "-5"})
+    with pytest.raises(ConfigError, match="a day"):
+        load_settings(tmp_path, env={"SPOTD_ZONE_HOLD_SECONDS": "90000"})
 
 
 @pytest.mark.parametrize(
