@@ -277,6 +277,22 @@ def _limit_left(body: Mapping[str, Any], key: str, done: int) -> int | None:
     return max(0, int(v) - done) if isinstance(v, int) else None
 
 
+def _stops(body: Mapping[str, Any]) -> bool:
+    """Does the request name stop strings (``stop``)?"""
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        return bool(stop)
+    return isinstance(stop, list) and any(isinstance(s, str) and s for s in stop)
+
+
+def _text_prompt(body: Mapping[str, Any]) -> str | None:
+    """A completions request's prompt as text (None: token ids, or no prompt)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else None
+
+
 def continuation(req: LlmRequest, gen: Generated) -> tuple[str, dict[str, Any], bool]:
     """``(path, body, as_completions)``: the request for the rest of ``req``'s answer.
 
@@ -285,6 +301,11 @@ def continuation(req: LlmRequest, gen: Generated) -> tuple[str, dict[str, Any], 
     body = dict(req.body)
     body.pop("echo", None)
     ids = gen.token_ids is not None and gen.prompt_token_ids is not None
+    if ids and _stops(body) and (req.kind is LlmKind.CHAT or _text_prompt(body) is not None):
+        # vLLM holds back the answer's last characters (the longest stop string's length less
+        # one): the ids carry tokens whose text the client never got. Continued by text, that
+        # text is made again and a stop string across the cut is still seen; by ids, not.
+        ids = False
     if req.kind is LlmKind.CHAT and ids and not any(k in body for k in _CHAT_ONLY):
         assert gen.token_ids is not None and gen.prompt_token_ids is not None
         out: dict[str, Any] = {k: body[k] for k in _SAMPLING if k in body}
@@ -311,10 +332,8 @@ def continuation(req: LlmRequest, gen: Generated) -> tuple[str, dict[str, Any], 
             assert gen.token_ids is not None and gen.prompt_token_ids is not None
             body["prompt"] = [*gen.prompt_token_ids, *gen.token_ids]
         else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if isinstance(prompt, list):  # token ids, but the replica sent none back
+            prompt = _text_prompt(body)
+            if prompt is None:  # token ids, but the replica sent none back
                 raise ValueError("a token-id prompt needs the replica's token ids to continue")
             body["prompt"] = f"{prompt}{gen.text}"
         return req.path, body, False

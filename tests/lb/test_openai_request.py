@@ -267,6 +267,53 @@ TEXT = Generated(text=" t0 t1 t2", tokens=3)
             },
             False,
         ),
+        # stop strings: vLLM held back text the ids carry; continued by text, it is made again
+        (
+            "/v1/completions",
+            {"model": "m", "prompt": "a", "max_tokens": 10, "stop": ["\n\n"], "stream": True},
+            IDS,
+            "/v1/completions",
+            {"model": "m", "prompt": "a b c", "max_tokens": 8, "stop": ["\n\n"], "stream": True},
+            False,
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [], "stop": "END", "stream": True},
+            IDS,
+            "/v1/chat/completions",
+            {
+                "model": "m",
+                "messages": [{"role": "assistant", "content": " b c"}],
+                "stop": "END",
+                "stream": True,
+                "continue_final_message": True,
+                "add_generation_prompt": False,
+            },
+            False,
+        ),
+        # ... but a prompt of token ids has no text: by ids still (an empty stop list: no stop)
+        (
+            "/v1/completions",
+            {"model": "m", "prompt": [1, 2, 3], "max_tokens": 4, "stop": ["x"], "stream": True},
+            IDS,
+            "/v1/completions",
+            {
+                "model": "m",
+                "prompt": [1, 2, 3, 8, 9],
+                "max_tokens": 2,
+                "stop": ["x"],
+                "stream": True,
+            },
+            False,
+        ),
+        (
+            "/v1/completions",
+            {"model": "m", "prompt": "a", "max_tokens": 10, "stop": [], "stream": True},
+            IDS,
+            "/v1/completions",
+            {"model": "m", "prompt": [1, 2, 3, 8, 9], "max_tokens": 8, "stop": [], "stream": True},
+            False,
+        ),
         # nothing generated yet (still in prefill): the same request again
         (
             "/v1/chat/completions",
