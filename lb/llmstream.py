@@ -352,7 +352,8 @@ async def _continue(
                 "replica %s refused a stream continuation: %d %s", rid, uhead.status, detail
             )
             return None
-        splicer.begin_continuation(as_completions=as_completions)
+        by_ids = isinstance(body.get("prompt"), list)  # else a text prompt, or chat messages
+        splicer.begin_continuation(as_completions=as_completions, by_ids=by_ids)
         job.rid = rid
         rstats.requests += 1
         return conn

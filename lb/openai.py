@@ -278,11 +278,13 @@ def _limit_left(body: Mapping[str, Any], key: str, done: int) -> int | None:
 
 
 def _stops(body: Mapping[str, Any]) -> bool:
-    """Does the request name stop strings (``stop``)?"""
+    """Does vLLM hold back text for the request's stop strings? Their longest length less one
+    characters, unless the stop string goes out with the answer
+    (``include_stop_str_in_output``)."""
     stop = body.get("stop")
-    if isinstance(stop, str):
-        return bool(stop)
-    return isinstance(stop, list) and any(isinstance(s, str) and s for s in stop)
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    longest = max((len(s) for s in stops if isinstance(s, str)), default=0)
+    return longest > 1 and body.get("include_stop_str_in_output") is not True
 
 
 def _text_prompt(body: Mapping[str, Any]) -> str | None:
@@ -331,6 +333,7 @@ def continuation(req: LlmRequest, gen: Generated) -> tuple[str, dict[str, Any], 
         if ids:
             assert gen.token_ids is not None and gen.prompt_token_ids is not None
             body["prompt"] = [*gen.prompt_token_ids, *gen.token_ids]
+            body["return_token_ids"] = True  # a later handoff continues from these ids too
         else:
             prompt = _text_prompt(body)
             if prompt is None:  # token ids, but the replica sent none back

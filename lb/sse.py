@@ -107,6 +107,7 @@ class Splicer:
         self._events = 0  # events with a choice, all segments
         self._clean = 0  # ... of which the last ones whose text is whole characters
         self._held = 0  # token ids since the last text (their bytes held back, or no text)
+        self._by_text = False  # a segment was continued by text: the ids are a prompt no more
         self._echo: str | None = None  # a continuation's answer so far, which an echo ends with
 
     # -- what the client gets --------------------------------------------------------------
@@ -243,9 +244,10 @@ class Splicer:
                 text = c.get("text") or ""
             ids = c.get("token_ids")
             if isinstance(ids, list):
-                if self._ids is None:
-                    self._ids = []
-                self._ids.extend(ids)
+                if not self._by_text:
+                    if self._ids is None:
+                        self._ids = []
+                    self._ids.extend(ids)
                 self._tokens += len(ids)
             elif text:
                 self._tokens += 1  # no ids from this server: one token per event
@@ -286,13 +288,14 @@ class Splicer:
         (which vLLM answers with an echo of its prompt, ``_unecho``). Not when the client asked
         for token ids: it has those ids already."""
         self._read_raw()
-        if 0 < self._held <= HELD_MAX and self._ids is not None and not self.keep_ids:
-            del self._ids[-self._held :]
+        ids = None if self._ids is None or self._by_text else self._ids
+        if 0 < self._held <= HELD_MAX and ids is not None and not self.keep_ids:
+            del ids[-self._held :]
             self._tokens -= self._held
         self._held = 0
         return Generated(
             text="".join(self._text),
-            token_ids=None if self._ids is None else tuple(self._ids),
+            token_ids=None if ids is None else tuple(ids),
             prompt_token_ids=self._prompt_ids,
             tokens=self._tokens,
         )
@@ -318,16 +321,20 @@ class Splicer:
             return DONE
         return self._event(event) or b""
 
-    def begin_continuation(self, *, as_completions: bool) -> None:
-        """The next events come from a continuation request."""
+    def begin_continuation(self, *, as_completions: bool, by_ids: bool = True) -> None:
+        """The next events come from a continuation request, sent with the token ids so far
+        (``by_ids``) or with the text. After one by text, the ids no longer add up to what the
+        client got (that segment made again tokens the ids had): later handoffs go by text."""
         self.generated()
         self.segment += 1
         self.as_completions = as_completions
         self.tokens_before = self._tokens
+        self._by_text = self._by_text or not by_ids
         so_far = "".join(self._text)
-        # any cut may be echoed (_unecho): a clean point is read from the text, which cannot
-        # show a byte held back inside an event of several tokens
-        self._echo = so_far or None
+        # any cut by ids may be echoed (_unecho): a clean point is read from the text, which
+        # cannot show a byte held back inside an event of several tokens. A text prompt ends
+        # in whole characters: no echo.
+        self._echo = so_far if by_ids and so_far else None
 
 
 def splice(
@@ -337,6 +344,7 @@ def splice(
     keep_ids: bool = False,
     as_completions: bool = False,
     mark: str | None = None,
+    by_ids: bool = True,
 ) -> bytes:
     """What the client receives from ``segments`` (each a list of complete events; every
     segment but the last was cut where the next begins). The pure form of the relay."""
@@ -344,6 +352,6 @@ def splice(
     out: list[bytes] = []
     for i, seg in enumerate(segments):
         if i:
-            sp.begin_continuation(as_completions=as_completions)
+            sp.begin_continuation(as_completions=as_completions, by_ids=by_ids)
         out.extend(sp.feed(e) for e in seg)
     return b"".join(out)

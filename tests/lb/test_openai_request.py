@@ -189,7 +189,13 @@ TEXT = Generated(text=" t0 t1 t2", tokens=3)
             {"model": "m", "prompt": "a", "max_tokens": 10, "stream": True, "echo": True},
             IDS,
             "/v1/completions",
-            {"model": "m", "prompt": [1, 2, 3, 8, 9], "max_tokens": 8, "stream": True},
+            {
+                "model": "m",
+                "prompt": [1, 2, 3, 8, 9],
+                "max_tokens": 8,
+                "stream": True,
+                "return_token_ids": True,  # a second handoff needs this one's ids
+            },
             False,
         ),
         # completions without ids: the text is appended; no max_tokens means OpenAI's 16
@@ -291,29 +297,31 @@ TEXT = Generated(text=" t0 t1 t2", tokens=3)
             },
             False,
         ),
-        # ... but a prompt of token ids has no text: by ids still (an empty stop list: no stop)
-        (
-            "/v1/completions",
-            {"model": "m", "prompt": [1, 2, 3], "max_tokens": 4, "stop": ["x"], "stream": True},
-            IDS,
-            "/v1/completions",
-            {
-                "model": "m",
-                "prompt": [1, 2, 3, 8, 9],
-                "max_tokens": 2,
-                "stop": ["x"],
-                "stream": True,
-            },
-            False,
-        ),
-        (
-            "/v1/completions",
-            {"model": "m", "prompt": "a", "max_tokens": 10, "stop": [], "stream": True},
-            IDS,
-            "/v1/completions",
-            {"model": "m", "prompt": [1, 2, 3, 8, 9], "max_tokens": 8, "stop": [], "stream": True},
-            False,
-        ),
+        # by ids still: a prompt of token ids has no text; nothing held back (no stop, stop
+        # strings of one character, or stop strings sent with the answer)
+        *[
+            (
+                "/v1/completions",
+                {"model": "m", "prompt": prompt, "max_tokens": 4, **stop, "stream": True},
+                IDS,
+                "/v1/completions",
+                {
+                    "model": "m",
+                    "prompt": [1, 2, 3, 8, 9],
+                    "max_tokens": 2,
+                    **stop,
+                    "stream": True,
+                    "return_token_ids": True,
+                },
+                False,
+            )
+            for prompt, stop in [
+                ([1, 2, 3], {"stop": ["END"]}),
+                ("a", {"stop": []}),
+                ("a", {"stop": ["\n", "."]}),
+                ("a", {"stop": "END", "include_stop_str_in_output": True}),
+            ]
+        ],
         # nothing generated yet (still in prefill): the same request again
         (
             "/v1/chat/completions",

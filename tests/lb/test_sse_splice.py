@@ -191,6 +191,38 @@ def test_three_segments_two_handoffs() -> None:
     assert {e["id"] for e in got[:-1]} == {"A"}
 
 
+@pytest.mark.parametrize(
+    ("by_ids", "ids"),
+    [
+        # continued by ids, that segment's ids follow the first's: the next handoff's prompt
+        (True, (1, 2, 3, 4)),
+        # continued by text (stop strings): that segment made again tokens the ids had, so
+        # the ids no longer add up to the text, and the next handoff goes by text too
+        (False, None),
+    ],
+)
+def test_a_second_handoff_continues_from_every_segment(
+    by_ids: bool, ids: tuple[int, ...] | None
+) -> None:
+    sp = Splicer(chat=False, keep_ids=False, mark="the prompt")
+    sp.feed(cmpl("A", " a b", ids=[1, 2], prompt_token_ids=[7]))
+    sp.begin_continuation(as_completions=False, by_ids=by_ids)
+    sp.feed(cmpl("B", " c d", ids=[3, 4]))
+    g = sp.generated()
+    assert (g.text, g.token_ids, g.tokens) == (" a b c d", ids, 4)
+
+
+def test_a_text_continuation_is_not_searched_for_an_echo() -> None:
+    """A text prompt ends in whole characters: vLLM does not echo it, and new text that
+    repeats the answer after the prompt's end is kept."""
+    first = [cmpl("A", t, ids=[i]) for i, t in enumerate(ANSWER)]
+    repeat = "how are you? " + "".join(ANSWER)
+    second = [cmpl("B", repeat, ids=[9]), cmpl("B", "", ids=[10], finish="length")]
+    for by_ids, expect in [(True, ""), (False, repeat)]:
+        got = client_events(splice([first, second], chat=False, mark=MARK, by_ids=by_ids))
+        assert text_of(got) == "".join(ANSWER) + expect
+
+
 def test_first_segment_passes_through_byte_for_byte() -> None:
     raw = b'data: {"id":"x", "choices":[{"index":0,"text":" hi","finish_reason":null}]}\n\n'
     sp = Splicer(chat=False, keep_ids=False)
