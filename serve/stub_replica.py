@@ -10,7 +10,11 @@
   ``" t<i>"``; ``max_tokens`` (default ``--tokens``) sets how many. A request continues an
   answer as vLLM would (the LB's stream handoff): a prompt ending in ``" t0 t1 t2"``, or a
   chat whose final assistant message holds them with ``continue_final_message: true``, goes
-  on with ``" t3"`` — so a continued answer equals an uninterrupted one;
+  on with ``" t3"`` — so a continued answer equals an uninterrupted one. With
+  ``"return_token_ids": true`` (vLLM >= 0.10.2) each chunk carries its ``token_ids`` (token
+  ``" t<i>"`` is id ``1000 + i``) and the first its ``prompt_token_ids`` (ids below 1000, one
+  a word); a prompt of token ids ending in generated ones (``[.., 1000, 1001, 1002]``) goes on
+  with ``" t3"`` too;
 - ``GET /metrics``: ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` (requests
   over ``--max-running`` wait), ``vllm:kv_cache_usage_perc`` (running / ``--max-running``),
   ``vllm:request_success_total``;
@@ -44,6 +48,7 @@ from aiohttp import web
 _DONE = b"data: [DONE]\n\n"
 _TOKEN = re.compile(r" t\d+")
 _TRAILING_TOKENS = re.compile(r"(?: t\d+)+$")
+TOKEN_ID0 = 1000  # the id of token " t0"; prompt words are ids 1, 2, ...
 
 
 class Stub:
@@ -100,6 +105,8 @@ def _continued_from(body: dict[str, Any], *, chat: bool) -> int:
             return len(_TOKEN.findall(str(last.get("content") or "")))
         return 0
     p = body.get("prompt", "")
+    if isinstance(p, list) and p and all(isinstance(t, int) for t in p):  # token ids
+        return p[-1] - TOKEN_ID0 + 1 if p[-1] >= TOKEN_ID0 else 0
     m = _TRAILING_TOKENS.search(p if isinstance(p, str) else "")
     return len(_TOKEN.findall(m.group(0))) if m else 0
 
@@ -195,6 +202,7 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
             chat=chat,
             usage=usage if include_usage else None,
             start=start,
+            prompt_ids=list(range(1, prompt_tokens + 1)) if body.get("return_token_ids") else None,
         ):
             await resp.write(chunk)
         stub.success += 1
@@ -215,12 +223,25 @@ async def _chunks(
     chat: bool,
     usage: dict[str, int] | None,
     start: int = 0,
+    prompt_ids: list[int] | None = None,
 ) -> AsyncIterator[bytes]:
+    """The answer's chunks; with ``prompt_ids`` (the request asked for token ids), as vLLM
+    sends them: each chunk's ``token_ids``, and the prompt's with the first."""
     obj = "chat.completion.chunk" if chat else "text_completion"
     head = {"id": rid, "object": obj, "created": stub.created, "model": model}
+    first = True
 
-    def event(choice: dict[str, Any], **extra: Any) -> bytes:
-        return b"data: " + json.dumps({**head, "choices": [choice], **extra}).encode() + b"\n\n"
+    def event(choice: dict[str, Any], token: int | None = None) -> bytes:
+        nonlocal first
+        out: dict[str, Any] = {**head, "choices": [choice]}
+        if prompt_ids is not None:
+            if token is not None:
+                choice["token_ids"] = [TOKEN_ID0 + token]
+            if first:
+                key = out if chat else choice  # vLLM: top level for chat, per choice else
+                key["prompt_token_ids"] = prompt_ids
+                first = False
+        return b"data: " + json.dumps(out).encode() + b"\n\n"
 
     if chat:
         yield event(
@@ -242,7 +263,8 @@ async def _chunks(
                     "delta": {"content": f" t{start + i}"},
                     "logprobs": None,
                     "finish_reason": "length" if last else None,
-                }
+                },
+                start + i,
             )
         else:
             yield event(
@@ -251,7 +273,8 @@ async def _chunks(
                     "text": f" t{start + i}",
                     "logprobs": None,
                     "finish_reason": "length" if last else None,
-                }
+                },
+                start + i,
             )
     if usage is not None:
         yield b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n"

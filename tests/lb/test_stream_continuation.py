@@ -129,6 +129,42 @@ async def test_a_stream_moves_off_a_noticed_replica_with_identical_text(
     assert lb.tokens() == {first: 0, other.id: 0}  # moved with the stream, then given back
 
 
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+async def test_a_stream_moved_twice_reads_as_one(make_lb: LBFactory, stubs, chat: bool) -> None:
+    """Three replicas; the stream's replica is noticed, then the one it moved to: the second
+    continuation must go on from both segments' token ids (the stub sends ids, as vLLM does,
+    only when asked), so nothing is sent twice."""
+    replicas = stubs(3, "--token-delay-ms", "40")
+    lb = await make_lb(policy="round_robin", handoff_margin=0.1)
+    await lb.put_replicas([s.as_replica() for s in replicas])
+    by_id = {s.id: s for s in replicas}
+    raw = b""
+    url = f"{lb.url}{path(chat)}"
+    async with lb.session.post(url, json=body(chat, stream=True)) as r:
+        assert r.status == 200
+        first = by_id[r.headers["X-Replica-Id"]]
+        seen = 0
+        async for line in r.content:
+            raw += line
+            seen += line.startswith(b"data: ")
+            if seen == 6 and line.startswith(b"data: "):
+                await notice(lb, first, [s for s in replicas if s is not first], 0.3)
+            if seen == 16 and line.startswith(b"data: "):
+                now = next(s for s in replicas if s is not first and lb.in_flight()[s.id])
+                last = next(s for s in replicas if s not in (first, now))
+                await lb.put_replicas(
+                    [
+                        {**first.as_replica("DRAINING"), "deadline": time.time()},
+                        {**now.as_replica("DRAINING"), "deadline": time.time() + 0.3},
+                        last.as_replica(),
+                    ]
+                )
+    chunks, done = parse_stream(raw)
+    assert text_of(chunks) == WANT  # nothing doubled, nothing lost
+    assert done == 1 and lb.state.metrics.handoffs == 2
+    assert all("token_ids" not in c["choices"][0] for c in chunks if c["choices"])
+
+
 async def test_a_replica_killed_mid_stream_without_notice_is_survived(
     make_lb: LBFactory, stubs
 ) -> None:
