@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from spotd.sdk.client_serve import serve_status, serve_up  # noqa: E402
+from spotd.sdk.local import DaemonUnreachable  # noqa: E402
 from tests.conftest import DaemonProc, kill_instance_groups  # noqa: E402
 from tests.e2e.helpers import digest_of, expected_digest  # noqa: E402
 
@@ -174,8 +175,15 @@ async def run(args: argparse.Namespace) -> list[str]:
             t0 = time.monotonic()
             d.start()
             restart_times.append(time.monotonic() - t0)
-            async with d.client() as c:
-                done = sum(1 for j in await c.jobs() if j["status"] in TERMINAL)
+            try:
+                async with d.client() as c:
+                    done = sum(1 for j in await c.jobs() if j["status"] in TERMINAL)
+            except DaemonUnreachable as exc:  # say what the daemon did, not only the client
+                assert d.proc is not None
+                raise RuntimeError(
+                    f"the daemon restarted after kill {kills} does not answer ({exc}); its "
+                    f"exit code: {d.proc.poll()}; its log:\n{d.log_tail(3000)}"
+                ) from exc
             print(
                 f"kill {kills:2d}: restarted in {restart_times[-1]:.2f}s; "
                 f"{done}/{args.jobs} jobs done; {preempts} preemptions so far",

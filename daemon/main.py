@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,8 @@ def main(ctx: click.Context, home: str | None, json_logs: bool | None) -> None:
             ctx.meta[HOME_META] = Path(home)
         return
     configure(json_lines=json_logs)
+    # a fatal signal (a C extension's crash) leaves its Python stacks in the log, not silence
+    faulthandler.enable()
     try:
         settings = load_settings(Path(home) if home else None)
     except ConfigError as exc:

@@ -63,7 +63,7 @@ class DaemonProc:
         return self.home / "spotd.sock"
 
     def start(self, timeout: float = 20.0) -> None:
-        from spotd.sdk.local import socket_alive
+        from spotd.sdk.local import started_daemon_answers
 
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "spotd.log", "ab")  # noqa: SIM115
@@ -80,7 +80,7 @@ class DaemonProc:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"spotd exited {self.proc.returncode}:\n{self.log_tail()}")
-            if socket_alive(self.socket):
+            if started_daemon_answers(self.home / "spotd.pid", self.socket, self.proc.pid):
                 return
             time.sleep(0.05)
         self.proc.kill()  # a daemon that did not come up must not outlive the test

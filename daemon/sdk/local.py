@@ -42,6 +42,17 @@ def socket_alive(path: Path) -> bool:
         s.close()
 
 
+def started_daemon_answers(pid_path: Path, socket_path: Path, pid: int) -> bool:
+    """Whether the daemon just started as ``pid`` answers: it has written its pid (which it
+    does once its socket listens) and the socket accepts. The socket alone could be another
+    process's: a daemon killed a moment before, whose stale socket must not pass for it."""
+    try:
+        written = pid_path.read_text().strip()
+    except OSError:
+        return False
+    return written == str(pid) and socket_alive(socket_path)
+
+
 def start_local_daemon(settings: Settings, *, timeout: float = 20.0) -> int:
     """Start ``spotd`` in the background for this home; returns its pid once it answers."""
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -61,7 +72,7 @@ def start_local_daemon(settings: Settings, *, timeout: float = 20.0) -> int:
         if proc.poll() is not None:
             tail = (settings.home / "spotd.log").read_text(errors="replace")[-2000:]
             raise DaemonUnreachable(f"spotd exited at start (code {proc.returncode}):\n{tail}")
-        if socket_alive(settings.socket_path):
+        if started_daemon_answers(settings.pid_path, settings.socket_path, proc.pid):
             return proc.pid
         time.sleep(0.1)
     raise DaemonUnreachable(f"spotd did not answer on {settings.socket_path} within {timeout}s")
