@@ -156,10 +156,7 @@ def prompt_mark(req: LlmRequest) -> str | None:
             content = next((t for t in reversed(texts) if isinstance(t, str) and t.strip()), "")
         text = _content_text(content)
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        text = prompt if isinstance(prompt, str) else ""
+        text = _text_prompt(body) or ""
     text = text.strip()
     return text[-PROMPT_MARK_CHARS:] if text else None
 
