@@ -94,3 +94,44 @@ def test_a_scrape_reads_the_task_the_worker_parsed_and_parses_the_others() -> No
     assert paces[2].slack == pytest.approx(3000.0 - 500.0)
     assert paces[1].slack == pytest.approx(3000.0 - 1500.0)
     assert paces[1].progress == pytest.approx(0.25) and paces[2].progress == pytest.approx(0.5)
+
+
+def test_the_pace_gauges_read_back_as_the_library_would_write_them() -> None:
+    """The pace lines are written by hand (speed): parsed with prometheus_client, they give
+    the same families, help, types and samples as the library's own rendering of the same
+    gauges, label values with quotes, backslashes, newlines and non-ASCII included."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    paces = [
+        PacedJob(1, 'say "hi"', "back\\nslash\\", -1.5, float("inf"), 0.0, "checkpoint"),
+        PacedJob(2, "two\nlines", "équipe", 1e-7, -2.0, 1.0, "wall time"),
+        PacedJob(3, "plain", "default", 12345678.25, 0.5, 0.333, "checkpoint"),
+    ]
+    ours = DaemonMetrics()
+    ours.set_deadline_paces(paces)
+
+    reg = CollectorRegistry()
+    for name, text, labels in (
+        ("spotd_job_deadline_slack_seconds", "slack", ["job", "name", "project"]),
+        ("spotd_job_deadline_ahead_of_line_seconds", "ahead", ["job", "name", "project"]),
+        ("spotd_job_progress_ratio", "progress", ["job", "name", "project", "progress_from"]),
+    ):
+        g = Gauge(name, text, labels, registry=reg)
+        for p in paces:
+            values = [str(p.job), p.name, p.project]
+            if name == "spotd_job_progress_ratio":
+                g.labels(*values, p.progress_from).set(p.progress)
+            else:
+                g.labels(*values).set(p.slack if "slack" in name else p.ahead)
+
+    def families(text: str) -> dict[str, tuple[str, set[tuple[str, tuple[object, ...], float]]]]:
+        out = {}
+        for f in text_string_to_metric_families(text):
+            if f.name.startswith("spotd_job_"):
+                samples = {(s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples}
+                out[f.name] = (f.type, samples)
+        return out
+
+    assert families(ours.render().decode()) == families(generate_latest(reg).decode())
+    helps = [line for line in ours.render().decode().splitlines() if "spotd_job_" in line]
+    assert sum(line.startswith("# HELP spotd_job_") for line in helps) == 3
