@@ -22,12 +22,14 @@ With 10-minute checkpoints through a day's stockout the rounds are at 0, 10, 20,
 140 min, then every hour: 27 rounds instead of 144. The controller (``spotd.control.deadline``)
 and the simulator (``spotd.sim.jobs``) both decide with these functions.
 
-The controller decides a return at one look and makes it at a later checkpoint (``step``):
-it remembers the newest checkpoint when it decided (the mark) and tries at the first one
-after it. A decision the rule stops backing is called off, unless the rule would still hold
-but for the zone history (every spot zone held by a refusal, other jobs' too): then it
-stands, its mark following the checkpoints seen meanwhile, so it moves at a checkpoint looked
-at after the hold and is not decided, and announced, again each time a hold comes and goes.
+The controller tries a return at a fresh checkpoint (the first look that sees it) at which
+the rule holds. A return decided at another look (the first after a restart: its checkpoint
+may be long old) waits for a later checkpoint (``step``): it remembers the newest checkpoint
+when it decided (the mark) and tries at the first one after it. A decision the rule stops
+backing is called off, unless the rule would still hold but for the zone history (every spot
+zone held by a refusal, other jobs' too): then it stands, its mark following the checkpoints
+seen meanwhile, so it moves at a checkpoint looked at after the hold and is not decided, and
+announced, again each time a hold comes and goes.
 """
 
 from __future__ import annotations

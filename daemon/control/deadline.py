@@ -19,23 +19,27 @@ news, and when :func:`next_look` says a move could be due (not every observe int
 - on spot, ``should_switch_to_ondemand``: end the attempt (MIGRATED) now and place the job
   again; the slack no longer allows waiting for a checkpoint;
 - on on-demand, ``should_return_to_spot`` (the launch rule: on the uniform-progress line, or
-  trailing it by one restart): remember the last checkpoint seen, and when the next one is
-  reported, *make before break*: ``strategies.return_placement`` picks a spot zone (as if the
-  on-demand attempt had just ended), and the spot attempt is written and launched while the
-  on-demand one keeps running. Accepted: one transaction moves the job to STARTING on the
-  spot attempt and ends the on-demand one (MIGRATED, ``Store.hand_over``), whose instances
-  are then terminated: the spot attempt resumes from the checkpoint, so the move loses
-  nothing. Refused: the spot attempt ends LAUNCH_FAILED (the zone's stockout recorded), the
-  next pick is tried, up to ``RETURN_TRIES`` in all, and then the job runs on on-demand and
-  asks again at the next checkpoint: a futile return costs API calls, not an on-demand
-  restart. After ``k >= 2`` checkpoints in a row whose tries were all refused, the next try
-  waits for a checkpoint synced at least ``returns.backoff(k)`` after the last one (10 min
-  doubling to 1 h; ``spotd.recovery.returns``), so a stockout of a day costs about 27 rounds
-  of launch calls and failed attempt rows instead of one every checkpoint; replaying the
-  traces this was also cheaper (docs/simulate.md, "Eleventh round"). The rule is asked again
-  at every step; if it stops holding, the move is called off, unless only refusals stand in
-  its way: then it stands (``returns.step``). A job without checkpointed progress never
-  returns (the rule requires it).
+  trailing it by one restart), asked at a fresh checkpoint — the first look to see a checkpoint
+  newer than the one the previous look saw, as the simulator asks it at each checkpoint (the
+  checkpointed work stands still between checkpoints while the line rises, so a rule that holds
+  at a checkpoint may not a minute later). A rule that holds at a look that is not at a fresh
+  checkpoint (the first look after a restart, or on the daemon the job moved to, whose
+  checkpoint may be long old) remembers the last checkpoint seen and waits for the next one. At
+  the checkpoint, *make before break*: ``strategies.return_placement`` picks a spot zone (as if
+  the on-demand attempt had just ended), and the spot attempt is written and launched while the
+  on-demand one keeps running. Accepted: one transaction moves the job to STARTING on the spot
+  attempt and ends the on-demand one (MIGRATED, ``Store.hand_over``), whose instances are then
+  terminated: the spot attempt resumes from the checkpoint, so the move loses nothing. Refused:
+  the spot attempt ends LAUNCH_FAILED (the zone's stockout recorded), the next pick is tried, up
+  to ``RETURN_TRIES`` in all, and then the job runs on on-demand and asks again at the next
+  checkpoint: a futile return costs API calls, not an on-demand restart. After ``k >= 2``
+  checkpoints in a row whose tries were all refused, the next try waits for a checkpoint synced
+  at least ``returns.backoff(k)`` after the last one (10 min doubling to 1 h;
+  ``spotd.recovery.returns``), so a stockout of a day costs about 27 rounds of launch calls and
+  failed attempt rows instead of one every checkpoint; replaying the traces this was also
+  cheaper (docs/simulate.md, "Eleventh round"). The rule is asked again at every step; if it
+  stops holding, the move is called off, unless only refusals stand in its way: then it stands
+  (``returns.step``). A job without checkpointed progress never returns (the rule requires it).
 
 A daemon killed between writing the spot attempt and the hand-over finds the job RUNNING on
 on-demand with a later spot attempt not ended. The next step finishes its launch (a node the
@@ -266,20 +270,29 @@ class Deadline:
         # job id -> (the on-demand attempt, the sync a return from it waits to pass: the row's
         # when it was decided, -inf for none)
         self._leaving: dict[int, tuple[int, float]] = {}
-        # job id -> (attempt, when, slack) of the last full view on spot (``next_look``)
-        self._slack: dict[int, tuple[int, float, float]] = {}
+        # job id -> (attempt, when, slack, the row's work done) of the last full view on spot
+        # (``next_look``)
+        self._slack: dict[int, tuple[int, float, float, float]] = {}
         self._refused: dict[int, returns.Refused] = {}  # job id -> refused returns in a row
+        # job id -> (on-demand attempt, its newest checkpoint) at the last look (``_fresh``)
+        self._looked: dict[int, tuple[int, float]] = {}
 
     def forget(self, job_id: int) -> None:
         self._seen.pop(job_id, None)
         self._leaving.pop(job_id, None)
         self._slack.pop(job_id, None)
         self._refused.pop(job_id, None)
+        self._looked.pop(job_id, None)
 
-    def known_slack(self, job_id: int, attempt: AttemptRow) -> tuple[float, float] | None:
-        """(when, slack then) from the last full view of this spot attempt, if any."""
-        known = self._slack.get(job_id)
-        return None if known is None or known[0] != attempt.attempt else known[1:]
+    def known_slack(self, job: JobRow, attempt: AttemptRow) -> tuple[float, float] | None:
+        """(when, slack then) from the last full view of this spot attempt, if any, and only
+        while the job's row holds the work done that view read: a checkpoint recorded since
+        (here, or by another daemon the agent reported to) may say less work than the wall
+        time the view counted, and so less slack."""
+        known = self._slack.get(job.id)
+        if known is None or known[0] != attempt.attempt or known[3] != job.work_done_seconds:
+            return None
+        return known[1], known[2]
 
     async def checkpointed(
         self,
@@ -344,12 +357,13 @@ class Deadline:
         if task.job_recovery.strategy is not RecoveryStrategy.DEADLINE or job.deadline is None:
             return False
         if attempt.market == str(Market.SPOT):
-            known = self.known_slack(job.id, attempt)
+            known = self.known_slack(job, attempt)
             if next_look(job, task, attempt, now, known=known):
                 return False  # not due yet, by a bound from the job row (and the last view)
             view = await self.job_view(job, task, now)
             if not strategies.should_switch_to_ondemand(view, now=now):
-                self._slack[job.id] = (attempt.attempt, now, strategies.slack_seconds(view, now))
+                slack = strategies.slack_seconds(view, now)
+                self._slack[job.id] = (attempt.attempt, now, slack, job.work_done_seconds)
                 return False
             detail = "deadline: the remaining slack requires on-demand"
             await self._leave(job, attempt, detail, now, to="on-demand")
@@ -362,6 +376,7 @@ class Deadline:
         history = await self.history(now)
         mine = job.checkpoint_attempt == attempt.attempt
         at = job.checkpoint_synced_at if mine else None  # the newest checkpoint reported
+        fresh = self._fresh(job.id, attempt.attempt, at)
         mark = self._decided(job.id, attempt.attempt)
         rule = functools.partial(
             strategies.should_return_to_spot, view, catalog=catalog, now=now, tuning=self.tuning
@@ -375,17 +390,13 @@ class Deadline:
             log.info("return to spot called off", job=job.id)
         if what is returns.Step.HOLD and mark is not None and at is not None:
             self._leaving[job.id] = (attempt.attempt, max(mark, at))
-        if what is returns.Step.DECIDE:
+        decided = what is returns.Step.DECIDE
+        if decided:
             self._leaving[job.id] = (attempt.attempt, -math.inf if at is None else at)
-            # a restart: say what the rows hold (their times are read back at the try)
-            held = returns.beside(self._refused.get(job.id), attempt.attempt)
-            when = _next_try(held or refused_of(rows, attempt), self.backoff)
-            await self.store.update_job_fields(
-                job.id,
-                now=now,
-                event="deadline: on the uniform-progress line; trying spot beside the "
-                f"on-demand attempt {when}",
-            )
+            if fresh:  # decided at the checkpoint it was decided on: tried at it
+                what = returns.Step.TRY
+            else:
+                await self._announce(job, attempt, rows, now)
         if what is not returns.Step.TRY or at is None:
             return False
         self._leaving[job.id] = (attempt.attempt, at)  # refused: ask at the one after this
@@ -399,9 +410,33 @@ class Deadline:
                 self._refused[job.id] = read
         base, cap = self.backoff
         if not returns.due(self._refused.get(job.id), attempt.attempt, at, base=base, cap=cap):
+            if decided:
+                await self._announce(job, attempt, rows, now)
             return False  # backing off after refused returns: a later checkpoint
         first = 1 + max(a.attempt for a in rows)
         return await self._make_before_break(job, task, attempt, view, catalog, now, at, first)
+
+    def _fresh(self, job_id: int, attempt: int, at: float | None) -> bool:
+        """Is this the first look at on-demand ``attempt`` to see its checkpoint synced at
+        ``at``? (Not the first look after a restart, or on a daemon the job moved to: a
+        heartbeat repeating the last sync is not a fresh checkpoint.)"""
+        seen = self._looked.get(job_id)
+        self._looked[job_id] = (attempt, -math.inf if at is None else at)
+        return at is not None and seen is not None and seen[0] == attempt and at > seen[1]
+
+    async def _announce(
+        self, job: JobRow, attempt: AttemptRow, rows: Sequence[AttemptRow], now: float
+    ) -> None:
+        """The job's event for a return decided to be tried at a later checkpoint."""
+        # a restart: say what the rows hold (their times are read back at the try)
+        held = returns.beside(self._refused.get(job.id), attempt.attempt)
+        when = _next_try(held or refused_of(rows, attempt), self.backoff)
+        await self.store.update_job_fields(
+            job.id,
+            now=now,
+            event="deadline: on the uniform-progress line; trying spot beside the "
+            f"on-demand attempt {when}",
+        )
 
     async def _make_before_break(
         self,

@@ -458,7 +458,7 @@ class Controller:
             task,
             attempt,
             now,
-            known=self.deadline.known_slack(job.id, attempt),
+            known=self.deadline.known_slack(job, attempt),
         )
         return recheck_in(
             rows, listing, now=now, timeouts=self.timeouts, floor=floor, market_due=due

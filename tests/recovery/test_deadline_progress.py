@@ -326,6 +326,50 @@ async def test_a_return_waits_out_a_hold_without_being_decided_again(
     assert sum("trying spot beside the on-demand attempt" in m for m in said) == decided, said
 
 
+async def test_a_return_is_tried_at_the_checkpoint_the_rule_holds_at(store: AsyncStore) -> None:
+    """On on-demand the checkpointed work stands still between checkpoints while the line
+    rises, so the rule that holds at a checkpoint may not hold a minute later. The return is
+    tried at the look that first sees the checkpoint at which the rule holds (as the
+    simulator tries it), not decided there and tried at a later checkpoint, which a rule
+    true only at checkpoints would never reach: it was called off between them, decided
+    again at the next, and the job stayed on on-demand to the end."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    lag = [100.0]  # behind the line by more than a restart (60 s): no return
+    launches = _Launches()
+    d = _on_the_line(store, launches, lag=lag)
+    await _checkpoint(d, job, task, 1_900.0)
+    assert not await _move(d, job, task, od, now=1_900.0)
+    assert not await _move(d, job, task, od, now=1_960.0)
+    assert not d.pending(job.id, od.attempt) and launches.launched == []
+    lag[0] = 0.0  # the checkpoint at 2000 puts the job on the line
+    await _checkpoint(d, job, task, 2_000.0)
+    assert await _move(d, job, task, od, now=2_000.0)
+    assert len(launches.launched) == 1 and launches.terminated == [od.id]
+    said = [e.message for e in await store.events(job_id=job.id)]
+    assert not any("trying spot beside" in m for m in said), said  # tried, not announced
+
+
+async def test_a_first_look_decides_and_waits_for_a_checkpoint(store: AsyncStore) -> None:
+    """A daemon's first look at an on-demand attempt (after a restart, or on the daemon the
+    job moved to) has seen no earlier checkpoint of it: the one the row holds may be long
+    old, so the return is decided and announced, and tried at the next checkpoint."""
+    job, od = await _running_on_demand(store, deadline=10_000.0)
+    task = Task.model_validate({"run": "x", "job_recovery": DEADLINE})
+    launches = _Launches()
+    d = _on_the_line(store, launches)
+    await _checkpoint(d, job, task, 2_000.0)
+    assert not await _move(d, job, task, od, now=2_500.0)
+    assert d.pending(job.id, od.attempt) and launches.launched == []
+    await _checkpoint(d, job, task, 2_600.0)
+    assert await _move(d, job, task, od, now=2_600.0)
+    said = [e.message for e in await store.events(job_id=job.id)]
+    assert (
+        sum("trying spot beside the on-demand attempt at the next checkpoint" in m for m in said)
+        == 1
+    )
+
+
 @pytest.mark.parametrize("ahead", [0.0, 200.0, -200.0])
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["restarted", "reports-elsewhere"])
 async def test_a_return_moves_at_a_fresh_checkpoint_whoever_received_it(
@@ -427,12 +471,61 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
     assert next_look(job, task, spot, 1000.0) == 0.0  # 550 - (1000 - 500) < 90
     assert not await _move(d, job, task, spot, 1000.0)
     assert reads == [1000.0]
-    assert d.known_slack(job.id, spot) == (1000.0, pytest.approx(550.0 - (1000.0 - 950.0)))
+    assert d.known_slack(job, spot) == (1000.0, pytest.approx(550.0 - (1000.0 - 950.0)))
     assert not await _move(d, job, task, spot, 1001.0)
     assert reads == [1000.0]  # not read again
-    assert (next_look(job, task, spot, 1001.0, known=d.known_slack(job.id, spot)) or 0) > 0
+    assert (next_look(job, task, spot, 1001.0, known=d.known_slack(job, spot)) or 0) > 0
     await d.checkpointed(job.id, lambda _: task, 2, 0.5, 1002.0, received_at=1003.0)
-    assert d.known_slack(job.id, spot) is None
+    assert d.known_slack(job, spot) is None
+
+
+async def test_a_checkpoint_another_daemon_recorded_voids_the_remembered_slack(
+    store: AsyncStore,
+) -> None:
+    """As above, but the job's first checkpoint reaches another daemon (several daemons on
+    one database: the agent reports to any of them), which records less work (450 s) than
+    the wall time the view counted (940 s): the daemon that runs the job no longer trusts
+    the slack it remembers, reads the attempts again at its next look, and moves the job to
+    on-demand once that slack requires it, where the remembered slack would have had it
+    wait on spot past the point of no return."""
+    job = await _job(store, current_attempt=2)
+    first = await store.create_attempt(intent(job.id, 1, now=10.0))
+    for to, at, end in (
+        (AttemptStatus.RUNNING, 10.0, None),
+        (AttemptStatus.ENDED, 460.0, EndReason.PREEMPTED),
+    ):
+        first = await store.transition_attempt(
+            first.id, from_=[first.status], to=to, reason="t", now=at, end_reason=end
+        )
+    job, spot = await _run(store, job, 2, at=500.0, deadline=1550.0)
+    task = Task.model_validate(
+        {"run": "x", "resources": {"use_spot": True}, "job_recovery": DEADLINE}
+    )
+    reads: list[float] = []
+
+    async def view(j: JobRow, t: Task, now: float) -> JobView:
+        reads.append(now)
+        return job_view(j, t, await store.attempts(j.id), now)
+
+    def deadline() -> Deadline:
+        return Deadline(
+            store=store,
+            attempts=None,  # type: ignore[arg-type]  # nothing is due to end here
+            job_view=view,
+            placeable=None,  # type: ignore[arg-type]
+            history=None,  # type: ignore[arg-type]
+        )
+
+    runs, other = deadline(), deadline()
+    assert not await _move(runs, job, task, spot, 1000.0)
+    assert runs.known_slack(job, spot) is not None
+    # the other daemon records the checkpoint: 0.45 of 1000 s of work
+    assert await other.checkpointed(job.id, lambda _: task, 2, 0.45, 1001.0, received_at=1001.0)
+    job = await store.get_job(job.id)
+    assert job is not None and job.work_done_seconds == pytest.approx(450.0)
+    assert runs.known_slack(job, spot) is None
+    # 1550 - 1002 - (1000 - 450) = -2 of slack: it must leave spot at this look
+    assert next_look(job, task, spot, 1002.0, known=runs.known_slack(job, spot)) == 0.0
 
 
 class _Refuses(_Launches):
