@@ -90,6 +90,7 @@ Scenarios (each is a row in ``tests/serve/test_hedge.py``), zones A < B < C by s
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -304,7 +305,7 @@ def plan_replicas(
 
     if len(ondemand) < ondemand_wanted:
         missing = ondemand_wanted - len(ondemand)
-        if zones:
+        if any(math.isfinite(z.ondemand_price) for z in zones):
             launch += [
                 LaunchSpec(z, Market.ON_DEMAND)
                 for z in _ondemand_zones(
@@ -459,8 +460,10 @@ def _ondemand_zones(
     now: float,
     bad_zone_seconds: float,
 ) -> list[ZoneKey]:
-    """Cheapest on-demand zones, spread, avoiding recent on-demand launch failures if it can."""
-    ranked = [z.zone for z in sorted(zones, key=lambda z: (z.ondemand_price, str(z.zone)))]
+    """Cheapest on-demand zones, spread, avoiding recent on-demand launch failures if it can;
+    never a zone that sells no on-demand capacity of this shape (an infinite price)."""
+    sells = [z for z in zones if math.isfinite(z.ondemand_price)]
+    ranked = [z.zone for z in sorted(sells, key=lambda z: (z.ondemand_price, str(z.zone)))]
     failed = bad_zones(
         zone_history, now=now, market=Market.ON_DEMAND, bad_zone_seconds=bad_zone_seconds
     )

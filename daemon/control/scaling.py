@@ -138,6 +138,15 @@ class Scaler:
                 event=f"autoscaler: target {svc.target} → {new.target}"
                 + _why(window, policy, load, now, current=state.target),
             )
+        elif (new.upscale_since, new.downscale_since) != (svc.upscale_since, svc.downscale_since):
+            # a delay started or was called off: a restarted daemon goes on with it, rather
+            # than start the delay over (or act on one that ended long ago)
+            await self._store.update_service_fields(
+                svc.id,
+                now=now,
+                upscale_since=new.upscale_since,
+                downscale_since=new.downscale_since,
+            )
         return target
 
     async def _observe(self, svc: ServiceRow, policy: AutoscalePolicy, now: float) -> Observed:

@@ -43,6 +43,7 @@ deadline at the latest; in-flight reaches 0 → replica 2 PREEMPTED, its instanc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import time
@@ -445,8 +446,7 @@ class ServiceController:
         self.prober.forget(row.key)
         self.drainer.forget(row.key)
         self.memory.replica_gone(row.key)
-        if zone_kind is not None:
-            await self.zone_event(row, zone_kind, now)
+        await self.zones.ended(row, zone_kind, now)
         if row.instance_id is not None:
             await self._terminate(row.provider, InstanceId(row.instance_id))
         log.info("replica ended", replica=row.key, status=str(to), reason=reason)
@@ -485,11 +485,17 @@ class ServiceController:
             if r.status.is_alive
         ]
         zp = self.plan_for(task, svc.project)
+        await self.zones.ensure(svc.id, now)
+        risk = self.zones.risk(svc.id, now)  # orders zones of equal spot price
+        options = [
+            dataclasses.replace(z, preemption_risk=risk[z.zone]) if z.zone in risk else z
+            for z in zp.zones
+        ]
         plan = hedge.plan_replicas(
             target,
-            zones=zp.zones,
+            zones=options,
             current=views,
-            zone_history=self.zones.events,
+            zone_history=self.zones.events(svc.id),
             policy=policy,
             now=now,
             use_spot=zp.use_spot,
@@ -570,6 +576,7 @@ class ServiceController:
         self.lbs.forget(sid)
         self.prober.forget_service(sid)
         self.drainer.forget_service(sid)
+        self.zones.forget_service(sid)
 
     async def zone_event(self, row: ReplicaRow, kind: ZoneEventKind, now: float) -> None:
         await self.zones.record(row, kind, now)

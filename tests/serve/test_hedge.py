@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -672,3 +673,23 @@ def test_negative_target_is_refused() -> None:
         plan_replicas(
             -1, zones=ZONES, current=[], zone_history=[], policy=AutoscalePolicy.fixed(1), now=NOW
         )
+
+
+@pytest.mark.parametrize("use_spot", [True, False])
+def test_on_demand_goes_only_to_zones_that_sell_it(use_spot: bool) -> None:
+    """A zone with spot but no on-demand option for this service (an infinite price: say
+    ``max_hourly_cost`` rules its on-demand out) gets no on-demand launch: the executor has
+    nothing to launch there, and a fallback planned into it would stay one replica short."""
+    zones = (ZoneOption(zk("A"), 1.0, 3.0), ZoneOption(zk("B"), 0.9, math.inf))
+    policy = AutoscalePolicy(min_replicas=2, max_replicas=2, dynamic_ondemand_fallback=True)
+    plan = plan_replicas(
+        2, zones=zones, current=[], zone_history=[], policy=policy, now=NOW, use_spot=use_spot
+    )
+    ondemand = [s.zone for s in plan.launch if s.market is Market.ON_DEMAND]
+    assert ondemand == [zk("A"), zk("A")], plan.reason
+    none = tuple(dataclasses.replace(z, ondemand_price=math.inf) for z in zones)
+    plan = plan_replicas(
+        2, zones=none, current=[], zone_history=[], policy=policy, now=NOW, use_spot=use_spot
+    )
+    assert all(s.market is Market.SPOT for s in plan.launch), plan.reason
+    assert "no zone to launch in" in plan.reason
