@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.utils import floatToGoString
 
 
 class PacedJob(NamedTuple):
@@ -43,6 +43,15 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _number(x: float) -> str:
+    """A sample value as the text exposition format writes it."""
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    return repr(float(x))
+
+
 def _pace_text(paces: Sequence[PacedJob]) -> str:
     """The three pace gauges in the text exposition format, one line per job and gauge.
 
@@ -58,11 +67,11 @@ def _pace_text(paces: Sequence[PacedJob]) -> str:
     for p in paces:
         job, name, project = p.job, _label(p.name), _label(p.project)
         labels = f'job="{job}",name="{name}",project="{project}"'
-        out.append(f"{slack}{{{labels}}} {floatToGoString(p.slack)}\n")
-        ahead_lines.append(f"{ahead}{{{labels}}} {floatToGoString(p.ahead)}\n")
+        out.append(f"{slack}{{{labels}}} {_number(p.slack)}\n")
+        ahead_lines.append(f"{ahead}{{{labels}}} {_number(p.ahead)}\n")
         progress_lines.append(
             f'{progress}{{job="{job}",name="{name}",progress_from="{_label(p.progress_from)}",'
-            f'project="{project}"}} {floatToGoString(p.progress)}\n'
+            f'project="{project}"}} {_number(p.progress)}\n'
         )
     return "".join(out + ahead_lines + progress_lines)
 
