@@ -195,8 +195,11 @@ def run_window(
         decide_at = min(seen_at) + REACTION_SECONDS if issued else now
         for (r, deadline, _), seen in zip(issued, seen_at, strict=True):
             preemptions += 1  # counted when announced, not again when the zone takes it
+            ran = seen - r.launched_tick * dt  # what the executor records as its run (RAN)
             events.append(
-                SimEvent(SimEventKind.NOTICE, r.zone, r.market, t, seen, r.id, deadline=deadline)
+                SimEvent(
+                    SimEventKind.NOTICE, r.zone, r.market, t, seen, r.id, ran, deadline=deadline
+                )
             )
         view = TickView(
             t, decide_at, setup.target, tuple(alive), ready_prev, tuple(events), notices.announced()

@@ -135,7 +135,7 @@ class SimEvent:
     tick: int
     at: float  # seconds since the window began
     replica: int
-    ran_seconds: float = 0.0  # PREEMPTED / TERMINATED: how long it was held
+    ran_seconds: float = 0.0  # PREEMPTED / TERMINATED / NOTICE: how long it was held
     deadline: int = 0  # NOTICE: the tick the zone takes the replica back
 
 
