@@ -29,8 +29,9 @@ terminations, following SpotHedge (EuroSys'25, shipped in SkyServe as the
   the target: spot wanted = max(0, target − base) + ``num_overprovision`` (0 while calm). With
   ``dynamic_ondemand_fallback``, one more on-demand replica runs for every spot replica
   wanted that is not READY (target − base + the turbulent cushion − ready spot), never more
-  on-demand than the target. A target of 0 means
-  nothing at all: overprovision does not keep a scaled-to-zero service awake.
+  on-demand than the target; READY replicas of an older version that an update has not
+  retired yet count as READY there. A target of 0 means nothing at all: overprovision does
+  not keep a scaled-to-zero service awake.
 - **Calm and turbulent.** Overprovisioned spot replicas and an on-demand fallback for them
   pay off only while preemptions happen. The service is *calm* when no spot preemption was
   recorded in ``calm_seconds`` (2 h) and a READY spot replica has run that long (so a fresh
@@ -203,8 +204,14 @@ def plan_replicas(
     bad_zone_seconds: float = DEFAULT_BAD_ZONE_SECONDS,
     shaky_zone_seconds: float = DEFAULT_SHAKY_ZONE_SECONDS,
     calm_seconds: float = DEFAULT_CALM_SECONDS,
+    ready_elsewhere: int = 0,
 ) -> ReplicaPlan:
     """Plan the launches and terminations that move ``current`` toward ``target`` replicas.
+
+    ``ready_elsewhere``: READY replicas outside ``current`` that serve the same endpoint (an
+    older version's, while an update replaces them as the new ones become READY): the dynamic
+    fallback covers only what they and the READY spot replicas leave short, so an update does
+    not start an on-demand replica for every new spot replica that is still starting.
 
     ``use_spot=False`` (a service without ``use_spot``) runs everything on-demand;
     ``shaky_zone_seconds=0`` turns the shaky-zone cover off, ``calm_seconds=0`` the calm
@@ -292,8 +299,9 @@ def plan_replicas(
                 now=now,
                 seconds=shaky_zone_seconds,
             )
-            gap = max(0, spot_needed + cushion - ready_spot)
-            cover = max(0, spot_needed + cushion - (ready_spot - shaky)) - gap
+            serving = ready_spot + ready_elsewhere
+            gap = max(0, spot_needed + cushion - serving)
+            cover = max(0, spot_needed + cushion - (serving - shaky)) - gap
             ondemand_wanted += gap + cover
             if gap:
                 notes.append(f"dynamic fallback for {gap} spot not ready")

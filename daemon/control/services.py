@@ -499,6 +499,11 @@ class ServiceController:
             policy=policy,
             now=now,
             use_spot=zp.use_spot,
+            ready_elsewhere=sum(  # an older version's, serving until the update retires them
+                1
+                for r in rows
+                if r.version < svc.version and r.status == S.READY and r.notice_deadline is None
+            ),
         )
         by_id = {r.replica_id: r for r in rows}
         for rid in plan.terminate:

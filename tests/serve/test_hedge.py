@@ -693,3 +693,28 @@ def test_on_demand_goes_only_to_zones_that_sell_it(use_spot: bool) -> None:
     )
     assert all(s.market is Market.SPOT for s in plan.launch), plan.reason
     assert "no zone to launch in" in plan.reason
+
+
+@pytest.mark.parametrize(("elsewhere", "ondemand"), [(0, 3), (2, 2), (3, 1), (4, 0)])
+def test_an_update_falls_back_only_for_what_the_old_version_leaves_short(
+    elsewhere: int, ondemand: int
+) -> None:
+    """A rolling update: the new version has no replica yet, the old one has ``elsewhere``
+    READY replicas serving (retired as new ones become READY). Target 3, one spare while
+    turbulent: 4 new spot replicas, and on-demand only for what the old READY ones do not
+    cover (before, 3 on-demand replicas started at every update, whatever was serving)."""
+    zones = (ZoneOption(zk("A"), 1.0, 3.0), ZoneOption(zk("B"), 1.1, 3.0))
+    policy = AutoscalePolicy(
+        min_replicas=3, max_replicas=3, num_overprovision=1, dynamic_ondemand_fallback=True
+    )
+    plan = plan_replicas(
+        3,
+        zones=zones,
+        current=[],
+        zone_history=[],
+        policy=policy,
+        now=NOW,
+        ready_elsewhere=elsewhere,
+    )
+    got = Counter(s.market for s in plan.launch)
+    assert (got[Market.SPOT], got[Market.ON_DEMAND]) == (4, ondemand), plan.reason
