@@ -210,8 +210,9 @@ def plan_replicas(
 
     ``ready_elsewhere``: READY replicas outside ``current`` that serve the same endpoint (an
     older version's, while an update replaces them as the new ones become READY): the dynamic
-    fallback covers only what they and the READY spot replicas leave short, so an update does
-    not start an on-demand replica for every new spot replica that is still starting.
+    fallback does not cover new spot replicas on their way while as many of these serve, so
+    an update does not start an on-demand replica for every new spot replica still starting;
+    with no spot on its way (spot out) the fallback carries the update.
 
     ``use_spot=False`` (a service without ``use_spot``) runs everything on-demand;
     ``shaky_zone_seconds=0`` turns the shaky-zone cover off, ``calm_seconds=0`` the calm
@@ -299,7 +300,13 @@ def plan_replicas(
                 now=now,
                 seconds=shaky_zone_seconds,
             )
-            serving = ready_spot + ready_elsewhere
+            # credit the older version's READY replicas only against new spot replicas on
+            # their way (starting, or launched now): with spot out, the fallback carries the
+            # update, as it would carry the service
+            coming = sum(
+                1 for r in spot if r.id not in retired and r.status is not ReplicaStatus.READY
+            ) + sum(1 for s in launch if s.market is Market.SPOT)
+            serving = ready_spot + min(ready_elsewhere, coming)
             gap = max(0, spot_needed + cushion - serving)
             cover = max(0, spot_needed + cushion - (serving - shaky)) - gap
             ondemand_wanted += gap + cover

@@ -380,6 +380,9 @@ class ServiceController:
         spec = self.task_of(svc).service
         assert spec is not None  # the API accepts only tasks with a service section
         await self.lbs.ensure(svc, spec)
+        # the zone history before anything is recorded: a notice a former owner recorded is
+        # not recorded again by this daemon's first look at the replica
+        await self.zones.ensure(svc.id, now)
         rows = await self.store.replicas(service_id=svc.id, live_only=True)
         for row in rows:
             await self._observe_replica(svc, row, now)
@@ -484,8 +487,18 @@ class ServiceController:
             for r in newest
             if r.status.is_alive
         ]
+        # older versions leave as the newest becomes READY (rolling), or all at once when
+        # the newest is fully READY (blue_green); those that stay serve meanwhile
+        old = [r for r in rows if r.version < svc.version and r.status.is_alive]
+        leaving = updates.retire_old(
+            [updates.OldReplica(ReplicaId(r.replica_id), r.status) for r in old],
+            mode=svc.update_mode,
+            target=target,
+            ready_new=sum(1 for r in newest if r.status == S.READY),
+        )
+        gone = set(leaving)
+        staying = [r for r in old if r.replica_id not in gone]
         zp = self.plan_for(task, svc.project)
-        await self.zones.ensure(svc.id, now)
         risk = self.zones.risk(svc.id, now)  # orders zones of equal spot price
         options = [
             dataclasses.replace(z, preemption_risk=risk[z.zone]) if z.zone in risk else z
@@ -499,10 +512,8 @@ class ServiceController:
             policy=policy,
             now=now,
             use_spot=zp.use_spot,
-            ready_elsewhere=sum(  # an older version's, serving until the update retires them
-                1
-                for r in rows
-                if r.version < svc.version and r.status == S.READY and r.notice_deadline is None
+            ready_elsewhere=sum(
+                1 for r in staying if r.status == S.READY and r.notice_deadline is None
             ),
         )
         by_id = {r.replica_id: r for r in rows}
@@ -518,15 +529,6 @@ class ServiceController:
                 continue
             if not await self.launcher.launch_new(svc, launch, place, plan.reason, now):
                 refused.add(launch.market)
-        # older versions leave as the newest becomes READY (rolling), or all at once when
-        # the newest is fully READY (blue_green)
-        old = [r for r in rows if r.version < svc.version and r.status.is_alive]
-        leaving = updates.retire_old(
-            [updates.OldReplica(ReplicaId(r.replica_id), r.status) for r in old],
-            mode=svc.update_mode,
-            target=target,
-            ready_new=sum(1 for r in newest if r.status == S.READY),
-        )
         for rid in leaving:
             await self.drainer.retire(
                 by_id[rid], f"replaced by version {svc.version} ({svc.update_mode})", now

@@ -39,6 +39,7 @@ PLANNER_SECONDS = max(
     hedge.DEFAULT_BAD_ZONE_SECONDS, hedge.DEFAULT_SHAKY_ZONE_SECONDS, hedge.DEFAULT_CALM_SECONDS
 )
 RISK_SECONDS = 24 * 3600.0
+DROPPED_MAX = 10_000  # services forgotten since the load, remembered (see forget_service)
 _RISK_KINDS = frozenset({ZoneEventKind.PREEMPTED, ZoneEventKind.RAN})
 # the replica a row written by this module is about: "<market> replica s<service>-r<id>"
 _REPLICA = re.compile(r"(?:^|\s)(spot|on-demand) replica (s(\d+)-r\d+)$")
@@ -94,6 +95,9 @@ class ReplicaZoneHistory:
         self._risk.pop(service_id, None)
         self._fresh.discard(service_id)
         self._dropped.add(service_id)
+        if len(self._dropped) > DROPPED_MAX:  # a long life of short services: forget the load
+            self._dropped.clear()
+            self._loaded_at = None  # (an ensure then reads a whole day: correct, dearer)
         prefix = f"s{service_id}-r"
         for key in [k for k in self._lost if k.startswith(prefix)]:
             del self._lost[key]
@@ -141,6 +145,11 @@ class ReplicaZoneHistory:
     async def record(self, row: ReplicaRow, kind: ZoneEventKind, now: float) -> None:
         """Something happened to a replica in its zone. A spot replica's loss comes with its
         run time, once per replica."""
+        if self._loaded_at is not None and row.service_id in self._dropped:
+            # a service this daemon no longer runs (its prober finishing a look after the
+            # hand-over): the store has it for whoever runs it, and this daemon if it comes back
+            await self._write(row, kind.value, now, f"{row.market} replica {row.key}")
+            return
         if kind is ZoneEventKind.PREEMPTED:
             if row.key in self._lost:
                 return  # its notice said so already (or a restart reads the notice again)

@@ -98,8 +98,9 @@ def test_a_scrape_reads_the_task_the_worker_parsed_and_parses_the_others() -> No
 
 def test_the_pace_gauges_read_back_as_the_library_would_write_them() -> None:
     """The pace lines are written by hand (speed): parsed with prometheus_client, they give
-    the same families, help, types and samples as the library's own rendering of the same
-    gauges, label values with quotes, backslashes, newlines and non-ASCII included."""
+    the same families, types and samples as the library's own rendering of the same gauges,
+    label values with quotes, backslashes, newlines and non-ASCII included, and each family
+    has its help."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     paces = [
@@ -133,5 +134,9 @@ def test_the_pace_gauges_read_back_as_the_library_would_write_them() -> None:
         return out
 
     assert families(ours.render().decode()) == families(generate_latest(reg).decode())
-    helps = [line for line in ours.render().decode().splitlines() if "spotd_job_" in line]
-    assert sum(line.startswith("# HELP spotd_job_") for line in helps) == 3
+    helps = {
+        f.name: f.documentation
+        for f in text_string_to_metric_families(ours.render().decode())
+        if f.name.startswith("spotd_job_")
+    }
+    assert len(helps) == 3 and all(helps.values()), helps

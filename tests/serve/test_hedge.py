@@ -718,3 +718,16 @@ def test_an_update_falls_back_only_for_what_the_old_version_leaves_short(
     )
     got = Counter(s.market for s in plan.launch)
     assert (got[Market.SPOT], got[Market.ON_DEMAND]) == (4, ondemand), plan.reason
+    # no spot anywhere: nothing new is on its way, so the fallback carries the update (the
+    # old version is retired as on-demand replicas of the new one become READY)
+    no_spot = tuple(dataclasses.replace(z, spot_available=False) for z in zones)
+    plan = plan_replicas(
+        3,
+        zones=no_spot,
+        current=[],
+        zone_history=[],
+        policy=policy,
+        now=NOW,
+        ready_elsewhere=elsewhere,
+    )
+    assert Counter(s.market for s in plan.launch) == Counter({Market.ON_DEMAND: 3}), plan.reason

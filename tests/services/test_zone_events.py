@@ -254,8 +254,11 @@ async def test_a_service_taken_over_reads_what_its_last_daemon_recorded(tmp_path
         await b.record(_of(1, 2), ZoneEventKind.LAUNCHED, NOW + 20)
         await b.ensure(1, NOW + 30)
         await b.ensure(1, NOW + 40)
+        # B's first look reads the notice A recorded: the loss is not recorded again
+        await b.record(_of(1, 1, instance_id="i-1"), ZoneEventKind.PREEMPTED, NOW + 45)
         kinds = [ZoneEventKind.PREEMPTED, ZoneEventKind.LAUNCHED]
         assert [e.kind for e in b.events(1)] == kinds
+        assert [k for k, _ in await _kinds(store)] == ["PREEMPTED", "RAN", "LAUNCHED"]
         assert ZONE in b.risk(1, NOW + 40)
         b.forget_service(1)
         assert list(b.events(1)) == []
