@@ -78,6 +78,11 @@ class InstanceState(enum.StrEnum):
     TERMINATED = "TERMINATED"  # gone for another reason (we terminated it, it exited)
 
 
+# an agent's phases after which it runs nothing more on its instance: its run exited, its
+# setup failed, or it saw its instance preempted (reported by its heartbeat)
+FINAL_PHASES = frozenset({"exited", "setup_failed", "preempted"})
+
+
 class RecoveryStrategy(enum.StrEnum):
     EAGER_NEXT_REGION = "EAGER_NEXT_REGION"  # block the preempted zone and region, go elsewhere
     FAILOVER = "FAILOVER"  # retry the same region first, then the others

@@ -60,6 +60,7 @@ from spotd.store import (
     current_attempt_of,
 )
 from spotd.types import (
+    FINAL_PHASES,
     AttemptStatus,
     Candidate,
     EndReason,
@@ -72,7 +73,6 @@ from spotd.types import (
 
 log = structlog.get_logger("spotd.control.attempts")
 
-FINAL_PHASES = ("exited", "setup_failed", "preempted")
 GONE = (InstanceState.PREEMPTED, InstanceState.TERMINATED)  # listed, but no longer running
 
 

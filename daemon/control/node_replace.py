@@ -67,7 +67,7 @@ from spotd.recovery import detection, nodes
 from spotd.recovery.watch import NodeReport
 from spotd.store import AsyncStore, AttemptRow, InstanceRow, JobRow
 from spotd.store.instances import RESTARTING
-from spotd.types import EndReason, InstanceId, JobStatus, ZoneEventKind
+from spotd.types import FINAL_PHASES, EndReason, InstanceId, JobStatus, ZoneEventKind
 
 __all__ = ["NodeLosses"]
 
@@ -76,7 +76,6 @@ log = structlog.get_logger("spotd.control.node_replace")
 REFUSAL_MEMORY = 300.0  # a launch refused in the zone this recently: no replacement there
 NOTICE_FALLBACK = 120.0  # a notice without a deadline: EC2's two minutes
 RESTART_TIMEOUT = 600.0  # a kept node has this long (after its grace) to stop and sync
-FINAL_PHASES = frozenset({"exited", "setup_failed", "preempted"})  # the agent is done
 
 
 def drained(row: InstanceRow, now: float, deadline: float | None = None) -> bool:

@@ -47,7 +47,7 @@ import structlog
 from spotd.aiokit import sleep
 from spotd.config import Settings
 from spotd.control import pool_jobs
-from spotd.control.attempts import FINAL_PHASES, attempt_id
+from spotd.control.attempts import attempt_id
 from spotd.control.cancel import request_cancel
 from spotd.control.jobs import Controller
 from spotd.control.pool_jobs import decide
@@ -64,7 +64,7 @@ from spotd.store.pools import (
     PoolRow,
     PoolStatus,
 )
-from spotd.types import JobStatus
+from spotd.types import FINAL_PHASES, JobStatus
 
 __all__ = [
     "MAX_NUM_JOBS",

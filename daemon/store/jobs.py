@@ -34,11 +34,13 @@ from spotd.store.cas import (
     find,
     set_fields,
 )
+from spotd.store.errors import StaleTransition
 from spotd.store.job_inserts import ATTEMPTS, JOBS, AttemptIntent, insert_attempt, insert_job
 from spotd.store.projects import Admit, admitted
 from spotd.store.rows import AttemptRow, InstanceRow, JobRow, current_attempt_of
 from spotd.store.tables import Instance, ZoneEvent, table_of
 from spotd.types import (
+    FINAL_PHASES,
     TERMINAL_JOB_STATUSES,
     AttemptStatus,
     EndReason,
@@ -398,11 +400,26 @@ class JobStore(StoreBase):
         """Make before break, in one transaction: a RUNNING job moves to STARTING on
         ``new_attempt`` (launched beside it), and the attempt it ran on ENDs (MIGRATED). A
         daemon killed right after finds the old attempt ended and the reaper stops its
-        instances. :class:`StaleTransition` (a cancel or a loss came first): nothing is
+        instances. :class:`StaleTransition` (a cancel or a loss came first, or the old
+        attempt's run already exited: its result decides the job, not a move): nothing is
         written."""
         placed = {"message": reason, "current_attempt": new_attempt, "recoveries": recoveries}
         ended = {"ended_at": now, "end_reason": EndReason.MIGRATED.value, "end_detail": reason}
+        it = table_of(Instance)
         with self._write() as conn:
+            done = conn.execute(
+                select(it.c.phase)
+                .where(it.c.attempt_id == old_attempt_id, it.c.phase.in_(sorted(FINAL_PHASES)))
+                .limit(1)
+            ).first()
+            if done is not None:
+                raise StaleTransition(
+                    what="attempt",
+                    row_id=old_attempt_id,
+                    current=f"RUNNING, its agent {done[0]}",
+                    expected=[AttemptStatus.RUNNING.value],
+                    to=AttemptStatus.ENDED.value,
+                )
             job = compare_and_set(
                 conn,
                 JOBS,

@@ -150,6 +150,24 @@ def test_a_hand_over_moves_the_job_and_ends_the_old_attempt_at_once(
     assert new.status == AttemptStatus.PROVISIONING
 
 
+def test_a_hand_over_from_an_attempt_whose_run_exited_writes_nothing(
+    store: Store, make_job: Any, clock: Any
+) -> None:
+    """The on-demand run exited (its agent reported it) while spot was being launched beside
+    it: its result decides the job (a success is kept, not rerun from a checkpoint on spot),
+    so the move is refused and nothing is written; the caller ends the spot attempt."""
+    job = _running_on_demand(store, make_job, clock)
+    head, _ = store.instances(attempt_id=f"j{job.id}-a1")  # one node of two said so
+    store.record_heartbeat(
+        head.key, now=clock.tick(), phase="exited", exit_code=0, notice_deadline=None
+    )
+    with pytest.raises(StaleTransition):
+        _hand_over(store, job, clock)
+    after = store.require_job(job.id)
+    assert (after.status, after.current_attempt) == (JobStatus.RUNNING, 1)
+    assert store.attempts(job.id)[0].status == AttemptStatus.RUNNING
+
+
 def test_a_hand_over_after_a_cancel_writes_nothing(store: Store, make_job: Any, clock: Any) -> None:
     job = _running_on_demand(store, make_job, clock)
     store.transition_job(

@@ -35,12 +35,12 @@ import structlog
 
 from spotd.aiokit import sleep
 from spotd.providers.fleet.model import FleetModel, Inst, job_plan
+from spotd.types import FINAL_PHASES
 
 __all__ = ["AgentPool"]
 
 log = structlog.get_logger("spotd.providers.fleet.agents")
 
-FINAL_PHASES = frozenset({"exited", "setup_failed", "preempted"})
 RETRY_SECONDS = 1.0  # a daemon away: try again this soon
 GENERATION_ENV = "SPOTD_GENERATION"  # a replacement's generation (spotd.control.node_keys)
 
