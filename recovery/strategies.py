@@ -54,7 +54,10 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
                                     (on or ahead of the uniform-progress line, allowed to
                                      trail it by the one launch being decided)
 
-    and otherwise to on-demand, unless it may take a risk (below). When spot is allowed but
+    and otherwise to on-demand, unless it may take a risk (below). ``give_up_after`` does not
+    end a DEADLINE job while it waits for spot by this rule (idling ahead of the line is
+    Uniform Progress's choice, and the line sends it to on-demand in time): it gives up only
+    once that time has passed and every on-demand zone refuses too. When spot is allowed but
     none is available the job waits
     (spot capacity usually comes back) until the earlier of the backoff and the moment either
     rule would switch it to on-demand. Once the deadline cannot be met at all it goes to
@@ -222,20 +225,27 @@ def next_placement(
     give_up_at = (
         job.first_failure_at + job.give_up_after if job.first_failure_at is not None else None
     )
-    if give_up_at is not None and now >= give_up_at:
-        return GiveUp(
-            f"no placement worked for {now - job.first_failure_at:.0f}s "  # type: ignore[operator]
-            f"({job.failed_launches} failed launch(es)); giving up after "
-            f"{job.give_up_after:g}s"
-        )
-    ctx = _Context(job, catalog, history, now, jitter, tuning, give_up_at)
     if job.strategy is RecoveryStrategy.DEADLINE and _has_deadline(job):
-        return _deadline(ctx)
+        # waiting for spot ahead of the line is the strategy's own choice, not a failure:
+        # the give-up time ends the job only when on-demand cannot be placed either
+        return _deadline(_Context(job, catalog, history, now, jitter, tuning, None), give_up_at)
+    if give_up_at is not None and now >= give_up_at:
+        return _give_up(job, now)
+    ctx = _Context(job, catalog, history, now, jitter, tuning, give_up_at)
     mode = "failover" if job.strategy is RecoveryStrategy.FAILOVER else "eager"
     ranked = ctx.ranked(job.request, mode=mode)
     if not ranked:
         return ctx.wait(job.request, "")
     return ctx.relaunch(ranked)
+
+
+def _give_up(job: JobView, now: float, also: str = "") -> GiveUp:
+    assert job.first_failure_at is not None
+    return GiveUp(
+        f"no placement worked for {now - job.first_failure_at:.0f}s "
+        f"({job.failed_launches} failed launch(es)){also}; giving up after "
+        f"{job.give_up_after:g}s"
+    )
 
 
 def should_switch_to_ondemand(job: JobView, *, now: float) -> bool:
@@ -540,7 +550,7 @@ def _untouched(ctx: _Context, spot_req: ResourceRequest) -> list[_Ranked]:
     return [r for r in ctx.ranked(spot_req, mode="eager") if r.candidate.zone_key not in held]
 
 
-def _deadline(ctx: _Context) -> Decision:
+def _deadline(ctx: _Context, give_up_at: float | None) -> Decision:
     job, now = ctx.job, ctx.now
     assert job.deadline is not None and job.expected_duration is not None
     slack = slack_seconds(job, now)
@@ -591,5 +601,8 @@ def _deadline(ctx: _Context) -> Decision:
             for c in placement.candidates(od_req, ctx.catalog, num_nodes=job.num_nodes)
         ]
     if not ranked:
-        return ctx.wait(od_req, f"deadline: on-demand ({why}); ")
+        if give_up_at is not None and now >= give_up_at:
+            return _give_up(job, now, ", every on-demand zone refusing too")
+        bounded = dataclasses.replace(ctx, give_up_at=give_up_at)
+        return bounded.wait(od_req, f"deadline: on-demand ({why}); ")
     return ctx.relaunch(ranked, f"deadline: on-demand ({why}); ")

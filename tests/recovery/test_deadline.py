@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from spotd.recovery.strategies import (
+    GiveUp,
     JobView,
     Relaunch,
     Wait,
@@ -158,6 +160,55 @@ def test_waits_are_bounded_by_the_slack_rule_too() -> None:
     # at that moment the job goes to on-demand (stockouts there have lifted meanwhile)
     d = next_placement(job, catalog=CATALOG, history=[], now=d.until + 1.0)
     assert isinstance(d, Relaunch) and d.candidate.market is Market.ON_DEMAND
+
+
+@pytest.mark.parametrize(
+    ("work", "last", "want"),
+    [
+        # ahead of the line, every zone refusing spot for 2 h: it keeps waiting for spot
+        (3_000.0, Market.SPOT, "wait for spot"),
+        # behind the line: on-demand (the refusals were spot's), the give-up time
+        # notwithstanding
+        (1_000.0, Market.SPOT, "on-demand"),
+        # behind it, its last on-demand launch refused too, every zone held
+        (1_000.0, Market.ON_DEMAND, "give up"),
+    ],
+)
+def test_give_up_after_ends_a_deadline_job_only_when_on_demand_refuses_too(
+    work: float, last: Market, want: str
+) -> None:
+    """``give_up_after`` (1 h by default) counts from the first failed launch or wait. A
+    DEADLINE job ahead of the line waits for spot by its own rule (and goes to on-demand when
+    the line says so): that is no reason to fail it, only on-demand refusing too is. Before,
+    an all-zone spot stockout of an hour failed a job that was hours ahead of its line."""
+    now = 7_200.0
+    job = _job(
+        deadline=20_000.0,
+        expected=5_000.0,
+        work=work,
+        failed_launches=40,
+        first_failure_at=now - 7_000.0,
+        give_up_after=3_600.0,
+        last=Candidate("p", "r1", "r1a", "cpu-1", last, 0.1, 0.1),
+        last_end=EndReason.LAUNCH_FAILED,
+    )
+    events = _all_spot_stocked_out(now - 5.0)
+    d = next_placement(job, catalog=CATALOG, history=events, now=now)
+    if want == "wait for spot":
+        assert isinstance(d, Wait) and "waiting for spot" in d.reason, d
+        assert d.until > now
+    elif want == "on-demand":
+        assert isinstance(d, Relaunch) and d.candidate.market is Market.ON_DEMAND, d
+    else:
+        assert isinstance(d, GiveUp) and "every on-demand zone refusing too" in d.reason, d
+    # a job of another strategy gives up at that time whatever it waits for
+    eager = next_placement(
+        dataclasses.replace(job, strategy=RecoveryStrategy.EAGER_NEXT_REGION),
+        catalog=CATALOG,
+        history=events,
+        now=now,
+    )
+    assert isinstance(eager, GiveUp), eager
 
 
 def test_without_a_deadline_it_behaves_as_eager_next_region() -> None:
