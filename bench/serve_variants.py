@@ -49,12 +49,12 @@ _RESET_TO = """    if bad and not good:
         notes.append(f"reset bad zones {_names(bad)}: no good zone left")
         bad, good = frozenset(), _variant_reset(ranked, zone_history, now)
 """
-_SPARE = """            gap = max(0, spot_needed + cushion - ready_spot)
-            cover = max(0, spot_needed + cushion - (ready_spot - shaky)) - gap
+_SPARE = """            gap = max(0, spot_needed + cushion - serving)
+            cover = max(0, spot_needed + cushion - (serving - shaky)) - gap
 """
 # the spare's on-demand only while no spot replica is on its way to replace it (this step's
 # launches count unless a spot launch was refused in the last minute)
-_SPARE_TO = """            full_gap = max(0, spot_needed + cushion - ready_spot)
+_SPARE_TO = """            full_gap = max(0, spot_needed + cushion - serving)
             refused = any(
                 e.market is Market.SPOT
                 and e.kind is ZoneEventKind.LAUNCH_FAILED
@@ -63,8 +63,8 @@ _SPARE_TO = """            full_gap = max(0, spot_needed + cushion - ready_spot)
             )
             coming = sum(1 for r in spot if r.id not in retired) + (0 if refused else len(launch))
             spare_gap = min(cushion, max(0, spot_needed + cushion - coming))
-            gap = min(full_gap, max(0, spot_needed - ready_spot) + spare_gap)
-            cover = max(0, spot_needed + cushion - (ready_spot - shaky)) - full_gap
+            gap = min(full_gap, max(0, spot_needed - serving) + spare_gap)
+            cover = max(0, spot_needed + cushion - (serving - shaky)) - full_gap
 """
 _TAIL = "def _names(zones: Iterable[ZoneKey]) -> str:\n"
 _LATEST = """def _variant_latest(zone_history, now):
