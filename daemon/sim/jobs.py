@@ -8,10 +8,12 @@ Each zone of the trace folder is one placement in the catalog; at every tick:
 1. a spot attempt in a zone whose trace shows fewer than ``num_nodes`` instances is
    *preempted*: the progress since the last checkpoint is lost;
 2. a DEADLINE job on spot asks ``should_switch_to_ondemand``; if so the attempt ends
-   (MIGRATED) after a final checkpoint. On on-demand, at a checkpoint, it asks
-   ``should_return_to_spot``; if that holds, it makes before it breaks, as the controller
-   does (``spotd.control.deadline``): ``next_placement`` picks a spot zone, and a launch
-   there that the trace allows ends the on-demand attempt (MIGRATED) and starts the spot one;
+   (MIGRATED) at once, losing what ran since its last checkpoint (the controller terminates
+   it; the baselines' switches keep it, as their artifact models them). On on-demand, at a
+   checkpoint, it asks ``should_return_to_spot``; if that holds, it makes before it breaks,
+   as the controller does (``spotd.control.deadline``): ``next_placement`` picks a spot
+   zone, and a launch there that the trace allows ends the on-demand attempt (MIGRATED) and
+   starts the spot one;
    a refused one is recorded (LAUNCH_FAILED) and the next pick is tried, and when none is
    left the job runs on on-demand (after ``k`` such checkpoints in a row, the next return
    waits ``spotd.recovery.returns.backoff(k)``, as the controller's does);
@@ -330,7 +332,9 @@ class _Run:
             safety_margin=self.margin,
         )
 
-    def end(self, reason: EndReason, now: float) -> None:
+    def end(self, reason: EndReason, now: float, *, checkpointed: bool = True) -> None:
+        """The attempt ends; a move the job chose keeps what ran since its last checkpoint
+        when ``checkpointed`` (the baselines' model: the agent checkpoints on the way out)."""
         a = self.attempt
         assert a is not None
         if a.candidate.market is Market.SPOT:
@@ -342,8 +346,10 @@ class _Run:
             self.preemptions += 1
             self.lost += self.live
             self.history.append(rhist.ZoneEvent(a.candidate.zone_key, ZoneEventKind.PREEMPTED, now))
-        else:  # a move the job chose: the agent checkpoints on the way out
+        elif checkpointed:
             self.saved += self.live
+        else:
+            self.lost += self.live
         self.live = 0.0
         self.attempt, self.last, self.last_end = None, a.candidate, reason
 
@@ -359,7 +365,9 @@ class _Run:
         if a is not None and self.strategy is RecoveryStrategy.DEADLINE:
             if a.candidate.market is Market.SPOT:
                 if strategies.should_switch_to_ondemand(self.view(), now=now):
-                    self.end(EndReason.MIGRATED, now)
+                    # the controller ends the attempt at once (``Deadline._leave``): what ran
+                    # since the last checkpoint is lost, as in a preemption
+                    self.end(EndReason.MIGRATED, now, checkpointed=False)
             elif self.live == 0.0 and a.overhead_left <= 0.0:  # at a checkpoint
                 self.return_to_spot(a, now)
         if self.attempt is not None:
