@@ -13,7 +13,7 @@ rows.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -437,11 +437,12 @@ def test_no_pace_without_a_deadline() -> None:
     assert pace(view, 100.0) is None
 
 
-async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStore) -> None:
-    """A spot DEADLINE job without checkpoints, whose first attempt ran 450 s: the job row
-    alone says the switch may be due, so the controller reads the attempts once, finds 500 s
-    of slack and remembers it; the next look needs no read. A checkpoint that changes the
-    work forgets it (less work done would mean less slack)."""
+async def _spot_without_checkpoints(
+    store: AsyncStore, reads: list[float]
+) -> tuple[JobRow, AttemptRow, Task, Callable[[], Deadline]]:
+    """A spot DEADLINE job due at t = 1550 without checkpoints, on its second attempt since
+    t = 500, the first having run 450 s; and controllers over the store whose full views are
+    logged in ``reads`` (nothing is due to end: no launches)."""
     job = await _job(store, current_attempt=2)
     first = await store.create_attempt(intent(job.id, 1, now=10.0))
     for to, at, end in (
@@ -455,19 +456,31 @@ async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStor
     task = Task.model_validate(
         {"run": "x", "resources": {"use_spot": True}, "job_recovery": DEADLINE}
     )
-    reads: list[float] = []
 
     async def view(j: JobRow, t: Task, now: float) -> JobView:
         reads.append(now)
         return job_view(j, t, await store.attempts(j.id), now)
 
-    d = Deadline(
-        store=store,
-        attempts=None,  # type: ignore[arg-type]  # no move is due: nothing ends
-        job_view=view,
-        placeable=None,  # type: ignore[arg-type]
-        history=None,  # type: ignore[arg-type]
-    )
+    def deadline() -> Deadline:
+        return Deadline(
+            store=store,
+            attempts=None,  # type: ignore[arg-type]  # no move is due: nothing ends
+            job_view=view,
+            placeable=None,  # type: ignore[arg-type]
+            history=None,  # type: ignore[arg-type]
+        )
+
+    return job, spot, task, deadline
+
+
+async def test_the_last_full_view_on_spot_spares_the_next_reads(store: AsyncStore) -> None:
+    """A spot DEADLINE job without checkpoints, whose first attempt ran 450 s: the job row
+    alone says the switch may be due, so the controller reads the attempts once, finds 500 s
+    of slack and remembers it; the next look needs no read. A checkpoint that changes the
+    work forgets it (less work done would mean less slack)."""
+    reads: list[float] = []
+    job, spot, task, deadline = await _spot_without_checkpoints(store, reads)
+    d = deadline()
     assert next_look(job, task, spot, 1000.0) == 0.0  # 550 - (1000 - 500) < 90
     assert not await _move(d, job, task, spot, 1000.0)
     assert reads == [1000.0]
@@ -488,41 +501,14 @@ async def test_a_checkpoint_another_daemon_recorded_voids_the_remembered_slack(
     the slack it remembers, reads the attempts again at its next look, and moves the job to
     on-demand once that slack requires it, where the remembered slack would have had it
     wait on spot past the point of no return."""
-    job = await _job(store, current_attempt=2)
-    first = await store.create_attempt(intent(job.id, 1, now=10.0))
-    for to, at, end in (
-        (AttemptStatus.RUNNING, 10.0, None),
-        (AttemptStatus.ENDED, 460.0, EndReason.PREEMPTED),
-    ):
-        first = await store.transition_attempt(
-            first.id, from_=[first.status], to=to, reason="t", now=at, end_reason=end
-        )
-    job, spot = await _run(store, job, 2, at=500.0, deadline=1550.0)
-    task = Task.model_validate(
-        {"run": "x", "resources": {"use_spot": True}, "job_recovery": DEADLINE}
-    )
-    reads: list[float] = []
-
-    async def view(j: JobRow, t: Task, now: float) -> JobView:
-        reads.append(now)
-        return job_view(j, t, await store.attempts(j.id), now)
-
-    def deadline() -> Deadline:
-        return Deadline(
-            store=store,
-            attempts=None,  # type: ignore[arg-type]  # nothing is due to end here
-            job_view=view,
-            placeable=None,  # type: ignore[arg-type]
-            history=None,  # type: ignore[arg-type]
-        )
-
+    job, spot, task, deadline = await _spot_without_checkpoints(store, [])
     runs, other = deadline(), deadline()
     assert not await _move(runs, job, task, spot, 1000.0)
     assert runs.known_slack(job, spot) is not None
     # the other daemon records the checkpoint: 0.45 of 1000 s of work
     assert await other.checkpointed(job.id, lambda _: task, 2, 0.45, 1001.0, received_at=1001.0)
-    job = await store.get_job(job.id)
-    assert job is not None and job.work_done_seconds == pytest.approx(450.0)
+    job = await store.require_job(job.id)
+    assert job.work_done_seconds == pytest.approx(450.0)
     assert runs.known_slack(job, spot) is None
     # 1550 - 1002 - (1000 - 450) = -2 of slack: it must leave spot at this look
     assert next_look(job, task, spot, 1002.0, known=runs.known_slack(job, spot)) == 0.0
