@@ -54,11 +54,9 @@ DEADLINE (Uniform Progress, "Can't Be Late", NSDI'24)
                                     (on or ahead of the uniform-progress line, allowed to
                                      trail it by the one launch being decided)
 
-    and otherwise to on-demand, unless it may take a risk (below). ``give_up_after`` does not
-    end a DEADLINE job while it waits for spot by this rule (idling ahead of the line is
-    Uniform Progress's choice, and the line sends it to on-demand in time): it gives up only
-    once that time has passed and every on-demand zone refuses too. When spot is allowed but
-    none is available the job waits
+    and otherwise to on-demand, unless it may take a risk (below). It gives up (``give_up_after``)
+    only once on-demand refuses too: waiting for spot ahead of the line is no failure. When
+    spot is allowed but none is available the job waits
     (spot capacity usually comes back) until the earlier of the backoff and the moment either
     rule would switch it to on-demand. Once the deadline cannot be met at all it goes to
     on-demand, which finishes soonest. ``should_switch_to_ondemand`` is the same rule for a
@@ -226,8 +224,6 @@ def next_placement(
         job.first_failure_at + job.give_up_after if job.first_failure_at is not None else None
     )
     if job.strategy is RecoveryStrategy.DEADLINE and _has_deadline(job):
-        # waiting for spot ahead of the line is the strategy's own choice, not a failure:
-        # the give-up time ends the job only when on-demand cannot be placed either
         return _deadline(_Context(job, catalog, history, now, jitter, tuning, None), give_up_at)
     if give_up_at is not None and now >= give_up_at:
         return _give_up(job, now)
@@ -240,12 +236,8 @@ def next_placement(
 
 
 def _give_up(job: JobView, now: float, also: str = "") -> GiveUp:
-    assert job.first_failure_at is not None
-    return GiveUp(
-        f"no placement worked for {now - job.first_failure_at:.0f}s "
-        f"({job.failed_launches} failed launch(es)){also}; giving up after "
-        f"{job.give_up_after:g}s"
-    )
+    tried = f"{now - (job.first_failure_at or now):.0f}s ({job.failed_launches} failed launch(es))"
+    return GiveUp(f"no placement worked for {tried}{also}; giving up after {job.give_up_after:g}s")
 
 
 def should_switch_to_ondemand(job: JobView, *, now: float) -> bool:
