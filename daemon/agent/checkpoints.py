@@ -36,6 +36,7 @@ __all__ = [
     "open_checkpoint_store",
     "parse_progress",
     "read_progress",
+    "snapshot",
 ]
 
 MARKER = ".spotd-attempt"  # which attempt wrote the snapshot
@@ -120,17 +121,21 @@ class CheckpointStore:
         # a final sync of an empty directory still writes the markers: the replacement must
         # learn that nothing more is coming, or it would wait for the whole notice period
         tmp = self.store.parent / f".{self.store.name}.tmp-{uuid.uuid4().hex[:8]}"
-        if empty:
-            tmp.mkdir(parents=True)
-            if self.store.exists():  # keep what an earlier attempt left
-                shutil.copytree(self.store, tmp, dirs_exist_ok=True)
-        else:
-            shutil.copytree(source, tmp)
-        # a snapshot may hold anything the job saved (keys, tokens): only its user reads it
-        os.chmod(tmp, PRIVATE_DIR)
-        (tmp / MARKER).write_text(str(self.attempt))
-        if final:
-            (tmp / FINAL).write_text(str(self.attempt))
+        try:
+            if empty:
+                tmp.mkdir(parents=True)
+                if self.store.exists():  # keep what an earlier attempt left
+                    shutil.copytree(self.store, tmp, dirs_exist_ok=True)
+            else:
+                snapshot(source, tmp)
+            # a snapshot may hold anything the job saved (keys, tokens): only its user reads it
+            os.chmod(tmp, PRIVATE_DIR)
+            (tmp / MARKER).write_text(str(self.attempt))
+            if final:
+                (tmp / FINAL).write_text(str(self.attempt))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # not left beside the store, sync after sync
+            raise
         with self._lock():
             try:
                 current = int((self.store / MARKER).read_text())
@@ -145,6 +150,30 @@ class CheckpointStore:
             os.rename(tmp, self.store)
             shutil.rmtree(old, ignore_errors=True)
         return True
+
+
+def snapshot(source: Path, into: Path) -> None:
+    """Copy the checkpoint directory ``source`` to the new directory ``into`` while the job
+    may be writing it. A file or directory that is gone by the time it is copied is left out,
+    not an error: a job that saves atomically writes ``step.tmp`` and renames it over ``step``,
+    and the copy often lists the temporary name an instant before it vanishes (a copy that gave
+    up on that failed about 4 syncs in 10 against a job checkpointing in a loop, and the agent
+    then stopped syncing for the rest of the attempt). Anything else that fails still raises."""
+    try:
+        shutil.copytree(source, into, copy_function=_copy_unless_gone)
+    except shutil.Error as exc:
+        failed = [e for e in exc.args[0] if os.path.lexists(e[0])]
+        if failed:
+            raise shutil.Error(failed) from exc
+
+
+def _copy_unless_gone(src: str, dst: str) -> str:
+    try:
+        return str(shutil.copy2(src, dst))
+    except FileNotFoundError as exc:
+        if exc.filename != src or os.path.islink(src):
+            raise  # the destination's side, or a dangling link: a real failure
+        return dst  # renamed or deleted by the job while it was being copied
 
 
 class AsyncCheckpointStore(Protocol):

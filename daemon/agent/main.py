@@ -40,12 +40,13 @@ from typing import Any
 import aiohttp
 
 from spotd.agent.bootstrap import BOOTSTRAP_REFUSED_EXIT, BootstrapRefused, bootstrap_if_needed
-from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store, read_progress
+from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store
 from spotd.agent.environment import build_env
 from spotd.agent.gang import Gang, parse_order
 from spotd.agent.imds import Imds
 from spotd.agent.pool import is_pool_worker, serve_pool
 from spotd.agent.storage import AgentStorage, prepare_storage
+from spotd.agent.syncing import Syncer
 from spotd.agent.transport import UNTRUSTED_EXIT, DaemonUntrusted, daemon_session, untrusted
 from spotd.aiokit import sleep
 from spotd.files import mounts
@@ -80,8 +81,7 @@ class Agent:
         self.ckpt = open_checkpoint_store(cfg)
         self.storage = AgentStorage()  # the task's storage objects (spotd.agent.storage)
         self.gang = Gang(cfg)  # the run restarts with the others when a node is replaced
-        self.last_sync: float | None = None
-        self.progress: float | None = None  # what the last synced checkpoint says it holds
+        self.syncer = Syncer(self.ckpt, self.checkpoint, self.gang, say=self._log)
         self.gpus = GpuReader()  # no GPU (or no NVML) reads as an empty list, never an error
         ec2 = bool(cfg.notice_url) and not cfg.notice_url.startswith("gce+")
         self.imds = Imds(cfg.notice_url, say=self._log) if ec2 else None
@@ -137,17 +137,6 @@ class Agent:
         self.job = None
         return rc
 
-    def _signature(self) -> tuple[tuple[str, int, int], ...]:
-        """What the checkpoint directory holds now (names, sizes, mtimes): cheap to compare."""
-        out = []
-        for p in self.checkpoint.rglob("*"):
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            out.append((str(p.relative_to(self.checkpoint)), st.st_size, st.st_mtime_ns))
-        return tuple(sorted(out))
-
     def _stage_files(self) -> None:
         """Workdir and file_mounts, from the daemon's package store (never the user's disk)."""
         fresh = not any(self.work.iterdir())
@@ -197,31 +186,6 @@ class Agent:
             files, n = await mounts.download(url, self._mount_target(remote), endpoint_url=endpoint)
             self._log(f"file_mounts: {remote} ({files} objects, {n} bytes from {url})")
 
-    async def _sync_loop(self) -> None:
-        """Sync the checkpoint up soon after the job writes one (at most every
-        ``checkpoint_sync_seconds``), so a preemption without notice loses at most about one
-        checkpoint interval of work, not one sync interval."""
-        synced = self._signature()
-        while not self.stop.is_set():
-            # stat()ing a checkpoint directory is cheap: poll often, so a new checkpoint is
-            # off the instance within ~50 ms of being written
-            await sleep(min(0.05, self.cfg.checkpoint_sync_seconds), self.stop)
-            if self.phase != "run" or self.notice.is_set():
-                continue
-            if self.last_sync and time.time() - self.last_sync < self.cfg.checkpoint_sync_seconds:
-                continue
-            sig = await asyncio.to_thread(self._signature)
-            if sig != synced:
-                await self._sync()
-                synced = sig
-
-    async def _sync(self, *, final: bool = False) -> None:
-        progress = await asyncio.to_thread(read_progress, self.checkpoint)  # before: see there
-        ckpt, where = self.ckpt, self.checkpoint
-        if await (ckpt.sync(where, final=True) if final else self.gang.sync(ckpt, where)):
-            self.last_sync = time.time()
-            self.progress = progress if progress is not None else self.progress
-
     async def _await_predecessor(self) -> None:
         """After a notice the replacement starts at once, while the old attempt is still
         checkpointing: wait (until its deadline at most) for its last snapshot to land."""
@@ -235,6 +199,10 @@ class Agent:
             time.time() < until and await self.ckpt.final_from() < prev and not self.stop.is_set()
         ):
             await sleep(0.1, self.stop)
+
+    def _syncing(self) -> bool:
+        """Periodic syncs run while the job runs, until a notice (its own sync is final)."""
+        return self.phase == "run" and not self.notice.is_set()
 
     async def run_job(self) -> None:
         private_dir(self.work)  # the job's files (a checkpoint, a key it wrote): its user's only
@@ -255,7 +223,10 @@ class Agent:
             self._log(f"storage objects failed: {type(exc).__name__}: {exc}")
             self._set_phase("setup_failed", 1)
             return
-        restored = await self.ckpt.restore(self.checkpoint)
+        restored = await self.syncer.restore()
+        if restored is None:
+            self._set_phase("setup_failed", 1)
+            return
         self._log(
             f"attempt {self.cfg.attempt} node {self.cfg.node_rank}/{self.cfg.num_nodes}: "
             f"checkpoint {'restored' if restored else 'empty'}"
@@ -272,7 +243,10 @@ class Agent:
                 return
         if self.notice.is_set():
             return
-        syncer = asyncio.create_task(self._sync_loop(), name="checkpoint-sync")
+        syncer = asyncio.create_task(
+            self.syncer.loop(self.cfg.checkpoint_sync_seconds, self._syncing, self.stop),
+            name="checkpoint-sync",
+        )
         try:
             code = await self._run_together(env)
         finally:
@@ -280,7 +254,7 @@ class Agent:
         if code is None or self.notice.is_set():
             return
         await self._flush_storage()
-        await self._sync()
+        await self.syncer.last(final=False, until=time.time() + 10.0)
         self._log(f"run exited with {code}")
         self._set_phase("exited", code)
 
@@ -329,7 +303,7 @@ class Agent:
             self._set_phase("restarting")
             self._log(f"a node was replaced (generation {self.gang.generation}): run stopped")
             await self._stop_run(script)
-            await self._sync()
+            await self.syncer.sync()
 
     async def _stop_run(self, script: asyncio.Future[int]) -> None:
         """SIGTERM the run's process group (the job checkpoints), SIGKILL it after the grace
@@ -388,8 +362,10 @@ class Agent:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(job.pid, signal.SIGKILL)
         await self._flush_storage()
-        await self._sync(final=True)
-        self._log("checkpoint synced after notice")
+        if await self.syncer.last(final=True, until=(self.notice_deadline or time.time()) - 1.0):
+            self._log("checkpoint synced after notice")
+        else:
+            self._log("the checkpoint could not be synced after the notice")
         self._set_phase("preempted", None)
 
     async def watch_notice(self, session: aiohttp.ClientSession | None) -> None:
@@ -491,8 +467,8 @@ class Agent:
             "notice_deadline": self.notice_deadline,
             "log_offset": self.acked_offset,
             "log_b64": base64.b64encode(chunk).decode(),
-            "checkpoint_synced_at": self.last_sync,
-            "checkpoint_progress": self.progress,
+            "checkpoint_synced_at": self.syncer.last_sync,
+            "checkpoint_progress": self.syncer.progress,
             "gpus": [g.to_json() for g in await self.gpus.read_async()],
             "generation": self.gang.generation,
         }

@@ -123,17 +123,23 @@ class S3CheckpointStore:
         return int(manifest.get("final", 0)) if manifest else 0
 
     def _scan(self, source: Path) -> dict[str, str]:
+        """Each file's content hash. A file the job renamed or deleted while it was scanned
+        (a checkpoint written to a temporary name, then renamed into place) is left out
+        (``spotd.agent.checkpoints.snapshot``)."""
         files: dict[str, str] = {}
         for p in sorted(source.rglob("*")):
             if not p.is_file() or p.name in MARKERS:
                 continue
             rel = str(p.relative_to(source))
-            st = p.stat()
-            cached = self._hashes.get(rel)
-            if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
-                files[rel] = cached[2]
+            try:
+                st = p.stat()
+                cached = self._hashes.get(rel)
+                if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
+                    files[rel] = cached[2]
+                    continue
+                sha = _sha256(p)
+            except FileNotFoundError:
                 continue
-            sha = _sha256(p)
             self._hashes[rel] = (st.st_size, st.st_mtime_ns, sha)
             files[rel] = sha
         return files
@@ -159,10 +165,21 @@ class S3CheckpointStore:
                 if empty:
                     files = dict((current or {}).get("files", {}))
                 have = set((current or {}).get("files", {}).values())
-                for rel, sha in files.items():
+                for rel, scanned in list(files.items()):
+                    if scanned in have:
+                        continue
+                    try:
+                        data = await asyncio.to_thread((source / rel).read_bytes)
+                    except FileNotFoundError:
+                        del files[rel]  # gone since the scan
+                        continue
+                    # the job may have replaced it since the scan: a blob is named by the
+                    # bytes it holds, never by what the file held a moment before
+                    sha = files[rel] = hashlib.sha256(data).hexdigest()
+                    if sha != scanned:
+                        self._hashes.pop(rel, None)
                     if sha in have:
                         continue
-                    data = await asyncio.to_thread((source / rel).read_bytes)
                     await s3.put_object(
                         Bucket=self.bucket, Key=self._key(f"blobs/{sha}"), Body=data
                     )

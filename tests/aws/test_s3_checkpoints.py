@@ -4,6 +4,7 @@ is marked final for the replacement to wait on."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from spotd.agent.main import open_checkpoint_store
 from spotd.files.checkpoint_s3 import S3CheckpointStore, split_url
 from spotd.types import AgentConfig
+from tests.agent.saver import Saver
 from tests.aws.motoserver import Moto, moto_server  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.aws
@@ -140,3 +142,24 @@ async def test_the_agent_picks_the_store_by_scheme(bucket: str, tmp_path: Path) 
     assert await local.sync(tmp_path / "src") is True
     assert await local.restore(tmp_path / "dst") is True
     assert read(tmp_path / "dst") == {"f": b"1"}
+
+
+async def test_a_checkpoint_being_renamed_into_place_syncs_and_each_blob_holds_its_name(
+    bucket: str, tmp_path: Path
+) -> None:
+    """A job saving ``step.tmp`` and renaming it over ``step`` in a loop: no sync fails on the
+    temporary file gone between the scan and the upload, and no blob is named by the hash of
+    what a file held at the scan while holding what it held at the upload (a restore would
+    then get the wrong bytes for that hash)."""
+    url = f"s3://{bucket}/t/"
+    store = S3CheckpointStore(url, 1)
+    with Saver(tmp_path / "src") as saver:
+        for _ in range(40):
+            assert await store.sync(saver.directory) is True
+    assert await store.sync(saver.directory) is True  # the job has stopped: its last step
+    async with aioboto3.Session().client("s3") as s3:
+        for key in await keys(bucket, "t/blobs/"):
+            body = await (await s3.get_object(Bucket=bucket, Key=key))["Body"].read()
+            assert hashlib.sha256(body).hexdigest() == key.rsplit("/", 1)[1]
+    await S3CheckpointStore(url, 2).restore(tmp_path / "dst")
+    assert read(tmp_path / "dst")["step"] == str(saver.step).encode()
