@@ -21,7 +21,10 @@ from spotd.aiokit import sleep
 __all__ = ["RETRY_SECONDS", "Syncer", "signature"]
 
 RETRY_SECONDS = 1.0  # a failed sync or restore is tried again after this at the soonest
-_RETRIES = (RETRY_SECONDS, 2 * RETRY_SECONDS, 4 * RETRY_SECONDS)  # for the last sync, restore
+_RETRIES = (RETRY_SECONDS, 2 * RETRY_SECONDS, 4 * RETRY_SECONDS)  # the last sync's
+# the restore's: doubling to a minute, about 5 min in all (an S3 outage of minutes costs the
+# attempt that long, not the job: it fails only then, and then as a setup failure)
+_RESTORE_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0)
 
 
 def signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -107,9 +110,9 @@ class Syncer:
 
     async def restore(self) -> bool | None:
         """The store's checkpoint into the directory (False: the store has none), tried again
-        a few times; None when it could not be read. The run must not start without it: its
-        first sync (newest attempt wins) would replace the job's progress with none."""
-        for wait in (*_RETRIES, None):
+        for about 5 min; None when it could not be read. The run must not start without it:
+        its first sync (newest attempt wins) would replace the job's progress with none."""
+        for wait in (*_RESTORE_RETRIES, None):
             try:
                 return await self.store.restore(self.directory)
             except Exception as exc:  # noqa: BLE001 - S3 away, a store unreadable

@@ -137,7 +137,7 @@ async def test_a_store_that_cannot_be_read_fails_the_start_instead_of_running_fr
 ) -> None:
     """A run started without its checkpoint would overwrite the store with no progress (the
     newest attempt's snapshot wins)."""
-    monkeypatch.setattr(syncing, "_RETRIES", (0.01, 0.01))
+    monkeypatch.setattr(syncing, "_RESTORE_RETRIES", (0.01, 0.01))
     cfg = _config(tmp_path, run="touch started")
     agent = Agent(cfg, tmp_path / "instance")
     agent.syncer.store = _Flaky(CheckpointStore(Path(cfg.checkpoint_store), 1), fails=0)
