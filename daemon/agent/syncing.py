@@ -10,6 +10,7 @@ the exception), and a failure at the run's end left the agent reporting a run th
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,14 +29,19 @@ _RESTORE_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0)
 
 
 def signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """What a checkpoint directory holds now (names, sizes, mtimes): cheap to compare."""
+    """What a checkpoint directory holds now (names, sizes, mtimes): cheap to compare. An
+    entry or a whole subdirectory removed during the walk (a trainer rotating ``checkpoint-N/``
+    out) is left out: ``os.walk`` skips a directory it cannot list, where ``Path.rglob`` raised
+    and ended the sync loop."""
     out = []
-    for p in directory.rglob("*"):
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            continue
-        out.append((str(p.relative_to(directory)), st.st_size, st.st_mtime_ns))
+    for top, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            p = os.path.join(top, name)
+            try:
+                st = os.stat(p)
+            except OSError:  # gone, or a link to nothing: the sync itself says what is wrong
+                continue
+            out.append((os.path.relpath(p, directory), st.st_size, st.st_mtime_ns))
     return tuple(sorted(out))
 
 
@@ -55,9 +61,9 @@ class Syncer:
     async def sync(self, *, final: bool = False) -> bool:
         """Snapshot the directory into the store (``final``: the notice's, marked for the
         replacement). False when that failed."""
-        progress = await asyncio.to_thread(read_progress, self.directory)
         store, where = self.store, self.directory
         try:
+            progress = await asyncio.to_thread(read_progress, where)
             if final:
                 written = await store.sync(where, final=True)
             else:
@@ -89,7 +95,7 @@ class Syncer:
             now = time.time()
             if not due() or now < retry_at or (self.last_sync and now - self.last_sync < every):
                 continue
-            sig = await asyncio.to_thread(signature, self.directory)
+            sig = await asyncio.to_thread(signature, self.directory)  # never raises
             if sig == synced:
                 continue
             if await self.sync():

@@ -421,7 +421,7 @@ class Attempts:
                     message=f"terminated {obs.id}: tagged as ours but not in the store",
                     now=now,
                 )
-            await provider.terminate(obs.id)
+            await self._reap_one(provider, obs.id, key)
         orphans: set[str] = set()
         for attempt, row in await self.store.reapable_nodes(provider_name):
             if attempt.status != AttemptStatus.ENDED and attempt.id not in orphans:
@@ -441,6 +441,20 @@ class Attempts:
             )
             if draining:
                 continue  # let the agent checkpoint until its notice runs out
-            if row.instance_id is not None and seen is not None:
-                await provider.terminate(InstanceId(row.instance_id))
+            instance = None if seen is None else row.instance_id
+            if instance is not None and not await self._reap_one(
+                provider, InstanceId(instance), key
+            ):
+                continue  # still live: the next round tries again
             await self.store.mark_instance_terminated(key, now=now)
+
+    async def _reap_one(self, provider: Provider, instance: InstanceId, key: str) -> bool:
+        """Terminate one reaped instance; False when the provider refused (termination
+        protection, a tag condition in IAM): logged, and the rest of the round goes on, where
+        one such instance stopped every reap after it, round after round."""
+        try:
+            await provider.terminate(instance)
+        except ProviderError as exc:
+            log.warning("reaping failed; tried again next round", key=key, error=str(exc))
+            return False
+        return True

@@ -75,6 +75,15 @@ class Drainer:
         if row.status in (S.DRAINING, S.SHUTTING_DOWN) or row.key in self._noticed:
             return
         self._noticed.add(row.key)
+        try:
+            await self._on_notice(row, deadline, now)
+        except BaseException:
+            # a write failed (a locked database, a failover): the next step acts on the notice
+            # again, where remembering it here dropped it (the zone's loss, the drain)
+            self._noticed.discard(row.key)
+            raise
+
+    async def _on_notice(self, row: ReplicaRow, deadline: float, now: float) -> None:
         left = max(0.0, deadline - now)
         fields: dict[str, object] = {}
         if row.notice_deadline is None:

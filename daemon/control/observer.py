@@ -93,7 +93,10 @@ class FleetObserver:
         current = Observation(started_at=started, instances=ours)
         self._latest[provider_name] = current
         for listener in self._listeners:
-            await listener(provider_name, previous, current)
+            try:
+                await listener(provider_name, previous, current)
+            except Exception:  # one listener's failure must not starve the next (the services')
+                log.exception("a listing's listener failed", provider=provider_name)
         self._metrics.reconcile_seconds.observe(time.perf_counter() - t0)
 
     def find(self, key_or_id: str) -> tuple[Provider, ObservedInstance] | None:

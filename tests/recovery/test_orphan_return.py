@@ -13,7 +13,13 @@ import pytest
 from spotd.config import load_settings
 from spotd.control.attempts import Attempts
 from spotd.metrics import DaemonMetrics
-from spotd.providers.base import CatalogEntry, InstanceId, InstanceSpec, ObservedInstance
+from spotd.providers.base import (
+    CatalogEntry,
+    InstanceId,
+    InstanceSpec,
+    ObservedInstance,
+    ProviderError,
+)
 from spotd.store import AsyncStore
 from spotd.types import AttemptStatus, EndReason, InstanceState, JobStatus
 from tests.factories import intent
@@ -81,3 +87,43 @@ async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
     assert row.end_detail == "the job ended before this attempt was handed it"
     assert (await store.require_instance(key)).terminated
     assert (await store.require_attempt(od.id)).end_reason == end  # the first reason stands
+
+
+class _Protected(_Terminates):
+    """One instance the provider will not terminate (EC2's termination protection, an IAM
+    tag condition): ``terminate`` raises for it, as the AWS provider's calls do."""
+
+    def __init__(self, protected: str) -> None:
+        super().__init__()
+        self.protected, self.refused = protected, 0
+
+    async def terminate(self, instance_id: InstanceId) -> None:
+        if instance_id == self.protected:
+            self.refused += 1
+            raise ProviderError("OperationNotPermitted: termination protection is on")
+        await super().terminate(instance_id)
+
+
+async def test_an_instance_the_provider_will_not_terminate_does_not_stop_the_reaping(
+    store: AsyncStore,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Before, the refusal raised out of the reap: every instance after it, round after round,
+    stayed up and billed (and a daemon whose first reap met it did not start)."""
+    provider = _Protected("i-protected")
+    attempts = Attempts(
+        settings=load_settings(tmp_path, env={}),
+        store=store,
+        providers={"local": provider},
+        metrics=DaemonMetrics(),
+        clock=lambda: 10.0,
+    )
+    running = InstanceState.RUNNING
+    listed = {  # two strays tagged as this daemon's, unknown to its store
+        k: ObservedInstance(id=InstanceId(i), key=k, region="r", zone="z", state=running)
+        for k, i in (("j90-a1-n0", "i-protected"), ("j91-a1-n0", "i-leak"))
+    }
+    await attempts.reap("local", listed)
+    assert provider.terminated == ["i-leak"] and provider.refused == 1
+    await attempts.reap("local", {"j90-a1-n0": listed["j90-a1-n0"]})
+    assert provider.refused == 2  # tried again at the next round

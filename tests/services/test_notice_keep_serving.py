@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from spotd.control.draining import Drainer
 from spotd.control.serve_config import ServeSettings
 from spotd.sdk.client_serve import serve_up, wait_service
@@ -123,7 +125,7 @@ async def test_drainer_keeps_a_noticed_replica_ready_and_drains_it_near_its_dead
         await store.close()
 
 
-async def _drain_near_deadline(store: AsyncStore) -> None:
+async def _ready_replica(store: AsyncStore) -> tuple[ServiceRow, ReplicaRow]:
     svc = await store.create_service(
         name="svc",
         spec_json="{}",
@@ -149,6 +151,11 @@ async def _drain_near_deadline(store: AsyncStore) -> None:
     )
     for to in (S.STARTING, S.READY):
         row = await store.transition_replica(row.key, from_=[row.status], to=to, reason="", now=3.0)
+    return svc, row
+
+
+async def _drain_near_deadline(store: AsyncStore) -> None:
+    svc, row = await _ready_replica(store)
     owner = Owner(store)
     drainer = Drainer(serve=ServeSettings(), store=store, lbs=FakeLbs(), owner=owner)  # type: ignore[arg-type]
     owner.drainer = drainer
@@ -173,3 +180,36 @@ async def _drain_near_deadline(store: AsyncStore) -> None:
     assert fresh is not None and fresh.status == S.PREEMPTED
     assert owner.pushes >= 1
     assert drainer.size() == 0  # nothing kept about a replica that ended
+
+
+class _FailingOnce(Owner):
+    """A controller whose first write of the zone's preemption fails (a locked database)."""
+
+    def __init__(self, store: AsyncStore) -> None:
+        super().__init__(store)
+        self.failed = False
+
+    async def zone_event(self, row: ReplicaRow, kind: ZoneEventKind, now: float) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("database is locked")
+        await super().zone_event(row, kind, now)
+
+
+async def test_a_notice_whose_writes_failed_is_acted_on_at_the_next_step(tmp_path: Path) -> None:
+    """Before, the notice was remembered as acted on before its writes: after one failed (the
+    supervised worker restarts the step), the zone's preemption was never recorded."""
+    store = await AsyncStore.open(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        _, row = await _ready_replica(store)
+        owner = _FailingOnce(store)
+        drainer = Drainer(serve=ServeSettings(), store=store, lbs=FakeLbs(), owner=owner)  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="locked"):
+            await drainer.notice(row, 100.0, 40.0)
+        for now in (41.0, 42.0):
+            fresh = await store.get_replica(row.key)
+            assert fresh is not None
+            await drainer.notice(fresh, 100.0, now)
+        assert owner.zone_events == [(row.key, ZoneEventKind.PREEMPTED)]
+    finally:
+        await store.close()
