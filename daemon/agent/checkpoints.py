@@ -115,19 +115,11 @@ class CheckpointStore:
         store holding this attempt's final snapshot — decided under the lock, so a gang's
         survivor cannot overwrite the noticed node's final snapshot between looking and
         writing (``spotd.agent.gang``)."""
-        empty = not source.exists() or not any(source.iterdir())
-        if empty and not final:
-            return False
-        # a final sync of an empty directory still writes the markers: the replacement must
-        # learn that nothing more is coming, or it would wait for the whole notice period
+        if not source.exists() or not any(source.iterdir()):
+            return final and self._mark_final()
         tmp = self.store.parent / f".{self.store.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            if empty:
-                tmp.mkdir(parents=True)
-                if self.store.exists():  # keep what an earlier attempt left
-                    shutil.copytree(self.store, tmp, dirs_exist_ok=True)
-            else:
-                snapshot(source, tmp)
+            snapshot(source, tmp)
             # a snapshot may hold anything the job saved (keys, tokens): only its user reads it
             os.chmod(tmp, PRIVATE_DIR)
             (tmp / MARKER).write_text(str(self.attempt))
@@ -137,10 +129,7 @@ class CheckpointStore:
             shutil.rmtree(tmp, ignore_errors=True)  # not left beside the store, sync after sync
             raise
         with self._lock():
-            try:
-                current = int((self.store / MARKER).read_text())
-            except (FileNotFoundError, ValueError):
-                current = 0
+            current = self._writer()
             if current > self.attempt or (unless_final and self.final_from() == self.attempt):
                 shutil.rmtree(tmp, ignore_errors=True)
                 return False
@@ -149,6 +138,31 @@ class CheckpointStore:
                 os.rename(self.store, old)
             os.rename(tmp, self.store)
             shutil.rmtree(old, ignore_errors=True)
+        return True
+
+    def _writer(self) -> int:
+        """The attempt whose snapshot the store holds (0: none); under the lock."""
+        try:
+            return int((self.store / MARKER).read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _mark_final(self) -> bool:
+        """A final sync of an empty directory (a gang's node that saves nothing, a notice
+        before the first checkpoint): the store as it is, marked as this attempt's final
+        snapshot, so the replacement learns that nothing more is coming (or it would wait for
+        the whole notice period). Written in place under the lock: a copy of the store taken
+        outside it, as before, could be one another node's sync was replacing, and went back
+        to an older snapshot marked final."""
+        with self._lock():
+            if self._writer() > self.attempt:
+                return False
+            if not self.store.exists():
+                private_dir(self.store)
+            for name in (MARKER, FINAL):
+                tmp = self.store / f"{name}.{uuid.uuid4().hex[:8]}"
+                tmp.write_text(str(self.attempt))
+                os.replace(tmp, self.store / name)
         return True
 
 

@@ -43,6 +43,7 @@ from spotd.agent.bootstrap import BOOTSTRAP_REFUSED_EXIT, BootstrapRefused, boot
 from spotd.agent.checkpoints import CheckpointStore, open_checkpoint_store
 from spotd.agent.environment import build_env
 from spotd.agent.gang import Gang, parse_order
+from spotd.agent.groups import group_gone, signal_group
 from spotd.agent.imds import Imds
 from spotd.agent.pool import is_pool_worker, serve_pool
 from spotd.agent.storage import AgentStorage, prepare_storage
@@ -78,10 +79,15 @@ class Agent:
         self.stop = asyncio.Event()
         self.notice = asyncio.Event()
         self.job: asyncio.subprocess.Process | None = None
+        # the run's process group, kept after its shell exits: at SIGTERM the shell of a `run`
+        # of several commands (a pipe into tee, `cd x && python train.py`) dies at once while
+        # the trainer it started is still saving its checkpoint
+        self.group: int | None = None
         self.ckpt = open_checkpoint_store(cfg)
         self.storage = AgentStorage()  # the task's storage objects (spotd.agent.storage)
         self.gang = Gang(cfg)  # the run restarts with the others when a node is replaced
         self.syncer = Syncer(self.ckpt, self.checkpoint, self.gang, say=self._log)
+        self._said_no_bash = False
         self.gpus = GpuReader()  # no GPU (or no NVML) reads as an empty list, never an error
         ec2 = bool(cfg.notice_url) and not cfg.notice_url.startswith("gce+")
         self.imds = Imds(cfg.notice_url, say=self._log) if ec2 else None
@@ -119,11 +125,20 @@ class Agent:
 
     # -- the job ---------------------------------------------------------------------------
 
+    def _shell(self) -> str:
+        """bash, as SkyPilot runs ``setup`` and ``run``; ``/bin/sh`` in an image without it
+        (a task's own ``image_id`` needs only that), said once in the job's log."""
+        found = shutil.which("bash")
+        if found is None and not self._said_no_bash:
+            self._log("no bash in this image: setup and run go to /bin/sh")
+            self._said_no_bash = True
+        return found or "/bin/sh"
+
     async def _run_script(self, script: str, env: dict[str, str]) -> int:
         # the child's stdout: a local file opened for append, which does not block
         with open_private_append(self.log_path) as out:
             self.job = await asyncio.create_subprocess_exec(
-                "bash",
+                self._shell(),
                 "-c",
                 script,
                 cwd=self.work,
@@ -133,9 +148,23 @@ class Agent:
                 stderr=out,
                 start_new_session=True,
             )
+        self.group = self.job.pid  # start_new_session: the group is the shell's pid
         rc = await self.job.wait()
         self.job = None
         return rc
+
+    async def _end_group(self, grace: float) -> None:
+        """SIGTERM the run's whole process group and wait, up to ``grace``, until none of it
+        is left (not only its shell); SIGKILL what is left then. Return once it is gone (or
+        2 s after the SIGKILL: a zombie no one reaps is not the job)."""
+        group = self.group
+        if group is None:
+            return
+        signal_group(group, signal.SIGTERM)
+        if not await group_gone(group, grace):
+            signal_group(group, signal.SIGKILL)
+            await group_gone(group, 2.0)
+        self.group = None
 
     def _stage_files(self) -> None:
         """Workdir and file_mounts, from the daemon's package store (never the user's disk)."""
@@ -195,9 +224,15 @@ class Agent:
         self._log(
             f"waiting for attempt {prev}'s final checkpoint (until {until - time.time():.1f}s)"
         )
-        while (
-            time.time() < until and await self.ckpt.final_from() < prev and not self.stop.is_set()
-        ):
+        said = ""
+        while time.time() < until and not self.stop.is_set():
+            try:
+                if await self.ckpt.final_from() >= prev:
+                    return
+            except Exception as exc:  # noqa: BLE001 - S3 not answering yet: not there yet
+                if repr(exc) != said:
+                    self._log(f"looking for attempt {prev}'s final checkpoint: {exc!r}"[:300])
+                said = repr(exc)
             await sleep(0.1, self.stop)
 
     def _syncing(self) -> bool:
@@ -312,15 +347,8 @@ class Agent:
             if self.job is not None or script.done():
                 break
             await asyncio.sleep(0.01)
-        job = self.job
-        if job is not None and job.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(job.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(script), self.cfg.term_grace_seconds)
-        except TimeoutError:
-            self.kill_job()
-            await script
+        await self._end_group(self.cfg.term_grace_seconds)
+        await script
 
     async def _flush_storage(self) -> None:
         """Before the end is reported: commit what the job left in its MOUNT_CACHED
@@ -334,11 +362,10 @@ class Agent:
             self._log(f"storage: flushing cached directories failed: {exc}")
 
     def kill_job(self) -> None:
-        """SIGKILL what is left of the job's process group (the agent is leaving)."""
-        job = self.job
-        if job is not None and job.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(job.pid, signal.SIGKILL)
+        """SIGKILL what is left of the job's process group (the agent is leaving), its shell
+        gone or not."""
+        if self.group is not None:
+            signal_group(self.group, signal.SIGKILL)
 
     async def on_notice(self) -> None:
         """Checkpoint before the machine goes: SIGTERM, grace, SIGKILL, sync. A service
@@ -350,18 +377,9 @@ class Agent:
         if self.cfg.job_id == 0 and self.notice_deadline is not None:
             left = self.notice_deadline - self.cfg.term_grace_seconds - 1.0 - time.time()
             await sleep(left, self.stop)
-        job = self.job
-        if job is not None and job.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(job.pid, signal.SIGTERM)
-            remaining = (self.notice_deadline or time.time()) - time.time() - 1.0
-            grace = max(0.5, min(self.cfg.term_grace_seconds, remaining))
-            try:
-                await asyncio.wait_for(job.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(job.pid, signal.SIGKILL)
-        await self._flush_storage()
+        remaining = (self.notice_deadline or time.time()) - time.time() - 1.0
+        await self._end_group(max(0.5, min(self.cfg.term_grace_seconds, remaining)))
+        await self._flush_storage()  # only now: nothing of the job writes any more
         if await self.syncer.last(final=True, until=(self.notice_deadline or time.time()) - 1.0):
             self._log("checkpoint synced after notice")
         else:
@@ -533,6 +551,14 @@ async def _serve(agent: Agent) -> int:
             await asyncio.wait({job, noticer, reporter}, return_when=asyncio.FIRST_COMPLETED)
             if reporter.done():
                 reporter.result()  # ended before the job: an untrusted daemon, raised here
+            for task in (job, noticer):
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    # the agent cannot go on (a bug, a store that failed past its retries):
+                    # said in the job's log, and the agent leaves, its job killed below; the
+                    # daemon finds the instance gone or silent and recovers the job, where
+                    # reporting on would show a phase that is over for ever
+                    agent._log(f"the agent failed: {task.exception()!r}"[:600])
+                    task.result()
             if agent.notice.is_set():
                 await noticer
             job.cancel()

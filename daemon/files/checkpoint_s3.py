@@ -127,7 +127,10 @@ class S3CheckpointStore:
         (a checkpoint written to a temporary name, then renamed into place) is left out
         (``spotd.agent.checkpoints.snapshot``)."""
         files: dict[str, str] = {}
-        for p in sorted(source.rglob("*")):
+        found = (  # os.walk skips a subdirectory removed mid-walk, where rglob raised
+            Path(top, name) for top, _, names in os.walk(source) for name in names
+        )
+        for p in sorted(found):
             if not p.is_file() or p.name in MARKERS:
                 continue
             rel = str(p.relative_to(source))

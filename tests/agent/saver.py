@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 from spotd.agent.checkpoints import PROGRESS
@@ -33,8 +34,26 @@ class Saver:
     def __enter__(self) -> Saver:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._thread.start()
+        while self.step < 2 and self._thread.is_alive():  # its first checkpoint is there
+            time.sleep(0.001)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class Rotator(Saver):
+    """A trainer keeping its last two checkpoints as directories (``checkpoint-N/`` with a
+    file and a subdirectory), the oldest removed as each new one is written."""
+
+    def _run(self) -> None:
+        import shutil
+
+        while not self._stop.is_set():
+            self.step += 1
+            new = self.directory / f"checkpoint-{self.step}"
+            (new / "optimizer").mkdir(parents=True)
+            (new / "model").write_text(str(self.step))
+            (new / "optimizer" / "state").write_text(str(self.step))
+            shutil.rmtree(self.directory / f"checkpoint-{self.step - 2}", ignore_errors=True)

@@ -6,6 +6,7 @@ the rest of the attempt, nor hiding the run's exit from the daemon."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from spotd.agent.gang import Gang
 from spotd.agent.main import Agent
 from spotd.agent.syncing import Syncer
 from spotd.types import AgentConfig
-from tests.agent.saver import Saver
+from tests.agent.saver import Rotator, Saver
 
 
 @pytest.fixture
@@ -37,6 +38,57 @@ def test_a_sync_while_the_job_renames_its_checkpoint_into_place_never_fails(
     assert store.restore(tmp_path / "restored") is True
     assert int((tmp_path / "restored" / "step").read_text()) > 0  # whole, never half a file
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [".task.lock", "task"]
+
+
+def test_checkpoint_directories_rotated_out_while_looked_at_or_copied_fail_nothing(
+    tmp_path: Path,
+) -> None:
+    """``Path.rglob`` raised when a subdirectory went between its listing and its walk, and
+    that ended the sync loop (a review found it after the file fix)."""
+    store = CheckpointStore(tmp_path / "store" / "task", attempt=1)
+    with Rotator(tmp_path / "ckpt") as trainer:
+        for _ in range(300):
+            syncing.signature(trainer.directory)
+            assert store.sync(trainer.directory) is True
+    assert store.sync(trainer.directory) is True  # the trainer has stopped: a whole one
+    assert store.restore(tmp_path / "restored") is True
+    models = (tmp_path / "restored").glob("checkpoint-*/model")
+    assert max(int(p.read_text()) for p in models) == trainer.step
+
+
+def test_a_final_sync_of_an_empty_directory_marks_the_store_without_copying_it(
+    saving: Saver, tmp_path: Path
+) -> None:
+    """A gang's node that saves nothing, noticed while another node syncs: it copied the store
+    outside the lock while that sync was replacing it (an error, or an older snapshot swapped
+    back in and marked final). Now it marks the store where it is, under the lock."""
+    store = tmp_path / "store" / "task"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rank0 = CheckpointStore(store, attempt=1)
+    errors: list[BaseException] = []
+
+    def periodic() -> None:
+        try:
+            for _ in range(200):
+                rank0.sync(saving.directory)  # a survivor's sync, again and again
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=periodic)
+    thread.start()
+    try:
+        for _ in range(200):
+            assert CheckpointStore(store, attempt=1).sync(empty, final=True) is True
+    finally:
+        thread.join()
+    assert errors == []
+    assert CheckpointStore(store, attempt=1).sync(empty, final=True) is True
+    assert rank0.final_from() == 1
+    assert sorted(p.name for p in store.iterdir() if p.name.startswith(".spotd")) == [
+        ".spotd-attempt",
+        ".spotd-final",
+    ]
 
 
 def test_a_copy_that_fails_for_a_real_reason_still_fails_and_leaves_nothing_beside_the_store(
