@@ -26,8 +26,9 @@ from spotd.files.workdir import (
     HashCache,
     PackageError,
     PackResult,
+    Scan,
     check_mount_target,
-    scan,
+    package,
 )
 from spotd.spec import Task
 
@@ -152,17 +153,13 @@ def check_sources(
 def _package(source: Path, blobs: BlobStore, cache: HashCache, roots: Sequence[Path]) -> PackResult:
     """Pack a daemon-host source (the admin's, under ``roots``): no file in it may resolve
     outside the roots (a symlink to ``~/.aws/credentials`` is refused, not copied)."""
-    found = scan(source, cache, trust_cache=blobs.has)
-    for path in found.blobs.values():
-        if roots and not _within(path.resolve(), roots):
-            raise PackageError(f"{path} links outside the daemon's file_roots")
-    new_files = new_bytes = 0
-    for sha, path in found.blobs.items():
-        if blobs.put_file(path, sha):
-            new_files += 1
-            new_bytes += found.sizes[sha]
-    sha = blobs.put_bytes(found.manifest)
-    return PackResult(sha, found.files, found.bytes, new_files, new_bytes, found.hashed_files)
+
+    def inside(found: Scan) -> None:
+        for path in found.blobs.values():
+            if roots and not _within(path.resolve(), roots):
+                raise PackageError(f"{path} links outside the daemon's file_roots")
+
+    return package(source, blobs, cache, inside)
 
 
 def package_files(

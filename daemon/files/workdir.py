@@ -165,14 +165,29 @@ class BlobStore:
         return self.path(sha).exists()
 
     def put_file(self, src: Path, sha: str) -> bool:
-        """Store ``src`` as blob ``sha``; False if it was there already (nothing copied)."""
+        """Store ``src`` as blob ``sha``; False if it was there already (nothing copied). The
+        bytes are hashed as they are copied: a file changed since it was hashed raises
+        PackageError, where the blob kept the name of bytes it did not hold (and ``has``
+        trusted it for good). Each copy has its own temporary file: two launches packaging
+        the same file at once collided on one name (a 500)."""
         dst = self.path(sha)
         if dst.exists():
             return False
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / "tmp" / f"{sha}.{os.getpid()}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        fd, tmp = _mkstemp(self.root / "tmp", sha)
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            if h.hexdigest() != sha:
+                raise PackageError(f"{src} changed while it was being packaged; try again")
+            os.replace(tmp, dst)
+        except OSError as exc:
+            raise PackageError(f"{src}: {exc.strerror or exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
 
     def put_bytes(self, data: bytes) -> str:
@@ -180,9 +195,13 @@ class BlobStore:
         dst = self.path(sha)
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.root / "tmp" / f"{sha}.{os.getpid()}"
-            tmp.write_bytes(data)
-            os.replace(tmp, dst)
+            fd, tmp = _mkstemp(self.root / "tmp", sha)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.replace(tmp, dst)
+            finally:
+                tmp.unlink(missing_ok=True)
         return sha
 
     def receive(self, sha: str) -> Incoming:
@@ -358,6 +377,8 @@ def scan(
                 sha = _sha256(path)
             except PermissionError as exc:
                 raise PackageError(f"{path}: not readable") from exc
+            except OSError as exc:  # removed or replaced while the directory was walked
+                raise PackageError(f"{path}: {exc.strerror or exc}; try again") from exc
             hashed += 1
             if cache:
                 cache.put(key, st.st_size, st.st_mtime_ns, sha)
@@ -372,10 +393,18 @@ def scan(
     return Scan(manifest, sha, blobs, sizes, len(entries), total, hashed)
 
 
-def package(source: Path, store: BlobStore, cache: HashCache) -> PackResult:
+def package(
+    source: Path,
+    store: BlobStore,
+    cache: HashCache,
+    check: Callable[[Scan], None] | None = None,
+) -> PackResult:
     """Package a directory (or one file) into the store, on the daemon's host (the admin's
-    ``file_roots``); see the module docstring."""
+    ``file_roots``); see the module docstring. ``check`` may refuse the scan (raising)
+    before anything is stored."""
     found = scan(source, cache, trust_cache=store.has)
+    if check is not None:
+        check(found)
     new_files = new_bytes = 0
     for sha, path in found.blobs.items():
         if store.put_file(path, sha):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -139,3 +140,43 @@ def test_mount_targets(target, ok):
     else:
         with pytest.raises(PackageError, match="system directory"):
             check_mount_target(target)
+
+
+def test_two_packagings_of_the_same_new_file_at_once_both_work(tmp_path, store):
+    """Both copied through one temporary name (``{sha}.{pid}``): one of them found it renamed
+    away by the other and failed (a 500 for its launch)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    errors: list[BaseException] = []
+
+    def pack(n: int) -> None:
+        cache = HashCache(tmp_path / f"hashes-{n}.db")  # one per thread, as per launch
+        try:
+            for i in range(50):
+                (src / f"data-{n}").write_bytes(b"same for both %d" % i)  # a new blob each time
+                package(src / f"data-{n}", store, cache)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            cache.close()
+
+    threads = [threading.Thread(target=pack, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert list((store.root / "tmp").iterdir()) == []  # nothing left behind
+
+
+def test_a_file_changed_between_its_hash_and_its_copy_is_refused_not_stored(tmp_path, store):
+    """The blob would have held the new bytes under the old bytes' name, and ``has`` trusted
+    it from then on: every later package naming that content got the wrong file."""
+    f = tmp_path / "weights"
+    f.write_bytes(b"what was hashed")
+    sha = hashlib.sha256(b"what was hashed").hexdigest()
+    f.write_bytes(b"what is there when it is copied")
+    with pytest.raises(PackageError, match="changed while it was being packaged"):
+        store.put_file(f, sha)
+    assert not store.has(sha)
+    assert list((store.root / "tmp").iterdir()) == []
