@@ -303,24 +303,51 @@ class UnitUploader:
     signatures: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     _hashes: dict[str, tuple[int, int, str]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # links an uploader killed mid-upload left (one uploader per directory at a time)
+        shutil.rmtree(self.root / STAGING, ignore_errors=True)
+
     def scan(self, unit: str) -> dict[str, tuple[int, int]]:
         return _scan_unit(self.root, unit)
 
     def changed(self, unit: str, now_sig: Mapping[str, tuple[int, int]]) -> bool:
         return self.signatures.get(unit) != dict(now_sig)
 
-    def _hash(self, key: str, sig: tuple[int, int]) -> str:
+    def _hash(self, key: str, sig: tuple[int, int], path: Path) -> str:
         cached = self._hashes.get(key)
         if cached and cached[:2] == sig:
             return cached[2]
-        sha = _sha256(self.root / key)
+        sha = _sha256(path)
         self._hashes[key] = (*sig, sha)
         return sha
 
     async def commit(self, unit: str, sig: Mapping[str, tuple[int, int]]) -> bool:
         """Upload ``unit`` as it is (``sig``, from ``scan``) and commit it; False when it
-        changed under the upload (it is left pending: the next pass uploads it again)."""
-        files = {k: (s, await asyncio.to_thread(self._hash, k, s)) for k, s in sig.items()}
+        changed under the upload (it is left pending: the next pass uploads it again).
+
+        What is uploaded is a snapshot of hard links (``_stage``): a job that saves the unit
+        again by renaming a new file over the old one (``torch.save`` to a temporary name,
+        then ``os.replace``) leaves the linked file as it was, so the upload stays consistent
+        however often the job saves. Uploading the live files, a unit saved more often than
+        its upload took was never committed, and its last committed version was gone (step 2
+        of the protocol). A file rewritten in place still changes the snapshot: that upload
+        is left pending, as before. Where links cannot be made, the live files go up."""
+        staged = await asyncio.to_thread(_stage, self.root, sig)
+        try:
+            return await self._commit(unit, staged, sig)
+        finally:
+            if staged.where is not None:
+                await asyncio.to_thread(_unstage, staged.where)
+
+    async def _commit(self, unit: str, staged: _Staged, scanned: Mapping[str, Any]) -> bool:
+        sig = staged.sig
+        if sig != dict(scanned):
+            return False  # changed between the scan and the links: the next pass, and the
+            # version committed before stays committed (nothing was touched)
+        files = {
+            k: (s, await asyncio.to_thread(self._hash, k, s, staged.paths[k]))
+            for k, s in sig.items()
+        }
         b = self.bucket
         await b.put_bytes(
             _marker(PENDING, unit),
@@ -328,8 +355,8 @@ class UnitUploader:
         )
         await b.delete_keys([_marker(COMMITS, unit)])
         for key in sorted(files):
-            await b.put_file(self.root / key, key)
-        if await asyncio.to_thread(self.scan, unit) != dict(sig):
+            await b.put_file(staged.paths[key], key)
+        if await asyncio.to_thread(staged.rescan) != sig:
             return False  # written to while uploading: not a consistent unit
         present = await b.list(unit + "/") if not (self.root / unit).is_file() else {}
         await b.delete_keys(k for k in present if k not in files)
@@ -343,6 +370,59 @@ class UnitUploader:
         await b.delete_keys([_marker(PENDING, unit)])
         self.signatures[unit] = dict(sig)
         return True
+
+
+STAGING = ".spotd-staging"  # inside the cached directory (one file system): never a unit
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A unit's files as they are uploaded: ``paths`` (key -> file), ``sig`` their (size,
+    mtime) when staged; ``where`` the directory of links to remove after (None: the live
+    files, links not possible here)."""
+
+    paths: dict[str, Path]
+    sig: dict[str, tuple[int, int]]
+    where: Path | None
+
+    def rescan(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for key, path in self.paths.items():
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            out[key] = (st.st_size, st.st_mtime_ns)
+        return out
+
+
+def _stage(root: Path, sig: Mapping[str, tuple[int, int]]) -> _Staged:
+    """Hard links to the unit's files (``sig``'s keys) in a private directory under ``root``;
+    the live files when a link cannot be made (another file system, no links there). A file
+    gone since the scan is left out, as a later scan would."""
+    where = root / STAGING / uuid.uuid4().hex
+    paths: dict[str, Path] = {}
+    try:
+        for key in sig:
+            link = where / key
+            link.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                os.link(root / key, link)
+            except FileNotFoundError:
+                continue
+            paths[key] = link
+    except OSError:
+        shutil.rmtree(where, ignore_errors=True)
+        paths, at = {k: root / k for k in sig}, None
+    else:
+        at = where
+    return _Staged(paths, _Staged(paths, {}, at).rescan(), at)
+
+
+def _unstage(where: Path) -> None:
+    shutil.rmtree(where, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the job's directory as it was, when nothing else is
+        where.parent.rmdir()
 
 
 async def commit_tree(bucket: Bucket, root: Path, *, attempt: int = 0) -> list[str]:

@@ -8,6 +8,7 @@ tools put in the bucket as they are.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,40 @@ async def test_a_source_is_uploaded_once(tmp_path: Path) -> None:
 )
 def test_bucket_names(name: str, ok: bool) -> None:
     assert (bucket_name_problem(name) is None) is ok
+
+
+class _Saving(DirBucket):
+    """The bucket behind a slow link while the job saves the unit again at every file put
+    (each file written to a temporary name and renamed over the old one, as ``torch.save`` to
+    a temporary path and ``os.replace`` do): a job that saves more often than an upload takes."""
+
+    def __init__(self, root: Path, cache: Path, unit: str) -> None:
+        super().__init__(root)
+        self.cache, self.unit, self.saves = cache, unit, 0
+
+    async def put_file(self, path: Path, key: str) -> None:
+        self.saves += 1
+        for shard in sorted((self.cache / self.unit).iterdir()):
+            tmp = shard.with_name(shard.name + ".tmp")
+            tmp.write_bytes(b"save %d " % self.saves + shard.read_bytes()[:100])
+            os.replace(tmp, shard)
+        await super().put_file(path, key)
+
+
+async def test_a_unit_saved_again_during_its_upload_commits_the_version_it_began_with(
+    tmp_path: Path,
+) -> None:
+    """Uploading the live files, such a unit never committed, and the version committed before
+    it was gone (its commit is deleted first): a preemption then lost both."""
+    cache = tmp_path / "cache"
+    first = write_ckpt(cache, "latest")
+    bucket = _Saving(tmp_path / "bucket", cache, "latest")
+    await bucket.create()
+    up = UnitUploader(bucket, cache, attempt=1)
+    assert await up.commit("latest", up.scan("latest")) is True
+    assert bucket.saves == 3  # saved again at each of its 3 files' puts
+    got = await restore(bucket, tmp_path / "next")
+    assert got.committed == ("latest",)
+    assert tree(tmp_path / "next") == first  # whole, and one version of it
+    assert not (cache / ".spotd-staging").exists()  # its links are gone
+    assert up.changed("latest", up.scan("latest"))  # the newer version goes up next pass
