@@ -34,7 +34,7 @@ def signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
     out) is left out: ``os.walk`` skips a directory it cannot list, where ``Path.rglob`` raised
     and ended the sync loop."""
     out = []
-    for top, dirs, files in os.walk(directory):
+    for top, dirs, files in os.walk(directory, followlinks=True):
         for name in (*dirs, *files):
             p = os.path.join(top, name)
             try:

@@ -127,8 +127,11 @@ class S3CheckpointStore:
         (a checkpoint written to a temporary name, then renamed into place) is left out
         (``spotd.agent.checkpoints.snapshot``)."""
         files: dict[str, str] = {}
-        found = (  # os.walk skips a subdirectory removed mid-walk, where rglob raised
-            Path(top, name) for top, _, names in os.walk(source) for name in names
+        found = (  # os.walk skips a subdirectory removed mid-walk, where rglob raised; it
+            # follows linked directories as rglob did (and the directory store's copy does)
+            Path(top, name)
+            for top, _, names in os.walk(source, followlinks=True)
+            for name in names
         )
         for p in sorted(found):
             if not p.is_file() or p.name in MARKERS:

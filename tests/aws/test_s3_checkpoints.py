@@ -163,3 +163,14 @@ async def test_a_checkpoint_being_renamed_into_place_syncs_and_each_blob_holds_i
             assert hashlib.sha256(body).hexdigest() == key.rsplit("/", 1)[1]
     await S3CheckpointStore(url, 2).restore(tmp_path / "dst")
     assert read(tmp_path / "dst")["step"] == str(saver.step).encode()
+
+
+async def test_a_linked_directory_is_stored_as_its_files(bucket: str, tmp_path: Path) -> None:
+    """``latest -> step-2``, as trainers keep: its files go up under ``latest/`` (as the
+    directory store copies them), and come back as plain files."""
+    src = tmp_path / "src"
+    write(src, {"step-2/model": b"weights 2"})
+    (src / "latest").symlink_to(src / "step-2", target_is_directory=True)
+    assert await S3CheckpointStore(f"s3://{bucket}/t/", 1).sync(src) is True
+    await S3CheckpointStore(f"s3://{bucket}/t/", 2).restore(tmp_path / "dst")
+    assert read(tmp_path / "dst") == {"latest/model": b"weights 2", "step-2/model": b"weights 2"}
