@@ -65,13 +65,21 @@ def _log_files(settings: Settings, job_id: int, attempt: int) -> list[Path]:
     return sorted(d.glob("node-*.log")) if d.exists() else []
 
 
-def _drain(files: list[Path], offsets: dict[Path, int]) -> bytes:
-    """New bytes of every node log since the last call (lines prefixed by node if several)."""
+HELD_LINE_MAX = 64 * 1024  # a node's unfinished line held back at most this long
+
+
+def _drain(files: list[Path], offsets: dict[Path, int], *, whole: bool = True) -> bytes:
+    """New bytes of every node log since the last call (lines prefixed by node if several).
+    With several nodes and not ``whole`` (a live attempt followed), a node's unfinished last
+    line waits for its end, so it is prefixed once: heartbeat chunks end anywhere, and a line
+    split over two was shown as ``(node-0) loss=(node-0) 0.42``."""
     out = []
     for f in files:
         with open(f, "rb") as fh:
             fh.seek(offsets.get(f, 0))
             data = fh.read()
+        if not whole and len(files) > 1 and len(data) < HELD_LINE_MAX:
+            data = data[: data.rfind(b"\n") + 1]
         offsets[f] = offsets.get(f, 0) + len(data)
         if data and len(files) > 1:
             prefix = f"({f.stem}) ".encode()
@@ -125,7 +133,9 @@ async def _stream(
                     f"=== attempt {a.attempt}: {a.provider}/{a.region}/{a.zone} "
                     f"{a.instance_type} {a.market} ===\n".encode()
                 )
-            data = await asyncio.to_thread(_drain, _log_files(settings, job_id, attempt), offsets)
+            files = _log_files(settings, job_id, attempt)
+            whole = a.ended_at is not None or not follow or ended
+            data = await asyncio.to_thread(_drain, files, offsets, whole=whole)
             if data:
                 await resp.write(data)
                 continue
