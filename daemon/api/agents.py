@@ -227,7 +227,9 @@ async def heartbeat(request: web.Request) -> web.Response:
             row.job_id, attempt, progress, synced_at, now=now
         )
     # a node of the job was replaced: restart with the new node list (spotd.agent.gang)
-    restart = await request.app[CONTROLLER].losses.order_for(row, body.generation, phase)
+    controller = request.app[CONTROLLER]
+    mine = controller.workers.runs(row.job_id)
+    restart = await controller.losses.order_for(row, body.generation, phase, mine=mine)
     return web.json_response({"log_offset": offset} | ({"restart": restart} if restart else {}))
 
 

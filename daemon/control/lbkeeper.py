@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -145,9 +146,16 @@ class LbKeeper:
         return task
 
     def endpoint(self, svc: ServiceRow) -> str:
+        """The service's URL. Read for listings and pages of any service, running or DOWN,
+        here or on another daemon: the task is not parsed and kept for that (kept, it grew
+        with every service ever shown), only its ``service.tls`` read."""
         host = "127.0.0.1" if self.serve.lb_host in ("0.0.0.0", "::", "") else self.serve.lb_host
-        task = self.task(svc)
-        tls = task is not None and task.service is not None and task.service.tls is not None
+        held = self._tasks.get(svc.id)
+        if held is not None and held[0] == svc.version:
+            service = held[1].service
+            tls = service is not None and service.tls is not None
+        else:
+            tls = _has_tls(svc.spec_json)
         return f"{'https' if tls else 'http'}://{host}:{svc.lb_port}"
 
     def log_path(self, svc: ServiceRow) -> Path:
@@ -160,7 +168,7 @@ class LbKeeper:
         self._tasks.pop(service_id, None)
 
     def size(self) -> int:
-        return len(self._pushed) + len(self._children)
+        return len(self._pushed) + len(self._children) + len(self._tasks)
 
     async def get(self, svc: ServiceRow, path: str) -> Any:
         async with self._session().get(
@@ -353,3 +361,12 @@ class LbKeeper:
         if child is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(child.wait(), 2.0)
+
+
+def _has_tls(spec_json: str) -> bool:
+    """Whether a stored task's service section has ``tls`` (a task not valid JSON: no)."""
+    try:
+        service = json.loads(spec_json).get("service")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(service, dict) and service.get("tls") is not None

@@ -52,6 +52,7 @@ job instead, with a ``nodes.restart_timeout`` event naming the node.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -70,6 +71,9 @@ from spotd.store.instances import RESTARTING
 from spotd.types import FINAL_PHASES, EndReason, InstanceId, JobStatus, ZoneEventKind
 
 __all__ = ["NodeLosses"]
+
+HEARD_SECONDS = 5.0  # how long another daemon's attempt's rounds are taken as read
+HEARD_MAX = 20_000  # attempts heard of that another daemon runs, kept at most
 
 log = structlog.get_logger("spotd.control.node_replace")
 
@@ -115,6 +119,10 @@ class NodeLosses:
         self.metrics = metrics
         self.memory = memory
         self._generations: dict[str, int] = {}  # attempt id -> its replacement rounds
+        # the same for attempts of jobs another daemon runs (heartbeats land anywhere), or
+        # that ended: read again after HEARD_SECONDS (the owner may replace a node), at most
+        # HEARD_MAX kept; kept for ever, they grew with every attempt heard and went stale
+        self._heard: dict[str, tuple[int, float]] = {}
         self._notices: dict[str, float] = {}  # a replaced noticed node's key -> its deadline
 
     def forget_job(self, job_id: int) -> None:
@@ -124,14 +132,26 @@ class NodeLosses:
         for key in [k for k in self._notices if k.startswith(prefix)]:
             del self._notices[key]
 
-    async def generation(self, attempt_id: str) -> int:
-        """The attempt's replacement rounds (read from the store once per daemon)."""
-        g = self._generations.get(attempt_id)
-        if g is None:
-            rows = await self.store.instances(attempt_id=attempt_id)
-            g = max((generation_of(r.key) for r in rows), default=0)
-            self._generations[attempt_id] = g
-        return g
+    async def generation(self, attempt_id: str, *, mine: bool = True) -> int:
+        """The attempt's replacement rounds: read from the store once for a job this daemon
+        runs (it makes the rounds itself), every ``HEARD_SECONDS`` for another's."""
+        if mine:
+            g = self._generations.get(attempt_id)
+            if g is None:
+                g = self._generations[attempt_id] = await self._read_generation(attempt_id)
+            return g
+        now = time.monotonic()
+        heard = self._heard.pop(attempt_id, None)
+        if heard is None or now - heard[1] >= HEARD_SECONDS:
+            heard = (await self._read_generation(attempt_id), now)
+        self._heard[attempt_id] = heard  # the newest last: the first is heard from longest ago
+        if len(self._heard) > HEARD_MAX:
+            del self._heard[next(iter(self._heard))]
+        return heard[0]
+
+    async def _read_generation(self, attempt_id: str) -> int:
+        rows = await self.store.instances(attempt_id=attempt_id)
+        return max((generation_of(r.key) for r in rows), default=0)
 
     async def _zone_refused(self, attempt: AttemptRow, now: float) -> bool:
         """Whether the attempt's zone refused a launch in the last ``REFUSAL_MEMORY`` s."""
@@ -312,11 +332,13 @@ class NodeLosses:
         return True
 
     async def order_for(
-        self, row: InstanceRow, generation: int, phase: str | None
+        self, row: InstanceRow, generation: int, phase: str | None, *, mine: bool = True
     ) -> dict[str, object] | None:
         """What a heartbeat's answer tells the agent about restarting (None: nothing): see
-        :func:`spotd.recovery.nodes.restart_order`."""
-        current = await self.generation(row.attempt_id)
+        :func:`spotd.recovery.nodes.restart_order`. ``mine``: this daemon runs the job."""
+        if row.terminated:
+            return None  # a machine shutting down: nothing to restart, nothing to remember
+        current = await self.generation(row.attempt_id, mine=mine)
         if current == 0 and (phase != "waiting" or generation != 0):
             return None  # the common case, a running first generation: nothing to read
         every = await self.store.instances(attempt_id=row.attempt_id)

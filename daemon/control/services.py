@@ -311,7 +311,9 @@ class ServiceController:
             log_offset=offset,
         )
         self.metrics.heartbeats.inc()
-        if gpus is not None:
+        # kept only for a live replica of a service this daemon scales: the others' samples
+        # were kept for ever (the scaler drops those of its own live services)
+        if gpus is not None and not row.status.is_terminal and self.workers.runs(row.service_id):
             self.scaler.note_gpus(key, gpus, self.clock())
         if (
             phase != row.phase

@@ -337,3 +337,23 @@ async def test_without_credentials_aws_is_disabled_with_a_reason(
     with pytest.raises(ProviderUnavailable, match="disabled"):
         await p.list_instances()
     await p.close()
+
+
+async def test_the_region_map_holds_what_is_listed_not_every_instance_ever(fx: Fixture) -> None:
+    """The map terminate looks regions up in grew with every instance the daemon launched or
+    listed, for months. Now it holds the last two listings and launches since: an instance
+    no longer listed (gone from EC2's listings long after it ended) drops out of it, and a
+    terminate of it still finds its region by asking each."""
+    gone = await fx.provider.launch(fx.spec("j7-a2-n0"))
+    kept = await fx.provider.launch(fx.spec("j8-a1-n0", region="us-east-1", zone="us-east-1a"))
+    async with aioboto3.Session().client(
+        "ec2", region_name="us-west-2", endpoint_url=fx.moto.url
+    ) as ec2:
+        await ec2.delete_tags(Resources=[gone], Tags=[{"Key": TAG_HOME}])  # out of our listing
+    for _ in range(2):
+        listed = {o.id for o in await fx.provider.list_instances()}
+    assert listed == {kept}
+    assert set(fx.provider._region_of) == {kept}
+    await fx.provider.terminate(gone)
+    [inst] = await fx.describe("us-west-2", InstanceIds=[gone])
+    assert inst["State"]["Name"] in ("shutting-down", "terminated")

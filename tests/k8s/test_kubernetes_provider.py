@@ -334,3 +334,29 @@ async def test_tenant_namespace_gets_a_gpu_quota(
     assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "4"}
     with pytest.raises(InvalidRequest):
         await p.ensure_namespace_quota("nowhere", 1)
+
+
+async def test_a_pod_deleted_again_after_it_was_gone_is_not_remembered_for_ever(
+    cluster: Cluster, providers: list[KubernetesProvider]
+) -> None:
+    """A reclaimed node's pod is gone (a tombstone); the recovery then terminates it, a 404.
+    Its name stayed among the pods being deleted for the daemon's life (no listing would
+    ever show the deletion): one entry per preemption, for months."""
+    now = [1_000.0]
+    p = KubernetesProvider(
+        parse_config(config(cluster.url, watch=False)),
+        home_tag=HOME_TAG,
+        clock=lambda: now[0],
+        tombstone_seconds=60.0,
+    )
+    providers.append(p)
+    iid = await p.launch(spec_for("j5-a1-n0", region="east"))
+    await p.list_instances()
+    await cluster.delete_pod("ns-east", iid.split("/")[1])  # the node went, with the pod
+    [gone] = [o for o in await p.list_instances() if o.key == "j5-a1-n0"]
+    assert gone.state == InstanceState.PREEMPTED  # a tombstone, as a reclaim should read
+    await p.terminate(iid)  # the recovery's terminate: already gone
+    assert p._caches["east"].deleting
+    now[0] += 61.0
+    await p.list_instances()
+    assert p._caches["east"].deleting == {}

@@ -234,7 +234,7 @@ def _event(kind: str, name: str, home: str = "h1") -> dict[str, Any]:
 def test_watch_events_feed_the_cache(
     events: list[dict[str, Any]], deleting: set[str], pods: set[str], tombstones: set[str]
 ) -> None:
-    cache = RegionCache(deleting=set(deleting))
+    cache = RegionCache(deleting=dict.fromkeys(deleting, 0.0))
     for e in events:
         cache.apply(e, home_tag="h1", now=5.0)
     assert set(cache.pods) == pods and set(cache.tombstones) == tombstones
@@ -243,6 +243,6 @@ def test_watch_events_feed_the_cache(
 def test_a_snapshot_buries_what_it_no_longer_lists() -> None:
     cache = RegionCache()
     cache.replace({"a": {}, "b": {}}, now=1.0)
-    cache.deleting.add("b")
+    cache.deleting["b"] = 0.0
     cache.replace({}, now=2.0)
-    assert cache.pods == {} and set(cache.tombstones) == {"a"} and cache.deleting == set()
+    assert cache.pods == {} and set(cache.tombstones) == {"a"} and cache.deleting == {}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from spotd.config import load_settings
+from spotd.control import node_replace
 from spotd.control.jobs import Controller
 from spotd.control.observer import Observation
 from spotd.metrics import DaemonMetrics
@@ -181,3 +182,34 @@ async def test_the_first_run_goes_when_every_node_waits_and_has_an_address(
         "node_ips": "",
         "go": True,
     }
+
+
+async def test_a_daemon_that_does_not_run_the_job_answers_from_the_store_and_keeps_little(
+    ctl: Controller, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats land on any daemon. One that does not run the job kept each attempt's
+    rounds for ever, as first read: it grew with every attempt it heard, and after the owner
+    replaced a node it still told the survivors nothing (so they never stopped)."""
+    monkeypatch.setattr(node_replace, "HEARD_SECONDS", 0.0)
+    monkeypatch.setattr(node_replace, "HEARD_MAX", 3)
+    other = Controller(
+        settings=load_settings(tmp_path / "other", env={}),
+        store=ctl.store,
+        providers=ctl.providers,
+        metrics=DaemonMetrics(),
+    )
+    store = ctl.store
+    jid, aid = await _running_gang(ctl, 3)
+    survivor = await store.require_instance(f"{aid}-n0")
+    assert await other.losses.order_for(survivor, 0, "run", mine=False) is None
+    job, attempt = await store.require_job(jid), await store.require_attempt(aid)
+    assert await ctl.losses.replace(job, attempt, _reports(aid, 1, 3), NOW + 1)  # the owner
+    order = await other.losses.order_for(survivor, 0, "run", mine=False)
+    assert order is not None and order["generation"] == 1 and order["go"] is False
+    for _ in range(5):  # more attempts heard than it keeps
+        _, more = await _running_gang(ctl, 1)
+        row = await store.require_instance(f"{more}-n0")
+        await other.losses.order_for(row, 0, "run", mine=False)
+    assert len(other.losses._heard) == 3
+    gone = await store.require_instance(f"{aid}-n1")
+    assert gone.terminated and await other.losses.order_for(gone, 0, "run", mine=False) is None

@@ -118,7 +118,8 @@ class AwsProvider:
         self.daemon_url = config.daemon_url  # where agents on EC2 reach this daemon
         self.notice_url = config.notice_url
         self._offered = {(e.region, e.zone, e.instance_type) for e in self.snapshot}
-        self._region_of: dict[str, str] = {}
+        self._region_of: dict[str, str] = {}  # instance id -> its region (for terminate)
+        self._noted: dict[str, str] = {}  # the same, noted since the last listing began
         self._root_devices: dict[tuple[str, str], str] = {}
         self._clients: dict[str, Any] = {}
         self._stack = contextlib.AsyncExitStack()
@@ -206,7 +207,7 @@ class AwsProvider:
                 for inst in res.get("Instances", []):
                     obs = observe(inst, region)
                     if obs is not None:
-                        self._region_of[obs.id] = region
+                        self._note_region(obs.id, region)
                         out.append(obs)
         return out
 
@@ -261,7 +262,7 @@ class AwsProvider:
         )
         resp = await self._call(spec.region, "run_instances", **kw)
         iid = InstanceId(resp["Instances"][0]["InstanceId"])
-        self._region_of[iid] = spec.region
+        self._note_region(iid, spec.region)
         log.info(
             "launched",
             instance=iid,
@@ -313,8 +314,16 @@ class AwsProvider:
             self._disabled_listed = True
             raise ProviderUnavailable(f"aws is disabled: {self.disabled_reason}")
         filters = [self._home_filter(self.home_tag)]
+        noted, self._noted = self._noted, {}
         per_region = await asyncio.gather(*(self._describe(r, filters) for r in self.regions))
+        # the regions of what is listed now, and of what was noted since the listing before
+        # began (a launch EC2 does not list yet): kept for ever, this grew with every
+        # instance the daemon ever launched or listed
+        self._region_of = {**noted, **self._noted}
         return [o for found in per_region for o in found]
+
+    def _note_region(self, instance_id: str, region: str) -> None:
+        self._region_of[instance_id] = self._noted[instance_id] = region
 
     async def terminate(self, instance_id: InstanceId) -> None:
         known = self._region_of.get(instance_id)
@@ -325,7 +334,7 @@ class AwsProvider:
                 if "InvalidInstanceID" in str(exc):
                     continue  # not in this region (or long gone): nothing to do here
                 raise
-            self._region_of[instance_id] = region
+            self._note_region(instance_id, region)
             return
 
     async def close(self) -> None:

@@ -268,7 +268,7 @@ class KubernetesProvider:
             await self._check_owner(core, region, name, spec.key)
             return iid  # idempotent: the pod for this key exists
         cache = self._caches[region.name]
-        cache.deleting.discard(name)
+        cache.deleting.pop(name, None)
         uid = (body.get("metadata") or {}).get("uid")
         if uid:  # let the cluster's garbage collector remove the secret with the pod
             owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}
@@ -321,7 +321,7 @@ class KubernetesProvider:
         region, name = self._region_of(instance_id)
         core = await self._core(region.name)
         cache = self._caches[region.name]
-        cache.deleting.add(name)
+        cache.deleting[name] = self._clock()
         for what, call in (
             ("pod", core.delete_namespaced_pod),
             ("secret", core.delete_namespaced_secret),
@@ -431,6 +431,11 @@ class KubernetesProvider:
             out.append(observed(region, name, pod, view))
         for k in [k for k in self._first_seen if k[0] == region.name and k[1] not in cache.pods]:
             del self._first_seen[k]
+        # a pod deleted whose deletion no listing will show (it had gone already: a reclaimed
+        # node's pod, deleted again by the recovery) is forgotten once a tombstone would be
+        for name, at in list(cache.deleting.items()):
+            if name not in cache.pods and now - at > self._tombstone_seconds:
+                del cache.deleting[name]
         return out
 
     # -- watching ---------------------------------------------------------------------------

@@ -39,7 +39,7 @@ class RegionCache:
 
     pods: dict[str, Pod] = field(default_factory=dict)
     tombstones: dict[str, tuple[float, Pod]] = field(default_factory=dict)
-    deleting: set[str] = field(default_factory=set)  # pods spotd itself deleted
+    deleting: dict[str, float] = field(default_factory=dict)  # pods spotd deleted -> when
     synced_at: float | None = None  # monotonic time of the last successful snapshot
     watching: bool = False  # a watch stream is open and feeding ``pods``
 
@@ -52,8 +52,7 @@ class RegionCache:
 
     def bury(self, name: str, last: Pod, *, now: float) -> None:
         """A pod vanished: remember it for a while, unless spotd deleted it."""
-        if name in self.deleting:
-            self.deleting.discard(name)
+        if self.deleting.pop(name, None) is not None:
             return
         self.tombstones[name] = (now, last)
 
