@@ -49,7 +49,7 @@ from .http1 import Head, UpstreamConnectError, UpstreamDisconnected, UpstreamErr
 from .openai import LlmKind, LlmRequest, continuation, prompt_mark
 from .policy import ReplicaStats, RequestInfo, pick
 from .pool import UpstreamPool
-from .relay import _ClientSink, _mark_eof, _RelayResponse, _take_head
+from .relay import _ClientSink, _mark_eof, _RelayResponse, _take_head, truncate
 from .sse import DONE, Splicer, split_events
 from .state import LBState
 from .upstream import UpstreamConn
@@ -286,16 +286,36 @@ async def head_before_notice(
         timer.cancel()
 
 
+def _give_up(job: StreamJob, conn: UpstreamConn | None) -> None:
+    """A continuation's try that ended before its answer began: counted out of the replica,
+    its connection closed (a request half sent is not a connection to keep)."""
+    job.count_out()
+    if conn is not None:
+        conn.abort()
+
+
 async def _wait_eligible(st: LBState, info: RequestInfo) -> str | None:
+    """A replica for a stream moving on, waiting up to ``queue_timeout`` for one. A stream
+    waiting here counts as waiting (the LB's ``waiting``, which the autoscaler reads as
+    demand): it did not, and a preemption wave's stranded streams were invisible to it."""
     cfg = st.config
     deadline = time.monotonic() + cfg.queue_timeout
-    while True:
-        reps = st.replicas
-        rid = pick(reps.views, reps.stats, info, policy=cfg.policy, state=st.policy_state)
-        left = deadline - time.monotonic()
-        if rid is not None or left <= 0:
-            return rid
-        await reps.wait_changed(left)
+    counted = False
+    try:
+        while True:
+            reps = st.replicas
+            rid = pick(reps.views, reps.stats, info, policy=cfg.policy, state=st.policy_state)
+            left = deadline - time.monotonic()
+            if rid is not None or left <= 0:
+                return rid
+            if not counted:
+                st.waiting += 1
+                st.metrics.queued += 1
+                counted = True
+            await reps.wait_changed(left)
+    finally:
+        if counted:
+            st.waiting -= 1
 
 
 async def _continue(
@@ -324,30 +344,32 @@ async def _continue(
         head = request_head(job.request, host_line, raw, job.drop, path=path)
         rstats = reps.stats[rid]
         job.count_in(rstats)  # counted while it is tried, as the proxy does
+        conn: UpstreamConn | None = None
         try:
             conn = await pool.acquire(host, port)
             uhead = await conn.request(head, raw, False)
         except (UpstreamConnectError, UpstreamDisconnected) as e:
-            job.count_out()
+            _give_up(job, conn)
             rstats.failures += 1
             st.eject(rid, view.url, f"{type(e).__name__}: {e}")
             job.exclude.add(rid)
             continue
         except UpstreamError as e:
-            job.count_out()
+            _give_up(job, conn)
             log.warning("stream continuation on %s failed: %s", rid, e)
             job.exclude.add(rid)
             continue
-        except BaseException:
-            job.count_out()
+        except BaseException:  # the client left: not counted, and the connection not held
+            _give_up(job, conn)
             raise
         if uhead.status != 200 or not uhead.content_type.startswith("text/event-stream"):
             try:
                 detail = (await conn.read_body())[:300].decode(errors="replace")
             except (UpstreamError, ConnectionError):
                 detail = ""
-            pool.release(conn)
-            job.count_out()
+            finally:  # the client may leave while the refusal's body is read
+                pool.release(conn)
+                job.count_out()
             log.warning(
                 "replica %s refused a stream continuation: %d %s", rid, uhead.status, detail
             )
@@ -417,7 +439,7 @@ async def relay_stream(
             if nxt is None:
                 st.metrics.handoff_failures += 1
                 log.warning("stream from %s could not be continued: no replica took it", moved_from)
-                tr.abort()  # a truncated stream, never a clean (and wrong) end
+                truncate(sresp, tr)  # a truncated stream, never a clean (and wrong) end
                 return sresp
             st.metrics.handoffs += 1
             log.info("stream moved from %s to %s", moved_from, job.rid)

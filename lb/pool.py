@@ -41,23 +41,24 @@ class UpstreamPool:
 
     async def acquire(self, host: str, port: int) -> UpstreamConn:
         key = (host, port)
-        idle = self._idle.get(key)
-        if idle:
-            now = self.loop.time()
-            while idle:
-                c = idle.pop()
-                if not c.closed and now - c.idle_since < self.keepalive_timeout:
-                    return c
-                c.abort()
-        while self._open >= self.limit:
-            if not self._evict_idle():
-                w = self.loop.create_future()
-                self._waiters.append(w)
-                try:
-                    await w
-                finally:
-                    if not w.done():
-                        w.cancel()
+        while True:
+            kept = self._take_idle(key)
+            if kept is not None:
+                return kept
+            if self._open < self.limit or self._evict_idle():
+                break
+            # woken when a connection closes or one goes idle (to this replica, maybe)
+            w = self.loop.create_future()
+            self._waiters.append(w)
+            try:
+                await w
+            except BaseException:
+                if w.done() and not w.cancelled():
+                    self._wake_one()  # the wake-up was ours: the next waiter's now
+                raise
+            finally:
+                if not w.done():
+                    w.cancel()
         self._open += 1
         try:
             _, conn = await asyncio.wait_for(
@@ -77,8 +78,22 @@ class UpstreamPool:
             raise
         return conn
 
+    def _take_idle(self, key: tuple[str, int]) -> UpstreamConn | None:
+        idle = self._idle.get(key)
+        now = self.loop.time()
+        while idle:
+            c = idle.pop()
+            if not c.closed and now - c.idle_since < self.keepalive_timeout:
+                return c
+            c.abort()
+        self._idle.pop(key, None)  # no key kept for a replica with nothing idle
+        return None
+
     def release(self, conn: UpstreamConn) -> None:
-        """Back to the pool when the answer was complete and the replica keeps it open."""
+        """Back to the pool when the answer was complete and the replica keeps it open; a
+        request waiting at the limit is woken (it may be for this replica). Before, only a
+        connection closing woke one: past the limit, requests waited while connections to
+        their replica sat idle (for ever, with a replica that keeps them open)."""
         if conn.closed:
             return
         if not conn.reusable or not conn.body_done or self._closing:
@@ -86,16 +101,28 @@ class UpstreamPool:
             return
         conn.idle_since = self.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
+        self._wake_one()
 
     def _evict_idle(self) -> bool:
-        for conns in self._idle.values():
+        """Close the oldest idle connection (to any replica) to make room, counted out at
+        once: counted when the transport reported it lost (a later loop turn), one new
+        connection at the limit closed every idle one."""
+        for key, conns in self._idle.items():
             if conns:
-                conns.pop(0).abort()
+                c = conns.pop(0)
+                if not conns:
+                    del self._idle[key]
+                c.counted_out = True
+                self._open -= 1
+                c.abort()
                 return True
         return False
 
     def _count_closed(self) -> None:
         self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         while self._waiters:
             w = self._waiters.popleft()
             if not w.done():
@@ -104,10 +131,13 @@ class UpstreamPool:
 
     def lost(self, conn: UpstreamConn) -> None:
         """``UpstreamConn.connection_lost``: count it out, and out of the idle list."""
-        self._count_closed()
+        if not conn.counted_out:
+            self._count_closed()
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]
 
     def close(self) -> None:
         self._closing = True

@@ -68,7 +68,7 @@ from .openai import (
 )
 from .policy import Policy, RequestInfo, pick
 from .pool import UpstreamPool
-from .relay import json_error, relay, relay_fast
+from .relay import TRUNCATED, json_error, relay, relay_fast
 from .state import LBState
 from .upstream import UpstreamConn
 
@@ -101,7 +101,7 @@ class Proxy:
                 code = 401
                 return _unauthorized(keys.header)
             resp = await _proxy(request, st, self.pool, self.session, self.addrs)
-            code = resp.status
+            code = 502 if resp.get(TRUNCATED) else resp.status
             return resp
         except asyncio.CancelledError:
             raise

@@ -25,6 +25,18 @@ _BUFFER_RESPONSE_MAX = 1 << 20
 _PAUSE_ABOVE = 256 * 1024  # client write buffer above this: stop reading the replica
 
 
+TRUNCATED = web.ResponseKey("spotd_truncated", bool)  # a response cut short: a 502, not 200
+
+
+def truncate(resp: web.StreamResponse, tr: asyncio.Transport) -> None:
+    """Abort the client's connection mid-answer (the replica died, or a stream found no
+    replica to move to): the client sees a truncated answer, and the LB counts a failure.
+    Its head said 200, and that is what was counted: replica failures mid-answer never
+    reached the 5xx window or ``spotd_lb_requests{code}``."""
+    resp[TRUNCATED] = True
+    tr.abort()
+
+
 def json_error(status: int, message: str, *, retry_after: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return web.json_response(
@@ -226,7 +238,7 @@ async def relay_fast(
             # The replica died mid-answer (its head may be out, or held with nothing after
             # it): abort the client connection so the client sees a truncated response
             # rather than a clean (and wrong) end.
-            tr.abort()
+            truncate(sresp, tr)
         return sresp
     if own_end:
         _mark_eof(writer)
@@ -281,7 +293,7 @@ async def relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> w
             # the client sees a truncated response rather than a clean (and wrong) end.
             tr = request.transport
             if tr is not None:
-                tr.abort()
+                truncate(sresp, tr)
             return sresp
         except ConnectionError:
             # The client went away mid-stream; closing the upstream connection tells the

@@ -96,6 +96,7 @@ class UpstreamConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.counted_out = False  # the pool counted it closed when it evicted it
         self._chunks = ChunkDecoder()  # reset when a chunked answer begins
         self._reset_request()
         self._write_paused = False
@@ -393,9 +394,11 @@ class UpstreamConn(asyncio.Protocol):
         """Give up the request whose answer has not begun: ``request`` raises ``exc``, and the
         connection is dropped (the replica sees the client go)."""
         fut = self._head_fut
+        if fut is None or fut.done():
+            return  # the answer began in this very loop turn: it is let finish (aborted
+            # here, its body was waited for for ever: nothing failed the body's waiter)
         self.abort()
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        fut.set_exception(exc)
 
     def detach(self) -> None:
         """No more body to the sink (a stream moving to another replica); then ``abort``."""
