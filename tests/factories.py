@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from spotd.store import AttemptIntent, AttemptRow
-from spotd.types import AttemptStatus, EndReason, Market
+from spotd.types import AgentConfig, AttemptStatus, EndReason, Market
 
 
 def intent(
@@ -66,3 +66,20 @@ def attempt_row(
         end_reason=EndReason(end) if end else None,
         end_detail="",
     )
+
+
+def agent_config(**overrides: Any) -> AgentConfig:
+    """An agent's config for node 0 of job 1's first attempt (``run: true``); ``overrides``
+    name the fields a test cares about."""
+    fields: dict[str, Any] = {
+        "instance_key": "j1-a1-n0",
+        "attempt_id": "j1-a1",
+        "job_id": 1,
+        "task_id": "t",
+        "attempt": 1,
+        "node_rank": 0,
+        "num_nodes": 1,
+        "setup": None,
+        "run": "true",
+    }
+    return AgentConfig(**(fields | overrides))

@@ -16,18 +16,11 @@ from aiohttp import web
 from spotd.agent import main as agent_main
 from spotd.agent.main import Agent
 from spotd.types import AgentConfig
+from tests.factories import agent_config
 
 
 def _config(tmp_path: Path, daemon_url: str = "", run: str = "true") -> AgentConfig:
-    return AgentConfig(
-        instance_key="j1-a1-n0",
-        attempt_id="j1-a1",
-        job_id=1,
-        task_id="t",
-        attempt=1,
-        node_rank=0,
-        num_nodes=1,
-        setup=None,
+    return agent_config(
         run=run,
         checkpoint_store=str(tmp_path / "store" / "task"),
         daemon_url=daemon_url,

@@ -19,6 +19,7 @@ from spotd.agent.main import Agent
 from spotd.agent.syncing import Syncer
 from spotd.types import AgentConfig
 from tests.agent.saver import Rotator, Saver
+from tests.factories import agent_config
 
 
 @pytest.fixture
@@ -130,18 +131,8 @@ class _Flaky:
 
 
 def _config(tmp_path: Path, run: str = "true") -> AgentConfig:
-    return AgentConfig(
-        instance_key="j1-a1-n0",
-        attempt_id="j1-a1",
-        job_id=1,
-        task_id="t",
-        attempt=1,
-        node_rank=0,
-        num_nodes=1,
-        setup=None,
-        run=run,
-        checkpoint_store=str(tmp_path / "store" / "task"),
-        checkpoint_sync_seconds=0.05,
+    return agent_config(
+        run=run, checkpoint_store=str(tmp_path / "store" / "task"), checkpoint_sync_seconds=0.05
     )
 
 

@@ -21,7 +21,7 @@ from spotd.agent.imds import (
     token_step,
 )
 from spotd.agent.main import Agent
-from spotd.types import AgentConfig
+from tests.factories import agent_config
 
 HELD = TokenState(token="t", refresh_at=80.0, expires_at=100.0)
 
@@ -161,16 +161,7 @@ async def test_required_tokens_that_cannot_be_had_are_said_once(imds: FakeImds) 
 
 async def test_the_agent_polls_the_notice_with_a_token(imds: FakeImds, tmp_path: Path) -> None:
     """The agent's own poll, through ``Imds``: GCE's URL goes without (its own header)."""
-    cfg = AgentConfig(
-        instance_key="j1-a1-n0",
-        attempt_id="j1-a1",
-        job_id=1,
-        task_id="t",
-        attempt=1,
-        node_rank=0,
-        num_nodes=1,
-        setup=None,
-        run="true",
+    cfg = agent_config(
         notice_url=imds.url,
         checkpoint_store=str(tmp_path / "store"),
     )

@@ -12,20 +12,11 @@ import aiohttp
 from aiohttp import web
 
 from spotd.agent.main import Agent
-from spotd.types import AgentConfig
+from tests.factories import agent_config
 
 
 def _agent(tmp_path: Path, notice_url: str) -> Agent:
-    cfg = AgentConfig(
-        instance_key="j1-a1-n0",
-        attempt_id="j1-a1",
-        job_id=1,
-        task_id="t",
-        attempt=1,
-        node_rank=0,
-        num_nodes=1,
-        setup=None,
-        run="true",
+    cfg = agent_config(
         notice_url=notice_url,
         checkpoint_store=str(tmp_path / "store"),
     )

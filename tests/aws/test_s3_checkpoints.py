@@ -17,6 +17,7 @@ from spotd.files.checkpoint_s3 import S3CheckpointStore, split_url
 from spotd.types import AgentConfig
 from tests.agent.saver import Saver
 from tests.aws.motoserver import Moto, moto_server  # noqa: F401 - the fixture
+from tests.factories import agent_config
 
 pytestmark = pytest.mark.aws
 
@@ -122,16 +123,7 @@ async def test_a_gang_survivor_does_not_replace_the_final_snapshot(
 
 async def test_the_agent_picks_the_store_by_scheme(bucket: str, tmp_path: Path) -> None:
     def cfg(store: str) -> AgentConfig:
-        return AgentConfig(
-            instance_key="j1-a1-n0",
-            attempt_id="j1-a1",
-            job_id=1,
-            task_id="t",
-            attempt=1,
-            node_rank=0,
-            num_nodes=1,
-            setup=None,
-            run="true",
+        return agent_config(
             checkpoint_store=store,
         )
 

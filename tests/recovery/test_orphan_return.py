@@ -50,6 +50,17 @@ class _Terminates:
         return None
 
 
+def _attempts(db: AsyncStore, tmp_path: Path, provider: _Terminates) -> Attempts:
+    """The job side's attempts on ``provider`` alone, at t = 10 s."""
+    return Attempts(
+        settings=load_settings(tmp_path, env={}),
+        store=db,
+        providers={"local": provider},
+        metrics=DaemonMetrics(),
+        clock=lambda: 10.0,
+    )
+
+
 @pytest.mark.parametrize("recorded", [True, False], ids=["id-recorded", "answer-in-flight"])
 @pytest.mark.parametrize("ended", [JobStatus.SUCCEEDED, JobStatus.CANCELLED])
 async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
@@ -64,13 +75,7 @@ async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
     if recorded:  # else the daemon stopped before the provider's answer was written
         await store.set_instance_id(key, "i-spot", now=4.0)
     provider = _Terminates()
-    attempts = Attempts(
-        settings=load_settings(tmp_path, env={}),
-        store=store,
-        providers={"local": provider},
-        metrics=DaemonMetrics(),
-        clock=lambda: 10.0,
-    )
+    attempts = _attempts(store, tmp_path, provider)
     # the job ends as a worker ends it: its attempt first, then the job
     end = EndReason.SUCCEEDED if ended == JobStatus.SUCCEEDED else EndReason.CANCELLED
     await attempts.end(od.id, end, "its run ended", 5.0)
@@ -111,13 +116,7 @@ async def test_an_instance_the_provider_will_not_terminate_does_not_stop_the_rea
     """Before, the refusal raised out of the reap: every instance after it, round after round,
     stayed up and billed (and a daemon whose first reap met it did not start)."""
     provider = _Protected("i-protected")
-    attempts = Attempts(
-        settings=load_settings(tmp_path, env={}),
-        store=store,
-        providers={"local": provider},
-        metrics=DaemonMetrics(),
-        clock=lambda: 10.0,
-    )
+    attempts = _attempts(store, tmp_path, provider)
     running = InstanceState.RUNNING
     listed = {  # two strays tagged as this daemon's, unknown to its store
         k: ObservedInstance(id=InstanceId(i), key=k, region="r", zone="z", state=running)
