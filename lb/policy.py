@@ -112,13 +112,20 @@ class PolicyState:
     def set_home(self, key: str, replica_id: str) -> None:
         old = self.homes.get(key)
         if old is not None:
-            self.home_counts[old] -= 1
+            self._uncount(old)
         self.homes[key] = replica_id
         self.homes.move_to_end(key)
         self.home_counts[replica_id] = self.home_counts.get(replica_id, 0) + 1
         if len(self.homes) > self.max_homes:
             _, gone = self.homes.popitem(last=False)
-            self.home_counts[gone] -= 1
+            self._uncount(gone)
+
+    def _uncount(self, replica_id: str) -> None:
+        left = self.home_counts[replica_id] - 1
+        if left:
+            self.home_counts[replica_id] = left
+        else:  # no key for a replica with no home: one per replica ever, for the LB's life
+            del self.home_counts[replica_id]
 
 
 _NO_STATS = ReplicaStats()

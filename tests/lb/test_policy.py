@@ -359,6 +359,13 @@ def test_prefix_aware_remembers_a_bounded_number_of_prefixes() -> None:
         pick(ABC, {}, prefix(f"k{i}"), policy=P, state=state)
     assert len(state.homes) == 10
     assert sum(state.home_counts.values()) == 10
+    # replicas that come and go leave no count behind once they hold no prefix
+    for i in range(50):
+        pick([ABC[i % 3]], {}, prefix(f"solo{i}"), policy=P, state=state)
+    state.set_home("x", "gone-replica")
+    for i in range(10):
+        state.set_home(f"y{i}", "a")
+    assert "gone-replica" not in state.home_counts and 0 not in state.home_counts.values()
 
 
 def test_every_lb_policy_is_a_service_yaml_name() -> None:
