@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import logging
 import math
@@ -36,7 +35,6 @@ import signal
 import socket
 import ssl
 import stat
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -56,7 +54,7 @@ from spotd.control.jobs import Controller
 from spotd.control.pools import Pools
 from spotd.control.services import ServiceController
 from spotd.dashboard import Dashboard, mount_dashboard
-from spotd.files.private import private_dir
+from spotd.files.private import forbid_inspection, private_dir
 from spotd.metrics import DaemonMetrics
 from spotd.ops import sdnotify
 from spotd.ops.tls import TlsError, client_context, plaintext_refusal, server_context
@@ -116,30 +114,6 @@ def _tls_for(settings: Settings, host: str) -> ssl.SSLContext | None:
         return server_context(settings.tls_cert, settings.tls_key)
     except TlsError as exc:
         raise TransportError(str(exc)) from exc
-
-
-PR_SET_DUMPABLE = 4  # <linux/prctl.h>
-PR_GET_DUMPABLE = 3
-
-
-def forbid_inspection() -> bool:
-    """Make this process non-dumpable (Linux; elsewhere a no-op): its ``/proc/<pid>/environ``,
-    ``mem`` and ``fd``s then belong to root, and ptrace needs CAP_SYS_PTRACE, so a process of
-    the same user (a job on the local provider) cannot read the API token from the daemon's
-    environment or memory. No core dumps either (they would hold the same). Children are
-    unaffected: ``execve`` makes them dumpable again. Returns whether it took effect."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            log.warning("prctl(PR_SET_DUMPABLE, 0) failed", error=os.strerror(err))
-            return False
-        return bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0)
-    except (OSError, AttributeError) as exc:  # no libc with prctl (a static or odd build)
-        log.warning("cannot make the daemon non-dumpable", error=str(exc))
-        return False
 
 
 def local_tenancy(settings: Settings) -> LocalTenancy:
@@ -301,7 +275,7 @@ async def run_daemon(
     tls = tcp_tls(settings)
     tls_agents = agent_tls(settings)
     tenancy = local_tenancy(settings)
-    sealed = forbid_inspection()
+    sealed = forbid_inspection(lambda why: log.warning(why))
     lock = _lock_home(settings)
     for d in (settings.logs_dir, settings.checkpoints_dir, settings.local_dir):
         private_dir(d)

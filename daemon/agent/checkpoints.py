@@ -97,8 +97,12 @@ class CheckpointStore:
         with self._lock():
             if not self.store.exists():
                 return False
-            shutil.copytree(
-                self.store, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER, FINAL)
+            shutil.copytree(  # links as links: never followed out of the store (below)
+                self.store,
+                into,
+                symlinks=True,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns(MARKER, FINAL),
             )
             return True
 
@@ -174,7 +178,10 @@ def snapshot(source: Path, into: Path) -> None:
     up on that failed about 4 syncs in 10 against a job checkpointing in a loop, and the agent
     then stopped syncing for the rest of the attempt). Anything else that fails still raises."""
     try:
-        shutil.copytree(source, into, copy_function=_copy_unless_gone)
+        # links are kept as links, never followed: a store another tenant can write (a shared
+        # volume) could plant ``x -> /etc/spotd-agent/agent.json``, and a snapshot that
+        # followed it put the file's contents (the agent's token) in the store
+        shutil.copytree(source, into, symlinks=True, copy_function=_copy_unless_gone)
     except shutil.Error as exc:
         failed = [e for e in exc.args[0] if os.path.lexists(e[0])]
         if failed:

@@ -51,7 +51,12 @@ from spotd.agent.syncing import Syncer
 from spotd.agent.transport import UNTRUSTED_EXIT, DaemonUntrusted, daemon_session, untrusted
 from spotd.aiokit import sleep
 from spotd.files import mounts
-from spotd.files.private import open_private_append, private_dir, write_private_json
+from spotd.files.private import (
+    forbid_inspection,
+    open_private_append,
+    private_dir,
+    write_private_json,
+)
 from spotd.files.storage import STORAGE_REF
 from spotd.files.workdir import CAS_PREFIX, BlobStore, materialize
 from spotd.telemetry.gpu import GpuReader
@@ -510,6 +515,9 @@ class Agent:
 
 
 async def amain(root: Path) -> int:
+    # its environment may hold cloud credentials for the task's storage and its job runs as
+    # its user: /proc/<agent>/environ must not be the job's to read
+    forbid_inspection()
     # the instance's directory holds the agent's config (its token, the task's secrets), the
     # job's log and its files: the provider made it private; narrow it here too, for a
     # machine that did not (an emptyDir a container may not be allowed to chmod: tolerated)

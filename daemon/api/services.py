@@ -60,7 +60,7 @@ from spotd.control import quota
 from spotd.control.launcher import package_service_files
 from spotd.control.lbkeeper import api_keys_of
 from spotd.control.services import UPDATE_MODES, ServiceController, autoscale_policy
-from spotd.control.submit import launch_project
+from spotd.control.submit import check_buckets, launch_project
 from spotd.lb.auth import parse_keys
 from spotd.spec import SpecError, Task, load_tasks_bounded
 from spotd.store import (
@@ -212,7 +212,9 @@ async def _ship(
 ) -> tuple[Task, list[str]]:
     """The version's workdir and local file_mounts as packages, as a job launch's: what the
     client uploaded (``packages``), or the admin's paths under ``file_roots``
-    (``control.launcher.package_service_files``; a refusal is a 400 or a 403)."""
+    (``control.launcher.package_service_files``; a refusal is a 400 or a 403). Its
+    ``s3://`` sources are checked as a job's are (``control.submit.check_buckets``)."""
+    await check_buckets(task, request.app[SERVICES].providers, scope(request))
     return await package_service_files(
         task,
         settings=request.app[SETTINGS],

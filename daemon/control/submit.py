@@ -53,6 +53,8 @@ from spotd.control.refusals import (
 )
 from spotd.control.sources import Uploaded, check_files, check_sources, package_files, packed_event
 from spotd.files import mounts as s3src
+from spotd.files.storage_buckets import Storage
+from spotd.files.storage_s3 import S3Bucket
 from spotd.files.workdir import BlobStore, PackageError
 from spotd.pricing.catalog import real_capacity
 from spotd.providers.allowlist import barred_providers, without_barred
@@ -278,8 +280,14 @@ def parse_deadline(raw: str, now: float) -> float:
 # -- the steps that read -----------------------------------------------------------------
 
 
-async def check_buckets(task: Task, providers: Mapping[str, Provider]) -> None:
-    """Refuse s3:// sources whose bucket is missing or unreachable, naming it."""
+async def check_buckets(
+    task: Task, providers: Mapping[str, Provider], scope: str | None = None
+) -> None:
+    """Refuse s3:// sources whose bucket is missing or unreachable, naming it. A project's
+    caller (``scope``) may not name a bucket another project claimed as a storage object,
+    nor the daemon's own store of checkpoints and packages: the agent reads a source with
+    the daemon's credentials (or the instance role), so this is what stands between one
+    project and every bucket those reach (a review read another project's checkpoints so)."""
     sources = [(r, m.source) for r, m in task.file_mounts.items() if s3src.is_s3(m.source)]
     if not sources:
         return
@@ -287,6 +295,8 @@ async def check_buckets(task: Task, providers: Mapping[str, Provider]) -> None:
     for remote, url in sources:
         try:
             await s3src.check_source(url, endpoint_url=opts.endpoint_url, profile=opts.profile)
+            if scope is not None:
+                await _check_owner(remote, url, scope, opts)
         except ImportError as exc:
             raise InvalidRequest(
                 f"file_mounts: {remote}: {url}: aioboto3 is not installed "
@@ -294,6 +304,26 @@ async def check_buckets(task: Task, providers: Mapping[str, Provider]) -> None:
             ) from exc
         except s3src.S3Error as exc:
             raise InvalidRequest(f"file_mounts: {remote}: {exc}") from exc
+
+
+async def _check_owner(remote: str, url: str, project: str, opts: s3src.S3Options) -> None:
+    name, _ = s3src.split_source(url)
+    if opts.package_store and s3src.split_source(opts.package_store)[0] == name:
+        raise NotPermitted(
+            f"file_mounts: {remote}: {url}: bucket {name} is the daemon's store of every "
+            "project's checkpoints and packages, not a source"
+        )
+    bucket = S3Bucket(name, endpoint_url=opts.endpoint_url, profile=opts.profile)
+    try:
+        owner = await Storage.owner(bucket)
+    except Exception as exc:  # botocore's ClientError, on a bucket it may not read
+        raise InvalidRequest(
+            f"file_mounts: {remote}: {url}: cannot read whose bucket {name} is: {exc}"
+        ) from exc
+    finally:
+        await bucket.close()
+    if owner is not None and owner != project:
+        raise NotPermitted(f"file_mounts: {remote}: bucket {name} belongs to another project")
 
 
 async def check_quota(store: AsyncStore, project: str, ask: quota.Ask) -> None:
@@ -344,7 +374,7 @@ async def plan_submission(
         base=base,
         blobs=blobs,
     )
-    await check_buckets(task, providers)
+    await check_buckets(task, providers, scope)
     check_runnable(task)
     project = launch_project(req.project, scope)
     # every configured provider still counts as enabled for real_capacity: being barred from

@@ -31,7 +31,7 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from spotd.files.private import private_dir
@@ -56,6 +56,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _inside(rel: str) -> str:
+    """A manifest's file path, refused unless it stays inside the restored directory: the
+    manifest is anyone's who can write to the bucket (every job of an instance role), and a
+    restore runs as the agent (root on EC2)."""
+    parts = PurePosixPath(rel).parts
+    if not rel or rel.startswith("/") or any(p in ("..", ".", "") for p in parts):
+        raise ValueError(f"checkpoint manifest names a path out of the directory: {rel[:200]!r}")
+    return rel
 
 
 class S3CheckpointStore:
@@ -99,7 +109,7 @@ class S3CheckpointStore:
             if manifest is None:
                 return False
             for rel, sha in sorted(manifest["files"].items()):
-                dest = into / rel
+                dest = into / _inside(rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 obj = await s3.get_object(Bucket=self.bucket, Key=self._key(f"blobs/{sha}"))
                 tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")

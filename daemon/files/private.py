@@ -15,10 +15,13 @@ kept out by any mode (that needs a user per project, see the README's security m
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import stat
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,3 +83,29 @@ def open_private_append(path: Path) -> IO[bytes]:
     except BaseException:
         os.close(fd)
         raise
+
+
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+PR_GET_DUMPABLE = 3
+
+
+def forbid_inspection(warn: Callable[[str], None] = lambda _: None) -> bool:
+    """Make this process non-dumpable (Linux; elsewhere a no-op): its ``/proc/<pid>/environ``,
+    ``mem`` and ``fd``s then belong to root, and ptrace needs CAP_SYS_PTRACE, so a process of
+    the same user (a job on the local provider) cannot read the API token from the daemon's
+    environment or memory. No core dumps either (they would hold the same). Children are
+    unaffected: ``execve`` makes them dumpable again. Returns whether it took effect. The
+    daemon calls it first thing, and so does the agent (its environment may hold cloud
+    credentials for its storage, and its job runs as its user)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            warn(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(err)}")
+            return False
+        return bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError) as exc:  # no libc with prctl (a static or odd build)
+        warn(f"cannot make this process non-dumpable: {exc}")
+        return False

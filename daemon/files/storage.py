@@ -484,6 +484,11 @@ async def _fetch_unit(
     into place; the reason when it could not be restored whole."""
     stage = dest / _RESTORING / uuid.uuid4().hex[:8]
     try:
+        for key in (unit, *files):  # a bucket's keys are anyone's who can write to it
+            try:
+                _safe_key(key)
+            except StorageError as exc:
+                return f"{exc}: not restored (a path out of the directory)"
         for key, meta in sorted(files.items()):
             await bucket.get_file(key, stage / key)
             if verify:
@@ -535,8 +540,11 @@ async def restore(bucket: Bucket, dest: Path) -> RestoreResult:
             skipped.append((unit, "its upload was cut short (no commit)"))
         else:
             keys: dict[str, Any] = {k: {} for k in objects if _unit_of(k) == unit}
-            await _fetch_unit(bucket, dest, unit, keys, verify=False)
-            external.append(unit)
+            why = await _fetch_unit(bucket, dest, unit, keys, verify=False)
+            if why is None:
+                external.append(unit)
+            else:
+                skipped.append((unit, why))
     with contextlib.suppress(OSError):
         (dest / _RESTORING).rmdir()  # gone once empty: the job sees only its units
     return RestoreResult(tuple(committed), tuple(external), tuple(skipped), sigs)

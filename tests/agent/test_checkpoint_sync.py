@@ -6,13 +6,15 @@ the rest of the attempt, nor hiding the run's exit from the daemon."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from spotd.agent import syncing
+from spotd.agent import checkpoints, syncing
 from spotd.agent.checkpoints import CheckpointStore
 from spotd.agent.gang import Gang
 from spotd.agent.main import Agent
@@ -93,16 +95,41 @@ def test_a_final_sync_of_an_empty_directory_marks_the_store_without_copying_it(
 
 
 def test_a_copy_that_fails_for_a_real_reason_still_fails_and_leaves_nothing_beside_the_store(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = tmp_path / "ckpt"
     src.mkdir()
     (src / "weights").write_text("w")
-    (src / "latest").symlink_to(src / "gone")  # a link to nothing: not a file being renamed
+
+    def disk_full(src: str, dst: str) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device", dst)
+
+    monkeypatch.setattr(checkpoints, "_copy_unless_gone", disk_full)
     store = CheckpointStore(tmp_path / "store" / "task", attempt=1)
-    with pytest.raises(OSError, match="latest"):
+    with pytest.raises(OSError, match="No space left"):
         store.sync(src)
     assert [p.name for p in (tmp_path / "store").iterdir()] == []  # no half-made snapshot
+
+
+def test_links_in_a_checkpoint_are_kept_as_links_never_followed(tmp_path: Path) -> None:
+    """A store on a volume another tenant can write could hold ``x -> /etc/.../agent.json``:
+    restored and then snapshotted by following it, the agent's token went into the store (a
+    security review). Links now travel as links, both ways; a relative ``latest`` still works."""
+    secret = tmp_path / "agent.json"
+    secret.write_text('{"token": "agent-token"}')
+    src = tmp_path / "ckpt"
+    (src / "step-2").mkdir(parents=True)
+    (src / "step-2" / "model").write_text("weights")
+    (src / "latest").symlink_to("step-2")
+    (src / "planted").symlink_to(secret)
+    store = CheckpointStore(tmp_path / "store" / "task", attempt=1)
+    assert store.sync(src) is True
+    assert "agent-token" not in "".join(
+        p.read_text() for p in (tmp_path / "store").rglob("*") if p.is_file() and not p.is_symlink()
+    )
+    assert store.restore(tmp_path / "restored") is True
+    assert (tmp_path / "restored" / "latest" / "model").read_text() == "weights"
+    assert os.readlink(tmp_path / "restored" / "planted") == str(secret)  # a link, as it was
 
 
 class _Flaky:

@@ -5,6 +5,7 @@ is marked final for the replacement to wait on."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 
 from spotd.agent.main import open_checkpoint_store
 from spotd.files.checkpoint_s3 import S3CheckpointStore, split_url
+from spotd.files.storage import restore as restore_storage
+from spotd.files.storage_s3 import S3Bucket
 from spotd.types import AgentConfig
 from tests.agent.saver import Saver
 from tests.aws.motoserver import Moto, moto_server  # noqa: F401 - the fixture
@@ -166,3 +169,30 @@ async def test_a_linked_directory_is_stored_as_its_files(bucket: str, tmp_path: 
     assert await S3CheckpointStore(f"s3://{bucket}/t/", 1).sync(src) is True
     await S3CheckpointStore(f"s3://{bucket}/t/", 2).restore(tmp_path / "dst")
     assert read(tmp_path / "dst") == {"latest/model": b"weights 2", "step-2/model": b"weights 2"}
+
+
+async def test_a_manifest_or_key_naming_a_path_out_of_the_directory_writes_nothing_there(
+    bucket: str, tmp_path: Path
+) -> None:
+    """A bucket is writable by every job of an instance role; a restore runs as the agent
+    (root on EC2). A manifest path ``../x`` or an object key ``u/../../x`` was written where it
+    pointed: any file on the machine."""
+    url = f"s3://{bucket}/t/"
+    write(tmp_path / "src", {"state": b"ok"})
+    await S3CheckpointStore(url, 1).sync(tmp_path / "src")
+    async with aioboto3.Session().client("s3") as s3:
+        got = await s3.get_object(Bucket=bucket, Key="t/manifest.json")
+        manifest = json.loads(await got["Body"].read())
+        sha = manifest["files"]["state"]
+        manifest["files"] = {"../../escaped-ckpt": sha, str(tmp_path / "abs-escaped"): sha}
+        await s3.put_object(Bucket=bucket, Key="t/manifest.json", Body=json.dumps(manifest))
+        await s3.put_object(Bucket=bucket, Key="u/../../escaped-storage", Body=b"x")
+    with pytest.raises(ValueError, match="out of the directory"):
+        await S3CheckpointStore(url, 2).restore(tmp_path / "a" / "b" / "ckpt")
+    storage = S3Bucket(bucket, endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    try:
+        result = await restore_storage(storage, tmp_path / "a" / "b" / "mnt")
+    finally:
+        await storage.close()
+    assert [u for u, _ in result.skipped] == ["u"]
+    assert not [p for p in tmp_path.rglob("*escaped*")]

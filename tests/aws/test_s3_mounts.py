@@ -21,8 +21,11 @@ import aioboto3
 import aiohttp
 import pytest
 
+from spotd.control.refusals import NotPermitted
+from spotd.control.submit import check_buckets
 from spotd.files import mounts
 from spotd.files.workdir import BlobStore, HashCache, package
+from spotd.spec import load_task
 from tests.aws.motoserver import Moto, aws_env, moto_server  # noqa: F401
 from tests.aws.test_daemon_on_moto import TERMINAL, AwsDaemon, aws_daemon  # noqa: F401
 from tests.conftest import DaemonProc, kill_instance_groups
@@ -364,3 +367,25 @@ def test_package_store_config() -> None:
     assert own.package_store_url == "s3://p/x"
     with pytest.raises(AwsConfigError, match="package_store"):
         AwsConfig.from_mapping({"package_store": "gs://p/x"})
+
+
+async def test_a_project_cannot_name_another_projects_bucket_as_a_plain_source(
+    moto_server: Moto,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A storage object another project claimed was refused by name, but as ``s3://BUCKET``
+    it went through: the agent downloaded it with the daemon's credentials, and a review read
+    another project's checkpoints so. Refused now at launch (403), for a project's caller."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    theirs = await make_bucket(
+        moto_server,
+        {".spotd/owner.json": json.dumps({"project": "b"}).encode(), "ckpt/k.txt": b"secret"},
+    )
+    task = load_task("t.yaml", text=f"file_mounts:\n  /data: s3://{theirs}/ckpt\nrun: ls\n")
+    with pytest.raises(NotPermitted, match="belongs to another project"):
+        await check_buckets(task, {}, scope="a")
+    await check_buckets(task, {}, scope="b")  # its own
+    await check_buckets(task, {}, scope=None)  # the admin
+    unclaimed = await make_bucket(moto_server, {"data/a.txt": b"alpha"})
+    task = load_task("t.yaml", text=f"file_mounts:\n  /data: s3://{unclaimed}/data\nrun: ls\n")
+    await check_buckets(task, {}, scope="a")  # a bucket no project claimed stays a source

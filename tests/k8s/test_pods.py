@@ -137,7 +137,7 @@ def test_the_pod_asks_for_its_shape_and_market(
 
 
 @pytest.mark.parametrize(
-    ("pvc", "store_in_pod"), [(None, "/home/ckpt/t1"), ("ckpts", "/spotd-checkpoints/t1")]
+    ("pvc", "store_in_pod"), [(None, "/home/ckpt/t1"), ("ckpts", "/spotd-checkpoints/store")]
 )
 def test_the_agent_config_is_in_the_secret_never_in_the_pod(
     pvc: str | None, store_in_pod: str
@@ -150,6 +150,10 @@ def test_the_agent_config_is_in_the_secret_never_in_the_pod(
     assert "tok" not in json.dumps(pod)
     claims = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
     assert [c["persistentVolumeClaim"]["claimName"] for c in claims] == ([pvc] if pvc else [])
+    # the task's own directory of the volume, never the whole volume (every task's)
+    mounts = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "checkpoints"]
+    assert mounts == ([{"name": "checkpoints", "mountPath": "/spotd-checkpoints", "subPath": "t1"}]
+                      if pvc else [])  # fmt: skip
 
 
 @pytest.mark.parametrize(

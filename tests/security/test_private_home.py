@@ -270,3 +270,26 @@ async def test_a_job_cannot_read_the_daemons_environment(nobody_daemon: DaemonPr
     assert "job runs as nobody" in text
     assert "environ: refused" in text and "Permission denied" in text
     assert ADMIN_TOKEN not in text
+
+
+@needs_nobody
+async def test_a_job_cannot_read_its_agents_environment(nobody_daemon: DaemonProc) -> None:
+    """The agent's environment may hold the cloud credentials its storage needs (the daemon
+    hands them over for S3 storage objects); its job runs as its user. A review read them
+    from ``/proc/$PPID/environ``: the agent now makes itself non-dumpable as the daemon does."""
+    job_yaml = (
+        "name: snoop-agent\n"
+        "run: |\n"
+        '  agent=$(ps -o ppid= -p $$ | tr -d " ")\n'
+        '  echo "agent $agent: $(tr "\\0" "\\n" < /proc/$agent/cmdline | head -3 | tr "\\n" " ")"\n'
+        '  tr "\\0" "\\n" < /proc/$agent/environ | grep -c . || echo "environ: refused"\n'
+    )
+    async with nobody_daemon.client() as c:
+        job = await c.launch(job_yaml, filename="snoop.yaml")
+        job = await wait_job(
+            c, job["id"], lambda j: j["status"] in TERMINAL, timeout=60, what="the job"
+        )
+        text = await logs(c, job["id"])
+    assert job["status"] == "SUCCEEDED", (job, text)
+    assert "spotd.agent" in text  # it looked at its agent
+    assert "environ: refused" in text and "Permission denied" in text, text

@@ -158,11 +158,22 @@ def pod_type_for(spec: InstanceSpec, region: RegionConfig) -> PodType:
 def agent_json(spec: InstanceSpec, region: RegionConfig) -> str:
     """The agent's config as the pod sees it: its emptyDir, and the checkpoint volume."""
     agent = dataclasses.replace(spec.agent, instance_dir=AGENT_DIR)
-    if region.checkpoint_pvc and agent.checkpoint_store:
-        # the store is a directory on the daemon's side; in the pod it is the shared volume
-        leaf = agent.checkpoint_store.rstrip("/").rsplit("/", 1)[-1]
-        agent = dataclasses.replace(agent, checkpoint_store=f"{CHECKPOINT_MOUNT}/{leaf}")
+    if checkpoint_leaf(spec, region) is not None:
+        # the store is a directory on the daemon's side; in the pod, the task's own directory
+        # of the shared volume is mounted (``subPath``), the store and its lock inside it
+        agent = dataclasses.replace(agent, checkpoint_store=f"{CHECKPOINT_MOUNT}/store")
     return json.dumps(dataclasses.asdict(agent))
+
+
+def checkpoint_leaf(spec: InstanceSpec, region: RegionConfig) -> str | None:
+    """The task's directory in the region's checkpoint volume, None without one. Each pod
+    mounts only its task's directory: the whole volume, mounted in every project's pods
+    alike, let a job read and write any other task's checkpoints (a security review)."""
+    store = spec.agent.checkpoint_store
+    if not region.checkpoint_pvc or not store or store.startswith("s3://"):
+        return None
+    leaf = store.rstrip("/").rsplit("/", 1)[-1]
+    return leaf if leaf not in ("", ".", "..") else None
 
 
 def not_honoured(spec: InstanceSpec) -> list[str]:
@@ -281,11 +292,12 @@ def build_manifests(
     if ask.container_image is not None:
         volumes.append({"name": "agent-runtime", "emptyDir": {}})
         mounts.append({"name": "agent-runtime", "mountPath": region.agent_runtime})
-    if region.checkpoint_pvc:
+    leaf = checkpoint_leaf(spec, region)
+    if leaf is not None:
         volumes.append(
             {"name": "checkpoints", "persistentVolumeClaim": {"claimName": region.checkpoint_pvc}}
         )
-        mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT})
+        mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT, "subPath": leaf})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": grace,
