@@ -169,6 +169,8 @@ class Controller:
         for name in self.providers:
             self.sup.spawn(f"observe:{name}", functools.partial(self._observe_loop, name))
         self.sup.spawn("retention", self.retention.run)
+        owned = functools.partial(self.store.active_job_ids, owner=self.owner)
+        self.sup.spawn("sweep", lambda: self.workers.sweep(owned, self.spawn_worker, self.stop))
         self.sup.spawn("keepalives", functools.partial(self.keepalives.run, self.stop))
         await self.prices.start(self.sup)
 

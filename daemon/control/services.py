@@ -213,6 +213,11 @@ class ServiceController:
         await self.zones.load(self.clock())
         for svc in await self.store.list_services(live_only=True, owner=self.owner):
             self.spawn(svc.id)
+
+        async def owned() -> list[int]:
+            return [s.id for s in await self.store.list_services(live_only=True, owner=self.owner)]
+
+        self.sup.spawn("sweep", lambda: self.workers.sweep(owned, self.spawn, self.stop))
         # the listings so far (the job controller adopted them at its start), then every new one
         for name in self.providers:
             await self._on_listing(name, Observation(), self.observer.latest(name) or Observation())

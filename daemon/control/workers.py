@@ -9,12 +9,16 @@ one if the object comes back to life.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from spotd.aiokit import Supervisor
+import structlog
+
+from spotd.aiokit import Supervisor, sleep
 
 Work = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+SWEEP_SECONDS = 10.0  # how often the objects this daemon owns are checked for a worker
+log = structlog.get_logger("spotd.control.workers")
 
 
 class Workers:
@@ -48,3 +52,20 @@ class Workers:
             return False
         ev.set()
         return True
+
+    async def sweep(
+        self,
+        owned: Callable[[], Awaitable[Sequence[int]]],
+        spawn: Callable[[int], None],
+        stop: asyncio.Event,
+    ) -> None:
+        """Every ``SWEEP_SECONDS``, ``spawn`` a worker for each object this daemon owns
+        (``owned()``) that has none. An object is owned before its worker starts (a launch, a
+        takeover): a failure in between (the database lost mid-commit, an event not written)
+        left one no daemon watched (a job PENDING, or RUNNING unwatched) until a restart."""
+        while not stop.is_set():
+            await sleep(SWEEP_SECONDS, stop)
+            for oid in await owned():
+                if not self.runs(oid):
+                    log.warning("owned, with no worker: starting one", kind=self._kind, id=oid)
+                    spawn(oid)

@@ -121,6 +121,7 @@ class AsyncStore:
     recorded_instance_keys = _offload(Store.recorded_instance_keys)
     reapable_nodes = _offload(Store.reapable_nodes)
     active_jobs = _offload(Store.active_jobs)
+    active_job_ids = _offload(Store.active_job_ids)
     jobs_ended_before = _offload(Store.jobs_ended_before)
     transition_job = _offload(Store.transition_job)
     update_job_fields = _offload(Store.update_job_fields)

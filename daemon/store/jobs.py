@@ -303,6 +303,15 @@ class JobStore(StoreBase):
         with self._read() as conn:
             return [JobRow.from_mapping(m) for m in conn.execute(q).mappings()]
 
+    def active_job_ids(self, *, owner: str | None = None) -> list[int]:
+        """The ids of ``active_jobs`` (the workers' sweep reads them every few seconds)."""
+        jt = JOBS.table
+        q = select(jt.c.id).where(jt.c.status.not_in([s.value for s in TERMINAL_JOB_STATUSES]))
+        if owner is not None:
+            q = q.where(jt.c.owner == owner)
+        with self._read() as conn:
+            return [int(i) for i in conn.execute(q.order_by(jt.c.id)).scalars()]
+
     def jobs_ended_before(self, job_ids: Collection[int], *, before: float) -> list[int]:
         """Those of ``job_ids`` that reached a terminal status before ``before`` (retention
         deletes their attempt logs)."""
