@@ -55,6 +55,11 @@ __all__ = ["WAKE_CHANNEL", "DaemonRow", "JobShares", "LeaseStore", "Takeover"]
 
 WAKE_CHANNEL = "spotd_wake"  # LISTEN/NOTIFY: "j<job id>" or "s<service id>" changed
 
+# rows of a kind claimed in one takeover (the next pass, a second later, claims more): one
+# transaction claiming thousands (an event row each) outlasted the claiming daemon's own
+# lease on a remote database, and the daemon that took the work over was fenced (an HA review
+# measured 2,000 rows at 3 ms a round trip: 6 s, against a 5 s lease)
+CLAIM_MAX = 500
 _D = table_of(Daemon)
 _J = table_of(Job)
 _S = table_of(Service)
@@ -323,7 +328,7 @@ def _claim(
         select(t.c.id, t.c.owner)
         .where(orphan)
         .order_by(t.c.id)
-        .limit(share)
+        .limit(min(share, CLAIM_MAX))
         .with_for_update(skip_locked=True)
     ).all()
     ids = [r.id for r in rows]

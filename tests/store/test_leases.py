@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from spotd.store import Store
+from spotd.store import Store, leases
 from spotd.store.errors import Fenced
 from spotd.types import JobStatus
 
@@ -237,3 +237,20 @@ def test_a_daemon_over_its_share_still_takes_a_dead_daemons_work(
     _running(b, 4)
     _lapse()
     assert b.take_over().jobs == (dead,)
+
+
+def test_a_large_takeover_comes_in_passes_of_at_most_claim_max(
+    open_store: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction claiming thousands of rows outlasted the claiming daemon's own lease on
+    a remote database (an HA review: 2,000 rows, 6 s, a 5 s lease): it claims CLAIM_MAX rows
+    a pass now, and the next passes (a second apart) claim the rest."""
+    monkeypatch.setattr(leases, "CLAIM_MAX", 2)
+    a, b = open_store(), open_store()
+    a.join_cluster("d1", url="", lease_seconds=SHORT)
+    b.join_cluster("d2", url="", lease_seconds=30)
+    mine = [_job(a, f"j{i}") for i in range(5)]
+    _lapse()
+    passes = [sorted(b.take_over().jobs) for _ in range(4)]
+    assert passes == [mine[:2], mine[2:4], mine[4:], []]
+    assert {b.require_job(j).owner for j in mine} == {"d2"}
