@@ -138,7 +138,7 @@ class S3CheckpointStore:
         (``spotd.agent.checkpoints.snapshot``)."""
         files: dict[str, str] = {}
         found = (  # os.walk skips a subdirectory removed mid-walk, where rglob raised; it
-            # follows linked directories as rglob did (and the directory store's copy does)
+            # follows linked directories as rglob did (S3 holds files; the job's own links)
             Path(top, name)
             for top, _, names in os.walk(source, followlinks=True)
             for name in names

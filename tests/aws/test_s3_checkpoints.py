@@ -161,8 +161,8 @@ async def test_a_checkpoint_being_renamed_into_place_syncs_and_each_blob_holds_i
 
 
 async def test_a_linked_directory_is_stored_as_its_files(bucket: str, tmp_path: Path) -> None:
-    """``latest -> step-2``, as trainers keep: its files go up under ``latest/`` (as the
-    directory store copies them), and come back as plain files."""
+    """``latest -> step-2``, as trainers keep: its files go up under ``latest/`` (S3 holds
+    files, not links; the directory store keeps the link), and come back as plain files."""
     src = tmp_path / "src"
     write(src, {"step-2/model": b"weights 2"})
     (src / "latest").symlink_to(src / "step-2", target_is_directory=True)
