@@ -31,10 +31,11 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from spotd.files.private import private_dir
+from spotd.files.storage import safe_key
 
 MARKERS = (".spotd-attempt", ".spotd-final")  # the local store's bookkeeping files
 
@@ -56,16 +57,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _inside(rel: str) -> str:
-    """A manifest's file path, refused unless it stays inside the restored directory: the
-    manifest is anyone's who can write to the bucket (every job of an instance role), and a
-    restore runs as the agent (root on EC2)."""
-    parts = PurePosixPath(rel).parts
-    if not rel or rel.startswith("/") or any(p in ("..", ".", "") for p in parts):
-        raise ValueError(f"checkpoint manifest names a path out of the directory: {rel[:200]!r}")
-    return rel
 
 
 class S3CheckpointStore:
@@ -109,7 +100,7 @@ class S3CheckpointStore:
             if manifest is None:
                 return False
             for rel, sha in sorted(manifest["files"].items()):
-                dest = into / _inside(rel)
+                dest = into / safe_key(rel)  # the manifest is anyone's who can write the bucket
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 obj = await s3.get_object(Bucket=self.bucket, Key=self._key(f"blobs/{sha}"))
                 tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")

@@ -75,6 +75,7 @@ __all__ = [
     "commit_tree",
     "download_all",
     "restore",
+    "safe_key",
     "upload_source_once",
     "uses_storage",
 ]
@@ -147,7 +148,10 @@ class Bucket(Protocol):
     async def close(self) -> None: ...
 
 
-def _safe_key(key: str) -> str:
+def safe_key(key: str) -> str:
+    """``key`` (an object key, a manifest's path), refused unless it stays inside the
+    directory it lands in: no ``..``, ``.``, empty part or leading ``/``. What a bucket holds
+    is anyone's who can write to it, and a restore may run as root."""
     parts = PurePosixPath(key).parts
     if not key or key.startswith("/") or any(p in ("..", ".", "") for p in parts):
         raise StorageError(f"bad object key {key!r}")
@@ -164,7 +168,7 @@ class DirBucket:
         self.url = str(root)
 
     def _path(self, key: str) -> Path:
-        return self.root / _safe_key(key)
+        return self.root / safe_key(key)
 
     async def exists(self) -> bool:
         return self.root.is_dir()
@@ -386,20 +390,26 @@ class _Staged:
     where: Path | None
 
     def rescan(self) -> dict[str, tuple[int, int]]:
-        out = {}
-        for key, path in self.paths.items():
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                continue
-            out[key] = (st.st_size, st.st_mtime_ns)
-        return out
+        return _sizes(self.paths)
+
+
+def _sizes(paths: Mapping[str, Path]) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of each file still there, by key."""
+    out = {}
+    for key, path in paths.items():
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        out[key] = (st.st_size, st.st_mtime_ns)
+    return out
 
 
 def _stage(root: Path, sig: Mapping[str, tuple[int, int]]) -> _Staged:
     """Hard links to the unit's files (``sig``'s keys) in a private directory under ``root``;
     the live files when a link cannot be made (another file system, no links there). A file
-    gone since the scan is left out, as a later scan would."""
+    gone since the scan is left out, as a later scan would; one replaced by a symbolic link
+    is linked as the link (its size differs: the upload waits), never as what it points to."""
     where = root / STAGING / uuid.uuid4().hex
     paths: dict[str, Path] = {}
     try:
@@ -407,16 +417,15 @@ def _stage(root: Path, sig: Mapping[str, tuple[int, int]]) -> _Staged:
             link = where / key
             link.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
-                os.link(root / key, link)
+                os.link(root / key, link, follow_symlinks=False)
             except FileNotFoundError:
                 continue
             paths[key] = link
     except OSError:
         shutil.rmtree(where, ignore_errors=True)
-        paths, at = {k: root / k for k in sig}, None
-    else:
-        at = where
-    return _Staged(paths, _Staged(paths, {}, at).rescan(), at)
+        live = {k: root / k for k in sig}
+        return _Staged(live, _sizes(live), None)
+    return _Staged(paths, _sizes(paths), where)
 
 
 def _unstage(where: Path) -> None:
@@ -486,7 +495,7 @@ async def _fetch_unit(
     try:
         for key in (unit, *files):  # a bucket's keys are anyone's who can write to it
             try:
-                _safe_key(key)
+                safe_key(key)
             except StorageError as exc:
                 return f"{exc}: not restored (a path out of the directory)"
         for key, meta in sorted(files.items()):
@@ -575,7 +584,7 @@ async def download_all(bucket: Bucket, dest: Path, *, prefix: str = "") -> tuple
         rel = key[len(prefix) :]
         if not rel or (not prefix and _unit_of(key) in pending):
             continue  # a unit being uploaded right now: not part of the copy
-        await bucket.get_file(key, dest / _safe_key(rel))
+        await bucket.get_file(key, dest / safe_key(rel))
         count, size = count + 1, size + obj.size
     dest.mkdir(parents=True, exist_ok=True)
     return count, size

@@ -15,6 +15,7 @@ import pytest
 
 from spotd.agent.main import open_checkpoint_store
 from spotd.files.checkpoint_s3 import S3CheckpointStore, split_url
+from spotd.files.storage import StorageError
 from spotd.files.storage import restore as restore_storage
 from spotd.files.storage_s3 import S3Bucket
 from spotd.types import AgentConfig
@@ -187,7 +188,7 @@ async def test_a_manifest_or_key_naming_a_path_out_of_the_directory_writes_nothi
         manifest["files"] = {"../../escaped-ckpt": sha, str(tmp_path / "abs-escaped"): sha}
         await s3.put_object(Bucket=bucket, Key="t/manifest.json", Body=json.dumps(manifest))
         await s3.put_object(Bucket=bucket, Key="u/../../escaped-storage", Body=b"x")
-    with pytest.raises(ValueError, match="out of the directory"):
+    with pytest.raises(StorageError, match="bad object key"):
         await S3CheckpointStore(url, 2).restore(tmp_path / "a" / "b" / "ckpt")
     storage = S3Bucket(bucket, endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     try:
