@@ -150,12 +150,7 @@ class LbKeeper:
         here or on another daemon: the task is not parsed and kept for that (kept, it grew
         with every service ever shown), only its ``service.tls`` read."""
         host = "127.0.0.1" if self.serve.lb_host in ("0.0.0.0", "::", "") else self.serve.lb_host
-        held = self._tasks.get(svc.id)
-        if held is not None and held[0] == svc.version:
-            service = held[1].service
-            tls = service is not None and service.tls is not None
-        else:
-            tls = _has_tls(svc.spec_json)
+        tls = _has_tls(svc.spec_json)
         return f"{'https' if tls else 'http'}://{host}:{svc.lb_port}"
 
     def log_path(self, svc: ServiceRow) -> Path:

@@ -86,6 +86,7 @@ __all__ = [
     "place",
     "placeable_catalog",
     "plan_submission",
+    "source_refusal",
     "submit",
     "usable_catalog",
     "with_infra",
@@ -306,13 +307,24 @@ async def check_buckets(
             raise InvalidRequest(f"file_mounts: {remote}: {exc}") from exc
 
 
+def source_refusal(
+    bucket: str, project: str, *, owner: str | None, daemon_bucket: str | None
+) -> str | None:
+    """Why ``project`` may not name ``bucket`` as a plain ``s3://`` source (None: it may).
+    ``owner``: the project that claimed it as a storage object (None: none did);
+    ``daemon_bucket``: where the daemon keeps every project's checkpoints and packages."""
+    if bucket == daemon_bucket:
+        return (
+            f"bucket {bucket} is the daemon's store of every project's checkpoints and "
+            "packages, not a source"
+        )
+    if owner is not None and owner != project:
+        return f"bucket {bucket} belongs to another project"
+    return None
+
+
 async def _check_owner(remote: str, url: str, project: str, opts: s3src.S3Options) -> None:
     name, _ = s3src.split_source(url)
-    if opts.package_store and s3src.split_source(opts.package_store)[0] == name:
-        raise NotPermitted(
-            f"file_mounts: {remote}: {url}: bucket {name} is the daemon's store of every "
-            "project's checkpoints and packages, not a source"
-        )
     bucket = S3Bucket(name, endpoint_url=opts.endpoint_url, profile=opts.profile)
     try:
         owner = await Storage.owner(bucket)
@@ -322,8 +334,10 @@ async def _check_owner(remote: str, url: str, project: str, opts: s3src.S3Option
         ) from exc
     finally:
         await bucket.close()
-    if owner is not None and owner != project:
-        raise NotPermitted(f"file_mounts: {remote}: bucket {name} belongs to another project")
+    store = s3src.split_source(opts.package_store)[0] if opts.package_store else None
+    why = source_refusal(name, project, owner=owner, daemon_bucket=store)
+    if why is not None:
+        raise NotPermitted(f"file_mounts: {remote}: {url}: {why}")
 
 
 async def check_quota(store: AsyncStore, project: str, ask: quota.Ask) -> None:
