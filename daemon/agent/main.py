@@ -153,9 +153,11 @@ class Agent:
                 stderr=out,
                 start_new_session=True,
             )
-        self.group = self.job.pid  # start_new_session: the group is the shell's pid
+        group = self.group = self.job.pid  # start_new_session: the group is the shell's pid
         rc = await self.job.wait()
         self.job = None
+        if self.group == group and await group_gone(group, 0.0):
+            self.group = None  # its number may be another group's later: never signalled
         return rc
 
     async def _end_group(self, grace: float) -> None:

@@ -10,9 +10,10 @@ the exception), and a failure at the run's end left the agent reporting a run th
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from spotd.agent.checkpoints import AsyncCheckpointStore, read_progress
@@ -106,23 +107,29 @@ class Syncer:
     async def last(self, *, final: bool, until: float) -> bool:
         """The sync at the run's end or at a notice, tried again a few times (until
         ``until``) when it fails: what it writes is what a replacement restores."""
-        for wait in (*_RETRIES, None):
+        async for _ in _tries(_RETRIES, until):
             if await self.sync(final=final):
                 return True
-            if wait is None or time.time() + wait > until:
-                return False
-            await asyncio.sleep(wait)
         return False
 
     async def restore(self) -> bool | None:
         """The store's checkpoint into the directory (False: the store has none), tried again
         for about 5 min; None when it could not be read. The run must not start without it:
         its first sync (newest attempt wins) would replace the job's progress with none."""
-        for wait in (*_RESTORE_RETRIES, None):
+        async for _ in _tries(_RESTORE_RETRIES):
             try:
                 return await self.store.restore(self.directory)
             except Exception as exc:  # noqa: BLE001 - S3 away, a store unreadable
                 self.say(f"restoring the checkpoint failed: {type(exc).__name__}: {exc}"[:600])
-            if wait is not None:
-                await asyncio.sleep(wait)
         return None
+
+
+async def _tries(waits: Sequence[float], until: float = math.inf) -> AsyncIterator[None]:
+    """One try at once, then one after each of ``waits``; none that would start after
+    ``until`` (wall-clock time)."""
+    yield
+    for wait in waits:
+        if time.time() + wait > until:
+            return
+        await asyncio.sleep(wait)
+        yield

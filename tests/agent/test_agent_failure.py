@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from spotd.agent import main as agent_main
+from spotd.agent.groups import group_gone
 from spotd.agent.main import Agent
 from spotd.types import AgentConfig
 from tests.factories import agent_config
@@ -116,3 +117,18 @@ async def test_a_notice_waits_for_the_trainer_not_only_its_shell(tmp_path: Path)
     assert await agent.ckpt.restore(restored)
     assert (restored / "saved").read_text() == "at SIGTERM"
     assert await agent.ckpt.final_from() == 1
+
+
+async def test_a_run_that_left_nothing_leaves_no_group_to_signal_later(tmp_path: Path) -> None:
+    """The group's number is its shell's pid: once nothing of it is left, the number may be
+    another process group's, and the agent's last SIGKILL (as it leaves) must not reach it. A
+    run that left a process behind is still killed then."""
+    done = Agent(_config(tmp_path, run="true"), tmp_path / "done")
+    await asyncio.wait_for(done.run_job(), 20)
+    assert done.phase == "exited" and done.group is None
+    left = Agent(_config(tmp_path, run="sleep 30 & echo started"), tmp_path / "left")
+    await asyncio.wait_for(left.run_job(), 20)
+    group = left.group
+    assert left.phase == "exited" and group is not None
+    left.kill_job()
+    assert await group_gone(group, 10)
