@@ -89,10 +89,9 @@ class Syncer:
         not one sync interval. A failed sync is tried again, not before ``RETRY_SECONDS``."""
         synced = signature(self.directory)
         retry_at = 0.0
-        while not stop.is_set():
-            # stat()ing a checkpoint directory is cheap: poll often, so a new checkpoint is
-            # off the instance within ~50 ms of being written
-            await sleep(min(0.05, every), stop)
+        # stat()ing a checkpoint directory is cheap: poll often, so a new checkpoint is off
+        # the instance within ~50 ms of being written (woken: the agent is stopping)
+        while not await sleep(min(0.05, every), stop):
             now = time.time()
             if not due() or now < retry_at or (self.last_sync and now - self.last_sync < every):
                 continue

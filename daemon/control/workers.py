@@ -63,8 +63,7 @@ class Workers:
         (``owned()``) that has none. An object is owned before its worker starts (a launch, a
         takeover): a failure in between (the database lost mid-commit, an event not written)
         left one no daemon watched (a job PENDING, or RUNNING unwatched) until a restart."""
-        while not stop.is_set():
-            await sleep(SWEEP_SECONDS, stop)
+        while not await sleep(SWEEP_SECONDS, stop):  # woken: the daemon is stopping
             for oid in await owned():
                 if not self.runs(oid):
                     log.warning("owned, with no worker: starting one", kind=self._kind, id=oid)

@@ -32,16 +32,19 @@ async def test_an_owned_object_without_a_worker_gets_one_and_the_others_are_left
         started.append(oid)
         jobs.spawn(oid, running)
 
+    sweeps = 0
+    third = asyncio.Event()
+
     async def owned() -> list[int]:
+        nonlocal sweeps
+        sweeps += 1
+        if sweeps == 3:
+            third.set()
         return [1, 2, 3]
 
     sweep = asyncio.create_task(jobs.sweep(owned, spawn, stop))
     try:
-        for _ in range(200):
-            if sorted(started) == [1, 3]:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # more sweeps: nothing started twice
+        await asyncio.wait_for(third.wait(), 10)  # two sweeps after the first: none restarts
     finally:
         stop.set()
         release.set()
