@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from spotd.providers.base import CatalogEntry, InstanceId, InstanceSpec, ObservedInstance
 from spotd.store import AttemptIntent, AttemptRow
 from spotd.types import AgentConfig, AttemptStatus, EndReason, Market
 
@@ -83,3 +85,29 @@ def agent_config(**overrides: Any) -> AgentConfig:
         "run": "true",
     }
     return AgentConfig(**(fields | overrides))
+
+
+class QuietProvider:
+    """A provider (``spotd.providers.base.Provider``) named ``local`` that lists nothing,
+    launches nothing and records what it is asked to terminate: for tests of the parts around
+    a provider (the reaper, the observer)."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.terminated: list[str] = []
+
+    def catalog(self) -> Sequence[CatalogEntry]:
+        return []
+
+    async def launch(self, spec: InstanceSpec) -> InstanceId:
+        raise AssertionError("this test launches nothing")
+
+    async def list_instances(self) -> Sequence[ObservedInstance]:
+        return []
+
+    async def terminate(self, instance_id: InstanceId) -> None:
+        self.terminated.append(str(instance_id))
+
+    async def close(self) -> None:
+        return None

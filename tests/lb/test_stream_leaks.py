@@ -8,7 +8,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
-from tests.lb.conftest import LB
+from tests.lb.conftest import LBFactory, wait_until
 
 Handler = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
@@ -38,27 +38,27 @@ def _event(i: int) -> bytes:
 
 
 async def test_a_client_leaving_while_a_refused_continuation_is_read_leaves_no_load(
-    make_lb: Callable[..., Awaitable[LB]],
+    make_lb: LBFactory,
 ) -> None:
     """A dies mid-stream; B refuses the continuation, its 400's body arriving 2 s after its
     head; the client leaves in between. B kept one request in flight and its tokens for
     ever: it would never drain, and least_tokens saw phantom load on it."""
 
+    may_die, head_sent, client_gone = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
     async def dies(w: asyncio.StreamWriter) -> None:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
-        for i in range(3):
-            w.write(_event(i))
-            await w.drain()
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.1)
+                b"Transfer-Encoding: chunked\r\n\r\n" + _event(0))  # fmt: skip
+        await w.drain()
+        await may_die.wait()
         w.transport.abort()
 
     async def refuses(w: asyncio.StreamWriter) -> None:
         w.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 20\r\n\r\n")  # fmt: skip
         await w.drain()
-        await asyncio.sleep(2.0)
+        head_sent.set()
+        await client_gone.wait()  # the body only once the client has left
         w.write(b'{"error":"x"}'.ljust(20))
         await w.drain()
 
@@ -76,12 +76,11 @@ async def test_a_client_leaving_while_a_refused_continuation_is_read_leaves_no_l
         )
         await asyncio.wait_for(r.read(1), 10)  # the stream began on A
         await lb.put_replicas([{"id": "A", "url": a}, {"id": "B", "url": b}])  # B may take it
-        await asyncio.sleep(1.0)  # A died; B's refusal's head is in, its body is not
+        may_die.set()
+        await asyncio.wait_for(head_sent.wait(), 10)  # B's refusal's head is in, its body not
         w.transport.abort()  # the client leaves
-        for _ in range(200):  # B's body comes 2 s after its head; 10 s at most
-            if lb.in_flight() == {"A": 0, "B": 0} and lb.tokens() == {"A": 0, "B": 0}:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: lb.in_flight()["B"] == 0)
+        client_gone.set()
         assert (lb.in_flight(), lb.tokens()) == ({"A": 0, "B": 0}, {"A": 0, "B": 0})
     finally:
         a_server.close()
@@ -89,18 +88,19 @@ async def test_a_client_leaving_while_a_refused_continuation_is_read_leaves_no_l
 
 
 async def test_a_stream_waiting_for_a_replica_to_move_to_counts_as_waiting(
-    make_lb: Callable[..., Awaitable[LB]],
+    make_lb: LBFactory,
 ) -> None:
     """Its only replica died mid-stream: the stream waits (``queue_timeout``) for another.
     It did not count in the LB's ``waiting``, the demand the autoscaler reads, so the streams
     a preemption wave strands were invisible to it."""
 
+    die = asyncio.Event()
+
     async def dies(w: asyncio.StreamWriter) -> None:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
-        w.write(_event(0))
+                b"Transfer-Encoding: chunked\r\n\r\n" + _event(0))  # fmt: skip
         await w.drain()
-        await asyncio.sleep(0.2)
+        await die.wait()
         w.transport.abort()
 
     server, a = await _raw_upstream(dies)
@@ -111,18 +111,10 @@ async def test_a_stream_waiting_for_a_replica_to_move_to_counts_as_waiting(
             lb.url + "/v1/completions",
             json={"model": "m", "prompt": "hi", "max_tokens": 50, "stream": True},
         )
-        seen = []
-        for _ in range(200):  # 10 s at most
-            seen.append(lb.state.waiting)
-            if seen[-1] == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert lb.state.waiting == 1, seen
+        die.set()
+        await wait_until(lambda: lb.state.waiting == 1)  # it waits for a replica to move to
         resp.close()  # the client gives up
-        for _ in range(200):
-            if lb.state.waiting == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert lb.state.waiting == 0 and lb.in_flight() == {"A": 0}
+        await wait_until(lambda: lb.state.waiting == 0)
+        assert lb.in_flight() == {"A": 0}
     finally:
         server.close()

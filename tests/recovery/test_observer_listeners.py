@@ -4,34 +4,15 @@ jobs' one stopped it, round after round."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from spotd.control.observer import FleetObserver, Observation
 from spotd.metrics import DaemonMetrics
-from spotd.providers.base import CatalogEntry, InstanceId, InstanceSpec, ObservedInstance
-
-
-class _Lists:
-    name = "local"
-
-    def catalog(self) -> Sequence[CatalogEntry]:
-        return []
-
-    async def launch(self, spec: InstanceSpec) -> InstanceId:
-        raise AssertionError("nothing is launched")
-
-    async def list_instances(self) -> Sequence[ObservedInstance]:
-        return []
-
-    async def terminate(self, instance_id: InstanceId) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
+from tests.factories import QuietProvider
 
 
 async def test_a_listener_that_raises_does_not_starve_the_next() -> None:
-    observer = FleetObserver(providers={"local": _Lists()}, home_tag="h", metrics=DaemonMetrics())
+    observer = FleetObserver(
+        providers={"local": QuietProvider()}, home_tag="h", metrics=DaemonMetrics()
+    )
     heard: list[str] = []
 
     async def jobs(name: str, before: Observation, now: Observation) -> None:

@@ -5,7 +5,6 @@ to finish the return): the reaper ends the spot attempt and terminates its insta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,43 +13,17 @@ from spotd.config import load_settings
 from spotd.control.attempts import Attempts
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import (
-    CatalogEntry,
     InstanceId,
-    InstanceSpec,
     ObservedInstance,
     ProviderError,
 )
 from spotd.store import AsyncStore
 from spotd.types import AttemptStatus, EndReason, InstanceState, JobStatus
-from tests.factories import intent
+from tests.factories import QuietProvider, intent
 from tests.recovery.test_deadline_progress import _running_on_demand, store  # noqa: F401
 
 
-class _Terminates:
-    """A provider that only records what it was asked to terminate."""
-
-    name = "local"
-
-    def __init__(self) -> None:
-        self.terminated: list[str] = []
-
-    def catalog(self) -> Sequence[CatalogEntry]:
-        return []
-
-    async def launch(self, spec: InstanceSpec) -> InstanceId:
-        raise AssertionError("the reaper launches nothing")
-
-    async def list_instances(self) -> Sequence[ObservedInstance]:
-        return []
-
-    async def terminate(self, instance_id: InstanceId) -> None:
-        self.terminated.append(str(instance_id))
-
-    async def close(self) -> None:
-        return None
-
-
-def _attempts(db: AsyncStore, tmp_path: Path, provider: _Terminates) -> Attempts:
+def _attempts(db: AsyncStore, tmp_path: Path, provider: QuietProvider) -> Attempts:
     """The job side's attempts on ``provider`` alone, at t = 10 s."""
     return Attempts(
         settings=load_settings(tmp_path, env={}),
@@ -74,7 +47,7 @@ async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
     key = f"j{job.id}-a2-n0"
     if recorded:  # else the daemon stopped before the provider's answer was written
         await store.set_instance_id(key, "i-spot", now=4.0)
-    provider = _Terminates()
+    provider = QuietProvider()
     attempts = _attempts(store, tmp_path, provider)
     # the job ends as a worker ends it: its attempt first, then the job
     end = EndReason.SUCCEEDED if ended == JobStatus.SUCCEEDED else EndReason.CANCELLED
@@ -94,7 +67,7 @@ async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
     assert (await store.require_attempt(od.id)).end_reason == end  # the first reason stands
 
 
-class _Protected(_Terminates):
+class _Protected(QuietProvider):
     """One instance the provider will not terminate (EC2's termination protection, an IAM
     tag condition): ``terminate`` raises for it, as the AWS provider's calls do."""
 

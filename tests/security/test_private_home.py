@@ -260,13 +260,7 @@ async def test_a_job_cannot_read_the_daemons_environment(nobody_daemon: DaemonPr
         '  tr "\\0" "\\n" < /proc/$DAEMON_PID/environ || echo "environ: refused"\n'
         "  grep -a SPOTD_API_TOKEN /proc/$DAEMON_PID/environ || true\n"
     )
-    async with d.client() as c:
-        job = await c.launch(job_yaml, filename="snoop.yaml")
-        job = await wait_job(
-            c, job["id"], lambda j: j["status"] in TERMINAL, timeout=60, what="the job"
-        )
-        text = await logs(c, job["id"])
-    assert job["status"] == "SUCCEEDED", (job, text)
+    text = await _run(d, job_yaml)
     assert "job runs as nobody" in text
     assert "environ: refused" in text and "Permission denied" in text
     assert ADMIN_TOKEN not in text
@@ -284,12 +278,18 @@ async def test_a_job_cannot_read_its_agents_environment(nobody_daemon: DaemonPro
         '  echo "agent $agent: $(tr "\\0" "\\n" < /proc/$agent/cmdline | head -3 | tr "\\n" " ")"\n'
         '  tr "\\0" "\\n" < /proc/$agent/environ | grep -c . || echo "environ: refused"\n'
     )
-    async with nobody_daemon.client() as c:
+    text = await _run(nobody_daemon, job_yaml)
+    assert "spotd.agent" in text  # it looked at its agent
+    assert "environ: refused" in text and "Permission denied" in text, text
+
+
+async def _run(d: DaemonProc, job_yaml: str) -> str:
+    """Launch ``job_yaml`` on ``d`` and wait for it to succeed; its log."""
+    async with d.client() as c:
         job = await c.launch(job_yaml, filename="snoop.yaml")
         job = await wait_job(
             c, job["id"], lambda j: j["status"] in TERMINAL, timeout=60, what="the job"
         )
         text = await logs(c, job["id"])
     assert job["status"] == "SUCCEEDED", (job, text)
-    assert "spotd.agent" in text  # it looked at its agent
-    assert "environ: refused" in text and "Permission denied" in text, text
+    return text
