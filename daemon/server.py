@@ -389,7 +389,7 @@ async def run_daemon(
         if notify:
             notify("STOPPING=1")
     finally:
-        await services.shutdown()
+        await services.shutdown(handing_over=cluster is not None and not cluster.lost.is_set())
         await controller.shutdown()
         for r in reversed(runners):
             await r.cleanup()

@@ -15,6 +15,13 @@ and its client API keys (in its environment, never on its command line). The key
 again (``PUT /-/api-keys``) whenever the service's newest version asks for other keys, so a
 ``serve update`` with new keys rotates them without restarting the LB: the old keys stop
 working as soon as the update is accepted. The TLS files are read when the LB starts.
+
+Leftover LBs: each LB this daemon starts is recorded in its home (``lbs/<service id>``: pid
+and start time). At start, ``reap_leftovers`` ends every recorded LB that is no longer its
+service's LB (the service went DOWN, or another daemon took it over while this one was away
+and started its own): left running, it would route to a replica set nobody updates and hold
+the port the service's next LB needs. With several daemons a clean stop ends the LBs of the
+services it owned (``stop_all``) before it hands them over, for the same reason.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from spotd.lb.control import (
 from spotd.ops.sdnotify import scrub_env
 from spotd.serve.replica_state import ReplicaStatus
 from spotd.spec import ServiceSpec, Task
-from spotd.store import AsyncStore, ReplicaRow, ServiceRow
+from spotd.store import AsyncStore, ReplicaRow, ServiceRow, ServiceStatus
 
 log = structlog.get_logger("spotd.control.lbkeeper")
 
@@ -267,6 +274,7 @@ class LbKeeper:
             out.close()
         self._children[svc.id] = proc
         ticks = start_ticks(proc.pid)
+        self._record(svc.id, proc.pid, ticks)
         await self.store.update_service_fields(
             svc.id,
             now=self._clock(),
@@ -338,24 +346,93 @@ class LbKeeper:
         self.forget(svc.id)
         self.history.drop(svc.id)
         child = self._children.pop(svc.id, None)  # gone either way once this returns
-        pid, ticks = svc.lb_pid, svc.lb_start_ticks
-        if not alive(pid, ticks):
-            if child is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(child.wait(), 2.0)  # reap an LB that died itself
-            return
-        assert pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and alive(pid, ticks):  # noqa: ASYNC110 - polls /proc
-            await asyncio.sleep(0.05)
-        if alive(pid, ticks):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        await _end(svc.lb_pid, svc.lb_start_ticks)
+        self._unrecord(svc.id)
         if child is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(child.wait(), 2.0)
+                await asyncio.wait_for(child.wait(), 2.0)  # reap it (or one that died itself)
+
+    async def hand_over(self, owner: str | None) -> None:
+        """A clean stop with several daemons: the others take this daemon's services over
+        now, each on its own host, where this host's LBs would be updated and adopted by
+        nobody. End them (before the lease is given up: no other daemon has adopted them)."""
+        try:
+            services = await self.store.list_services(live_only=True, owner=owner)
+        except Exception as e:  # noqa: BLE001 - the store away: the next start reaps them
+            log.warning("could not list the services to hand over", error=str(e))
+            return
+        for svc in services:
+            if alive(svc.lb_pid, svc.lb_start_ticks):
+                log.info("stopping the load balancer: another daemon takes over", service=svc.name)
+            await self.stop(svc)
+
+    async def reap_leftovers(self) -> int:
+        """End the LBs this daemon started that are no longer their service's (module
+        docstring); the number ended."""
+        ended = 0
+        for path in sorted(self._records_dir.glob("*")):
+            got = _read_record(path)
+            if got is None:
+                path.unlink(missing_ok=True)
+                continue
+            service_id, pid, ticks = got
+            svc = await self.store.get_service(service_id)
+            current = (
+                svc is not None
+                and svc.status is not ServiceStatus.DOWN
+                and (svc.lb_pid, svc.lb_start_ticks) == (pid, ticks)
+            )
+            if current:
+                continue
+            if alive(pid, ticks):
+                log.warning(
+                    "ending a load balancer left from before: no longer its service's",
+                    service_id=service_id,
+                    pid=pid,
+                )
+                await _end(pid, ticks)
+                ended += 1
+            path.unlink(missing_ok=True)
+        return ended
+
+    @property
+    def _records_dir(self) -> Path:
+        return self.settings.home / "lbs"
+
+    def _record(self, service_id: int, pid: int, ticks: int | None) -> None:
+        if ticks is None:
+            return  # it exited already: nothing to end later
+        self._records_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self._records_dir / str(service_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{pid} {ticks}\n")
+        tmp.replace(path)
+
+    def _unrecord(self, service_id: int) -> None:
+        (self._records_dir / str(service_id)).unlink(missing_ok=True)
+
+
+def _read_record(path: Path) -> tuple[int, int, int] | None:
+    """(service id, pid, start ticks) of a record; None for a file that is not one."""
+    try:
+        pid, ticks = (int(x) for x in path.read_text().split())
+        return int(path.name), pid, ticks
+    except (OSError, ValueError):
+        return None
+
+
+async def _end(pid: int | None, ticks: int | None) -> None:
+    """SIGTERM the process group of ``pid`` (if it is still that process), SIGKILL after 5 s."""
+    if pid is None or not alive(pid, ticks):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and alive(pid, ticks):  # noqa: ASYNC110 - polls /proc
+        await asyncio.sleep(0.05)
+    if alive(pid, ticks):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _has_tls(spec_json: str) -> bool:

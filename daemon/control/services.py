@@ -211,6 +211,7 @@ class ServiceController:
         """Load zone history, then start a worker and a prober per live service. Called after
         the job controller's first listing, so replicas are adopted from a real observation."""
         await self.zones.load(self.clock())
+        await self.lbs.reap_leftovers()
         for svc in await self.store.list_services(live_only=True, owner=self.owner):
             self.spawn(svc.id)
 
@@ -223,9 +224,12 @@ class ServiceController:
             await self._on_listing(name, Observation(), self.observer.latest(name) or Observation())
         self.observer.listen(self._on_listing)
 
-    async def shutdown(self) -> None:
-        """Stop our tasks; the LBs and replicas keep serving (the next daemon adopts them)."""
+    async def shutdown(self, *, handing_over: bool = False) -> None:
+        """Stop our tasks; the LBs and replicas keep serving (the next daemon adopts them),
+        but for the LBs of a clean stop with several daemons (``LbKeeper.hand_over``)."""
         await self.sup.stop()
+        if handing_over:
+            await self.lbs.hand_over(self.owner)
         self.prober.cancel()
         if self._session is not None:
             await self._session.close()
