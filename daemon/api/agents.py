@@ -19,7 +19,6 @@ import asyncio
 import base64
 import hmac
 import json
-import time
 from typing import Any
 
 import structlog
@@ -39,6 +38,7 @@ from spotd.api.common import (
     read_body,
 )
 from spotd.api.routes import AGENT, Route
+from spotd.clock import wall
 from spotd.control.keepalive import KeepAlive, is_keepalive
 from spotd.control.logs import append_log
 from spotd.control.node_keys import node_log_name
@@ -82,7 +82,7 @@ async def bootstrap(request: web.Request) -> web.Response:
     body = await read_body(request, Bootstrap)
     store = request.app[STORE]
     row = await store.get_instance(body.key)
-    now = time.time()
+    now = wall()
     verdict = check_bootstrap(
         token,
         key=body.key,
@@ -187,7 +187,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     keepalives = request.app[CONTROLLER].keepalives
     data = _log_data(body)
     phase = body.phase if body.phase in _PHASES else None
-    now = time.time()
+    now = wall()
     beat = KeepAlive(
         key=body.key,
         token=token,

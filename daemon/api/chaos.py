@@ -7,7 +7,6 @@ is a job id (its node 0: preempting one node loses the whole attempt) or an inst
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from aiohttp import web
@@ -16,6 +15,7 @@ from pydantic import Field, StringConstraints
 from spotd.api.common import CONTROLLER, STORE, ApiError, Body, read_body
 from spotd.api.params import parse_id
 from spotd.api.routes import Route
+from spotd.clock import wall
 from spotd.control.jobs import Controller
 from spotd.providers.capabilities import Chaos
 from spotd.types import Market
@@ -80,7 +80,7 @@ async def chaos_preempt(request: web.Request) -> web.Response:
         kind="chaos.preempt",
         message=f"chaos: preempt {iid}"
         + (f" with a {body.notice_seconds:g}s notice" if body.notice_seconds else " (no notice)"),
-        now=time.time(),
+        now=wall(),
         job_id=_job_target(body.target),
     )
     return web.json_response({"preempted": [iid], "notice_seconds": body.notice_seconds})

@@ -8,13 +8,13 @@ groups them. A project token sees only its project's jobs and services.
 from __future__ import annotations
 
 import math
-import time
 
 from aiohttp import web
 
 from spotd.api.common import CONTROLLER, STORE, ApiError, scope
 from spotd.api.params import QueryChoice, QueryText
 from spotd.api.routes import TENANT, Route
+from spotd.clock import wall
 from spotd.control import usage
 from spotd.pricing import cost as costs
 
@@ -30,7 +30,7 @@ SINCE = QueryText(
 async def cost(request: web.Request) -> web.Response:
     """What was spent, grouped ``?by=``, ``?since=`` a moment."""
     by = costs.CostBy(BY.parse(request))
-    now = time.time()
+    now = wall()
     since = None
     raw_since = SINCE.parse(request)
     if raw_since is not None:

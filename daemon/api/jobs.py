@@ -9,7 +9,6 @@ store and tell the controller only to start or wake a job's worker.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from spotd.api.common import (
 from spotd.api.files import Sha256
 from spotd.api.params import PathId, QueryInt, QueryList
 from spotd.api.routes import TENANT, Route
+from spotd.clock import wall
 from spotd.control.cancel import request_cancel
 from spotd.control.deadline import pace_of
 from spotd.control.submit import LaunchRequest, Plan, plan_submission, submit
@@ -219,7 +219,7 @@ async def launch(request: web.Request) -> web.Response:
         catalog=ctl.catalog,
         providers=ctl.providers,
         store=store,
-        now=time.time(),
+        now=wall(),
         file_roots=request.app[SETTINGS].file_roots,
         blob_store=request.app[SETTINGS].cas_dir,
         provider_configs=request.app[SETTINGS].providers,
@@ -254,7 +254,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit=limit,
         before=BEFORE.parse(request),
     )
-    now = time.time()
+    now = wall()
     body = [
         job_view(j, page.attempts.get(j.id, []), _current_nodes(page, j), now) for j in page.jobs
     ]
@@ -273,7 +273,7 @@ def _current_nodes(page: JobPage, job: JobRow) -> list[InstanceRow]:
 async def get_job(request: web.Request) -> web.Response:
     """The job, with its attempts and its current GPU samples."""
     job = await requested_job(request)
-    return web.json_response(await job_json(request, job, time.time()))
+    return web.json_response(await job_json(request, job, wall()))
 
 
 async def job_events(request: web.Request) -> web.Response:
@@ -301,8 +301,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     if JobStatus(job.status).is_terminal:
         raise ApiError(409, f"job {job.id} is already {job.status}")
     wake = request.app[CONTROLLER].wake
-    job = await request_cancel(store, wake, job.id, reason="cancel requested", now=time.time())
-    return web.json_response(await job_json(request, job, time.time()))
+    job = await request_cancel(store, wake, job.id, reason="cancel requested", now=wall())
+    return web.json_response(await job_json(request, job, wall()))
 
 
 STATUS = QueryList(

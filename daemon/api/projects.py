@@ -9,7 +9,6 @@ of ``null`` is unlimited; lowering one never stops what runs, it refuses the nex
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from pydantic import Field
 from spotd.api.common import STORE, ApiError, Body, read_body, scope
 from spotd.api.params import PathName
 from spotd.api.routes import TENANT, Route
+from spotd.clock import wall
 from spotd.control import quota
 from spotd.store import AsyncStore, NotFound, ProjectExists, ProjectRow
 
@@ -86,7 +86,7 @@ async def create_project(request: web.Request) -> web.Response:
             max_nodes_per_job=body.max_nodes_per_job,
             max_services=body.max_services,
             token_hash=quota.hash_token(token),
-            now=time.time(),
+            now=wall(),
         )
     except ProjectExists as exc:
         raise ApiError(409, str(exc)) from exc
@@ -128,7 +128,7 @@ async def update_project(request: web.Request) -> web.Response:
     row = await _project(request)
     store = request.app[STORE]
     try:
-        row = await store.update_project(row.name, now=time.time(), **limits)
+        row = await store.update_project(row.name, now=wall(), **limits)
     except NotFound as exc:  # deleted between the two reads
         raise ApiError(404, str(exc)) from exc
     return web.json_response(await project_json(store, row))

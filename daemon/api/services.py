@@ -33,7 +33,6 @@ import json
 import re
 import secrets
 import ssl
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +55,7 @@ from spotd.api.files import Sha256
 from spotd.api.logs import client_gone, following
 from spotd.api.params import PathName, QueryFlag, QueryInt
 from spotd.api.routes import Route
+from spotd.clock import wall
 from spotd.control import quota
 from spotd.control.launcher import package_service_files
 from spotd.control.lbkeeper import api_keys_of
@@ -333,7 +333,7 @@ async def service_up(request: web.Request) -> web.Response:
             lb_control_port=control_port,
             lb_token=secrets.token_urlsafe(24),
             target=autoscale_policy(spec).min_replicas,
-            now=time.time(),
+            now=wall(),
             project=project,
             gpus=gpus,
             admit=quota.service_admission(gpus=gpus),
@@ -343,7 +343,7 @@ async def service_up(request: web.Request) -> web.Response:
     except OverQuota as exc:  # as a job's refusal: the message and the numbers
         raise ApiError(403, exc.message, exc.details) from exc
     for line in shipped:
-        await store.update_service_fields(svc.id, now=time.time(), event=f"v1 {line}")
+        await store.update_service_fields(svc.id, now=wall(), event=f"v1 {line}")
     services.spawn(svc.id)
     return web.json_response(await service_json(services, svc), status=201)
 
@@ -379,13 +379,13 @@ async def update_service(request: web.Request) -> web.Response:
             spec_json=task.model_dump_json(exclude_unset=True),
             spec_redacted_json=json.dumps(task.redacted()),
             mode=body.mode,
-            now=time.time(),
+            now=wall(),
         )
     except StaleTransition as exc:
         raise ApiError(409, f"service {svc.name!r} is {exc.current}: it cannot be updated") from exc
     for line in shipped:
         await request.app[STORE].update_service_fields(
-            svc.id, now=time.time(), event=f"v{svc.version} {line}"
+            svc.id, now=wall(), event=f"v{svc.version} {line}"
         )
     services.wake(svc.id)
     return web.json_response(await service_json(services, svc))
@@ -403,7 +403,7 @@ async def down_service(request: web.Request) -> web.Response:
             from_=[svc.status],
             to=ServiceStatus.SHUTTING_DOWN,
             reason="serve down requested",
-            now=time.time(),
+            now=wall(),
         )
     except StaleTransition:
         fresh = await request.app[STORE].get_service(svc.id)
@@ -488,7 +488,7 @@ async def lb_event(request: web.Request) -> web.Response:
     reason = body.reason[:200] or "no reason given"
     await request.app[STORE].update_service_fields(
         svc.id,
-        now=time.time(),
+        now=wall(),
         event=f"load balancer {body.lb_id or '?'} ejected replica {body.replica_id}: {reason}",
     )
     return web.json_response(

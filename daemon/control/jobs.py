@@ -20,12 +20,12 @@ import asyncio
 import functools
 import json
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from spotd.aiokit import Supervisor, sleep
+from spotd.clock import wall
 from spotd.config import Settings
 from spotd.control.attempts import (
     Attempts,
@@ -91,7 +91,7 @@ class Controller:
         store: AsyncStore,
         providers: Mapping[str, Provider],
         metrics: DaemonMetrics,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from spotd.clock import wall
 from spotd.metrics import DaemonMetrics
 from spotd.providers.base import TAG_HOME, ObservedInstance, Provider, ProviderError
 
@@ -59,7 +60,7 @@ class FleetObserver:
         providers: Mapping[str, Provider],
         home_tag: str,
         metrics: DaemonMetrics,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall,
     ) -> None:
         self.providers = dict(providers)
         self._home_tag = home_tag

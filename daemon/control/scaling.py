@@ -163,7 +163,10 @@ class Scaler:
             # end, and one more is asked for, so the last ``width`` whole seconds stay in
             # the window until the next read (``stats_interval`` later)
             stats = await self._lbs.stats(svc, width + 1)
-            buckets = [(b.t + 1.0, b.requests) for b in stats.buckets]
+            # the LB stamps its buckets with its host's clock; ``now`` is the daemon's
+            # (``spotd.clock``: the database's, with several daemons)
+            shift = now - stats.now
+            buckets = [(b.t + 1.0 + shift, b.requests) for b in stats.buckets]
             # requests held in the LB's queue (no replica ready: scaled to zero) have not been
             # answered, so no bucket counts them yet: they are demand arriving now, and at
             # zero replicas they must wake the service at once, not after the queue times out

@@ -7,13 +7,13 @@ asked for on the unix socket is redeemed on the TCP listener); one :class:`Viewe
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jinja2
 from aiohttp import web
 
+from spotd.clock import wall
 from spotd.config import Settings
 from spotd.control import quota
 from spotd.control.jobs import Controller
@@ -34,7 +34,7 @@ class Dashboard:
     sessions: Sessions = field(init=False)  # in the store: every daemon on it knows them
     links: LoginLinks = field(init=False)
     env: jinja2.Environment = field(default_factory=environment)
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = wall
     live_interval: float = 1.0  # how often a live page is re-rendered for its stream
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # the daemon stops: end streams
 

@@ -35,9 +35,10 @@ class _Lbs:
 
     def __init__(self) -> None:
         self.qps = 0
+        self.behind = 0.0  # how far the LB's host clock is behind the daemon's
 
     async def stats(self, svc: ServiceRow, window: int) -> StatsReport:
-        now = self.now
+        now = self.now - self.behind
         buckets = tuple(StatsBucket(now - window + i, self.qps) for i in range(window))
         return StatsReport(lb_id="lb", now=now, buckets=buckets)
 
@@ -105,5 +106,34 @@ async def test_a_pending_scale_up_survives_a_restart(tmp_path: Path) -> None:
         again = _scaler(store, lbs)
         assert await _target(again, store, lbs, svc.id, T0 + 9_000) == 3
         assert await _target(again, store, lbs, svc.id, T0 + 9_100) == 3
+    finally:
+        await store.close()
+
+
+async def test_the_demand_is_read_whatever_the_lbs_clock(tmp_path: Path) -> None:
+    """The LB stamps its counts with its host's clock; the daemon's is the database's (with
+    several daemons, ``spotd.clock``). 90 s apart, the demand must still be seen: read on one
+    clock, the last 60 s of counts fell outside the window and a busy service scaled down."""
+    store = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        spec = json.dumps(SPEC)
+        svc = await store.create_service(
+            name="s",
+            spec_json=spec,
+            spec_redacted_json=spec,
+            lb_port=1,
+            lb_control_port=2,
+            lb_token="t",
+            target=1,
+            now=T0,
+        )
+        for behind in (90.0, -90.0):
+            lbs = _Lbs()
+            lbs.behind = behind
+            lbs.qps = 3
+            scaler = _scaler(store, lbs)
+            assert await _target(scaler, store, lbs, svc.id, T0) == 1
+            assert await _target(scaler, store, lbs, svc.id, T0 + 310) == 3, behind
+            await store.update_service_fields(svc.id, now=T0, target=1, upscale_since=None)
     finally:
         await store.close()

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
+from spotd.clock import wall
 from spotd.providers.aws.bootstrap import issue_token
 from spotd.providers.aws.catalog import load_aws_catalog
 from spotd.providers.aws.config import PROVIDER_NAME, AwsConfig
@@ -304,7 +304,7 @@ class AwsProvider:
         install = self.config.agent_install
         if not agent.job_id:
             return render_user_data(agent, install=install)
-        token = issue_token(agent.token, key=agent.instance_key, now=time.time())
+        token = issue_token(agent.token, key=agent.instance_key, now=wall())
         return render_bootstrap_user_data(agent, bootstrap_token=token, install=install)
 
     async def list_instances(self) -> Sequence[ObservedInstance]:
