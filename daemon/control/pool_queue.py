@@ -27,6 +27,17 @@ What an attempt's end does to its job is ``after_attempt`` (pure too):
   makes it FAILED, saying so (a job that takes its workers down with it must not cycle forever).
 
 Example: max_restarts_on_errors 1: exit 3 → QUEUED ("restart 1 of 1"); exit 3 again → FAILED.
+
+Which slots of a pool get a new worker, and which workers go, is ``fill_slots`` (pure too): a
+slot whose newest worker ended gets a new one (not when that worker failed its setup, unless
+an apply asks: the next would fail the same way); a worker in a slot past the count goes; and
+a slot with two live workers keeps its oldest (the smallest job id) and the others go. Two
+live workers in one slot come from two daemons filling it at once (an apply through one
+daemon while another keeps the pools up); every daemon keeps the same one, so the extra is
+cancelled within one round of the pool loop instead of running, and billing, for ever.
+
+Example: 2 workers; slot 0: j4 RUNNING, j9 PENDING; slot 1: j5 CANCELLED; slot 2: j6 RUNNING
+→ fill slot 1; cancel j6 (past the count) and j9 (a second worker in slot 0).
 """
 
 from __future__ import annotations
@@ -41,9 +52,12 @@ __all__ = [
     "FreeWorker",
     "Next",
     "QueuedJob",
+    "SlotPlan",
+    "SlotWorker",
     "Verdict",
     "after_attempt",
     "assign",
+    "fill_slots",
     "pick_for",
 ]
 
@@ -135,3 +149,44 @@ def after_attempt(
             f"run exited with {exit_code} after {max_restarts_on_errors} restarts on errors",
         )
     return Verdict(Next.FAILED, f"run exited with {exit_code}")
+
+
+@dataclass(frozen=True, slots=True)
+class SlotWorker:
+    """A worker job of a pool, as the slots see it."""
+
+    slot: int
+    job_id: int
+    live: bool  # not terminal
+    failed_setup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SlotPlan:
+    fill: tuple[int, ...]  # slots that get a new worker
+    cancel: tuple[tuple[int, str], ...]  # (job id, why) of live workers that go
+
+
+def fill_slots(workers: Sequence[SlotWorker], count: int, *, retry_setup: bool) -> SlotPlan:
+    """What keeps a pool at ``count`` workers, one per slot (module docstring)."""
+    newest: dict[int, SlotWorker] = {}
+    kept: dict[int, SlotWorker] = {}
+    cancel: list[tuple[int, str]] = []
+    for w in sorted(workers, key=lambda w: w.job_id):
+        newest[w.slot] = w
+        if not w.live:
+            continue
+        if w.slot >= count:
+            cancel.append((w.job_id, f"{count} workers"))
+        elif w.slot in kept:
+            first = kept[w.slot].job_id
+            cancel.append((w.job_id, f"slot {w.slot} has a worker already (job {first})"))
+        else:
+            kept[w.slot] = w
+    fill = tuple(
+        slot
+        for slot in range(count)
+        if slot not in kept
+        and not (slot in newest and newest[slot].failed_setup and not retry_setup)
+    )
+    return SlotPlan(fill=fill, cancel=tuple(cancel))

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -45,13 +44,14 @@ from typing import Any
 import structlog
 
 from spotd.aiokit import sleep
+from spotd.clock import wall
 from spotd.config import Settings
 from spotd.control import pool_jobs
 from spotd.control.attempts import attempt_id
 from spotd.control.cancel import request_cancel
 from spotd.control.jobs import Controller
 from spotd.control.pool_jobs import decide
-from spotd.control.pool_queue import FreeWorker, QueuedJob, pick_for
+from spotd.control.pool_queue import FreeWorker, QueuedJob, SlotWorker, fill_slots, pick_for
 from spotd.control.refusals import InvalidRequest, Refused
 from spotd.control.submit import LaunchRequest, Plan, parse_task, plan_submission, submit
 from spotd.spec import Task
@@ -185,7 +185,7 @@ class Pools:
         settings: Settings,
         store: AsyncStore,
         controller: Controller,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -300,19 +300,18 @@ class Pools:
         given up for lack of capacity); the ones over the count cancelled. A slot whose
         worker failed its setup is left empty unless ``retry_setup`` (an apply): the next
         worker would fail the same way. The worker jobs started."""
-        async with self._lock:  # the loop and an apply never both fill one slot
-            latest: dict[int, JobRow] = {}
+        async with self._lock:  # the loop and an apply here never both fill one slot
+            jobs: dict[int, JobRow] = {}
+            slots = []
             for w in await self.store.pool_workers(pool.id):
                 job = await self.store.get_job(w.job_id)
                 if job is not None:
-                    latest[w.slot] = job  # rows come by job id: the slot's newest last
+                    jobs[job.id] = job
+                    failed = job.status == JobStatus.FAILED_SETUP
+                    slots.append(SlotWorker(w.slot, job.id, not job.is_terminal, failed))
+            todo = fill_slots(slots, pool.workers, retry_setup=retry_setup)
             started = []
-            for slot in range(pool.workers):
-                last = latest.get(slot)
-                if last is not None and not last.is_terminal:
-                    continue
-                if last is not None and last.status == JobStatus.FAILED_SETUP and not retry_setup:
-                    continue
+            for slot in todo.fill:
                 plan = plan or await self._stored_plan(pool)
                 job = await submit(
                     dataclasses.replace(plan, name=f"pool-{pool.name}-w{slot}"),
@@ -321,12 +320,11 @@ class Pools:
                     start=self.controller.spawn_worker,
                 )
                 await self.store.add_pool_worker(job_id=job.id, pool_id=pool.id, slot=slot)
-                if last is not None:
-                    log.info("pool worker replaced", pool=pool.name, slot=slot, ended=last.id)
+                log.info("pool worker started", pool=pool.name, slot=slot, job=job.id)
                 started.append(job)
-            for slot, job in latest.items():
-                if slot >= pool.workers and not job.is_terminal:  # resized down
-                    await self._cancel_worker(job, f"pool {pool.name}: {pool.workers} workers")
+            for job_id, why in todo.cancel:  # another daemon filled a slot too, or resized down
+                log.warning("pool worker cancelled", pool=pool.name, job=job_id, why=why)
+                await self._cancel_worker(jobs[job_id], f"pool {pool.name}: {why}")
             return started
 
     async def run(self) -> None:
