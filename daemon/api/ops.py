@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Mapping
 
 from aiohttp import web
 
 from spotd.api.common import CONTROLLER, METRICS, SETTINGS, STORE
 from spotd.api.routes import ADMIN, TENANT, Route
+from spotd.clock import wall
 from spotd.control.deadline import pace_of
 from spotd.metrics import PacedJob
 from spotd.spec import Task
@@ -45,6 +45,7 @@ async def daemons(request: web.Request) -> web.Response:
                 "renewed_at": d.renewed_at,
                 "expires_at": d.expires_at,
                 "alive": d.alive,
+                "ready": d.ready,
                 "jobs": d.jobs,
                 "services": d.services,
                 "this": d.id == me,
@@ -70,7 +71,7 @@ async def metrics(request: web.Request) -> web.Response:
     # the agents: at 10,000 DEADLINE jobs the paces take a fraction of a second
     memory = request.app[CONTROLLER].memory
     tasks = {j.id: t for j in page.jobs if (t := memory.known(j.id)) is not None}
-    m.set_deadline_paces(await asyncio.to_thread(_paces, page, tasks, time.time()))
+    m.set_deadline_paces(await asyncio.to_thread(_paces, page, tasks, wall()))
     # 3 MB of text at 10,000 DEADLINE jobs: rendered off the event loop too
     return web.Response(body=await asyncio.to_thread(m.render), content_type="text/plain")
 

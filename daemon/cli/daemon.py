@@ -85,7 +85,10 @@ def daemon_cluster(output: str) -> None:
     for col in ("DAEMON", "STATE", "EPOCH", "JOBS", "SERVICES", "RENEWED", "URL"):
         t.add_column(col)
     for d in rows:
-        state = "alive" if d["alive"] else "[red]gone[/red]"
+        if not d["alive"]:
+            state = "[red]gone[/red]"
+        else:  # a daemon still starting is not handed work yet
+            state = "alive" if d.get("ready", True) else "joining"
         name = d["id"] + (" (this)" if d["this"] else "")
         t.add_row(
             name,

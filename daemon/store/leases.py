@@ -24,6 +24,12 @@ its share (``spotd.control.cluster.surplus``) hands some of its RUNNING jobs ove
 own worker, between two steps, clears the owner (``release_job``, fenced) and stops — and the
 daemons below their share claim them at their next pass as they claim a dead daemon's.
 
+A daemon counts in the shares (and for the pools' leader) only once it is *ready*: its first
+takeover pass, which the daemon makes once its controllers watch what it owns, stamps
+``ready_at``; joining clears it. Counted from the join, a daemon still starting (adopting ten
+thousand jobs, listing every region) was handed jobs by the others that then waited, unwatched,
+for its start. Its own rows are never taken from it while it starts: claims go by the lease.
+
 On SQLite these functions work too (one writer: the fence is trivially serialised), but only
 PostgreSQL is supported for several daemons (``spotd.config``).
 """
@@ -76,6 +82,7 @@ class DaemonRow:
     renewed_at: float
     expires_at: float
     alive: bool  # the lease had not expired when read (the database's clock)
+    ready: bool  # it has made its first takeover pass since it joined (module docstring)
     jobs: int  # active jobs it owns
     services: int  # live services it owns
 
@@ -84,7 +91,7 @@ class DaemonRow:
 class JobShares:
     mine: int  # active jobs this daemon runs
     total: int  # active jobs
-    live: int  # daemons whose lease holds (at least 1)
+    live: int  # ready daemons whose lease holds (at least 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +101,7 @@ class Takeover:
     jobs: tuple[int, ...] = ()
     services: tuple[int, ...] = ()
     from_: tuple[str, ...] = ()  # the daemons (or "nobody") it came from
-    live: tuple[str, ...] = ()  # the daemons whose lease held, this one included
+    live: tuple[str, ...] = ()  # the ready daemons whose lease held, this one included
 
 
 class LeaseStore(StoreBase):
@@ -113,6 +120,7 @@ class LeaseStore(StoreBase):
                 "started_at": now,
                 "renewed_at": now,
                 "expires_at": now + lease_seconds,
+                "ready_at": None,  # not counted in the shares until its first takeover pass
             }
             if row is None:
                 epoch = 1
@@ -175,8 +183,14 @@ class LeaseStore(StoreBase):
                 .scalars()
                 .all()
             )
+            conn.execute(  # this daemon watches its work now: count it in the shares
+                update(_D)
+                .where(_D.c.id == fence.daemon_id, _D.c.ready_at.is_(None))
+                .values(ready_at=now)
+            )
             live = select(_D.c.id).where(_D.c.expires_at > now)
-            alive = tuple(sorted(conn.execute(live).scalars().all()))
+            ready = live.where(_D.c.ready_at.is_not(None))
+            alive = tuple(sorted(conn.execute(ready).scalars().all()))
             n_live = max(1, len(alive))
             jobs = _claim(conn, _J, _ACTIVE_JOB, live, n_live, fence.daemon_id)
             services = _claim(conn, _S, _LIVE_SERVICE, live, n_live, fence.daemon_id)
@@ -221,6 +235,7 @@ class LeaseStore(StoreBase):
                     renewed_at=m["renewed_at"],
                     expires_at=m["expires_at"],
                     alive=m["expires_at"] > now,
+                    ready=m["ready_at"] is not None,
                     jobs=jobs.get(m["id"], 0),
                     services=services.get(m["id"], 0),
                 )
@@ -238,7 +253,9 @@ class LeaseStore(StoreBase):
                 )
             ).one()
             live = conn.execute(
-                select(func.count()).select_from(_D).where(_D.c.expires_at > now)
+                select(func.count())
+                .select_from(_D)
+                .where(_D.c.expires_at > now, _D.c.ready_at.is_not(None))
             ).scalar_one()
         return JobShares(mine=int(mine), total=int(total), live=max(1, int(live)))
 

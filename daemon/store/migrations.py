@@ -185,6 +185,16 @@ def _v13_job_checkpoint(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE job ADD COLUMN {column} {kind}")
 
 
+def _v14_daemon_ready(conn: Connection) -> None:
+    """When a daemon became ready (daemon.ready_at): one still starting is not counted in the
+    shares, so no job is handed to it before it watches anything (``spotd.store.leases``).
+    Daemons of the older version count as ready (they are running)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("daemon")}
+    if "ready_at" not in columns:
+        conn.exec_driver_sql("ALTER TABLE daemon ADD COLUMN ready_at FLOAT")
+        conn.exec_driver_sql("UPDATE daemon SET ready_at = started_at")
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _create_all),
     (2, _v2_services),
@@ -199,6 +209,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (11, _v11_daemons),
     (12, _v12_dashboard_sign_ins),
     (13, _v13_job_checkpoint),
+    (14, _v14_daemon_ready),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -300,6 +300,7 @@ class Daemon(_Table, table=True):
     started_at: float = 0.0
     renewed_at: float = 0.0
     expires_at: float = 0.0  # 0: given up (a clean stop) or taken over
+    ready_at: float | None = None  # its first takeover pass since it joined (version 14)
 
 
 class DashboardSession(_Table, table=True):

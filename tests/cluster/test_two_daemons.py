@@ -106,6 +106,7 @@ async def test_a_cancel_through_the_other_daemon_reaches_the_owner_at_once(
     async with a.client() as c:
         daemons = {d["id"]: d for d in await c.request("GET", "/v1/daemons")}
     assert daemons["a"]["alive"] and daemons["b"]["alive"] and daemons["a"]["this"]
+    assert daemons["a"]["ready"] and daemons["b"]["ready"]  # both watch their work
     shown = b.spotctl("daemon", "cluster")
     assert shown.returncode == 0, shown.stderr
     cells = [line.replace("│", " ").split() for line in shown.stdout.splitlines()]

@@ -114,6 +114,7 @@ def test_the_living_share_a_dead_daemons_work(open_store: Callable[[], Store]) -
     b.join_cluster("d2", url="", lease_seconds=30)
     c.join_cluster("d3", url="", lease_seconds=30)
     jobs = [_job(a, f"j{i}") for i in range(10)]
+    assert b.take_over().jobs == () and c.take_over().jobs == ()  # both watch their work
     _lapse()
     first = b.take_over()
     second = c.take_over()
@@ -208,9 +209,12 @@ def test_jobs_handed_over_go_to_the_daemon_below_its_share(
     take it back; only RUNNING jobs of A's own are handed over."""
     a, b = open_store(), open_store()
     a.join_cluster("d1", url="", lease_seconds=30)
+    assert a.take_over().live == ("d1",)
     running = _running(a, 6)
     pending = _job(a, "waiting")
     b.join_cluster("d2", url="", lease_seconds=30)
+    assert a.job_shares().live == 1  # B is still starting: nothing is handed to it yet
+    assert b.take_over().jobs == ()  # its first pass: B watches its work now
     shares = a.job_shares()
     assert (shares.mine, shares.total, shares.live) == (7, 7, 2)
     movable = a.movable_jobs(3)
@@ -224,6 +228,30 @@ def test_jobs_handed_over_go_to_the_daemon_below_its_share(
     said = [e.message for e in a.events(job_id=movable[0]) if e.kind == "job.owner"]
     assert said[0] == "released by daemon d1: evening the load"
     assert said[1].startswith("now run by daemon d2")
+
+
+def test_a_daemon_still_starting_is_not_counted_and_keeps_its_work(
+    open_store: Callable[[], Store],
+) -> None:
+    """A joining daemon counts in the shares, and for the pools' leader, only from its first
+    takeover pass; meanwhile nobody hands it jobs nor takes its own."""
+    a, b = open_store(), open_store()
+    a.join_cluster("d2", url="", lease_seconds=30)
+    assert a.take_over().live == ("d2",)
+    _running(a, 4)
+    b.join_cluster("d1", url="", lease_seconds=30)  # the smaller id: the leader once ready
+    kept = _job(b, "b's own")  # submitted through B's API while it starts
+    assert a.job_shares().live == 1
+    assert a.take_over() == leases.Takeover(live=("d2",))  # B's job is not A's to take
+    assert {d.id: (d.alive, d.ready) for d in a.daemons()} == {
+        "d1": (True, False),
+        "d2": (True, True),
+    }
+    assert b.take_over().live == ("d1", "d2")
+    assert a.job_shares().live == 2
+    assert b.require_job(kept).owner == "d1"
+    b.join_cluster("d1", url="", lease_seconds=30)  # restarted: starting again
+    assert {d.id: d.ready for d in a.daemons()} == {"d1": False, "d2": True}
 
 
 def test_a_daemon_over_its_share_still_takes_a_dead_daemons_work(

@@ -173,6 +173,7 @@ def test_version_4_reserves_the_gpus_of_active_jobs_by_the_old_rule(
             "ALTER TABLE job DROP COLUMN checkpoint_attempt",  # version 13
             "ALTER TABLE job DROP COLUMN checkpoint_synced_at",
             "ALTER TABLE job DROP COLUMN checkpoint_received_at",
+            "ALTER TABLE daemon DROP COLUMN ready_at",  # version 14
         ):
             conn.execute(text(ddl))
         conn.execute(text("UPDATE schema_version SET version = 3"))
@@ -189,3 +190,4 @@ def test_version_4_reserves_the_gpus_of_active_jobs_by_the_old_rule(
     assert (got.checkpoint_attempt, got.checkpoint_synced_at) == (1, 5.0)
     _project(new, clock, max_jobs=1)
     assert (p := new.get_project("ml")) is not None and p.max_jobs == 1
+    assert new.daemons() == []  # version 14: the daemon table reads (ready_at) on the old database
