@@ -389,7 +389,7 @@ async def run_daemon(
         if notify:
             notify("STOPPING=1")
     finally:
-        await services.shutdown(handing_over=cluster is not None and not cluster.lost.is_set())
+        await services.shutdown(handing_over=cluster is not None and cluster.others_take_over())
         await controller.shutdown()
         for r in reversed(runners):
             await r.cleanup()

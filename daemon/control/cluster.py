@@ -4,11 +4,12 @@ The protocol is in :mod:`spotd.store.leases`; this module runs it:
 
 - **join** before anything starts: a new epoch, and every write of this daemon fenced by it;
 - **renew** every ``lease/3`` seconds on the store's lease thread (never behind the store
-  thread's queue). A renewal refused — the lease lapsed, or another daemon took the work over —
-  or none that succeeded for a whole lease by this daemon's own clock (it was paused, or the
-  database was unreachable) means the lease is **lost**: the daemon stops at once and exits
-  with :data:`LEASE_LOST_EXIT`, for its supervisor (systemd, Kubernetes) to restart it with a
-  fresh view. Its writes were refused from the moment the lease lapsed, whatever it believed;
+  thread's queue), reading the database's clock for :mod:`spotd.clock`. A renewal refused —
+  the lease lapsed, or another daemon took the work over — or none that succeeded for a whole
+  lease by this daemon's own clock (it was paused, or the database was unreachable) means the
+  lease is **lost**: the daemon stops at once and exits with :data:`LEASE_LOST_EXIT`, for its
+  supervisor (systemd, Kubernetes) to restart it with a fresh view. Its writes were refused
+  from the moment the lease lapsed, whatever it believed;
 - **take over** every second its share of the work of daemons whose lease expired, and start
   the workers for it;
 - **even the load** every ``REBALANCE_SECONDS``: a daemon holding more than its share of the
@@ -35,6 +36,7 @@ from collections.abc import Callable
 import structlog
 
 from spotd.aiokit import Supervisor, sleep
+from spotd.clock import wall
 from spotd.config import Settings
 from spotd.store import AsyncStore
 from spotd.store.errors import Fenced
@@ -110,6 +112,7 @@ class Cluster:
         fence = await self.store.join_cluster(
             self.daemon_id, url=self.url, lease_seconds=self.settings.lease_seconds
         )
+        await self._renew(self.settings.lease_seconds)  # the database's clock, before any stamp
         self._renewed = time.monotonic()
         log.info("joined the cluster", daemon=self.daemon_id, epoch=fence.epoch)
 
@@ -118,6 +121,11 @@ class Cluster:
         with the smallest id. Its writes are fenced like any other, so a leader that lost its
         lease but does not know yet cannot act on it."""
         return bool(self.live) and min(self.live) == self.daemon_id and not self.lost.is_set()
+
+    def others_take_over(self) -> bool:
+        """Whether a clean stop now hands this daemon's work to another ready daemon (at the
+        last takeover pass); not after the lease was lost, nor for the last daemon standing."""
+        return not self.lost.is_set() and bool(set(self.live) - {self.daemon_id})
 
     def keep_lease(self, sup: Supervisor) -> None:
         """Renew the lease and hear wake-ups: right after ``join``, so a long start-up (ten
@@ -161,7 +169,7 @@ class Cluster:
                 self._lose(f"no renewal for {time.monotonic() - self._renewed:.1f} s")
                 return
             try:
-                await self.store.renew_lease(lease)
+                await self._renew(lease)
             except Fenced as exc:
                 self._lose(str(exc))
                 return
@@ -169,6 +177,12 @@ class Cluster:
                 log.warning("renewing the lease failed", error=str(exc))
                 continue
             self._renewed = time.monotonic()
+
+    async def _renew(self, lease: float) -> None:
+        """Renew the lease, and read the database's clock from it (``spotd.clock``)."""
+        sent = time.time()
+        expires = await self.store.renew_lease(lease)
+        wall.observe(sent=sent, db_time=expires - lease, received=time.time())
 
     async def _takeover_loop(self) -> None:
         looked = time.monotonic()

@@ -20,8 +20,10 @@ Leftover LBs: each LB this daemon starts is recorded in its home (``lbs/<service
 and start time). At start, ``reap_leftovers`` ends every recorded LB that is no longer its
 service's LB (the service went DOWN, or another daemon took it over while this one was away
 and started its own): left running, it would route to a replica set nobody updates and hold
-the port the service's next LB needs. With several daemons a clean stop ends the LBs of the
-services it owned (``stop_all``) before it hands them over, for the same reason.
+the port the service's next LB needs. It looks again every ``REAP_SECONDS`` (a service taken
+over while this daemon ran). With several daemons a clean stop ends the LBs of the services it
+owned (``hand_over``) before it hands them over, for the same reason, unless no other daemon is
+there to take them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -66,6 +68,7 @@ log = structlog.get_logger("spotd.control.lbkeeper")
 S = ReplicaStatus
 # what the LB is told about each status; the others are not in its set at all
 LB_STATE = MappingProxyType({S.READY: READY, S.NOT_READY: NOT_READY, S.DRAINING: DRAINING})
+REAP_SECONDS = 60.0  # how often this daemon looks for LBs it left that are no longer theirs
 # what a failed read of the LB raises (it is away, or answered something else)
 LB_ERRORS = (aiohttp.ClientError, TimeoutError, KeyError, ValueError, TypeError)
 
@@ -361,22 +364,26 @@ class LbKeeper:
         except Exception as e:  # noqa: BLE001 - the store away: the next start reaps them
             log.warning("could not list the services to hand over", error=str(e))
             return
-        for svc in services:
-            if alive(svc.lb_pid, svc.lb_start_ticks):
-                log.info("stopping the load balancer: another daemon takes over", service=svc.name)
-            await self.stop(svc)
+        running = [s for s in services if alive(s.lb_pid, s.lb_start_ticks)]
+        if running:
+            log.info("stopping the load balancers: other daemons take over", services=len(running))
+        await asyncio.gather(*(self.stop(svc) for svc in services))  # together: seconds, not N×
 
     async def reap_leftovers(self) -> int:
         """End the LBs this daemon started that are no longer their service's (module
         docstring); the number ended."""
         ended = 0
         for path in sorted(self._records_dir.glob("*")):
+            if not path.name.isdigit():
+                continue  # a record being written (``<id>.tmp``)
             got = _read_record(path)
             if got is None:
                 path.unlink(missing_ok=True)
                 continue
             service_id, pid, ticks = got
             svc = await self.store.get_service(service_id)
+            if service_id in self._children:
+                continue  # started by this process, its row perhaps not written yet
             current = (
                 svc is not None
                 and svc.status is not ServiceStatus.DOWN
@@ -394,6 +401,19 @@ class LbKeeper:
                 ended += 1
             path.unlink(missing_ok=True)
         return ended
+
+    async def reap_loop(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """``reap_leftovers`` now (before any LB of this daemon starts), and the loop that
+        does it again every ``REAP_SECONDS`` until the daemon stops."""
+        await self.reap_leftovers()
+
+        async def loop() -> None:
+            while not self._stop.is_set():
+                await sleep(REAP_SECONDS, self._stop)
+                if not self._stop.is_set():
+                    await self.reap_leftovers()
+
+        return loop
 
     @property
     def _records_dir(self) -> Path:

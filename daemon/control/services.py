@@ -46,7 +46,6 @@ import asyncio
 import dataclasses
 import hmac
 import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,6 +53,7 @@ import aiohttp
 import structlog
 
 from spotd.aiokit import Supervisor, sleep
+from spotd.clock import wall
 from spotd.config import Settings
 from spotd.control.draining import Drainer
 from spotd.control.launcher import ReplicaLauncher
@@ -131,7 +131,7 @@ class ServiceController:
         observer: FleetObserver,
         metrics: DaemonMetrics,
         serve: ServeSettings | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -211,7 +211,7 @@ class ServiceController:
         """Load zone history, then start a worker and a prober per live service. Called after
         the job controller's first listing, so replicas are adopted from a real observation."""
         await self.zones.load(self.clock())
-        await self.lbs.reap_leftovers()
+        self.sup.spawn("lb-reap", await self.lbs.reap_loop())  # its first pass done here
         for svc in await self.store.list_services(live_only=True, owner=self.owner):
             self.spawn(svc.id)
 

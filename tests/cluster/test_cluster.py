@@ -221,3 +221,24 @@ async def test_a_job_is_handed_over_by_its_own_worker_between_two_steps(
     finally:
         ctl.stop.set()
         await ctl.shutdown()
+
+
+async def test_a_clean_stop_hands_over_only_to_another_ready_daemon(
+    tmp_path: Path, stores: list[AsyncStore]
+) -> None:
+    """What decides whether a clean stop ends its services' LBs (``lbkeeper.hand_over``): the
+    last daemon standing keeps them for its restart, as a daemon alone does."""
+    a_store, b_store = stores
+    a = _cluster(tmp_path, a_store, "a", 30.0)
+    b = _cluster(tmp_path, b_store, "b", 30.0)
+    await a.join()
+    a.live = (await a_store.take_over()).live
+    assert a.live == ("a",) and not a.others_take_over()  # alone
+    await b.join()
+    a.live = (await a_store.take_over()).live
+    assert not a.others_take_over()  # b joined but is still starting
+    await b_store.take_over()
+    a.live = (await a_store.take_over()).live
+    assert a.live == ("a", "b") and a.others_take_over()
+    a.lost.set()
+    assert not a.others_take_over()  # fenced: nothing is handed over by a stop
