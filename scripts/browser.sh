@@ -11,21 +11,6 @@ for candidate in "${SPOTD_CHROMIUM:-}" /usr/bin/chromium /usr/bin/chromium-brows
     exit 0
   fi
 done
-if [ "$(id -u)" -eq 0 ]; then
-  SUDO=()
-elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-  SUDO=(sudo -n)
-else
-  echo "chromium is not installed and this user cannot apt-get install it" >&2
-  exit 1
-fi
-if ! command -v apt-get >/dev/null; then
-  echo "chromium is not installed and there is no apt-get to install it" >&2
-  exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get install -y -q chromium >&2 || {
-  "${SUDO[@]}" apt-get update -q >&2
-  "${SUDO[@]}" apt-get install -y -q chromium >&2
-}
+. "$(dirname "$0")/lib/apt.sh"
+apt_install chromium || exit 1
 echo /usr/bin/chromium

@@ -17,21 +17,6 @@ find_lib() {
   return 1
 }
 find_lib && exit 0
-if [ "$(id -u)" -eq 0 ]; then
-  SUDO=()
-elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-  SUDO=(sudo -n)
-else
-  echo "libfaketime is not installed and this user cannot apt-get install it" >&2
-  exit 1
-fi
-if ! command -v apt-get >/dev/null; then
-  echo "libfaketime is not installed and there is no apt-get to install it" >&2
-  exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get install -y -q libfaketime >&2 || {
-  "${SUDO[@]}" apt-get update -q >&2
-  "${SUDO[@]}" apt-get install -y -q libfaketime >&2
-}
+. "$(dirname "$0")/lib/apt.sh"
+apt_install libfaketime || exit 1
 find_lib || { echo "libfaketime installed, but its library was not found" >&2; exit 1; }

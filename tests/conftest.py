@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,3 +166,16 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Any]:
+    """A real store (``AsyncStore``) on a SQLite file of its own, closed after the test.
+    (``tests/store`` has its own ``store``: the synchronous one, on SQLite and PostgreSQL.)"""
+    from spotd.store import AsyncStore
+
+    s = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        yield s
+    finally:
+        await s.close()

@@ -3,7 +3,6 @@ property that matters most: a launch stores exactly the plan its dry run showed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,16 +175,6 @@ def test_each_kind_of_refusal_has_its_http_status(refusal: Refused, status: int)
 
 
 # -- plan and submit against a store in memory -------------------------------------------
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
-    """A real store on a SQLite file: the use case's inserts are the store's own."""
-    s = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _project(store: AsyncStore, name: str, **limits: Any) -> None:

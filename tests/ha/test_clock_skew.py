@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.ha.conftest import Cluster, cluster
-from tests.ha.test_fencing import TASK, jobs, wait_for
+from tests.ha.test_fencing import TASK, jobs, launch_through, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ha, pytest.mark.postgres, pytest.mark.timeout(700)]
 
@@ -75,11 +75,7 @@ async def test_heartbeats_received_by_a_daemon_whose_clock_is_behind_keep_instan
         c.wait_schema()
         await asyncio.to_thread(c.start, "B")
         assert "differs from the database" in c.log("B")  # B says so, once
-        async with c.client("A") as api:
-            ids = [
-                (await api.launch(TASK, filename=f"skew{i}.yaml", name=f"skew{i}"))["id"]
-                for i in range(JOBS)
-            ]
+        ids = await launch_through(c, "A", JOBS, "skew", TASK)
         await wait_for(
             "every job to run, heard through B",
             lambda: (

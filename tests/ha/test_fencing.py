@@ -54,16 +54,21 @@ def jobs(c: Cluster, ids: list[int]) -> dict[int, dict[str, object]]:
     }
 
 
+async def launch_through(c: Cluster, daemon_id: str, n: int, name: str, task: str) -> list[int]:
+    """Submit ``n`` jobs (``task``, named ``name0``...) through ``daemon_id``'s API; their ids."""
+    async with c.client(daemon_id) as api:
+        return [
+            (await api.launch(task, filename=f"{name}{i}.yaml", name=f"{name}{i}"))["id"]
+            for i in range(n)
+        ]
+
+
 async def a_runs_jobs(c: Cluster, n: int, name: str, task: str = TASK) -> list[int]:
     """Start daemon A alone, submit ``n`` jobs (``task``) through it, and wait until A runs them
     all."""
     await asyncio.to_thread(c.start, "A")
     c.wait_schema()
-    async with c.client("A") as api:
-        ids = [
-            (await api.launch(task, filename=f"{name}{i}.yaml", name=f"{name}{i}"))["id"]
-            for i in range(n)
-        ]
+    ids = await launch_through(c, "A", n, name, task)
     await wait_for(
         "A to run every job",
         lambda: (

@@ -13,8 +13,7 @@ rows.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,15 +30,6 @@ from tests.factories import attempt_row, intent
 from tests.recovery.helpers import req, three_regions, zk
 
 DEADLINE = {"strategy": "DEADLINE", "expected_duration": "1000s", "deadline": "1h"}
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
-    s = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _job(store: AsyncStore, current_attempt: int) -> JobRow:

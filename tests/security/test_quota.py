@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,15 +50,6 @@ class _Settings:
     @property
     def cas_dir(self) -> Path:
         return self.home / "cas"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
-    s = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _launch(store: AsyncStore, home: Path, yaml: str, project: str = "ml") -> Any:

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +61,6 @@ def test_real_capacity(enabled: list[str], resources: str, local_kept: bool) -> 
     task = load_task("t.yaml", text=f"resources: {resources}\nrun: x\n")
     usable = real_capacity(BOTH, request=task.resource_request(), enabled_providers=enabled)
     assert usable == (BOTH if local_kept else AWS)  # only simulated entries ever go
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
-    s = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _plan(

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from spotd.config import load_settings
 from spotd.control.lbkeeper import LbKeeper, alive
@@ -70,15 +68,6 @@ class Daemon:
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
-    s = await AsyncStore.open(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _service(store: AsyncStore, name: str) -> ServiceRow:
