@@ -20,7 +20,7 @@ from spotd.providers.base import (
 from spotd.store import AsyncStore
 from spotd.types import AttemptStatus, EndReason, InstanceState, JobStatus
 from tests.factories import QuietProvider, intent
-from tests.recovery.test_deadline_progress import _running_on_demand, store  # noqa: F401
+from tests.recovery.test_deadline_progress import _running_on_demand
 
 
 def _attempts(db: AsyncStore, tmp_path: Path, provider: QuietProvider) -> Attempts:
@@ -37,7 +37,7 @@ def _attempts(db: AsyncStore, tmp_path: Path, provider: QuietProvider) -> Attemp
 @pytest.mark.parametrize("recorded", [True, False], ids=["id-recorded", "answer-in-flight"])
 @pytest.mark.parametrize("ended", [JobStatus.SUCCEEDED, JobStatus.CANCELLED])
 async def test_a_return_left_by_a_stop_in_a_job_that_ended_is_reaped(
-    store: AsyncStore,  # noqa: F811
+    store: AsyncStore,
     tmp_path: Path,
     recorded: bool,
     ended: JobStatus,
@@ -83,7 +83,7 @@ class _Protected(QuietProvider):
 
 
 async def test_an_instance_the_provider_will_not_terminate_does_not_stop_the_reaping(
-    store: AsyncStore,  # noqa: F811
+    store: AsyncStore,
     tmp_path: Path,
 ) -> None:
     """Before, the refusal raised out of the reap: every instance after it, round after round,
