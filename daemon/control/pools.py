@@ -323,6 +323,8 @@ class Pools:
                 log.info("pool worker started", pool=pool.name, slot=slot, job=job.id)
                 started.append(job)
             for job_id, why in todo.cancel:  # another daemon filled a slot too, or resized down
+                if jobs[job_id].status is JobStatus.CANCELLING:
+                    continue  # asked already (a round before): said once
                 log.warning("pool worker cancelled", pool=pool.name, job=job_id, why=why)
                 await self._cancel_worker(jobs[job_id], f"pool {pool.name}: {why}")
             return started
