@@ -4,7 +4,7 @@ Two real daemons (A and B) on one PostgreSQL and one fleet; B's clock runs 90 s 
 (Debian's libfaketime, preloaded into B alone; its monotonic clock is left alone). A's agents
 are told B's agent address, so every heartbeat of the instances A launched is received by B,
 while A — which submitted the jobs and runs them — judges them. Stamped with B's clock, each
-heartbeat looked 90 s old to A: past ``lost_after`` (60 s), so A declared healthy instances
+heartbeat looked 90 s old to A: past ``lost_after`` (30 s here), so A declared healthy instances
 lost and relaunched their jobs, again and again. With every daemon stamping the database's
 clock (``spotd.clock``: the offset read at each lease renewal), the heartbeats are fresh on
 the database's clock and no job is relaunched.
@@ -27,7 +27,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.ha, pytest.mark.postgres, pytest.mar
 
 SKEW = 90  # seconds B's clock is behind
 JOBS = 3
-WATCH = 75.0  # seconds of watching: past lost_after (60 s) for a heartbeat judged 90 s old
+# lost after 30 s of silence (the HA tier's default is 60 s): a heartbeat judged 90 s old is
+# lost at once, and the watch outlasts lost_after
+ENV = {"SPOTD_SUSPECT_AFTER": "10", "SPOTD_LOST_AFTER": "30"}
+WATCH = 40.0
 
 
 def _faketime_lib() -> str:
@@ -66,7 +69,7 @@ async def test_heartbeats_received_by_a_daemon_whose_clock_is_behind_keep_instan
 ) -> None:
     lib = _faketime_lib()
     fleet_config = {"launch_seconds": 0.5, "forget_seconds": 3600, "seed": 7}
-    with cluster(pg_url, ["A", "B"], lease_seconds=5.0, fleet_config=fleet_config) as c:
+    with cluster(pg_url, ["A", "B"], lease_seconds=5.0, fleet_config=fleet_config, env=ENV) as c:
         c.daemons["A"].env["SPOTD_AGENT_URL"] = f"http://127.0.0.1:{c.agent_ports['B']}"
         c.daemons["B"].env.update(
             LD_PRELOAD=lib, FAKETIME=f"-{SKEW}", FAKETIME_DONT_FAKE_MONOTONIC="1"
