@@ -18,6 +18,7 @@ default, so a test passes its fake clock instead.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -31,15 +32,16 @@ UNTRUSTED_WARN = 10  # slow readings in a row (a renewal every lease/3 s) worth 
 
 
 class WallClock:
-    """``time.time()`` moved by ``offset`` (the database's clock minus the host's)."""
+    """The host's clock moved by ``offset`` (the database's clock minus the host's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: Callable[[], float] = time.time) -> None:
+        self.host = host  # the host's wall clock (a test passes a fake)
         self.offset = 0.0
         self._warned = False
         self._untrusted = 0  # slow readings since the last one used
 
     def __call__(self) -> float:
-        return time.time() + self.offset
+        return self.host() + self.offset
 
     def observe(self, *, sent: float, db_time: float, received: float) -> bool:
         """A reading of the database's clock, ``db_time``, taken between the host times

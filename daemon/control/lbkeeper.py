@@ -35,7 +35,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -384,12 +384,7 @@ class LbKeeper:
             svc = await self.store.get_service(service_id)
             if service_id in self._children:
                 continue  # started by this process, its row perhaps not written yet
-            current = (
-                svc is not None
-                and svc.status is not ServiceStatus.DOWN
-                and (svc.lb_pid, svc.lb_start_ticks) == (pid, ticks)
-            )
-            if current:
+            if not is_leftover(svc, pid, ticks):
                 continue
             if alive(pid, ticks):
                 log.warning(
@@ -402,18 +397,12 @@ class LbKeeper:
             path.unlink(missing_ok=True)
         return ended
 
-    async def reap_loop(self) -> Callable[[], Coroutine[Any, Any, None]]:
-        """``reap_leftovers`` now (before any LB of this daemon starts), and the loop that
-        does it again every ``REAP_SECONDS`` until the daemon stops."""
-        await self.reap_leftovers()
-
-        async def loop() -> None:
-            while not self._stop.is_set():
-                await sleep(REAP_SECONDS, self._stop)
-                if not self._stop.is_set():
-                    await self.reap_leftovers()
-
-        return loop
+    async def reap_loop(self) -> None:
+        """``reap_leftovers`` every ``REAP_SECONDS`` until the daemon stops."""
+        while not self._stop.is_set():
+            await sleep(REAP_SECONDS, self._stop)
+            if not self._stop.is_set():
+                await self.reap_leftovers()
 
     @property
     def _records_dir(self) -> Path:
@@ -430,6 +419,17 @@ class LbKeeper:
 
     def _unrecord(self, service_id: int) -> None:
         (self._records_dir / str(service_id)).unlink(missing_ok=True)
+
+
+def is_leftover(svc: ServiceRow | None, pid: int, ticks: int) -> bool:
+    """Whether the LB recorded as (``pid``, ``ticks``) is no longer ``svc``'s: the service is
+    gone or DOWN, or its row names another process (another daemon took it over and started
+    its own). One that another daemon on this host adopted is still the row's: kept."""
+    return (
+        svc is None
+        or svc.status is ServiceStatus.DOWN
+        or (svc.lb_pid, svc.lb_start_ticks) != (pid, ticks)
+    )
 
 
 def _read_record(path: Path) -> tuple[int, int, int] | None:

@@ -21,9 +21,8 @@ run in parallel), the way the job controller runs one worker per job. A step of 
    instance; every status change is a compare-and-set with its event; the replica set is
    pushed to the LB whenever it changes (never polled).
 
-A service's data plane is one ``python -m spotd.lb`` process started in its own session, so it
-and the replicas keep serving while the daemon restarts; a restarted daemon finds the LB by
-its pid (and the pid's start time), adopts it and pushes the replica set again.
+A service's data plane is one ``python -m spotd.lb`` process in its own session: it and the
+replicas keep serving while the daemon restarts, which adopts it (``lbkeeper``).
 
 Leaving on purpose is make-before-break: a READY replica that must go (scale-down, a rolling
 update) becomes DRAINING — pushed to the LB, which stops picking it while its in-flight
@@ -211,7 +210,8 @@ class ServiceController:
         """Load zone history, then start a worker and a prober per live service. Called after
         the job controller's first listing, so replicas are adopted from a real observation."""
         await self.zones.load(self.clock())
-        self.sup.spawn("lb-reap", await self.lbs.reap_loop())  # its first pass done here
+        await self.lbs.reap_leftovers()  # before any LB of this daemon starts
+        self.sup.spawn("lb-reap", self.lbs.reap_loop)
         for svc in await self.store.list_services(live_only=True, owner=self.owner):
             self.spawn(svc.id)
 

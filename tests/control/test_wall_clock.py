@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from spotd.clock import TRUSTED_RTT, UNTRUSTED_WARN, WallClock
@@ -26,12 +24,14 @@ def test_observe(sent: float, db_time: float, received: float, used: bool, offse
 
 
 def test_the_clock_reads_the_host_moved_by_the_offset() -> None:
-    clock = WallClock()
-    assert abs(clock() - time.time()) < 1.0
+    host = [1000.0]
+    clock = WallClock(host=lambda: host[0])
+    assert clock() == 1000.0  # no reading yet: the host's
     clock.observe(sent=1000.0, db_time=1090.0, received=1000.0)
-    assert 89.0 < clock() - time.time() < 91.0
-    clock.observe(sent=1000.0, db_time=500.0, received=1000.5)  # a later reading replaces it
-    assert clock.offset == pytest.approx(-500.25)
+    host[0] = 1005.0
+    assert clock() == 1095.0
+    clock.observe(sent=1005.0, db_time=500.0, received=1005.5)  # a later reading replaces it
+    assert clock() == pytest.approx(1005.0 - 505.25)
 
 
 def test_slow_readings_keep_the_last_offset_and_are_said(

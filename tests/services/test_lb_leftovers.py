@@ -10,27 +10,23 @@ LBs of the services it hands over. Real LB processes (``python -m spotd.lb``), a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from spotd.config import load_settings
-from spotd.control.lbkeeper import LbKeeper, alive
+from spotd.control.lbkeeper import LbKeeper, alive, is_leftover
 from spotd.control.serve_config import ServeSettings
 from spotd.spec import load_task
 from spotd.store import AsyncStore, ServiceRow, ServiceStatus
+from tests.lb.conftest import free_port
 
 from .conftest import stub_yaml
 
 T0 = 1_700_000_000.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:
@@ -76,8 +72,8 @@ async def _service(store: AsyncStore, name: str) -> ServiceRow:
         name=name,
         spec_json=spec,
         spec_redacted_json=spec,
-        lb_port=_port(),
-        lb_control_port=_port(),
+        lb_port=free_port(),
+        lb_control_port=free_port(),
         lb_token="t",
         target=1,
         now=T0,
@@ -142,3 +138,28 @@ async def test_records_of_nothing_are_dropped(tmp_path: Path, store: AsyncStore)
         assert [p.name for p in records.iterdir()] == ["4.tmp"]
     finally:
         await d.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "lb_pid", "ticks", "leftover"),
+    [
+        (ServiceStatus.READY, 10, 7, False),  # still the service's LB (here, or adopted)
+        (ServiceStatus.READY, 11, 7, True),  # another daemon started its own
+        (ServiceStatus.READY, 10, 8, True),  # the pid reused by another process
+        (ServiceStatus.READY, None, None, True),  # the row names none
+        (ServiceStatus.DOWN, 10, 7, True),  # the service went
+        (None, None, None, True),  # no such service
+    ],
+)
+async def test_is_leftover(
+    store: AsyncStore,
+    status: ServiceStatus | None,
+    lb_pid: int | None,
+    ticks: int | None,
+    leftover: bool,
+) -> None:
+    svc = None
+    if status is not None:
+        row = await _service(store, "s")
+        svc = dataclasses.replace(row, status=status, lb_pid=lb_pid, lb_start_ticks=ticks)
+    assert is_leftover(svc, 10, 7) is leftover
