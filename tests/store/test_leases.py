@@ -110,12 +110,13 @@ def test_a_restart_within_the_lease_keeps_its_work(open_store: Callable[[], Stor
 
 def test_the_living_share_a_dead_daemons_work(open_store: Callable[[], Store]) -> None:
     a, b, c = open_store(), open_store(), open_store()
-    a.join_cluster("d1", url="", lease_seconds=SHORT)
+    a.join_cluster("d1", url="", lease_seconds=30)
     b.join_cluster("d2", url="", lease_seconds=30)
     c.join_cluster("d3", url="", lease_seconds=30)
     jobs = [_job(a, f"j{i}") for i in range(10)]
     assert b.take_over().jobs == () and c.take_over().jobs == ()  # both watch their work
-    _lapse()
+    a.join_cluster("d1", url="", lease_seconds=SHORT)  # a short lease only now: a busy
+    _lapse()  # machine took more than SHORT to write the ten jobs, and a was fenced midway
     first = b.take_over()
     second = c.take_over()
     assert len(first.jobs) == 5 and len(second.jobs) == 5
